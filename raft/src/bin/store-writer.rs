@@ -1,0 +1,76 @@
+//! Test tool for `tests/store_kill.rs`: writes to a store in a loop and prints a line after
+//! every write the store acknowledged as durable, until it is killed. Not part of hookd.
+//!
+//! Usage: `store-writer DATA_DIR` — resumes from whatever the data dir holds.
+
+use std::io::Write;
+
+use hookd_raft::command::{Command, JobSpec, MisfirePolicy, MisfireSpec, RetrySpec, ScheduleSpec};
+use hookd_raft::store::Store;
+use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
+use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Vote};
+
+fn spec(n: u64) -> JobSpec {
+    JobSpec {
+        url: format!("http://127.0.0.1:9/{n}"),
+        method: "POST".into(),
+        headers: Default::default(),
+        body: Some("x".repeat(200)),
+        schedule: ScheduleSpec::After { after_ms: n },
+        retry: RetrySpec {
+            max_attempts: 1,
+            initial_backoff_ms: 1000,
+            max_backoff_ms: 1000,
+            multiplier: 1.0,
+            jitter: 0.0,
+        },
+        timeout_ms: 1000,
+        misfire: MisfireSpec {
+            policy: MisfirePolicy::Skip,
+            grace_ms: 0,
+            catchup_window_ms: 0,
+        },
+        paused: false,
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = std::env::args()
+        .nth(1)
+        .ok_or("usage: store-writer DATA_DIR")?;
+    let store = Store::open(std::path::Path::new(&dir), 1)?;
+    let mut log = store.log_store();
+    let mut sm = store.state_machine();
+    let mut next = log
+        .get_log_state()
+        .await?
+        .last_log_id
+        .map_or(1, |l| l.index + 1);
+    let (applied, _) = sm.applied_state().await?;
+    // Re-apply what the log holds beyond the state machine, as openraft would on start.
+    let mut applied = applied.map_or(0, |l| l.index);
+    let mut out = std::io::stdout().lock();
+    loop {
+        let term = next;
+        log.save_vote(&Vote::new_committed(term, 1)).await?;
+        writeln!(out, "vote {term}")?;
+        let entry = Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, 1), next),
+            payload: EntryPayload::Normal(Command::CreateJob {
+                id: format!("job-{next}"),
+                spec: spec(next),
+                now_ms: next as i64,
+            }),
+        };
+        log.blocking_append([entry.clone()]).await?;
+        writeln!(out, "append {next}")?;
+        use openraft::RaftLogReader;
+        let pending = log.try_get_log_entries(applied + 1..=next).await?;
+        sm.apply(pending).await?;
+        applied = next;
+        writeln!(out, "apply {next}")?;
+        out.flush()?;
+        next += 1;
+    }
+}

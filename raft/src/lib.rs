@@ -1,0 +1,14 @@
+//! hookd's replicated core: openraft 0.9 on sled, the peer transport, and the job state machine.
+//! It knows nothing of the public HTTP API or of webhook delivery.
+
+pub mod command;
+pub mod network;
+pub mod replica;
+pub mod state;
+pub mod store;
+pub mod typ;
+
+pub use command::{Command, CommandResult, Job, JobSpec};
+pub use replica::{RaftTiming, Replica, ReplicaConfig, ReplicaError, StartError};
+pub use store::StateView;
+pub use typ::NodeId;

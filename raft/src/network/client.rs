@@ -1,0 +1,209 @@
+//! The client side of the peer transport: one shared `reqwest::Client` for every peer, with
+//! explicit timeouts, used both by openraft (`RaftNetworkFactory`) and by request forwarding.
+
+use std::time::Duration;
+
+use openraft::error::{NetworkError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::{
+    ForwardError, CLUSTER_ID_HEADER, PATH_APPEND, PATH_FORWARD_READ_INDEX, PATH_FORWARD_WRITE,
+    PATH_SNAPSHOT, PATH_VOTE, TARGET_NODE_HEADER,
+};
+use crate::command::{Command, CommandResult};
+use crate::store::StateView;
+use crate::typ::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotError, InstallSnapshotRequest,
+    InstallSnapshotResponse, LogId, Node, NodeId, RaftError, RpcError, TypeConfig, VoteRequest,
+    VoteResponse,
+};
+
+/// Connect timeout for peer connections; a peer that does not accept within it is unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Shared HTTP client for all peers. Cheap to clone.
+#[derive(Clone)]
+pub struct PeerClient {
+    http: reqwest::Client,
+    secret: Option<String>,
+    view: StateView,
+}
+
+/// Why a peer request failed before the peer produced an application-level answer.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("peer {addr} unreachable: {source}")]
+    Unreachable {
+        addr: String,
+        source: reqwest::Error,
+    },
+    #[error("request to peer {addr} failed: {source}")]
+    Http {
+        addr: String,
+        source: reqwest::Error,
+    },
+    #[error("peer {addr} rejected the request with {status}: {body}")]
+    Rejected {
+        addr: String,
+        status: u16,
+        body: String,
+    },
+}
+
+impl PeerClient {
+    pub fn new(secret: Option<String>, view: StateView) -> Result<PeerClient, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(32)
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .build()?;
+        Ok(PeerClient { http, secret, view })
+    }
+
+    /// POSTs `body` as JSON to `path` on the peer `target` at `addr` and decodes the JSON answer.
+    async fn post<B: Serialize, R: DeserializeOwned>(
+        &self,
+        target: NodeId,
+        addr: &str,
+        path: &str,
+        body: &B,
+        timeout: Duration,
+    ) -> Result<R, TransportError> {
+        let mut req = self
+            .http
+            .post(format!("http://{addr}{path}"))
+            .timeout(timeout)
+            .header(TARGET_NODE_HEADER, target.to_string())
+            .json(body);
+        if let Some(id) = self.view.cluster_id() {
+            req = req.header(CLUSTER_ID_HEADER, id);
+        }
+        if let Some(secret) = &self.secret {
+            req = req.bearer_auth(secret);
+        }
+        let resp = req.send().await.map_err(|source| {
+            if source.is_connect() {
+                TransportError::Unreachable {
+                    addr: addr.to_owned(),
+                    source,
+                }
+            } else {
+                TransportError::Http {
+                    addr: addr.to_owned(),
+                    source,
+                }
+            }
+        })?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp.text().await.unwrap_or_default();
+            return Err(TransportError::Rejected {
+                addr: addr.to_owned(),
+                status: status.as_u16(),
+                body,
+            });
+        }
+        resp.json().await.map_err(|source| TransportError::Http {
+            addr: addr.to_owned(),
+            source,
+        })
+    }
+
+    /// Asks the node at `addr` (believed leader) to propose `cmd`.
+    pub async fn forward_write(
+        &self,
+        target: NodeId,
+        addr: &str,
+        cmd: &Command,
+        timeout: Duration,
+    ) -> Result<Result<CommandResult, ForwardError>, TransportError> {
+        self.post(target, addr, PATH_FORWARD_WRITE, cmd, timeout)
+            .await
+    }
+
+    /// Asks the node at `addr` (believed leader) for a linearizable read index.
+    pub async fn forward_read_index(
+        &self,
+        target: NodeId,
+        addr: &str,
+        timeout: Duration,
+    ) -> Result<Result<Option<LogId>, ForwardError>, TransportError> {
+        self.post(target, addr, PATH_FORWARD_READ_INDEX, &(), timeout)
+            .await
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for PeerClient {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerConnection {
+        PeerConnection {
+            client: self.clone(),
+            target,
+            node: node.clone(),
+        }
+    }
+}
+
+/// openraft's handle to one peer; holds no connection of its own (the shared pool does).
+pub struct PeerConnection {
+    client: PeerClient,
+    target: NodeId,
+    node: Node,
+}
+
+impl PeerConnection {
+    async fn rpc<B, R, E>(&self, path: &str, body: &B, option: &RPCOption) -> Result<R, RpcError<E>>
+    where
+        B: Serialize,
+        R: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let answer: Result<R, RaftError<E>> = self
+            .client
+            .post(self.target, &self.node.addr, path, body, option.hard_ttl())
+            .await
+            .map_err(|e| match e {
+                TransportError::Unreachable { .. } => RpcError::Unreachable(Unreachable::new(&e)),
+                _ => RpcError::Network(NetworkError::new(&e)),
+            })?;
+        answer.map_err(|e| {
+            RpcError::RemoteError(RemoteError::new_with_node(
+                self.target,
+                self.node.clone(),
+                e,
+            ))
+        })
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse, RpcError> {
+        self.rpc(PATH_APPEND, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse, RpcError<InstallSnapshotError>> {
+        self.rpc(PATH_SNAPSHOT, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest,
+        option: RPCOption,
+    ) -> Result<VoteResponse, RpcError> {
+        self.rpc(PATH_VOTE, &rpc, &option).await
+    }
+}

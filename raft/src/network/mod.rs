@@ -1,0 +1,47 @@
+//! Peer transport over HTTP on `--peer-listen`: Raft RPCs (append, vote, snapshot) and the
+//! internal forwarding of client writes and read-index requests to the leader.
+//!
+//! Every request names its target node (`hookd-target-node`), carries the sender's cluster id
+//! when known (`hookd-cluster-id`), and the peer secret when one is configured. The receiver
+//! rejects a request for another node id, from another cluster, or without the right secret.
+
+mod client;
+mod server;
+
+use serde::{Deserialize, Serialize};
+
+pub use client::{PeerClient, TransportError};
+pub use server::peer_router;
+
+use crate::typ::NodeId;
+
+pub(crate) const TARGET_NODE_HEADER: &str = "hookd-target-node";
+pub(crate) const CLUSTER_ID_HEADER: &str = "hookd-cluster-id";
+
+pub(crate) const PATH_APPEND: &str = "/raft/append";
+pub(crate) const PATH_VOTE: &str = "/raft/vote";
+pub(crate) const PATH_SNAPSHOT: &str = "/raft/snapshot";
+pub(crate) const PATH_FORWARD_WRITE: &str = "/forward/write";
+pub(crate) const PATH_FORWARD_READ_INDEX: &str = "/forward/read-index";
+
+/// Largest request the peer router accepts (snapshot chunks are JSON-encoded byte arrays).
+pub const PEER_BODY_BYTES_MAX: usize = 64 << 20;
+
+/// Why a forwarded request did not produce a result on the node it was sent to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(rename_all = "snake_case")]
+pub enum ForwardError {
+    /// The receiver is not the leader; it names the leader it knows of, if any.
+    #[error("node is not the leader (leader: {leader_id:?})")]
+    NotLeader {
+        leader_id: Option<NodeId>,
+        leader_addr: Option<String>,
+    },
+    /// The receiver is the leader but could not reach a quorum in time; the write may or may
+    /// not be applied later.
+    #[error("leader could not confirm with a quorum in time: {0}")]
+    Unconfirmed(String),
+    /// The receiver's Raft core has stopped.
+    #[error("raft stopped on the peer: {0}")]
+    Fatal(String),
+}

@@ -1,0 +1,118 @@
+//! The server side of the peer transport: an axum router for `--peer-listen`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+
+use super::{
+    ForwardError, CLUSTER_ID_HEADER, PATH_APPEND, PATH_FORWARD_READ_INDEX, PATH_FORWARD_WRITE,
+    PATH_SNAPSHOT, PATH_VOTE, PEER_BODY_BYTES_MAX, TARGET_NODE_HEADER,
+};
+use crate::command::{Command, CommandResult};
+use crate::replica::Replica;
+use crate::typ::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotError, InstallSnapshotRequest,
+    InstallSnapshotResponse, LogId, RaftError, VoteRequest, VoteResponse,
+};
+
+/// A forwarded write or read index gets at most this long on the leader; the forwarding node's
+/// own deadline is shorter and usually ends the wait first.
+const FORWARDED_DEADLINE: Duration = Duration::from_millis(4000);
+
+#[derive(Clone)]
+struct PeerState {
+    replica: Arc<Replica>,
+    secret: Option<String>,
+}
+
+/// The router served on `--peer-listen`.
+pub fn peer_router(replica: Arc<Replica>, secret: Option<String>) -> Router {
+    let state = PeerState { replica, secret };
+    Router::new()
+        .route(PATH_APPEND, post(append))
+        .route(PATH_VOTE, post(vote))
+        .route(PATH_SNAPSHOT, post(snapshot))
+        .route(PATH_FORWARD_WRITE, post(forward_write))
+        .route(PATH_FORWARD_READ_INDEX, post(forward_read_index))
+        .layer(middleware::from_fn_with_state(state.clone(), guard))
+        .layer(DefaultBodyLimit::max(PEER_BODY_BYTES_MAX))
+        .with_state(state)
+}
+
+/// Rejects requests without the peer secret, meant for another node, or from another cluster.
+async fn guard(State(s): State<PeerState>, req: Request, next: Next) -> Response {
+    let headers = req.headers();
+    if let Some(secret) = &s.secret {
+        let expected = format!("Bearer {secret}");
+        let given = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
+        if given != Some(expected.as_bytes()) {
+            return (StatusCode::UNAUTHORIZED, "peer secret missing or wrong").into_response();
+        }
+    }
+    let me = s.replica.id();
+    let target = headers
+        .get(TARGET_NODE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if target != Some(me) {
+        return (
+            StatusCode::MISDIRECTED_REQUEST,
+            format!("this is node {me}, not node {target:?}; check the peer addresses"),
+        )
+            .into_response();
+    }
+    if let (Some(theirs), Some(ours)) = (
+        headers.get(CLUSTER_ID_HEADER).and_then(|v| v.to_str().ok()),
+        s.replica.view().cluster_id(),
+    ) {
+        if theirs != ours {
+            tracing::error!(theirs, ours, "rejected a peer of another cluster");
+            return (
+                StatusCode::CONFLICT,
+                format!("this node belongs to cluster {ours}, the sender to {theirs}"),
+            )
+                .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+async fn append(
+    State(s): State<PeerState>,
+    Json(req): Json<AppendEntriesRequest>,
+) -> Json<Result<AppendEntriesResponse, RaftError>> {
+    Json(s.replica.raft().append_entries(req).await)
+}
+
+async fn vote(
+    State(s): State<PeerState>,
+    Json(req): Json<VoteRequest>,
+) -> Json<Result<VoteResponse, RaftError>> {
+    Json(s.replica.raft().vote(req).await)
+}
+
+async fn snapshot(
+    State(s): State<PeerState>,
+    Json(req): Json<InstallSnapshotRequest>,
+) -> Json<Result<InstallSnapshotResponse, RaftError<InstallSnapshotError>>> {
+    Json(s.replica.raft().install_snapshot(req).await)
+}
+
+async fn forward_write(
+    State(s): State<PeerState>,
+    Json(cmd): Json<Command>,
+) -> Json<Result<CommandResult, ForwardError>> {
+    Json(s.replica.propose_local(cmd, FORWARDED_DEADLINE).await)
+}
+
+async fn forward_read_index(
+    State(s): State<PeerState>,
+) -> Json<Result<Option<LogId>, ForwardError>> {
+    Json(s.replica.leader_read_index(FORWARDED_DEADLINE).await)
+}

@@ -1,0 +1,435 @@
+//! `Replica`: one node's membership in the Raft group. Opens the store, starts openraft, forms the
+//! cluster on first start, and offers the rest of hookd three things: `propose` (a write,
+//! forwarded to the leader when needed), `read_barrier` (linearizable reads on any node) and the
+//! applied state through `view`. No other module touches openraft's API.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{ServerState, SnapshotPolicy};
+use tokio::time::{timeout, Instant};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::command::{Command, CommandResult};
+use crate::network::{ForwardError, PeerClient, TransportError};
+use crate::store::{OpenError, StateView, Store};
+use crate::typ::{CheckIsLeaderError, LogId, Node, NodeId, Raft, RaftMetrics};
+
+/// How long `propose` and `read_barrier` try before answering "no leader": below the 5 s the API
+/// promises, with room for the HTTP round trip.
+pub const REQUEST_DEADLINE: Duration = Duration::from_millis(4000);
+/// Pause between attempts while leadership is moving.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+/// How often the background announcer checks that this node's API address and the cluster id
+/// are recorded.
+const ANNOUNCE_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Raft timing. The leader lease equals `election_timeout_max_ms` in openraft 0.9.
+#[derive(Debug, Clone, Copy)]
+pub struct RaftTiming {
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+}
+
+impl Default for RaftTiming {
+    fn default() -> Self {
+        RaftTiming {
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 600,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ReplicaConfig {
+    pub node_id: NodeId,
+    pub data_dir: PathBuf,
+    /// This node's public API address, recorded in the replicated state for `/v1/cluster`.
+    pub api_addr: String,
+    /// Peer addresses of the initial members; used only when the data dir is new.
+    pub initial_members: BTreeMap<NodeId, String>,
+    pub peer_secret: Option<String>,
+    /// The cluster id this node proposes when it is the first leader.
+    pub cluster_id: String,
+    /// When true, `cluster_id` was configured explicitly and a data dir of another cluster is
+    /// refused.
+    pub cluster_id_required: bool,
+    pub timing: RaftTiming,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    #[error(
+        "data dir belongs to cluster {found}, but --cluster-id says {expected}; \
+         use this cluster's data dir or a new one"
+    )]
+    ClusterMismatch { found: String, expected: String },
+    #[error(
+        "data dir holds no cluster yet and --initial-cluster does not name node {0}; \
+         list every initial member as ID=HOST:PORT, this node included"
+    )]
+    NotInInitialCluster(NodeId),
+    #[error("invalid raft configuration: {0}")]
+    Config(String),
+    #[error("raft failed to start: {0}")]
+    Raft(String),
+    #[error("cannot build the peer HTTP client: {0}")]
+    Client(String),
+}
+
+/// Why a write or a linearizable read could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    /// No leader could be reached before the deadline; nothing was written.
+    #[error("no leader reachable: {0}")]
+    NoLeader(String),
+    /// A leader accepted the request but could not confirm it with a quorum in time; a write may
+    /// or may not take effect.
+    #[error("not confirmed by a quorum in time (the write may still take effect): {0}")]
+    Unconfirmed(String),
+    /// This node's Raft core has stopped (storage failure or shutdown).
+    #[error("raft stopped: {0}")]
+    Fatal(String),
+}
+
+/// One node of the replicated core.
+pub struct Replica {
+    id: NodeId,
+    raft: Raft,
+    store: Store,
+    view: StateView,
+    peers: PeerClient,
+    config: ReplicaConfig,
+    tasks: TaskTracker,
+    cancel: CancellationToken,
+}
+
+impl Replica {
+    /// Opens the data dir, starts Raft, and forms the cluster when the data dir is new.
+    pub async fn start(config: ReplicaConfig) -> Result<Arc<Replica>, StartError> {
+        let store = Store::open(&config.data_dir, config.node_id)?;
+        let view = store.view();
+        if config.cluster_id_required {
+            if let Some(found) = view.cluster_id() {
+                if found != config.cluster_id {
+                    return Err(StartError::ClusterMismatch {
+                        found,
+                        expected: config.cluster_id.clone(),
+                    });
+                }
+            }
+        }
+        let t = config.timing;
+        let raft_config = openraft::Config {
+            cluster_name: "hookd".into(),
+            heartbeat_interval: t.heartbeat_ms,
+            election_timeout_min: t.election_timeout_min_ms,
+            election_timeout_max: t.election_timeout_max_ms,
+            install_snapshot_timeout: 10_000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(5_000),
+            max_in_snapshot_log_to_keep: 1_000,
+            purge_batch_size: 256,
+            snapshot_max_chunk_size: 1 << 20,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| StartError::Config(e.to_string()))?;
+        let peers = PeerClient::new(config.peer_secret.clone(), view.clone())
+            .map_err(|e| StartError::Client(e.to_string()))?;
+        let raft = Raft::new(
+            config.node_id,
+            Arc::new(raft_config),
+            peers.clone(),
+            store.log_store(),
+            store.state_machine(),
+        )
+        .await
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+
+        let initialized = raft
+            .is_initialized()
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+        if !initialized {
+            if !config.initial_members.contains_key(&config.node_id) {
+                return Err(StartError::NotInInitialCluster(config.node_id));
+            }
+            let members: BTreeMap<NodeId, Node> = config
+                .initial_members
+                .iter()
+                .map(|(id, addr)| (*id, Node { addr: addr.clone() }))
+                .collect();
+            tracing::info!(?members, "new data dir: forming the initial cluster");
+            // Every initial member proposes the same membership, so the order in which nodes
+            // start does not matter (openraft accepts identical initialization on all nodes).
+            raft.initialize(members)
+                .await
+                .map_err(|e| StartError::Raft(e.to_string()))?;
+        }
+
+        let replica = Arc::new(Replica {
+            id: config.node_id,
+            raft,
+            store,
+            view,
+            peers,
+            config,
+            tasks: TaskTracker::new(),
+            cancel: CancellationToken::new(),
+        });
+        let announcer = replica.clone();
+        replica
+            .tasks
+            .spawn(async move { announcer.announce().await });
+        Ok(replica)
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    pub fn view(&self) -> &StateView {
+        &self.view
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    pub fn metrics(&self) -> RaftMetrics {
+        self.raft.metrics().borrow().clone()
+    }
+
+    /// The commit index as last persisted by this node.
+    pub fn committed_index(&self) -> u64 {
+        self.store.log_store().committed_index()
+    }
+
+    pub fn raft_timing(&self) -> RaftTiming {
+        self.config.timing
+    }
+
+    /// Proposes `cmd` and waits until it is committed and applied, on this node if it leads or
+    /// on the leader otherwise.
+    pub async fn propose(&self, cmd: Command) -> Result<CommandResult, ReplicaError> {
+        let deadline = Instant::now() + REQUEST_DEADLINE;
+        loop {
+            let (leader, addr) = self.await_leader(deadline).await?;
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let outcome = if leader == self.id {
+                self.propose_local(cmd.clone(), remaining).await
+            } else {
+                match self
+                    .peers
+                    .forward_write(leader, &addr, &cmd, remaining)
+                    .await
+                {
+                    Ok(outcome) => outcome,
+                    Err(e @ TransportError::Unreachable { .. }) => {
+                        // The request never reached the leader: safe to try again.
+                        tracing::debug!(error = %e, "leader unreachable, retrying");
+                        self.pause_until(deadline).await?;
+                        continue;
+                    }
+                    Err(e) => return Err(ReplicaError::Unconfirmed(e.to_string())),
+                }
+            };
+            match outcome {
+                Ok(result) => return Ok(result),
+                Err(ForwardError::NotLeader { .. }) => self.pause_until(deadline).await?,
+                Err(ForwardError::Unconfirmed(m)) => return Err(ReplicaError::Unconfirmed(m)),
+                Err(ForwardError::Fatal(m)) => return Err(ReplicaError::Fatal(m)),
+            }
+        }
+    }
+
+    /// Proposes `cmd` on this node, which should be the leader. Used directly by `propose` and
+    /// by the peer router for forwarded writes.
+    pub async fn propose_local(
+        &self,
+        cmd: Command,
+        within: Duration,
+    ) -> Result<CommandResult, ForwardError> {
+        match timeout(within, self.raft.client_write(cmd)).await {
+            Err(_) => Err(ForwardError::Unconfirmed(format!(
+                "no commit within {within:?}"
+            ))),
+            Ok(Ok(resp)) => Ok(resp.data),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                Err(ForwardError::NotLeader {
+                    leader_id: f.leader_id,
+                    leader_addr: f.leader_node.map(|n| n.addr),
+                })
+            }
+            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+                Err(ForwardError::Fatal(e.to_string()))
+            }
+            Ok(Err(RaftError::Fatal(f))) => Err(ForwardError::Fatal(f.to_string())),
+        }
+    }
+
+    /// Returns once this node's state machine holds every write acknowledged before the call
+    /// (a ReadIndex through the leader).
+    pub async fn read_barrier(&self) -> Result<(), ReplicaError> {
+        let deadline = Instant::now() + REQUEST_DEADLINE;
+        loop {
+            let (leader, addr) = self.await_leader(deadline).await?;
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let outcome = if leader == self.id {
+                self.leader_read_index(remaining).await
+            } else {
+                match self
+                    .peers
+                    .forward_read_index(leader, &addr, remaining)
+                    .await
+                {
+                    Ok(outcome) => outcome,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "read index from leader failed, retrying");
+                        self.pause_until(deadline).await?;
+                        continue;
+                    }
+                }
+            };
+            match outcome {
+                Ok(read_log_id) => return self.await_applied(read_log_id, deadline).await,
+                Err(ForwardError::NotLeader { .. }) => self.pause_until(deadline).await?,
+                Err(ForwardError::Unconfirmed(m)) => return Err(ReplicaError::NoLeader(m)),
+                Err(ForwardError::Fatal(m)) => return Err(ReplicaError::Fatal(m)),
+            }
+        }
+    }
+
+    /// On the leader: confirms leadership with a quorum and returns the log id every
+    /// linearizable read must wait for.
+    pub async fn leader_read_index(&self, within: Duration) -> Result<Option<LogId>, ForwardError> {
+        match timeout(within, self.raft.ensure_linearizable()).await {
+            Err(_) => Err(ForwardError::Unconfirmed(format!(
+                "leadership not confirmed within {within:?}"
+            ))),
+            Ok(Ok(log_id)) => Ok(log_id),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                Err(ForwardError::NotLeader {
+                    leader_id: f.leader_id,
+                    leader_addr: f.leader_node.map(|n| n.addr),
+                })
+            }
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)))) => {
+                Err(ForwardError::Unconfirmed(e.to_string()))
+            }
+            Ok(Err(RaftError::Fatal(f))) => Err(ForwardError::Fatal(f.to_string())),
+        }
+    }
+
+    async fn await_applied(
+        &self,
+        log_id: Option<LogId>,
+        deadline: Instant,
+    ) -> Result<(), ReplicaError> {
+        let Some(log_id) = log_id else { return Ok(()) };
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        self.raft
+            .wait(Some(remaining))
+            .applied_index_at_least(Some(log_id.index), "read barrier")
+            .await
+            .map(|_| ())
+            .map_err(|e| ReplicaError::NoLeader(format!("not caught up with the leader: {e}")))
+    }
+
+    /// The current leader and its peer address, waiting for one until `deadline`.
+    async fn await_leader(&self, deadline: Instant) -> Result<(NodeId, String), ReplicaError> {
+        loop {
+            let found = {
+                let m = self.raft.metrics();
+                let m = m.borrow();
+                m.current_leader.and_then(|id| {
+                    let addr = m.membership_config.membership().get_node(&id)?.addr.clone();
+                    Some((id, addr))
+                })
+            };
+            if let Some(found) = found {
+                return Ok(found);
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(ReplicaError::NoLeader(
+                    "no leader elected; a majority of nodes may be down or unreachable".into(),
+                ));
+            }
+            // Wakes on any metrics change; the loop re-checks.
+            let _ = self
+                .raft
+                .wait(Some(remaining.min(Duration::from_millis(250))))
+                .metrics(|m| m.current_leader.is_some(), "leader known")
+                .await;
+        }
+    }
+
+    async fn pause_until(&self, deadline: Instant) -> Result<(), ReplicaError> {
+        if Instant::now() + RETRY_PAUSE >= deadline {
+            return Err(ReplicaError::NoLeader(
+                "the leader did not answer before the deadline".into(),
+            ));
+        }
+        tokio::time::sleep(RETRY_PAUSE).await;
+        Ok(())
+    }
+
+    /// Keeps this node's API address and the cluster id recorded in the replicated state.
+    async fn announce(self: Arc<Self>) {
+        loop {
+            let known = self
+                .view
+                .node_api_addrs()
+                .into_iter()
+                .any(|(id, addr)| id == self.id && addr == self.config.api_addr);
+            if !known {
+                let cmd = Command::SetNodeInfo {
+                    node_id: self.id,
+                    api_addr: self.config.api_addr.clone(),
+                };
+                if let Err(e) = self.propose(cmd).await {
+                    tracing::debug!(error = %e, "recording this node's API address failed; will retry");
+                }
+            }
+            let leading = {
+                let m = self.raft.metrics();
+                let m = m.borrow();
+                m.state == ServerState::Leader && m.current_leader == Some(self.id)
+            };
+            if leading && self.view.cluster_id().is_none() {
+                let cmd = Command::SetClusterId {
+                    cluster_id: self.config.cluster_id.clone(),
+                };
+                if let Err(e) = self.propose(cmd).await {
+                    tracing::debug!(error = %e, "recording the cluster id failed; will retry");
+                }
+            }
+            tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                _ = tokio::time::sleep(ANNOUNCE_INTERVAL) => {}
+            }
+        }
+    }
+
+    /// Stops background tasks and Raft, then flushes the store.
+    pub async fn shutdown(&self) {
+        self.cancel.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft did not shut down cleanly");
+        }
+        if let Err(e) = self.store.flush().await {
+            tracing::warn!(error = %e, "final flush failed");
+        }
+    }
+}

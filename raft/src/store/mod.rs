@@ -1,0 +1,165 @@
+//! sled-backed storage of one node: the Raft log and vote (`LogStore`), the state machine
+//! (`StateMachineStore`), and the `meta` record that ties a data dir to one node.
+//!
+//! One `sled::Db` per node. Trees:
+//! - `meta`: `record` → `MetaRecord` (schema version, node id), checked at open;
+//! - `raft_meta`: `vote`, `committed`, `last_purged`;
+//! - `raft_log`: index (8 bytes big-endian) → `Entry` (JSON);
+//! - `sm_meta`: `last_applied`, `last_membership`, `active_gen`;
+//! - `sm_g{N}_{table}`: the state machine's tables of generation N (see `state::Table`);
+//! - `snapshot`: `meta` and `data` of the current snapshot.
+//!
+//! Durability: sled syncs on its own only every 500 ms, so every write openraft treats as durable
+//! is followed by `flush_async().await` before it is acknowledged (DESIGN.md §2). A flush is
+//! database-wide: one fsync covers every tree.
+
+mod log;
+mod sm;
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+pub use log::LogStore;
+pub use sm::{StateMachineStore, StateView};
+
+use crate::typ::{NodeId, StorageError, StorageIOError};
+
+/// Version of everything this crate persists. Opening a data dir of another version is refused.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Why a data dir cannot be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot open the database in {path}: {source}")]
+    Sled { path: String, source: sled::Error },
+    #[error(
+        "data dir {path} belongs to node {found}, not node {expected}; \
+         point --data-dir at this node's own directory"
+    )]
+    NodeIdMismatch {
+        path: String,
+        found: NodeId,
+        expected: NodeId,
+    },
+    #[error(
+        "data dir {path} has schema version {found}; this hookd understands version {expected}"
+    )]
+    SchemaMismatch {
+        path: String,
+        found: u32,
+        expected: u32,
+    },
+    #[error("data dir {path} has an unreadable meta record: {detail}")]
+    Corrupt { path: String, detail: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct MetaRecord {
+    schema_version: u32,
+    node_id: NodeId,
+}
+
+const META_KEY: &[u8] = b"record";
+
+/// An opened data dir.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    log: LogStore,
+    sm: StateMachineStore,
+    fresh: bool,
+}
+
+impl Store {
+    /// Opens (or creates) the database under `dir` for `node_id`, refusing a data dir that
+    /// belongs to another node or another schema version.
+    pub fn open(dir: &Path, node_id: NodeId) -> Result<Store, OpenError> {
+        let path = dir.display().to_string();
+        let sled_err = |source| OpenError::Sled {
+            path: path.clone(),
+            source,
+        };
+        let db = sled::Config::new()
+            .path(dir.join("db"))
+            .cache_capacity(128 << 20)
+            .mode(sled::Mode::LowSpace)
+            .open()
+            .map_err(sled_err)?;
+        let meta = db.open_tree("meta").map_err(sled_err)?;
+        let fresh = match meta.get(META_KEY).map_err(sled_err)? {
+            Some(bytes) => {
+                let rec: MetaRecord =
+                    serde_json::from_slice(&bytes).map_err(|e| OpenError::Corrupt {
+                        path: path.clone(),
+                        detail: e.to_string(),
+                    })?;
+                if rec.schema_version != SCHEMA_VERSION {
+                    return Err(OpenError::SchemaMismatch {
+                        path,
+                        found: rec.schema_version,
+                        expected: SCHEMA_VERSION,
+                    });
+                }
+                if rec.node_id != node_id {
+                    return Err(OpenError::NodeIdMismatch {
+                        path,
+                        found: rec.node_id,
+                        expected: node_id,
+                    });
+                }
+                false
+            }
+            None => {
+                let rec = MetaRecord {
+                    schema_version: SCHEMA_VERSION,
+                    node_id,
+                };
+                let bytes = serde_json::to_vec(&rec).unwrap_or_default();
+                meta.insert(META_KEY, bytes).map_err(sled_err)?;
+                db.flush().map_err(sled_err)?;
+                true
+            }
+        };
+        let log = LogStore::open(&db).map_err(sled_err)?;
+        let sm = StateMachineStore::open(&db).map_err(|e| OpenError::Corrupt {
+            path: path.clone(),
+            detail: e.to_string(),
+        })?;
+        Ok(Store { db, log, sm, fresh })
+    }
+
+    /// True when this open created the data dir: the node has never been part of a cluster.
+    pub fn is_fresh(&self) -> bool {
+        self.fresh
+    }
+
+    pub fn log_store(&self) -> LogStore {
+        self.log.clone()
+    }
+
+    pub fn state_machine(&self) -> StateMachineStore {
+        self.sm.clone()
+    }
+
+    /// Read access to the applied state.
+    pub fn view(&self) -> StateView {
+        self.sm.view()
+    }
+
+    /// Flushes everything to disk (used on shutdown).
+    pub async fn flush(&self) -> Result<(), sled::Error> {
+        self.db.flush_async().await.map(|_| ())
+    }
+}
+
+fn io_read(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::read(&e).into()
+}
+
+fn io_write(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::write(&e).into()
+}
+
+#[cfg(test)]
+mod tests;

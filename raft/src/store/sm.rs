@@ -1,0 +1,462 @@
+//! The state machine on sled (`RaftStateMachine`), its snapshots, and `StateView`, the read side
+//! the API uses.
+//!
+//! The tables of the state machine live in trees of one *generation* (`sm_g{N}_{table}`).
+//! `apply` writes a whole batch of entries in one transaction together with `last_applied`, then
+//! flushes. Installing a snapshot writes generation N+1 from scratch, flushes it, switches
+//! `active_gen` in one transaction, and only then drops generation N; a crash at any point leaves
+//! either the old or the new state, never a mix, and leftovers are dropped at the next open.
+
+use std::io::Cursor;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use openraft::storage::RaftStateMachine;
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
+use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+use sled::Transactional;
+
+use crate::command::{CommandResult, Job};
+use crate::state::{self, StateFault, Table, Tables, TxResult};
+use crate::typ::{
+    Entry, LogId, NodeId, Snapshot, SnapshotMeta, StorageError, StorageIOError, StoredMembership,
+    TypeConfig,
+};
+
+const LAST_APPLIED: &[u8] = b"last_applied";
+const LAST_MEMBERSHIP: &[u8] = b"last_membership";
+const ACTIVE_GEN: &[u8] = b"active_gen";
+const SNAP_META: &[u8] = b"meta";
+const SNAP_DATA: &[u8] = b"data";
+const GEN_PREFIX: &str = "sm_g";
+
+/// Version of the snapshot body encoding.
+const SNAPSHOT_FORMAT: u32 = 1;
+
+/// A snapshot's payload: every table of the state machine, as raw key-value pairs.
+#[derive(Serialize, Deserialize)]
+struct SnapshotBody {
+    format: u32,
+    tables: Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)>,
+}
+
+/// The trees of one generation, indexed by `Table as usize`.
+struct Generation {
+    number: u64,
+    tables: Vec<sled::Tree>,
+}
+
+impl Generation {
+    fn open(db: &sled::Db, number: u64) -> Result<Generation, sled::Error> {
+        let tables = Table::ALL
+            .iter()
+            .map(|t| db.open_tree(gen_tree_name(number, *t)))
+            .collect::<Result<_, _>>()?;
+        Ok(Generation { number, tables })
+    }
+
+    fn table(&self, t: Table) -> &sled::Tree {
+        &self.tables[t as usize]
+    }
+}
+
+fn gen_tree_name(number: u64, table: Table) -> String {
+    format!("{GEN_PREFIX}{number}_{}", table.name())
+}
+
+struct Inner {
+    db: sled::Db,
+    sm_meta: sled::Tree,
+    snap: sled::Tree,
+    gen: RwLock<Arc<Generation>>,
+    snapshot_seq: AtomicU64,
+}
+
+/// The state machine store; cheap to clone.
+#[derive(Clone)]
+pub struct StateMachineStore {
+    inner: Arc<Inner>,
+}
+
+/// Read-only access to the applied state, always through the active generation.
+#[derive(Clone)]
+pub struct StateView {
+    inner: Arc<Inner>,
+}
+
+fn sm_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::read_state_machine(&e).into()
+}
+
+fn sm_write_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::write_state_machine(&e).into()
+}
+
+impl StateMachineStore {
+    pub(super) fn open(db: &sled::Db) -> Result<StateMachineStore, StorageError> {
+        let sm_meta = db.open_tree("sm_meta").map_err(sm_err)?;
+        let snap = db.open_tree("snapshot").map_err(sm_err)?;
+        let active = match sm_meta.get(ACTIVE_GEN).map_err(sm_err)? {
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(sm_err)?,
+            None => 0u64,
+        };
+        let gen = Generation::open(db, active).map_err(sm_err)?;
+        // Drop generations left behind by an install that crashed before or after its switch.
+        let keep: Vec<String> = Table::ALL
+            .iter()
+            .map(|t| gen_tree_name(active, *t))
+            .collect();
+        for name in db.tree_names() {
+            let name = String::from_utf8_lossy(&name).into_owned();
+            if name.starts_with(GEN_PREFIX) && !keep.contains(&name) {
+                tracing::info!(tree = %name, "dropping state-machine tree of an old generation");
+                db.drop_tree(name.as_bytes()).map_err(sm_write_err)?;
+            }
+        }
+        Ok(StateMachineStore {
+            inner: Arc::new(Inner {
+                db: db.clone(),
+                sm_meta,
+                snap,
+                gen: RwLock::new(Arc::new(gen)),
+                snapshot_seq: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    pub fn view(&self) -> StateView {
+        StateView {
+            inner: self.inner.clone(),
+        }
+    }
+
+    fn read_meta<T: for<'de> Deserialize<'de>>(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<T>, StorageError> {
+        match self.inner.sm_meta.get(key).map_err(sm_err)? {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(sm_err),
+        }
+    }
+
+    /// Serializes every table of the active generation (runs on the state-machine worker, so it
+    /// sees exactly the applied state).
+    fn dump(&self) -> Result<SnapshotBody, StorageError> {
+        let gen = self.inner.current();
+        let mut tables = Vec::with_capacity(Table::ALL.len());
+        for t in Table::ALL {
+            let mut pairs = Vec::new();
+            for item in gen.table(t).iter() {
+                let (k, v) = item.map_err(sm_err)?;
+                pairs.push((k.to_vec(), v.to_vec()));
+            }
+            tables.push((t.name().to_owned(), pairs));
+        }
+        Ok(SnapshotBody {
+            format: SNAPSHOT_FORMAT,
+            tables,
+        })
+    }
+
+    async fn save_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
+        let meta_bytes = serde_json::to_vec(meta).map_err(sm_write_err)?;
+        let sig = Some(meta.signature());
+        (&self.inner.snap)
+            .transaction(|snap| {
+                snap.insert(SNAP_META, meta_bytes.as_slice())?;
+                snap.insert(SNAP_DATA, data)?;
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| StorageIOError::write_snapshot(sig.clone(), &tx_error(e)))?;
+        self.inner
+            .db
+            .flush_async()
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(sig, &e))?;
+        Ok(())
+    }
+}
+
+impl Inner {
+    fn current(&self) -> Arc<Generation> {
+        // A poisoned lock only means a panic elsewhere; the pointer itself is always valid.
+        self.gen.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+fn tx_error<E: std::fmt::Debug>(e: TransactionError<E>) -> std::io::Error {
+    std::io::Error::other(format!("{e:?}"))
+}
+
+/// The tables of one transaction: `TransactionalTree`s in `Table` order.
+struct TxTables<'a>(&'a [TransactionalTree]);
+
+impl Tables for TxTables<'_> {
+    fn get(&self, table: Table, key: &[u8]) -> TxResult<Option<Vec<u8>>> {
+        Ok(self.0[table as usize].get(key)?.map(|v| v.to_vec()))
+    }
+    fn put(&self, table: Table, key: &[u8], value: Vec<u8>) -> TxResult<()> {
+        self.0[table as usize].insert(key, value)?;
+        Ok(())
+    }
+    fn del(&self, table: Table, key: &[u8]) -> TxResult<()> {
+        self.0[table as usize].remove(key)?;
+        Ok(())
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let applied: Option<LogId> = self.read_meta(LAST_APPLIED)?;
+        let membership: Option<StoredMembership> = self.read_meta(LAST_MEMBERSHIP)?;
+        Ok((applied, membership.unwrap_or_default()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let Some(last) = entries.last().map(|e| e.log_id) else {
+            return Ok(Vec::new());
+        };
+        let gen = self.inner.current();
+        let mut trees: Vec<&sled::Tree> = vec![&self.inner.sm_meta];
+        trees.extend(gen.tables.iter());
+        let results = trees
+            .as_slice()
+            .transaction(|txs| {
+                let (meta, tables) =
+                    txs.split_first()
+                        .ok_or(ConflictableTransactionError::Abort(
+                            StateFault::MissingTables,
+                        ))?;
+                let tables = TxTables(tables);
+                let mut out = Vec::with_capacity(entries.len());
+                for entry in &entries {
+                    match &entry.payload {
+                        EntryPayload::Blank => out.push(CommandResult::Done),
+                        EntryPayload::Normal(cmd) => {
+                            out.push(state::apply_command(&tables, &entry.log_id, cmd)?)
+                        }
+                        EntryPayload::Membership(m) => {
+                            let stored = StoredMembership::new(Some(entry.log_id), m.clone());
+                            meta.insert(LAST_MEMBERSHIP, json(&stored))?;
+                            out.push(CommandResult::Done);
+                        }
+                    }
+                }
+                meta.insert(LAST_APPLIED, json(&last))?;
+                Ok(out)
+            })
+            .map_err(|e| StorageIOError::apply(last, &tx_error(e)))?;
+        self.inner
+            .db
+            .flush_async()
+            .await
+            .map_err(|e| StorageIOError::apply(last, &e))?;
+        Ok(results)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        // Capture the state here: this runs on the state-machine worker, serialized with apply,
+        // while `build_snapshot` runs later in its own task.
+        let captured = async {
+            let (applied, membership) = self.applied_state().await?;
+            let body = self.dump()?;
+            let data = postcard::to_stdvec(&body).map_err(sm_err)?;
+            Ok((applied, membership, data))
+        }
+        .await;
+        SnapshotBuilder {
+            store: self.clone(),
+            captured,
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let sig = Some(meta.signature());
+        let data = snapshot.into_inner();
+        let body: SnapshotBody = postcard::from_bytes(&data)
+            .map_err(|e| StorageIOError::read_snapshot(sig.clone(), &e))?;
+        if body.format != SNAPSHOT_FORMAT {
+            let e = std::io::Error::other(format!("unknown snapshot format {}", body.format));
+            return Err(StorageIOError::read_snapshot(sig, &e).into());
+        }
+        let write_err = |e: sled::Error| -> StorageError {
+            StorageIOError::write_snapshot(sig.clone(), &e).into()
+        };
+        let old = self.inner.current();
+        let next = Generation::open(&self.inner.db, old.number + 1).map_err(write_err)?;
+        for t in Table::ALL {
+            let tree = next.table(t);
+            tree.clear().map_err(write_err)?;
+            let mut batch = sled::Batch::default();
+            if let Some((_, pairs)) = body.tables.iter().find(|(name, _)| name == t.name()) {
+                for (k, v) in pairs {
+                    batch.insert(k.as_slice(), v.as_slice());
+                }
+            }
+            tree.apply_batch(batch).map_err(write_err)?;
+        }
+        self.inner.db.flush_async().await.map_err(write_err)?;
+
+        let meta_bytes = serde_json::to_vec(meta).map_err(sm_write_err)?;
+        let applied = json(&meta.last_log_id);
+        let membership = json(&meta.last_membership);
+        let gen_number = json(&next.number);
+        (&self.inner.sm_meta, &self.inner.snap)
+            .transaction(|(sm_meta, snap)| {
+                sm_meta.insert(ACTIVE_GEN, gen_number.as_slice())?;
+                sm_meta.insert(LAST_APPLIED, applied.as_slice())?;
+                sm_meta.insert(LAST_MEMBERSHIP, membership.as_slice())?;
+                snap.insert(SNAP_META, meta_bytes.as_slice())?;
+                snap.insert(SNAP_DATA, data.as_slice())?;
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| StorageIOError::write_snapshot(sig.clone(), &tx_error(e)))?;
+        self.inner.db.flush_async().await.map_err(write_err)?;
+
+        *self.inner.gen.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+        for t in Table::ALL {
+            self.inner
+                .db
+                .drop_tree(gen_tree_name(old.number, t).as_bytes())
+                .map_err(write_err)?;
+        }
+        tracing::info!(snapshot = %meta.snapshot_id, "installed snapshot");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        let (Some(meta), Some(data)) = (
+            self.inner.snap.get(SNAP_META).map_err(sm_err)?,
+            self.inner.snap.get(SNAP_DATA).map_err(sm_err)?,
+        ) else {
+            return Ok(None);
+        };
+        let meta: SnapshotMeta = serde_json::from_slice(&meta).map_err(sm_err)?;
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data.to_vec())),
+        }))
+    }
+}
+
+fn json<T: Serialize>(value: &T) -> Vec<u8> {
+    // Our own plain data types always serialize.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+/// Builds a snapshot from the state captured by `get_snapshot_builder`.
+pub struct SnapshotBuilder {
+    store: StateMachineStore,
+    captured: Result<(Option<LogId>, StoredMembership, Vec<u8>), StorageError>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let (applied, membership, data) = std::mem::replace(
+            &mut self.captured,
+            Err(sm_err(std::io::Error::other("snapshot builder used twice"))),
+        )?;
+        let seq = self
+            .store
+            .inner
+            .snapshot_seq
+            .fetch_add(1, Ordering::Relaxed);
+        let snapshot_id = match applied {
+            Some(l) => format!("{}-{}-{seq}", l.leader_id, l.index),
+            None => format!("--{seq}"),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: applied,
+            last_membership: membership,
+            snapshot_id,
+        };
+        self.store.save_snapshot(&meta, &data).await?;
+        tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "built snapshot");
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+impl StateView {
+    fn tree(&self, t: Table) -> sled::Tree {
+        self.inner.current().table(t).clone()
+    }
+
+    pub fn get_job(&self, id: &str) -> Result<Option<Job>, StateFault> {
+        match self.tree(Table::Jobs).get(id.as_bytes()) {
+            Ok(Some(bytes)) => state::decode_job(&bytes).map(Some),
+            Ok(None) => Ok(None),
+            Err(e) => Err(StateFault::Storage(e)),
+        }
+    }
+
+    /// Up to `limit` jobs with ids strictly after `after`, in id order, and whether more follow.
+    pub fn list_jobs(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<Job>, bool), StateFault> {
+        let tree = self.tree(Table::Jobs);
+        let iter = match after {
+            Some(a) => tree.range::<&[u8], _>((
+                std::ops::Bound::Excluded(a.as_bytes()),
+                std::ops::Bound::Unbounded,
+            )),
+            None => tree.iter(),
+        };
+        let mut jobs = Vec::with_capacity(limit.min(1024));
+        for item in iter {
+            let (_, v) = item.map_err(StateFault::Storage)?;
+            if jobs.len() == limit {
+                return Ok((jobs, true));
+            }
+            jobs.push(state::decode_job(&v)?);
+        }
+        Ok((jobs, false))
+    }
+
+    /// Number of jobs stored.
+    pub fn job_count(&self) -> usize {
+        self.tree(Table::Jobs).len()
+    }
+
+    /// API addresses recorded by `SetNodeInfo`, by node id.
+    pub fn node_api_addrs(&self) -> Vec<(NodeId, String)> {
+        self.tree(Table::Nodes)
+            .iter()
+            .filter_map(|item| item.ok())
+            .filter_map(|(k, v)| {
+                let id = u64::from_be_bytes(k.as_ref().try_into().ok()?);
+                Some((id, String::from_utf8_lossy(&v).into_owned()))
+            })
+            .collect()
+    }
+
+    /// The cluster id, once the first leader has recorded it.
+    pub fn cluster_id(&self) -> Option<String> {
+        self.tree(Table::Misc)
+            .get(state::CLUSTER_ID_KEY)
+            .ok()
+            .flatten()
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
+    }
+}

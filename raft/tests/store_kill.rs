@@ -1,0 +1,100 @@
+//! Kill-and-reopen test of the sled store: a writer process is SIGKILLed at random moments;
+//! after each kill, everything it had acknowledged as durable must be there when reopened.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command as Process, Stdio};
+
+use hookd_raft::store::Store;
+use openraft::storage::{RaftLogStorage, RaftStateMachine};
+use openraft::RaftLogReader;
+use rand::{Rng, SeedableRng};
+
+#[derive(Default, Debug)]
+struct Acked {
+    vote: u64,
+    append: u64,
+    apply: u64,
+}
+
+/// Runs the writer until it has acknowledged `stop_after` lines, then kills it.
+fn run_writer_and_kill(dir: &std::path::Path, stop_after: usize) -> Acked {
+    let mut child = Process::new(env!("CARGO_BIN_EXE_store-writer"))
+        .arg(dir)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn store-writer");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut acked = Acked::default();
+    for line in BufReader::new(stdout).lines().take(stop_after) {
+        let line = line.expect("read writer output");
+        let (what, n) = line.split_once(' ').expect("writer line is 'WHAT N'");
+        let n: u64 = n.parse().expect("number");
+        match what {
+            "vote" => acked.vote = n,
+            "append" => acked.append = n,
+            "apply" => acked.apply = n,
+            other => panic!("unexpected writer line {other}"),
+        }
+    }
+    child.kill().expect("SIGKILL the writer");
+    let _ = child.wait();
+    acked
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn acknowledged_writes_survive_sigkill() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let seed: u64 = rand::random();
+    println!("seed {seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut last = Acked::default();
+    for round in 0..6 {
+        let acked = run_writer_and_kill(dir.path(), rng.random_range(3..120));
+        let store = Store::open(dir.path(), 1).expect("reopen after SIGKILL");
+        let mut log = store.log_store();
+        let mut sm = store.state_machine();
+
+        let vote = log
+            .read_vote()
+            .await
+            .expect("read vote")
+            .expect("a vote was saved");
+        assert!(
+            vote.leader_id().term >= acked.vote.max(last.vote),
+            "round {round}: vote {vote:?} older than acknowledged {acked:?}"
+        );
+        let state = log.get_log_state().await.expect("log state");
+        let last_log = state.last_log_id.map_or(0, |l| l.index);
+        assert!(
+            last_log >= acked.append,
+            "round {round}: log ends at {last_log}, acked {acked:?}"
+        );
+        let entries = log
+            .try_get_log_entries(1..=last_log)
+            .await
+            .expect("read log");
+        let indexes: Vec<u64> = entries.iter().map(|e| e.log_id.index).collect();
+        assert_eq!(
+            indexes,
+            (1..=last_log).collect::<Vec<_>>(),
+            "round {round}: log has holes"
+        );
+
+        let (applied, _) = sm.applied_state().await.expect("applied state");
+        let applied = applied.map_or(0, |l| l.index);
+        assert!(
+            applied >= acked.apply,
+            "round {round}: applied {applied}, acked {acked:?}"
+        );
+        for n in 1..=applied {
+            let job = store.view().get_job(&format!("job-{n}")).expect("read job");
+            assert!(
+                job.is_some(),
+                "round {round}: applied job-{n} missing after reopen"
+            );
+        }
+        last = acked;
+        drop(store);
+    }
+    assert!(last.apply > 0, "the writer made progress");
+}
