@@ -1,6 +1,9 @@
 //! hookd's replicated core: openraft 0.9 on sled, the peer transport, and the job state machine.
 //! It knows nothing of the public HTTP API or of webhook delivery.
 
+// openraft's storage traits return its large `StorageError` by value; our helpers follow suit.
+#![allow(clippy::result_large_err)]
+
 pub mod command;
 pub mod network;
 pub mod replica;

@@ -198,8 +198,11 @@ mod tests {
     use super::*;
     use crate::command::{JobSpec, MisfirePolicy, MisfireSpec, RetrySpec, ScheduleSpec};
 
+    /// (table, key) → value
+    type Rows = BTreeMap<(u8, Vec<u8>), Vec<u8>>;
+
     #[derive(Default)]
-    struct MemTables(RefCell<BTreeMap<(u8, Vec<u8>), Vec<u8>>>);
+    struct MemTables(RefCell<Rows>);
 
     impl Tables for MemTables {
         fn get(&self, table: Table, key: &[u8]) -> TxResult<Option<Vec<u8>>> {

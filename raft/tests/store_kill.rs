@@ -45,7 +45,7 @@ fn run_writer_and_kill(dir: &std::path::Path, stop_after: usize) -> Acked {
 async fn acknowledged_writes_survive_sigkill() {
     let dir = tempfile::tempdir().expect("tempdir");
     let seed: u64 = rand::random();
-    println!("seed {seed}");
+    eprintln!("seed {seed}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut last = Acked::default();
     for round in 0..6 {

@@ -38,8 +38,10 @@ const SNAPSHOT_FORMAT: u32 = 1;
 #[derive(Serialize, Deserialize)]
 struct SnapshotBody {
     format: u32,
-    tables: Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)>,
+    tables: Vec<(String, Vec<KeyValue>)>,
 }
+
+type KeyValue = (Vec<u8>, Vec<u8>);
 
 /// The trees of one generation, indexed by `Table as usize`.
 struct Generation {
@@ -163,7 +165,8 @@ impl StateMachineStore {
     async fn save_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
         let meta_bytes = serde_json::to_vec(meta).map_err(sm_write_err)?;
         let sig = Some(meta.signature());
-        (&self.inner.snap)
+        self.inner
+            .snap
             .transaction(|snap| {
                 snap.insert(SNAP_META, meta_bytes.as_slice())?;
                 snap.insert(SNAP_DATA, data)?;

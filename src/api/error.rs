@@ -1,0 +1,136 @@
+//! `ApiError`: every error the public API returns, as `{"error": {"code", "message", "field"}}`
+//! with the status of SPEC §2. A client mistake is always a 4xx.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use hookd_raft::ReplicaError;
+use serde_json::json;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub field: Option<String>,
+}
+
+/// Seconds a client should wait before retrying a `503`.
+const RETRY_AFTER_SECS: &str = "1";
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    /// `400`: the body is not well-formed JSON.
+    pub fn malformed(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", message)
+    }
+
+    /// `400`: a query parameter or path segment cannot be parsed.
+    pub fn bad_request(field: &str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_parameter", message).at(field)
+    }
+
+    /// `422`: well-formed but invalid. Errors under `schedule` get the code `invalid_schedule`.
+    pub fn invalid(field: &str, message: impl Into<String>) -> ApiError {
+        let code = if field == "schedule" || field.starts_with("schedule.") {
+            "invalid_schedule"
+        } else {
+            "invalid_field"
+        };
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message).at(field)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    pub fn conflict(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::CONFLICT, "conflict", message).at("id")
+    }
+
+    pub fn unsupported_media_type() -> ApiError {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "request body must be JSON (Content-Type: application/json)",
+        )
+    }
+
+    pub fn payload_too_large(limit: usize) -> ApiError {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request body exceeds {limit} bytes"),
+        )
+    }
+
+    pub fn unauthorized() -> ApiError {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong API token (Authorization: Bearer TOKEN)",
+        )
+    }
+
+    pub fn method_not_allowed() -> ApiError {
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "method not allowed on this route",
+        )
+    }
+
+    pub fn no_leader(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_leader", message)
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+
+    /// Names the offending input (JSON path such as `schedule.cron`).
+    pub fn at(mut self, field: &str) -> ApiError {
+        self.field = Some(field.to_owned());
+        self
+    }
+}
+
+impl From<ReplicaError> for ApiError {
+    fn from(e: ReplicaError) -> ApiError {
+        match e {
+            ReplicaError::NoLeader(_) | ReplicaError::Unconfirmed(_) => {
+                ApiError::no_leader(e.to_string())
+            }
+            ReplicaError::Fatal(_) => ApiError::unavailable(e.to_string()),
+        }
+    }
+}
+
+impl From<hookd_raft::state::StateFault> for ApiError {
+    fn from(e: hookd_raft::state::StateFault) -> ApiError {
+        tracing::error!(error = %e, "reading the state machine failed");
+        ApiError::unavailable(format!("this node cannot read its state: {e}"))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Json(json!({
+            "error": {"code": self.code, "message": self.message, "field": self.field}
+        }));
+        let mut resp = (self.status, body).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+        }
+        resp
+    }
+}

@@ -1,0 +1,177 @@
+//! Handlers of `/v1/jobs`.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use hookd_raft::{Command, CommandResult};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::model::{parse_json, validate_id, JobRequest, JobView};
+use super::{json_body, now_ms, ApiError, ApiState, Consistency, Shared};
+use crate::limits::{LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadParams {
+    #[serde(default)]
+    consistency: Consistency,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    limit: Option<usize>,
+    after: Option<String>,
+    #[serde(default)]
+    consistency: Consistency,
+}
+
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(t)| t)
+        .map_err(|e| ApiError::bad_request("query", e.body_text()))
+}
+
+fn job_response(status: StatusCode, job: hookd_raft::Job) -> Response {
+    let location = format!("/v1/jobs/{}", job.id);
+    let view = JobView::new(job, now_ms());
+    let mut resp = (status, Json(view)).into_response();
+    if status == StatusCode::CREATED {
+        if let Ok(v) = location.parse() {
+            resp.headers_mut().insert(header::LOCATION, v);
+        }
+    }
+    resp
+}
+
+/// Maps the result of a job-changing command to a response.
+fn respond(id: &str, result: CommandResult) -> Result<Response, ApiError> {
+    match result {
+        CommandResult::Job { job, created, .. } => Ok(job_response(
+            if created { StatusCode::CREATED } else { StatusCode::OK },
+            job,
+        )),
+        CommandResult::Deleted { .. } => Ok(StatusCode::NO_CONTENT.into_response()),
+        CommandResult::NotFound => Err(ApiError::not_found(format!("no job {id:?}"))),
+        CommandResult::Conflict { .. } => Err(ApiError::conflict(format!(
+            "job {id:?} exists with another definition; PUT /v1/jobs/{id} replaces it"
+        ))),
+        CommandResult::Done => Err(ApiError::unavailable("unexpected result of a job command")),
+    }
+}
+
+pub async fn create(
+    state: Shared,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = json_body(&headers, body)?;
+    let (id, spec) = parse_json::<JobRequest>(&body)?.into_spec()?;
+    let id = id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let result = state
+        .replica
+        .propose(Command::CreateJob {
+            id: id.clone(),
+            spec,
+            now_ms: now_ms(),
+        })
+        .await?;
+    respond(&id, result)
+}
+
+pub async fn put(
+    state: Shared,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    validate_id("id", &id)?;
+    let body = json_body(&headers, body)?;
+    let (body_id, spec) = parse_json::<JobRequest>(&body)?.into_spec()?;
+    if body_id.as_ref().is_some_and(|b| *b != id) {
+        return Err(ApiError::invalid("id", "the id in the body differs from the one in the path"));
+    }
+    let result = state
+        .replica
+        .propose(Command::PutJob {
+            id: id.clone(),
+            spec,
+            now_ms: now_ms(),
+        })
+        .await?;
+    respond(&id, result)
+}
+
+pub async fn get_one(
+    state: Shared,
+    Path(id): Path<String>,
+    params: Result<Query<ReadParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let params = query(params)?;
+    validate_id("id", &id)?;
+    state.read_barrier(params.consistency).await?;
+    match state.replica.view().get_job(&id)? {
+        Some(job) => Ok(job_response(StatusCode::OK, job)),
+        None => Err(ApiError::not_found(format!("no job {id:?}"))),
+    }
+}
+
+pub async fn list(
+    state: Shared,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let params = query(params)?;
+    let limit = params.limit.unwrap_or(LIST_LIMIT_DEFAULT);
+    if !(1..=LIST_LIMIT_MAX).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "limit",
+            format!("limit must be between 1 and {LIST_LIMIT_MAX}"),
+        ));
+    }
+    state.read_barrier(params.consistency).await?;
+    let (jobs, more) = state
+        .replica
+        .view()
+        .list_jobs(params.after.as_deref(), limit)?;
+    let next = if more { jobs.last().map(|j| j.id.clone()) } else { None };
+    let now = now_ms();
+    let jobs: Vec<JobView> = jobs.into_iter().map(|j| JobView::new(j, now)).collect();
+    Ok(Json(json!({"jobs": jobs, "next": next})).into_response())
+}
+
+async fn simple_command(state: &Arc<ApiState>, id: &str, cmd: Command) -> Result<Response, ApiError> {
+    validate_id("id", id)?;
+    let result = state.replica.propose(cmd).await?;
+    respond(id, result)
+}
+
+pub async fn delete(state: Shared, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let cmd = Command::DeleteJob {
+        id: id.clone(),
+        now_ms: now_ms(),
+    };
+    simple_command(&state, &id, cmd).await
+}
+
+pub async fn pause(state: Shared, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let cmd = Command::SetPaused {
+        id: id.clone(),
+        paused: true,
+        now_ms: now_ms(),
+    };
+    simple_command(&state, &id, cmd).await
+}
+
+pub async fn resume(state: Shared, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let cmd = Command::SetPaused {
+        id: id.clone(),
+        paused: false,
+        now_ms: now_ms(),
+    };
+    simple_command(&state, &id, cmd).await
+}

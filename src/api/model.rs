@@ -1,0 +1,604 @@
+//! The JSON of the public API: requests are parsed strictly and validated field by field into
+//! the replicated `JobSpec`; jobs are rendered back in the shape the user sent, plus the
+//! server-side fields. Durations are normalised to milliseconds, instants to UTC.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
+use hookd_raft::command::{
+    Job, JobSpec, MisfirePolicy, MisfireSpec, RetrySpec, ScheduleSpec, UnixMs,
+};
+use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::{Deserialize, Serialize};
+
+use super::error::ApiError;
+use crate::limits::*;
+use crate::schedule::{CronSchedule, Schedule, EVERY_MIN};
+
+/// A job as sent to `POST /v1/jobs` or `PUT /v1/jobs/{id}`. Unknown fields are rejected so that
+/// typos are not silently ignored; the server-side fields of a job as returned are accepted and
+/// ignored, so a GET → edit → PUT round trip works.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobRequest {
+    pub id: Option<String>,
+    pub url: String,
+    pub method: Option<String>,
+    pub headers: Option<BTreeMap<String, String>>,
+    pub body: Option<String>,
+    pub schedule: ScheduleRequest,
+    pub retry: Option<RetryRequest>,
+    pub timeout: Option<String>,
+    pub misfire: Option<MisfireRequest>,
+    pub paused: Option<bool>,
+    #[serde(rename = "created_at")]
+    _created_at: Option<IgnoredAny>,
+    #[serde(rename = "updated_at")]
+    _updated_at: Option<IgnoredAny>,
+    #[serde(rename = "next_fire_at")]
+    _next_fire_at: Option<IgnoredAny>,
+    #[serde(rename = "state")]
+    _state: Option<IgnoredAny>,
+    #[serde(rename = "version")]
+    _version: Option<IgnoredAny>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleRequest {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub every: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cron: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryRequest {
+    pub max_attempts: Option<u32>,
+    pub initial_backoff: Option<String>,
+    pub max_backoff: Option<String>,
+    pub multiplier: Option<f64>,
+    pub jitter: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MisfireRequest {
+    pub policy: Option<String>,
+    pub grace: Option<String>,
+    pub catchup_window: Option<String>,
+}
+
+/// Parses a JSON body into `T`, telling malformed JSON (`400`) from well-formed JSON of the wrong
+/// shape (`422`, naming the field).
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if !matches!(inner.classify(), serde_json::error::Category::Data) {
+            return ApiError::malformed(format!("request body is not valid JSON: {inner}"));
+        }
+        let message = strip_position(&inner.to_string());
+        // "missing field `url`" is reported at the parent; name the missing field itself.
+        let field = match message.split('`').nth(1) {
+            Some(name) if message.starts_with("missing field") => join_path(&path, name),
+            _ => path.trim_start_matches('.').to_owned(),
+        };
+        let field = if field.is_empty() { "body".to_owned() } else { field };
+        ApiError::invalid(&field, message)
+    })
+}
+
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+fn join_path(parent: &str, name: &str) -> String {
+    match parent.trim_start_matches('.') {
+        "" => name.to_owned(),
+        p => format!("{p}.{name}"),
+    }
+}
+
+/// Parses a duration like `500ms`, `30s`, `1h30m`.
+pub fn parse_duration(field: &str, value: &str) -> Result<Duration, ApiError> {
+    humantime::parse_duration(value.trim()).map_err(|e| {
+        ApiError::invalid(
+            field,
+            format!("{value:?} is not a duration like 500ms, 30s, 5m or 1h30m: {e}"),
+        )
+    })
+}
+
+fn bounded_duration(
+    field: &str,
+    value: &Option<String>,
+    default: Duration,
+    min: Duration,
+    max: Duration,
+) -> Result<u64, ApiError> {
+    let d = match value {
+        Some(v) => parse_duration(field, v)?,
+        None => default,
+    };
+    if d < min || d > max {
+        return Err(ApiError::invalid(
+            field,
+            format!(
+                "must be between {} and {}",
+                format_duration_ms(min.as_millis() as u64),
+                format_duration_ms(max.as_millis() as u64)
+            ),
+        ));
+    }
+    if d.subsec_nanos() % 1_000_000 != 0 {
+        return Err(ApiError::invalid(field, "durations have millisecond precision"));
+    }
+    Ok(d.as_millis() as u64)
+}
+
+/// Parses an RFC 3339 instant into unix milliseconds.
+pub fn parse_instant(field: &str, value: &str) -> Result<UnixMs, ApiError> {
+    let t = DateTime::parse_from_rfc3339(value.trim()).map_err(|e| {
+        ApiError::invalid(
+            field,
+            format!("{value:?} is not an RFC 3339 instant like 2026-12-01T09:00:00Z: {e}"),
+        )
+    })?;
+    let ms = t.timestamp_millis();
+    if !(0..=253_402_300_799_999).contains(&ms) {
+        return Err(ApiError::invalid(field, "must lie between 1970 and 9999"));
+    }
+    Ok(ms)
+}
+
+/// Checks a job id against `[A-Za-z0-9._:-]{1,128}`.
+pub fn validate_id(field: &str, id: &str) -> Result<(), ApiError> {
+    let ok = !id.is_empty()
+        && id.len() <= JOB_ID_CHARS_MAX
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            field,
+            format!("job ids are 1 to {JOB_ID_CHARS_MAX} characters of A-Z a-z 0-9 . _ : -"),
+        ))
+    }
+}
+
+const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
+
+/// Headers hookd sets itself on every delivery; a job may not set them.
+const RESERVED_HEADERS: [&str; 11] = [
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+    "hookd-job-id",
+    "hookd-scheduled-at",
+    "hookd-attempt",
+    "user-agent",
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+];
+
+impl JobRequest {
+    /// Validates every field and builds the replicated definition.
+    pub fn into_spec(self) -> Result<(Option<String>, JobSpec), ApiError> {
+        if let Some(id) = &self.id {
+            validate_id("id", id)?;
+        }
+        let url = validate_url(&self.url)?;
+        let method = match self.method {
+            None => "POST".to_owned(),
+            Some(m) if METHODS.contains(&m.as_str()) => m,
+            Some(m) => {
+                return Err(ApiError::invalid(
+                    "method",
+                    format!("{m:?} is not one of GET, POST, PUT, PATCH, DELETE"),
+                ))
+            }
+        };
+        let headers = validate_headers(self.headers.unwrap_or_default())?;
+        if let Some(body) = &self.body {
+            if body.len() > JOB_BODY_BYTES_MAX {
+                return Err(ApiError::invalid(
+                    "body",
+                    format!("body is {} bytes; at most {JOB_BODY_BYTES_MAX} allowed", body.len()),
+                ));
+            }
+        }
+        let schedule = validate_schedule(&self.schedule)?;
+        let retry = validate_retry(self.retry.unwrap_or_default())?;
+        let timeout_ms = bounded_duration(
+            "timeout",
+            &self.timeout,
+            DELIVERY_TIMEOUT_DEFAULT,
+            Duration::from_millis(1),
+            DELIVERY_TIMEOUT_MAX,
+        )?;
+        let misfire = validate_misfire(self.misfire.unwrap_or_default())?;
+        Ok((
+            self.id,
+            JobSpec {
+                url,
+                method,
+                headers,
+                body: self.body,
+                schedule,
+                retry,
+                timeout_ms,
+                misfire,
+                paused: self.paused.unwrap_or(false),
+            },
+        ))
+    }
+}
+
+fn validate_url(url: &str) -> Result<String, ApiError> {
+    if url.len() > URL_BYTES_MAX {
+        return Err(ApiError::invalid("url", format!("url exceeds {URL_BYTES_MAX} bytes")));
+    }
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|e| ApiError::invalid("url", format!("{url:?} is not a URL: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(ApiError::invalid(
+            "url",
+            format!("scheme {:?} is not allowed; use http or https", parsed.scheme()),
+        ));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(ApiError::invalid("url", "url has no host"));
+    }
+    Ok(parsed.to_string())
+}
+
+fn validate_headers(headers: BTreeMap<String, String>) -> Result<BTreeMap<String, String>, ApiError> {
+    if headers.len() > HEADERS_COUNT_MAX {
+        return Err(ApiError::invalid(
+            "headers",
+            format!("at most {HEADERS_COUNT_MAX} headers allowed"),
+        ));
+    }
+    let mut out = BTreeMap::new();
+    for (name, value) in headers {
+        let field = format!("headers.{name}");
+        let lower = name.to_ascii_lowercase();
+        if axum::http::HeaderName::from_bytes(lower.as_bytes()).is_err() {
+            return Err(ApiError::invalid(&field, format!("{name:?} is not a valid header name")));
+        }
+        if RESERVED_HEADERS.contains(&lower.as_str()) {
+            return Err(ApiError::invalid(
+                &field,
+                format!("header {lower} is set by hookd and cannot be overridden"),
+            ));
+        }
+        if value.len() > HEADER_BYTES_MAX || axum::http::HeaderValue::from_str(&value).is_err() {
+            return Err(ApiError::invalid(
+                &field,
+                format!("header value must be visible ASCII text of at most {HEADER_BYTES_MAX} bytes"),
+            ));
+        }
+        if out.insert(lower.clone(), value).is_some() {
+            return Err(ApiError::invalid(&field, format!("header {lower} is given twice")));
+        }
+    }
+    Ok(out)
+}
+
+fn validate_schedule(s: &ScheduleRequest) -> Result<ScheduleSpec, ApiError> {
+    let kinds = [s.at.is_some(), s.after.is_some(), s.every.is_some(), s.cron.is_some()];
+    if kinds.iter().filter(|k| **k).count() != 1 {
+        return Err(ApiError::invalid(
+            "schedule",
+            "schedule must have exactly one of at, after, every, cron",
+        ));
+    }
+    if s.start_at.is_some() && s.every.is_none() {
+        return Err(ApiError::invalid("schedule.start_at", "start_at goes only with every"));
+    }
+    if s.timezone.is_some() && s.cron.is_none() {
+        return Err(ApiError::invalid("schedule.timezone", "timezone goes only with cron"));
+    }
+    if let Some(at) = &s.at {
+        return Ok(ScheduleSpec::At {
+            at_ms: parse_instant("schedule.at", at)?,
+        });
+    }
+    if let Some(after) = &s.after {
+        let d = parse_duration("schedule.after", after)?;
+        if d > SCHEDULE_SPAN_MAX {
+            return Err(ApiError::invalid("schedule.after", "after is at most ten years"));
+        }
+        return Ok(ScheduleSpec::After {
+            after_ms: d.as_millis() as u64,
+        });
+    }
+    if let Some(every) = &s.every {
+        let d = parse_duration("schedule.every", every)?;
+        if d < EVERY_MIN || d > SCHEDULE_SPAN_MAX {
+            return Err(ApiError::invalid(
+                "schedule.every",
+                "every must be at least 1s and at most ten years",
+            ));
+        }
+        if d.subsec_nanos() % 1_000_000 != 0 {
+            return Err(ApiError::invalid("schedule.every", "durations have millisecond precision"));
+        }
+        let start_at_ms = match &s.start_at {
+            Some(t) => Some(parse_instant("schedule.start_at", t)?),
+            None => None,
+        };
+        return Ok(ScheduleSpec::Every {
+            every_ms: d.as_millis() as u64,
+            start_at_ms,
+        });
+    }
+    let expr = s.cron.as_deref().unwrap_or_default();
+    if expr.len() > CRON_EXPR_BYTES_MAX {
+        return Err(ApiError::invalid(
+            "schedule.cron",
+            format!("cron expression exceeds {CRON_EXPR_BYTES_MAX} bytes"),
+        ));
+    }
+    let parsed = CronSchedule::parse(expr, s.timezone.as_deref())
+        .map_err(|e| ApiError::invalid(e.field, e.message))?;
+    Ok(ScheduleSpec::Cron {
+        expr: parsed.expr().to_owned(),
+        timezone: parsed.timezone().name().to_owned(),
+    })
+}
+
+fn validate_retry(r: RetryRequest) -> Result<RetrySpec, ApiError> {
+    let max_attempts = r.max_attempts.unwrap_or(RETRY_ATTEMPTS_DEFAULT);
+    if !(1..=RETRY_ATTEMPTS_MAX).contains(&max_attempts) {
+        return Err(ApiError::invalid(
+            "retry.max_attempts",
+            format!("must be between 1 and {RETRY_ATTEMPTS_MAX}"),
+        ));
+    }
+    let initial_backoff_ms = bounded_duration(
+        "retry.initial_backoff",
+        &r.initial_backoff,
+        RETRY_INITIAL_BACKOFF_DEFAULT,
+        RETRY_BACKOFF_MIN,
+        RETRY_MAX_BACKOFF_MAX,
+    )?;
+    let max_backoff_ms = bounded_duration(
+        "retry.max_backoff",
+        &r.max_backoff,
+        RETRY_MAX_BACKOFF_DEFAULT.max(Duration::from_millis(initial_backoff_ms)),
+        RETRY_BACKOFF_MIN,
+        RETRY_MAX_BACKOFF_MAX,
+    )?;
+    if max_backoff_ms < initial_backoff_ms {
+        return Err(ApiError::invalid(
+            "retry.max_backoff",
+            "max_backoff must not be below initial_backoff",
+        ));
+    }
+    let multiplier = r.multiplier.unwrap_or(RETRY_MULTIPLIER_DEFAULT);
+    if !(1.0..=RETRY_MULTIPLIER_MAX).contains(&multiplier) {
+        return Err(ApiError::invalid(
+            "retry.multiplier",
+            format!("must be between 1.0 and {RETRY_MULTIPLIER_MAX}"),
+        ));
+    }
+    let jitter = r.jitter.unwrap_or(RETRY_JITTER_DEFAULT);
+    if !(0.0..=1.0).contains(&jitter) {
+        return Err(ApiError::invalid("retry.jitter", "must be between 0.0 and 1.0"));
+    }
+    Ok(RetrySpec {
+        max_attempts,
+        initial_backoff_ms,
+        max_backoff_ms,
+        multiplier,
+        jitter,
+    })
+}
+
+fn validate_misfire(m: MisfireRequest) -> Result<MisfireSpec, ApiError> {
+    let policy = match m.policy.as_deref() {
+        None | Some("fire_once") => MisfirePolicy::FireOnce,
+        Some("fire_all") => MisfirePolicy::FireAll,
+        Some("skip") => MisfirePolicy::Skip,
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "misfire.policy",
+                format!("{other:?} is not one of fire_once, fire_all, skip"),
+            ))
+        }
+    };
+    let grace_ms = bounded_duration(
+        "misfire.grace",
+        &m.grace,
+        MISFIRE_GRACE_DEFAULT,
+        Duration::ZERO,
+        MISFIRE_GRACE_MAX,
+    )?;
+    let catchup_window_ms = bounded_duration(
+        "misfire.catchup_window",
+        &m.catchup_window,
+        MISFIRE_CATCHUP_WINDOW_DEFAULT,
+        Duration::ZERO,
+        MISFIRE_CATCHUP_WINDOW_MAX,
+    )?;
+    Ok(MisfireSpec {
+        policy,
+        grace_ms,
+        catchup_window_ms,
+    })
+}
+
+/// Renders milliseconds as a compact duration (`1h30m`, `500ms`, `0s`).
+pub fn format_duration_ms(ms: u64) -> String {
+    if ms == 0 {
+        return "0s".into();
+    }
+    humantime::format_duration(Duration::from_millis(ms))
+        .to_string()
+        .replace(' ', "")
+}
+
+/// Renders unix milliseconds as RFC 3339 UTC with milliseconds.
+pub fn format_instant(ms: UnixMs) -> String {
+    Utc.timestamp_millis_opt(ms)
+        .single()
+        .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+pub fn instant(ms: UnixMs) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
+}
+
+/// The schedule of a job, resolved against its creation instant.
+pub fn resolve_schedule(spec: &ScheduleSpec, created_at_ms: UnixMs) -> Option<Schedule> {
+    match spec {
+        ScheduleSpec::At { at_ms } => Some(Schedule::at(instant(*at_ms))),
+        ScheduleSpec::After { after_ms } => {
+            Schedule::after(instant(created_at_ms), Duration::from_millis(*after_ms)).ok()
+        }
+        ScheduleSpec::Every {
+            every_ms,
+            start_at_ms,
+        } => Schedule::every(
+            instant(start_at_ms.unwrap_or(created_at_ms)),
+            Duration::from_millis(*every_ms),
+        )
+        .ok(),
+        ScheduleSpec::Cron { expr, timezone } => Schedule::cron(expr, Some(timezone)).ok(),
+    }
+}
+
+/// The schedule in the shape the user sends it.
+pub fn render_schedule(spec: &ScheduleSpec) -> ScheduleRequest {
+    match spec {
+        ScheduleSpec::At { at_ms } => ScheduleRequest {
+            at: Some(format_instant(*at_ms)),
+            ..Default::default()
+        },
+        ScheduleSpec::After { after_ms } => ScheduleRequest {
+            after: Some(format_duration_ms(*after_ms)),
+            ..Default::default()
+        },
+        ScheduleSpec::Every {
+            every_ms,
+            start_at_ms,
+        } => ScheduleRequest {
+            every: Some(format_duration_ms(*every_ms)),
+            start_at: start_at_ms.map(format_instant),
+            ..Default::default()
+        },
+        ScheduleSpec::Cron { expr, timezone } => ScheduleRequest {
+            cron: Some(expr.clone()),
+            timezone: Some(timezone.clone()),
+            ..Default::default()
+        },
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct RetryView {
+    pub max_attempts: u32,
+    pub initial_backoff: String,
+    pub max_backoff: String,
+    pub multiplier: f64,
+    pub jitter: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MisfireView {
+    pub policy: MisfirePolicy,
+    pub grace: String,
+    pub catchup_window: String,
+}
+
+/// A job as returned by the API.
+#[derive(Debug, Serialize)]
+pub struct JobView {
+    pub id: String,
+    pub url: String,
+    pub method: String,
+    pub headers: BTreeMap<String, String>,
+    pub body: Option<String>,
+    pub schedule: ScheduleRequest,
+    pub retry: RetryView,
+    pub timeout: String,
+    pub misfire: MisfireView,
+    pub paused: bool,
+    pub created_at: String,
+    pub updated_at: String,
+    pub next_fire_at: Option<String>,
+    pub state: &'static str,
+    pub version: u64,
+}
+
+impl JobView {
+    /// Renders `job`; `now_ms` decides the next fire of recurring schedules.
+    pub fn new(job: Job, now_ms: UnixMs) -> JobView {
+        let s = &job.spec;
+        let next_fire_at = if s.paused {
+            None
+        } else {
+            next_fire(&s.schedule, job.created_at_ms, now_ms).map(format_instant)
+        };
+        JobView {
+            url: s.url.clone(),
+            method: s.method.clone(),
+            headers: s.headers.clone(),
+            body: s.body.clone(),
+            schedule: render_schedule(&s.schedule),
+            retry: RetryView {
+                max_attempts: s.retry.max_attempts,
+                initial_backoff: format_duration_ms(s.retry.initial_backoff_ms),
+                max_backoff: format_duration_ms(s.retry.max_backoff_ms),
+                multiplier: s.retry.multiplier,
+                jitter: s.retry.jitter,
+            },
+            timeout: format_duration_ms(s.timeout_ms),
+            misfire: MisfireView {
+                policy: s.misfire.policy,
+                grace: format_duration_ms(s.misfire.grace_ms),
+                catchup_window: format_duration_ms(s.misfire.catchup_window_ms),
+            },
+            paused: s.paused,
+            created_at: format_instant(job.created_at_ms),
+            updated_at: format_instant(job.updated_at_ms),
+            next_fire_at,
+            state: if s.paused { "paused" } else { "active" },
+            version: job.version,
+            id: job.id,
+        }
+    }
+}
+
+/// The next due instant of a schedule as seen at `now_ms`. A one-shot stays due (at its instant,
+/// or at creation if that was in the past) until dispatch records it.
+fn next_fire(spec: &ScheduleSpec, created_at_ms: UnixMs, now_ms: UnixMs) -> Option<UnixMs> {
+    let schedule = resolve_schedule(spec, created_at_ms)?;
+    match schedule {
+        Schedule::Once(t) => Some(t.timestamp_millis().max(created_at_ms)),
+        recurring => recurring
+            .next_after(instant(now_ms))
+            .map(|t| t.timestamp_millis()),
+    }
+}

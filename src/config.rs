@@ -1,0 +1,306 @@
+//! Configuration: raw values from flags, the environment and a TOML file are merged (flag > env >
+//! file > default) and validated into a `Config`. Nothing downstream sees unvalidated input.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+
+/// hookd: a self-hosted, replicated webhook scheduler.
+#[derive(Debug, Parser)]
+#[command(name = "hookd", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Commands,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Commands {
+    /// Run a node.
+    Serve(ServeArgs),
+}
+
+/// Flags of `hookd serve`. Each also reads `HOOKD_<NAME>` from the environment, and the same key
+/// in snake_case from `--config FILE`.
+#[derive(Debug, Default, Args)]
+pub struct ServeArgs {
+    /// TOML file with the same keys in snake_case.
+    #[arg(long, env = "HOOKD_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// This node's id, as named in --initial-cluster.
+    #[arg(long, env = "HOOKD_NODE_ID")]
+    pub node_id: Option<u64>,
+    /// Address of the public HTTP API [default: 127.0.0.1:7101].
+    #[arg(long, env = "HOOKD_LISTEN", value_name = "HOST:PORT")]
+    pub listen: Option<String>,
+    /// Address for Raft traffic and forwarding between nodes [default: 127.0.0.1:7201].
+    #[arg(long, env = "HOOKD_PEER_LISTEN", value_name = "HOST:PORT")]
+    pub peer_listen: Option<String>,
+    /// Directory holding this node's data.
+    #[arg(long, env = "HOOKD_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Initial members as ID=HOST:PORT,… (peer addresses). Used only for a new data dir.
+    #[arg(long, env = "HOOKD_INITIAL_CLUSTER", value_name = "ID=HOST:PORT,...")]
+    pub initial_cluster: Option<String>,
+    /// Run a single-node cluster with a temporary data dir, for trying things out.
+    #[arg(long, env = "HOOKD_DEV", num_args = 0..=1, default_missing_value = "true")]
+    pub dev: Option<bool>,
+    /// Require `Authorization: Bearer TOKEN` on every /v1 request.
+    #[arg(long, env = "HOOKD_API_TOKEN", value_name = "TOKEN")]
+    pub api_token: Option<String>,
+    /// Shared secret authenticating node-to-node traffic.
+    #[arg(long, env = "HOOKD_PEER_SECRET", value_name = "SECRET")]
+    pub peer_secret: Option<String>,
+    /// Default signing key for deliveries (Standard Webhooks, whsec_…).
+    #[arg(long, env = "HOOKD_SIGNING_SECRET", value_name = "whsec_…")]
+    pub signing_secret: Option<String>,
+    /// Name of the cluster. A data dir of another cluster is refused. Default: chosen by the
+    /// first leader.
+    #[arg(long, env = "HOOKD_CLUSTER_ID", value_name = "ID")]
+    pub cluster_id: Option<String>,
+    /// API address other nodes report for this node in /v1/cluster [default: the listen address].
+    #[arg(long, env = "HOOKD_ADVERTISE_API", value_name = "HOST:PORT")]
+    pub advertise_api: Option<String>,
+    /// Log filter (tracing EnvFilter syntax) [default: info,openraft=warn,sled=warn].
+    #[arg(long, env = "HOOKD_LOG", value_name = "FILTER")]
+    pub log: Option<String>,
+}
+
+/// The config file: the same keys as the flags, in snake_case.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    node_id: Option<u64>,
+    listen: Option<String>,
+    peer_listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    initial_cluster: Option<String>,
+    dev: Option<bool>,
+    api_token: Option<String>,
+    peer_secret: Option<String>,
+    signing_secret: Option<String>,
+    cluster_id: Option<String>,
+    advertise_api: Option<String>,
+    log: Option<String>,
+}
+
+/// Where the node keeps its data.
+#[derive(Debug)]
+pub enum DataDir {
+    Path(PathBuf),
+    /// `--dev`: removed when the node exits.
+    Temp(tempfile::TempDir),
+}
+
+impl DataDir {
+    pub fn path(&self) -> &std::path::Path {
+        match self {
+            DataDir::Path(p) => p,
+            DataDir::Temp(t) => t.path(),
+        }
+    }
+}
+
+/// Validated configuration of a node.
+#[derive(Debug)]
+pub struct Config {
+    pub node_id: u64,
+    pub listen: SocketAddr,
+    pub peer_listen: SocketAddr,
+    pub data_dir: DataDir,
+    /// Node id → peer address. Empty when the data dir already holds a cluster.
+    pub initial_cluster: BTreeMap<u64, String>,
+    pub dev: bool,
+    pub api_token: Option<String>,
+    pub peer_secret: Option<String>,
+    pub signing_secret: Option<String>,
+    pub cluster_id: Option<String>,
+    pub advertise_api: Option<String>,
+    pub log: String,
+}
+
+/// openraft and sled log routine events at info; keep them to warnings by default.
+const DEFAULT_LOG: &str = "info,openraft=warn,sled=warn";
+const DEFAULT_LISTEN: &str = "127.0.0.1:7101";
+const DEFAULT_PEER_LISTEN: &str = "127.0.0.1:7201";
+
+impl ServeArgs {
+    /// Merges flags and environment (already merged by clap) with the config file and defaults,
+    /// and validates the result.
+    pub fn into_config(self) -> anyhow::Result<Config> {
+        let file = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("read config file {}", path.display()))?;
+                toml::from_str::<FileConfig>(&text)
+                    .with_context(|| format!("parse config file {}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let dev = self.dev.or(file.dev).unwrap_or(false);
+        let node_id = match self.node_id.or(file.node_id) {
+            Some(id) => id,
+            None if dev => 1,
+            None => bail!("--node-id is required (or HOOKD_NODE_ID, or node_id in the config file)"),
+        };
+        let listen = parse_addr(
+            "--listen",
+            &self.listen.or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.into()),
+        )?;
+        let peer_listen = parse_addr(
+            "--peer-listen",
+            &self
+                .peer_listen
+                .or(file.peer_listen)
+                .unwrap_or_else(|| DEFAULT_PEER_LISTEN.into()),
+        )?;
+        let data_dir = match self.data_dir.or(file.data_dir) {
+            Some(p) => DataDir::Path(p),
+            None if dev => DataDir::Temp(
+                tempfile::Builder::new()
+                    .prefix("hookd-dev-")
+                    .tempdir()
+                    .context("create a temporary data dir")?,
+            ),
+            None => bail!("--data-dir is required (or HOOKD_DATA_DIR, or data_dir in the config file)"),
+        };
+        let initial_cluster = match self.initial_cluster.or(file.initial_cluster) {
+            Some(spec) => parse_initial_cluster(&spec)?,
+            None if dev => BTreeMap::from([(node_id, peer_listen.to_string())]),
+            None => BTreeMap::new(),
+        };
+        if !initial_cluster.is_empty() && !initial_cluster.contains_key(&node_id) {
+            bail!("--initial-cluster does not name this node ({node_id}); list every initial member, this one included");
+        }
+        let signing_secret = self.signing_secret.or(file.signing_secret);
+        if let Some(s) = &signing_secret {
+            validate_signing_secret(s)?;
+        }
+        let api_token = non_empty("--api-token", self.api_token.or(file.api_token))?;
+        let peer_secret = non_empty("--peer-secret", self.peer_secret.or(file.peer_secret))?;
+        let cluster_id = non_empty("--cluster-id", self.cluster_id.or(file.cluster_id))?;
+        let advertise_api = self.advertise_api.or(file.advertise_api);
+        Ok(Config {
+            node_id,
+            listen,
+            peer_listen,
+            data_dir,
+            initial_cluster,
+            dev,
+            api_token,
+            peer_secret,
+            signing_secret,
+            cluster_id,
+            advertise_api,
+            log: self.log.or(file.log).unwrap_or_else(|| DEFAULT_LOG.into()),
+        })
+    }
+}
+
+fn parse_addr(flag: &str, value: &str) -> anyhow::Result<SocketAddr> {
+    value
+        .parse()
+        .with_context(|| format!("{flag} {value:?} is not an IP:PORT address"))
+}
+
+fn non_empty(flag: &str, value: Option<String>) -> anyhow::Result<Option<String>> {
+    match value {
+        Some(v) if v.is_empty() => bail!("{flag} must not be empty"),
+        v => Ok(v),
+    }
+}
+
+/// Parses `1=host:port,2=host:port,…`.
+pub fn parse_initial_cluster(spec: &str) -> anyhow::Result<BTreeMap<u64, String>> {
+    let mut members = BTreeMap::new();
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .with_context(|| format!("--initial-cluster entry {part:?} is not ID=HOST:PORT"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .with_context(|| format!("--initial-cluster entry {part:?}: node id is not a number"))?;
+        let addr = addr.trim();
+        let valid_port = addr
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+        if !valid_port {
+            bail!("--initial-cluster entry {part:?}: address is not HOST:PORT");
+        }
+        if members.insert(id, addr.to_owned()).is_some() {
+            bail!("--initial-cluster names node {id} twice");
+        }
+    }
+    if members.is_empty() {
+        bail!("--initial-cluster is empty");
+    }
+    Ok(members)
+}
+
+/// A Standard Webhooks secret: `whsec_` followed by base64 of at least 24 bytes.
+fn validate_signing_secret(secret: &str) -> anyhow::Result<()> {
+    let Some(b64) = secret.strip_prefix("whsec_") else {
+        bail!("--signing-secret must start with whsec_");
+    };
+    let ok = !b64.is_empty()
+        && b64.len() % 4 == 0
+        && b64
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='));
+    if !ok || b64.len() < 32 {
+        bail!("--signing-secret must be whsec_ followed by base64 of at least 24 random bytes");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initial_cluster_parses_and_rejects_bad_entries() {
+        let m = parse_initial_cluster("1=127.0.0.1:7201, 2=127.0.0.1:7202,3=node3:7203").unwrap();
+        assert_eq!(m.len(), 3);
+        assert_eq!(m[&3], "node3:7203");
+        for bad in ["", "1", "1=", "x=1.2.3.4:5", "1=host", "1=host:0", "1=a:1,1=b:2", "1=:80"] {
+            assert!(parse_initial_cluster(bad).is_err(), "{bad:?} must be rejected");
+        }
+    }
+
+    #[test]
+    fn flag_beats_file_and_file_beats_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("hookd.toml");
+        std::fs::write(
+            &file,
+            "node_id = 2\nlisten = \"127.0.0.1:9101\"\ndata_dir = \"/tmp/x\"\ninitial_cluster = \"2=127.0.0.1:9201\"\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(file.clone()),
+            listen: Some("127.0.0.1:9999".into()),
+            ..Default::default()
+        };
+        let c = args.into_config().unwrap();
+        assert_eq!(c.node_id, 2);
+        assert_eq!(c.listen.to_string(), "127.0.0.1:9999");
+        assert_eq!(c.peer_listen.to_string(), DEFAULT_PEER_LISTEN);
+
+        std::fs::write(&file, "node_idd = 2\n").unwrap();
+        let err = ServeArgs { config: Some(file), ..Default::default() }
+            .into_config()
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("node_idd"), "unknown keys are named: {err:#}");
+    }
+
+    #[test]
+    fn signing_secret_format_is_checked() {
+        assert!(validate_signing_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").is_ok());
+        assert!(validate_signing_secret("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").is_err());
+        assert!(validate_signing_secret("whsec_short").is_err());
+    }
+}

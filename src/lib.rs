@@ -1,0 +1,8 @@
+//! hookd, a self-hosted replicated webhook scheduler: the node around the replicated core
+//! (`hookd-raft`): configuration, the public HTTP API, schedules and (later) dispatch.
+
+pub mod api;
+pub mod config;
+pub mod limits;
+pub mod node;
+pub mod schedule;

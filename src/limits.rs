@@ -1,0 +1,44 @@
+//! Every bound hookd enforces, in one place, named with the unit last.
+
+use std::time::Duration;
+
+/// Largest request body the public API reads; larger ones get `413`.
+pub const REQUEST_BODY_BYTES_MAX: usize = 1 << 20;
+/// Largest webhook body a job may carry.
+pub const JOB_BODY_BYTES_MAX: usize = 256 << 10;
+/// Job ids: `[A-Za-z0-9._:-]{1,128}`.
+pub const JOB_ID_CHARS_MAX: usize = 128;
+pub const URL_BYTES_MAX: usize = 8 << 10;
+pub const HEADERS_COUNT_MAX: usize = 64;
+pub const HEADER_BYTES_MAX: usize = 8 << 10;
+pub const CRON_EXPR_BYTES_MAX: usize = 256;
+
+pub const DELIVERY_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
+pub const DELIVERY_TIMEOUT_MAX: Duration = Duration::from_secs(60);
+
+pub const RETRY_ATTEMPTS_DEFAULT: u32 = 5;
+pub const RETRY_ATTEMPTS_MAX: u32 = 100;
+pub const RETRY_INITIAL_BACKOFF_DEFAULT: Duration = Duration::from_secs(1);
+pub const RETRY_BACKOFF_MIN: Duration = Duration::from_millis(10);
+pub const RETRY_MAX_BACKOFF_DEFAULT: Duration = Duration::from_secs(3600);
+pub const RETRY_MAX_BACKOFF_MAX: Duration = Duration::from_secs(7 * 24 * 3600);
+pub const RETRY_MULTIPLIER_DEFAULT: f64 = 2.0;
+pub const RETRY_MULTIPLIER_MAX: f64 = 100.0;
+pub const RETRY_JITTER_DEFAULT: f64 = 0.2;
+
+pub const MISFIRE_GRACE_DEFAULT: Duration = Duration::from_secs(60);
+pub const MISFIRE_GRACE_MAX: Duration = Duration::from_secs(7 * 24 * 3600);
+pub const MISFIRE_CATCHUP_WINDOW_DEFAULT: Duration = Duration::from_secs(24 * 3600);
+pub const MISFIRE_CATCHUP_WINDOW_MAX: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// Longest `after` or `every` accepted (ten years).
+pub const SCHEDULE_SPAN_MAX: Duration = Duration::from_secs(10 * 366 * 24 * 3600);
+
+pub const LIST_LIMIT_DEFAULT: usize = 100;
+pub const LIST_LIMIT_MAX: usize = 1000;
+
+pub const PREVIEW_COUNT_DEFAULT: usize = 10;
+pub const PREVIEW_COUNT_MAX: usize = 1000;
+
+/// Time allowed for a graceful shutdown before the process exits anyway.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);

@@ -1,0 +1,108 @@
+//! `node::run`: wires the replicated core, the peer server and the public API together, and owns
+//! shutdown. Entry points take their listeners and shutdown token, so tests bind port 0.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use hookd_raft::{RaftTiming, Replica, ReplicaConfig};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::{self, ApiState};
+use crate::config::Config;
+use crate::limits::SHUTDOWN_GRACE;
+
+/// The node's two listening sockets.
+pub struct Listeners {
+    pub api: TcpListener,
+    pub peer: TcpListener,
+}
+
+impl Listeners {
+    /// Binds `--listen` and `--peer-listen`, unless the process was started with systemd-style
+    /// socket activation (`LISTEN_FDS=2`: fd 3 is the API socket, fd 4 the peer socket).
+    pub async fn bind_or_inherit(config: &Config) -> anyhow::Result<Listeners> {
+        let mut fds = listenfd::ListenFd::from_env();
+        if fds.len() >= 2 {
+            let api = fds.take_tcp_listener(0).context("inherited API socket (fd 3)")?;
+            let peer = fds.take_tcp_listener(1).context("inherited peer socket (fd 4)")?;
+            if let (Some(api), Some(peer)) = (api, peer) {
+                api.set_nonblocking(true)?;
+                peer.set_nonblocking(true)?;
+                return Ok(Listeners {
+                    api: TcpListener::from_std(api)?,
+                    peer: TcpListener::from_std(peer)?,
+                });
+            }
+        }
+        let api = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("bind --listen {}", config.listen))?;
+        let peer = TcpListener::bind(config.peer_listen)
+            .await
+            .with_context(|| format!("bind --peer-listen {}", config.peer_listen))?;
+        Ok(Listeners { api, peer })
+    }
+}
+
+/// Runs a node until `shutdown` is cancelled, then shuts down in reverse order of start-up:
+/// the public API stops taking requests, then Raft stops and flushes, then the peer server.
+pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let api_addr = listeners.api.local_addr()?;
+    let peer_addr = listeners.peer.local_addr()?;
+    if let Some(listed) = config.initial_cluster.get(&config.node_id) {
+        if *listed != peer_addr.to_string() {
+            tracing::warn!(%listed, %peer_addr, "--initial-cluster lists another peer address for this node");
+        }
+    }
+    let replica = Replica::start(ReplicaConfig {
+        node_id: config.node_id,
+        data_dir: config.data_dir.path().to_path_buf(),
+        api_addr: config.advertise_api.clone().unwrap_or_else(|| api_addr.to_string()),
+        initial_members: config.initial_cluster.clone(),
+        peer_secret: config.peer_secret.clone(),
+        cluster_id: config
+            .cluster_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+        cluster_id_required: config.cluster_id.is_some(),
+        timing: RaftTiming::default(),
+    })
+    .await
+    .context("start the replicated core")?;
+    tracing::info!(node_id = config.node_id, %api_addr, %peer_addr, data_dir = %config.data_dir.path().display(), "hookd node started");
+
+    let peer_stop = CancellationToken::new();
+    let api_stop = CancellationToken::new();
+    let servers = TaskTracker::new();
+    let peer_app = hookd_raft::network::peer_router(replica.clone(), config.peer_secret.clone());
+    servers.spawn(serve("peer", listeners.peer, peer_app, peer_stop.clone()));
+    let api_app = api::router(Arc::new(ApiState::new(replica.clone(), &config)));
+    let api_server = tokio::spawn(serve("api", listeners.api, api_app, api_stop.clone()));
+
+    shutdown.cancelled().await;
+    let stopped = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        api_stop.cancel();
+        let _ = api_server.await;
+        replica.shutdown().await;
+        peer_stop.cancel();
+        servers.close();
+        servers.wait().await;
+    })
+    .await;
+    if stopped.is_err() {
+        tracing::warn!("shutdown did not finish within {SHUTDOWN_GRACE:?}; exiting anyway");
+    }
+    tracing::info!("hookd node stopped");
+    Ok(())
+}
+
+async fn serve(name: &'static str, listener: TcpListener, app: axum::Router, stop: CancellationToken) {
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await;
+    if let Err(e) = result {
+        tracing::error!(server = name, error = %e, "server failed");
+    }
+}

@@ -1,0 +1,187 @@
+//! Schedule kinds and next-fire computation — pure code: no clock reads, no I/O.
+//!
+//! This module owns the four `schedule` shapes of the job contract (`at`,
+//! `after`, `every`, `cron`) once their JSON has been decoded elsewhere:
+//! validating them into a [`Schedule`] and answering "when does this job fire
+//! next?". The cron dialect and its daylight-saving rules live in
+//! [`cron`](self::cron), the fixed-interval arithmetic in [`every`].
+
+mod cron;
+mod every;
+
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+
+pub use self::cron::CronSchedule;
+pub use self::every::EVERY_MIN;
+
+/// A schedule input that cannot be accepted, with the JSON path it came from.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ScheduleError {
+    /// JSON path of the offending input: "schedule.cron", "schedule.timezone",
+    /// "schedule.every", "schedule.after", ...
+    pub field: &'static str,
+    /// A sentence meant for the user who wrote the schedule.
+    pub message: String,
+}
+
+impl ScheduleError {
+    pub(crate) fn new(field: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+/// Most instants [`Schedule::fires_after`] computes in one call, so a preview
+/// request cannot ask for unbounded work.
+pub const FIRES_AFTER_MAX: usize = 1000;
+
+/// When a job fires.
+#[derive(Debug, Clone)]
+pub enum Schedule {
+    /// Fires once, at this instant.
+    Once(DateTime<Utc>),
+    /// Fires at anchor + k·period for every integer k ≥ 0 (only instants
+    /// strictly after the query count). Nothing fires before the anchor: it is
+    /// the `start_at` of the job, or the moment its create was accepted.
+    Every {
+        anchor: DateTime<Utc>,
+        period: Duration,
+    },
+    /// Fires whenever the wall clock of its time zone matches the expression.
+    Cron(CronSchedule),
+}
+
+impl Schedule {
+    /// `{"at": RFC3339}`: once, at that instant.
+    pub fn at(instant: DateTime<Utc>) -> Self {
+        Self::Once(instant)
+    }
+
+    /// `{"after": DURATION}`: once, `delay` after `accepted_at` (the moment the
+    /// create was accepted — passed in, because this module reads no clock).
+    pub fn after(accepted_at: DateTime<Utc>, delay: Duration) -> Result<Self, ScheduleError> {
+        TimeDelta::from_std(delay)
+            .ok()
+            .and_then(|delta| accepted_at.checked_add_signed(delta))
+            .map(Self::Once)
+            .ok_or_else(|| {
+                ScheduleError::new("schedule.after", "\"after\" is too far in the future")
+            })
+    }
+
+    /// `{"every": DURATION, "start_at": RFC3339?}`: `anchor` is `start_at`, or
+    /// the moment the create was accepted when `start_at` is absent.
+    pub fn every(anchor: DateTime<Utc>, period: Duration) -> Result<Self, ScheduleError> {
+        every::validate_period(period)?;
+        Ok(Self::Every { anchor, period })
+    }
+
+    /// `{"cron": EXPR, "timezone": IANA?}`.
+    pub fn cron(expr: &str, timezone: Option<&str>) -> Result<Self, ScheduleError> {
+        CronSchedule::parse(expr, timezone).map(Self::Cron)
+    }
+
+    /// The first fire instant strictly after `after` (None: never again).
+    /// Cheap (microseconds): it runs once per fire on the hot path.
+    pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        match self {
+            Self::Once(at) => (*at > after).then_some(*at),
+            Self::Every { anchor, period } => every::next_after(*anchor, *period, after),
+            Self::Cron(cron) => cron.next_after(after),
+        }
+    }
+
+    /// Up to `count` (capped at [`FIRES_AFTER_MAX`]) successive fires strictly
+    /// after `from`, strictly increasing — for the preview route.
+    pub fn fires_after(&self, from: DateTime<Utc>, count: usize) -> Vec<DateTime<Utc>> {
+        let count = count.min(FIRES_AFTER_MAX);
+        let mut fires = Vec::with_capacity(count);
+        let mut cursor = from;
+        while fires.len() < count {
+            match self.next_after(cursor) {
+                // Every kind guarantees `next > cursor`; re-checking keeps a
+                // bug there from turning into an endless preview loop.
+                Some(next) if next > cursor => {
+                    fires.push(next);
+                    cursor = next;
+                }
+                _ => break,
+            }
+        }
+        fires
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(y, mo, d, h, mi, s).unwrap()
+    }
+
+    #[test]
+    fn once_fires_only_strictly_after() {
+        let at = utc(2025, 6, 1, 12, 0, 0);
+        let once = Schedule::at(at);
+        assert_eq!(once.next_after(at - TimeDelta::seconds(1)), Some(at));
+        assert_eq!(once.next_after(at), None);
+        assert_eq!(once.next_after(at + TimeDelta::seconds(1)), None);
+        assert_eq!(once.fires_after(utc(2000, 1, 1, 0, 0, 0), 5), vec![at]);
+    }
+
+    #[test]
+    fn after_adds_the_delay_to_the_acceptance_instant() {
+        let accepted = utc(2025, 6, 1, 12, 0, 0);
+        let once = Schedule::after(accepted, Duration::from_secs(90)).unwrap();
+        assert_eq!(once.next_after(accepted), Some(utc(2025, 6, 1, 12, 1, 30)));
+        let err = Schedule::after(accepted, Duration::from_secs(u64::MAX)).unwrap_err();
+        assert_eq!(err.field, "schedule.after");
+    }
+
+    #[test]
+    fn every_constructor_validates_the_period() {
+        let anchor = utc(2025, 1, 1, 0, 0, 0);
+        let err = Schedule::every(anchor, Duration::from_millis(999)).unwrap_err();
+        assert_eq!(err.field, "schedule.every");
+        assert!(Schedule::every(anchor, EVERY_MIN).is_ok());
+    }
+
+    #[test]
+    fn cron_constructor_reports_field_paths() {
+        let err = Schedule::cron("* * * *", None).unwrap_err();
+        assert_eq!(err.field, "schedule.cron");
+        let err = Schedule::cron("* * * * *", Some("Mars/Base")).unwrap_err();
+        assert_eq!(err.field, "schedule.timezone");
+    }
+
+    #[test]
+    fn fires_after_is_strictly_increasing_and_respects_count() {
+        let from = utc(2025, 3, 8, 0, 0, 0);
+        let schedules = [
+            Schedule::every(from, Duration::from_secs(7)).unwrap(),
+            Schedule::cron("*/20 * * * *", Some("America/New_York")).unwrap(),
+            Schedule::cron("30 2 * * *", Some("America/New_York")).unwrap(),
+            Schedule::at(from + TimeDelta::hours(1)),
+        ];
+        for schedule in &schedules {
+            for count in [0, 1, 3, 200] {
+                let fires = schedule.fires_after(from, count);
+                assert!(fires.len() <= count, "{schedule:?}");
+                assert!(fires.first().is_none_or(|f| *f > from));
+                assert!(fires.windows(2).all(|w| w[0] < w[1]), "{schedule:?}");
+                if !matches!(schedule, Schedule::Once(_)) {
+                    assert_eq!(fires.len(), count, "{schedule:?}");
+                }
+            }
+        }
+        let huge = schedules[0].fires_after(from, usize::MAX);
+        assert_eq!(huge.len(), FIRES_AFTER_MAX);
+    }
+}
