@@ -67,6 +67,9 @@ pub struct ServeArgs {
     /// Log filter (tracing EnvFilter syntax) [default: info,openraft=warn,sled=warn].
     #[arg(long, env = "HOOKD_LOG", value_name = "FILTER")]
     pub log: Option<String>,
+    /// Snapshot the state every N applied log entries (the log keeps N/5 behind it) [default: 5000].
+    #[arg(long, env = "HOOKD_SNAPSHOT_LOGS", value_name = "N")]
+    pub snapshot_logs: Option<u64>,
 }
 
 /// The config file: the same keys as the flags, in snake_case.
@@ -85,6 +88,7 @@ struct FileConfig {
     cluster_id: Option<String>,
     advertise_api: Option<String>,
     log: Option<String>,
+    snapshot_logs: Option<u64>,
 }
 
 /// Where the node keeps its data.
@@ -120,10 +124,12 @@ pub struct Config {
     pub cluster_id: Option<String>,
     pub advertise_api: Option<String>,
     pub log: String,
+    pub snapshot_logs: u64,
 }
 
 /// openraft and sled log routine events at info; keep them to warnings by default.
 const DEFAULT_LOG: &str = "info,openraft=warn,sled=warn";
+const DEFAULT_SNAPSHOT_LOGS: u64 = 5_000;
 const DEFAULT_LISTEN: &str = "127.0.0.1:7101";
 const DEFAULT_PEER_LISTEN: &str = "127.0.0.1:7201";
 
@@ -183,6 +189,10 @@ impl ServeArgs {
         let peer_secret = non_empty("--peer-secret", self.peer_secret.or(file.peer_secret))?;
         let cluster_id = non_empty("--cluster-id", self.cluster_id.or(file.cluster_id))?;
         let advertise_api = self.advertise_api.or(file.advertise_api);
+        let snapshot_logs = self.snapshot_logs.or(file.snapshot_logs).unwrap_or(DEFAULT_SNAPSHOT_LOGS);
+        if snapshot_logs < 10 {
+            bail!("--snapshot-logs must be at least 10");
+        }
         Ok(Config {
             node_id,
             listen,
@@ -196,6 +206,7 @@ impl ServeArgs {
             cluster_id,
             advertise_api,
             log: self.log.or(file.log).unwrap_or_else(|| DEFAULT_LOG.into()),
+            snapshot_logs,
         })
     }
 }

@@ -68,6 +68,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
         cluster_id_required: config.cluster_id.is_some(),
         timing: RaftTiming::default(),
+        snapshot_logs: config.snapshot_logs,
     })
     .await
     .context("start the replicated core")?;

@@ -61,6 +61,9 @@ pub struct ReplicaConfig {
     /// refused.
     pub cluster_id_required: bool,
     pub timing: RaftTiming,
+    /// Build a snapshot every this many applied entries, keep a fifth of that in the log behind
+    /// it for followers that lag a little, and purge in batches of a twentieth.
+    pub snapshot_logs: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -134,9 +137,9 @@ impl Replica {
             election_timeout_min: t.election_timeout_min_ms,
             election_timeout_max: t.election_timeout_max_ms,
             install_snapshot_timeout: 10_000,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(5_000),
-            max_in_snapshot_log_to_keep: 1_000,
-            purge_batch_size: 256,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_logs),
+            max_in_snapshot_log_to_keep: config.snapshot_logs / 5,
+            purge_batch_size: (config.snapshot_logs / 20).max(1),
             snapshot_max_chunk_size: 1 << 20,
             ..Default::default()
         }

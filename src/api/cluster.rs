@@ -77,8 +77,14 @@ pub async fn readyz(state: Shared) -> Response {
     let m = replica.metrics();
     let applied = m.last_applied.map_or(0, |l| l.index);
     let committed = replica.committed_index();
+    // openraft 0.9 never demotes a leader cut off from its followers, so a leader is ready only
+    // while a quorum has acknowledged it within the lease.
+    let lease_ms = replica.raft_timing().election_timeout_max_ms;
     let (ready, reason) = match m.current_leader {
         None => (false, "no leader"),
+        Some(l) if l == replica.id() && !m.millis_since_quorum_ack.is_some_and(|ms| ms <= lease_ms) => {
+            (false, "leader without a quorum")
+        }
         Some(_) if applied < committed => (false, "catching up"),
         Some(_) => (true, "ok"),
     };

@@ -96,6 +96,12 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             _ => path.trim_start_matches('.').to_owned(),
         };
         let field = if field.is_empty() { "body".to_owned() } else { field };
+        let message = match field.strip_prefix("schedule.") {
+            Some(kind) if message.starts_with("unknown field") => format!(
+                "unknown schedule kind {kind:?}; a schedule has exactly one of at, after, every (with start_at), cron (with timezone)"
+            ),
+            _ => message,
+        };
         ApiError::invalid(&field, message)
     })
 }

@@ -1,0 +1,249 @@
+//! Three-node clusters: formation, replication, failover, crash recovery, minority behaviour.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::Value;
+
+use crate::harness::{eventually, job, TestCluster};
+
+const ELECTION_WITHIN: Duration = Duration::from_secs(10);
+
+fn others(leader: usize) -> Vec<usize> {
+    (0..3).filter(|i| *i != leader).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_form_a_cluster_and_a_job_created_on_a_follower_is_read_everywhere() {
+    let c = TestCluster::start(3);
+    let leader = c.wait_leader(&[0, 1, 2], ELECTION_WITHIN).await;
+    let follower = others(leader)[0];
+
+    let (status, body) = c.post(follower, "/v1/jobs", &job("via-follower")).await.expect("create");
+    assert_eq!(status, 201, "create through a follower: {body}");
+    assert_eq!(body["id"], "via-follower");
+
+    // Linearizable reads on every node see the write at once.
+    for i in 0..3 {
+        let (status, body) = c.get(i, "/v1/jobs/via-follower").await.expect("read");
+        assert_eq!(status, 200, "node {i}: {body}");
+        assert_eq!(body["url"], "http://127.0.0.1:9/hook");
+        assert_eq!(body["version"], 1);
+    }
+
+    // Every node describes the same membership, with API addresses recorded.
+    let (_, cluster) = eventually(Duration::from_secs(5), "API addresses recorded", || async {
+        let got = c.get(follower, "/v1/cluster").await?;
+        let members = got.1["members"].as_array()?.clone();
+        members.iter().all(|m| m["api_addr"].is_string()).then_some(got)
+    })
+    .await;
+    let members = cluster["members"].as_array().expect("members");
+    assert_eq!(members.len(), 3);
+    for m in members {
+        let id = m["id"].as_u64().expect("id") as usize;
+        assert_eq!(m["api_addr"], c.nodes[id - 1].api.to_string());
+        assert_eq!(m["peer_addr"], c.nodes[id - 1].peer.to_string());
+        assert_eq!(m["voter"], true);
+    }
+    assert_eq!(
+        members.iter().filter(|m| m["role"] == "leader").count(),
+        1,
+        "exactly one leader: {cluster}"
+    );
+}
+
+/// Creates `n` jobs named `{prefix}-{k}` through node `via`, returning the acknowledged ids.
+async fn create_jobs(c: &TestCluster, via: usize, prefix: &str, n: usize) -> Vec<String> {
+    let mut acked = Vec::new();
+    for k in 0..n {
+        let id = format!("{prefix}-{k}");
+        if let Some((201, _)) = c.post(via, "/v1/jobs", &job(&id)).await {
+            acked.push(id);
+        }
+    }
+    acked
+}
+
+async fn job_ids(c: &TestCluster, i: usize, stale: bool) -> Option<BTreeSet<String>> {
+    let mut ids = BTreeSet::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut path = "/v1/jobs?limit=1000".to_string();
+        if let Some(a) = &after {
+            path.push_str(&format!("&after={a}"));
+        }
+        if stale {
+            path.push_str("&consistency=stale");
+        }
+        let (status, body) = c.get(i, &path).await?;
+        if status != 200 {
+            return None;
+        }
+        for j in body["jobs"].as_array()? {
+            ids.insert(j["id"].as_str()?.to_owned());
+        }
+        match body["next"].as_str() {
+            Some(next) => after = Some(next.to_owned()),
+            None => return Some(ids),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_sigkill_elects_a_new_leader_loses_nothing_and_the_node_catches_up() {
+    let mut c = TestCluster::start(3);
+    let leader = c.wait_leader(&[0, 1, 2], ELECTION_WITHIN).await;
+    let before = create_jobs(&c, others(leader)[0], "before", 20).await;
+    assert_eq!(before.len(), 20, "all creates succeed with a healthy cluster");
+
+    c.kill(leader);
+    let killed_at = Instant::now();
+    let survivors = others(leader);
+    let new_leader = c.wait_leader(&survivors, ELECTION_WITHIN).await;
+    assert_ne!(new_leader, leader);
+
+    // Writes continue on the survivors.
+    let (status, body) = eventually(Duration::from_secs(10), "a write after failover", || async {
+        c.post(survivors[1], "/v1/jobs", &job("after-kill"))
+            .await
+            .filter(|(s, _)| *s == 201)
+    })
+    .await;
+    assert_eq!(status, 201, "{body}");
+    eprintln!("leader SIGKILL → first successful write: {:?}", killed_at.elapsed());
+    let during = create_jobs(&c, survivors[0], "during", 10).await;
+    assert_eq!(during.len(), 10);
+
+    for &i in &survivors {
+        let ids = job_ids(&c, i, false).await.expect("list on a survivor");
+        for id in before.iter().chain(&during) {
+            assert!(ids.contains(id), "node {i} lost acknowledged job {id}");
+        }
+        assert!(ids.contains("after-kill"));
+    }
+
+    // The killed node restarts from its data dir and catches up.
+    c.spawn(leader);
+    let expected: BTreeSet<String> = before
+        .iter()
+        .chain(&during)
+        .cloned()
+        .chain(["after-kill".to_string()])
+        .collect();
+    eventually(Duration::from_secs(20), "the restarted node to catch up", || async {
+        let ids = job_ids(&c, leader, true).await?;
+        (ids == expected).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_create_survives_killing_all_nodes_after_a_burst() {
+    let c = TestCluster::start(3);
+    c.wait_leader(&[0, 1, 2], ELECTION_WITHIN).await;
+    let c = std::sync::Arc::new(c);
+    let mut tasks = Vec::new();
+    for t in 0..16usize {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for k in 0..15 {
+                let id = format!("burst-{t}-{k}");
+                if let Some((201, _)) = c.post(t % 3, "/v1/jobs", &job(&id)).await {
+                    acked.push(id);
+                }
+            }
+            acked
+        }));
+    }
+    let mut acked = Vec::new();
+    for t in tasks {
+        acked.extend(t.await.expect("client task"));
+    }
+    assert!(acked.len() >= 200, "most creates succeed: {}", acked.len());
+    // Kill every node the instant the last acknowledgement arrived.
+    let mut c = std::sync::Arc::into_inner(c).expect("sole owner");
+    for i in 0..3 {
+        c.kill(i);
+    }
+    for i in 0..3 {
+        c.spawn(i);
+    }
+    c.wait_leader(&[0, 1, 2], ELECTION_WITHIN).await;
+    for i in 0..3 {
+        let ids = eventually(Duration::from_secs(10), "a linearizable list", || job_ids(&c, i, false)).await;
+        let missing: Vec<&String> = acked.iter().filter(|id| !ids.contains(*id)).collect();
+        assert!(missing.is_empty(), "node {i} lost acknowledged jobs: {missing:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_a_majority_answers_503_no_leader_within_5s() {
+    let mut c = TestCluster::start(3);
+    let leader = c.wait_leader(&[0, 1, 2], ELECTION_WITHIN).await;
+    let (status, _) = c.post(leader, "/v1/jobs", &job("seen")).await.expect("create");
+    assert_eq!(status, 201);
+    // Keep the old leader alone: it still believes it leads for a while, which is the hard case.
+    for i in others(leader) {
+        c.kill(i);
+    }
+    let checks: [(Method, &str, Option<Value>); 3] = [
+        (Method::POST, "/v1/jobs", Some(job("lonely"))),
+        (Method::GET, "/v1/jobs/seen", None),
+        (Method::GET, "/v1/jobs", None),
+    ];
+    for (method, path, body) in checks {
+        let started = Instant::now();
+        let mut req = c.http.request(method.clone(), c.url(leader, path));
+        if let Some(b) = &body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.expect("the node answers");
+        let took = started.elapsed();
+        assert_eq!(resp.status().as_u16(), 503, "{method} {path}");
+        assert!(took < Duration::from_secs(5), "{method} {path} took {took:?}");
+        assert!(resp.headers().contains_key("retry-after"), "{method} {path} has Retry-After");
+        let body: Value = resp.json().await.expect("JSON error");
+        assert_eq!(body["error"]["code"], "no_leader", "{method} {path}: {body}");
+    }
+    // A stale read is still served from local state.
+    let (status, body) = c.get(leader, "/v1/jobs/seen?consistency=stale").await.expect("stale read");
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = c.get(leader, "/readyz").await.expect("readyz");
+    assert_eq!(status, 503, "a node without a leader is not ready");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_behind_the_purged_log_catches_up_by_snapshot() {
+    let mut c = TestCluster::start_with(3, &["--snapshot-logs", "20"]);
+    let leader = c.wait_leader(&[0, 1, 2], ELECTION_WITHIN).await;
+    let lagging = others(leader)[0];
+    // Jobs the lagging node holds, then deleted while it is down: the snapshot it installs must
+    // remove them, not only add what is new.
+    let early = create_jobs(&c, leader, "early", 10).await;
+    eventually(Duration::from_secs(10), "the early jobs on the lagging node", || async {
+        (job_ids(&c, lagging, true).await?.len() == 10).then_some(())
+    })
+    .await;
+    c.kill(lagging);
+    for id in &early {
+        let (s, _) = c.send(leader, Method::DELETE, &format!("/v1/jobs/{id}"), None).await.expect("delete");
+        assert_eq!(s, 204);
+    }
+    let acked = create_jobs(&c, leader, "snap", 120).await;
+    assert_eq!(acked.len(), 120);
+    c.spawn(lagging);
+    let expected: BTreeSet<String> = acked.into_iter().collect();
+    eventually(Duration::from_secs(20), "the lagging node to catch up", || async {
+        let ids = job_ids(&c, lagging, true).await?;
+        (ids == expected).then_some(())
+    })
+    .await;
+    assert!(
+        c.log_of(lagging).contains("installed snapshot"),
+        "the lagging node caught up through a snapshot:\n{}",
+        c.logs()
+    );
+}

@@ -1,0 +1,277 @@
+//! Test harness: real `hookd` processes on loopback, with listeners the test binds on port 0
+//! and hands over by socket activation, so no test picks a fixed port.
+
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use command_fds::{CommandFdExt, FdMapping};
+use serde_json::Value;
+use tempfile::TempDir;
+use tokio::time::Instant;
+
+pub const HOOKD: &str = env!("CARGO_BIN_EXE_hookd");
+
+/// One node of a test cluster.
+pub struct TestNode {
+    pub id: u64,
+    pub api: SocketAddr,
+    pub peer: SocketAddr,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+    /// Listeners bound for the first start; handed to the child and closed here.
+    sockets: Option<(TcpListener, TcpListener)>,
+}
+
+/// A cluster of `hookd` processes that are killed when the value is dropped.
+pub struct TestCluster {
+    pub nodes: Vec<TestNode>,
+    pub initial_cluster: String,
+    pub extra_args: Vec<String>,
+    pub http: reqwest::Client,
+    /// Holds the data dirs and logs; removed on drop.
+    _dir: TempDir,
+}
+
+fn bind_loopback() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0")
+}
+
+impl TestCluster {
+    /// Starts `n` nodes that form one cluster.
+    pub fn start(n: u64) -> TestCluster {
+        Self::start_with(n, &[])
+    }
+
+    pub fn start_with(n: u64, extra_args: &[&str]) -> TestCluster {
+        let mut c = Self::new(n, extra_args);
+        for i in 0..c.nodes.len() {
+            c.spawn(i);
+        }
+        c
+    }
+
+    /// Prepares `n` nodes without starting them.
+    pub fn new(n: u64, extra_args: &[&str]) -> TestCluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let nodes: Vec<TestNode> = (1..=n)
+            .map(|id| {
+                let (api, peer) = (bind_loopback(), bind_loopback());
+                TestNode {
+                    id,
+                    api: api.local_addr().expect("addr"),
+                    peer: peer.local_addr().expect("addr"),
+                    data_dir: dir.path().join(format!("node{id}")),
+                    log: dir.path().join(format!("node{id}.log")),
+                    child: None,
+                    sockets: Some((api, peer)),
+                }
+            })
+            .collect();
+        let initial_cluster = nodes
+            .iter()
+            .map(|n| format!("{}={}", n.id, n.peer))
+            .collect::<Vec<_>>()
+            .join(",");
+        TestCluster {
+            nodes,
+            initial_cluster,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .no_proxy()
+                .build()
+                .expect("http client"),
+            _dir: dir,
+        }
+    }
+
+    /// Starts (or restarts) node `i` (0-based) on its addresses.
+    pub fn spawn(&mut self, i: usize) {
+        let extra = self.extra_args.clone();
+        let initial = self.initial_cluster.clone();
+        let node = &mut self.nodes[i];
+        assert!(node.child.is_none(), "node {} already running", node.id);
+        let (api, peer) = node
+            .sockets
+            .take()
+            .unwrap_or_else(|| (rebind(node.api), rebind(node.peer)));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)
+            .expect("open node log");
+        let mut cmd = Command::new(HOOKD);
+        cmd.arg("serve")
+            .args(["--node-id", &node.id.to_string()])
+            .args(["--listen", &node.api.to_string()])
+            .args(["--peer-listen", &node.peer.to_string()])
+            .arg("--data-dir")
+            .arg(&node.data_dir)
+            .args(["--initial-cluster", &initial])
+            .args(&extra)
+            .env("LISTEN_FDS", "2")
+            .env_remove("LISTEN_PID")
+            .env("HOOKD_LOG", "info,openraft=warn,sled=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log);
+        cmd.fd_mappings(vec![
+            FdMapping {
+                parent_fd: OwnedFd::from(api),
+                child_fd: 3,
+            },
+            FdMapping {
+                parent_fd: OwnedFd::from(peer),
+                child_fd: 4,
+            },
+        ])
+        .expect("fd mappings");
+        node.child = Some(cmd.spawn().expect("spawn hookd"));
+    }
+
+    /// SIGKILLs node `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERMs node `i` and returns its exit status.
+    pub fn terminate(&mut self, i: usize) -> std::process::ExitStatus {
+        let mut child = self.nodes[i].child.take().expect("node running");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "node did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self, i: usize, path: &str) -> String {
+        format!("http://{}{path}", self.nodes[i].api)
+    }
+
+    pub fn log_of(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default()
+    }
+
+    /// GET returning (status, JSON body); connection errors are `None`.
+    pub async fn get(&self, i: usize, path: &str) -> Option<(u16, Value)> {
+        let resp = self.http.get(self.url(i, path)).send().await.ok()?;
+        let status = resp.status().as_u16();
+        Some((status, resp.json().await.unwrap_or(Value::Null)))
+    }
+
+    /// Sends `method` with a JSON body, returning (status, JSON body).
+    pub async fn send(&self, i: usize, method: reqwest::Method, path: &str, body: Option<&Value>) -> Option<(u16, Value)> {
+        let mut req = self.http.request(method, self.url(i, path));
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.ok()?;
+        let status = resp.status().as_u16();
+        Some((status, resp.json().await.unwrap_or(Value::Null)))
+    }
+
+    pub async fn post(&self, i: usize, path: &str, body: &Value) -> Option<(u16, Value)> {
+        self.send(i, reqwest::Method::POST, path, Some(body)).await
+    }
+
+    /// Waits until every node in `among` reports the same leader, which is one of `among`.
+    pub async fn wait_leader(&self, among: &[usize], within: Duration) -> usize {
+        let deadline = Instant::now() + within;
+        loop {
+            let mut leaders = Vec::new();
+            for &i in among {
+                let leader = self
+                    .get(i, "/v1/cluster")
+                    .await
+                    .and_then(|(_, v)| v["leader_id"].as_u64());
+                leaders.push(leader);
+            }
+            if let Some(Some(l)) = leaders.first() {
+                let idx = self.nodes.iter().position(|n| n.id == *l);
+                if leaders.iter().all(|x| *x == Some(*l)) {
+                    if let Some(idx) = idx.filter(|i| among.contains(i)) {
+                        return idx;
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no agreed leader among {among:?} within {within:?}: {leaders:?}\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// All node logs, for assertion messages.
+    pub fn logs(&self) -> String {
+        (0..self.nodes.len())
+            .map(|i| format!("--- node {} log ---\n{}", self.nodes[i].id, tail(&self.log_of(i), 40)))
+            .collect()
+    }
+}
+
+fn tail(s: &str, lines: usize) -> String {
+    let v: Vec<&str> = s.lines().collect();
+    v[v.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Binds the address a node had before, for a restart (SO_REUSEADDR is set by std).
+fn rebind(addr: SocketAddr) -> TcpListener {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match TcpListener::bind(addr) {
+            Ok(l) => return l,
+            Err(e) if std::time::Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("rebind {addr}: {e}"),
+        }
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, or panics with `what` after `within`.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A minimal valid job body.
+pub fn job(id: &str) -> Value {
+    serde_json::json!({
+        "id": id,
+        "url": "http://127.0.0.1:9/hook",
+        "schedule": {"after": "1h"},
+    })
+}
