@@ -150,11 +150,16 @@ impl ServeArgs {
         let node_id = match self.node_id.or(file.node_id) {
             Some(id) => id,
             None if dev => 1,
-            None => bail!("--node-id is required (or HOOKD_NODE_ID, or node_id in the config file)"),
+            None => {
+                bail!("--node-id is required (or HOOKD_NODE_ID, or node_id in the config file)")
+            }
         };
         let listen = parse_addr(
             "--listen",
-            &self.listen.or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.into()),
+            &self
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| DEFAULT_LISTEN.into()),
         )?;
         let peer_listen = parse_addr(
             "--peer-listen",
@@ -171,7 +176,9 @@ impl ServeArgs {
                     .tempdir()
                     .context("create a temporary data dir")?,
             ),
-            None => bail!("--data-dir is required (or HOOKD_DATA_DIR, or data_dir in the config file)"),
+            None => {
+                bail!("--data-dir is required (or HOOKD_DATA_DIR, or data_dir in the config file)")
+            }
         };
         let initial_cluster = match self.initial_cluster.or(file.initial_cluster) {
             Some(spec) => parse_initial_cluster(&spec)?,
@@ -189,7 +196,10 @@ impl ServeArgs {
         let peer_secret = non_empty("--peer-secret", self.peer_secret.or(file.peer_secret))?;
         let cluster_id = non_empty("--cluster-id", self.cluster_id.or(file.cluster_id))?;
         let advertise_api = self.advertise_api.or(file.advertise_api);
-        let snapshot_logs = self.snapshot_logs.or(file.snapshot_logs).unwrap_or(DEFAULT_SNAPSHOT_LOGS);
+        let snapshot_logs = self
+            .snapshot_logs
+            .or(file.snapshot_logs)
+            .unwrap_or(DEFAULT_SNAPSHOT_LOGS);
         if snapshot_logs < 10 {
             bail!("--snapshot-logs must be at least 10");
         }
@@ -231,14 +241,13 @@ pub fn parse_initial_cluster(spec: &str) -> anyhow::Result<BTreeMap<u64, String>
         let (id, addr) = part
             .split_once('=')
             .with_context(|| format!("--initial-cluster entry {part:?} is not ID=HOST:PORT"))?;
-        let id: u64 = id
-            .trim()
-            .parse()
-            .with_context(|| format!("--initial-cluster entry {part:?}: node id is not a number"))?;
+        let id: u64 = id.trim().parse().with_context(|| {
+            format!("--initial-cluster entry {part:?}: node id is not a number")
+        })?;
         let addr = addr.trim();
-        let valid_port = addr
-            .rsplit_once(':')
-            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+        let valid_port = addr.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
         if !valid_port {
             bail!("--initial-cluster entry {part:?}: address is not HOST:PORT");
         }
@@ -277,8 +286,20 @@ mod tests {
         let m = parse_initial_cluster("1=127.0.0.1:7201, 2=127.0.0.1:7202,3=node3:7203").unwrap();
         assert_eq!(m.len(), 3);
         assert_eq!(m[&3], "node3:7203");
-        for bad in ["", "1", "1=", "x=1.2.3.4:5", "1=host", "1=host:0", "1=a:1,1=b:2", "1=:80"] {
-            assert!(parse_initial_cluster(bad).is_err(), "{bad:?} must be rejected");
+        for bad in [
+            "",
+            "1",
+            "1=",
+            "x=1.2.3.4:5",
+            "1=host",
+            "1=host:0",
+            "1=a:1,1=b:2",
+            "1=:80",
+        ] {
+            assert!(
+                parse_initial_cluster(bad).is_err(),
+                "{bad:?} must be rejected"
+            );
         }
     }
 
@@ -302,10 +323,16 @@ mod tests {
         assert_eq!(c.peer_listen.to_string(), DEFAULT_PEER_LISTEN);
 
         std::fs::write(&file, "node_idd = 2\n").unwrap();
-        let err = ServeArgs { config: Some(file), ..Default::default() }
-            .into_config()
-            .unwrap_err();
-        assert!(format!("{err:#}").contains("node_idd"), "unknown keys are named: {err:#}");
+        let err = ServeArgs {
+            config: Some(file),
+            ..Default::default()
+        }
+        .into_config()
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("node_idd"),
+            "unknown keys are named: {err:#}"
+        );
     }
 
     #[test]

@@ -25,8 +25,12 @@ impl Listeners {
     pub async fn bind_or_inherit(config: &Config) -> anyhow::Result<Listeners> {
         let mut fds = listenfd::ListenFd::from_env();
         if fds.len() >= 2 {
-            let api = fds.take_tcp_listener(0).context("inherited API socket (fd 3)")?;
-            let peer = fds.take_tcp_listener(1).context("inherited peer socket (fd 4)")?;
+            let api = fds
+                .take_tcp_listener(0)
+                .context("inherited API socket (fd 3)")?;
+            let peer = fds
+                .take_tcp_listener(1)
+                .context("inherited peer socket (fd 4)")?;
             if let (Some(api), Some(peer)) = (api, peer) {
                 api.set_nonblocking(true)?;
                 peer.set_nonblocking(true)?;
@@ -48,7 +52,11 @@ impl Listeners {
 
 /// Runs a node until `shutdown` is cancelled, then shuts down in reverse order of start-up:
 /// the public API stops taking requests, then Raft stops and flushes, then the peer server.
-pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let api_addr = listeners.api.local_addr()?;
     let peer_addr = listeners.peer.local_addr()?;
     if let Some(listed) = config.initial_cluster.get(&config.node_id) {
@@ -59,7 +67,10 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
     let replica = Replica::start(ReplicaConfig {
         node_id: config.node_id,
         data_dir: config.data_dir.path().to_path_buf(),
-        api_addr: config.advertise_api.clone().unwrap_or_else(|| api_addr.to_string()),
+        api_addr: config
+            .advertise_api
+            .clone()
+            .unwrap_or_else(|| api_addr.to_string()),
         initial_members: config.initial_cluster.clone(),
         peer_secret: config.peer_secret.clone(),
         cluster_id: config
@@ -77,7 +88,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
     let peer_stop = CancellationToken::new();
     let api_stop = CancellationToken::new();
     let servers = TaskTracker::new();
-    let peer_app = hookd_raft::network::peer_router(replica.clone(), config.peer_secret.clone());
+    let peer_app = hookd_raft::network::peer_router(replica.clone());
     servers.spawn(serve("peer", listeners.peer, peer_app, peer_stop.clone()));
     let api_app = api::router(Arc::new(ApiState::new(replica.clone(), &config)));
     let api_server = tokio::spawn(serve("api", listeners.api, api_app, api_stop.clone()));
@@ -99,7 +110,12 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
     Ok(())
 }
 
-async fn serve(name: &'static str, listener: TcpListener, app: axum::Router, stop: CancellationToken) {
+async fn serve(
+    name: &'static str,
+    listener: TcpListener,
+    app: axum::Router,
+    stop: CancellationToken,
+) {
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(stop.cancelled_owned())
         .await;

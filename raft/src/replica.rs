@@ -399,7 +399,7 @@ impl Replica {
                     node_id: self.id,
                     api_addr: self.config.api_addr.clone(),
                 };
-                if let Err(e) = self.propose(cmd).await {
+                if let Some(Err(e)) = self.unless_cancelled(self.propose(cmd)).await {
                     tracing::debug!(error = %e, "recording this node's API address failed; will retry");
                 }
             }
@@ -412,7 +412,7 @@ impl Replica {
                 let cmd = Command::SetClusterId {
                     cluster_id: self.config.cluster_id.clone(),
                 };
-                if let Err(e) = self.propose(cmd).await {
+                if let Some(Err(e)) = self.unless_cancelled(self.propose(cmd)).await {
                     tracing::debug!(error = %e, "recording the cluster id failed; will retry");
                 }
             }
@@ -421,6 +421,19 @@ impl Replica {
                 _ = tokio::time::sleep(ANNOUNCE_INTERVAL) => {}
             }
         }
+    }
+
+    /// Runs `f` until it finishes or the replica shuts down (then `None`).
+    async fn unless_cancelled<T>(&self, f: impl std::future::Future<Output = T>) -> Option<T> {
+        tokio::select! {
+            _ = self.cancel.cancelled() => None,
+            v = f => Some(v),
+        }
+    }
+
+    /// The peer secret, if node-to-node traffic is authenticated.
+    pub fn peer_secret(&self) -> Option<&str> {
+        self.config.peer_secret.as_deref()
     }
 
     /// Stops background tasks and Raft, then flushes the store.

@@ -82,13 +82,19 @@ pub async fn readyz(state: Shared) -> Response {
     let lease_ms = replica.raft_timing().election_timeout_max_ms;
     let (ready, reason) = match m.current_leader {
         None => (false, "no leader"),
-        Some(l) if l == replica.id() && !m.millis_since_quorum_ack.is_some_and(|ms| ms <= lease_ms) => {
+        Some(l)
+            if l == replica.id() && m.millis_since_quorum_ack.is_none_or(|ms| ms > lease_ms) =>
+        {
             (false, "leader without a quorum")
         }
         Some(_) if applied < committed => (false, "catching up"),
         Some(_) => (true, "ok"),
     };
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     let body = json!({"ready": ready, "reason": reason, "leader_id": m.current_leader,
                       "applied_index": applied, "commit_index": committed});
     (status, Json(body)).into_response()

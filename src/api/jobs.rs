@@ -53,7 +53,11 @@ fn job_response(status: StatusCode, job: hookd_raft::Job) -> Response {
 fn respond(id: &str, result: CommandResult) -> Result<Response, ApiError> {
     match result {
         CommandResult::Job { job, created, .. } => Ok(job_response(
-            if created { StatusCode::CREATED } else { StatusCode::OK },
+            if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            },
             job,
         )),
         CommandResult::Deleted { .. } => Ok(StatusCode::NO_CONTENT.into_response()),
@@ -94,7 +98,10 @@ pub async fn put(
     let body = json_body(&headers, body)?;
     let (body_id, spec) = parse_json::<JobRequest>(&body)?.into_spec()?;
     if body_id.as_ref().is_some_and(|b| *b != id) {
-        return Err(ApiError::invalid("id", "the id in the body differs from the one in the path"));
+        return Err(ApiError::invalid(
+            "id",
+            "the id in the body differs from the one in the path",
+        ));
     }
     let result = state
         .replica
@@ -138,13 +145,21 @@ pub async fn list(
         .replica
         .view()
         .list_jobs(params.after.as_deref(), limit)?;
-    let next = if more { jobs.last().map(|j| j.id.clone()) } else { None };
+    let next = if more {
+        jobs.last().map(|j| j.id.clone())
+    } else {
+        None
+    };
     let now = now_ms();
     let jobs: Vec<JobView> = jobs.into_iter().map(|j| JobView::new(j, now)).collect();
     Ok(Json(json!({"jobs": jobs, "next": next})).into_response())
 }
 
-async fn simple_command(state: &Arc<ApiState>, id: &str, cmd: Command) -> Result<Response, ApiError> {
+async fn simple_command(
+    state: &Arc<ApiState>,
+    id: &str,
+    cmd: Command,
+) -> Result<Response, ApiError> {
     validate_id("id", id)?;
     let result = state.replica.propose(cmd).await?;
     respond(id, result)

@@ -107,7 +107,9 @@ fn json_body(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .map(|m| m.trim().to_ascii_lowercase())
-        .is_some_and(|m| m == "application/json" || (m.starts_with("application/") && m.ends_with("+json")));
+        .is_some_and(|m| {
+            m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
+        });
     let body = body.map_err(|e| {
         if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::payload_too_large(REQUEST_BODY_BYTES_MAX)

@@ -152,7 +152,10 @@ fn bounded_duration(
         ));
     }
     if d.subsec_nanos() % 1_000_000 != 0 {
-        return Err(ApiError::invalid(field, "durations have millisecond precision"));
+        return Err(ApiError::invalid(
+            field,
+            "durations have millisecond precision",
+        ));
     }
     Ok(d.as_millis() as u64)
 }
@@ -228,7 +231,10 @@ impl JobRequest {
             if body.len() > JOB_BODY_BYTES_MAX {
                 return Err(ApiError::invalid(
                     "body",
-                    format!("body is {} bytes; at most {JOB_BODY_BYTES_MAX} allowed", body.len()),
+                    format!(
+                        "body is {} bytes; at most {JOB_BODY_BYTES_MAX} allowed",
+                        body.len()
+                    ),
                 ));
             }
         }
@@ -261,14 +267,20 @@ impl JobRequest {
 
 fn validate_url(url: &str) -> Result<String, ApiError> {
     if url.len() > URL_BYTES_MAX {
-        return Err(ApiError::invalid("url", format!("url exceeds {URL_BYTES_MAX} bytes")));
+        return Err(ApiError::invalid(
+            "url",
+            format!("url exceeds {URL_BYTES_MAX} bytes"),
+        ));
     }
     let parsed = reqwest::Url::parse(url)
         .map_err(|e| ApiError::invalid("url", format!("{url:?} is not a URL: {e}")))?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(ApiError::invalid(
             "url",
-            format!("scheme {:?} is not allowed; use http or https", parsed.scheme()),
+            format!(
+                "scheme {:?} is not allowed; use http or https",
+                parsed.scheme()
+            ),
         ));
     }
     if parsed.host_str().is_none_or(str::is_empty) {
@@ -277,7 +289,9 @@ fn validate_url(url: &str) -> Result<String, ApiError> {
     Ok(parsed.to_string())
 }
 
-fn validate_headers(headers: BTreeMap<String, String>) -> Result<BTreeMap<String, String>, ApiError> {
+fn validate_headers(
+    headers: BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, ApiError> {
     if headers.len() > HEADERS_COUNT_MAX {
         return Err(ApiError::invalid(
             "headers",
@@ -289,7 +303,10 @@ fn validate_headers(headers: BTreeMap<String, String>) -> Result<BTreeMap<String
         let field = format!("headers.{name}");
         let lower = name.to_ascii_lowercase();
         if axum::http::HeaderName::from_bytes(lower.as_bytes()).is_err() {
-            return Err(ApiError::invalid(&field, format!("{name:?} is not a valid header name")));
+            return Err(ApiError::invalid(
+                &field,
+                format!("{name:?} is not a valid header name"),
+            ));
         }
         if RESERVED_HEADERS.contains(&lower.as_str()) {
             return Err(ApiError::invalid(
@@ -300,18 +317,28 @@ fn validate_headers(headers: BTreeMap<String, String>) -> Result<BTreeMap<String
         if value.len() > HEADER_BYTES_MAX || axum::http::HeaderValue::from_str(&value).is_err() {
             return Err(ApiError::invalid(
                 &field,
-                format!("header value must be visible ASCII text of at most {HEADER_BYTES_MAX} bytes"),
+                format!(
+                    "header value must be visible ASCII text of at most {HEADER_BYTES_MAX} bytes"
+                ),
             ));
         }
         if out.insert(lower.clone(), value).is_some() {
-            return Err(ApiError::invalid(&field, format!("header {lower} is given twice")));
+            return Err(ApiError::invalid(
+                &field,
+                format!("header {lower} is given twice"),
+            ));
         }
     }
     Ok(out)
 }
 
 fn validate_schedule(s: &ScheduleRequest) -> Result<ScheduleSpec, ApiError> {
-    let kinds = [s.at.is_some(), s.after.is_some(), s.every.is_some(), s.cron.is_some()];
+    let kinds = [
+        s.at.is_some(),
+        s.after.is_some(),
+        s.every.is_some(),
+        s.cron.is_some(),
+    ];
     if kinds.iter().filter(|k| **k).count() != 1 {
         return Err(ApiError::invalid(
             "schedule",
@@ -319,10 +346,16 @@ fn validate_schedule(s: &ScheduleRequest) -> Result<ScheduleSpec, ApiError> {
         ));
     }
     if s.start_at.is_some() && s.every.is_none() {
-        return Err(ApiError::invalid("schedule.start_at", "start_at goes only with every"));
+        return Err(ApiError::invalid(
+            "schedule.start_at",
+            "start_at goes only with every",
+        ));
     }
     if s.timezone.is_some() && s.cron.is_none() {
-        return Err(ApiError::invalid("schedule.timezone", "timezone goes only with cron"));
+        return Err(ApiError::invalid(
+            "schedule.timezone",
+            "timezone goes only with cron",
+        ));
     }
     if let Some(at) = &s.at {
         return Ok(ScheduleSpec::At {
@@ -332,7 +365,10 @@ fn validate_schedule(s: &ScheduleRequest) -> Result<ScheduleSpec, ApiError> {
     if let Some(after) = &s.after {
         let d = parse_duration("schedule.after", after)?;
         if d > SCHEDULE_SPAN_MAX {
-            return Err(ApiError::invalid("schedule.after", "after is at most ten years"));
+            return Err(ApiError::invalid(
+                "schedule.after",
+                "after is at most ten years",
+            ));
         }
         return Ok(ScheduleSpec::After {
             after_ms: d.as_millis() as u64,
@@ -347,7 +383,10 @@ fn validate_schedule(s: &ScheduleRequest) -> Result<ScheduleSpec, ApiError> {
             ));
         }
         if d.subsec_nanos() % 1_000_000 != 0 {
-            return Err(ApiError::invalid("schedule.every", "durations have millisecond precision"));
+            return Err(ApiError::invalid(
+                "schedule.every",
+                "durations have millisecond precision",
+            ));
         }
         let start_at_ms = match &s.start_at {
             Some(t) => Some(parse_instant("schedule.start_at", t)?),
@@ -410,7 +449,10 @@ fn validate_retry(r: RetryRequest) -> Result<RetrySpec, ApiError> {
     }
     let jitter = r.jitter.unwrap_or(RETRY_JITTER_DEFAULT);
     if !(0.0..=1.0).contains(&jitter) {
-        return Err(ApiError::invalid("retry.jitter", "must be between 0.0 and 1.0"));
+        return Err(ApiError::invalid(
+            "retry.jitter",
+            "must be between 0.0 and 1.0",
+        ));
     }
     Ok(RetrySpec {
         max_attempts,

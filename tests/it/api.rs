@@ -14,11 +14,22 @@ async fn single() -> TestCluster {
 }
 
 /// Asserts an error response: status, code and (when given) field.
-fn assert_error(got: Option<(u16, Value)>, status: u16, code: &str, field: Option<&str>, what: &str) {
+fn assert_error(
+    got: Option<(u16, Value)>,
+    status: u16,
+    code: &str,
+    field: Option<&str>,
+    what: &str,
+) {
     let (s, body) = got.unwrap_or_else(|| panic!("{what}: no response"));
     assert_eq!(s, status, "{what}: {body}");
     assert_eq!(body["error"]["code"], code, "{what}: {body}");
-    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{what}: {body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{what}: {body}"
+    );
     if let Some(f) = field {
         assert_eq!(body["error"]["field"], f, "{what}: {body}");
     }
@@ -35,28 +46,160 @@ async fn invalid_input_of_each_kind_gets_the_right_4xx_and_json_error() {
         j
     };
     let cases: Vec<(Value, u16, &str, &str, &str)> = vec![
-        (with(json!({"url": "ftp://example.com/x"})), 422, "invalid_field", "url", "bad URL scheme"),
-        (with(json!({"url": "not a url"})), 422, "invalid_field", "url", "unparseable URL"),
-        (with(json!({"schedule": {"cron": "61 * * * *"}})), 422, "invalid_schedule", "schedule.cron", "bad cron"),
-        (with(json!({"schedule": {"cron": "0 0 30 2 *"}})), 422, "invalid_schedule", "schedule.cron", "cron that never fires"),
-        (with(json!({"schedule": {"cron": "0 9 * * *", "timezone": "Mars/Base"}})), 422, "invalid_schedule", "schedule.timezone", "bad timezone"),
-        (with(json!({"schedule": {"rrule": "FREQ=DAILY"}})), 422, "invalid_schedule", "schedule.rrule", "unknown schedule kind"),
-        (with(json!({"schedule": {}})), 422, "invalid_schedule", "schedule", "no schedule kind"),
-        (with(json!({"schedule": {"every": "1s", "after": "1s"}})), 422, "invalid_schedule", "schedule", "two schedule kinds"),
-        (with(json!({"schedule": {"every": "500ms"}})), 422, "invalid_schedule", "schedule.every", "interval under 1 s"),
-        (with(json!({"schedule": {"at": "tomorrow"}})), 422, "invalid_schedule", "schedule.at", "bad instant"),
-        (with(json!({"schedule": {"after": "5 parsecs"}})), 422, "invalid_schedule", "schedule.after", "bad duration"),
-        (with(json!({"method": "TRACE"})), 422, "invalid_field", "method", "bad method"),
-        (with(json!({"id": "has space"})), 422, "invalid_field", "id", "bad id"),
-        (with(json!({"timeout": "61s"})), 422, "invalid_field", "timeout", "timeout over 60 s"),
-        (with(json!({"retry": {"max_attempts": 0}})), 422, "invalid_field", "retry.max_attempts", "zero attempts"),
-        (with(json!({"retry": {"jitter": 1.5}})), 422, "invalid_field", "retry.jitter", "jitter over 1"),
-        (with(json!({"misfire": {"policy": "sometimes"}})), 422, "invalid_field", "misfire.policy", "bad misfire policy"),
-        (with(json!({"headers": {"webhook-id": "mine"}})), 422, "invalid_field", "headers.webhook-id", "reserved header"),
-        (with(json!({"body": "x".repeat(300 * 1024)})), 422, "invalid_field", "body", "body over 256 KiB"),
-        (with(json!({"url": 42})), 422, "invalid_field", "url", "wrong JSON type"),
-        (with(json!({"colour": "blue"})), 422, "invalid_field", "colour", "unknown field"),
-        (json!({"schedule": {"after": "1s"}}), 422, "invalid_field", "url", "missing url"),
+        (
+            with(json!({"url": "ftp://example.com/x"})),
+            422,
+            "invalid_field",
+            "url",
+            "bad URL scheme",
+        ),
+        (
+            with(json!({"url": "not a url"})),
+            422,
+            "invalid_field",
+            "url",
+            "unparseable URL",
+        ),
+        (
+            with(json!({"schedule": {"cron": "61 * * * *"}})),
+            422,
+            "invalid_schedule",
+            "schedule.cron",
+            "bad cron",
+        ),
+        (
+            with(json!({"schedule": {"cron": "0 0 30 2 *"}})),
+            422,
+            "invalid_schedule",
+            "schedule.cron",
+            "cron that never fires",
+        ),
+        (
+            with(json!({"schedule": {"cron": "0 9 * * *", "timezone": "Mars/Base"}})),
+            422,
+            "invalid_schedule",
+            "schedule.timezone",
+            "bad timezone",
+        ),
+        (
+            with(json!({"schedule": {"rrule": "FREQ=DAILY"}})),
+            422,
+            "invalid_schedule",
+            "schedule.rrule",
+            "unknown schedule kind",
+        ),
+        (
+            with(json!({"schedule": {}})),
+            422,
+            "invalid_schedule",
+            "schedule",
+            "no schedule kind",
+        ),
+        (
+            with(json!({"schedule": {"every": "1s", "after": "1s"}})),
+            422,
+            "invalid_schedule",
+            "schedule",
+            "two schedule kinds",
+        ),
+        (
+            with(json!({"schedule": {"every": "500ms"}})),
+            422,
+            "invalid_schedule",
+            "schedule.every",
+            "interval under 1 s",
+        ),
+        (
+            with(json!({"schedule": {"at": "tomorrow"}})),
+            422,
+            "invalid_schedule",
+            "schedule.at",
+            "bad instant",
+        ),
+        (
+            with(json!({"schedule": {"after": "5 parsecs"}})),
+            422,
+            "invalid_schedule",
+            "schedule.after",
+            "bad duration",
+        ),
+        (
+            with(json!({"method": "TRACE"})),
+            422,
+            "invalid_field",
+            "method",
+            "bad method",
+        ),
+        (
+            with(json!({"id": "has space"})),
+            422,
+            "invalid_field",
+            "id",
+            "bad id",
+        ),
+        (
+            with(json!({"timeout": "61s"})),
+            422,
+            "invalid_field",
+            "timeout",
+            "timeout over 60 s",
+        ),
+        (
+            with(json!({"retry": {"max_attempts": 0}})),
+            422,
+            "invalid_field",
+            "retry.max_attempts",
+            "zero attempts",
+        ),
+        (
+            with(json!({"retry": {"jitter": 1.5}})),
+            422,
+            "invalid_field",
+            "retry.jitter",
+            "jitter over 1",
+        ),
+        (
+            with(json!({"misfire": {"policy": "sometimes"}})),
+            422,
+            "invalid_field",
+            "misfire.policy",
+            "bad misfire policy",
+        ),
+        (
+            with(json!({"headers": {"webhook-id": "mine"}})),
+            422,
+            "invalid_field",
+            "headers.webhook-id",
+            "reserved header",
+        ),
+        (
+            with(json!({"body": "x".repeat(300 * 1024)})),
+            422,
+            "invalid_field",
+            "body",
+            "body over 256 KiB",
+        ),
+        (
+            with(json!({"url": 42})),
+            422,
+            "invalid_field",
+            "url",
+            "wrong JSON type",
+        ),
+        (
+            with(json!({"colour": "blue"})),
+            422,
+            "invalid_field",
+            "colour",
+            "unknown field",
+        ),
+        (
+            json!({"schedule": {"after": "1s"}}),
+            422,
+            "invalid_field",
+            "url",
+            "missing url",
+        ),
     ];
     for (body, status, code, field, what) in cases {
         let got = c.post(0, "/v1/jobs", &body).await;
@@ -75,25 +218,104 @@ async fn invalid_input_of_each_kind_gets_the_right_4xx_and_json_error() {
         let s = resp.status().as_u16();
         Some((s, resp.json::<Value>().await.unwrap_or(Value::Null)))
     };
-    assert_error(send(raw(b"{\"url\": ".to_vec(), "application/json")).await, 400, "malformed_json", None, "truncated JSON");
-    assert_error(send(raw(b"not json".to_vec(), "application/json")).await, 400, "malformed_json", None, "not JSON");
-    assert_error(send(raw(job("ct").to_string().into_bytes(), "text/plain")).await, 415, "unsupported_media_type", None, "wrong content type");
-    let huge = format!("{{\"id\": \"big\", \"body\": \"{}\"}}", "x".repeat(1100 * 1024));
-    assert_error(send(raw(huge.into_bytes(), "application/json")).await, 413, "payload_too_large", None, "body over 1 MiB");
+    assert_error(
+        send(raw(b"{\"url\": ".to_vec(), "application/json")).await,
+        400,
+        "malformed_json",
+        None,
+        "truncated JSON",
+    );
+    assert_error(
+        send(raw(b"not json".to_vec(), "application/json")).await,
+        400,
+        "malformed_json",
+        None,
+        "not JSON",
+    );
+    assert_error(
+        send(raw(job("ct").to_string().into_bytes(), "text/plain")).await,
+        415,
+        "unsupported_media_type",
+        None,
+        "wrong content type",
+    );
+    let huge = format!(
+        "{{\"id\": \"big\", \"body\": \"{}\"}}",
+        "x".repeat(1100 * 1024)
+    );
+    assert_error(
+        send(raw(huge.into_bytes(), "application/json")).await,
+        413,
+        "payload_too_large",
+        None,
+        "body over 1 MiB",
+    );
 
     // Unknown ids, bad paths and query parameters.
-    assert_error(c.get(0, "/v1/jobs/nope").await, 404, "not_found", None, "unknown id");
-    assert_error(c.send(0, Method::DELETE, "/v1/jobs/nope", None).await, 404, "not_found", None, "delete unknown");
-    assert_error(c.send(0, Method::POST, "/v1/jobs/nope/pause", None).await, 404, "not_found", None, "pause unknown");
-    assert_error(c.get(0, "/v1/nothing").await, 404, "not_found", None, "unknown route");
-    assert_error(c.get(0, "/v1/jobs?limit=0").await, 400, "invalid_parameter", Some("limit"), "limit 0");
-    assert_error(c.get(0, "/v1/jobs?limit=abc").await, 400, "invalid_parameter", None, "limit not a number");
-    assert_error(c.get(0, "/v1/jobs/x?consistency=maybe").await, 400, "invalid_parameter", None, "bad consistency");
-    assert_error(c.send(0, Method::PATCH, "/v1/jobs", None).await, 405, "method_not_allowed", None, "wrong method");
+    assert_error(
+        c.get(0, "/v1/jobs/nope").await,
+        404,
+        "not_found",
+        None,
+        "unknown id",
+    );
+    assert_error(
+        c.send(0, Method::DELETE, "/v1/jobs/nope", None).await,
+        404,
+        "not_found",
+        None,
+        "delete unknown",
+    );
+    assert_error(
+        c.send(0, Method::POST, "/v1/jobs/nope/pause", None).await,
+        404,
+        "not_found",
+        None,
+        "pause unknown",
+    );
+    assert_error(
+        c.get(0, "/v1/nothing").await,
+        404,
+        "not_found",
+        None,
+        "unknown route",
+    );
+    assert_error(
+        c.get(0, "/v1/jobs?limit=0").await,
+        400,
+        "invalid_parameter",
+        Some("limit"),
+        "limit 0",
+    );
+    assert_error(
+        c.get(0, "/v1/jobs?limit=abc").await,
+        400,
+        "invalid_parameter",
+        None,
+        "limit not a number",
+    );
+    assert_error(
+        c.get(0, "/v1/jobs/x?consistency=maybe").await,
+        400,
+        "invalid_parameter",
+        None,
+        "bad consistency",
+    );
+    assert_error(
+        c.send(0, Method::PATCH, "/v1/jobs", None).await,
+        405,
+        "method_not_allowed",
+        None,
+        "wrong method",
+    );
 
     // Nothing invalid was stored.
     let (_, list) = c.get(0, "/v1/jobs").await.expect("list");
-    assert_eq!(list["jobs"], json!([]), "rejected jobs are not stored: {list}");
+    assert_eq!(
+        list["jobs"],
+        json!([]),
+        "rejected jobs are not stored: {list}"
+    );
 }
 
 #[tokio::test]
@@ -132,25 +354,72 @@ async fn create_is_idempotent_put_replaces_and_delete_pause_resume_work() {
     other["url"] = json!("https://example.com/other");
     let got = c.post(0, "/v1/jobs", &other).await;
     let (s, err) = got.expect("conflict");
-    assert_eq!((s, err["error"]["code"].as_str()), (409, Some("conflict")), "{err}");
+    assert_eq!(
+        (s, err["error"]["code"].as_str()),
+        (409, Some("conflict")),
+        "{err}"
+    );
 
     // PUT replaces (200, version 2); the returned job can be sent back as is.
-    let (s, replaced) = c.send(0, Method::PUT, "/v1/jobs/invoice-42-reminder", Some(&other)).await.expect("put");
+    let (s, replaced) = c
+        .send(0, Method::PUT, "/v1/jobs/invoice-42-reminder", Some(&other))
+        .await
+        .expect("put");
     assert_eq!(s, 200, "{replaced}");
     assert_eq!(replaced["version"], 2);
     assert_eq!(replaced["url"], "https://example.com/other");
-    let (s, echoed) = c.send(0, Method::PUT, "/v1/jobs/invoice-42-reminder", Some(&replaced)).await.expect("put back");
-    assert_eq!((s, &echoed["version"]), (200, &json!(2)), "an unchanged PUT is a no-op: {echoed}");
-    let (s, _) = c.send(0, Method::PUT, "/v1/jobs/new-by-put", Some(&job("new-by-put"))).await.expect("put new");
+    let (s, echoed) = c
+        .send(
+            0,
+            Method::PUT,
+            "/v1/jobs/invoice-42-reminder",
+            Some(&replaced),
+        )
+        .await
+        .expect("put back");
+    assert_eq!(
+        (s, &echoed["version"]),
+        (200, &json!(2)),
+        "an unchanged PUT is a no-op: {echoed}"
+    );
+    let (s, _) = c
+        .send(
+            0,
+            Method::PUT,
+            "/v1/jobs/new-by-put",
+            Some(&job("new-by-put")),
+        )
+        .await
+        .expect("put new");
     assert_eq!(s, 201);
-    let got = c.send(0, Method::PUT, "/v1/jobs/mismatch", Some(&job("other-id"))).await;
-    assert_error(got, 422, "invalid_field", Some("id"), "PUT with another id in the body");
+    let got = c
+        .send(0, Method::PUT, "/v1/jobs/mismatch", Some(&job("other-id")))
+        .await;
+    assert_error(
+        got,
+        422,
+        "invalid_field",
+        Some("id"),
+        "PUT with another id in the body",
+    );
 
     // Pause and resume.
-    let (s, paused) = c.send(0, Method::POST, "/v1/jobs/invoice-42-reminder/pause", None).await.expect("pause");
-    assert_eq!((s, &paused["state"], &paused["next_fire_at"]), (200, &json!("paused"), &Value::Null));
-    let (s, resumed) = c.send(0, Method::POST, "/v1/jobs/invoice-42-reminder/resume", None).await.expect("resume");
-    assert_eq!((s, &resumed["state"], &resumed["version"]), (200, &json!("active"), &json!(4)));
+    let (s, paused) = c
+        .send(0, Method::POST, "/v1/jobs/invoice-42-reminder/pause", None)
+        .await
+        .expect("pause");
+    assert_eq!(
+        (s, &paused["state"], &paused["next_fire_at"]),
+        (200, &json!("paused"), &Value::Null)
+    );
+    let (s, resumed) = c
+        .send(0, Method::POST, "/v1/jobs/invoice-42-reminder/resume", None)
+        .await
+        .expect("resume");
+    assert_eq!(
+        (s, &resumed["state"], &resumed["version"]),
+        (200, &json!("active"), &json!(4))
+    );
 
     // Generated ids are UUIDv7 and unique.
     let mut no_id = job("x");
@@ -163,9 +432,18 @@ async fn create_is_idempotent_put_replaces_and_delete_pause_resume_work() {
     assert_eq!(a.get_version_num(), 7);
 
     // Delete, then 404.
-    let (s, _) = c.send(0, Method::DELETE, "/v1/jobs/new-by-put", None).await.expect("delete");
+    let (s, _) = c
+        .send(0, Method::DELETE, "/v1/jobs/new-by-put", None)
+        .await
+        .expect("delete");
     assert_eq!(s, 204);
-    assert_error(c.get(0, "/v1/jobs/new-by-put").await, 404, "not_found", None, "deleted job");
+    assert_error(
+        c.get(0, "/v1/jobs/new-by-put").await,
+        404,
+        "not_found",
+        None,
+        "deleted job",
+    );
 }
 
 #[tokio::test]
@@ -184,7 +462,10 @@ async fn list_pages_through_jobs_in_id_order() {
         assert_eq!(s, 200, "{page}");
         let jobs = page["jobs"].as_array().expect("jobs");
         assert!(jobs.len() <= 10);
-        seen.extend(jobs.iter().map(|j| j["id"].as_str().expect("id").to_owned()));
+        seen.extend(
+            jobs.iter()
+                .map(|j| j["id"].as_str().expect("id").to_owned()),
+        );
         match page["next"].as_str() {
             Some(next) => path = format!("/v1/jobs?limit=10&after={next}"),
             None => break,
@@ -199,21 +480,48 @@ async fn api_token_is_required_on_v1_when_set() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let authed = |req: reqwest::RequestBuilder| req.bearer_auth("s3cret");
     loop {
-        let ready = c.http.get(c.url(0, "/readyz")).send().await.map(|r| r.status().as_u16());
+        let ready = c
+            .http
+            .get(c.url(0, "/readyz"))
+            .send()
+            .await
+            .map(|r| r.status().as_u16());
         if ready.ok() == Some(200) {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "node never became ready");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node never became ready"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let resp = c.http.get(c.url(0, "/v1/jobs")).send().await.expect("request");
+    let resp = c
+        .http
+        .get(c.url(0, "/v1/jobs"))
+        .send()
+        .await
+        .expect("request");
     assert_eq!(resp.status().as_u16(), 401);
     let body: Value = resp.json().await.expect("JSON");
     assert_eq!(body["error"]["code"], "unauthorized");
-    let resp = c.http.get(c.url(0, "/v1/jobs")).bearer_auth("wrong").send().await.expect("request");
+    let resp = c
+        .http
+        .get(c.url(0, "/v1/jobs"))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .expect("request");
     assert_eq!(resp.status().as_u16(), 401);
-    let resp = authed(c.http.post(c.url(0, "/v1/jobs")).json(&job("t"))).send().await.expect("request");
+    let resp = authed(c.http.post(c.url(0, "/v1/jobs")).json(&job("t")))
+        .send()
+        .await
+        .expect("request");
     assert_eq!(resp.status().as_u16(), 201);
-    let resp = c.http.get(c.url(0, "/healthz")).send().await.expect("request");
+    let resp = c
+        .http
+        .get(c.url(0, "/healthz"))
+        .send()
+        .await
+        .expect("request");
     assert_eq!(resp.status().as_u16(), 200, "health checks need no token");
 }

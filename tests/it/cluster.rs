@@ -20,7 +20,10 @@ async fn three_nodes_form_a_cluster_and_a_job_created_on_a_follower_is_read_ever
     let leader = c.wait_leader(&[0, 1, 2], ELECTION_WITHIN).await;
     let follower = others(leader)[0];
 
-    let (status, body) = c.post(follower, "/v1/jobs", &job("via-follower")).await.expect("create");
+    let (status, body) = c
+        .post(follower, "/v1/jobs", &job("via-follower"))
+        .await
+        .expect("create");
     assert_eq!(status, 201, "create through a follower: {body}");
     assert_eq!(body["id"], "via-follower");
 
@@ -36,7 +39,10 @@ async fn three_nodes_form_a_cluster_and_a_job_created_on_a_follower_is_read_ever
     let (_, cluster) = eventually(Duration::from_secs(5), "API addresses recorded", || async {
         let got = c.get(follower, "/v1/cluster").await?;
         let members = got.1["members"].as_array()?.clone();
-        members.iter().all(|m| m["api_addr"].is_string()).then_some(got)
+        members
+            .iter()
+            .all(|m| m["api_addr"].is_string())
+            .then_some(got)
     })
     .await;
     let members = cluster["members"].as_array().expect("members");
@@ -96,7 +102,11 @@ async fn leader_sigkill_elects_a_new_leader_loses_nothing_and_the_node_catches_u
     let mut c = TestCluster::start(3);
     let leader = c.wait_leader(&[0, 1, 2], ELECTION_WITHIN).await;
     let before = create_jobs(&c, others(leader)[0], "before", 20).await;
-    assert_eq!(before.len(), 20, "all creates succeed with a healthy cluster");
+    assert_eq!(
+        before.len(),
+        20,
+        "all creates succeed with a healthy cluster"
+    );
 
     c.kill(leader);
     let killed_at = Instant::now();
@@ -105,14 +115,21 @@ async fn leader_sigkill_elects_a_new_leader_loses_nothing_and_the_node_catches_u
     assert_ne!(new_leader, leader);
 
     // Writes continue on the survivors.
-    let (status, body) = eventually(Duration::from_secs(10), "a write after failover", || async {
-        c.post(survivors[1], "/v1/jobs", &job("after-kill"))
-            .await
-            .filter(|(s, _)| *s == 201)
-    })
+    let (status, body) = eventually(
+        Duration::from_secs(10),
+        "a write after failover",
+        || async {
+            c.post(survivors[1], "/v1/jobs", &job("after-kill"))
+                .await
+                .filter(|(s, _)| *s == 201)
+        },
+    )
     .await;
     assert_eq!(status, 201, "{body}");
-    eprintln!("leader SIGKILL → first successful write: {:?}", killed_at.elapsed());
+    eprintln!(
+        "leader SIGKILL → first successful write: {:?}",
+        killed_at.elapsed()
+    );
     let during = create_jobs(&c, survivors[0], "during", 10).await;
     assert_eq!(during.len(), 10);
 
@@ -132,10 +149,14 @@ async fn leader_sigkill_elects_a_new_leader_loses_nothing_and_the_node_catches_u
         .cloned()
         .chain(["after-kill".to_string()])
         .collect();
-    eventually(Duration::from_secs(20), "the restarted node to catch up", || async {
-        let ids = job_ids(&c, leader, true).await?;
-        (ids == expected).then_some(())
-    })
+    eventually(
+        Duration::from_secs(20),
+        "the restarted node to catch up",
+        || async {
+            let ids = job_ids(&c, leader, true).await?;
+            (ids == expected).then_some(())
+        },
+    )
     .await;
 }
 
@@ -173,9 +194,15 @@ async fn every_acknowledged_create_survives_killing_all_nodes_after_a_burst() {
     }
     c.wait_leader(&[0, 1, 2], ELECTION_WITHIN).await;
     for i in 0..3 {
-        let ids = eventually(Duration::from_secs(10), "a linearizable list", || job_ids(&c, i, false)).await;
+        let ids = eventually(Duration::from_secs(10), "a linearizable list", || {
+            job_ids(&c, i, false)
+        })
+        .await;
         let missing: Vec<&String> = acked.iter().filter(|id| !ids.contains(*id)).collect();
-        assert!(missing.is_empty(), "node {i} lost acknowledged jobs: {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "node {i} lost acknowledged jobs: {missing:?}"
+        );
     }
 }
 
@@ -183,7 +210,10 @@ async fn every_acknowledged_create_survives_killing_all_nodes_after_a_burst() {
 async fn a_node_without_a_majority_answers_503_no_leader_within_5s() {
     let mut c = TestCluster::start(3);
     let leader = c.wait_leader(&[0, 1, 2], ELECTION_WITHIN).await;
-    let (status, _) = c.post(leader, "/v1/jobs", &job("seen")).await.expect("create");
+    let (status, _) = c
+        .post(leader, "/v1/jobs", &job("seen"))
+        .await
+        .expect("create");
     assert_eq!(status, 201);
     // Keep the old leader alone: it still believes it leads for a while, which is the hard case.
     for i in others(leader) {
@@ -203,13 +233,25 @@ async fn a_node_without_a_majority_answers_503_no_leader_within_5s() {
         let resp = req.send().await.expect("the node answers");
         let took = started.elapsed();
         assert_eq!(resp.status().as_u16(), 503, "{method} {path}");
-        assert!(took < Duration::from_secs(5), "{method} {path} took {took:?}");
-        assert!(resp.headers().contains_key("retry-after"), "{method} {path} has Retry-After");
+        assert!(
+            took < Duration::from_secs(5),
+            "{method} {path} took {took:?}"
+        );
+        assert!(
+            resp.headers().contains_key("retry-after"),
+            "{method} {path} has Retry-After"
+        );
         let body: Value = resp.json().await.expect("JSON error");
-        assert_eq!(body["error"]["code"], "no_leader", "{method} {path}: {body}");
+        assert_eq!(
+            body["error"]["code"], "no_leader",
+            "{method} {path}: {body}"
+        );
     }
     // A stale read is still served from local state.
-    let (status, body) = c.get(leader, "/v1/jobs/seen?consistency=stale").await.expect("stale read");
+    let (status, body) = c
+        .get(leader, "/v1/jobs/seen?consistency=stale")
+        .await
+        .expect("stale read");
     assert_eq!(status, 200, "{body}");
     let (status, _) = c.get(leader, "/readyz").await.expect("readyz");
     assert_eq!(status, 503, "a node without a leader is not ready");
@@ -223,27 +265,86 @@ async fn a_node_behind_the_purged_log_catches_up_by_snapshot() {
     // Jobs the lagging node holds, then deleted while it is down: the snapshot it installs must
     // remove them, not only add what is new.
     let early = create_jobs(&c, leader, "early", 10).await;
-    eventually(Duration::from_secs(10), "the early jobs on the lagging node", || async {
-        (job_ids(&c, lagging, true).await?.len() == 10).then_some(())
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the early jobs on the lagging node",
+        || async { (job_ids(&c, lagging, true).await?.len() == 10).then_some(()) },
+    )
     .await;
     c.kill(lagging);
     for id in &early {
-        let (s, _) = c.send(leader, Method::DELETE, &format!("/v1/jobs/{id}"), None).await.expect("delete");
+        let (s, _) = c
+            .send(leader, Method::DELETE, &format!("/v1/jobs/{id}"), None)
+            .await
+            .expect("delete");
         assert_eq!(s, 204);
     }
     let acked = create_jobs(&c, leader, "snap", 120).await;
     assert_eq!(acked.len(), 120);
     c.spawn(lagging);
     let expected: BTreeSet<String> = acked.into_iter().collect();
-    eventually(Duration::from_secs(20), "the lagging node to catch up", || async {
-        let ids = job_ids(&c, lagging, true).await?;
-        (ids == expected).then_some(())
-    })
+    eventually(
+        Duration::from_secs(20),
+        "the lagging node to catch up",
+        || async {
+            let ids = job_ids(&c, lagging, true).await?;
+            (ids == expected).then_some(())
+        },
+    )
     .await;
     assert!(
         c.log_of(lagging).contains("installed snapshot"),
         "the lagging node caught up through a snapshot:\n{}",
         c.logs()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_traffic_needs_the_secret_and_the_right_target_node() {
+    let c = TestCluster::start_with(3, &["--peer-secret", "peer-s3cret"]);
+    let leader = c.wait_leader(&[0, 1, 2], ELECTION_WITHIN).await;
+    let (s, _) = c
+        .post(others(leader)[0], "/v1/jobs", &job("secret-ok"))
+        .await
+        .expect("create");
+    assert_eq!(
+        s, 201,
+        "a cluster with a peer secret works, forwarding included"
+    );
+
+    let peer_url = format!("http://{}/forward/read-index", c.nodes[leader].peer);
+    let target = c.nodes[leader].id.to_string();
+    let no_secret = c
+        .http
+        .post(&peer_url)
+        .header("hookd-target-node", &target)
+        .json(&())
+        .send()
+        .await;
+    assert_eq!(no_secret.expect("answer").status().as_u16(), 401);
+    let wrong_target = c
+        .http
+        .post(&peer_url)
+        .bearer_auth("peer-s3cret")
+        .header("hookd-target-node", "99")
+        .json(&())
+        .send()
+        .await;
+    assert_eq!(wrong_target.expect("answer").status().as_u16(), 421);
+    // The first leader records the cluster id shortly after the election.
+    eventually(Duration::from_secs(5), "the cluster id", || async {
+        let (_, v) = c.get(leader, "/v1/cluster").await?;
+        v["cluster_id"].as_str().map(|_| ())
+    })
+    .await;
+    let other_cluster = c
+        .http
+        .post(&peer_url)
+        .bearer_auth("peer-s3cret")
+        .header("hookd-target-node", &target)
+        .header("hookd-cluster-id", "some-other-cluster")
+        .json(&())
+        .send()
+        .await;
+    assert_eq!(other_cluster.expect("answer").status().as_u16(), 409);
 }

@@ -151,7 +151,10 @@ impl TestCluster {
             if let Some(status) = child.try_wait().expect("wait") {
                 return status;
             }
-            assert!(std::time::Instant::now() < deadline, "node did not exit after SIGTERM");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "node did not exit after SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -172,7 +175,13 @@ impl TestCluster {
     }
 
     /// Sends `method` with a JSON body, returning (status, JSON body).
-    pub async fn send(&self, i: usize, method: reqwest::Method, path: &str, body: Option<&Value>) -> Option<(u16, Value)> {
+    pub async fn send(
+        &self,
+        i: usize,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Option<(u16, Value)> {
         let mut req = self.http.request(method, self.url(i, path));
         if let Some(b) = body {
             req = req.json(b);
@@ -218,7 +227,13 @@ impl TestCluster {
     /// All node logs, for assertion messages.
     pub fn logs(&self) -> String {
         (0..self.nodes.len())
-            .map(|i| format!("--- node {} log ---\n{}", self.nodes[i].id, tail(&self.log_of(i), 40)))
+            .map(|i| {
+                format!(
+                    "--- node {} log ---\n{}",
+                    self.nodes[i].id,
+                    tail(&self.log_of(i), 40)
+                )
+            })
             .collect()
     }
 }
@@ -262,7 +277,10 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -12,7 +12,11 @@ async fn sigterm_exits_cleanly_and_a_restart_keeps_the_jobs() {
     let (s, _) = c.post(0, "/v1/jobs", &job("kept")).await.expect("create");
     assert_eq!(s, 201);
     let status = c.terminate(0);
-    assert!(status.success(), "SIGTERM exits 0, got {status:?}\n{}", c.logs());
+    assert!(
+        status.success(),
+        "SIGTERM exits 0, got {status:?}\n{}",
+        c.logs()
+    );
     c.spawn(0);
     c.wait_leader(&[0], Duration::from_secs(10)).await;
     let (s, body) = eventually(Duration::from_secs(10), "the job after restart", || async {
@@ -28,7 +32,15 @@ async fn a_data_dir_of_another_node_is_refused_with_a_clear_error() {
     c.wait_leader(&[0], Duration::from_secs(10)).await;
     c.terminate(0);
     let out = Command::new(HOOKD)
-        .args(["serve", "--node-id", "2", "--listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0"])
+        .args([
+            "serve",
+            "--node-id",
+            "2",
+            "--listen",
+            "127.0.0.1:0",
+            "--peer-listen",
+            "127.0.0.1:0",
+        ])
         .arg("--data-dir")
         .arg(&c.nodes[0].data_dir)
         .args(["--initial-cluster", "2=127.0.0.1:1"])
@@ -36,26 +48,154 @@ async fn a_data_dir_of_another_node_is_refused_with_a_clear_error() {
         .expect("run hookd");
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("belongs to node 1, not node 2"), "stderr: {stderr}");
+    assert!(
+        stderr.contains("belongs to node 1, not node 2"),
+        "stderr: {stderr}"
+    );
 }
 
 #[tokio::test]
 async fn bad_configuration_is_refused_before_starting() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cases: [(&[&str], &str); 4] = [
-        (&["serve", "--listen", "127.0.0.1:0"], "--node-id is required"),
-        (&["serve", "--node-id", "1", "--initial-cluster", "1=x"], "--data-dir is required"),
-        (&["serve", "--node-id", "4", "--data-dir", "D", "--initial-cluster", "1=127.0.0.1:1"], "does not name this node"),
-        (&["serve", "--node-id", "1", "--data-dir", "D", "--initial-cluster", "1=127.0.0.1:1", "--signing-secret", "nope"], "whsec_"),
+        (
+            &["serve", "--listen", "127.0.0.1:0"],
+            "--node-id is required",
+        ),
+        (
+            &["serve", "--node-id", "1", "--initial-cluster", "1=x"],
+            "--data-dir is required",
+        ),
+        (
+            &[
+                "serve",
+                "--node-id",
+                "4",
+                "--data-dir",
+                "D",
+                "--initial-cluster",
+                "1=127.0.0.1:1",
+            ],
+            "does not name this node",
+        ),
+        (
+            &[
+                "serve",
+                "--node-id",
+                "1",
+                "--data-dir",
+                "D",
+                "--initial-cluster",
+                "1=127.0.0.1:1",
+                "--signing-secret",
+                "nope",
+            ],
+            "whsec_",
+        ),
     ];
     for (args, expected) in cases {
         let args: Vec<String> = args
             .iter()
-            .map(|a| if *a == "D" { dir.path().display().to_string() } else { a.to_string() })
+            .map(|a| {
+                if *a == "D" {
+                    dir.path().display().to_string()
+                } else {
+                    a.to_string()
+                }
+            })
             .collect();
         let out = Command::new(HOOKD).args(&args).output().expect("run hookd");
         assert!(!out.status.success(), "{args:?} must fail");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(expected), "{args:?}: stderr {stderr}");
     }
+}
+
+#[tokio::test]
+async fn environment_variables_configure_a_node_and_flags_beat_them() {
+    let mut c = TestCluster::start(1);
+    c.wait_leader(&[0], Duration::from_secs(10)).await;
+    c.terminate(0);
+    let data_dir = c.nodes[0].data_dir.display().to_string();
+    // HOOKD_NODE_ID is read: node 2 may not open node 1's data dir.
+    let out = Command::new(HOOKD)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--peer-listen",
+            "127.0.0.1:0",
+        ])
+        .env("HOOKD_NODE_ID", "2")
+        .env("HOOKD_DATA_DIR", &data_dir)
+        .env("HOOKD_INITIAL_CLUSTER", "2=127.0.0.1:1")
+        .output()
+        .expect("run hookd");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("belongs to node 1, not node 2"),
+        "stderr: {stderr}"
+    );
+    // A config file is read, and the environment beats it.
+    let file = c.nodes[0].data_dir.with_extension("toml");
+    std::fs::write(&file, format!("node_id = 3\ndata_dir = {data_dir:?}\n")).expect("write config");
+    let out = Command::new(HOOKD)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--peer-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--config")
+        .arg(&file)
+        .env("HOOKD_NODE_ID", "2")
+        .output()
+        .expect("run hookd");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("belongs to node 1, not node 2"),
+        "env beats file: {stderr}"
+    );
+    // The flag beats the environment: node 1 starts on its own data dir.
+    let mut child = Command::new(HOOKD)
+        .args([
+            "serve",
+            "--node-id",
+            "1",
+            "--listen",
+            "127.0.0.1:0",
+            "--peer-listen",
+            "127.0.0.1:0",
+        ])
+        .env("HOOKD_NODE_ID", "2")
+        .env("HOOKD_DATA_DIR", &data_dir)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn hookd");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let started = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains("hookd node started") => break line,
+            Ok(_) => continue,
+            Err(_) => panic!("node with --node-id 1 did not start"),
+        }
+    };
+    assert!(started.contains("node_id=1"), "{started}");
+    let _ = child.kill();
+    let _ = child.wait();
 }

@@ -32,7 +32,8 @@ struct PeerState {
 }
 
 /// The router served on `--peer-listen`.
-pub fn peer_router(replica: Arc<Replica>, secret: Option<String>) -> Router {
+pub fn peer_router(replica: Arc<Replica>) -> Router {
+    let secret = replica.peer_secret().map(str::to_owned);
     let state = PeerState { replica, secret };
     Router::new()
         .route(PATH_APPEND, post(append))

@@ -1,0 +1,283 @@
+//! hookd-bench: measures a local three-node cluster of the release binary — leader election on a
+//! fresh cluster, create latency with 1, 32 and 64 clients, and the gap from a leader SIGKILL to
+//! the first successful write. Every loop is bounded in count and time.
+
+// A command-line report: printing to stdout is its job.
+#![allow(clippy::print_stdout)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use hookd_jepsen::local::LocalCluster;
+use hookd_jepsen::stats::{Latencies, Summary};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// Path of the hookd binary to measure.
+    #[arg(long, default_value = "target/release/hookd")]
+    hookd: PathBuf,
+    /// Creates per load step.
+    #[arg(long, default_value_t = 4000)]
+    creates: usize,
+    /// Leader-kill trials.
+    #[arg(long, default_value_t = 5)]
+    trials: usize,
+    /// Write the JSON summary here as well.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Debug, Serialize)]
+struct LoadResult {
+    clients: usize,
+    target: &'static str,
+    ok: usize,
+    errors: usize,
+    creates_per_s: f64,
+    latency: Summary,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    fresh_election_ms: Vec<f64>,
+    loads: Vec<LoadResult>,
+    failover_first_write_ms: Vec<f64>,
+    failover: Summary,
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(128)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("http client")
+}
+
+async fn leader_of(http: &reqwest::Client, c: &LocalCluster, i: usize) -> Option<usize> {
+    let v: Value = http
+        .get(c.url(i, "/v1/cluster"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    let id = v["leader_id"].as_u64()?;
+    c.nodes.iter().position(|n| n.id == id)
+}
+
+/// Polls until a node reports a leader; returns its index.
+async fn await_leader(
+    http: &reqwest::Client,
+    c: &LocalCluster,
+    within: Duration,
+) -> anyhow::Result<usize> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        for i in 0..c.nodes.len() {
+            if c.is_running(i) {
+                if let Some(l) = leader_of(http, c, i).await.filter(|l| c.is_running(*l)) {
+                    return Ok(l);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    bail!("no leader within {within:?}")
+}
+
+fn job(id: &str) -> Value {
+    json!({"id": id, "url": "http://127.0.0.1:9/bench", "schedule": {"after": "24h"}})
+}
+
+async fn create(http: &reqwest::Client, url: &str, id: &str) -> bool {
+    match http.post(url).json(&job(id)).send().await {
+        Ok(r) => r.status().as_u16() == 201,
+        Err(_) => false,
+    }
+}
+
+/// `clients` concurrent clients create `total` jobs, against the leader or round-robin.
+async fn load(
+    c: &LocalCluster,
+    leader: usize,
+    clients: usize,
+    total: usize,
+    spread: bool,
+    tag: &str,
+) -> LoadResult {
+    let urls: Vec<String> = (0..c.nodes.len()).map(|i| c.url(i, "/v1/jobs")).collect();
+    let http = http();
+    let per_client = total / clients;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for k in 0..clients {
+        let url = if spread {
+            urls[k % urls.len()].clone()
+        } else {
+            urls[leader].clone()
+        };
+        let http = http.clone();
+        let tag = format!("{tag}-{k}");
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Latencies::default();
+            let (mut ok, mut err) = (0, 0);
+            for n in 0..per_client {
+                let t = Instant::now();
+                if create(&http, &url, &format!("{tag}-{n}")).await {
+                    ok += 1;
+                    lat.record(t.elapsed());
+                } else {
+                    err += 1;
+                }
+            }
+            (lat, ok, err)
+        }));
+    }
+    let mut all = Latencies::default();
+    let (mut ok, mut errors) = (0, 0);
+    for t in tasks {
+        let (lat, o, e) = t.await.expect("client task");
+        all.merge(&lat);
+        ok += o;
+        errors += e;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    LoadResult {
+        clients,
+        target: if spread { "all nodes" } else { "leader" },
+        ok,
+        errors,
+        creates_per_s: ok as f64 / secs,
+        latency: all.summary(),
+    }
+}
+
+/// Kills the leader while a client writes through a survivor; returns kill → first 201.
+async fn failover_trial(c: &mut LocalCluster, trial: usize) -> anyhow::Result<Duration> {
+    let http = http();
+    let leader = await_leader(&http, c, Duration::from_secs(10)).await?;
+    let survivor = (0..c.nodes.len())
+        .find(|i| *i != leader)
+        .context("a survivor")?;
+    let url = c.url(survivor, "/v1/jobs");
+    // Warm the connection, and make sure writes work before the fault.
+    if !create(&http, &url, &format!("fo-{trial}-warm")).await {
+        bail!("write before the fault failed");
+    }
+    c.kill(leader);
+    let killed = Instant::now();
+    let short = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_millis(500))
+        .build()?;
+    let mut n = 0;
+    let gap = loop {
+        n += 1;
+        if create(&short, &url, &format!("fo-{trial}-{n}")).await {
+            break killed.elapsed();
+        }
+        if killed.elapsed() > Duration::from_secs(30) {
+            bail!("no successful write within 30 s of the leader kill");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    c.spawn(leader)?;
+    // Let the restarted node catch up before the next trial.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ready = http
+            .get(c.url(leader, "/readyz"))
+            .send()
+            .await
+            .map(|r| r.status().as_u16());
+        if ready.ok() == Some(200) || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(gap)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let hookd = args
+        .hookd
+        .canonicalize()
+        .with_context(|| format!("hookd binary {}", args.hookd.display()))?;
+    let http = http();
+
+    // Fresh-cluster elections: three fresh clusters, start all nodes, time to an agreed leader.
+    let mut fresh = Vec::new();
+    for _ in 0..3 {
+        let dir = tempfile::tempdir()?;
+        let mut c = LocalCluster::new(&hookd, dir.path(), 3, &[])?;
+        let t = Instant::now();
+        for i in 0..3 {
+            c.spawn(i)?;
+        }
+        await_leader(&http, &c, Duration::from_secs(20)).await?;
+        fresh.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    println!("fresh cluster: start → leader elected: {fresh:.0?} ms");
+
+    let dir = tempfile::tempdir()?;
+    let mut c = LocalCluster::new(&hookd, dir.path(), 3, &[])?;
+    for i in 0..3 {
+        c.spawn(i)?;
+    }
+    let leader = await_leader(&http, &c, Duration::from_secs(20)).await?;
+    let mut loads = Vec::new();
+    for (clients, spread, total) in [
+        (1, false, args.creates / 4),
+        (32, false, args.creates),
+        (32, true, args.creates),
+        (64, false, args.creates * 2),
+    ] {
+        let r = load(
+            &c,
+            leader,
+            clients,
+            total,
+            spread,
+            &format!("load{clients}{spread}"),
+        )
+        .await;
+        println!(
+            "creates, {:>2} clients → {:<9}: {:>7.0}/s, {} errors, {}",
+            r.clients, r.target, r.creates_per_s, r.errors, r.latency
+        );
+        loads.push(r);
+    }
+
+    let c = Arc::new(tokio::sync::Mutex::new(c));
+    let mut gaps = Vec::new();
+    let mut failover = Latencies::default();
+    for trial in 0..args.trials {
+        let gap = failover_trial(&mut *c.lock().await, trial).await?;
+        println!(
+            "failover trial {trial}: leader SIGKILL → first successful write {:.0} ms",
+            gap.as_secs_f64() * 1000.0
+        );
+        failover.record(gap);
+        gaps.push(gap.as_secs_f64() * 1000.0);
+    }
+    let report = Report {
+        fresh_election_ms: fresh,
+        loads,
+        failover_first_write_ms: gaps,
+        failover: failover.summary(),
+    };
+    println!("failover: {}", report.failover);
+    if let Some(out) = &args.out {
+        std::fs::write(out, serde_json::to_vec_pretty(&report)?)?;
+    }
+    Ok(())
+}

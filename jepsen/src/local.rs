@@ -1,0 +1,170 @@
+//! A cluster of `hookd` processes on 127.0.0.1, each node's sockets bound here and handed over by
+//! socket activation, so every port is free by construction and survives restarts.
+
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use command_fds::{CommandFdExt, FdMapping};
+
+/// One node process.
+pub struct LocalNode {
+    pub id: u64,
+    pub api: SocketAddr,
+    pub peer: SocketAddr,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+/// Three (or N) nodes on loopback. Dropping it kills every node.
+pub struct LocalCluster {
+    pub hookd: PathBuf,
+    pub nodes: Vec<LocalNode>,
+    pub extra_args: Vec<String>,
+    initial: String,
+}
+
+impl LocalCluster {
+    /// Prepares `n` nodes under `dir` (not started).
+    pub fn new(
+        hookd: &Path,
+        dir: &Path,
+        n: u64,
+        extra_args: &[String],
+    ) -> anyhow::Result<LocalCluster> {
+        let mut nodes = Vec::new();
+        for id in 1..=n {
+            nodes.push(LocalNode {
+                id,
+                api: free_addr()?,
+                peer: free_addr()?,
+                data_dir: dir.join(format!("node{id}")),
+                log: dir.join(format!("node{id}.log")),
+                child: None,
+            });
+        }
+        let initial = nodes
+            .iter()
+            .map(|n| format!("{}={}", n.id, n.peer))
+            .collect::<Vec<_>>()
+            .join(",");
+        Ok(LocalCluster {
+            hookd: hookd.to_path_buf(),
+            nodes,
+            extra_args: extra_args.to_vec(),
+            initial,
+        })
+    }
+
+    /// Starts node `i` (0-based), binding its addresses and passing the sockets as fds 3 and 4.
+    pub fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
+        let node = &mut self.nodes[i];
+        if node.child.is_some() {
+            bail!("node {} is already running", node.id);
+        }
+        let api = bind_retry(node.api)?;
+        let peer = bind_retry(node.peer)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)
+            .with_context(|| format!("open {}", node.log.display()))?;
+        let mut cmd = Command::new(&self.hookd);
+        cmd.arg("serve")
+            .args(["--node-id", &node.id.to_string()])
+            .args(["--listen", &node.api.to_string()])
+            .args(["--peer-listen", &node.peer.to_string()])
+            .arg("--data-dir")
+            .arg(&node.data_dir)
+            .args(["--initial-cluster", &self.initial])
+            .args(&self.extra_args)
+            .env("LISTEN_FDS", "2")
+            .env_remove("LISTEN_PID")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        cmd.fd_mappings(vec![
+            FdMapping {
+                parent_fd: OwnedFd::from(api),
+                child_fd: 3,
+            },
+            FdMapping {
+                parent_fd: OwnedFd::from(peer),
+                child_fd: 4,
+            },
+        ])?;
+        node.child = Some(cmd.spawn().context("spawn hookd")?);
+        Ok(())
+    }
+
+    pub fn is_running(&self, i: usize) -> bool {
+        self.nodes[i].child.is_some()
+    }
+
+    /// SIGKILLs node `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERMs node `i` and waits up to `within` for it to exit.
+    pub fn terminate(
+        &mut self,
+        i: usize,
+        within: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        let mut child = self.nodes[i].child.take().context("node not running")?;
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!(
+                    "node {} did not exit within {within:?} of SIGTERM",
+                    self.nodes[i].id
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn url(&self, i: usize, path: &str) -> String {
+        format!("http://{}{path}", self.nodes[i].api)
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// A loopback address with a port the kernel just handed out.
+fn free_addr() -> anyhow::Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+fn bind_retry(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match TcpListener::bind(addr) {
+            Ok(l) => return Ok(l),
+            Err(e) if Instant::now() > deadline => {
+                return Err(e).with_context(|| format!("bind {addr}"))
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
