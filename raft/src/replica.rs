@@ -39,9 +39,9 @@ pub struct RaftTiming {
 impl Default for RaftTiming {
     fn default() -> Self {
         RaftTiming {
-            heartbeat_ms: 100,
-            election_timeout_min_ms: 300,
-            election_timeout_max_ms: 600,
+            heartbeat_ms: 50,
+            election_timeout_min_ms: 200,
+            election_timeout_max_ms: 400,
         }
     }
 }
@@ -282,7 +282,12 @@ impl Replica {
     /// Returns once this node's state machine holds every write acknowledged before the call
     /// (a ReadIndex through the leader).
     pub async fn read_barrier(&self) -> Result<(), ReplicaError> {
-        let deadline = Instant::now() + REQUEST_DEADLINE;
+        self.read_barrier_within(REQUEST_DEADLINE).await
+    }
+
+    /// `read_barrier` with a deadline of its own.
+    pub async fn read_barrier_within(&self, within: Duration) -> Result<(), ReplicaError> {
+        let deadline = Instant::now() + within;
         loop {
             let (leader, addr) = self.await_leader(deadline).await?;
             let remaining = deadline.saturating_duration_since(Instant::now());

@@ -1,6 +1,7 @@
 //! `/v1/cluster`, `/healthz` and `/readyz`.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -71,31 +72,22 @@ pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// Ready when a leader is known and this node has applied everything it knows to be committed.
+/// How long `/readyz` waits for the leader to confirm this node is caught up.
+const READY_PROBE_DEADLINE: Duration = Duration::from_secs(1);
+
+/// Ready when a leader holding a quorum confirms a read index and this node has applied it: the
+/// node can serve linearizable reads now. (openraft 0.9 never demotes a leader cut off from its
+/// followers, so the leader's own word is not enough.)
 pub async fn readyz(state: Shared) -> Response {
     let replica = &state.replica;
+    let probe = replica.read_barrier_within(READY_PROBE_DEADLINE).await;
     let m = replica.metrics();
     let applied = m.last_applied.map_or(0, |l| l.index);
-    let committed = replica.committed_index();
-    // openraft 0.9 never demotes a leader cut off from its followers, so a leader is ready only
-    // while a quorum has acknowledged it within the lease.
-    let lease_ms = replica.raft_timing().election_timeout_max_ms;
-    let (ready, reason) = match m.current_leader {
-        None => (false, "no leader"),
-        Some(l)
-            if l == replica.id() && m.millis_since_quorum_ack.is_none_or(|ms| ms > lease_ms) =>
-        {
-            (false, "leader without a quorum")
-        }
-        Some(_) if applied < committed => (false, "catching up"),
-        Some(_) => (true, "ok"),
+    let (status, reason) = match &probe {
+        Ok(()) => (StatusCode::OK, "ok".to_string()),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     };
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    let body = json!({"ready": ready, "reason": reason, "leader_id": m.current_leader,
-                      "applied_index": applied, "commit_index": committed});
+    let body = json!({"ready": probe.is_ok(), "reason": reason, "leader_id": m.current_leader,
+                      "applied_index": applied, "commit_index": replica.committed_index()});
     (status, Json(body)).into_response()
 }

@@ -30,6 +30,12 @@ struct Args {
     /// Write the JSON summary here as well.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Keep the measured cluster's data dirs and logs here instead of a temporary dir.
+    #[arg(long)]
+    keep: Option<PathBuf>,
+    /// Extra flags for every `hookd serve`.
+    #[arg(long, allow_hyphen_values = true)]
+    hookd_args: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -173,6 +179,27 @@ async fn failover_trial(c: &mut LocalCluster, trial: usize) -> anyhow::Result<Du
     }
     c.kill(leader);
     let killed = Instant::now();
+    // Watch a survivor's view of leadership, to tell election time from write-path time.
+    let watch_url = c.url(survivor, "/v1/cluster");
+    let old_leader_id = c.nodes[leader].id;
+    let watcher = tokio::spawn(async move {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_millis(500))
+            .build()
+            .ok()?;
+        while killed.elapsed() < Duration::from_secs(30) {
+            if let Ok(r) = http.get(&watch_url).send().await {
+                if let Ok(v) = r.json::<Value>().await {
+                    if v["leader_id"].as_u64().is_some_and(|l| l != old_leader_id) {
+                        return Some(killed.elapsed());
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        None
+    });
     let short = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_millis(500))
@@ -188,8 +215,15 @@ async fn failover_trial(c: &mut LocalCluster, trial: usize) -> anyhow::Result<Du
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
+    if let Ok(Some(elected)) = watcher.await {
+        println!(
+            "  trial {trial}: survivor saw a new leader after {:.0} ms",
+            elected.as_secs_f64() * 1000.0
+        );
+    }
     c.spawn(leader)?;
-    // Let the restarted node catch up before the next trial.
+    // Let the restarted node catch up fully (its log too, not only its state machine) before
+    // the next trial; /readyz confirms a read index with the leader.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let ready = http
@@ -197,12 +231,39 @@ async fn failover_trial(c: &mut LocalCluster, trial: usize) -> anyhow::Result<Du
             .send()
             .await
             .map(|r| r.status().as_u16());
-        if ready.ok() == Some(200) || Instant::now() > deadline {
+        if ready.ok() == Some(200) {
             break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "restarted node {} not ready within 20 s",
+                c.nodes[leader].id
+            );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    await_same_commit(&http, c).await?;
     Ok(gap)
+}
+
+/// Waits until every node reports the same commit index, i.e. replication is idle.
+async fn await_same_commit(http: &reqwest::Client, c: &LocalCluster) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        let mut commits = Vec::new();
+        for i in 0..c.nodes.len() {
+            let v: Option<Value> = match http.get(c.url(i, "/v1/cluster")).send().await {
+                Ok(r) => r.json().await.ok(),
+                Err(_) => None,
+            };
+            commits.push(v.and_then(|v| v["commit_index"].as_u64()));
+        }
+        if commits.iter().all(|x| x.is_some() && *x == commits[0]) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bail!("nodes did not converge on one commit index within 20 s")
 }
 
 #[tokio::main]
@@ -228,8 +289,15 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("fresh cluster: start → leader elected: {fresh:.0?} ms");
 
-    let dir = tempfile::tempdir()?;
-    let mut c = LocalCluster::new(&hookd, dir.path(), 3, &[])?;
+    let temp = tempfile::tempdir()?;
+    let dir = match &args.keep {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            d.clone()
+        }
+        None => temp.path().to_path_buf(),
+    };
+    let mut c = LocalCluster::new(&hookd, &dir, 3, &args.hookd_args)?;
     for i in 0..3 {
         c.spawn(i)?;
     }

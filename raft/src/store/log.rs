@@ -171,9 +171,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut batch = sled::Batch::default();
+        let mut count = 0usize;
         for entry in entries {
             let bytes = serde_json::to_vec(&entry).map_err(|e| StorageIOError::write_logs(&e))?;
             batch.insert(&index_key(entry.log_id.index), bytes);
+            count += 1;
+        }
+        if count == 0 {
+            // Heartbeats append nothing; every earlier append was flushed before its callback.
+            callback.log_io_completed(Ok(()));
+            return Ok(());
         }
         let written = match self.log.apply_batch(batch) {
             Ok(()) => self.flush().await,
