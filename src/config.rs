@@ -70,6 +70,12 @@ pub struct ServeArgs {
     /// Snapshot the state every N applied log entries (the log keeps N/5 behind it) [default: 5000].
     #[arg(long, env = "HOOKD_SNAPSHOT_LOGS", value_name = "N")]
     pub snapshot_logs: Option<u64>,
+    /// Runs kept per job; older finished runs are dropped [default: 100].
+    #[arg(long, env = "HOOKD_RUN_RETENTION", value_name = "N")]
+    pub run_retention: Option<u32>,
+    /// Deliveries in flight at once on the leader [default: 1024].
+    #[arg(long, env = "HOOKD_DELIVERIES_MAX", value_name = "N")]
+    pub deliveries_max: Option<usize>,
 }
 
 /// The config file: the same keys as the flags, in snake_case.
@@ -89,6 +95,8 @@ struct FileConfig {
     advertise_api: Option<String>,
     log: Option<String>,
     snapshot_logs: Option<u64>,
+    run_retention: Option<u32>,
+    deliveries_max: Option<usize>,
 }
 
 /// Where the node keeps its data.
@@ -125,6 +133,8 @@ pub struct Config {
     pub advertise_api: Option<String>,
     pub log: String,
     pub snapshot_logs: u64,
+    pub run_retention: u32,
+    pub deliveries_max: usize,
 }
 
 /// openraft and sled log routine events at info; keep them to warnings by default.
@@ -203,6 +213,14 @@ impl ServeArgs {
         if snapshot_logs < 10 {
             bail!("--snapshot-logs must be at least 10");
         }
+        let run_retention = self.run_retention.or(file.run_retention).unwrap_or(100);
+        if !(1..=100_000).contains(&run_retention) {
+            bail!("--run-retention must be between 1 and 100000");
+        }
+        let deliveries_max = self.deliveries_max.or(file.deliveries_max).unwrap_or(1024);
+        if !(1..=65_536).contains(&deliveries_max) {
+            bail!("--deliveries-max must be between 1 and 65536");
+        }
         Ok(Config {
             node_id,
             listen,
@@ -217,6 +235,8 @@ impl ServeArgs {
             advertise_api,
             log: self.log.or(file.log).unwrap_or_else(|| DEFAULT_LOG.into()),
             snapshot_logs,
+            run_retention,
+            deliveries_max,
         })
     }
 }

@@ -42,3 +42,6 @@ pub const PREVIEW_COUNT_MAX: usize = 1000;
 
 /// Time allowed for a graceful shutdown before the process exits anyway.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
+
+/// Runs due within this horizon are claimed through Raft ahead of their instant.
+pub const DISPATCH_HORIZON: Duration = Duration::from_millis(300);

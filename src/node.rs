@@ -11,7 +11,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::api::{self, ApiState};
 use crate::config::Config;
-use crate::limits::SHUTDOWN_GRACE;
+use crate::dispatch::{self, Deliverer, DispatchConfig};
+use crate::limits::{DISPATCH_HORIZON, SHUTDOWN_GRACE};
 
 /// The node's two listening sockets.
 pub struct Listeners {
@@ -51,7 +52,8 @@ impl Listeners {
 }
 
 /// Runs a node until `shutdown` is cancelled, then shuts down in reverse order of start-up:
-/// the public API stops taking requests, then Raft stops and flushes, then the peer server.
+/// dispatch stops (deliveries in flight finish on their own), the public API stops taking
+/// requests, Raft stops and flushes, then the peer server.
 pub async fn run(
     config: Config,
     listeners: Listeners,
@@ -85,6 +87,21 @@ pub async fn run(
     .context("start the replicated core")?;
     tracing::info!(node_id = config.node_id, %api_addr, %peer_addr, data_dir = %config.data_dir.path().display(), "hookd node started");
 
+    crate::metrics::handle();
+    let deliverer = Deliverer::new(config.signing_secret.as_deref(), config.node_id)
+        .context("build the delivery client")?;
+    let dispatch_stop = CancellationToken::new();
+    let dispatcher = dispatch::spawn(
+        replica.clone(),
+        deliverer,
+        DispatchConfig {
+            horizon: DISPATCH_HORIZON,
+            in_flight_max: config.deliveries_max,
+            retention: config.run_retention,
+        },
+        dispatch_stop.clone(),
+    );
+
     let peer_stop = CancellationToken::new();
     let api_stop = CancellationToken::new();
     let servers = TaskTracker::new();
@@ -95,6 +112,8 @@ pub async fn run(
 
     shutdown.cancelled().await;
     let stopped = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        dispatch_stop.cancel();
+        let _ = dispatcher.await;
         api_stop.cancel();
         let _ = api_server.await;
         replica.shutdown().await;

@@ -87,6 +87,134 @@ pub struct Job {
     pub updated_at_ms: UnixMs,
     /// Starts at 1 and increments on every change.
     pub version: u64,
+    /// The instant `after` and `every` (without `start_at`) count from: the create, or the last
+    /// replace that changed the schedule.
+    pub schedule_base_ms: UnixMs,
+    /// Runs due at or before this instant are claimed, skipped or were passed over (paused,
+    /// replaced); the next run is the schedule's first fire strictly after it. Only moves forward.
+    pub cursor_ms: UnixMs,
+}
+
+/// A leadership epoch: the term and node id of a leader. Claims name the epoch of the leader
+/// that proposes them, and `apply` accepts them only in an entry of that same leader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Epoch {
+    pub term: u64,
+    pub node_id: NodeId,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Claimed, no attempt recorded yet.
+    Pending,
+    /// Not stored: the API shows an open run whose attempt time has passed as in flight.
+    InFlight,
+    /// An attempt failed; another is due at `next_attempt_at_ms`.
+    Retrying,
+    Succeeded,
+    /// The last attempt failed.
+    Failed,
+    /// Misfired and passed over by the misfire policy.
+    Skipped,
+}
+
+impl RunStatus {
+    /// Runs in these states still need a delivery attempt.
+    pub fn is_open(self) -> bool {
+        matches!(
+            self,
+            RunStatus::Pending | RunStatus::InFlight | RunStatus::Retrying
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Pending => "pending",
+            RunStatus::InFlight => "in_flight",
+            RunStatus::Retrying => "retrying",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Skipped => "skipped",
+        }
+    }
+}
+
+/// One delivery attempt of a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub n: u32,
+    pub started_at_ms: UnixMs,
+    pub duration_ms: u64,
+    pub status_code: Option<u16>,
+    pub error: Option<String>,
+    pub node_id: NodeId,
+}
+
+/// Consecutive misfired runs recorded as one skipped entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkippedRange {
+    pub count: u64,
+    pub first_ms: UnixMs,
+    pub last_ms: UnixMs,
+}
+
+/// One scheduled (or manually triggered) occurrence of a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Run {
+    /// Derived from the job's incarnation and the due instant, so every leader names a run alike.
+    pub id: String,
+    pub job_id: String,
+    pub incarnation: u64,
+    pub scheduled_at_ms: UnixMs,
+    pub status: RunStatus,
+    pub attempts: Vec<Attempt>,
+    pub next_attempt_at_ms: Option<UnixMs>,
+    /// Created by `trigger` rather than the schedule.
+    pub manual: bool,
+    pub skipped: Option<SkippedRange>,
+    pub claimed_at_ms: UnixMs,
+}
+
+impl Run {
+    /// The id of the scheduled run of job incarnation `incarnation` due at `due_ms`.
+    pub fn scheduled_id(incarnation: u64, due_ms: UnixMs) -> String {
+        format!("run_{incarnation:x}_{due_ms:x}")
+    }
+}
+
+/// What a claim asks for one job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClaimKind {
+    /// Deliver the run due at `due_ms`.
+    Deliver,
+    /// Record `count` misfired runs from `first_ms` to `due_ms` as skipped.
+    Skip { count: u64, first_ms: UnixMs },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimItem {
+    pub job_id: String,
+    pub incarnation: u64,
+    pub due_ms: UnixMs,
+    pub kind: ClaimKind,
+}
+
+/// How an attempt ended, as the leader decided.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptResult {
+    Succeeded,
+    RetryAt(UnixMs),
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptOutcome {
+    pub run_id: String,
+    pub attempt: Attempt,
+    pub result: AttemptResult,
 }
 
 /// The payload of a normal log entry.
@@ -124,6 +252,31 @@ pub enum Command {
     SetClusterId {
         cluster_id: String,
     },
+    /// Claims due runs for delivery (or records misfired ones as skipped), advancing each job's
+    /// cursor. Accepted only in an entry proposed by `epoch`, and per item only for the job's
+    /// current incarnation, while not paused, and past its cursor.
+    ClaimRuns {
+        epoch: Epoch,
+        now_ms: UnixMs,
+        items: Vec<ClaimItem>,
+        /// Runs kept per job; older finished runs are dropped.
+        retention: u32,
+    },
+    /// Records finished attempts.
+    RecordAttempts {
+        outcomes: Vec<AttemptOutcome>,
+    },
+    /// Schedules another delivery of a failed run.
+    RetryRun {
+        run_id: String,
+        now_ms: UnixMs,
+    },
+    /// Creates an extra run of a job, due now.
+    TriggerJob {
+        id: String,
+        now_ms: UnixMs,
+        retention: u32,
+    },
 }
 
 impl Command {
@@ -136,6 +289,10 @@ impl Command {
             Command::SetPaused { .. } => "set_paused",
             Command::SetNodeInfo { .. } => "set_node_info",
             Command::SetClusterId { .. } => "set_cluster_id",
+            Command::ClaimRuns { .. } => "claim_runs",
+            Command::RecordAttempts { .. } => "record_attempts",
+            Command::RetryRun { .. } => "retry_run",
+            Command::TriggerJob { .. } => "trigger_job",
         }
     }
 }
@@ -163,4 +320,18 @@ pub enum CommandResult {
     Conflict {
         existing: Job,
     },
+    /// Per claim item, whether it was accepted.
+    Claimed {
+        accepted: Vec<bool>,
+    },
+    /// The run a trigger or retry created or re-opened.
+    Run {
+        run: Run,
+    },
+    /// A retry of a run that is not failed.
+    NotRetryable {
+        run: Run,
+    },
+    /// A claim from an epoch other than the entry's own leader.
+    StaleEpoch,
 }

@@ -5,6 +5,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod command;
+pub mod lease;
 pub mod network;
 pub mod replica;
 pub mod state;

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::command::{Command, CommandResult};
+use crate::lease::Leadership;
 use crate::network::{ForwardError, PeerClient, TransportError};
 use crate::store::{OpenError, StateView, Store};
 use crate::typ::{CheckIsLeaderError, LogId, Node, NodeId, Raft, RaftMetrics};
@@ -113,6 +114,15 @@ pub struct Replica {
     config: ReplicaConfig,
     tasks: TaskTracker,
     cancel: CancellationToken,
+    leadership: Leadership,
+}
+
+/// How long after the last metrics tick the dispatcher may still trust a quorum ack: the lease
+/// ends this much before the shortest election timeout, leaving room for the 1.5-heartbeat
+/// metrics tick.
+fn max_ack_age(t: &RaftTiming) -> Duration {
+    let tick = t.heartbeat_ms * 3 / 2;
+    Duration::from_millis(t.election_timeout_min_ms.saturating_sub(tick + 25))
 }
 
 impl Replica {
@@ -178,9 +188,12 @@ impl Replica {
                 .map_err(|e| StartError::Raft(e.to_string()))?;
         }
 
+        let leadership = Leadership::new(max_ack_age(&config.timing));
+        let config_node_id = config.node_id;
         let replica = Arc::new(Replica {
+            leadership: leadership.clone(),
             id: config.node_id,
-            raft,
+            raft: raft.clone(),
             store,
             view,
             peers,
@@ -192,11 +205,27 @@ impl Replica {
         replica
             .tasks
             .spawn(async move { announcer.announce().await });
+        // Not tracked: it ends by itself when Raft shuts down.
+        tokio::spawn(leadership.watch(raft.metrics(), config_node_id));
         Ok(replica)
     }
 
     pub fn id(&self) -> NodeId {
         self.id
+    }
+
+    /// This node's leadership, for acting only as a leader with a fresh lease.
+    pub fn leadership(&self) -> &Leadership {
+        &self.leadership
+    }
+
+    /// Waits until the state machine has applied everything committed in `epoch`'s term start,
+    /// confirming leadership with a quorum (a barrier before acting on the state).
+    pub async fn barrier(&self) -> Result<(), ReplicaError> {
+        self.leader_read_index(REQUEST_DEADLINE)
+            .await
+            .map(|_| ())
+            .map_err(|e| ReplicaError::NoLeader(e.to_string()))
     }
 
     pub fn view(&self) -> &StateView {

@@ -6,7 +6,10 @@
 
 use sled::transaction::ConflictableTransactionError;
 
-use crate::command::{Command, CommandResult, Job};
+use crate::command::{
+    AttemptOutcome, AttemptResult, ClaimItem, ClaimKind, Command, CommandResult, Epoch, Job,
+    JobSpec, Run, RunStatus, SkippedRange,
+};
 use crate::typ::LogId;
 
 /// The tables of the state machine. Each is one sled tree per snapshot generation.
@@ -18,18 +21,60 @@ pub enum Table {
     Nodes = 1,
     /// named singletons, e.g. `cluster_id`
     Misc = 2,
+    /// run id → `Run` (JSON)
+    Runs = 3,
+    /// job id → `[(due, run id)]` (JSON), the job's runs in due order (bounded by retention)
+    JobRuns = 4,
+    /// run id → empty: runs that still need a delivery attempt
+    Open = 5,
+    /// status, 0, due (8 bytes BE), run id → empty: runs by status in due order
+    ByStatus = 6,
 }
 
 impl Table {
-    pub const ALL: [Table; 3] = [Table::Jobs, Table::Nodes, Table::Misc];
+    pub const ALL: [Table; 7] = [
+        Table::Jobs,
+        Table::Nodes,
+        Table::Misc,
+        Table::Runs,
+        Table::JobRuns,
+        Table::Open,
+        Table::ByStatus,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Table::Jobs => "jobs",
             Table::Nodes => "nodes",
             Table::Misc => "misc",
+            Table::Runs => "runs",
+            Table::JobRuns => "job_runs",
+            Table::Open => "open",
+            Table::ByStatus => "by_status",
         }
     }
+}
+
+/// A job's runs as listed in `Table::JobRuns`: (due, run id), ascending.
+pub type RunList = Vec<(i64, String)>;
+
+/// Key of a run in `Table::ByStatus`.
+pub fn status_key(status: RunStatus, due_ms: i64, run_id: &str) -> Vec<u8> {
+    let mut k = status_prefix(status);
+    k.extend_from_slice(&due_key(due_ms));
+    k.extend_from_slice(run_id.as_bytes());
+    k
+}
+
+pub fn status_prefix(status: RunStatus) -> Vec<u8> {
+    let mut k = status.as_str().as_bytes().to_vec();
+    k.push(0);
+    k
+}
+
+/// Instants as order-preserving bytes (offset so negative instants sort first).
+fn due_key(ms: i64) -> [u8; 8] {
+    ((ms as u64) ^ (1 << 63)).to_be_bytes()
 }
 
 /// Key of the cluster id in `Table::Misc`.
@@ -81,78 +126,181 @@ fn put_job<T: Tables>(t: &T, job: &Job) -> TxResult<()> {
     t.put(Table::Jobs, job.id.as_bytes(), bytes)
 }
 
+/// Decodes a stored run record.
+pub fn decode_run(bytes: &[u8]) -> Result<Run, StateFault> {
+    serde_json::from_slice(bytes).map_err(|source| StateFault::Decode {
+        table: Table::Runs.name(),
+        source,
+    })
+}
+
+fn get_run<T: Tables>(t: &T, id: &str) -> TxResult<Option<Run>> {
+    match t.get(Table::Runs, id.as_bytes())? {
+        None => Ok(None),
+        Some(bytes) => decode_run(&bytes)
+            .map(Some)
+            .map_err(ConflictableTransactionError::Abort),
+    }
+}
+
+/// Decodes a job's run list.
+pub fn decode_run_list(bytes: &[u8]) -> Result<RunList, StateFault> {
+    serde_json::from_slice(bytes).map_err(|source| StateFault::Decode {
+        table: Table::JobRuns.name(),
+        source,
+    })
+}
+
+fn get_run_list<T: Tables>(t: &T, job_id: &str) -> TxResult<RunList> {
+    match t.get(Table::JobRuns, job_id.as_bytes())? {
+        None => Ok(Vec::new()),
+        Some(bytes) => decode_run_list(&bytes).map_err(ConflictableTransactionError::Abort),
+    }
+}
+
+/// Writes a run and keeps its index entries in step with its status. `old` is the stored version.
+fn put_run<T: Tables>(t: &T, run: &Run, old: Option<&Run>) -> TxResult<()> {
+    if let Some(old) = old {
+        if old.status != run.status {
+            t.del(
+                Table::ByStatus,
+                &status_key(old.status, old.scheduled_at_ms, &old.id),
+            )?;
+        }
+    }
+    t.put(
+        Table::ByStatus,
+        &status_key(run.status, run.scheduled_at_ms, &run.id),
+        Vec::new(),
+    )?;
+    if run.status.is_open() {
+        t.put(Table::Open, run.id.as_bytes(), Vec::new())?;
+    } else {
+        t.del(Table::Open, run.id.as_bytes())?;
+    }
+    let bytes = serde_json::to_vec(run).unwrap_or_default();
+    t.put(Table::Runs, run.id.as_bytes(), bytes)
+}
+
+/// Removes a run and its index entries (not its entry in the job's run list).
+fn delete_run<T: Tables>(t: &T, run: &Run) -> TxResult<()> {
+    t.del(Table::Runs, run.id.as_bytes())?;
+    t.del(Table::Open, run.id.as_bytes())?;
+    t.del(
+        Table::ByStatus,
+        &status_key(run.status, run.scheduled_at_ms, &run.id),
+    )
+}
+
+/// Adds a new run to its job's list, dropping the oldest finished runs beyond `retention`.
+fn insert_run<T: Tables>(t: &T, run: &Run, retention: u32) -> TxResult<()> {
+    let mut list = get_run_list(t, &run.job_id)?;
+    let pos = list
+        .partition_point(|(due, id)| (*due, id.as_str()) < (run.scheduled_at_ms, run.id.as_str()));
+    list.insert(pos, (run.scheduled_at_ms, run.id.clone()));
+    put_run(t, run, None)?;
+    let mut excess = list.len().saturating_sub(retention.max(1) as usize);
+    let mut kept = Vec::with_capacity(list.len());
+    for (due, id) in list {
+        if excess > 0 {
+            if let Some(old) = get_run(t, &id)? {
+                if !old.status.is_open() {
+                    delete_run(t, &old)?;
+                    excess -= 1;
+                    continue;
+                }
+            }
+        }
+        kept.push((due, id));
+    }
+    t.put(Table::JobRuns, run.job_id.as_bytes(), json(&kept))
+}
+
+/// Removes every run of a job.
+fn delete_job_runs<T: Tables>(t: &T, job_id: &str) -> TxResult<()> {
+    for (_, id) in get_run_list(t, job_id)? {
+        if let Some(run) = get_run(t, &id)? {
+            delete_run(t, &run)?;
+        }
+    }
+    t.del(Table::JobRuns, job_id.as_bytes())
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    // Our own plain data types always serialize.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
 /// Applies one command at `log_id`. Deterministic: equal inputs give equal outputs and writes.
-pub fn apply_command<T: Tables>(t: &T, log_id: &LogId, cmd: &Command) -> TxResult<CommandResult> {
+/// Ids of jobs whose dispatch-relevant state changed are pushed to `touched`.
+pub fn apply_command<T: Tables>(
+    t: &T,
+    log_id: &LogId,
+    cmd: &Command,
+    touched: &mut Vec<String>,
+) -> TxResult<CommandResult> {
     match cmd {
         Command::CreateJob { id, spec, now_ms } => {
             if let Some(existing) = get_job(t, id)? {
                 return Ok(if existing.spec == *spec {
-                    CommandResult::Job {
-                        job: existing,
-                        created: false,
-                        changed: false,
-                    }
+                    unchanged(existing)
                 } else {
                     CommandResult::Conflict { existing }
                 });
             }
+            touched.push(id.clone());
             let job = new_job(id, spec.clone(), log_id, *now_ms);
             put_job(t, &job)?;
-            Ok(CommandResult::Job {
-                job,
-                created: true,
-                changed: true,
-            })
+            Ok(changed(job, true))
         }
-        Command::PutJob { id, spec, now_ms } => match get_job(t, id)? {
-            None => {
-                let job = new_job(id, spec.clone(), log_id, *now_ms);
-                put_job(t, &job)?;
-                Ok(CommandResult::Job {
-                    job,
-                    created: true,
-                    changed: true,
-                })
+        Command::PutJob { id, spec, now_ms } => {
+            touched.push(id.clone());
+            match get_job(t, id)? {
+                None => {
+                    let job = new_job(id, spec.clone(), log_id, *now_ms);
+                    put_job(t, &job)?;
+                    Ok(changed(job, true))
+                }
+                Some(existing) if existing.spec == *spec => Ok(unchanged(existing)),
+                Some(mut job) => {
+                    if job.spec.schedule != spec.schedule {
+                        // A new schedule counts from the replace; runs it would have had
+                        // before the replace are not owed.
+                        job.schedule_base_ms = *now_ms;
+                        job.cursor_ms = job.cursor_ms.max(now_ms - 1);
+                    }
+                    if job.spec.paused && !spec.paused {
+                        job.cursor_ms = job.cursor_ms.max(*now_ms);
+                    }
+                    job.spec = spec.clone();
+                    touch(&mut job, *now_ms);
+                    put_job(t, &job)?;
+                    Ok(changed(job, false))
+                }
             }
-            Some(existing) if existing.spec == *spec => Ok(CommandResult::Job {
-                job: existing,
-                created: false,
-                changed: false,
-            }),
-            Some(mut job) => {
-                job.spec = spec.clone();
-                touch(&mut job, *now_ms);
-                put_job(t, &job)?;
-                Ok(CommandResult::Job {
-                    job,
-                    created: false,
-                    changed: true,
-                })
-            }
-        },
+        }
         Command::DeleteJob { id, now_ms: _ } => match get_job(t, id)? {
             None => Ok(CommandResult::NotFound),
             Some(job) => {
+                touched.push(id.clone());
                 t.del(Table::Jobs, id.as_bytes())?;
+                delete_job_runs(t, id)?;
                 Ok(CommandResult::Deleted { job })
             }
         },
         Command::SetPaused { id, paused, now_ms } => match get_job(t, id)? {
             None => Ok(CommandResult::NotFound),
-            Some(job) if job.spec.paused == *paused => Ok(CommandResult::Job {
-                job,
-                created: false,
-                changed: false,
-            }),
+            Some(job) if job.spec.paused == *paused => Ok(unchanged(job)),
             Some(mut job) => {
+                touched.push(id.clone());
                 job.spec.paused = *paused;
+                if !*paused {
+                    // Runs that fell due while paused are neither delivered nor recorded.
+                    job.cursor_ms = job.cursor_ms.max(*now_ms);
+                }
                 touch(&mut job, *now_ms);
                 put_job(t, &job)?;
-                Ok(CommandResult::Job {
-                    job,
-                    created: false,
-                    changed: true,
-                })
+                Ok(changed(job, false))
             }
         },
         Command::SetNodeInfo { node_id, api_addr } => {
@@ -169,10 +317,167 @@ pub fn apply_command<T: Tables>(t: &T, log_id: &LogId, cmd: &Command) -> TxResul
             }
             Ok(CommandResult::Done)
         }
+        Command::ClaimRuns {
+            epoch,
+            now_ms,
+            items,
+            retention,
+        } => {
+            if *epoch != entry_epoch(log_id) {
+                return Ok(CommandResult::StaleEpoch);
+            }
+            let mut accepted = Vec::with_capacity(items.len());
+            for item in items {
+                let ok = claim(t, item, *now_ms, *retention)?;
+                if ok {
+                    touched.push(item.job_id.clone());
+                }
+                accepted.push(ok);
+            }
+            Ok(CommandResult::Claimed { accepted })
+        }
+        Command::RecordAttempts { outcomes } => {
+            for outcome in outcomes {
+                record_attempt(t, outcome)?;
+            }
+            Ok(CommandResult::Done)
+        }
+        Command::RetryRun { run_id, now_ms } => match get_run(t, run_id)? {
+            None => Ok(CommandResult::NotFound),
+            Some(run) if run.status != RunStatus::Failed => Ok(CommandResult::NotRetryable { run }),
+            Some(old) => {
+                if get_job(t, &old.job_id)?.is_none_or(|j| j.incarnation != old.incarnation) {
+                    return Ok(CommandResult::NotFound);
+                }
+                let mut run = old.clone();
+                run.status = RunStatus::Retrying;
+                run.next_attempt_at_ms = Some(*now_ms);
+                put_run(t, &run, Some(&old))?;
+                Ok(CommandResult::Run { run })
+            }
+        },
+        Command::TriggerJob {
+            id,
+            now_ms,
+            retention,
+        } => match get_job(t, id)? {
+            None => Ok(CommandResult::NotFound),
+            Some(job) => {
+                let run = Run {
+                    id: format!(
+                        "{}_m{:x}",
+                        Run::scheduled_id(job.incarnation, *now_ms),
+                        log_id.index
+                    ),
+                    job_id: job.id.clone(),
+                    incarnation: job.incarnation,
+                    scheduled_at_ms: *now_ms,
+                    status: RunStatus::Pending,
+                    attempts: Vec::new(),
+                    next_attempt_at_ms: Some(*now_ms),
+                    manual: true,
+                    skipped: None,
+                    claimed_at_ms: *now_ms,
+                };
+                insert_run(t, &run, *retention)?;
+                Ok(CommandResult::Run { run })
+            }
+        },
     }
 }
 
-fn new_job(id: &str, spec: crate::command::JobSpec, log_id: &LogId, now_ms: i64) -> Job {
+/// The epoch of the leader that proposed the entry at `log_id`.
+pub fn entry_epoch(log_id: &LogId) -> Epoch {
+    Epoch {
+        term: log_id.leader_id.term,
+        node_id: log_id.leader_id.node_id,
+    }
+}
+
+/// Claims one run (or skipped range) if the job is still as the leader saw it.
+fn claim<T: Tables>(t: &T, item: &ClaimItem, now_ms: i64, retention: u32) -> TxResult<bool> {
+    let Some(mut job) = get_job(t, &item.job_id)? else {
+        return Ok(false);
+    };
+    if job.incarnation != item.incarnation || job.spec.paused || item.due_ms <= job.cursor_ms {
+        return Ok(false);
+    }
+    job.cursor_ms = item.due_ms;
+    put_job(t, &job)?;
+    let (status, skipped, next) = match &item.kind {
+        ClaimKind::Deliver => (RunStatus::Pending, None, Some(item.due_ms)),
+        ClaimKind::Skip { count, first_ms } => (
+            RunStatus::Skipped,
+            Some(SkippedRange {
+                count: *count,
+                first_ms: *first_ms,
+                last_ms: item.due_ms,
+            }),
+            None,
+        ),
+    };
+    let run = Run {
+        id: Run::scheduled_id(job.incarnation, item.due_ms),
+        job_id: job.id.clone(),
+        incarnation: job.incarnation,
+        scheduled_at_ms: item.due_ms,
+        status,
+        attempts: Vec::new(),
+        next_attempt_at_ms: next,
+        manual: false,
+        skipped,
+        claimed_at_ms: now_ms,
+    };
+    insert_run(t, &run, retention)?;
+    Ok(true)
+}
+
+/// Appends an attempt to its run. Finished runs stay finished: a late report from a former
+/// leader adds to the history but cannot reopen or fail a run that succeeded.
+fn record_attempt<T: Tables>(t: &T, outcome: &AttemptOutcome) -> TxResult<()> {
+    let Some(old) = get_run(t, &outcome.run_id)? else {
+        return Ok(());
+    };
+    let mut run = old.clone();
+    run.attempts.push(outcome.attempt.clone());
+    if run.status.is_open() {
+        match outcome.result {
+            AttemptResult::Succeeded => {
+                run.status = RunStatus::Succeeded;
+                run.next_attempt_at_ms = None;
+            }
+            AttemptResult::RetryAt(at) => {
+                run.status = RunStatus::Retrying;
+                run.next_attempt_at_ms = Some(at);
+            }
+            AttemptResult::Failed => {
+                run.status = RunStatus::Failed;
+                run.next_attempt_at_ms = None;
+            }
+        }
+    } else if outcome.result == AttemptResult::Succeeded && run.status == RunStatus::Failed {
+        run.status = RunStatus::Succeeded;
+    }
+    put_run(t, &run, Some(&old))
+}
+
+fn changed(job: Job, created: bool) -> CommandResult {
+    CommandResult::Job {
+        job,
+        created,
+        changed: true,
+    }
+}
+
+fn unchanged(job: Job) -> CommandResult {
+    CommandResult::Job {
+        job,
+        created: false,
+        changed: false,
+    }
+}
+
+fn new_job(id: &str, spec: JobSpec, log_id: &LogId, now_ms: i64) -> Job {
     Job {
         id: id.to_owned(),
         spec,
@@ -180,6 +485,9 @@ fn new_job(id: &str, spec: crate::command::JobSpec, log_id: &LogId, now_ms: i64)
         created_at_ms: now_ms,
         updated_at_ms: now_ms,
         version: 1,
+        schedule_base_ms: now_ms,
+        // A one-shot `at` in the past is due at creation, so the cursor starts just before it.
+        cursor_ms: now_ms - 1,
     }
 }
 
@@ -249,7 +557,8 @@ mod tests {
     }
 
     fn apply(t: &MemTables, index: u64, cmd: Command) -> CommandResult {
-        apply_command(t, &log_id(index), &cmd).expect("in-memory apply cannot fail")
+        apply_command(t, &log_id(index), &cmd, &mut Vec::new())
+            .expect("in-memory apply cannot fail")
     }
 
     #[test]

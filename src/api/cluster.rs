@@ -91,3 +91,18 @@ pub async fn readyz(state: Shared) -> Response {
                       "applied_index": applied, "commit_index": replica.committed_index()});
     (status, Json(body)).into_response()
 }
+
+/// Prometheus text exposition of this node's metrics.
+pub async fn metrics() -> Response {
+    let body = crate::metrics::handle()
+        .map(|h| h.render())
+        .unwrap_or_default();
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        body,
+    )
+        .into_response()
+}

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::model::{parse_json, validate_id, JobRequest, JobView};
-use super::{json_body, now_ms, ApiError, ApiState, Consistency, Shared};
+use super::{json_body, now_ms, query, ApiError, ApiState, Consistency, Shared};
 use crate::limits::{LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX};
 
 #[derive(Debug, Deserialize)]
@@ -32,14 +32,9 @@ pub struct ListParams {
     consistency: Consistency,
 }
 
-fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
-    q.map(|Query(t)| t)
-        .map_err(|e| ApiError::bad_request("query", e.body_text()))
-}
-
 fn job_response(status: StatusCode, job: hookd_raft::Job) -> Response {
     let location = format!("/v1/jobs/{}", job.id);
-    let view = JobView::new(job, now_ms());
+    let view = JobView::new(job);
     let mut resp = (status, Json(view)).into_response();
     if status == StatusCode::CREATED {
         if let Ok(v) = location.parse() {
@@ -65,7 +60,10 @@ fn respond(id: &str, result: CommandResult) -> Result<Response, ApiError> {
         CommandResult::Conflict { .. } => Err(ApiError::conflict(format!(
             "job {id:?} exists with another definition; PUT /v1/jobs/{id} replaces it"
         ))),
-        CommandResult::Done => Err(ApiError::unavailable("unexpected result of a job command")),
+        other => {
+            tracing::error!(?other, "unexpected result of a job command");
+            Err(ApiError::unavailable("unexpected result of a job command"))
+        }
     }
 }
 
@@ -150,8 +148,7 @@ pub async fn list(
     } else {
         None
     };
-    let now = now_ms();
-    let jobs: Vec<JobView> = jobs.into_iter().map(|j| JobView::new(j, now)).collect();
+    let jobs: Vec<JobView> = jobs.into_iter().map(JobView::new).collect();
     Ok(Json(json!({"jobs": jobs, "next": next})).into_response())
 }
 

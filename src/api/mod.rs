@@ -6,6 +6,7 @@ mod cluster;
 mod error;
 mod jobs;
 pub mod model;
+mod runs;
 
 use std::sync::Arc;
 
@@ -29,6 +30,7 @@ use crate::limits::REQUEST_BODY_BYTES_MAX;
 pub struct ApiState {
     pub replica: Arc<Replica>,
     api_token: Option<String>,
+    run_retention: u32,
 }
 
 impl ApiState {
@@ -36,6 +38,7 @@ impl ApiState {
         ApiState {
             replica,
             api_token: config.api_token.clone(),
+            run_retention: config.run_retention,
         }
     }
 
@@ -68,12 +71,18 @@ pub fn router(state: Arc<ApiState>) -> Router {
         )
         .route("/jobs/{id}/pause", post(jobs::pause))
         .route("/jobs/{id}/resume", post(jobs::resume))
+        .route("/jobs/{id}/trigger", post(runs::trigger))
+        .route("/jobs/{id}/runs", get(runs::job_runs))
+        .route("/runs", get(runs::list))
+        .route("/runs/{run_id}/retry", post(runs::retry))
+        .route("/schedules/preview", post(runs::preview))
         .route("/cluster", get(cluster::cluster))
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .nest("/v1", v1)
         .route("/healthz", get(cluster::healthz))
         .route("/readyz", get(cluster::readyz))
+        .route("/metrics", get(cluster::metrics))
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
@@ -98,6 +107,14 @@ async fn require_token(State(s): Shared, req: Request, next: Next) -> Response {
 /// Compares secrets without an early exit that would leak the matching prefix's length.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The query string as `T`, or a `400` naming the problem.
+fn query<T>(
+    q: Result<axum::extract::Query<T>, axum::extract::rejection::QueryRejection>,
+) -> Result<T, ApiError> {
+    q.map(|axum::extract::Query(t)| t)
+        .map_err(|e| ApiError::bad_request("query", e.body_text()))
 }
 
 /// Reads a JSON request body: `415` unless the content type is JSON, `413` above the limit.

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
 use crate::limits::*;
-use crate::schedule::{CronSchedule, Schedule, EVERY_MIN};
+use crate::schedule::{CronSchedule, EVERY_MIN};
 
 /// A job as sent to `POST /v1/jobs` or `PUT /v1/jobs/{id}`. Unknown fields are rejected so that
 /// typos are not silently ignored; the server-side fields of a job as returned are accepted and
@@ -332,7 +332,7 @@ fn validate_headers(
     Ok(out)
 }
 
-fn validate_schedule(s: &ScheduleRequest) -> Result<ScheduleSpec, ApiError> {
+pub fn validate_schedule(s: &ScheduleRequest) -> Result<ScheduleSpec, ApiError> {
     let kinds = [
         s.at.is_some(),
         s.after.is_some(),
@@ -514,29 +514,6 @@ pub fn format_instant(ms: UnixMs) -> String {
         .unwrap_or_default()
 }
 
-pub fn instant(ms: UnixMs) -> DateTime<Utc> {
-    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
-}
-
-/// The schedule of a job, resolved against its creation instant.
-pub fn resolve_schedule(spec: &ScheduleSpec, created_at_ms: UnixMs) -> Option<Schedule> {
-    match spec {
-        ScheduleSpec::At { at_ms } => Some(Schedule::at(instant(*at_ms))),
-        ScheduleSpec::After { after_ms } => {
-            Schedule::after(instant(created_at_ms), Duration::from_millis(*after_ms)).ok()
-        }
-        ScheduleSpec::Every {
-            every_ms,
-            start_at_ms,
-        } => Schedule::every(
-            instant(start_at_ms.unwrap_or(created_at_ms)),
-            Duration::from_millis(*every_ms),
-        )
-        .ok(),
-        ScheduleSpec::Cron { expr, timezone } => Schedule::cron(expr, Some(timezone)).ok(),
-    }
-}
-
 /// The schedule in the shape the user sends it.
 pub fn render_schedule(spec: &ScheduleSpec) -> ScheduleRequest {
     match spec {
@@ -601,13 +578,19 @@ pub struct JobView {
 }
 
 impl JobView {
-    /// Renders `job`; `now_ms` decides the next fire of recurring schedules.
-    pub fn new(job: Job, now_ms: UnixMs) -> JobView {
+    /// Renders `job`.
+    pub fn new(job: Job) -> JobView {
         let s = &job.spec;
-        let next_fire_at = if s.paused {
+        let next = if s.paused {
             None
         } else {
-            next_fire(&s.schedule, job.created_at_ms, now_ms).map(format_instant)
+            crate::schedule::resolve(&s.schedule, job.schedule_base_ms)
+                .and_then(|schedule| crate::dispatch::plan::next_due(&job, &schedule))
+        };
+        let state = match (s.paused, next) {
+            (true, _) => "paused",
+            (false, Some(_)) => "active",
+            (false, None) => "completed",
         };
         JobView {
             url: s.url.clone(),
@@ -631,22 +614,10 @@ impl JobView {
             paused: s.paused,
             created_at: format_instant(job.created_at_ms),
             updated_at: format_instant(job.updated_at_ms),
-            next_fire_at,
-            state: if s.paused { "paused" } else { "active" },
+            next_fire_at: next.map(format_instant),
+            state,
             version: job.version,
             id: job.id,
         }
-    }
-}
-
-/// The next due instant of a schedule as seen at `now_ms`. A one-shot stays due (at its instant,
-/// or at creation if that was in the past) until dispatch records it.
-fn next_fire(spec: &ScheduleSpec, created_at_ms: UnixMs, now_ms: UnixMs) -> Option<UnixMs> {
-    let schedule = resolve_schedule(spec, created_at_ms)?;
-    match schedule {
-        Schedule::Once(t) => Some(t.timestamp_millis().max(created_at_ms)),
-        recurring => recurring
-            .next_after(instant(now_ms))
-            .map(|t| t.timestamp_millis()),
     }
 }

@@ -15,6 +15,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 
 pub use self::cron::CronSchedule;
 pub use self::every::EVERY_MIN;
+use hookd_raft::command::ScheduleSpec;
 
 /// A schedule input that cannot be accepted, with the JSON path it came from.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -114,6 +115,34 @@ impl Schedule {
             }
         }
         fires
+    }
+}
+
+/// The schedule of a job as stored, resolved against `base_ms`: the instant its create (or the
+/// last replace that changed the schedule) was accepted. A one-shot in the past is due at `base`;
+/// an interval without `start_at` first fires one period after `base`.
+pub fn resolve(spec: &ScheduleSpec, base_ms: i64) -> Option<Schedule> {
+    let base = DateTime::<Utc>::from_timestamp_millis(base_ms)?;
+    match spec {
+        ScheduleSpec::At { at_ms } => {
+            let at = DateTime::<Utc>::from_timestamp_millis(*at_ms)?;
+            Some(Schedule::at(at.max(base)))
+        }
+        ScheduleSpec::After { after_ms } => {
+            Schedule::after(base, Duration::from_millis(*after_ms)).ok()
+        }
+        ScheduleSpec::Every {
+            every_ms,
+            start_at_ms,
+        } => {
+            let period = Duration::from_millis(*every_ms);
+            let anchor = match start_at_ms {
+                Some(ms) => DateTime::<Utc>::from_timestamp_millis(*ms)?,
+                None => base.checked_add_signed(TimeDelta::from_std(period).ok()?)?,
+            };
+            Schedule::every(anchor, period).ok()
+        }
+        ScheduleSpec::Cron { expr, timezone } => Schedule::cron(expr, Some(timezone)).ok(),
     }
 }
 

@@ -21,7 +21,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 pub use log::LogStore;
-pub use sm::{StateMachineStore, StateView};
+pub use sm::{Change, StateMachineStore, StateView};
 
 use crate::typ::{NodeId, StorageError, StorageIOError};
 

@@ -16,8 +16,9 @@ use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::Transactional;
+use tokio::sync::broadcast;
 
-use crate::command::{CommandResult, Job};
+use crate::command::{CommandResult, Job, Run, RunStatus};
 use crate::state::{self, StateFault, Table, Tables, TxResult};
 use crate::typ::{
     Entry, LogId, NodeId, Snapshot, SnapshotMeta, StorageError, StorageIOError, StoredMembership,
@@ -73,7 +74,20 @@ struct Inner {
     snap: sled::Tree,
     gen: RwLock<Arc<Generation>>,
     snapshot_seq: AtomicU64,
+    changes: broadcast::Sender<Change>,
 }
+
+/// What an applied batch changed, for the dispatcher's in-memory index.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// These jobs' definitions, cursors or existence changed.
+    Jobs(Arc<Vec<String>>),
+    /// The whole state was replaced (snapshot installed): rebuild everything.
+    All,
+}
+
+/// Batches of changes a slow subscriber may fall behind by before it must rebuild.
+const CHANGES_CAPACITY: usize = 4096;
 
 /// The state machine store; cheap to clone.
 #[derive(Clone)]
@@ -123,6 +137,7 @@ impl StateMachineStore {
                 snap,
                 gen: RwLock::new(Arc::new(gen)),
                 snapshot_seq: AtomicU64::new(0),
+                changes: broadcast::channel(CHANGES_CAPACITY).0,
             }),
         })
     }
@@ -231,7 +246,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let gen = self.inner.current();
         let mut trees: Vec<&sled::Tree> = vec![&self.inner.sm_meta];
         trees.extend(gen.tables.iter());
-        let results = trees
+        let (results, touched) = trees
             .as_slice()
             .transaction(|txs| {
                 let (meta, tables) =
@@ -241,12 +256,16 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         ))?;
                 let tables = TxTables(tables);
                 let mut out = Vec::with_capacity(entries.len());
+                let mut touched = Vec::new();
                 for entry in &entries {
                     match &entry.payload {
                         EntryPayload::Blank => out.push(CommandResult::Done),
-                        EntryPayload::Normal(cmd) => {
-                            out.push(state::apply_command(&tables, &entry.log_id, cmd)?)
-                        }
+                        EntryPayload::Normal(cmd) => out.push(state::apply_command(
+                            &tables,
+                            &entry.log_id,
+                            cmd,
+                            &mut touched,
+                        )?),
                         EntryPayload::Membership(m) => {
                             let stored = StoredMembership::new(Some(entry.log_id), m.clone());
                             meta.insert(LAST_MEMBERSHIP, json(&stored))?;
@@ -255,7 +274,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     }
                 }
                 meta.insert(LAST_APPLIED, json(&last))?;
-                Ok(out)
+                Ok((out, touched))
             })
             .map_err(|e| StorageIOError::apply(last, &tx_error(e)))?;
         self.inner
@@ -263,6 +282,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .flush_async()
             .await
             .map_err(|e| StorageIOError::apply(last, &e))?;
+        if !touched.is_empty() {
+            // No subscriber (a follower) is fine.
+            let _ = self.inner.changes.send(Change::Jobs(Arc::new(touched)));
+        }
         Ok(results)
     }
 
@@ -334,6 +357,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.inner.db.flush_async().await.map_err(write_err)?;
 
         *self.inner.gen.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+        let _ = self.inner.changes.send(Change::All);
         for t in Table::ALL {
             self.inner
                 .db
@@ -435,6 +459,90 @@ impl StateView {
             jobs.push(state::decode_job(&v)?);
         }
         Ok((jobs, false))
+    }
+
+    /// Changes applied from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.inner.changes.subscribe()
+    }
+
+    /// Every job, in id order (for rebuilding the dispatcher's index).
+    pub fn all_jobs(&self) -> impl Iterator<Item = Result<Job, StateFault>> {
+        self.tree(Table::Jobs).iter().map(|item| {
+            let (_, v) = item.map_err(StateFault::Storage)?;
+            state::decode_job(&v)
+        })
+    }
+
+    pub fn get_run(&self, id: &str) -> Result<Option<Run>, StateFault> {
+        match self.tree(Table::Runs).get(id.as_bytes()) {
+            Ok(Some(bytes)) => state::decode_run(&bytes).map(Some),
+            Ok(None) => Ok(None),
+            Err(e) => Err(StateFault::Storage(e)),
+        }
+    }
+
+    /// A job's runs, newest first, optionally only those with `status`.
+    pub fn job_runs(
+        &self,
+        job_id: &str,
+        status: Option<RunStatus>,
+        limit: usize,
+    ) -> Result<Vec<Run>, StateFault> {
+        let list = match self.tree(Table::JobRuns).get(job_id.as_bytes()) {
+            Ok(Some(bytes)) => state::decode_run_list(&bytes)?,
+            Ok(None) => Vec::new(),
+            Err(e) => return Err(StateFault::Storage(e)),
+        };
+        let mut runs = Vec::new();
+        for (_, id) in list.iter().rev() {
+            if runs.len() == limit {
+                break;
+            }
+            if let Some(run) = self.get_run(id)? {
+                if status.is_none_or(|s| run.status == s) {
+                    runs.push(run);
+                }
+            }
+        }
+        Ok(runs)
+    }
+
+    /// Runs across jobs with `status`, newest due first.
+    pub fn runs_with_status(
+        &self,
+        status: RunStatus,
+        limit: usize,
+    ) -> Result<Vec<Run>, StateFault> {
+        let mut runs = Vec::new();
+        for item in self
+            .tree(Table::ByStatus)
+            .scan_prefix(state::status_prefix(status))
+            .rev()
+        {
+            if runs.len() == limit {
+                break;
+            }
+            let (key, _) = item.map_err(StateFault::Storage)?;
+            let prefix = state::status_prefix(status).len() + 8;
+            let id = String::from_utf8_lossy(&key[prefix.min(key.len())..]).into_owned();
+            if let Some(run) = self.get_run(&id)? {
+                runs.push(run);
+            }
+        }
+        Ok(runs)
+    }
+
+    /// Every run that still needs a delivery attempt.
+    pub fn open_runs(&self) -> Result<Vec<Run>, StateFault> {
+        let mut runs = Vec::new();
+        for item in self.tree(Table::Open).iter() {
+            let (key, _) = item.map_err(StateFault::Storage)?;
+            if let Some(run) = self.get_run(&String::from_utf8_lossy(&key))? {
+                runs.push(run);
+            }
+        }
+        Ok(runs)
     }
 
     /// Number of jobs stored.

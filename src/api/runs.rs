@@ -1,0 +1,237 @@
+//! Handlers of runs (`/v1/jobs/{id}/runs`, `/v1/runs`, retry, trigger) and of the schedule
+//! preview.
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use hookd_raft::command::{Run, RunStatus, ScheduleSpec};
+use hookd_raft::{Command, CommandResult};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::model::{format_instant, parse_instant, parse_json, validate_id, ScheduleRequest};
+use super::{json_body, now_ms, query, ApiError, Consistency, Shared};
+use crate::limits::{LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX, PREVIEW_COUNT_DEFAULT, PREVIEW_COUNT_MAX};
+use crate::schedule::Schedule;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunParams {
+    limit: Option<usize>,
+    status: Option<RunStatus>,
+    #[serde(default)]
+    consistency: Consistency,
+}
+
+impl RunParams {
+    fn limit(&self) -> Result<usize, ApiError> {
+        let limit = self.limit.unwrap_or(LIST_LIMIT_DEFAULT);
+        if !(1..=LIST_LIMIT_MAX).contains(&limit) {
+            return Err(ApiError::bad_request(
+                "limit",
+                format!("limit must be between 1 and {LIST_LIMIT_MAX}"),
+            ));
+        }
+        Ok(limit)
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct AttemptView {
+    n: u32,
+    started_at: String,
+    duration_ms: u64,
+    status_code: Option<u16>,
+    error: Option<String>,
+    node_id: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct SkippedView {
+    count: u64,
+    first_scheduled_at: String,
+    last_scheduled_at: String,
+}
+
+/// A run as returned by the API.
+#[derive(Debug, Serialize)]
+pub struct RunView {
+    id: String,
+    job_id: String,
+    scheduled_at: String,
+    status: &'static str,
+    attempts: Vec<AttemptView>,
+    next_attempt_at: Option<String>,
+    manual: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    skipped: Option<SkippedView>,
+}
+
+impl RunView {
+    /// Renders `run`. An open run whose attempt time has passed is shown `in_flight`: the leader
+    /// is attempting it (attempt starts are not written through Raft, only outcomes).
+    pub fn new(run: Run, now_ms: i64) -> RunView {
+        let status = match run.status {
+            RunStatus::Pending | RunStatus::Retrying
+                if run.next_attempt_at_ms.is_some_and(|t| t <= now_ms) =>
+            {
+                RunStatus::InFlight
+            }
+            s => s,
+        };
+        RunView {
+            id: run.id,
+            job_id: run.job_id,
+            scheduled_at: format_instant(run.scheduled_at_ms),
+            status: status.as_str(),
+            attempts: run
+                .attempts
+                .into_iter()
+                .map(|a| AttemptView {
+                    n: a.n,
+                    started_at: format_instant(a.started_at_ms),
+                    duration_ms: a.duration_ms,
+                    status_code: a.status_code,
+                    error: a.error,
+                    node_id: a.node_id,
+                })
+                .collect(),
+            next_attempt_at: run.next_attempt_at_ms.map(format_instant),
+            manual: run.manual,
+            skipped: run.skipped.map(|s| SkippedView {
+                count: s.count,
+                first_scheduled_at: format_instant(s.first_ms),
+                last_scheduled_at: format_instant(s.last_ms),
+            }),
+        }
+    }
+}
+
+fn runs_response(runs: Vec<Run>) -> Response {
+    let now = now_ms();
+    let runs: Vec<RunView> = runs.into_iter().map(|r| RunView::new(r, now)).collect();
+    Json(json!({ "runs": runs })).into_response()
+}
+
+pub async fn job_runs(
+    state: Shared,
+    Path(id): Path<String>,
+    params: Result<Query<RunParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let params = query(params)?;
+    validate_id("id", &id)?;
+    let limit = params.limit()?;
+    state.read_barrier(params.consistency).await?;
+    let view = state.replica.view();
+    if view.get_job(&id)?.is_none() {
+        return Err(ApiError::not_found(format!("no job {id:?}")));
+    }
+    Ok(runs_response(view.job_runs(&id, params.status, limit)?))
+}
+
+pub async fn list(
+    state: Shared,
+    params: Result<Query<RunParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let params = query(params)?;
+    let limit = params.limit()?;
+    state.read_barrier(params.consistency).await?;
+    let status = params.status.unwrap_or(RunStatus::Failed);
+    Ok(runs_response(
+        state.replica.view().runs_with_status(status, limit)?,
+    ))
+}
+
+fn run_accepted(result: CommandResult, what: &str) -> Result<Response, ApiError> {
+    match result {
+        CommandResult::Run { run } => {
+            Ok((StatusCode::ACCEPTED, Json(RunView::new(run, now_ms()))).into_response())
+        }
+        CommandResult::NotFound => Err(ApiError::not_found(format!("no {what}"))),
+        CommandResult::NotRetryable { run } => Err(ApiError::conflict(format!(
+            "run {} is {}; only failed runs can be retried",
+            run.id,
+            run.status.as_str()
+        ))
+        .at("run_id")),
+        other => {
+            tracing::error!(?other, "unexpected result of a run command");
+            Err(ApiError::unavailable("unexpected result of a run command"))
+        }
+    }
+}
+
+pub async fn retry(state: Shared, Path(run_id): Path<String>) -> Result<Response, ApiError> {
+    if run_id.is_empty() || run_id.len() > 512 {
+        return Err(ApiError::not_found("no such run"));
+    }
+    let result = state
+        .replica
+        .propose(Command::RetryRun {
+            run_id: run_id.clone(),
+            now_ms: now_ms(),
+        })
+        .await?;
+    run_accepted(result, &format!("run {run_id:?}"))
+}
+
+pub async fn trigger(state: Shared, Path(id): Path<String>) -> Result<Response, ApiError> {
+    validate_id("id", &id)?;
+    let result = state
+        .replica
+        .propose(Command::TriggerJob {
+            id: id.clone(),
+            now_ms: now_ms(),
+            retention: state.run_retention,
+        })
+        .await?;
+    run_accepted(result, &format!("job {id:?}"))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreviewRequest {
+    schedule: ScheduleRequest,
+    from: Option<String>,
+    count: Option<usize>,
+}
+
+pub async fn preview(
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = json_body(&headers, body)?;
+    let req: PreviewRequest = parse_json(&body)?;
+    let from = match &req.from {
+        Some(t) => parse_instant("from", t)?,
+        None => now_ms(),
+    };
+    let count = req.count.unwrap_or(PREVIEW_COUNT_DEFAULT);
+    if !(1..=PREVIEW_COUNT_MAX).contains(&count) {
+        return Err(ApiError::invalid(
+            "count",
+            format!("count must be between 1 and {PREVIEW_COUNT_MAX}"),
+        ));
+    }
+    let spec = super::model::validate_schedule(&req.schedule)?;
+    let instant = |ms: i64| {
+        chrono::DateTime::from_timestamp_millis(ms)
+            .ok_or_else(|| ApiError::invalid("from", "out of range"))
+    };
+    // `after` and `every` without start_at count from `from`, as if the job were created then;
+    // an `at` fires at its instant if that is after `from`.
+    let schedule = match &spec {
+        ScheduleSpec::At { at_ms } => Some(Schedule::at(instant(*at_ms)?)),
+        _ => crate::schedule::resolve(&spec, from),
+    }
+    .ok_or_else(|| ApiError::invalid("schedule", "schedule cannot be evaluated"))?;
+    let fires: Vec<String> = schedule
+        .fires_after(instant(from)?, count)
+        .into_iter()
+        .map(|t| format_instant(t.timestamp_millis()))
+        .collect();
+    Ok(Json(json!({ "fires": fires })).into_response())
+}

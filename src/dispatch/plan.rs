@@ -1,0 +1,376 @@
+//! Pure dispatch decisions: which runs of a job to claim now (with the misfire policy), and what
+//! follows a delivery attempt (the retry policy). No clock, no I/O, no randomness of its own.
+
+use std::time::Duration;
+
+use chrono::DateTime;
+use hookd_raft::command::{AttemptResult, ClaimItem, ClaimKind, Job, MisfirePolicy, RetrySpec};
+
+use crate::schedule::Schedule;
+
+/// Most fires a planner looks at for one job in one round; more are left for the next round
+/// (the cursor has moved by then).
+pub const FIRES_PER_ROUND_MAX: usize = 10_000;
+
+/// The next due instant of a job, or None when paused or exhausted.
+pub fn next_due(job: &Job, schedule: &Schedule) -> Option<i64> {
+    if job.spec.paused {
+        return None;
+    }
+    next_fire(schedule, job.cursor_ms)
+}
+
+fn next_fire(schedule: &Schedule, after_ms: i64) -> Option<i64> {
+    let after = DateTime::from_timestamp_millis(after_ms)?;
+    schedule.next_after(after).map(|t| t.timestamp_millis())
+}
+
+/// The claim items for `job` at `now_ms`: runs due up to `now_ms + horizon_ms`, in due order.
+/// Runs more than `grace` late are misfired and handled by the job's misfire policy.
+pub fn plan_job(job: &Job, schedule: &Schedule, now_ms: i64, horizon_ms: i64) -> Vec<ClaimItem> {
+    if job.spec.paused {
+        return Vec::new();
+    }
+    let misfire = &job.spec.misfire;
+    let late_before = now_ms.saturating_sub(misfire.grace_ms as i64);
+    let mut misfired = Vec::new();
+    let mut on_time = Vec::new();
+    let mut cursor = job.cursor_ms;
+    while misfired.len() + on_time.len() < FIRES_PER_ROUND_MAX {
+        let Some(due) = next_fire(schedule, cursor) else {
+            break;
+        };
+        if due > now_ms + horizon_ms {
+            break;
+        }
+        if due < late_before {
+            misfired.push(due);
+        } else {
+            on_time.push(due);
+        }
+        cursor = due;
+    }
+    let item = |due: i64, kind: ClaimKind| ClaimItem {
+        job_id: job.id.clone(),
+        incarnation: job.incarnation,
+        due_ms: due,
+        kind,
+    };
+    let skip = |fires: &[i64]| -> Option<ClaimItem> {
+        let (first, last) = (fires.first()?, fires.last()?);
+        Some(item(
+            *last,
+            ClaimKind::Skip {
+                count: fires.len() as u64,
+                first_ms: *first,
+            },
+        ))
+    };
+    let mut items = Vec::new();
+    match misfire.policy {
+        MisfirePolicy::Skip => items.extend(skip(&misfired)),
+        MisfirePolicy::FireOnce => {
+            if let Some((last, older)) = misfired.split_last() {
+                items.extend(skip(older));
+                items.push(item(*last, ClaimKind::Deliver));
+            }
+        }
+        MisfirePolicy::FireAll => {
+            let oldest_kept = now_ms.saturating_sub(misfire.catchup_window_ms as i64);
+            let split = misfired.partition_point(|due| *due < oldest_kept);
+            items.extend(skip(&misfired[..split]));
+            items.extend(
+                misfired[split..]
+                    .iter()
+                    .map(|d| item(*d, ClaimKind::Deliver)),
+            );
+        }
+    }
+    items.extend(on_time.into_iter().map(|d| item(d, ClaimKind::Deliver)));
+    items
+}
+
+/// How an HTTP attempt went, as far as the retry policy cares.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpOutcome {
+    pub status: Option<u16>,
+    /// `Retry-After` of a 429 or 503, if it parsed.
+    pub retry_after: Option<Duration>,
+}
+
+impl HttpOutcome {
+    pub fn succeeded(&self) -> bool {
+        self.status.is_some_and(|s| (200..300).contains(&s))
+    }
+}
+
+/// The delay before attempt `n + 1` after attempt `n` failed: exponential from the initial
+/// backoff, jittered by ±`jitter` (with `rand01` in [0, 1)), capped at `max_backoff`.
+pub fn backoff_ms(n: u32, retry: &RetrySpec, rand01: f64) -> u64 {
+    let exp = retry.multiplier.powi(n.saturating_sub(1).min(1000) as i32);
+    let base = (retry.initial_backoff_ms as f64 * exp).min(retry.max_backoff_ms as f64);
+    let factor = 1.0 + retry.jitter * (2.0 * rand01.clamp(0.0, 1.0) - 1.0);
+    ((base * factor).round() as u64).min(retry.max_backoff_ms)
+}
+
+/// What follows attempt `n` of a run: success, another attempt at some instant, or failure.
+/// A `Retry-After` is honoured up to `max_backoff`.
+pub fn after_attempt(
+    n: u32,
+    retry: &RetrySpec,
+    outcome: &HttpOutcome,
+    now_ms: i64,
+    rand01: f64,
+) -> AttemptResult {
+    if outcome.succeeded() {
+        return AttemptResult::Succeeded;
+    }
+    if n >= retry.max_attempts {
+        return AttemptResult::Failed;
+    }
+    let mut delay = backoff_ms(n, retry, rand01);
+    if let Some(ra) = outcome.retry_after {
+        delay = delay.max((ra.as_millis() as u64).min(retry.max_backoff_ms));
+    }
+    AttemptResult::RetryAt(now_ms.saturating_add(delay as i64))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use hookd_raft::command::{JobSpec, MisfireSpec, ScheduleSpec};
+
+    use super::*;
+    use crate::schedule::resolve;
+
+    const S: i64 = 1000;
+
+    fn job(schedule: ScheduleSpec, policy: MisfirePolicy, cursor_ms: i64) -> Job {
+        Job {
+            id: "j".into(),
+            spec: JobSpec {
+                url: "http://x/".into(),
+                method: "POST".into(),
+                headers: BTreeMap::new(),
+                body: None,
+                schedule,
+                retry: retry(5),
+                timeout_ms: 1000,
+                misfire: MisfireSpec {
+                    policy,
+                    grace_ms: 60_000,
+                    catchup_window_ms: 3_600_000,
+                },
+                paused: false,
+            },
+            incarnation: 7,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            version: 1,
+            schedule_base_ms: 0,
+            cursor_ms,
+        }
+    }
+
+    fn retry(max_attempts: u32) -> RetrySpec {
+        RetrySpec {
+            max_attempts,
+            initial_backoff_ms: 1000,
+            max_backoff_ms: 10_000,
+            multiplier: 2.0,
+            jitter: 0.2,
+        }
+    }
+
+    fn every_second() -> ScheduleSpec {
+        ScheduleSpec::Every {
+            every_ms: 1000,
+            start_at_ms: Some(0),
+        }
+    }
+
+    fn plan(j: &Job, now: i64, horizon: i64) -> Vec<ClaimItem> {
+        let schedule = resolve(&j.spec.schedule, j.schedule_base_ms).expect("valid schedule");
+        plan_job(j, &schedule, now, horizon)
+    }
+
+    fn dues(items: &[ClaimItem]) -> Vec<(i64, ClaimKind)> {
+        items.iter().map(|i| (i.due_ms, i.kind.clone())).collect()
+    }
+
+    #[test]
+    fn on_time_runs_within_the_horizon_are_claimed_in_order() {
+        let j = job(every_second(), MisfirePolicy::FireOnce, 10 * S);
+        let items = plan(&j, 10 * S + 500, 2000);
+        assert_eq!(
+            dues(&items),
+            vec![(11 * S, ClaimKind::Deliver), (12 * S, ClaimKind::Deliver)]
+        );
+        assert!(items.iter().all(|i| i.incarnation == 7 && i.job_id == "j"));
+        // Late within grace is still on time: a failover never skips.
+        let items = plan(&j, 10 * S + 59_000, 0);
+        assert_eq!(items.len(), 59);
+        assert!(items.iter().all(|i| i.kind == ClaimKind::Deliver));
+    }
+
+    #[test]
+    fn fire_once_delivers_only_the_latest_misfired_run_and_skips_the_rest() {
+        let j = job(every_second(), MisfirePolicy::FireOnce, 0);
+        // Down for 100 s with a 60 s grace: fires 1..=39 are misfired, 40..=100 on time.
+        let items = plan(&j, 100 * S, 0);
+        assert_eq!(
+            items[0].kind,
+            ClaimKind::Skip {
+                count: 38,
+                first_ms: S
+            }
+        );
+        assert_eq!(items[0].due_ms, 38 * S);
+        assert_eq!(
+            (items[1].due_ms, &items[1].kind),
+            (39 * S, &ClaimKind::Deliver)
+        );
+        assert_eq!(items.len(), 2 + 61);
+        assert!(
+            items.windows(2).all(|w| w[0].due_ms < w[1].due_ms),
+            "strictly increasing"
+        );
+    }
+
+    #[test]
+    fn fire_all_delivers_misfired_runs_inside_the_catchup_window_and_skips_older_ones() {
+        let mut j = job(every_second(), MisfirePolicy::FireAll, 0);
+        j.spec.misfire.catchup_window_ms = 80_000;
+        let items = plan(&j, 100 * S, 0);
+        // 1..=19 are older than the window, 20..=39 misfired but inside it, 40..=100 on time.
+        assert_eq!(
+            items[0].kind,
+            ClaimKind::Skip {
+                count: 19,
+                first_ms: S
+            }
+        );
+        assert_eq!(items[0].due_ms, 19 * S);
+        assert!(items[1..].iter().all(|i| i.kind == ClaimKind::Deliver));
+        assert_eq!(items[1].due_ms, 20 * S);
+        assert_eq!(items.len(), 1 + 81);
+    }
+
+    #[test]
+    fn skip_records_every_misfired_run_as_one_skipped_entry() {
+        let j = job(every_second(), MisfirePolicy::Skip, 0);
+        let items = plan(&j, 100 * S, 0);
+        assert_eq!(
+            items[0].kind,
+            ClaimKind::Skip {
+                count: 39,
+                first_ms: S
+            }
+        );
+        assert_eq!(items[0].due_ms, 39 * S);
+        assert_eq!(items.len(), 1 + 61);
+    }
+
+    #[test]
+    fn a_misfired_one_shot_is_delivered_unless_the_policy_is_skip() {
+        for (policy, expect) in [
+            (MisfirePolicy::FireOnce, ClaimKind::Deliver),
+            (MisfirePolicy::FireAll, ClaimKind::Deliver),
+            (
+                MisfirePolicy::Skip,
+                ClaimKind::Skip {
+                    count: 1,
+                    first_ms: 5 * S,
+                },
+            ),
+        ] {
+            let j = job(ScheduleSpec::At { at_ms: 5 * S }, policy, 0);
+            let items = plan(&j, 500 * S, 0);
+            assert_eq!(dues(&items), vec![(5 * S, expect)], "{policy:?}");
+        }
+    }
+
+    #[test]
+    fn a_past_at_is_due_at_creation_not_misfired() {
+        let mut j = job(ScheduleSpec::At { at_ms: 5 * S }, MisfirePolicy::Skip, 0);
+        j.schedule_base_ms = 500 * S;
+        j.cursor_ms = 500 * S - 1;
+        let items = plan(&j, 500 * S + 10, 0);
+        assert_eq!(dues(&items), vec![(500 * S, ClaimKind::Deliver)]);
+        // Once claimed, there is nothing more.
+        j.cursor_ms = 500 * S;
+        let schedule = resolve(&j.spec.schedule, j.schedule_base_ms).expect("schedule");
+        assert_eq!(next_due(&j, &schedule), None);
+    }
+
+    #[test]
+    fn paused_jobs_plan_nothing() {
+        let mut j = job(every_second(), MisfirePolicy::FireOnce, 0);
+        j.spec.paused = true;
+        assert!(plan(&j, 100 * S, 1000).is_empty());
+        let schedule = resolve(&j.spec.schedule, 0).expect("schedule");
+        assert_eq!(next_due(&j, &schedule), None);
+    }
+
+    #[test]
+    fn backoff_grows_exponentially_with_bounded_jitter_and_caps() {
+        let r = retry(10);
+        assert_eq!(backoff_ms(1, &r, 0.5), 1000);
+        assert_eq!(backoff_ms(2, &r, 0.5), 2000);
+        assert_eq!(backoff_ms(3, &r, 0.5), 4000);
+        assert_eq!(backoff_ms(10, &r, 0.5), 10_000, "capped at max_backoff");
+        assert_eq!(backoff_ms(1, &r, 0.0), 800, "jitter -20%");
+        assert_eq!(backoff_ms(1, &r, 0.999_999), 1200, "jitter +20%");
+        assert_eq!(
+            backoff_ms(10, &r, 0.999_999),
+            10_000,
+            "jitter never exceeds the cap"
+        );
+        assert_eq!(backoff_ms(u32::MAX, &r, 0.5), 10_000, "no overflow");
+    }
+
+    #[test]
+    fn after_attempt_succeeds_retries_honours_retry_after_and_fails_at_the_last_attempt() {
+        let r = retry(3);
+        let ok = HttpOutcome {
+            status: Some(204),
+            retry_after: None,
+        };
+        let err = HttpOutcome {
+            status: Some(500),
+            retry_after: None,
+        };
+        let timeout = HttpOutcome {
+            status: None,
+            retry_after: None,
+        };
+        let busy = HttpOutcome {
+            status: Some(503),
+            retry_after: Some(Duration::from_secs(7)),
+        };
+        let too_long = HttpOutcome {
+            status: Some(429),
+            retry_after: Some(Duration::from_secs(3600)),
+        };
+        assert_eq!(after_attempt(1, &r, &ok, 0, 0.5), AttemptResult::Succeeded);
+        assert_eq!(
+            after_attempt(1, &r, &err, 0, 0.5),
+            AttemptResult::RetryAt(1000)
+        );
+        assert_eq!(
+            after_attempt(2, &r, &timeout, 100, 0.5),
+            AttemptResult::RetryAt(2100)
+        );
+        assert_eq!(
+            after_attempt(1, &r, &busy, 0, 0.5),
+            AttemptResult::RetryAt(7000)
+        );
+        assert_eq!(
+            after_attempt(1, &r, &too_long, 0, 0.5),
+            AttemptResult::RetryAt(10_000)
+        );
+        assert_eq!(after_attempt(3, &r, &err, 0, 0.5), AttemptResult::Failed);
+        assert_eq!(after_attempt(3, &r, &ok, 0, 0.5), AttemptResult::Succeeded);
+    }
+}

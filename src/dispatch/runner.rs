@@ -1,0 +1,463 @@
+//! The dispatcher of one leadership epoch: an in-memory index of each job's next due instant,
+//! claims ahead through Raft, a send queue ordered by attempt time, and a recorder that writes
+//! outcomes back through Raft. Every decision comes from `plan`; this loop only executes.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hookd_raft::command::{
+    AttemptOutcome, AttemptResult, ClaimItem, ClaimKind, Command, CommandResult, Epoch, Job,
+};
+use hookd_raft::store::Change;
+use hookd_raft::{Replica, StateView};
+use tokio::sync::{broadcast, mpsc, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::delivery::{AttemptRequest, Deliverer};
+use super::plan::{self, after_attempt};
+use super::DispatchConfig;
+use crate::schedule::{resolve, Schedule};
+
+/// Items per claim command; larger rounds are split.
+const CLAIM_ITEMS_MAX: usize = 2000;
+/// Claim commands in flight at once.
+const CLAIMS_IN_FLIGHT_MAX: usize = 2;
+/// Outcomes per record command.
+const RECORD_ITEMS_MAX: usize = 2000;
+/// Longest sleep of the loop when nothing is scheduled (it also wakes on every event).
+const IDLE_WAKE: Duration = Duration::from_millis(500);
+/// Pause before re-checking the lease gate when it is closed.
+const GATE_RECHECK: Duration = Duration::from_millis(10);
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// What the index knows of one job.
+struct Entry {
+    version: u64,
+    incarnation: u64,
+    paused: bool,
+    schedule: Option<Arc<Schedule>>,
+    next_due: Option<i64>,
+}
+
+/// An attempt waiting for its instant.
+#[derive(Debug, Clone)]
+struct Pending {
+    run_id: String,
+    job_id: String,
+    incarnation: u64,
+    scheduled_at_ms: i64,
+    n: u32,
+}
+
+enum Event {
+    Claimed(Vec<ClaimItem>, Option<Vec<bool>>),
+    Attempted(Pending, AttemptResult),
+}
+
+struct Dispatcher {
+    replica: Arc<Replica>,
+    view: StateView,
+    deliverer: Deliverer,
+    config: DispatchConfig,
+    epoch: Epoch,
+    cancel: CancellationToken,
+    jobs: HashMap<String, Entry>,
+    by_due: BTreeSet<(i64, String)>,
+    claiming: HashSet<String>,
+    claims_in_flight: usize,
+    queue: BTreeMap<(i64, String), Pending>,
+    queued: HashSet<String>,
+    permits: Arc<Semaphore>,
+    events_tx: mpsc::Sender<Event>,
+    record_tx: mpsc::Sender<AttemptOutcome>,
+}
+
+/// Runs dispatch for `epoch` until `cancel`.
+pub async fn run_epoch(
+    replica: Arc<Replica>,
+    deliverer: Deliverer,
+    config: DispatchConfig,
+    epoch: Epoch,
+    cancel: CancellationToken,
+) {
+    // Everything committed before this epoch must be applied before planning from it.
+    loop {
+        match replica.barrier().await {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, "dispatch barrier failed; retrying");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                }
+            }
+        }
+    }
+    let view = replica.view().clone();
+    let mut changes = view.subscribe();
+    // Bounded by what can be outstanding: one event per attempt in flight or claim in flight.
+    let capacity = config.in_flight_max + CLAIMS_IN_FLIGHT_MAX + 16;
+    let (events_tx, mut events) = mpsc::channel(capacity);
+    let (record_tx, record_rx) = mpsc::channel(capacity);
+    let recorder = tokio::spawn(record_loop(replica.clone(), record_rx));
+    let mut d = Dispatcher {
+        permits: Arc::new(Semaphore::new(config.in_flight_max)),
+        replica,
+        view,
+        deliverer,
+        config,
+        epoch,
+        cancel: cancel.clone(),
+        jobs: HashMap::new(),
+        by_due: BTreeSet::new(),
+        claiming: HashSet::new(),
+        claims_in_flight: 0,
+        queue: BTreeMap::new(),
+        queued: HashSet::new(),
+        events_tx,
+        record_tx,
+    };
+    d.rebuild();
+    d.requeue_open_runs(None);
+    loop {
+        d.claim_due();
+        d.send_due();
+        let wake = d.next_wake();
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep_until(wake) => {}
+            change = changes.recv() => match change {
+                Ok(Change::Jobs(ids)) => d.refresh(&ids),
+                Ok(Change::All) | Err(broadcast::error::RecvError::Lagged(_)) => d.rebuild(),
+                Err(broadcast::error::RecvError::Closed) => break,
+            },
+            Some(event) = events.recv() => d.handle(event),
+        }
+    }
+    drop(d);
+    // Outcomes already queued are still worth recording if we remain leader; bounded wait.
+    let _ = tokio::time::timeout(Duration::from_secs(1), recorder).await;
+}
+
+impl Dispatcher {
+    /// Rebuilds the index of every job from the state machine.
+    fn rebuild(&mut self) {
+        self.jobs.clear();
+        self.by_due.clear();
+        for job in self.view.all_jobs() {
+            match job {
+                Ok(job) => self.index(job),
+                Err(e) => tracing::error!(error = %e, "skipping an unreadable job"),
+            }
+        }
+        tracing::debug!(jobs = self.jobs.len(), "dispatch index rebuilt");
+    }
+
+    /// Re-reads `ids` from the state machine after they changed.
+    fn refresh(&mut self, ids: &[String]) {
+        for id in ids {
+            if self.claiming.contains(id) {
+                continue; // refreshed when the claim returns
+            }
+            self.refresh_one(id);
+        }
+    }
+
+    fn refresh_one(&mut self, id: &str) {
+        let was_paused = self.jobs.get(id).map(|e| e.paused);
+        self.unindex(id);
+        match self.view.get_job(id) {
+            Ok(Some(job)) => {
+                let resumed = was_paused == Some(true) && !job.spec.paused;
+                self.index(job);
+                if resumed {
+                    self.requeue_open_runs(Some(id));
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(job_id = id, error = %e, "cannot read a changed job"),
+        }
+    }
+
+    fn unindex(&mut self, id: &str) {
+        if let Some(e) = self.jobs.remove(id) {
+            if let Some(due) = e.next_due {
+                self.by_due.remove(&(due, id.to_owned()));
+            }
+        }
+    }
+
+    fn index(&mut self, job: Job) {
+        // Reuse the parsed schedule while the job's definition is unchanged.
+        let schedule = match self.jobs.get(&job.id) {
+            Some(e) if e.version == job.version && e.incarnation == job.incarnation => {
+                e.schedule.clone()
+            }
+            _ => resolve(&job.spec.schedule, job.schedule_base_ms).map(Arc::new),
+        };
+        let next_due = schedule.as_ref().and_then(|s| plan::next_due(&job, s));
+        if let Some(due) = next_due {
+            self.by_due.insert((due, job.id.clone()));
+        }
+        self.jobs.insert(
+            job.id.clone(),
+            Entry {
+                version: job.version,
+                incarnation: job.incarnation,
+                paused: job.spec.paused,
+                schedule,
+                next_due,
+            },
+        );
+    }
+
+    /// Queues the open runs of one job (or of all jobs) for another attempt.
+    fn requeue_open_runs(&mut self, job_id: Option<&str>) {
+        let runs = match job_id {
+            Some(id) => self.view.job_runs(id, None, usize::MAX),
+            None => self.view.open_runs(),
+        };
+        let runs = match runs {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read open runs");
+                return;
+            }
+        };
+        for run in runs.into_iter().filter(|r| r.status.is_open()) {
+            let at = run.next_attempt_at_ms.unwrap_or(run.scheduled_at_ms);
+            self.enqueue(
+                at,
+                Pending {
+                    n: run.attempts.len() as u32 + 1,
+                    run_id: run.id,
+                    job_id: run.job_id,
+                    incarnation: run.incarnation,
+                    scheduled_at_ms: run.scheduled_at_ms,
+                },
+            );
+        }
+    }
+
+    fn enqueue(&mut self, at: i64, p: Pending) {
+        if self.queued.insert(p.run_id.clone()) {
+            self.queue.insert((at, p.run_id.clone()), p);
+        }
+    }
+
+    /// Claims every run due within the horizon, in bounded batches.
+    fn claim_due(&mut self) {
+        let horizon = self.config.horizon.as_millis() as i64;
+        let now = now_ms();
+        while self.claims_in_flight < CLAIMS_IN_FLIGHT_MAX {
+            let mut items = Vec::new();
+            let mut batch_jobs = Vec::new();
+            while let Some((due, id)) = self.by_due.first().cloned() {
+                if due > now + horizon || items.len() >= CLAIM_ITEMS_MAX {
+                    break;
+                }
+                self.by_due.pop_first();
+                let planned = match self.view.get_job(&id) {
+                    Ok(Some(job)) => self
+                        .jobs
+                        .get(&id)
+                        .and_then(|e| e.schedule.clone())
+                        .map(|s| plan::plan_job(&job, &s, now, horizon))
+                        .unwrap_or_default(),
+                    _ => Vec::new(),
+                };
+                if let Some(e) = self.jobs.get_mut(&id) {
+                    e.next_due = None;
+                }
+                self.claiming.insert(id.clone());
+                batch_jobs.push(id);
+                items.extend(planned);
+            }
+            if batch_jobs.is_empty() {
+                return;
+            }
+            self.claims_in_flight += 1;
+            let replica = self.replica.clone();
+            let tx = self.events_tx.clone();
+            let cmd = Command::ClaimRuns {
+                epoch: self.epoch,
+                now_ms: now,
+                items: items.clone(),
+                retention: self.config.retention,
+            };
+            // Jobs with nothing to claim still go through the round, to be refreshed after it.
+            let jobs_only: Vec<ClaimItem> = batch_jobs
+                .into_iter()
+                .map(|id| ClaimItem {
+                    job_id: id,
+                    incarnation: 0,
+                    due_ms: 0,
+                    kind: ClaimKind::Deliver,
+                })
+                .collect();
+            tokio::spawn(async move {
+                let accepted = if items.is_empty() {
+                    Some(Vec::new())
+                } else {
+                    match replica.propose(cmd).await {
+                        Ok(CommandResult::Claimed { accepted }) => Some(accepted),
+                        Ok(other) => {
+                            tracing::warn!(?other, "claim not accepted");
+                            None
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "claim failed");
+                            None
+                        }
+                    }
+                };
+                let mut all = items;
+                let n = all.len();
+                all.extend(jobs_only);
+                let accepted = accepted.map(|mut a| {
+                    a.resize(n, false);
+                    a
+                });
+                let _ = tx.send(Event::Claimed(all, accepted)).await;
+            });
+        }
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Claimed(items, accepted) => {
+                self.claims_in_flight -= 1;
+                let accepted = accepted.unwrap_or_default();
+                let mut done_jobs = HashSet::new();
+                for (i, item) in items.into_iter().enumerate() {
+                    if accepted.get(i).copied().unwrap_or(false) && item.kind == ClaimKind::Deliver
+                    {
+                        let run_id =
+                            hookd_raft::command::Run::scheduled_id(item.incarnation, item.due_ms);
+                        self.enqueue(
+                            item.due_ms,
+                            Pending {
+                                run_id,
+                                job_id: item.job_id.clone(),
+                                incarnation: item.incarnation,
+                                scheduled_at_ms: item.due_ms,
+                                n: 1,
+                            },
+                        );
+                    }
+                    done_jobs.insert(item.job_id);
+                }
+                for id in done_jobs {
+                    self.claiming.remove(&id);
+                    self.refresh_one(&id);
+                }
+            }
+            Event::Attempted(p, result) => {
+                if let AttemptResult::RetryAt(at) = result {
+                    let n = p.n + 1;
+                    self.enqueue(at, Pending { n, ..p });
+                }
+            }
+        }
+    }
+
+    /// Starts every attempt whose instant has come, while the lease gate is open.
+    fn send_due(&mut self) {
+        let now = now_ms();
+        while let Some(((at, _), _)) = self.queue.first_key_value() {
+            if *at > now {
+                return;
+            }
+            if !self.replica.leadership().may_act(self.epoch) {
+                return; // re-checked after GATE_RECHECK
+            }
+            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+                return; // a finishing attempt wakes the loop
+            };
+            let Some((_, p)) = self.queue.pop_first() else {
+                return;
+            };
+            self.queued.remove(&p.run_id);
+            let job = match self.view.get_job(&p.job_id) {
+                Ok(Some(job)) if job.incarnation == p.incarnation && !job.spec.paused => job,
+                // Deleted, re-created or paused: no new attempt (resume re-queues).
+                _ => continue,
+            };
+            let deliverer = self.deliverer.clone();
+            let leadership = self.replica.leadership().clone();
+            let epoch = self.epoch;
+            let record_tx = self.record_tx.clone();
+            let events_tx = self.events_tx.clone();
+            let cancel = self.cancel.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                // The gate again, right before the request leaves.
+                if cancel.is_cancelled() || !leadership.may_act(epoch) {
+                    return;
+                }
+                let req = AttemptRequest {
+                    job: &job,
+                    run_id: &p.run_id,
+                    scheduled_at_ms: p.scheduled_at_ms,
+                    n: p.n,
+                };
+                let (attempt, outcome) = deliverer.attempt(&req).await;
+                crate::metrics::attempt(&attempt, p.scheduled_at_ms, p.n);
+                let result =
+                    after_attempt(p.n, &job.spec.retry, &outcome, now_ms(), rand::random());
+                crate::metrics::run_result(&result);
+                let outcome = AttemptOutcome {
+                    run_id: p.run_id.clone(),
+                    attempt,
+                    result: result.clone(),
+                };
+                let _ = record_tx.send(outcome).await;
+                let _ = events_tx.send(Event::Attempted(p, result)).await;
+            });
+        }
+    }
+
+    /// When the loop must wake next: the first queued attempt, the first claim, or idle.
+    fn next_wake(&self) -> Instant {
+        let now = now_ms();
+        let horizon = self.config.horizon.as_millis() as i64;
+        let mut wake_ms = now + IDLE_WAKE.as_millis() as i64;
+        if let Some(((at, _), _)) = self.queue.first_key_value() {
+            let gate_closed = *at <= now;
+            wake_ms = wake_ms.min(if gate_closed {
+                now + GATE_RECHECK.as_millis() as i64
+            } else {
+                *at
+            });
+        }
+        if self.claims_in_flight < CLAIMS_IN_FLIGHT_MAX {
+            if let Some((due, _)) = self.by_due.first() {
+                wake_ms = wake_ms.min(due - horizon);
+            }
+        }
+        let delay = (wake_ms - now).max(0) as u64;
+        Instant::now() + Duration::from_millis(delay)
+    }
+}
+
+/// Writes outcomes through Raft in batches, in the order they happened.
+async fn record_loop(replica: Arc<Replica>, mut rx: mpsc::Receiver<AttemptOutcome>) {
+    while let Some(first) = rx.recv().await {
+        let mut outcomes = vec![first];
+        while outcomes.len() < RECORD_ITEMS_MAX {
+            match rx.try_recv() {
+                Ok(o) => outcomes.push(o),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = replica.propose(Command::RecordAttempts { outcomes }).await {
+            // The next leader re-delivers runs without a recorded outcome.
+            tracing::warn!(error = %e, "recording attempt outcomes failed");
+        }
+    }
+}

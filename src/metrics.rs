@@ -1,0 +1,64 @@
+//! Prometheus metrics: the recorder is installed once per process; `/metrics` renders it.
+
+use std::sync::OnceLock;
+
+use hookd_raft::command::{Attempt, AttemptResult};
+use metrics::{counter, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Lateness buckets in seconds, from 1 ms to 1 min.
+const LATENESS_BUCKETS: [f64; 14] = [
+    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 60.0,
+];
+
+/// Installs the recorder (first call) and returns the handle that renders it.
+pub fn handle() -> Option<&'static PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full("hookd_delivery_lateness_seconds".into()),
+                    &LATENESS_BUCKETS,
+                )
+                .ok()?
+                .install_recorder()
+                .map_err(|e| tracing::warn!(error = %e, "metrics recorder not installed"))
+                .ok()
+        })
+        .as_ref()
+}
+
+/// Records one delivery attempt; first attempts also record their lateness.
+pub fn attempt(a: &Attempt, scheduled_at_ms: i64, n: u32) {
+    let outcome = match a.status_code {
+        Some(s) if (200..300).contains(&s) => "success",
+        Some(_) => "http_error",
+        None => "transport_error",
+    };
+    counter!("hookd_attempts_total", "outcome" => outcome).increment(1);
+    if n == 1 {
+        let late_ms = (a.started_at_ms - scheduled_at_ms).max(0);
+        histogram!("hookd_delivery_lateness_seconds").record(late_ms as f64 / 1000.0);
+    }
+}
+
+/// Records what an attempt meant for its run.
+pub fn run_result(r: &AttemptResult) {
+    match r {
+        AttemptResult::Succeeded => counter!("hookd_runs_delivered_total").increment(1),
+        AttemptResult::Failed => counter!("hookd_runs_failed_total").increment(1),
+        AttemptResult::RetryAt(_) => counter!("hookd_retries_scheduled_total").increment(1),
+    }
+}
+
+/// Records runs skipped by the misfire policy.
+pub fn skipped(count: u64) {
+    counter!("hookd_runs_skipped_total").increment(count);
+}
+
+/// Deliveries in flight on this node.
+pub fn in_flight(n: usize) {
+    metrics::gauge!("hookd_deliveries_in_flight").set(n as f64);
+}
