@@ -231,13 +231,22 @@ fn json<T: serde::Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()
 }
 
+/// What applied commands changed, for the dispatcher.
+#[derive(Debug, Default, Clone)]
+pub struct Touched {
+    /// Jobs whose definition, cursor or existence changed.
+    pub jobs: Vec<String>,
+    /// Runs opened outside a claim (trigger, retry), which need an attempt.
+    pub runs: Vec<String>,
+}
+
 /// Applies one command at `log_id`. Deterministic: equal inputs give equal outputs and writes.
-/// Ids of jobs whose dispatch-relevant state changed are pushed to `touched`.
+/// What changed for the dispatcher is added to `touched`.
 pub fn apply_command<T: Tables>(
     t: &T,
     log_id: &LogId,
     cmd: &Command,
-    touched: &mut Vec<String>,
+    touched: &mut Touched,
 ) -> TxResult<CommandResult> {
     match cmd {
         Command::CreateJob { id, spec, now_ms } => {
@@ -248,13 +257,13 @@ pub fn apply_command<T: Tables>(
                     CommandResult::Conflict { existing }
                 });
             }
-            touched.push(id.clone());
+            touched.jobs.push(id.clone());
             let job = new_job(id, spec.clone(), log_id, *now_ms);
             put_job(t, &job)?;
             Ok(changed(job, true))
         }
         Command::PutJob { id, spec, now_ms } => {
-            touched.push(id.clone());
+            touched.jobs.push(id.clone());
             match get_job(t, id)? {
                 None => {
                     let job = new_job(id, spec.clone(), log_id, *now_ms);
@@ -282,7 +291,7 @@ pub fn apply_command<T: Tables>(
         Command::DeleteJob { id, now_ms: _ } => match get_job(t, id)? {
             None => Ok(CommandResult::NotFound),
             Some(job) => {
-                touched.push(id.clone());
+                touched.jobs.push(id.clone());
                 t.del(Table::Jobs, id.as_bytes())?;
                 delete_job_runs(t, id)?;
                 Ok(CommandResult::Deleted { job })
@@ -292,7 +301,7 @@ pub fn apply_command<T: Tables>(
             None => Ok(CommandResult::NotFound),
             Some(job) if job.spec.paused == *paused => Ok(unchanged(job)),
             Some(mut job) => {
-                touched.push(id.clone());
+                touched.jobs.push(id.clone());
                 job.spec.paused = *paused;
                 if !*paused {
                     // Runs that fell due while paused are neither delivered nor recorded.
@@ -330,7 +339,7 @@ pub fn apply_command<T: Tables>(
             for item in items {
                 let ok = claim(t, item, *now_ms, *retention)?;
                 if ok {
-                    touched.push(item.job_id.clone());
+                    touched.jobs.push(item.job_id.clone());
                 }
                 accepted.push(ok);
             }
@@ -353,6 +362,7 @@ pub fn apply_command<T: Tables>(
                 run.status = RunStatus::Retrying;
                 run.next_attempt_at_ms = Some(*now_ms);
                 put_run(t, &run, Some(&old))?;
+                touched.runs.push(run.id.clone());
                 Ok(CommandResult::Run { run })
             }
         },
@@ -380,6 +390,7 @@ pub fn apply_command<T: Tables>(
                     claimed_at_ms: *now_ms,
                 };
                 insert_run(t, &run, *retention)?;
+                touched.runs.push(run.id.clone());
                 Ok(CommandResult::Run { run })
             }
         },
@@ -557,7 +568,7 @@ mod tests {
     }
 
     fn apply(t: &MemTables, index: u64, cmd: Command) -> CommandResult {
-        apply_command(t, &log_id(index), &cmd, &mut Vec::new())
+        apply_command(t, &log_id(index), &cmd, &mut Touched::default())
             .expect("in-memory apply cannot fail")
     }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hookd_raft::command::{
-    AttemptOutcome, AttemptResult, ClaimItem, ClaimKind, Command, CommandResult, Epoch, Job,
+    AttemptOutcome, AttemptResult, ClaimItem, ClaimKind, Command, CommandResult, Epoch, Job, Run,
 };
 use hookd_raft::store::Change;
 use hookd_raft::{Replica, StateView};
@@ -132,7 +132,10 @@ pub async fn run_epoch(
             _ = cancel.cancelled() => break,
             _ = tokio::time::sleep_until(wake) => {}
             change = changes.recv() => match change {
-                Ok(Change::Jobs(ids)) => d.refresh(&ids),
+                Ok(Change::Batch(t)) => {
+                    d.refresh(&t.jobs);
+                    d.queue_runs(&t.runs);
+                }
                 Ok(Change::All) | Err(broadcast::error::RecvError::Lagged(_)) => d.rebuild(),
                 Err(broadcast::error::RecvError::Closed) => break,
             },
@@ -229,18 +232,39 @@ impl Dispatcher {
                 return;
             }
         };
-        for run in runs.into_iter().filter(|r| r.status.is_open()) {
-            let at = run.next_attempt_at_ms.unwrap_or(run.scheduled_at_ms);
-            self.enqueue(
-                at,
-                Pending {
-                    n: run.attempts.len() as u32 + 1,
-                    run_id: run.id,
-                    job_id: run.job_id,
-                    incarnation: run.incarnation,
-                    scheduled_at_ms: run.scheduled_at_ms,
-                },
-            );
+        for run in runs {
+            self.enqueue_run(run);
+        }
+    }
+
+    /// Queues the next attempt of an open run, at its attempt time. The attempt number follows
+    /// the recorded ones (an attempt a former leader made but did not record is repeated under
+    /// the same number).
+    fn enqueue_run(&mut self, run: Run) {
+        if !run.status.is_open() {
+            return;
+        }
+        let at = run.next_attempt_at_ms.unwrap_or(run.scheduled_at_ms);
+        self.enqueue(
+            at,
+            Pending {
+                n: run.attempts.len() as u32 + 1,
+                run_id: run.id,
+                job_id: run.job_id,
+                incarnation: run.incarnation,
+                scheduled_at_ms: run.scheduled_at_ms,
+            },
+        );
+    }
+
+    /// Queues runs opened outside a claim (trigger, retry).
+    fn queue_runs(&mut self, ids: &[String]) {
+        for id in ids {
+            match self.view.get_run(id) {
+                Ok(Some(run)) => self.enqueue_run(run),
+                Ok(None) => {}
+                Err(e) => tracing::error!(run_id = %id, error = %e, "cannot read an opened run"),
+            }
         }
     }
 

@@ -2,5 +2,7 @@
 
 mod api;
 mod cluster;
+mod dispatch;
 mod harness;
 mod node;
+mod sink;

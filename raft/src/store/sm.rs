@@ -80,8 +80,8 @@ struct Inner {
 /// What an applied batch changed, for the dispatcher's in-memory index.
 #[derive(Debug, Clone)]
 pub enum Change {
-    /// These jobs' definitions, cursors or existence changed.
-    Jobs(Arc<Vec<String>>),
+    /// Jobs whose definition, cursor or existence changed, and runs opened outside a claim.
+    Batch(Arc<state::Touched>),
     /// The whole state was replaced (snapshot installed): rebuild everything.
     All,
 }
@@ -256,7 +256,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         ))?;
                 let tables = TxTables(tables);
                 let mut out = Vec::with_capacity(entries.len());
-                let mut touched = Vec::new();
+                let mut touched = state::Touched::default();
                 for entry in &entries {
                     match &entry.payload {
                         EntryPayload::Blank => out.push(CommandResult::Done),
@@ -282,9 +282,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .flush_async()
             .await
             .map_err(|e| StorageIOError::apply(last, &e))?;
-        if !touched.is_empty() {
+        if !touched.jobs.is_empty() || !touched.runs.is_empty() {
             // No subscriber (a follower) is fine.
-            let _ = self.inner.changes.send(Change::Jobs(Arc::new(touched)));
+            let _ = self.inner.changes.send(Change::Batch(Arc::new(touched)));
         }
         Ok(results)
     }
