@@ -7,6 +7,7 @@
 pub mod command;
 pub mod lease;
 pub mod network;
+pub mod planted;
 pub mod replica;
 pub mod state;
 pub mod store;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use hookd_raft::command::{
     AttemptOutcome, AttemptResult, ClaimItem, ClaimKind, Command, CommandResult, Epoch, Job, Run,
 };
+use hookd_raft::planted;
 use hookd_raft::store::Change;
 use hookd_raft::{Replica, StateView};
 use tokio::sync::{broadcast, mpsc, Semaphore};
@@ -123,7 +124,9 @@ pub async fn run_epoch(
         record_tx,
     };
     d.rebuild();
-    d.requeue_open_runs(None);
+    if !planted::is(planted::IGNORE_OPEN_CLAIMS) {
+        d.requeue_open_runs(None);
+    }
     loop {
         d.claim_due();
         d.send_due();
@@ -397,7 +400,7 @@ impl Dispatcher {
             if *at > now {
                 return;
             }
-            if !self.replica.leadership().may_act(self.epoch) {
+            if !self.may_act() {
                 return; // re-checked after GATE_RECHECK
             }
             let Ok(permit) = self.permits.clone().try_acquire_owned() else {
@@ -421,7 +424,8 @@ impl Dispatcher {
             tokio::spawn(async move {
                 let _permit = permit;
                 // The gate again, right before the request leaves.
-                if cancel.is_cancelled() || !leadership.may_act(epoch) {
+                let gate_open = planted::is(planted::LEASE_GATE) || leadership.may_act(epoch);
+                if cancel.is_cancelled() || !gate_open {
                     return;
                 }
                 let req = AttemptRequest {
@@ -444,6 +448,11 @@ impl Dispatcher {
                 let _ = events_tx.send(Event::Attempted(p, result)).await;
             });
         }
+    }
+
+    /// The lease gate: this node still leads this epoch with a fresh quorum ack.
+    fn may_act(&self) -> bool {
+        planted::is(planted::LEASE_GATE) || self.replica.leadership().may_act(self.epoch)
     }
 
     /// When the loop must wake next: the first queued attempt, the first claim, or idle.
