@@ -15,6 +15,7 @@ use hookd_raft::{Replica, StateView};
 use tokio::sync::{broadcast, mpsc, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::delivery::{AttemptRequest, Deliverer};
 use super::plan::{self, after_attempt};
@@ -27,6 +28,8 @@ const CLAIM_ITEMS_MAX: usize = 2000;
 const CLAIMS_IN_FLIGHT_MAX: usize = 2;
 /// Outcomes per record command.
 const RECORD_ITEMS_MAX: usize = 2000;
+/// Tries of one record command before leaving its runs to the next leader.
+const RECORD_TRIES: u32 = 3;
 /// Longest sleep of the loop when nothing is scheduled (it also wakes on every event).
 const IDLE_WAKE: Duration = Duration::from_millis(500);
 /// Pause before re-checking the lease gate when it is closed.
@@ -157,6 +160,8 @@ impl Dispatcher {
         self.by_due.clear();
         for job in self.view.all_jobs() {
             match job {
+                // A job with a claim in flight is re-read when the claim returns.
+                Ok(job) if self.claiming.contains(&job.id) => {}
                 Ok(job) => self.index(job),
                 Err(e) => tracing::error!(error = %e, "skipping an unreadable job"),
             }
@@ -359,6 +364,7 @@ impl Dispatcher {
         match event {
             Event::Claimed(items, accepted) => {
                 self.claims_in_flight -= 1;
+                let outcome_known = accepted.is_some();
                 let accepted = accepted.unwrap_or_default();
                 let mut done_jobs = HashSet::new();
                 for (i, item) in items.into_iter().enumerate() {
@@ -382,9 +388,17 @@ impl Dispatcher {
                 for id in done_jobs {
                     self.claiming.remove(&id);
                     self.refresh_one(&id);
+                    if !outcome_known {
+                        // The claim may have been applied although its answer was lost: the
+                        // state machine knows which runs it opened.
+                        self.requeue_open_runs(Some(&id));
+                    }
                 }
             }
             Event::Attempted(p, result) => {
+                crate::metrics::in_flight(
+                    self.config.in_flight_max - self.permits.available_permits(),
+                );
                 if let AttemptResult::RetryAt(at) = result {
                     let n = p.n + 1;
                     self.enqueue(at, Pending { n, ..p });
@@ -421,7 +435,10 @@ impl Dispatcher {
             let record_tx = self.record_tx.clone();
             let events_tx = self.events_tx.clone();
             let cancel = self.cancel.clone();
-            tokio::spawn(async move {
+            let span =
+                tracing::info_span!("attempt", job_id = %p.job_id, run_id = %p.run_id, n = p.n);
+            tokio::spawn(
+                async move {
                 let _permit = permit;
                 // The gate again, right before the request leaves.
                 let gate_open = planted::is(planted::LEASE_GATE) || leadership.may_act(epoch);
@@ -444,9 +461,16 @@ impl Dispatcher {
                     attempt,
                     result: result.clone(),
                 };
+                match &result {
+                    AttemptResult::Succeeded => tracing::debug!("delivered"),
+                    AttemptResult::RetryAt(at) => tracing::info!(status = ?outcome.attempt.status_code, error = ?outcome.attempt.error, retry_at = at, "attempt failed; will retry"),
+                    AttemptResult::Failed => tracing::warn!(status = ?outcome.attempt.status_code, error = ?outcome.attempt.error, "run failed after its last attempt"),
+                }
                 let _ = record_tx.send(outcome).await;
                 let _ = events_tx.send(Event::Attempted(p, result)).await;
-            });
+            }
+                .instrument(span),
+            );
         }
     }
 
@@ -488,9 +512,25 @@ async fn record_loop(replica: Arc<Replica>, mut rx: mpsc::Receiver<AttemptOutcom
                 Err(_) => break,
             }
         }
-        if let Err(e) = replica.propose(Command::RecordAttempts { outcomes }).await {
-            // The next leader re-delivers runs without a recorded outcome.
-            tracing::warn!(error = %e, "recording attempt outcomes failed");
+        // A lost record leaves its runs open until the next epoch re-delivers them, so try a few
+        // times; a retried record that had in fact been applied only repeats attempt entries.
+        let cmd = Command::RecordAttempts { outcomes };
+        for try_n in 1..=RECORD_TRIES {
+            match replica.propose(cmd.clone()).await {
+                Ok(_) => break,
+                Err(e)
+                    if try_n == RECORD_TRIES
+                        || replica.leadership().epochs().borrow().is_none() =>
+                {
+                    // The next leader re-delivers runs without a recorded outcome.
+                    tracing::warn!(error = %e, "recording attempt outcomes failed");
+                    break;
+                }
+                Err(e) => {
+                    tracing::info!(error = %e, "recording attempt outcomes failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
         }
     }
 }

@@ -1,0 +1,333 @@
+//! hookd-dispatch-bench: measures dispatch on a local three-node cluster of the release binary —
+//! fire lateness (delivery received − due) at a steady 100 and 1,000 due runs per second, and the
+//! gap between a leader SIGKILL and the first delivery by the new leader. Deliveries go to a sink
+//! on 127.0.0.1. Every loop is bounded in count and time.
+
+// A command-line report: printing to stdout is its job.
+#![allow(clippy::print_stdout)]
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use axum::http::HeaderMap;
+use clap::Parser;
+use hookd_jepsen::local::LocalCluster;
+use hookd_jepsen::stats::{Latencies, Summary};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// Path of the hookd binary to measure.
+    #[arg(long, default_value = "target/release/hookd")]
+    hookd: PathBuf,
+    /// Due-run rates to measure, runs per second.
+    #[arg(long, value_delimiter = ',', default_values_t = [100usize, 1000])]
+    rates: Vec<usize>,
+    /// Seconds measured per rate (after a warm-up).
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Leader-kill trials (run at 100 runs/s).
+    #[arg(long, default_value_t = 5)]
+    trials: usize,
+    /// Write the JSON summary here as well.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Keep the cluster's data dirs and logs here instead of a temporary dir.
+    #[arg(long)]
+    keep: Option<PathBuf>,
+}
+
+/// One delivery as the sink saw it.
+#[derive(Debug, Clone)]
+struct Delivery {
+    received_ms: i64,
+    scheduled_ms: i64,
+}
+
+type Deliveries = Arc<Mutex<Vec<Delivery>>>;
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+async fn start_sink() -> anyhow::Result<(String, Deliveries)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let got: Deliveries = Arc::default();
+    let store = got.clone();
+    let app = axum::Router::new().fallback(move |headers: HeaderMap| {
+        let store = store.clone();
+        async move {
+            let received_ms = now_ms();
+            let scheduled_ms = headers
+                .get("hookd-scheduled-at")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| chrono::DateTime::parse_from_rfc3339(v).ok())
+                .map_or(i64::MIN, |t| t.timestamp_millis());
+            if let Ok(mut v) = store.lock() {
+                v.push(Delivery {
+                    received_ms,
+                    scheduled_ms,
+                });
+            }
+            ""
+        }
+    });
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((format!("http://{addr}/hook"), got))
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("http client")
+}
+
+async fn leader(http: &reqwest::Client, c: &LocalCluster) -> Option<usize> {
+    for i in 0..c.nodes.len() {
+        if !c.is_running(i) {
+            continue;
+        }
+        let v: Value = match http.get(c.url(i, "/v1/cluster")).send().await {
+            Ok(r) => r.json().await.ok()?,
+            Err(_) => continue,
+        };
+        if let Some(id) = v["leader_id"].as_u64() {
+            let idx = c.nodes.iter().position(|n| n.id == id)?;
+            if c.is_running(idx) {
+                return Some(idx);
+            }
+        }
+    }
+    None
+}
+
+async fn await_leader(http: &reqwest::Client, c: &LocalCluster) -> anyhow::Result<usize> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Some(l) = leader(http, c).await {
+            return Ok(l);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    bail!("no leader within 20 s")
+}
+
+/// Creates `rate` jobs every 1 s whose runs are spread evenly over each second from `t0`.
+async fn create_jobs(
+    c: &LocalCluster,
+    leader: usize,
+    sink: &str,
+    rate: usize,
+    t0: i64,
+) -> anyhow::Result<Vec<String>> {
+    let http = http();
+    let url = c.url(leader, "/v1/jobs");
+    let ids: Vec<String> = (0..rate).map(|k| format!("r{rate}-{k}")).collect();
+    let step = 1000.0 / rate as f64;
+    let mut tasks = Vec::new();
+    for chunk in ids.chunks(rate.div_ceil(16)) {
+        let (http, url, sink) = (http.clone(), url.clone(), sink.to_owned());
+        let chunk: Vec<(usize, String)> = chunk
+            .iter()
+            .map(|id| {
+                (
+                    id.rsplit('-')
+                        .next()
+                        .and_then(|k| k.parse().ok())
+                        .unwrap_or(0),
+                    id.clone(),
+                )
+            })
+            .collect();
+        tasks.push(tokio::spawn(async move {
+            for (k, id) in chunk {
+                let start = t0 + (k as f64 * step) as i64;
+                let start = chrono::DateTime::from_timestamp_millis(start)
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+                    .unwrap_or_default();
+                let body =
+                    json!({"id": id, "url": sink, "schedule": {"every": "1s", "start_at": start}});
+                let resp = http.post(&url).json(&body).send().await?;
+                if !resp.status().is_success() {
+                    bail!("create {id}: {}", resp.status());
+                }
+            }
+            Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(ids)
+}
+
+async fn delete_jobs(c: &LocalCluster, leader: usize, ids: &[String]) {
+    let http = http();
+    for id in ids {
+        let _ = http
+            .delete(c.url(leader, &format!("/v1/jobs/{id}")))
+            .send()
+            .await;
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct RateResult {
+    runs_per_s: usize,
+    expected: usize,
+    delivered: usize,
+    lateness: Summary,
+}
+
+/// Lateness of the first delivery of each run due in `[from, to)`. Runs are told apart by their
+/// due instant: the jobs' offsets are distinct within each second.
+fn lateness_between(got: &Deliveries, from: i64, to: i64) -> (usize, Latencies) {
+    let got = got.lock().map(|v| v.clone()).unwrap_or_default();
+    let mut first: std::collections::BTreeMap<i64, i64> = Default::default();
+    for d in got
+        .iter()
+        .filter(|d| d.scheduled_ms >= from && d.scheduled_ms < to)
+    {
+        let e = first.entry(d.scheduled_ms).or_insert(d.received_ms);
+        *e = (*e).min(d.received_ms);
+    }
+    let mut lat = Latencies::default();
+    for (due, received) in &first {
+        lat.record(Duration::from_millis((received - due).max(0) as u64));
+    }
+    (first.len(), lat)
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    rates: Vec<RateResult>,
+    failover_first_delivery_ms: Vec<f64>,
+    failover: Summary,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let hookd = args
+        .hookd
+        .canonicalize()
+        .with_context(|| format!("hookd binary {}", args.hookd.display()))?;
+    let (sink, got) = start_sink().await?;
+    let temp = tempfile::tempdir()?;
+    let dir = match &args.keep {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            d.clone()
+        }
+        None => temp.path().to_path_buf(),
+    };
+    let mut c = LocalCluster::new(&hookd, &dir, 3, &[])?;
+    for i in 0..3 {
+        c.spawn(i)?;
+    }
+    let http = http();
+    let mut l = await_leader(&http, &c).await?;
+    let mut rates = Vec::new();
+    let mut failover_gaps = Vec::new();
+    for &rate in &args.rates {
+        let t0 = (now_ms() / 1000 + 4) * 1000;
+        let ids = create_jobs(&c, l, &sink, rate, t0).await?;
+        let (from, to) = (t0 + 3000, t0 + 3000 + args.seconds as i64 * 1000);
+        tokio::time::sleep(Duration::from_millis((to - now_ms() + 2000).max(0) as u64)).await;
+        let (delivered, lat) = lateness_between(&got, from, to);
+        if delivered < rate * args.seconds as usize {
+            let seen: std::collections::BTreeSet<i64> = got
+                .lock()
+                .map(|v| v.iter().map(|d| d.scheduled_ms).collect())
+                .unwrap_or_default();
+            let step = 1000.0 / rate as f64;
+            let missing: Vec<i64> = (0..args.seconds as i64 * rate as i64)
+                .map(|n| {
+                    t0 + 3000 + (n / rate as i64) * 1000 + ((n % rate as i64) as f64 * step) as i64
+                })
+                .filter(|t| !seen.contains(t))
+                .take(10)
+                .collect();
+            println!("  missing runs due at (unix ms): {missing:?} (window {from}..{to})");
+        }
+        let r = RateResult {
+            runs_per_s: rate,
+            expected: rate * args.seconds as usize,
+            delivered,
+            lateness: lat.summary(),
+        };
+        println!(
+            "{:>5} due runs/s: {} of {} runs delivered, lateness {}",
+            r.runs_per_s, r.delivered, r.expected, r.lateness
+        );
+        rates.push(r);
+        if rate == args.rates[0] {
+            // Failover trials under this load.
+            for trial in 0..args.trials {
+                l = await_leader(&http, &c).await?;
+                c.kill(l);
+                let killed = now_ms();
+                let deadline = Instant::now() + Duration::from_secs(20);
+                let first = loop {
+                    let after = got
+                        .lock()
+                        .map(|v| {
+                            v.iter()
+                                .filter(|d| d.received_ms > killed)
+                                .map(|d| d.received_ms)
+                                .min()
+                        })
+                        .unwrap_or(None);
+                    if let Some(t) = after {
+                        break t;
+                    }
+                    if Instant::now() > deadline {
+                        bail!("no delivery within 20 s of the leader kill");
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                };
+                let gap = (first - killed) as f64;
+                println!("failover trial {trial}: leader SIGKILL → first delivery by the new leader {gap:.0} ms");
+                failover_gaps.push(gap);
+                c.spawn(l)?;
+                let ready_deadline = Instant::now() + Duration::from_secs(20);
+                loop {
+                    let s = http
+                        .get(c.url(l, "/readyz"))
+                        .send()
+                        .await
+                        .map(|r| r.status().as_u16());
+                    if s.ok() == Some(200) || Instant::now() > ready_deadline {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+            }
+        }
+        l = await_leader(&http, &c).await?;
+        delete_jobs(&c, l, &ids).await;
+    }
+    let mut fo = Latencies::default();
+    for g in &failover_gaps {
+        fo.record(Duration::from_millis(*g as u64));
+    }
+    let report = Report {
+        rates,
+        failover_first_delivery_ms: failover_gaps,
+        failover: fo.summary(),
+    };
+    println!("failover: {}", report.failover);
+    if let Some(out) = &args.out {
+        std::fs::write(out, serde_json::to_vec_pretty(&report)?)?;
+    }
+    Ok(())
+}
