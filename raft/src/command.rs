@@ -80,8 +80,9 @@ pub struct JobSpec {
 pub struct Job {
     pub id: String,
     pub spec: JobSpec,
-    /// Log index of the entry that created this job. A job deleted and created again under the
-    /// same id gets a new incarnation, and so new run ids.
+    /// Number of the command that created this job: its entry's log index × 2^16 plus its slot
+    /// in a batch. A job deleted and created again under the same id gets a new incarnation,
+    /// and so new run ids.
     pub incarnation: u64,
     pub created_at_ms: UnixMs,
     pub updated_at_ms: UnixMs,
@@ -277,9 +278,32 @@ pub enum Command {
         now_ms: UnixMs,
         retention: u32,
     },
+    /// Several commands proposed together in one entry (group commit), applied in order.
+    Batch {
+        commands: Vec<Command>,
+    },
 }
 
 impl Command {
+    /// A rough size in bytes, to keep batches bounded.
+    pub fn approx_bytes(&self) -> usize {
+        match self {
+            Command::CreateJob { spec, .. } | Command::PutJob { spec, .. } => {
+                256 + spec.url.len()
+                    + spec.body.as_ref().map_or(0, String::len)
+                    + spec
+                        .headers
+                        .iter()
+                        .map(|(k, v)| k.len() + v.len() + 8)
+                        .sum::<usize>()
+            }
+            Command::ClaimRuns { items, .. } => 64 + items.len() * 96,
+            Command::RecordAttempts { outcomes } => 64 + outcomes.len() * 256,
+            Command::Batch { commands } => commands.iter().map(Command::approx_bytes).sum(),
+            _ => 128,
+        }
+    }
+
     /// A short name for logs and metrics.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -293,6 +317,7 @@ impl Command {
             Command::RecordAttempts { .. } => "record_attempts",
             Command::RetryRun { .. } => "retry_run",
             Command::TriggerJob { .. } => "trigger_job",
+            Command::Batch { .. } => "batch",
         }
     }
 }
@@ -334,4 +359,8 @@ pub enum CommandResult {
     },
     /// A claim from an epoch other than the entry's own leader.
     StaleEpoch,
+    /// One result per command of a `Batch`, in order.
+    Batch {
+        results: Vec<CommandResult>,
+    },
 }

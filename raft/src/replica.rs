@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ServerState, SnapshotPolicy};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::{timeout, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -17,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use crate::command::{Command, CommandResult};
 use crate::lease::Leadership;
 use crate::network::{ForwardError, PeerClient, TransportError};
+use crate::state::BATCH_COMMANDS_MAX;
 use crate::store::{OpenError, StateView, Store};
 use crate::typ::{CheckIsLeaderError, LogId, Node, NodeId, Raft, RaftMetrics};
 
@@ -115,7 +117,22 @@ pub struct Replica {
     tasks: TaskTracker,
     cancel: CancellationToken,
     leadership: Leadership,
+    proposals: mpsc::Sender<Proposal>,
 }
+
+/// A command waiting for the proposer, and where its result goes.
+struct Proposal {
+    cmd: Command,
+    reply: oneshot::Sender<Result<CommandResult, ForwardError>>,
+}
+
+/// Proposals waiting for a batch; senders wait (with their own deadline) when it is full.
+const PROPOSALS_QUEUED_MAX: usize = 8192;
+/// Batch entries in flight at once.
+const WRITES_IN_FLIGHT_MAX: usize = 4;
+/// Commands per batch entry, and its rough size bound.
+const BATCH_PROPOSALS_MAX: usize = 1024;
+const BATCH_BYTES_MAX: usize = 4 << 20;
 
 /// How long after the last metrics tick the dispatcher may still trust a quorum ack: the lease
 /// ends this much before the shortest election timeout, leaving room for the 1.5-heartbeat
@@ -190,7 +207,10 @@ impl Replica {
 
         let leadership = Leadership::new(max_ack_age(&config.timing));
         let config_node_id = config.node_id;
+        let (proposals, proposals_rx) = mpsc::channel(PROPOSALS_QUEUED_MAX);
+        let cancel = CancellationToken::new();
         let replica = Arc::new(Replica {
+            proposals,
             leadership: leadership.clone(),
             id: config.node_id,
             raft: raft.clone(),
@@ -199,8 +219,11 @@ impl Replica {
             peers,
             config,
             tasks: TaskTracker::new(),
-            cancel: CancellationToken::new(),
+            cancel: cancel.clone(),
         });
+        replica
+            .tasks
+            .spawn(Self::propose_loop(raft.clone(), proposals_rx, cancel));
         let announcer = replica.clone();
         replica
             .tasks
@@ -290,7 +313,31 @@ impl Replica {
         cmd: Command,
         within: Duration,
     ) -> Result<CommandResult, ForwardError> {
-        match timeout(within, self.raft.client_write(cmd)).await {
+        let (reply, answer) = oneshot::channel();
+        let queued = async {
+            self.proposals
+                .send(Proposal { cmd, reply })
+                .await
+                .map_err(|_| ForwardError::Fatal("the proposer has stopped".into()))?;
+            answer
+                .await
+                .map_err(|_| ForwardError::Fatal("the proposer has stopped".into()))?
+        };
+        match timeout(within, queued).await {
+            Err(_) => Err(ForwardError::Unconfirmed(format!(
+                "no commit within {within:?}"
+            ))),
+            Ok(result) => result,
+        }
+    }
+
+    /// Leader side of the API: one command, possibly a batch, through `client_write`.
+    async fn client_write(
+        raft: &Raft,
+        cmd: Command,
+        within: Duration,
+    ) -> Result<CommandResult, ForwardError> {
+        match timeout(within, raft.client_write(cmd)).await {
             Err(_) => Err(ForwardError::Unconfirmed(format!(
                 "no commit within {within:?}"
             ))),
@@ -305,6 +352,76 @@ impl Replica {
                 Err(ForwardError::Fatal(e.to_string()))
             }
             Ok(Err(RaftError::Fatal(f))) => Err(ForwardError::Fatal(f.to_string())),
+        }
+    }
+
+    /// Group commit: takes proposals as they come, and while up to `WRITES_IN_FLIGHT_MAX` writes
+    /// are in flight, gathers the next ones into one `Batch` entry — one log append, one fsync
+    /// round and one apply transaction for many client writes.
+    async fn propose_loop(raft: Raft, mut rx: mpsc::Receiver<Proposal>, cancel: CancellationToken) {
+        let permits = Arc::new(Semaphore::new(WRITES_IN_FLIGHT_MAX));
+        let mut carry: Option<Proposal> = None;
+        loop {
+            let first = match carry.take() {
+                Some(p) => p,
+                None => tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    p = rx.recv() => match p { Some(p) => p, None => return },
+                },
+            };
+            let permit = tokio::select! {
+                _ = cancel.cancelled() => return,
+                p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            };
+            let mut bytes = first.cmd.approx_bytes();
+            let mut batch = vec![first];
+            while batch.len() < BATCH_COMMANDS_MAX.min(BATCH_PROPOSALS_MAX) {
+                let Ok(p) = rx.try_recv() else { break };
+                let b = p.cmd.approx_bytes();
+                if bytes + b > BATCH_BYTES_MAX {
+                    carry = Some(p);
+                    break;
+                }
+                bytes += b;
+                batch.push(p);
+            }
+            let raft = raft.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                Self::write_batch(&raft, batch).await;
+            });
+        }
+    }
+
+    async fn write_batch(raft: &Raft, mut batch: Vec<Proposal>) {
+        if batch.len() == 1 {
+            if let Some(p) = batch.pop() {
+                let _ = p
+                    .reply
+                    .send(Self::client_write(raft, p.cmd, REQUEST_DEADLINE).await);
+            }
+            return;
+        }
+        let (commands, replies): (Vec<Command>, Vec<_>) =
+            batch.into_iter().map(|p| (p.cmd, p.reply)).unzip();
+        let n = commands.len();
+        match Self::client_write(raft, Command::Batch { commands }, REQUEST_DEADLINE).await {
+            Ok(CommandResult::Batch { results }) if results.len() == n => {
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(Ok(result));
+                }
+            }
+            Ok(other) => {
+                let e = ForwardError::Fatal(format!("unexpected result of a batch: {other:?}"));
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+            Err(e) => {
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
         }
     }
 

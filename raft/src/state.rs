@@ -240,15 +240,47 @@ pub struct Touched {
     pub runs: Vec<String>,
 }
 
-/// Applies one command at `log_id`. Deterministic: equal inputs give equal outputs and writes.
-/// What changed for the dispatcher is added to `touched`.
+/// Commands one batch entry may carry; `seq` numbers them inside the entry.
+pub const BATCH_COMMANDS_MAX: usize = (1 << SEQ_SLOT_BITS) - 1;
+const SEQ_SLOT_BITS: u32 = 16;
+
+/// Applies the command of the entry at `log_id`. Deterministic: equal inputs give equal outputs
+/// and writes. What changed for the dispatcher is added to `touched`.
 pub fn apply_command<T: Tables>(
     t: &T,
     log_id: &LogId,
     cmd: &Command,
     touched: &mut Touched,
 ) -> TxResult<CommandResult> {
+    // Every command gets a number unique in the whole log: its entry's index, and its slot in
+    // a batch. Incarnations and manual run ids are built from it.
+    let base = log_id.index << SEQ_SLOT_BITS;
     match cmd {
+        Command::Batch { commands } => {
+            let mut results = Vec::with_capacity(commands.len());
+            for (slot, c) in commands.iter().enumerate() {
+                let result = match c {
+                    // Batches do not nest; a nested one is rejected, not applied.
+                    Command::Batch { .. } => CommandResult::NotFound,
+                    c => apply_one(t, log_id, base + slot as u64 + 1, c, touched)?,
+                };
+                results.push(result);
+            }
+            Ok(CommandResult::Batch { results })
+        }
+        c => apply_one(t, log_id, base, c, touched),
+    }
+}
+
+fn apply_one<T: Tables>(
+    t: &T,
+    log_id: &LogId,
+    seq: u64,
+    cmd: &Command,
+    touched: &mut Touched,
+) -> TxResult<CommandResult> {
+    match cmd {
+        Command::Batch { .. } => Ok(CommandResult::NotFound),
         Command::CreateJob { id, spec, now_ms } => {
             if let Some(existing) = get_job(t, id)? {
                 return Ok(if existing.spec == *spec {
@@ -258,7 +290,7 @@ pub fn apply_command<T: Tables>(
                 });
             }
             touched.jobs.push(id.clone());
-            let job = new_job(id, spec.clone(), log_id, *now_ms);
+            let job = new_job(id, spec.clone(), seq, *now_ms);
             put_job(t, &job)?;
             Ok(changed(job, true))
         }
@@ -266,7 +298,7 @@ pub fn apply_command<T: Tables>(
             touched.jobs.push(id.clone());
             match get_job(t, id)? {
                 None => {
-                    let job = new_job(id, spec.clone(), log_id, *now_ms);
+                    let job = new_job(id, spec.clone(), seq, *now_ms);
                     put_job(t, &job)?;
                     Ok(changed(job, true))
                 }
@@ -374,11 +406,7 @@ pub fn apply_command<T: Tables>(
             None => Ok(CommandResult::NotFound),
             Some(job) => {
                 let run = Run {
-                    id: format!(
-                        "{}_m{:x}",
-                        Run::scheduled_id(job.incarnation, *now_ms),
-                        log_id.index
-                    ),
+                    id: format!("{}_m{:x}", Run::scheduled_id(job.incarnation, *now_ms), seq),
                     job_id: job.id.clone(),
                     incarnation: job.incarnation,
                     scheduled_at_ms: *now_ms,
@@ -488,11 +516,11 @@ fn unchanged(job: Job) -> CommandResult {
     }
 }
 
-fn new_job(id: &str, spec: JobSpec, log_id: &LogId, now_ms: i64) -> Job {
+fn new_job(id: &str, spec: JobSpec, seq: u64, now_ms: i64) -> Job {
     Job {
         id: id.to_owned(),
         spec,
-        incarnation: log_id.index,
+        incarnation: seq,
         created_at_ms: now_ms,
         updated_at_ms: now_ms,
         version: 1,
@@ -642,7 +670,7 @@ mod tests {
         else {
             panic!("create expected");
         };
-        assert_eq!((job.incarnation, job.version), (5, 1));
+        assert_eq!((job.incarnation, job.version), (5 << 16, 1));
     }
 
     #[test]
