@@ -536,22 +536,52 @@ async fn after_the_whole_cluster_was_down_misfired_runs_follow_the_policy() {
 async fn run_history_is_bounded_by_the_retention_and_metrics_count_deliveries() {
     let sink = Sink::start().await;
     let c = single(&["--run-retention", "3"]).await;
-    create(&c, 0, json!({"id": "kept", "url": sink.url("/k"), "schedule": {"every": "1s"}})).await;
+    create(
+        &c,
+        0,
+        json!({"id": "kept", "url": sink.url("/k"), "schedule": {"every": "1s"}}),
+    )
+    .await;
     sink.wait_for("kept", 6, Duration::from_secs(15)).await;
     let listed = eventually(Duration::from_secs(5), "runs trimmed", || async {
         let r = runs(&c, 0, "kept").await;
         (r.len() == 3).then_some(r)
     })
     .await;
-    let newest = sink.of("kept").last().map(|r| r.scheduled_ms()).expect("a delivery");
-    let listed_newest = chrono::DateTime::parse_from_rfc3339(listed[0]["scheduled_at"].as_str().expect("t"))
-        .expect("t")
-        .timestamp_millis();
-    assert!(listed_newest >= newest - 1000, "the newest runs are kept, newest first");
-    let text = c.http.get(c.url(0, "/metrics")).send().await.expect("metrics").text().await.expect("text");
-    assert!(text.contains("hookd_attempts_total{outcome=\"success\"}"), "{text}");
+    let newest = sink
+        .of("kept")
+        .last()
+        .map(|r| r.scheduled_ms())
+        .expect("a delivery");
+    let listed_newest =
+        chrono::DateTime::parse_from_rfc3339(listed[0]["scheduled_at"].as_str().expect("t"))
+            .expect("t")
+            .timestamp_millis();
+    assert!(
+        listed_newest >= newest - 1000,
+        "the newest runs are kept, newest first"
+    );
+    let text = c
+        .http
+        .get(c.url(0, "/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        text.contains("hookd_attempts_total{outcome=\"success\"}"),
+        "{text}"
+    );
     assert!(text.contains("hookd_runs_delivered_total"), "{text}");
-    assert!(text.contains("hookd_delivery_lateness_seconds_bucket"), "{text}");
+    assert!(
+        text.contains("hookd_delivery_lateness_seconds_bucket"),
+        "{text}"
+    );
     let (s, err) = c.get(0, "/v1/runs?status=lost").await.expect("runs");
-    assert_eq!((s, &err["error"]["code"]), (400, &json!("invalid_parameter")));
+    assert_eq!(
+        (s, &err["error"]["code"]),
+        (400, &json!("invalid_parameter"))
+    );
 }
