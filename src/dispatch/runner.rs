@@ -156,13 +156,16 @@ pub async fn run_epoch(
 impl Dispatcher {
     /// Rebuilds the index of every job from the state machine.
     fn rebuild(&mut self) {
-        self.jobs.clear();
+        let mut cached = std::mem::take(&mut self.jobs);
         self.by_due.clear();
         for job in self.view.all_jobs() {
             match job {
                 // A job with a claim in flight is re-read when the claim returns.
                 Ok(job) if self.claiming.contains(&job.id) => {}
-                Ok(job) => self.index(job),
+                Ok(job) => {
+                    let old = cached.remove(&job.id);
+                    self.index(job, old)
+                }
                 Err(e) => tracing::error!(error = %e, "skipping an unreadable job"),
             }
         }
@@ -180,12 +183,11 @@ impl Dispatcher {
     }
 
     fn refresh_one(&mut self, id: &str) {
-        let was_paused = self.jobs.get(id).map(|e| e.paused);
-        self.unindex(id);
+        let old = self.unindex(id);
         match self.view.get_job(id) {
             Ok(Some(job)) => {
-                let resumed = was_paused == Some(true) && !job.spec.paused;
-                self.index(job);
+                let resumed = old.as_ref().is_some_and(|e| e.paused) && !job.spec.paused;
+                self.index(job, old);
                 if resumed {
                     self.requeue_open_runs(Some(id));
                 }
@@ -195,20 +197,20 @@ impl Dispatcher {
         }
     }
 
-    fn unindex(&mut self, id: &str) {
-        if let Some(e) = self.jobs.remove(id) {
-            if let Some(due) = e.next_due {
-                self.by_due.remove(&(due, id.to_owned()));
-            }
+    /// Removes a job from the index, returning what the index knew of it.
+    fn unindex(&mut self, id: &str) -> Option<Entry> {
+        let e = self.jobs.remove(id)?;
+        if let Some(due) = e.next_due {
+            self.by_due.remove(&(due, id.to_owned()));
         }
+        Some(e)
     }
 
-    fn index(&mut self, job: Job) {
-        // Reuse the parsed schedule while the job's definition is unchanged.
-        let schedule = match self.jobs.get(&job.id) {
-            Some(e) if e.version == job.version && e.incarnation == job.incarnation => {
-                e.schedule.clone()
-            }
+    /// Indexes a job, reusing the parsed schedule of `old` while the definition is unchanged
+    /// (parsing a cron expression is far dearer than the per-claim refresh).
+    fn index(&mut self, job: Job, old: Option<Entry>) {
+        let schedule = match old {
+            Some(e) if e.version == job.version && e.incarnation == job.incarnation => e.schedule,
             _ => resolve(&job.spec.schedule, job.schedule_base_ms).map(Arc::new),
         };
         let next_due = schedule.as_ref().and_then(|s| plan::next_due(&job, s));
