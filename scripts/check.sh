@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The one gate: formatting, lints and every test. CI runs exactly this (see .ci/run); run it
-# before you push. Needs only the Rust toolchain (cargo, rustfmt, clippy).
+# The one gate: formatting, lints, every test, then the chaos smoke run. CI runs exactly this
+# (see .ci/run); run it before you push. Needs the Rust toolchain; the smoke run installs
+# iptables/iproute2 from Debian's packages when missing and uses network namespaces as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,3 +15,6 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "cargo test"
 cargo test --workspace --locked
+
+step "chaos smoke run (scripts/jepsen.sh smoke)"
+bash scripts/jepsen.sh smoke

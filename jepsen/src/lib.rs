@@ -1,5 +1,18 @@
 //! Black-box tools for hookd: they start `hookd` processes and talk to them over HTTP only (no
-//! dependency on hookd's crates), so they test what users run.
+//! dependency on hookd's crates), so they test what users run. The chaos harness
+//! (`hookd-jepsen`) is built from the modules below; `local` and `stats` serve the benchmarks.
 
+pub mod check;
+pub mod client;
+pub mod cluster;
+pub mod history;
 pub mod local;
+pub mod nemesis;
+pub mod net;
+pub mod proxy;
+pub mod report;
+pub mod run;
+pub mod sink;
 pub mod stats;
+pub mod svg;
+pub mod workload;

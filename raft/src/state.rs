@@ -216,6 +216,25 @@ fn insert_run<T: Tables>(t: &T, run: &Run, retention: u32) -> TxResult<()> {
     t.put(Table::JobRuns, run.job_id.as_bytes(), json(&kept))
 }
 
+/// On pause: runs claimed ahead of time that fall due after `pause_ms` and have no attempt yet
+/// are dropped, not recorded — they fall due while the job is paused.
+fn forget_runs_due_after<T: Tables>(t: &T, job_id: &str, pause_ms: i64) -> TxResult<()> {
+    let list = get_run_list(t, job_id)?;
+    let mut kept = Vec::with_capacity(list.len());
+    for (due, id) in list {
+        if due > pause_ms {
+            if let Some(run) = get_run(t, &id)? {
+                if run.status == RunStatus::Pending && run.attempts.is_empty() {
+                    delete_run(t, &run)?;
+                    continue;
+                }
+            }
+        }
+        kept.push((due, id));
+    }
+    t.put(Table::JobRuns, job_id.as_bytes(), json(&kept))
+}
+
 /// Removes every run of a job.
 fn delete_job_runs<T: Tables>(t: &T, job_id: &str) -> TxResult<()> {
     for (_, id) in get_run_list(t, job_id)? {
@@ -313,6 +332,9 @@ fn apply_one<T: Tables>(
                     if job.spec.paused && !spec.paused {
                         job.cursor_ms = job.cursor_ms.max(*now_ms);
                     }
+                    if !job.spec.paused && spec.paused {
+                        forget_runs_due_after(t, id, *now_ms)?;
+                    }
                     job.spec = spec.clone();
                     touch(&mut job, *now_ms);
                     put_job(t, &job)?;
@@ -335,7 +357,9 @@ fn apply_one<T: Tables>(
             Some(mut job) => {
                 touched.jobs.push(id.clone());
                 job.spec.paused = *paused;
-                if !*paused {
+                if *paused {
+                    forget_runs_due_after(t, id, *now_ms)?;
+                } else {
                     // Runs that fell due while paused are neither delivered nor recorded.
                     job.cursor_ms = job.cursor_ms.max(*now_ms);
                 }
@@ -616,7 +640,7 @@ mod tests {
         };
         assert_eq!(
             (job.incarnation, job.version, job.created_at_ms),
-            (1, 1, 10)
+            (1 << 16, 1, 10)
         );
         match apply(&t, 2, create("http://x/", 20)) {
             CommandResult::Job {
@@ -711,6 +735,101 @@ mod tests {
             now_ms: 2,
         };
         assert_eq!(apply(&t, 4, unknown), CommandResult::NotFound);
+    }
+
+    fn claim(t: &MemTables, index: u64, due_ms: i64) -> CommandResult {
+        let incarnation = match t.get(Table::Jobs, b"a").ok().flatten() {
+            Some(bytes) => decode_job(&bytes).expect("job").incarnation,
+            None => 0,
+        };
+        apply(
+            t,
+            index,
+            Command::ClaimRuns {
+                epoch: Epoch {
+                    term: 1,
+                    node_id: 1,
+                },
+                now_ms: due_ms - 100,
+                items: vec![ClaimItem {
+                    job_id: "a".into(),
+                    incarnation,
+                    due_ms,
+                    kind: ClaimKind::Deliver,
+                }],
+                retention: 100,
+            },
+        )
+    }
+
+    /// Regression (chaos smoke): a run claimed ahead of time that fell due after an
+    /// acknowledged pause was delivered after the resume.
+    #[test]
+    fn pausing_drops_runs_claimed_ahead_that_fall_due_after_the_pause() {
+        let t = MemTables::default();
+        apply(
+            &t,
+            1,
+            Command::CreateJob {
+                id: "a".into(),
+                spec: spec("http://x/"),
+                now_ms: 0,
+            },
+        );
+        assert_eq!(
+            claim(&t, 2, 1000),
+            CommandResult::Claimed {
+                accepted: vec![true]
+            }
+        );
+        assert_eq!(
+            claim(&t, 3, 2000),
+            CommandResult::Claimed {
+                accepted: vec![true]
+            }
+        );
+        apply(
+            &t,
+            4,
+            Command::SetPaused {
+                id: "a".into(),
+                paused: true,
+                now_ms: 1500,
+            },
+        );
+        let list = decode_run_list(&t.get(Table::JobRuns, b"a").ok().flatten().expect("list"))
+            .expect("list");
+        assert_eq!(
+            list.len(),
+            1,
+            "only the run due before the pause remains: {list:?}"
+        );
+        assert_eq!(list[0].0, 1000);
+        assert!(t
+            .get(Table::Runs, Run::scheduled_id(1 << 16, 2000).as_bytes())
+            .ok()
+            .flatten()
+            .is_none());
+        assert!(t
+            .get(Table::Open, Run::scheduled_id(1 << 16, 2000).as_bytes())
+            .ok()
+            .flatten()
+            .is_none());
+        // A claim from another epoch than the entry's own is refused.
+        let stale = apply(
+            &t,
+            5,
+            Command::ClaimRuns {
+                epoch: Epoch {
+                    term: 9,
+                    node_id: 2,
+                },
+                now_ms: 0,
+                items: vec![],
+                retention: 100,
+            },
+        );
+        assert_eq!(stale, CommandResult::StaleEpoch);
     }
 
     #[test]

@@ -61,6 +61,8 @@ struct Pending {
 enum Event {
     Claimed(Vec<ClaimItem>, Option<Vec<bool>>),
     Attempted(Pending, AttemptResult),
+    /// The gate closed between queue and send.
+    NotAttempted(Pending),
 }
 
 struct Dispatcher {
@@ -75,7 +77,9 @@ struct Dispatcher {
     claiming: HashSet<String>,
     claims_in_flight: usize,
     queue: BTreeMap<(i64, String), Pending>,
+    /// Runs in `queue`, and runs with an attempt in flight: neither may be queued again.
     queued: HashSet<String>,
+    attempting: HashSet<String>,
     permits: Arc<Semaphore>,
     events_tx: mpsc::Sender<Event>,
     record_tx: mpsc::Sender<AttemptOutcome>,
@@ -123,6 +127,7 @@ pub async fn run_epoch(
         claims_in_flight: 0,
         queue: BTreeMap::new(),
         queued: HashSet::new(),
+        attempting: HashSet::new(),
         events_tx,
         record_tx,
     };
@@ -279,6 +284,9 @@ impl Dispatcher {
     }
 
     fn enqueue(&mut self, at: i64, p: Pending) {
+        if self.attempting.contains(&p.run_id) {
+            return;
+        }
         if self.queued.insert(p.run_id.clone()) {
             self.queue.insert((at, p.run_id.clone()), p);
         }
@@ -397,7 +405,13 @@ impl Dispatcher {
                     }
                 }
             }
+            Event::NotAttempted(p) => {
+                self.attempting.remove(&p.run_id);
+                let at = now_ms() + GATE_RECHECK.as_millis() as i64;
+                self.enqueue(at, p);
+            }
             Event::Attempted(p, result) => {
+                self.attempting.remove(&p.run_id);
                 crate::metrics::in_flight(
                     self.config.in_flight_max - self.permits.available_permits(),
                 );
@@ -431,6 +445,7 @@ impl Dispatcher {
                 // Deleted, re-created or paused: no new attempt (resume re-queues).
                 _ => continue,
             };
+            self.attempting.insert(p.run_id.clone());
             let deliverer = self.deliverer.clone();
             let leadership = self.replica.leadership().clone();
             let epoch = self.epoch;
@@ -445,6 +460,8 @@ impl Dispatcher {
                 // The gate again, right before the request leaves.
                 let gate_open = planted::is(planted::LEASE_GATE) || leadership.may_act(epoch);
                 if cancel.is_cancelled() || !gate_open {
+                    // Not attempted: back to the queue, in case the gate opens again.
+                    let _ = events_tx.send(Event::NotAttempted(p)).await;
                     return;
                 }
                 let req = AttemptRequest {

@@ -585,3 +585,57 @@ async fn run_history_is_bounded_by_the_retention_and_metrics_count_deliveries() 
         (400, &json!("invalid_parameter"))
     );
 }
+
+/// Regression (chaos smoke): a run claimed ahead of its due instant, which then fell due while
+/// the job was paused, was delivered after the resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_claimed_ahead_but_due_after_a_pause_is_never_delivered() {
+    let sink = Sink::start().await;
+    let c = single(&[]).await;
+    let start = (now_ms() / 1000 + 2) * 1000;
+    create(&c, 0, json!({"id": "ahead", "url": sink.url("/a"), "schedule": {"every": "1s", "start_at": rfc3339(start)}})).await;
+    sink.wait_for("ahead", 1, Duration::from_secs(10)).await;
+    // Pause 100 ms before a due instant: the dispatcher has claimed that run already.
+    let next_due = (now_ms() / 1000 + 1) * 1000;
+    tokio::time::sleep(Duration::from_millis(
+        (next_due - 100 - now_ms()).max(0) as u64
+    ))
+    .await;
+    let (s, _) = c
+        .send(0, Method::POST, "/v1/jobs/ahead/pause", None)
+        .await
+        .expect("pause");
+    assert_eq!(s, 200);
+    let paused_at = now_ms();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (s, _) = c
+        .send(0, Method::POST, "/v1/jobs/ahead/resume", None)
+        .await
+        .expect("resume");
+    assert_eq!(s, 200);
+    let resumed_at = now_ms();
+    let before = sink.of("ahead").len();
+    sink.wait_for("ahead", before + 1, Duration::from_secs(10))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let during: Vec<i64> = sink
+        .of("ahead")
+        .iter()
+        .map(|r| r.scheduled_ms())
+        .filter(|t| *t > paused_at && *t <= resumed_at)
+        .collect();
+    assert!(
+        during.is_empty(),
+        "runs due while paused were delivered: {during:?} (pause {paused_at}, resume {resumed_at})"
+    );
+    let listed: Vec<Value> = runs(&c, 0, "ahead").await;
+    assert!(
+        listed.iter().all(|r| {
+            let t = chrono::DateTime::parse_from_rfc3339(r["scheduled_at"].as_str().unwrap_or(""))
+                .map(|t| t.timestamp_millis())
+                .unwrap_or(0);
+            !(t > paused_at && t <= resumed_at)
+        }),
+        "nor recorded: {listed:?}"
+    );
+}

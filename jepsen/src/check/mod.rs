@@ -1,0 +1,278 @@
+//! The checkers: each reads the recorded run (client history, sink deliveries, nemesis log,
+//! final state) and returns a Jepsen-style verdict — valid | invalid | unknown, with counts and
+//! at most 16 examples. They are pure functions over data, so `hookd-jepsen check DIR` can re-run
+//! them on a stored run and the unit tests can feed them small synthetic histories.
+
+pub mod after_delete;
+pub mod cluster;
+pub mod delivery;
+pub mod duplicates;
+pub mod durability;
+pub mod linear;
+pub mod model;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::cluster::UnexpectedExit;
+use crate::history::Op;
+use crate::nemesis::{Event, Kind, Window};
+use crate::sink::Delivery;
+
+pub const EXAMPLES_MAX: usize = 16;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Validity {
+    Valid,
+    Invalid,
+    Unknown,
+}
+
+/// One checker's result.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Verdict {
+    pub name: String,
+    pub valid: Validity,
+    pub summary: String,
+    pub counts: BTreeMap<String, Value>,
+    pub examples: Vec<Value>,
+}
+
+impl Verdict {
+    pub fn new(name: &str) -> Verdict {
+        Verdict {
+            name: name.to_owned(),
+            valid: Validity::Valid,
+            summary: String::new(),
+            counts: BTreeMap::new(),
+            examples: Vec::new(),
+        }
+    }
+    pub fn count(&mut self, key: &str, v: impl Into<Value>) {
+        self.counts.insert(key.to_owned(), v.into());
+    }
+    pub fn example(&mut self, v: Value) {
+        if self.examples.len() < EXAMPLES_MAX {
+            self.examples.push(v);
+        }
+    }
+    pub fn invalid(&mut self) {
+        self.valid = Validity::Invalid;
+    }
+    pub fn unknown(&mut self) {
+        if self.valid == Validity::Valid {
+            self.valid = Validity::Unknown;
+        }
+    }
+}
+
+/// Checker thresholds, all in µs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Params {
+    /// A run is required only if due at least this long after its create was acknowledged
+    /// (or its resume).
+    pub head_start: i64,
+    /// ...and at least this long before the final read (time for retries).
+    pub drain: i64,
+    /// Fault windows are extended by this much after the heal (recovery counts as faulty).
+    pub settle: i64,
+    /// A first delivery this much before its due instant is early.
+    pub early_tol: i64,
+    /// Quiet-window p99 lateness above this is a violation.
+    pub quiet_p99_max: i64,
+    /// An attempt that reaches the sink this long after a delete/pause was acknowledged started
+    /// after it (the attempt's own travel time is below this).
+    pub after_ack_tol: i64,
+    /// Two different nodes delivering alternately within this span are two dispatchers at once.
+    pub split_brain_span: i64,
+    pub required_faults: Vec<Kind>,
+    pub min_ok_ops: usize,
+    pub min_due_runs: usize,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            head_start: 1_500_000,
+            drain: 10_000_000,
+            settle: 5_000_000,
+            early_tol: 20_000,
+            quiet_p99_max: 500_000,
+            after_ack_tol: 250_000,
+            split_brain_span: 150_000,
+            required_faults: Kind::REQUIRED.to_vec(),
+            min_ok_ops: 500,
+            min_due_runs: 500,
+        }
+    }
+}
+
+/// One node's view at the end.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NodeView {
+    /// Linearizable list (all pages): job id → paused. None when unreadable.
+    pub jobs: Option<BTreeMap<String, bool>>,
+    /// `GET /v1/cluster`: (leader_id, term).
+    pub leader: Option<(u64, u64)>,
+}
+
+/// A run as `GET /v1/jobs/{id}/runs` lists it (only what the checkers need).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub id: String,
+    pub scheduled_at: i64,
+    pub status: String,
+    /// For `skipped` entries covering a range.
+    pub skipped_from: Option<i64>,
+    pub skipped_to: Option<i64>,
+}
+
+/// What the harness saw after healing.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FinalState {
+    /// When the final reads were invoked (R).
+    pub read_at: i64,
+    pub nodes: BTreeMap<u64, NodeView>,
+    /// Stale (local) job sets per node once they had caught up, for convergence.
+    pub stale_sets_equal: Option<bool>,
+    pub stale_sets_detail: String,
+    /// Runs of jobs with a due run lacking a delivery (to tell skipped from missed).
+    pub runs: BTreeMap<String, Vec<RunRecord>>,
+    /// The fresh job created after healing: id, acknowledged?, µs from create to delivery.
+    pub fresh_job: Option<String>,
+    pub fresh_created: bool,
+    pub fresh_delivered_after_us: Option<i64>,
+    /// When the workload stopped and everything was healed.
+    pub healed_at: i64,
+    pub network: String,
+}
+
+/// Logs and exits, for the crash checker.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CrashInfo {
+    /// (node, log line) of panics.
+    pub panics: Vec<(u64, String)>,
+    pub unexpected_exits: Vec<UnexpectedExit>,
+    /// Nodes that did not stop cleanly on SIGTERM at the end.
+    pub unclean_stops: Vec<(u64, String)>,
+}
+
+/// Everything a checker may read.
+#[derive(Debug, Clone, Default)]
+pub struct Input {
+    pub ops: Vec<Op>,
+    pub deliveries: Vec<Delivery>,
+    pub nemesis: Vec<Event>,
+    pub windows: Vec<Window>,
+    pub final_state: FinalState,
+    pub crashes: CrashInfo,
+    pub params: Params,
+}
+
+impl Input {
+    /// The fault window (extended by `settle`) containing `t`, if any.
+    pub fn fault_at(&self, t: i64) -> Option<&Window> {
+        self.windows
+            .iter()
+            .find(|w| t >= w.start && t <= w.end + self.params.settle)
+    }
+}
+
+/// Runs all nine checkers, in report order.
+pub fn run_all(input: &Input) -> Vec<Verdict> {
+    let timelines = model::timelines(&input.ops);
+    vec![
+        durability::check(input, &timelines),
+        delivery::check_delivery(input, &timelines),
+        delivery::check_timeliness(input, &timelines),
+        duplicates::check(input),
+        after_delete::check(input, &timelines),
+        linear::check(input),
+        cluster::convergence(input),
+        cluster::coverage(input, &timelines),
+        cluster::crashes(input),
+    ]
+}
+
+/// Percentile of sorted µs values (nearest rank).
+pub fn percentile(sorted: &[i64], q: f64) -> Option<i64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    Some(sorted[rank - 1])
+}
+
+#[cfg(test)]
+pub(crate) mod testkit {
+    //! Builders for synthetic histories.
+    use super::*;
+    use crate::history::Type;
+    use serde_json::json;
+
+    pub const S: i64 = 1_000_000;
+    /// A base instant (µs), on a whole minute so cron steps align.
+    pub const T0: i64 = 1_700_000_040 * S;
+
+    pub fn op(f: &str, job: &str, invoke: i64, complete: i64, typ: Type, result: Value) -> Op {
+        Op {
+            process: 0,
+            f: f.to_owned(),
+            job: Some(job.to_owned()),
+            node: 1,
+            invoke,
+            complete,
+            typ,
+            value: Value::Null,
+            result,
+        }
+    }
+
+    /// An acknowledged create of an `every` job.
+    pub fn create_every(job: &str, at: i64, start: i64, period_s: i64) -> Op {
+        let mut o = op(
+            "create",
+            job,
+            at,
+            at + 10_000,
+            Type::Ok,
+            json!({"status": 201}),
+        );
+        o.value = json!({"id": job, "schedule": {"every": format!("{period_s}s"), "start_at": crate::history::rfc3339_us(start)}});
+        o
+    }
+
+    pub fn create_at(job: &str, at: i64, due: i64, typ: Type) -> Op {
+        let mut o = op("create", job, at, at + 10_000, typ, json!({"status": 201}));
+        o.value = json!({"id": job, "schedule": {"at": crate::history::rfc3339_us(due)}});
+        o
+    }
+
+    pub fn delivery(job: &str, due: i64, recv: i64, ok: bool, from: u64) -> Delivery {
+        Delivery {
+            webhook_id: format!("run_{job}_{due}"),
+            job_id: job.to_owned(),
+            scheduled_at: due,
+            attempt: 1,
+            recv,
+            from: Some(from),
+            response: if ok { "200".into() } else { "503".into() },
+            ok,
+        }
+    }
+
+    pub fn input(ops: Vec<Op>, deliveries: Vec<Delivery>, read_at: i64) -> Input {
+        Input {
+            ops,
+            deliveries,
+            final_state: FinalState {
+                read_at,
+                ..FinalState::default()
+            },
+            ..Input::default()
+        }
+    }
+}

@@ -1,0 +1,510 @@
+//! One chaos run end to end: topology, sink, nodes, workload and nemesis side by side until the
+//! deadline, heal, recovery and a fresh job, final reads from every node, graceful stop, then
+//! the checkers and the report. Every wait has a deadline; a watchdog heals at the end whatever
+//! the nemesis was doing, and the guards below tear the topology down on every exit path.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use reqwest::Method;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::check::{self, CrashInfo, FinalState, Input, NodeView, Params, RunRecord, Verdict};
+use crate::client::{classify_write, Api, Reply, OP_TIMEOUT};
+use crate::cluster::Cluster;
+use crate::history::{self, now_us, parse_rfc3339_us, rfc3339_us, Recorder};
+use crate::nemesis::{self, Kind, Nemesis};
+use crate::net::Net;
+use crate::report::{self, Meta};
+use crate::sink::{Delivery, Sink};
+use crate::workload;
+
+/// A profile: how long, how hard.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    pub name: String,
+    pub warmup: Duration,
+    pub fault_time: Duration,
+    /// Observation time after the workload stops, for retries and late runs.
+    pub drain: Duration,
+    pub clients: usize,
+    pub live_max: usize,
+    pub think_ms: (u64, u64),
+    pub hold_ms: (u64, u64),
+    pub gap_ms: (u64, u64),
+    pub first: Vec<Kind>,
+    pub params: Params,
+}
+
+pub fn profile(name: &str) -> anyhow::Result<Profile> {
+    let first = vec![
+        Kind::PartitionLeader,
+        Kind::KillLeader,
+        Kind::PauseLeader,
+        Kind::RestartAll,
+        Kind::KillTwo,
+    ];
+    Ok(match name {
+        "smoke" => Profile {
+            name: name.into(),
+            warmup: Duration::from_secs(5),
+            fault_time: Duration::from_secs(60),
+            drain: Duration::from_secs(12),
+            clients: 5,
+            live_max: 100,
+            think_ms: (40, 120),
+            hold_ms: (3000, 6000),
+            gap_ms: (1500, 3000),
+            first,
+            params: Params::default(),
+        },
+        "soak" => Profile {
+            name: name.into(),
+            warmup: Duration::from_secs(10),
+            fault_time: Duration::from_secs(30 * 60),
+            drain: Duration::from_secs(20),
+            clients: 5,
+            live_max: 100,
+            think_ms: (40, 120),
+            hold_ms: (3000, 10_000),
+            gap_ms: (5000, 15_000),
+            first,
+            params: Params {
+                min_ok_ops: 20_000,
+                min_due_runs: 20_000,
+                ..Params::default()
+            },
+        },
+        // A short run for trying the harness itself.
+        "quick" => Profile {
+            name: name.into(),
+            warmup: Duration::from_secs(3),
+            fault_time: Duration::from_secs(25),
+            drain: Duration::from_secs(12),
+            clients: 4,
+            live_max: 40,
+            think_ms: (40, 120),
+            hold_ms: (2500, 4000),
+            gap_ms: (1000, 2000),
+            first: vec![Kind::PartitionLeader, Kind::KillLeader, Kind::PauseLeader],
+            params: Params {
+                min_ok_ops: 100,
+                min_due_runs: 100,
+                ..Params::default()
+            },
+        },
+        other => bail!("unknown profile {other:?} (smoke, soak, quick)"),
+    })
+}
+
+/// Options of one run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub hookd: PathBuf,
+    pub store: PathBuf,
+    pub profile: Profile,
+    pub seed: u64,
+    pub plant: Option<String>,
+    pub force_proxy: bool,
+    pub log_filter: String,
+    /// Fault kinds to draw from after the `first` ones (default: all).
+    pub faults: Vec<Kind>,
+}
+
+/// What `final.json` holds, so `hookd-jepsen check DIR` can re-run the checkers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Stored {
+    pub meta: Meta,
+    pub final_state: FinalState,
+    pub crashes: CrashInfo,
+    pub params: Params,
+}
+
+/// The outcome of a run.
+pub struct Outcome {
+    pub dir: PathBuf,
+    pub verdicts: Vec<Verdict>,
+}
+
+/// Tears the topology down however the run ends.
+struct NetGuard(Arc<Net>);
+impl Drop for NetGuard {
+    fn drop(&mut self) {
+        self.0.teardown();
+    }
+}
+
+fn git_head() -> String {
+    crate::net::run_cmd(
+        &["git", "rev-parse", "--short", "HEAD"],
+        Duration::from_secs(5),
+    )
+    .map(|s| s.trim().to_owned())
+    .unwrap_or_else(|_| "unknown".into())
+}
+
+pub async fn run(opts: Options) -> anyhow::Result<Outcome> {
+    let wall = Instant::now();
+    let started = now_us();
+    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S");
+    let mut name = format!("{}-{stamp}-s{}", opts.profile.name, opts.seed);
+    if let Some(p) = &opts.plant {
+        name.push_str(&format!("-{p}"));
+    }
+    let dir = opts.store.join(&name);
+    std::fs::create_dir_all(dir.join("data"))?;
+    let hookd = std::fs::canonicalize(&opts.hookd)
+        .with_context(|| format!("hookd binary {}", opts.hookd.display()))?;
+
+    let net = Arc::new(Net::setup(3, opts.force_proxy).await?);
+    let _net_guard = NetGuard(net.clone());
+    let who_net = net.clone();
+    let sink = Sink::start(
+        net.host_ip,
+        Some(&dir.join("deliveries.jsonl")),
+        opts.seed,
+        Arc::new(move |ip| who_net.node_of_ip(ip)),
+    )
+    .await?;
+    let cluster = Arc::new(Cluster::new(
+        &hookd,
+        &dir,
+        net.clone(),
+        opts.plant.clone(),
+        &opts.log_filter,
+    ));
+    cluster.ensure_binary()?;
+    for id in cluster.ids() {
+        cluster.start(id)?;
+    }
+    let api = Api::new(net.nodes.iter().map(|n| (n.id, n.api)).collect())?;
+    if api
+        .await_leader(&cluster.ids(), Duration::from_secs(30))
+        .await
+        .is_none()
+    {
+        bail!(
+            "harness: no leader within 30 s of starting the nodes (see {}/node*.log)",
+            dir.display()
+        );
+    }
+    let rec = Recorder::create(&dir.join("history.jsonl"))?;
+    let p = &opts.profile;
+    let workload_end = now_us() + (p.warmup + p.fault_time).as_micros() as i64;
+    let nemesis = Arc::new(Nemesis::new(
+        nemesis::Config {
+            seed: opts.seed,
+            enabled: opts.faults.clone(),
+            first: p.first.clone(),
+            hold_ms: p.hold_ms,
+            gap_ms: p.gap_ms,
+        },
+        cluster.clone(),
+        api.clone(),
+        sink.clone(),
+        rec.clone(),
+        &dir.join("nemesis.jsonl"),
+    )?);
+    let nem = nemesis.clone();
+    let warmup = p.warmup;
+    let nem_task = tokio::spawn(async move {
+        tokio::time::sleep(warmup).await;
+        nem.run(workload_end).await;
+    });
+    let tag = format!("j{}", opts.seed % 10_000);
+    workload::run(
+        workload::Config {
+            clients: p.clients,
+            readers: 3,
+            live_max: p.live_max,
+            think_ms: p.think_ms,
+            seed: opts.seed,
+            tag: tag.clone(),
+        },
+        api.clone(),
+        sink.clone(),
+        rec.clone(),
+        workload_end,
+    )
+    .await?;
+    // Watchdog: the nemesis must be done shortly after the deadline; heal regardless.
+    let nem_abort = nem_task.abort_handle();
+    if tokio::time::timeout(Duration::from_secs(30), nem_task)
+        .await
+        .is_err()
+    {
+        nem_abort.abort();
+    }
+    let heal_err = nemesis.heal_everything().err();
+    let healed_at = now_us();
+    if let Some(e) = heal_err {
+        bail!("harness: heal failed: {e:#}");
+    }
+
+    // Recovery: one leader named by all nodes.
+    let leader = api
+        .await_leader(&cluster.ids(), Duration::from_secs(30))
+        .await;
+    // A fresh job must still fire.
+    let fresh = format!("{tag}-fresh");
+    let fresh_node = leader.map(|(l, _)| l).unwrap_or(1);
+    let fresh_due = (now_us() / 1_000_000 + 3) * 1_000_000;
+    let fresh_body = json!({"id": fresh, "url": sink.url(&fresh), "schedule": {"at": rfc3339_us(fresh_due)}, "timeout": "2s"});
+    let mut fresh_created_at = None;
+    for attempt in 0..10u64 {
+        let pend = rec.invoke(
+            30_000 + attempt,
+            "create",
+            Some(&fresh),
+            fresh_node,
+            fresh_body.clone(),
+        );
+        let reply = api
+            .call(
+                fresh_node,
+                Method::POST,
+                "/v1/jobs",
+                Some(&fresh_body),
+                OP_TIMEOUT,
+            )
+            .await;
+        let typ = classify_write(&reply);
+        let op = rec.complete(pend, typ, json!({"status": reply.status()}));
+        if typ == history::Type::Ok {
+            fresh_created_at = Some(op.complete);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Observe: retries and late runs land, the fresh job fires (bounded by the drain time).
+    let drain_until = workload_end + p.drain.as_micros() as i64;
+    let mut fresh_delivered = None;
+    for _ in 0..10_000 {
+        if fresh_delivered.is_none() {
+            if let Some(d) = sink
+                .of(&fresh)
+                .iter()
+                .filter(|d| d.ok)
+                .map(|d| d.recv)
+                .min()
+            {
+                fresh_delivered = Some(d);
+            }
+        }
+        if now_us() >= drain_until
+            && (fresh_delivered.is_some() || now_us() >= fresh_due + 10_000_000)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Final reads: every node's full linearizable list, recorded in the history.
+    let read_at = now_us();
+    let mut nodes = BTreeMap::new();
+    for id in cluster.ids() {
+        let jobs = list_all(&api, &rec, 40_000 + id, id, "").await;
+        let leader = api
+            .cluster(id)
+            .await
+            .and_then(|v| Some((v["leader_id"].as_u64()?, v["term"].as_u64()?)));
+        nodes.insert(id, NodeView { jobs, leader });
+    }
+    // Local state: poll until every node's stale list agrees (they may lag a little).
+    let (mut stale_equal, mut stale_detail) = (None, String::new());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        let mut sets = Vec::new();
+        for id in cluster.ids() {
+            sets.push(list_all(&api, &Recorder::in_memory(), 0, id, "&consistency=stale").await);
+        }
+        if sets.iter().all(Option::is_some) {
+            let equal = sets.windows(2).all(|w| w[0] == w[1]);
+            stale_detail = format!(
+                "sizes {:?}",
+                sets.iter().flatten().map(|s| s.len()).collect::<Vec<_>>()
+            );
+            stale_equal = Some(equal);
+            if equal {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let mut final_state = FinalState {
+        read_at,
+        nodes,
+        stale_sets_equal: stale_equal,
+        stale_sets_detail: stale_detail,
+        runs: BTreeMap::new(),
+        fresh_job: Some(fresh.clone()),
+        fresh_created: fresh_created_at.is_some(),
+        fresh_delivered_after_us: match (fresh_created_at, fresh_delivered) {
+            (Some(c), Some(d)) => Some(d - c),
+            _ => None,
+        },
+        healed_at,
+        network: net.mechanism.to_string(),
+    };
+    // Runs of jobs with an owed run lacking any delivery: skipped or missed?
+    rec.flush();
+    sink.flush();
+    let mut input = Input {
+        ops: rec.ops(),
+        deliveries: sink.deliveries(),
+        nemesis: nemesis.events(),
+        windows: Vec::new(),
+        final_state: final_state.clone(),
+        crashes: CrashInfo::default(),
+        params: p.params.clone(),
+    };
+    let timelines = check::model::timelines(&input.ops);
+    let reader = leader.map(|(l, _)| l).unwrap_or(1);
+    for job in check::delivery::jobs_missing_runs(&input, &timelines)
+        .into_iter()
+        .take(200)
+    {
+        if let Some(runs) = fetch_runs(&api, reader, &job).await {
+            final_state.runs.insert(job, runs);
+        }
+    }
+    // Stop the nodes gracefully; then look for panics.
+    let cl = cluster.clone();
+    let unclean = tokio::task::spawn_blocking(move || cl.stop_all(Duration::from_secs(12))).await?;
+    let mut crashes = CrashInfo {
+        panics: Vec::new(),
+        unexpected_exits: cluster.unexpected_exits(),
+        unclean_stops: unclean,
+    };
+    for id in cluster.ids() {
+        let log = std::fs::read_to_string(cluster.log_path(id)).unwrap_or_default();
+        for line in check::cluster::panics_in(&log) {
+            crashes.panics.push((id, line));
+        }
+    }
+    let meta = Meta {
+        run: name.clone(),
+        profile: p.name.clone(),
+        seed: opts.seed,
+        plant: opts.plant.clone(),
+        network: net.mechanism.to_string(),
+        fallback_reason: net.fallback_reason.clone(),
+        started,
+        fault_time_s: p.fault_time.as_secs(),
+        wall_s: wall.elapsed().as_secs_f64(),
+        git: git_head(),
+        hookd: hookd.display().to_string(),
+        node_starts: cluster.starts(),
+    };
+    input.final_state = final_state.clone();
+    input.crashes = crashes.clone();
+    input.windows = nemesis::windows(&input.nemesis, healed_at);
+    let stored = Stored {
+        meta: meta.clone(),
+        final_state,
+        crashes,
+        params: p.params.clone(),
+    };
+    std::fs::write(
+        dir.join("final.json"),
+        serde_json::to_string_pretty(&stored)?,
+    )?;
+    let verdicts = check::run_all(&input);
+    report::write_results(&dir, &meta, &verdicts)?;
+    report::write_report(&dir, &meta, &input, &verdicts)?;
+    Ok(Outcome { dir, verdicts })
+}
+
+/// All pages of `GET /v1/jobs` from one node, recorded as list ops (`rec`). None if a page
+/// failed.
+async fn list_all(
+    api: &Api,
+    rec: &Recorder,
+    process: u64,
+    node: u64,
+    extra: &str,
+) -> Option<BTreeMap<String, bool>> {
+    let mut out = BTreeMap::new();
+    let mut after: Option<String> = None;
+    for _ in 0..1000 {
+        let (typ, next, jobs) =
+            workload::list_page(api, rec, process, node, after.as_deref(), 1000, extra).await;
+        if typ != history::Type::Ok {
+            return None;
+        }
+        out.extend(jobs);
+        match next {
+            Some(n) if Some(&n) != after.as_ref() => after = Some(n),
+            _ => return Some(out),
+        }
+    }
+    None
+}
+
+async fn fetch_runs(api: &Api, node: u64, job: &str) -> Option<Vec<RunRecord>> {
+    let reply = api
+        .call(
+            node,
+            Method::GET,
+            &format!("/v1/jobs/{job}/runs?limit=1000"),
+            None,
+            OP_TIMEOUT,
+        )
+        .await;
+    let Reply::Status(200, v) = reply else {
+        return None;
+    };
+    let runs = v["runs"].as_array()?;
+    Some(
+        runs.iter()
+            .filter_map(|r| {
+                let t = |x: &Value| x.as_str().and_then(parse_rfc3339_us);
+                Some(RunRecord {
+                    id: r["id"].as_str()?.to_owned(),
+                    scheduled_at: t(&r["scheduled_at"])?,
+                    status: r["status"].as_str()?.to_owned(),
+                    skipped_from: t(&r["skipped"]["first_scheduled_at"]),
+                    skipped_to: t(&r["skipped"]["last_scheduled_at"]),
+                })
+            })
+            .collect(),
+    )
+}
+
+/// Re-runs the checkers over a stored run folder and rewrites its results and report.
+pub fn recheck(dir: &Path) -> anyhow::Result<Vec<Verdict>> {
+    let stored: Stored = serde_json::from_str(&std::fs::read_to_string(dir.join("final.json"))?)?;
+    let ops = history::load(&dir.join("history.jsonl"))?;
+    let deliveries: Vec<Delivery> = read_jsonl(&dir.join("deliveries.jsonl"))?;
+    let events: Vec<nemesis::Event> = read_jsonl(&dir.join("nemesis.jsonl"))?;
+    let input = Input {
+        ops,
+        deliveries,
+        windows: nemesis::windows(&events, stored.final_state.healed_at),
+        nemesis: events,
+        final_state: stored.final_state,
+        crashes: stored.crashes,
+        params: stored.params,
+    };
+    let verdicts = check::run_all(&input);
+    report::write_results(dir, &stored.meta, &verdicts)?;
+    report::write_report(dir, &stored.meta, &input, &verdicts)?;
+    Ok(verdicts)
+}
+
+fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<Vec<T>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        match serde_json::from_str(line) {
+            Ok(v) => out.push(v),
+            // A torn last line (the harness died mid-write) is skipped, not fatal.
+            Err(_) => continue,
+        }
+    }
+    Ok(out)
+}

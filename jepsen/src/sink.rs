@@ -1,0 +1,332 @@
+//! The webhook sink: the ground truth of what was delivered. A small HTTP/1.1 server (written
+//! directly on tokio rather than axum, because one of its faults is closing the connection after
+//! reading a request without answering, which a framework does not let a handler do) that appends
+//! one JSONL line per request to `deliveries.jsonl` *before* it answers.
+//!
+//! Faults (set by the nemesis): answer 5xx, delay the answer past the job's timeout, or drop the
+//! connection after reading — each for a fraction of requests, and only for attempts 1 and 2, so
+//! that every run still succeeds by its third attempt and a miss is hookd's, not the sink's.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::history::{now_us, parse_rfc3339_us};
+
+/// Requests the sink fails on purpose only up to this attempt.
+pub const FAULTY_ATTEMPTS_MAX: u32 = 2;
+const HEADERS_BYTES_MAX: usize = 64 * 1024;
+const BODY_BYTES_MAX: usize = 1 << 20;
+const IDLE: Duration = Duration::from_secs(30);
+
+/// One request as received, and what the sink did with it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Delivery {
+    pub webhook_id: String,
+    pub job_id: String,
+    /// `hookd-scheduled-at`, µs.
+    pub scheduled_at: i64,
+    pub attempt: u32,
+    /// Receipt time at the sink, µs (the run's clock).
+    pub recv: i64,
+    /// The node that sent it, from the source address (netns mode only).
+    pub from: Option<u64>,
+    /// "200", "503", "drop", "delay:200".
+    pub response: String,
+    /// Whether the sender can have seen a 2xx in time.
+    pub ok: bool,
+}
+
+/// What the sink does to (a fraction of) requests.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum SinkFault {
+    None,
+    Error5xx {
+        fraction: f64,
+    },
+    /// Answer only after `ms`, longer than the jobs' timeout.
+    Delay {
+        fraction: f64,
+        ms: u64,
+    },
+    DropAfterRead {
+        fraction: f64,
+    },
+}
+
+struct State {
+    fault: SinkFault,
+    rng: StdRng,
+    out: Option<BufWriter<File>>,
+    got: Vec<Delivery>,
+}
+
+/// A running sink.
+#[derive(Clone)]
+pub struct Sink {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+}
+
+enum Action {
+    Answer(u16),
+    Delay(u64),
+    Drop,
+}
+
+impl Sink {
+    /// Binds `ip:0` and serves until the process ends. `who` maps a source address to a node.
+    pub async fn start(
+        ip: IpAddr,
+        out: Option<&Path>,
+        seed: u64,
+        who: Arc<dyn Fn(IpAddr) -> Option<u64> + Send + Sync>,
+    ) -> anyhow::Result<Sink> {
+        let listener = TcpListener::bind(SocketAddr::new(ip, 0)).await?;
+        let addr = listener.local_addr()?;
+        let out = match out {
+            Some(p) => Some(BufWriter::new(File::create(p)?)),
+            None => None,
+        };
+        let state = Arc::new(Mutex::new(State {
+            fault: SinkFault::None,
+            rng: StdRng::seed_from_u64(seed),
+            out,
+            got: Vec::new(),
+        }));
+        let st = state.clone();
+        tokio::spawn(async move {
+            while let Ok((conn, from)) = listener.accept().await {
+                let st = st.clone();
+                let node = who(from.ip());
+                tokio::spawn(async move {
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(600), serve(conn, node, st)).await;
+                });
+            }
+        });
+        Ok(Sink { addr, state })
+    }
+
+    /// The URL a job should call.
+    pub fn url(&self, job_id: &str) -> String {
+        format!("http://{}/hook/{job_id}", self.addr)
+    }
+
+    pub fn set_fault(&self, fault: SinkFault) {
+        if let Ok(mut s) = self.state.lock() {
+            s.fault = fault;
+        }
+    }
+
+    pub fn deliveries(&self) -> Vec<Delivery> {
+        self.state.lock().map(|s| s.got.clone()).unwrap_or_default()
+    }
+
+    /// Deliveries of `job_id` so far.
+    pub fn of(&self, job_id: &str) -> Vec<Delivery> {
+        self.state
+            .lock()
+            .map(|s| {
+                s.got
+                    .iter()
+                    .filter(|d| d.job_id == job_id)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn flush(&self) {
+        if let Ok(mut s) = self.state.lock() {
+            if let Some(out) = s.out.as_mut() {
+                let _ = out.flush();
+            }
+        }
+    }
+}
+
+/// Serves one keep-alive connection: request by request, each logged before it is answered.
+async fn serve(conn: TcpStream, node: Option<u64>, state: Arc<Mutex<State>>) {
+    let mut reader = BufReader::new(conn);
+    loop {
+        let head = match tokio::time::timeout(IDLE, read_head(&mut reader)).await {
+            Ok(Some(h)) => h,
+            _ => return,
+        };
+        let len = header(&head, "content-length")
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(0);
+        if len > BODY_BYTES_MAX {
+            return;
+        }
+        let mut body = vec![0u8; len];
+        if reader.read_exact(&mut body).await.is_err() {
+            return;
+        }
+        let attempt = header(&head, "hookd-attempt")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let d = Delivery {
+            webhook_id: header(&head, "webhook-id").unwrap_or_default().to_owned(),
+            job_id: header(&head, "hookd-job-id").unwrap_or_default().to_owned(),
+            scheduled_at: header(&head, "hookd-scheduled-at")
+                .and_then(parse_rfc3339_us)
+                .unwrap_or(i64::MIN),
+            attempt,
+            recv: now_us(),
+            from: node,
+            response: String::new(),
+            ok: true,
+        };
+        let action = {
+            let Ok(mut s) = state.lock() else { return };
+            let faulty = attempt <= FAULTY_ATTEMPTS_MAX;
+            let fault = s.fault;
+            let (action, response, ok) = match fault {
+                SinkFault::Error5xx { fraction } if faulty && s.rng.random_bool(fraction) => {
+                    (Action::Answer(503), "503".to_owned(), false)
+                }
+                SinkFault::Delay { fraction, ms } if faulty && s.rng.random_bool(fraction) => {
+                    (Action::Delay(ms), "delay:200".to_owned(), false)
+                }
+                SinkFault::DropAfterRead { fraction } if faulty && s.rng.random_bool(fraction) => {
+                    (Action::Drop, "drop".to_owned(), false)
+                }
+                _ => (Action::Answer(200), "200".to_owned(), true),
+            };
+            let d = Delivery { response, ok, ..d };
+            if let Some(out) = s.out.as_mut() {
+                if let Ok(line) = serde_json::to_string(&d) {
+                    let _ = writeln!(out, "{line}");
+                }
+            }
+            s.got.push(d);
+            action
+        };
+        let status = match action {
+            Action::Drop => return,
+            Action::Delay(ms) => {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                200
+            }
+            Action::Answer(s) => s,
+        };
+        let reason = if status == 200 {
+            "OK"
+        } else {
+            "Service Unavailable"
+        };
+        let resp = format!("HTTP/1.1 {status} {reason}\r\ncontent-length: 0\r\n\r\n");
+        if reader.get_mut().write_all(resp.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Reads a request line and headers (lowercased names); None at EOF or on garbage.
+async fn read_head(reader: &mut BufReader<TcpStream>) -> Option<Vec<(String, String)>> {
+    let mut headers = Vec::new();
+    let mut total = 0usize;
+    let mut first = true;
+    loop {
+        let mut line = String::new();
+        let n = reader.read_line(&mut line).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        total += n;
+        if total > HEADERS_BYTES_MAX {
+            return None;
+        }
+        let line = line.trim_end_matches(['\r', '\n']);
+        if first {
+            first = false;
+            if line.is_empty() {
+                first = true; // tolerate a stray CRLF between requests
+                continue;
+            }
+            continue; // the request line: method and path are not needed
+        }
+        if line.is_empty() {
+            return Some(headers);
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
+        }
+    }
+}
+
+fn header<'a>(head: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    head.iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn post(url: &str, attempt: u32) -> Result<u16, String> {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_millis(500))
+            .build()
+            .unwrap();
+        http.post(url)
+            .header("webhook-id", "run_1_1000")
+            .header("hookd-job-id", "j1")
+            .header("hookd-scheduled-at", "2025-01-01T00:00:01.000Z")
+            .header("hookd-attempt", attempt.to_string())
+            .body("{}")
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .map_err(|e| e.to_string())
+    }
+
+    #[tokio::test]
+    async fn records_every_request_and_applies_faults_to_early_attempts_only() {
+        let sink = Sink::start("127.0.0.1".parse().unwrap(), None, 1, Arc::new(|_| Some(9)))
+            .await
+            .unwrap();
+        let url = sink.url("j1");
+        assert_eq!(post(&url, 1).await, Ok(200));
+        sink.set_fault(SinkFault::Error5xx { fraction: 1.0 });
+        assert_eq!(post(&url, 1).await, Ok(503));
+        assert_eq!(post(&url, 3).await, Ok(200), "attempt 3 is never faulted");
+        sink.set_fault(SinkFault::DropAfterRead { fraction: 1.0 });
+        assert!(post(&url, 2).await.is_err());
+        sink.set_fault(SinkFault::Delay {
+            fraction: 1.0,
+            ms: 2000,
+        });
+        assert!(post(&url, 1).await.is_err(), "times out");
+        let got = sink.of("j1");
+        assert_eq!(got.len(), 5);
+        assert_eq!(got[0].webhook_id, "run_1_1000");
+        assert_eq!(got[0].scheduled_at, 1_735_689_601_000_000);
+        assert_eq!(got[0].from, Some(9));
+        let resp: Vec<(&str, bool)> = got.iter().map(|d| (d.response.as_str(), d.ok)).collect();
+        assert_eq!(
+            resp,
+            vec![
+                ("200", true),
+                ("503", false),
+                ("200", true),
+                ("drop", false),
+                ("delay:200", false)
+            ]
+        );
+    }
+}

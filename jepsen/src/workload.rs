@@ -1,0 +1,394 @@
+//! The workload: a few concurrent logical clients, each single-threaded, some pinned to one node
+//! and some picking any node, issuing creates (one-shot `at` jobs 2–20 s ahead, `every` jobs of
+//! 1–5 s, cron jobs with a seconds step), reads, lists, pauses, resumes and deletes until a
+//! deadline. Job ids are client-generated and never reused, so a retried create is harmless and
+//! every delivery is attributable. After an `info` a client continues under a new process id.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::seq::IndexedRandom;
+use rand::{Rng, SeedableRng};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::client::{classify_read, classify_write, Api, Reply, OP_TIMEOUT};
+use crate::history::{now_us, rfc3339_us, Recorder, Type};
+use crate::sink::Sink;
+
+/// Knobs of the workload.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub clients: usize,
+    /// Extra read-only clients, one pinned to each node, reading mostly the newest jobs: stale
+    /// reads show up as soon as a node serves its local state (a follower right after a write,
+    /// an isolated node) rather than only when a writer happens to read.
+    pub readers: usize,
+    /// Creates stop (and deletes take their turn) above this many jobs believed alive.
+    pub live_max: usize,
+    pub think_ms: (u64, u64),
+    pub seed: u64,
+    /// Prefix of job ids (unique per run).
+    pub tag: String,
+}
+
+#[derive(Default)]
+struct Pool {
+    ids: Vec<String>,
+    live: usize,
+    seq: u64,
+}
+
+/// A job's request body, as the workload creates them. `now` in µs.
+pub fn job_body(rng: &mut StdRng, id: &str, url: &str, now: i64) -> Value {
+    let kind = rng.random_range(0..100);
+    let schedule = if kind < 30 {
+        let at = now + rng.random_range(2_000..20_000) * 1000;
+        json!({"at": rfc3339_us(at - at % 1000)})
+    } else if kind < 75 {
+        let period = rng.random_range(1..=5);
+        let start = (now / 1_000_000 + 3) * 1_000_000;
+        json!({"every": format!("{period}s"), "start_at": rfc3339_us(start)})
+    } else {
+        let step = [2, 3, 4, 5, 6].choose(rng).copied().unwrap_or(3);
+        json!({"cron": format!("*/{step} * * * * *")})
+    };
+    json!({
+        "id": id,
+        "url": url,
+        "method": "POST",
+        "body": "{}",
+        "schedule": schedule,
+        // Short timeout and backoff: the sink's faults hit attempts 1-2 only, so every run
+        // succeeds within seconds.
+        "timeout": "2s",
+        "retry": {"max_attempts": 5, "initial_backoff": "500ms", "max_backoff": "2s"},
+    })
+}
+
+/// Runs the clients until `deadline_us`; returns when all stopped.
+pub async fn run(
+    cfg: Config,
+    api: Api,
+    sink: Sink,
+    rec: Recorder,
+    deadline_us: i64,
+) -> anyhow::Result<()> {
+    let pool = Arc::new(Mutex::new(Pool::default()));
+    let mut tasks = Vec::new();
+    for c in 0..cfg.clients {
+        let (cfg, api, sink, rec, pool) = (
+            cfg.clone(),
+            api.clone(),
+            sink.clone(),
+            rec.clone(),
+            pool.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            client(c, cfg, api, sink, rec, pool, deadline_us).await
+        }));
+    }
+    for r in 0..cfg.readers {
+        let (cfg, api, rec, pool) = (cfg.clone(), api.clone(), rec.clone(), pool.clone());
+        tasks.push(tokio::spawn(async move {
+            reader(r, cfg, api, rec, pool, deadline_us).await
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    Ok(())
+}
+
+async fn reader(
+    r: usize,
+    cfg: Config,
+    api: Api,
+    rec: Recorder,
+    pool: Arc<Mutex<Pool>>,
+    deadline_us: i64,
+) {
+    let mut rng = StdRng::seed_from_u64(cfg.seed.wrapping_mul(57).wrapping_add(1000 + r as u64));
+    let nodes: Vec<u64> = api.nodes.iter().map(|(id, _)| *id).collect();
+    let Some(&node) = nodes.get(r % nodes.len().max(1)) else {
+        return;
+    };
+    // Process ids of readers sit above every writer's.
+    let mut process = 1_000 + r as u64;
+    for _ in 0..1_000_000 {
+        if now_us() >= deadline_us {
+            break;
+        }
+        let ids = match pool.lock() {
+            Ok(p) => p.ids.clone(),
+            Err(_) => break,
+        };
+        let newest = ids.len().saturating_sub(8);
+        let target = if rng.random_bool(0.7) {
+            ids[newest..].choose(&mut rng).cloned()
+        } else {
+            ids.choose(&mut rng).cloned()
+        };
+        let typ = match target {
+            Some(t) => read(&api, &rec, process, node, &t).await,
+            None => Type::Ok,
+        };
+        if typ == Type::Info {
+            process += 100;
+        }
+        let think = rng.random_range(20..=60);
+        tokio::time::sleep(Duration::from_millis(think)).await;
+    }
+}
+
+async fn client(
+    c: usize,
+    cfg: Config,
+    api: Api,
+    sink: Sink,
+    rec: Recorder,
+    pool: Arc<Mutex<Pool>>,
+    deadline_us: i64,
+) {
+    let mut rng = StdRng::seed_from_u64(cfg.seed.wrapping_mul(31).wrapping_add(c as u64));
+    let nodes: Vec<u64> = api.nodes.iter().map(|(id, _)| *id).collect();
+    let pinned = (c < nodes.len()).then(|| nodes[c]);
+    let mut process = c as u64;
+    // Bounded by the deadline and by a count far above what the deadline allows.
+    for _ in 0..1_000_000 {
+        if now_us() >= deadline_us {
+            break;
+        }
+        let node = pinned.unwrap_or_else(|| *nodes.choose(&mut rng).unwrap_or(&1));
+        let (ids, live, seq) = match pool.lock() {
+            Ok(p) => (p.ids.clone(), p.live, p.seq),
+            Err(_) => break,
+        };
+        let pick = rng.random_range(0..100);
+        let target = ids.choose(&mut rng).cloned();
+        let typ = if pick < 35 || target.is_none() {
+            if live >= cfg.live_max {
+                match target {
+                    Some(t) => delete(&api, &rec, process, node, &t, &pool).await,
+                    None => Type::Ok,
+                }
+            } else {
+                let id = format!("{}-c{c}-{seq}", cfg.tag);
+                if let Ok(mut p) = pool.lock() {
+                    p.seq += 1;
+                    p.ids.push(id.clone());
+                    p.live += 1;
+                }
+                let body = job_body(&mut rng, &id, &sink.url(&id), now_us());
+                write(
+                    &api,
+                    &rec,
+                    process,
+                    node,
+                    "create",
+                    &id,
+                    Method::POST,
+                    "/v1/jobs".into(),
+                    Some(body),
+                )
+                .await
+            }
+        } else if let Some(t) = target {
+            match pick {
+                35..=59 => read(&api, &rec, process, node, &t).await,
+                60..=64 => list(&api, &rec, process, node, &ids, &mut rng).await,
+                65..=74 => {
+                    write(
+                        &api,
+                        &rec,
+                        process,
+                        node,
+                        "pause",
+                        &t,
+                        Method::POST,
+                        format!("/v1/jobs/{t}/pause"),
+                        None,
+                    )
+                    .await
+                }
+                75..=84 => {
+                    write(
+                        &api,
+                        &rec,
+                        process,
+                        node,
+                        "resume",
+                        &t,
+                        Method::POST,
+                        format!("/v1/jobs/{t}/resume"),
+                        None,
+                    )
+                    .await
+                }
+                _ => delete(&api, &rec, process, node, &t, &pool).await,
+            }
+        } else {
+            Type::Ok
+        };
+        if typ == Type::Info {
+            process += cfg.clients as u64;
+        }
+        let think = rng.random_range(cfg.think_ms.0..=cfg.think_ms.1);
+        tokio::time::sleep(Duration::from_millis(think)).await;
+    }
+}
+
+/// The parts of a job the checkers need.
+fn job_summary(v: &Value) -> Value {
+    json!({"paused": v["paused"].as_bool().unwrap_or(v["state"] == "paused"), "state": v["state"]})
+}
+
+fn result_of(reply: &Reply) -> Value {
+    match reply {
+        Reply::Status(s, v) => {
+            let mut r = json!({"status": s});
+            if (200..300).contains(s) && v.is_object() && v.get("id").is_some() {
+                r["job"] = job_summary(v);
+            } else if let Some(code) = v["error"]["code"].as_str() {
+                r["error"] = json!(code);
+            }
+            r
+        }
+        Reply::Refused(e) => json!({"error": format!("refused: {e}")}),
+        Reply::Unknown(e) => json!({"error": format!("unknown: {e}")}),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn write(
+    api: &Api,
+    rec: &Recorder,
+    process: u64,
+    node: u64,
+    f: &str,
+    job: &str,
+    method: Method,
+    path: String,
+    body: Option<Value>,
+) -> Type {
+    let p = rec.invoke(
+        process,
+        f,
+        Some(job),
+        node,
+        body.clone().unwrap_or(Value::Null),
+    );
+    let reply = api
+        .call(node, method, &path, body.as_ref(), OP_TIMEOUT)
+        .await;
+    let typ = classify_write(&reply);
+    rec.complete(p, typ, result_of(&reply));
+    typ
+}
+
+async fn delete(
+    api: &Api,
+    rec: &Recorder,
+    process: u64,
+    node: u64,
+    job: &str,
+    pool: &Mutex<Pool>,
+) -> Type {
+    let typ = write(
+        api,
+        rec,
+        process,
+        node,
+        "delete",
+        job,
+        Method::DELETE,
+        format!("/v1/jobs/{job}"),
+        None,
+    )
+    .await;
+    if typ != Type::Fail {
+        if let Ok(mut p) = pool.lock() {
+            let before = p.ids.len();
+            p.ids.retain(|i| i != job);
+            if p.ids.len() < before {
+                p.live = p.live.saturating_sub(1);
+            }
+        }
+    }
+    typ
+}
+
+async fn read(api: &Api, rec: &Recorder, process: u64, node: u64, job: &str) -> Type {
+    let p = rec.invoke(process, "get", Some(job), node, Value::Null);
+    let reply = api
+        .call(
+            node,
+            Method::GET,
+            &format!("/v1/jobs/{job}"),
+            None,
+            OP_TIMEOUT,
+        )
+        .await;
+    let typ = classify_read(&reply);
+    rec.complete(p, typ, result_of(&reply));
+    typ
+}
+
+/// One page of `GET /v1/jobs`, starting after a random known id (or at the start).
+async fn list(
+    api: &Api,
+    rec: &Recorder,
+    process: u64,
+    node: u64,
+    ids: &[String],
+    rng: &mut StdRng,
+) -> Type {
+    let after = if rng.random_bool(0.3) {
+        None
+    } else {
+        ids.choose(rng).cloned()
+    };
+    let limit = 50;
+    list_page(api, rec, process, node, after.as_deref(), limit, "")
+        .await
+        .0
+}
+
+/// Reads one list page and records it as a `list` op with the range it covers. Returns the
+/// outcome and the `next` cursor.
+pub async fn list_page(
+    api: &Api,
+    rec: &Recorder,
+    process: u64,
+    node: u64,
+    after: Option<&str>,
+    limit: usize,
+    query_extra: &str,
+) -> (Type, Option<String>, Vec<(String, bool)>) {
+    let value = json!({"after": after, "limit": limit, "extra": query_extra});
+    let p = rec.invoke(process, "list", None, node, value);
+    let mut path = format!("/v1/jobs?limit={limit}{query_extra}");
+    if let Some(a) = after {
+        path.push_str(&format!("&after={a}"));
+    }
+    let reply = api.call(node, Method::GET, &path, None, OP_TIMEOUT).await;
+    let typ = classify_read(&reply);
+    let mut jobs = Vec::new();
+    let mut next = None;
+    let result = match &reply {
+        Reply::Status(200, v) => {
+            for j in v["jobs"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+                if let Some(id) = j["id"].as_str() {
+                    let paused = j["paused"].as_bool().unwrap_or(j["state"] == "paused");
+                    jobs.push((id.to_owned(), paused));
+                }
+            }
+            next = v["next"].as_str().map(str::to_owned);
+            json!({"status": 200, "next": next, "jobs": jobs})
+        }
+        other => result_of(other),
+    };
+    rec.complete(p, typ, result);
+    (typ, next, jobs)
+}
