@@ -103,10 +103,23 @@ pub trait Tables {
     fn del(&self, table: Table, key: &[u8]) -> TxResult<()>;
 }
 
-fn get_job<T: Tables>(t: &T, id: &str) -> TxResult<Option<Job>> {
-    match t.get(Table::Jobs, id.as_bytes())? {
+/// Decodes a JSON record of `table`.
+fn decode<V: serde::de::DeserializeOwned>(table: Table, bytes: &[u8]) -> Result<V, StateFault> {
+    serde_json::from_slice(bytes).map_err(|source| StateFault::Decode {
+        table: table.name(),
+        source,
+    })
+}
+
+/// Reads and decodes the record under `key` in `table`.
+fn get_record<T: Tables, V: serde::de::DeserializeOwned>(
+    t: &T,
+    table: Table,
+    key: &str,
+) -> TxResult<Option<V>> {
+    match t.get(table, key.as_bytes())? {
         None => Ok(None),
-        Some(bytes) => decode_job(&bytes)
+        Some(bytes) => decode(table, &bytes)
             .map(Some)
             .map_err(ConflictableTransactionError::Abort),
     }
@@ -114,48 +127,33 @@ fn get_job<T: Tables>(t: &T, id: &str) -> TxResult<Option<Job>> {
 
 /// Decodes a stored job record.
 pub fn decode_job(bytes: &[u8]) -> Result<Job, StateFault> {
-    serde_json::from_slice(bytes).map_err(|source| StateFault::Decode {
-        table: Table::Jobs.name(),
-        source,
-    })
-}
-
-fn put_job<T: Tables>(t: &T, job: &Job) -> TxResult<()> {
-    // Serializing our own plain struct cannot fail.
-    let bytes = serde_json::to_vec(job).unwrap_or_default();
-    t.put(Table::Jobs, job.id.as_bytes(), bytes)
+    decode(Table::Jobs, bytes)
 }
 
 /// Decodes a stored run record.
 pub fn decode_run(bytes: &[u8]) -> Result<Run, StateFault> {
-    serde_json::from_slice(bytes).map_err(|source| StateFault::Decode {
-        table: Table::Runs.name(),
-        source,
-    })
-}
-
-fn get_run<T: Tables>(t: &T, id: &str) -> TxResult<Option<Run>> {
-    match t.get(Table::Runs, id.as_bytes())? {
-        None => Ok(None),
-        Some(bytes) => decode_run(&bytes)
-            .map(Some)
-            .map_err(ConflictableTransactionError::Abort),
-    }
+    decode(Table::Runs, bytes)
 }
 
 /// Decodes a job's run list.
 pub fn decode_run_list(bytes: &[u8]) -> Result<RunList, StateFault> {
-    serde_json::from_slice(bytes).map_err(|source| StateFault::Decode {
-        table: Table::JobRuns.name(),
-        source,
-    })
+    decode(Table::JobRuns, bytes)
+}
+
+fn get_job<T: Tables>(t: &T, id: &str) -> TxResult<Option<Job>> {
+    get_record(t, Table::Jobs, id)
+}
+
+fn get_run<T: Tables>(t: &T, id: &str) -> TxResult<Option<Run>> {
+    get_record(t, Table::Runs, id)
 }
 
 fn get_run_list<T: Tables>(t: &T, job_id: &str) -> TxResult<RunList> {
-    match t.get(Table::JobRuns, job_id.as_bytes())? {
-        None => Ok(Vec::new()),
-        Some(bytes) => decode_run_list(&bytes).map_err(ConflictableTransactionError::Abort),
-    }
+    Ok(get_record(t, Table::JobRuns, job_id)?.unwrap_or_default())
+}
+
+fn put_job<T: Tables>(t: &T, job: &Job) -> TxResult<()> {
+    t.put(Table::Jobs, job.id.as_bytes(), json(job))
 }
 
 /// Writes a run and keeps its index entries in step with its status. `old` is the stored version.
