@@ -378,8 +378,11 @@ impl Dispatcher {
                 let accepted = accepted.unwrap_or_default();
                 let mut done_jobs = HashSet::new();
                 for (i, item) in items.into_iter().enumerate() {
-                    if accepted.get(i).copied().unwrap_or(false) && item.kind == ClaimKind::Deliver
-                    {
+                    let ok = accepted.get(i).copied().unwrap_or(false);
+                    if let (true, ClaimKind::Skip { count, .. }) = (ok, &item.kind) {
+                        crate::metrics::skipped(*count);
+                    }
+                    if ok && item.kind == ClaimKind::Deliver {
                         let run_id =
                             hookd_raft::command::Run::scheduled_id(item.incarnation, item.due_ms);
                         self.enqueue(

@@ -12,7 +12,7 @@ use serde_json::json;
 
 use super::model::Timeline;
 use super::{percentile, Input, Verdict};
-use crate::history::rfc3339_us;
+use crate::history::{rfc3339_us, Type};
 use crate::nemesis::Kind;
 
 fn ms(t: i64) -> i64 {
@@ -229,8 +229,25 @@ pub fn check_timeliness(input: &Input, timelines: &BTreeMap<String, Timeline>) -
         if due_while_paused {
             continue; // after_delete's finding, not a lateness one
         }
-        let from =
+        let mut from =
             outage_end(input, d.scheduled_at).map_or(d.scheduled_at, |b| b.max(d.scheduled_at));
+        // A pause holds a run due before it until the resume: measure from the resume.
+        if let Some(tl) = timelines.get(&d.job_id) {
+            let resumed_after_pause = tl
+                .changes
+                .iter()
+                .filter(|r| r.f == "resume" && r.typ != Type::Fail && r.complete <= d.recv)
+                .filter(|r| {
+                    tl.changes
+                        .iter()
+                        .any(|p| p.f == "pause" && p.typ != Type::Fail && p.invoke < r.complete)
+                })
+                .map(|r| r.complete)
+                .max();
+            if let Some(c) = resumed_after_pause {
+                from = from.max(c);
+            }
+        }
         if d.recv - from > STUCK_MAX {
             stuck += 1;
             v.invalid();
@@ -477,6 +494,42 @@ mod tests {
         let v = check_timeliness(&i, &timelines(&i.ops));
         assert_eq!(v.valid, Validity::Invalid);
         assert_eq!(v.counts["stuck"], 1);
+    }
+
+    /// Regression (false "stuck" in smoke-…-s929981): a run due during a quorum loss, held by a
+    /// pause acknowledged right after recovery, and delivered at the resume is not stuck.
+    #[test]
+    fn a_run_held_by_a_pause_until_the_resume_is_not_stuck() {
+        let (mut i, _) = base(None);
+        i.windows.push(Window {
+            fault: Kind::PartitionLeader,
+            targets: vec![2],
+            leader: Some(2),
+            start: T0 + 5 * S + 900_000,
+            end: T0 + 7 * S,
+            new_leader_after_us: Some(1_500_000),
+        });
+        let job = i.deliveries[4].job_id.clone();
+        let ok = json!({"status": 200});
+        i.ops.push(op(
+            "pause",
+            &job,
+            T0 + 7 * S,
+            T0 + 7 * S + 400_000,
+            Type::Ok,
+            ok.clone(),
+        ));
+        i.ops.push(op(
+            "resume",
+            &job,
+            T0 + 15 * S,
+            T0 + 15 * S + 3000,
+            Type::Ok,
+            ok,
+        ));
+        i.deliveries[4].recv = T0 + 15 * S + 4000;
+        let v = check_timeliness(&i, &timelines(&i.ops));
+        assert_eq!(v.counts["stuck"], 0, "{v:?}");
     }
 
     #[test]
