@@ -46,7 +46,8 @@ pub fn outage_end(input: &Input, due: i64) -> Option<i64> {
     input
         .windows
         .iter()
-        .filter(|w| due >= w.start && due <= w.end + settle)
+        // A run due just before an outage began may not have been sent yet either.
+        .filter(|w| due >= w.start - OUTAGE_LEAD && due <= w.end + settle)
         .filter_map(|w| match w.fault {
             Kind::KillTwo | Kind::RestartAll => Some(w.end),
             k if k.hits_leader() => {
@@ -57,6 +58,10 @@ pub fn outage_end(input: &Input, due: i64) -> Option<i64> {
         .filter(|b| due <= *b)
         .max()
 }
+
+/// How long before an outage a run may fall due and still be held by it (claim round trip and
+/// send; regression: a one-shot due 2 ms before a restart-all was called stuck).
+const OUTAGE_LEAD: i64 = 1_000_000;
 
 /// A run's first attempt may start at most this long after it fell due, or after the leader
 /// outage it fell into ended (SPEC §5: failover to first delivery p99 ≤ 2 s).
@@ -494,6 +499,25 @@ mod tests {
         let v = check_timeliness(&i, &timelines(&i.ops));
         assert_eq!(v.valid, Validity::Invalid);
         assert_eq!(v.counts["stuck"], 1);
+    }
+
+    /// Regression (false "stuck" in smoke-…-s372115): a run due 2 ms before every node was
+    /// killed is delivered right after the restart.
+    #[test]
+    fn a_run_due_just_before_a_cluster_outage_is_measured_from_its_end() {
+        let (mut i, _) = base(None);
+        let due = i.deliveries[4].scheduled_at;
+        i.windows.push(Window {
+            fault: Kind::RestartAll,
+            targets: vec![1, 2, 3],
+            leader: Some(1),
+            start: due + 2_000,
+            end: due + 5 * S,
+            new_leader_after_us: None,
+        });
+        i.deliveries[4].recv = due + 5 * S + 50_000;
+        let v = check_timeliness(&i, &timelines(&i.ops));
+        assert_eq!(v.counts["stuck"], 0, "{v:?}");
     }
 
     /// Regression (false "stuck" in smoke-…-s929981): a run due during a quorum loss, held by a
