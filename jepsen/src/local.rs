@@ -141,6 +141,30 @@ impl LocalCluster {
     pub fn url(&self, i: usize, path: &str) -> String {
         format!("http://{}{path}", self.nodes[i].api)
     }
+
+    /// Polls node `i`'s `/readyz` (a read index confirmed with the leader) until it answers 200.
+    pub async fn await_ready(
+        &self,
+        http: &reqwest::Client,
+        i: usize,
+        within: Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            let ready = http
+                .get(self.url(i, "/readyz"))
+                .send()
+                .await
+                .map(|r| r.status().as_u16());
+            if ready.ok() == Some(200) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("node {} not ready within {within:?}", self.nodes[i].id);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 impl Drop for LocalCluster {

@@ -224,24 +224,8 @@ async fn failover_trial(c: &mut LocalCluster, trial: usize) -> anyhow::Result<Du
     c.spawn(leader)?;
     // Let the restarted node catch up fully (its log too, not only its state machine) before
     // the next trial; /readyz confirms a read index with the leader.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let ready = http
-            .get(c.url(leader, "/readyz"))
-            .send()
-            .await
-            .map(|r| r.status().as_u16());
-        if ready.ok() == Some(200) {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "restarted node {} not ready within 20 s",
-                c.nodes[leader].id
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    c.await_ready(&http, leader, Duration::from_secs(20))
+        .await?;
     await_same_commit(&http, c).await?;
     Ok(gap)
 }

@@ -291,18 +291,7 @@ async fn main() -> anyhow::Result<()> {
                 println!("failover trial {trial}: leader SIGKILL → first delivery by the new leader {gap:.0} ms");
                 failover_gaps.push(gap);
                 c.spawn(l)?;
-                let ready_deadline = Instant::now() + Duration::from_secs(20);
-                loop {
-                    let s = http
-                        .get(c.url(l, "/readyz"))
-                        .send()
-                        .await
-                        .map(|r| r.status().as_u16());
-                    if s.ok() == Some(200) || Instant::now() > ready_deadline {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
+                c.await_ready(&http, l, Duration::from_secs(20)).await?;
                 tokio::time::sleep(Duration::from_millis(1500)).await;
             }
         }
