@@ -11,7 +11,7 @@ use openraft::{OptionalSend, RaftLogReader};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{io_read, io_write};
+use super::{io_read, io_write, Disk};
 use crate::typ::{Entry, LogId, StorageError, StorageIOError, TypeConfig, Vote};
 
 const VOTE: &[u8] = b"vote";
@@ -21,7 +21,7 @@ const LAST_PURGED: &[u8] = b"last_purged";
 /// Log storage handle; cheap to clone (openraft's replication tasks read through clones).
 #[derive(Clone)]
 pub struct LogStore {
-    db: sled::Db,
+    disk: Disk,
     meta: sled::Tree,
     log: sled::Tree,
     /// The last committed index reported by openraft, for `/v1/cluster`.
@@ -33,9 +33,10 @@ fn index_key(index: u64) -> [u8; 8] {
 }
 
 impl LogStore {
-    pub(super) fn open(db: &sled::Db) -> Result<LogStore, sled::Error> {
+    pub(super) fn open(disk: &Disk) -> Result<LogStore, sled::Error> {
+        let db = disk.db();
         Ok(LogStore {
-            db: db.clone(),
+            disk: disk.clone(),
             meta: db.open_tree("raft_meta")?,
             log: db.open_tree("raft_log")?,
             committed: Arc::new(AtomicU64::new(0)),
@@ -61,7 +62,7 @@ impl LogStore {
     }
 
     async fn flush(&self) -> Result<(), sled::Error> {
-        self.db.flush_async().await.map(|_| ())
+        self.disk.flush().await
     }
 
     /// Removes every entry whose index lies in `range` in one atomic batch.

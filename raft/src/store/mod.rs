@@ -9,10 +9,11 @@
 //! - `sm_g{N}_{table}`: the state machine's tables of generation N (see `state::Table`);
 //! - `snapshot`: `meta` and `data` of the current snapshot.
 //!
-//! Durability: sled syncs on its own only every 500 ms, so every write openraft treats as durable
-//! is followed by `flush_async().await` before it is acknowledged (DESIGN.md §2). A flush is
-//! database-wide: one fsync covers every tree.
+//! Durability: every write openraft treats as durable is followed by `Disk::flush` before it is
+//! acknowledged (DESIGN.md §2). A flush is database-wide: it covers every tree. sled's own flush
+//! survives process crashes but not power loss; `disk.rs` says why and what it adds.
 
+mod disk;
 mod log;
 mod sm;
 
@@ -20,6 +21,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use disk::Disk;
 pub use log::LogStore;
 pub use sm::{Change, StateMachineStore, StateView};
 
@@ -65,7 +67,7 @@ const META_KEY: &[u8] = b"record";
 /// An opened data dir.
 #[derive(Clone)]
 pub struct Store {
-    db: sled::Db,
+    disk: Disk,
     log: LogStore,
     sm: StateMachineStore,
     fresh: bool,
@@ -81,7 +83,6 @@ impl Store {
             source,
         };
         let mut sled_config = sled::Config::new()
-            .path(dir.join("db"))
             .cache_capacity(128 << 20)
             .mode(sled::Mode::LowSpace);
         if crate::planted::is(crate::planted::ACK_BEFORE_FLUSH) {
@@ -89,7 +90,8 @@ impl Store {
             // planted bug from being seen; switch it off too.
             sled_config = sled_config.flush_every_ms(None);
         }
-        let db = sled_config.open().map_err(sled_err)?;
+        let disk = Disk::open(sled_config, &dir.join("db")).map_err(sled_err)?;
+        let db = disk.db();
         let meta = db.open_tree("meta").map_err(sled_err)?;
         let fresh = match meta.get(META_KEY).map_err(sled_err)? {
             Some(bytes) => {
@@ -121,16 +123,21 @@ impl Store {
                 };
                 let bytes = serde_json::to_vec(&rec).unwrap_or_default();
                 meta.insert(META_KEY, bytes).map_err(sled_err)?;
-                db.flush().map_err(sled_err)?;
+                disk.flush_blocking().map_err(sled_err)?;
                 true
             }
         };
-        let log = LogStore::open(&db).map_err(sled_err)?;
-        let sm = StateMachineStore::open(&db).map_err(|e| OpenError::Corrupt {
+        let log = LogStore::open(&disk).map_err(sled_err)?;
+        let sm = StateMachineStore::open(&disk).map_err(|e| OpenError::Corrupt {
             path: path.clone(),
             detail: e.to_string(),
         })?;
-        Ok(Store { db, log, sm, fresh })
+        Ok(Store {
+            disk,
+            log,
+            sm,
+            fresh,
+        })
     }
 
     /// True when this open created the data dir: the node has never been part of a cluster.
@@ -153,7 +160,7 @@ impl Store {
 
     /// Flushes everything to disk (used on shutdown).
     pub async fn flush(&self) -> Result<(), sled::Error> {
-        self.db.flush_async().await.map(|_| ())
+        self.disk.flush().await
     }
 }
 

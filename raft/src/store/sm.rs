@@ -18,6 +18,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use sled::Transactional;
 use tokio::sync::broadcast;
 
+use super::Disk;
 use crate::command::{CommandResult, Job, Run, RunStatus};
 use crate::state::{self, StateFault, Table, Tables, TxResult};
 use crate::typ::{
@@ -69,7 +70,7 @@ fn gen_tree_name(number: u64, table: Table) -> String {
 }
 
 struct Inner {
-    db: sled::Db,
+    disk: Disk,
     sm_meta: sled::Tree,
     snap: sled::Tree,
     gen: RwLock<Arc<Generation>>,
@@ -110,7 +111,8 @@ fn sm_write_err(e: impl std::error::Error + 'static) -> StorageError {
 }
 
 impl StateMachineStore {
-    pub(super) fn open(db: &sled::Db) -> Result<StateMachineStore, StorageError> {
+    pub(super) fn open(disk: &Disk) -> Result<StateMachineStore, StorageError> {
+        let db = disk.db();
         let sm_meta = db.open_tree("sm_meta").map_err(sm_err)?;
         let snap = db.open_tree("snapshot").map_err(sm_err)?;
         let active = match sm_meta.get(ACTIVE_GEN).map_err(sm_err)? {
@@ -132,7 +134,7 @@ impl StateMachineStore {
         }
         Ok(StateMachineStore {
             inner: Arc::new(Inner {
-                db: db.clone(),
+                disk: disk.clone(),
                 sm_meta,
                 snap,
                 gen: RwLock::new(Arc::new(gen)),
@@ -189,8 +191,8 @@ impl StateMachineStore {
             })
             .map_err(|e| StorageIOError::write_snapshot(sig.clone(), &tx_error(e)))?;
         self.inner
-            .db
-            .flush_async()
+            .disk
+            .flush()
             .await
             .map_err(|e| StorageIOError::write_snapshot(sig, &e))?;
         Ok(())
@@ -279,8 +281,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .map_err(|e| StorageIOError::apply(last, &tx_error(e)))?;
         if !crate::planted::is(crate::planted::ACK_BEFORE_FLUSH) {
             self.inner
-                .db
-                .flush_async()
+                .disk
+                .flush()
                 .await
                 .map_err(|e| StorageIOError::apply(last, &e))?;
         }
@@ -328,7 +330,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             StorageIOError::write_snapshot(sig.clone(), &e).into()
         };
         let old = self.inner.current();
-        let next = Generation::open(&self.inner.db, old.number + 1).map_err(write_err)?;
+        let next = Generation::open(self.inner.disk.db(), old.number + 1).map_err(write_err)?;
         for t in Table::ALL {
             let tree = next.table(t);
             tree.clear().map_err(write_err)?;
@@ -340,7 +342,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             }
             tree.apply_batch(batch).map_err(write_err)?;
         }
-        self.inner.db.flush_async().await.map_err(write_err)?;
+        self.inner.disk.flush().await.map_err(write_err)?;
 
         let meta_bytes = serde_json::to_vec(meta).map_err(sm_write_err)?;
         let applied = json(&meta.last_log_id);
@@ -356,13 +358,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 Ok::<_, ConflictableTransactionError<()>>(())
             })
             .map_err(|e| StorageIOError::write_snapshot(sig.clone(), &tx_error(e)))?;
-        self.inner.db.flush_async().await.map_err(write_err)?;
+        self.inner.disk.flush().await.map_err(write_err)?;
 
         *self.inner.gen.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
         let _ = self.inner.changes.send(Change::All);
         for t in Table::ALL {
             self.inner
-                .db
+                .disk
+                .db()
                 .drop_tree(gen_tree_name(old.number, t).as_bytes())
                 .map_err(write_err)?;
         }
