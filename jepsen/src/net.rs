@@ -353,8 +353,16 @@ impl Net {
             .unwrap_or_default()
     }
 
+    /// What the peer proxies did (proxy mode only): connections per pair, bytes cut.
+    pub fn proxy_stats(&self) -> Option<crate::proxy::Stats> {
+        self.proxies.as_ref().map(|p| p.stats())
+    }
+
     pub fn teardown(&self) {
         let _ = self.heal();
+        if let Some(stats) = self.proxy_stats() {
+            eprintln!("peer proxy: {stats}");
+        }
         if self.mechanism == Mechanism::NetnsIptables {
             cleanup_stale(self.nodes.len() as u64);
         }
