@@ -1,6 +1,9 @@
 //! The node processes of one run: start (inside the node's namespace with `ip netns exec`, which
 //! execs, so the child's pid is hookd's own), SIGKILL, SIGSTOP/SIGCONT, graceful stop, and
 //! noticing exits nobody asked for. Only pids this harness spawned are ever signalled.
+//!
+//! Each node's data dir is, when FUSE is available, a `LazyFs` mount over `data/nodeN.disk`, so
+//! the power-loss fault can drop every write the node did not fsync (see `lazyfs.rs`).
 
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
@@ -14,6 +17,7 @@ use nix::unistd::Pid;
 use serde::Serialize;
 
 use crate::history::now_us;
+use crate::lazyfs::{LazyFs, Loss};
 use crate::net::Net;
 
 /// An exit that no fault asked for.
@@ -40,6 +44,11 @@ pub struct Cluster {
     log_filter: String,
     procs: Mutex<Vec<Proc>>,
     exits: Mutex<Vec<UnexpectedExit>>,
+    /// The data dirs' power-loss file systems (empty without FUSE); unmounted after the kill
+    /// in `drop`, as fields drop after it.
+    disks: Vec<(u64, LazyFs)>,
+    /// How the data dirs are stored, for the report.
+    pub storage: String,
 }
 
 impl Cluster {
@@ -49,7 +58,7 @@ impl Cluster {
         net: Arc<Net>,
         plant: Option<String>,
         log_filter: &str,
-    ) -> Cluster {
+    ) -> anyhow::Result<Cluster> {
         let procs = net
             .nodes
             .iter()
@@ -60,7 +69,7 @@ impl Cluster {
                 starts: 0,
             })
             .collect();
-        Cluster {
+        let mut c = Cluster {
             hookd: hookd.to_path_buf(),
             dir: dir.to_path_buf(),
             net,
@@ -68,7 +77,56 @@ impl Cluster {
             log_filter: log_filter.to_owned(),
             procs: Mutex::new(procs),
             exits: Mutex::default(),
+            disks: Vec::new(),
+            storage: String::new(),
+        };
+        for id in c.ids() {
+            std::fs::create_dir_all(c.data_dir(id)).context("create data dir")?;
         }
+        c.storage = if !LazyFs::available() {
+            "plain directories (no FUSE here: the power-loss fault is skipped)".into()
+        } else {
+            match c.mount_disks() {
+                Ok(()) => {
+                    "LazyFs (FUSE) over data/nodeN.disk: power loss drops unsynced writes".into()
+                }
+                Err(e) => {
+                    c.disks.clear();
+                    format!("plain directories (LazyFs mount failed: {e:#}; power loss skipped)")
+                }
+            }
+        };
+        Ok(c)
+    }
+
+    fn mount_disks(&mut self) -> anyhow::Result<()> {
+        for id in self.ids() {
+            let backing = self.dir.join("data").join(format!("node{id}.disk"));
+            std::fs::create_dir_all(&backing).context("create backing dir")?;
+            let fs = LazyFs::mount(&backing, &self.data_dir(id))
+                .with_context(|| format!("mount LazyFs for node {id}"))?;
+            self.disks.push((id, fs));
+        }
+        Ok(())
+    }
+
+    /// True when the power-loss fault can run (every data dir is on LazyFs).
+    pub fn has_disks(&self) -> bool {
+        !self.disks.is_empty()
+    }
+
+    /// Power loss of node `id`'s disk: every write it did not fsync is gone. The node must be
+    /// down (killed and reaped).
+    pub fn lose_unsynced(&self, id: u64) -> anyhow::Result<Loss> {
+        if self.lock().iter().any(|p| p.id == id && p.child.is_some()) {
+            bail!("node {id} still runs; kill it before its power loss");
+        }
+        let (_, fs) = self
+            .disks
+            .iter()
+            .find(|(n, _)| *n == id)
+            .context("no LazyFs for this node")?;
+        fs.lose_unsynced()
     }
 
     pub fn ids(&self) -> Vec<u64> {

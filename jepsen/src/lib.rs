@@ -6,6 +6,7 @@ pub mod check;
 pub mod client;
 pub mod cluster;
 pub mod history;
+pub mod lazyfs;
 pub mod local;
 pub mod nemesis;
 pub mod net;

@@ -37,6 +37,9 @@ pub enum Kind {
     /// The leader and one follower cut from each other; the third node sees both.
     Bridge,
     RestartAll,
+    /// Every node SIGKILLed right after an acknowledged write, then every write a node did not
+    /// fsync is dropped from its disk (LazyFs), then all restart: a power loss.
+    PowerLoss,
     #[serde(rename = "sink-5xx")]
     Sink5xx,
     SinkDelay,
@@ -44,7 +47,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 12] = [
+    pub const ALL: [Kind; 13] = [
         Kind::KillLeader,
         Kind::KillFollower,
         Kind::KillTwo,
@@ -54,6 +57,7 @@ impl Kind {
         Kind::PartitionFollower,
         Kind::Bridge,
         Kind::RestartAll,
+        Kind::PowerLoss,
         Kind::Sink5xx,
         Kind::SinkDelay,
         Kind::SinkDrop,
@@ -77,13 +81,46 @@ impl Kind {
                 | Kind::PauseLeader
                 | Kind::PartitionLeader
                 | Kind::RestartAll
+                | Kind::PowerLoss
         )
+    }
+
+    /// Faults that take every node down at once.
+    pub fn stops_all(self) -> bool {
+        matches!(self, Kind::RestartAll | Kind::PowerLoss)
+    }
+
+    /// Faults aimed at the leader alone, timed to land while it holds claimed, unsent runs.
+    pub fn strikes_leader(self) -> bool {
+        matches!(
+            self,
+            Kind::KillLeader | Kind::PauseLeader | Kind::PartitionLeader | Kind::Bridge
+        )
+    }
+
+    /// Faults that leave no quorum until they are healed.
+    pub fn takes_quorum(self) -> bool {
+        self == Kind::KillTwo || self.stops_all()
     }
 
     /// Faults whose spurious duplicates are expected (a leader change or a lost response).
     pub fn is_sink_fault(self) -> bool {
         matches!(self, Kind::Sink5xx | Kind::SinkDelay | Kind::SinkDrop)
     }
+}
+
+/// Most of the workload's runs fall due on whole seconds, and hookd claims runs up to 300 ms
+/// ahead. A leader fault that lands `lead_ms` (< 300) before a whole second therefore catches
+/// the leader holding claimed runs it has not sent yet: the moment a missing lease gate (a
+/// deposed leader sends them) or a new leader ignoring open claims (nobody sends them) shows.
+async fn strike_while_claims_are_held(rng: &mut StdRng, lead_ms: std::ops::RangeInclusive<i64>) {
+    let lead_us = rng.random_range(lead_ms) * 1000;
+    let now = now_us();
+    let mut at = (now / 1_000_000 + 1) * 1_000_000 - lead_us;
+    if at < now {
+        at += 1_000_000;
+    }
+    tokio::time::sleep(Duration::from_micros((at - now) as u64)).await;
 }
 
 /// One line of `nemesis.jsonl`.
@@ -221,6 +258,11 @@ impl Nemesis {
             .min(first.len());
         first[..req].shuffle(&mut rng);
         let mut queue: std::collections::VecDeque<Kind> = first.into();
+        // Without LazyFs a power loss cannot be emulated: the first one is logged as skipped,
+        // none is drawn later.
+        let enabled: Vec<Kind> = (self.cfg.enabled.iter().copied())
+            .filter(|k| *k != Kind::PowerLoss || self.cluster.has_disks())
+            .collect();
         // Bounded: at most one fault per second of the run, whatever happens.
         for _ in 0..10_000 {
             let hold =
@@ -233,7 +275,7 @@ impl Nemesis {
             }
             let kind = match queue.pop_front() {
                 Some(k) => k,
-                None => match self.cfg.enabled.choose(&mut rng) {
+                None => match enabled.choose(&mut rng) {
                     Some(k) => *k,
                     None => break,
                 },
@@ -263,6 +305,19 @@ impl Nemesis {
 
     /// Installs `kind`, holds it, heals it. Returns whether it was installed.
     async fn one(&self, kind: Kind, hold: Duration, rng: &mut StdRng) -> bool {
+        if kind == Kind::PowerLoss && !self.cluster.has_disks() {
+            self.log(Event {
+                fault: kind,
+                phase: "start".into(),
+                outcome: "skipped".into(),
+                targets: vec![],
+                leader: None,
+                t: now_us(),
+                detail: self.cluster.storage.clone(),
+                new_leader_after_us: None,
+            });
+            return false;
+        }
         let ids = self.cluster.ids();
         let leader = self.leader().await;
         let needs_leader = !kind.is_sink_fault();
@@ -287,12 +342,22 @@ impl Nemesis {
                 follower.into_iter().collect()
             }
             Kind::KillTwo | Kind::Bridge => std::iter::once(l).chain(follower).collect(),
-            Kind::RestartAll => ids.clone(),
+            Kind::RestartAll | Kind::PowerLoss => ids.clone(),
             Kind::Sink5xx | Kind::SinkDelay | Kind::SinkDrop => vec![],
         };
+        if kind.strikes_leader() {
+            // An isolated leader's lease runs out ~100 ms after its last ack (the checker
+            // allows 250 ms), so runs due later than that must be among the claimed ones.
+            let lead_ms = if kind == Kind::PauseLeader || kind == Kind::KillLeader {
+                60..=240
+            } else {
+                260..=290
+            };
+            strike_while_claims_are_held(rng, lead_ms).await;
+        }
         // Kill-all right after a write is acknowledged: whatever hookd acknowledged without
         // flushing is then lost on every node at once (the ack-before-flush bug class).
-        let burst = if kind == Kind::RestartAll {
+        let burst = if kind.stops_all() {
             self.write_burst(l, rng).await
         } else {
             String::new()
@@ -303,6 +368,21 @@ impl Nemesis {
                     self.cluster.kill(*t)?;
                 }
                 Ok(format!("SIGKILL {targets:?}{burst}"))
+            }
+            Kind::PowerLoss => {
+                for t in &targets {
+                    self.cluster.kill(*t)?;
+                }
+                let (mut files, mut bytes) = (0, 0);
+                for t in &targets {
+                    let lost = self.cluster.lose_unsynced(*t)?;
+                    files += lost.files;
+                    bytes += lost.bytes;
+                }
+                Ok(format!(
+                    "SIGKILL {targets:?}{burst}, then every unsynced write dropped \
+                     ({files} files, {bytes} bytes reverted)"
+                ))
             }
             Kind::PauseLeader | Kind::PauseFollower => {
                 for t in &targets {
@@ -377,7 +457,7 @@ impl Nemesis {
         // Hold, watching for a new leader among the others when the leader was hit.
         let deadline = tokio::time::Instant::now() + hold;
         let mut new_leader_after_us = None;
-        if kind.hits_leader() && kind != Kind::RestartAll && kind != Kind::KillTwo {
+        if kind.hits_leader() && !kind.takes_quorum() {
             let others: Vec<u64> = ids.iter().copied().filter(|i| *i != l).collect();
             while tokio::time::Instant::now() < deadline {
                 if let Some((nl, _)) = self.api.leader(&others).await {

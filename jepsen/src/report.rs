@@ -21,6 +21,9 @@ pub struct Meta {
     pub seed: u64,
     pub plant: Option<String>,
     pub network: String,
+    /// How the nodes' data dirs were stored (LazyFs or plain); empty in older runs.
+    #[serde(default)]
+    pub storage: String,
     pub fallback_reason: Option<String>,
     pub started: i64,
     pub fault_time_s: u64,
@@ -161,6 +164,7 @@ pub fn write_report(
         meta.plant.as_deref().unwrap_or("none")
     );
     let _ = writeln!(s, "| network | {} |", meta.network);
+    let _ = writeln!(s, "| storage | {} |", meta.storage);
     if let Some(r) = &meta.fallback_reason {
         let _ = writeln!(s, "| fallback because | {r} |");
     }

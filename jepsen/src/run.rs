@@ -46,6 +46,7 @@ pub fn profile(name: &str) -> anyhow::Result<Profile> {
         Kind::KillLeader,
         Kind::PauseLeader,
         Kind::RestartAll,
+        Kind::PowerLoss,
         Kind::KillTwo,
     ];
     Ok(match name {
@@ -176,7 +177,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Outcome> {
         net.clone(),
         opts.plant.clone(),
         &opts.log_filter,
-    ));
+    )?);
     cluster.ensure_binary()?;
     for id in cluster.ids() {
         cluster.start(id)?;
@@ -392,6 +393,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Outcome> {
         seed: opts.seed,
         plant: opts.plant.clone(),
         network: net.mechanism.to_string(),
+        storage: cluster.storage.clone(),
         fallback_reason: net.fallback_reason.clone(),
         started,
         fault_time_s: p.fault_time.as_secs(),

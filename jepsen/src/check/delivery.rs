@@ -13,7 +13,6 @@ use serde_json::json;
 use super::model::Timeline;
 use super::{percentile, Input, Verdict};
 use crate::history::{rfc3339_us, Type};
-use crate::nemesis::Kind;
 
 fn ms(t: i64) -> i64 {
     t.div_euclid(1000)
@@ -49,7 +48,7 @@ pub fn outage_end(input: &Input, due: i64) -> Option<i64> {
         // A run due just before an outage began may not have been sent yet either.
         .filter(|w| due >= w.start - OUTAGE_LEAD && due <= w.end + settle)
         .filter_map(|w| match w.fault {
-            Kind::KillTwo | Kind::RestartAll => Some(w.end),
+            k if k.takes_quorum() => Some(w.end),
             k if k.hits_leader() => {
                 Some(w.new_leader_after_us.map(|x| w.start + x).unwrap_or(w.end))
             }
@@ -285,21 +284,26 @@ pub fn check_timeliness(input: &Input, timelines: &BTreeMap<String, Timeline>) -
         }
     }
     // Leader faults: from the fault to the first delivery of a run due after it, by a node
-    // other than the one hit (when the sender is known).
+    // other than the one hit (when the sender is known). A fault that takes the quorum down
+    // (kill-two, restart-all, power-loss) is measured from its end, to a delivery by any node:
+    // the nodes it hit are back then, and one of them may well lead.
     let mut recoveries = Vec::new();
     for w in input.windows.iter().filter(|w| w.fault.hits_leader()) {
+        let outage = w.fault.takes_quorum();
+        let from = if outage { w.end } else { w.start };
         let next = input
             .deliveries
             .iter()
-            .filter(|d| d.scheduled_at >= w.start && d.recv >= w.start)
-            .filter(|d| d.from.is_none_or(|f| !w.targets.contains(&f)))
+            .filter(|d| d.scheduled_at >= w.start && d.recv >= from)
+            .filter(|d| outage || d.from.is_none_or(|f| !w.targets.contains(&f)))
             .map(|d| d.recv)
             .min();
         recoveries.push(json!({
             "fault": w.fault.name(),
             "at": rfc3339_us(w.start),
             "held_ms": (w.end - w.start) / 1000,
-            "to_next_delivery_ms": next.map(|n| (n - w.start) / 1000),
+            "measured_from": if outage { "heal" } else { "fault" },
+            "to_next_delivery_ms": next.map(|n| (n - from) / 1000),
             "new_leader_after_ms": w.new_leader_after_us.map(|x| x / 1000),
         }));
     }
@@ -333,7 +337,7 @@ mod tests {
     use crate::check::testkit::*;
     use crate::check::{RunRecord, Validity};
     use crate::history::Type;
-    use crate::nemesis::Window;
+    use crate::nemesis::{Kind, Window};
     use serde_json::json;
 
     /// Job "a" every 1 s from T0+2s; read at T0+30s; drain 10s → owed T0+2..T0+20.
@@ -518,6 +522,38 @@ mod tests {
         i.deliveries[4].recv = due + 5 * S + 50_000;
         let v = check_timeliness(&i, &timelines(&i.ops));
         assert_eq!(v.counts["stuck"], 0, "{v:?}");
+    }
+
+    /// Regression (soak-…-s87914 reported 883 s "to the next delivery" after a kill-two): a
+    /// quorum loss is measured from its heal to a delivery by any node, since a node it hit may
+    /// lead again; a single-node leader fault still needs a sender other than the one hit.
+    #[test]
+    fn recovery_after_a_quorum_loss_is_measured_from_the_heal_by_any_node() {
+        let (mut i, _) = base(None); // every delivery comes from node 1
+        i.windows.push(Window {
+            fault: Kind::KillTwo,
+            targets: vec![1, 2],
+            leader: Some(1),
+            start: T0 + 5 * S,
+            end: T0 + 8 * S,
+            new_leader_after_us: None,
+        });
+        i.windows.push(Window {
+            fault: Kind::KillLeader,
+            targets: vec![1],
+            leader: Some(1),
+            start: T0 + 12 * S,
+            end: T0 + 14 * S,
+            new_leader_after_us: Some(700_000),
+        });
+        let v = check_timeliness(&i, &timelines(&i.ops));
+        let faults = v.counts["leader_faults"].as_array().unwrap();
+        // Due 8 s, sent at +3 ms by node 1 (back after the heal at 8 s).
+        assert_eq!(faults[0]["measured_from"], "heal");
+        assert_eq!(faults[0]["to_next_delivery_ms"], 3);
+        // Every later delivery comes from node 1, the node hit: none counts.
+        assert_eq!(faults[1]["measured_from"], "fault");
+        assert!(faults[1]["to_next_delivery_ms"].is_null(), "{faults:?}");
     }
 
     /// Regression (false "stuck" in smoke-…-s929981): a run due during a quorum loss, held by a

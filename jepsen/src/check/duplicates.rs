@@ -21,9 +21,10 @@ use crate::sink::Delivery;
 
 /// A stopped process decides nothing; this covers clock granularity.
 const PAUSE_EPS: i64 = 5_000;
-/// The lease lasts less than the election timeout minimum (200 ms); with dispatch lateness and
-/// margin, an isolated leader has stopped deciding sends by this long after the cut.
-const LEASE_MAX: i64 = 500_000;
+/// The lease lasts less than the election timeout minimum (200 ms; hookd's ends 100 ms after
+/// the last quorum ack): a run due this long after the cut must not be sent by the isolated
+/// node, however late its send (the gate is checked at or after the due instant).
+const LEASE_MAX: i64 = 250_000;
 /// A deposed node needs at least an election timeout to lead again.
 const REELECT_MIN: i64 = 200_000;
 
@@ -178,6 +179,25 @@ mod tests {
         let v = check(&i);
         assert_eq!(v.valid, Validity::Valid, "{v:?}");
         assert_eq!(v.counts["spurious_by_fault"]["pause-leader"], 1);
+    }
+
+    #[test]
+    fn an_isolated_leader_sending_a_run_due_after_its_lease_is_caught() {
+        let mut i = input(vec![], vec![], T0 + 60 * S);
+        i.windows.push(Window {
+            fault: Kind::PartitionLeader,
+            ..win(T0, T0 + 3 * S)
+        });
+        // Due within the lease (100 ms after the cut): the isolated node may still send it.
+        i.deliveries
+            .push(delivery("a", T0 + 100_000, T0 + 101_000, true, 1));
+        assert_eq!(check(&i).valid, Validity::Valid, "{:?}", check(&i));
+        // Due 280 ms after the cut, claimed before it: sending it needs a lease it lost.
+        i.deliveries
+            .push(delivery("b", T0 + 280_000, T0 + 281_000, true, 1));
+        let v = check(&i);
+        assert_eq!(v.valid, Validity::Invalid);
+        assert_eq!(v.counts["deposed_leader_sends"], 1);
     }
 
     #[test]
