@@ -303,36 +303,31 @@ impl Nemesis {
             .map(|(l, _)| l)
     }
 
+    /// Logs `kind` as skipped; returns false (not installed).
+    fn skipped(&self, kind: Kind, why: &str) -> bool {
+        self.log(Event {
+            fault: kind,
+            phase: "start".into(),
+            outcome: "skipped".into(),
+            targets: vec![],
+            leader: None,
+            t: now_us(),
+            detail: why.to_owned(),
+            new_leader_after_us: None,
+        });
+        false
+    }
+
     /// Installs `kind`, holds it, heals it. Returns whether it was installed.
     async fn one(&self, kind: Kind, hold: Duration, rng: &mut StdRng) -> bool {
         if kind == Kind::PowerLoss && !self.cluster.has_disks() {
-            self.log(Event {
-                fault: kind,
-                phase: "start".into(),
-                outcome: "skipped".into(),
-                targets: vec![],
-                leader: None,
-                t: now_us(),
-                detail: self.cluster.storage.clone(),
-                new_leader_after_us: None,
-            });
-            return false;
+            return self.skipped(kind, &self.cluster.storage);
         }
         let ids = self.cluster.ids();
         let leader = self.leader().await;
         let needs_leader = !kind.is_sink_fault();
         let Some(l) = leader.or(if needs_leader { None } else { Some(0) }) else {
-            self.log(Event {
-                fault: kind,
-                phase: "start".into(),
-                outcome: "skipped".into(),
-                targets: vec![],
-                leader: None,
-                t: now_us(),
-                detail: "no leader to aim at".into(),
-                new_leader_after_us: None,
-            });
-            return false;
+            return self.skipped(kind, "no leader to aim at");
         };
         let followers: Vec<u64> = ids.iter().copied().filter(|i| *i != l).collect();
         let follower = followers.choose(rng).copied();

@@ -54,7 +54,8 @@ enum Cmd {
     },
     /// Re-runs the checkers on a stored run folder.
     Check { dir: PathBuf },
-    /// Removes namespaces, veths and the bridge of a crashed run.
+    /// Removes namespaces, veths, the bridge and LazyFs mounts of a crashed run (never run it
+    /// while a run is under way).
     Cleanup,
 }
 
@@ -102,7 +103,12 @@ async fn main() -> anyhow::Result<()> {
     match args.cmd {
         Cmd::Cleanup => {
             hookd_jepsen::net::cleanup_stale(3);
-            println!("removed stale hookd-jepsen namespaces, veths and bridge (if any)");
+            let mounts = hookd_jepsen::lazyfs::detach_stale();
+            println!(
+                "removed stale hookd-jepsen namespaces, veths and bridge (if any); \
+                 detached {} stale LazyFs mounts",
+                mounts.len()
+            );
             Ok(())
         }
         Cmd::Check { dir } => {
