@@ -242,15 +242,6 @@ impl Replica {
         &self.leadership
     }
 
-    /// Waits until the state machine has applied everything committed in `epoch`'s term start,
-    /// confirming leadership with a quorum (a barrier before acting on the state).
-    pub async fn barrier(&self) -> Result<(), ReplicaError> {
-        self.leader_read_index(REQUEST_DEADLINE)
-            .await
-            .map(|_| ())
-            .map_err(|e| ReplicaError::NoLeader(e.to_string()))
-    }
-
     pub fn view(&self) -> &StateView {
         &self.view
     }

@@ -32,6 +32,8 @@ const RECORD_ITEMS_MAX: usize = 2000;
 const RECORD_TRIES: u32 = 3;
 /// Longest sleep of the loop when nothing is scheduled (it also wakes on every event).
 const IDLE_WAKE: Duration = Duration::from_millis(500);
+/// How long the epoch's barrier write may take before it is tried again.
+const BARRIER_WITHIN: Duration = Duration::from_secs(2);
 /// Pause before re-checking the lease gate when it is closed.
 const GATE_RECHECK: Duration = Duration::from_millis(10);
 
@@ -93,11 +95,26 @@ pub async fn run_epoch(
     epoch: Epoch,
     cancel: CancellationToken,
 ) {
-    // Everything committed before this epoch must be applied before planning from it.
+    // Everything in the log before this epoch must be applied before planning from it. A read
+    // index is not enough: after a whole-cluster restart a node can lead the same term again
+    // (openraft restores its vote), and a claim its previous process appended but did not
+    // commit then commits later under this very epoch, after the open runs were re-queued,
+    // leaving its runs to no one (found by the chaos soak). So the barrier is a write of this
+    // epoch, an empty claim: once it is applied, so is every entry before it.
     loop {
-        match replica.barrier().await {
-            Ok(()) => break,
-            Err(e) => {
+        let barrier = Command::ClaimRuns {
+            epoch,
+            now_ms: now_ms(),
+            items: Vec::new(),
+            retention: config.retention,
+        };
+        match replica.propose_local(barrier, BARRIER_WITHIN).await {
+            Ok(CommandResult::Claimed { .. }) => break,
+            other => {
+                let e = match other {
+                    Ok(r) => format!("{r:?}"),
+                    Err(e) => e.to_string(),
+                };
                 tracing::warn!(error = %e, "dispatch barrier failed; retrying");
                 tokio::select! {
                     _ = cancel.cancelled() => return,

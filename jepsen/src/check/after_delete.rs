@@ -157,4 +157,47 @@ mod tests {
         assert_eq!(v.counts["after_pause"], 1);
         assert_eq!(v.valid, Validity::Invalid);
     }
+
+    /// Regression (false "sent while paused" in soak-…-s340149): a resume concurrent with a
+    /// pause, answered 1 ms before it, was applied after it; the job stayed active.
+    #[test]
+    fn a_resume_concurrent_with_the_pause_may_have_lifted_it() {
+        let pause = |invoke, complete| {
+            op(
+                "pause",
+                "a",
+                invoke,
+                complete,
+                Type::Ok,
+                json!({"status": 200}),
+            )
+        };
+        let resume = |invoke, complete| {
+            op(
+                "resume",
+                "a",
+                invoke,
+                complete,
+                Type::Ok,
+                json!({"status": 200}),
+            )
+        };
+        let sent = vec![delivery("a", T0 + 7 * S, T0 + 7 * S + 1000, true, 1)];
+        let concurrent = vec![
+            create_every("a", T0, T0, 1),
+            pause(T0 + 5 * S, T0 + 5 * S + 80_000),
+            resume(T0 + 5 * S + 6_000, T0 + 5 * S + 79_000),
+        ];
+        let i = input(concurrent, sent.clone(), T0 + 60 * S);
+        let v = check(&i, &timelines(&i.ops));
+        assert_eq!(v.valid, Validity::Valid, "{v:?}");
+        // A resume over before the pause began lifts nothing.
+        let before = vec![
+            create_every("a", T0, T0, 1),
+            resume(T0 + 4 * S, T0 + 4 * S + 1000),
+            pause(T0 + 5 * S, T0 + 5 * S + 80_000),
+        ];
+        let i = input(before, sent, T0 + 60 * S);
+        assert_eq!(check(&i, &timelines(&i.ops)).counts["after_pause"], 1);
+    }
 }

@@ -203,15 +203,26 @@ pub fn check_timeliness(input: &Input, timelines: &BTreeMap<String, Timeline>) -
             })
             .or_insert(d);
     }
+    // When a run could first have been known: its due instant, or, for a job whose create was
+    // acknowledged only after that (or never: it may have taken effect at any time before the
+    // first delivery), the create's acknowledgement or the delivery itself. A fire-once run
+    // of a job created after its instant is on time when it fires right away.
+    let known_from = |d: &crate::sink::Delivery| -> i64 {
+        let created = timelines
+            .get(&d.job_id)
+            .map_or(d.scheduled_at, |tl| tl.created_ok.unwrap_or(d.recv));
+        d.scheduled_at.max(created)
+    };
     let (mut quiet, mut fault) = (Vec::new(), Vec::new());
     let mut early = 0u64;
     for d in first.values() {
-        let late = d.recv - d.scheduled_at;
-        if late < -p.early_tol {
+        let before_due = d.scheduled_at - d.recv;
+        if before_due > p.early_tol {
             early += 1;
             v.invalid();
-            v.example(json!({"early": d.webhook_id, "by_ms": -late / 1000, "from": d.from}));
+            v.example(json!({"early": d.webhook_id, "by_ms": before_due / 1000, "from": d.from}));
         }
+        let late = d.recv - known_from(d);
         if input.fault_at(d.scheduled_at).is_some() {
             fault.push(late);
         } else {
@@ -234,7 +245,7 @@ pub fn check_timeliness(input: &Input, timelines: &BTreeMap<String, Timeline>) -
             continue; // after_delete's finding, not a lateness one
         }
         let mut from =
-            outage_end(input, d.scheduled_at).map_or(d.scheduled_at, |b| b.max(d.scheduled_at));
+            outage_end(input, d.scheduled_at).map_or(known_from(d), |b| b.max(known_from(d)));
         // A pause holds a run due before it until the resume: measure from the resume.
         if let Some(tl) = timelines.get(&d.job_id) {
             let resumed_after_pause = tl
@@ -554,6 +565,27 @@ mod tests {
         // Every later delivery comes from node 1, the node hit: none counts.
         assert_eq!(faults[1]["measured_from"], "fault");
         assert!(faults[1]["to_next_delivery_ms"].is_null(), "{faults:?}");
+    }
+
+    /// Regression (false "stuck" in soak-…-s340149): a create sent just before a bridge cut got
+    /// no answer (info), reached the leader 10 s later by TCP retransmission, and its fire-once
+    /// run, due in between, fired at once. Not stuck; but a job acknowledged before its due
+    /// instant and fired 9 s late still is.
+    #[test]
+    fn a_run_of_a_job_created_after_its_instant_is_measured_from_the_creation() {
+        let due = T0 + 4 * S;
+        let ops = vec![
+            create_at("late", T0, due, Type::Info),
+            create_at("ok", T0, due, Type::Ok),
+        ];
+        let dels = vec![
+            delivery("late", due, due + 9 * S, true, 1),
+            delivery("ok", due, due + 9 * S, true, 1),
+        ];
+        let i = input(ops, dels, T0 + 30 * S);
+        let v = check_timeliness(&i, &timelines(&i.ops));
+        assert_eq!(v.counts["stuck"], 1, "{v:?}");
+        assert_eq!(v.examples[0]["job"], "ok", "{v:?}");
     }
 
     /// Regression (false "stuck" in smoke-…-s929981): a run due during a quorum loss, held by a

@@ -127,10 +127,11 @@ impl Timeline {
             .filter(|o| o.f == "pause" && o.typ == Type::Ok && o.status() == 200)
             .filter_map(|pause| {
                 let p = pause.complete;
+                // Any resume not over before the pause began may have taken effect after it.
                 let lifted = self
                     .changes
                     .iter()
-                    .filter(|o| o.f == "resume" && o.typ != Type::Fail && o.complete > p)
+                    .filter(|o| o.f == "resume" && o.typ != Type::Fail && o.complete > pause.invoke)
                     .map(|o| o.invoke)
                     .min()
                     .unwrap_or(i64::MAX);
