@@ -9,8 +9,9 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::check::{Input, Validity, Verdict};
+use crate::check::{first_deliveries, Input, Validity, Verdict};
 use crate::history::{rfc3339_us, Type};
+use crate::sink::Delivery;
 use crate::svg::{scatter, Band, Series};
 
 /// Facts about the run, for the header.
@@ -53,23 +54,42 @@ pub fn write_results(dir: &Path, meta: &Meta, verdicts: &[Verdict]) -> anyhow::R
     Ok(())
 }
 
+/// What a delivery was to its run, in arrival order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Arrival {
+    First,
+    /// After attempts that all failed.
+    Retry,
+    /// After the run was already delivered with a 2xx.
+    AfterOk,
+}
+
+/// Every delivery in arrival order, with what it was to its run.
+fn arrivals(deliveries: &[Delivery]) -> Vec<(&Delivery, Arrival)> {
+    let mut sorted: Vec<&Delivery> = deliveries.iter().collect();
+    sorted.sort_by_key(|d| d.recv);
+    let mut seen_ok: HashMap<&str, bool> = HashMap::new();
+    sorted
+        .into_iter()
+        .map(|d| {
+            let arrival = match seen_ok.get(d.webhook_id.as_str()) {
+                Some(true) => Arrival::AfterOk,
+                Some(false) => Arrival::Retry,
+                None => Arrival::First,
+            };
+            *seen_ok.entry(d.webhook_id.as_str()).or_insert(false) |= d.ok;
+            (d, arrival)
+        })
+        .collect()
+}
+
 fn sec(meta: &Meta, t: i64) -> f64 {
     (t - meta.started) as f64 / 1e6
 }
 
 /// Draws `lateness.svg`.
 pub fn lateness_svg(meta: &Meta, input: &Input) -> String {
-    let mut first: HashMap<&str, &crate::sink::Delivery> = HashMap::new();
-    for d in &input.deliveries {
-        first
-            .entry(d.webhook_id.as_str())
-            .and_modify(|f| {
-                if d.recv < f.recv {
-                    *f = d
-                }
-            })
-            .or_insert(d);
-    }
+    let first = first_deliveries(&input.deliveries);
     let mut pts: Vec<(f64, f64)> = first
         .values()
         .map(|d| {
@@ -80,23 +100,18 @@ pub fn lateness_svg(meta: &Meta, input: &Input) -> String {
         })
         .collect();
     pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let mut seen_ok: HashMap<&str, bool> = HashMap::new();
-    let mut sorted: Vec<&crate::sink::Delivery> = input.deliveries.iter().collect();
-    sorted.sort_by_key(|d| d.recv);
     let mut dups = Vec::new();
     let mut retries = Vec::new();
-    for d in sorted {
+    for (d, arrival) in arrivals(&input.deliveries) {
         let p = (
             sec(meta, d.recv),
             ((d.recv - d.scheduled_at) as f64 / 1000.0).max(0.1),
         );
-        match seen_ok.get(d.webhook_id.as_str()) {
-            Some(true) => dups.push(p),
-            Some(false) => retries.push(p),
-            None => {}
+        match arrival {
+            Arrival::AfterOk => dups.push(p),
+            Arrival::Retry => retries.push(p),
+            Arrival::First => {}
         }
-        let e = seen_ok.entry(d.webhook_id.as_str()).or_insert(false);
-        *e |= d.ok;
     }
     let bands: Vec<Band> = input
         .windows
@@ -201,18 +216,11 @@ pub fn write_report(
             recov_by_at.insert(at.to_owned(), r.clone());
         }
     }
-    let mut dup_times: Vec<i64> = Vec::new();
-    {
-        let mut seen_ok: HashMap<&str, bool> = HashMap::new();
-        let mut sorted: Vec<&crate::sink::Delivery> = input.deliveries.iter().collect();
-        sorted.sort_by_key(|d| d.recv);
-        for d in sorted {
-            if seen_ok.get(d.webhook_id.as_str()) == Some(&true) {
-                dup_times.push(d.recv);
-            }
-            *seen_ok.entry(d.webhook_id.as_str()).or_insert(false) |= d.ok;
-        }
-    }
+    let dup_times: Vec<i64> = arrivals(&input.deliveries)
+        .into_iter()
+        .filter(|(_, a)| *a == Arrival::AfterOk)
+        .map(|(d, _)| d.recv)
+        .collect();
     let mut i = 0;
     for e in input.nemesis.iter().filter(|e| e.phase == "start") {
         i += 1;

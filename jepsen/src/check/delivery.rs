@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde_json::json;
 
 use super::model::Timeline;
-use super::{percentile, Input, Verdict};
+use super::{first_deliveries, percentile, Input, Verdict};
 use crate::history::{rfc3339_us, Type};
 
 fn ms(t: i64) -> i64 {
@@ -192,17 +192,7 @@ pub fn jobs_missing_runs(
 pub fn check_timeliness(input: &Input, timelines: &BTreeMap<String, Timeline>) -> Verdict {
     let mut v = Verdict::new("timeliness");
     let p = &input.params;
-    let mut first: HashMap<&str, &crate::sink::Delivery> = HashMap::new();
-    for d in &input.deliveries {
-        first
-            .entry(d.webhook_id.as_str())
-            .and_modify(|f| {
-                if d.recv < f.recv {
-                    *f = d;
-                }
-            })
-            .or_insert(d);
-    }
+    let first = first_deliveries(&input.deliveries);
     // When a run could first have been known: its due instant, or, for a job whose create was
     // acknowledged only after that (or never: it may have taken effect at any time before the
     // first delivery), the create's acknowledgement or the delivery itself. A fire-once run
@@ -348,7 +338,7 @@ mod tests {
     use crate::check::testkit::*;
     use crate::check::{RunRecord, Validity};
     use crate::history::Type;
-    use crate::nemesis::{Kind, Window};
+    use crate::nemesis::Kind;
     use serde_json::json;
 
     /// Job "a" every 1 s from T0+2s; read at T0+30s; drain 10s → owed T0+2..T0+20.
@@ -423,14 +413,13 @@ mod tests {
     #[test]
     fn a_run_due_while_the_cluster_was_down_is_owed_only_if_the_pause_came_after_recovery() {
         let (mut i, _) = base(Some(T0 + 7 * S));
-        i.windows.push(Window {
-            fault: Kind::RestartAll,
-            targets: vec![1, 2, 3],
-            leader: Some(1),
-            start: T0 + 6 * S + 500_000,
-            end: T0 + 7 * S + 500_000,
-            new_leader_after_us: None,
-        });
+        i.windows.push(window(
+            Kind::RestartAll,
+            &[1, 2, 3],
+            T0 + 6 * S + 500_000,
+            T0 + 7 * S + 500_000,
+            None,
+        ));
         // Paused right after the nodes came back: the run due at 7 s had no chance.
         let mut ops = i.ops.clone();
         ops.push(op(
@@ -473,14 +462,13 @@ mod tests {
     #[test]
     fn lateness_is_split_by_fault_windows_and_early_fires_are_caught() {
         let (mut i, _) = base(None);
-        i.windows.push(Window {
-            fault: Kind::KillLeader,
-            targets: vec![1],
-            leader: Some(1),
-            start: T0 + 10 * S,
-            end: T0 + 12 * S,
-            new_leader_after_us: Some(700_000),
-        });
+        i.windows.push(window(
+            Kind::KillLeader,
+            &[1],
+            T0 + 10 * S,
+            T0 + 12 * S,
+            Some(700_000),
+        ));
         let v = check_timeliness(&i, &timelines(&i.ops));
         assert_eq!(v.valid, Validity::Valid, "{v:?}");
         assert!(v.counts["fault"]["n"].as_u64().unwrap() > 0);
@@ -493,14 +481,13 @@ mod tests {
     #[test]
     fn a_run_picked_up_long_after_the_new_leader_is_stuck() {
         let (mut i, _) = base(None);
-        i.windows.push(Window {
-            fault: Kind::PartitionLeader,
-            targets: vec![2],
-            leader: Some(2),
-            start: T0 + 5 * S + 900_000,
-            end: T0 + 10 * S,
-            new_leader_after_us: Some(1_500_000),
-        });
+        i.windows.push(window(
+            Kind::PartitionLeader,
+            &[2],
+            T0 + 5 * S + 900_000,
+            T0 + 10 * S,
+            Some(1_500_000),
+        ));
         // Due at 6 s, new leader at 7.4 s: delivered at 9 s is fine.
         i.deliveries[4].recv = T0 + 9 * S;
         assert_eq!(
@@ -522,14 +509,13 @@ mod tests {
     fn a_run_due_just_before_a_cluster_outage_is_measured_from_its_end() {
         let (mut i, _) = base(None);
         let due = i.deliveries[4].scheduled_at;
-        i.windows.push(Window {
-            fault: Kind::RestartAll,
-            targets: vec![1, 2, 3],
-            leader: Some(1),
-            start: due + 2_000,
-            end: due + 5 * S,
-            new_leader_after_us: None,
-        });
+        i.windows.push(window(
+            Kind::RestartAll,
+            &[1, 2, 3],
+            due + 2_000,
+            due + 5 * S,
+            None,
+        ));
         i.deliveries[4].recv = due + 5 * S + 50_000;
         let v = check_timeliness(&i, &timelines(&i.ops));
         assert_eq!(v.counts["stuck"], 0, "{v:?}");
@@ -541,22 +527,15 @@ mod tests {
     #[test]
     fn recovery_after_a_quorum_loss_is_measured_from_the_heal_by_any_node() {
         let (mut i, _) = base(None); // every delivery comes from node 1
-        i.windows.push(Window {
-            fault: Kind::KillTwo,
-            targets: vec![1, 2],
-            leader: Some(1),
-            start: T0 + 5 * S,
-            end: T0 + 8 * S,
-            new_leader_after_us: None,
-        });
-        i.windows.push(Window {
-            fault: Kind::KillLeader,
-            targets: vec![1],
-            leader: Some(1),
-            start: T0 + 12 * S,
-            end: T0 + 14 * S,
-            new_leader_after_us: Some(700_000),
-        });
+        i.windows
+            .push(window(Kind::KillTwo, &[1, 2], T0 + 5 * S, T0 + 8 * S, None));
+        i.windows.push(window(
+            Kind::KillLeader,
+            &[1],
+            T0 + 12 * S,
+            T0 + 14 * S,
+            Some(700_000),
+        ));
         let v = check_timeliness(&i, &timelines(&i.ops));
         let faults = v.counts["leader_faults"].as_array().unwrap();
         // Due 8 s, sent at +3 ms by node 1 (back after the heal at 8 s).
@@ -593,14 +572,13 @@ mod tests {
     #[test]
     fn a_run_held_by_a_pause_until_the_resume_is_not_stuck() {
         let (mut i, _) = base(None);
-        i.windows.push(Window {
-            fault: Kind::PartitionLeader,
-            targets: vec![2],
-            leader: Some(2),
-            start: T0 + 5 * S + 900_000,
-            end: T0 + 7 * S,
-            new_leader_after_us: Some(1_500_000),
-        });
+        i.windows.push(window(
+            Kind::PartitionLeader,
+            &[2],
+            T0 + 5 * S + 900_000,
+            T0 + 7 * S,
+            Some(1_500_000),
+        ));
         let job = i.deliveries[4].job_id.clone();
         let ok = json!({"status": 200});
         i.ops.push(op(

@@ -147,14 +147,7 @@ mod tests {
     use crate::nemesis::Window;
 
     fn win(start: i64, end: i64) -> Window {
-        Window {
-            fault: Kind::PauseLeader,
-            targets: vec![1],
-            leader: Some(1),
-            start,
-            end,
-            new_leader_after_us: None,
-        }
+        window(Kind::PauseLeader, &[1], start, end, None)
     }
 
     #[test]

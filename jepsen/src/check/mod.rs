@@ -11,7 +11,7 @@ pub mod durability;
 pub mod linear;
 pub mod model;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -206,6 +206,22 @@ pub fn percentile(sorted: &[i64], q: f64) -> Option<i64> {
     Some(sorted[rank - 1])
 }
 
+/// Each run's first delivery (earliest at the sink), by webhook id.
+pub fn first_deliveries(deliveries: &[Delivery]) -> HashMap<&str, &Delivery> {
+    let mut first: HashMap<&str, &Delivery> = HashMap::new();
+    for d in deliveries {
+        first
+            .entry(d.webhook_id.as_str())
+            .and_modify(|f| {
+                if d.recv < f.recv {
+                    *f = d;
+                }
+            })
+            .or_insert(d);
+    }
+    first
+}
+
 #[cfg(test)]
 pub(crate) mod testkit {
     //! Builders for synthetic histories.
@@ -249,6 +265,24 @@ pub(crate) mod testkit {
         let mut o = op("create", job, at, at + 10_000, typ, json!({"status": 201}));
         o.value = json!({"id": job, "schedule": {"at": crate::history::rfc3339_us(due)}});
         o
+    }
+
+    /// A fault window aimed at `targets`, the first of which led when it was installed.
+    pub fn window(
+        fault: Kind,
+        targets: &[u64],
+        start: i64,
+        end: i64,
+        new_leader_after_us: Option<i64>,
+    ) -> Window {
+        Window {
+            fault,
+            targets: targets.to_vec(),
+            leader: targets.first().copied(),
+            start,
+            end,
+            new_leader_after_us,
+        }
     }
 
     pub fn delivery(job: &str, due: i64, recv: i64, ok: bool, from: u64) -> Delivery {
