@@ -73,9 +73,16 @@ pub struct ServeArgs {
     /// Runs kept per job; older finished runs are dropped [default: 100].
     #[arg(long, env = "HOOKD_RUN_RETENTION", value_name = "N")]
     pub run_retention: Option<u32>,
-    /// Deliveries in flight at once on the leader [default: 1024].
+    /// Deliveries in flight at once on the leader, shared fairly between targets [default: 1024].
     #[arg(long, env = "HOOKD_DELIVERIES_MAX", value_name = "N")]
     pub deliveries_max: Option<usize>,
+    /// Deliveries in flight at once per target host:port [default: 64].
+    #[arg(long, env = "HOOKD_HOST_CONCURRENCY", value_name = "N")]
+    pub host_concurrency: Option<usize>,
+    /// Client writes get `429 overloaded` while the leader has more than N writes waiting
+    /// (queued or not yet applied) [default: 4096].
+    #[arg(long, env = "HOOKD_WRITE_BACKLOG_MAX", value_name = "N")]
+    pub write_backlog_max: Option<usize>,
 }
 
 /// The config file: the same keys as the flags, in snake_case.
@@ -97,6 +104,8 @@ struct FileConfig {
     snapshot_logs: Option<u64>,
     run_retention: Option<u32>,
     deliveries_max: Option<usize>,
+    host_concurrency: Option<usize>,
+    write_backlog_max: Option<usize>,
 }
 
 /// Where the node keeps its data.
@@ -135,6 +144,8 @@ pub struct Config {
     pub snapshot_logs: u64,
     pub run_retention: u32,
     pub deliveries_max: usize,
+    pub host_concurrency: usize,
+    pub write_backlog_max: usize,
 }
 
 /// openraft and sled log routine events at info; keep them to warnings by default.
@@ -221,6 +232,17 @@ impl ServeArgs {
         if !(1..=65_536).contains(&deliveries_max) {
             bail!("--deliveries-max must be between 1 and 65536");
         }
+        let host_concurrency = self
+            .host_concurrency
+            .or(file.host_concurrency)
+            .unwrap_or(64);
+        if !(1..=65_536).contains(&host_concurrency) {
+            bail!("--host-concurrency must be between 1 and 65536");
+        }
+        let write_backlog_max = self
+            .write_backlog_max
+            .or(file.write_backlog_max)
+            .unwrap_or(4096);
         Ok(Config {
             node_id,
             listen,
@@ -237,6 +259,8 @@ impl ServeArgs {
             snapshot_logs,
             run_retention,
             deliveries_max,
+            host_concurrency,
+            write_backlog_max,
         })
     }
 }

@@ -15,6 +15,10 @@ pub const CRON_EXPR_BYTES_MAX: usize = 256;
 
 pub const DELIVERY_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
 pub const DELIVERY_TIMEOUT_MAX: Duration = Duration::from_secs(60);
+/// Longest connect of a delivery (inside its total timeout, so `min(timeout, this)`).
+pub const DELIVERY_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most of a target's response body a delivery reads; then the connection is closed.
+pub const RESPONSE_BODY_BYTES_MAX: usize = 64 << 10;
 
 pub const RETRY_ATTEMPTS_DEFAULT: u32 = 5;
 pub const RETRY_ATTEMPTS_MAX: u32 = 100;

@@ -62,3 +62,17 @@ pub fn skipped(count: u64) {
 pub fn in_flight(n: usize) {
     metrics::gauge!("hookd_deliveries_in_flight").set(n as f64);
 }
+
+/// Per-target totals of the dispatcher; no label per target, so cardinality stays fixed.
+pub fn targets(t: &crate::dispatch::targets::Totals) {
+    metrics::gauge!("hookd_targets").set(t.targets as f64);
+    metrics::gauge!("hookd_deliveries_in_flight").set(t.in_flight as f64);
+    metrics::gauge!("hookd_runs_waiting").set(t.waiting as f64);
+    metrics::gauge!("hookd_target_circuits", "state" => "open").set(t.open as f64);
+    metrics::gauge!("hookd_target_circuits", "state" => "half_open").set(t.half_open as f64);
+}
+
+/// A target's circuit opened.
+pub fn circuit_opened() {
+    counter!("hookd_target_circuit_opened_total").increment(1);
+}

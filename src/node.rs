@@ -82,6 +82,7 @@ pub async fn run(
         cluster_id_required: config.cluster_id.is_some(),
         timing: RaftTiming::default(),
         snapshot_logs: config.snapshot_logs,
+        write_backlog_max: config.write_backlog_max,
     })
     .await
     .context("start the replicated core")?;
@@ -91,12 +92,13 @@ pub async fn run(
     let deliverer = Deliverer::new(config.signing_secret.as_deref(), config.node_id)
         .context("build the delivery client")?;
     let dispatch_stop = CancellationToken::new();
-    let dispatcher = dispatch::spawn(
+    let (dispatcher, dispatch_handle) = dispatch::spawn(
         replica.clone(),
         deliverer,
         DispatchConfig {
             horizon: DISPATCH_HORIZON,
             in_flight_max: config.deliveries_max,
+            host_max: config.host_concurrency,
             retention: config.run_retention,
         },
         dispatch_stop.clone(),
@@ -107,7 +109,11 @@ pub async fn run(
     let servers = TaskTracker::new();
     let peer_app = hookd_raft::network::peer_router(replica.clone());
     servers.spawn(serve("peer", listeners.peer, peer_app, peer_stop.clone()));
-    let api_app = api::router(Arc::new(ApiState::new(replica.clone(), &config)));
+    let api_app = api::router(Arc::new(ApiState::new(
+        replica.clone(),
+        dispatch_handle,
+        &config,
+    )));
     let api_server = tokio::spawn(serve("api", listeners.api, api_app, api_stop.clone()));
 
     shutdown.cancelled().await;

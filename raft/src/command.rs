@@ -320,6 +320,25 @@ impl Command {
             Command::Batch { .. } => "batch",
         }
     }
+
+    /// Whether a leader over its write backlog refuses this command (`429`) rather than queue
+    /// it: client writes that add work. Deletes and pauses shed load and always go through, as
+    /// do the dispatcher's claims and records and the nodes' own bookkeeping.
+    pub fn sheddable(&self) -> bool {
+        match self {
+            Command::CreateJob { .. }
+            | Command::PutJob { .. }
+            | Command::RetryRun { .. }
+            | Command::TriggerJob { .. } => true,
+            Command::SetPaused { paused, .. } => !paused,
+            Command::DeleteJob { .. }
+            | Command::SetNodeInfo { .. }
+            | Command::SetClusterId { .. }
+            | Command::ClaimRuns { .. }
+            | Command::RecordAttempts { .. } => false,
+            Command::Batch { commands } => commands.iter().any(Command::sheddable),
+        }
+    }
 }
 
 /// What applying one log entry produced. Rejections are values, never errors: `apply` itself

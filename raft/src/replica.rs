@@ -67,6 +67,9 @@ pub struct ReplicaConfig {
     /// Build a snapshot every this many applied entries, keep a fifth of that in the log behind
     /// it for followers that lag a little, and purge in batches of a twentieth.
     pub snapshot_logs: u64,
+    /// Client writes are refused (`Overloaded`) while the leader's write backlog (proposals
+    /// waiting for a batch plus log entries not yet applied) is above this.
+    pub write_backlog_max: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +107,9 @@ pub enum ReplicaError {
     /// This node's Raft core has stopped (storage failure or shutdown).
     #[error("raft stopped: {0}")]
     Fatal(String),
+    /// The leader's write backlog is over its bound; nothing was written.
+    #[error("{0}")]
+    Overloaded(String),
 }
 
 /// One node of the replicated core.
@@ -293,17 +299,39 @@ impl Replica {
                 Err(ForwardError::NotLeader { .. }) => self.pause_until(deadline).await?,
                 Err(ForwardError::Unconfirmed(m)) => return Err(ReplicaError::Unconfirmed(m)),
                 Err(ForwardError::Fatal(m)) => return Err(ReplicaError::Fatal(m)),
+                Err(ForwardError::Overloaded(m)) => return Err(ReplicaError::Overloaded(m)),
             }
         }
     }
 
+    /// This node's write backlog: proposals waiting for a batch slot plus log entries appended
+    /// but not yet applied.
+    pub fn write_backlog(&self) -> usize {
+        let queued = PROPOSALS_QUEUED_MAX.saturating_sub(self.proposals.capacity());
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let last_log = m.last_log_index.unwrap_or(0);
+        let applied = m.last_applied.map_or(0, |l| l.index);
+        queued.saturating_add(last_log.saturating_sub(applied) as usize)
+    }
+
     /// Proposes `cmd` on this node, which should be the leader. Used directly by `propose` and
-    /// by the peer router for forwarded writes.
+    /// by the peer router for forwarded writes. A sheddable command is refused while the write
+    /// backlog is over its bound, so clients get `429` at once instead of a timeout.
     pub async fn propose_local(
         &self,
         cmd: Command,
         within: Duration,
     ) -> Result<CommandResult, ForwardError> {
+        if cmd.sheddable() {
+            let backlog = self.write_backlog();
+            if backlog > self.config.write_backlog_max {
+                return Err(ForwardError::Overloaded(format!(
+                    "{backlog} writes are waiting on the leader (bound {}); retry later",
+                    self.config.write_backlog_max
+                )));
+            }
+        }
         let (reply, answer) = oneshot::channel();
         let queued = async {
             self.proposals
@@ -452,6 +480,7 @@ impl Replica {
                 Err(ForwardError::NotLeader { .. }) => self.pause_until(deadline).await?,
                 Err(ForwardError::Unconfirmed(m)) => return Err(ReplicaError::NoLeader(m)),
                 Err(ForwardError::Fatal(m)) => return Err(ReplicaError::Fatal(m)),
+                Err(ForwardError::Overloaded(m)) => return Err(ReplicaError::Overloaded(m)),
             }
         }
     }

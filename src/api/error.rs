@@ -15,7 +15,7 @@ pub struct ApiError {
     pub field: Option<String>,
 }
 
-/// Seconds a client should wait before retrying a `503`.
+/// Seconds a client should wait before retrying a `503` or `429`.
 const RETRY_AFTER_SECS: &str = "1";
 
 impl ApiError {
@@ -92,6 +92,11 @@ impl ApiError {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_leader", message)
     }
 
+    /// `429`: the leader sheds writes while its backlog is over its bound.
+    pub fn overloaded(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::TOO_MANY_REQUESTS, "overloaded", message)
+    }
+
     pub fn unavailable(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
     }
@@ -110,6 +115,7 @@ impl From<ReplicaError> for ApiError {
                 ApiError::no_leader(e.to_string())
             }
             ReplicaError::Fatal(_) => ApiError::unavailable(e.to_string()),
+            ReplicaError::Overloaded(m) => ApiError::overloaded(m),
         }
     }
 }
@@ -127,7 +133,10 @@ impl IntoResponse for ApiError {
             "error": {"code": self.code, "message": self.message, "field": self.field}
         }));
         let mut resp = (self.status, body).into_response();
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+        if matches!(
+            self.status,
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+        ) {
             resp.headers_mut().insert(
                 header::RETRY_AFTER,
                 HeaderValue::from_static(RETRY_AFTER_SECS),

@@ -13,8 +13,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::model::{parse_json, validate_id, JobRequest, JobView};
-use super::{json_body, now_ms, query, ApiError, ApiState, Consistency, Shared};
-use crate::limits::{LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX};
+use super::{json_body, list_limit, now_ms, query, ApiError, ApiState, Consistency, Shared};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -131,13 +130,7 @@ pub async fn list(
     params: Result<Query<ListParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let params = query(params)?;
-    let limit = params.limit.unwrap_or(LIST_LIMIT_DEFAULT);
-    if !(1..=LIST_LIMIT_MAX).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "limit",
-            format!("limit must be between 1 and {LIST_LIMIT_MAX}"),
-        ));
-    }
+    let limit = list_limit(params.limit)?;
     state.read_barrier(params.consistency).await?;
     let (jobs, more) = state
         .replica

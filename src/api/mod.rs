@@ -7,6 +7,7 @@ mod error;
 mod jobs;
 pub mod model;
 mod runs;
+mod targets;
 
 use std::sync::Arc;
 
@@ -24,19 +25,31 @@ use serde::Deserialize;
 pub use error::ApiError;
 
 use crate::config::Config;
-use crate::limits::REQUEST_BODY_BYTES_MAX;
+use crate::dispatch::DispatchHandle;
+use crate::limits::{LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX, REQUEST_BODY_BYTES_MAX};
 
 /// Shared state of the API handlers.
 pub struct ApiState {
     pub replica: Arc<Replica>,
+    dispatch: DispatchHandle,
+    /// Asks the leader's API for what only the leader knows (its dispatcher's targets).
+    leader_api: reqwest::Client,
     api_token: Option<String>,
     run_retention: u32,
 }
 
 impl ApiState {
-    pub fn new(replica: Arc<Replica>, config: &Config) -> ApiState {
+    pub fn new(replica: Arc<Replica>, dispatch: DispatchHandle, config: &Config) -> ApiState {
+        let leader_api = reqwest::Client::builder()
+            .timeout(targets::FORWARD_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .build()
+            .unwrap_or_default();
         ApiState {
             replica,
+            dispatch,
+            leader_api,
             api_token: config.api_token.clone(),
             run_retention: config.run_retention,
         }
@@ -77,6 +90,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/runs/{run_id}/retry", post(runs::retry))
         .route("/schedules/preview", post(runs::preview))
         .route("/cluster", get(cluster::cluster))
+        .route("/targets", get(targets::list))
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .nest("/v1", v1)
@@ -107,6 +121,18 @@ async fn require_token(State(s): Shared, req: Request, next: Next) -> Response {
 /// Compares secrets without an early exit that would leak the matching prefix's length.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A list's `limit` parameter: the default when absent, else `1..=LIST_LIMIT_MAX` or a `400`.
+fn list_limit(limit: Option<usize>) -> Result<usize, ApiError> {
+    let limit = limit.unwrap_or(LIST_LIMIT_DEFAULT);
+    if !(1..=LIST_LIMIT_MAX).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "limit",
+            format!("limit must be between 1 and {LIST_LIMIT_MAX}"),
+        ));
+    }
+    Ok(limit)
 }
 
 /// The query string as `T`, or a `400` naming the problem.

@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::model::{format_instant, parse_instant, parse_json, validate_id, ScheduleRequest};
-use super::{json_body, now_ms, query, ApiError, Consistency, Shared};
-use crate::limits::{LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX, PREVIEW_COUNT_DEFAULT, PREVIEW_COUNT_MAX};
+use super::{json_body, list_limit, now_ms, query, ApiError, Consistency, Shared};
+use crate::limits::{PREVIEW_COUNT_DEFAULT, PREVIEW_COUNT_MAX};
 use crate::schedule::Schedule;
 
 #[derive(Debug, Deserialize)]
@@ -28,14 +28,7 @@ pub struct RunParams {
 
 impl RunParams {
     fn limit(&self) -> Result<usize, ApiError> {
-        let limit = self.limit.unwrap_or(LIST_LIMIT_DEFAULT);
-        if !(1..=LIST_LIMIT_MAX).contains(&limit) {
-            return Err(ApiError::bad_request(
-                "limit",
-                format!("limit must be between 1 and {LIST_LIMIT_MAX}"),
-            ));
-        }
-        Ok(limit)
+        list_limit(self.limit)
     }
 }
 

@@ -1,5 +1,11 @@
 //! Sending one attempt of a run: the job's request plus the headers of SPEC §3, signed the
 //! Standard Webhooks way when a signing secret is set. One shared, pooled client; no redirects.
+//!
+//! An attempt's cost is bounded whatever the target does: connecting takes at most
+//! `min(timeout, DELIVERY_CONNECT_TIMEOUT)` (the client's connect timeout inside the job's
+//! total timeout), the status line, headers and body read all count toward the job's timeout,
+//! hyper refuses responses with more than 100 headers or ~400 KiB of head, and at most
+//! `RESPONSE_BODY_BYTES_MAX` of a body is read before the connection is dropped.
 
 use std::time::{Duration, Instant};
 
@@ -12,8 +18,7 @@ use sha2::Sha256;
 
 use super::plan::HttpOutcome;
 
-/// Connect timeout of deliveries; the job's own timeout bounds the whole attempt.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+use crate::limits::{DELIVERY_CONNECT_TIMEOUT, RESPONSE_BODY_BYTES_MAX};
 /// Longest error text kept in a run's history.
 const ERROR_CHARS_MAX: usize = 300;
 
@@ -51,7 +56,7 @@ pub struct AttemptRequest<'a> {
 impl Deliverer {
     pub fn new(signing_secret: Option<&str>, node_id: NodeId) -> anyhow::Result<Deliverer> {
         let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
+            .connect_timeout(DELIVERY_CONNECT_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())
             .pool_max_idle_per_host(64)
             .tcp_nodelay(true)
@@ -124,16 +129,17 @@ impl Deliverer {
         let clock = Instant::now();
         let result = request.send().await;
         let (status, retry_after, error) = match result {
-            Ok(resp) => {
+            Ok(mut resp) => {
                 let status = resp.status().as_u16();
                 let retry_after = if matches!(status, 429 | 503) {
                     resp.headers().get(RETRY_AFTER).and_then(parse_retry_after)
                 } else {
                     None
                 };
-                // Drain (bounded by the timeout) so the connection can be reused.
-                let _ = tokio::time::timeout(Duration::from_millis(spec.timeout_ms), resp.bytes())
-                    .await;
+                // Read a bounded prefix of the body (a short body lets the connection be
+                // reused); the request's timeout bounds the time. Dropping a response whose body
+                // is not finished closes its connection.
+                read_prefix(&mut resp, RESPONSE_BODY_BYTES_MAX).await;
                 (Some(status), retry_after, None)
             }
             Err(e) => (None, None, Some(describe(&e))),
@@ -154,6 +160,19 @@ impl Deliverer {
             },
         )
     }
+}
+
+/// Reads at most about `max` bytes of a response body, chunk by chunk, and returns how much was
+/// read. Stops early at the end of the body or on an error (a timeout included).
+async fn read_prefix(resp: &mut reqwest::Response, max: usize) -> usize {
+    let mut read = 0;
+    while read < max {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => read += chunk.len(),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    read
 }
 
 /// `Retry-After` in seconds or as an HTTP date.

@@ -3,22 +3,68 @@
 //! outcomes and retries through Raft, so a new leader continues where the old one stopped.
 //!
 //! - `plan.rs`: pure decisions (what to claim, misfire policy, retry policy);
+//! - `targets.rs`: pure per-target queues, caps, fair sharing and circuit breakers;
 //! - `runner.rs`: the epoch task that executes them;
-//! - `delivery.rs`: one HTTP attempt with the SPEC §3 headers and signature.
+//! - `delivery.rs`: one bounded HTTP attempt with the SPEC §3 headers and signature.
 
 pub mod delivery;
 pub mod plan;
 mod runner;
+pub mod targets;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use hookd_raft::command::Epoch;
 use hookd_raft::Replica;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use delivery::Deliverer;
+use targets::TargetStatus;
+
+/// One page of `GET /v1/targets`: the targets and the key to continue after.
+pub type TargetsPage = (Vec<TargetStatus>, Option<String>);
+
+/// A request for a page of targets, answered by the epoch task of this node.
+pub struct TargetsQuery {
+    pub after: Option<String>,
+    pub limit: usize,
+    pub reply: oneshot::Sender<TargetsPage>,
+}
+
+/// Where the current epoch task takes its queries from; held by one epoch at a time.
+type Queries = Arc<tokio::sync::Mutex<mpsc::Receiver<TargetsQuery>>>;
+
+/// How long a targets query may wait for the dispatcher's loop.
+const QUERY_WITHIN: Duration = Duration::from_secs(2);
+
+/// The API's handle on this node's dispatcher.
+#[derive(Clone)]
+pub struct DispatchHandle {
+    queries: mpsc::Sender<TargetsQuery>,
+}
+
+impl DispatchHandle {
+    /// A page of this node's targets, or None when it does not dispatch (not the leader) or
+    /// its dispatcher did not answer in time.
+    pub async fn targets(&self, after: Option<String>, limit: usize) -> Option<TargetsPage> {
+        let (reply, answer) = oneshot::channel();
+        let query = TargetsQuery {
+            after,
+            limit,
+            reply,
+        };
+        tokio::time::timeout(QUERY_WITHIN, async {
+            self.queries.send(query).await.ok()?;
+            answer.await.ok()
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+}
 
 /// Tuning of the dispatcher.
 #[derive(Debug, Clone)]
@@ -26,8 +72,10 @@ pub struct DispatchConfig {
     /// Runs due within this horizon are claimed ahead, so the Raft round trip is off the
     /// critical path.
     pub horizon: Duration,
-    /// Bound on deliveries in flight at once.
+    /// Bound on deliveries in flight at once on this node (`--deliveries-max`).
     pub in_flight_max: usize,
+    /// Bound on deliveries in flight at once per target host:port (`--host-concurrency`).
+    pub host_max: usize,
     /// Runs kept per job.
     pub retention: u32,
 }
@@ -39,14 +87,18 @@ pub fn spawn(
     deliverer: Deliverer,
     config: DispatchConfig,
     shutdown: CancellationToken,
-) -> JoinHandle<()> {
-    tokio::spawn(supervise(replica, deliverer, config, shutdown))
+) -> (JoinHandle<()>, DispatchHandle) {
+    let (queries, rx) = mpsc::channel(16);
+    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    let task = tokio::spawn(supervise(replica, deliverer, config, rx, shutdown));
+    (task, DispatchHandle { queries })
 }
 
 async fn supervise(
     replica: Arc<Replica>,
     deliverer: Deliverer,
     config: DispatchConfig,
+    queries: Queries,
     shutdown: CancellationToken,
 ) {
     let mut epochs = replica.leadership().epochs();
@@ -67,6 +119,7 @@ async fn supervise(
                     deliverer.clone(),
                     config.clone(),
                     epoch,
+                    queries.clone(),
                     token.clone(),
                 ));
                 current = Some((epoch, token, task));

@@ -1,8 +1,9 @@
 //! The dispatcher of one leadership epoch: an in-memory index of each job's next due instant,
-//! claims ahead through Raft, a send queue ordered by attempt time, and a recorder that writes
-//! outcomes back through Raft. Every decision comes from `plan`; this loop only executes.
+//! claims ahead through Raft, per-target send queues (`targets::Scheduler`), and a recorder that
+//! writes outcomes back through Raft. Every decision comes from `plan` and `targets`; this loop
+//! only executes them, doing bounded work per turn.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,14 +13,15 @@ use hookd_raft::command::{
 use hookd_raft::planted;
 use hookd_raft::store::Change;
 use hookd_raft::{Replica, StateView};
-use tokio::sync::{broadcast, mpsc, Semaphore};
+use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::delivery::{AttemptRequest, Deliverer};
 use super::plan::{self, after_attempt};
-use super::DispatchConfig;
+use super::targets::{target_key, Outcome, Scheduler, TargetKey};
+use super::{DispatchConfig, Queries};
 use crate::schedule::{resolve, Schedule};
 
 /// Items per claim command; larger rounds are split.
@@ -36,6 +38,11 @@ const IDLE_WAKE: Duration = Duration::from_millis(500);
 const BARRIER_WITHIN: Duration = Duration::from_secs(2);
 /// Pause before re-checking the lease gate when it is closed.
 const GATE_RECHECK: Duration = Duration::from_millis(10);
+/// Attempts started in one turn of the loop, so events, claims and queries are not starved.
+const STARTS_PER_TURN_MAX: usize = 256;
+/// How often the per-target totals go to `/metrics`, and idle targets are forgotten.
+const TOTALS_EVERY: Duration = Duration::from_secs(1);
+const FORGET_IDLE_EVERY: Duration = Duration::from_secs(300);
 
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
@@ -48,6 +55,7 @@ struct Entry {
     paused: bool,
     schedule: Option<Arc<Schedule>>,
     next_due: Option<i64>,
+    target: Option<TargetKey>,
 }
 
 /// An attempt waiting for its instant.
@@ -62,9 +70,16 @@ struct Pending {
 
 enum Event {
     Claimed(Vec<ClaimItem>, Option<Vec<bool>>),
-    Attempted(Pending, AttemptResult),
+    Attempted(Sent, AttemptResult, Outcome, Option<String>),
     /// The gate closed between queue and send.
-    NotAttempted(Pending),
+    NotAttempted(Sent),
+}
+
+/// An attempt taken off its target's queue.
+struct Sent {
+    p: Pending,
+    key: TargetKey,
+    probe: bool,
 }
 
 struct Dispatcher {
@@ -78,11 +93,11 @@ struct Dispatcher {
     by_due: BTreeSet<(i64, String)>,
     claiming: HashSet<String>,
     claims_in_flight: usize,
-    queue: BTreeMap<(i64, String), Pending>,
-    /// Runs in `queue`, and runs with an attempt in flight: neither may be queued again.
+    /// Per-target queues of attempts, with the caps and breakers.
+    sched: Scheduler<Pending>,
+    /// Runs in `sched`, and runs with an attempt in flight: neither may be queued again.
     queued: HashSet<String>,
     attempting: HashSet<String>,
-    permits: Arc<Semaphore>,
     events_tx: mpsc::Sender<Event>,
     record_tx: mpsc::Sender<AttemptOutcome>,
 }
@@ -93,8 +108,11 @@ pub async fn run_epoch(
     deliverer: Deliverer,
     config: DispatchConfig,
     epoch: Epoch,
+    queries: Queries,
     cancel: CancellationToken,
 ) {
+    // Only one epoch task runs at a time; it answers `GET /v1/targets` for its node.
+    let mut queries = queries.lock().await;
     // Everything in the log before this epoch must be applied before planning from it. A read
     // index is not enough: after a whole-cluster restart a node can lead the same term again
     // (openraft restores its vote), and a claim its previous process appended but did not
@@ -131,7 +149,7 @@ pub async fn run_epoch(
     let (record_tx, record_rx) = mpsc::channel(capacity);
     let recorder = tokio::spawn(record_loop(replica.clone(), record_rx));
     let mut d = Dispatcher {
-        permits: Arc::new(Semaphore::new(config.in_flight_max)),
+        sched: Scheduler::new(config.host_max, config.in_flight_max),
         replica,
         view,
         deliverer,
@@ -142,7 +160,6 @@ pub async fn run_epoch(
         by_due: BTreeSet::new(),
         claiming: HashSet::new(),
         claims_in_flight: 0,
-        queue: BTreeMap::new(),
         queued: HashSet::new(),
         attempting: HashSet::new(),
         events_tx,
@@ -152,12 +169,25 @@ pub async fn run_epoch(
     if !planted::is(planted::IGNORE_OPEN_CLAIMS) {
         d.requeue_open_runs(None);
     }
+    let mut totals_at = Instant::now();
+    let mut forgot_at = Instant::now();
     loop {
         d.claim_due();
         d.send_due();
+        if totals_at.elapsed() >= TOTALS_EVERY {
+            totals_at = Instant::now();
+            crate::metrics::targets(&d.sched.totals());
+        }
+        if forgot_at.elapsed() >= FORGET_IDLE_EVERY {
+            forgot_at = Instant::now();
+            d.sched.forget_idle();
+        }
         let wake = d.next_wake();
         tokio::select! {
             _ = cancel.cancelled() => break,
+            Some(q) = queries.recv() => {
+                let _ = q.reply.send(d.sched.page(q.after.as_deref(), q.limit));
+            }
             _ = tokio::time::sleep_until(wake) => {}
             change = changes.recv() => match change {
                 Ok(Change::Batch(t)) => {
@@ -170,6 +200,7 @@ pub async fn run_epoch(
             Some(event) = events.recv() => d.handle(event),
         }
     }
+    crate::metrics::targets(&Default::default());
     drop(d);
     // Outcomes already queued are still worth recording if we remain leader; bounded wait.
     let _ = tokio::time::timeout(Duration::from_secs(1), recorder).await;
@@ -247,6 +278,7 @@ impl Dispatcher {
                 paused: job.spec.paused,
                 schedule,
                 next_due,
+                target: target_key(&job.spec.url),
             },
         );
     }
@@ -301,11 +333,24 @@ impl Dispatcher {
     }
 
     fn enqueue(&mut self, at: i64, p: Pending) {
-        if self.attempting.contains(&p.run_id) {
+        if self.attempting.contains(&p.run_id) || self.queued.contains(&p.run_id) {
             return;
         }
-        if self.queued.insert(p.run_id.clone()) {
-            self.queue.insert((at, p.run_id.clone()), p);
+        let Some(key) = self.target_of(&p.job_id) else {
+            return; // the job is gone: no attempt
+        };
+        self.queued.insert(p.run_id.clone());
+        self.sched.push(key, at, p.run_id.clone(), p);
+    }
+
+    /// The target a job delivers to, from the index or else from the state machine.
+    fn target_of(&self, job_id: &str) -> Option<TargetKey> {
+        if let Some(e) = self.jobs.get(job_id) {
+            return e.target.clone();
+        }
+        match self.view.get_job(job_id) {
+            Ok(Some(job)) => target_key(&job.spec.url),
+            _ => None,
         }
     }
 
@@ -425,16 +470,19 @@ impl Dispatcher {
                     }
                 }
             }
-            Event::NotAttempted(p) => {
+            Event::NotAttempted(Sent { p, key, probe }) => {
+                let now = now_ms();
                 self.attempting.remove(&p.run_id);
-                let at = now_ms() + GATE_RECHECK.as_millis() as i64;
-                self.enqueue(at, p);
+                self.sched.finish(&key, probe, Outcome::NotSent, None, now);
+                self.enqueue(now + GATE_RECHECK.as_millis() as i64, p);
             }
-            Event::Attempted(p, result) => {
+            Event::Attempted(Sent { p, key, probe }, result, outcome, error) => {
                 self.attempting.remove(&p.run_id);
-                crate::metrics::in_flight(
-                    self.config.in_flight_max - self.permits.available_permits(),
-                );
+                if self.sched.finish(&key, probe, outcome, error, now_ms()) {
+                    tracing::warn!(target = %key, "circuit opened after consecutive timeouts or connection errors");
+                    crate::metrics::circuit_opened();
+                }
+                crate::metrics::in_flight(self.sched.in_flight());
                 if let AttemptResult::RetryAt(at) = result {
                     let n = p.n + 1;
                     self.enqueue(at, Pending { n, ..p });
@@ -443,74 +491,92 @@ impl Dispatcher {
         }
     }
 
-    /// Starts every attempt whose instant has come, while the lease gate is open.
+    /// Starts the attempts whose instant has come, as the per-target scheduler picks them,
+    /// while the lease gate is open; at most `STARTS_PER_TURN_MAX` per turn.
     fn send_due(&mut self) {
         let now = now_ms();
-        while let Some(((at, _), _)) = self.queue.first_key_value() {
-            if *at > now {
-                return;
+        for _ in 0..STARTS_PER_TURN_MAX {
+            if !self.sched.can_start(now) || !self.may_act() {
+                return; // a finishing attempt, a new run or the gate re-check wakes the loop
             }
-            if !self.may_act() {
-                return; // re-checked after GATE_RECHECK
-            }
-            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-                return; // a finishing attempt wakes the loop
-            };
-            let Some((_, p)) = self.queue.pop_first() else {
+            let Some(started) = self.sched.next(now) else {
                 return;
             };
+            let (key, probe, p) = (started.key, started.probe, started.item);
             self.queued.remove(&p.run_id);
             let job = match self.view.get_job(&p.job_id) {
                 Ok(Some(job)) if job.incarnation == p.incarnation && !job.spec.paused => job,
                 // Deleted, re-created or paused: no new attempt (resume re-queues).
-                _ => continue,
+                _ => {
+                    self.sched.finish(&key, probe, Outcome::NotSent, None, now);
+                    continue;
+                }
             };
-            self.attempting.insert(p.run_id.clone());
-            let deliverer = self.deliverer.clone();
-            let leadership = self.replica.leadership().clone();
-            let epoch = self.epoch;
-            let record_tx = self.record_tx.clone();
-            let events_tx = self.events_tx.clone();
-            let cancel = self.cancel.clone();
-            let span =
-                tracing::info_span!("attempt", job_id = %p.job_id, run_id = %p.run_id, n = p.n);
-            tokio::spawn(
-                async move {
-                let _permit = permit;
-                // The gate again, right before the request leaves.
-                let gate_open = planted::is(planted::LEASE_GATE) || leadership.may_act(epoch);
-                if cancel.is_cancelled() || !gate_open {
-                    // Not attempted: back to the queue, in case the gate opens again.
-                    let _ = events_tx.send(Event::NotAttempted(p)).await;
-                    return;
-                }
-                let req = AttemptRequest {
-                    job: &job,
-                    run_id: &p.run_id,
-                    scheduled_at_ms: p.scheduled_at_ms,
-                    n: p.n,
-                };
-                let (attempt, outcome) = deliverer.attempt(&req).await;
-                crate::metrics::attempt(&attempt, p.scheduled_at_ms, p.n);
-                let result =
-                    after_attempt(p.n, &job.spec.retry, &outcome, now_ms(), rand::random());
-                crate::metrics::run_result(&result);
-                let outcome = AttemptOutcome {
-                    run_id: p.run_id.clone(),
-                    attempt,
-                    result: result.clone(),
-                };
-                match &result {
-                    AttemptResult::Succeeded => tracing::debug!("delivered"),
-                    AttemptResult::RetryAt(at) => tracing::info!(status = ?outcome.attempt.status_code, error = ?outcome.attempt.error, retry_at = at, "attempt failed; will retry"),
-                    AttemptResult::Failed => tracing::warn!(status = ?outcome.attempt.status_code, error = ?outcome.attempt.error, "run failed after its last attempt"),
-                }
-                let _ = record_tx.send(outcome).await;
-                let _ = events_tx.send(Event::Attempted(p, result)).await;
+            if target_key(&job.spec.url).as_ref() != Some(&key) {
+                // The URL changed since the run was queued: queue it under its new target.
+                self.sched.finish(&key, probe, Outcome::NotSent, None, now);
+                self.enqueue(started.at_ms, p);
+                continue;
             }
-                .instrument(span),
-            );
+            self.attempting.insert(p.run_id.clone());
+            self.spawn_attempt(job, Sent { p, key, probe });
         }
+    }
+
+    /// Runs one attempt in its own task; its end comes back as an event.
+    fn spawn_attempt(&self, job: Job, sent: Sent) {
+        let deliverer = self.deliverer.clone();
+        let leadership = self.replica.leadership().clone();
+        let epoch = self.epoch;
+        let record_tx = self.record_tx.clone();
+        let events_tx = self.events_tx.clone();
+        let cancel = self.cancel.clone();
+        let p = &sent.p;
+        let span = tracing::info_span!("attempt", job_id = %p.job_id, run_id = %p.run_id, n = p.n);
+        let task = async move {
+            let p = &sent.p;
+            // The gate again, right before the request leaves.
+            let gate_open = planted::is(planted::LEASE_GATE) || leadership.may_act(epoch);
+            if cancel.is_cancelled() || !gate_open {
+                // Not attempted: back to the queue, in case the gate opens again.
+                let _ = events_tx.send(Event::NotAttempted(sent)).await;
+                return;
+            }
+            let req = AttemptRequest {
+                job: &job,
+                run_id: &p.run_id,
+                scheduled_at_ms: p.scheduled_at_ms,
+                n: p.n,
+            };
+            let (attempt, http) = deliverer.attempt(&req).await;
+            crate::metrics::attempt(&attempt, p.scheduled_at_ms, p.n);
+            let result = after_attempt(p.n, &job.spec.retry, &http, now_ms(), rand::random());
+            crate::metrics::run_result(&result);
+            let (outcome, error) = match (&attempt.status_code, &attempt.error) {
+                (None, e) => (Outcome::Failed, e.clone()),
+                (Some(_), _) if http.succeeded() => (Outcome::Answered, None),
+                (Some(s), _) => (Outcome::Answered, Some(format!("status {s}"))),
+            };
+            match &result {
+                AttemptResult::Succeeded => tracing::debug!("delivered"),
+                AttemptResult::RetryAt(at) => {
+                    tracing::info!(status = ?attempt.status_code, error = ?attempt.error, retry_at = at, "attempt failed; will retry")
+                }
+                AttemptResult::Failed => {
+                    tracing::warn!(status = ?attempt.status_code, error = ?attempt.error, "run failed after its last attempt")
+                }
+            }
+            let outcome_record = AttemptOutcome {
+                run_id: p.run_id.clone(),
+                attempt,
+                result: result.clone(),
+            };
+            let _ = record_tx.send(outcome_record).await;
+            let _ = events_tx
+                .send(Event::Attempted(sent, result, outcome, error))
+                .await;
+        };
+        tokio::spawn(task.instrument(span));
     }
 
     /// The lease gate: this node still leads this epoch with a fresh quorum ack.
@@ -518,18 +584,21 @@ impl Dispatcher {
         planted::is(planted::LEASE_GATE) || self.replica.leadership().may_act(self.epoch)
     }
 
-    /// When the loop must wake next: the first queued attempt, the first claim, or idle.
-    fn next_wake(&self) -> Instant {
+    /// When the loop must wake next: at once while attempts may start (the gate re-check when
+    /// it is closed), the first waiting target, the first claim, or idle.
+    fn next_wake(&mut self) -> Instant {
         let now = now_ms();
         let horizon = self.config.horizon.as_millis() as i64;
         let mut wake_ms = now + IDLE_WAKE.as_millis() as i64;
-        if let Some(((at, _), _)) = self.queue.first_key_value() {
-            let gate_closed = *at <= now;
-            wake_ms = wake_ms.min(if gate_closed {
+        if self.sched.can_start(now) {
+            let gate_closed = !self.may_act();
+            wake_ms = if gate_closed {
                 now + GATE_RECHECK.as_millis() as i64
             } else {
-                *at
-            });
+                now
+            };
+        } else if let Some(at) = self.sched.next_wake() {
+            wake_ms = wake_ms.min(at);
         }
         if self.claims_in_flight < CLAIMS_IN_FLIGHT_MAX {
             if let Some((due, _)) = self.by_due.first() {

@@ -44,4 +44,7 @@ pub enum ForwardError {
     /// The receiver's Raft core has stopped.
     #[error("raft stopped on the peer: {0}")]
     Fatal(String),
+    /// The leader's write backlog is over its bound; nothing was written, try again later.
+    #[error("the leader is overloaded: {0}")]
+    Overloaded(String),
 }
