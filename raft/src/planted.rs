@@ -30,3 +30,6 @@ pub const ACK_BEFORE_FLUSH: &str = "ack_before_flush";
 pub const IGNORE_OPEN_CLAIMS: &str = "ignore_open_claims";
 /// Followers serve "linearizable" reads from local state without a read index.
 pub const STALE_FOLLOWER_READS: &str = "stale_follower_reads";
+/// Dispatch keeps one global queue with no per-target caps: a black-holed target takes every
+/// delivery slot and starves the others.
+pub const GLOBAL_QUEUE: &str = "global_queue";

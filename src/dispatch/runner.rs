@@ -38,6 +38,8 @@ const IDLE_WAKE: Duration = Duration::from_millis(500);
 const BARRIER_WITHIN: Duration = Duration::from_secs(2);
 /// Pause before re-checking the lease gate when it is closed.
 const GATE_RECHECK: Duration = Duration::from_millis(10);
+/// The one target of every run under the planted `global_queue` bug.
+const GLOBAL_QUEUE_KEY: &str = "*";
 /// Attempts started in one turn of the loop, so events, claims and queries are not starved.
 const STARTS_PER_TURN_MAX: usize = 256;
 /// How often the per-target totals go to `/metrics`, and idle targets are forgotten.
@@ -149,7 +151,12 @@ pub async fn run_epoch(
     let (record_tx, record_rx) = mpsc::channel(capacity);
     let recorder = tokio::spawn(record_loop(replica.clone(), record_rx));
     let mut d = Dispatcher {
-        sched: Scheduler::new(config.host_max, config.in_flight_max),
+        sched: if planted::is(planted::GLOBAL_QUEUE) {
+            // One queue whose cap is the node's: no per-target isolation at all.
+            Scheduler::new(config.in_flight_max, config.in_flight_max)
+        } else {
+            Scheduler::new(config.host_max, config.in_flight_max)
+        },
         replica,
         view,
         deliverer,
@@ -345,6 +352,9 @@ impl Dispatcher {
 
     /// The target a job delivers to, from the index or else from the state machine.
     fn target_of(&self, job_id: &str) -> Option<TargetKey> {
+        if planted::is(planted::GLOBAL_QUEUE) {
+            return Some(TargetKey::from(GLOBAL_QUEUE_KEY));
+        }
         if let Some(e) = self.jobs.get(job_id) {
             return e.target.clone();
         }
@@ -512,7 +522,9 @@ impl Dispatcher {
                     continue;
                 }
             };
-            if target_key(&job.spec.url).as_ref() != Some(&key) {
+            if !planted::is(planted::GLOBAL_QUEUE)
+                && target_key(&job.spec.url).as_ref() != Some(&key)
+            {
                 // The URL changed since the run was queued: queue it under its new target.
                 self.sched.finish(&key, probe, Outcome::NotSent, None, now);
                 self.enqueue(started.at_ms, p);
