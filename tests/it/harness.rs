@@ -159,6 +159,11 @@ impl TestCluster {
         }
     }
 
+    /// The process id of node `i` while it runs (for reading `/proc/<pid>/status`).
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.nodes[i].child.as_ref().map(|c| c.id())
+    }
+
     pub fn url(&self, i: usize, path: &str) -> String {
         format!("http://{}{path}", self.nodes[i].api)
     }

@@ -4,5 +4,6 @@ mod api;
 mod cluster;
 mod dispatch;
 mod harness;
+mod isolation;
 mod node;
 mod sink;

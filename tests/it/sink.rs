@@ -77,6 +77,25 @@ impl Sink {
         Sink { addr, inner }
     }
 
+    /// A sink on a given loopback address, e.g. a port a test kept refusing connections on
+    /// until now.
+    pub async fn start_on(addr: SocketAddr) -> Sink {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .expect("bind sink");
+        let inner = Arc::new(Mutex::new(Inner::default()));
+        let app = Router::new().fallback(record).with_state(inner.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Sink { addr, inner }
+    }
+
+    /// Every request received so far, in arrival order.
+    pub fn all(&self) -> Vec<Received> {
+        self.inner.lock().expect("sink lock").received.clone()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
