@@ -136,9 +136,16 @@ struct Proposal {
 const PROPOSALS_QUEUED_MAX: usize = 8192;
 /// Batch entries in flight at once.
 const WRITES_IN_FLIGHT_MAX: usize = 4;
-/// Commands per batch entry, and its rough size bound.
+/// Commands per batch entry, and its rough size bound (a single larger command still forms an
+/// entry of its own).
 const BATCH_PROPOSALS_MAX: usize = 1024;
-const BATCH_BYTES_MAX: usize = 4 << 20;
+const BATCH_BYTES_MAX: usize = 64 << 10;
+/// Entries per AppendEntries. openraft times every AppendEntries out after one heartbeat
+/// interval (50 ms) and then sends the same range again, so a request must stay small enough to
+/// be encoded, sent, decoded and fsynced in well under that, even on a loaded machine: with
+/// entries near 64 KiB this is about 1 MiB. (openraft's default of 300 let a backlog of large
+/// batches time out forever, and the followers, hearing nothing, elected new leaders.)
+const RAFT_PAYLOAD_ENTRIES_MAX: u64 = 16;
 
 /// How long after the last metrics tick the dispatcher may still trust a quorum ack: the lease
 /// ends this much before the shortest election timeout, leaving room for the 1.5-heartbeat
@@ -174,6 +181,7 @@ impl Replica {
             max_in_snapshot_log_to_keep: config.snapshot_logs / 5,
             purge_batch_size: (config.snapshot_logs / 20).max(1),
             snapshot_max_chunk_size: 1 << 20,
+            max_payload_entries: RAFT_PAYLOAD_ENTRIES_MAX,
             ..Default::default()
         }
         .validate()
