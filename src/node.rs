@@ -14,6 +14,40 @@ use crate::config::Config;
 use crate::dispatch::{self, Deliverer, DispatchConfig};
 use crate::limits::{DISPATCH_HORIZON, SHUTDOWN_GRACE};
 
+/// Worker threads of the runtime that runs Raft (core, replication, storage, peer server).
+const RAFT_WORKER_THREADS: usize = 2;
+
+/// Raft's own runtime. Tokio does not preempt tasks, so on one runtime a heartbeat or a vote
+/// waits behind every ready delivery, claim and API task; under load that stretched RPCs past
+/// openraft's 50 ms timeout and cost the leader its lease. On threads of its own, Raft is
+/// scheduled by the kernel, which favours threads that mostly sleep, as Raft's do. Shut down in
+/// the background on drop (a runtime may not be dropped inside async code).
+struct RaftRuntime(Option<tokio::runtime::Runtime>);
+
+impl RaftRuntime {
+    fn new() -> anyhow::Result<RaftRuntime> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(RAFT_WORKER_THREADS)
+            .thread_name("hookd-raft")
+            .enable_all()
+            .build()
+            .context("start the raft runtime")?;
+        Ok(RaftRuntime(Some(rt)))
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0.as_ref().expect("present until dropped").handle()
+    }
+}
+
+impl Drop for RaftRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
 /// The node's two listening sockets.
 pub struct Listeners {
     pub api: TcpListener,
@@ -66,7 +100,8 @@ pub async fn run(
             tracing::warn!(%listed, %peer_addr, "--initial-cluster lists another peer address for this node");
         }
     }
-    let replica = Replica::start(ReplicaConfig {
+    let raft_rt = RaftRuntime::new()?;
+    let replica_config = ReplicaConfig {
         node_id: config.node_id,
         data_dir: config.data_dir.path().to_path_buf(),
         api_addr: config
@@ -83,9 +118,14 @@ pub async fn run(
         timing: RaftTiming::default(),
         snapshot_logs: config.snapshot_logs,
         write_backlog_max: config.write_backlog_max,
-    })
-    .await
-    .context("start the replicated core")?;
+    };
+    // Started on the raft runtime, so every task openraft and the replica spawn lives there.
+    let replica = raft_rt
+        .handle()
+        .spawn(Replica::start(replica_config))
+        .await
+        .context("raft runtime")?
+        .context("start the replicated core")?;
     tracing::info!(node_id = config.node_id, %api_addr, %peer_addr, data_dir = %config.data_dir.path().display(), "hookd node started");
 
     crate::metrics::handle();
@@ -108,7 +148,20 @@ pub async fn run(
     let api_stop = CancellationToken::new();
     let servers = TaskTracker::new();
     let peer_app = hookd_raft::network::peer_router(replica.clone());
-    servers.spawn(serve("peer", listeners.peer, peer_app, peer_stop.clone()));
+    // The peer server (AppendEntries, votes) runs on the raft runtime too.
+    let peer_listener = listeners.peer.into_std()?;
+    let peer_server = raft_rt.handle().spawn({
+        let stop = peer_stop.clone();
+        async move {
+            match TcpListener::from_std(peer_listener) {
+                Ok(l) => serve("peer", l, peer_app, stop).await,
+                Err(e) => tracing::error!(error = %e, "cannot serve the peer socket"),
+            }
+        }
+    });
+    servers.spawn(async move {
+        let _ = peer_server.await;
+    });
     let api_app = api::router(Arc::new(ApiState::new(
         replica.clone(),
         dispatch_handle,
