@@ -8,6 +8,7 @@
 //! - `delivery.rs`: one bounded HTTP attempt with the SPEC §3 headers and signature.
 
 pub mod delivery;
+mod doubt;
 pub mod plan;
 mod runner;
 pub mod targets;
