@@ -101,6 +101,11 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// The process id of node `i`, while it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.nodes[i].child.as_ref().map(|c| c.id())
+    }
+
     pub fn is_running(&self, i: usize) -> bool {
         self.nodes[i].child.is_some()
     }

@@ -1,0 +1,530 @@
+//! hookd-isolation-bench: workload faults on a local three-node cluster of the release binary,
+//! with nginx (Debian's package) as the healthy target, logging `$msec` and the hookd headers:
+//!
+//! 1. black-hole neighbour: healthy lateness p99 quiet, then beside a target that accepts and
+//!    never answers with `--hole-rate` runs/s aimed at it (SPEC §5: ≤ max(10 ms, 2× quiet));
+//! 2. endless body: the leader's RSS growth while jobs read a target that streams forever
+//!    (SPEC §5: ≤ 64 MiB);
+//! 3. overload: `--overload-rate` due runs/s (about 2× the sustainable rate) for
+//!    `--overload-seconds`: deliveries per second (min, median), the leader's term before and
+//!    after, and the time until lateness is normal again once the load is deleted.
+//!
+//! Every loop is bounded in count and time; every target is on 127.0.0.1.
+
+// A command-line report: printing to stdout is its job.
+#![allow(clippy::print_stdout)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use hookd_jepsen::local::LocalCluster;
+use hookd_jepsen::stats::{Latencies, Summary};
+use serde::Serialize;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[derive(Debug, Parser)]
+struct Args {
+    #[arg(long, default_value = "target/release/hookd")]
+    hookd: PathBuf,
+    #[arg(long, default_value = "/usr/sbin/nginx")]
+    nginx: PathBuf,
+    /// Healthy due runs per second (jobs every 1 s at nginx).
+    #[arg(long, default_value_t = 200)]
+    healthy_rate: usize,
+    /// Due runs per second aimed at the black hole.
+    #[arg(long, default_value_t = 2000)]
+    hole_rate: usize,
+    /// Seconds measured per phase (after a warm-up).
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Due runs per second of the overload phase (0 skips it).
+    #[arg(long, default_value_t = 0)]
+    overload_rate: usize,
+    #[arg(long, default_value_t = 30)]
+    overload_seconds: u64,
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Keep the cluster's data dirs, logs and nginx's log here.
+    #[arg(long)]
+    keep: Option<PathBuf>,
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("http client")
+}
+
+/// nginx on 127.0.0.1 answering 200 to everything and logging each request.
+struct Nginx {
+    child: Child,
+    url: String,
+    log: PathBuf,
+}
+
+impl Nginx {
+    fn start(bin: &Path, dir: &Path) -> anyhow::Result<Nginx> {
+        std::fs::create_dir_all(dir.join("tmp"))?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let log = dir.join("access.log");
+        let conf = format!(
+            r#"daemon off;
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+  log_format hook '$msec $http_hookd_job_id $http_hookd_scheduled_at';
+  client_body_temp_path {dir}/tmp;
+  proxy_temp_path {dir}/tmp;
+  fastcgi_temp_path {dir}/tmp;
+  uwsgi_temp_path {dir}/tmp;
+  scgi_temp_path {dir}/tmp;
+  keepalive_requests 1000000;
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    access_log {log} hook buffer=256k flush=100ms;
+    location / {{ return 200 "ok"; }}
+  }}
+}}
+"#,
+            dir = dir.display(),
+            log = log.display(),
+        );
+        let conf_path = dir.join("nginx.conf");
+        std::fs::write(&conf_path, conf)?;
+        let child = Command::new(bin)
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .arg("-p")
+            .arg(dir)
+            .arg("-c")
+            .arg(&conf_path)
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("start {}", bin.display()))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("nginx did not listen on {port} within 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Nginx {
+            child,
+            url: format!("http://127.0.0.1:{port}/hook"),
+            log,
+        })
+    }
+
+    /// Every logged request: (received ms, job id, scheduled ms).
+    fn requests(&self) -> Vec<(i64, String, i64)> {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| {
+                let mut f = l.split(' ');
+                let msec: f64 = f.next()?.parse().ok()?;
+                let job = f.next()?.to_owned();
+                let due = chrono::DateTime::parse_from_rfc3339(f.next()?).ok()?;
+                Some(((msec * 1000.0).round() as i64, job, due.timestamp_millis()))
+            })
+            .collect()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A TCP server that accepts and holds every connection without answering; counts them.
+async fn black_hole() -> anyhow::Result<(String, Arc<AtomicUsize>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let open = Arc::new(AtomicUsize::new(0));
+    let count = open.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                count.fetch_add(1, Ordering::Relaxed);
+                let mut buf = [0u8; 4096];
+                // Read until the client gives up; never answer.
+                while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+                count.fetch_sub(1, Ordering::Relaxed);
+            });
+        }
+    });
+    Ok((format!("http://{addr}/hole"), open))
+}
+
+/// A server that answers 200 and streams a chunked body forever (until the client leaves).
+async fn endless_body() -> anyhow::Result<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 8192];
+                let _ = s.read(&mut buf).await;
+                let head = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
+                if s.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let chunk = format!("{:x}\r\n{}\r\n", 16384, "x".repeat(16384));
+                while s.write_all(chunk.as_bytes()).await.is_ok() {}
+            });
+        }
+    });
+    Ok(format!("http://{addr}/endless"))
+}
+
+/// Creates `rate` jobs every 1 s (ids `{prefix}-{k}`) with runs spread over each second from
+/// `t0`, through node `via`, 16 clients at once; 429s are retried after a pause.
+async fn create_jobs(
+    c: &LocalCluster,
+    via: usize,
+    prefix: &str,
+    url: &str,
+    rate: usize,
+    timeout: &str,
+    t0: i64,
+) -> anyhow::Result<Vec<String>> {
+    let http = http();
+    let api = c.url(via, "/v1/jobs");
+    let ids: Vec<String> = (0..rate).map(|k| format!("{prefix}-{k}")).collect();
+    let step = 1000.0 / rate.max(1) as f64;
+    let mut tasks = Vec::new();
+    for (w, chunk) in ids.chunks(rate.div_ceil(16).max(1)).enumerate() {
+        let (http, api, url, timeout) = (
+            http.clone(),
+            api.clone(),
+            url.to_owned(),
+            timeout.to_owned(),
+        );
+        let base = w * rate.div_ceil(16).max(1);
+        let chunk = chunk.to_vec();
+        tasks.push(tokio::spawn(async move {
+            for (i, id) in chunk.into_iter().enumerate() {
+                let start = rfc3339(t0 + ((base + i) as f64 * step) as i64);
+                let body = json!({"id": id, "url": url, "timeout": timeout,
+                    "schedule": {"every": "1s", "start_at": start}});
+                let mut tries = 0;
+                loop {
+                    tries += 1;
+                    let resp = http.post(&api).json(&body).send().await?;
+                    match resp.status().as_u16() {
+                        200 | 201 => break,
+                        429 | 503 if tries < 50 => {
+                            tokio::time::sleep(Duration::from_millis(200)).await
+                        }
+                        s => bail!("create {id}: {s}"),
+                    }
+                }
+            }
+            Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(ids)
+}
+
+/// Deletes jobs through node `via`, 16 at once; returns how many were acknowledged.
+async fn delete_jobs(c: &LocalCluster, via: usize, ids: &[String]) -> usize {
+    let http = http();
+    let mut tasks = Vec::new();
+    for chunk in ids.chunks(ids.len().div_ceil(16).max(1)) {
+        let (http, chunk) = (http.clone(), chunk.to_vec());
+        let urls: Vec<String> = chunk
+            .iter()
+            .map(|id| c.url(via, &format!("/v1/jobs/{id}")))
+            .collect();
+        tasks.push(tokio::spawn(async move {
+            let mut ok = 0;
+            for u in urls {
+                if matches!(http.delete(&u).send().await, Ok(r) if r.status().is_success()) {
+                    ok += 1;
+                }
+            }
+            ok
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        ok += t.await.unwrap_or(0);
+    }
+    ok
+}
+
+async fn cluster_state(c: &LocalCluster, i: usize) -> (Option<u64>, u64) {
+    let v: Value = match http().get(c.url(i, "/v1/cluster")).send().await {
+        Ok(r) => r.json().await.unwrap_or_default(),
+        Err(_) => Value::Null,
+    };
+    (v["leader_id"].as_u64(), v["term"].as_u64().unwrap_or(0))
+}
+
+async fn await_leader(c: &LocalCluster) -> anyhow::Result<usize> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let (Some(id), _) = cluster_state(c, 0).await {
+            if let Some(i) = c.nodes.iter().position(|n| n.id == id) {
+                return Ok(i);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bail!("no leader within 20 s")
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Lateness of the first delivery of each run of jobs starting with `prefix`, due in
+/// `[from, to)`, and how many runs were expected but never arrived.
+fn lateness(
+    reqs: &[(i64, String, i64)],
+    prefix: &str,
+    jobs: usize,
+    from: i64,
+    to: i64,
+) -> (Summary, usize) {
+    let mut first: HashMap<(&str, i64), i64> = HashMap::new();
+    for (recv, job, due) in reqs {
+        if job.starts_with(prefix) && *due >= from && *due < to {
+            let e = first.entry((job, *due)).or_insert(*recv);
+            *e = (*e).min(*recv);
+        }
+    }
+    let mut lat = Latencies::default();
+    for ((_, due), recv) in &first {
+        lat.record(Duration::from_millis((recv - due).max(0) as u64));
+    }
+    let expected = jobs * ((to - from) / 1000) as usize;
+    (lat.summary(), expected.saturating_sub(first.len()))
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    healthy_rate: usize,
+    hole_rate: usize,
+    quiet: Summary,
+    beside_hole: Summary,
+    beside_hole_missed: usize,
+    hole_connections_max: usize,
+    hole_target: Value,
+    endless_rss_growth_mib: f64,
+    overload: Option<Overload>,
+}
+
+#[derive(Debug, Serialize)]
+struct Overload {
+    offered_per_s: usize,
+    delivered_per_s: BTreeMap<i64, usize>,
+    min_per_s: usize,
+    median_per_s: usize,
+    term_before: u64,
+    term_after: u64,
+    leader_before: Option<u64>,
+    leader_after: Option<u64>,
+    deletes_acknowledged: usize,
+    recovered_after_ms: Option<i64>,
+}
+
+/// Waits until `deadline_ms` (wall clock), bounded.
+async fn sleep_until_ms(deadline_ms: i64) {
+    let d = (deadline_ms - now_ms()).clamp(0, 600_000) as u64;
+    tokio::time::sleep(Duration::from_millis(d)).await;
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let hookd = args.hookd.canonicalize().context("hookd binary")?;
+    let temp = tempfile::tempdir()?;
+    let dir = args
+        .keep
+        .clone()
+        .unwrap_or_else(|| temp.path().to_path_buf());
+    std::fs::create_dir_all(&dir)?;
+    let nginx = Nginx::start(&args.nginx, &dir.join("nginx"))?;
+    let mut c = LocalCluster::new(&hookd, &dir, 3, &[])?;
+    for i in 0..3 {
+        c.spawn(i)?;
+    }
+    let l = await_leader(&c).await?;
+    let secs = args.seconds as i64;
+
+    // 1. Quiet, then beside the black hole.
+    let t0 = (now_ms() / 1000 + 3) * 1000;
+    let healthy = create_jobs(&c, l, "ok", &nginx.url, args.healthy_rate, "10s", t0).await?;
+    let (q_from, q_to) = (t0 + 2000, t0 + 2000 + secs * 1000);
+    sleep_until_ms(q_to + 1500).await;
+    let (quiet, _) = lateness(&nginx.requests(), "ok-", args.healthy_rate, q_from, q_to);
+    println!(
+        "healthy {} runs/s quiet: lateness {quiet}",
+        args.healthy_rate
+    );
+
+    let (hole_url, hole_open) = black_hole().await?;
+    let t1 = (now_ms() / 1000 + 2) * 1000;
+    let hole = create_jobs(&c, l, "hole", &hole_url, args.hole_rate, "10s", t1).await?;
+    let (h_from, h_to) = (t1 + 3000, t1 + 3000 + secs * 1000);
+    let mut hole_max = 0;
+    while now_ms() < h_to + 1500 {
+        hole_max = hole_max.max(hole_open.load(Ordering::Relaxed));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (beside, missed) = lateness(&nginx.requests(), "ok-", args.healthy_rate, h_from, h_to);
+    let targets: Value = http()
+        .get(c.url(l, "/v1/targets"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let hole_target = targets["targets"]
+        .as_array()
+        .and_then(|ts| {
+            ts.iter()
+                .find(|t| hole_url.contains(t["target"].as_str().unwrap_or("-")))
+                .cloned()
+        })
+        .unwrap_or(Value::Null);
+    println!(
+        "healthy beside a black hole ({} runs/s): lateness {beside}, missed {missed}; hole held at most {hole_max} connections; hole target {hole_target}",
+        args.hole_rate
+    );
+    delete_jobs(&c, l, &hole).await;
+
+    // 2. Endless body: the leader's RSS while 5 jobs a second read a body that never ends.
+    let endless_url = endless_body().await?;
+    let pid = c.pid(l).context("leader pid")?;
+    let before = rss_kib(pid);
+    let t2 = (now_ms() / 1000 + 1) * 1000;
+    let endless = create_jobs(&c, l, "endless", &endless_url, 5, "6s", t2).await?;
+    let mut peak = before;
+    while now_ms() < t2 + 12_000 {
+        peak = peak.max(rss_kib(pid));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let growth = (peak.saturating_sub(before)) as f64 / 1024.0;
+    println!("endless body (5 jobs/s, 6 s timeout, 12 s): leader RSS {before} kB → peak {peak} kB, growth {growth:.1} MiB");
+    delete_jobs(&c, l, &endless).await;
+
+    // 3. Overload.
+    let overload = if args.overload_rate > 0 {
+        let (leader_before, term_before) = cluster_state(&c, l).await;
+        let t3 = (now_ms() / 1000 + 3) * 1000;
+        let load = create_jobs(&c, l, "load", &nginx.url, args.overload_rate, "10s", t3).await?;
+        let end = t3 + args.overload_seconds as i64 * 1000;
+        sleep_until_ms(end).await;
+        let (leader_after, term_after) = cluster_state(&c, l).await;
+        let deleted_at = now_ms();
+        let l_now = await_leader(&c).await.unwrap_or(l);
+        let deletes = delete_jobs(&c, l_now, &load).await;
+        let deletes_done = now_ms();
+        // Recovered when the healthy jobs' runs are on time again (p99 over one second ≤ 100 ms).
+        let mut recovered_after_ms = None;
+        let mut probe = (deletes_done / 1000 + 1) * 1000;
+        while probe < deletes_done + 60_000 {
+            sleep_until_ms(probe + 2000).await;
+            let (s, missing) = lateness(
+                &nginx.requests(),
+                "ok-",
+                args.healthy_rate,
+                probe,
+                probe + 1000,
+            );
+            if s.p99_ms <= 100.0 && missing == 0 {
+                recovered_after_ms = Some(probe - deleted_at);
+                break;
+            }
+            probe += 1000;
+        }
+        let mut per_s: BTreeMap<i64, usize> = BTreeMap::new();
+        for (recv, _, _) in nginx.requests() {
+            if recv >= t3 + 2000 && recv < end {
+                *per_s.entry(recv / 1000).or_default() += 1;
+            }
+        }
+        let mut counts: Vec<usize> = per_s.values().copied().collect();
+        counts.sort_unstable();
+        let o = Overload {
+            offered_per_s: args.overload_rate + args.healthy_rate,
+            min_per_s: counts.first().copied().unwrap_or(0),
+            median_per_s: counts.get(counts.len() / 2).copied().unwrap_or(0),
+            delivered_per_s: per_s,
+            term_before,
+            term_after,
+            leader_before,
+            leader_after,
+            deletes_acknowledged: deletes,
+            recovered_after_ms,
+        };
+        println!(
+            "overload {} due runs/s offered for {} s: delivered/s min {} median {}; leader {:?}→{:?}, term {}→{}; {} of {} deletes acknowledged in {} ms; normal lateness again {:?} ms after the deletes began",
+            o.offered_per_s,
+            args.overload_seconds,
+            o.min_per_s,
+            o.median_per_s,
+            o.leader_before,
+            o.leader_after,
+            o.term_before,
+            o.term_after,
+            deletes,
+            load.len(),
+            deletes_done - deleted_at,
+            o.recovered_after_ms
+        );
+        Some(o)
+    } else {
+        None
+    };
+    delete_jobs(&c, l, &healthy).await;
+    let report = Report {
+        healthy_rate: args.healthy_rate,
+        hole_rate: args.hole_rate,
+        quiet,
+        beside_hole: beside,
+        beside_hole_missed: missed,
+        hole_connections_max: hole_max,
+        hole_target,
+        endless_rss_growth_mib: growth,
+        overload,
+    };
+    if let Some(out) = &args.out {
+        std::fs::write(out, serde_json::to_vec_pretty(&report)?)?;
+    }
+    Ok(())
+}
