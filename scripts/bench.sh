@@ -1,11 +1,21 @@
 #!/usr/bin/env bash
 # Measures the release build on this machine: fresh-cluster election, create latency with 1, 32
-# and 64 clients, leader SIGKILL → first successful write; then fire lateness at 100 and 1,000 due
-# runs/s and leader SIGKILL → first delivery by the new leader. Prints a report; JSON summaries go
-# to target/bench/. Bounded: a few thousand requests, 10 s per rate, five failovers each.
+# and 64 clients, leader SIGKILL → first successful write; fire lateness at 100 and 1,000 due
+# runs/s and leader SIGKILL → first delivery by the new leader; then the workload faults of SPEC
+# §5 with nginx (Debian's package) as the healthy target: healthy lateness quiet and beside a
+# black-holed target (2,000 runs/s aimed at it), the leader's RSS growth under endless-body
+# targets, and overload at OVERLOAD_RATE due runs/s (about 2× the sustainable rate; default
+# 6000) for 30 s. Prints a report; JSON summaries go to target/bench/. Every phase is bounded.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if ! command -v nginx >/dev/null 2>&1; then
+    echo "bench.sh: installing nginx-light (the healthy target)" >&2
+    timeout 300 apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive timeout 300 apt-get install -y -qq nginx-light >/dev/null
+fi
 cargo build --release --locked -p hookd -p hookd-jepsen
 mkdir -p target/bench
 target/release/hookd-bench --hookd target/release/hookd --out target/bench/api.json
 target/release/hookd-dispatch-bench --hookd target/release/hookd --out target/bench/dispatch.json
+target/release/hookd-isolation-bench --hookd target/release/hookd --nginx "$(command -v nginx)" \
+    --overload-rate "${OVERLOAD_RATE:-6000}" --out target/bench/isolation.json

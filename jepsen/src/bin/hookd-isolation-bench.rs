@@ -90,6 +90,7 @@ impl Nginx {
         let log = dir.join("access.log");
         let conf = format!(
             r#"daemon off;
+master_process off;
 worker_processes 1;
 pid {dir}/nginx.pid;
 error_log {dir}/error.log warn;
@@ -122,6 +123,8 @@ http {{
             .arg("-c")
             .arg(&conf_path)
             .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .spawn()
             .with_context(|| format!("start {}", bin.display()))?;
         let deadline = Instant::now() + Duration::from_secs(10);
