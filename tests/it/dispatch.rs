@@ -6,41 +6,10 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::harness::{eventually, TestCluster};
+use crate::harness::{create, eventually, now_ms, rfc3339, runs, single, TestCluster};
 use crate::sink::{Reply, Sink};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-
-async fn single(extra: &[&str]) -> TestCluster {
-    let c = TestCluster::start_with(1, extra);
-    c.wait_leader(&[0], Duration::from_secs(10)).await;
-    c
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
-
-fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .expect("instant")
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
-async fn create(c: &TestCluster, i: usize, body: Value) -> Value {
-    let (s, v) = c.post(i, "/v1/jobs", &body).await.expect("create");
-    assert_eq!(s, 201, "{v}");
-    v
-}
-
-async fn runs(c: &TestCluster, i: usize, job: &str) -> Vec<Value> {
-    let (s, v) = c
-        .get(i, &format!("/v1/jobs/{job}/runs?limit=1000"))
-        .await
-        .expect("runs");
-    assert_eq!(s, 200, "{v}");
-    v["runs"].as_array().expect("runs").clone()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_one_shot_run_arrives_with_every_header_and_a_verifiable_signature() {

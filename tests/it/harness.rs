@@ -298,3 +298,39 @@ pub fn job(id: &str) -> Value {
         "schedule": {"after": "1h"},
     })
 }
+
+/// A one-node cluster with a leader.
+pub async fn single(extra: &[&str]) -> TestCluster {
+    let c = TestCluster::start_with(1, extra);
+    c.wait_leader(&[0], Duration::from_secs(10)).await;
+    c
+}
+
+/// Wall-clock unix milliseconds.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// RFC 3339 with milliseconds, UTC.
+pub fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .expect("instant")
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Creates a job through node `i`, expecting `201`.
+pub async fn create(c: &TestCluster, i: usize, body: Value) -> Value {
+    let (s, v) = c.post(i, "/v1/jobs", &body).await.expect("create");
+    assert_eq!(s, 201, "{v}");
+    v
+}
+
+/// Every run of `job` through node `i`, newest first.
+pub async fn runs(c: &TestCluster, i: usize, job: &str) -> Vec<Value> {
+    let (s, v) = c
+        .get(i, &format!("/v1/jobs/{job}/runs?limit=1000"))
+        .await
+        .expect("runs");
+    assert_eq!(s, 200, "{v}");
+    v["runs"].as_array().expect("runs").clone()
+}

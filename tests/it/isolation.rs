@@ -16,42 +16,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio::time::{timeout, Instant};
 
-use crate::harness::{eventually, TestCluster};
+use crate::harness::{create, eventually, now_ms, rfc3339, runs, single, TestCluster};
 use crate::sink::Sink;
 
 /// How long any hostile server keeps one connection at most (the tests end well before).
 const HOSTILE_CONN_MAX: Duration = Duration::from_secs(60);
-
-async fn single(extra: &[&str]) -> TestCluster {
-    let c = TestCluster::start_with(1, extra);
-    c.wait_leader(&[0], Duration::from_secs(10)).await;
-    c
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
-
-fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .expect("instant")
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
-async fn create(c: &TestCluster, i: usize, body: Value) -> Value {
-    let (s, v) = c.post(i, "/v1/jobs", &body).await.expect("create");
-    assert_eq!(s, 201, "{v}");
-    v
-}
-
-async fn runs(c: &TestCluster, i: usize, job: &str) -> Vec<Value> {
-    let (s, v) = c
-        .get(i, &format!("/v1/jobs/{job}/runs?limit=1000"))
-        .await
-        .expect("runs");
-    assert_eq!(s, 200, "{v}");
-    v["runs"].as_array().expect("runs").clone()
-}
 
 /// `GET /v1/targets` on node `i` (first page of up to 1000).
 async fn targets(c: &TestCluster, i: usize) -> Option<Vec<Value>> {
