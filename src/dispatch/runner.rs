@@ -105,6 +105,8 @@ struct Dispatcher {
     attempting: HashSet<String>,
     /// Runs of claims whose outcome is unknown, until found applied or queued.
     doubts: Doubts,
+    /// Jobs not claimed because their target is held (circuit open, queue full), by target.
+    held: HashMap<TargetKey, HashSet<String>>,
     events_tx: mpsc::Sender<Event>,
     record_tx: mpsc::Sender<AttemptOutcome>,
 }
@@ -175,6 +177,7 @@ pub async fn run_epoch(
         queued: HashSet::new(),
         attempting: HashSet::new(),
         doubts: Doubts::default(),
+        held: HashMap::new(),
         events_tx,
         record_tx,
     };
@@ -344,6 +347,17 @@ impl Dispatcher {
         );
     }
 
+    /// Puts the jobs held back for `key` into the claim index again once it no longer holds.
+    fn release_held(&mut self, key: &TargetKey) {
+        if self.held.contains_key(key) && !self.sched.holds(key) {
+            for id in self.held.remove(key).unwrap_or_default() {
+                if !self.claiming.contains(&id) {
+                    self.refresh_one(&id);
+                }
+            }
+        }
+    }
+
     /// Queues the runs of doubtful claims of `job_id` that turned out applied.
     fn resolve_doubts(&mut self, job_id: &str) {
         let (view, doubts) = (&self.view, &mut self.doubts);
@@ -411,6 +425,15 @@ impl Dispatcher {
                     break;
                 }
                 self.by_due.pop_first();
+                let target = self.jobs.get(&id).and_then(|e| e.target.clone());
+                if let Some(key) = target.filter(|k| self.sched.holds(k)) {
+                    // Left unclaimed until the target recovers (`release_held`).
+                    if let Some(e) = self.jobs.get_mut(&id) {
+                        e.next_due = None;
+                    }
+                    self.held.entry(key).or_default().insert(id);
+                    continue;
+                }
                 let planned = match self.view.get_job(&id) {
                     Ok(Some(job)) => self
                         .jobs
@@ -525,6 +548,7 @@ impl Dispatcher {
                 let now = now_ms();
                 self.attempting.remove(&p.run_id);
                 self.sched.finish(&key, probe, Outcome::NotSent, None, now);
+                self.release_held(&key);
                 self.enqueue(now + GATE_RECHECK.as_millis() as i64, p);
             }
             Event::Attempted(Sent { p, key, probe }, result, outcome, error) => {
@@ -533,6 +557,7 @@ impl Dispatcher {
                     tracing::warn!(target = %key, "circuit opened after consecutive timeouts or connection errors");
                     crate::metrics::circuit_opened();
                 }
+                self.release_held(&key);
                 crate::metrics::in_flight(self.sched.in_flight());
                 if let AttemptResult::RetryAt(at) = result {
                     let n = p.n + 1;

@@ -27,6 +27,11 @@ pub const BREAKER_FAILURES: u32 = 20;
 /// First pause of an opened circuit; each failed probe doubles it up to the maximum.
 pub const BREAKER_PAUSE_MIN_MS: i64 = 1_000;
 pub const BREAKER_PAUSE_MAX_MS: i64 = 60_000;
+/// Runs a target whose circuit is not closed may have waiting before the dispatcher stops
+/// claiming more for it: enough for every probe, and a bound on the leader's memory however long
+/// the target stays down. Its jobs then wait unclaimed, and when it recovers their runs are
+/// claimed late, under the misfire policy.
+pub const HELD_QUEUE_MAX: usize = 256;
 
 /// The `host:port` a URL delivers to, or None when it has no host.
 pub fn target_key(url: &str) -> Option<TargetKey> {
@@ -259,6 +264,14 @@ impl<T> Scheduler<T> {
         self.targets.retain(|_, t| {
             !(t.queue.is_empty() && t.in_flight == 0 && matches!(t.breaker, Breaker::Closed { .. }))
         });
+    }
+
+    /// True while `key`'s circuit is not closed and `HELD_QUEUE_MAX` runs already wait for it:
+    /// claim nothing more for it.
+    pub fn holds(&self, key: &str) -> bool {
+        self.targets.get(key).is_some_and(|t| {
+            !matches!(t.breaker, Breaker::Closed { .. }) && t.queue.len() >= HELD_QUEUE_MAX
+        })
     }
 
     /// The earliest instant a waiting target may start, if any.
@@ -630,6 +643,29 @@ mod tests {
         assert_eq!(rest.len(), 3, "five queued, two went as probes");
         assert!(rest.iter().all(|r| !r.probe));
         assert_eq!(s.totals().open + s.totals().half_open, 0);
+    }
+
+    #[test]
+    fn a_target_with_an_open_circuit_and_a_full_queue_is_held() {
+        let mut s = Scheduler::new(64, 1024);
+        fill(&mut s, "hole:80", 0, BREAKER_FAILURES as usize);
+        for st in drain(&mut s, 0) {
+            s.finish(&st.key, st.probe, Outcome::Failed, None, 10);
+        }
+        assert!(!s.holds("hole:80"), "open, but nothing waits yet");
+        fill(&mut s, "hole:80", 20, HELD_QUEUE_MAX - 1);
+        assert!(!s.holds("hole:80"));
+        s.push(key("hole:80"), 30, "last".into(), ());
+        assert!(s.holds("hole:80"));
+        // A healthy target with a long queue is never held, nor an unknown one.
+        fill(&mut s, "ok:80", 1_000_000, HELD_QUEUE_MAX * 2);
+        assert!(!s.holds("ok:80") && !s.holds("nobody:80"));
+        // Once the probe is answered the circuit closes and the target is released.
+        s.push(key("hole:80"), 31, "extra".into(), ());
+        let probe = s.next(10 + BREAKER_PAUSE_MIN_MS).expect("probe");
+        assert!(probe.probe && s.holds("hole:80"), "half open still holds");
+        s.finish(&probe.key, true, Outcome::Answered, None, 2_000);
+        assert!(!s.holds("hole:80"));
     }
 
     #[test]
