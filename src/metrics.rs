@@ -72,6 +72,11 @@ pub fn targets(t: &crate::dispatch::targets::Totals) {
     metrics::gauge!("hookd_target_circuits", "state" => "half_open").set(t.half_open as f64);
 }
 
+/// Runs per second the dispatcher may claim now (adapts to the claims' commit latency).
+pub fn claim_rate(per_s: f64) {
+    metrics::gauge!("hookd_dispatch_claim_rate").set(per_s);
+}
+
 /// A target's circuit opened.
 pub fn circuit_opened() {
     counter!("hookd_target_circuit_opened_total").increment(1);

@@ -9,6 +9,7 @@
 
 pub mod delivery;
 mod doubt;
+mod pace;
 pub mod plan;
 mod runner;
 pub mod targets;

@@ -20,6 +20,7 @@ use tracing::Instrument;
 
 use super::delivery::{AttemptRequest, Deliverer};
 use super::doubt::{Doubts, Found};
+use super::pace::Pacer;
 use super::plan::{self, after_attempt};
 use super::targets::{target_key, Outcome, Scheduler, TargetKey};
 use super::{DispatchConfig, Queries};
@@ -74,7 +75,9 @@ struct Pending {
 }
 
 enum Event {
-    Claimed(Vec<ClaimItem>, Option<Vec<bool>>),
+    /// A claim round ended: its items, what was accepted (None: unknown), and how long the
+    /// proposal took (None: nothing was proposed).
+    Claimed(Vec<ClaimItem>, Option<Vec<bool>>, Option<u64>),
     Attempted(Sent, AttemptResult, Outcome, Option<String>),
     /// The gate closed between queue and send.
     NotAttempted(Sent),
@@ -107,6 +110,8 @@ struct Dispatcher {
     doubts: Doubts,
     /// Jobs not claimed because their target is held (circuit open, queue full), by target.
     held: HashMap<TargetKey, HashSet<String>>,
+    /// How many runs may be claimed, adapting to the claims' commit latency.
+    pacer: Pacer,
     events_tx: mpsc::Sender<Event>,
     record_tx: mpsc::Sender<AttemptOutcome>,
 }
@@ -178,6 +183,7 @@ pub async fn run_epoch(
         attempting: HashSet::new(),
         doubts: Doubts::default(),
         held: HashMap::new(),
+        pacer: Pacer::new(now_ms()),
         events_tx,
         record_tx,
     };
@@ -193,6 +199,7 @@ pub async fn run_epoch(
         if totals_at.elapsed() >= TOTALS_EVERY {
             totals_at = Instant::now();
             crate::metrics::targets(&d.sched.totals());
+            crate::metrics::claim_rate(d.pacer.rate_per_s());
         }
         if forgot_at.elapsed() >= FORGET_IDLE_EVERY {
             forgot_at = Instant::now();
@@ -417,11 +424,12 @@ impl Dispatcher {
     fn claim_due(&mut self) {
         let horizon = self.config.horizon.as_millis() as i64;
         let now = now_ms();
-        while self.claims_in_flight < CLAIMS_IN_FLIGHT_MAX {
+        let mut budget = self.pacer.budget(now);
+        while self.claims_in_flight < CLAIMS_IN_FLIGHT_MAX && budget > 0 {
             let mut items = Vec::new();
             let mut batch_jobs = Vec::new();
             while let Some((due, id)) = self.by_due.first().cloned() {
-                if due > now + horizon || items.len() >= CLAIM_ITEMS_MAX {
+                if due > now + horizon || items.len() >= CLAIM_ITEMS_MAX.min(budget) {
                     break;
                 }
                 self.by_due.pop_first();
@@ -453,6 +461,8 @@ impl Dispatcher {
             if batch_jobs.is_empty() {
                 return;
             }
+            budget = budget.saturating_sub(items.len());
+            self.pacer.spend(items.len());
             self.claims_in_flight += 1;
             let replica = self.replica.clone();
             let tx = self.events_tx.clone();
@@ -473,6 +483,7 @@ impl Dispatcher {
                 })
                 .collect();
             tokio::spawn(async move {
+                let started = Instant::now();
                 let accepted = if items.is_empty() {
                     Some(Vec::new())
                 } else {
@@ -495,16 +506,20 @@ impl Dispatcher {
                     a.resize(n, false);
                     a
                 });
-                let _ = tx.send(Event::Claimed(all, accepted)).await;
+                let latency = (n > 0).then(|| started.elapsed().as_millis() as u64);
+                let _ = tx.send(Event::Claimed(all, accepted, latency)).await;
             });
         }
     }
 
     fn handle(&mut self, event: Event) {
         match event {
-            Event::Claimed(items, accepted) => {
+            Event::Claimed(items, accepted, latency) => {
                 self.claims_in_flight -= 1;
                 let outcome_known = accepted.is_some();
+                if let Some(ms) = latency {
+                    self.pacer.observe(ms, outcome_known);
+                }
                 let accepted = accepted.unwrap_or_default();
                 let mut done_jobs = HashSet::new();
                 for (i, item) in items.into_iter().enumerate() {
@@ -680,7 +695,7 @@ impl Dispatcher {
         }
         if self.claims_in_flight < CLAIMS_IN_FLIGHT_MAX {
             if let Some((due, _)) = self.by_due.first() {
-                wake_ms = wake_ms.min(due - horizon);
+                wake_ms = wake_ms.min((due - horizon).max(now + self.pacer.wait_ms(1)));
             }
         }
         let delay = (wake_ms - now).max(0) as u64;
