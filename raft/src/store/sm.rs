@@ -2,8 +2,8 @@
 //! the API uses.
 //!
 //! The tables of the state machine live in trees of one *generation* (`sm_g{N}_{table}`).
-//! `apply` writes a whole batch of entries in one transaction together with `last_applied`, and
-//! leaves the flush to the next log append, purge or snapshot (see `apply`). Installing a snapshot writes generation N+1 from scratch, flushes it, switches
+//! `apply` writes a whole batch of entries in one transaction together with `last_applied`, then
+//! flushes. Installing a snapshot writes generation N+1 from scratch, flushes it, switches
 //! `active_gen` in one transaction, and only then drops generation N; a crash at any point leaves
 //! either the old or the new state, never a mix, and leftovers are dropped at the next open.
 
@@ -279,13 +279,17 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 Ok((out, touched))
             })
             .map_err(|e| StorageIOError::apply(last, &tx_error(e)))?;
-        // Not flushed here. The applied entries are durable in the log already, and the state
-        // goes into sled in one transaction with `last_applied`; sled recovers a prefix of its
-        // writes, so after a crash the state is that of some applied index and openraft
-        // re-applies the rest from the log. Every log append, purge and snapshot flushes the
-        // whole database (one sled file), so the state is durable before the log is purged past
-        // it or a snapshot is built from it. An fsync per apply batch only competed for the
-        // disk with the log's fsyncs, which openraft 0.9 waits for inside its core loop.
+        // Must flush: `save_committed` is not flushed, so after a power loss a leader resuming
+        // its term serves read indexes from a possibly stale commit index; the state has to hold
+        // every write acknowledged before. (Leaving this flush to the next append made the
+        // harness's power-loss fault find stale linearizable reads.)
+        if !crate::planted::is(crate::planted::ACK_BEFORE_FLUSH) {
+            self.inner
+                .disk
+                .flush()
+                .await
+                .map_err(|e| StorageIOError::apply(last, &e))?;
+        }
         if !touched.jobs.is_empty() || !touched.runs.is_empty() {
             // No subscriber (a follower) is fine.
             let _ = self.inner.changes.send(Change::Batch(Arc::new(touched)));
