@@ -72,8 +72,9 @@ case "$profile" in
             [ack_before_flush]="durability linearizable_api"
             [ignore_open_claims]="delivery timeliness"
             [stale_follower_reads]="linearizable_api"
+            [global_queue]="isolation"
         )
-        for plant in lease_gate ack_before_flush ignore_open_claims stale_follower_reads; do
+        for plant in lease_gate ack_before_flush ignore_open_claims stale_follower_reads global_queue; do
             total=$((total + 1))
             cleanup
             log="$(mktemp)"

@@ -42,6 +42,8 @@ pub struct Cluster {
     pub net: Arc<Net>,
     plant: Option<String>,
     log_filter: String,
+    /// Extra `hookd serve` flags of every node (the dispatch caps of the profile).
+    extra_args: Vec<String>,
     procs: Mutex<Vec<Proc>>,
     exits: Mutex<Vec<UnexpectedExit>>,
     /// The data dirs' power-loss file systems (empty without FUSE); unmounted after the kill
@@ -58,6 +60,7 @@ impl Cluster {
         net: Arc<Net>,
         plant: Option<String>,
         log_filter: &str,
+        extra_args: Vec<String>,
     ) -> anyhow::Result<Cluster> {
         let procs = net
             .nodes
@@ -75,6 +78,7 @@ impl Cluster {
             net,
             plant,
             log_filter: log_filter.to_owned(),
+            extra_args,
             procs: Mutex::new(procs),
             exits: Mutex::default(),
             disks: Vec::new(),
@@ -179,6 +183,7 @@ impl Cluster {
             .arg(self.data_dir(id))
             .args(["--initial-cluster", &self.net.initial_cluster()])
             .args(["--log", &self.log_filter])
+            .args(&self.extra_args)
             .env_remove("LISTEN_FDS")
             .env_remove("HOOKD_PLANT")
             .stdin(Stdio::null())

@@ -2,6 +2,8 @@
 //! dependency on hookd's crates), so they test what users run. The chaos harness
 //! (`hookd-jepsen`) is built from the modules below; `local` and `stats` serve the benchmarks.
 
+pub mod batch;
+pub mod blackhole;
 pub mod check;
 pub mod client;
 pub mod cluster;

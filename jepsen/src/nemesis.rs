@@ -3,7 +3,15 @@
 //! `nemesis.jsonl` with its outcome (installed | skipped | failed); a fault that could not be
 //! installed is recorded as such, never dropped silently. Leader faults measure how long the
 //! cluster took to name a new leader.
+//!
+//! Two faults are workload faults rather than node faults: `black-hole` (a batch of interval jobs
+//! aimed at a target that accepts and never answers) and `overload` (a batch of interval jobs at
+//! the sink, more due runs than the cluster can deliver). Their window runs from the first create
+//! to the last acknowledged delete; they run in the same one-at-a-time schedule, so no node fault
+//! overlaps them (`overload` also waits for a settled leader first, so a leader change in its
+//! window can only come from the load).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
@@ -16,9 +24,11 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::batch;
+use crate::blackhole::BlackHole;
 use crate::client::{classify_write, Api, OP_TIMEOUT};
 use crate::cluster::Cluster;
-use crate::history::now_us;
+use crate::history::{now_us, rfc3339_us};
 use crate::history::{Recorder, Type};
 use crate::sink::{Sink, SinkFault};
 
@@ -44,10 +54,15 @@ pub enum Kind {
     Sink5xx,
     SinkDelay,
     SinkDrop,
+    /// A batch of interval jobs aimed at the black-hole target, deleted at the end of the window.
+    BlackHole,
+    /// A batch of interval jobs at the sink, more due runs than the cluster can deliver,
+    /// deleted at the end of the window.
+    Overload,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 13] = [
+    pub const ALL: [Kind; 15] = [
         Kind::KillLeader,
         Kind::KillFollower,
         Kind::KillTwo,
@@ -61,9 +76,13 @@ impl Kind {
         Kind::Sink5xx,
         Kind::SinkDelay,
         Kind::SinkDrop,
+        Kind::BlackHole,
+        Kind::Overload,
     ];
     /// Faults a run must have installed to count (CHAOS.md, coverage).
     pub const REQUIRED: [Kind; 3] = [Kind::KillLeader, Kind::PauseLeader, Kind::PartitionLeader];
+    /// The workload faults.
+    pub const WORKLOAD: [Kind; 2] = [Kind::BlackHole, Kind::Overload];
 
     pub fn name(self) -> String {
         serde_json::to_value(self)
@@ -107,7 +126,102 @@ impl Kind {
     pub fn is_sink_fault(self) -> bool {
         matches!(self, Kind::Sink5xx | Kind::SinkDelay | Kind::SinkDrop)
     }
+
+    /// Faults made of load rather than of broken nodes, links or sink answers. They excuse
+    /// nothing in the other checkers (`check::Input::fault_at` ignores them): a black hole must
+    /// not delay the sink at all, and an overload is judged by rules of its own.
+    pub fn is_workload(self) -> bool {
+        matches!(self, Kind::BlackHole | Kind::Overload)
+    }
 }
+
+/// What a workload fault did, logged with its `stop` event (and carried by its window).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Load {
+    /// The target its jobs call (`host:port`).
+    pub target: String,
+    /// Every job of the batch has an id starting with this.
+    pub prefix: String,
+    /// Jobs asked for, acknowledged created, acknowledged deleted.
+    pub jobs: usize,
+    pub created: usize,
+    pub deleted: usize,
+    pub period_ms: i64,
+    pub timeout_ms: i64,
+    /// When every create had its answer: full load from here...
+    pub loaded_at: Option<i64>,
+    /// ...until the deletes began.
+    pub unloading_at: Option<i64>,
+    /// Answers to the batch's requests: "create 201", "create 429", "delete 204"… → count.
+    pub statuses: BTreeMap<String, u64>,
+    /// `(leader, term)` all nodes named before the load and after it (overload only).
+    pub before: Option<(u64, u64)>,
+    pub after: Option<(u64, u64)>,
+    /// Every `(leader, term)` a node named in between, polled every 250 ms (overload only).
+    #[serde(default)]
+    pub seen: Vec<(u64, u64)>,
+    /// Polls of a node's `/v1/cluster` that got no answer or no leader (overload only).
+    #[serde(default)]
+    pub unanswered_polls: u64,
+    /// The overload's ramp: (jobs, median lateness in ms of the batch's runs that arrived in
+    /// the second before) after each step.
+    #[serde(default)]
+    pub ramp: Vec<(usize, Option<i64>)>,
+}
+
+/// Sizes of the workload faults.
+#[derive(Debug, Clone)]
+pub struct LoadConfig {
+    /// Prefix of the batch jobs' ids (unique per run).
+    pub tag: String,
+    /// Black hole: this many jobs every 1 s with this timeout, full load held this long.
+    pub bh_jobs: usize,
+    pub bh_timeout_s: u64,
+    pub bh_hold: Duration,
+    /// Overload: `ov_first` jobs every 1 s at the sink, then `ov_step` more at a time until a
+    /// backlog shows (at most `ov_jobs`); the full load is then held `ov_hold`.
+    pub ov_first: usize,
+    pub ov_step: usize,
+    pub ov_jobs: usize,
+    pub ov_hold: Duration,
+    /// Concurrent clients creating or deleting a batch.
+    pub clients: usize,
+}
+
+impl LoadConfig {
+    /// Time a workload fault may take from its first create to its last delete, at most.
+    pub fn span(&self, kind: Kind) -> Duration {
+        match kind {
+            Kind::BlackHole => {
+                self.bh_hold + Duration::from_secs(BATCH_DEADLINE_S + DELETE_DEADLINE_S)
+            }
+            Kind::Overload => {
+                self.ov_hold
+                    + Duration::from_secs(
+                        RAMP_MAX_S + 3 + DELETE_DEADLINE_S + LEADER_SETTLED_S + AFTER_LOAD_S,
+                    )
+            }
+            _ => Duration::ZERO,
+        }
+    }
+}
+
+/// A batch of creates gets this long to finish (it is normally far faster)...
+const BATCH_DEADLINE_S: u64 = 8;
+/// ...and a batch of deletes this long (under the full load of an overload).
+const DELETE_DEADLINE_S: u64 = 20;
+/// The overload's ramp adds no step after this long (s)...
+const RAMP_MAX_S: u64 = 12;
+/// ...and a step at most this often (ms)...
+const RAMP_STEP_MS: i64 = 1_500;
+/// ...until the median lateness of the batch's runs in the last second reaches this (µs): far
+/// above the few ms of a cluster that keeps up, and reached within a second or two of going
+/// ~10-20 % past what it delivers.
+const BACKLOG_SEEN: i64 = 250_000;
+/// `overload` starts only after every node named the same leader and term for this long.
+const LEADER_SETTLED_S: u64 = 2;
+/// `overload` reads the leader this long after its last delete.
+const AFTER_LOAD_S: u64 = 1;
 
 /// Most of the workload's runs fall due on whole seconds, and hookd claims runs up to 300 ms
 /// ahead. A leader fault that lands `lead_ms` (< 300) before a whole second therefore catches
@@ -139,6 +253,9 @@ pub struct Event {
     /// For leader faults: µs from install until the others named a new leader.
     #[serde(default)]
     pub new_leader_after_us: Option<i64>,
+    /// For workload faults, on the `stop` event: what the load did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<Load>,
 }
 
 /// A fault as the checkers see it: installed from `start` to `end`.
@@ -150,6 +267,9 @@ pub struct Window {
     pub start: i64,
     pub end: i64,
     pub new_leader_after_us: Option<i64>,
+    /// For workload faults: what the load did (from the `stop` event).
+    #[serde(default)]
+    pub load: Option<Load>,
 }
 
 /// Pairs start/stop events into windows of installed faults (an unstopped one ends at `end`).
@@ -169,6 +289,7 @@ pub fn windows(events: &[Event], end: i64) -> Vec<Window> {
                     start: e.t,
                     end,
                     new_leader_after_us: None,
+                    load: None,
                 });
             }
             ("stop", _) => {
@@ -176,6 +297,7 @@ pub fn windows(events: &[Event], end: i64) -> Vec<Window> {
                     out.push(Window {
                         end: e.t,
                         new_leader_after_us: e.new_leader_after_us,
+                        load: e.load.clone(),
                         ..w
                     });
                 }
@@ -196,6 +318,9 @@ pub struct Config {
     pub first: Vec<Kind>,
     pub hold_ms: (u64, u64),
     pub gap_ms: (u64, u64),
+    /// Whether random draws (after `first`) may pick the workload faults.
+    pub draw_workload: bool,
+    pub load: LoadConfig,
 }
 
 pub struct Nemesis {
@@ -203,10 +328,14 @@ pub struct Nemesis {
     cluster: Arc<Cluster>,
     api: Api,
     sink: Sink,
+    blackhole: Option<BlackHole>,
     out: Mutex<BufWriter<File>>,
     events: Mutex<Vec<Event>>,
     rec: Recorder,
     bursts: std::sync::atomic::AtomicU64,
+    /// Workload faults so far (their jobs' ids) and `batch::run` calls (their process ids).
+    workloads: std::sync::atomic::AtomicU64,
+    batches: std::sync::atomic::AtomicU64,
 }
 
 impl Nemesis {
@@ -215,6 +344,7 @@ impl Nemesis {
         cluster: Arc<Cluster>,
         api: Api,
         sink: Sink,
+        blackhole: Option<BlackHole>,
         rec: Recorder,
         path: &Path,
     ) -> anyhow::Result<Nemesis> {
@@ -223,10 +353,13 @@ impl Nemesis {
             cluster,
             api,
             sink,
+            blackhole,
             out: Mutex::new(BufWriter::new(File::create(path)?)),
             events: Mutex::default(),
             rec,
             bursts: Default::default(),
+            workloads: Default::default(),
+            batches: Default::default(),
         })
     }
 
@@ -262,6 +395,7 @@ impl Nemesis {
         // none is drawn later.
         let enabled: Vec<Kind> = (self.cfg.enabled.iter().copied())
             .filter(|k| *k != Kind::PowerLoss || self.cluster.has_disks())
+            .filter(|k| self.cfg.draw_workload || !k.is_workload())
             .collect();
         // Bounded: at most one fault per second of the run, whatever happens.
         for _ in 0..10_000 {
@@ -270,20 +404,38 @@ impl Nemesis {
             let gap =
                 Duration::from_millis(rng.random_range(self.cfg.gap_ms.0..=self.cfg.gap_ms.1));
             let left = end_us - now_us();
-            if left < (hold.as_micros() as i64) + 1_000_000 {
-                break;
-            }
-            let kind = match queue.pop_front() {
-                Some(k) => k,
+            let (kind, queued) = match queue.front() {
+                Some(k) => (*k, true),
                 None => match enabled.choose(&mut rng) {
-                    Some(k) => *k,
+                    Some(k) => (*k, false),
                     None => break,
                 },
             };
-            let installed = self.one(kind, hold, &mut rng).await;
+            let need = if kind.is_workload() {
+                self.cfg.load.span(kind)
+            } else {
+                hold
+            };
+            if left < (need.as_micros() as i64) + 1_000_000 {
+                if queued && kind.is_workload() && left >= (hold.as_micros() as i64) + 1_000_000 {
+                    // Logged, so coverage sees a required workload fault that never ran.
+                    queue.pop_front();
+                    self.skipped(kind, "not enough time left in the run");
+                    continue;
+                }
+                break;
+            }
+            if queued {
+                queue.pop_front();
+            }
+            let installed = if kind.is_workload() {
+                self.workload(kind).await
+            } else {
+                self.one(kind, hold, &mut rng).await
+            };
             if !installed {
                 // A skipped fault (no leader, say) is retried once a second later.
-                if Kind::REQUIRED.contains(&kind) {
+                if Kind::REQUIRED.contains(&kind) || kind.is_workload() {
                     queue.push_front(kind);
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -314,6 +466,7 @@ impl Nemesis {
             t: now_us(),
             detail: why.to_owned(),
             new_leader_after_us: None,
+            load: None,
         });
         false
     }
@@ -339,6 +492,7 @@ impl Nemesis {
             Kind::KillTwo | Kind::Bridge => std::iter::once(l).chain(follower).collect(),
             Kind::RestartAll | Kind::PowerLoss => ids.clone(),
             Kind::Sink5xx | Kind::SinkDelay | Kind::SinkDrop => vec![],
+            Kind::BlackHole | Kind::Overload => return self.skipped(kind, "a workload fault"),
         };
         if kind.strikes_leader() {
             // An isolated leader's lease runs out ~100 ms after its last ack (the checker
@@ -420,6 +574,7 @@ impl Nemesis {
                     .set_fault(SinkFault::DropAfterRead { fraction: 0.3 });
                 Ok("drop the connection after reading, 30% of attempts 1-2".into())
             }
+            Kind::BlackHole | Kind::Overload => anyhow::bail!("a workload fault"),
         })();
         let start = now_us();
         let leader_field = leader;
@@ -433,6 +588,7 @@ impl Nemesis {
                 t: start,
                 detail,
                 new_leader_after_us: None,
+                load: None,
             }),
             Err(e) => {
                 self.log(Event {
@@ -444,6 +600,7 @@ impl Nemesis {
                     t: start,
                     detail: format!("{e:#}"),
                     new_leader_after_us: None,
+                    load: None,
                 });
                 let _ = self.heal_everything();
                 return false;
@@ -479,8 +636,282 @@ impl Nemesis {
             t: now_us(),
             detail,
             new_leader_after_us,
+            load: None,
         });
         true
+    }
+
+    /// A workload fault: creates a batch of interval jobs, holds the full load, deletes them.
+    /// The overload's batch grows in steps until a backlog shows (see `ramp_overload`). Returns
+    /// whether it was installed.
+    async fn workload(&self, kind: Kind) -> bool {
+        let lc = self.cfg.load.clone();
+        let ids = self.cluster.ids();
+        let (target, timeout_s, hold) = match kind {
+            Kind::BlackHole => match &self.blackhole {
+                Some(bh) => (bh.addr.to_string(), lc.bh_timeout_s, lc.bh_hold),
+                None => return self.skipped(kind, "no black-hole listener"),
+            },
+            _ => (self.sink.addr.to_string(), 2, lc.ov_hold),
+        };
+        // Overload: only from a settled leader, so that a leader change in the window can only
+        // come from the load.
+        let before = if kind == Kind::Overload {
+            match self.settled_leader(&ids).await {
+                Some(l) => Some(l),
+                None => return self.skipped(kind, "no settled leader to load"),
+            }
+        } else {
+            None
+        };
+        let n = self
+            .workloads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let short = if kind == Kind::BlackHole { "bh" } else { "ov" };
+        let prefix = format!("{}-{short}{n}-", lc.tag);
+        let leader = self.api.leader(&self.cluster.live()).await.map(|(l, _)| l);
+        let start = now_us();
+        self.log(Event {
+            fault: kind,
+            phase: "start".into(),
+            outcome: "installed".into(),
+            targets: vec![],
+            leader,
+            t: start,
+            detail: if kind == Kind::BlackHole {
+                format!(
+                    "{} jobs every 1 s (timeout {timeout_s} s) at {target} (accepts, never \
+                     answers), held {} s",
+                    lc.bh_jobs,
+                    hold.as_secs()
+                )
+            } else {
+                format!(
+                    "jobs every 1 s at the sink {target}, {} more every {} ms (up to {}) until \
+                     a backlog shows, then held {} s",
+                    lc.ov_step,
+                    RAMP_STEP_MS,
+                    lc.ov_jobs,
+                    hold.as_secs()
+                )
+            },
+            new_leader_after_us: None,
+            load: None,
+        });
+        // Overload: watch the leader the whole time.
+        let stop_watch = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watch = (kind == Kind::Overload).then(|| {
+            let (api, ids, stop) = (self.api.clone(), ids.clone(), stop_watch.clone());
+            tokio::spawn(async move { watch_leader(api, ids, stop).await })
+        });
+        let mut load = Load {
+            target,
+            prefix: prefix.clone(),
+            period_ms: 1_000,
+            timeout_ms: timeout_s as i64 * 1_000,
+            before,
+            ..Load::default()
+        };
+        let mut created: Vec<String> = Vec::new();
+        if kind == Kind::BlackHole {
+            // All due together, every second from a whole second ~2 s ahead: they all take a
+            // slot at once.
+            let first = (now_us() / 1_000_000 + 3) * 1_000_000;
+            let url = |id: &str| {
+                self.blackhole
+                    .as_ref()
+                    .map(|b| b.url(id))
+                    .unwrap_or_default()
+            };
+            let bodies = (0..lc.bh_jobs)
+                .map(|k| {
+                    let id = format!("{prefix}{k}");
+                    let body = batch_job(
+                        &id,
+                        &url(&id),
+                        first,
+                        timeout_s,
+                        json!({"max_attempts": 3, "initial_backoff": "1s", "max_backoff": "2s"}),
+                    );
+                    (id, body)
+                })
+                .collect();
+            self.create_batch(bodies, lc.clients, &mut load, &mut created)
+                .await;
+            load.jobs = lc.bh_jobs;
+            let now = now_us();
+            if now < first {
+                tokio::time::sleep(Duration::from_micros((first - now) as u64)).await;
+            }
+        } else {
+            self.ramp_overload(&lc, &prefix, &mut load, &mut created)
+                .await;
+        }
+        // Full load from here for `hold`.
+        load.loaded_at = Some(now_us());
+        load.created = created.len();
+        tokio::time::sleep(hold).await;
+        load.unloading_at = Some(now_us());
+        let deadline = now_us() + DELETE_DEADLINE_S as i64 * 1_000_000;
+        let dels: Vec<(String, serde_json::Value)> = created
+            .iter()
+            .map(|id| (id.clone(), serde_json::Value::Null))
+            .collect();
+        // Deletes meet the full load (each waits behind the leader's claim and outcome entries:
+        // ~0.3-0.5 s each on this machine), so they get many more clients, whose writes the
+        // leader batches into few entries.
+        let b = self
+            .batches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let deleted = batch::run(
+            &self.api,
+            &self.rec,
+            b,
+            "delete",
+            dels,
+            8 * lc.clients,
+            deadline,
+        )
+        .await;
+        load.deleted = deleted.done.len();
+        for (k, v) in deleted.statuses {
+            *load.statuses.entry(k).or_default() += v;
+        }
+        let stopped = now_us();
+        if let Some(w) = watch {
+            tokio::time::sleep(Duration::from_secs(AFTER_LOAD_S)).await;
+            load.after = self.api.leader(&ids).await;
+            stop_watch.store(true, std::sync::atomic::Ordering::SeqCst);
+            if let Ok((seen, unanswered)) = w.await {
+                load.seen = seen;
+                load.unanswered_polls = unanswered;
+            }
+        }
+        let detail = format!(
+            "created {} of {}, deleted {}{}",
+            load.created,
+            load.jobs,
+            load.deleted,
+            if load.deleted < load.created {
+                " (some jobs outlive the window)"
+            } else {
+                ""
+            }
+        );
+        self.log(Event {
+            fault: kind,
+            phase: "stop".into(),
+            outcome: "healed".into(),
+            targets: vec![],
+            leader,
+            t: stopped,
+            detail,
+            new_leader_after_us: None,
+            load: Some(load),
+        });
+        true
+    }
+
+    /// Creates `bodies` (one `batch::run`), adding what it got to `load` and `created`.
+    async fn create_batch(
+        &self,
+        bodies: Vec<(String, serde_json::Value)>,
+        clients: usize,
+        load: &mut Load,
+        created: &mut Vec<String>,
+    ) {
+        let b = self
+            .batches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let deadline = now_us() + BATCH_DEADLINE_S as i64 * 1_000_000;
+        let out = batch::run(&self.api, &self.rec, b, "create", bodies, clients, deadline).await;
+        created.extend(out.done);
+        for (k, v) in out.statuses {
+            *load.statuses.entry(k).or_default() += v;
+        }
+    }
+
+    /// Overload jobs at the sink, `ov_first` and then `ov_step` more every `RAMP_STEP_MS`, each
+    /// step's runs spread evenly over the second (an offered rate, not one burst a second),
+    /// until the batch's runs arriving in the last second are `BACKLOG_SEEN` late at the median
+    /// (more runs fall due than the cluster delivers: a backlog grows), `ov_jobs` exist or
+    /// `RAMP_MAX_S` passed (the checker then says whether it was an overload at all). So
+    /// the load is just past what this machine delivers, whatever the machine: a fixed size is
+    /// either no overload on a fast machine or, far past capacity, a different experiment.
+    async fn ramp_overload(
+        &self,
+        lc: &LoadConfig,
+        prefix: &str,
+        load: &mut Load,
+        created: &mut Vec<String>,
+    ) {
+        let mut k0 = 0usize;
+        let until = now_us() + RAMP_MAX_S as i64 * 1_000_000;
+        // Bounded by `ov_jobs` (every step adds at least one job) and by `RAMP_MAX_S`.
+        while k0 < lc.ov_jobs && now_us() < until {
+            let step = if k0 == 0 { lc.ov_first } else { lc.ov_step };
+            let step = step.clamp(1, lc.ov_jobs - k0);
+            // From the next whole second at least 0.5 s ahead (the creates take ~0.2 s).
+            let first = ((now_us() + 500_000) / 1_000_000 + 1) * 1_000_000;
+            let bodies = (k0..k0 + step)
+                .map(|k| {
+                    let id = format!("{prefix}{k}");
+                    let offset_us = ((k - k0) as i64 * 1_000 / step as i64) * 1_000;
+                    let body = batch_job(
+                        &id,
+                        &self.sink.url(&id),
+                        first + offset_us,
+                        2,
+                        json!({"max_attempts": 5, "initial_backoff": "500ms", "max_backoff": "2s"}),
+                    );
+                    (id, body)
+                })
+                .collect();
+            self.create_batch(bodies, lc.clients, load, created).await;
+            k0 += step;
+            load.jobs = k0;
+            // Look once this step's runs have been due for a while.
+            let look = (first + 1_200_000).max(now_us() + RAMP_STEP_MS * 1_000);
+            tokio::time::sleep(Duration::from_micros((look - now_us()).max(0) as u64)).await;
+            let mut late = self.sink.lateness_since(prefix, now_us() - 1_000_000);
+            late.sort_unstable();
+            let p50 = late.get(late.len() / 2).copied();
+            load.ramp.push((created.len(), p50.map(|x| x / 1000)));
+            if p50.is_some_and(|x| x >= BACKLOG_SEEN) {
+                break;
+            }
+        }
+    }
+
+    /// The leader and term every node names, once they have named the same ones for
+    /// `LEADER_SETTLED_S` (at most ~10 s of waiting).
+    async fn settled_leader(&self, ids: &[u64]) -> Option<(u64, u64)> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut since: Option<((u64, u64), tokio::time::Instant)> = None;
+        while tokio::time::Instant::now() < deadline {
+            let mut views = BTreeSet::new();
+            for &id in ids {
+                let v = self.api.cluster(id).await;
+                let lt = v.and_then(|v| Some((v["leader_id"].as_u64()?, v["term"].as_u64()?)));
+                views.insert(lt);
+            }
+            let agreed = match views.iter().collect::<Vec<_>>().as_slice() {
+                [Some(lt)] => Some(*lt),
+                _ => None,
+            };
+            since = match (agreed, since) {
+                (Some(lt), Some((s, at))) if s == lt => {
+                    if at.elapsed() >= Duration::from_secs(LEADER_SETTLED_S) {
+                        return Some(lt);
+                    }
+                    Some((s, at))
+                }
+                (Some(lt), _) => Some((lt, tokio::time::Instant::now())),
+                (None, _) => None,
+            };
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        None
     }
 
     /// Sends a few creates to the leader at once and returns as soon as the first is
@@ -543,6 +974,56 @@ impl Nemesis {
     }
 }
 
+/// The body of a batch job: every 1 s from `start_us`, at `url`.
+fn batch_job(
+    id: &str,
+    url: &str,
+    start_us: i64,
+    timeout_s: u64,
+    retry: serde_json::Value,
+) -> serde_json::Value {
+    json!({
+        "id": id,
+        "url": url,
+        "method": "POST",
+        "body": "{}",
+        "schedule": {"every": "1s", "start_at": rfc3339_us(start_us)},
+        "timeout": format!("{timeout_s}s"),
+        "retry": retry,
+    })
+}
+
+/// Polls every node's `GET /v1/cluster` every 250 ms until `stop`; returns every distinct
+/// `(leader, term)` named and how many polls got no answer or named no leader.
+async fn watch_leader(
+    api: Api,
+    ids: Vec<u64>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> (Vec<(u64, u64)>, u64) {
+    let mut seen = BTreeSet::new();
+    let mut unanswered = 0u64;
+    // Bounded: the overload window is far shorter than 10,000 polls.
+    for _ in 0..10_000 {
+        if stop.load(std::sync::atomic::Ordering::SeqCst) {
+            break;
+        }
+        for &id in &ids {
+            match api
+                .cluster(id)
+                .await
+                .and_then(|v| Some((v["leader_id"].as_u64()?, v["term"].as_u64()?)))
+            {
+                Some(lt) => {
+                    seen.insert(lt);
+                }
+                None => unanswered += 1,
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    (seen.into_iter().collect(), unanswered)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -557,6 +1038,7 @@ mod tests {
             t,
             detail: String::new(),
             new_leader_after_us: None,
+            load: None,
         }
     }
 
@@ -579,5 +1061,26 @@ mod tests {
             (Kind::PartitionLeader, 30, 100)
         );
         assert_eq!(Kind::PauseLeader.name(), "pause-leader");
+    }
+
+    #[test]
+    fn a_workload_window_carries_what_its_load_did() {
+        let mut stop = ev(Kind::Overload, "stop", "healed", 20);
+        stop.load = Some(Load {
+            prefix: "j-ov0-".into(),
+            created: 7,
+            ..Load::default()
+        });
+        let events = vec![ev(Kind::Overload, "start", "installed", 10), stop];
+        let w = windows(&events, 100);
+        assert_eq!((w[0].start, w[0].end), (10, 20));
+        assert_eq!(w[0].load.as_ref().map(|l| l.created), Some(7));
+        assert!(Kind::Overload.is_workload() && Kind::BlackHole.is_workload());
+        assert!(!Kind::Overload.hits_leader() && !Kind::BlackHole.is_sink_fault());
+        assert_eq!(Kind::BlackHole.name(), "black-hole");
+        // A stop line round-trips through nemesis.jsonl.
+        let line = serde_json::to_string(&events[1]).unwrap();
+        let back: Event = serde_json::from_str(&line).unwrap();
+        assert_eq!(back.load, events[1].load);
     }
 }

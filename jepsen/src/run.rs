@@ -13,6 +13,7 @@ use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::blackhole::BlackHole;
 use crate::check::{self, CrashInfo, FinalState, Input, NodeView, Params, RunRecord, Verdict};
 use crate::client::{classify_write, Api, Reply, OP_TIMEOUT};
 use crate::cluster::Cluster;
@@ -37,23 +38,81 @@ pub struct Profile {
     pub hold_ms: (u64, u64),
     pub gap_ms: (u64, u64),
     pub first: Vec<Kind>,
+    /// Whether random fault draws may pick the workload faults (black hole, overload).
+    pub draw_workload: bool,
+    /// `--deliveries-max` and `--host-concurrency` of every node (None: hookd's defaults).
+    pub caps: Option<(usize, usize)>,
+    pub load: Load,
     pub params: Params,
 }
 
+/// Sizes of the workload faults (see `nemesis::LoadConfig`).
+#[derive(Debug, Clone)]
+pub struct Load {
+    pub bh_jobs: usize,
+    pub bh_timeout_s: u64,
+    pub bh_hold: Duration,
+    pub ov_first: usize,
+    pub ov_step: usize,
+    pub ov_jobs: usize,
+    pub ov_hold: Duration,
+    pub clients: usize,
+}
+
+/// Small dispatch caps, so that a modest black hole fills a target's share many times over and
+/// (with one shared queue) the whole node: 40 jobs every 1 s with a 5 s timeout want 200 slots,
+/// 6x the per-target cap of 32 and 1.5x the node cap of 128, before any retry. The normal
+/// workload stays far below: ~25 runs/s of ~1 ms each, and even under the sink-delay fault
+/// (30 % of attempts held 2 s) ~20 attempts in flight at the sink.
+const CAPS: (usize, usize) = (128, 32);
+
+/// The workload faults of the smoke and the soak. The overload grows until a backlog shows
+/// (`nemesis::Nemesis::ramp_overload`): on this kind of machine (2 cores, three nodes on FUSE
+/// disks) hookd delivers ~2,000-2,500 runs/s, so it stops at 2,250-3,000 jobs; 6,000 bounds it.
+fn load() -> Load {
+    Load {
+        bh_jobs: 40,
+        bh_timeout_s: 5,
+        bh_hold: Duration::from_secs(10),
+        ov_first: 2000,
+        ov_step: 250,
+        ov_jobs: 6000,
+        ov_hold: Duration::from_secs(10),
+        clients: 32,
+    }
+}
+
 pub fn profile(name: &str) -> anyhow::Result<Profile> {
+    // The required leader faults lead (shuffled by the seed); the workload faults come next,
+    // from a settled cluster, then the whole-cluster faults.
     let first = vec![
         Kind::PartitionLeader,
         Kind::KillLeader,
         Kind::PauseLeader,
+        Kind::BlackHole,
+        Kind::Overload,
         Kind::RestartAll,
         Kind::PowerLoss,
         Kind::KillTwo,
     ];
+    let required: Vec<Kind> = Kind::REQUIRED
+        .iter()
+        .chain(Kind::WORKLOAD.iter())
+        .copied()
+        .collect();
+    let caps_params = Params {
+        required_faults: required,
+        deliveries_max: CAPS.0,
+        host_concurrency: CAPS.1,
+        ..Params::default()
+    };
     Ok(match name {
+        // 60 s of node faults plus ~35 s of workload faults (black hole ~12 s, overload ~25 s
+        // with its creates and deletes).
         "smoke" => Profile {
             name: name.into(),
             warmup: Duration::from_secs(5),
-            fault_time: Duration::from_secs(60),
+            fault_time: Duration::from_secs(95),
             drain: Duration::from_secs(12),
             clients: 5,
             live_max: 100,
@@ -61,7 +120,10 @@ pub fn profile(name: &str) -> anyhow::Result<Profile> {
             hold_ms: (3000, 6000),
             gap_ms: (1500, 3000),
             first,
-            params: Params::default(),
+            draw_workload: false,
+            caps: Some(CAPS),
+            load: load(),
+            params: caps_params,
         },
         "soak" => Profile {
             name: name.into(),
@@ -74,10 +136,13 @@ pub fn profile(name: &str) -> anyhow::Result<Profile> {
             hold_ms: (3000, 10_000),
             gap_ms: (5000, 15_000),
             first,
+            draw_workload: true,
+            caps: Some(CAPS),
+            load: load(),
             params: Params {
                 min_ok_ops: 20_000,
                 min_due_runs: 20_000,
-                ..Params::default()
+                ..caps_params
             },
         },
         // A short run for trying the harness itself.
@@ -92,13 +157,39 @@ pub fn profile(name: &str) -> anyhow::Result<Profile> {
             hold_ms: (2500, 4000),
             gap_ms: (1000, 2000),
             first: vec![Kind::PartitionLeader, Kind::KillLeader, Kind::PauseLeader],
+            draw_workload: false,
+            caps: Some(CAPS),
+            load: load(),
             params: Params {
                 min_ok_ops: 100,
                 min_due_runs: 100,
-                ..Params::default()
+                required_faults: Kind::REQUIRED.to_vec(),
+                ..caps_params.clone()
             },
         },
-        other => bail!("unknown profile {other:?} (smoke, soak, quick)"),
+        // The two workload faults first, for trying them (then random node faults).
+        "workload" => Profile {
+            name: name.into(),
+            warmup: Duration::from_secs(3),
+            fault_time: Duration::from_secs(75),
+            drain: Duration::from_secs(12),
+            clients: 5,
+            live_max: 100,
+            think_ms: (40, 120),
+            hold_ms: (3000, 6000),
+            gap_ms: (1500, 3000),
+            first: Kind::WORKLOAD.to_vec(),
+            draw_workload: false,
+            caps: Some(CAPS),
+            load: load(),
+            params: Params {
+                min_ok_ops: 100,
+                min_due_runs: 100,
+                required_faults: Kind::WORKLOAD.to_vec(),
+                ..caps_params
+            },
+        },
+        other => bail!("unknown profile {other:?} (smoke, soak, quick, workload)"),
     })
 }
 
@@ -171,12 +262,32 @@ pub async fn run(opts: Options) -> anyhow::Result<Outcome> {
         Arc::new(move |ip| who_net.node_of_ip(ip)),
     )
     .await?;
+    let who_net = net.clone();
+    let blackhole = BlackHole::start(
+        net.host_ip,
+        Some(&dir.join("blackhole.jsonl")),
+        Arc::new(move |ip| who_net.node_of_ip(ip)),
+    )
+    .await?;
+    let caps_args = opts
+        .profile
+        .caps
+        .map(|(node, host)| {
+            vec![
+                "--deliveries-max".to_owned(),
+                node.to_string(),
+                "--host-concurrency".to_owned(),
+                host.to_string(),
+            ]
+        })
+        .unwrap_or_default();
     let cluster = Arc::new(Cluster::new(
         &hookd,
         &dir,
         net.clone(),
         opts.plant.clone(),
         &opts.log_filter,
+        caps_args,
     )?);
     cluster.ensure_binary()?;
     for id in cluster.ids() {
@@ -196,6 +307,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Outcome> {
     let rec = Recorder::create(&dir.join("history.jsonl"))?;
     let p = &opts.profile;
     let workload_end = now_us() + (p.warmup + p.fault_time).as_micros() as i64;
+    let tag = format!("j{}", opts.seed % 10_000);
     let nemesis = Arc::new(Nemesis::new(
         nemesis::Config {
             seed: opts.seed,
@@ -203,10 +315,23 @@ pub async fn run(opts: Options) -> anyhow::Result<Outcome> {
             first: p.first.clone(),
             hold_ms: p.hold_ms,
             gap_ms: p.gap_ms,
+            draw_workload: p.draw_workload,
+            load: nemesis::LoadConfig {
+                tag: tag.clone(),
+                bh_jobs: p.load.bh_jobs,
+                bh_timeout_s: p.load.bh_timeout_s,
+                bh_hold: p.load.bh_hold,
+                ov_first: p.load.ov_first,
+                ov_step: p.load.ov_step,
+                ov_jobs: p.load.ov_jobs,
+                ov_hold: p.load.ov_hold,
+                clients: p.load.clients,
+            },
         },
         cluster.clone(),
         api.clone(),
         sink.clone(),
+        Some(blackhole.clone()),
         rec.clone(),
         &dir.join("nemesis.jsonl"),
     )?);
@@ -216,7 +341,6 @@ pub async fn run(opts: Options) -> anyhow::Result<Outcome> {
         tokio::time::sleep(warmup).await;
         nem.run(workload_end).await;
     });
-    let tag = format!("j{}", opts.seed % 10_000);
     workload::run(
         workload::Config {
             clients: p.clients,
@@ -362,6 +486,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Outcome> {
         final_state: final_state.clone(),
         crashes: CrashInfo::default(),
         params: p.params.clone(),
+        blackhole: Vec::new(),
     };
     let timelines = check::model::timelines(&input.ops);
     let reader = leader.map(|(l, _)| l).unwrap_or(1);
@@ -404,6 +529,10 @@ pub async fn run(opts: Options) -> anyhow::Result<Outcome> {
     };
     input.final_state = final_state.clone();
     input.crashes = crashes.clone();
+    // Every node is down now, so every connection to the black hole has ended and is recorded.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    blackhole.flush();
+    input.blackhole = blackhole.conns();
     input.windows = nemesis::windows(&input.nemesis, healed_at);
     let stored = Stored {
         meta: meta.clone(),
@@ -483,6 +612,8 @@ pub fn recheck(dir: &Path) -> anyhow::Result<Vec<Verdict>> {
     let ops = history::load(&dir.join("history.jsonl"))?;
     let deliveries: Vec<Delivery> = read_jsonl(&dir.join("deliveries.jsonl"))?;
     let events: Vec<nemesis::Event> = read_jsonl(&dir.join("nemesis.jsonl"))?;
+    // Older runs have no black hole.
+    let blackhole = read_jsonl(&dir.join("blackhole.jsonl")).unwrap_or_default();
     let input = Input {
         ops,
         deliveries,
@@ -491,6 +622,7 @@ pub fn recheck(dir: &Path) -> anyhow::Result<Vec<Verdict>> {
         final_state: stored.final_state,
         crashes: stored.crashes,
         params: stored.params,
+        blackhole,
     };
     let verdicts = check::run_all(&input);
     report::write_results(dir, &stored.meta, &verdicts)?;

@@ -147,6 +147,23 @@ impl Sink {
             .unwrap_or_default()
     }
 
+    /// Lateness (receipt − due, µs) of the requests of jobs whose id starts with `prefix`
+    /// received since `since_us` (newest first; cheap: it walks back from the end).
+    pub fn lateness_since(&self, prefix: &str, since_us: i64) -> Vec<i64> {
+        self.state
+            .lock()
+            .map(|s| {
+                s.got
+                    .iter()
+                    .rev()
+                    .take_while(|d| d.recv >= since_us)
+                    .filter(|d| d.job_id.starts_with(prefix))
+                    .map(|d| d.recv - d.scheduled_at)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     pub fn flush(&self) {
         if let Ok(mut s) = self.state.lock() {
             if let Some(out) = s.out.as_mut() {

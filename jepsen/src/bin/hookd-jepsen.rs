@@ -27,7 +27,8 @@ struct Args {
 enum Cmd {
     /// One run of a profile.
     Run {
-        /// smoke (60 s of faults), soak (30 min) or quick (25 s, for trying the harness).
+        /// smoke (60 s of node faults plus a black hole and an overload), soak (30 min), quick
+        /// (25 s, for trying the harness) or workload (the black hole and the overload first).
         #[arg(long, default_value = "smoke")]
         profile: String,
         #[arg(long, default_value = "target/release/hookd")]

@@ -209,6 +209,7 @@ mod tests {
             t: T0,
             detail: String::new(),
             new_leader_after_us: None,
+            load: None,
         }
     }
 

@@ -3,8 +3,14 @@
 //! at least `drain` before the final read — reached the sink with a 2xx, or is listed `skipped`
 //! by the misfire policy (Chronos's target matching; the stable webhook-id makes the match
 //! exact). Deliveries of instants that were never due are phantoms. Timeliness: lateness of each
-//! run's first delivery, quiet vs fault windows, early fires, and the time from each leader fault
-//! to the first delivery of a run due after it.
+//! run's first delivery, quiet vs fault windows (and overload windows apart), early fires, and the
+//! time from each leader fault to the first delivery of a run due after it.
+//!
+//! Jobs aimed at the black-hole target owe nothing (they can never be delivered). Under an
+//! overload hookd legitimately holds a backlog, and a delete cancels the backlog's runs of the
+//! job: a run due in an overload window is owed before a close only if hookd had, by then,
+//! already started runs due later than it (`Progress`; it sends each target's runs in due
+//! order, SPEC §3), so a run skipped while later ones went out is still missed.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -25,7 +31,7 @@ fn ms(t: i64) -> i64 {
 /// a quorum loss until the heal) only if the close came `RECOVERY_SLACK` after that outage — a
 /// run due while the cluster was down, then paused before a leader was back, is rightly never
 /// sent.
-pub fn owed_before_close(input: &Input, due: i64, close: i64) -> bool {
+pub fn owed_before_close(input: &Input, progress: &Progress, due: i64, close: i64) -> bool {
     if close == i64::MAX {
         return true;
     }
@@ -34,9 +40,61 @@ pub fn owed_before_close(input: &Input, due: i64, close: i64) -> bool {
             return false;
         }
     }
-    let in_fault = input.fault_at(due).is_some();
+    if input.overload_at(due).is_some() && due > progress.sent_through(close) - ORDER_TOL {
+        return false;
+    }
+    let in_fault = input.fault_at(due).is_some() || input.overload_at(due).is_some();
     due <= close - if in_fault { FAULT_SLACK } else { QUIET_SLACK }
 }
+
+/// How far hookd had got through the due runs at each instant: the latest due instant among
+/// deliveries received by then. Every run due `ORDER_TOL` before that had been started too,
+/// since one target's runs go out in due order (a claim batch answered before an earlier one
+/// may reorder them by a claim round trip, well under `ORDER_TOL`).
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// (receipt, latest due among deliveries received by then), by receipt.
+    steps: Vec<(i64, i64)>,
+}
+
+impl Progress {
+    pub fn new(deliveries: &[crate::sink::Delivery]) -> Progress {
+        let mut ds: Vec<(i64, i64)> = deliveries
+            .iter()
+            .map(|d| (d.recv, d.scheduled_at))
+            .collect();
+        ds.sort_unstable();
+        let mut max = i64::MIN;
+        let steps = ds
+            .into_iter()
+            .map(|(r, s)| {
+                max = max.max(s);
+                (r, max)
+            })
+            .collect();
+        Progress { steps }
+    }
+
+    /// The first receipt by which a delivery of a run due at or after `due` had arrived.
+    pub fn reached(&self, due: i64) -> Option<i64> {
+        let n = self.steps.partition_point(|(_, m)| *m < due);
+        self.steps.get(n).map(|(r, _)| *r)
+    }
+
+    /// The latest due instant among deliveries received at or before `t` (far in the past when
+    /// none was).
+    pub fn sent_through(&self, t: i64) -> i64 {
+        let n = self.steps.partition_point(|(r, _)| *r <= t);
+        if n == 0 {
+            i64::MIN / 2
+        } else {
+            self.steps[n - 1].1
+        }
+    }
+}
+
+/// See `Progress`.
+pub const ORDER_TOL: i64 = 2_000_000;
 
 /// When the leader outage that `due` fell into ended, if it fell into one: from a leader fault
 /// until the others named a new leader (or the heal), through a quorum loss until the heal.
@@ -70,10 +128,36 @@ const QUIET_SLACK: i64 = 200_000;
 const FAULT_SLACK: i64 = 1_000_000;
 const RECOVERY_SLACK: i64 = 3_000_000;
 
-pub fn check_delivery(input: &Input, timelines: &BTreeMap<String, Timeline>) -> Verdict {
-    let mut v = Verdict::new("delivery");
+/// What became of an owed run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    Delivered,
+    SkippedByPolicy,
+    Missed,
+    /// Attempted, never with a 2xx, while still owed.
+    NeverSucceeded,
+    /// Attempted without a 2xx, then its job was paused or deleted.
+    Cancelled,
+}
+
+/// One run hookd owed (see the module doc), and its fate.
+#[derive(Debug, Clone)]
+pub struct OwedRun<'a> {
+    pub job: &'a str,
+    pub due: i64,
+    pub owed_from: i64,
+    pub attempts: u32,
+    pub fate: Fate,
+}
+
+/// Every owed run of every job (black-hole jobs owe nothing), with its fate.
+pub fn owed_runs<'a>(
+    input: &'a Input,
+    timelines: &'a BTreeMap<String, Timeline>,
+) -> Vec<OwedRun<'a>> {
     let p = &input.params;
     let hi = input.final_state.read_at - p.drain;
+    let progress = Progress::new(&input.deliveries);
     // (job, due ms) → (attempts, any 2xx)
     let mut got: HashMap<(&str, i64), (u32, bool)> = HashMap::new();
     for d in &input.deliveries {
@@ -83,9 +167,8 @@ pub fn check_delivery(input: &Input, timelines: &BTreeMap<String, Timeline>) -> 
         e.0 += 1;
         e.1 |= d.ok;
     }
-    let (mut owed, mut delivered, mut skipped, mut missed, mut cancelled, mut unsucceeded) =
-        (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
-    for tl in timelines.values() {
+    let mut out = Vec::new();
+    for tl in timelines.values().filter(|t| !t.is_blackhole()) {
         let Some(sched) = &tl.sched else { continue };
         for &(s, e) in &tl.owed {
             let lo = s + p.head_start;
@@ -93,21 +176,13 @@ pub fn check_delivery(input: &Input, timelines: &BTreeMap<String, Timeline>) -> 
             // A run due just before a pause/delete may legitimately lose its retries to it.
             let up = if closed { e.min(hi) } else { hi };
             for due in sched.dues(lo, up) {
-                if !owed_before_close(input, due, e) {
+                if !owed_before_close(input, &progress, due, e) {
                     continue;
                 }
-                owed += 1;
-                match got.get(&(tl.id.as_str(), ms(due))) {
-                    Some((_, true)) => delivered += 1,
-                    Some((n, false)) if closed => {
-                        let _ = n;
-                        cancelled += 1;
-                    }
-                    Some((n, false)) => {
-                        unsucceeded += 1;
-                        v.invalid();
-                        v.example(json!({"never_succeeded": tl.id, "due": rfc3339_us(due), "attempts": n}));
-                    }
+                let (attempts, fate) = match got.get(&(tl.id.as_str(), ms(due))) {
+                    Some((n, true)) => (*n, Fate::Delivered),
+                    Some((n, false)) if closed => (*n, Fate::Cancelled),
+                    Some((n, false)) => (*n, Fate::NeverSucceeded),
                     None => {
                         let skip = input.final_state.runs.get(&tl.id).is_some_and(|runs| {
                             runs.iter().any(|r| {
@@ -117,16 +192,52 @@ pub fn check_delivery(input: &Input, timelines: &BTreeMap<String, Timeline>) -> 
                                             && r.skipped_to.is_some_and(|t| ms(due) <= ms(t))))
                             })
                         });
-                        if skip {
-                            skipped += 1;
-                        } else {
-                            missed += 1;
-                            v.invalid();
-                            let fault = input.fault_at(due).map(|w| w.fault.name());
-                            v.example(json!({"missed": tl.id, "due": rfc3339_us(due), "owed_from": rfc3339_us(s), "fault": fault}));
-                        }
+                        (
+                            0,
+                            if skip {
+                                Fate::SkippedByPolicy
+                            } else {
+                                Fate::Missed
+                            },
+                        )
                     }
-                }
+                };
+                out.push(OwedRun {
+                    job: tl.id.as_str(),
+                    due,
+                    owed_from: s,
+                    attempts,
+                    fate,
+                });
+            }
+        }
+    }
+    out
+}
+
+pub fn check_delivery(input: &Input, timelines: &BTreeMap<String, Timeline>) -> Verdict {
+    let mut v = Verdict::new("delivery");
+    let (mut owed, mut delivered, mut skipped, mut missed, mut cancelled, mut unsucceeded) =
+        (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
+    for r in owed_runs(input, timelines) {
+        owed += 1;
+        match r.fate {
+            Fate::Delivered => delivered += 1,
+            Fate::Cancelled => cancelled += 1,
+            Fate::SkippedByPolicy => skipped += 1,
+            Fate::NeverSucceeded => {
+                unsucceeded += 1;
+                v.invalid();
+                v.example(json!({"never_succeeded": r.job, "due": rfc3339_us(r.due), "attempts": r.attempts}));
+            }
+            Fate::Missed => {
+                missed += 1;
+                v.invalid();
+                let fault = input
+                    .fault_at(r.due)
+                    .or(input.overload_at(r.due))
+                    .map(|w| w.fault.name());
+                v.example(json!({"missed": r.job, "due": rfc3339_us(r.due), "owed_from": rfc3339_us(r.owed_from), "fault": fault}));
             }
         }
     }
@@ -169,18 +280,20 @@ pub fn jobs_missing_runs(
     timelines: &BTreeMap<String, Timeline>,
 ) -> std::collections::BTreeSet<String> {
     let hi = input.final_state.read_at - input.params.drain;
+    let progress = Progress::new(&input.deliveries);
     let got: std::collections::HashSet<(&str, i64)> = input
         .deliveries
         .iter()
         .map(|d| (d.job_id.as_str(), ms(d.scheduled_at)))
         .collect();
     let mut out = std::collections::BTreeSet::new();
-    for tl in timelines.values() {
+    for tl in timelines.values().filter(|t| !t.is_blackhole()) {
         let Some(sched) = &tl.sched else { continue };
         for &(s, e) in &tl.owed {
             let up = if e == i64::MAX { hi } else { e.min(hi) };
             if sched.dues(s + input.params.head_start, up).iter().any(|d| {
-                owed_before_close(input, *d, e) && !got.contains(&(tl.id.as_str(), ms(*d)))
+                owed_before_close(input, &progress, *d, e)
+                    && !got.contains(&(tl.id.as_str(), ms(*d)))
             }) {
                 out.insert(tl.id.clone());
             }
@@ -189,21 +302,24 @@ pub fn jobs_missing_runs(
     out
 }
 
+/// When a run could first have been known: its due instant, or, for a job whose create was
+/// acknowledged only after that (or never: it may have taken effect at any time before the
+/// first delivery), the create's acknowledgement or the delivery itself. A fire-once run of a
+/// job created after its instant is on time when it fires right away. Lateness is measured
+/// from here.
+pub fn known_from(timelines: &BTreeMap<String, Timeline>, d: &crate::sink::Delivery) -> i64 {
+    let created = timelines
+        .get(&d.job_id)
+        .map_or(d.scheduled_at, |tl| tl.created_ok.unwrap_or(d.recv));
+    d.scheduled_at.max(created)
+}
+
 pub fn check_timeliness(input: &Input, timelines: &BTreeMap<String, Timeline>) -> Verdict {
     let mut v = Verdict::new("timeliness");
     let p = &input.params;
     let first = first_deliveries(&input.deliveries);
-    // When a run could first have been known: its due instant, or, for a job whose create was
-    // acknowledged only after that (or never: it may have taken effect at any time before the
-    // first delivery), the create's acknowledgement or the delivery itself. A fire-once run
-    // of a job created after its instant is on time when it fires right away.
-    let known_from = |d: &crate::sink::Delivery| -> i64 {
-        let created = timelines
-            .get(&d.job_id)
-            .map_or(d.scheduled_at, |tl| tl.created_ok.unwrap_or(d.recv));
-        d.scheduled_at.max(created)
-    };
-    let (mut quiet, mut fault) = (Vec::new(), Vec::new());
+    let known_from = |d: &crate::sink::Delivery| known_from(timelines, d);
+    let (mut quiet, mut fault, mut overload) = (Vec::new(), Vec::new(), Vec::new());
     let mut early = 0u64;
     for d in first.values() {
         let before_due = d.scheduled_at - d.recv;
@@ -215,6 +331,8 @@ pub fn check_timeliness(input: &Input, timelines: &BTreeMap<String, Timeline>) -
         let late = d.recv - known_from(d);
         if input.fault_at(d.scheduled_at).is_some() {
             fault.push(late);
+        } else if input.overload_at(d.scheduled_at).is_some() {
+            overload.push(late);
         } else {
             quiet.push(late);
         }
@@ -222,6 +340,7 @@ pub fn check_timeliness(input: &Input, timelines: &BTreeMap<String, Timeline>) -
     // Stuck runs: first attempted long after they fell due, or after their outage ended — a
     // leader that failed to pick them up (they would be missed without the next leader change).
     let mut stuck = 0u64;
+    let progress = Progress::new(&input.deliveries);
     let paused: HashMap<&str, Vec<(i64, i64)>> = timelines
         .values()
         .map(|t| (t.id.as_str(), t.paused_intervals()))
@@ -236,18 +355,29 @@ pub fn check_timeliness(input: &Input, timelines: &BTreeMap<String, Timeline>) -
         }
         let mut from =
             outage_end(input, d.scheduled_at).map_or(known_from(d), |b| b.max(known_from(d)));
+        // Under an overload a backlog is legitimate: measure from when hookd had moved on past
+        // this run (sent runs due `ORDER_TOL` after it), or not at all if it never did.
+        if input.overload_at(d.scheduled_at).is_some() {
+            from = from.max(
+                progress
+                    .reached(d.scheduled_at + ORDER_TOL)
+                    .unwrap_or(d.recv),
+            );
+        }
         // A pause holds a run due before it until the resume: measure from the resume.
         if let Some(tl) = timelines.get(&d.job_id) {
+            // The resume may take effect (and the held run go out) before the harness has
+            // recorded its answer: count it from its invocation.
             let resumed_after_pause = tl
                 .changes
                 .iter()
-                .filter(|r| r.f == "resume" && r.typ != Type::Fail && r.complete <= d.recv)
+                .filter(|r| r.f == "resume" && r.typ != Type::Fail && r.invoke <= d.recv)
                 .filter(|r| {
                     tl.changes
                         .iter()
                         .any(|p| p.f == "pause" && p.typ != Type::Fail && p.invoke < r.complete)
                 })
-                .map(|r| r.complete)
+                .map(|r| r.invoke)
                 .max();
             if let Some(c) = resumed_after_pause {
                 from = from.max(c);
@@ -267,6 +397,7 @@ pub fn check_timeliness(input: &Input, timelines: &BTreeMap<String, Timeline>) -
     v.count("stuck", stuck);
     quiet.sort_unstable();
     fault.sort_unstable();
+    overload.sort_unstable();
     let stats = |xs: &[i64]| {
         json!({
             "n": xs.len(),
@@ -277,6 +408,7 @@ pub fn check_timeliness(input: &Input, timelines: &BTreeMap<String, Timeline>) -
     };
     v.count("quiet", stats(&quiet));
     v.count("fault", stats(&fault));
+    v.count("overload", stats(&overload));
     v.count("early", early);
     if let Some(p99) = percentile(&quiet, 0.99) {
         if p99 > p.quiet_p99_max {
@@ -320,7 +452,11 @@ pub fn check_timeliness(input: &Input, timelines: &BTreeMap<String, Timeline>) -
         fmt_ms(fault.last().copied()),
         fault.len(),
     ) + &format!(
-        "; {stuck} stuck (> {} s after due or outage end)",
+        "; in overloads {}/{}/{} ms over {}; {stuck} stuck (> {} s after due, outage end or being overtaken)",
+        fmt_ms(percentile(&overload, 0.5)),
+        fmt_ms(percentile(&overload, 0.99)),
+        fmt_ms(overload.last().copied()),
+        overload.len(),
         STUCK_MAX / 1_000_000
     );
     v
@@ -600,6 +736,26 @@ mod tests {
         i.deliveries[4].recv = T0 + 15 * S + 4000;
         let v = check_timeliness(&i, &timelines(&i.ops));
         assert_eq!(v.counts["stuck"], 0, "{v:?}");
+        // Regression (false "stuck" in workload-…-s12): the held run arrived 1 ms before the
+        // harness recorded the resume's answer.
+        i.deliveries[4].recv = T0 + 15 * S + 2000;
+        let v = check_timeliness(&i, &timelines(&i.ops));
+        assert_eq!(v.counts["stuck"], 0, "{v:?}");
+    }
+
+    #[test]
+    fn progress_knows_how_far_the_due_runs_had_been_sent() {
+        let dels = vec![
+            delivery("a", T0 + 2 * S, T0 + 5 * S, true, 1),
+            delivery("a", T0 + S, T0 + 6 * S, true, 1), // a retry of an older run
+            delivery("a", T0 + 3 * S, T0 + 7 * S, true, 1),
+        ];
+        let p = Progress::new(&dels);
+        assert!(p.sent_through(T0 + 4 * S) < T0);
+        assert_eq!(p.sent_through(T0 + 6 * S), T0 + 2 * S);
+        assert_eq!(p.sent_through(T0 + 8 * S), T0 + 3 * S);
+        assert_eq!(p.reached(T0 + 2 * S + 1), Some(T0 + 7 * S));
+        assert_eq!(p.reached(T0 + 4 * S), None);
     }
 
     #[test]

@@ -8,8 +8,10 @@ pub mod cluster;
 pub mod delivery;
 pub mod duplicates;
 pub mod durability;
+pub mod isolation;
 pub mod linear;
 pub mod model;
+pub mod overload;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -69,8 +71,10 @@ impl Verdict {
     }
 }
 
-/// Checker thresholds, all in µs.
+/// Checker thresholds, all in µs. (Fields missing from an older run's `final.json` take their
+/// defaults.)
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Params {
     /// A run is required only if due at least this long after its create was acknowledged
     /// (or its resume).
@@ -91,6 +95,16 @@ pub struct Params {
     pub required_faults: Vec<Kind>,
     pub min_ok_ops: usize,
     pub min_due_runs: usize,
+    /// The nodes' `--host-concurrency` and `--deliveries-max` (0: hookd's defaults, unknown
+    /// here), for the isolation checker's cap rule.
+    pub host_concurrency: usize,
+    pub deliveries_max: usize,
+    /// Isolation: the floor of the bound on the healthy sink's p99 lateness during a black hole
+    /// (see `isolation.rs`).
+    pub isolation_p99_floor: i64,
+    /// Overload: every 1 s bucket of the full-load span must hold at least this fraction of the
+    /// median bucket's deliveries (see `overload.rs`).
+    pub overload_bucket_min: f64,
 }
 
 impl Default for Params {
@@ -106,6 +120,10 @@ impl Default for Params {
             required_faults: Kind::REQUIRED.to_vec(),
             min_ok_ops: 500,
             min_due_runs: 500,
+            host_concurrency: 0,
+            deliveries_max: 0,
+            isolation_p99_floor: isolation::P99_FLOOR,
+            overload_bucket_min: overload::BUCKET_MIN,
         }
     }
 }
@@ -170,18 +188,31 @@ pub struct Input {
     pub final_state: FinalState,
     pub crashes: CrashInfo,
     pub params: Params,
+    /// Connections to the black-hole target (`blackhole.jsonl`).
+    pub blackhole: Vec<crate::blackhole::Conn>,
 }
 
 impl Input {
-    /// The fault window (extended by `settle`) containing `t`, if any.
+    /// The node or sink fault window (extended by `settle`) containing `t`, if any. Workload
+    /// faults are not among them: a black hole excuses nothing, and an overload has rules of its
+    /// own (`overload_at`).
     pub fn fault_at(&self, t: i64) -> Option<&Window> {
         self.windows
             .iter()
+            .filter(|w| !w.fault.is_workload())
+            .find(|w| t >= w.start && t <= w.end + self.params.settle)
+    }
+
+    /// The overload window (extended by `settle`, while the backlog drains) containing `t`.
+    pub fn overload_at(&self, t: i64) -> Option<&Window> {
+        self.windows
+            .iter()
+            .filter(|w| w.fault == Kind::Overload)
             .find(|w| t >= w.start && t <= w.end + self.params.settle)
     }
 }
 
-/// Runs all nine checkers, in report order.
+/// Runs all eleven checkers, in report order.
 pub fn run_all(input: &Input) -> Vec<Verdict> {
     let timelines = model::timelines(&input.ops);
     vec![
@@ -191,6 +222,8 @@ pub fn run_all(input: &Input) -> Vec<Verdict> {
         duplicates::check(input),
         after_delete::check(input, &timelines),
         linear::check(input),
+        isolation::check(input, &timelines),
+        overload::check(input, &timelines),
         cluster::convergence(input),
         cluster::coverage(input, &timelines),
         cluster::crashes(input),
@@ -282,6 +315,7 @@ pub(crate) mod testkit {
             start,
             end,
             new_leader_after_us,
+            load: None,
         }
     }
 

@@ -104,6 +104,8 @@ impl Sched {
 pub struct Timeline {
     pub id: String,
     pub sched: Option<Sched>,
+    /// The URL of its first create.
+    pub url: Option<String>,
     /// Completion of the first acknowledged create.
     pub created_ok: Option<i64>,
     /// A create whose outcome is unknown (and none acknowledged).
@@ -119,6 +121,13 @@ pub struct Timeline {
 }
 
 impl Timeline {
+    /// A job aimed at the black-hole target: it is never delivered, and owes the sink nothing.
+    pub fn is_blackhole(&self) -> bool {
+        self.url
+            .as_deref()
+            .is_some_and(|u| u.contains(crate::blackhole::PATH))
+    }
+
     /// Intervals from an acknowledged pause to the invocation of the next resume that may have
     /// taken effect (a resume concurrent with the pause makes the interval empty).
     pub fn paused_intervals(&self) -> Vec<(i64, i64)> {
@@ -157,6 +166,7 @@ pub fn timelines(ops: &[Op]) -> BTreeMap<String, Timeline> {
             continue;
         };
         let sched = Sched::from_json(&first.value["schedule"]);
+        let url = first.value["url"].as_str().map(str::to_owned);
         let created_ok = creates
             .iter()
             .filter(|o| o.typ == Type::Ok)
@@ -225,6 +235,7 @@ pub fn timelines(ops: &[Op]) -> BTreeMap<String, Timeline> {
             Timeline {
                 id,
                 sched,
+                url,
                 created_ok,
                 created_info,
                 changes,
