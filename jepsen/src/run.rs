@@ -42,21 +42,9 @@ pub struct Profile {
     pub draw_workload: bool,
     /// `--deliveries-max` and `--host-concurrency` of every node (None: hookd's defaults).
     pub caps: Option<(usize, usize)>,
-    pub load: Load,
+    /// Sizes of the workload faults; the run sets `tag`.
+    pub load: nemesis::LoadConfig,
     pub params: Params,
-}
-
-/// Sizes of the workload faults (see `nemesis::LoadConfig`).
-#[derive(Debug, Clone)]
-pub struct Load {
-    pub bh_jobs: usize,
-    pub bh_timeout_s: u64,
-    pub bh_hold: Duration,
-    pub ov_first: usize,
-    pub ov_step: usize,
-    pub ov_jobs: usize,
-    pub ov_hold: Duration,
-    pub clients: usize,
 }
 
 /// Small dispatch caps, so that a modest black hole fills a target's share many times over and
@@ -69,8 +57,9 @@ const CAPS: (usize, usize) = (128, 32);
 /// The workload faults of the smoke and the soak. The overload grows until a backlog shows
 /// (`nemesis::Nemesis::ramp_overload`): on this kind of machine (2 cores, three nodes on FUSE
 /// disks) hookd delivers ~2,000-2,500 runs/s, so it stops at 2,250-3,000 jobs; 6,000 bounds it.
-fn load() -> Load {
-    Load {
+fn load() -> nemesis::LoadConfig {
+    nemesis::LoadConfig {
+        tag: String::new(),
         bh_jobs: 40,
         bh_timeout_s: 5,
         bh_hold: Duration::from_secs(10),
@@ -334,14 +323,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Outcome> {
             draw_workload: p.draw_workload,
             load: nemesis::LoadConfig {
                 tag: tag.clone(),
-                bh_jobs: p.load.bh_jobs,
-                bh_timeout_s: p.load.bh_timeout_s,
-                bh_hold: p.load.bh_hold,
-                ov_first: p.load.ov_first,
-                ov_step: p.load.ov_step,
-                ov_jobs: p.load.ov_jobs,
-                ov_hold: p.load.ov_hold,
-                clients: p.load.clients,
+                ..p.load.clone()
             },
         },
         cluster.clone(),

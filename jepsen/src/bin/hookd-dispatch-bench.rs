@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use axum::http::HeaderMap;
 use clap::Parser;
-use hookd_jepsen::local::LocalCluster;
+use hookd_jepsen::local::{http, LocalCluster};
 use hookd_jepsen::stats::{Latencies, Summary};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -87,14 +87,6 @@ async fn start_sink() -> anyhow::Result<(String, Deliveries)> {
         let _ = axum::serve(listener, app).await;
     });
     Ok((format!("http://{addr}/hook"), got))
-}
-
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("http client")
 }
 
 async fn leader(http: &reqwest::Client, c: &LocalCluster) -> Option<usize> {

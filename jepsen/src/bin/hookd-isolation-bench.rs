@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use hookd_jepsen::local::LocalCluster;
+use hookd_jepsen::local::{http, LocalCluster};
 use hookd_jepsen::stats::{Latencies, Summary};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -64,14 +64,6 @@ fn rfc3339(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .unwrap_or_default()
-}
-
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("http client")
 }
 
 /// nginx on 127.0.0.1 answering 200 to everything and logging each request.
