@@ -75,9 +75,9 @@ struct Pending {
 }
 
 enum Event {
-    /// A claim round ended: its items, what was accepted (None: unknown), and how long the
-    /// proposal took (None: nothing was proposed).
-    Claimed(Vec<ClaimItem>, Option<Vec<bool>>, Option<u64>),
+    /// A claim round ended: its items, what was accepted (None: unknown), and when the proposal
+    /// was made and how long it took (None: nothing was proposed).
+    Claimed(Vec<ClaimItem>, Option<Vec<bool>>, Option<(i64, u64)>),
     Attempted(Sent, AttemptResult, Outcome, Option<String>),
     /// The gate closed between queue and send.
     NotAttempted(Sent),
@@ -108,8 +108,9 @@ struct Dispatcher {
     attempting: HashSet<String>,
     /// Runs of claims whose outcome is unknown, until found applied or queued.
     doubts: Doubts,
-    /// Jobs not claimed because their target is held (circuit open, queue full), by target.
-    held: HashMap<TargetKey, HashSet<String>>,
+    /// Jobs not claimed because their target is held (see `Scheduler::holds`), by target, with
+    /// the due instant they were taken out of the index at.
+    held: HashMap<TargetKey, HashMap<String, i64>>,
     /// How many runs may be claimed, adapting to the claims' commit latency.
     pacer: Pacer,
     events_tx: mpsc::Sender<Event>,
@@ -354,12 +355,18 @@ impl Dispatcher {
         );
     }
 
-    /// Puts the jobs held back for `key` into the claim index again once it no longer holds.
+    /// Puts the jobs held back for `key` into the claim index again, at the instant they left
+    /// it, once the target no longer holds. No re-read: a job that changed meanwhile was
+    /// re-indexed by the change feed already (then it has a next due and is left alone).
     fn release_held(&mut self, key: &TargetKey) {
-        if self.held.contains_key(key) && !self.sched.holds(key) {
-            for id in self.held.remove(key).unwrap_or_default() {
-                if !self.claiming.contains(&id) {
-                    self.refresh_one(&id);
+        if self.held.contains_key(key) && !self.sched.holds(key, now_ms()) {
+            for (id, due) in self.held.remove(key).unwrap_or_default() {
+                if self.claiming.contains(&id) {
+                    continue;
+                }
+                if let Some(e) = self.jobs.get_mut(&id).filter(|e| e.next_due.is_none()) {
+                    e.next_due = Some(due);
+                    self.by_due.insert((due, id));
                 }
             }
         }
@@ -434,12 +441,12 @@ impl Dispatcher {
                 }
                 self.by_due.pop_first();
                 let target = self.jobs.get(&id).and_then(|e| e.target.clone());
-                if let Some(key) = target.filter(|k| self.sched.holds(k)) {
+                if let Some(key) = target.filter(|k| self.sched.holds(k, now)) {
                     // Left unclaimed until the target recovers (`release_held`).
                     if let Some(e) = self.jobs.get_mut(&id) {
                         e.next_due = None;
                     }
-                    self.held.entry(key).or_default().insert(id);
+                    self.held.entry(key).or_default().insert(id, due);
                     continue;
                 }
                 let planned = match self.view.get_job(&id) {
@@ -506,7 +513,7 @@ impl Dispatcher {
                     a.resize(n, false);
                     a
                 });
-                let latency = (n > 0).then(|| started.elapsed().as_millis() as u64);
+                let latency = (n > 0).then(|| (now, started.elapsed().as_millis() as u64));
                 let _ = tx.send(Event::Claimed(all, accepted, latency)).await;
             });
         }
@@ -517,8 +524,8 @@ impl Dispatcher {
             Event::Claimed(items, accepted, latency) => {
                 self.claims_in_flight -= 1;
                 let outcome_known = accepted.is_some();
-                if let Some(ms) = latency {
-                    self.pacer.observe(ms, outcome_known);
+                if let Some((started_ms, ms)) = latency {
+                    self.pacer.observe(started_ms, ms, outcome_known);
                 }
                 let accepted = accepted.unwrap_or_default();
                 let mut done_jobs = HashSet::new();

@@ -32,6 +32,13 @@ pub const BREAKER_PAUSE_MAX_MS: i64 = 60_000;
 /// the target stays down. Its jobs then wait unclaimed, and when it recovers their runs are
 /// claimed late, under the misfire policy.
 pub const HELD_QUEUE_MAX: usize = 256;
+/// A target whose circuit is closed but that does not keep up (slow answers, or more due runs
+/// than the node can send) is held too once this many runs wait for it and the earliest of them
+/// is `BEHIND_MS` late: claims then follow its sending rate instead of piling up claimed runs in
+/// the leader's memory and work in the Raft log. Large enough that its queue does not run dry
+/// during one claim's commit at full rate.
+pub const BEHIND_QUEUE_MAX: usize = 1024;
+pub const BEHIND_MS: i64 = 1_000;
 
 /// The `host:port` a URL delivers to, or None when it has no host.
 pub fn target_key(url: &str) -> Option<TargetKey> {
@@ -266,11 +273,21 @@ impl<T> Scheduler<T> {
         });
     }
 
-    /// True while `key`'s circuit is not closed and `HELD_QUEUE_MAX` runs already wait for it:
-    /// claim nothing more for it.
-    pub fn holds(&self, key: &str) -> bool {
+    /// True while the dispatcher should claim nothing more for `key` at `now_ms`: its circuit is
+    /// not closed and `HELD_QUEUE_MAX` runs already wait for it, or it is behind (at least
+    /// `BEHIND_QUEUE_MAX` wait and the earliest is `BEHIND_MS` late).
+    pub fn holds(&self, key: &str, now_ms: i64) -> bool {
         self.targets.get(key).is_some_and(|t| {
-            !matches!(t.breaker, Breaker::Closed { .. }) && t.queue.len() >= HELD_QUEUE_MAX
+            let waiting = t.queue.len();
+            match t.breaker {
+                Breaker::Closed { .. } => {
+                    waiting >= BEHIND_QUEUE_MAX
+                        && t.queue
+                            .first_key_value()
+                            .is_some_and(|((at, _), _)| *at <= now_ms.saturating_sub(BEHIND_MS))
+                }
+                _ => waiting >= HELD_QUEUE_MAX,
+            }
         })
     }
 
@@ -652,20 +669,49 @@ mod tests {
         for st in drain(&mut s, 0) {
             s.finish(&st.key, st.probe, Outcome::Failed, None, 10);
         }
-        assert!(!s.holds("hole:80"), "open, but nothing waits yet");
+        assert!(!s.holds("hole:80", 20), "open, but nothing waits yet");
         fill(&mut s, "hole:80", 20, HELD_QUEUE_MAX - 1);
-        assert!(!s.holds("hole:80"));
+        assert!(!s.holds("hole:80", 20));
         s.push(key("hole:80"), 30, "last".into(), ());
-        assert!(s.holds("hole:80"));
-        // A healthy target with a long queue is never held, nor an unknown one.
-        fill(&mut s, "ok:80", 1_000_000, HELD_QUEUE_MAX * 2);
-        assert!(!s.holds("ok:80") && !s.holds("nobody:80"));
+        assert!(s.holds("hole:80", 30));
+        // A closed target with a long queue of runs not yet late is not held, nor an unknown one.
+        fill(&mut s, "ok:80", 1_000_000, BEHIND_QUEUE_MAX * 2);
+        assert!(!s.holds("ok:80", 1_000_000) && !s.holds("nobody:80", 0));
         // Once the probe is answered the circuit closes and the target is released.
         s.push(key("hole:80"), 31, "extra".into(), ());
         let probe = s.next(10 + BREAKER_PAUSE_MIN_MS).expect("probe");
-        assert!(probe.probe && s.holds("hole:80"), "half open still holds");
+        assert!(
+            probe.probe && s.holds("hole:80", 10 + BREAKER_PAUSE_MIN_MS),
+            "half open still holds"
+        );
         s.finish(&probe.key, true, Outcome::Answered, None, 2_000);
-        assert!(!s.holds("hole:80"));
+        assert!(!s.holds("hole:80", 2_000));
+    }
+
+    #[test]
+    fn a_target_that_falls_behind_is_held_until_its_queue_shrinks() {
+        let mut s = Scheduler::new(64, 1024);
+        fill(&mut s, "slow:80", 0, BEHIND_QUEUE_MAX);
+        // Not late enough yet, then late enough: held although its circuit is closed.
+        assert!(!s.holds("slow:80", BEHIND_MS - 1));
+        assert!(s.holds("slow:80", BEHIND_MS));
+        assert_eq!(s.totals().open, 0);
+        // Its attempts go on; once fewer than the bound wait, it is released however late.
+        let started = drain(&mut s, BEHIND_MS);
+        assert_eq!(started.len(), 64);
+        assert!(!s.holds("slow:80", 10 * BEHIND_MS));
+        // Another target meanwhile is neither held nor delayed.
+        fill(&mut s, "ok:80", 10 * BEHIND_MS, 1);
+        assert!(!s.holds("ok:80", 10 * BEHIND_MS));
+        s.finish(
+            &started[0].key,
+            false,
+            Outcome::Answered,
+            None,
+            10 * BEHIND_MS,
+        );
+        let next = s.next(10 * BEHIND_MS).expect("one slot free");
+        assert_eq!(&*next.key, "ok:80", "fewest in flight goes first");
     }
 
     #[test]
