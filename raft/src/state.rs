@@ -560,7 +560,7 @@ fn touch(job: &mut Job, now_ms: i64) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::cell::RefCell;
     use std::collections::BTreeMap;
 
@@ -589,7 +589,7 @@ mod tests {
         }
     }
 
-    fn spec(url: &str) -> JobSpec {
+    pub(crate) fn spec(url: &str) -> JobSpec {
         JobSpec {
             url: url.into(),
             method: "POST".into(),

@@ -6,10 +6,18 @@
 //! flushes. Installing a snapshot writes generation N+1 from scratch, flushes it, switches
 //! `active_gen` in one transaction, and only then drops generation N; a crash at any point leaves
 //! either the old or the new state, never a mix, and leftovers are dropped at the next open.
+//!
+//! Snapshots are built off the apply path. `get_snapshot_builder` (serialized with apply) only
+//! opens a *capture*; from then on `apply` records the value every key had before its first
+//! change (its pre-image). The builder then reads the live trees in a blocking thread while
+//! applies go on, and finally overlays the pre-images, which yields exactly the state at the
+//! capture point (every key changed since then is put back as it was, every key not changed was
+//! read as it was). Applies are never stalled by the copy.
 
+use std::collections::{BTreeMap, HashMap};
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
@@ -76,7 +84,19 @@ struct Inner {
     gen: RwLock<Arc<Generation>>,
     snapshot_seq: AtomicU64,
     changes: broadcast::Sender<Change>,
+    /// Open captures of snapshots being built, by sequence number (see the module docs).
+    captures: Mutex<HashMap<u64, PreImages>>,
+    /// Held by a snapshot build while it reads a generation; an install waits for it, so a
+    /// generation is never dropped under a build.
+    building: tokio::sync::Mutex<()>,
 }
+
+/// The value each key had when a capture opened, recorded at its first change since: `None`
+/// for a key that did not exist.
+type PreImages = HashMap<(usize, Vec<u8>), Option<Vec<u8>>>;
+
+/// One table's rows, in key order.
+type Rows = BTreeMap<Vec<u8>, Vec<u8>>;
 
 /// What an applied batch changed, for the dispatcher's in-memory index.
 #[derive(Debug, Clone)]
@@ -140,6 +160,8 @@ impl StateMachineStore {
                 gen: RwLock::new(Arc::new(gen)),
                 snapshot_seq: AtomicU64::new(0),
                 changes: broadcast::channel(CHANGES_CAPACITY).0,
+                captures: Mutex::new(HashMap::new()),
+                building: tokio::sync::Mutex::new(()),
             }),
         })
     }
@@ -160,22 +182,38 @@ impl StateMachineStore {
         }
     }
 
-    /// Serializes every table of the active generation (runs on the state-machine worker, so it
-    /// sees exactly the applied state).
-    fn dump(&self) -> Result<SnapshotBody, StorageError> {
-        let gen = self.inner.current();
-        let mut tables = Vec::with_capacity(Table::ALL.len());
-        for t in Table::ALL {
-            let mut pairs = Vec::new();
-            for item in gen.table(t).iter() {
-                let (k, v) = item.map_err(sm_err)?;
-                pairs.push((k.to_vec(), v.to_vec()));
+    /// Reads every table of `gen` while applies go on, then closes capture `seq` and overlays
+    /// its pre-images: the state as it was when the capture opened. Blocking.
+    fn dump(&self, gen: &Generation, seq: u64) -> Result<SnapshotBody, StorageError> {
+        let read = || -> Result<Vec<Rows>, StorageError> {
+            let mut tables = Vec::with_capacity(Table::ALL.len());
+            for t in Table::ALL {
+                let mut pairs = BTreeMap::new();
+                for item in gen.table(t).iter() {
+                    let (k, v) = item.map_err(sm_err)?;
+                    pairs.insert(k.to_vec(), v.to_vec());
+                }
+                tables.push(pairs);
             }
-            tables.push((t.name().to_owned(), pairs));
+            Ok(tables)
+        };
+        let tables = read();
+        // Closed whether or not the read succeeded, so applies stop recording for it.
+        let pre = self.inner.close_capture(seq);
+        let mut tables = tables?;
+        for ((t, key), value) in pre {
+            match value {
+                Some(v) => tables[t].insert(key, v),
+                None => tables[t].remove(&key),
+            };
         }
         Ok(SnapshotBody {
             format: SNAPSHOT_FORMAT,
-            tables,
+            tables: Table::ALL
+                .iter()
+                .zip(tables)
+                .map(|(t, pairs)| (t.name().to_owned(), pairs.into_iter().collect()))
+                .collect(),
         })
     }
 
@@ -200,6 +238,11 @@ impl StateMachineStore {
 }
 
 impl Inner {
+    fn close_capture(&self, seq: u64) -> PreImages {
+        let mut captures = self.captures.lock().unwrap_or_else(|p| p.into_inner());
+        captures.remove(&seq).unwrap_or_default()
+    }
+
     fn current(&self) -> Arc<Generation> {
         // A poisoned lock only means a panic elsewhere; the pointer itself is always valid.
         self.gen.read().unwrap_or_else(|p| p.into_inner()).clone()
@@ -210,19 +253,48 @@ fn tx_error<E: std::fmt::Debug>(e: TransactionError<E>) -> std::io::Error {
     std::io::Error::other(format!("{e:?}"))
 }
 
-/// The tables of one transaction: `TransactionalTree`s in `Table` order.
-struct TxTables<'a>(&'a [TransactionalTree]);
+/// The tables of one transaction: `TransactionalTree`s in `Table` order, and the open
+/// snapshot captures, which get the pre-image of every key at its first change.
+struct TxTables<'a> {
+    trees: &'a [TransactionalTree],
+    captures: &'a Mutex<HashMap<u64, PreImages>>,
+}
+
+impl TxTables<'_> {
+    /// Records `key`'s current value in every open capture that has none for it yet. This runs
+    /// before the transaction commits, so a build that closes its capture before this call had
+    /// read the key before the change, and one that closes it after gets the pre-image.
+    fn before_change(&self, table: Table, key: &[u8]) -> TxResult<()> {
+        let mut captures = self.captures.lock().unwrap_or_else(|p| p.into_inner());
+        if captures.is_empty() {
+            return Ok(());
+        }
+        let id = (table as usize, key.to_vec());
+        if captures.values().all(|pre| pre.contains_key(&id)) {
+            return Ok(());
+        }
+        // Our own earlier write in this transaction would already have recorded the key, so
+        // this reads committed state: the pre-image.
+        let value = self.get(table, key)?;
+        for pre in captures.values_mut() {
+            pre.entry(id.clone()).or_insert_with(|| value.clone());
+        }
+        Ok(())
+    }
+}
 
 impl Tables for TxTables<'_> {
     fn get(&self, table: Table, key: &[u8]) -> TxResult<Option<Vec<u8>>> {
-        Ok(self.0[table as usize].get(key)?.map(|v| v.to_vec()))
+        Ok(self.trees[table as usize].get(key)?.map(|v| v.to_vec()))
     }
     fn put(&self, table: Table, key: &[u8], value: Vec<u8>) -> TxResult<()> {
-        self.0[table as usize].insert(key, value)?;
+        self.before_change(table, key)?;
+        self.trees[table as usize].insert(key, value)?;
         Ok(())
     }
     fn del(&self, table: Table, key: &[u8]) -> TxResult<()> {
-        self.0[table as usize].remove(key)?;
+        self.before_change(table, key)?;
+        self.trees[table as usize].remove(key)?;
         Ok(())
     }
 }
@@ -251,12 +323,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let (results, touched) = trees
             .as_slice()
             .transaction(|txs| {
-                let (meta, tables) =
+                let (meta, trees) =
                     txs.split_first()
                         .ok_or(ConflictableTransactionError::Abort(
                             StateFault::MissingTables,
                         ))?;
-                let tables = TxTables(tables);
+                let tables = TxTables {
+                    trees,
+                    captures: &self.inner.captures,
+                };
                 let mut out = Vec::with_capacity(entries.len());
                 let mut touched = state::Touched::default();
                 for entry in &entries {
@@ -298,15 +373,23 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        // Capture the state here: this runs on the state-machine worker, serialized with apply,
-        // while `build_snapshot` runs later in its own task.
-        let captured = async {
-            let (applied, membership) = self.applied_state().await?;
-            let body = self.dump()?;
-            let data = postcard::to_stdvec(&body).map_err(sm_err)?;
-            Ok((applied, membership, data))
-        }
-        .await;
+        // This runs on the state-machine worker, serialized with apply: open a capture here,
+        // cheaply; `build_snapshot` copies the state later in its own task.
+        let seq = self.inner.snapshot_seq.fetch_add(1, Ordering::Relaxed);
+        let captured = self.applied_state().await.map(|(applied, membership)| {
+            let mut captures = self
+                .inner
+                .captures
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            captures.insert(seq, PreImages::new());
+            Captured {
+                seq,
+                applied,
+                membership,
+                gen: self.inner.current(),
+            }
+        });
         SnapshotBuilder {
             store: self.clone(),
             captured,
@@ -333,6 +416,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let write_err = |e: sled::Error| -> StorageError {
             StorageIOError::write_snapshot(sig.clone(), &e).into()
         };
+        // No build may be reading the generation this install drops.
+        let _building = self.inner.building.lock().await;
         let old = self.inner.current();
         let next = Generation::open(self.inner.disk.db(), old.number + 1).map_err(write_err)?;
         for t in Table::ALL {
@@ -397,23 +482,41 @@ fn json<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()
 }
 
-/// Builds a snapshot from the state captured by `get_snapshot_builder`.
+/// What `get_snapshot_builder` captured: the applied point and the open capture's number.
+struct Captured {
+    seq: u64,
+    applied: Option<LogId>,
+    membership: StoredMembership,
+    gen: Arc<Generation>,
+}
+
+/// Builds a snapshot of the state at the point captured by `get_snapshot_builder`.
 pub struct SnapshotBuilder {
     store: StateMachineStore,
-    captured: Result<(Option<LogId>, StoredMembership, Vec<u8>), StorageError>,
+    captured: Result<Captured, StorageError>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
-        let (applied, membership, data) = std::mem::replace(
+        let Captured {
+            seq,
+            applied,
+            membership,
+            gen,
+        } = std::mem::replace(
             &mut self.captured,
             Err(sm_err(std::io::Error::other("snapshot builder used twice"))),
         )?;
-        let seq = self
-            .store
-            .inner
-            .snapshot_seq
-            .fetch_add(1, Ordering::Relaxed);
+        let started = std::time::Instant::now();
+        let building = self.store.inner.building.lock().await;
+        let store = self.store.clone();
+        let data = tokio::task::spawn_blocking(move || {
+            let body = store.dump(&gen, seq)?;
+            postcard::to_stdvec(&body).map_err(sm_err)
+        })
+        .await
+        .map_err(|e| sm_err(std::io::Error::other(e)))??;
+        drop(building);
         let snapshot_id = match applied {
             Some(l) => format!("{}-{}-{seq}", l.leader_id, l.index),
             None => format!("--{seq}"),
@@ -423,8 +526,15 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             last_membership: membership,
             snapshot_id,
         };
+        let copied_ms = started.elapsed().as_millis() as u64;
         self.store.save_snapshot(&meta, &data).await?;
-        tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "built snapshot");
+        tracing::info!(
+            snapshot = %meta.snapshot_id,
+            bytes = data.len(),
+            copied_ms,
+            saved_ms = started.elapsed().as_millis() as u64,
+            "built snapshot"
+        );
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),

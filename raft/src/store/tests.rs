@@ -20,3 +20,83 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for SledBuil
 fn openraft_storage_suite_passes_on_sled() -> Result<(), StorageError> {
     Suite::test_all(SledBuilder)
 }
+
+/// A snapshot is the state at the point its builder was taken, although applies went on while
+/// it was built: keys overwritten, created and deleted after that point come out as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_is_the_state_when_taken_while_applies_go_on() -> Result<(), StorageError> {
+    use openraft::storage::RaftStateMachine;
+    use openraft::{CommittedLeaderId, EntryPayload, LogId, RaftSnapshotBuilder};
+
+    use crate::command::Command;
+    use crate::state::tests::spec;
+    use crate::typ::Entry;
+
+    let entry = |index: u64, cmd: Command| Entry {
+        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+        payload: EntryPayload::Normal(cmd),
+    };
+    let node = |i: u64, addr: &str| Command::SetNodeInfo {
+        node_id: i,
+        api_addr: format!("{addr}{i}"),
+    };
+    let job = |id: &str| Command::CreateJob {
+        id: id.into(),
+        spec: spec("http://127.0.0.1:1/x"),
+        now_ms: 1,
+    };
+    let dir = TempDir::new().map_err(|e| StorageIOError::write(&e))?;
+    let store = Store::open(dir.path(), 1).map_err(|e| StorageIOError::write(&e))?;
+    let mut sm = store.state_machine();
+    let mut before: Vec<Entry> = (1..=50).map(|i| entry(i, node(i, "a"))).collect();
+    before.push(entry(51, job("old")));
+    sm.apply(before).await?;
+
+    let mut builder = sm.get_snapshot_builder().await;
+    // After the capture: overwrite ten keys (some twice), delete one job, create another.
+    let mut after: Vec<Entry> = (1..=10).map(|i| entry(51 + i, node(i, "b"))).collect();
+    after.push(entry(62, node(3, "c")));
+    after.push(entry(
+        63,
+        Command::DeleteJob {
+            id: "old".into(),
+            now_ms: 2,
+        },
+    ));
+    after.push(entry(64, job("new")));
+    after.push(entry(65, node(99, "a")));
+    let (applied, snapshot) = tokio::join!(sm.apply(after), builder.build_snapshot());
+    applied?;
+    let snapshot = snapshot?;
+    assert_eq!(snapshot.meta.last_log_id.map(|l| l.index), Some(51));
+
+    // The live state moved on.
+    let live = store.view();
+    assert_eq!(live.node_api_addrs().len(), 51);
+    assert!(live.get_job("old").unwrap().is_none() && live.get_job("new").unwrap().is_some());
+
+    // The snapshot, installed elsewhere, is the state at index 51 exactly.
+    let dir2 = TempDir::new().map_err(|e| StorageIOError::write(&e))?;
+    let other = Store::open(dir2.path(), 2).map_err(|e| StorageIOError::write(&e))?;
+    other
+        .state_machine()
+        .install_snapshot(&snapshot.meta, snapshot.snapshot)
+        .await?;
+    let view = other.view();
+    let want: Vec<(u64, String)> = (1..=50).map(|i| (i, format!("a{i}"))).collect();
+    assert_eq!(view.node_api_addrs(), want);
+    assert!(
+        view.get_job("old").unwrap().is_some(),
+        "deleted after the capture"
+    );
+    assert!(
+        view.get_job("new").unwrap().is_none(),
+        "created after the capture"
+    );
+
+    // A second build, with nothing applied since, is the live state.
+    let mut again = sm.get_snapshot_builder().await;
+    let second = again.build_snapshot().await?;
+    assert_eq!(second.meta.last_log_id.map(|l| l.index), Some(65));
+    Ok(())
+}
