@@ -26,6 +26,9 @@ pub struct LogStore {
     log: sled::Tree,
     /// The last committed index reported by openraft, for `/v1/cluster`.
     committed: Arc<AtomicU64>,
+    /// The first index after the purge point: entries before it may still be on disk until
+    /// the background removal gets to them, but are never read.
+    unpurged_from: Arc<AtomicU64>,
 }
 
 fn index_key(index: u64) -> [u8; 8] {
@@ -35,12 +38,20 @@ fn index_key(index: u64) -> [u8; 8] {
 impl LogStore {
     pub(super) fn open(disk: &Disk) -> Result<LogStore, sled::Error> {
         let db = disk.db();
-        Ok(LogStore {
+        let store = LogStore {
             disk: disk.clone(),
             meta: db.open_tree("raft_meta")?,
             log: db.open_tree("raft_log")?,
             committed: Arc::new(AtomicU64::new(0)),
-        })
+            unpurged_from: Arc::new(AtomicU64::new(0)),
+        };
+        let purged: Option<LogId> = store
+            .get_meta(LAST_PURGED)
+            .map_err(|e| sled::Error::Io(std::io::Error::other(e.to_string())))?;
+        if let Some(p) = purged {
+            store.unpurged_from.store(p.index + 1, Ordering::Relaxed);
+        }
+        Ok(store)
     }
 
     /// The commit index as last reported to this store (0 before the first commit).
@@ -85,6 +96,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(i) => i.saturating_add(1),
             Bound::Unbounded => 0,
         };
+        let start = start.max(self.unpurged_from.load(Ordering::Relaxed));
         let mut entries = Vec::new();
         for item in self.log.range(index_key(start)..) {
             let (key, value) = item.map_err(|e| StorageIOError::read_logs(&e))?;
@@ -122,9 +134,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 Some(entry.log_id)
             }
         };
+        // Entries at or before the purge point may linger until their background removal.
+        let last = match (last, last_purged) {
+            (Some(l), Some(p)) if l.index <= p.index => Some(p),
+            (l, p) => l.or(p),
+        };
         Ok(LogState {
             last_purged_log_id: last_purged,
-            last_log_id: last.or(last_purged),
+            last_log_id: last,
         })
     }
 
@@ -214,18 +231,96 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        tracing::debug!(%log_id, "purge log up to here");
-        // Persist the purge point before deleting: entries at or before it are ignored after a
-        // crash, so a half-done deletion is harmless.
+        // Persist the purge point; that is the purge as far as openraft is concerned: it never
+        // reads at or before it again, and neither does `get_log_state`. The entries themselves
+        // are removed in the background, one key at a time: openraft awaits this call in its
+        // core, and removing thousands of entries in one atomic batch held up appends and
+        // heartbeats on every node at once (all nodes purge at the same index). A crash before
+        // they are gone leaves entries that the next purge removes.
         self.put_meta(LAST_PURGED, &log_id)?;
         self.flush()
             .await
             .map_err(|e| StorageIOError::write_logs(&e))?;
-        self.remove_range(..=index_key(log_id.index))
-            .map_err(|e| StorageIOError::write_logs(&e))?;
-        self.flush()
-            .await
-            .map_err(|e| StorageIOError::write_logs(&e))?;
+        self.unpurged_from
+            .fetch_max(log_id.index + 1, Ordering::Relaxed);
+        let log = self.log.clone();
+        tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let mut removed = 0u64;
+            for key in log.range(..=index_key(log_id.index)).keys() {
+                match key.and_then(|k| log.remove(k)) {
+                    Ok(_) => removed += 1,
+                    Err(e) => {
+                        tracing::warn!(%log_id, error = %e, "removing purged log entries failed; the next purge retries");
+                        return;
+                    }
+                }
+            }
+            tracing::debug!(%log_id, removed, ms = started.elapsed().as_millis() as u64, "purged log entries removed");
+        });
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+    use crate::store::Store;
+
+    fn log_id(index: u64) -> LogId {
+        LogId::new(CommittedLeaderId::new(1, 1), index)
+    }
+
+    /// Writes entries straight into the tree, as an append would, or as entries a purge has
+    /// not removed yet.
+    fn put(store: &LogStore, indexes: impl IntoIterator<Item = u64>) {
+        for i in indexes {
+            let entry = Entry {
+                log_id: log_id(i),
+                payload: EntryPayload::Blank,
+            };
+            let bytes = serde_json::to_vec(&entry).unwrap();
+            store.log.insert(index_key(i), bytes).unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn entries_left_behind_a_purge_are_never_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = Store::open(dir.path(), 1).unwrap().log_store();
+        put(&log, 1..=10);
+        log.purge(log_id(7)).await.unwrap();
+        // As if the background removal had not run yet (or a crash came first).
+        put(&log, [3, 5, 7]);
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(log_id(7)));
+        assert_eq!(state.last_log_id, Some(log_id(10)));
+        let read: Vec<u64> = log
+            .try_get_log_entries(0..)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.log_id.index)
+            .collect();
+        assert_eq!(read, [8, 9, 10]);
+
+        // Purged past the last entry (a snapshot installed ahead of the log): the purge point
+        // is the last log id, whatever still lingers.
+        log.purge(log_id(12)).await.unwrap();
+        put(&log, [9, 10]);
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_log_id, Some(log_id(12)));
+        assert!(log.try_get_log_entries(0..20).await.unwrap().is_empty());
+
+        // After a reopen too.
+        drop(log);
+        let mut log = Store::open(dir.path(), 1).unwrap().log_store();
+        assert!(log.try_get_log_entries(0..20).await.unwrap().is_empty());
+        assert_eq!(
+            log.get_log_state().await.unwrap().last_log_id,
+            Some(log_id(12))
+        );
     }
 }
