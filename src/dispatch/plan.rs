@@ -90,6 +90,23 @@ pub fn plan_job(job: &Job, schedule: &Schedule, now_ms: i64, horizon_ms: i64) ->
     items
 }
 
+/// The part of one job's planned `items` (in due order) to claim now, when the earliest other
+/// job waiting to be claimed is due at `frontier_ms`: the first item, and every further one due
+/// no later than the frontier. A job that is behind (after an outage, or under overload) would
+/// otherwise claim all its overdue runs at once, ahead of older runs of jobs not claimed yet,
+/// and runs would go out of due order across jobs; the rest is claimed when the job comes up
+/// again in due order. A prefix, so the job's cursor still moves forward only.
+pub fn due_prefix(mut items: Vec<ClaimItem>, frontier_ms: i64) -> Vec<ClaimItem> {
+    let keep = items
+        .iter()
+        .skip(1)
+        .take_while(|i| i.due_ms <= frontier_ms)
+        .count()
+        + 1;
+    items.truncate(keep);
+    items
+}
+
 /// How an HTTP attempt went, as far as the retry policy cares.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HttpOutcome {
@@ -212,6 +229,41 @@ mod tests {
         let items = plan(&j, 10 * S + 59_000, 0);
         assert_eq!(items.len(), 59);
         assert!(items.iter().all(|i| i.kind == ClaimKind::Deliver));
+    }
+
+    #[test]
+    fn a_job_behind_claims_only_up_to_the_next_jobs_due() {
+        let j = job(every_second(), MisfirePolicy::FireOnce, 10 * S);
+        // Five seconds behind: five runs are due, 11..=15 s (and 16 s within the horizon).
+        let items = plan(&j, 15 * S + 500, 1000);
+        assert_eq!(items.len(), 6);
+        // (frontier, runs kept): always the first, then those no later than the frontier.
+        let cases = [
+            (i64::MIN, vec![11 * S]),
+            (11 * S, vec![11 * S]),
+            (12 * S, vec![11 * S, 12 * S]),
+            (13 * S + 500, vec![11 * S, 12 * S, 13 * S]),
+            (i64::MAX, (11..=16).map(|s| s * S).collect()),
+        ];
+        for (frontier, want) in cases {
+            let kept = due_prefix(items.clone(), frontier);
+            let got: Vec<i64> = kept.iter().map(|i| i.due_ms).collect();
+            assert_eq!(got, want, "frontier {frontier}");
+        }
+        assert!(due_prefix(Vec::new(), 0).is_empty());
+        // A misfired range stays whole: its skip item is one item, due at the range's end.
+        let j = job(every_second(), MisfirePolicy::FireOnce, 0);
+        let kept = due_prefix(plan(&j, 100 * S, 0), 0);
+        assert_eq!(
+            dues(&kept),
+            vec![(
+                38 * S,
+                ClaimKind::Skip {
+                    count: 38,
+                    first_ms: S
+                }
+            )]
+        );
     }
 
     #[test]

@@ -449,12 +449,14 @@ impl Dispatcher {
                     self.held.entry(key).or_default().insert(id, due);
                     continue;
                 }
+                // Runs of jobs further behind go first (see `plan::due_prefix`).
+                let frontier = self.by_due.first().map_or(i64::MAX, |(d, _)| *d);
                 let planned = match self.view.get_job(&id) {
                     Ok(Some(job)) => self
                         .jobs
                         .get(&id)
                         .and_then(|e| e.schedule.clone())
-                        .map(|s| plan::plan_job(&job, &s, now, horizon))
+                        .map(|s| plan::due_prefix(plan::plan_job(&job, &s, now, horizon), frontier))
                         .unwrap_or_default(),
                     _ => Vec::new(),
                 };
