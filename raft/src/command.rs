@@ -19,6 +19,7 @@ pub type UnixMs = i64;
 /// Parsing and validation (cron syntax, time zones) happen before proposing; the replicated core
 /// treats the schedule as opaque data.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(arbitrary::Arbitrary))]
 #[serde(rename_all = "snake_case")]
 pub enum ScheduleSpec {
     /// Once, at this instant.
@@ -36,6 +37,7 @@ pub enum ScheduleSpec {
 
 /// Retry policy of a job's deliveries.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(arbitrary::Arbitrary))]
 pub struct RetrySpec {
     pub max_attempts: u32,
     pub initial_backoff_ms: u64,
@@ -46,6 +48,7 @@ pub struct RetrySpec {
 
 /// What happens to runs that could not be dispatched within `grace_ms` of their due instant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(arbitrary::Arbitrary))]
 #[serde(rename_all = "snake_case")]
 pub enum MisfirePolicy {
     FireOnce,
@@ -54,6 +57,7 @@ pub enum MisfirePolicy {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(arbitrary::Arbitrary))]
 pub struct MisfireSpec {
     pub policy: MisfirePolicy,
     pub grace_ms: u64,
@@ -63,6 +67,7 @@ pub struct MisfireSpec {
 /// A job's definition: everything the user controls. Two creates with equal specs are the same
 /// request (safe retry).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(arbitrary::Arbitrary))]
 pub struct JobSpec {
     pub url: String,
     pub method: String,
@@ -99,6 +104,7 @@ pub struct Job {
 /// A leadership epoch: the term and node id of a leader. Claims name the epoch of the leader
 /// that proposes them, and `apply` accepts them only in an entry of that same leader.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(test, derive(arbitrary::Arbitrary))]
 pub struct Epoch {
     pub term: u64,
     pub node_id: NodeId,
@@ -143,6 +149,7 @@ impl RunStatus {
 
 /// One delivery attempt of a run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(arbitrary::Arbitrary))]
 pub struct Attempt {
     pub n: u32,
     pub started_at_ms: UnixMs,
@@ -186,6 +193,7 @@ impl Run {
 
 /// What a claim asks for one job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(arbitrary::Arbitrary))]
 #[serde(rename_all = "snake_case")]
 pub enum ClaimKind {
     /// Deliver the run due at `due_ms`.
@@ -195,6 +203,7 @@ pub enum ClaimKind {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(arbitrary::Arbitrary))]
 pub struct ClaimItem {
     pub job_id: String,
     pub incarnation: u64,
@@ -204,6 +213,7 @@ pub struct ClaimItem {
 
 /// How an attempt ended, as the leader decided.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(arbitrary::Arbitrary))]
 #[serde(rename_all = "snake_case")]
 pub enum AttemptResult {
     Succeeded,
@@ -212,6 +222,7 @@ pub enum AttemptResult {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(arbitrary::Arbitrary))]
 pub struct AttemptOutcome {
     pub run_id: String,
     pub attempt: Attempt,
@@ -220,6 +231,7 @@ pub struct AttemptOutcome {
 
 /// The payload of a normal log entry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(arbitrary::Arbitrary))]
 #[serde(rename_all = "snake_case")]
 pub enum Command {
     /// Create a job; an existing job with an equal spec is returned unchanged, another spec is a

@@ -279,7 +279,7 @@ pub fn apply_command<T: Tables>(
                 let result = match c {
                     // Batches do not nest; a nested one is rejected, not applied.
                     Command::Batch { .. } => CommandResult::NotFound,
-                    c => apply_one(t, log_id, base + slot as u64 + 1, c, touched)?,
+                    c => apply_one(t, log_id, base.wrapping_add(slot as u64 + 1), c, touched)?,
                 };
                 results.push(result);
             }
@@ -325,7 +325,7 @@ fn apply_one<T: Tables>(
                         // A new schedule counts from the replace; runs it would have had
                         // before the replace are not owed.
                         job.schedule_base_ms = *now_ms;
-                        job.cursor_ms = job.cursor_ms.max(now_ms - 1);
+                        job.cursor_ms = job.cursor_ms.max(now_ms.saturating_sub(1));
                     }
                     if job.spec.paused && !spec.paused {
                         job.cursor_ms = job.cursor_ms.max(*now_ms);
@@ -548,14 +548,14 @@ fn new_job(id: &str, spec: JobSpec, seq: u64, now_ms: i64) -> Job {
         version: 1,
         schedule_base_ms: now_ms,
         // A one-shot `at` in the past is due at creation, so the cursor starts just before it.
-        cursor_ms: now_ms - 1,
+        cursor_ms: now_ms.saturating_sub(1),
     }
 }
 
 /// Marks a changed job. `updated_at` never moves backwards, even if the proposing leader's clock
 /// is behind the previous one's.
 fn touch(job: &mut Job, now_ms: i64) {
-    job.version += 1;
+    job.version = job.version.saturating_add(1);
     job.updated_at_ms = job.updated_at_ms.max(now_ms);
 }
 
@@ -851,5 +851,106 @@ pub(crate) mod tests {
             t.get(Table::Misc, CLUSTER_ID_KEY).ok().flatten(),
             Some(b"one".to_vec())
         );
+    }
+
+    /// Bytes for `arbitrary` that favour the values arithmetic breaks on: whole 8-byte words of
+    /// zeros, ones, `i64::MIN` and `i64::MAX` (little-endian), small numbers, or random bytes.
+    fn edgy_bytes(rng: &mut impl rand::Rng, n: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(n + 8);
+        while out.len() < n {
+            let word: [u8; 8] = match rng.random_range(0..8) {
+                0 => [0; 8],
+                1 => [0xFF; 8],
+                2 => i64::MIN.to_le_bytes(),
+                3 => i64::MAX.to_le_bytes(),
+                4 => rng.random_range(0u64..4).to_le_bytes(),
+                _ => rng.random(),
+            };
+            // Shifted by a random amount, since `arbitrary` reads fields of every size.
+            out.extend_from_slice(&word[rng.random_range(0..4)..]);
+        }
+        out
+    }
+
+    /// Points a generated command at a few shared ids, so commands meet each other's jobs and
+    /// runs, and lets some claims carry the epoch of their entry.
+    fn aim(cmd: &mut Command, pick: u8, runs: &[String], log_id: &LogId) {
+        let job = ["a", "b"][(pick & 1) as usize].to_owned();
+        let run = || runs.get(pick as usize % runs.len().max(1)).cloned();
+        match cmd {
+            Command::CreateJob { id, .. }
+            | Command::PutJob { id, .. }
+            | Command::DeleteJob { id, .. }
+            | Command::SetPaused { id, .. }
+            | Command::TriggerJob { id, .. } => *id = job,
+            Command::ClaimRuns { epoch, items, .. } => {
+                if pick & 2 == 0 {
+                    *epoch = entry_epoch(log_id);
+                }
+                for item in items {
+                    item.job_id = job.clone();
+                }
+            }
+            Command::RecordAttempts { outcomes } => {
+                for o in outcomes {
+                    o.run_id = run().unwrap_or_default();
+                }
+            }
+            Command::RetryRun { run_id, .. } => *run_id = run().unwrap_or_default(),
+            Command::Batch { commands } => {
+                for c in commands {
+                    aim(c, pick, runs, log_id);
+                }
+            }
+            Command::SetNodeInfo { .. } | Command::SetClusterId { .. } => {}
+        }
+    }
+
+    /// SPEC §7: `apply` never panics on any command value, and equal inputs give equal results
+    /// and writes (every node must reach the same state).
+    #[test]
+    fn apply_never_panics_and_is_deterministic_on_arbitrary_commands() {
+        use arbitrary::{Arbitrary, Unstructured};
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x600d_5eed);
+        let mut applied = 0;
+        for round in 0..1500 {
+            let (a, b) = (MemTables::default(), MemTables::default());
+            for step in 0..8u64 {
+                let bytes = edgy_bytes(&mut rng, 256);
+                let mut u = Unstructured::new(&bytes);
+                let Ok(mut cmd) = Command::arbitrary(&mut u) else {
+                    continue;
+                };
+                let index = match step {
+                    0 => u64::MAX,
+                    1 => 0,
+                    _ => rng.random_range(0..1 << 40),
+                };
+                let log_id = openraft::LogId::new(
+                    openraft::CommittedLeaderId::new(rng.random_range(0..3), 1),
+                    index,
+                );
+                let runs: Vec<String> =
+                    a.0.borrow()
+                        .keys()
+                        .filter(|(t, _)| *t == Table::Runs as u8)
+                        .map(|(_, k)| String::from_utf8_lossy(k).into_owned())
+                        .collect();
+                aim(&mut cmd, rng.random(), &runs, &log_id);
+                let (mut ta, mut tb) = (Touched::default(), Touched::default());
+                let ra = apply_command(&a, &log_id, &cmd, &mut ta);
+                let rb = apply_command(&b, &log_id, &cmd, &mut tb);
+                assert_eq!(
+                    format!("{ra:?}"),
+                    format!("{rb:?}"),
+                    "round {round}: {cmd:?}"
+                );
+                assert_eq!((ta.jobs, ta.runs), (tb.jobs, tb.runs));
+                applied += 1;
+            }
+            assert_eq!(*a.0.borrow(), *b.0.borrow(), "round {round}: tables differ");
+        }
+        assert!(applied > 5000, "only {applied} commands were generated");
     }
 }
