@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
+use hookd_raft::Secret;
 use serde::Deserialize;
 
 /// hookd: a self-hosted, replicated webhook scheduler.
@@ -48,12 +49,33 @@ pub struct ServeArgs {
     /// Run a single-node cluster with a temporary data dir, for trying things out.
     #[arg(long, env = "HOOKD_DEV", num_args = 0..=1, default_missing_value = "true")]
     pub dev: Option<bool>,
-    /// Require `Authorization: Bearer TOKEN` on every /v1 request.
-    #[arg(long, env = "HOOKD_API_TOKEN", value_name = "TOKEN")]
-    pub api_token: Option<String>,
+    /// Require `Authorization: Bearer TOKEN` on every /v1 request; this token may do everything.
+    /// Repeat it (or separate with commas) to accept several, e.g. while rotating.
+    #[arg(
+        long,
+        env = "HOOKD_API_TOKEN",
+        value_name = "TOKEN",
+        value_delimiter = ',',
+        action = clap::ArgAction::Append
+    )]
+    pub api_token: Vec<String>,
+    /// A token that may only read (GET, and POST /v1/schedules/preview); repeatable like
+    /// --api-token.
+    #[arg(
+        long,
+        env = "HOOKD_READ_TOKEN",
+        value_name = "TOKEN",
+        value_delimiter = ',',
+        action = clap::ArgAction::Append
+    )]
+    pub read_token: Vec<String>,
     /// Shared secret authenticating node-to-node traffic.
     #[arg(long, env = "HOOKD_PEER_SECRET", value_name = "SECRET")]
     pub peer_secret: Option<String>,
+    /// Start even though peers are not all on loopback and peer traffic is not authenticated
+    /// (no --peer-secret, no peer TLS). For test labs only.
+    #[arg(long, env = "HOOKD_INSECURE_PEER", num_args = 0..=1, default_missing_value = "true")]
+    pub insecure_peer: Option<bool>,
     /// Default signing key for deliveries (Standard Webhooks, whsec_…).
     #[arg(long, env = "HOOKD_SIGNING_SECRET", value_name = "whsec_…")]
     pub signing_secret: Option<String>,
@@ -95,8 +117,10 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     initial_cluster: Option<String>,
     dev: Option<bool>,
-    api_token: Option<String>,
+    api_token: Option<Tokens>,
+    read_token: Option<Tokens>,
     peer_secret: Option<String>,
+    insecure_peer: Option<bool>,
     signing_secret: Option<String>,
     cluster_id: Option<String>,
     advertise_api: Option<String>,
@@ -106,6 +130,23 @@ struct FileConfig {
     deliveries_max: Option<usize>,
     host_concurrency: Option<usize>,
     write_backlog_max: Option<usize>,
+}
+
+/// Tokens in the config file: a comma-separated string, as in the environment, or a list.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Tokens {
+    Joined(String),
+    List(Vec<String>),
+}
+
+impl Tokens {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            Tokens::Joined(s) => s.split(',').map(str::to_owned).collect(),
+            Tokens::List(v) => v,
+        }
+    }
 }
 
 /// Where the node keeps its data.
@@ -135,8 +176,11 @@ pub struct Config {
     /// Node id → peer address. Empty when the data dir already holds a cluster.
     pub initial_cluster: BTreeMap<u64, String>,
     pub dev: bool,
-    pub api_token: Option<String>,
-    pub peer_secret: Option<String>,
+    /// Tokens that may do everything; with none of either kind, /v1 is open.
+    pub api_tokens: Vec<Secret>,
+    /// Tokens that may only read.
+    pub read_tokens: Vec<Secret>,
+    pub peer_secret: Option<Secret>,
     pub signing_secret: Option<String>,
     pub cluster_id: Option<String>,
     pub advertise_api: Option<String>,
@@ -213,8 +257,20 @@ impl ServeArgs {
         if let Some(s) = &signing_secret {
             validate_signing_secret(s)?;
         }
-        let api_token = non_empty("--api-token", self.api_token.or(file.api_token))?;
-        let peer_secret = non_empty("--peer-secret", self.peer_secret.or(file.peer_secret))?;
+        let api_tokens = tokens("--api-token", self.api_token, file.api_token)?;
+        let read_tokens = tokens("--read-token", self.read_token, file.read_token)?;
+        let peer_secret =
+            non_empty("--peer-secret", self.peer_secret.or(file.peer_secret))?.map(Secret::new);
+        let insecure_peer = self.insecure_peer.or(file.insecure_peer).unwrap_or(false);
+        if peer_secret.is_none() && !insecure_peer {
+            if let Some(addr) = initial_cluster.values().find(|a| !is_loopback(a)) {
+                bail!(
+                    "peer address {addr} is not on loopback, so node-to-node traffic can leave this machine: \
+                     set --peer-secret (HOOKD_PEER_SECRET) to authenticate it, \
+                     or --insecure-peer for a test lab"
+                );
+            }
+        }
         let cluster_id = non_empty("--cluster-id", self.cluster_id.or(file.cluster_id))?;
         let advertise_api = self.advertise_api.or(file.advertise_api);
         let snapshot_logs = self
@@ -250,7 +306,8 @@ impl ServeArgs {
             data_dir,
             initial_cluster,
             dev,
-            api_token,
+            api_tokens,
+            read_tokens,
             peer_secret,
             signing_secret,
             cluster_id,
@@ -269,6 +326,35 @@ fn parse_addr(flag: &str, value: &str) -> anyhow::Result<SocketAddr> {
     value
         .parse()
         .with_context(|| format!("{flag} {value:?} is not an IP:PORT address"))
+}
+
+/// Tokens from flags/env (already split at commas by clap), else from the file.
+fn tokens(flag: &str, given: Vec<String>, file: Option<Tokens>) -> anyhow::Result<Vec<Secret>> {
+    let all = if given.is_empty() {
+        file.map(Tokens::into_vec).unwrap_or_default()
+    } else {
+        given
+    };
+    all.into_iter()
+        .map(|t| {
+            let t = t.trim();
+            if t.is_empty() {
+                bail!("{flag} must not be empty");
+            }
+            Ok(Secret::new(t))
+        })
+        .collect()
+}
+
+/// True when a `HOST:PORT` peer address is certainly on this machine: a loopback IP or
+/// `localhost`. Any other name may resolve elsewhere.
+fn is_loopback(addr: &str) -> bool {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn non_empty(flag: &str, value: Option<String>) -> anyhow::Result<Option<String>> {
@@ -377,6 +463,48 @@ mod tests {
             format!("{err:#}").contains("node_idd"),
             "unknown keys are named: {err:#}"
         );
+    }
+
+    #[test]
+    fn tokens_come_from_flags_or_the_file_as_a_list_or_comma_separated() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("hookd.toml");
+        let base = "node_id = 1\ndata_dir = \"/tmp/x\"\n";
+        let load = |extra: &str, flags: Vec<String>| {
+            std::fs::write(&file, format!("{base}{extra}")).unwrap();
+            ServeArgs {
+                config: Some(file.clone()),
+                api_token: flags,
+                ..Default::default()
+            }
+            .into_config()
+        };
+        let c = load("api_token = \"a1, a2\"\nread_token = [\"r1\"]\n", vec![]).unwrap();
+        assert_eq!(c.api_tokens.len(), 2);
+        assert!(c.api_tokens[1].matches(b"a2") && c.read_tokens[0].matches(b"r1"));
+        // Flags win over the file.
+        let c = load("api_token = \"a1\"\n", vec!["f1".into()]).unwrap();
+        assert!(c.api_tokens.len() == 1 && c.api_tokens[0].matches(b"f1"));
+        assert!(
+            load("api_token = \"a1,,a2\"\n", vec![]).is_err(),
+            "empty token"
+        );
+        assert!(format!("{c:?}").contains("Secret(***)") && !format!("{c:?}").contains("f1"));
+    }
+
+    #[test]
+    fn loopback_peer_addresses_are_told_apart() {
+        for (addr, want) in [
+            ("127.0.0.1:7201", true),
+            ("127.9.9.9:1", true),
+            ("localhost:7201", true),
+            ("[::1]:7201", true),
+            ("10.0.0.1:7201", false),
+            ("node2:7201", false),
+            ("[fe80::1]:7201", false),
+        ] {
+            assert_eq!(is_loopback(addr), want, "{addr}");
+        }
     }
 
     #[test]

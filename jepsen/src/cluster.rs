@@ -11,6 +11,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// The peer secret every node of a harness cluster shares.
+const PEER_SECRET: &str = "hookd-jepsen-peer-secret";
+
 use anyhow::{bail, Context};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -184,6 +187,9 @@ impl Cluster {
             .args(["--initial-cluster", &self.net.initial_cluster()])
             .args(["--log", &self.log_filter])
             .args(&self.extra_args)
+            // Peers talk across network namespaces, so hookd requires their traffic to be
+            // authenticated (SPEC §1); through the environment, not visible in `ps`.
+            .env("HOOKD_PEER_SECRET", PEER_SECRET)
             .env_remove("LISTEN_FDS")
             .env_remove("HOOKD_PLANT")
             .stdin(Stdio::null())

@@ -66,7 +66,7 @@ pub struct MisfireSpec {
 
 /// A job's definition: everything the user controls. Two creates with equal specs are the same
 /// request (safe retry).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(test, derive(arbitrary::Arbitrary))]
 pub struct JobSpec {
     pub url: String,
@@ -78,6 +78,66 @@ pub struct JobSpec {
     pub timeout_ms: u64,
     pub misfire: MisfireSpec,
     pub paused: bool,
+    /// Names in `headers` whose values are secrets: sent as given, shown as `MASK` by the API,
+    /// never logged (`Debug` masks them too).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_headers: Vec<String>,
+}
+
+/// What the API shows instead of a secret header's value; sent back in a write, it means "keep
+/// the stored value".
+pub const MASK: &str = "***";
+
+impl JobSpec {
+    /// This spec with every secret header sent as `MASK` replaced by the value `stored` has for
+    /// it. Err names a masked header with no stored value to keep.
+    pub fn unmask(&self, stored: Option<&JobSpec>) -> Result<JobSpec, String> {
+        let mut spec = self.clone();
+        for name in &self.secret_headers {
+            if spec.headers.get(name).map(String::as_str) != Some(MASK) {
+                continue;
+            }
+            match stored.and_then(|s| s.headers.get(name)) {
+                Some(v) if v != MASK => {
+                    spec.headers.insert(name.clone(), v.clone());
+                }
+                _ => return Err(name.clone()),
+            }
+        }
+        Ok(spec)
+    }
+
+    /// The headers with every secret value replaced by `MASK`.
+    pub fn masked_headers(&self) -> BTreeMap<String, String> {
+        self.headers
+            .iter()
+            .map(|(k, v)| {
+                let v = if self.secret_headers.contains(k) {
+                    MASK.to_owned()
+                } else {
+                    v.clone()
+                };
+                (k.clone(), v)
+            })
+            .collect()
+    }
+}
+
+impl std::fmt::Debug for JobSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobSpec")
+            .field("url", &self.url)
+            .field("method", &self.method)
+            .field("headers", &self.masked_headers())
+            .field("body", &self.body)
+            .field("schedule", &self.schedule)
+            .field("retry", &self.retry)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("misfire", &self.misfire)
+            .field("paused", &self.paused)
+            .field("secret_headers", &self.secret_headers)
+            .finish()
+    }
 }
 
 /// A job as stored in the state machine.
@@ -390,6 +450,12 @@ pub enum CommandResult {
     },
     /// A claim from an epoch other than the entry's own leader.
     StaleEpoch,
+    /// The command is invalid against the stored state (e.g. a masked secret header with no
+    /// stored value to keep); `field` names the offending field.
+    Rejected {
+        field: String,
+        message: String,
+    },
     /// One result per command of a `Batch`, in order.
     Batch {
         results: Vec<CommandResult>,

@@ -9,11 +9,13 @@ pub mod lease;
 pub mod network;
 pub mod planted;
 pub mod replica;
+pub mod secret;
 pub mod state;
 pub mod store;
 pub mod typ;
 
 pub use command::{Command, CommandResult, Job, JobSpec};
 pub use replica::{RaftTiming, Replica, ReplicaConfig, ReplicaError, StartError};
+pub use secret::Secret;
 pub use store::StateView;
 pub use typ::NodeId;

@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use crate::command::{Command, CommandResult};
 use crate::lease::Leadership;
 use crate::network::{ForwardError, PeerClient, TransportError};
+use crate::secret::Secret;
 use crate::state::BATCH_COMMANDS_MAX;
 use crate::store::{OpenError, StateView, Store};
 use crate::typ::{CheckIsLeaderError, LogId, Node, NodeId, Raft, RaftMetrics};
@@ -57,7 +58,7 @@ pub struct ReplicaConfig {
     pub api_addr: String,
     /// Peer addresses of the initial members; used only when the data dir is new.
     pub initial_members: BTreeMap<NodeId, String>,
-    pub peer_secret: Option<String>,
+    pub peer_secret: Option<Secret>,
     /// The cluster id this node proposes when it is the first leader.
     pub cluster_id: String,
     /// When true, `cluster_id` was configured explicitly and a data dir of another cluster is
@@ -614,8 +615,8 @@ impl Replica {
     }
 
     /// The peer secret, if node-to-node traffic is authenticated.
-    pub fn peer_secret(&self) -> Option<&str> {
-        self.config.peer_secret.as_deref()
+    pub fn peer_secret(&self) -> Option<&Secret> {
+        self.config.peer_secret.as_ref()
     }
 
     /// Stops background tasks and Raft, then flushes the store.

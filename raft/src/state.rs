@@ -6,6 +6,7 @@
 
 use sled::transaction::ConflictableTransactionError;
 
+use crate::command::MASK;
 use crate::command::{
     AttemptOutcome, AttemptResult, ClaimItem, ClaimKind, Command, CommandResult, Epoch, Job,
     JobSpec, Run, RunStatus, SkippedRange,
@@ -299,8 +300,13 @@ fn apply_one<T: Tables>(
     match cmd {
         Command::Batch { .. } => Ok(CommandResult::NotFound),
         Command::CreateJob { id, spec, now_ms } => {
-            if let Some(existing) = get_job(t, id)? {
-                return Ok(if existing.spec == *spec {
+            let existing = get_job(t, id)?;
+            let spec = match spec.unmask(existing.as_ref().map(|j| &j.spec)) {
+                Ok(spec) => spec,
+                Err(name) => return Ok(masked_without_value(&name)),
+            };
+            if let Some(existing) = existing {
+                return Ok(if existing.spec == spec {
                     unchanged(existing)
                 } else {
                     CommandResult::Conflict { existing }
@@ -312,8 +318,13 @@ fn apply_one<T: Tables>(
             Ok(changed(job, true))
         }
         Command::PutJob { id, spec, now_ms } => {
+            let existing = get_job(t, id)?;
+            let spec = &match spec.unmask(existing.as_ref().map(|j| &j.spec)) {
+                Ok(spec) => spec,
+                Err(name) => return Ok(masked_without_value(&name)),
+            };
             touched.jobs.push(id.clone());
-            match get_job(t, id)? {
+            match existing {
                 None => {
                     let job = new_job(id, spec.clone(), seq, *now_ms);
                     put_job(t, &job)?;
@@ -538,6 +549,15 @@ fn unchanged(job: Job) -> CommandResult {
     }
 }
 
+fn masked_without_value(name: &str) -> CommandResult {
+    CommandResult::Rejected {
+        field: format!("headers.{name}"),
+        message: format!(
+            "secret header {name} is sent as {MASK:?} but no stored value exists to keep; send the value"
+        ),
+    }
+}
+
 fn new_job(id: &str, spec: JobSpec, seq: u64, now_ms: i64) -> Job {
     Job {
         id: id.to_owned(),
@@ -610,6 +630,7 @@ pub(crate) mod tests {
                 catchup_window_ms: 86_400_000,
             },
             paused: false,
+            secret_headers: Vec::new(),
         }
     }
 
@@ -652,6 +673,65 @@ pub(crate) mod tests {
             CommandResult::Conflict { existing } => assert_eq!(existing, job),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn secret_headers_sent_masked_keep_the_stored_value_and_never_show_in_debug() {
+        let t = MemTables::default();
+        let mut secret = spec("http://x/");
+        secret
+            .headers
+            .insert("authorization".into(), "Bearer s3cr3t".into());
+        secret.headers.insert("x-plain".into(), "visible".into());
+        secret.secret_headers = vec!["authorization".into()];
+        let mut masked = secret.clone();
+        masked.headers.insert("authorization".into(), MASK.into());
+        let put = |spec: &JobSpec, now_ms| Command::PutJob {
+            id: "a".into(),
+            spec: spec.clone(),
+            now_ms,
+        };
+        // Masked before anything is stored: nothing to keep.
+        let r = apply(&t, 1, put(&masked, 1));
+        assert!(
+            matches!(&r, CommandResult::Rejected { field, .. } if field == "headers.authorization"),
+            "{r:?}"
+        );
+        assert!(matches!(
+            apply(&t, 2, put(&secret, 2)),
+            CommandResult::Job { created: true, .. }
+        ));
+        // The masked round trip is no change at all, and keeps the value.
+        let CommandResult::Job { job, changed, .. } = apply(&t, 3, put(&masked, 3)) else {
+            panic!("put")
+        };
+        assert!(!changed);
+        assert_eq!(job.spec.headers["authorization"], "Bearer s3cr3t");
+        // A create retried with the masked value is the same definition.
+        let create = Command::CreateJob {
+            id: "a".into(),
+            spec: masked.clone(),
+            now_ms: 4,
+        };
+        assert!(matches!(
+            apply(&t, 4, create),
+            CommandResult::Job { created: false, .. }
+        ));
+        // A new value replaces it; Debug never shows either.
+        let mut rotated = secret.clone();
+        rotated
+            .headers
+            .insert("authorization".into(), "Bearer n3w".into());
+        let CommandResult::Job { job, changed, .. } = apply(&t, 5, put(&rotated, 5)) else {
+            panic!("put")
+        };
+        assert!(changed);
+        assert_eq!(job.spec.headers["authorization"], "Bearer n3w");
+        let debug = format!("{job:?}");
+        assert!(
+            !debug.contains("n3w") && debug.contains("visible"),
+            "{debug}"
+        );
     }
 
     #[test]

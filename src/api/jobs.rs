@@ -55,6 +55,7 @@ fn respond(id: &str, result: CommandResult) -> Result<Response, ApiError> {
             job,
         )),
         CommandResult::Deleted { .. } => Ok(StatusCode::NO_CONTENT.into_response()),
+        CommandResult::Rejected { field, message } => Err(ApiError::invalid(&field, message)),
         CommandResult::NotFound => Err(ApiError::not_found(format!("no job {id:?}"))),
         CommandResult::Conflict { .. } => Err(ApiError::conflict(format!(
             "job {id:?} exists with another definition; PUT /v1/jobs/{id} replaces it"

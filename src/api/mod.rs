@@ -14,12 +14,12 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{header, HeaderMap};
+use axum::http::{header, HeaderMap, Method};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use hookd_raft::Replica;
+use hookd_raft::{Replica, Secret};
 use serde::Deserialize;
 
 pub use error::ApiError;
@@ -34,7 +34,8 @@ pub struct ApiState {
     dispatch: DispatchHandle,
     /// Asks the leader's API for what only the leader knows (its dispatcher's targets).
     leader_api: reqwest::Client,
-    api_token: Option<String>,
+    api_tokens: Vec<Secret>,
+    read_tokens: Vec<Secret>,
     run_retention: u32,
 }
 
@@ -50,7 +51,8 @@ impl ApiState {
             replica,
             dispatch,
             leader_api,
-            api_token: config.api_token.clone(),
+            api_tokens: config.api_tokens.clone(),
+            read_tokens: config.read_tokens.clone(),
             run_retention: config.run_retention,
         }
     }
@@ -103,24 +105,37 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .with_state(state)
 }
 
-/// With `--api-token`, every /v1 request needs `Authorization: Bearer TOKEN`.
+/// With any `--api-token` or `--read-token`, every /v1 request needs `Authorization: Bearer
+/// TOKEN`: an api token may do everything, a read token only reads (`403` otherwise).
 async fn require_token(State(s): Shared, req: Request, next: Next) -> Response {
-    if let Some(token) = &s.api_token {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
-            return ApiError::unauthorized().into_response();
-        }
+    if s.api_tokens.is_empty() && s.read_tokens.is_empty() {
+        return next.run(req).await;
+    }
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+    let Some(given) = given else {
+        return ApiError::unauthorized().into_response();
+    };
+    if Secret::any_matches(&s.api_tokens, given) {
+        return next.run(req).await;
+    }
+    if !Secret::any_matches(&s.read_tokens, given) {
+        return ApiError::unauthorized().into_response();
+    }
+    if !is_read(req.method(), req.uri().path()) {
+        return ApiError::forbidden("a read token may only read").into_response();
     }
     next.run(req).await
 }
 
-/// Compares secrets without an early exit that would leak the matching prefix's length.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// What a read token may do: `GET` (and `HEAD`), and previewing a schedule, which changes
+/// nothing. `path` is relative to `/v1`.
+fn is_read(method: &Method, path: &str) -> bool {
+    method == Method::GET
+        || method == Method::HEAD
+        || (method == Method::POST && path.trim_end_matches('/').ends_with("/schedules/preview"))
 }
 
 /// A list's `limit` parameter: the default when absent, else `1..=LIST_LIMIT_MAX` or a `400`.

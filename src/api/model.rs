@@ -26,6 +26,7 @@ pub struct JobRequest {
     pub url: String,
     pub method: Option<String>,
     pub headers: Option<BTreeMap<String, String>>,
+    pub secret_headers: Option<Vec<String>>,
     pub body: Option<String>,
     pub schedule: ScheduleRequest,
     pub retry: Option<RetryRequest>,
@@ -194,14 +195,12 @@ pub fn validate_id(field: &str, id: &str) -> Result<(), ApiError> {
 
 const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
 
-/// Headers hookd sets itself on every delivery; a job may not set them.
-const RESERVED_HEADERS: [&str; 11] = [
+/// Headers hookd sets itself on every delivery (and every `hookd-*` name, reserved for hookd);
+/// a job may not set them.
+const RESERVED_HEADERS: [&str; 8] = [
     "webhook-id",
     "webhook-timestamp",
     "webhook-signature",
-    "hookd-job-id",
-    "hookd-scheduled-at",
-    "hookd-attempt",
     "user-agent",
     "host",
     "content-length",
@@ -227,6 +226,7 @@ impl JobRequest {
             }
         };
         let headers = validate_headers(self.headers.unwrap_or_default())?;
+        let secret_headers = validate_secret_headers(self.secret_headers, &headers)?;
         if let Some(body) = &self.body {
             if body.len() > JOB_BODY_BYTES_MAX {
                 return Err(ApiError::invalid(
@@ -260,6 +260,7 @@ impl JobRequest {
                 timeout_ms,
                 misfire,
                 paused: self.paused.unwrap_or(false),
+                secret_headers,
             },
         ))
     }
@@ -308,7 +309,7 @@ fn validate_headers(
                 format!("{name:?} is not a valid header name"),
             ));
         }
-        if RESERVED_HEADERS.contains(&lower.as_str()) {
+        if RESERVED_HEADERS.contains(&lower.as_str()) || lower.starts_with("hookd-") {
             return Err(ApiError::invalid(
                 &field,
                 format!("header {lower} is set by hookd and cannot be overridden"),
@@ -329,6 +330,32 @@ fn validate_headers(
             ));
         }
     }
+    Ok(out)
+}
+
+/// `secret_headers`: names of `headers` (any case), each once; stored lower-case and sorted.
+fn validate_secret_headers(
+    names: Option<Vec<String>>,
+    headers: &BTreeMap<String, String>,
+) -> Result<Vec<String>, ApiError> {
+    let mut out = Vec::new();
+    for name in names.unwrap_or_default() {
+        let lower = name.to_ascii_lowercase();
+        if !headers.contains_key(&lower) {
+            return Err(ApiError::invalid(
+                "secret_headers",
+                format!("{name:?} is not one of the job's headers"),
+            ));
+        }
+        if out.contains(&lower) {
+            return Err(ApiError::invalid(
+                "secret_headers",
+                format!("{name:?} is listed twice"),
+            ));
+        }
+        out.push(lower);
+    }
+    out.sort();
     Ok(out)
 }
 
@@ -564,6 +591,9 @@ pub struct JobView {
     pub url: String,
     pub method: String,
     pub headers: BTreeMap<String, String>,
+    /// Omitted when empty, as a job without secrets was sent.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub secret_headers: Vec<String>,
     pub body: Option<String>,
     pub schedule: ScheduleRequest,
     pub retry: RetryView,
@@ -595,7 +625,8 @@ impl JobView {
         JobView {
             url: s.url.clone(),
             method: s.method.clone(),
-            headers: s.headers.clone(),
+            headers: s.masked_headers(),
+            secret_headers: s.secret_headers.clone(),
             body: s.body.clone(),
             schedule: render_schedule(&s.schedule),
             retry: RetryView {

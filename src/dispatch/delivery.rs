@@ -142,7 +142,8 @@ impl Deliverer {
                 read_prefix(&mut resp, RESPONSE_BODY_BYTES_MAX).await;
                 (Some(status), retry_after, None)
             }
-            Err(e) => (None, None, Some(describe(&e))),
+            // Without the URL: it may carry credentials (SPEC §7), and the run names its job.
+            Err(e) => (None, None, Some(describe(&e.without_url()))),
         };
         let attempt = Attempt {
             n: req.n,

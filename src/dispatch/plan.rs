@@ -180,6 +180,7 @@ mod tests {
                     catchup_window_ms: 3_600_000,
                 },
                 paused: false,
+                secret_headers: Vec::new(),
             },
             incarnation: 7,
             created_at_ms: 0,

@@ -6,4 +6,5 @@ mod dispatch;
 mod harness;
 mod isolation;
 mod node;
+mod security;
 mod sink;

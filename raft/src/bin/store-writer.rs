@@ -31,6 +31,7 @@ fn spec(n: u64) -> JobSpec {
             catchup_window_ms: 0,
         },
         paused: false,
+        secret_headers: Vec::new(),
     }
 }
 

@@ -13,6 +13,7 @@ use super::{
     PATH_SNAPSHOT, PATH_VOTE, TARGET_NODE_HEADER,
 };
 use crate::command::{Command, CommandResult};
+use crate::secret::Secret;
 use crate::store::StateView;
 use crate::typ::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotError, InstallSnapshotRequest,
@@ -27,7 +28,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 #[derive(Clone)]
 pub struct PeerClient {
     http: reqwest::Client,
-    secret: Option<String>,
+    secret: Option<Secret>,
     view: StateView,
 }
 
@@ -53,7 +54,7 @@ pub enum TransportError {
 }
 
 impl PeerClient {
-    pub fn new(secret: Option<String>, view: StateView) -> Result<PeerClient, reqwest::Error> {
+    pub fn new(secret: Option<Secret>, view: StateView) -> Result<PeerClient, reqwest::Error> {
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
@@ -84,7 +85,7 @@ impl PeerClient {
             req = req.header(CLUSTER_ID_HEADER, id);
         }
         if let Some(secret) = &self.secret {
-            req = req.bearer_auth(secret);
+            req = req.bearer_auth(secret.expose());
         }
         let resp = req.send().await.map_err(|source| {
             if source.is_connect() {

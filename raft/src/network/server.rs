@@ -16,6 +16,7 @@ use super::{
 };
 use crate::command::{Command, CommandResult};
 use crate::replica::Replica;
+use crate::secret::Secret;
 use crate::typ::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotError, InstallSnapshotRequest,
     InstallSnapshotResponse, LogId, RaftError, VoteRequest, VoteResponse,
@@ -28,12 +29,12 @@ const FORWARDED_DEADLINE: Duration = Duration::from_millis(4000);
 #[derive(Clone)]
 struct PeerState {
     replica: Arc<Replica>,
-    secret: Option<String>,
+    secret: Option<Secret>,
 }
 
 /// The router served on `--peer-listen`.
 pub fn peer_router(replica: Arc<Replica>) -> Router {
-    let secret = replica.peer_secret().map(str::to_owned);
+    let secret = replica.peer_secret().cloned();
     let state = PeerState { replica, secret };
     Router::new()
         .route(PATH_APPEND, post(append))
@@ -50,9 +51,10 @@ pub fn peer_router(replica: Arc<Replica>) -> Router {
 async fn guard(State(s): State<PeerState>, req: Request, next: Next) -> Response {
     let headers = req.headers();
     if let Some(secret) = &s.secret {
-        let expected = format!("Bearer {secret}");
-        let given = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
-        if given != Some(expected.as_bytes()) {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+        if !given.is_some_and(|g| secret.matches(g)) {
             return (StatusCode::UNAUTHORIZED, "peer secret missing or wrong").into_response();
         }
     }

@@ -314,9 +314,20 @@ mod tests {
         assert_eq!(state.last_log_id, Some(log_id(12)));
         assert!(log.try_get_log_entries(0..20).await.unwrap().is_empty());
 
-        // After a reopen too.
+        // After a reopen too (once the background removal has let go of the database).
         drop(log);
-        let mut log = Store::open(dir.path(), 1).unwrap().log_store();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let store = loop {
+            match Store::open(dir.path(), 1) {
+                Ok(s) => break s,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("reopen: {e}"),
+            }
+        };
+        let mut log = store.log_store();
         assert!(log.try_get_log_entries(0..20).await.unwrap().is_empty());
         assert_eq!(
             log.get_log_state().await.unwrap().last_log_id,

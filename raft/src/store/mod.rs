@@ -90,6 +90,16 @@ impl Store {
             // planted bug from being seen; switch it off too.
             sled_config = sled_config.flush_every_ms(None);
         }
+        // Created owner-only (SPEC §7): the data holds job headers and bodies. A dir that
+        // exists already keeps its mode.
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir.join("db"))
+                .map_err(|e| sled_err(sled::Error::Io(e)))?;
+        }
         let disk = Disk::open(sled_config, &dir.join("db")).map_err(sled_err)?;
         let db = disk.db();
         let meta = db.open_tree("meta").map_err(sled_err)?;

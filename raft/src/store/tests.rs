@@ -100,3 +100,16 @@ async fn a_snapshot_is_the_state_when_taken_while_applies_go_on() -> Result<(), 
     assert_eq!(second.meta.last_log_id.map(|l| l.index), Some(65));
     Ok(())
 }
+
+#[test]
+fn data_dirs_are_created_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new().unwrap();
+    let data = dir.path().join("nodes/1");
+    let store = Store::open(&data, 1).unwrap();
+    for d in [dir.path().join("nodes"), data.clone(), data.join("db")] {
+        let mode = std::fs::metadata(&d).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{}", d.display());
+    }
+    drop(store);
+}

@@ -1,0 +1,219 @@
+//! Security (SPEC §1, §7): token scopes, peer authentication required off loopback, secret
+//! headers, reserved headers, credentials in attempt errors, data dir mode.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::harness::{eventually, job, single, TestCluster, HOOKD};
+use crate::sink::Sink;
+
+/// (status, error code) of a request with `token`.
+async fn call(c: &TestCluster, method: Method, path: &str, token: Option<&str>) -> (u16, Value) {
+    let mut req = c.http.request(method.clone(), c.url(0, path));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if method == Method::POST {
+        let body = if path.ends_with("/preview") {
+            json!({"schedule": {"every": "1m"}, "count": 2})
+        } else {
+            job("scoped")
+        };
+        req = req.json(&body);
+    }
+    let resp = req.send().await.expect("request");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn api_tokens_rotate_and_a_read_token_only_reads() {
+    let c = TestCluster::start_with(
+        1,
+        &[
+            "--api-token",
+            "write-old",
+            "--api-token",
+            "write-new",
+            "--read-token",
+            "read-only",
+        ],
+    );
+    eventually(Duration::from_secs(10), "ready", || async {
+        let s = c.http.get(c.url(0, "/readyz")).send().await.ok()?.status();
+        (s == 200).then_some(())
+    })
+    .await;
+    let cases: &[(Method, &str, Option<&str>, u16)] = &[
+        (Method::GET, "/v1/jobs", None, 401),
+        (Method::GET, "/v1/jobs", Some("nope"), 401),
+        (Method::GET, "/v1/jobs", Some("read-only"), 200),
+        (
+            Method::POST,
+            "/v1/schedules/preview",
+            Some("read-only"),
+            200,
+        ),
+        (Method::POST, "/v1/jobs", Some("read-only"), 403),
+        (Method::DELETE, "/v1/jobs/scoped", Some("read-only"), 403),
+        (Method::POST, "/v1/jobs", Some("write-old"), 201),
+        (Method::GET, "/v1/jobs/scoped", Some("write-new"), 200),
+        (Method::DELETE, "/v1/jobs/scoped", Some("write-new"), 204),
+    ];
+    for (method, path, token, want) in cases {
+        let (status, body) = call(&c, method.clone(), path, *token).await;
+        assert_eq!(status, *want, "{method} {path} with {token:?}: {body}");
+        match status {
+            401 => assert_eq!(body["error"]["code"], "unauthorized"),
+            403 => assert_eq!(body["error"]["code"], "forbidden"),
+            _ => {}
+        }
+    }
+    let log = c.log_of(0);
+    assert!(
+        !log.contains("write-old") && !log.contains("read-only"),
+        "tokens in the log"
+    );
+}
+
+/// Runs `hookd serve` with `args` until it exits (or `within` passes); its exit code and output.
+fn run_briefly(args: &[&str], within: Duration) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new(HOOKD)
+        .arg("serve")
+        .args(["--data-dir", &dir.path().join("d").display().to_string()])
+        .args(["--listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0"])
+        .args(args)
+        .env_remove("HOOKD_PEER_SECRET")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn hookd");
+    let deadline = Instant::now() + within;
+    let code = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = child.wait_with_output().expect("output");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (code, text)
+}
+
+#[test]
+fn peers_off_loopback_without_authentication_are_refused() {
+    // 10.255.255.1 is never contacted: the node refuses before it starts, or (allowed) is the
+    // only member, which never dials itself.
+    let off = ["--node-id", "1", "--initial-cluster", "1=10.255.255.1:7201"];
+    let (code, out) = run_briefly(&off, Duration::from_secs(10));
+    assert!(code.is_some_and(|c| c != 0), "must refuse: {code:?} {out}");
+    for flag in ["--peer-secret", "--insecure-peer"] {
+        assert!(out.contains(flag), "the error names {flag}: {out}");
+    }
+    // Loopback needs nothing; a secret or the explicit override lets it start.
+    let on = ["--node-id", "1", "--initial-cluster", "1=127.0.0.1:7201"];
+    for args in [
+        on.to_vec(),
+        [&off[..], &["--peer-secret", "s3cret-peer"]].concat(),
+        [&off[..], &["--insecure-peer"]].concat(),
+    ] {
+        let (code, out) = run_briefly(&args, Duration::from_secs(2));
+        assert_eq!(code, None, "must keep running with {args:?}: {out}");
+    }
+}
+
+#[tokio::test]
+async fn secret_headers_are_masked_kept_on_put_delivered_intact_and_never_logged() {
+    let sink = Sink::start().await;
+    let c = single(&[]).await;
+    let body = json!({
+        "id": "sec",
+        "url": sink.url("/hook"),
+        "headers": {"Authorization": "Bearer tok-9f8e7d", "x-plain": "visible"},
+        "secret_headers": ["Authorization"],
+        "schedule": {"every": "1s"},
+    });
+    let (s, created) = c.post(0, "/v1/jobs", &body).await.expect("create");
+    assert_eq!(s, 201, "{created}");
+    assert_eq!(created["headers"]["authorization"], "***");
+    assert_eq!(created["headers"]["x-plain"], "visible");
+    assert_eq!(created["secret_headers"], json!(["authorization"]));
+    // GET → PUT round trip with the mask: no change, the value is kept.
+    let (_, got) = c.get(0, "/v1/jobs/sec").await.expect("get");
+    assert_eq!(got["headers"]["authorization"], "***");
+    let (s, put) = c
+        .send(0, Method::PUT, "/v1/jobs/sec", Some(&got))
+        .await
+        .expect("put");
+    assert_eq!((s, &put["version"]), (200, &got["version"]), "{put}");
+    let received = sink.wait_for("sec", 1, Duration::from_secs(10)).await;
+    assert_eq!(received[0].header("authorization"), "Bearer tok-9f8e7d");
+    // A masked value with nothing stored to keep is refused, naming the header.
+    let mut fresh = body.clone();
+    fresh["id"] = json!("sec2");
+    fresh["headers"]["Authorization"] = json!("***");
+    let (s, err) = c.post(0, "/v1/jobs", &fresh).await.expect("create");
+    assert_eq!(s, 422, "{err}");
+    assert_eq!(err["error"]["field"], "headers.authorization");
+    // Listing a header that is not there is refused too.
+    let mut wrong = body.clone();
+    wrong["id"] = json!("sec3");
+    wrong["secret_headers"] = json!(["x-missing"]);
+    let (s, err) = c.post(0, "/v1/jobs", &wrong).await.expect("create");
+    assert_eq!((s, &err["error"]["field"]), (422, &json!("secret_headers")));
+    assert!(!c.log_of(0).contains("tok-9f8e7d"), "secret in the log");
+}
+
+#[tokio::test]
+async fn hookd_headers_are_reserved_and_url_credentials_stay_out_of_errors() {
+    let c = single(&[]).await;
+    for name in ["hookd-target-node", "Hookd-Anything", "webhook-id"] {
+        let mut body = job("reserved");
+        body["headers"] = json!({ name: "x" });
+        let (s, err) = c.post(0, "/v1/jobs", &body).await.expect("create");
+        assert_eq!(s, 422, "{name}: {err}");
+        assert_eq!(err["error"]["field"], format!("headers.{name}"));
+    }
+    // A closed port: every attempt fails with a connection error.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let body = json!({
+        "id": "creds",
+        "url": format!("http://alice:pw-5c4b3a@127.0.0.1:{port}/x"),
+        "schedule": {"after": "0s"},
+        "retry": {"max_attempts": 1},
+    });
+    let (s, v) = c.post(0, "/v1/jobs", &body).await.expect("create");
+    assert_eq!(s, 201, "{v}");
+    let error = eventually(Duration::from_secs(10), "a failed attempt", || async {
+        let (_, v) = c.get(0, "/v1/jobs/creds/runs").await?;
+        let e = v["runs"][0]["attempts"][0]["error"].as_str()?.to_owned();
+        Some(e)
+    })
+    .await;
+    assert!(!error.contains("pw-5c4b3a"), "{error}");
+    assert!(!c.log_of(0).contains("pw-5c4b3a"), "credentials in the log");
+}
+
+#[tokio::test]
+async fn the_data_dir_is_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let c = single(&[]).await;
+    let mode = std::fs::metadata(&c.nodes[0].data_dir)
+        .expect("data dir")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700);
+}
