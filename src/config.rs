@@ -8,6 +8,9 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use hookd_raft::Secret;
+use ipnet::IpNet;
+
+use crate::dispatch::egress::parse_ranges;
 use serde::Deserialize;
 
 /// hookd: a self-hosted, replicated webhook scheduler.
@@ -101,6 +104,12 @@ pub struct ServeArgs {
     /// Deliveries in flight at once per target host:port [default: 64].
     #[arg(long, env = "HOOKD_HOST_CONCURRENCY", value_name = "N")]
     pub host_concurrency: Option<usize>,
+    /// Address ranges deliveries may never reach, added to the defaults (CIDR,…).
+    #[arg(long, env = "HOOKD_EGRESS_DENY", value_name = "CIDR,...")]
+    pub egress_deny: Option<String>,
+    /// Address ranges deliveries may reach even where the defaults deny (CIDR,…).
+    #[arg(long, env = "HOOKD_EGRESS_ALLOW", value_name = "CIDR,...")]
+    pub egress_allow: Option<String>,
     /// Client writes get `429 overloaded` while the leader has more than N writes waiting
     /// (queued or not yet applied) [default: 4096].
     #[arg(long, env = "HOOKD_WRITE_BACKLOG_MAX", value_name = "N")]
@@ -130,6 +139,8 @@ struct FileConfig {
     deliveries_max: Option<usize>,
     host_concurrency: Option<usize>,
     write_backlog_max: Option<usize>,
+    egress_deny: Option<String>,
+    egress_allow: Option<String>,
 }
 
 /// Tokens in the config file: a comma-separated string, as in the environment, or a list.
@@ -190,6 +201,8 @@ pub struct Config {
     pub deliveries_max: usize,
     pub host_concurrency: usize,
     pub write_backlog_max: usize,
+    pub egress_deny: Vec<IpNet>,
+    pub egress_allow: Vec<IpNet>,
 }
 
 /// openraft and sled log routine events at info; keep them to warnings by default.
@@ -299,6 +312,14 @@ impl ServeArgs {
             .write_backlog_max
             .or(file.write_backlog_max)
             .unwrap_or(4096);
+        let egress_deny = parse_ranges(
+            "--egress-deny",
+            &self.egress_deny.or(file.egress_deny).unwrap_or_default(),
+        )?;
+        let egress_allow = parse_ranges(
+            "--egress-allow",
+            &self.egress_allow.or(file.egress_allow).unwrap_or_default(),
+        )?;
         Ok(Config {
             node_id,
             listen,
@@ -318,6 +339,8 @@ impl ServeArgs {
             deliveries_max,
             host_concurrency,
             write_backlog_max,
+            egress_deny,
+            egress_allow,
         })
     }
 }

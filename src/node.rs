@@ -2,6 +2,7 @@
 //! shutdown. Entry points take their listeners and shutdown token, so tests bind port 0.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use hookd_raft::{RaftTiming, Replica, ReplicaConfig};
@@ -11,6 +12,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::api::{self, ApiState};
 use crate::config::Config;
+use crate::dispatch::egress::{EgressPolicy, Resolver};
 use crate::dispatch::{self, Deliverer, DispatchConfig};
 use crate::limits::{DISPATCH_HORIZON, SHUTDOWN_GRACE};
 
@@ -129,8 +131,40 @@ pub async fn run(
     tracing::info!(node_id = config.node_id, %api_addr, %peer_addr, data_dir = %config.data_dir.path().display(), "hookd node started");
 
     crate::metrics::handle();
-    let deliverer = Deliverer::new(config.signing_secret.as_deref(), config.node_id)
-        .context("build the delivery client")?;
+    let resolver = Resolver::new(Arc::new(EgressPolicy::new(
+        config.egress_allow.clone(),
+        config.egress_deny.clone(),
+    )));
+    let own = vec![
+        api_addr.to_string(),
+        peer_addr.to_string(),
+        config.listen.to_string(),
+        config.peer_listen.to_string(),
+    ];
+    let own: Vec<String> = own
+        .into_iter()
+        .chain(config.advertise_api.clone())
+        .collect();
+    resolver.refresh_members(member_addrs(&replica, &own)).await;
+    let members_stop = CancellationToken::new();
+    tokio::spawn({
+        let (resolver, replica, stop) = (resolver.clone(), replica.clone(), members_stop.clone());
+        async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(MEMBERS_REFRESH) => {}
+                }
+                resolver.refresh_members(member_addrs(&replica, &own)).await;
+            }
+        }
+    });
+    let deliverer = Deliverer::new(
+        config.signing_secret.as_deref(),
+        config.node_id,
+        resolver.clone(),
+    )
+    .context("build the delivery client")?;
     let dispatch_stop = CancellationToken::new();
     let (dispatcher, dispatch_handle) = dispatch::spawn(
         replica.clone(),
@@ -165,11 +199,13 @@ pub async fn run(
     let api_app = api::router(Arc::new(ApiState::new(
         replica.clone(),
         dispatch_handle,
+        resolver.policy().clone(),
         &config,
     )));
     let api_server = tokio::spawn(serve("api", listeners.api, api_app, api_stop.clone()));
 
     shutdown.cancelled().await;
+    members_stop.cancel();
     let stopped = tokio::time::timeout(SHUTDOWN_GRACE, async {
         dispatch_stop.cancel();
         let _ = dispatcher.await;
@@ -186,6 +222,27 @@ pub async fn run(
     }
     tracing::info!("hookd node stopped");
     Ok(())
+}
+
+/// How often the egress policy re-reads the members' addresses (membership can change).
+const MEMBERS_REFRESH: Duration = Duration::from_secs(2);
+
+/// Every address a cluster member serves on, as far as this node knows: the members' peer
+/// addresses, their replicated API addresses, and this node's own.
+fn member_addrs(replica: &Replica, own: &[String]) -> Vec<String> {
+    let m = replica.metrics();
+    let peers = m
+        .membership_config
+        .membership()
+        .nodes()
+        .map(|(_, n)| n.addr.clone())
+        .collect::<Vec<_>>();
+    let apis = replica.view().node_api_addrs().into_iter().map(|(_, a)| a);
+    peers
+        .into_iter()
+        .chain(apis)
+        .chain(own.iter().cloned())
+        .collect()
 }
 
 async fn serve(

@@ -1,5 +1,6 @@
 //! Handlers of `/v1/jobs`.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -11,6 +12,8 @@ use axum::Json;
 use hookd_raft::{Command, CommandResult};
 use serde::Deserialize;
 use serde_json::json;
+
+use crate::dispatch::egress::literal_ip;
 
 use super::model::{parse_json, validate_id, JobRequest, JobView};
 use super::{json_body, list_limit, now_ms, query, ApiError, ApiState, Consistency, Shared};
@@ -41,6 +44,20 @@ fn job_response(status: StatusCode, job: hookd_raft::Job) -> Response {
         }
     }
     resp
+}
+
+/// A URL naming a literal address the egress policy denies is refused at once (a name is
+/// checked when it is resolved, at every attempt).
+fn check_egress(state: &ApiState, url: &str) -> Result<(), ApiError> {
+    let Ok(parsed) = reqwest::Url::parse(url) else {
+        return Ok(()); // validated before
+    };
+    if let (Some(ip), Some(port)) = (literal_ip(&parsed), parsed.port_or_known_default()) {
+        if let Err(denied) = state.egress.check(SocketAddr::new(ip, port)) {
+            return Err(ApiError::invalid("url", denied.to_string()));
+        }
+    }
+    Ok(())
 }
 
 /// Maps the result of a job-changing command to a response.
@@ -74,6 +91,7 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let body = json_body(&headers, body)?;
     let (id, spec) = parse_json::<JobRequest>(&body)?.into_spec()?;
+    check_egress(&state, &spec.url)?;
     let id = id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     let result = state
         .replica
@@ -95,6 +113,7 @@ pub async fn put(
     validate_id("id", &id)?;
     let body = json_body(&headers, body)?;
     let (body_id, spec) = parse_json::<JobRequest>(&body)?.into_spec()?;
+    check_egress(&state, &spec.url)?;
     if body_id.as_ref().is_some_and(|b| *b != id) {
         return Err(ApiError::invalid(
             "id",

@@ -25,6 +25,7 @@ use serde::Deserialize;
 pub use error::ApiError;
 
 use crate::config::Config;
+use crate::dispatch::egress::EgressPolicy;
 use crate::dispatch::DispatchHandle;
 use crate::limits::{LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX, REQUEST_BODY_BYTES_MAX};
 
@@ -37,10 +38,17 @@ pub struct ApiState {
     api_tokens: Vec<Secret>,
     read_tokens: Vec<Secret>,
     run_retention: u32,
+    /// Refuses jobs aimed at a denied literal address.
+    egress: Arc<EgressPolicy>,
 }
 
 impl ApiState {
-    pub fn new(replica: Arc<Replica>, dispatch: DispatchHandle, config: &Config) -> ApiState {
+    pub fn new(
+        replica: Arc<Replica>,
+        dispatch: DispatchHandle,
+        egress: Arc<EgressPolicy>,
+        config: &Config,
+    ) -> ApiState {
         let leader_api = reqwest::Client::builder()
             .timeout(targets::FORWARD_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())
@@ -54,6 +62,7 @@ impl ApiState {
             api_tokens: config.api_tokens.clone(),
             read_tokens: config.read_tokens.clone(),
             run_retention: config.run_retention,
+            egress,
         }
     }
 

@@ -7,6 +7,7 @@
 //! hyper refuses responses with more than 100 headers or ~400 KiB of head, and at most
 //! `RESPONSE_BODY_BYTES_MAX` of a body is read before the connection is dropped.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -16,6 +17,7 @@ use hookd_raft::NodeId;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER, USER_AGENT};
 use sha2::Sha256;
 
+use super::egress::{self, Denied, Resolver, UrlCheck};
 use super::plan::HttpOutcome;
 
 use crate::limits::{DELIVERY_CONNECT_TIMEOUT, RESPONSE_BODY_BYTES_MAX};
@@ -26,6 +28,7 @@ const ERROR_CHARS_MAX: usize = 300;
 #[derive(Clone)]
 pub struct Deliverer {
     http: reqwest::Client,
+    resolver: Resolver,
     signing_key: Option<Vec<u8>>,
     node_id: NodeId,
 }
@@ -54,10 +57,16 @@ pub struct AttemptRequest<'a> {
 }
 
 impl Deliverer {
-    pub fn new(signing_secret: Option<&str>, node_id: NodeId) -> anyhow::Result<Deliverer> {
+    pub fn new(
+        signing_secret: Option<&str>,
+        node_id: NodeId,
+        resolver: Resolver,
+    ) -> anyhow::Result<Deliverer> {
         let http = reqwest::Client::builder()
             .connect_timeout(DELIVERY_CONNECT_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .dns_resolver(Arc::new(resolver.clone()))
             .pool_max_idle_per_host(64)
             .tcp_nodelay(true)
             .build()?;
@@ -70,6 +79,7 @@ impl Deliverer {
         };
         Ok(Deliverer {
             http,
+            resolver,
             signing_key,
             node_id,
         })
@@ -120,30 +130,50 @@ impl Deliverer {
         let body = spec.body.clone().unwrap_or_default();
         let method =
             reqwest::Method::from_bytes(spec.method.as_bytes()).unwrap_or(reqwest::Method::POST);
-        let request = self
-            .http
-            .request(method, &spec.url)
-            .headers(self.headers(req, timestamp, &body))
-            .timeout(Duration::from_millis(spec.timeout_ms))
-            .body(body);
         let clock = Instant::now();
-        let result = request.send().await;
+        let checked = match reqwest::Url::parse(&spec.url) {
+            Ok(url) => self.resolver.check_url(&url).await,
+            Err(e) => Err(UrlCheck::Unresolved(format!("invalid url: {e}"))),
+        };
+        let result = match checked {
+            Ok(()) => Ok(self
+                .http
+                .request(method, &spec.url)
+                .headers(self.headers(req, timestamp, &body))
+                .timeout(Duration::from_millis(spec.timeout_ms))
+                .body(body)
+                .send()
+                .await),
+            Err(stop) => Err(stop),
+        };
+        let mut denied = false;
         let (status, retry_after, error) = match result {
-            Ok(mut resp) => {
-                let status = resp.status().as_u16();
-                let retry_after = if matches!(status, 429 | 503) {
-                    resp.headers().get(RETRY_AFTER).and_then(parse_retry_after)
-                } else {
-                    None
-                };
-                // Read a bounded prefix of the body (a short body lets the connection be
-                // reused); the request's timeout bounds the time. Dropping a response whose body
-                // is not finished closes its connection.
-                read_prefix(&mut resp, RESPONSE_BODY_BYTES_MAX).await;
-                (Some(status), retry_after, None)
+            Err(UrlCheck::Denied(d)) => {
+                denied = true;
+                (None, None, Some(d.to_string()))
             }
-            // Without the URL: it may carry credentials (SPEC §7), and the run names its job.
-            Err(e) => (None, None, Some(describe(&e.without_url()))),
+            Err(UrlCheck::Unresolved(e)) => (None, None, Some(format!("connect error: {e}"))),
+            Ok(Err(e)) if egress::find_denied(&e).is_some() => {
+                denied = true;
+                (None, None, egress::find_denied(&e).map(Denied::to_string))
+            }
+            Ok(result) => match result {
+                Ok(mut resp) => {
+                    let status = resp.status().as_u16();
+                    let retry_after = if matches!(status, 429 | 503) {
+                        resp.headers().get(RETRY_AFTER).and_then(parse_retry_after)
+                    } else {
+                        None
+                    };
+                    // Read a bounded prefix of the body (a short body lets the connection be
+                    // reused); the request's timeout bounds the time. Dropping a response whose body
+                    // is not finished closes its connection.
+                    read_prefix(&mut resp, RESPONSE_BODY_BYTES_MAX).await;
+                    (Some(status), retry_after, None)
+                }
+                // Without the URL: it may carry credentials (SPEC §7), and the run names its job.
+                Err(e) => (None, None, Some(describe(&e.without_url()))),
+            },
         };
         let attempt = Attempt {
             n: req.n,
@@ -158,6 +188,7 @@ impl Deliverer {
             HttpOutcome {
                 status,
                 retry_after,
+                denied,
             },
         )
     }

@@ -9,6 +9,7 @@
 
 pub mod delivery;
 mod doubt;
+pub mod egress;
 mod pace;
 pub mod plan;
 mod runner;

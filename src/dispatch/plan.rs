@@ -113,6 +113,8 @@ pub struct HttpOutcome {
     pub status: Option<u16>,
     /// `Retry-After` of a 429 or 503, if it parsed.
     pub retry_after: Option<Duration>,
+    /// The attempt can never succeed (the egress policy denies the target): no retry.
+    pub denied: bool,
 }
 
 impl HttpOutcome {
@@ -142,7 +144,7 @@ pub fn after_attempt(
     if outcome.succeeded() {
         return AttemptResult::Succeeded;
     }
-    if n >= retry.max_attempts {
+    if n >= retry.max_attempts || outcome.denied {
         return AttemptResult::Failed;
     }
     let mut delay = backoff_ms(n, retry, rand01);
@@ -389,22 +391,27 @@ mod tests {
         let ok = HttpOutcome {
             status: Some(204),
             retry_after: None,
+            denied: false,
         };
         let err = HttpOutcome {
             status: Some(500),
             retry_after: None,
+            denied: false,
         };
         let timeout = HttpOutcome {
             status: None,
             retry_after: None,
+            denied: false,
         };
         let busy = HttpOutcome {
             status: Some(503),
             retry_after: Some(Duration::from_secs(7)),
+            denied: false,
         };
         let too_long = HttpOutcome {
             status: Some(429),
             retry_after: Some(Duration::from_secs(3600)),
+            denied: false,
         };
         assert_eq!(after_attempt(1, &r, &ok, 0, 0.5), AttemptResult::Succeeded);
         assert_eq!(
@@ -425,5 +432,14 @@ mod tests {
         );
         assert_eq!(after_attempt(3, &r, &err, 0, 0.5), AttemptResult::Failed);
         assert_eq!(after_attempt(3, &r, &ok, 0, 0.5), AttemptResult::Succeeded);
+        let denied = HttpOutcome {
+            denied: true,
+            ..timeout
+        };
+        assert_eq!(
+            after_attempt(1, &r, &denied, 0, 0.5),
+            AttemptResult::Failed,
+            "an egress denial is never retried"
+        );
     }
 }

@@ -655,6 +655,8 @@ impl Dispatcher {
             let result = after_attempt(p.n, &job.spec.retry, &http, now_ms(), rand::random());
             crate::metrics::run_result(&result);
             let (outcome, error) = match (&attempt.status_code, &attempt.error) {
+                // Nothing reached the target: the policy stopped it, which says nothing of it.
+                (None, e) if http.denied => (Outcome::NotSent, e.clone()),
                 (None, e) => (Outcome::Failed, e.clone()),
                 (Some(_), _) if http.succeeded() => (Outcome::Answered, None),
                 (Some(s), _) => (Outcome::Answered, Some(format!("status {s}"))),

@@ -217,3 +217,55 @@ async fn the_data_dir_is_owner_only() {
         .mode();
     assert_eq!(mode & 0o777, 0o700);
 }
+
+#[tokio::test]
+async fn egress_to_metadata_and_the_clusters_own_ports_is_refused() {
+    // Loopback is denied but for one address, the sink's (an allow opens the defaults too, so
+    // it must not cover the node's own addresses).
+    let sink = Sink::start_on("127.0.0.3:0".parse().expect("addr")).await;
+    let c = single(&[
+        "--egress-deny",
+        "127.0.0.0/8",
+        "--egress-allow",
+        "127.0.0.3/32",
+    ])
+    .await;
+    let (api, peer) = (c.nodes[0].api, c.nodes[0].peer);
+    // Literal addresses are refused at create, naming the url.
+    for url in [
+        "http://169.254.169.254/latest/meta-data/".to_owned(),
+        "http://[::ffff:169.254.169.254]/".to_owned(),
+        format!("http://{api}/v1/jobs"),
+        format!("http://{peer}/forward/write"),
+        format!("http://127.0.0.2:{}/x", sink.addr.port()),
+    ] {
+        let mut body = job("egress");
+        body["url"] = json!(url);
+        let (s, err) = c.post(0, "/v1/jobs", &body).await.expect("create");
+        assert_eq!(s, 422, "{url}: {err}");
+        assert_eq!(err["error"]["field"], "url", "{url}");
+    }
+    // A name is checked when it resolves, at the attempt: final, not retried.
+    let body = json!({
+        "id": "by-name",
+        "url": format!("http://localhost:{}/v1/jobs", api.port()),
+        "schedule": {"after": "0s"},
+        "retry": {"max_attempts": 5, "initial_backoff": "100ms"},
+    });
+    let (s, v) = c.post(0, "/v1/jobs", &body).await.expect("create");
+    assert_eq!(s, 201, "{v}");
+    let run = eventually(Duration::from_secs(10), "the run to fail", || async {
+        let (_, v) = c.get(0, "/v1/jobs/by-name/runs").await?;
+        (v["runs"][0]["status"] == "failed").then(|| v["runs"][0].clone())
+    })
+    .await;
+    let attempts = run["attempts"].as_array().expect("attempts");
+    assert_eq!(attempts.len(), 1, "never retried: {run}");
+    let error = attempts[0]["error"].as_str().unwrap_or_default();
+    assert!(error.starts_with("egress_denied"), "{error}");
+    // An address the allow list opens inside a denied range is delivered to.
+    let body = json!({"id": "allowed", "url": sink.url("/ok"), "schedule": {"after": "0s"}});
+    let (s, v) = c.post(0, "/v1/jobs", &body).await.expect("create");
+    assert_eq!(s, 201, "{v}");
+    sink.wait_for("allowed", 1, Duration::from_secs(10)).await;
+}

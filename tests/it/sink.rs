@@ -83,6 +83,7 @@ impl Sink {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .expect("bind sink");
+        let addr = listener.local_addr().expect("sink addr");
         let inner = Arc::new(Mutex::new(Inner::default()));
         let app = Router::new().fallback(record).with_state(inner.clone());
         tokio::spawn(async move {

@@ -1,0 +1,357 @@
+//! Egress policy (SPEC §3): which addresses a delivery may connect to, checked against the
+//! resolved address, and the DNS resolver deliveries use.
+//!
+//! - Denied by default: every cluster member's API and peer address (host and port),
+//!   `169.254.0.0/16` (cloud metadata, link-local), `fe80::/10` and `fd00:ec2::254`.
+//! - `--egress-deny` adds ranges, `--egress-allow` opens ranges. Between the two the most
+//!   specific range wins (a tie denies), and either wins over the defaults.
+//! - An IPv4-mapped IPv6 address is judged as the IPv4 address it maps.
+//! - A member bound to loopback or to every interface is reachable through any loopback or
+//!   unspecified address, so those count as its address too.
+//!
+//! Where it is enforced: a job whose URL names a denied literal address is refused at create;
+//! before every attempt the URL's host is resolved and every address checked with its port;
+//! and the resolver reqwest connects through drops denied addresses again (it cannot see the
+//! port, so there only ranges apply), so an answer that changed since the check cannot reach a
+//! denied range. Lookups are asynchronous (hickory), off the blocking pool that fsync uses.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, RwLock};
+
+use ipnet::IpNet;
+
+/// Ranges denied unless an `--egress-allow` opens them.
+pub const DEFAULT_DENY: [&str; 3] = ["169.254.0.0/16", "fe80::/10", "fd00:ec2::254/128"];
+
+/// Why an address may not be reached, for the attempt's error text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denied(pub String);
+
+impl std::fmt::Display for Denied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "egress_denied: {}", self.0)
+    }
+}
+
+impl std::error::Error for Denied {}
+
+/// The node's egress rules and the cluster's member addresses.
+#[derive(Debug)]
+pub struct EgressPolicy {
+    /// `--egress-allow` (true) and `--egress-deny` (false) ranges.
+    user: Vec<(IpNet, bool)>,
+    defaults: Vec<IpNet>,
+    members: RwLock<Vec<SocketAddr>>,
+}
+
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    }
+}
+
+/// Parses `CIDR,CIDR,…` (a bare address is a single-address range).
+pub fn parse_ranges(flag: &str, list: &str) -> anyhow::Result<Vec<IpNet>> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<IpNet>()
+                .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+                .map(|n| n.trunc())
+                .map_err(|_| anyhow::anyhow!("{flag}: {s:?} is not an address range (CIDR)"))
+        })
+        .collect()
+}
+
+impl EgressPolicy {
+    pub fn new(allow: Vec<IpNet>, deny: Vec<IpNet>) -> EgressPolicy {
+        let user = allow
+            .into_iter()
+            .map(|n| (n, true))
+            .chain(deny.into_iter().map(|n| (n, false)))
+            .collect();
+        let defaults = DEFAULT_DENY.iter().filter_map(|s| s.parse().ok()).collect();
+        EgressPolicy {
+            user,
+            defaults,
+            members: RwLock::new(Vec::new()),
+        }
+    }
+
+    /// Replaces the member addresses (every member's API and peer address, resolved).
+    pub fn set_members(&self, members: Vec<SocketAddr>) {
+        *self.members.write().unwrap_or_else(|p| p.into_inner()) = members;
+    }
+
+    /// The user's verdict for `ip`: the most specific matching range, a tie denying.
+    fn user_verdict(&self, ip: IpAddr) -> Option<bool> {
+        self.user
+            .iter()
+            .filter(|(net, _)| net.contains(&ip))
+            .max_by_key(|(net, allow)| (net.prefix_len(), !allow))
+            .map(|(_, allow)| *allow)
+    }
+
+    /// May `ip` be reached on some port? Ranges only; see `check` for members' ports.
+    pub fn check_ip(&self, ip: IpAddr) -> Result<(), Denied> {
+        let ip = canonical(ip);
+        match self.user_verdict(ip) {
+            Some(true) => Ok(()),
+            Some(false) => Err(Denied(format!("{ip} is in an --egress-deny range"))),
+            None if self.defaults.iter().any(|n| n.contains(&ip)) => Err(Denied(format!(
+                "{ip} is link-local or a cloud metadata address (open it with --egress-allow)"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// May `addr` be reached?
+    pub fn check(&self, addr: SocketAddr) -> Result<(), Denied> {
+        let ip = canonical(addr.ip());
+        if self.user_verdict(ip) == Some(true) {
+            return Ok(());
+        }
+        self.check_ip(ip)?;
+        let local = |ip: IpAddr| ip.is_loopback() || ip.is_unspecified();
+        let members = self.members.read().unwrap_or_else(|p| p.into_inner());
+        let member = members.iter().find(|m| {
+            let mip = canonical(m.ip());
+            m.port() == addr.port() && (mip == ip || (local(mip) && local(ip)))
+        });
+        match member {
+            Some(m) => Err(Denied(format!(
+                "{} is the address of a cluster member ({m})",
+                SocketAddr::new(ip, addr.port())
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The URL's host as an IP address, when it is a literal one.
+pub fn literal_ip(url: &reqwest::Url) -> Option<IpAddr> {
+    match url.host()? {
+        url::Host::Ipv4(v4) => Some(IpAddr::V4(v4)),
+        url::Host::Ipv6(v6) => Some(IpAddr::V6(v6)),
+        url::Host::Domain(_) => None,
+    }
+}
+
+/// The resolver of deliveries: hickory (asynchronous, with its own cache) plus the policy.
+#[derive(Clone)]
+pub struct Resolver {
+    dns: hickory_resolver::TokioResolver,
+    policy: Arc<EgressPolicy>,
+}
+
+impl Resolver {
+    /// The system's resolver configuration (`/etc/resolv.conf`, `/etc/hosts`); without one,
+    /// the hosts file only.
+    pub fn new(policy: Arc<EgressPolicy>) -> Resolver {
+        use hickory_resolver::config::{ResolveHosts, ResolverConfig};
+        use hickory_resolver::name_server::TokioConnectionProvider;
+        let mut builder = hickory_resolver::TokioResolver::builder_tokio().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "no system DNS configuration; deliveries resolve from the hosts file only");
+            hickory_resolver::TokioResolver::builder_with_config(
+                ResolverConfig::new(),
+                TokioConnectionProvider::default(),
+            )
+        });
+        builder.options_mut().use_hosts_file = ResolveHosts::Always;
+        Resolver {
+            dns: builder.build(),
+            policy,
+        }
+    }
+
+    pub fn policy(&self) -> &Arc<EgressPolicy> {
+        &self.policy
+    }
+
+    /// Every address of `host`.
+    pub async fn lookup(&self, host: &str) -> Result<Vec<IpAddr>, String> {
+        match self.dns.lookup_ip(host).await {
+            Ok(found) => Ok(found.iter().collect()),
+            Err(e) => Err(format!("cannot resolve {host}: {e}")),
+        }
+    }
+
+    /// Resolves `HOST:PORT` addresses of cluster members and makes them the policy's members.
+    /// A name that does not resolve now is skipped (and tried again at the next refresh).
+    pub async fn refresh_members(&self, addrs: impl IntoIterator<Item = String>) {
+        let mut members = Vec::new();
+        for a in addrs {
+            if let Ok(sa) = a.parse::<SocketAddr>() {
+                members.push(sa);
+                continue;
+            }
+            let Some((host, port)) = a.rsplit_once(':') else {
+                continue;
+            };
+            let Ok(port) = port.parse::<u16>() else {
+                continue;
+            };
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            if let Ok(ips) = self.lookup(host).await {
+                members.extend(ips.into_iter().map(|ip| SocketAddr::new(ip, port)));
+            }
+        }
+        members.sort();
+        members.dedup();
+        self.policy.set_members(members);
+    }
+
+    /// Checks every address `url` leads to, with its port, before an attempt.
+    pub async fn check_url(&self, url: &reqwest::Url) -> Result<(), UrlCheck> {
+        let port = url.port_or_known_default().unwrap_or(80);
+        let ips = match (literal_ip(url), url.host_str()) {
+            (Some(ip), _) => vec![ip],
+            (None, Some(host)) => self.lookup(host).await.map_err(UrlCheck::Unresolved)?,
+            (None, None) => return Err(UrlCheck::Unresolved("url has no host".into())),
+        };
+        for ip in ips {
+            self.policy
+                .check(SocketAddr::new(ip, port))
+                .map_err(UrlCheck::Denied)?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a URL may not be tried now.
+#[derive(Debug)]
+pub enum UrlCheck {
+    /// Denied by the policy: final, never retried.
+    Denied(Denied),
+    /// The name did not resolve: an ordinary failed attempt, retried.
+    Unresolved(String),
+}
+
+impl reqwest::dns::Resolve for Resolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let this = self.clone();
+        Box::pin(async move {
+            let host = name.as_str();
+            let ips = this
+                .lookup(host)
+                .await
+                .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { e.into() })?;
+            let mut denied = None;
+            let allowed: Vec<SocketAddr> = ips
+                .into_iter()
+                .filter(|ip| match this.policy.check_ip(*ip) {
+                    Ok(()) => true,
+                    Err(d) => {
+                        denied = Some(d);
+                        false
+                    }
+                })
+                .map(|ip| SocketAddr::new(ip, 0))
+                .collect();
+            match (allowed.is_empty(), denied) {
+                (true, Some(d)) => Err(Box::new(d) as Box<dyn std::error::Error + Send + Sync>),
+                _ => Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs),
+            }
+        })
+    }
+}
+
+/// The egress denial that `e` is or was caused by, if any.
+pub fn find_denied<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a Denied> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(d) = err.downcast_ref::<Denied>() {
+            return Some(d);
+        }
+        cur = err.source();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn defaults_members_and_user_ranges_decide_in_order() {
+        let p = EgressPolicy::new(
+            parse_ranges("--egress-allow", "169.254.10.0/24, 10.1.2.3").unwrap(),
+            parse_ranges("--egress-deny", "10.0.0.0/8,192.168.0.0/16").unwrap(),
+        );
+        p.set_members(vec![
+            addr("127.0.0.1:7101"),
+            addr("127.0.0.1:7201"),
+            addr("10.77.0.12:7100"),
+        ]);
+        let cases = [
+            // The metadata address and link-local ranges, also IPv4-mapped.
+            ("169.254.169.254:80", false),
+            ("[::ffff:169.254.169.254]:80", false),
+            ("[fe80::1]:80", false),
+            ("[fd00:ec2::254]:80", false),
+            // Opened by --egress-allow, more specific than the default.
+            ("169.254.10.7:80", true),
+            // Members: the exact address, and any loopback or unspecified address for a member
+            // on loopback; another port of theirs is fine.
+            ("127.0.0.1:7101", false),
+            ("127.0.0.2:7201", false),
+            ("0.0.0.0:7201", false),
+            ("[::1]:7101", false),
+            ("127.0.0.1:8080", true),
+            ("10.77.0.12:7100", false),
+            ("10.77.0.12:7101", false), // in 10.0.0.0/8, denied by the user
+            // The most specific user range wins.
+            ("10.1.2.3:443", true),
+            ("10.1.2.4:443", false),
+            ("192.168.1.1:80", false),
+            // Anything else is allowed.
+            ("93.184.216.34:443", true),
+            ("[2001:db8::1]:443", true),
+        ];
+        for (a, want) in cases {
+            assert_eq!(
+                p.check(addr(a)).is_ok(),
+                want,
+                "{a}: {:?}",
+                p.check(addr(a))
+            );
+        }
+        // A tie between allow and deny denies.
+        let tie = EgressPolicy::new(
+            parse_ranges("a", "10.0.0.0/8").unwrap(),
+            parse_ranges("d", "10.0.0.0/8").unwrap(),
+        );
+        assert!(tie.check(addr("10.0.0.1:80")).is_err());
+        assert!(parse_ranges("--egress-deny", "10.0.0.0/33").is_err());
+        assert!(parse_ranges("--egress-deny", "nope").is_err());
+    }
+
+    #[test]
+    fn a_denial_is_found_through_error_sources() {
+        #[derive(Debug)]
+        struct Wrapper(Denied);
+        impl std::fmt::Display for Wrapper {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "connect failed")
+            }
+        }
+        impl std::error::Error for Wrapper {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let w = Wrapper(Denied("x".into()));
+        assert_eq!(find_denied(&w), Some(&Denied("x".into())));
+        assert!(find_denied(&std::io::Error::other("plain")).is_none());
+        assert_eq!(Denied("x".into()).to_string(), "egress_denied: x");
+    }
+}
