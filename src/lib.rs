@@ -8,3 +8,4 @@ pub mod limits;
 pub mod metrics;
 pub mod node;
 pub mod schedule;
+pub mod serve;

@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::dispatch::egress::{EgressPolicy, Resolver};
 use crate::dispatch::{self, Deliverer, DispatchConfig};
 use crate::limits::{DISPATCH_HORIZON, SHUTDOWN_GRACE};
+use crate::serve::{raise_open_files_limit, serve, Limits};
 
 /// Worker threads of the runtime that runs Raft (core, replication, storage, peer server).
 const RAFT_WORKER_THREADS: usize = 2;
@@ -102,6 +103,7 @@ pub async fn run(
             tracing::warn!(%listed, %peer_addr, "--initial-cluster lists another peer address for this node");
         }
     }
+    let open_files = raise_open_files_limit();
     let raft_rt = RaftRuntime::new()?;
     let replica_config = ReplicaConfig {
         node_id: config.node_id,
@@ -188,7 +190,7 @@ pub async fn run(
         let stop = peer_stop.clone();
         async move {
             match TcpListener::from_std(peer_listener) {
-                Ok(l) => serve("peer", l, peer_app, stop).await,
+                Ok(l) => serve("peer", l, peer_app, stop, PEER_LIMITS).await,
                 Err(e) => tracing::error!(error = %e, "cannot serve the peer socket"),
             }
         }
@@ -202,7 +204,17 @@ pub async fn run(
         resolver.policy().clone(),
         &config,
     )));
-    let api_server = tokio::spawn(serve("api", listeners.api, api_app, api_stop.clone()));
+    let api_limits = Limits {
+        connections_max: api_connections_max(open_files),
+        ..API_LIMITS
+    };
+    let api_server = tokio::spawn(serve(
+        "api",
+        listeners.api,
+        api_app,
+        api_stop.clone(),
+        api_limits,
+    ));
 
     shutdown.cancelled().await;
     members_stop.cancel();
@@ -224,6 +236,26 @@ pub async fn run(
     Ok(())
 }
 
+/// Bounds of the API server; its connection cap comes from the open-file limit.
+const API_LIMITS: Limits = Limits {
+    header_read: Duration::from_secs(5),
+    request: Duration::from_secs(30),
+    connections_max: 1024,
+};
+
+/// Bounds of the peer server: a few nodes with pooled connections; snapshots take longer.
+const PEER_LIMITS: Limits = Limits {
+    header_read: Duration::from_secs(10),
+    request: Duration::from_secs(60),
+    connections_max: 256,
+};
+
+/// The API's connection cap: well below the open-file limit (a quarter, leaving room for the
+/// peer server, outgoing deliveries and the data files), at least 64, at most 65,536.
+fn api_connections_max(open_files: u64) -> usize {
+    (open_files / 4).clamp(64, 65_536) as usize
+}
+
 /// How often the egress policy re-reads the members' addresses (membership can change).
 const MEMBERS_REFRESH: Duration = Duration::from_secs(2);
 
@@ -243,18 +275,4 @@ fn member_addrs(replica: &Replica, own: &[String]) -> Vec<String> {
         .chain(apis)
         .chain(own.iter().cloned())
         .collect()
-}
-
-async fn serve(
-    name: &'static str,
-    listener: TcpListener,
-    app: axum::Router,
-    stop: CancellationToken,
-) {
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await;
-    if let Err(e) = result {
-        tracing::error!(server = name, error = %e, "server failed");
-    }
 }

@@ -1,7 +1,7 @@
 //! `/v1/cluster`, `/healthz` and `/readyz`.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -68,9 +68,21 @@ pub async fn cluster(state: Shared) -> Json<impl Serialize> {
     })
 }
 
-pub async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok"}))
+/// Alive, and `503` once the replicated core has stopped on a fatal error (a storage failure):
+/// the node can no longer do its part and should be restarted or replaced.
+pub async fn healthz(state: Shared) -> Response {
+    match &state.replica.metrics().running_state {
+        Ok(()) => (StatusCode::OK, Json(json!({"status": "ok"}))).into_response(),
+        Err(fatal) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "failed", "reason": fatal.to_string()})),
+        )
+            .into_response(),
+    }
 }
+
+/// How long one `/readyz` answer is reused.
+const READY_CACHE: Duration = Duration::from_millis(500);
 
 /// How long `/readyz` waits for the leader to confirm this node is caught up.
 const READY_PROBE_DEADLINE: Duration = Duration::from_secs(1);
@@ -80,12 +92,27 @@ const READY_PROBE_DEADLINE: Duration = Duration::from_secs(1);
 /// followers, so the leader's own word is not enough.)
 pub async fn readyz(state: Shared) -> Response {
     let replica = &state.replica;
-    let probe = replica.read_barrier_within(READY_PROBE_DEADLINE).await;
+    // Unauthenticated, so a probe costs a Raft round at most once per `READY_CACHE`: callers
+    // meanwhile share the last answer (and wait for a probe in progress).
+    let probe = {
+        let mut last = state.ready.lock().await;
+        match &*last {
+            Some((at, probe)) if at.elapsed() < READY_CACHE => probe.clone(),
+            _ => {
+                let probe = replica
+                    .read_barrier_within(READY_PROBE_DEADLINE)
+                    .await
+                    .map_err(|e| e.to_string());
+                *last = Some((Instant::now(), probe.clone()));
+                probe
+            }
+        }
+    };
     let m = replica.metrics();
     let applied = m.last_applied.map_or(0, |l| l.index);
     let (status, reason) = match &probe {
         Ok(()) => (StatusCode::OK, "ok".to_string()),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.clone()),
     };
     let body = json!({"ready": probe.is_ok(), "reason": reason, "leader_id": m.current_leader,
                       "applied_index": applied, "commit_index": replica.committed_index()});

@@ -40,6 +40,8 @@ pub struct ApiState {
     run_retention: u32,
     /// Refuses jobs aimed at a denied literal address.
     egress: Arc<EgressPolicy>,
+    /// The last `/readyz` probe: when, and its outcome.
+    ready: tokio::sync::Mutex<Option<(std::time::Instant, Result<(), String>)>>,
 }
 
 impl ApiState {
@@ -63,6 +65,7 @@ impl ApiState {
             read_tokens: config.read_tokens.clone(),
             run_retention: config.run_retention,
             egress,
+            ready: tokio::sync::Mutex::new(None),
         }
     }
 

@@ -269,3 +269,150 @@ async fn egress_to_metadata_and_the_clusters_own_ports_is_refused() {
     assert_eq!(s, 201, "{v}");
     sink.wait_for("allowed", 1, Duration::from_secs(10)).await;
 }
+
+/// A node started under `wrapper` (e.g. `prlimit`), on ports chosen by the system; returns it
+/// with its API address, read from its log.
+struct Node {
+    child: std::process::Child,
+    api: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Node {
+    fn start(wrapper: &[&str], extra: &[&str]) -> Node {
+        use std::io::{BufRead, BufReader};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (program, pre) = match wrapper.split_first() {
+            Some((p, rest)) => (*p, [rest, &[HOOKD]].concat()),
+            None => (HOOKD, Vec::new()),
+        };
+        let mut child = Command::new(program)
+            .args(pre)
+            .args(["serve", "--dev", "--listen", "127.0.0.1:0"])
+            .args(["--peer-listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path().join("d"))
+            .args(extra)
+            .env("HOOKD_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn hookd");
+        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let api = loop {
+            let line = lines.next().expect("hookd exited").expect("log line");
+            if let Some(rest) = line.split("api_addr=").nth(1) {
+                let addr = rest.split_whitespace().next().unwrap_or_default();
+                break addr.parse().expect("api_addr");
+            }
+        };
+        // Keep draining the log so the node never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        Node {
+            child,
+            api,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_half_sent_request_is_cut_within_the_header_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let node = Node::start(&[], &[]);
+    let mut s = tokio::net::TcpStream::connect(node.api)
+        .await
+        .expect("connect");
+    s.write_all(b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: app")
+        .await
+        .expect("write");
+    let started = Instant::now();
+    let mut buf = [0u8; 512];
+    // The server either closes at once or answers 408 and closes; both end the read.
+    let read = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "still open after 20 s");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(4) && took < Duration::from_secs(8),
+        "cut after {took:?}, the header timeout is 5 s"
+    );
+}
+
+#[tokio::test]
+async fn many_idle_connections_do_not_stop_a_create() {
+    // 512 open files for the node: its connection cap is 128.
+    let node = Node::start(&["prlimit", "--nofile=512:512"], &[]);
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    let url = format!("http://{}/v1/jobs", node.api);
+    eventually(Duration::from_secs(10), "the node to answer", || async {
+        let s = http.get(&url).send().await.ok()?.status();
+        (s == 200).then_some(())
+    })
+    .await;
+    // Four times the cap in idle connections, held open.
+    let mut idle = Vec::new();
+    for _ in 0..512 {
+        idle.push(
+            tokio::net::TcpStream::connect(node.api)
+                .await
+                .expect("connect"),
+        );
+    }
+    // A new connection (the readiness probe's may still be pooled).
+    let fresh = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    let started = Instant::now();
+    let resp = fresh
+        .post(&url)
+        .json(&job("through"))
+        .send()
+        .await
+        .expect("a create is answered");
+    assert_eq!(resp.status().as_u16(), 201);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+    drop(idle);
+}
+
+#[tokio::test]
+async fn healthz_turns_503_once_storage_fails() {
+    let c = single(&[]).await;
+    let (s, _) = c.get(0, "/healthz").await.expect("healthz");
+    assert_eq!(s, 200);
+    // Debug builds only: makes every flush of this node fail.
+    std::fs::write(c.nodes[0].data_dir.join("db/hookd-test-storage-fault"), b"")
+        .expect("fault file");
+    let _ = c.post(0, "/v1/jobs", &job("doomed")).await;
+    let body = eventually(Duration::from_secs(10), "healthz 503", || async {
+        let (s, v) = c.get(0, "/healthz").await?;
+        (s == 503).then_some(v)
+    })
+    .await;
+    assert_eq!(body["status"], "failed", "{body}");
+}

@@ -60,6 +60,13 @@ impl Disk {
 
     /// Returns once everything written to the database so far would survive a power loss.
     pub async fn flush(&self) -> Result<(), sled::Error> {
+        // Debug builds only: a test makes storage fail by creating this file in the db dir.
+        #[cfg(debug_assertions)]
+        if self.files.dir.join(TEST_FAULT_FILE).exists() {
+            return Err(sled::Error::Io(io::Error::other(
+                "storage fault injected by a test",
+            )));
+        }
         self.db.flush_async().await?;
         let files = self.files.clone();
         tokio::task::spawn_blocking(move || files.sync())
@@ -75,6 +82,10 @@ impl Disk {
         Ok(())
     }
 }
+
+/// In debug builds, its presence in the db dir makes every flush fail (the `/healthz` test).
+#[cfg(debug_assertions)]
+pub const TEST_FAULT_FILE: &str = "hookd-test-storage-fault";
 
 impl Files {
     fn sync(&self) -> io::Result<()> {

@@ -1,0 +1,220 @@
+//! The HTTP servers of a node (the API and the peer port), over hyper directly so that every
+//! connection is bounded (SPEC §7):
+//!
+//! - a header-read timeout: a request whose head is not complete within it is cut, and since
+//!   hyper starts that clock whenever it waits for a head, a connection idle that long between
+//!   requests is closed too;
+//! - a cap on open connections: at the cap the connection idle the longest is closed to make
+//!   room, and a new one is refused only when every connection is busy;
+//! - a request timeout: a handler still running after it is answered `503`.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{header, Request, Response, StatusCode};
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+/// The bounds of one server.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub header_read: Duration,
+    pub request: Duration,
+    pub connections_max: usize,
+}
+
+/// A connection as the accept loop sees it.
+struct Tracked {
+    /// Requests being handled now.
+    busy: Arc<AtomicUsize>,
+    /// Milliseconds since `epoch` when the last request ended (or the connection opened).
+    idle_since_ms: Arc<AtomicU64>,
+    close: CancellationToken,
+}
+
+/// Which connection to close to make room for a new one: the one idle the longest, if any is
+/// idle. Pure; `(id, busy, idle_since_ms)` per open connection.
+pub fn evict(conns: impl IntoIterator<Item = (u64, usize, u64)>) -> Option<u64> {
+    conns
+        .into_iter()
+        .filter(|(_, busy, _)| *busy == 0)
+        .min_by_key(|(id, _, since)| (*since, *id))
+        .map(|(id, _, _)| id)
+}
+
+/// Serves `app` on `listener` until `stop`, then lets the connections finish their requests.
+pub async fn serve(
+    name: &'static str,
+    listener: TcpListener,
+    app: Router,
+    stop: CancellationToken,
+    limits: Limits,
+) {
+    let epoch = Instant::now();
+    let now_ms = move || epoch.elapsed().as_millis() as u64;
+    let conns: Arc<Mutex<HashMap<u64, Tracked>>> = Arc::default();
+    let tasks = TaskTracker::new();
+    let mut next_id = 0u64;
+    loop {
+        let stream = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, say: back off a little instead of spinning.
+                    tracing::warn!(server = name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        next_id += 1;
+        let id = next_id;
+        let tracked = {
+            let mut open = conns.lock().unwrap_or_else(|p| p.into_inner());
+            if open.len() >= limits.connections_max {
+                let victim = evict(open.iter().map(|(id, t)| {
+                    (
+                        *id,
+                        t.busy.load(Ordering::Relaxed),
+                        t.idle_since_ms.load(Ordering::Relaxed),
+                    )
+                }));
+                match victim.and_then(|v| open.remove(&v)) {
+                    Some(v) => v.close.cancel(),
+                    None => {
+                        tracing::warn!(
+                            server = name,
+                            "connection cap reached and every connection busy; refusing one"
+                        );
+                        continue; // dropping the stream closes it
+                    }
+                }
+            }
+            let t = Tracked {
+                busy: Arc::default(),
+                idle_since_ms: Arc::new(AtomicU64::new(now_ms())),
+                close: stop.child_token(),
+            };
+            let handle = Tracked {
+                busy: t.busy.clone(),
+                idle_since_ms: t.idle_since_ms.clone(),
+                close: t.close.clone(),
+            };
+            open.insert(id, t);
+            handle
+        };
+        let (app, conns) = (app.clone(), conns.clone());
+        tasks.spawn(async move {
+            serve_connection(stream, app, &tracked, limits, now_ms).await;
+            conns.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        });
+    }
+    tasks.close();
+    tasks.wait().await;
+}
+
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    app: Router,
+    tracked: &Tracked,
+    limits: Limits,
+    now_ms: impl Fn() -> u64 + Clone + Send + Sync + 'static,
+) {
+    let (busy, idle_since) = (tracked.busy.clone(), tracked.idle_since_ms.clone());
+    let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+        let (app, busy, idle_since, now_ms) = (
+            app.clone(),
+            busy.clone(),
+            idle_since.clone(),
+            now_ms.clone(),
+        );
+        async move {
+            busy.fetch_add(1, Ordering::Relaxed);
+            let response = match tokio::time::timeout(limits.request, app.oneshot(req)).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(never)) => match never {},
+                Err(_) => timed_out(limits.request),
+            };
+            idle_since.store(now_ms(), Ordering::Relaxed);
+            busy.fetch_sub(1, Ordering::Relaxed);
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read);
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = tracked.close.cancelled() => {
+            // Idle connections close at once; one mid-request gets to finish it, briefly.
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(limits.request, conn).await;
+        }
+    }
+}
+
+fn timed_out(limit: Duration) -> Response<Body> {
+    let body = serde_json::json!({"error": {
+        "code": "timeout",
+        "message": format!("the request took longer than {limit:?}"),
+    }});
+    Response::builder()
+        .status(StatusCode::SERVICE_UNAVAILABLE)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::RETRY_AFTER, "1")
+        .body(Body::from(body.to_string()))
+        .unwrap_or_default()
+}
+
+/// Raises the soft open-file limit to the hard one (SPEC §7) and returns the soft limit now in
+/// force, from which the connection caps are derived.
+pub fn raise_open_files_limit() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(e) => {
+                tracing::warn!(error = %e, soft, hard, "cannot raise the open-file limit");
+                soft
+            }
+        },
+        Ok((soft, _)) => soft,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the open-file limit; assuming 1024");
+            1024
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_idle_longest_is_closed_first_and_busy_ones_never() {
+        // (id, busy, idle since) per connection → the one to close.
+        type Conns = Vec<(u64, usize, u64)>;
+        let cases: Vec<(Conns, Option<u64>)> = vec![
+            (vec![], None),
+            (vec![(1, 1, 0), (2, 3, 5)], None),
+            (vec![(1, 1, 0), (2, 0, 50), (3, 0, 20)], Some(3)),
+            (vec![(7, 0, 10), (4, 0, 10)], Some(4)),
+        ];
+        for (conns, want) in cases {
+            assert_eq!(evict(conns.clone()), want, "{conns:?}");
+        }
+    }
+}
