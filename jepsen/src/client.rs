@@ -66,7 +66,7 @@ impl Api {
             .no_proxy()
             .timeout(OP_TIMEOUT)
             .connect_timeout(Duration::from_secs(2))
-            .pool_idle_timeout(Duration::from_secs(10))
+            .pool_idle_timeout(Duration::from_secs(2)) // below hookd's 5 s idle cut
             .build()?;
         Ok(Api { http, nodes })
     }

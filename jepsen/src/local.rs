@@ -203,6 +203,7 @@ pub fn http() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(10))
+        .pool_idle_timeout(Duration::from_secs(2)) // below hookd's 5 s idle cut
         .build()
         .expect("http client")
 }

@@ -55,6 +55,8 @@ impl ApiState {
             .timeout(targets::FORWARD_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
+            // Below the API server's idle cut (`serve::Limits::header_read`, 5 s).
+            .pool_idle_timeout(std::time::Duration::from_secs(2))
             .build()
             .unwrap_or_default();
         ApiState {

@@ -58,7 +58,9 @@ impl PeerClient {
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(30))
+            // Below the peer server's idle cut (10 s), so a pooled connection is never reused
+            // just as the server closes it.
+            .pool_idle_timeout(Duration::from_secs(5))
             .pool_max_idle_per_host(32)
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
