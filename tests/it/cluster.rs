@@ -322,6 +322,33 @@ async fn peer_traffic_needs_the_secret_and_the_right_target_node() {
         .send()
         .await;
     assert_eq!(no_secret.expect("answer").status().as_u16(), 401);
+    // Forged Raft traffic and raw commands, without the secret or with a wrong one.
+    for (path, body) in [
+        (
+            "/raft/append",
+            serde_json::json!({"vote": {}, "entries": []}),
+        ),
+        ("/raft/snapshot", serde_json::json!({})),
+        (
+            "/forward/write",
+            serde_json::json!({"delete_job": {"id": "secret-ok", "now_ms": 0}}),
+        ),
+    ] {
+        for secret in [None, Some("peer-s3cre"), Some("peer-s3cretX")] {
+            let mut req = c
+                .http
+                .post(format!("http://{}{path}", c.nodes[leader].peer))
+                .header("hookd-target-node", &target)
+                .json(&body);
+            if let Some(s) = secret {
+                req = req.bearer_auth(s);
+            }
+            let status = req.send().await.expect("answer").status().as_u16();
+            assert_eq!(status, 401, "{path} with {secret:?}");
+        }
+    }
+    let (s, _) = c.get(leader, "/v1/jobs/secret-ok").await.expect("get");
+    assert_eq!(s, 200, "the forged delete was not applied");
     let wrong_target = c
         .http
         .post(&peer_url)
