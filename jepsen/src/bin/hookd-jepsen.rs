@@ -27,8 +27,9 @@ struct Args {
 enum Cmd {
     /// One run of a profile.
     Run {
-        /// smoke (60 s of node faults plus a black hole and an overload), soak (30 min), quick
-        /// (25 s, for trying the harness) or workload (the black hole and the overload first).
+        /// smoke (72 s of node faults plus a black hole), soak (30 min, every fault, the overload
+        /// included), quick (25 s, for trying the harness) or workload (the black hole and the
+        /// overload first).
         #[arg(long, default_value = "smoke")]
         profile: String,
         #[arg(long, default_value = "target/release/hookd")]
