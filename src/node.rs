@@ -137,14 +137,10 @@ pub async fn run(
         config.egress_allow.clone(),
         config.egress_deny.clone(),
     )));
-    let own = vec![
-        api_addr.to_string(),
-        peer_addr.to_string(),
-        config.listen.to_string(),
-        config.peer_listen.to_string(),
-    ];
-    let own: Vec<String> = own
-        .into_iter()
+    // This node's own addresses, bound and configured (they differ with socket activation).
+    let own: Vec<String> = [api_addr, peer_addr, config.listen, config.peer_listen]
+        .iter()
+        .map(ToString::to_string)
         .chain(config.advertise_api.clone())
         .collect();
     resolver.refresh_members(member_addrs(&replica, &own)).await;

@@ -153,10 +153,6 @@ impl Deliverer {
                 (None, None, Some(d.to_string()))
             }
             Err(UrlCheck::Unresolved(e)) => (None, None, Some(format!("connect error: {e}"))),
-            Ok(Err(e)) if egress::find_denied(&e).is_some() => {
-                denied = true;
-                (None, None, egress::find_denied(&e).map(Denied::to_string))
-            }
             Ok(result) => match result {
                 Ok(mut resp) => {
                     let status = resp.status().as_u16();
@@ -170,6 +166,11 @@ impl Deliverer {
                     // is not finished closes its connection.
                     read_prefix(&mut resp, RESPONSE_BODY_BYTES_MAX).await;
                     (Some(status), retry_after, None)
+                }
+                // Denied at connect: the answer for the name changed since the check.
+                Err(e) if egress::find_denied(&e).is_some() => {
+                    denied = true;
+                    (None, None, egress::find_denied(&e).map(Denied::to_string))
                 }
                 // Without the URL: it may carry credentials (SPEC §7), and the run names its job.
                 Err(e) => (None, None, Some(describe(&e.without_url()))),
