@@ -86,9 +86,9 @@ struct Inner {
     changes: broadcast::Sender<Change>,
     /// Open captures of snapshots being built, by sequence number (see the module docs).
     captures: Mutex<HashMap<u64, PreImages>>,
-    /// Held by a snapshot build while it reads a generation; an install waits for it, so a
-    /// generation is never dropped under a build.
-    building: tokio::sync::Mutex<()>,
+    /// Held from a capture's opening to the end of its build; an install waits for it, so a
+    /// generation is never replaced under a build (and a build never copies a stale one).
+    building: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The value each key had when a capture opened, recorded at its first change since: `None`
@@ -161,9 +161,19 @@ impl StateMachineStore {
                 snapshot_seq: AtomicU64::new(0),
                 changes: broadcast::channel(CHANGES_CAPACITY).0,
                 captures: Mutex::new(HashMap::new()),
-                building: tokio::sync::Mutex::new(()),
+                building: Arc::new(tokio::sync::Mutex::new(())),
             }),
         })
+    }
+
+    /// Captures still open (tests: a builder must never leave one behind).
+    #[cfg(test)]
+    pub(super) fn open_captures(&self) -> usize {
+        self.inner
+            .captures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 
     pub fn view(&self) -> StateView {
@@ -376,6 +386,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         // This runs on the state-machine worker, serialized with apply: open a capture here,
         // cheaply; `build_snapshot` copies the state later in its own task.
         let seq = self.inner.snapshot_seq.fetch_add(1, Ordering::Relaxed);
+        // openraft builds one snapshot at a time and spawns the build at once, so this waits for
+        // nothing that needs this worker.
+        let building = self.inner.building.clone().lock_owned().await;
         let captured = self.applied_state().await.map(|(applied, membership)| {
             let mut captures = self
                 .inner
@@ -388,6 +401,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 applied,
                 membership,
                 gen: self.inner.current(),
+                _building: building,
             }
         });
         SnapshotBuilder {
@@ -488,12 +502,22 @@ struct Captured {
     applied: Option<LogId>,
     membership: StoredMembership,
     gen: Arc<Generation>,
+    _building: tokio::sync::OwnedMutexGuard<()>,
 }
 
 /// Builds a snapshot of the state at the point captured by `get_snapshot_builder`.
 pub struct SnapshotBuilder {
     store: StateMachineStore,
     captured: Result<Captured, StorageError>,
+}
+
+/// A builder dropped unused closes its capture, so applies stop recording for it.
+impl Drop for SnapshotBuilder {
+    fn drop(&mut self) {
+        if let Ok(c) = &self.captured {
+            self.store.inner.close_capture(c.seq);
+        }
+    }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -503,12 +527,12 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             applied,
             membership,
             gen,
+            _building: building,
         } = std::mem::replace(
             &mut self.captured,
             Err(sm_err(std::io::Error::other("snapshot builder used twice"))),
         )?;
         let started = std::time::Instant::now();
-        let building = self.store.inner.building.lock().await;
         let store = self.store.clone();
         let data = tokio::task::spawn_blocking(move || {
             let body = store.dump(&gen, seq)?;

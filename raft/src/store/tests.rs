@@ -98,6 +98,11 @@ async fn a_snapshot_is_the_state_when_taken_while_applies_go_on() -> Result<(), 
     let mut again = sm.get_snapshot_builder().await;
     let second = again.build_snapshot().await?;
     assert_eq!(second.meta.last_log_id.map(|l| l.index), Some(65));
+    assert_eq!(sm.open_captures(), 0, "a build closes its capture");
+    // A builder dropped unused closes its capture too (else applies would record forever).
+    drop(sm.get_snapshot_builder().await);
+    assert_eq!(sm.open_captures(), 0);
+    sm.apply([entry(66, node(7, "d"))]).await?;
     Ok(())
 }
 
