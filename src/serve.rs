@@ -31,7 +31,8 @@ pub struct Limits {
     pub connections_max: usize,
 }
 
-/// A connection as the accept loop sees it.
+/// A connection as the accept loop sees it (a clone shares its state).
+#[derive(Clone)]
 struct Tracked {
     /// Requests being handled now.
     busy: Arc<AtomicUsize>,
@@ -105,13 +106,8 @@ pub async fn serve(
                 idle_since_ms: Arc::new(AtomicU64::new(now_ms())),
                 close: stop.child_token(),
             };
-            let handle = Tracked {
-                busy: t.busy.clone(),
-                idle_since_ms: t.idle_since_ms.clone(),
-                close: t.close.clone(),
-            };
-            open.insert(id, t);
-            handle
+            open.insert(id, t.clone());
+            t
         };
         let (app, conns) = (app.clone(), conns.clone());
         tasks.spawn(async move {

@@ -112,87 +112,69 @@ pub fn profile(name: &str) -> anyhow::Result<Profile> {
             .collect(),
         ..caps_params.clone()
     };
+    // 60 s of node faults plus the black hole (~12 s); the other profiles say how they differ.
+    let smoke = Profile {
+        name: name.into(),
+        warmup: Duration::from_secs(5),
+        fault_time: Duration::from_secs(72),
+        drain: Duration::from_secs(12),
+        clients: 5,
+        live_max: 100,
+        think_ms: (40, 120),
+        hold_ms: (3000, 6000),
+        gap_ms: (1500, 3000),
+        first: smoke_first,
+        draw_workload: false,
+        caps: Some(CAPS),
+        load: load(),
+        params: smoke_params,
+    };
     Ok(match name {
-        // 60 s of node faults plus the black hole (~12 s).
-        "smoke" => Profile {
-            name: name.into(),
-            warmup: Duration::from_secs(5),
-            fault_time: Duration::from_secs(72),
-            drain: Duration::from_secs(12),
-            clients: 5,
-            live_max: 100,
-            think_ms: (40, 120),
-            hold_ms: (3000, 6000),
-            gap_ms: (1500, 3000),
-            first: smoke_first,
-            draw_workload: false,
-            caps: Some(CAPS),
-            load: load(),
-            params: smoke_params,
-        },
+        "smoke" => smoke,
         "soak" => Profile {
-            name: name.into(),
             warmup: Duration::from_secs(10),
             fault_time: Duration::from_secs(30 * 60),
             drain: Duration::from_secs(20),
-            clients: 5,
-            live_max: 100,
-            think_ms: (40, 120),
             hold_ms: (3000, 10_000),
             gap_ms: (5000, 15_000),
             first,
             draw_workload: true,
-            caps: Some(CAPS),
-            load: load(),
             params: Params {
                 min_ok_ops: 20_000,
                 min_due_runs: 20_000,
                 ..caps_params
             },
+            ..smoke
         },
         // A short run for trying the harness itself.
         "quick" => Profile {
-            name: name.into(),
             warmup: Duration::from_secs(3),
             fault_time: Duration::from_secs(25),
-            drain: Duration::from_secs(12),
             clients: 4,
             live_max: 40,
-            think_ms: (40, 120),
             hold_ms: (2500, 4000),
             gap_ms: (1000, 2000),
             first: vec![Kind::PartitionLeader, Kind::KillLeader, Kind::PauseLeader],
-            draw_workload: false,
-            caps: Some(CAPS),
-            load: load(),
             params: Params {
                 min_ok_ops: 100,
                 min_due_runs: 100,
                 required_faults: Kind::REQUIRED.to_vec(),
-                ..caps_params.clone()
+                ..caps_params
             },
+            ..smoke
         },
         // The two workload faults first, for trying them (then random node faults).
         "workload" => Profile {
-            name: name.into(),
             warmup: Duration::from_secs(3),
             fault_time: Duration::from_secs(75),
-            drain: Duration::from_secs(12),
-            clients: 5,
-            live_max: 100,
-            think_ms: (40, 120),
-            hold_ms: (3000, 6000),
-            gap_ms: (1500, 3000),
             first: Kind::WORKLOAD.to_vec(),
-            draw_workload: false,
-            caps: Some(CAPS),
-            load: load(),
             params: Params {
                 min_ok_ops: 100,
                 min_due_runs: 100,
                 required_faults: Kind::WORKLOAD.to_vec(),
                 ..caps_params
             },
+            ..smoke
         },
         other => bail!("unknown profile {other:?} (smoke, soak, quick, workload)"),
     })

@@ -17,7 +17,7 @@ use hookd_raft::NodeId;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER, USER_AGENT};
 use sha2::Sha256;
 
-use super::egress::{self, Denied, Resolver, UrlCheck};
+use super::egress::{self, Resolver, UrlCheck};
 use super::plan::HttpOutcome;
 
 use crate::limits::{DELIVERY_CONNECT_TIMEOUT, RESPONSE_BODY_BYTES_MAX};
@@ -131,14 +131,15 @@ impl Deliverer {
         let method =
             reqwest::Method::from_bytes(spec.method.as_bytes()).unwrap_or(reqwest::Method::POST);
         let clock = Instant::now();
+        // Parsed once: checked against the egress policy, then sent to.
         let checked = match reqwest::Url::parse(&spec.url) {
-            Ok(url) => self.resolver.check_url(&url).await,
+            Ok(url) => self.resolver.check_url(&url).await.map(|()| url),
             Err(e) => Err(UrlCheck::Unresolved(format!("invalid url: {e}"))),
         };
-        let result = match checked {
-            Ok(()) => Ok(self
+        let sent = match checked {
+            Ok(url) => Ok(self
                 .http
-                .request(method, &spec.url)
+                .request(method, url)
                 .headers(self.headers(req, timestamp, &body))
                 .timeout(Duration::from_millis(spec.timeout_ms))
                 .body(body)
@@ -147,34 +148,34 @@ impl Deliverer {
             Err(stop) => Err(stop),
         };
         let mut denied = false;
-        let (status, retry_after, error) = match result {
+        let (status, retry_after, error) = match sent {
+            Ok(Ok(mut resp)) => {
+                let status = resp.status().as_u16();
+                let retry_after = if matches!(status, 429 | 503) {
+                    resp.headers().get(RETRY_AFTER).and_then(parse_retry_after)
+                } else {
+                    None
+                };
+                // Read a bounded prefix of the body (a short body lets the connection be
+                // reused); the request's timeout bounds the time. Dropping a response whose body
+                // is not finished closes its connection.
+                read_prefix(&mut resp, RESPONSE_BODY_BYTES_MAX).await;
+                (Some(status), retry_after, None)
+            }
+            Ok(Err(e)) => match egress::find_denied(&e) {
+                // Denied at connect: the answer for the name changed since the check.
+                Some(d) => {
+                    denied = true;
+                    (None, None, Some(d.to_string()))
+                }
+                // Without the URL: it may carry credentials (SPEC §7), and the run names its job.
+                None => (None, None, Some(describe(&e.without_url()))),
+            },
             Err(UrlCheck::Denied(d)) => {
                 denied = true;
                 (None, None, Some(d.to_string()))
             }
             Err(UrlCheck::Unresolved(e)) => (None, None, Some(format!("connect error: {e}"))),
-            Ok(result) => match result {
-                Ok(mut resp) => {
-                    let status = resp.status().as_u16();
-                    let retry_after = if matches!(status, 429 | 503) {
-                        resp.headers().get(RETRY_AFTER).and_then(parse_retry_after)
-                    } else {
-                        None
-                    };
-                    // Read a bounded prefix of the body (a short body lets the connection be
-                    // reused); the request's timeout bounds the time. Dropping a response whose body
-                    // is not finished closes its connection.
-                    read_prefix(&mut resp, RESPONSE_BODY_BYTES_MAX).await;
-                    (Some(status), retry_after, None)
-                }
-                // Denied at connect: the answer for the name changed since the check.
-                Err(e) if egress::find_denied(&e).is_some() => {
-                    denied = true;
-                    (None, None, egress::find_denied(&e).map(Denied::to_string))
-                }
-                // Without the URL: it may carry credentials (SPEC §7), and the run names its job.
-                Err(e) => (None, None, Some(describe(&e.without_url()))),
-            },
         };
         let attempt = Attempt {
             n: req.n,

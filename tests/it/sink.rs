@@ -65,20 +65,11 @@ pub struct Sink {
 
 impl Sink {
     pub async fn start() -> Sink {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind sink");
-        let addr = listener.local_addr().expect("sink addr");
-        let inner = Arc::new(Mutex::new(Inner::default()));
-        let app = Router::new().fallback(record).with_state(inner.clone());
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Sink { addr, inner }
+        Sink::start_on(SocketAddr::from(([127, 0, 0, 1], 0))).await
     }
 
-    /// A sink on a given loopback address, e.g. a port a test kept refusing connections on
-    /// until now.
+    /// A sink on a given loopback address (port 0: one the system picks), e.g. a port a test
+    /// kept refusing connections on until now.
     pub async fn start_on(addr: SocketAddr) -> Sink {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
