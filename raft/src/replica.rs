@@ -148,12 +148,11 @@ const BATCH_BYTES_MAX: usize = 64 << 10;
 /// batches time out forever, and the followers, hearing nothing, elected new leaders.)
 const RAFT_PAYLOAD_ENTRIES_MAX: u64 = 16;
 
-/// How long after the last metrics tick the dispatcher may still trust a quorum ack: the lease
-/// ends this much before the shortest election timeout, leaving room for the 1.5-heartbeat
-/// metrics tick.
+/// How long after sending an AppendEntries that a quorum accepted the dispatcher may still act:
+/// a heartbeat interval before the shortest election timeout, the earliest a follower that
+/// accepted it could start an election.
 fn max_ack_age(t: &RaftTiming) -> Duration {
-    let tick = t.heartbeat_ms * 3 / 2;
-    Duration::from_millis(t.election_timeout_min_ms.saturating_sub(tick + 25))
+    Duration::from_millis(t.election_timeout_min_ms.saturating_sub(t.heartbeat_ms))
 }
 
 impl Replica {
@@ -187,7 +186,8 @@ impl Replica {
         }
         .validate()
         .map_err(|e| StartError::Config(e.to_string()))?;
-        let peers = PeerClient::new(config.peer_secret.clone(), view.clone())
+        let leadership = Leadership::new(config.node_id, max_ack_age(&config.timing));
+        let peers = PeerClient::new(config.peer_secret.clone(), view.clone(), leadership.acks())
             .map_err(|e| StartError::Client(e.to_string()))?;
         let raft = Raft::new(
             config.node_id,
@@ -220,8 +220,6 @@ impl Replica {
                 .map_err(|e| StartError::Raft(e.to_string()))?;
         }
 
-        let leadership = Leadership::new(max_ack_age(&config.timing));
-        let config_node_id = config.node_id;
         let (proposals, proposals_rx) = mpsc::channel(PROPOSALS_QUEUED_MAX);
         let cancel = CancellationToken::new();
         let replica = Arc::new(Replica {
@@ -244,7 +242,7 @@ impl Replica {
             .tasks
             .spawn(async move { announcer.announce().await });
         // Not tracked: it ends by itself when Raft shuts down.
-        tokio::spawn(leadership.watch(raft.metrics(), config_node_id));
+        tokio::spawn(leadership.watch(raft.metrics()));
         Ok(replica)
     }
 

@@ -1,7 +1,7 @@
 //! The client side of the peer transport: one shared `reqwest::Client` for every peer, with
 //! explicit timeouts, used both by openraft (`RaftNetworkFactory`) and by request forwarding.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::error::{NetworkError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -12,7 +12,8 @@ use super::{
     ForwardError, CLUSTER_ID_HEADER, PATH_APPEND, PATH_FORWARD_READ_INDEX, PATH_FORWARD_WRITE,
     PATH_SNAPSHOT, PATH_VOTE, TARGET_NODE_HEADER,
 };
-use crate::command::{Command, CommandResult};
+use crate::command::{Command, CommandResult, Epoch};
+use crate::lease::Acks;
 use crate::secret::Secret;
 use crate::store::StateView;
 use crate::typ::{
@@ -30,6 +31,7 @@ pub struct PeerClient {
     http: reqwest::Client,
     secret: Option<Secret>,
     view: StateView,
+    acks: Acks,
 }
 
 /// Why a peer request failed before the peer produced an application-level answer.
@@ -54,7 +56,12 @@ pub enum TransportError {
 }
 
 impl PeerClient {
-    pub fn new(secret: Option<Secret>, view: StateView) -> Result<PeerClient, reqwest::Error> {
+    /// `acks` records each AppendEntries a peer accepts (the leader lease, `crate::lease`).
+    pub fn new(
+        secret: Option<Secret>,
+        view: StateView,
+        acks: Acks,
+    ) -> Result<PeerClient, reqwest::Error> {
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
@@ -65,7 +72,12 @@ impl PeerClient {
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
             .build()?;
-        Ok(PeerClient { http, secret, view })
+        Ok(PeerClient {
+            http,
+            secret,
+            view,
+            acks,
+        })
     }
 
     /// POSTs `body` as JSON to `path` on the peer `target` at `addr` and decodes the JSON answer.
@@ -191,7 +203,19 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse, RpcError> {
-        self.rpc(PATH_APPEND, &rpc, &option).await
+        // The lease counts from before the request left, never from when the answer came.
+        let sent = Instant::now();
+        let resp: AppendEntriesResponse = self.rpc(PATH_APPEND, &rpc, &option).await?;
+        if !matches!(resp, AppendEntriesResponse::HigherVote(_)) {
+            // Success, partial success or a log conflict: the peer accepted this leader.
+            let leader = rpc.vote.leader_id();
+            let epoch = Epoch {
+                term: leader.term,
+                node_id: leader.node_id,
+            };
+            self.client.acks.record(self.target, epoch, sent);
+        }
+        Ok(resp)
     }
 
     async fn install_snapshot(
