@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
+use hookd_raft::tls::TlsFiles;
 use hookd_raft::Secret;
 use ipnet::IpNet;
 
@@ -79,6 +80,24 @@ pub struct ServeArgs {
     /// (no --peer-secret, no peer TLS). For test labs only.
     #[arg(long, env = "HOOKD_INSECURE_PEER", num_args = 0..=1, default_missing_value = "true")]
     pub insecure_peer: Option<bool>,
+    /// Serve the API over HTTPS with this certificate (PEM, leaf first); re-read when it changes.
+    #[arg(long, env = "HOOKD_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "HOOKD_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Also require API clients to present a certificate signed by this CA (PEM).
+    #[arg(long, env = "HOOKD_TLS_CLIENT_CA", value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Mutual TLS between nodes: this node's certificate (PEM), naming its peer address.
+    #[arg(long, env = "HOOKD_PEER_TLS_CERT", value_name = "FILE")]
+    pub peer_tls_cert: Option<PathBuf>,
+    /// The private key of --peer-tls-cert (PEM).
+    #[arg(long, env = "HOOKD_PEER_TLS_KEY", value_name = "FILE")]
+    pub peer_tls_key: Option<PathBuf>,
+    /// The CA every node's peer certificate must chain to (PEM).
+    #[arg(long, env = "HOOKD_PEER_TLS_CA", value_name = "FILE")]
+    pub peer_tls_ca: Option<PathBuf>,
     /// Default signing key for deliveries (Standard Webhooks, whsec_…).
     #[arg(long, env = "HOOKD_SIGNING_SECRET", value_name = "whsec_…")]
     pub signing_secret: Option<String>,
@@ -130,6 +149,12 @@ struct FileConfig {
     read_token: Option<Tokens>,
     peer_secret: Option<String>,
     insecure_peer: Option<bool>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
+    peer_tls_cert: Option<PathBuf>,
+    peer_tls_key: Option<PathBuf>,
+    peer_tls_ca: Option<PathBuf>,
     signing_secret: Option<String>,
     cluster_id: Option<String>,
     advertise_api: Option<String>,
@@ -192,6 +217,10 @@ pub struct Config {
     /// Tokens that may only read.
     pub read_tokens: Vec<Secret>,
     pub peer_secret: Option<Secret>,
+    /// API TLS (`ca`: client certificates required).
+    pub api_tls: Option<TlsFiles>,
+    /// Peer mutual TLS (`ca` always set).
+    pub peer_tls: Option<TlsFiles>,
     pub signing_secret: Option<String>,
     pub cluster_id: Option<String>,
     pub advertise_api: Option<String>,
@@ -274,13 +303,39 @@ impl ServeArgs {
         let read_tokens = tokens("--read-token", self.read_token, file.read_token)?;
         let peer_secret =
             non_empty("--peer-secret", self.peer_secret.or(file.peer_secret))?.map(Secret::new);
+        let api_tls = match (
+            self.tls_cert.or(file.tls_cert),
+            self.tls_key.or(file.tls_key),
+            self.tls_client_ca.or(file.tls_client_ca),
+        ) {
+            (Some(cert), Some(key), ca) => Some(TlsFiles { cert, key, ca }),
+            (None, None, None) => None,
+            (None, None, Some(_)) => bail!("--tls-client-ca needs --tls-cert and --tls-key"),
+            _ => bail!("--tls-cert and --tls-key go together: give both or neither"),
+        };
+        let peer_tls = match (
+            self.peer_tls_cert.or(file.peer_tls_cert),
+            self.peer_tls_key.or(file.peer_tls_key),
+            self.peer_tls_ca.or(file.peer_tls_ca),
+        ) {
+            (Some(cert), Some(key), Some(ca)) => Some(TlsFiles {
+                cert,
+                key,
+                ca: Some(ca),
+            }),
+            (None, None, None) => None,
+            _ => bail!(
+                "--peer-tls-cert, --peer-tls-key and --peer-tls-ca go together: give all three or none"
+            ),
+        };
         let insecure_peer = self.insecure_peer.or(file.insecure_peer).unwrap_or(false);
-        if peer_secret.is_none() && !insecure_peer {
+        if peer_secret.is_none() && peer_tls.is_none() && !insecure_peer {
             if let Some(addr) = initial_cluster.values().find(|a| !is_loopback(a)) {
                 bail!(
                     "peer address {addr} is not on loopback, so node-to-node traffic can leave this machine: \
-                     set --peer-secret (HOOKD_PEER_SECRET) to authenticate it, \
-                     or --insecure-peer for a test lab"
+                     authenticate it with --peer-secret (HOOKD_PEER_SECRET) or with mutual TLS \
+                     (--peer-tls-cert, --peer-tls-key, --peer-tls-ca), \
+                     or pass --insecure-peer for a test lab"
                 );
             }
         }
@@ -330,6 +385,8 @@ impl ServeArgs {
             api_tokens,
             read_tokens,
             peer_secret,
+            api_tls,
+            peer_tls,
             signing_secret,
             cluster_id,
             advertise_api,
@@ -513,6 +570,70 @@ mod tests {
             "empty token"
         );
         assert!(format!("{c:?}").contains("Secret(***)") && !format!("{c:?}").contains("f1"));
+    }
+
+    #[test]
+    fn tls_flags_go_together_and_peer_tls_authenticates_peers() {
+        let f = |s: &str| Some(PathBuf::from(s));
+        let remote = || ServeArgs {
+            node_id: Some(1),
+            data_dir: f("/tmp/x"),
+            initial_cluster: Some("1=10.0.0.1:7201,2=10.0.0.2:7201".into()),
+            ..Default::default()
+        };
+        let err = remote().into_config().unwrap_err().to_string();
+        for flag in [
+            "--peer-secret",
+            "--peer-tls-cert",
+            "--peer-tls-key",
+            "--peer-tls-ca",
+        ] {
+            assert!(err.contains(flag), "the error names {flag}: {err}");
+        }
+        let c = ServeArgs {
+            peer_tls_cert: f("c"),
+            peer_tls_key: f("k"),
+            peer_tls_ca: f("ca"),
+            tls_cert: f("ac"),
+            tls_key: f("ak"),
+            ..remote()
+        }
+        .into_config()
+        .unwrap();
+        assert_eq!(c.peer_tls.unwrap().ca, f("ca"));
+        assert_eq!(
+            c.api_tls.unwrap().ca,
+            None,
+            "no client CA: no client certificates"
+        );
+        let refused: Vec<(ServeArgs, &str)> = vec![
+            (
+                ServeArgs {
+                    peer_tls_cert: f("c"),
+                    peer_tls_key: f("k"),
+                    ..remote()
+                },
+                "--peer-tls-ca",
+            ),
+            (
+                ServeArgs {
+                    tls_cert: f("c"),
+                    ..remote()
+                },
+                "--tls-key",
+            ),
+            (
+                ServeArgs {
+                    tls_client_ca: f("ca"),
+                    ..remote()
+                },
+                "--tls-cert",
+            ),
+        ];
+        for (args, named) in refused {
+            let err = args.into_config().unwrap_err().to_string();
+            assert!(err.contains(named), "{err}");
+        }
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::sync::OnceLock;
 
 use hookd_raft::command::{Attempt, AttemptResult};
-use metrics::{counter, histogram};
+use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
@@ -80,4 +80,9 @@ pub fn claim_rate(per_s: f64) {
 /// A target's circuit opened.
 pub fn circuit_opened() {
     counter!("hookd_target_circuit_opened_total").increment(1);
+}
+
+/// The notAfter (Unix seconds) of the certificate a listener serves (`api` or `peer`).
+pub fn tls_expiry(listener: &'static str, not_after: i64) {
+    gauge!("hookd_tls_cert_expiry_timestamp_seconds", "listener" => listener).set(not_after as f64);
 }

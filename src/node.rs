@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use hookd_raft::tls::Reloading;
 use hookd_raft::{RaftTiming, Replica, ReplicaConfig};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -103,6 +104,19 @@ pub async fn run(
             tracing::warn!(%listed, %peer_addr, "--initial-cluster lists another peer address for this node");
         }
     }
+    // TLS files load before anything starts, so a bad one stops the node with its name.
+    let api_tls = config
+        .api_tls
+        .clone()
+        .map(Reloading::load)
+        .transpose()
+        .context("load the API TLS files (--tls-cert, --tls-key, --tls-client-ca)")?;
+    let peer_tls = config
+        .peer_tls
+        .clone()
+        .map(Reloading::load)
+        .transpose()
+        .context("load the peer TLS files (--peer-tls-cert, --peer-tls-key, --peer-tls-ca)")?;
     let open_files = raise_open_files_limit();
     let raft_rt = RaftRuntime::new()?;
     let replica_config = ReplicaConfig {
@@ -114,6 +128,7 @@ pub async fn run(
             .unwrap_or_else(|| api_addr.to_string()),
         initial_members: config.initial_cluster.clone(),
         peer_secret: config.peer_secret.clone(),
+        peer_tls: peer_tls.clone(),
         cluster_id: config
             .cluster_id
             .clone()
@@ -179,14 +194,25 @@ pub async fn run(
     let peer_stop = CancellationToken::new();
     let api_stop = CancellationToken::new();
     let servers = TaskTracker::new();
-    let peer_app = hookd_raft::network::peer_router(replica.clone());
+    let peer_app = hookd_raft::network::peer_router(
+        replica.clone(),
+        api::targets::peer_routes(dispatch_handle.clone()),
+    );
     // The peer server (AppendEntries, votes) runs on the raft runtime too.
     let peer_listener = listeners.peer.into_std()?;
+    let tls_files: Vec<_> = [("api", api_tls.clone()), ("peer", peer_tls.clone())]
+        .into_iter()
+        .filter_map(|(name, t)| Some((name, t?)))
+        .collect();
+    tokio::spawn(crate::serve::follow_tls_files(
+        tls_files,
+        members_stop.clone(),
+    ));
     let peer_server = raft_rt.handle().spawn({
         let stop = peer_stop.clone();
         async move {
             match TcpListener::from_std(peer_listener) {
-                Ok(l) => serve("peer", l, peer_app, stop, PEER_LIMITS).await,
+                Ok(l) => serve("peer", l, peer_app, stop, PEER_LIMITS, peer_tls).await,
                 Err(e) => tracing::error!(error = %e, "cannot serve the peer socket"),
             }
         }
@@ -210,6 +236,7 @@ pub async fn run(
         api_app,
         api_stop.clone(),
         api_limits,
+        api_tls,
     ));
 
     shutdown.cancelled().await;

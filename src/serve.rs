@@ -7,6 +7,9 @@
 //! - a cap on open connections: at the cap the connection idle the longest is closed to make
 //!   room, and a new one is refused only when every connection is busy;
 //! - a request timeout: a handler still running after it is answered `503`.
+//!
+//! With TLS the handshake runs in the connection's task, bounded by the header-read timeout,
+//! with the certificate in force at accept time (`hookd_raft::tls::Reloading`).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -17,8 +20,10 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::http::{header, Request, Response, StatusCode};
 use axum::Router;
+use hookd_raft::tls::{Reload, Reloading};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
@@ -51,13 +56,15 @@ pub fn evict(conns: impl IntoIterator<Item = (u64, usize, u64)>) -> Option<u64> 
         .map(|(id, _, _)| id)
 }
 
-/// Serves `app` on `listener` until `stop`, then lets the connections finish their requests.
+/// Serves `app` on `listener` (over TLS with `tls`) until `stop`, then lets the connections
+/// finish their requests.
 pub async fn serve(
     name: &'static str,
     listener: TcpListener,
     app: Router,
     stop: CancellationToken,
     limits: Limits,
+    tls: Option<Arc<Reloading>>,
 ) {
     let epoch = Instant::now();
     let now_ms = move || epoch.elapsed().as_millis() as u64;
@@ -110,8 +117,32 @@ pub async fn serve(
             t
         };
         let (app, conns) = (app.clone(), conns.clone());
+        let acceptor = tls
+            .as_ref()
+            .map(|t| TlsAcceptor::from(t.current().server.clone()));
         tasks.spawn(async move {
-            serve_connection(stream, app, &tracked, limits, now_ms).await;
+            match acceptor {
+                None => serve_connection(stream, app, &tracked, limits, now_ms).await,
+                Some(acceptor) => {
+                    let handshake = tokio::time::timeout(limits.header_read, acceptor.accept(stream));
+                    let outcome = tokio::select! {
+                        r = handshake => r,
+                        _ = tracked.close.cancelled() => Ok(Err(std::io::ErrorKind::ConnectionAborted.into())),
+                    };
+                    match outcome {
+                        Ok(Ok(tls_stream)) => {
+                            serve_connection(tls_stream, app, &tracked, limits, now_ms).await
+                        }
+                        // Plain HTTP, a certificate of another CA, or no certificate where one is
+                        // required. Worth seeing on the peer port, where it means a misconfigured node.
+                        Ok(Err(e)) if name == "peer" => {
+                            tracing::warn!(server = name, error = %e, "TLS handshake refused")
+                        }
+                        Ok(Err(e)) => tracing::debug!(server = name, error = %e, "TLS handshake refused"),
+                        Err(_) => tracing::debug!(server = name, "TLS handshake timed out"),
+                    }
+                }
+            }
             conns.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
         });
     }
@@ -119,13 +150,15 @@ pub async fn serve(
     tasks.wait().await;
 }
 
-async fn serve_connection(
-    stream: tokio::net::TcpStream,
+async fn serve_connection<I>(
+    stream: I,
     app: Router,
     tracked: &Tracked,
     limits: Limits,
     now_ms: impl Fn() -> u64 + Clone + Send + Sync + 'static,
-) {
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (busy, idle_since) = (tracked.busy.clone(), tracked.idle_since_ms.clone());
     let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
         let (app, busy, idle_since, now_ms) = (
@@ -158,6 +191,41 @@ async fn serve_connection(
             // Idle connections close at once; one mid-request gets to finish it, briefly.
             conn.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(limits.request, conn).await;
+        }
+    }
+}
+
+/// How often certificate and key files are checked for a change.
+const TLS_CHECK: Duration = Duration::from_secs(1);
+
+/// Re-reads each listener's TLS files about once a second until `stop`: a change that loads is
+/// used for every new connection (and by the peer client), one that does not is logged once and
+/// the old material stays. Keeps the expiry gauge current.
+pub async fn follow_tls_files(tls: Vec<(&'static str, Arc<Reloading>)>, stop: CancellationToken) {
+    for (name, t) in &tls {
+        crate::metrics::tls_expiry(name, t.current().not_after);
+    }
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(TLS_CHECK) => {}
+        }
+        for (name, t) in &tls {
+            let t2 = t.clone();
+            let Ok(outcome) = tokio::task::spawn_blocking(move || t2.reload()).await else {
+                continue;
+            };
+            match outcome {
+                Reload::Loaded => {
+                    let not_after = t.current().not_after;
+                    tracing::info!(listener = name, cert = %t.files().cert.display(), not_after, "TLS certificate reloaded");
+                    crate::metrics::tls_expiry(name, not_after);
+                }
+                Reload::Failed(e) => {
+                    tracing::error!(listener = name, error = %e, "TLS files changed but do not load; still serving the previous certificate")
+                }
+                Reload::Unchanged | Reload::StillFailed => {}
+            }
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod replica;
 pub mod secret;
 pub mod state;
 pub mod store;
+pub mod tls;
 pub mod typ;
 
 pub use command::{Command, CommandResult, Job, JobSpec};

@@ -21,6 +21,7 @@ use crate::network::{ForwardError, PeerClient, TransportError};
 use crate::secret::Secret;
 use crate::state::BATCH_COMMANDS_MAX;
 use crate::store::{OpenError, StateView, Store};
+use crate::tls::Reloading;
 use crate::typ::{CheckIsLeaderError, LogId, Node, NodeId, Raft, RaftMetrics};
 
 /// How long `propose` and `read_barrier` try before answering "no leader": below the 5 s the API
@@ -59,6 +60,8 @@ pub struct ReplicaConfig {
     /// Peer addresses of the initial members; used only when the data dir is new.
     pub initial_members: BTreeMap<NodeId, String>,
     pub peer_secret: Option<Secret>,
+    /// Peer mutual TLS: this node's certificate, and the CA the other nodes' must chain to.
+    pub peer_tls: Option<Arc<Reloading>>,
     /// The cluster id this node proposes when it is the first leader.
     pub cluster_id: String,
     /// When true, `cluster_id` was configured explicitly and a data dir of another cluster is
@@ -187,8 +190,13 @@ impl Replica {
         .validate()
         .map_err(|e| StartError::Config(e.to_string()))?;
         let leadership = Leadership::new(config.node_id, max_ack_age(&config.timing));
-        let peers = PeerClient::new(config.peer_secret.clone(), view.clone(), leadership.acks())
-            .map_err(|e| StartError::Client(e.to_string()))?;
+        let peers = PeerClient::new(
+            config.peer_secret.clone(),
+            view.clone(),
+            leadership.acks(),
+            config.peer_tls.clone(),
+        )
+        .map_err(|e| StartError::Client(e.to_string()))?;
         let raft = Raft::new(
             config.node_id,
             Arc::new(raft_config),
@@ -309,6 +317,27 @@ impl Replica {
                 Err(ForwardError::Overloaded(m)) => return Err(ReplicaError::Overloaded(m)),
             }
         }
+    }
+
+    /// Asks the leader's peer port for `path`, a route the embedding crate added to
+    /// `peer_router`, and decodes its JSON answer. For state only the leader holds in memory.
+    pub async fn ask_leader<B, R>(
+        &self,
+        path: &str,
+        body: &B,
+        within: Duration,
+    ) -> Result<R, ReplicaError>
+    where
+        B: serde::Serialize,
+        R: serde::de::DeserializeOwned,
+    {
+        let deadline = Instant::now() + within;
+        let (leader, addr) = self.await_leader(deadline).await?;
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        self.peers
+            .post(leader, &addr, path, body, remaining)
+            .await
+            .map_err(|e| ReplicaError::NoLeader(e.to_string()))
     }
 
     /// This node's write backlog: proposals waiting for a batch slot plus log entries appended
@@ -612,9 +641,14 @@ impl Replica {
         }
     }
 
-    /// The peer secret, if node-to-node traffic is authenticated.
+    /// The peer secret, if node-to-node traffic is authenticated by one.
     pub fn peer_secret(&self) -> Option<&Secret> {
         self.config.peer_secret.as_ref()
+    }
+
+    /// The client of the other nodes' peer ports (TLS and secret as configured).
+    pub fn peers(&self) -> &PeerClient {
+        &self.peers
     }
 
     /// Stops background tasks and Raft, then flushes the store.

@@ -7,7 +7,7 @@ mod error;
 mod jobs;
 pub mod model;
 mod runs;
-mod targets;
+pub mod targets;
 
 use std::sync::Arc;
 
@@ -33,8 +33,6 @@ use crate::limits::{LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX, REQUEST_BODY_BYTES_MAX};
 pub struct ApiState {
     pub replica: Arc<Replica>,
     dispatch: DispatchHandle,
-    /// Asks the leader's API for what only the leader knows (its dispatcher's targets).
-    leader_api: reqwest::Client,
     api_tokens: Vec<Secret>,
     read_tokens: Vec<Secret>,
     run_retention: u32,
@@ -51,18 +49,9 @@ impl ApiState {
         egress: Arc<EgressPolicy>,
         config: &Config,
     ) -> ApiState {
-        let leader_api = reqwest::Client::builder()
-            .timeout(targets::FORWARD_TIMEOUT)
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            // Below the API server's idle cut (`serve::Limits::header_read`, 5 s).
-            .pool_idle_timeout(std::time::Duration::from_secs(2))
-            .build()
-            .unwrap_or_default();
         ApiState {
             replica,
             dispatch,
-            leader_api,
             api_tokens: config.api_tokens.clone(),
             read_tokens: config.read_tokens.clone(),
             run_retention: config.run_retention,

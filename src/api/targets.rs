@@ -1,31 +1,30 @@
 //! `GET /v1/targets`: per target host:port, the leader's attempts in flight, runs waiting, last
 //! error and circuit state (SPEC §2, §3). That state lives in the leader's dispatcher, so a
-//! follower asks the leader's API for it (once: a forwarded request is never forwarded again).
+//! follower asks the leader for it over the peer port (its TLS and secret, never the API's).
 
 use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::Query;
-use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::routing::post;
+use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use super::model::format_instant;
 use super::{list_limit, query, ApiError, Shared};
 use crate::dispatch::targets::{Breaker, TargetStatus};
+use crate::dispatch::DispatchHandle;
 
 /// How long a follower waits for the leader's answer.
-pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(3);
-/// Marks a request a follower forwarded to the leader.
-const FORWARDED_HEADER: &str = "hookd-forwarded";
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(3);
+/// The leader's peer-port route for a follower's query.
+const PEER_PATH: &str = "/forward/targets";
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
-    #[serde(skip_serializing_if = "Option::is_none")]
     limit: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     after: Option<String>,
 }
 
@@ -69,61 +68,49 @@ struct Page {
 
 pub async fn list(
     state: Shared,
-    headers: HeaderMap,
     params: Result<Query<Params>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let params = query(params)?;
-    let limit = list_limit(params.limit)?;
+    let query = PeerQuery {
+        after: params.after,
+        limit: list_limit(params.limit)?,
+    };
     let leading = state.replica.leadership().epochs().borrow().is_some();
-    if leading {
-        let (targets, next) = state
-            .dispatch
-            .targets(params.after, limit)
-            .await
-            .ok_or_else(|| ApiError::no_leader("this node's dispatcher did not answer"))?;
-        let targets = targets.into_iter().map(TargetView::from).collect();
-        return Ok(Json(Page { targets, next }).into_response());
+    let page = if leading {
+        page(&state.dispatch, query).await
+    } else {
+        state
+            .replica
+            .ask_leader::<_, Option<serde_json::Value>>(PEER_PATH, &query, FORWARD_TIMEOUT)
+            .await?
+    };
+    match page {
+        Some(page) => Ok(Json(page).into_response()),
+        None => Err(ApiError::no_leader(
+            "the leader's dispatcher did not answer (leadership may be changing); ask again",
+        )),
     }
-    if headers.contains_key(FORWARDED_HEADER) {
-        return Err(ApiError::no_leader("this node no longer leads; ask again"));
-    }
-    forward_to_leader(&state, &headers, &params).await
 }
 
-/// Asks the leader's API and passes its answer through.
-async fn forward_to_leader(
-    state: &Shared,
-    headers: &HeaderMap,
-    params: &Params,
-) -> Result<Response, ApiError> {
-    let replica = &state.replica;
-    let leader = replica
-        .metrics()
-        .current_leader
-        .ok_or_else(|| ApiError::no_leader("no leader is known"))?;
-    let addr = replica
-        .view()
-        .node_api_addrs()
-        .into_iter()
-        .find_map(|(id, addr)| (id == leader).then_some(addr))
-        .ok_or_else(|| ApiError::no_leader("the leader's API address is not known yet"))?;
-    let mut req = state
-        .leader_api
-        .get(format!("http://{addr}/v1/targets"))
-        .query(params)
-        .header(FORWARDED_HEADER, "1");
-    if let Some(auth) = headers.get(header::AUTHORIZATION) {
-        req = req.header(header::AUTHORIZATION, auth);
-    }
-    let resp = req
-        .send()
-        .await
-        .map_err(|e| ApiError::no_leader(format!("the leader did not answer: {e}")))?;
-    let status =
-        StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-    let body = resp
-        .bytes()
-        .await
-        .map_err(|e| ApiError::no_leader(format!("the leader's answer broke off: {e}")))?;
-    Ok((status, [(header::CONTENT_TYPE, "application/json")], body).into_response())
+/// What a follower asks the leader's peer port for.
+#[derive(Debug, Serialize, Deserialize)]
+struct PeerQuery {
+    after: Option<String>,
+    limit: usize,
+}
+
+/// This node's dispatcher's page as JSON; None when it does not dispatch.
+async fn page(dispatch: &DispatchHandle, q: PeerQuery) -> Option<serde_json::Value> {
+    let (targets, next) = dispatch.targets(q.after, q.limit).await?;
+    let targets = targets.into_iter().map(TargetView::from).collect();
+    serde_json::to_value(Page { targets, next }).ok()
+}
+
+/// The peer-port route that answers a follower's `GET /v1/targets` on the leader (behind the
+/// peer port's authentication, so a follower needs no API credentials for it).
+pub fn peer_routes(dispatch: DispatchHandle) -> Router {
+    Router::new().route(
+        PEER_PATH,
+        post(|Json(q): Json<PeerQuery>| async move { Json(page(&dispatch, q).await) }),
+    )
 }

@@ -8,9 +8,9 @@ use serde_json::Value;
 
 use crate::harness::{eventually, job, TestCluster};
 
-const ELECTION_WITHIN: Duration = Duration::from_secs(10);
+pub const ELECTION_WITHIN: Duration = Duration::from_secs(10);
 
-fn others(leader: usize) -> Vec<usize> {
+pub fn others(leader: usize) -> Vec<usize> {
     (0..3).filter(|i| *i != leader).collect()
 }
 
@@ -260,15 +260,24 @@ async fn a_node_without_a_majority_answers_503_no_leader_within_5s() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_behind_the_purged_log_catches_up_by_snapshot() {
     let mut c = TestCluster::start_with(3, &["--snapshot-logs", "20"]);
+    catch_up_by_snapshot(&mut c).await;
+}
+
+/// Kills a follower, deletes what it holds and writes past the purged log, restarts it, and
+/// checks it caught up through a snapshot install. `c` runs with `--snapshot-logs 20`.
+pub async fn catch_up_by_snapshot(c: &mut TestCluster) {
     let leader = c.wait_leader(&[0, 1, 2], ELECTION_WITHIN).await;
     let lagging = others(leader)[0];
     // Jobs the lagging node holds, then deleted while it is down: the snapshot it installs must
     // remove them, not only add what is new.
-    let early = create_jobs(&c, leader, "early", 10).await;
+    let early = create_jobs(c, leader, "early", 10).await;
     eventually(
         Duration::from_secs(10),
         "the early jobs on the lagging node",
-        || async { (job_ids(&c, lagging, true).await?.len() == 10).then_some(()) },
+        || async {
+            let ids = job_ids(c, lagging, true).await?;
+            early.iter().all(|id| ids.contains(id)).then_some(())
+        },
     )
     .await;
     c.kill(lagging);
@@ -279,15 +288,17 @@ async fn a_node_behind_the_purged_log_catches_up_by_snapshot() {
             .expect("delete");
         assert_eq!(s, 204);
     }
-    let acked = create_jobs(&c, leader, "snap", 120).await;
+    let acked = create_jobs(c, leader, "snap", 120).await;
     assert_eq!(acked.len(), 120);
     c.spawn(lagging);
-    let expected: BTreeSet<String> = acked.into_iter().collect();
+    let expected = job_ids(c, leader, false).await.expect("the leader's jobs");
+    assert!(acked.iter().all(|id| expected.contains(id)));
+    assert!(!early.iter().any(|id| expected.contains(id)));
     eventually(
         Duration::from_secs(20),
         "the lagging node to catch up",
         || async {
-            let ids = job_ids(&c, lagging, true).await?;
+            let ids = job_ids(c, lagging, true).await?;
             (ids == expected).then_some(())
         },
     )

@@ -32,6 +32,8 @@ pub struct TestCluster {
     pub initial_cluster: String,
     pub extra_args: Vec<String>,
     pub http: reqwest::Client,
+    /// `http`, or `https` for a cluster serving its API over TLS (then `http` trusts its CA).
+    pub scheme: &'static str,
     /// Holds the data dirs and logs; removed on drop.
     _dir: TempDir,
 }
@@ -85,6 +87,7 @@ impl TestCluster {
                 .no_proxy()
                 .build()
                 .expect("http client"),
+            scheme: "http",
             _dir: dir,
         }
     }
@@ -165,7 +168,7 @@ impl TestCluster {
     }
 
     pub fn url(&self, i: usize, path: &str) -> String {
-        format!("http://{}{path}", self.nodes[i].api)
+        format!("{}://{}{path}", self.scheme, self.nodes[i].api)
     }
 
     pub fn log_of(&self, i: usize) -> String {
@@ -333,4 +336,24 @@ pub async fn runs(c: &TestCluster, i: usize, job: &str) -> Vec<Value> {
         .expect("runs");
     assert_eq!(s, 200, "{v}");
     v["runs"].as_array().expect("runs").clone()
+}
+
+/// Node `i`'s `/metrics` text.
+pub async fn metrics_text(c: &TestCluster, i: usize) -> Option<String> {
+    c.http
+        .get(c.url(i, "/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()
+}
+
+/// The value of the sample `series` (name plus labels, exactly as exported) in `text`.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        let rest = l.strip_prefix(series)?;
+        rest.starts_with(' ').then(|| rest.trim().parse().ok())?
+    })
 }

@@ -16,7 +16,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio::time::{timeout, Instant};
 
-use crate::harness::{create, eventually, now_ms, rfc3339, runs, single, TestCluster};
+use crate::harness::{
+    create, eventually, metric, metrics_text, now_ms, rfc3339, runs, single, TestCluster,
+};
 use crate::sink::Sink;
 
 /// How long any hostile server keeps one connection at most (the tests end well before).
@@ -35,25 +37,6 @@ async fn target(c: &TestCluster, i: usize, key: &str) -> Option<Value> {
         .await?
         .into_iter()
         .find(|t| t["target"] == key)
-}
-
-async fn metrics_text(c: &TestCluster, i: usize) -> Option<String> {
-    c.http
-        .get(c.url(i, "/metrics"))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()
-}
-
-/// The value of the sample `series` (name plus labels, exactly as exported) in `text`.
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| {
-        let rest = l.strip_prefix(series)?;
-        rest.starts_with(' ').then(|| rest.trim().parse().ok())?
-    })
 }
 
 /// A field of `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`).

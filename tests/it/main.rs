@@ -8,3 +8,4 @@ mod isolation;
 mod node;
 mod security;
 mod sink;
+mod tls;

@@ -80,7 +80,7 @@ async fn api_tokens_rotate_and_a_read_token_only_reads() {
 }
 
 /// Runs `hookd serve` with `args` until it exits (or `within` passes); its exit code and output.
-fn run_briefly(args: &[&str], within: Duration) -> (Option<i32>, String) {
+pub fn run_briefly(args: &[&str], within: Duration) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut child = Command::new(HOOKD)
         .arg("serve")

@@ -1,6 +1,7 @@
 //! The client side of the peer transport: one shared `reqwest::Client` for every peer, with
 //! explicit timeouts, used both by openraft (`RaftNetworkFactory`) and by request forwarding.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use openraft::error::{NetworkError, RemoteError, Unreachable};
@@ -16,6 +17,7 @@ use crate::command::{Command, CommandResult, Epoch};
 use crate::lease::Acks;
 use crate::secret::Secret;
 use crate::store::StateView;
+use crate::tls::Reloading;
 use crate::typ::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotError, InstallSnapshotRequest,
     InstallSnapshotResponse, LogId, Node, NodeId, RaftError, RpcError, TypeConfig, VoteRequest,
@@ -28,10 +30,28 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// Shared HTTP client for all peers. Cheap to clone.
 #[derive(Clone)]
 pub struct PeerClient {
-    http: reqwest::Client,
+    /// The client and the TLS generation it was built for.
+    http: Arc<Mutex<(u64, reqwest::Client)>>,
+    tls: Option<Arc<Reloading>>,
     secret: Option<Secret>,
     view: StateView,
     acks: Acks,
+}
+
+fn build_http(tls: Option<&Reloading>) -> Result<reqwest::Client, reqwest::Error> {
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        // Below the peer server's idle cut (10 s), so a pooled connection is never reused
+        // just as the server closes it.
+        .pool_idle_timeout(Duration::from_secs(5))
+        .pool_max_idle_per_host(32)
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy();
+    if let Some(client) = tls.and_then(|t| t.current().client.clone()) {
+        builder = builder.use_preconfigured_tls((*client).clone());
+    }
+    builder.build()
 }
 
 /// Why a peer request failed before the peer produced an application-level answer.
@@ -56,32 +76,44 @@ pub enum TransportError {
 }
 
 impl PeerClient {
-    /// `acks` records each AppendEntries a peer accepts (the leader lease, `crate::lease`).
+    /// `acks` records each AppendEntries a peer accepts (the leader lease, `crate::lease`);
+    /// with `tls`, every request is HTTPS with this node's certificate, to peers whose
+    /// certificates the peer CA signed.
     pub fn new(
         secret: Option<Secret>,
         view: StateView,
         acks: Acks,
+        tls: Option<Arc<Reloading>>,
     ) -> Result<PeerClient, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            // Below the peer server's idle cut (10 s), so a pooled connection is never reused
-            // just as the server closes it.
-            .pool_idle_timeout(Duration::from_secs(5))
-            .pool_max_idle_per_host(32)
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .build()?;
+        let generation = tls.as_ref().map_or(0, |t| t.generation());
+        let http = build_http(tls.as_deref())?;
         Ok(PeerClient {
-            http,
+            http: Arc::new(Mutex::new((generation, http))),
+            tls,
             secret,
             view,
             acks,
         })
     }
 
+    /// The client for the TLS material in force: rebuilt after the files changed (connections
+    /// already open go on with the old certificate until the pool retires them).
+    fn http(&self) -> reqwest::Client {
+        let mut cached = self.http.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tls) = &self.tls {
+            let generation = tls.generation();
+            if cached.0 != generation {
+                match build_http(Some(tls)) {
+                    Ok(http) => *cached = (generation, http),
+                    Err(e) => tracing::error!(error = %e, "cannot rebuild the peer client"),
+                }
+            }
+        }
+        cached.1.clone()
+    }
+
     /// POSTs `body` as JSON to `path` on the peer `target` at `addr` and decodes the JSON answer.
-    async fn post<B: Serialize, R: DeserializeOwned>(
+    pub(crate) async fn post<B: Serialize, R: DeserializeOwned>(
         &self,
         target: NodeId,
         addr: &str,
@@ -89,9 +121,10 @@ impl PeerClient {
         body: &B,
         timeout: Duration,
     ) -> Result<R, TransportError> {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
         let mut req = self
-            .http
-            .post(format!("http://{addr}{path}"))
+            .http()
+            .post(format!("{scheme}://{addr}{path}"))
             .timeout(timeout)
             .header(TARGET_NODE_HEADER, target.to_string())
             .json(body);

@@ -32,8 +32,9 @@ struct PeerState {
     secret: Option<Secret>,
 }
 
-/// The router served on `--peer-listen`.
-pub fn peer_router(replica: Arc<Replica>) -> Router {
+/// The router served on `--peer-listen`, with `extra` routes of the embedding crate behind the
+/// same guard (`Replica::ask_leader` calls them).
+pub fn peer_router(replica: Arc<Replica>, extra: Router) -> Router {
     let secret = replica.peer_secret().cloned();
     let state = PeerState { replica, secret };
     Router::new()
@@ -42,9 +43,10 @@ pub fn peer_router(replica: Arc<Replica>) -> Router {
         .route(PATH_SNAPSHOT, post(snapshot))
         .route(PATH_FORWARD_WRITE, post(forward_write))
         .route(PATH_FORWARD_READ_INDEX, post(forward_read_index))
-        .layer(middleware::from_fn_with_state(state.clone(), guard))
+        .with_state(state.clone())
+        .merge(extra)
+        .layer(middleware::from_fn_with_state(state, guard))
         .layer(DefaultBodyLimit::max(PEER_BODY_BYTES_MAX))
-        .with_state(state)
 }
 
 /// Rejects requests without the peer secret, meant for another node, or from another cluster.
