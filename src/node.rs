@@ -208,11 +208,15 @@ pub async fn run(
         tls_files,
         members_stop.clone(),
     ));
+    let peer_limits = Limits {
+        connections_max: connections_max(open_files),
+        ..PEER_LIMITS
+    };
     let peer_server = raft_rt.handle().spawn({
         let stop = peer_stop.clone();
         async move {
             match TcpListener::from_std(peer_listener) {
-                Ok(l) => serve("peer", l, peer_app, stop, PEER_LIMITS, peer_tls).await,
+                Ok(l) => serve("peer", l, peer_app, stop, peer_limits, peer_tls).await,
                 Err(e) => tracing::error!(error = %e, "cannot serve the peer socket"),
             }
         }
@@ -227,7 +231,7 @@ pub async fn run(
         &config,
     )));
     let api_limits = Limits {
-        connections_max: api_connections_max(open_files),
+        connections_max: connections_max(open_files),
         ..API_LIMITS
     };
     let api_server = tokio::spawn(serve(
@@ -266,16 +270,20 @@ const API_LIMITS: Limits = Limits {
     connections_max: 1024,
 };
 
-/// Bounds of the peer server: a few nodes with pooled connections; snapshots take longer.
+/// Bounds of the peer server; snapshots take longer. Its connection cap comes from the
+/// open-file limit like the API's: each follower holds up to `FORWARDS_IN_FLIGHT_MAX` (256)
+/// forwarded requests open here, besides Raft's own, and a cap below that turned forwarded
+/// deletes into `503`s under load (the harness's overload fault).
 const PEER_LIMITS: Limits = Limits {
     header_read: Duration::from_secs(10),
     request: Duration::from_secs(60),
-    connections_max: 256,
+    connections_max: 1024,
 };
 
-/// The API's connection cap: well below the open-file limit (a quarter, leaving room for the
-/// peer server, outgoing deliveries and the data files), at least 64, at most 65,536.
-fn api_connections_max(open_files: u64) -> usize {
+/// Each server's connection cap: well below the open-file limit (a quarter each for the API and
+/// the peer server, leaving room for outgoing deliveries and the data files), at least 64, at
+/// most 65,536.
+fn connections_max(open_files: u64) -> usize {
     (open_files / 4).clamp(64, 65_536) as usize
 }
 

@@ -306,6 +306,10 @@ impl Replica {
                         self.pause_until(deadline).await?;
                         continue;
                     }
+                    // Nothing was sent; the client may try again later.
+                    Err(e @ TransportError::Busy) => {
+                        return Err(ReplicaError::Overloaded(e.to_string()))
+                    }
                     Err(e) => return Err(ReplicaError::Unconfirmed(e.to_string())),
                 }
             };
@@ -335,7 +339,7 @@ impl Replica {
         let (leader, addr) = self.await_leader(deadline).await?;
         let remaining = deadline.saturating_duration_since(Instant::now());
         self.peers
-            .post(leader, &addr, path, body, remaining)
+            .forward(leader, &addr, path, body, remaining)
             .await
             .map_err(|e| ReplicaError::NoLeader(e.to_string()))
     }

@@ -386,3 +386,33 @@ async fn peer_traffic_needs_the_secret_and_the_right_target_node() {
         .await;
     assert_eq!(other_cluster.expect("answer").status().as_u16(), 409);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_concurrent_writes_through_a_follower_than_it_forwards_at_once_all_succeed() {
+    let c = TestCluster::start(3);
+    let leader = c.wait_leader(&[0, 1, 2], ELECTION_WITHIN).await;
+    let follower = others(leader)[0];
+    // Deletes are never shed: each must be acknowledged, however many arrive at once. More than
+    // the follower forwards at once (256) wait for a slot instead of opening a connection each
+    // to the leader's peer port.
+    const N: usize = 600;
+    let ids = create_jobs(&c, leader, "burst", N).await;
+    assert_eq!(ids.len(), N);
+    let paths: Vec<String> = ids.iter().map(|id| format!("/v1/jobs/{id}")).collect();
+    let answers = futures::future::join_all(
+        paths
+            .iter()
+            .map(|p| c.send(follower, Method::DELETE, p, None)),
+    )
+    .await;
+    let mut by_status = std::collections::BTreeMap::new();
+    for a in &answers {
+        *by_status.entry(a.as_ref().map(|(s, _)| *s)).or_insert(0) += 1;
+    }
+    assert_eq!(by_status, [(Some(204), N)].into(), "{by_status:?}");
+    assert!(
+        !c.log_of(leader).contains("connection cap reached"),
+        "{}",
+        c.logs()
+    );
+}

@@ -8,6 +8,7 @@ use openraft::error::{NetworkError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::sync::Semaphore;
 
 use super::{
     ForwardError, CLUSTER_ID_HEADER, PATH_APPEND, PATH_FORWARD_READ_INDEX, PATH_FORWARD_WRITE,
@@ -26,6 +27,10 @@ use crate::typ::{
 
 /// Connect timeout for peer connections; a peer that does not accept within it is unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// Requests this node forwards to the leader at once (writes, read indexes, questions); each
+/// holds a connection to the leader's peer port until answered, so this bounds what a follower
+/// full of API clients opens there. More wait for a slot within their deadline.
+pub const FORWARDS_IN_FLIGHT_MAX: usize = 256;
 
 /// Shared HTTP client for all peers. Cheap to clone.
 #[derive(Clone)]
@@ -36,6 +41,7 @@ pub struct PeerClient {
     secret: Option<Secret>,
     view: StateView,
     acks: Acks,
+    forwards: Arc<Semaphore>,
 }
 
 fn build_http(tls: Option<&Reloading>) -> Result<reqwest::Client, reqwest::Error> {
@@ -67,6 +73,10 @@ pub enum TransportError {
         addr: String,
         source: reqwest::Error,
     },
+    /// Nothing was sent: `FORWARDS_IN_FLIGHT_MAX` forwarded requests stayed in flight until the
+    /// deadline.
+    #[error("{FORWARDS_IN_FLIGHT_MAX} requests to the leader were in flight until the deadline")]
+    Busy,
     #[error("peer {addr} rejected the request with {status}: {body}")]
     Rejected {
         addr: String,
@@ -93,6 +103,7 @@ impl PeerClient {
             secret,
             view,
             acks,
+            forwards: Arc::new(Semaphore::new(FORWARDS_IN_FLIGHT_MAX)),
         })
     }
 
@@ -113,7 +124,7 @@ impl PeerClient {
     }
 
     /// POSTs `body` as JSON to `path` on the peer `target` at `addr` and decodes the JSON answer.
-    pub(crate) async fn post<B: Serialize, R: DeserializeOwned>(
+    async fn post<B: Serialize, R: DeserializeOwned>(
         &self,
         target: NodeId,
         addr: &str,
@@ -162,6 +173,25 @@ impl PeerClient {
         })
     }
 
+    /// `post` for a request forwarded to the leader: waits (within `timeout`) for one of the
+    /// `FORWARDS_IN_FLIGHT_MAX` slots first.
+    pub(crate) async fn forward<B: Serialize, R: DeserializeOwned>(
+        &self,
+        target: NodeId,
+        addr: &str,
+        path: &str,
+        body: &B,
+        timeout: Duration,
+    ) -> Result<R, TransportError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let _slot = tokio::time::timeout_at(deadline, self.forwards.acquire())
+            .await
+            .map_err(|_| TransportError::Busy)?
+            .map_err(|_| TransportError::Busy)?;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.post(target, addr, path, body, left).await
+    }
+
     /// Asks the node at `addr` (believed leader) to propose `cmd`.
     pub async fn forward_write(
         &self,
@@ -170,7 +200,7 @@ impl PeerClient {
         cmd: &Command,
         timeout: Duration,
     ) -> Result<Result<CommandResult, ForwardError>, TransportError> {
-        self.post(target, addr, PATH_FORWARD_WRITE, cmd, timeout)
+        self.forward(target, addr, PATH_FORWARD_WRITE, cmd, timeout)
             .await
     }
 
@@ -181,7 +211,7 @@ impl PeerClient {
         addr: &str,
         timeout: Duration,
     ) -> Result<Result<Option<LogId>, ForwardError>, TransportError> {
-        self.post(target, addr, PATH_FORWARD_READ_INDEX, &(), timeout)
+        self.forward(target, addr, PATH_FORWARD_READ_INDEX, &(), timeout)
             .await
     }
 }
