@@ -133,17 +133,20 @@ impl Deliverer {
         let clock = Instant::now();
         // Parsed once: checked against the egress policy, then sent to.
         let checked = match reqwest::Url::parse(&spec.url) {
-            Ok(url) => self.resolver.check_url(&url).await.map(|()| url),
+            Ok(url) => self.resolver.check_url(&url).await.map(|p| (url, p)),
             Err(e) => Err(UrlCheck::Unresolved(format!("invalid url: {e}"))),
         };
         let sent = match checked {
-            Ok(url) => Ok(self
-                .http
-                .request(method, url)
-                .headers(self.headers(req, timestamp, &body))
-                .timeout(Duration::from_millis(spec.timeout_ms))
-                .body(body)
-                .send()
+            // The connect uses exactly the addresses just checked.
+            Ok((url, pinned)) => Ok(pinned
+                .scope(
+                    self.http
+                        .request(method, url)
+                        .headers(self.headers(req, timestamp, &body))
+                        .timeout(Duration::from_millis(spec.timeout_ms))
+                        .body(body)
+                        .send(),
+                )
                 .await),
             Err(stop) => Err(stop),
         };
@@ -163,7 +166,7 @@ impl Deliverer {
                 (Some(status), retry_after, None)
             }
             Ok(Err(e)) => match egress::find_denied(&e) {
-                // Denied at connect: the answer for the name changed since the check.
+                // Denied at connect (a lookup outside the pinned addresses).
                 Some(d) => {
                     denied = true;
                     (None, None, Some(d.to_string()))

@@ -10,10 +10,13 @@
 //!   unspecified address, so those count as its address too.
 //!
 //! Where it is enforced: a job whose URL names a denied literal address is refused at create;
-//! before every attempt the URL's host is resolved and every address checked with its port;
-//! and the resolver reqwest connects through drops denied addresses again (it cannot see the
-//! port, so there only ranges apply), so an answer that changed since the check cannot reach a
-//! denied range. Lookups are asynchronous (hickory), off the blocking pool that fsync uses.
+//! before every attempt the URL's host is resolved and every address checked with its port; and
+//! the attempt's request runs with those checked addresses *pinned* (a task-local), so the
+//! resolver reqwest connects through returns exactly them instead of asking DNS again: an answer
+//! that changes between the check and the connect (DNS rebinding) is never used. A lookup
+//! outside a pinned attempt (none is expected) cannot see the port, so it also drops every
+//! address a member serves on. Lookups are asynchronous (hickory), off the blocking pool that
+//! fsync uses.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, RwLock};
@@ -108,6 +111,18 @@ impl EgressPolicy {
             ))),
             None => Ok(()),
         }
+    }
+
+    /// May `ip` be reached whatever the port? `check_ip`, and not the address of any member.
+    pub fn check_ip_any_port(&self, ip: IpAddr) -> Result<(), Denied> {
+        let ports: Vec<u16> = {
+            let members = self.members.read().unwrap_or_else(|p| p.into_inner());
+            members.iter().map(SocketAddr::port).collect()
+        };
+        ports
+            .into_iter()
+            .try_for_each(|port| self.check(SocketAddr::new(ip, port)))
+            .and_then(|()| self.check_ip(ip))
     }
 
     /// May `addr` be reached?
@@ -206,20 +221,56 @@ impl Resolver {
         self.policy.set_members(members);
     }
 
-    /// Checks every address `url` leads to, with its port, before an attempt.
-    pub async fn check_url(&self, url: &reqwest::Url) -> Result<(), UrlCheck> {
+    /// Checks every address `url` leads to, with its port, before an attempt; what passed is
+    /// to be pinned (`Pinned::scope`) while the attempt's request runs.
+    pub async fn check_url(&self, url: &reqwest::Url) -> Result<Pinned, UrlCheck> {
         let port = url.port_or_known_default().unwrap_or(80);
-        let ips = match (literal_ip(url), url.host_str()) {
-            (Some(ip), _) => vec![ip],
-            (None, Some(host)) => self.lookup(host).await.map_err(UrlCheck::Unresolved)?,
+        let (host, ips) = match (literal_ip(url), url.host_str()) {
+            (Some(ip), _) => (None, vec![ip]),
+            (None, Some(host)) => {
+                let ips = self.lookup(host).await.map_err(UrlCheck::Unresolved)?;
+                (Some(host.to_ascii_lowercase()), ips)
+            }
             (None, None) => return Err(UrlCheck::Unresolved("url has no host".into())),
         };
-        for ip in ips {
+        for ip in &ips {
             self.policy
-                .check(SocketAddr::new(ip, port))
+                .check(SocketAddr::new(*ip, port))
                 .map_err(UrlCheck::Denied)?;
         }
-        Ok(())
+        Ok(Pinned { host, ips })
+    }
+}
+
+/// The addresses an attempt checked for its URL's host (`None` for a literal address, which
+/// reqwest never resolves).
+#[derive(Debug, Clone)]
+pub struct Pinned {
+    host: Option<String>,
+    ips: Vec<IpAddr>,
+}
+
+tokio::task_local! {
+    static PINNED: Pinned;
+}
+
+impl Pinned {
+    /// Runs `f` (the attempt's request) with these addresses pinned for the resolver.
+    pub async fn scope<F: std::future::Future>(self, f: F) -> F::Output {
+        PINNED.scope(self, f).await
+    }
+
+    /// The pinned addresses of `host`, when the current task pinned them.
+    fn of(host: &str) -> Option<Vec<IpAddr>> {
+        PINNED
+            .try_with(|p| {
+                p.host
+                    .as_deref()
+                    .is_some_and(|h| h.eq_ignore_ascii_case(host))
+                    .then(|| p.ips.clone())
+            })
+            .ok()
+            .flatten()
     }
 }
 
@@ -235,8 +286,15 @@ pub enum UrlCheck {
 impl reqwest::dns::Resolve for Resolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let this = self.clone();
+        // Read now, on the attempt's task: the returned future may finish elsewhere.
+        let pinned = Pinned::of(name.as_str());
         Box::pin(async move {
+            if let Some(ips) = pinned {
+                let addrs = ips.into_iter().map(|ip| SocketAddr::new(ip, 0));
+                return Ok(Box::new(addrs.collect::<Vec<_>>().into_iter()) as reqwest::dns::Addrs);
+            }
             let host = name.as_str();
+            tracing::debug!(host, "a delivery lookup without pinned addresses");
             let ips = this
                 .lookup(host)
                 .await
@@ -244,7 +302,7 @@ impl reqwest::dns::Resolve for Resolver {
             let mut denied = None;
             let allowed: Vec<SocketAddr> = ips
                 .into_iter()
-                .filter(|ip| match this.policy.check_ip(*ip) {
+                .filter(|ip| match this.policy.check_ip_any_port(*ip) {
                     Ok(()) => true,
                     Err(d) => {
                         denied = Some(d);
@@ -353,5 +411,59 @@ mod tests {
         assert_eq!(find_denied(&w), Some(&Denied("x".into())));
         assert!(find_denied(&std::io::Error::other("plain")).is_none());
         assert_eq!(Denied("x".into()).to_string(), "egress_denied: x");
+    }
+
+    async fn resolve(r: &Resolver, host: &str) -> Result<Vec<SocketAddr>, String> {
+        use reqwest::dns::Resolve;
+        let name: reqwest::dns::Name = host.parse().unwrap();
+        r.resolve(name)
+            .await
+            .map(|addrs| addrs.collect())
+            .map_err(|e| e.to_string())
+    }
+
+    #[tokio::test]
+    async fn the_connect_uses_the_checked_addresses_and_nothing_else() {
+        let policy = Arc::new(EgressPolicy::new(vec![], vec![]));
+        policy.set_members(vec![addr("127.0.0.1:7201")]);
+        let r = Resolver::new(policy);
+        // `localhost` resolves from the hosts file to loopback, where a member serves.
+        let url = reqwest::Url::parse("http://LocalHost:8080/hook").unwrap();
+        let pinned = r
+            .check_url(&url)
+            .await
+            .expect("127.0.0.1:8080 is no member's");
+        let checked: Vec<SocketAddr> = pinned
+            .ips
+            .iter()
+            .map(|ip| SocketAddr::new(*ip, 0))
+            .collect();
+        assert!(!checked.is_empty());
+        // Within the attempt the resolver answers the checked addresses, without asking DNS
+        // again (whatever the name would resolve to now), matching the host in any case.
+        let within = pinned
+            .clone()
+            .scope(async { resolve(&r, "localhost").await })
+            .await;
+        assert_eq!(within, Ok(checked));
+        let rebound = Pinned {
+            host: Some("rebind.invalid".into()),
+            ips: vec!["93.184.216.34".parse().unwrap()],
+        };
+        let got = rebound
+            .scope(async { resolve(&r, "REBIND.invalid").await })
+            .await;
+        assert_eq!(got, Ok(vec![addr("93.184.216.34:0")]));
+        // Another host in the same attempt is not pinned.
+        let other = pinned
+            .scope(async { resolve(&r, "rebind.invalid").await })
+            .await;
+        assert!(other.is_err(), "{other:?}");
+        // Outside an attempt the port is unknown: an address a member serves on is refused.
+        let outside = resolve(&r, "localhost").await;
+        assert!(
+            outside.as_ref().is_err_and(|e| e.contains("egress_denied")),
+            "{outside:?}"
+        );
     }
 }

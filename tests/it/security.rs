@@ -270,6 +270,21 @@ async fn egress_to_metadata_and_the_clusters_own_ports_is_refused() {
     sink.wait_for("allowed", 1, Duration::from_secs(10)).await;
 }
 
+#[tokio::test]
+async fn a_name_is_delivered_to_the_addresses_checked_for_it() {
+    // The node serves on loopback, so a connect-time lookup that could not see the port would
+    // refuse every loopback address; a delivery by name works only because the connect uses the
+    // addresses the attempt checked with their port.
+    let sink = Sink::start().await;
+    let c = single(&[]).await;
+    let url = format!("http://localhost:{}/by-name", sink.addr.port());
+    let body = json!({"id": "by-name-ok", "url": url, "schedule": {"after": "0s"}});
+    let (s, v) = c.post(0, "/v1/jobs", &body).await.expect("create");
+    assert_eq!(s, 201, "{v}");
+    let got = sink.wait_for("by-name-ok", 1, Duration::from_secs(10)).await;
+    assert_eq!(got[0].header("host"), format!("localhost:{}", sink.addr.port()));
+}
+
 /// A node started under `wrapper` (e.g. `prlimit`), on ports chosen by the system; returns it
 /// with its API address, read from its log.
 struct Node {
