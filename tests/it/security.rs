@@ -281,8 +281,13 @@ async fn a_name_is_delivered_to_the_addresses_checked_for_it() {
     let body = json!({"id": "by-name-ok", "url": url, "schedule": {"after": "0s"}});
     let (s, v) = c.post(0, "/v1/jobs", &body).await.expect("create");
     assert_eq!(s, 201, "{v}");
-    let got = sink.wait_for("by-name-ok", 1, Duration::from_secs(10)).await;
-    assert_eq!(got[0].header("host"), format!("localhost:{}", sink.addr.port()));
+    let got = sink
+        .wait_for("by-name-ok", 1, Duration::from_secs(10))
+        .await;
+    assert_eq!(
+        got[0].header("host"),
+        format!("localhost:{}", sink.addr.port())
+    );
 }
 
 /// A node started under `wrapper` (e.g. `prlimit`), on ports chosen by the system; returns it
