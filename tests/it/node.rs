@@ -199,3 +199,88 @@ async fn environment_variables_configure_a_node_and_flags_beat_them() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// Copies the directory tree `from` to `to`.
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("create dir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        let dest = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_dir(&entry.path(), &dest);
+        } else {
+            std::fs::copy(entry.path(), &dest).expect("copy");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_data_dir_written_by_schema_1_opens_with_everything_in_it() {
+    // See tests/fixtures/schema-1/README.md: what it holds and why it is never regenerated.
+    let fixture =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/schema-1/node1");
+    let mut c = TestCluster::new(1, &["--cluster-id", "fixture-v1"]);
+    copy_dir(&fixture, &c.nodes[0].data_dir);
+    c.spawn(0);
+    c.wait_leader(&[0], Duration::from_secs(10)).await;
+
+    let (s, v) = c.get(0, "/v1/cluster").await.expect("cluster");
+    assert_eq!(
+        (s, &v["cluster_id"]),
+        (200, &serde_json::json!("fixture-v1")),
+        "{v}"
+    );
+    let (s, v) = c.get(0, "/v1/jobs").await.expect("list");
+    assert_eq!(s, 200, "{v}");
+    let ids: Vec<&str> = v["jobs"]
+        .as_array()
+        .expect("jobs")
+        .iter()
+        .filter_map(|j| j["id"].as_str())
+        .collect();
+    assert_eq!(ids, ["cron-berlin", "every-1s", "once", "paused"], "{v}");
+
+    let (_, cron) = c.get(0, "/v1/jobs/cron-berlin").await.expect("get");
+    assert_eq!(cron["schedule"]["cron"], "0 9 * * 1-5");
+    assert_eq!(cron["schedule"]["timezone"], "Europe/Berlin");
+    assert_eq!(cron["method"], "PUT");
+    assert_eq!(cron["headers"]["x-team"], "ops");
+    assert_eq!(cron["body"], "{\"hello\":1}");
+    assert_eq!(cron["paused"], false);
+
+    let (_, every) = c.get(0, "/v1/jobs/every-1s").await.expect("get");
+    assert_eq!(every["headers"]["authorization"], "***");
+    assert_eq!(
+        every["secret_headers"],
+        serde_json::json!(["authorization"])
+    );
+    assert_eq!(every["paused"], true);
+    let (_, runs) = c
+        .get(0, "/v1/jobs/every-1s/runs?limit=100")
+        .await
+        .expect("runs");
+    let runs = runs["runs"].as_array().expect("runs").clone();
+    assert!(runs.len() >= 5, "{runs:?}");
+    for r in &runs {
+        assert_eq!(r["status"], "failed", "{r}");
+        assert_eq!(r["attempts"].as_array().map(Vec::len), Some(2), "{r}");
+    }
+    let (_, once) = c.get(0, "/v1/jobs/once/runs").await.expect("runs");
+    assert_eq!(once["runs"][0]["status"], "failed", "{once}");
+    let (_, paused) = c.get(0, "/v1/jobs/paused").await.expect("get");
+    assert_eq!(paused["paused"], true);
+    let (s, _) = c.get(0, "/v1/jobs/deleted").await.expect("get");
+    assert_eq!(s, 404, "a deleted job stays deleted");
+
+    // And the node goes on: a new job, and the paused one resumes.
+    let (s, v) = c
+        .post(0, "/v1/jobs", &job("after-upgrade"))
+        .await
+        .expect("create");
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = c
+        .post(0, "/v1/jobs/paused/resume", &serde_json::json!({}))
+        .await
+        .expect("resume");
+    assert_eq!((s, &v["paused"]), (200, &serde_json::json!(false)), "{v}");
+}
