@@ -30,10 +30,14 @@ pub enum Table {
     Open = 5,
     /// status, 0, due (8 bytes BE), run id → empty: runs by status in due order
     ByStatus = 6,
+    /// job id → `Guard` (17 bytes): what a claim reads and moves, so that a claim never
+    /// rewrites the job record (schema 2; a job without one is a schema-1 record, whose guard is
+    /// in its JSON)
+    Guards = 7,
 }
 
 impl Table {
-    pub const ALL: [Table; 7] = [
+    pub const ALL: [Table; 8] = [
         Table::Jobs,
         Table::Nodes,
         Table::Misc,
@@ -41,6 +45,7 @@ impl Table {
         Table::JobRuns,
         Table::Open,
         Table::ByStatus,
+        Table::Guards,
     ];
 
     pub fn name(self) -> &'static str {
@@ -52,6 +57,56 @@ impl Table {
             Table::JobRuns => "job_runs",
             Table::Open => "open",
             Table::ByStatus => "by_status",
+            Table::Guards => "guards",
+        }
+    }
+}
+
+/// The part of a job a claim reads and writes (`Table::Guards`): the job record itself is
+/// rewritten only by the commands that change the job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Guard {
+    pub incarnation: u64,
+    pub paused: bool,
+    /// Runs due at or before this instant are claimed (or not owed).
+    pub cursor_ms: i64,
+}
+
+impl Guard {
+    pub const LEN: usize = 17;
+
+    fn of(job: &Job) -> Guard {
+        Guard {
+            incarnation: job.incarnation,
+            paused: job.spec.paused,
+            cursor_ms: job.cursor_ms,
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(Self::LEN);
+        b.extend_from_slice(&self.incarnation.to_be_bytes());
+        b.extend_from_slice(&self.cursor_ms.to_be_bytes());
+        b.push(u8::from(self.paused));
+        b
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Guard> {
+        let b: &[u8; Self::LEN] = bytes.try_into().ok()?;
+        let (inc, rest) = b.split_at(8);
+        let (cursor, paused) = rest.split_at(8);
+        Some(Guard {
+            incarnation: u64::from_be_bytes(inc.try_into().ok()?),
+            cursor_ms: i64::from_be_bytes(cursor.try_into().ok()?),
+            paused: paused[0] != 0,
+        })
+    }
+
+    /// `job` as it stands: its record with this guard's cursor (a guard of another incarnation,
+    /// read beside the record outside a transaction, is not this job's).
+    pub fn apply_to(&self, job: &mut Job) {
+        if self.incarnation == job.incarnation {
+            job.cursor_ms = self.cursor_ms;
         }
     }
 }
@@ -141,8 +196,32 @@ pub fn decode_run_list(bytes: &[u8]) -> Result<RunList, StateFault> {
     decode(Table::JobRuns, bytes)
 }
 
+/// The job as it stands: its record, with the cursor of its guard.
 fn get_job<T: Tables>(t: &T, id: &str) -> TxResult<Option<Job>> {
-    get_record(t, Table::Jobs, id)
+    let Some(mut job) = get_record::<_, Job>(t, Table::Jobs, id)? else {
+        return Ok(None);
+    };
+    if let Some(guard) = get_stored_guard(t, id)? {
+        guard.apply_to(&mut job);
+    }
+    Ok(Some(job))
+}
+
+fn get_stored_guard<T: Tables>(t: &T, id: &str) -> TxResult<Option<Guard>> {
+    Ok(t.get(Table::Guards, id.as_bytes())?
+        .and_then(|b| Guard::decode(&b)))
+}
+
+/// A job's guard: its own record, or for a job last written by schema 1, from the job record.
+fn get_guard<T: Tables>(t: &T, id: &str) -> TxResult<Option<Guard>> {
+    match get_stored_guard(t, id)? {
+        Some(g) => Ok(Some(g)),
+        None => Ok(get_record::<_, Job>(t, Table::Jobs, id)?.map(|j| Guard::of(&j))),
+    }
+}
+
+fn put_guard<T: Tables>(t: &T, id: &str, guard: Guard) -> TxResult<()> {
+    t.put(Table::Guards, id.as_bytes(), guard.encode())
 }
 
 fn get_run<T: Tables>(t: &T, id: &str) -> TxResult<Option<Run>> {
@@ -153,7 +232,9 @@ fn get_run_list<T: Tables>(t: &T, job_id: &str) -> TxResult<RunList> {
     Ok(get_record(t, Table::JobRuns, job_id)?.unwrap_or_default())
 }
 
+/// Writes the job record and its guard.
 fn put_job<T: Tables>(t: &T, job: &Job) -> TxResult<()> {
+    put_guard(t, &job.id, Guard::of(job))?;
     t.put(Table::Jobs, job.id.as_bytes(), json(job))
 }
 
@@ -356,6 +437,7 @@ fn apply_one<T: Tables>(
             Some(job) => {
                 touched.jobs.push(id.clone());
                 t.del(Table::Jobs, id.as_bytes())?;
+                t.del(Table::Guards, id.as_bytes())?;
                 delete_job_runs(t, id)?;
                 Ok(CommandResult::Deleted { job })
             }
@@ -466,16 +548,17 @@ pub fn entry_epoch(log_id: &LogId) -> Epoch {
     }
 }
 
-/// Claims one run (or skipped range) if the job is still as the leader saw it.
+/// Claims one run (or skipped range) if the job is still as the leader saw it. Reads and
+/// writes the job's guard only, never its record.
 fn claim<T: Tables>(t: &T, item: &ClaimItem, now_ms: i64, retention: u32) -> TxResult<bool> {
-    let Some(mut job) = get_job(t, &item.job_id)? else {
+    let Some(mut guard) = get_guard(t, &item.job_id)? else {
         return Ok(false);
     };
-    if job.incarnation != item.incarnation || job.spec.paused || item.due_ms <= job.cursor_ms {
+    if guard.incarnation != item.incarnation || guard.paused || item.due_ms <= guard.cursor_ms {
         return Ok(false);
     }
-    job.cursor_ms = item.due_ms;
-    put_job(t, &job)?;
+    guard.cursor_ms = item.due_ms;
+    put_guard(t, &item.job_id, guard)?;
     let (status, skipped, next) = match &item.kind {
         ClaimKind::Deliver => (RunStatus::Pending, None, Some(item.due_ms)),
         ClaimKind::Skip { count, first_ms } => (
@@ -489,9 +572,9 @@ fn claim<T: Tables>(t: &T, item: &ClaimItem, now_ms: i64, retention: u32) -> TxR
         ),
     };
     let run = Run {
-        id: Run::scheduled_id(job.incarnation, item.due_ms),
-        job_id: job.id.clone(),
-        incarnation: job.incarnation,
+        id: Run::scheduled_id(guard.incarnation, item.due_ms),
+        job_id: item.job_id.clone(),
+        incarnation: guard.incarnation,
         scheduled_at_ms: item.due_ms,
         status,
         attempts: Vec::new(),
@@ -838,6 +921,129 @@ pub(crate) mod tests {
                 retention: 100,
             },
         )
+    }
+
+    /// The job's cursor as `get_job` sees it.
+    fn cursor(t: &MemTables) -> i64 {
+        get_job(t, "a").ok().flatten().expect("job").cursor_ms
+    }
+
+    #[test]
+    fn a_claim_moves_the_guard_and_never_rewrites_the_job_record() {
+        let t = MemTables::default();
+        let mut big = spec("http://x/");
+        big.body = Some("x".repeat(256 << 10));
+        apply(
+            &t,
+            1,
+            Command::CreateJob {
+                id: "a".into(),
+                spec: big,
+                now_ms: 0,
+            },
+        );
+        let record = t.get(Table::Jobs, b"a").unwrap();
+        let ok = CommandResult::Claimed {
+            accepted: vec![true],
+        };
+        assert_eq!(claim(&t, 2, 1000), ok);
+        assert_eq!(
+            t.get(Table::Jobs, b"a").unwrap(),
+            record,
+            "record untouched"
+        );
+        assert_eq!(cursor(&t), 1000);
+        let guard = Guard::decode(&t.get(Table::Guards, b"a").unwrap().unwrap()).unwrap();
+        assert_eq!(guard.cursor_ms, 1000);
+        // The guard decides: a due at or before the cursor is refused, the next accepted.
+        let no = CommandResult::Claimed {
+            accepted: vec![false],
+        };
+        assert_eq!(claim(&t, 3, 1000), no);
+        assert_eq!(claim(&t, 4, 2000), ok);
+        // Changing the job rewrites both, keeping the cursor; deleting removes both.
+        let mut changed = spec("http://y/");
+        changed.body = None;
+        apply(
+            &t,
+            5,
+            Command::PutJob {
+                id: "a".into(),
+                spec: changed,
+                now_ms: 1500,
+            },
+        );
+        assert_eq!(cursor(&t), 2000);
+        apply(
+            &t,
+            6,
+            Command::DeleteJob {
+                id: "a".into(),
+                now_ms: 1600,
+            },
+        );
+        assert!(t.get(Table::Guards, b"a").unwrap().is_none());
+        assert!(t.get(Table::Jobs, b"a").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_job_written_by_schema_1_is_claimed_from_its_record() {
+        let t = MemTables::default();
+        apply(
+            &t,
+            1,
+            Command::CreateJob {
+                id: "a".into(),
+                spec: spec("http://x/"),
+                now_ms: 0,
+            },
+        );
+        // Schema 1 kept the cursor in the job record and had no guard.
+        let mut job = get_job(&t, "a").unwrap().unwrap();
+        job.cursor_ms = 5000;
+        t.put(Table::Jobs, b"a", json(&job)).unwrap();
+        t.del(Table::Guards, b"a").unwrap();
+        assert_eq!(cursor(&t), 5000);
+        let no = CommandResult::Claimed {
+            accepted: vec![false],
+        };
+        assert_eq!(claim(&t, 2, 4000), no, "the record's cursor holds");
+        let ok = CommandResult::Claimed {
+            accepted: vec![true],
+        };
+        assert_eq!(claim(&t, 3, 6000), ok);
+        assert_eq!(cursor(&t), 6000, "the claim wrote a guard");
+        // A paused schema-1 job is not claimed.
+        apply(
+            &t,
+            4,
+            Command::SetPaused {
+                id: "a".into(),
+                paused: true,
+                now_ms: 6500,
+            },
+        );
+        assert_eq!(claim(&t, 5, 7000), no);
+    }
+
+    #[test]
+    fn guards_round_trip_and_reject_other_lengths() {
+        for g in [
+            Guard {
+                incarnation: 0,
+                paused: false,
+                cursor_ms: i64::MIN,
+            },
+            Guard {
+                incarnation: u64::MAX,
+                paused: true,
+                cursor_ms: -1,
+            },
+        ] {
+            assert_eq!(Guard::decode(&g.encode()), Some(g));
+        }
+        assert_eq!(Guard::decode(&[0; 16]), None);
+        assert_eq!(Guard::decode(&[0; 18]), None);
     }
 
     /// Regression (chaos smoke): a run claimed ahead of time that fell due after an

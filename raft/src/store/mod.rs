@@ -27,8 +27,15 @@ pub use sm::{Change, StateMachineStore, StateView};
 
 use crate::typ::{NodeId, StorageError, StorageIOError};
 
-/// Version of everything this crate persists. Opening a data dir of another version is refused.
-pub const SCHEMA_VERSION: u32 = 1;
+/// Version of everything this crate persists. A data dir of a newer version is refused; one of
+/// an older version this code still reads (`SCHEMA_READABLE_FROM`) is upgraded in place.
+///
+/// - 1: the first.
+/// - 2: a claim moves the job's guard (`Table::Guards`) instead of rewriting the job record; a
+///   job without a guard is read from its record, as schema 1 wrote it.
+pub const SCHEMA_VERSION: u32 = 2;
+/// The oldest schema this code reads.
+pub const SCHEMA_READABLE_FROM: u32 = 1;
 
 /// Why a data dir cannot be opened.
 #[derive(Debug, thiserror::Error)]
@@ -45,7 +52,8 @@ pub enum OpenError {
         expected: NodeId,
     },
     #[error(
-        "data dir {path} has schema version {found}; this hookd understands version {expected}"
+        "data dir {path} has schema version {found}; this hookd reads versions \
+         {SCHEMA_READABLE_FROM} to {expected} (a newer hookd wrote it: run that version)"
     )]
     SchemaMismatch {
         path: String,
@@ -110,7 +118,7 @@ impl Store {
                         path: path.clone(),
                         detail: e.to_string(),
                     })?;
-                if rec.schema_version != SCHEMA_VERSION {
+                if !(SCHEMA_READABLE_FROM..=SCHEMA_VERSION).contains(&rec.schema_version) {
                     return Err(OpenError::SchemaMismatch {
                         path,
                         found: rec.schema_version,
@@ -123,6 +131,22 @@ impl Store {
                         found: rec.node_id,
                         expected: node_id,
                     });
+                }
+                if rec.schema_version < SCHEMA_VERSION {
+                    // Nothing to rewrite: every change since is read from the older form. The
+                    // new version is recorded so an older hookd no longer opens this dir.
+                    let upgraded = MetaRecord {
+                        schema_version: SCHEMA_VERSION,
+                        node_id,
+                    };
+                    let bytes = serde_json::to_vec(&upgraded).unwrap_or_default();
+                    meta.insert(META_KEY, bytes).map_err(sled_err)?;
+                    disk.flush_blocking().map_err(sled_err)?;
+                    tracing::info!(
+                        from = rec.schema_version,
+                        to = SCHEMA_VERSION,
+                        "data dir schema upgraded"
+                    );
                 }
                 false
             }

@@ -571,9 +571,22 @@ impl StateView {
         self.inner.current().table(t).clone()
     }
 
+    /// A stored job record as the job stands: with the cursor of its guard.
+    fn job(&self, guards: &sled::Tree, bytes: &[u8]) -> Result<Job, StateFault> {
+        let mut job = state::decode_job(bytes)?;
+        let guard = guards
+            .get(job.id.as_bytes())
+            .map_err(StateFault::Storage)?
+            .and_then(|b| state::Guard::decode(&b));
+        if let Some(g) = guard {
+            g.apply_to(&mut job);
+        }
+        Ok(job)
+    }
+
     pub fn get_job(&self, id: &str) -> Result<Option<Job>, StateFault> {
         match self.tree(Table::Jobs).get(id.as_bytes()) {
-            Ok(Some(bytes)) => state::decode_job(&bytes).map(Some),
+            Ok(Some(bytes)) => self.job(&self.tree(Table::Guards), &bytes).map(Some),
             Ok(None) => Ok(None),
             Err(e) => Err(StateFault::Storage(e)),
         }
@@ -586,6 +599,7 @@ impl StateView {
         limit: usize,
     ) -> Result<(Vec<Job>, bool), StateFault> {
         let tree = self.tree(Table::Jobs);
+        let guards = self.tree(Table::Guards);
         let iter = match after {
             Some(a) => tree.range::<&[u8], _>((
                 std::ops::Bound::Excluded(a.as_bytes()),
@@ -599,7 +613,7 @@ impl StateView {
             if jobs.len() == limit {
                 return Ok((jobs, true));
             }
-            jobs.push(state::decode_job(&v)?);
+            jobs.push(self.job(&guards, &v)?);
         }
         Ok((jobs, false))
     }
@@ -611,9 +625,10 @@ impl StateView {
 
     /// Every job, in id order (for rebuilding the dispatcher's index).
     pub fn all_jobs(&self) -> impl Iterator<Item = Result<Job, StateFault>> {
-        self.tree(Table::Jobs).iter().map(|item| {
+        let (view, guards) = (self.clone(), self.tree(Table::Guards));
+        self.tree(Table::Jobs).iter().map(move |item| {
             let (_, v) = item.map_err(StateFault::Storage)?;
-            state::decode_job(&v)
+            view.job(&guards, &v)
         })
     }
 

@@ -118,3 +118,56 @@ fn data_dirs_are_created_owner_only() {
     }
     drop(store);
 }
+
+/// Rewrites the meta record of the data dir `data` with `schema_version`.
+fn set_schema(data: &std::path::Path, schema_version: u32) {
+    let db = sled::open(data.join("db")).unwrap();
+    let meta = db.open_tree("meta").unwrap();
+    let rec = super::MetaRecord {
+        schema_version,
+        node_id: 1,
+    };
+    meta.insert(super::META_KEY, serde_json::to_vec(&rec).unwrap())
+        .unwrap();
+    db.flush().unwrap();
+}
+
+fn schema_of(data: &std::path::Path) -> u32 {
+    let db = sled::open(data.join("db")).unwrap();
+    let bytes = db
+        .open_tree("meta")
+        .unwrap()
+        .get(super::META_KEY)
+        .unwrap()
+        .unwrap();
+    serde_json::from_slice::<super::MetaRecord>(&bytes)
+        .unwrap()
+        .schema_version
+}
+
+#[test]
+fn an_older_schema_is_upgraded_in_place_and_a_newer_one_refused() {
+    let dir = TempDir::new().unwrap();
+    let data = dir.path().join("n1");
+    drop(Store::open(&data, 1).unwrap());
+    assert_eq!(schema_of(&data), super::SCHEMA_VERSION);
+
+    set_schema(&data, super::SCHEMA_READABLE_FROM);
+    drop(Store::open(&data, 1).expect("an older schema opens"));
+    assert_eq!(
+        schema_of(&data),
+        super::SCHEMA_VERSION,
+        "and is recorded as upgraded"
+    );
+
+    set_schema(&data, super::SCHEMA_VERSION + 1);
+    let e = Store::open(&data, 1)
+        .err()
+        .expect("a newer schema is refused");
+    let msg = e.to_string();
+    assert!(
+        msg.contains(&format!("schema version {}", super::SCHEMA_VERSION + 1)),
+        "{msg}"
+    );
+    assert!(msg.contains("newer hookd"), "{msg}");
+}
