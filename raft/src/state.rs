@@ -923,6 +923,19 @@ pub(crate) mod tests {
         )
     }
 
+    /// Creates job `a` at instant 0 (log index 1).
+    fn create_a(t: &MemTables, spec: JobSpec) {
+        apply(
+            t,
+            1,
+            Command::CreateJob {
+                id: "a".into(),
+                spec,
+                now_ms: 0,
+            },
+        );
+    }
+
     /// The job's cursor as `get_job` sees it.
     fn cursor(t: &MemTables) -> i64 {
         get_job(t, "a").ok().flatten().expect("job").cursor_ms
@@ -933,15 +946,7 @@ pub(crate) mod tests {
         let t = MemTables::default();
         let mut big = spec("http://x/");
         big.body = Some("x".repeat(256 << 10));
-        apply(
-            &t,
-            1,
-            Command::CreateJob {
-                id: "a".into(),
-                spec: big,
-                now_ms: 0,
-            },
-        );
+        create_a(&t, big);
         let record = t.get(Table::Jobs, b"a").unwrap();
         let ok = CommandResult::Claimed {
             accepted: vec![true],
@@ -989,15 +994,7 @@ pub(crate) mod tests {
     #[test]
     fn a_job_written_by_schema_1_is_claimed_from_its_record() {
         let t = MemTables::default();
-        apply(
-            &t,
-            1,
-            Command::CreateJob {
-                id: "a".into(),
-                spec: spec("http://x/"),
-                now_ms: 0,
-            },
-        );
+        create_a(&t, spec("http://x/"));
         // Schema 1 kept the cursor in the job record and had no guard.
         let mut job = get_job(&t, "a").unwrap().unwrap();
         job.cursor_ms = 5000;
@@ -1051,15 +1048,7 @@ pub(crate) mod tests {
     #[test]
     fn pausing_drops_runs_claimed_ahead_that_fall_due_after_the_pause() {
         let t = MemTables::default();
-        apply(
-            &t,
-            1,
-            Command::CreateJob {
-                id: "a".into(),
-                spec: spec("http://x/"),
-                now_ms: 0,
-            },
-        );
+        create_a(&t, spec("http://x/"));
         assert_eq!(
             claim(&t, 2, 1000),
             CommandResult::Claimed {

@@ -72,6 +72,16 @@ struct MetaRecord {
 
 const META_KEY: &[u8] = b"record";
 
+/// Records this schema version and `node_id` in the meta record, flushed.
+fn write_meta(meta: &sled::Tree, disk: &Disk, node_id: NodeId) -> Result<(), sled::Error> {
+    let rec = MetaRecord {
+        schema_version: SCHEMA_VERSION,
+        node_id,
+    };
+    meta.insert(META_KEY, serde_json::to_vec(&rec).unwrap_or_default())?;
+    disk.flush_blocking()
+}
+
 /// An opened data dir.
 #[derive(Clone)]
 pub struct Store {
@@ -135,13 +145,7 @@ impl Store {
                 if rec.schema_version < SCHEMA_VERSION {
                     // Nothing to rewrite: every change since is read from the older form. The
                     // new version is recorded so an older hookd no longer opens this dir.
-                    let upgraded = MetaRecord {
-                        schema_version: SCHEMA_VERSION,
-                        node_id,
-                    };
-                    let bytes = serde_json::to_vec(&upgraded).unwrap_or_default();
-                    meta.insert(META_KEY, bytes).map_err(sled_err)?;
-                    disk.flush_blocking().map_err(sled_err)?;
+                    write_meta(&meta, &disk, node_id).map_err(sled_err)?;
                     tracing::info!(
                         from = rec.schema_version,
                         to = SCHEMA_VERSION,
@@ -151,13 +155,7 @@ impl Store {
                 false
             }
             None => {
-                let rec = MetaRecord {
-                    schema_version: SCHEMA_VERSION,
-                    node_id,
-                };
-                let bytes = serde_json::to_vec(&rec).unwrap_or_default();
-                meta.insert(META_KEY, bytes).map_err(sled_err)?;
-                disk.flush_blocking().map_err(sled_err)?;
+                write_meta(&meta, &disk, node_id).map_err(sled_err)?;
                 true
             }
         };
