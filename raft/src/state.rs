@@ -13,7 +13,8 @@ use crate::command::{
 };
 use crate::typ::LogId;
 
-/// The tables of the state machine. Each is one sled tree per snapshot generation.
+/// The tables of the state machine. Each is one sled tree per snapshot generation, named by
+/// `name` (the discriminants index in-memory arrays only: dense, never persisted).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Table {
     /// job id → `Job` (JSON)
@@ -26,24 +27,21 @@ pub enum Table {
     Runs = 3,
     /// job id → `[(due, run id)]` (JSON), the job's runs in due order (bounded by retention)
     JobRuns = 4,
-    /// run id → empty: runs that still need a delivery attempt
-    Open = 5,
     /// status, 0, due (8 bytes BE), run id → empty: runs by status in due order
-    ByStatus = 6,
+    ByStatus = 5,
     /// job id → `Guard` (17 bytes): what a claim reads and moves, so that a claim never
     /// rewrites the job record (schema 2; a job without one is a schema-1 record, whose guard is
     /// in its JSON)
-    Guards = 7,
+    Guards = 6,
 }
 
 impl Table {
-    pub const ALL: [Table; 8] = [
+    pub const ALL: [Table; 7] = [
         Table::Jobs,
         Table::Nodes,
         Table::Misc,
         Table::Runs,
         Table::JobRuns,
-        Table::Open,
         Table::ByStatus,
         Table::Guards,
     ];
@@ -55,7 +53,6 @@ impl Table {
             Table::Misc => "misc",
             Table::Runs => "runs",
             Table::JobRuns => "job_runs",
-            Table::Open => "open",
             Table::ByStatus => "by_status",
             Table::Guards => "guards",
         }
@@ -240,23 +237,19 @@ fn put_job<T: Tables>(t: &T, job: &Job) -> TxResult<()> {
 
 /// Writes a run and keeps its index entries in step with its status. `old` is the stored version.
 fn put_run<T: Tables>(t: &T, run: &Run, old: Option<&Run>) -> TxResult<()> {
-    if let Some(old) = old {
-        if old.status != run.status {
-            t.del(
-                Table::ByStatus,
-                &status_key(old.status, old.scheduled_at_ms, &old.id),
-            )?;
-        }
+    let indexed = old.is_some_and(|o| o.status == run.status);
+    if let Some(old) = old.filter(|_| !indexed) {
+        t.del(
+            Table::ByStatus,
+            &status_key(old.status, old.scheduled_at_ms, &old.id),
+        )?;
     }
-    t.put(
-        Table::ByStatus,
-        &status_key(run.status, run.scheduled_at_ms, &run.id),
-        Vec::new(),
-    )?;
-    if run.status.is_open() {
-        t.put(Table::Open, run.id.as_bytes(), Vec::new())?;
-    } else {
-        t.del(Table::Open, run.id.as_bytes())?;
+    if !indexed {
+        t.put(
+            Table::ByStatus,
+            &status_key(run.status, run.scheduled_at_ms, &run.id),
+            Vec::new(),
+        )?;
     }
     let bytes = serde_json::to_vec(run).unwrap_or_default();
     t.put(Table::Runs, run.id.as_bytes(), bytes)
@@ -265,7 +258,6 @@ fn put_run<T: Tables>(t: &T, run: &Run, old: Option<&Run>) -> TxResult<()> {
 /// Removes a run and its index entries (not its entry in the job's run list).
 fn delete_run<T: Tables>(t: &T, run: &Run) -> TxResult<()> {
     t.del(Table::Runs, run.id.as_bytes())?;
-    t.del(Table::Open, run.id.as_bytes())?;
     t.del(
         Table::ByStatus,
         &status_key(run.status, run.scheduled_at_ms, &run.id),
@@ -1084,7 +1076,10 @@ pub(crate) mod tests {
             .flatten()
             .is_none());
         assert!(t
-            .get(Table::Open, Run::scheduled_id(1 << 16, 2000).as_bytes())
+            .get(
+                Table::ByStatus,
+                &status_key(RunStatus::Pending, 2000, &Run::scheduled_id(1 << 16, 2000))
+            )
             .ok()
             .flatten()
             .is_none());

@@ -32,7 +32,8 @@ use crate::typ::{NodeId, StorageError, StorageIOError};
 ///
 /// - 1: the first.
 /// - 2: a claim moves the job's guard (`Table::Guards`) instead of rewriting the job record; a
-///   job without a guard is read from its record, as schema 1 wrote it.
+///   job without a guard is read from its record, as schema 1 wrote it. Open runs are found in
+///   the status index; schema 1's `open` trees are dropped by the upgrade.
 pub const SCHEMA_VERSION: u32 = 2;
 /// The oldest schema this code reads.
 pub const SCHEMA_READABLE_FROM: u32 = 1;
@@ -143,8 +144,16 @@ impl Store {
                     });
                 }
                 if rec.schema_version < SCHEMA_VERSION {
-                    // Nothing to rewrite: every change since is read from the older form. The
-                    // new version is recorded so an older hookd no longer opens this dir.
+                    // Every change since is read from the older form; only schema 1's `open`
+                    // trees go (redundant with the status index). Then the new version is
+                    // recorded, so an older hookd no longer opens this dir. Both steps may run
+                    // again after a crash between them.
+                    for name in db.tree_names() {
+                        let n = String::from_utf8_lossy(&name);
+                        if n.starts_with("sm_g") && n.ends_with("_open") {
+                            db.drop_tree(&name).map_err(sled_err)?;
+                        }
+                    }
                     write_meta(&meta, &disk, node_id).map_err(sled_err)?;
                     tracing::info!(
                         from = rec.schema_version,

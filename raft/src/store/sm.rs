@@ -691,14 +691,12 @@ impl StateView {
         Ok(runs)
     }
 
-    /// Every run that still needs a delivery attempt.
+    /// Every run that still needs a delivery attempt (from the status index).
     pub fn open_runs(&self) -> Result<Vec<Run>, StateFault> {
         let mut runs = Vec::new();
-        for item in self.tree(Table::Open).iter() {
-            let (key, _) = item.map_err(StateFault::Storage)?;
-            if let Some(run) = self.get_run(&String::from_utf8_lossy(&key))? {
-                runs.push(run);
-            }
+        // The open statuses a run is stored with (`InFlight` is only ever shown, not stored).
+        for status in [RunStatus::Pending, RunStatus::Retrying] {
+            runs.extend(self.runs_with_status(status, usize::MAX)?);
         }
         Ok(runs)
     }
