@@ -23,9 +23,10 @@ pub enum Table {
     Nodes = 1,
     /// named singletons, e.g. `cluster_id`
     Misc = 2,
-    /// run id → `Run` (JSON)
+    /// run id → `Run` (compact; JSON from schema 1)
     Runs = 3,
-    /// job id → `[(due, run id)]` (JSON), the job's runs in due order (bounded by retention)
+    /// job id → `[(due, run id)]` (compact; JSON from schema 1), the job's runs in due order
+    /// (bounded by retention)
     JobRuns = 4,
     /// status, 0, due (8 bytes BE), run id → empty: runs by status in due order
     ByStatus = 5,
@@ -145,6 +146,11 @@ pub enum StateFault {
         table: &'static str,
         source: serde_json::Error,
     },
+    #[error("corrupt record in table {table}: {source}")]
+    DecodeCompact {
+        table: &'static str,
+        source: postcard::Error,
+    },
 }
 
 pub type TxResult<T> = Result<T, ConflictableTransactionError<StateFault>>;
@@ -156,12 +162,33 @@ pub trait Tables {
     fn del(&self, table: Table, key: &[u8]) -> TxResult<()>;
 }
 
-/// Decodes a JSON record of `table`.
+/// First byte of a compact record (postcard after it). A JSON record never starts with it.
+const COMPACT: u8 = 0x01;
+
+/// Encodes a run or a run list compactly (schema 2). Only for types without serde attributes
+/// that postcard cannot honour (no `skip_serializing_if`, no untagged enums): `Run`, `RunList`.
+fn compact<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    let mut out = vec![COMPACT];
+    // Our own plain data types always serialize.
+    out.extend(postcard::to_allocvec(value).unwrap_or_default());
+    out
+}
+
+/// Decodes a record of `table`: compact (schema 2 runs and run lists) or JSON (everything
+/// else, and every record schema 1 wrote).
 fn decode<V: serde::de::DeserializeOwned>(table: Table, bytes: &[u8]) -> Result<V, StateFault> {
-    serde_json::from_slice(bytes).map_err(|source| StateFault::Decode {
-        table: table.name(),
-        source,
-    })
+    match bytes.split_first() {
+        Some((&COMPACT, rest)) => {
+            postcard::from_bytes(rest).map_err(|source| StateFault::DecodeCompact {
+                table: table.name(),
+                source,
+            })
+        }
+        _ => serde_json::from_slice(bytes).map_err(|source| StateFault::Decode {
+            table: table.name(),
+            source,
+        }),
+    }
 }
 
 /// Reads and decodes the record under `key` in `table`.
@@ -251,7 +278,7 @@ fn put_run<T: Tables>(t: &T, run: &Run, old: Option<&Run>) -> TxResult<()> {
             Vec::new(),
         )?;
     }
-    let bytes = serde_json::to_vec(run).unwrap_or_default();
+    let bytes = compact(run);
     t.put(Table::Runs, run.id.as_bytes(), bytes)
 }
 
@@ -285,7 +312,7 @@ fn insert_run<T: Tables>(t: &T, run: &Run, retention: u32) -> TxResult<()> {
         }
         kept.push((due, id));
     }
-    t.put(Table::JobRuns, run.job_id.as_bytes(), json(&kept))
+    t.put(Table::JobRuns, run.job_id.as_bytes(), compact(&kept))
 }
 
 /// On pause: runs claimed ahead of time that fall due after `pause_ms` and have no attempt yet
@@ -304,7 +331,7 @@ fn forget_runs_due_after<T: Tables>(t: &T, job_id: &str, pause_ms: i64) -> TxRes
         }
         kept.push((due, id));
     }
-    t.put(Table::JobRuns, job_id.as_bytes(), json(&kept))
+    t.put(Table::JobRuns, job_id.as_bytes(), compact(&kept))
 }
 
 /// Removes every run of a job.
@@ -1013,6 +1040,58 @@ pub(crate) mod tests {
             },
         );
         assert_eq!(claim(&t, 5, 7000), no);
+    }
+
+    #[test]
+    fn runs_are_stored_compact_and_schema_1_json_runs_still_read() {
+        let run = Run {
+            id: Run::scheduled_id(1 << 16, 1_796_000_000_000),
+            job_id: "a-job-with-a-usual-name".into(),
+            incarnation: 1 << 16,
+            scheduled_at_ms: 1_796_000_000_000,
+            status: RunStatus::Retrying,
+            attempts: vec![crate::command::Attempt {
+                n: 1,
+                started_at_ms: 1_796_000_000_002,
+                duration_ms: 12,
+                status_code: Some(503),
+                error: Some("status 503".into()),
+                node_id: 2,
+            }],
+            next_attempt_at_ms: Some(1_796_000_001_000),
+            manual: false,
+            skipped: None,
+            claimed_at_ms: 1_795_999_999_000,
+        };
+        let small = compact(&run);
+        let old = json(&run);
+        assert_eq!(decode_run(&small).unwrap(), run);
+        assert_eq!(decode_run(&old).unwrap(), run, "schema 1 wrote JSON");
+        assert!(
+            small.len() * 2 < old.len(),
+            "compact {} vs JSON {} bytes",
+            small.len(),
+            old.len()
+        );
+        let list: RunList = vec![(5, "r5".into()), (6, "r6".into())];
+        assert_eq!(decode_run_list(&compact(&list)).unwrap(), list);
+        assert_eq!(decode_run_list(&json(&list)).unwrap(), list);
+        let mut broken = small.clone();
+        broken.truncate(small.len() / 2);
+        assert!(matches!(
+            decode_run(&broken),
+            Err(StateFault::DecodeCompact { table: "runs", .. })
+        ));
+        // What apply writes is compact.
+        let t = MemTables::default();
+        create_a(&t, spec("http://x/"));
+        claim(&t, 2, 1000);
+        let stored = t
+            .get(Table::Runs, Run::scheduled_id(1 << 16, 1000).as_bytes())
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored[0], COMPACT);
+        assert_eq!(t.get(Table::JobRuns, b"a").unwrap().unwrap()[0], COMPACT);
     }
 
     #[test]
