@@ -221,7 +221,7 @@ pub struct Config {
     pub api_tls: Option<TlsFiles>,
     /// Peer mutual TLS (`ca` always set).
     pub peer_tls: Option<TlsFiles>,
-    pub signing_secret: Option<String>,
+    pub signing_secret: Option<Secret>,
     pub cluster_id: Option<String>,
     pub advertise_api: Option<String>,
     pub log: String,
@@ -299,6 +299,7 @@ impl ServeArgs {
         if let Some(s) = &signing_secret {
             validate_signing_secret(s)?;
         }
+        let signing_secret = signing_secret.map(Secret::new);
         let api_tokens = tokens("--api-token", self.api_token, file.api_token)?;
         let read_tokens = tokens("--read-token", self.read_token, file.read_token)?;
         let peer_secret =
@@ -570,6 +571,13 @@ mod tests {
             "empty token"
         );
         assert!(format!("{c:?}").contains("Secret(***)") && !format!("{c:?}").contains("f1"));
+        let whsec = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let c = load(&format!("signing_secret = \"{whsec}\"\n"), vec![]).unwrap();
+        assert_eq!(c.signing_secret.as_ref().map(Secret::expose), Some(whsec));
+        assert!(
+            !format!("{c:?}").contains("MfKQ9r8"),
+            "the signing secret never prints"
+        );
     }
 
     #[test]

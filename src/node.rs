@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use hookd_raft::tls::Reloading;
+use hookd_raft::Secret;
 use hookd_raft::{RaftTiming, Replica, ReplicaConfig};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -173,7 +174,7 @@ pub async fn run(
         }
     });
     let deliverer = Deliverer::new(
-        config.signing_secret.as_deref(),
+        config.signing_secret.as_ref().map(Secret::expose),
         config.node_id,
         resolver.clone(),
     )

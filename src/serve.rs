@@ -46,6 +46,31 @@ struct Tracked {
     close: CancellationToken,
 }
 
+/// How often refused TLS handshakes are logged at most.
+const REFUSALS_LOG_EVERY_MS: u64 = 10_000;
+
+/// Refused TLS handshakes since the last log line.
+#[derive(Default)]
+struct Refusals {
+    /// (when the last line was logged, refusals since, both in one lock).
+    state: Mutex<(Option<u64>, u64)>,
+}
+
+impl Refusals {
+    /// Counts one refusal at `now_ms`; returns how many to report when a line is due.
+    fn count(&self, now_ms: u64) -> Option<u64> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.1 += 1;
+        let due =
+            s.0.is_none_or(|last| now_ms.saturating_sub(last) >= REFUSALS_LOG_EVERY_MS);
+        due.then(|| {
+            let n = s.1;
+            *s = (Some(now_ms), 0);
+            n
+        })
+    }
+}
+
 /// Which connection to close to make room for a new one: the one idle the longest, if any is
 /// idle. Pure; `(id, busy, idle_since_ms)` per open connection.
 pub fn evict(conns: impl IntoIterator<Item = (u64, usize, u64)>) -> Option<u64> {
@@ -69,6 +94,7 @@ pub async fn serve(
     let epoch = Instant::now();
     let now_ms = move || epoch.elapsed().as_millis() as u64;
     let conns: Arc<Mutex<HashMap<u64, Tracked>>> = Arc::default();
+    let refusals = Arc::new(Refusals::default());
     let tasks = TaskTracker::new();
     let mut next_id = 0u64;
     loop {
@@ -116,7 +142,7 @@ pub async fn serve(
             open.insert(id, t.clone());
             t
         };
-        let (app, conns) = (app.clone(), conns.clone());
+        let (app, conns, refusals) = (app.clone(), conns.clone(), refusals.clone());
         let acceptor = tls
             .as_ref()
             .map(|t| TlsAcceptor::from(t.current().server.clone()));
@@ -134,9 +160,12 @@ pub async fn serve(
                             serve_connection(tls_stream, app, &tracked, limits, now_ms).await
                         }
                         // Plain HTTP, a certificate of another CA, or no certificate where one is
-                        // required. Worth seeing on the peer port, where it means a misconfigured node.
+                        // required. Worth seeing on the peer port, where it means a misconfigured
+                        // node, but at most once per `REFUSALS_LOG_EVERY`: a scanner gets no more.
                         Ok(Err(e)) if name == "peer" => {
-                            tracing::warn!(server = name, error = %e, "TLS handshake refused")
+                            if let Some(n) = refusals.count(now_ms()) {
+                                tracing::warn!(server = name, error = %e, refused = n, "TLS handshakes refused")
+                            }
                         }
                         Ok(Err(e)) => tracing::debug!(server = name, error = %e, "TLS handshake refused"),
                         Err(_) => tracing::debug!(server = name, "TLS handshake timed out"),
@@ -266,6 +295,20 @@ pub fn raise_open_files_limit() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refused_handshakes_are_logged_at_most_once_per_interval_with_their_count() {
+        let r = Refusals::default();
+        assert_eq!(r.count(0), Some(1), "the first is logged");
+        assert_eq!(r.count(1), None);
+        assert_eq!(r.count(REFUSALS_LOG_EVERY_MS - 1), None);
+        assert_eq!(
+            r.count(REFUSALS_LOG_EVERY_MS),
+            Some(3),
+            "with the ones held back"
+        );
+        assert_eq!(r.count(REFUSALS_LOG_EVERY_MS + 5), None);
+    }
 
     #[test]
     fn the_connection_idle_longest_is_closed_first_and_busy_ones_never() {
