@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use hookd_raft::tls::Reloading;
+use hookd_raft::tls::{Reloading, TlsFiles};
 use hookd_raft::Secret;
 use hookd_raft::{RaftTiming, Replica, ReplicaConfig};
 use tokio::net::TcpListener;
@@ -106,19 +106,19 @@ pub async fn run(
         }
     }
     // TLS files load before anything starts, so a bad one stops the node with its name.
-    let api_tls = config
-        .api_tls
-        .clone()
-        .map(Reloading::load)
-        .transpose()
-        .context("load the API TLS files (--tls-cert, --tls-key, --tls-client-ca)")?;
-    let peer_tls = config
-        .peer_tls
-        .clone()
-        .map(Reloading::load)
-        .transpose()
-        .context("load the peer TLS files (--peer-tls-cert, --peer-tls-key, --peer-tls-ca)")?;
-    let open_files = raise_open_files_limit();
+    let load = |files: &Option<TlsFiles>, flags: &str| {
+        let loaded = files.clone().map(Reloading::load).transpose();
+        loaded.with_context(|| format!("load the {flags}"))
+    };
+    let api_tls = load(
+        &config.api_tls,
+        "API TLS files (--tls-cert, --tls-key, --tls-client-ca)",
+    )?;
+    let peer_tls = load(
+        &config.peer_tls,
+        "peer TLS files (--peer-tls-cert, --peer-tls-key, --peer-tls-ca)",
+    )?;
+    let conn_cap = connections_max(raise_open_files_limit());
     let raft_rt = RaftRuntime::new()?;
     let replica_config = ReplicaConfig {
         node_id: config.node_id,
@@ -209,15 +209,11 @@ pub async fn run(
         tls_files,
         members_stop.clone(),
     ));
-    let peer_limits = Limits {
-        connections_max: connections_max(open_files),
-        ..PEER_LIMITS
-    };
     let peer_server = raft_rt.handle().spawn({
         let stop = peer_stop.clone();
         async move {
             match TcpListener::from_std(peer_listener) {
-                Ok(l) => serve("peer", l, peer_app, stop, peer_limits, peer_tls).await,
+                Ok(l) => serve("peer", l, peer_app, stop, peer_limits(conn_cap), peer_tls).await,
                 Err(e) => tracing::error!(error = %e, "cannot serve the peer socket"),
             }
         }
@@ -231,16 +227,12 @@ pub async fn run(
         resolver.policy().clone(),
         &config,
     )));
-    let api_limits = Limits {
-        connections_max: connections_max(open_files),
-        ..API_LIMITS
-    };
     let api_server = tokio::spawn(serve(
         "api",
         listeners.api,
         api_app,
         api_stop.clone(),
-        api_limits,
+        api_limits(conn_cap),
         api_tls,
     ));
 
@@ -264,22 +256,26 @@ pub async fn run(
     Ok(())
 }
 
-/// Bounds of the API server; its connection cap comes from the open-file limit.
-const API_LIMITS: Limits = Limits {
-    header_read: Duration::from_secs(5),
-    request: Duration::from_secs(30),
-    connections_max: 1024,
-};
+/// Bounds of the API server, with its connection cap (`connections_max`).
+fn api_limits(connections_max: usize) -> Limits {
+    Limits {
+        header_read: Duration::from_secs(5),
+        request: Duration::from_secs(30),
+        connections_max,
+    }
+}
 
-/// Bounds of the peer server; snapshots take longer. Its connection cap comes from the
-/// open-file limit like the API's: each follower holds up to `FORWARDS_IN_FLIGHT_MAX` (256)
-/// forwarded requests open here, besides Raft's own, and a cap below that turned forwarded
-/// deletes into `503`s under load (the harness's overload fault).
-const PEER_LIMITS: Limits = Limits {
-    header_read: Duration::from_secs(10),
-    request: Duration::from_secs(60),
-    connections_max: 1024,
-};
+/// Bounds of the peer server; snapshots take longer. Its connection cap is the API's: each
+/// follower holds up to `FORWARDS_IN_FLIGHT_MAX` (256) forwarded requests open here, besides
+/// Raft's own, and a cap below that turned forwarded deletes into `503`s under load (the
+/// harness's overload fault).
+fn peer_limits(connections_max: usize) -> Limits {
+    Limits {
+        header_read: Duration::from_secs(10),
+        request: Duration::from_secs(60),
+        connections_max,
+    }
+}
 
 /// Each server's connection cap: well below the open-file limit (a quarter each for the API and
 /// the peer server, leaving room for outgoing deliveries and the data files), at least 64, at

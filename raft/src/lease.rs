@@ -40,6 +40,7 @@ impl Acks {
         }
     }
 
+    #[cfg(test)]
     fn snapshot(&self) -> BTreeMap<NodeId, (Epoch, Instant)> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -146,20 +147,21 @@ impl Leadership {
     /// True while this node leads `epoch` and a quorum accepted its requests recently enough
     /// that no other leader can exist.
     pub fn may_act(&self, epoch: Epoch) -> bool {
-        let o = self
-            .observed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        o.epoch == Some(epoch)
-            && lease_holds(
-                &o.configs,
-                self.me,
-                epoch,
-                &self.acks.snapshot(),
-                Instant::now(),
-                self.max_ack_age,
-            )
+        // Called before every attempt: read under the locks, no copies. Lock order: observed,
+        // then acks (`watch` and `Acks::record` each take only one).
+        let o = self.observed.lock().unwrap_or_else(|p| p.into_inner());
+        if o.epoch != Some(epoch) {
+            return false;
+        }
+        let acks = self.acks.0.lock().unwrap_or_else(|p| p.into_inner());
+        lease_holds(
+            &o.configs,
+            self.me,
+            epoch,
+            &acks,
+            Instant::now(),
+            self.max_ack_age,
+        )
     }
 }
 

@@ -650,11 +650,6 @@ impl Replica {
         self.config.peer_secret.as_ref()
     }
 
-    /// The client of the other nodes' peer ports (TLS and secret as configured).
-    pub fn peers(&self) -> &PeerClient {
-        &self.peers
-    }
-
     /// Stops background tasks and Raft, then flushes the store.
     pub async fn shutdown(&self) {
         self.cancel.cancel();
