@@ -4,8 +4,9 @@
 # runs/s and leader SIGKILL → first delivery by the new leader; then the workload faults of SPEC
 # §5 with nginx (Debian's package) as the healthy target: healthy lateness quiet and beside a
 # black-holed target (2,000 runs/s aimed at it), the leader's RSS growth under endless-body
-# targets, and overload at OVERLOAD_RATE due runs/s (about 2× the sustainable rate; default
-# 6000) for 30 s. Prints a report; JSON summaries go to target/bench/. Every phase is bounded.
+# targets, the sustainable rate (the highest of SUSTAINABLE_RATES delivered in full with p99
+# lateness ≤ 100 ms), and overload at 2× that rate (or OVERLOAD_RATE) for 30 s. Prints a
+# report; JSON summaries go to target/bench/. Every phase is bounded.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v nginx >/dev/null 2>&1; then
@@ -18,4 +19,5 @@ mkdir -p target/bench
 target/release/hookd-bench --hookd target/release/hookd --out target/bench/api.json
 target/release/hookd-dispatch-bench --hookd target/release/hookd --out target/bench/dispatch.json
 target/release/hookd-isolation-bench --hookd target/release/hookd --nginx "$(command -v nginx)" \
-    --overload-rate "${OVERLOAD_RATE:-6000}" --out target/bench/isolation.json
+    --sustainable-rates "${SUSTAINABLE_RATES:-1000,2000,2500,3000,3500,4000,4500,5000,6000}" \
+    --overload-rate "${OVERLOAD_RATE:-0}" --out target/bench/isolation.json

@@ -77,6 +77,12 @@ pub fn claim_rate(per_s: f64) {
     metrics::gauge!("hookd_dispatch_claim_rate").set(per_s);
 }
 
+/// The lease gate closed while attempts were ready to start (this node could not confirm it
+/// still leads within the lease): each closure pauses delivery until a quorum acks again.
+pub fn lease_gate_closed() {
+    counter!("hookd_dispatch_lease_gate_closed_total").increment(1);
+}
+
 /// A target's circuit opened.
 pub fn circuit_opened() {
     counter!("hookd_target_circuit_opened_total").increment(1);

@@ -113,6 +113,8 @@ struct Dispatcher {
     held: HashMap<TargetKey, HashMap<String, i64>>,
     /// How many runs may be claimed, adapting to the claims' commit latency.
     pacer: Pacer,
+    /// Whether the lease gate was open when attempts were last ready (closures are counted).
+    gate_open: bool,
     events_tx: mpsc::Sender<Event>,
     record_tx: mpsc::Sender<AttemptOutcome>,
 }
@@ -185,6 +187,7 @@ pub async fn run_epoch(
         doubts: Doubts::default(),
         held: HashMap::new(),
         pacer: Pacer::new(now_ms()),
+        gate_open: true,
         events_tx,
         record_tx,
     };
@@ -596,9 +599,16 @@ impl Dispatcher {
     fn send_due(&mut self) {
         let now = now_ms();
         for _ in 0..STARTS_PER_TURN_MAX {
-            if !self.sched.can_start(now) || !self.may_act() {
-                return; // a finishing attempt, a new run or the gate re-check wakes the loop
+            if !self.sched.can_start(now) {
+                return; // a finishing attempt or a new run wakes the loop
             }
+            if !self.may_act() {
+                if std::mem::replace(&mut self.gate_open, false) {
+                    crate::metrics::lease_gate_closed();
+                }
+                return; // the gate re-check wakes the loop
+            }
+            self.gate_open = true;
             let Some(started) = self.sched.next(now) else {
                 return;
             };

@@ -5,9 +5,13 @@
 //!    never answers with `--hole-rate` runs/s aimed at it (SPEC §5: ≤ max(10 ms, 2× quiet));
 //! 2. endless body: the leader's RSS growth while jobs read a target that streams forever
 //!    (SPEC §5: ≤ 64 MiB);
-//! 3. overload: `--overload-rate` due runs/s (about 2× the sustainable rate) for
-//!    `--overload-seconds`: deliveries per second (min, median), the leader's term before and
-//!    after, and the time until lateness is normal again once the load is deleted.
+//! 3. sustainable rate: each rate of `--sustainable-rates` in turn for `--seconds`; the
+//!    sustainable rate is the highest at which every run arrived with p99 lateness ≤ 100 ms
+//!    (SPEC §5's throughput criterion);
+//! 4. overload: 2× the sustainable rate (or `--overload-rate`) for `--overload-seconds`:
+//!    deliveries per second (min, median, and both as a share of the sustainable rate), the
+//!    leader's term before and after, and the time until lateness is normal again once the load
+//!    is deleted.
 //!
 //! Every loop is bounded in count and time; every target is on 127.0.0.1.
 
@@ -44,7 +48,11 @@ struct Args {
     /// Seconds measured per phase (after a warm-up).
     #[arg(long, default_value_t = 10)]
     seconds: u64,
-    /// Due runs per second of the overload phase (0 skips it).
+    /// Rates tried, in order, to find the sustainable rate (none: skipped).
+    #[arg(long, num_args = 0.., value_delimiter = ',')]
+    sustainable_rates: Vec<usize>,
+    /// Due runs per second of the overload phase; by default 2× the sustainable rate found (0 and
+    /// no sustainable rate: skipped).
     #[arg(long, default_value_t = 0)]
     overload_rate: usize,
     #[arg(long, default_value_t = 30)]
@@ -297,6 +305,24 @@ async fn await_leader(c: &LocalCluster) -> anyhow::Result<usize> {
     bail!("no leader within 20 s")
 }
 
+/// Node `i`'s claim rate, runs waiting and lease-gate closures, from `/metrics` (0 if absent).
+async fn metrics_of(c: &LocalCluster, i: usize) -> [f64; 3] {
+    let text = match http().get(c.url(i, "/metrics")).send().await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    [
+        value("hookd_dispatch_claim_rate"),
+        value("hookd_runs_waiting"),
+        value("hookd_dispatch_lease_gate_closed_total"),
+    ]
+}
+
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
@@ -340,6 +366,9 @@ struct Report {
     hole_connections_max: usize,
     hole_target: Value,
     endless_rss_growth_mib: f64,
+    /// Each rate tried: p99 lateness (ms) and runs missed.
+    ladder: Vec<(usize, f64, usize)>,
+    sustainable_per_s: Option<usize>,
     overload: Option<Overload>,
 }
 
@@ -352,6 +381,12 @@ struct Overload {
     /// The lowest mean over any 5 consecutive seconds (claims go in batches of up to 512
     /// runs, a sixth of a second at full rate, so single seconds are lumpy).
     min_per_5s: usize,
+    /// Per second: the leader's `hookd_dispatch_claim_rate`, `hookd_runs_waiting` and
+    /// `hookd_dispatch_lease_gate_closed_total`.
+    leader_metrics: BTreeMap<i64, [f64; 3]>,
+    /// `min_per_s` and `median_per_s` over the sustainable rate (SPEC §5: ≥ 0.9 throughout).
+    min_share: Option<f64>,
+    median_share: Option<f64>,
     term_before: u64,
     term_after: u64,
     leader_before: Option<u64>,
@@ -440,13 +475,57 @@ async fn main() -> anyhow::Result<()> {
     println!("endless body (5 jobs/s, 6 s timeout, 12 s): leader RSS {before} kB → peak {peak} kB, growth {growth:.1} MiB");
     delete_jobs(&c, l, &endless).await;
 
-    // 3. Overload.
-    let overload = if args.overload_rate > 0 {
+    // 3. The sustainable rate: the highest rate tried with every run delivered and p99 ≤ 100 ms.
+    let mut ladder = Vec::new();
+    let mut sustainable = None;
+    for (k, &rate) in args.sustainable_rates.iter().enumerate() {
+        let t = (now_ms() / 1000 + 3) * 1000;
+        let prefix = format!("rate{k}-");
+        let jobs = create_jobs(
+            &c,
+            l,
+            &prefix[..prefix.len() - 1],
+            &nginx.url,
+            rate,
+            "10s",
+            t,
+        )
+        .await?;
+        let (from, to) = (t + 2000, t + 2000 + secs * 1000);
+        sleep_until_ms(to + 2000).await;
+        let (s, missed) = lateness(&nginx.requests(), &prefix, rate, from, to);
+        println!(
+            "sustainable? {rate} runs/s (+{} healthy): lateness {s}, missed {missed}",
+            args.healthy_rate
+        );
+        let _ = delete_jobs(&c, l, &jobs).await;
+        ladder.push((rate, s.p99_ms, missed));
+        if s.p99_ms > 100.0 || missed > 0 {
+            break;
+        }
+        sustainable = Some(rate + args.healthy_rate);
+    }
+    if let Some(s) = sustainable {
+        println!("sustainable rate: {s} runs/s (p99 ≤ 100 ms, none missed, healthy jobs included)");
+    }
+
+    // 4. Overload.
+    let overload_rate = match (args.overload_rate, sustainable) {
+        (0, Some(s)) => 2 * s - args.healthy_rate,
+        (r, _) => r,
+    };
+    let overload = if overload_rate > 0 {
         let (leader_before, term_before) = cluster_state(&c, l).await;
         let t3 = (now_ms() / 1000 + 3) * 1000;
-        let load = create_jobs(&c, l, "load", &nginx.url, args.overload_rate, "10s", t3).await?;
+        let load = create_jobs(&c, l, "load", &nginx.url, overload_rate, "10s", t3).await?;
         let end = t3 + args.overload_seconds as i64 * 1000;
-        sleep_until_ms(end).await;
+        // The leader's view each second: claim rate, runs waiting, lease-gate closures so far.
+        let mut leader_metrics = BTreeMap::new();
+        while now_ms() < end {
+            let second = now_ms() / 1000;
+            leader_metrics.insert(second, metrics_of(&c, l).await);
+            sleep_until_ms((second + 1) * 1000).await;
+        }
         let (leader_after, term_after) = cluster_state(&c, l).await;
         let deleted_at = now_ms();
         let l_now = await_leader(&c).await.unwrap_or(l);
@@ -486,11 +565,17 @@ async fn main() -> anyhow::Result<()> {
             .unwrap_or(0);
         let mut counts = in_order;
         counts.sort_unstable();
+        let min_per_s = counts.first().copied().unwrap_or(0);
+        let median_per_s = counts.get(counts.len() / 2).copied().unwrap_or(0);
+        let share = |n: usize| sustainable.map(|s| n as f64 / s as f64);
         let o = Overload {
-            offered_per_s: args.overload_rate + args.healthy_rate,
-            min_per_s: counts.first().copied().unwrap_or(0),
-            median_per_s: counts.get(counts.len() / 2).copied().unwrap_or(0),
+            offered_per_s: overload_rate + args.healthy_rate,
+            min_per_s,
+            median_per_s,
+            min_share: share(min_per_s),
+            median_share: share(median_per_s),
             min_per_5s,
+            leader_metrics,
             delivered_per_s: per_s,
             term_before,
             term_after,
@@ -500,11 +585,13 @@ async fn main() -> anyhow::Result<()> {
             recovered_after_ms,
         };
         println!(
-            "overload {} due runs/s offered for {} s: delivered/s min {} median {}, lowest 5-s mean {}; leader {:?}→{:?}, term {}→{}; {} of {} deletes acknowledged in {} ms; normal lateness again {:?} ms after the deletes began",
+            "overload {} due runs/s offered for {} s: delivered/s min {} median {} (of the sustainable rate: {:.2}, {:.2}), lowest 5-s mean {}; leader {:?}→{:?}, term {}→{}; {} of {} deletes acknowledged in {} ms; normal lateness again {:?} ms after the deletes began",
             o.offered_per_s,
             args.overload_seconds,
             o.min_per_s,
             o.median_per_s,
+            o.min_share.unwrap_or(f64::NAN),
+            o.median_share.unwrap_or(f64::NAN),
             o.min_per_5s,
             o.leader_before,
             o.leader_after,
@@ -529,6 +616,8 @@ async fn main() -> anyhow::Result<()> {
         hole_connections_max: hole_max,
         hole_target,
         endless_rss_growth_mib: growth,
+        ladder,
+        sustainable_per_s: sustainable,
         overload,
     };
     if let Some(out) = &args.out {
