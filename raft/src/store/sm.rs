@@ -248,6 +248,54 @@ impl StateMachineStore {
 }
 
 impl Inner {
+    /// Applies `entries` (not empty) in one transaction with the last-applied log id; returns a
+    /// result per entry and what changed.
+    fn apply_batch(
+        &self,
+        entries: &[Entry],
+    ) -> Result<(Vec<CommandResult>, state::Touched), StorageError> {
+        let Some(last) = entries.last().map(|e| e.log_id) else {
+            return Ok((Vec::new(), state::Touched::default()));
+        };
+        let gen = self.current();
+        let mut trees: Vec<&sled::Tree> = vec![&self.sm_meta];
+        trees.extend(gen.tables.iter());
+        trees
+            .as_slice()
+            .transaction(|txs| {
+                let (meta, trees) =
+                    txs.split_first()
+                        .ok_or(ConflictableTransactionError::Abort(
+                            StateFault::MissingTables,
+                        ))?;
+                let tables = TxTables {
+                    trees,
+                    captures: &self.captures,
+                };
+                let mut out = Vec::with_capacity(entries.len());
+                let mut touched = state::Touched::default();
+                for entry in entries {
+                    match &entry.payload {
+                        EntryPayload::Blank => out.push(CommandResult::Done),
+                        EntryPayload::Normal(cmd) => out.push(state::apply_command(
+                            &tables,
+                            &entry.log_id,
+                            cmd,
+                            &mut touched,
+                        )?),
+                        EntryPayload::Membership(m) => {
+                            let stored = StoredMembership::new(Some(entry.log_id), m.clone());
+                            meta.insert(LAST_MEMBERSHIP, json(&stored))?;
+                            out.push(CommandResult::Done);
+                        }
+                    }
+                }
+                meta.insert(LAST_APPLIED, json(&last))?;
+                Ok((out, touched))
+            })
+            .map_err(|e| StorageIOError::apply(last, &tx_error(e)).into())
+    }
+
     fn close_capture(&self, seq: u64) -> PreImages {
         let mut captures = self.captures.lock().unwrap_or_else(|p| p.into_inner());
         captures.remove(&seq).unwrap_or_default()
@@ -327,43 +375,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let Some(last) = entries.last().map(|e| e.log_id) else {
             return Ok(Vec::new());
         };
-        let gen = self.inner.current();
-        let mut trees: Vec<&sled::Tree> = vec![&self.inner.sm_meta];
-        trees.extend(gen.tables.iter());
-        let (results, touched) = trees
-            .as_slice()
-            .transaction(|txs| {
-                let (meta, trees) =
-                    txs.split_first()
-                        .ok_or(ConflictableTransactionError::Abort(
-                            StateFault::MissingTables,
-                        ))?;
-                let tables = TxTables {
-                    trees,
-                    captures: &self.inner.captures,
-                };
-                let mut out = Vec::with_capacity(entries.len());
-                let mut touched = state::Touched::default();
-                for entry in &entries {
-                    match &entry.payload {
-                        EntryPayload::Blank => out.push(CommandResult::Done),
-                        EntryPayload::Normal(cmd) => out.push(state::apply_command(
-                            &tables,
-                            &entry.log_id,
-                            cmd,
-                            &mut touched,
-                        )?),
-                        EntryPayload::Membership(m) => {
-                            let stored = StoredMembership::new(Some(entry.log_id), m.clone());
-                            meta.insert(LAST_MEMBERSHIP, json(&stored))?;
-                            out.push(CommandResult::Done);
-                        }
-                    }
-                }
-                meta.insert(LAST_APPLIED, json(&last))?;
-                Ok((out, touched))
-            })
-            .map_err(|e| StorageIOError::apply(last, &tx_error(e)))?;
+        // In a blocking thread: a batch's transaction can take tens of milliseconds, and on a
+        // worker of Raft's runtime it held up the heartbeats and AppendEntries queued behind it.
+        let inner = self.inner.clone();
+        let (results, touched) = tokio::task::spawn_blocking(move || inner.apply_batch(&entries))
+            .await
+            .map_err(|e| StorageIOError::apply(last, &std::io::Error::other(e)))??;
         // Must flush: `save_committed` is not flushed, so after a power loss a leader resuming
         // its term serves read indexes from a possibly stale commit index; the state has to hold
         // every write acknowledged before. (Leaving this flush to the next append made the
@@ -534,12 +551,23 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         )?;
         let started = std::time::Instant::now();
         let store = self.store.clone();
-        let data = tokio::task::spawn_blocking(move || {
-            let body = store.dump(&gen, seq)?;
-            postcard::to_stdvec(&body).map_err(sm_err)
-        })
-        .await
-        .map_err(|e| sm_err(std::io::Error::other(e)))??;
+        // On a thread of its own at a lower CPU priority: copying the whole state must not take
+        // the CPU from replication, apply and delivery (all three nodes build at the same log
+        // index; at normal priority their builds stalled delivery under load for a second).
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("hookd-snapshot".into())
+            .spawn(move || {
+                lower_priority();
+                let data = store
+                    .dump(&gen, seq)
+                    .and_then(|body| postcard::to_stdvec(&body).map_err(sm_err));
+                let _ = tx.send(data);
+            })
+            .map_err(sm_err)?;
+        let data = rx
+            .await
+            .map_err(|_| sm_err(std::io::Error::other("snapshot builder thread ended")))??;
         drop(building);
         let snapshot_id = match applied {
             Some(l) => format!("{}-{}-{seq}", l.leader_id, l.index),
@@ -563,6 +591,19 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             meta,
             snapshot: Box::new(Cursor::new(data)),
         })
+    }
+}
+
+/// Niceness of the snapshot builder thread: it gets about a tenth of a core's share against
+/// busy normal-priority threads, and all of an idle core.
+const SNAPSHOT_NICE: i32 = 10;
+
+/// Lowers the calling thread's CPU priority to `SNAPSHOT_NICE` (Linux: per thread). A failure
+/// only leaves it at normal priority.
+fn lower_priority() {
+    let tid = rustix::thread::gettid();
+    if let Err(e) = rustix::process::setpriority_process(Some(tid), SNAPSHOT_NICE) {
+        tracing::debug!(error = %e, "cannot lower the snapshot builder's priority");
     }
 }
 
@@ -725,5 +766,24 @@ impl StateView {
             .ok()
             .flatten()
             .map(|v| String::from_utf8_lossy(&v).into_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_snapshot_builder_thread_runs_at_a_lower_priority_than_the_rest() {
+        let ours = rustix::process::getpriority_process(None).unwrap();
+        let builder = std::thread::spawn(|| {
+            lower_priority();
+            rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(builder, SNAPSHOT_NICE.max(ours));
+        // Per thread: the process itself keeps its priority.
+        assert_eq!(rustix::process::getpriority_process(None).unwrap(), ours);
     }
 }
