@@ -598,11 +598,12 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 /// busy normal-priority threads, and all of an idle core.
 const SNAPSHOT_NICE: i32 = 10;
 
-/// Lowers the calling thread's CPU priority to `SNAPSHOT_NICE` (Linux: per thread). A failure
-/// only leaves it at normal priority.
+/// Lowers the calling thread's CPU priority to `SNAPSHOT_NICE` (Linux: per thread), never
+/// raising it (a node started at a higher niceness keeps it). A failure only leaves it as it was.
 fn lower_priority() {
     let tid = rustix::thread::gettid();
-    if let Err(e) = rustix::process::setpriority_process(Some(tid), SNAPSHOT_NICE) {
+    let current = rustix::process::getpriority_process(Some(tid)).unwrap_or(0);
+    if let Err(e) = rustix::process::setpriority_process(Some(tid), SNAPSHOT_NICE.max(current)) {
         tracing::debug!(error = %e, "cannot lower the snapshot builder's priority");
     }
 }
@@ -783,7 +784,7 @@ mod tests {
         .join()
         .unwrap();
         assert_eq!(builder, SNAPSHOT_NICE.max(ours));
-        // Per thread: the process itself keeps its priority.
+        // Per thread: the thread that spawned it keeps its priority.
         assert_eq!(rustix::process::getpriority_process(None).unwrap(), ours);
     }
 }
