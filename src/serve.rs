@@ -161,7 +161,7 @@ pub async fn serve(
                         }
                         // Plain HTTP, a certificate of another CA, or no certificate where one is
                         // required. Worth seeing on the peer port, where it means a misconfigured
-                        // node, but at most once per `REFUSALS_LOG_EVERY`: a scanner gets no more.
+                        // node, but at most once per `REFUSALS_LOG_EVERY_MS`: a scanner gets no more.
                         Ok(Err(e)) if name == "peer" => {
                             if let Some(n) = refusals.count(now_ms()) {
                                 tracing::warn!(server = name, error = %e, refused = n, "TLS handshakes refused")

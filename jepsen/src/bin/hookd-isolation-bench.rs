@@ -480,20 +480,11 @@ async fn main() -> anyhow::Result<()> {
     let mut sustainable = None;
     for (k, &rate) in args.sustainable_rates.iter().enumerate() {
         let t = (now_ms() / 1000 + 3) * 1000;
-        let prefix = format!("rate{k}-");
-        let jobs = create_jobs(
-            &c,
-            l,
-            &prefix[..prefix.len() - 1],
-            &nginx.url,
-            rate,
-            "10s",
-            t,
-        )
-        .await?;
+        let name = format!("rate{k}");
+        let jobs = create_jobs(&c, l, &name, &nginx.url, rate, "10s", t).await?;
         let (from, to) = (t + 2000, t + 2000 + secs * 1000);
         sleep_until_ms(to + 2000).await;
-        let (s, missed) = lateness(&nginx.requests(), &prefix, rate, from, to);
+        let (s, missed) = lateness(&nginx.requests(), &format!("{name}-"), rate, from, to);
         println!(
             "sustainable? {rate} runs/s (+{} healthy): lateness {s}, missed {missed}",
             args.healthy_rate

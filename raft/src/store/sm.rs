@@ -248,15 +248,13 @@ impl StateMachineStore {
 }
 
 impl Inner {
-    /// Applies `entries` (not empty) in one transaction with the last-applied log id; returns a
-    /// result per entry and what changed.
+    /// Applies `entries`, the last of which is `last`, in one transaction that also records
+    /// `last` as applied; returns a result per entry and what changed.
     fn apply_batch(
         &self,
         entries: &[Entry],
+        last: LogId,
     ) -> Result<(Vec<CommandResult>, state::Touched), StorageError> {
-        let Some(last) = entries.last().map(|e| e.log_id) else {
-            return Ok((Vec::new(), state::Touched::default()));
-        };
         let gen = self.current();
         let mut trees: Vec<&sled::Tree> = vec![&self.sm_meta];
         trees.extend(gen.tables.iter());
@@ -378,9 +376,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         // In a blocking thread: a batch's transaction can take tens of milliseconds, and on a
         // worker of Raft's runtime it held up the heartbeats and AppendEntries queued behind it.
         let inner = self.inner.clone();
-        let (results, touched) = tokio::task::spawn_blocking(move || inner.apply_batch(&entries))
-            .await
-            .map_err(|e| StorageIOError::apply(last, &std::io::Error::other(e)))??;
+        let (results, touched) =
+            tokio::task::spawn_blocking(move || inner.apply_batch(&entries, last))
+                .await
+                .map_err(|e| StorageIOError::apply(last, &std::io::Error::other(e)))??;
         // Must flush: `save_committed` is not flushed, so after a power loss a leader resuming
         // its term serves read indexes from a possibly stale commit index; the state has to hold
         // every write acknowledged before. (Leaving this flush to the next append made the
