@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Measures the release build on this machine: fresh-cluster election, create latency with 1, 32
-# and 64 clients, leader SIGKILL → first successful write; fire lateness at 100 and 1,000 due
+# and 64 clients, creates beside a three-member etcd 3.4 (Debian's etcd-server, fsync on) with
+# the same client (wrk), connections (1 and 64) and value, with hookd/etcd ratios; leader
+# SIGKILL → first successful write; fire lateness at 100 and 1,000 due
 # runs/s and leader SIGKILL → first delivery by the new leader; then the workload faults of SPEC
 # §5 with nginx (Debian's package) as the healthy target: healthy lateness quiet and beside a
 # black-holed target (2,000 runs/s aimed at it), the leader's RSS growth under endless-body
@@ -9,10 +11,14 @@
 # report; JSON summaries go to target/bench/. Every phase is bounded.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v nginx >/dev/null 2>&1; then
-    echo "bench.sh: installing nginx-light (the healthy target)" >&2
+missing=()
+command -v nginx >/dev/null 2>&1 || missing+=(nginx-light) # the healthy target
+command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)  # the reference for writes
+command -v wrk >/dev/null 2>&1 || missing+=(wrk)           # the one client for both
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "bench.sh: installing ${missing[*]}" >&2
     timeout 300 apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive timeout 300 apt-get install -y -qq nginx-light >/dev/null
+    DEBIAN_FRONTEND=noninteractive timeout 300 apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 cargo build --release --locked -p hookd -p hookd-jepsen
 mkdir -p target/bench

@@ -5,14 +5,16 @@
 // A command-line report: printing to stdout is its job.
 #![allow(clippy::print_stdout)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use hookd_jepsen::etcd::EtcdCluster;
 use hookd_jepsen::local::LocalCluster;
 use hookd_jepsen::stats::{Latencies, Summary};
+use hookd_jepsen::wrk::{self, Totals};
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -33,6 +35,9 @@ struct Args {
     /// Keep the measured cluster's data dirs and logs here instead of a temporary dir.
     #[arg(long)]
     keep: Option<PathBuf>,
+    /// Seconds per wrk run of the side-by-side with etcd (0 skips it).
+    #[arg(long, default_value_t = 10)]
+    versus_etcd_secs: u64,
     /// Extra flags for every `hookd serve`.
     #[arg(long, allow_hyphen_values = true)]
     hookd_args: Vec<String>,
@@ -48,10 +53,21 @@ struct LoadResult {
     latency: Summary,
 }
 
+/// One concurrency of the side-by-side: the same wrk, connections and value against both.
+#[derive(Debug, Serialize)]
+struct Versus {
+    clients: usize,
+    hookd: Totals,
+    etcd: Totals,
+    /// hookd's successful creates per second over etcd's puts per second.
+    ratio: f64,
+}
+
 #[derive(Debug, Serialize)]
 struct Report {
     fresh_election_ms: Vec<f64>,
     loads: Vec<LoadResult>,
+    versus_etcd: Vec<Versus>,
     failover_first_write_ms: Vec<f64>,
     failover: Summary,
 }
@@ -250,6 +266,58 @@ async fn await_same_commit(http: &reqwest::Client, c: &LocalCluster) -> anyhow::
     bail!("nodes did not converge on one commit index within 20 s")
 }
 
+/// Creates through hookd's leader against puts to a three-member etcd 3.4 started beside it,
+/// both driven by wrk with the same connections, duration and value (the job JSON), one after
+/// the other at each concurrency.
+async fn versus_etcd(c: &LocalCluster, dir: &Path, each: Duration) -> anyhow::Result<Vec<Versus>> {
+    let http = http();
+    let etcd_dir = dir.join("etcd");
+    std::fs::create_dir_all(&etcd_dir)?;
+    let etcd = EtcdCluster::start(&etcd_dir, &http).await?;
+    let mut out = Vec::new();
+    for clients in [1, 64] {
+        let hookd_url = c.url(
+            await_leader(&http, c, Duration::from_secs(10)).await?,
+            "/v1/jobs",
+        );
+        let etcd_leader = etcd.leader(&http).await.context("etcd has no leader")?;
+        let etcd_url = format!("{}/v3/kv/put", etcd.client_urls[etcd_leader]);
+        let tag = format!("wrk{clients}");
+        let e = wrk::run(&etcd_dir, &etcd_url, wrk::Target::Etcd, &tag, clients, each)?;
+        let h = wrk::run(
+            &etcd_dir,
+            &hookd_url,
+            wrk::Target::Hookd,
+            &tag,
+            clients,
+            each,
+        )?;
+        let stored = etcd.count(&http, &format!("job/{tag}-")).await?;
+        if e.failures() > 0 || stored < e.requests - e.failures() {
+            bail!("etcd refused writes or lost them: {e:?}, {stored} keys stored");
+        }
+        let ratio = h.ok_per_s() / e.ok_per_s().max(1e-9);
+        println!(
+            "creates via wrk, {clients:>2} clients: hookd {:>6.0}/s p50 {:.2} ms p99 {:.2} ms \
+             ({} failed) | etcd 3.4 {:>6.0}/s p50 {:.2} ms p99 {:.2} ms | hookd/etcd {ratio:.2}×",
+            h.ok_per_s(),
+            h.p50_ms(),
+            h.p99_ms(),
+            h.failures(),
+            e.ok_per_s(),
+            e.p50_ms(),
+            e.p99_ms(),
+        );
+        out.push(Versus {
+            clients,
+            hookd: h,
+            etcd: e,
+            ratio,
+        });
+    }
+    Ok(out)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -309,6 +377,12 @@ async fn main() -> anyhow::Result<()> {
         loads.push(r);
     }
 
+    let versus_etcd = if args.versus_etcd_secs > 0 {
+        versus_etcd(&c, &dir, Duration::from_secs(args.versus_etcd_secs)).await?
+    } else {
+        Vec::new()
+    };
+
     let c = Arc::new(tokio::sync::Mutex::new(c));
     let mut gaps = Vec::new();
     let mut failover = Latencies::default();
@@ -324,6 +398,7 @@ async fn main() -> anyhow::Result<()> {
     let report = Report {
         fresh_election_ms: fresh,
         loads,
+        versus_etcd,
         failover_first_write_ms: gaps,
         failover: failover.summary(),
     };
