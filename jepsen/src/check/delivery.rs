@@ -329,7 +329,7 @@ pub fn check_timeliness(input: &Input, timelines: &BTreeMap<String, Timeline>) -
             v.example(json!({"early": d.webhook_id, "by_ms": before_due / 1000, "from": d.from}));
         }
         let late = d.recv - known_from(d);
-        if input.fault_at(d.scheduled_at).is_some() {
+        if input.fault_hitting(d.scheduled_at).is_some() {
             fault.push(late);
         } else if input.overload_at(d.scheduled_at).is_some() {
             overload.push(late);
@@ -390,7 +390,7 @@ pub fn check_timeliness(input: &Input, timelines: &BTreeMap<String, Timeline>) -
                 "stuck": d.webhook_id, "job": d.job_id, "scheduled_at": rfc3339_us(d.scheduled_at),
                 "first_attempt_at": rfc3339_us(d.recv), "late_ms": (d.recv - d.scheduled_at) / 1000,
                 "late_after_outage_ms": (d.recv - from) / 1000, "from": d.from,
-                "fault": input.fault_at(d.scheduled_at).map(|w| w.fault.name()),
+                "fault": input.fault_hitting(d.scheduled_at).map(|w| w.fault.name()),
             }));
         }
     }
@@ -768,5 +768,37 @@ mod tests {
             check_timeliness(&i, &timelines(&i.ops)).valid,
             Validity::Invalid
         );
+    }
+
+    #[test]
+    fn a_run_due_just_before_a_node_fault_counts_as_hit_by_it() {
+        // A whole-cluster restart 4 ms after a run fell due: the run was still on its way and
+        // went out after the restart. Its lateness is the fault's, not a quiet one.
+        let (mut i, _) = base(None);
+        let due = T0 + 10 * S;
+        for d in &mut i.deliveries {
+            if d.scheduled_at == due {
+                d.recv = due + 4_850_000;
+            }
+        }
+        let v = check_timeliness(&i, &timelines(&i.ops));
+        assert_eq!(
+            v.valid,
+            Validity::Invalid,
+            "no fault yet: a quiet 4.85 s is late"
+        );
+        i.windows.push(window(
+            Kind::RestartAll,
+            &[1, 2, 3],
+            due + 4_000,
+            due + 3 * S,
+            None,
+        ));
+        let v = check_timeliness(&i, &timelines(&i.ops));
+        assert_eq!(v.valid, Validity::Valid, "{v:?}");
+        // A run due well before the fault (more than `in_flight`) stays quiet.
+        i.windows[0].start = due + 2 * i.params.in_flight;
+        let v = check_timeliness(&i, &timelines(&i.ops));
+        assert_eq!(v.valid, Validity::Invalid, "{v:?}");
     }
 }

@@ -80,7 +80,7 @@ pub fn check(input: &Input, timelines: &BTreeMap<String, Timeline>) -> Verdict {
     let mut quiet: Vec<i64> = first
         .values()
         .filter(|d| {
-            input.fault_at(d.scheduled_at).is_none()
+            input.fault_hitting(d.scheduled_at).is_none()
                 && input.overload_at(d.scheduled_at).is_none()
                 && !windows.iter().any(|w| {
                     let (a, b) = span(w);
@@ -100,7 +100,7 @@ pub fn check(input: &Input, timelines: &BTreeMap<String, Timeline>) -> Verdict {
         let healthy = |due: i64| {
             due >= a
                 && due <= b
-                && input.fault_at(due).is_none()
+                && input.fault_hitting(due).is_none()
                 && input.overload_at(due).is_none()
         };
         let mut late: Vec<i64> = first

@@ -83,6 +83,9 @@ pub struct Params {
     pub drain: i64,
     /// Fault windows are extended by this much after the heal (recovery counts as faulty).
     pub settle: i64,
+    /// A run due this little before a node fault began may still have been on its way (claimed,
+    /// its request in flight) when the fault landed; its lateness counts as the fault's.
+    pub in_flight: i64,
     /// A first delivery this much before its due instant is early.
     pub early_tol: i64,
     /// Quiet-window p99 lateness above this is a violation.
@@ -113,6 +116,7 @@ impl Default for Params {
             head_start: 1_500_000,
             drain: 10_000_000,
             settle: 5_000_000,
+            in_flight: 100_000,
             early_tol: 20_000,
             quiet_p99_max: 500_000,
             after_ack_tol: 250_000,
@@ -201,6 +205,13 @@ impl Input {
             .iter()
             .filter(|w| !w.fault.is_workload())
             .find(|w| t >= w.start && t <= w.end + self.params.settle)
+    }
+
+    /// The node or sink fault window that may have delayed a run due at `due`: as `fault_at`,
+    /// but from `in_flight` before the fault began.
+    pub fn fault_hitting(&self, due: i64) -> Option<&Window> {
+        self.fault_at(due)
+            .or_else(|| self.fault_at(due + self.params.in_flight))
     }
 
     /// The overload window (extended by `settle`, while the backlog drains) containing `t`.
