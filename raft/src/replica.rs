@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
+use openraft::storage::RaftLogStorage;
 use openraft::{ServerState, SnapshotPolicy};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::{timeout, Instant};
@@ -128,6 +129,30 @@ pub struct Replica {
     cancel: CancellationToken,
     leadership: Leadership,
     proposals: mpsc::Sender<Proposal>,
+    read_floor: ReadFloor,
+}
+
+/// The term this node had voted in when it started, and the last entry its log held then.
+/// openraft restores a node that led that term as leader at once, without a new blank entry,
+/// and answers read indexes from its saved commit index, which is not flushed (nor is the
+/// state machine per applied batch): after a power loss it can be stale. Every entry
+/// acknowledged in that term is in this leader's log (it appended each one and flushed it
+/// before it could commit), so a read in that term waits for the last of them.
+#[derive(Debug, Clone, Copy)]
+struct ReadFloor {
+    term: Option<u64>,
+    last_log_id: Option<LogId>,
+}
+
+impl ReadFloor {
+    /// The log id a linearizable read in `term` must wait for, given openraft's read log id.
+    fn apply(self, term: u64, read_log_id: Option<LogId>) -> Option<LogId> {
+        if self.term == Some(term) {
+            std::cmp::max_by_key(read_log_id, self.last_log_id, |l| l.map(|l| l.index))
+        } else {
+            read_log_id
+        }
+    }
 }
 
 /// A command waiting for the proposer, and where its result goes.
@@ -197,6 +222,30 @@ impl Replica {
             config.peer_tls.clone(),
         )
         .map_err(|e| StartError::Client(e.to_string()))?;
+        let read_floor = {
+            let mut log = store.log_store();
+            let vote = log
+                .read_vote()
+                .await
+                .map_err(|e| StartError::Raft(e.to_string()))?;
+            let state = log
+                .get_log_state()
+                .await
+                .map_err(|e| StartError::Raft(e.to_string()))?;
+            if let Some(v) = vote
+                .filter(|v| v.is_committed() && v.leader_id().voted_for() == Some(config.node_id))
+            {
+                tracing::info!(
+                    term = v.leader_id().term,
+                    last_log = ?state.last_log_id,
+                    "led this term before the restart: reads in it wait for the last entry held"
+                );
+            }
+            ReadFloor {
+                term: vote.map(|v| v.leader_id().term),
+                last_log_id: state.last_log_id,
+            }
+        };
         let raft = Raft::new(
             config.node_id,
             Arc::new(raft_config),
@@ -233,6 +282,7 @@ impl Replica {
         let replica = Arc::new(Replica {
             proposals,
             leadership: leadership.clone(),
+            read_floor,
             id: config.node_id,
             raft: raft.clone(),
             store,
@@ -528,11 +578,14 @@ impl Replica {
     /// On the leader: confirms leadership with a quorum and returns the log id every
     /// linearizable read must wait for.
     pub async fn leader_read_index(&self, within: Duration) -> Result<Option<LogId>, ForwardError> {
+        // The term before the confirmation: if it is the startup term, leadership was
+        // confirmed in it (or a later term, where the floor is merely redundant).
+        let term = self.raft.metrics().borrow().current_term;
         match timeout(within, self.raft.ensure_linearizable()).await {
             Err(_) => Err(ForwardError::Unconfirmed(format!(
                 "leadership not confirmed within {within:?}"
             ))),
-            Ok(Ok(log_id)) => Ok(log_id),
+            Ok(Ok(log_id)) => Ok(self.read_floor.apply(term, log_id)),
             Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
                 Err(ForwardError::NotLeader {
                     leader_id: f.leader_id,
@@ -661,5 +714,48 @@ impl Replica {
         if let Err(e) = self.store.flush().await {
             tracing::warn!(error = %e, "final flush failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ReadFloor;
+    use crate::typ::LogId;
+    use openraft::CommittedLeaderId;
+
+    fn id(term: u64, index: u64) -> Option<LogId> {
+        Some(LogId::new(CommittedLeaderId::new(term, 1), index))
+    }
+
+    #[test]
+    fn reads_in_the_startup_term_wait_for_the_last_entry_held_at_startup() {
+        let floor = ReadFloor {
+            term: Some(7),
+            last_log_id: id(7, 40),
+        };
+        // (term of the read, openraft's read log id) -> what the read waits for
+        let cases = [
+            // restored leader, stale saved commit index: the floor wins
+            (7, id(7, 31), id(7, 40)),
+            (7, None, id(7, 40)),
+            // openraft's id is past the floor already
+            (7, id(7, 52), id(7, 52)),
+            // a later term got there by election, with a blank entry of its own: no floor
+            (8, id(8, 12), id(8, 12)),
+            (8, None, None),
+        ];
+        for (term, read, expect) in cases {
+            assert_eq!(
+                floor.apply(term, read),
+                expect,
+                "term {term}, read {read:?}"
+            );
+        }
+        let empty = ReadFloor {
+            term: None,
+            last_log_id: None,
+        };
+        assert_eq!(empty.apply(0, id(1, 3)), id(1, 3));
+        assert_eq!(empty.apply(0, None), None);
     }
 }

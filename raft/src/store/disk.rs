@@ -67,12 +67,12 @@ impl Disk {
                 "storage fault injected by a test",
             )));
         }
-        self.db.flush_async().await?;
-        let files = self.files.clone();
-        tokio::task::spawn_blocking(move || files.sync())
+        // sled's `flush_async` would hand the flush to sled's own thread pool, whose every job
+        // wakes all of its idle threads (`notify_all`); one blocking hop of ours does both.
+        let disk = self.clone();
+        tokio::task::spawn_blocking(move || disk.flush_blocking())
             .await
-            .map_err(|e| sled::Error::Io(io::Error::other(e)))??;
-        Ok(())
+            .map_err(|e| sled::Error::Io(io::Error::other(e)))?
     }
 
     /// `flush` for code that may not await (opening the store).

@@ -164,8 +164,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.get_meta(VOTE)
     }
 
-    /// Not flushed on purpose: committed is a hint that saves re-applying on restart. The state
-    /// machine is durable at every applied batch, so a stale (lower) committed value is safe.
+    /// Not flushed on purpose: committed is a hint that saves re-applying on restart. A stale
+    /// (lower) value after a power loss is safe: the log holds every committed entry, and a
+    /// leader restored in its old term never answers a read index below the last entry it
+    /// had (`Replica::read_floor`).
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         if let Some(c) = committed {
             self.committed.fetch_max(c.index, Ordering::Relaxed);

@@ -2,8 +2,8 @@
 //! the API uses.
 //!
 //! The tables of the state machine live in trees of one *generation* (`sm_g{N}_{table}`).
-//! `apply` writes a whole batch of entries in one transaction together with `last_applied`, then
-//! flushes. Installing a snapshot writes generation N+1 from scratch, flushes it, switches
+//! `apply` writes a whole batch of entries in one transaction together with `last_applied` and
+//! leaves the flush to the next append, purge or snapshot (see `apply`). Installing a snapshot writes generation N+1 from scratch, flushes it, switches
 //! `active_gen` in one transaction, and only then drops generation N; a crash at any point leaves
 //! either the old or the new state, never a mix, and leftovers are dropped at the next open.
 //!
@@ -380,17 +380,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             tokio::task::spawn_blocking(move || inner.apply_batch(&entries, last))
                 .await
                 .map_err(|e| StorageIOError::apply(last, &std::io::Error::other(e)))??;
-        // Must flush: `save_committed` is not flushed, so after a power loss a leader resuming
-        // its term serves read indexes from a possibly stale commit index; the state has to hold
-        // every write acknowledged before. (Leaving this flush to the next append made the
-        // harness's power-loss fault find stale linearizable reads.)
-        if !crate::planted::is(crate::planted::ACK_BEFORE_FLUSH) {
-            self.inner
-                .disk
-                .flush()
-                .await
-                .map_err(|e| StorageIOError::apply(last, &e))?;
-        }
+        // Not flushed: the entries are durable in this node's log already (`append` flushes
+        // before it returns, and openraft's core awaits it before it handles the replies that
+        // commit them), the state goes into sled in one transaction with `last_applied`, and
+        // sled recovers a prefix of its writes. After a crash openraft re-applies from the
+        // durable `last_applied`; a leader restored in its old term reads no earlier than the
+        // last entry it had (`Replica::read_floor`). Appends, purges and snapshots flush the
+        // whole database, so the state is durable before the log is purged past it.
         if !touched.jobs.is_empty() || !touched.runs.is_empty() {
             // No subscriber (a follower) is fine.
             let _ = self.inner.changes.send(Change::Batch(Arc::new(touched)));
