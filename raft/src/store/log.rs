@@ -193,19 +193,26 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = sled::Batch::default();
+        // Plain inserts, not a `sled::Batch`: a batch first seals sled's current write buffer
+        // (one more job for sled's thread pool, which wakes all its idle threads), and sled
+        // recovers a prefix of its writes anyway, which is all a log append needs (an entry
+        // never survives without the ones before it).
+        let mut written = Ok(());
         let mut count = 0usize;
         for entry in entries {
             let bytes = serde_json::to_vec(&entry).map_err(|e| StorageIOError::write_logs(&e))?;
-            batch.insert(&index_key(entry.log_id.index), bytes);
+            if let Err(e) = self.log.insert(index_key(entry.log_id.index), bytes) {
+                written = Err(e);
+                break;
+            }
             count += 1;
         }
-        if count == 0 {
+        if count == 0 && written.is_ok() {
             // Heartbeats append nothing; every earlier append was flushed before its callback.
             callback.log_io_completed(Ok(()));
             return Ok(());
         }
-        let written = match self.log.apply_batch(batch) {
+        let written = match written {
             Ok(()) if crate::planted::is(crate::planted::ACK_BEFORE_FLUSH) => Ok(()),
             Ok(()) => self.flush().await,
             Err(e) => Err(e),
