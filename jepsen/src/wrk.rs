@@ -27,11 +27,14 @@ pub fn job_json(id: &str) -> String {
 
 /// The wrk Lua script for `target`; `tag` keeps keys of different runs apart.
 pub fn script(target: Target, tag: &str) -> String {
+    // Lua string literals around the id; the JSON has no quote of Lua's kind (') in it.
+    let job = job_json("@ID@");
+    let (head, tail) = job.split_once("@ID@").unwrap_or((&job, ""));
     let body = match target {
-        Target::Hookd => r#"return '{"id":"' .. id .. '","url":"http://127.0.0.1:9/bench","schedule":{"after":"24h"}}'"#.to_string(),
+        Target::Hookd => format!("return '{head}' .. id .. '{tail}'"),
         Target::Etcd => format!(
-            r#"return '{{"key":"' .. b64("job/" .. id) .. '","value":"' .. b64({value}) .. '"}}'"#,
-            value = lua_string_of_job()
+            r#"return '{{"key":"' .. b64("job/" .. id) .. '","value":"' .. b64('{value}') .. '"}}'"#,
+            value = job_json("bench")
         ),
     };
     format!(
@@ -51,12 +54,10 @@ function b64(s)
     return b64chars:sub(c + 1, c + 1)
   end) .. ({{ "", "==", "=" }})[#s % 3 + 1])
 end
-local threads = {{}}
 local counter = 0
 function setup(thread)
   counter = counter + 1
   thread:set("tid", counter)
-  table.insert(threads, thread)
 end
 local n = 0
 function body(id)
@@ -75,11 +76,6 @@ function done(summary, latency, requests)
 end
 "#
     )
-}
-
-/// The job JSON with a fixed id, as a Lua string literal (etcd's value).
-fn lua_string_of_job() -> String {
-    format!("'{}'", job_json("bench"))
 }
 
 /// wrk's totals for one run.
@@ -184,7 +180,7 @@ mod tests {
     #[test]
     fn the_scripts_write_what_each_system_expects() {
         let h = script(Target::Hookd, "c1");
-        assert!(h.contains(r#"'{"id":"' .. id .. '","url""#), "{h}");
+        assert!(h.contains(r#"return '{"id":"' .. id .. '","url":"#), "{h}");
         let e = script(Target::Etcd, "c1");
         assert!(e.contains(r#"b64("job/" .. id)"#), "{e}");
         assert!(e.contains(&job_json("bench")), "{e}");

@@ -3,9 +3,10 @@
 //!
 //! The tables of the state machine live in trees of one *generation* (`sm_g{N}_{table}`).
 //! `apply` writes a whole batch of entries in one transaction together with `last_applied` and
-//! leaves the flush to the next append, purge or snapshot (see `apply`). Installing a snapshot writes generation N+1 from scratch, flushes it, switches
-//! `active_gen` in one transaction, and only then drops generation N; a crash at any point leaves
-//! either the old or the new state, never a mix, and leftovers are dropped at the next open.
+//! leaves the flush to the next append, purge or snapshot (see `apply`). Installing a snapshot
+//! writes generation N+1 from scratch, flushes it, switches `active_gen` in one transaction, and
+//! only then drops generation N; a crash at any point leaves either the old or the new state,
+//! never a mix, and leftovers are dropped at the next open.
 //!
 //! Snapshots are built off the apply path. `get_snapshot_builder` (serialized with apply) only
 //! opens a *capture*; from then on `apply` records the value every key had before its first
