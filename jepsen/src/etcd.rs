@@ -1,7 +1,6 @@
 //! The reference system for writes: a three-member etcd 3.4 (Debian's `etcd-server`) on
 //! loopback, with its defaults (fsync on every WAL write), started beside hookd in the same run.
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -15,18 +14,20 @@ pub struct EtcdCluster {
     children: Vec<Child>,
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 impl EtcdCluster {
     /// Starts three members with data dirs and logs under `dir`, and waits until one leads.
     pub async fn start(dir: &Path, http: &reqwest::Client) -> anyhow::Result<EtcdCluster> {
         let mut clients = Vec::new();
         let mut peers = Vec::new();
         for _ in 0..3 {
-            clients.push(format!("http://127.0.0.1:{}", free_port()?));
-            peers.push(format!("http://127.0.0.1:{}", free_port()?));
+            clients.push(format!(
+                "http://127.0.0.1:{}",
+                crate::local::free_addr()?.port()
+            ));
+            peers.push(format!(
+                "http://127.0.0.1:{}",
+                crate::local::free_addr()?.port()
+            ));
         }
         let initial = peers
             .iter()

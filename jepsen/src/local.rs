@@ -181,7 +181,7 @@ impl Drop for LocalCluster {
 }
 
 /// A loopback address with a port the kernel just handed out.
-fn free_addr() -> anyhow::Result<SocketAddr> {
+pub fn free_addr() -> anyhow::Result<SocketAddr> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 

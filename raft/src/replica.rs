@@ -132,12 +132,12 @@ pub struct Replica {
     read_floor: ReadFloor,
 }
 
-/// The term this node had voted in when it started, and the last entry its log held then.
-/// openraft restores a node that led that term as leader at once, without a new blank entry,
-/// and answers read indexes from its saved commit index, which is not flushed (nor is the
-/// state machine per applied batch): after a power loss it can be stale. Every entry
-/// acknowledged in that term is in this leader's log (it appended each one and flushed it
-/// before it could commit), so a read in that term waits for the last of them.
+/// The term this node led when it started (if its saved vote is a committed vote for itself),
+/// and the last entry its log held then. openraft restores such a node as leader at once,
+/// without a new blank entry, and answers read indexes from its saved commit index, which is
+/// not flushed (nor is the state machine per applied batch): after a power loss it can be
+/// stale. Every entry acknowledged in that term is in this leader's log (it appended each one
+/// and flushed it before it could commit), so a read in that term waits for the last of them.
 #[derive(Debug, Clone, Copy)]
 struct ReadFloor {
     term: Option<u64>,
@@ -232,17 +232,19 @@ impl Replica {
                 .get_log_state()
                 .await
                 .map_err(|e| StartError::Raft(e.to_string()))?;
-            if let Some(v) = vote
+            // Only a committed vote for itself makes openraft restore this node as leader.
+            let restored = vote
                 .filter(|v| v.is_committed() && v.leader_id().voted_for() == Some(config.node_id))
-            {
+                .map(|v| v.leader_id().term);
+            if let Some(term) = restored {
                 tracing::info!(
-                    term = v.leader_id().term,
+                    term,
                     last_log = ?state.last_log_id,
                     "led this term before the restart: reads in it wait for the last entry held"
                 );
             }
             ReadFloor {
-                term: vote.map(|v| v.leader_id().term),
+                term: restored,
                 last_log_id: state.last_log_id,
             }
         };

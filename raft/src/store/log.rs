@@ -167,7 +167,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     /// Not flushed on purpose: committed is a hint that saves re-applying on restart. A stale
     /// (lower) value after a power loss is safe: the log holds every committed entry, and a
     /// leader restored in its old term never answers a read index below the last entry it
-    /// had (`Replica::read_floor`).
+    /// had (`ReadFloor` in `replica.rs`).
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         if let Some(c) = committed {
             self.committed.fetch_max(c.index, Ordering::Relaxed);

@@ -169,7 +169,8 @@ impl Store {
             }
         };
         // What a killed process left written but unsynced becomes durable before this node acts
-        // on it (a restored leader reads no earlier than its last entry: `Replica::read_floor`).
+        // on it (a restored leader reads no earlier than its last entry: `ReadFloor` in
+        // `replica.rs`).
         disk.flush_blocking().map_err(sled_err)?;
         let log = LogStore::open(&disk).map_err(sled_err)?;
         let sm = StateMachineStore::open(&disk).map_err(|e| OpenError::Corrupt {

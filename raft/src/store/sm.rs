@@ -386,8 +386,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         // commit them), the state goes into sled in one transaction with `last_applied`, and
         // sled recovers a prefix of its writes. After a crash openraft re-applies from the
         // durable `last_applied`; a leader restored in its old term reads no earlier than the
-        // last entry it had (`Replica::read_floor`). Appends, purges and snapshots flush the
-        // whole database, so the state is durable before the log is purged past it.
+        // last entry it had (`ReadFloor` in `replica.rs`). Appends, purges and snapshots flush
+        // the whole database, so the state is durable before the log is purged past it.
         if !touched.jobs.is_empty() || !touched.runs.is_empty() {
             // No subscriber (a follower) is fine.
             let _ = self.inner.changes.send(Change::Batch(Arc::new(touched)));
