@@ -1,7 +1,9 @@
 //! `Command` (the payload of every normal log entry) and `CommandResult` (what `apply` returns
-//! for it), plus the job records they carry. This is a persisted format: it lives in the Raft log
-//! and in snapshots, so fields are only ever added with `#[serde(default)]`; a breaking change
-//! bumps `store::SCHEMA_VERSION`.
+//! for it), plus the job records they carry. These are persisted formats, in two encodings:
+//! postcard in the log and the state machine (positional: no serde attribute postcard cannot
+//! honour, and a changed field needs a new format byte with a decoder kept for the old one), and
+//! JSON between nodes and in the data of schemas 1 and 2 (fields are only ever added there with
+//! `#[serde(default)]`). A breaking change bumps `store::SCHEMA_VERSION`.
 //!
 //! Every value that depends on the clock or on randomness (times, generated ids) is stamped into
 //! the command by the node that proposes it, so `apply` stays deterministic.
@@ -80,7 +82,7 @@ pub struct JobSpec {
     pub paused: bool,
     /// Names in `headers` whose values are secrets: sent as given, shown as `MASK` by the API,
     /// never logged (`Debug` masks them too).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub secret_headers: Vec<String>,
 }
 

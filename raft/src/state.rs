@@ -151,6 +151,11 @@ pub enum StateFault {
         table: &'static str,
         source: postcard::Error,
     },
+    #[error(
+        "a record in table {table} has format byte {byte:#04x}, which this hookd does not know \
+         (a newer hookd wrote it: run that version)"
+    )]
+    NewerFormat { table: &'static str, byte: u8 },
 }
 
 pub type TxResult<T> = Result<T, ConflictableTransactionError<StateFault>>;
@@ -163,10 +168,13 @@ pub trait Tables {
 }
 
 /// First byte of a compact record (postcard after it). A JSON record never starts with it.
+/// Every other byte below `{` and `[` is kept for newer formats, which `decode` refuses.
 const COMPACT: u8 = 0x01;
 
-/// Encodes a run or a run list compactly (schema 2). Only for types without serde attributes
-/// that postcard cannot honour (no `skip_serializing_if`, no untagged enums): `Run`, `RunList`.
+/// Encodes a record compactly: runs and run lists since schema 2, job records since schema 3.
+/// Only for types without serde attributes that postcard cannot honour (no
+/// `skip_serializing_if`, no untagged enums). postcard is positional: adding a field to one of
+/// these types needs a new format byte (and a decoder kept for this one).
 fn compact<T: serde::Serialize>(value: &T) -> Vec<u8> {
     let mut out = vec![COMPACT];
     // Our own plain data types always serialize.
@@ -174,8 +182,8 @@ fn compact<T: serde::Serialize>(value: &T) -> Vec<u8> {
     out
 }
 
-/// Decodes a record of `table`: compact (schema 2 runs and run lists) or JSON (everything
-/// else, and every record schema 1 wrote).
+/// Decodes a record of `table`: compact (what schema 3 writes for jobs and runs) or JSON (what
+/// schemas 1 and 2 wrote for jobs, schema 1 for runs); any other first byte is a newer format.
 fn decode<V: serde::de::DeserializeOwned>(table: Table, bytes: &[u8]) -> Result<V, StateFault> {
     match bytes.split_first() {
         Some((&COMPACT, rest)) => {
@@ -184,6 +192,10 @@ fn decode<V: serde::de::DeserializeOwned>(table: Table, bytes: &[u8]) -> Result<
                 source,
             })
         }
+        Some((&byte, _)) if byte != b'{' && byte != b'[' => Err(StateFault::NewerFormat {
+            table: table.name(),
+            byte,
+        }),
         _ => serde_json::from_slice(bytes).map_err(|source| StateFault::Decode {
             table: table.name(),
             source,
@@ -259,7 +271,7 @@ fn get_run_list<T: Tables>(t: &T, job_id: &str) -> TxResult<RunList> {
 /// Writes the job record and its guard.
 fn put_job<T: Tables>(t: &T, job: &Job) -> TxResult<()> {
     put_guard(t, &job.id, Guard::of(job))?;
-    t.put(Table::Jobs, job.id.as_bytes(), json(job))
+    t.put(Table::Jobs, job.id.as_bytes(), compact(job))
 }
 
 /// Writes a run and keeps its index entries in step with its status. `old` is the stored version.
@@ -342,11 +354,6 @@ fn delete_job_runs<T: Tables>(t: &T, job_id: &str) -> TxResult<()> {
         }
     }
     t.del(Table::JobRuns, job_id.as_bytes())
-}
-
-fn json<T: serde::Serialize>(value: &T) -> Vec<u8> {
-    // Our own plain data types always serialize.
-    serde_json::to_vec(value).unwrap_or_default()
 }
 
 /// What applied commands changed, for the dispatcher.
@@ -689,6 +696,26 @@ pub(crate) mod tests {
     use super::*;
     use crate::command::{JobSpec, MisfirePolicy, MisfireSpec, RetrySpec, ScheduleSpec};
 
+    /// A record as schemas 1 and 2 wrote it.
+    fn json<T: serde::Serialize>(value: &T) -> Vec<u8> {
+        serde_json::to_vec(value).unwrap()
+    }
+
+    /// The record of a job `id` as schemas 1 and 2 wrote it (JSON).
+    pub(crate) fn job_as_schema_2_wrote_it(id: &str) -> Vec<u8> {
+        let t = MemTables::default();
+        apply(
+            &t,
+            1,
+            Command::CreateJob {
+                id: id.into(),
+                spec: spec("http://x/"),
+                now_ms: 1,
+            },
+        );
+        json(&get_job(&t, id).unwrap().unwrap())
+    }
+
     /// (table, key) → value
     type Rows = BTreeMap<(u8, Vec<u8>), Vec<u8>>;
 
@@ -1010,6 +1037,27 @@ pub(crate) mod tests {
         assert!(t.get(Table::Jobs, b"a").unwrap().is_none());
     }
 
+    /// Schema 3 writes job records compactly; the JSON records of schemas 1 and 2 still read,
+    /// and a record in a format this code does not know is refused, not misread.
+    #[test]
+    fn job_records_are_compact_json_ones_read_and_newer_ones_are_refused() {
+        let t = MemTables::default();
+        create_a(&t, spec("http://x/"));
+        let stored = t.get(Table::Jobs, b"a").unwrap().unwrap();
+        assert_eq!(stored[0], COMPACT);
+        let job = decode_job(&stored).unwrap();
+        assert!(stored.len() < json(&job).len() / 2, "{}", stored.len());
+        assert_eq!(decode_job(&json(&job)).unwrap(), job);
+        let mut newer = stored.clone();
+        newer[0] = 0x02;
+        let e = decode_job(&newer).unwrap_err();
+        assert!(matches!(e, StateFault::NewerFormat { byte: 2, .. }), "{e}");
+        assert!(matches!(
+            decode_job(&stored[..stored.len() / 2]),
+            Err(StateFault::DecodeCompact { .. })
+        ));
+    }
+
     #[test]
     fn a_job_written_by_schema_1_is_claimed_from_its_record() {
         let t = MemTables::default();
@@ -1204,7 +1252,7 @@ pub(crate) mod tests {
 
     /// Bytes for `arbitrary` that favour the values arithmetic breaks on: whole 8-byte words of
     /// zeros, ones, `i64::MIN` and `i64::MAX` (little-endian), small numbers, or random bytes.
-    fn edgy_bytes(rng: &mut impl rand::Rng, n: usize) -> Vec<u8> {
+    pub(crate) fn edgy_bytes(rng: &mut impl rand::Rng, n: usize) -> Vec<u8> {
         let mut out = Vec::with_capacity(n + 8);
         while out.len() < n {
             let word: [u8; 8] = match rng.random_range(0..8) {

@@ -216,10 +216,22 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 
 #[tokio::test]
 async fn a_data_dir_written_by_schema_1_opens_with_everything_in_it() {
-    // See tests/fixtures/schema-1/README.md: what it holds and why it is never regenerated.
-    let fixture =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/schema-1/node1");
-    let mut c = TestCluster::new(1, &["--cluster-id", "fixture-v1"]);
+    opens_with_everything_in_it("schema-1", "fixture-v1").await;
+}
+
+#[tokio::test]
+async fn a_data_dir_written_by_schema_2_opens_with_everything_in_it() {
+    opens_with_everything_in_it("schema-2", "fixture-v2").await;
+}
+
+/// Opens a copy of `tests/fixtures/{name}/node1` (see the README there: what it holds and why
+/// it is never regenerated) and checks everything in it, then that the node goes on.
+async fn opens_with_everything_in_it(name: &str, cluster_id: &str) {
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+        .join("node1");
+    let mut c = TestCluster::new(1, &["--cluster-id", cluster_id]);
     copy_dir(&fixture, &c.nodes[0].data_dir);
     c.spawn(0);
     c.wait_leader(&[0], Duration::from_secs(10)).await;
@@ -227,7 +239,7 @@ async fn a_data_dir_written_by_schema_1_opens_with_everything_in_it() {
     let (s, v) = c.get(0, "/v1/cluster").await.expect("cluster");
     assert_eq!(
         (s, &v["cluster_id"]),
-        (200, &serde_json::json!("fixture-v1")),
+        (200, &serde_json::json!(cluster_id)),
         "{v}"
     );
     let (s, v) = c.get(0, "/v1/jobs").await.expect("list");

@@ -35,6 +35,51 @@ fn index_key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
 }
 
+/// First byte of a log entry in format 2 (schema 3 on): postcard after it. Format 1 (schemas 1
+/// and 2) is JSON, whose first byte is always `{`. Any other first byte is a newer format.
+const ENTRY_FORMAT_2: u8 = 0x02;
+
+/// Why a stored log entry cannot be read.
+#[derive(Debug, thiserror::Error)]
+enum EntryFormatError {
+    #[error(
+        "log entry {index} has format byte {byte:#04x}, which this hookd does not know \
+         (a newer hookd wrote it: run that version)"
+    )]
+    Newer { index: u64, byte: u8 },
+    #[error("log entry {index} is corrupt: {detail}")]
+    Corrupt { index: u64, detail: String },
+}
+
+/// Encodes an entry as format 2.
+fn encode_entry(entry: &Entry) -> Result<Vec<u8>, postcard::Error> {
+    postcard::to_extend(entry, vec![ENTRY_FORMAT_2])
+}
+
+/// Decodes an entry stored under `index` in format 2 or 1, and checks it says that index.
+fn decode_entry(index: u64, bytes: &[u8]) -> Result<Entry, EntryFormatError> {
+    let corrupt = |detail: String| EntryFormatError::Corrupt { index, detail };
+    let entry: Entry = match bytes.split_first() {
+        Some((&ENTRY_FORMAT_2, rest)) => {
+            postcard::from_bytes(rest).map_err(|e| corrupt(e.to_string()))?
+        }
+        Some((b'{', _)) => serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?,
+        Some((&byte, _)) => return Err(EntryFormatError::Newer { index, byte }),
+        None => return Err(corrupt("empty".into())),
+    };
+    if entry.log_id.index != index {
+        return Err(corrupt(format!("it says index {}", entry.log_id.index)));
+    }
+    Ok(entry)
+}
+
+/// The index a log key stands for.
+fn key_index(key: &[u8]) -> Result<u64, StorageError> {
+    key.try_into().map(u64::from_be_bytes).map_err(|_| {
+        StorageIOError::read_logs(&std::io::Error::other("log key is not 8 bytes")).into()
+    })
+}
+
 impl LogStore {
     pub(super) fn open(disk: &Disk) -> Result<LogStore, sled::Error> {
         let db = disk.db();
@@ -100,22 +145,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let mut entries = Vec::new();
         for item in self.log.range(index_key(start)..) {
             let (key, value) = item.map_err(|e| StorageIOError::read_logs(&e))?;
-            let index = u64::from_be_bytes(key.as_ref().try_into().map_err(|_| {
-                StorageIOError::read_logs(&std::io::Error::other("log key is not 8 bytes"))
-            })?);
+            let index = key_index(&key)?;
             if !range.contains(&index) {
                 break;
             }
-            let entry: Entry =
-                serde_json::from_slice(&value).map_err(|e| StorageIOError::read_logs(&e))?;
-            if entry.log_id.index != index {
-                return Err(StorageIOError::read_logs(&std::io::Error::other(format!(
-                    "log entry stored under index {index} says {}",
-                    entry.log_id.index
-                )))
-                .into());
-            }
-            entries.push(entry);
+            entries.push(decode_entry(index, &value).map_err(|e| StorageIOError::read_logs(&e))?);
         }
         Ok(entries)
     }
@@ -128,9 +162,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let last_purged: Option<LogId> = self.get_meta(LAST_PURGED)?;
         let last = match self.log.last().map_err(|e| StorageIOError::read_logs(&e))? {
             None => None,
-            Some((_, value)) => {
-                let entry: Entry =
-                    serde_json::from_slice(&value).map_err(|e| StorageIOError::read_logs(&e))?;
+            Some((key, value)) => {
+                let entry = decode_entry(key_index(&key)?, &value)
+                    .map_err(|e| StorageIOError::read_logs(&e))?;
                 Some(entry.log_id)
             }
         };
@@ -200,7 +234,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut written = Ok(());
         let mut count = 0usize;
         for entry in entries {
-            let bytes = serde_json::to_vec(&entry).map_err(|e| StorageIOError::write_logs(&e))?;
+            let bytes = encode_entry(&entry).map_err(|e| StorageIOError::write_logs(&e))?;
             if let Err(e) = self.log.insert(index_key(entry.log_id.index), bytes) {
                 written = Err(e);
                 break;
@@ -290,8 +324,78 @@ mod tests {
                 log_id: log_id(i),
                 payload: EntryPayload::Blank,
             };
-            let bytes = serde_json::to_vec(&entry).unwrap();
+            let bytes = encode_entry(&entry).unwrap();
             store.log.insert(index_key(i), bytes).unwrap();
+        }
+    }
+
+    /// Format 2 (postcard) holds every command value, format 1 (JSON, schemas 1 and 2) still
+    /// reads, and a newer format or a misplaced entry is refused, not misread.
+    #[test]
+    fn entries_of_both_formats_decode_and_others_are_refused() {
+        use arbitrary::{Arbitrary, Unstructured};
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0xf0_2a7);
+        let mut checked = 0;
+        for i in 0..2000u64 {
+            let bytes = crate::state::tests::edgy_bytes(&mut rng, 512);
+            let Ok(cmd) = crate::command::Command::arbitrary(&mut Unstructured::new(&bytes)) else {
+                continue;
+            };
+            let entry = Entry {
+                log_id: log_id(i),
+                payload: EntryPayload::Normal(cmd),
+            };
+            let stored = encode_entry(&entry).unwrap();
+            assert_eq!(stored[0], ENTRY_FORMAT_2);
+            // Compared as bytes: an arbitrary f64 may be NaN, which is never equal to itself.
+            let read = decode_entry(i, &stored).unwrap();
+            assert_eq!(encode_entry(&read).unwrap(), stored);
+            checked += 1;
+        }
+        assert!(checked > 1000, "{checked}");
+
+        let membership = openraft::Membership::new(
+            vec![[1, 2, 3].into()],
+            [(1, "a:1"), (2, "b:2"), (3, "c:3")]
+                .map(|(id, addr)| (id, openraft::BasicNode::new(addr)))
+                .into_iter()
+                .collect::<std::collections::BTreeMap<_, _>>(),
+        );
+        let job = crate::command::Command::CreateJob {
+            id: "j".into(),
+            spec: crate::state::tests::spec("http://x/"),
+            now_ms: 5,
+        };
+        for (i, payload) in [
+            EntryPayload::Blank,
+            EntryPayload::Membership(membership),
+            EntryPayload::Normal(job),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let entry = Entry {
+                log_id: log_id(i as u64),
+                payload,
+            };
+            let v2 = encode_entry(&entry).unwrap();
+            let v1 = serde_json::to_vec(&entry).unwrap();
+            assert_eq!(decode_entry(i as u64, &v2).unwrap(), entry);
+            assert_eq!(decode_entry(i as u64, &v1).unwrap(), entry, "format 1");
+            assert!(v2.len() < v1.len() / 2, "{} vs {}", v2.len(), v1.len());
+
+            let mut newer = v2.clone();
+            newer[0] = ENTRY_FORMAT_2 + 1;
+            let e = decode_entry(i as u64, &newer).unwrap_err();
+            assert!(matches!(e, EntryFormatError::Newer { byte: 3, .. }), "{e}");
+            assert!(e.to_string().contains("newer hookd"), "{e}");
+            let e = decode_entry(i as u64 + 1, &v2).unwrap_err();
+            assert!(matches!(e, EntryFormatError::Corrupt { .. }), "{e}");
+            assert!(
+                decode_entry(i as u64, &v2[..v2.len() - 1]).is_err(),
+                "truncated"
+            );
         }
     }
 

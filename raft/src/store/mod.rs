@@ -4,7 +4,8 @@
 //! One `sled::Db` per node. Trees:
 //! - `meta`: `record` → `MetaRecord` (schema version, node id), checked at open;
 //! - `raft_meta`: `vote`, `committed`, `last_purged`;
-//! - `raft_log`: index (8 bytes big-endian) → `Entry` (JSON);
+//! - `raft_log`: index (8 bytes big-endian) → `Entry` (a format byte and postcard, or JSON as
+//!   schemas 1 and 2 wrote it);
 //! - `sm_meta`: `last_applied`, `last_membership`, `active_gen`;
 //! - `sm_g{N}_{table}`: the state machine's tables of generation N (see `state::Table`);
 //! - `snapshot`: `meta` and `data` of the current snapshot.
@@ -34,7 +35,10 @@ use crate::typ::{NodeId, StorageError, StorageIOError};
 /// - 2: a claim moves the job's guard (`Table::Guards`) instead of rewriting the job record; a
 ///   job without a guard is read from its record, as schema 1 wrote it. Open runs are found in
 ///   the status index; schema 1's `open` trees are dropped by the upgrade.
-pub const SCHEMA_VERSION: u32 = 2;
+/// - 3: log entries (format 2, `log.rs`) and job records are postcard behind a format byte
+///   instead of JSON; snapshots are format 2. Entries and records in the older forms are read
+///   as they are and replaced as they are rewritten (a purge, a change of the job).
+pub const SCHEMA_VERSION: u32 = 3;
 /// The oldest schema this code reads.
 pub const SCHEMA_READABLE_FROM: u32 = 1;
 

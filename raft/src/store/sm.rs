@@ -42,8 +42,14 @@ const SNAP_META: &[u8] = b"meta";
 const SNAP_DATA: &[u8] = b"data";
 const GEN_PREFIX: &str = "sm_g";
 
-/// Version of the snapshot body encoding.
-const SNAPSHOT_FORMAT: u32 = 1;
+/// Version of the snapshot body: its encoding and the record formats in its tables. A body of
+/// an older format this code reads (`SNAPSHOT_READABLE_FROM`) installs as it is: its records
+/// are read in their older forms. A newer one is refused (a node of a newer hookd sent it).
+///
+/// - 1: schemas 1 and 2 (JSON job records).
+/// - 2: schema 3 (compact job records).
+const SNAPSHOT_FORMAT: u32 = 2;
+const SNAPSHOT_READABLE_FROM: u32 = 1;
 
 /// A snapshot's payload: every table of the state machine, as raw key-value pairs.
 #[derive(Serialize, Deserialize)]
@@ -436,8 +442,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let data = snapshot.into_inner();
         let body: SnapshotBody = postcard::from_bytes(&data)
             .map_err(|e| StorageIOError::read_snapshot(sig.clone(), &e))?;
-        if body.format != SNAPSHOT_FORMAT {
-            let e = std::io::Error::other(format!("unknown snapshot format {}", body.format));
+        if !(SNAPSHOT_READABLE_FROM..=SNAPSHOT_FORMAT).contains(&body.format) {
+            let e = std::io::Error::other(format!(
+                "snapshot format {} is not one this hookd reads ({SNAPSHOT_READABLE_FROM} to \
+                 {SNAPSHOT_FORMAT}): a node of a newer hookd sent it; upgrade this node",
+                body.format
+            ));
             return Err(StorageIOError::read_snapshot(sig, &e).into());
         }
         let write_err = |e: sled::Error| -> StorageError {
@@ -782,5 +792,41 @@ mod tests {
         assert_eq!(builder, SNAPSHOT_NICE.max(ours));
         // Per thread: the thread that spawned it keeps its priority.
         assert_eq!(rustix::process::getpriority_process(None).unwrap(), ours);
+    }
+
+    /// A snapshot from a node of the previous format (JSON job records) installs and reads; one
+    /// of a newer format is refused with an error that says so.
+    #[tokio::test]
+    async fn a_snapshot_of_the_previous_format_installs_and_a_newer_one_is_refused() {
+        use openraft::storage::RaftStateMachine;
+        use openraft::{CommittedLeaderId, LogId, StoredMembership};
+
+        let job = state::tests::job_as_schema_2_wrote_it("old");
+        let body = |format| SnapshotBody {
+            format,
+            tables: vec![("jobs".to_owned(), vec![(b"old".to_vec(), job.clone())])],
+        };
+        let meta = |index| SnapshotMeta {
+            last_log_id: Some(LogId::new(CommittedLeaderId::new(1, 1), index)),
+            last_membership: StoredMembership::default(),
+            snapshot_id: format!("s{index}"),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path(), 1).unwrap();
+        let mut sm = store.state_machine();
+        let data = |format| Box::new(Cursor::new(postcard::to_stdvec(&body(format)).unwrap()));
+
+        let e = sm
+            .install_snapshot(&meta(5), data(SNAPSHOT_FORMAT + 1))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("newer hookd"), "{e}");
+        assert!(store.view().get_job("old").unwrap().is_none());
+
+        sm.install_snapshot(&meta(7), data(1)).await.unwrap();
+        let read = store.view().get_job("old").unwrap().expect("job");
+        assert_eq!(read.id, "old");
+        let (applied, _) = sm.applied_state().await.unwrap();
+        assert_eq!(applied.map(|l| l.index), Some(7));
     }
 }
