@@ -1,8 +1,6 @@
 //! openraft type configuration and the aliases the rest of hookd uses, so that no other module
 //! spells openraft's generic parameters.
 
-use std::io::Cursor;
-
 use crate::command::{Command, CommandResult};
 
 /// Node ids are the small integers given with `--node-id`.
@@ -16,10 +14,12 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = SnapshotFile,
         AsyncRuntime = openraft::TokioRuntime,
 );
 
+/// A snapshot is a file (`store/snapfile.rs`), streamed to and from disk.
+pub type SnapshotFile = tokio::fs::File;
 pub type Raft = openraft::Raft<TypeConfig>;
 pub type Node = openraft::BasicNode;
 pub type Entry = openraft::Entry<TypeConfig>;

@@ -24,8 +24,29 @@ pub(crate) const PATH_SNAPSHOT: &str = "/raft/snapshot";
 pub(crate) const PATH_FORWARD_WRITE: &str = "/forward/write";
 pub(crate) const PATH_FORWARD_READ_INDEX: &str = "/forward/read-index";
 
-/// Largest request the peer router accepts (snapshot chunks are JSON-encoded byte arrays).
+/// Largest request the peer router accepts (a snapshot chunk of 1 MiB from a node of the
+/// previous version is a JSON array of numbers, ~3.6 MiB).
 pub const PEER_BODY_BYTES_MAX: usize = 64 << 20;
+
+/// How a request body is encoded: JSON, except snapshot chunks, which are postcard (their
+/// bytes would be an array of numbers in JSON). The receiver goes by `Content-Type`, so it
+/// also takes the JSON chunks a node of the previous version sends during a rolling upgrade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Encoding {
+    Json,
+    Postcard,
+}
+
+impl Encoding {
+    pub(crate) const POSTCARD_TYPE: &'static str = "application/x-hookd-postcard";
+
+    pub(crate) fn content_type(self) -> &'static str {
+        match self {
+            Encoding::Json => "application/json",
+            Encoding::Postcard => Encoding::POSTCARD_TYPE,
+        }
+    }
+}
 
 /// Why a forwarded request did not produce a result on the node it was sent to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]

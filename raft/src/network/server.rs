@@ -3,16 +3,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 
 use super::{
-    ForwardError, CLUSTER_ID_HEADER, PATH_APPEND, PATH_FORWARD_READ_INDEX, PATH_FORWARD_WRITE,
-    PATH_SNAPSHOT, PATH_VOTE, PEER_BODY_BYTES_MAX, TARGET_NODE_HEADER,
+    Encoding, ForwardError, CLUSTER_ID_HEADER, PATH_APPEND, PATH_FORWARD_READ_INDEX,
+    PATH_FORWARD_WRITE, PATH_SNAPSHOT, PATH_VOTE, PEER_BODY_BYTES_MAX, TARGET_NODE_HEADER,
 };
 use crate::command::{Command, CommandResult};
 use crate::replica::Replica;
@@ -102,11 +103,28 @@ async fn vote(
     Json(s.replica.raft().vote(req).await)
 }
 
-async fn snapshot(
-    State(s): State<PeerState>,
-    Json(req): Json<InstallSnapshotRequest>,
-) -> Json<Result<InstallSnapshotResponse, RaftError<InstallSnapshotError>>> {
-    Json(s.replica.raft().install_snapshot(req).await)
+/// A snapshot chunk: postcard, or JSON from a node of the previous version (`Encoding`).
+async fn snapshot(State(s): State<PeerState>, headers: HeaderMap, body: Bytes) -> Response {
+    let postcard = headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes() == Encoding::POSTCARD_TYPE.as_bytes());
+    let req: Result<InstallSnapshotRequest, String> = if postcard {
+        postcard::from_bytes(&body).map_err(|e| e.to_string())
+    } else {
+        serde_json::from_slice(&body).map_err(|e| e.to_string())
+    };
+    match req {
+        Ok(req) => {
+            let answer: Result<InstallSnapshotResponse, RaftError<InstallSnapshotError>> =
+                s.replica.raft().install_snapshot(req).await;
+            Json(answer).into_response()
+        }
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            format!("undecodable snapshot chunk: {e}"),
+        )
+            .into_response(),
+    }
 }
 
 async fn forward_write(

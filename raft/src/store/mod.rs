@@ -8,7 +8,10 @@
 //!   schemas 1 and 2 wrote it);
 //! - `sm_meta`: `last_applied`, `last_membership`, `active_gen`;
 //! - `sm_g{N}_{table}`: the state machine's tables of generation N (see `state::Table`);
-//! - `snapshot`: `meta` and `data` of the current snapshot.
+//! - `snapshot`: where schemas 1 and 2 kept the current snapshot; moved into a file at open.
+//!
+//! Beside the database, `DATA_DIR/snapshots/` holds the current snapshot's file (`snapfile.rs`),
+//! named in `sm_meta`.
 //!
 //! Durability: every write openraft treats as durable is followed by `Disk::flush` before it is
 //! acknowledged (DESIGN.md §2). A flush is database-wide: it covers every tree. sled's own flush
@@ -17,6 +20,7 @@
 mod disk;
 mod log;
 mod sm;
+pub mod snapfile;
 
 use std::path::Path;
 
@@ -177,7 +181,16 @@ impl Store {
         // `replica.rs`).
         disk.flush_blocking().map_err(sled_err)?;
         let log = LogStore::open(&disk).map_err(sled_err)?;
-        let sm = StateMachineStore::open(&disk).map_err(|e| OpenError::Corrupt {
+        let snap_dir = dir.join("snapshots");
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&snap_dir)
+                .map_err(|e| sled_err(sled::Error::Io(e)))?;
+        }
+        let sm = StateMachineStore::open(&disk, snap_dir).map_err(|e| OpenError::Corrupt {
             path: path.clone(),
             detail: e.to_string(),
         })?;

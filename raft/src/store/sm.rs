@@ -15,8 +15,9 @@
 //! capture point (every key changed since then is put back as it was, every key not changed was
 //! read as it was). Applies are never stalled by the copy.
 
-use std::collections::{BTreeMap, HashMap};
-use std::io::Cursor;
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, BufWriter, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -27,38 +28,82 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use sled::Transactional;
 use tokio::sync::broadcast;
 
+use super::snapfile::{self, Frame, Header, Reader, SnapFileError, Writer};
 use super::Disk;
 use crate::command::{CommandResult, Job, Run, RunStatus};
 use crate::state::{self, StateFault, Table, Tables, TxResult};
 use crate::typ::{
-    Entry, LogId, NodeId, Snapshot, SnapshotMeta, StorageError, StorageIOError, StoredMembership,
-    TypeConfig,
+    Entry, LogId, NodeId, Snapshot, SnapshotFile, SnapshotMeta, StorageError, StorageIOError,
+    StoredMembership, TypeConfig,
 };
 
 const LAST_APPLIED: &[u8] = b"last_applied";
 const LAST_MEMBERSHIP: &[u8] = b"last_membership";
 const ACTIVE_GEN: &[u8] = b"active_gen";
-const SNAP_META: &[u8] = b"meta";
-const SNAP_DATA: &[u8] = b"data";
+/// In `sm_meta`: the name of the current snapshot's file in the snapshot dir.
+const SNAP_FILE: &[u8] = b"snapshot_file";
 const GEN_PREFIX: &str = "sm_g";
 
-/// Version of the snapshot body: its encoding and the record formats in its tables. A body of
-/// an older format this code reads (`SNAPSHOT_READABLE_FROM`) installs as it is: its records
-/// are read in their older forms. A newer one is refused (a node of a newer hookd sent it).
-///
-/// - 1: schemas 1 and 2 (JSON job records).
-/// - 2: schema 3 (compact job records).
-const SNAPSHOT_FORMAT: u32 = 2;
-const SNAPSHOT_READABLE_FROM: u32 = 1;
+/// Where schemas 1 and 2 kept the current snapshot (a sled tree with its meta and its whole
+/// body); moved into a file at open.
+const LEGACY_SNAP_TREE: &str = "snapshot";
+const LEGACY_SNAP_META: &[u8] = b"meta";
+const LEGACY_SNAP_DATA: &[u8] = b"data";
 
-/// A snapshot's payload: every table of the state machine, as raw key-value pairs.
+/// Snapshot format 1 (schemas 1 and 2): every table at once, postcard. Format 2 is the streamed
+/// file of `snapfile.rs`. Both install: a format-1 body is what a node of the previous version
+/// sends during a rolling upgrade.
 #[derive(Serialize, Deserialize)]
-struct SnapshotBody {
+struct LegacyBody {
     format: u32,
     tables: Vec<(String, Vec<KeyValue>)>,
 }
 
 type KeyValue = (Vec<u8>, Vec<u8>);
+
+/// Tables schema 1 had and schema 2 dropped (the open runs, now found in the status index).
+const LEGACY_DROPPED_TABLES: &[&str] = &["open"];
+
+/// The frames of a format-1 body (read whole: it is only ever what an older node had in memory
+/// anyway).
+fn legacy_frames(data: &[u8]) -> Result<Vec<Frame>, SnapFileError> {
+    let body: LegacyBody = postcard::from_bytes(data)
+        .map_err(|e| SnapFileError::Corrupt(format!("format-1 body: {e}")))?;
+    if body.format != 1 {
+        return Err(SnapFileError::Corrupt(format!(
+            "unknown snapshot format {}",
+            body.format
+        )));
+    }
+    let mut frames = Vec::new();
+    for (name, pairs) in body.tables {
+        if LEGACY_DROPPED_TABLES.contains(&name.as_str()) {
+            continue;
+        }
+        let table = Table::ALL
+            .iter()
+            .position(|t| t.name() == name)
+            .ok_or_else(|| SnapFileError::Corrupt(format!("unknown table {name}")))?;
+        frames.extend(pairs.into_iter().map(|(key, value)| Frame::Put {
+            table: table as u8,
+            key,
+            value,
+        }));
+    }
+    Ok(frames)
+}
+
+/// A fresh name for a snapshot file: never the name of the current one.
+fn snapshot_file_name(applied: Option<LogId>) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{}-{nanos}.snap", applied.map_or(0, |l| l.index))
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
 
 /// The trees of one generation, indexed by `Table as usize`.
 struct Generation {
@@ -87,7 +132,8 @@ fn gen_tree_name(number: u64, table: Table) -> String {
 struct Inner {
     disk: Disk,
     sm_meta: sled::Tree,
-    snap: sled::Tree,
+    /// Holds the current snapshot's file (and, briefly, one being written or received).
+    snap_dir: PathBuf,
     gen: RwLock<Arc<Generation>>,
     snapshot_seq: AtomicU64,
     changes: broadcast::Sender<Change>,
@@ -101,9 +147,6 @@ struct Inner {
 /// The value each key had when a capture opened, recorded at its first change since: `None`
 /// for a key that did not exist.
 type PreImages = HashMap<(usize, Vec<u8>), Option<Vec<u8>>>;
-
-/// One table's rows, in key order.
-type Rows = BTreeMap<Vec<u8>, Vec<u8>>;
 
 /// What an applied batch changed, for the dispatcher's in-memory index.
 #[derive(Debug, Clone)]
@@ -138,10 +181,9 @@ fn sm_write_err(e: impl std::error::Error + 'static) -> StorageError {
 }
 
 impl StateMachineStore {
-    pub(super) fn open(disk: &Disk) -> Result<StateMachineStore, StorageError> {
+    pub(super) fn open(disk: &Disk, snap_dir: PathBuf) -> Result<StateMachineStore, StorageError> {
         let db = disk.db();
         let sm_meta = db.open_tree("sm_meta").map_err(sm_err)?;
-        let snap = db.open_tree("snapshot").map_err(sm_err)?;
         let active = match sm_meta.get(ACTIVE_GEN).map_err(sm_err)? {
             Some(bytes) => serde_json::from_slice(&bytes).map_err(sm_err)?,
             None => 0u64,
@@ -159,18 +201,21 @@ impl StateMachineStore {
                 db.drop_tree(name.as_bytes()).map_err(sm_write_err)?;
             }
         }
-        Ok(StateMachineStore {
+        let store = StateMachineStore {
             inner: Arc::new(Inner {
                 disk: disk.clone(),
                 sm_meta,
-                snap,
+                snap_dir,
                 gen: RwLock::new(Arc::new(gen)),
                 snapshot_seq: AtomicU64::new(0),
                 changes: broadcast::channel(CHANGES_CAPACITY).0,
                 captures: Mutex::new(HashMap::new()),
                 building: Arc::new(tokio::sync::Mutex::new(())),
             }),
-        })
+        };
+        store.inner.adopt_legacy_snapshot().map_err(sm_write_err)?;
+        store.inner.remove_stray_snapshot_files();
+        Ok(store)
     }
 
     /// Captures still open (tests: a builder must never leave one behind).
@@ -198,63 +243,208 @@ impl StateMachineStore {
             Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(sm_err),
         }
     }
-
-    /// Reads every table of `gen` while applies go on, then closes capture `seq` and overlays
-    /// its pre-images: the state as it was when the capture opened. Blocking.
-    fn dump(&self, gen: &Generation, seq: u64) -> Result<SnapshotBody, StorageError> {
-        let read = || -> Result<Vec<Rows>, StorageError> {
-            let mut tables = Vec::with_capacity(Table::ALL.len());
-            for t in Table::ALL {
-                let mut pairs = BTreeMap::new();
-                for item in gen.table(t).iter() {
-                    let (k, v) = item.map_err(sm_err)?;
-                    pairs.insert(k.to_vec(), v.to_vec());
-                }
-                tables.push(pairs);
-            }
-            Ok(tables)
-        };
-        let tables = read();
-        // Closed whether or not the read succeeded, so applies stop recording for it.
-        let pre = self.inner.close_capture(seq);
-        let mut tables = tables?;
-        for ((t, key), value) in pre {
-            match value {
-                Some(v) => tables[t].insert(key, v),
-                None => tables[t].remove(&key),
-            };
-        }
-        Ok(SnapshotBody {
-            format: SNAPSHOT_FORMAT,
-            tables: Table::ALL
-                .iter()
-                .zip(tables)
-                .map(|(t, pairs)| (t.name().to_owned(), pairs.into_iter().collect()))
-                .collect(),
-        })
-    }
-
-    async fn save_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
-        let meta_bytes = serde_json::to_vec(meta).map_err(sm_write_err)?;
-        let sig = Some(meta.signature());
-        self.inner
-            .snap
-            .transaction(|snap| {
-                snap.insert(SNAP_META, meta_bytes.as_slice())?;
-                snap.insert(SNAP_DATA, data)?;
-                Ok::<_, ConflictableTransactionError<()>>(())
-            })
-            .map_err(|e| StorageIOError::write_snapshot(sig.clone(), &tx_error(e)))?;
-        self.inner
-            .disk
-            .flush()
-            .await
-            .map_err(|e| StorageIOError::write_snapshot(sig, &e))?;
-        Ok(())
-    }
 }
 
 impl Inner {
+    /// Writes the snapshot file of capture `seq` of `gen`: every table read while applies go
+    /// on, then the pre-images of the keys changed meanwhile (closing the capture), which
+    /// replayed in order is the state at the capture point. fsynced. Blocking. Returns the
+    /// file's name and length.
+    fn write_snapshot(
+        &self,
+        gen: &Generation,
+        seq: u64,
+        header: &Header,
+    ) -> Result<(String, u64), StorageError> {
+        let name = snapshot_file_name(header.meta.last_log_id);
+        let path = self.snap_dir.join(&name);
+        let tables = || -> std::io::Result<Writer<BufWriter<std::fs::File>>> {
+            let file = std::fs::File::create(&path)?;
+            let mut w = Writer::new(BufWriter::with_capacity(1 << 16, file), header)?;
+            for t in Table::ALL {
+                for item in gen.table(t).iter() {
+                    let (k, v) = item?;
+                    w.put(t as u8, &k, &v)?;
+                }
+            }
+            Ok(w)
+        };
+        let written = tables();
+        // Closed whether or not the read succeeded, so applies stop recording for it.
+        let mut pre: Vec<_> = self.close_capture(seq).into_iter().collect();
+        pre.sort();
+        let written = written.and_then(|mut w| {
+            for ((t, key), value) in pre {
+                match value {
+                    Some(v) => w.put(t as u8, &key, &v)?,
+                    None => w.del(t as u8, &key)?,
+                }
+            }
+            let (out, len) = w.finish()?;
+            out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+            Ok(len)
+        });
+        match written {
+            Ok(len) => Ok((name, len)),
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                Err(sm_write_err(e))
+            }
+        }
+    }
+
+    /// The current snapshot's file name, if there is one.
+    fn current_snapshot_file(&self) -> Result<Option<String>, sled::Error> {
+        Ok(self
+            .sm_meta
+            .get(SNAP_FILE)?
+            .map(|n| String::from_utf8_lossy(&n).into_owned()))
+    }
+
+    /// Makes the (fsynced) file `name` the current snapshot: its directory entry is synced and
+    /// the name recorded and flushed before the previous file goes. Blocking.
+    fn set_current_snapshot(&self, name: &str) -> std::io::Result<()> {
+        sync_dir(&self.snap_dir)?;
+        let previous = self.current_snapshot_file()?;
+        self.sm_meta.insert(SNAP_FILE, name.as_bytes())?;
+        self.disk.flush_blocking()?;
+        if let Some(p) = previous.filter(|p| p != name) {
+            let _ = std::fs::remove_file(self.snap_dir.join(p));
+        }
+        Ok(())
+    }
+
+    /// Moves a snapshot schemas 1 and 2 kept in their `snapshot` tree into a file. Blocking;
+    /// may run again after a crash before the tree is dropped.
+    fn adopt_legacy_snapshot(&self) -> std::io::Result<()> {
+        let db = self.disk.db();
+        if !db
+            .tree_names()
+            .iter()
+            .any(|n| n == LEGACY_SNAP_TREE.as_bytes())
+        {
+            return Ok(());
+        }
+        let tree = db.open_tree(LEGACY_SNAP_TREE)?;
+        if let (Some(meta), Some(data), None) = (
+            tree.get(LEGACY_SNAP_META)?,
+            tree.get(LEGACY_SNAP_DATA)?,
+            self.current_snapshot_file()?,
+        ) {
+            let meta: SnapshotMeta = serde_json::from_slice(&meta)?;
+            let name = snapshot_file_name(meta.last_log_id);
+            let path = self.snap_dir.join(&name);
+            let mut w = Writer::new(
+                BufWriter::new(std::fs::File::create(&path)?),
+                &Header::new(meta.clone()),
+            )?;
+            for frame in legacy_frames(&data)? {
+                if let Frame::Put { table, key, value } = frame {
+                    w.put(table, &key, &value)?;
+                }
+            }
+            let (out, _) = w.finish()?;
+            out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+            self.set_current_snapshot(&name)?;
+            tracing::info!(snapshot = %meta.snapshot_id, file = %name, "moved the snapshot into a file");
+        }
+        drop(tree);
+        db.drop_tree(LEGACY_SNAP_TREE)?;
+        Ok(())
+    }
+
+    /// Removes every file of the snapshot dir but the current snapshot's: what a build or an
+    /// install left when the process died.
+    fn remove_stray_snapshot_files(&self) {
+        let current = self.current_snapshot_file().ok().flatten();
+        let Ok(dir) = std::fs::read_dir(&self.snap_dir) else {
+            return;
+        };
+        for entry in dir.flatten() {
+            if current.as_deref() != entry.file_name().to_str() {
+                tracing::info!(file = ?entry.path(), "removing a stray snapshot file");
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+
+    /// Replays the snapshot in `file` (format 2, or a format-1 body) into a new generation
+    /// and writes it as this node's snapshot file, fsynced; nothing is made current. On any
+    /// error (a checksum that does not match included) both are removed again. Blocking.
+    fn receive_snapshot(
+        &self,
+        file: &mut std::fs::File,
+        meta: &SnapshotMeta,
+    ) -> Result<(Generation, String), std::io::Error> {
+        file.seek(SeekFrom::Start(0))?;
+        let mut input = BufReader::with_capacity(1 << 16, file);
+        let next = Generation::open(self.disk.db(), self.current().number + 1)?;
+        let name = snapshot_file_name(meta.last_log_id);
+        let path = self.snap_dir.join(&name);
+        let mut replay = || -> std::io::Result<()> {
+            for t in Table::ALL {
+                next.table(t).clear()?;
+            }
+            let mut w = Writer::new(
+                BufWriter::with_capacity(1 << 16, std::fs::File::create(&path)?),
+                &Header::new(meta.clone()),
+            )?;
+            let mut apply = |frame: Frame| -> std::io::Result<()> {
+                let (table, key) = match &frame {
+                    Frame::Put { table, key, .. } | Frame::Del { table, key } => (*table, key),
+                };
+                let tree = Table::ALL
+                    .get(table as usize)
+                    .map(|t| next.table(*t))
+                    .ok_or_else(|| SnapFileError::Corrupt(format!("unknown table {table}")))?;
+                match &frame {
+                    Frame::Put { value, .. } => {
+                        tree.insert(key.as_slice(), value.as_slice())?;
+                        w.put(table, key, value)
+                    }
+                    Frame::Del { .. } => {
+                        tree.remove(key.as_slice())?;
+                        w.del(table, key)
+                    }
+                }
+            };
+            if input.fill_buf()?.first() == Some(&snapfile::MAGIC[0]) {
+                let (header, mut r) = Reader::open(&mut input)?;
+                if header.meta.last_log_id != meta.last_log_id {
+                    return Err(SnapFileError::Corrupt(format!(
+                        "the file holds the state at {:?}, not at {:?}",
+                        header.meta.last_log_id, meta.last_log_id
+                    ))
+                    .into());
+                }
+                while let Some(frame) = r.next_frame()? {
+                    apply(frame)?;
+                }
+            } else {
+                let mut data = Vec::new();
+                input.read_to_end(&mut data)?;
+                for frame in legacy_frames(&data)? {
+                    apply(frame)?;
+                }
+            }
+            let (out, _) = w.finish()?;
+            out.into_inner().map_err(|e| e.into_error())?.sync_all()
+        };
+        match replay() {
+            Ok(()) => Ok((next, name)),
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                for t in Table::ALL {
+                    let _ = self
+                        .disk
+                        .db()
+                        .drop_tree(gen_tree_name(next.number, t).as_bytes());
+                }
+                Err(e)
+            }
+        }
+    }
+
     /// Applies `entries`, the last of which is `last`, in one transaction that also records
     /// `last` as applied; returns a result per entry and what changed.
     fn apply_batch(
@@ -429,62 +619,59 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotFile>, StorageError> {
+        // Unnamed: it goes with its last handle, whatever happens to the transfer.
+        let file = tempfile::tempfile_in(&self.inner.snap_dir).map_err(sm_write_err)?;
+        Ok(Box::new(SnapshotFile::from_std(file)))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<SnapshotFile>,
     ) -> Result<(), StorageError> {
         let sig = Some(meta.signature());
-        let data = snapshot.into_inner();
-        let body: SnapshotBody = postcard::from_bytes(&data)
-            .map_err(|e| StorageIOError::read_snapshot(sig.clone(), &e))?;
-        if !(SNAPSHOT_READABLE_FROM..=SNAPSHOT_FORMAT).contains(&body.format) {
-            let e = std::io::Error::other(format!(
-                "snapshot format {} is not one this hookd reads ({SNAPSHOT_READABLE_FROM} to \
-                 {SNAPSHOT_FORMAT}): a node of a newer hookd sent it; upgrade this node",
-                body.format
-            ));
-            return Err(StorageIOError::read_snapshot(sig, &e).into());
-        }
-        let write_err = |e: sled::Error| -> StorageError {
+        let write_err = |e: std::io::Error| -> StorageError {
             StorageIOError::write_snapshot(sig.clone(), &e).into()
         };
+        let mut file = snapshot.into_std().await;
         // No build may be reading the generation this install drops.
         let _building = self.inner.building.lock().await;
         let old = self.inner.current();
-        let next = Generation::open(self.inner.disk.db(), old.number + 1).map_err(write_err)?;
-        for t in Table::ALL {
-            let tree = next.table(t);
-            tree.clear().map_err(write_err)?;
-            let mut batch = sled::Batch::default();
-            if let Some((_, pairs)) = body.tables.iter().find(|(name, _)| name == t.name()) {
-                for (k, v) in pairs {
-                    batch.insert(k.as_slice(), v.as_slice());
-                }
-            }
-            tree.apply_batch(batch).map_err(write_err)?;
-        }
-        self.inner.disk.flush().await.map_err(write_err)?;
+        let (inner, received) = (self.inner.clone(), meta.clone());
+        let (next, name) =
+            tokio::task::spawn_blocking(move || inner.receive_snapshot(&mut file, &received))
+                .await
+                .map_err(|e| write_err(std::io::Error::other(e)))?
+                .map_err(write_err)?;
+        self.inner
+            .disk
+            .flush()
+            .await
+            .map_err(|e| write_err(e.into()))?;
+        sync_dir(&self.inner.snap_dir).map_err(write_err)?;
 
-        let meta_bytes = serde_json::to_vec(meta).map_err(sm_write_err)?;
+        // The switch: the new generation, the applied point and the new snapshot file, in one
+        // transaction, so after a crash the state and the current snapshot always agree.
+        let previous = self.inner.current_snapshot_file().map_err(sm_err)?;
         let applied = json(&meta.last_log_id);
         let membership = json(&meta.last_membership);
         let gen_number = json(&next.number);
-        (&self.inner.sm_meta, &self.inner.snap)
-            .transaction(|(sm_meta, snap)| {
+        self.inner
+            .sm_meta
+            .transaction(|sm_meta| {
                 sm_meta.insert(ACTIVE_GEN, gen_number.as_slice())?;
                 sm_meta.insert(LAST_APPLIED, applied.as_slice())?;
                 sm_meta.insert(LAST_MEMBERSHIP, membership.as_slice())?;
-                snap.insert(SNAP_META, meta_bytes.as_slice())?;
-                snap.insert(SNAP_DATA, data.as_slice())?;
+                sm_meta.insert(SNAP_FILE, name.as_bytes())?;
                 Ok::<_, ConflictableTransactionError<()>>(())
             })
-            .map_err(|e| StorageIOError::write_snapshot(sig.clone(), &tx_error(e)))?;
-        self.inner.disk.flush().await.map_err(write_err)?;
+            .map_err(|e| write_err(tx_error(e)))?;
+        self.inner
+            .disk
+            .flush()
+            .await
+            .map_err(|e| write_err(e.into()))?;
 
         *self.inner.gen.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
         let _ = self.inner.changes.send(Change::All);
@@ -493,23 +680,25 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 .disk
                 .db()
                 .drop_tree(gen_tree_name(old.number, t).as_bytes())
-                .map_err(write_err)?;
+                .map_err(|e| write_err(e.into()))?;
+        }
+        if let Some(p) = previous.filter(|p| *p != name) {
+            let _ = std::fs::remove_file(self.inner.snap_dir.join(p));
         }
         tracing::info!(snapshot = %meta.snapshot_id, "installed snapshot");
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        let (Some(meta), Some(data)) = (
-            self.inner.snap.get(SNAP_META).map_err(sm_err)?,
-            self.inner.snap.get(SNAP_DATA).map_err(sm_err)?,
-        ) else {
+        let Some(name) = self.inner.current_snapshot_file().map_err(sm_err)? else {
             return Ok(None);
         };
-        let meta: SnapshotMeta = serde_json::from_slice(&meta).map_err(sm_err)?;
+        let mut file = std::fs::File::open(self.inner.snap_dir.join(&name)).map_err(sm_err)?;
+        let (header, _) = Reader::open(BufReader::new(&file)).map_err(sm_err)?;
+        file.seek(SeekFrom::Start(0)).map_err(sm_err)?;
         Ok(Some(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data.to_vec())),
+            meta: header.meta,
+            snapshot: Box::new(SnapshotFile::from_std(file)),
         }))
     }
 }
@@ -557,24 +746,6 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         )?;
         let started = std::time::Instant::now();
         let store = self.store.clone();
-        // On a thread of its own at a lower CPU priority: copying the whole state must not take
-        // the CPU from replication, apply and delivery (all three nodes build at the same log
-        // index; at normal priority their builds stalled delivery under load for a second).
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        std::thread::Builder::new()
-            .name("hookd-snapshot".into())
-            .spawn(move || {
-                lower_priority();
-                let data = store
-                    .dump(&gen, seq)
-                    .and_then(|body| postcard::to_stdvec(&body).map_err(sm_err));
-                let _ = tx.send(data);
-            })
-            .map_err(sm_err)?;
-        let data = rx
-            .await
-            .map_err(|_| sm_err(std::io::Error::other("snapshot builder thread ended")))??;
-        drop(building);
         let snapshot_id = match applied {
             Some(l) => format!("{}-{}-{seq}", l.leader_id, l.index),
             None => format!("--{seq}"),
@@ -584,18 +755,40 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             last_membership: membership,
             snapshot_id,
         };
-        let copied_ms = started.elapsed().as_millis() as u64;
-        self.store.save_snapshot(&meta, &data).await?;
+        let header = Header::new(meta.clone());
+        // On a thread of its own at a lower CPU priority: copying the whole state must not take
+        // the CPU from replication, apply and delivery (all three nodes build at the same log
+        // index; at normal priority their builds stalled delivery under load for a second).
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("hookd-snapshot".into())
+            .spawn(move || {
+                lower_priority();
+                let _ = tx.send(store.inner.write_snapshot(&gen, seq, &header));
+            })
+            .map_err(sm_err)?;
+        let (name, bytes) = rx
+            .await
+            .map_err(|_| sm_err(std::io::Error::other("snapshot builder thread ended")))??;
+        drop(building);
+        let written_ms = started.elapsed().as_millis() as u64;
+        let inner = self.store.inner.clone();
+        let current = name.clone();
+        tokio::task::spawn_blocking(move || inner.set_current_snapshot(&current))
+            .await
+            .map_err(sm_write_err)?
+            .map_err(sm_write_err)?;
+        let file = std::fs::File::open(self.store.inner.snap_dir.join(&name)).map_err(sm_err)?;
         tracing::info!(
             snapshot = %meta.snapshot_id,
-            bytes = data.len(),
-            copied_ms,
+            bytes,
+            written_ms,
             saved_ms = started.elapsed().as_millis() as u64,
             "built snapshot"
         );
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Box::new(SnapshotFile::from_std(file)),
         })
     }
 }
@@ -794,18 +987,21 @@ mod tests {
         assert_eq!(rustix::process::getpriority_process(None).unwrap(), ours);
     }
 
-    /// A snapshot from a node of the previous format (JSON job records) installs and reads; one
-    /// of a newer format is refused with an error that says so.
+    /// A snapshot from a node of the previous version (format 1: a postcard body, JSON job
+    /// records) installs and reads; a damaged file or one of a newer format is refused with
+    /// an error that says so, and leaves the state and the current snapshot as they were.
     #[tokio::test]
-    async fn a_snapshot_of_the_previous_format_installs_and_a_newer_one_is_refused() {
+    async fn a_format_1_snapshot_installs_and_a_damaged_or_newer_one_is_refused() {
         use openraft::storage::RaftStateMachine;
         use openraft::{CommittedLeaderId, LogId, StoredMembership};
+        use std::io::Write;
 
         let job = state::tests::job_as_schema_2_wrote_it("old");
-        let body = |format| SnapshotBody {
-            format,
+        let legacy = postcard::to_stdvec(&LegacyBody {
+            format: 1,
             tables: vec![("jobs".to_owned(), vec![(b"old".to_vec(), job.clone())])],
-        };
+        })
+        .unwrap();
         let meta = |index| SnapshotMeta {
             last_log_id: Some(LogId::new(CommittedLeaderId::new(1, 1), index)),
             last_membership: StoredMembership::default(),
@@ -814,19 +1010,50 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = crate::store::Store::open(dir.path(), 1).unwrap();
         let mut sm = store.state_machine();
-        let data = |format| Box::new(Cursor::new(postcard::to_stdvec(&body(format)).unwrap()));
+        let send = async |bytes: &[u8]| {
+            let mut file = tempfile::tempfile().unwrap();
+            file.write_all(bytes).unwrap();
+            Box::new(SnapshotFile::from_std(file))
+        };
 
-        let e = sm
-            .install_snapshot(&meta(5), data(SNAPSHOT_FORMAT + 1))
+        sm.install_snapshot(&meta(7), send(&legacy).await)
             .await
-            .unwrap_err();
-        assert!(e.to_string().contains("newer hookd"), "{e}");
-        assert!(store.view().get_job("old").unwrap().is_none());
-
-        sm.install_snapshot(&meta(7), data(1)).await.unwrap();
-        let read = store.view().get_job("old").unwrap().expect("job");
-        assert_eq!(read.id, "old");
+            .unwrap();
+        assert_eq!(store.view().get_job("old").unwrap().expect("job").id, "old");
         let (applied, _) = sm.applied_state().await.unwrap();
         assert_eq!(applied.map(|l| l.index), Some(7));
+        // It is this node's snapshot now, in format 2.
+        let current = sm.get_current_snapshot().await.unwrap().expect("snapshot");
+        assert_eq!(current.meta, meta(7));
+        let mut file = current.snapshot.into_std().await;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).unwrap();
+        assert_eq!(&bytes[..8], snapfile::MAGIC);
+
+        let mut newer = bytes.clone();
+        newer[8..12].copy_from_slice(&(snapfile::FILE_FORMAT + 1).to_le_bytes());
+        let mut damaged = bytes.clone();
+        let n = damaged.len();
+        damaged[n - 40] ^= 1;
+        for (bad, says) in [(newer, "newer hookd"), (damaged, "checksum")] {
+            let e = sm.install_snapshot(&meta(7), send(&bad).await).await;
+            let e = e.unwrap_err().to_string();
+            assert!(e.contains(says), "{e}");
+        }
+        let e = sm.install_snapshot(&meta(9), send(&bytes).await).await;
+        assert!(e.unwrap_err().to_string().contains("not at"), "wrong meta");
+        assert_eq!(sm.applied_state().await.unwrap().0, meta(7).last_log_id);
+        assert_eq!(
+            sm.get_current_snapshot().await.unwrap().unwrap().meta,
+            meta(7)
+        );
+        assert!(store.view().get_job("old").unwrap().is_some());
+        // Only the current snapshot's file is left in the snapshot dir.
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("snapshots"))
+                .unwrap()
+                .count(),
+            1
+        );
     }
 }
