@@ -7,8 +7,10 @@
 # §5 with nginx (Debian's package) as the healthy target: healthy lateness quiet and beside a
 # black-holed target (2,000 runs/s aimed at it), the leader's RSS growth under endless-body
 # targets, the sustainable rate (the highest of SUSTAINABLE_RATES delivered in full with p99
-# lateness ≤ 100 ms), and overload at 2× that rate (or OVERLOAD_RATE) for 30 s. Prints a
-# report; JSON summaries go to target/bench/. Every phase is bounded.
+# lateness ≤ 100 ms), and overload at 2× that rate (or OVERLOAD_RATE) for 30 s; then scale:
+# SCALE_JOBS jobs (default 1M) created at 64 clients (rate over time, RSS, disk), a restart of
+# every node (time to ready) and SCALE_HERD one-shot jobs (default 100k) due at one instant.
+# Prints a report; JSON summaries go to target/bench/. Every phase is bounded.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 missing=()
@@ -27,3 +29,5 @@ target/release/hookd-dispatch-bench --hookd target/release/hookd --out target/be
 target/release/hookd-isolation-bench --hookd target/release/hookd --nginx "$(command -v nginx)" \
     --sustainable-rates "${SUSTAINABLE_RATES:-1000,2000,2500,3000,3500,4000,4500,5000,6000}" \
     --overload-rate "${OVERLOAD_RATE:-0}" --out target/bench/isolation.json
+target/release/hookd-scale-bench --hookd target/release/hookd --nginx "$(command -v nginx)" \
+    --jobs "${SCALE_JOBS:-1000000}" --herd "${SCALE_HERD:-100000}" --out target/bench/scale.json

@@ -13,6 +13,7 @@ pub mod lazyfs;
 pub mod local;
 pub mod nemesis;
 pub mod net;
+pub mod nginx;
 pub mod proxy;
 pub mod report;
 pub mod run;

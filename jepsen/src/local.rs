@@ -207,3 +207,48 @@ pub fn http() -> reqwest::Client {
         .build()
         .expect("http client")
 }
+
+/// Wall-clock time in Unix milliseconds.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// `ms` as RFC 3339 with milliseconds, UTC.
+pub fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+/// Node `i`'s view of the leader id and term (none and 0 when it does not answer).
+pub async fn cluster_state(c: &LocalCluster, i: usize) -> (Option<u64>, u64) {
+    let v: serde_json::Value = match http().get(c.url(i, "/v1/cluster")).send().await {
+        Ok(r) => r.json().await.unwrap_or_default(),
+        Err(_) => serde_json::Value::Null,
+    };
+    (v["leader_id"].as_u64(), v["term"].as_u64().unwrap_or(0))
+}
+
+/// The index of the leader node 0 names, within 20 s.
+pub async fn await_leader(c: &LocalCluster) -> anyhow::Result<usize> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let (Some(id), _) = cluster_state(c, 0).await {
+            if let Some(i) = c.nodes.iter().position(|n| n.id == id) {
+                return Ok(i);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bail!("no leader within 20 s")
+}
+
+/// Resident memory of process `pid` in KiB (0 once it is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}

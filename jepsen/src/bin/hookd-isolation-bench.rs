@@ -19,15 +19,17 @@
 #![allow(clippy::print_stdout)]
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use hookd_jepsen::local::{http, LocalCluster};
+use hookd_jepsen::local::{
+    await_leader, cluster_state, http, now_ms, rfc3339, rss_kib, LocalCluster,
+};
+use hookd_jepsen::nginx::Nginx;
 use hookd_jepsen::stats::{Latencies, Summary};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -62,105 +64,6 @@ struct Args {
     /// Keep the cluster's data dirs, logs and nginx's log here.
     #[arg(long)]
     keep: Option<PathBuf>,
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
-
-fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_default()
-}
-
-/// nginx on 127.0.0.1 answering 200 to everything and logging each request.
-struct Nginx {
-    child: Child,
-    url: String,
-    log: PathBuf,
-}
-
-impl Nginx {
-    fn start(bin: &Path, dir: &Path) -> anyhow::Result<Nginx> {
-        std::fs::create_dir_all(dir.join("tmp"))?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let log = dir.join("access.log");
-        let conf = format!(
-            r#"daemon off;
-master_process off;
-worker_processes 1;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections 8192; }}
-http {{
-  log_format hook '$msec $http_hookd_job_id $http_hookd_scheduled_at';
-  client_body_temp_path {dir}/tmp;
-  proxy_temp_path {dir}/tmp;
-  fastcgi_temp_path {dir}/tmp;
-  uwsgi_temp_path {dir}/tmp;
-  scgi_temp_path {dir}/tmp;
-  keepalive_requests 1000000;
-  server {{
-    listen 127.0.0.1:{port} backlog=4096;
-    access_log {log} hook buffer=256k flush=100ms;
-    location / {{ return 200 "ok"; }}
-  }}
-}}
-"#,
-            dir = dir.display(),
-            log = log.display(),
-        );
-        let conf_path = dir.join("nginx.conf");
-        std::fs::write(&conf_path, conf)?;
-        let child = Command::new(bin)
-            .arg("-e")
-            .arg(dir.join("error.log"))
-            .arg("-p")
-            .arg(dir)
-            .arg("-c")
-            .arg(&conf_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("start {}", bin.display()))?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                bail!("nginx did not listen on {port} within 10 s");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(Nginx {
-            child,
-            url: format!("http://127.0.0.1:{port}/hook"),
-            log,
-        })
-    }
-
-    /// Every logged request: (received ms, job id, scheduled ms).
-    fn requests(&self) -> Vec<(i64, String, i64)> {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        text.lines()
-            .filter_map(|l| {
-                let mut f = l.split(' ');
-                let msec: f64 = f.next()?.parse().ok()?;
-                let job = f.next()?.to_owned();
-                let due = chrono::DateTime::parse_from_rfc3339(f.next()?).ok()?;
-                Some(((msec * 1000.0).round() as i64, job, due.timestamp_millis()))
-            })
-            .collect()
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// A TCP server that accepts and holds every connection without answering; counts them.
@@ -284,27 +187,6 @@ async fn delete_jobs(c: &LocalCluster, via: usize, ids: &[String]) -> usize {
     ok
 }
 
-async fn cluster_state(c: &LocalCluster, i: usize) -> (Option<u64>, u64) {
-    let v: Value = match http().get(c.url(i, "/v1/cluster")).send().await {
-        Ok(r) => r.json().await.unwrap_or_default(),
-        Err(_) => Value::Null,
-    };
-    (v["leader_id"].as_u64(), v["term"].as_u64().unwrap_or(0))
-}
-
-async fn await_leader(c: &LocalCluster) -> anyhow::Result<usize> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if let (Some(id), _) = cluster_state(c, 0).await {
-            if let Some(i) = c.nodes.iter().position(|n| n.id == id) {
-                return Ok(i);
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    bail!("no leader within 20 s")
-}
-
 /// Node `i`'s claim rate, runs waiting and lease-gate closures, from `/metrics` (0 if absent).
 async fn metrics_of(c: &LocalCluster, i: usize) -> [f64; 3] {
     let text = match http().get(c.url(i, "/metrics")).send().await {
@@ -321,15 +203,6 @@ async fn metrics_of(c: &LocalCluster, i: usize) -> [f64; 3] {
         value("hookd_runs_waiting"),
         value("hookd_dispatch_lease_gate_closed_total"),
     ]
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// Lateness of the first delivery of each run of jobs starting with `prefix`, due in

@@ -1,0 +1,459 @@
+//! hookd-scale-bench: many jobs on a local three-node cluster of the release binary, with nginx
+//! (Debian's package) as the target:
+//!
+//! 1. fill: `--jobs` jobs (every 1 h, first run hours away) created through the leader by
+//!    `--clients` clients at once; per `--sample-secs`: jobs created, the create rate and every
+//!    node's RSS; non-2xx answers and client timeouts are counted;
+//! 2. size: each node's data dir on disk and RSS once the fill is done;
+//! 3. restart: every node SIGTERMed, then all started again: time until all three are ready,
+//!    and their RSS then;
+//! 4. herd: `--herd` one-shot jobs all due at the same instant T (far enough ahead that their
+//!    creation ends before it): how many reached nginx and how late after T (p50/p99/max).
+//!
+//! Every loop is bounded in count and time; every target is on 127.0.0.1.
+
+// A command-line report: printing to stdout is its job.
+#![allow(clippy::print_stdout)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use hookd_jepsen::local::{await_leader, http, now_ms, rfc3339, rss_kib, LocalCluster};
+use hookd_jepsen::nginx::Nginx;
+use hookd_jepsen::stats::{Latencies, Summary};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+#[derive(Debug, Parser)]
+struct Args {
+    #[arg(long, default_value = "target/release/hookd")]
+    hookd: PathBuf,
+    #[arg(long, default_value = "/usr/sbin/nginx")]
+    nginx: PathBuf,
+    /// Jobs created in the fill phase.
+    #[arg(long, default_value_t = 1_000_000)]
+    jobs: usize,
+    /// Clients creating at once.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// The fill phase ends after this long even if not all jobs were created.
+    #[arg(long, default_value_t = 1200)]
+    fill_max_secs: u64,
+    #[arg(long, default_value_t = 10)]
+    sample_secs: u64,
+    /// One-shot jobs due at the same instant (0 skips the herd).
+    #[arg(long, default_value_t = 100_000)]
+    herd: usize,
+    /// How long after the herd's instant to wait for its runs.
+    #[arg(long, default_value_t = 180)]
+    herd_wait_secs: u64,
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Keep the cluster's data dirs, logs and nginx's log here.
+    #[arg(long)]
+    keep: Option<PathBuf>,
+    /// Extra flags for every `hookd serve`.
+    #[arg(long, allow_hyphen_values = true)]
+    hookd_args: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct Sample {
+    secs: f64,
+    created: usize,
+    per_s: f64,
+    rss_mib: Vec<f64>,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Fill {
+    created: usize,
+    non_2xx: usize,
+    timeouts: usize,
+    secs: f64,
+    samples: Vec<Sample>,
+}
+
+#[derive(Debug, Serialize)]
+struct Herd {
+    jobs: usize,
+    created: usize,
+    /// Milliseconds from the last create's answer to the herd's instant (negative: too late).
+    created_ahead_ms: i64,
+    delivered: usize,
+    /// Delivery time after the herd's instant.
+    lateness: Summary,
+    /// Deliveries per second from the herd's first to its last.
+    delivered_per_s: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    jobs: usize,
+    fill: Fill,
+    data_dir_mib: Vec<f64>,
+    rss_after_fill_mib: Vec<f64>,
+    restart_ready_ms: Option<u128>,
+    rss_after_restart_mib: Vec<f64>,
+    herd: Option<Herd>,
+}
+
+fn rss_mib(c: &LocalCluster) -> Vec<f64> {
+    (0..c.nodes.len())
+        .map(|i| c.pid(i).map_or(0.0, |p| rss_kib(p) as f64 / 1024.0))
+        .collect()
+}
+
+/// Bytes of every file under `dir`.
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+            _ => e.metadata().map_or(0, |m| m.len()),
+        })
+        .sum()
+}
+
+/// The create rate between consecutive samples of (seconds, jobs created so far).
+fn rates(points: &[(f64, usize)]) -> Vec<f64> {
+    points
+        .windows(2)
+        .map(|w| {
+            let dt = w[1].0 - w[0].0;
+            if dt > 0.0 {
+                (w[1].1 - w[0].1) as f64 / dt
+            } else {
+                0.0
+            }
+        })
+        .collect()
+}
+
+/// Lateness after `due_ms` of the first request of each job whose id starts with `prefix`,
+/// from nginx's log lines (received ms, job id, scheduled ms), and the rate at which they came
+/// from the first to the last.
+fn herd_lateness(reqs: &[(i64, String, i64)], prefix: &str, due_ms: i64) -> (usize, Summary, f64) {
+    let mut first: HashMap<&str, i64> = HashMap::new();
+    for (recv, job, _) in reqs {
+        if job.starts_with(prefix) {
+            let e = first.entry(job).or_insert(*recv);
+            *e = (*e).min(*recv);
+        }
+    }
+    let mut lat = Latencies::default();
+    for recv in first.values() {
+        lat.record(Duration::from_millis((recv - due_ms).max(0) as u64));
+    }
+    let span = match (first.values().min(), first.values().max()) {
+        (Some(a), Some(b)) if b > a => (b - a) as f64 / 1000.0,
+        _ => 0.0,
+    };
+    let rate = if span > 0.0 {
+        first.len() as f64 / span
+    } else {
+        0.0
+    };
+    (first.len(), lat.summary(), rate)
+}
+
+/// How many jobs to create, through which API URL, with how many clients, until when.
+struct Creates {
+    api: String,
+    count: usize,
+    clients: usize,
+    deadline: Instant,
+}
+
+/// Creates jobs `body(k)` for k in `0..count`; a 429 is retried after its `Retry-After`.
+/// Calls `tick` with the jobs created so far every 200 ms.
+async fn create_all(
+    Creates {
+        api,
+        count,
+        clients,
+        deadline,
+    }: Creates,
+    body: impl Fn(usize) -> Value + Send + Sync + 'static,
+    mut tick: impl FnMut(usize),
+) -> Fill {
+    let http = http();
+    let next = Arc::new(AtomicUsize::new(0));
+    let created = Arc::new(AtomicUsize::new(0));
+    let non_2xx = Arc::new(AtomicUsize::new(0));
+    let timeouts = Arc::new(AtomicUsize::new(0));
+    let body = Arc::new(body);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (http, api, body) = (http.clone(), api.clone(), body.clone());
+        let (next, created, non_2xx, timeouts) = (
+            next.clone(),
+            created.clone(),
+            non_2xx.clone(),
+            timeouts.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                if k >= count {
+                    return;
+                }
+                let job = body(k);
+                for _ in 0..100 {
+                    if Instant::now() > deadline {
+                        return;
+                    }
+                    match http.post(&api).json(&job).send().await {
+                        Ok(r) if r.status().is_success() => {
+                            created.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(r) if r.status().as_u16() == 429 => {
+                            let wait = r
+                                .headers()
+                                .get("retry-after")
+                                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                                .unwrap_or(1);
+                            tokio::time::sleep(Duration::from_millis(200 * wait.min(5))).await;
+                            continue;
+                        }
+                        Ok(_) => {
+                            non_2xx.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(_) => {
+                            timeouts.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    break;
+                }
+            }
+        }));
+    }
+    let mut handles = tasks;
+    loop {
+        let done = handles.iter().all(|t| t.is_finished());
+        if done {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        tick(created.load(Ordering::Relaxed));
+    }
+    for t in handles.drain(..) {
+        let _ = t.await;
+    }
+    Fill {
+        created: created.load(Ordering::Relaxed),
+        non_2xx: non_2xx.load(Ordering::Relaxed),
+        timeouts: timeouts.load(Ordering::Relaxed),
+        secs: started.elapsed().as_secs_f64(),
+        samples: Vec::new(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let hookd = args.hookd.canonicalize().context("hookd binary")?;
+    let temp = tempfile::tempdir()?;
+    let dir = args
+        .keep
+        .clone()
+        .unwrap_or_else(|| temp.path().to_path_buf());
+    std::fs::create_dir_all(&dir)?;
+    let nginx = Nginx::start(&args.nginx, &dir.join("nginx"))?;
+    let mut c = LocalCluster::new(&hookd, &dir, 3, &args.hookd_args)?;
+    for i in 0..3 {
+        c.spawn(i)?;
+    }
+    let l = await_leader(&c).await?;
+
+    // 1. fill
+    let first_run = rfc3339(now_ms() + 6 * 3600 * 1000);
+    let url = nginx.url.clone();
+    let started = Instant::now();
+    let every = Duration::from_secs(args.sample_secs.max(1));
+    let mut points = vec![(0.0, 0usize)];
+    let mut rss = Vec::new();
+    let mut last_sample = Instant::now();
+    println!("fill: {} jobs, {} clients", args.jobs, args.clients);
+    let mut fill = create_all(
+        Creates {
+            api: c.url(l, "/v1/jobs"),
+            count: args.jobs,
+            clients: args.clients,
+            deadline: Instant::now() + Duration::from_secs(args.fill_max_secs),
+        },
+        move |k| {
+            json!({"id": format!("j{k}"), "url": url,
+                "headers": {"content-type": "application/json"},
+                "body": format!("{{\"invoice\":{k}}}"),
+                "schedule": {"every": "1h", "start_at": first_run}})
+        },
+        |created| {
+            if last_sample.elapsed() >= every {
+                last_sample = Instant::now();
+                points.push((started.elapsed().as_secs_f64(), created));
+                let r = rss_mib(&c);
+                println!(
+                    "  {:>6.0} s {:>8} jobs {:>7.0}/s  rss MiB {:?}",
+                    started.elapsed().as_secs_f64(),
+                    created,
+                    rates(&points).last().copied().unwrap_or(0.0),
+                    r.iter().map(|m| m.round()).collect::<Vec<_>>()
+                );
+                rss.push(r);
+            }
+        },
+    )
+    .await;
+    points.push((fill.secs, fill.created));
+    rss.push(rss_mib(&c));
+    fill.samples = rates(&points)
+        .into_iter()
+        .zip(points.iter().skip(1))
+        .zip(rss)
+        .map(|((per_s, (secs, created)), rss_mib)| Sample {
+            secs: *secs,
+            created: *created,
+            per_s,
+            rss_mib,
+        })
+        .collect();
+    println!(
+        "fill: {} created in {:.0} s ({:.0}/s), {} non-2xx, {} client timeouts",
+        fill.created,
+        fill.secs,
+        fill.created as f64 / fill.secs.max(0.001),
+        fill.non_2xx,
+        fill.timeouts
+    );
+
+    // 2. size
+    let data_dir_mib: Vec<f64> = c
+        .nodes
+        .iter()
+        .map(|n| dir_bytes(&n.data_dir) as f64 / (1 << 20) as f64)
+        .collect();
+    let rss_after_fill_mib = rss_mib(&c);
+    println!("size: data dirs MiB {data_dir_mib:.0?}, rss MiB {rss_after_fill_mib:.0?}");
+
+    // 3. restart
+    for i in 0..3 {
+        c.terminate(i, Duration::from_secs(60))?;
+    }
+    let restarted = Instant::now();
+    for i in 0..3 {
+        c.spawn(i)?;
+    }
+    let mut ready = true;
+    for i in 0..3 {
+        ready &= c
+            .await_ready(&http(), i, Duration::from_secs(300))
+            .await
+            .is_ok();
+    }
+    let restart_ready_ms = ready.then(|| restarted.elapsed().as_millis());
+    let rss_after_restart_mib = rss_mib(&c);
+    println!(
+        "restart: all ready after {restart_ready_ms:?} ms, rss MiB {rss_after_restart_mib:.0?}"
+    );
+
+    // 4. herd
+    let herd = if args.herd > 0 {
+        let l = await_leader(&c).await?;
+        let rate = fill.samples.last().map_or(100.0, |s| s.per_s).max(100.0);
+        let due = now_ms() + (args.herd as f64 / rate * 1500.0) as i64 + 20_000;
+        let at = rfc3339(due);
+        let url = nginx.url.clone();
+        println!("herd: {} jobs due at {at}", args.herd);
+        let made = create_all(
+            Creates {
+                api: c.url(l, "/v1/jobs"),
+                count: args.herd,
+                clients: args.clients,
+                deadline: Instant::now()
+                    + Duration::from_millis((due - now_ms()).max(0) as u64 + 60_000),
+            },
+            move |k| json!({"id": format!("h{k}"), "url": url, "schedule": {"at": at}}),
+            |_| {},
+        )
+        .await;
+        let created_ahead_ms = due - now_ms();
+        let wait_until = Instant::now()
+            + Duration::from_millis(created_ahead_ms.max(0) as u64)
+            + Duration::from_secs(args.herd_wait_secs);
+        let (mut delivered, mut lateness, mut delivered_per_s) =
+            (0, Latencies::default().summary(), 0.0);
+        while Instant::now() < wait_until {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            (delivered, lateness, delivered_per_s) = herd_lateness(&nginx.requests(), "h", due);
+            if delivered >= made.created && now_ms() > due {
+                break;
+            }
+        }
+        println!(
+            "herd: {} created ({} ms ahead), {delivered} delivered at {delivered_per_s:.0}/s, \
+             lateness {lateness}",
+            made.created, created_ahead_ms
+        );
+        Some(Herd {
+            jobs: args.herd,
+            created: made.created,
+            created_ahead_ms,
+            delivered,
+            lateness,
+            delivered_per_s,
+        })
+    } else {
+        None
+    };
+
+    let report = Report {
+        jobs: args.jobs,
+        fill,
+        data_dir_mib,
+        rss_after_fill_mib,
+        restart_ready_ms,
+        rss_after_restart_mib,
+        herd,
+    };
+    if let Some(out) = &args.out {
+        std::fs::write(out, serde_json::to_vec_pretty(&report)?)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_are_per_interval() {
+        let r = rates(&[(0.0, 0), (10.0, 5000), (20.0, 8000), (20.0, 8000)]);
+        assert_eq!(r, [500.0, 300.0, 0.0]);
+    }
+
+    #[test]
+    fn herd_lateness_counts_each_job_once_from_its_first_request() {
+        let reqs = vec![
+            (1_010, "h1".to_owned(), 1_000),
+            (1_500, "h1".to_owned(), 1_000), // a retry: not counted again
+            (1_200, "h2".to_owned(), 1_000),
+            (900, "h3".to_owned(), 1_000),   // early counts as 0
+            (5_000, "j7".to_owned(), 1_000), // not the herd
+        ];
+        let (n, s, rate) = herd_lateness(&reqs, "h", 1_000);
+        assert_eq!(n, 3);
+        assert_eq!(s.count, 3);
+        assert!((s.max_ms - 200.0).abs() < 1.0, "{s}");
+        assert!((rate - 3.0 / 0.3).abs() < 0.01, "{rate}"); // 3 jobs from 900 to 1,200 ms
+    }
+}
