@@ -77,6 +77,11 @@ pub fn claim_rate(per_s: f64) {
     metrics::gauge!("hookd_dispatch_claim_rate").set(per_s);
 }
 
+/// Runs whose claim committed only after they were due (their Raft round was late).
+pub fn claimed_late(n: u64) {
+    counter!("hookd_runs_claimed_late_total").increment(n);
+}
+
 /// The lease gate closed while attempts were ready to start (this node could not confirm it
 /// still leads within the lease): each closure pauses delivery until a quorum acks again.
 pub fn lease_gate_closed() {

@@ -46,6 +46,11 @@ const GATE_RECHECK: Duration = Duration::from_millis(10);
 const GLOBAL_QUEUE_KEY: &str = "*";
 /// Attempts started in one turn of the loop, so events, claims and queries are not starved.
 const STARTS_PER_TURN_MAX: usize = 256;
+/// How often the claim horizon is sized again (`plan::claim_horizon`), the furthest it may
+/// reach, and how many due instants of the index one sizing looks at.
+const HORIZON_EVERY: Duration = Duration::from_millis(500);
+const HORIZON_MAX: Duration = Duration::from_secs(60);
+const HORIZON_SCAN_MAX: usize = 1_000_000;
 /// How often the per-target totals go to `/metrics`, and idle targets are forgotten.
 const TOTALS_EVERY: Duration = Duration::from_secs(1);
 const FORGET_IDLE_EVERY: Duration = Duration::from_secs(300);
@@ -113,6 +118,9 @@ struct Dispatcher {
     held: HashMap<TargetKey, HashMap<String, i64>>,
     /// How many runs may be claimed, adapting to the claims' commit latency.
     pacer: Pacer,
+    /// The claim horizon in force (ms), and when it was last sized.
+    horizon_ms: i64,
+    horizon_at: Instant,
     /// Whether the lease gate was open when attempts were last ready (closures are counted).
     gate_open: bool,
     events_tx: mpsc::Sender<Event>,
@@ -162,6 +170,7 @@ pub async fn run_epoch(
     let mut changes = view.subscribe();
     // Bounded by what can be outstanding: one event per attempt in flight or claim in flight.
     let capacity = config.in_flight_max + CLAIMS_IN_FLIGHT_MAX + 16;
+    let base_horizon_ms = config.horizon.as_millis() as i64;
     let (events_tx, mut events) = mpsc::channel(capacity);
     let (record_tx, record_rx) = mpsc::channel(capacity);
     let recorder = tokio::spawn(record_loop(replica.clone(), record_rx));
@@ -187,6 +196,8 @@ pub async fn run_epoch(
         doubts: Doubts::default(),
         held: HashMap::new(),
         pacer: Pacer::new(now_ms()),
+        horizon_ms: base_horizon_ms,
+        horizon_at: Instant::now() - HORIZON_EVERY,
         gate_open: true,
         events_tx,
         record_tx,
@@ -430,10 +441,35 @@ impl Dispatcher {
         }
     }
 
+    /// The claim horizon, widened ahead of a herd of runs due together; sized again at most
+    /// every `HORIZON_EVERY`.
+    fn horizon(&mut self, now: i64) -> i64 {
+        if self.horizon_at.elapsed() >= HORIZON_EVERY {
+            self.horizon_at = Instant::now();
+            let base = self.config.horizon.as_millis() as i64;
+            let widened = plan::claim_horizon(
+                self.by_due
+                    .iter()
+                    .map(|(due, _)| *due)
+                    .take(HORIZON_SCAN_MAX),
+                now,
+                base,
+                HORIZON_MAX.as_millis() as i64,
+                plan::CLAIM_PLAN_RATE_PER_S,
+            );
+            if widened != self.horizon_ms {
+                tracing::debug!(horizon_ms = widened, "claim horizon sized");
+            }
+            self.horizon_ms = widened;
+        }
+        self.horizon_ms
+    }
+
     /// Claims every run due within the horizon, in bounded batches.
     fn claim_due(&mut self) {
-        let horizon = self.config.horizon.as_millis() as i64;
         let now = now_ms();
+        let base = self.config.horizon.as_millis() as i64;
+        let horizon = self.horizon(now);
         let mut budget = self.pacer.budget(now);
         while self.claims_in_flight < CLAIMS_IN_FLIGHT_MAX && budget > 0 {
             let mut items = Vec::new();
@@ -459,7 +495,12 @@ impl Dispatcher {
                         .jobs
                         .get(&id)
                         .and_then(|e| e.schedule.clone())
-                        .map(|s| plan::due_prefix(plan::plan_job(&job, &s, now, horizon), frontier))
+                        .map(|s| {
+                            // Up to its next run when the horizon reaches past the base for a
+                            // herd: one run ahead, never a job's whole horizon of runs.
+                            let ahead = base.max(due - now);
+                            plan::due_prefix(plan::plan_job(&job, &s, now, ahead), frontier)
+                        })
                         .unwrap_or_default(),
                     _ => Vec::new(),
                 };
@@ -534,6 +575,7 @@ impl Dispatcher {
                 }
                 let accepted = accepted.unwrap_or_default();
                 let mut done_jobs = HashSet::new();
+                let (committed_ms, mut late) = (now_ms(), 0);
                 for (i, item) in items.into_iter().enumerate() {
                     let ok = accepted.get(i).copied().unwrap_or(false);
                     if let (true, ClaimKind::Skip { count, .. }) = (ok, &item.kind) {
@@ -548,6 +590,9 @@ impl Dispatcher {
                         self.doubts.add(&item.job_id, run_id.clone());
                     }
                     if ok && item.kind == ClaimKind::Deliver {
+                        if item.due_ms < committed_ms {
+                            late += 1;
+                        }
                         self.enqueue(
                             item.due_ms,
                             Pending {
@@ -561,6 +606,7 @@ impl Dispatcher {
                     }
                     done_jobs.insert(item.job_id);
                 }
+                crate::metrics::claimed_late(late);
                 for id in done_jobs {
                     self.claiming.remove(&id);
                     self.refresh_one(&id);
@@ -702,7 +748,7 @@ impl Dispatcher {
     /// it is closed), the first waiting target, the first claim, or idle.
     fn next_wake(&mut self) -> Instant {
         let now = now_ms();
-        let horizon = self.config.horizon.as_millis() as i64;
+        let horizon = self.horizon_ms;
         let mut wake_ms = now + IDLE_WAKE.as_millis() as i64;
         if self.sched.can_start(now) {
             let gate_closed = !self.may_act();

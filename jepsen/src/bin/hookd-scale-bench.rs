@@ -90,6 +90,9 @@ struct Herd {
     lateness: Summary,
     /// Deliveries per second from the herd's first to its last.
     delivered_per_s: f64,
+    /// Runs whose claim committed only after they were due (the leader's
+    /// `hookd_runs_claimed_late_total` over the herd).
+    claimed_late: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -101,6 +104,22 @@ struct Report {
     restart_ready_ms: Option<u128>,
     rss_after_restart_mib: Vec<f64>,
     herd: Option<Herd>,
+}
+
+/// The leader's `hookd_runs_claimed_late_total` (0 when absent).
+async fn claimed_late(c: &LocalCluster, leader: usize) -> f64 {
+    let text = match http().get(c.url(leader, "/metrics")).send().await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("hookd_runs_claimed_late_total ")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
 }
 
 fn rss_mib(c: &LocalCluster) -> Vec<f64> {
@@ -374,6 +393,7 @@ async fn main() -> anyhow::Result<()> {
         let at = rfc3339(due);
         let url = nginx.url.clone();
         println!("herd: {} jobs due at {at}", args.herd);
+        let late_before = claimed_late(&c, l).await;
         let made = create_all(
             Creates {
                 api: c.url(l, "/v1/jobs"),
@@ -399,9 +419,10 @@ async fn main() -> anyhow::Result<()> {
                 break;
             }
         }
+        let claimed_late = claimed_late(&c, l).await - late_before;
         println!(
             "herd: {} created ({} ms ahead), {delivered} delivered at {delivered_per_s:.0}/s, \
-             lateness {lateness}",
+             lateness {lateness}, {claimed_late} claimed after they were due",
             made.created, created_ahead_ms
         );
         Some(Herd {
@@ -411,6 +432,7 @@ async fn main() -> anyhow::Result<()> {
             delivered,
             lateness,
             delivered_per_s,
+            claimed_late,
         })
     } else {
         None
