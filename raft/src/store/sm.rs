@@ -16,7 +16,7 @@
 //! read as it was). Applies are never stalled by the copy.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, BufWriter, Read, Seek, SeekFrom};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -28,7 +28,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use sled::Transactional;
 use tokio::sync::broadcast;
 
-use super::snapfile::{self, Frame, Header, Reader, SnapFileError, Writer};
+use super::snapfile::{self, FileWriter, Frame, Header, Reader, SnapFileError, Writer};
 use super::Disk;
 use crate::command::{CommandResult, Job, Run, RunStatus};
 use crate::state::{self, StateFault, Table, Tables, TxResult};
@@ -258,9 +258,8 @@ impl Inner {
     ) -> Result<(String, u64), StorageError> {
         let name = snapshot_file_name(header.meta.last_log_id);
         let path = self.snap_dir.join(&name);
-        let tables = || -> std::io::Result<Writer<BufWriter<std::fs::File>>> {
-            let file = std::fs::File::create(&path)?;
-            let mut w = Writer::new(BufWriter::with_capacity(1 << 16, file), header)?;
+        let tables = || -> std::io::Result<FileWriter> {
+            let mut w = Writer::create(&path, header)?;
             for t in Table::ALL {
                 for item in gen.table(t).iter() {
                     let (k, v) = item?;
@@ -280,9 +279,7 @@ impl Inner {
                     None => w.del(t as u8, &key)?,
                 }
             }
-            let (out, len) = w.finish()?;
-            out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-            Ok(len)
+            w.finish_synced()
         });
         match written {
             Ok(len) => Ok((name, len)),
@@ -334,17 +331,13 @@ impl Inner {
             let meta: SnapshotMeta = serde_json::from_slice(&meta)?;
             let name = snapshot_file_name(meta.last_log_id);
             let path = self.snap_dir.join(&name);
-            let mut w = Writer::new(
-                BufWriter::new(std::fs::File::create(&path)?),
-                &Header::new(meta.clone()),
-            )?;
+            let mut w = Writer::create(&path, &Header::new(meta.clone()))?;
             for frame in legacy_frames(&data)? {
                 if let Frame::Put { table, key, value } = frame {
                     w.put(table, &key, &value)?;
                 }
             }
-            let (out, _) = w.finish()?;
-            out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+            w.finish_synced()?;
             self.set_current_snapshot(&name)?;
             tracing::info!(snapshot = %meta.snapshot_id, file = %name, "moved the snapshot into a file");
         }
@@ -385,10 +378,7 @@ impl Inner {
             for t in Table::ALL {
                 next.table(t).clear()?;
             }
-            let mut w = Writer::new(
-                BufWriter::with_capacity(1 << 16, std::fs::File::create(&path)?),
-                &Header::new(meta.clone()),
-            )?;
+            let mut w = Writer::create(&path, &Header::new(meta.clone()))?;
             let mut apply = |frame: Frame| -> std::io::Result<()> {
                 let (table, key) = match &frame {
                     Frame::Put { table, key, .. } | Frame::Del { table, key } => (*table, key),
@@ -427,8 +417,7 @@ impl Inner {
                     apply(frame)?;
                 }
             }
-            let (out, _) = w.finish()?;
-            out.into_inner().map_err(|e| e.into_error())?.sync_all()
+            w.finish_synced().map(drop)
         };
         match replay() {
             Ok(()) => Ok((next, name)),
@@ -770,7 +759,6 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let (name, bytes) = rx
             .await
             .map_err(|_| sm_err(std::io::Error::other("snapshot builder thread ended")))??;
-        drop(building);
         let written_ms = started.elapsed().as_millis() as u64;
         let inner = self.store.inner.clone();
         let current = name.clone();
@@ -778,6 +766,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             .await
             .map_err(sm_write_err)?
             .map_err(sm_write_err)?;
+        // Only now: an install in between would have been replaced by this older state.
+        drop(building);
         let file = std::fs::File::open(self.store.inner.snap_dir.join(&name)).map_err(sm_err)?;
         tracing::info!(
             snapshot = %meta.snapshot_id,

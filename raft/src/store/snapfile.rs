@@ -17,7 +17,9 @@
 //! Nothing read is trusted before the checksum at the end matched: an install writes into a
 //! generation that becomes active only after that.
 
-use std::io::{self, Read, Write};
+use std::fs::File;
+use std::io::{self, BufWriter, Read, Write};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -159,7 +161,28 @@ impl<W: Write> Writer<W> {
     }
 }
 
-/// Reads a snapshot file frame by frame; `next` returns `None` only once the checksum matched.
+/// A snapshot file being written to disk.
+pub type FileWriter = Writer<BufWriter<File>>;
+
+impl FileWriter {
+    /// Creates (or truncates) the file at `path` and writes the header.
+    pub fn create(path: &Path, header: &Header) -> io::Result<FileWriter> {
+        Writer::new(
+            BufWriter::with_capacity(1 << 16, File::create(path)?),
+            header,
+        )
+    }
+
+    /// `finish`, then fsync; returns the file's length.
+    pub fn finish_synced(self) -> io::Result<u64> {
+        let (out, len) = self.finish()?;
+        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        Ok(len)
+    }
+}
+
+/// Reads a snapshot file frame by frame; `next_frame` returns `None` only once the checksum
+/// matched.
 pub struct Reader<R: Read> {
     inp: R,
     hash: Sha256,
