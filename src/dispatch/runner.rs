@@ -11,9 +11,8 @@ use hookd_raft::command::{
     AttemptOutcome, AttemptResult, ClaimItem, ClaimKind, Command, CommandResult, Epoch, Job, Run,
 };
 use hookd_raft::planted;
-use hookd_raft::store::Change;
 use hookd_raft::{Replica, StateView};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -167,7 +166,7 @@ pub async fn run_epoch(
         }
     }
     let view = replica.view().clone();
-    let mut changes = view.subscribe();
+    let changes = view.subscribe();
     // Bounded by what can be outstanding: one event per attempt in flight or claim in flight.
     let capacity = config.in_flight_max + CLAIMS_IN_FLIGHT_MAX + 16;
     let base_horizon_ms = config.horizon.as_millis() as i64;
@@ -227,24 +226,23 @@ pub async fn run_epoch(
                 let _ = q.reply.send(d.sched.page(q.after.as_deref(), q.limit));
             }
             _ = tokio::time::sleep_until(wake) => {}
-            change = changes.recv() => match change {
-                Ok(Change::Batch(t)) => {
-                    d.refresh(&t.jobs);
-                    d.queue_runs(&t.runs);
-                    for id in &t.jobs {
+            changed = changes.changed() => {
+                if changed.all {
+                    d.rebuild();
+                    for id in d.doubts.jobs() {
+                        d.resolve_doubts(&id);
+                    }
+                } else {
+                    let jobs: Vec<String> = changed.jobs.into_iter().collect();
+                    d.refresh(&jobs);
+                    for id in &jobs {
                         if d.doubts.has_job(id) {
                             d.resolve_doubts(id);
                         }
                     }
                 }
-                Ok(Change::All) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                    d.rebuild();
-                    for id in d.doubts.jobs() {
-                        d.resolve_doubts(&id);
-                    }
-                }
-                Err(broadcast::error::RecvError::Closed) => break,
-            },
+                d.queue_runs(&changed.runs);
+            }
             Some(event) = events.recv() => d.handle(event),
         }
     }

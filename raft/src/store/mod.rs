@@ -18,6 +18,7 @@
 //! survives process crashes but not power loss; `disk.rs` says why and what it adds.
 
 mod disk;
+mod feed;
 mod log;
 mod sm;
 pub mod snapfile;
@@ -27,8 +28,9 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use disk::Disk;
+pub use feed::{Changes, Subscription};
 pub use log::LogStore;
-pub use sm::{Change, StateMachineStore, StateView};
+pub use sm::{StateMachineStore, StateView};
 
 use crate::typ::{NodeId, StorageError, StorageIOError};
 

@@ -26,8 +26,8 @@ use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::Transactional;
-use tokio::sync::broadcast;
 
+use super::feed::{Feed, Subscription};
 use super::snapfile::{self, FileWriter, Frame, Header, Reader, SnapFileError, Writer};
 use super::Disk;
 use crate::command::{CommandResult, Job, Run, RunStatus};
@@ -136,7 +136,8 @@ struct Inner {
     snap_dir: PathBuf,
     gen: RwLock<Arc<Generation>>,
     snapshot_seq: AtomicU64,
-    changes: broadcast::Sender<Change>,
+    /// What applies changed, for the dispatcher's index.
+    feed: Feed,
     /// Open captures of snapshots being built, by sequence number (see the module docs).
     captures: Mutex<HashMap<u64, PreImages>>,
     /// Held from a capture's opening to the end of its build; an install waits for it, so a
@@ -147,18 +148,6 @@ struct Inner {
 /// The value each key had when a capture opened, recorded at its first change since: `None`
 /// for a key that did not exist.
 type PreImages = HashMap<(usize, Vec<u8>), Option<Vec<u8>>>;
-
-/// What an applied batch changed, for the dispatcher's in-memory index.
-#[derive(Debug, Clone)]
-pub enum Change {
-    /// Jobs whose definition, cursor or existence changed, and runs opened outside a claim.
-    Batch(Arc<state::Touched>),
-    /// The whole state was replaced (snapshot installed): rebuild everything.
-    All,
-}
-
-/// Batches of changes a slow subscriber may fall behind by before it must rebuild.
-const CHANGES_CAPACITY: usize = 4096;
 
 /// The state machine store; cheap to clone.
 #[derive(Clone)]
@@ -208,7 +197,7 @@ impl StateMachineStore {
                 snap_dir,
                 gen: RwLock::new(Arc::new(gen)),
                 snapshot_seq: AtomicU64::new(0),
-                changes: broadcast::channel(CHANGES_CAPACITY).0,
+                feed: Feed::default(),
                 captures: Mutex::new(HashMap::new()),
                 building: Arc::new(tokio::sync::Mutex::new(())),
             }),
@@ -573,10 +562,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         // durable `last_applied`; a leader restored in its old term reads no earlier than the
         // last entry it had (`ReadFloor` in `replica.rs`). Appends, purges and snapshots flush
         // the whole database, so the state is durable before the log is purged past it.
-        if !touched.jobs.is_empty() || !touched.runs.is_empty() {
-            // No subscriber (a follower) is fine.
-            let _ = self.inner.changes.send(Change::Batch(Arc::new(touched)));
-        }
+        self.inner.feed.publish(&touched);
         Ok(results)
     }
 
@@ -663,7 +649,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .map_err(|e| write_err(e.into()))?;
 
         *self.inner.gen.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
-        let _ = self.inner.changes.send(Change::All);
+        self.inner.feed.publish_all();
         for t in Table::ALL {
             self.inner
                 .disk
@@ -849,9 +835,9 @@ impl StateView {
         Ok((jobs, false))
     }
 
-    /// Changes applied from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
-        self.inner.changes.subscribe()
+    /// Changes applied from now on (see `feed.rs`).
+    pub fn subscribe(&self) -> Subscription {
+        self.inner.feed.subscribe()
     }
 
     /// Every job, in id order (for rebuilding the dispatcher's index).
