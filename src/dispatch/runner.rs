@@ -23,7 +23,7 @@ use super::pace::Pacer;
 use super::plan::{self, after_attempt};
 use super::targets::{target_key, Outcome, Scheduler, TargetKey};
 use super::{DispatchConfig, Queries};
-use crate::schedule::{resolve, Schedule};
+use crate::schedule::{Schedule, Shared};
 
 /// Items per claim command; larger rounds are split. With the record bound below this keeps a
 /// log entry near 64 KiB, so an AppendEntries of `RAFT_PAYLOAD_ENTRIES_MAX` entries is sent,
@@ -105,6 +105,8 @@ struct Dispatcher {
     by_due: BTreeSet<(i64, String)>,
     claiming: HashSet<String>,
     claims_in_flight: usize,
+    /// Parsed schedules, shared by jobs with the same cron expression and time zone.
+    schedules: Shared,
     /// Per-target queues of attempts, with the caps and breakers.
     sched: Scheduler<Pending>,
     /// Runs in `sched`, and runs with an attempt in flight: neither may be queued again.
@@ -187,6 +189,7 @@ pub async fn run_epoch(
         epoch,
         cancel: cancel.clone(),
         jobs: HashMap::new(),
+        schedules: Shared::default(),
         by_due: BTreeSet::new(),
         claiming: HashSet::new(),
         claims_in_flight: 0,
@@ -218,6 +221,7 @@ pub async fn run_epoch(
         if forgot_at.elapsed() >= FORGET_IDLE_EVERY {
             forgot_at = Instant::now();
             d.sched.forget_idle();
+            d.schedules.forget_unused();
         }
         let wake = d.next_wake();
         tokio::select! {
@@ -310,7 +314,9 @@ impl Dispatcher {
     fn index(&mut self, job: Job, old: Option<Entry>) {
         let schedule = match old {
             Some(e) if e.version == job.version && e.incarnation == job.incarnation => e.schedule,
-            _ => resolve(&job.spec.schedule, job.schedule_base_ms).map(Arc::new),
+            _ => self
+                .schedules
+                .resolve(&job.spec.schedule, job.schedule_base_ms),
         };
         let next_due = schedule.as_ref().and_then(|s| plan::next_due(&job, s));
         if let Some(due) = next_due {

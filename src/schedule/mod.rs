@@ -9,6 +9,8 @@
 mod cron;
 mod every;
 
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -146,9 +148,76 @@ pub fn resolve(spec: &ScheduleSpec, base_ms: i64) -> Option<Schedule> {
     }
 }
 
+/// Parsed schedules shared between jobs: jobs with the same cron expression and time zone get
+/// one `Schedule` (it does not depend on the job, and a parsed cron schedule is the largest part
+/// of the dispatcher's entry for a job: 200k jobs of one expression took the leader from 190 to
+/// 460 MiB unshared). The other kinds are small and depend on the job's base instant.
+#[derive(Default)]
+pub struct Shared {
+    crons: HashMap<(String, String), Weak<Schedule>>,
+}
+
+impl Shared {
+    /// `resolve(spec, base_ms)`, shared with every live job of the same cron schedule.
+    pub fn resolve(&mut self, spec: &ScheduleSpec, base_ms: i64) -> Option<Arc<Schedule>> {
+        let ScheduleSpec::Cron { expr, timezone } = spec else {
+            return resolve(spec, base_ms).map(Arc::new);
+        };
+        let key = (expr.clone(), timezone.clone());
+        if let Some(shared) = self.crons.get(&key).and_then(Weak::upgrade) {
+            return Some(shared);
+        }
+        let parsed = Arc::new(resolve(spec, base_ms)?);
+        self.crons.insert(key, Arc::downgrade(&parsed));
+        Some(parsed)
+    }
+
+    /// Drops the entries of schedules no job holds any more.
+    pub fn forget_unused(&mut self) {
+        self.crons.retain(|_, s| s.strong_count() > 0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn jobs_of_one_cron_schedule_share_it_and_others_do_not() {
+        let cron = |expr: &str, tz: &str| ScheduleSpec::Cron {
+            expr: expr.into(),
+            timezone: tz.into(),
+        };
+        let mut shared = Shared::default();
+        let a = shared
+            .resolve(&cron("0 9 * * 1-5", "Europe/Berlin"), 1)
+            .unwrap();
+        let b = shared
+            .resolve(&cron("0 9 * * 1-5", "Europe/Berlin"), 2)
+            .unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        let other_tz = shared.resolve(&cron("0 9 * * 1-5", "UTC"), 1).unwrap();
+        assert!(!Arc::ptr_eq(&a, &other_tz));
+        let every = ScheduleSpec::Every {
+            every_ms: 1000,
+            start_at_ms: None,
+        };
+        let (e1, e2) = (
+            shared.resolve(&every, 0).unwrap(),
+            shared.resolve(&every, 0).unwrap(),
+        );
+        assert!(!Arc::ptr_eq(&e1, &e2), "not shared: depends on the job");
+        assert!(
+            shared.resolve(&cron("0 0 30 2 *", "UTC"), 0).is_none(),
+            "never fires"
+        );
+
+        drop((a, b));
+        shared.forget_unused();
+        assert_eq!(shared.crons.len(), 1, "only the UTC one is still held");
+        let again = shared.resolve(&cron("0 9 * * 1-5", "Europe/Berlin"), 3);
+        assert!(again.is_some(), "parsed anew");
+    }
     use chrono::TimeZone;
 
     fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> DateTime<Utc> {

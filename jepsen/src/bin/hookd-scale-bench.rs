@@ -38,6 +38,10 @@ struct Args {
     /// Jobs created in the fill phase.
     #[arg(long, default_value_t = 1_000_000)]
     jobs: usize,
+    /// Fill with cron jobs of this expression (time zone Europe/Berlin) instead of jobs every
+    /// 1 h.
+    #[arg(long)]
+    fill_cron: Option<String>,
     /// Clients creating at once.
     #[arg(long, default_value_t = 64)]
     clients: usize,
@@ -103,6 +107,8 @@ struct Report {
     rss_after_fill_mib: Vec<f64>,
     restart_ready_ms: Option<u128>,
     rss_after_restart_mib: Vec<f64>,
+    /// 10 s after all were ready (the leader has indexed every job by then).
+    rss_settled_mib: Vec<f64>,
     herd: Option<Herd>,
 }
 
@@ -295,7 +301,10 @@ async fn main() -> anyhow::Result<()> {
     let l = await_leader(&c).await?;
 
     // 1. fill
-    let first_run = rfc3339(now_ms() + 6 * 3600 * 1000);
+    let schedule = match &args.fill_cron {
+        Some(expr) => json!({"cron": expr, "timezone": "Europe/Berlin"}),
+        None => json!({"every": "1h", "start_at": rfc3339(now_ms() + 6 * 3600 * 1000)}),
+    };
     let url = nginx.url.clone();
     let started = Instant::now();
     let every = Duration::from_secs(args.sample_secs.max(1));
@@ -314,7 +323,7 @@ async fn main() -> anyhow::Result<()> {
             json!({"id": format!("j{k}"), "url": url,
                 "headers": {"content-type": "application/json"},
                 "body": format!("{{\"invoice\":{k}}}"),
-                "schedule": {"every": "1h", "start_at": first_run}})
+                "schedule": schedule})
         },
         |created| {
             if last_sample.elapsed() >= every {
@@ -381,8 +390,11 @@ async fn main() -> anyhow::Result<()> {
     }
     let restart_ready_ms = ready.then(|| restarted.elapsed().as_millis());
     let rss_after_restart_mib = rss_mib(&c);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let rss_settled_mib = rss_mib(&c);
     println!(
-        "restart: all ready after {restart_ready_ms:?} ms, rss MiB {rss_after_restart_mib:.0?}"
+        "restart: all ready after {restart_ready_ms:?} ms, rss MiB {rss_after_restart_mib:.0?}, \
+         10 s later {rss_settled_mib:.0?}"
     );
 
     // 4. herd
@@ -445,6 +457,7 @@ async fn main() -> anyhow::Result<()> {
         rss_after_fill_mib,
         restart_ready_ms,
         rss_after_restart_mib,
+        rss_settled_mib,
         herd,
     };
     if let Some(out) = &args.out {
