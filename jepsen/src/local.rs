@@ -101,6 +101,11 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// Starts every node.
+    pub fn spawn_all(&mut self) -> anyhow::Result<()> {
+        (0..self.nodes.len()).try_for_each(|i| self.spawn(i))
+    }
+
     /// The process id of node `i`, while it runs.
     pub fn pid(&self, i: usize) -> Option<u32> {
         self.nodes[i].child.as_ref().map(|c| c.id())
@@ -178,6 +183,13 @@ impl Drop for LocalCluster {
             self.kill(i);
         }
     }
+}
+
+/// Where a benchmark puts its cluster: `keep` (created if missing) or the temporary dir.
+pub fn work_dir(keep: Option<&Path>, temp: &tempfile::TempDir) -> anyhow::Result<PathBuf> {
+    let dir = keep.unwrap_or(temp.path()).to_path_buf();
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
 }
 
 /// A loopback address with a port the kernel just handed out.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Parser;
 use hookd_jepsen::etcd::EtcdCluster;
-use hookd_jepsen::local::LocalCluster;
+use hookd_jepsen::local::{work_dir, LocalCluster};
 use hookd_jepsen::stats::{Latencies, Summary};
 use hookd_jepsen::wrk::{self, Totals};
 use serde::Serialize;
@@ -333,26 +333,16 @@ async fn main() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let mut c = LocalCluster::new(&hookd, dir.path(), 3, &[])?;
         let t = Instant::now();
-        for i in 0..3 {
-            c.spawn(i)?;
-        }
+        c.spawn_all()?;
         await_leader(&http, &c, Duration::from_secs(20)).await?;
         fresh.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     println!("fresh cluster: start → leader elected: {fresh:.0?} ms");
 
     let temp = tempfile::tempdir()?;
-    let dir = match &args.keep {
-        Some(d) => {
-            std::fs::create_dir_all(d)?;
-            d.clone()
-        }
-        None => temp.path().to_path_buf(),
-    };
+    let dir = work_dir(args.keep.as_deref(), &temp)?;
     let mut c = LocalCluster::new(&hookd, &dir, 3, &args.hookd_args)?;
-    for i in 0..3 {
-        c.spawn(i)?;
-    }
+    c.spawn_all()?;
     let leader = await_leader(&http, &c, Duration::from_secs(20)).await?;
     let mut loads = Vec::new();
     for (clients, spread, total) in [

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use axum::http::HeaderMap;
 use clap::Parser;
-use hookd_jepsen::local::{http, LocalCluster};
+use hookd_jepsen::local::{http, now_ms, work_dir, LocalCluster};
 use hookd_jepsen::stats::{Latencies, Summary};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -49,10 +49,6 @@ struct Delivery {
 }
 
 type Deliveries = Arc<Mutex<Vec<Delivery>>>;
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
 
 async fn start_sink() -> anyhow::Result<(String, Deliveries)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -222,17 +218,9 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("hookd binary {}", args.hookd.display()))?;
     let (sink, got) = start_sink().await?;
     let temp = tempfile::tempdir()?;
-    let dir = match &args.keep {
-        Some(d) => {
-            std::fs::create_dir_all(d)?;
-            d.clone()
-        }
-        None => temp.path().to_path_buf(),
-    };
+    let dir = work_dir(args.keep.as_deref(), &temp)?;
     let mut c = LocalCluster::new(&hookd, &dir, 3, &[])?;
-    for i in 0..3 {
-        c.spawn(i)?;
-    }
+    c.spawn_all()?;
     let http = http();
     let mut l = await_leader(&http, &c).await?;
     let mut rates = Vec::new();

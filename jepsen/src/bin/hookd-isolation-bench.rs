@@ -27,7 +27,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Parser;
 use hookd_jepsen::local::{
-    await_leader, cluster_state, http, now_ms, rfc3339, rss_kib, LocalCluster,
+    await_leader, cluster_state, http, now_ms, rfc3339, rss_kib, work_dir, LocalCluster,
 };
 use hookd_jepsen::nginx::Nginx;
 use hookd_jepsen::stats::{Latencies, Summary};
@@ -279,16 +279,10 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let hookd = args.hookd.canonicalize().context("hookd binary")?;
     let temp = tempfile::tempdir()?;
-    let dir = args
-        .keep
-        .clone()
-        .unwrap_or_else(|| temp.path().to_path_buf());
-    std::fs::create_dir_all(&dir)?;
+    let dir = work_dir(args.keep.as_deref(), &temp)?;
     let nginx = Nginx::start(&args.nginx, &dir.join("nginx"))?;
     let mut c = LocalCluster::new(&hookd, &dir, 3, &[])?;
-    for i in 0..3 {
-        c.spawn(i)?;
-    }
+    c.spawn_all()?;
     let l = await_leader(&c).await?;
     let secs = args.seconds as i64;
 

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use hookd_jepsen::local::{await_leader, http, now_ms, rfc3339, rss_kib, LocalCluster};
+use hookd_jepsen::local::{await_leader, http, now_ms, rfc3339, rss_kib, work_dir, LocalCluster};
 use hookd_jepsen::nginx::Nginx;
 use hookd_jepsen::stats::{Latencies, Summary};
 use serde::Serialize;
@@ -288,16 +288,10 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let hookd = args.hookd.canonicalize().context("hookd binary")?;
     let temp = tempfile::tempdir()?;
-    let dir = args
-        .keep
-        .clone()
-        .unwrap_or_else(|| temp.path().to_path_buf());
-    std::fs::create_dir_all(&dir)?;
+    let dir = work_dir(args.keep.as_deref(), &temp)?;
     let nginx = Nginx::start(&args.nginx, &dir.join("nginx"))?;
     let mut c = LocalCluster::new(&hookd, &dir, 3, &args.hookd_args)?;
-    for i in 0..3 {
-        c.spawn(i)?;
-    }
+    c.spawn_all()?;
     let l = await_leader(&c).await?;
 
     // 1. fill
@@ -378,9 +372,7 @@ async fn main() -> anyhow::Result<()> {
         c.terminate(i, Duration::from_secs(60))?;
     }
     let restarted = Instant::now();
-    for i in 0..3 {
-        c.spawn(i)?;
-    }
+    c.spawn_all()?;
     let mut ready = true;
     for i in 0..3 {
         ready &= c
