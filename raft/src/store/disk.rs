@@ -33,13 +33,18 @@ struct Files {
     blobs: Mutex<HashMap<OsString, u64>>,
 }
 
+/// Makes the entries of directory `dir` durable (files created, renamed or removed in it).
+pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
 impl Disk {
     /// Opens sled in `dir` with `config` and makes its directory entries durable.
     pub fn open(config: sled::Config, dir: &Path) -> Result<Disk, sled::Error> {
         let db = config.path(dir).open()?;
         let main = File::open(dir.join("db"))?;
         for d in [dir, dir.parent().unwrap_or(dir)] {
-            File::open(d)?.sync_all()?;
+            sync_dir(d)?;
         }
         if let Ok(conf) = File::open(dir.join("conf")) {
             conf.sync_all()?;
@@ -116,7 +121,7 @@ impl Files {
             now.insert(name, len);
         }
         if any_new {
-            File::open(&blob_dir)?.sync_all()?;
+            sync_dir(&blob_dir)?;
         }
         *synced = now;
         self.main.sync_data()

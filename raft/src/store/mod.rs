@@ -120,13 +120,15 @@ impl Store {
             sled_config = sled_config.flush_every_ms(None);
         }
         // Created owner-only (SPEC §7): the data holds job headers and bodies. A dir that
-        // exists already keeps its mode.
-        {
+        // exists already keeps its mode. Both before `Disk::open`, which syncs the data dir, so
+        // their entries in it are durable before anything is written into them.
+        let snap_dir = dir.join("snapshots");
+        for sub in [dir.join("db"), snap_dir.clone()] {
             use std::os::unix::fs::DirBuilderExt;
             std::fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
-                .create(dir.join("db"))
+                .create(sub)
                 .map_err(|e| sled_err(sled::Error::Io(e)))?;
         }
         let disk = Disk::open(sled_config, &dir.join("db")).map_err(sled_err)?;
@@ -183,15 +185,6 @@ impl Store {
         // `replica.rs`).
         disk.flush_blocking().map_err(sled_err)?;
         let log = LogStore::open(&disk).map_err(sled_err)?;
-        let snap_dir = dir.join("snapshots");
-        {
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&snap_dir)
-                .map_err(|e| sled_err(sled::Error::Io(e)))?;
-        }
         let sm = StateMachineStore::open(&disk, snap_dir).map_err(|e| OpenError::Corrupt {
             path: path.clone(),
             detail: e.to_string(),

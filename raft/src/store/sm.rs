@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::Transactional;
 
+use super::disk::sync_dir;
 use super::feed::{Feed, Subscription};
 use super::snapfile::{self, FileWriter, Frame, Header, Reader, SnapFileError, Writer};
 use super::Disk;
@@ -99,10 +100,6 @@ fn snapshot_file_name(applied: Option<LogId>) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
     format!("{}-{nanos}.snap", applied.map_or(0, |l| l.index))
-}
-
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
 }
 
 /// The trees of one generation, indexed by `Table as usize`.
