@@ -1,11 +1,14 @@
-//! hookd, a self-hosted replicated webhook scheduler: the node around the replicated core
-//! (`hookd-raft`): configuration, the public HTTP API, schedules and leader-only dispatch.
+//! hookd, a self-hosted replicated webhook scheduler: the domain core (`core`), the state
+//! machine the replicated core (`hookd-raft`) runs with it (`replicated`), configuration, the
+//! public HTTP API, schedules and leader-only dispatch.
 
 pub mod api;
 pub mod config;
+pub mod core;
 pub mod dispatch;
 pub mod limits;
 pub mod metrics;
 pub mod node;
+pub mod replicated;
 pub mod schedule;
 pub mod serve;

@@ -2,7 +2,7 @@
 
 use std::sync::OnceLock;
 
-use hookd_raft::command::{Attempt, AttemptResult};
+use crate::core::command::{Attempt, AttemptResult};
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 

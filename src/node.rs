@@ -4,10 +4,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::replicated::Replica;
 use anyhow::Context;
 use hookd_raft::tls::{Reloading, TlsFiles};
 use hookd_raft::Secret;
-use hookd_raft::{RaftTiming, Replica, ReplicaConfig};
+use hookd_raft::{RaftTiming, ReplicaConfig};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -142,7 +143,7 @@ pub async fn run(
     // Started on the raft runtime, so every task openraft and the replica spawn lives there.
     let replica = raft_rt
         .handle()
-        .spawn(Replica::start(replica_config))
+        .spawn(Replica::start(replica_config, Default::default()))
         .await
         .context("raft runtime")?
         .context("start the replicated core")?;
@@ -297,7 +298,7 @@ fn member_addrs(replica: &Replica, own: &[String]) -> Vec<String> {
         .nodes()
         .map(|(_, n)| n.addr.clone())
         .collect::<Vec<_>>();
-    let apis = replica.view().node_api_addrs().into_iter().map(|(_, a)| a);
+    let apis = replica.node_api_addrs().into_iter().map(|(_, a)| a);
     peers
         .into_iter()
         .chain(apis)

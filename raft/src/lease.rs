@@ -19,8 +19,14 @@ use std::time::{Duration, Instant};
 use openraft::ServerState;
 use tokio::sync::watch;
 
-use crate::command::Epoch;
 use crate::typ::{NodeId, RaftMetrics};
+
+/// A leadership epoch: the term and node id of a leader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Epoch {
+    pub term: u64,
+    pub node_id: NodeId,
+}
 
 /// For each peer, the leader it last accepted an AppendEntries from and when that request was
 /// sent. Shared by the peer transport (which records) and `Leadership` (which reads).

@@ -16,11 +16,10 @@ use tokio::time::{timeout, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::command::{Command, CommandResult};
 use crate::lease::Leadership;
+use crate::machine::Machine;
 use crate::network::{ForwardError, PeerClient, TransportError};
 use crate::secret::Secret;
-use crate::state::BATCH_COMMANDS_MAX;
 use crate::store::{OpenError, StateView, Store};
 use crate::tls::Reloading;
 use crate::typ::{CheckIsLeaderError, LogId, Node, NodeId, Raft, RaftMetrics};
@@ -117,19 +116,20 @@ pub enum ReplicaError {
     Overloaded(String),
 }
 
-/// One node of the replicated core.
-pub struct Replica {
+/// One node of the replicated core, replicating machine `M`.
+pub struct Replica<M: Machine> {
     id: NodeId,
-    raft: Raft,
-    store: Store,
+    raft: Raft<M>,
+    store: Store<M>,
     view: StateView,
     peers: PeerClient,
     config: ReplicaConfig,
     tasks: TaskTracker,
     cancel: CancellationToken,
     leadership: Leadership,
-    proposals: mpsc::Sender<Proposal>,
+    proposals: mpsc::Sender<Proposal<M>>,
     read_floor: ReadFloor,
+    machine: Arc<M>,
 }
 
 /// The term this node led when it started (if its saved vote is a committed vote for itself),
@@ -156,9 +156,9 @@ impl ReadFloor {
 }
 
 /// A command waiting for the proposer, and where its result goes.
-struct Proposal {
-    cmd: Command,
-    reply: oneshot::Sender<Result<CommandResult, ForwardError>>,
+struct Proposal<M: Machine> {
+    cmd: M::Command,
+    reply: oneshot::Sender<Result<M::Output, ForwardError>>,
 }
 
 /// Proposals waiting for a batch; senders wait (with their own deadline) when it is full.
@@ -183,13 +183,17 @@ fn max_ack_age(t: &RaftTiming) -> Duration {
     Duration::from_millis(t.election_timeout_min_ms.saturating_sub(t.heartbeat_ms))
 }
 
-impl Replica {
-    /// Opens the data dir, starts Raft, and forms the cluster when the data dir is new.
-    pub async fn start(config: ReplicaConfig) -> Result<Arc<Replica>, StartError> {
-        let store = Store::open(&config.data_dir, config.node_id)?;
+impl<M: Machine> Replica<M> {
+    /// Opens the data dir with `machine` as its state machine, starts Raft, and forms the
+    /// cluster when the data dir is new.
+    pub async fn start(
+        config: ReplicaConfig,
+        machine: Arc<M>,
+    ) -> Result<Arc<Replica<M>>, StartError> {
+        let store = Store::open(&config.data_dir, config.node_id, machine.clone())?;
         let view = store.view();
         if config.cluster_id_required {
-            if let Some(found) = view.cluster_id() {
+            if let Some(found) = M::cluster_id(&view.tables()) {
                 if found != config.cluster_id {
                     return Err(StartError::ClusterMismatch {
                         found,
@@ -215,9 +219,13 @@ impl Replica {
         .validate()
         .map_err(|e| StartError::Config(e.to_string()))?;
         let leadership = Leadership::new(config.node_id, max_ack_age(&config.timing));
+        let cluster_id = {
+            let view = view.clone();
+            Arc::new(move || M::cluster_id(&view.tables()))
+        };
         let peers = PeerClient::new(
             config.peer_secret.clone(),
-            view.clone(),
+            cluster_id,
             leadership.acks(),
             config.peer_tls.clone(),
         )
@@ -285,6 +293,7 @@ impl Replica {
             proposals,
             leadership: leadership.clone(),
             read_floor,
+            machine,
             id: config.node_id,
             raft: raft.clone(),
             store,
@@ -315,11 +324,27 @@ impl Replica {
         &self.leadership
     }
 
+    /// The applied state's tables, for the machine's readers.
     pub fn view(&self) -> &StateView {
         &self.view
     }
 
-    pub fn raft(&self) -> &Raft {
+    /// The state machine this node applies to.
+    pub fn machine(&self) -> &M {
+        &self.machine
+    }
+
+    /// The cluster id, once the first leader has recorded it.
+    pub fn cluster_id(&self) -> Option<String> {
+        M::cluster_id(&self.view.tables())
+    }
+
+    /// The API addresses the nodes recorded, by node id.
+    pub fn node_api_addrs(&self) -> Vec<(NodeId, String)> {
+        M::node_api_addrs(&self.view.tables())
+    }
+
+    pub fn raft(&self) -> &Raft<M> {
         &self.raft
     }
 
@@ -338,7 +363,7 @@ impl Replica {
 
     /// Proposes `cmd` and waits until it is committed and applied, on this node if it leads or
     /// on the leader otherwise.
-    pub async fn propose(&self, cmd: Command) -> Result<CommandResult, ReplicaError> {
+    pub async fn propose(&self, cmd: M::Command) -> Result<M::Output, ReplicaError> {
         let deadline = Instant::now() + REQUEST_DEADLINE;
         loop {
             let (leader, addr) = self.await_leader(deadline).await?;
@@ -348,7 +373,7 @@ impl Replica {
             } else {
                 match self
                     .peers
-                    .forward_write(leader, &addr, &cmd, remaining)
+                    .forward_write::<M>(leader, &addr, &cmd, remaining)
                     .await
                 {
                     Ok(outcome) => outcome,
@@ -412,10 +437,10 @@ impl Replica {
     /// backlog is over its bound, so clients get `429` at once instead of a timeout.
     pub async fn propose_local(
         &self,
-        cmd: Command,
+        cmd: M::Command,
         within: Duration,
-    ) -> Result<CommandResult, ForwardError> {
-        if cmd.sheddable() {
+    ) -> Result<M::Output, ForwardError> {
+        if M::sheddable(&cmd) {
             let backlog = self.write_backlog();
             if backlog > self.config.write_backlog_max {
                 return Err(ForwardError::Overloaded(format!(
@@ -444,10 +469,10 @@ impl Replica {
 
     /// Leader side of the API: one command, possibly a batch, through `client_write`.
     async fn client_write(
-        raft: &Raft,
-        cmd: Command,
+        raft: &Raft<M>,
+        cmd: M::Command,
         within: Duration,
-    ) -> Result<CommandResult, ForwardError> {
+    ) -> Result<M::Output, ForwardError> {
         match timeout(within, raft.client_write(cmd)).await {
             Err(_) => Err(ForwardError::Unconfirmed(format!(
                 "no commit within {within:?}"
@@ -469,9 +494,13 @@ impl Replica {
     /// Group commit: takes proposals as they come, and while up to `WRITES_IN_FLIGHT_MAX` writes
     /// are in flight, gathers the next ones into one `Batch` entry — one log append, one fsync
     /// round and one apply transaction for many client writes.
-    async fn propose_loop(raft: Raft, mut rx: mpsc::Receiver<Proposal>, cancel: CancellationToken) {
+    async fn propose_loop(
+        raft: Raft<M>,
+        mut rx: mpsc::Receiver<Proposal<M>>,
+        cancel: CancellationToken,
+    ) {
         let permits = Arc::new(Semaphore::new(WRITES_IN_FLIGHT_MAX));
-        let mut carry: Option<Proposal> = None;
+        let mut carry: Option<Proposal<M>> = None;
         loop {
             let first = match carry.take() {
                 Some(p) => p,
@@ -484,11 +513,11 @@ impl Replica {
                 _ = cancel.cancelled() => return,
                 p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
             };
-            let mut bytes = first.cmd.approx_bytes();
+            let mut bytes = M::approx_bytes(&first.cmd);
             let mut batch = vec![first];
-            while batch.len() < BATCH_COMMANDS_MAX.min(BATCH_PROPOSALS_MAX) {
+            while batch.len() < M::BATCH_MAX.min(BATCH_PROPOSALS_MAX) {
                 let Ok(p) = rx.try_recv() else { break };
-                let b = p.cmd.approx_bytes();
+                let b = M::approx_bytes(&p.cmd);
                 if bytes + b > BATCH_BYTES_MAX {
                     carry = Some(p);
                     break;
@@ -504,7 +533,7 @@ impl Replica {
         }
     }
 
-    async fn write_batch(raft: &Raft, mut batch: Vec<Proposal>) {
+    async fn write_batch(raft: &Raft<M>, mut batch: Vec<Proposal<M>>) {
         if batch.len() == 1 {
             if let Some(p) = batch.pop() {
                 let _ = p
@@ -513,16 +542,17 @@ impl Replica {
             }
             return;
         }
-        let (commands, replies): (Vec<Command>, Vec<_>) =
+        let (commands, replies): (Vec<M::Command>, Vec<_>) =
             batch.into_iter().map(|p| (p.cmd, p.reply)).unzip();
         let n = commands.len();
-        match Self::client_write(raft, Command::Batch { commands }, REQUEST_DEADLINE).await {
-            Ok(CommandResult::Batch { results }) if results.len() == n => {
+        let written = Self::client_write(raft, M::batch(commands), REQUEST_DEADLINE).await;
+        match written.map(|output| M::unbatch(output, n)) {
+            Ok(Ok(results)) => {
                 for (reply, result) in replies.into_iter().zip(results) {
                     let _ = reply.send(Ok(result));
                 }
             }
-            Ok(other) => {
+            Ok(Err(other)) => {
                 let e = ForwardError::Fatal(format!("unexpected result of a batch: {other:?}"));
                 for reply in replies {
                     let _ = reply.send(Err(e.clone()));
@@ -659,15 +689,11 @@ impl Replica {
     async fn announce(self: Arc<Self>) {
         loop {
             let known = self
-                .view
                 .node_api_addrs()
                 .into_iter()
                 .any(|(id, addr)| id == self.id && addr == self.config.api_addr);
             if !known {
-                let cmd = Command::SetNodeInfo {
-                    node_id: self.id,
-                    api_addr: self.config.api_addr.clone(),
-                };
+                let cmd = M::record_node(self.id, self.config.api_addr.clone());
                 if let Some(Err(e)) = self.unless_cancelled(self.propose(cmd)).await {
                     tracing::debug!(error = %e, "recording this node's API address failed; will retry");
                 }
@@ -677,10 +703,8 @@ impl Replica {
                 let m = m.borrow();
                 m.state == ServerState::Leader && m.current_leader == Some(self.id)
             };
-            if leading && self.view.cluster_id().is_none() {
-                let cmd = Command::SetClusterId {
-                    cluster_id: self.config.cluster_id.clone(),
-                };
+            if leading && self.cluster_id().is_none() {
+                let cmd = M::record_cluster_id(self.config.cluster_id.clone());
                 if let Some(Err(e)) = self.unless_cancelled(self.propose(cmd)).await {
                     tracing::debug!(error = %e, "recording the cluster id failed; will retry");
                 }

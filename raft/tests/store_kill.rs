@@ -4,6 +4,9 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Command as Process, Stdio};
 
+use std::sync::Arc;
+
+use hookd_raft::machine::kv::Kv;
 use hookd_raft::store::Store;
 use openraft::storage::{RaftLogStorage, RaftStateMachine};
 use openraft::RaftLogReader;
@@ -50,7 +53,7 @@ async fn acknowledged_writes_survive_sigkill() {
     let mut last = Acked::default();
     for round in 0..6 {
         let acked = run_writer_and_kill(dir.path(), rng.random_range(3..120));
-        let store = Store::open(dir.path(), 1).expect("reopen after SIGKILL");
+        let store = Store::open(dir.path(), 1, Arc::new(Kv)).expect("reopen after SIGKILL");
         let mut log = store.log_store();
         let mut sm = store.state_machine();
 
@@ -90,7 +93,11 @@ async fn acknowledged_writes_survive_sigkill() {
             "round {round}: applied {applied} beyond the log's end {last_log}, acked {acked:?}"
         );
         for n in 1..=applied {
-            let job = store.view().get_job(&format!("job-{n}")).expect("read job");
+            let job = store
+                .view()
+                .tables()
+                .get(0, format!("job-{n}").as_bytes())
+                .expect("read job");
             assert!(
                 job.is_some(),
                 "round {round}: applied job-{n} missing after reopen"
@@ -98,7 +105,8 @@ async fn acknowledged_writes_survive_sigkill() {
         }
         let beyond = store
             .view()
-            .get_job(&format!("job-{}", applied + 1))
+            .tables()
+            .get(0, format!("job-{}", applied + 1).as_bytes())
             .expect("read job");
         assert!(
             beyond.is_none(),

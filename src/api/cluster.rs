@@ -34,7 +34,7 @@ struct ClusterView {
 pub async fn cluster(state: Shared) -> Json<impl Serialize> {
     let replica = &state.replica;
     let m = replica.metrics();
-    let api: BTreeMap<u64, String> = replica.view().node_api_addrs().into_iter().collect();
+    let api: BTreeMap<u64, String> = replica.node_api_addrs().into_iter().collect();
     let membership = m.membership_config.membership();
     let members = membership
         .nodes()
@@ -63,7 +63,7 @@ pub async fn cluster(state: Shared) -> Json<impl Serialize> {
         leader_id: m.current_leader,
         term: m.current_term,
         commit_index: replica.committed_index(),
-        cluster_id: replica.view().cluster_id(),
+        cluster_id: replica.cluster_id(),
         members,
     })
 }

@@ -124,8 +124,8 @@ impl From<ReplicaError> for ApiError {
     }
 }
 
-impl From<hookd_raft::state::StateFault> for ApiError {
-    fn from(e: hookd_raft::state::StateFault) -> ApiError {
+impl From<crate::core::state::StateFault> for ApiError {
+    fn from(e: crate::core::state::StateFault) -> ApiError {
         tracing::error!(error = %e, "reading the state machine failed");
         ApiError::unavailable(format!("this node cannot read its state: {e}"))
     }

@@ -3,13 +3,14 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::core::{Command, CommandResult};
+use crate::replicated::ReplicaState;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use hookd_raft::{Command, CommandResult};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -34,7 +35,7 @@ pub struct ListParams {
     consistency: Consistency,
 }
 
-fn job_response(status: StatusCode, job: hookd_raft::Job) -> Response {
+fn job_response(status: StatusCode, job: crate::core::Job) -> Response {
     let location = format!("/v1/jobs/{}", job.id);
     let view = JobView::new(job);
     let mut resp = (status, Json(view)).into_response();
@@ -139,7 +140,7 @@ pub async fn get_one(
     let params = query(params)?;
     validate_id("id", &id)?;
     state.read_barrier(params.consistency).await?;
-    match state.replica.view().get_job(&id)? {
+    match state.replica.state().get_job(&id)? {
         Some(job) => Ok(job_response(StatusCode::OK, job)),
         None => Err(ApiError::not_found(format!("no job {id:?}"))),
     }
@@ -154,7 +155,7 @@ pub async fn list(
     state.read_barrier(params.consistency).await?;
     let (jobs, more) = state
         .replica
-        .view()
+        .state()
         .list_jobs(params.after.as_deref(), limit)?;
     let next = if more {
         jobs.last().map(|j| j.id.clone())

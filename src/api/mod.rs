@@ -11,6 +11,7 @@ pub mod targets;
 
 use std::sync::Arc;
 
+use crate::replicated::Replica;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -19,7 +20,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use hookd_raft::{Replica, Secret};
+use hookd_raft::Secret;
 use serde::Deserialize;
 
 pub use error::ApiError;

@@ -5,10 +5,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
-use hookd_raft::command::{
+use crate::core::command::{
     Job, JobSpec, MisfirePolicy, MisfireSpec, RetrySpec, ScheduleSpec, UnixMs,
 };
+use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Serialize};
 
@@ -615,7 +615,7 @@ impl JobView {
             None
         } else {
             crate::schedule::resolve(&s.schedule, job.schedule_base_ms)
-                .and_then(|schedule| crate::dispatch::plan::next_due(&job, &schedule))
+                .and_then(|schedule| crate::core::plan::next_due(&job, &schedule))
         };
         let state = match (s.paused, next) {
             (true, _) => "paused",

@@ -1,14 +1,15 @@
 //! Handlers of runs (`/v1/jobs/{id}/runs`, `/v1/runs`, retry, trigger) and of the schedule
 //! preview.
 
+use crate::core::command::{Run, RunStatus, ScheduleSpec};
+use crate::core::{Command, CommandResult};
+use crate::replicated::ReplicaState;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use hookd_raft::command::{Run, RunStatus, ScheduleSpec};
-use hookd_raft::{Command, CommandResult};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -118,7 +119,7 @@ pub async fn job_runs(
     validate_id("id", &id)?;
     let limit = params.limit()?;
     state.read_barrier(params.consistency).await?;
-    let view = state.replica.view();
+    let view = state.replica.state();
     if view.get_job(&id)?.is_none() {
         return Err(ApiError::not_found(format!("no job {id:?}")));
     }
@@ -134,7 +135,7 @@ pub async fn list(
     state.read_barrier(params.consistency).await?;
     let status = params.status.unwrap_or(RunStatus::Failed);
     Ok(runs_response(
-        state.replica.view().runs_with_status(status, limit)?,
+        state.replica.state().runs_with_status(status, limit)?,
     ))
 }
 

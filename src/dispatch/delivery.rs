@@ -10,15 +10,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::core::command::{Attempt, Job};
 use base64::Engine;
 use hmac::{Hmac, Mac};
-use hookd_raft::command::{Attempt, Job};
 use hookd_raft::NodeId;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER, USER_AGENT};
 use sha2::Sha256;
 
 use super::egress::{self, Resolver, UrlCheck};
-use super::plan::HttpOutcome;
+use crate::core::plan::HttpOutcome;
 
 use crate::limits::{DELIVERY_CONNECT_TIMEOUT, RESPONSE_BODY_BYTES_MAX};
 /// Longest error text kept in a run's history.

@@ -2,7 +2,7 @@
 //! Raft ahead of time, sends each at its due instant behind the lease gate, and records
 //! outcomes and retries through Raft, so a new leader continues where the old one stopped.
 //!
-//! - `plan.rs`: pure decisions (what to claim, misfire policy, retry policy);
+//! - `crate::core::plan`: pure decisions (what to claim, misfire policy, retry policy);
 //! - `targets.rs`: pure per-target queues, caps, fair sharing and circuit breakers;
 //! - `runner.rs`: the epoch task that executes them;
 //! - `delivery.rs`: one bounded HTTP attempt with the SPEC §3 headers and signature.
@@ -11,15 +11,14 @@ pub mod delivery;
 mod doubt;
 pub mod egress;
 mod pace;
-pub mod plan;
 mod runner;
 pub mod targets;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use hookd_raft::command::Epoch;
-use hookd_raft::Replica;
+use crate::replicated::Replica;
+use hookd_raft::Epoch;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;

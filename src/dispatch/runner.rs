@@ -7,11 +7,12 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hookd_raft::command::{
-    AttemptOutcome, AttemptResult, ClaimItem, ClaimKind, Command, CommandResult, Epoch, Job, Run,
+use crate::core::command::{
+    AttemptOutcome, AttemptResult, ClaimItem, ClaimKind, Command, CommandResult, Job, Run,
 };
+use crate::replicated::{Replica, ReplicaState, State};
 use hookd_raft::planted;
-use hookd_raft::{Replica, StateView};
+use hookd_raft::Epoch;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -20,9 +21,9 @@ use tracing::Instrument;
 use super::delivery::{AttemptRequest, Deliverer};
 use super::doubt::{Doubts, Found};
 use super::pace::Pacer;
-use super::plan::{self, after_attempt};
 use super::targets::{target_key, Outcome, Scheduler, TargetKey};
 use super::{DispatchConfig, Queries};
+use crate::core::plan::{self, after_attempt};
 use crate::schedule::{Schedule, Shared};
 
 /// Items per claim command; larger rounds are split. With the record bound below this keeps a
@@ -96,7 +97,7 @@ struct Sent {
 
 struct Dispatcher {
     replica: Arc<Replica>,
-    view: StateView,
+    view: State,
     deliverer: Deliverer,
     config: DispatchConfig,
     epoch: Epoch,
@@ -147,7 +148,7 @@ pub async fn run_epoch(
     // epoch, an empty claim: once it is applied, so is every entry before it.
     loop {
         let barrier = Command::ClaimRuns {
-            epoch,
+            epoch: epoch.into(),
             now_ms: now_ms(),
             items: Vec::new(),
             retention: config.retention,
@@ -167,8 +168,8 @@ pub async fn run_epoch(
             }
         }
     }
-    let view = replica.view().clone();
-    let changes = view.subscribe();
+    let view = replica.state();
+    let changes = replica.subscribe();
     // Bounded by what can be outstanding: one event per attempt in flight or claim in flight.
     let capacity = config.in_flight_max + CLAIMS_IN_FLIGHT_MAX + 16;
     let base_horizon_ms = config.horizon.as_millis() as i64;
@@ -524,7 +525,7 @@ impl Dispatcher {
             let replica = self.replica.clone();
             let tx = self.events_tx.clone();
             let cmd = Command::ClaimRuns {
-                epoch: self.epoch,
+                epoch: self.epoch.into(),
                 now_ms: now,
                 items: items.clone(),
                 retention: self.config.retention,
@@ -586,7 +587,7 @@ impl Dispatcher {
                         crate::metrics::skipped(*count);
                     }
                     let run_id =
-                        hookd_raft::command::Run::scheduled_id(item.incarnation, item.due_ms);
+                        crate::core::command::Run::scheduled_id(item.incarnation, item.due_ms);
                     // Items with incarnation 0 only carry a job through the round.
                     let real = item.kind == ClaimKind::Deliver && item.incarnation != 0;
                     if real && !outcome_known {

@@ -17,7 +17,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 
 pub use self::cron::CronSchedule;
 pub use self::every::EVERY_MIN;
-use hookd_raft::command::ScheduleSpec;
+use crate::core::command::ScheduleSpec;
 
 /// A schedule input that cannot be accepted, with the JSON path it came from.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -5,42 +5,19 @@
 
 use std::io::Write;
 
-use hookd_raft::command::{Command, JobSpec, MisfirePolicy, MisfireSpec, RetrySpec, ScheduleSpec};
+use std::sync::Arc;
+
+use hookd_raft::machine::kv::{Cmd, Kv};
 use hookd_raft::store::Store;
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Vote};
-
-fn spec(n: u64) -> JobSpec {
-    JobSpec {
-        url: format!("http://127.0.0.1:9/{n}"),
-        method: "POST".into(),
-        headers: Default::default(),
-        body: Some("x".repeat(200)),
-        schedule: ScheduleSpec::After { after_ms: n },
-        retry: RetrySpec {
-            max_attempts: 1,
-            initial_backoff_ms: 1000,
-            max_backoff_ms: 1000,
-            multiplier: 1.0,
-            jitter: 0.0,
-        },
-        timeout_ms: 1000,
-        misfire: MisfireSpec {
-            policy: MisfirePolicy::Skip,
-            grace_ms: 0,
-            catchup_window_ms: 0,
-        },
-        paused: false,
-        secret_headers: Vec::new(),
-    }
-}
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::env::args()
         .nth(1)
         .ok_or("usage: store-writer DATA_DIR")?;
-    let store = Store::open(std::path::Path::new(&dir), 1)?;
+    let store = Store::open(std::path::Path::new(&dir), 1, Arc::new(Kv))?;
     let mut log = store.log_store();
     let mut sm = store.state_machine();
     let mut next = log
@@ -58,10 +35,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         writeln!(out, "vote {term}")?;
         let entry = Entry {
             log_id: LogId::new(CommittedLeaderId::new(term, 1), next),
-            payload: EntryPayload::Normal(Command::CreateJob {
-                id: format!("job-{next}"),
-                spec: spec(next),
-                now_ms: next as i64,
+            payload: EntryPayload::Normal(Cmd::Put {
+                key: format!("job-{next}"),
+                value: "x".repeat(200),
             }),
         };
         log.blocking_append([entry.clone()]).await?;

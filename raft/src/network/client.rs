@@ -14,16 +14,18 @@ use super::{
     Encoding, ForwardError, CLUSTER_ID_HEADER, PATH_APPEND, PATH_FORWARD_READ_INDEX,
     PATH_FORWARD_WRITE, PATH_SNAPSHOT, PATH_VOTE, TARGET_NODE_HEADER,
 };
-use crate::command::{Command, CommandResult, Epoch};
-use crate::lease::Acks;
+use crate::lease::{Acks, Epoch};
+use crate::machine::Machine;
 use crate::secret::Secret;
-use crate::store::StateView;
 use crate::tls::Reloading;
 use crate::typ::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotError, InstallSnapshotRequest,
-    InstallSnapshotResponse, LogId, Node, NodeId, RaftError, RpcError, TypeConfig, VoteRequest,
-    VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, Cfg, InstallSnapshotError, InstallSnapshotRequest,
+    InstallSnapshotResponse, LogId, Node, NodeId, RaftError, RpcError, VoteRequest, VoteResponse,
 };
+
+/// Where the client reads the cluster id it sends with every request (none before it is
+/// recorded).
+pub type ClusterIdSource = Arc<dyn Fn() -> Option<String> + Send + Sync>;
 
 /// Connect timeout for peer connections; a peer that does not accept within it is unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
@@ -39,7 +41,7 @@ pub struct PeerClient {
     http: Arc<Mutex<(u64, reqwest::Client)>>,
     tls: Option<Arc<Reloading>>,
     secret: Option<Secret>,
-    view: StateView,
+    cluster_id: ClusterIdSource,
     acks: Acks,
     forwards: Arc<Semaphore>,
 }
@@ -93,7 +95,7 @@ impl PeerClient {
     /// certificates the peer CA signed.
     pub fn new(
         secret: Option<Secret>,
-        view: StateView,
+        cluster_id: ClusterIdSource,
         acks: Acks,
         tls: Option<Arc<Reloading>>,
     ) -> Result<PeerClient, reqwest::Error> {
@@ -103,7 +105,7 @@ impl PeerClient {
             http: Arc::new(Mutex::new((generation, http))),
             tls,
             secret,
-            view,
+            cluster_id,
             acks,
             forwards: Arc::new(Semaphore::new(FORWARDS_IN_FLIGHT_MAX)),
         })
@@ -152,7 +154,7 @@ impl PeerClient {
             .header(TARGET_NODE_HEADER, target.to_string())
             .header(reqwest::header::CONTENT_TYPE, encoding.content_type())
             .body(encoded);
-        if let Some(id) = self.view.cluster_id() {
+        if let Some(id) = (self.cluster_id)() {
             req = req.header(CLUSTER_ID_HEADER, id);
         }
         if let Some(secret) = &self.secret {
@@ -207,13 +209,13 @@ impl PeerClient {
     }
 
     /// Asks the node at `addr` (believed leader) to propose `cmd`.
-    pub async fn forward_write(
+    pub async fn forward_write<M: Machine>(
         &self,
         target: NodeId,
         addr: &str,
-        cmd: &Command,
+        cmd: &M::Command,
         timeout: Duration,
-    ) -> Result<Result<CommandResult, ForwardError>, TransportError> {
+    ) -> Result<Result<M::Output, ForwardError>, TransportError> {
         self.forward(target, addr, PATH_FORWARD_WRITE, cmd, timeout)
             .await
     }
@@ -230,7 +232,7 @@ impl PeerClient {
     }
 }
 
-impl RaftNetworkFactory<TypeConfig> for PeerClient {
+impl<M: Machine> RaftNetworkFactory<Cfg<M>> for PeerClient {
     type Network = PeerConnection;
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerConnection {
@@ -287,10 +289,10 @@ impl PeerConnection {
     }
 }
 
-impl RaftNetwork<TypeConfig> for PeerConnection {
+impl<M: Machine> RaftNetwork<Cfg<M>> for PeerConnection {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest,
+        rpc: AppendEntriesRequest<M>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse, RpcError> {
         // The lease counts from before the request left, never from when the answer came.
@@ -311,7 +313,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
 
     async fn install_snapshot(
         &mut self,
-        rpc: InstallSnapshotRequest,
+        rpc: InstallSnapshotRequest<M>,
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse, RpcError<InstallSnapshotError>> {
         // postcard: in JSON a chunk's bytes are an array of numbers, about 3.6 times as long.

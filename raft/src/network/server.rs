@@ -15,7 +15,7 @@ use super::{
     Encoding, ForwardError, CLUSTER_ID_HEADER, PATH_APPEND, PATH_FORWARD_READ_INDEX,
     PATH_FORWARD_WRITE, PATH_SNAPSHOT, PATH_VOTE, PEER_BODY_BYTES_MAX, TARGET_NODE_HEADER,
 };
-use crate::command::{Command, CommandResult};
+use crate::machine::Machine;
 use crate::replica::Replica;
 use crate::secret::Secret;
 use crate::typ::{
@@ -27,31 +27,39 @@ use crate::typ::{
 /// own deadline is shorter and usually ends the wait first.
 const FORWARDED_DEADLINE: Duration = Duration::from_millis(4000);
 
-#[derive(Clone)]
-struct PeerState {
-    replica: Arc<Replica>,
+struct PeerState<M: Machine> {
+    replica: Arc<Replica<M>>,
     secret: Option<Secret>,
+}
+
+impl<M: Machine> Clone for PeerState<M> {
+    fn clone(&self) -> Self {
+        PeerState {
+            replica: self.replica.clone(),
+            secret: self.secret.clone(),
+        }
+    }
 }
 
 /// The router served on `--peer-listen`, with `extra` routes of the embedding crate behind the
 /// same guard (`Replica::ask_leader` calls them).
-pub fn peer_router(replica: Arc<Replica>, extra: Router) -> Router {
+pub fn peer_router<M: Machine>(replica: Arc<Replica<M>>, extra: Router) -> Router {
     let secret = replica.peer_secret().cloned();
     let state = PeerState { replica, secret };
     Router::new()
-        .route(PATH_APPEND, post(append))
-        .route(PATH_VOTE, post(vote))
-        .route(PATH_SNAPSHOT, post(snapshot))
-        .route(PATH_FORWARD_WRITE, post(forward_write))
-        .route(PATH_FORWARD_READ_INDEX, post(forward_read_index))
+        .route(PATH_APPEND, post(append::<M>))
+        .route(PATH_VOTE, post(vote::<M>))
+        .route(PATH_SNAPSHOT, post(snapshot::<M>))
+        .route(PATH_FORWARD_WRITE, post(forward_write::<M>))
+        .route(PATH_FORWARD_READ_INDEX, post(forward_read_index::<M>))
         .with_state(state.clone())
         .merge(extra)
-        .layer(middleware::from_fn_with_state(state, guard))
+        .layer(middleware::from_fn_with_state(state, guard::<M>))
         .layer(DefaultBodyLimit::max(PEER_BODY_BYTES_MAX))
 }
 
 /// Rejects requests without the peer secret, meant for another node, or from another cluster.
-async fn guard(State(s): State<PeerState>, req: Request, next: Next) -> Response {
+async fn guard<M: Machine>(State(s): State<PeerState<M>>, req: Request, next: Next) -> Response {
     let headers = req.headers();
     if let Some(secret) = &s.secret {
         let given = headers
@@ -75,7 +83,7 @@ async fn guard(State(s): State<PeerState>, req: Request, next: Next) -> Response
     }
     if let (Some(theirs), Some(ours)) = (
         headers.get(CLUSTER_ID_HEADER).and_then(|v| v.to_str().ok()),
-        s.replica.view().cluster_id(),
+        s.replica.cluster_id(),
     ) {
         if theirs != ours {
             tracing::error!(theirs, ours, "rejected a peer of another cluster");
@@ -89,26 +97,30 @@ async fn guard(State(s): State<PeerState>, req: Request, next: Next) -> Response
     next.run(req).await
 }
 
-async fn append(
-    State(s): State<PeerState>,
-    Json(req): Json<AppendEntriesRequest>,
+async fn append<M: Machine>(
+    State(s): State<PeerState<M>>,
+    Json(req): Json<AppendEntriesRequest<M>>,
 ) -> Json<Result<AppendEntriesResponse, RaftError>> {
     Json(s.replica.raft().append_entries(req).await)
 }
 
-async fn vote(
-    State(s): State<PeerState>,
+async fn vote<M: Machine>(
+    State(s): State<PeerState<M>>,
     Json(req): Json<VoteRequest>,
 ) -> Json<Result<VoteResponse, RaftError>> {
     Json(s.replica.raft().vote(req).await)
 }
 
 /// A snapshot chunk: postcard, or JSON from a node of the previous version (`Encoding`).
-async fn snapshot(State(s): State<PeerState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn snapshot<M: Machine>(
+    State(s): State<PeerState<M>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let postcard = headers
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes() == Encoding::POSTCARD_TYPE.as_bytes());
-    let req: Result<InstallSnapshotRequest, String> = if postcard {
+    let req: Result<InstallSnapshotRequest<M>, String> = if postcard {
         postcard::from_bytes(&body).map_err(|e| e.to_string())
     } else {
         serde_json::from_slice(&body).map_err(|e| e.to_string())
@@ -127,15 +139,15 @@ async fn snapshot(State(s): State<PeerState>, headers: HeaderMap, body: Bytes) -
     }
 }
 
-async fn forward_write(
-    State(s): State<PeerState>,
-    Json(cmd): Json<Command>,
-) -> Json<Result<CommandResult, ForwardError>> {
+async fn forward_write<M: Machine>(
+    State(s): State<PeerState<M>>,
+    Json(cmd): Json<M::Command>,
+) -> Json<Result<M::Output, ForwardError>> {
     Json(s.replica.propose_local(cmd, FORWARDED_DEADLINE).await)
 }
 
-async fn forward_read_index(
-    State(s): State<PeerState>,
+async fn forward_read_index<M: Machine>(
+    State(s): State<PeerState<M>>,
 ) -> Json<Result<Option<LogId>, ForwardError>> {
     Json(s.replica.leader_read_index(FORWARDED_DEADLINE).await)
 }

@@ -7,7 +7,7 @@
 //! - `raft_log`: index (8 bytes big-endian) → `Entry` (a format byte and postcard, or JSON as
 //!   schemas 1 and 2 wrote it);
 //! - `sm_meta`: `last_applied`, `last_membership`, `active_gen`;
-//! - `sm_g{N}_{table}`: the state machine's tables of generation N (see `state::Table`);
+//! - `sm_g{N}_{table}`: the state machine's tables of generation N (`Machine::TABLES`);
 //! - `snapshot`: where schemas 1 and 2 kept the current snapshot; moved into a file at open.
 //!
 //! Beside the database, `DATA_DIR/snapshots/` holds the current snapshot's file (`snapfile.rs`),
@@ -18,23 +18,25 @@
 //! survives process crashes but not power loss; `disk.rs` says why and what it adds.
 
 mod disk;
-mod feed;
 mod log;
 mod sm;
 pub mod snapfile;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use disk::Disk;
-pub use feed::{Changes, Subscription};
 pub use log::LogStore;
+pub(crate) use sm::PreImageSets;
 pub use sm::{StateMachineStore, StateView};
 
+use crate::machine::Machine;
 use crate::typ::{NodeId, StorageError, StorageIOError};
 
-/// Version of everything this crate persists. A data dir of a newer version is refused; one of
+/// Version of everything this crate persists, the machine's records included (a machine
+/// whose formats change asks for a new version here). A data dir of a newer version is refused; one of
 /// an older version this code still reads (`SCHEMA_READABLE_FROM`) is upgraded in place.
 ///
 /// - 1: the first.
@@ -94,18 +96,28 @@ fn write_meta(meta: &sled::Tree, disk: &Disk, node_id: NodeId) -> Result<(), sle
 }
 
 /// An opened data dir.
-#[derive(Clone)]
-pub struct Store {
+pub struct Store<M> {
     disk: Disk,
-    log: LogStore,
-    sm: StateMachineStore,
+    log: LogStore<M>,
+    sm: StateMachineStore<M>,
     fresh: bool,
 }
 
-impl Store {
-    /// Opens (or creates) the database under `dir` for `node_id`, refusing a data dir that
-    /// belongs to another node or another schema version.
-    pub fn open(dir: &Path, node_id: NodeId) -> Result<Store, OpenError> {
+impl<M> Clone for Store<M> {
+    fn clone(&self) -> Self {
+        Store {
+            disk: self.disk.clone(),
+            log: self.log.clone(),
+            sm: self.sm.clone(),
+            fresh: self.fresh,
+        }
+    }
+}
+
+impl<M: Machine> Store<M> {
+    /// Opens (or creates) the database under `dir` for `node_id`, with `machine` as its state
+    /// machine, refusing a data dir that belongs to another node or another schema version.
+    pub fn open(dir: &Path, node_id: NodeId, machine: Arc<M>) -> Result<Store<M>, OpenError> {
         let path = dir.display().to_string();
         let sled_err = |source| OpenError::Sled {
             path: path.clone(),
@@ -156,13 +168,16 @@ impl Store {
                     });
                 }
                 if rec.schema_version < SCHEMA_VERSION {
-                    // Every change since is read from the older form; only schema 1's `open`
-                    // trees go (redundant with the status index). Then the new version is
-                    // recorded, so an older hookd no longer opens this dir. Both steps may run
-                    // again after a crash between them.
+                    // Every change since is read from the older form; only the tables the
+                    // machine dropped go. Then the new version is recorded, so an older hookd
+                    // no longer opens this dir. Both steps may run again after a crash between
+                    // them.
                     for name in db.tree_names() {
                         let n = String::from_utf8_lossy(&name);
-                        if n.starts_with("sm_g") && n.ends_with("_open") {
+                        let dropped = M::DROPPED_TABLES
+                            .iter()
+                            .any(|t| n.strip_suffix(t).is_some_and(|g| g.ends_with('_')));
+                        if n.starts_with("sm_g") && dropped {
                             db.drop_tree(&name).map_err(sled_err)?;
                         }
                     }
@@ -185,10 +200,11 @@ impl Store {
         // `replica.rs`).
         disk.flush_blocking().map_err(sled_err)?;
         let log = LogStore::open(&disk).map_err(sled_err)?;
-        let sm = StateMachineStore::open(&disk, snap_dir).map_err(|e| OpenError::Corrupt {
-            path: path.clone(),
-            detail: e.to_string(),
-        })?;
+        let sm =
+            StateMachineStore::open(&disk, snap_dir, machine).map_err(|e| OpenError::Corrupt {
+                path: path.clone(),
+                detail: e.to_string(),
+            })?;
         Ok(Store {
             disk,
             log,
@@ -202,11 +218,11 @@ impl Store {
         self.fresh
     }
 
-    pub fn log_store(&self) -> LogStore {
+    pub fn log_store(&self) -> LogStore<M> {
         self.log.clone()
     }
 
-    pub fn state_machine(&self) -> StateMachineStore {
+    pub fn state_machine(&self) -> StateMachineStore<M> {
         self.sm.clone()
     }
 

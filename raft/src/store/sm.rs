@@ -24,18 +24,16 @@ use std::sync::{Arc, Mutex, RwLock};
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
-use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
 use super::disk::sync_dir;
-use super::feed::{Feed, Subscription};
 use super::snapfile::{self, FileWriter, Frame, Header, Reader, SnapFileError, Writer};
 use super::Disk;
-use crate::command::{CommandResult, Job, Run, RunStatus};
-use crate::state::{self, StateFault, Table, Tables, TxResult};
+use crate::machine::{Machine, Position, Tables, Tx, TxError};
 use crate::typ::{
-    Entry, LogId, NodeId, Snapshot, SnapshotFile, SnapshotMeta, StorageError, StorageIOError,
-    StoredMembership, TypeConfig,
+    Cfg, Entry, LogId, Snapshot, SnapshotFile, SnapshotMeta, StorageError, StorageIOError,
+    StoredMembership,
 };
 
 const LAST_APPLIED: &[u8] = b"last_applied";
@@ -62,12 +60,9 @@ struct LegacyBody {
 
 type KeyValue = (Vec<u8>, Vec<u8>);
 
-/// Tables schema 1 had and schema 2 dropped (the open runs, now found in the status index).
-const LEGACY_DROPPED_TABLES: &[&str] = &["open"];
-
 /// The frames of a format-1 body (read whole: it is only ever what an older node had in memory
 /// anyway).
-fn legacy_frames(data: &[u8]) -> Result<Vec<Frame>, SnapFileError> {
+fn legacy_frames<M: Machine>(data: &[u8]) -> Result<Vec<Frame>, SnapFileError> {
     let body: LegacyBody = postcard::from_bytes(data)
         .map_err(|e| SnapFileError::Corrupt(format!("format-1 body: {e}")))?;
     if body.format != 1 {
@@ -78,12 +73,12 @@ fn legacy_frames(data: &[u8]) -> Result<Vec<Frame>, SnapFileError> {
     }
     let mut frames = Vec::new();
     for (name, pairs) in body.tables {
-        if LEGACY_DROPPED_TABLES.contains(&name.as_str()) {
+        if M::DROPPED_TABLES.contains(&name.as_str()) {
             continue;
         }
-        let table = Table::ALL
+        let table = M::TABLES
             .iter()
-            .position(|t| t.name() == name)
+            .position(|t| *t == name)
             .ok_or_else(|| SnapFileError::Corrupt(format!("unknown table {name}")))?;
         frames.extend(pairs.into_iter().map(|(key, value)| Frame::Put {
             table: table as u8,
@@ -102,41 +97,46 @@ fn snapshot_file_name(applied: Option<LogId>) -> String {
     format!("{}-{nanos}.snap", applied.map_or(0, |l| l.index))
 }
 
-/// The trees of one generation, indexed by `Table as usize`.
-struct Generation {
+/// The trees of one generation, indexed like `Machine::TABLES`.
+pub(super) struct Generation {
     number: u64,
-    tables: Vec<sled::Tree>,
+    tables: Arc<Vec<sled::Tree>>,
 }
 
 impl Generation {
-    fn open(db: &sled::Db, number: u64) -> Result<Generation, sled::Error> {
-        let tables = Table::ALL
+    fn open<M: Machine>(db: &sled::Db, number: u64) -> Result<Generation, sled::Error> {
+        let tables = M::TABLES
             .iter()
-            .map(|t| db.open_tree(gen_tree_name(number, *t)))
+            .map(|t| db.open_tree(gen_tree_name(number, t)))
             .collect::<Result<_, _>>()?;
-        Ok(Generation { number, tables })
+        Ok(Generation {
+            number,
+            tables: Arc::new(tables),
+        })
     }
 
-    fn table(&self, t: Table) -> &sled::Tree {
-        &self.tables[t as usize]
+    fn drop_trees<M: Machine>(&self, db: &sled::Db) -> Result<(), sled::Error> {
+        for t in M::TABLES {
+            db.drop_tree(gen_tree_name(self.number, t).as_bytes())?;
+        }
+        Ok(())
     }
 }
 
-fn gen_tree_name(number: u64, table: Table) -> String {
-    format!("{GEN_PREFIX}{number}_{}", table.name())
+fn gen_tree_name(number: u64, table: &str) -> String {
+    format!("{GEN_PREFIX}{number}_{table}")
 }
 
-struct Inner {
+struct Inner<M> {
+    machine: Arc<M>,
     disk: Disk,
     sm_meta: sled::Tree,
     /// Holds the current snapshot's file (and, briefly, one being written or received).
     snap_dir: PathBuf,
-    gen: RwLock<Arc<Generation>>,
+    gen: Arc<RwLock<Arc<Generation>>>,
     snapshot_seq: AtomicU64,
-    /// What applies changed, for the dispatcher's index.
-    feed: Feed,
     /// Open captures of snapshots being built, by sequence number (see the module docs).
-    captures: Mutex<HashMap<u64, PreImages>>,
+    captures: Mutex<PreImageSets>,
     /// Held from a capture's opening to the end of its build; an install waits for it, so a
     /// generation is never replaced under a build (and a build never copies a stale one).
     building: Arc<tokio::sync::Mutex<()>>,
@@ -145,17 +145,26 @@ struct Inner {
 /// The value each key had when a capture opened, recorded at its first change since: `None`
 /// for a key that did not exist.
 type PreImages = HashMap<(usize, Vec<u8>), Option<Vec<u8>>>;
+/// The pre-images of every open capture, by its sequence number.
+pub(crate) type PreImageSets = HashMap<u64, PreImages>;
 
 /// The state machine store; cheap to clone.
-#[derive(Clone)]
-pub struct StateMachineStore {
-    inner: Arc<Inner>,
+pub struct StateMachineStore<M> {
+    inner: Arc<Inner<M>>,
+}
+
+impl<M> Clone for StateMachineStore<M> {
+    fn clone(&self) -> Self {
+        StateMachineStore {
+            inner: self.inner.clone(),
+        }
+    }
 }
 
 /// Read-only access to the applied state, always through the active generation.
 #[derive(Clone)]
 pub struct StateView {
-    inner: Arc<Inner>,
+    gen: Arc<RwLock<Arc<Generation>>>,
 }
 
 fn sm_err(e: impl std::error::Error + 'static) -> StorageError {
@@ -166,20 +175,21 @@ fn sm_write_err(e: impl std::error::Error + 'static) -> StorageError {
     StorageIOError::write_state_machine(&e).into()
 }
 
-impl StateMachineStore {
-    pub(super) fn open(disk: &Disk, snap_dir: PathBuf) -> Result<StateMachineStore, StorageError> {
+impl<M: Machine> StateMachineStore<M> {
+    pub(super) fn open(
+        disk: &Disk,
+        snap_dir: PathBuf,
+        machine: Arc<M>,
+    ) -> Result<StateMachineStore<M>, StorageError> {
         let db = disk.db();
         let sm_meta = db.open_tree("sm_meta").map_err(sm_err)?;
         let active = match sm_meta.get(ACTIVE_GEN).map_err(sm_err)? {
             Some(bytes) => serde_json::from_slice(&bytes).map_err(sm_err)?,
             None => 0u64,
         };
-        let gen = Generation::open(db, active).map_err(sm_err)?;
+        let gen = Generation::open::<M>(db, active).map_err(sm_err)?;
         // Drop generations left behind by an install that crashed before or after its switch.
-        let keep: Vec<String> = Table::ALL
-            .iter()
-            .map(|t| gen_tree_name(active, *t))
-            .collect();
+        let keep: Vec<String> = M::TABLES.iter().map(|t| gen_tree_name(active, t)).collect();
         for name in db.tree_names() {
             let name = String::from_utf8_lossy(&name).into_owned();
             if name.starts_with(GEN_PREFIX) && !keep.contains(&name) {
@@ -189,12 +199,12 @@ impl StateMachineStore {
         }
         let store = StateMachineStore {
             inner: Arc::new(Inner {
+                machine,
                 disk: disk.clone(),
                 sm_meta,
                 snap_dir,
-                gen: RwLock::new(Arc::new(gen)),
+                gen: Arc::new(RwLock::new(Arc::new(gen))),
                 snapshot_seq: AtomicU64::new(0),
-                feed: Feed::default(),
                 captures: Mutex::new(HashMap::new()),
                 building: Arc::new(tokio::sync::Mutex::new(())),
             }),
@@ -216,7 +226,7 @@ impl StateMachineStore {
 
     pub fn view(&self) -> StateView {
         StateView {
-            inner: self.inner.clone(),
+            gen: self.inner.gen.clone(),
         }
     }
 
@@ -231,7 +241,7 @@ impl StateMachineStore {
     }
 }
 
-impl Inner {
+impl<M: Machine> Inner<M> {
     /// Writes the snapshot file of capture `seq` of `gen`: every table read while applies go
     /// on, then the pre-images of the keys changed meanwhile (closing the capture), which
     /// replayed in order is the state at the capture point. fsynced. Blocking. Returns the
@@ -246,8 +256,8 @@ impl Inner {
         let path = self.snap_dir.join(&name);
         let tables = || -> std::io::Result<FileWriter> {
             let mut w = Writer::create(&path, header)?;
-            for t in Table::ALL {
-                for item in gen.table(t).iter() {
+            for (t, tree) in gen.tables.iter().enumerate() {
+                for item in tree.iter() {
                     let (k, v) = item?;
                     w.put(t as u8, &k, &v)?;
                 }
@@ -318,7 +328,7 @@ impl Inner {
             let name = snapshot_file_name(meta.last_log_id);
             let path = self.snap_dir.join(&name);
             let mut w = Writer::create(&path, &Header::new(meta.clone()))?;
-            for frame in legacy_frames(&data)? {
+            for frame in legacy_frames::<M>(&data)? {
                 if let Frame::Put { table, key, value } = frame {
                     w.put(table, &key, &value)?;
                 }
@@ -357,21 +367,21 @@ impl Inner {
     ) -> Result<(Generation, String), std::io::Error> {
         file.seek(SeekFrom::Start(0))?;
         let mut input = BufReader::with_capacity(1 << 16, file);
-        let next = Generation::open(self.disk.db(), self.current().number + 1)?;
+        let next = Generation::open::<M>(self.disk.db(), self.current().number + 1)?;
         let name = snapshot_file_name(meta.last_log_id);
         let path = self.snap_dir.join(&name);
         let mut replay = || -> std::io::Result<()> {
-            for t in Table::ALL {
-                next.table(t).clear()?;
+            for tree in next.tables.iter() {
+                tree.clear()?;
             }
             let mut w = Writer::create(&path, &Header::new(meta.clone()))?;
             let mut apply = |frame: Frame| -> std::io::Result<()> {
                 let (table, key) = match &frame {
                     Frame::Put { table, key, .. } | Frame::Del { table, key } => (*table, key),
                 };
-                let tree = Table::ALL
+                let tree = next
+                    .tables
                     .get(table as usize)
-                    .map(|t| next.table(*t))
                     .ok_or_else(|| SnapFileError::Corrupt(format!("unknown table {table}")))?;
                 match &frame {
                     Frame::Put { value, .. } => {
@@ -399,7 +409,7 @@ impl Inner {
             } else {
                 let mut data = Vec::new();
                 input.read_to_end(&mut data)?;
-                for frame in legacy_frames(&data)? {
+                for frame in legacy_frames::<M>(&data)? {
                     apply(frame)?;
                 }
             }
@@ -409,12 +419,7 @@ impl Inner {
             Ok(()) => Ok((next, name)),
             Err(e) => {
                 let _ = std::fs::remove_file(&path);
-                for t in Table::ALL {
-                    let _ = self
-                        .disk
-                        .db()
-                        .drop_tree(gen_tree_name(next.number, t).as_bytes());
-                }
+                let _ = next.drop_trees::<M>(self.disk.db());
                 Err(e)
             }
         }
@@ -422,41 +427,43 @@ impl Inner {
 
     /// Applies `entries`, the last of which is `last`, in one transaction that also records
     /// `last` as applied; returns a result per entry and what changed.
+    #[allow(clippy::type_complexity)]
     fn apply_batch(
         &self,
-        entries: &[Entry],
+        entries: &[Entry<M>],
         last: LogId,
-    ) -> Result<(Vec<CommandResult>, state::Touched), StorageError> {
+    ) -> Result<(Vec<M::Output>, M::Touched), StorageError> {
         let gen = self.current();
         let mut trees: Vec<&sled::Tree> = vec![&self.sm_meta];
         trees.extend(gen.tables.iter());
         trees
             .as_slice()
             .transaction(|txs| {
-                let (meta, trees) =
-                    txs.split_first()
-                        .ok_or(ConflictableTransactionError::Abort(
-                            StateFault::MissingTables,
-                        ))?;
-                let tables = TxTables {
+                let (meta, trees) = txs
+                    .split_first()
+                    .ok_or_else(|| TxError::abort("transaction saw fewer trees than tables").0)?;
+                let tx = Tx {
                     trees,
                     captures: &self.captures,
                 };
                 let mut out = Vec::with_capacity(entries.len());
-                let mut touched = state::Touched::default();
+                let mut touched = M::Touched::default();
                 for entry in entries {
                     match &entry.payload {
-                        EntryPayload::Blank => out.push(CommandResult::Done),
-                        EntryPayload::Normal(cmd) => out.push(state::apply_command(
-                            &tables,
-                            &entry.log_id,
-                            cmd,
-                            &mut touched,
-                        )?),
+                        EntryPayload::Blank => out.push(M::nothing()),
+                        EntryPayload::Normal(cmd) => {
+                            let at = Position {
+                                index: entry.log_id.index,
+                                term: entry.log_id.leader_id.term,
+                                leader: entry.log_id.leader_id.node_id,
+                            };
+                            let applied = self.machine.apply(&tx, at, cmd, &mut touched);
+                            out.push(applied.map_err(|e| e.0)?);
+                        }
                         EntryPayload::Membership(m) => {
                             let stored = StoredMembership::new(Some(entry.log_id), m.clone());
                             meta.insert(LAST_MEMBERSHIP, json(&stored))?;
-                            out.push(CommandResult::Done);
+                            out.push(M::nothing());
                         }
                     }
                 }
@@ -481,54 +488,8 @@ fn tx_error<E: std::fmt::Debug>(e: TransactionError<E>) -> std::io::Error {
     std::io::Error::other(format!("{e:?}"))
 }
 
-/// The tables of one transaction: `TransactionalTree`s in `Table` order, and the open
-/// snapshot captures, which get the pre-image of every key at its first change.
-struct TxTables<'a> {
-    trees: &'a [TransactionalTree],
-    captures: &'a Mutex<HashMap<u64, PreImages>>,
-}
-
-impl TxTables<'_> {
-    /// Records `key`'s current value in every open capture that has none for it yet. This runs
-    /// before the transaction commits, so a build that closes its capture before this call had
-    /// read the key before the change, and one that closes it after gets the pre-image.
-    fn before_change(&self, table: Table, key: &[u8]) -> TxResult<()> {
-        let mut captures = self.captures.lock().unwrap_or_else(|p| p.into_inner());
-        if captures.is_empty() {
-            return Ok(());
-        }
-        let id = (table as usize, key.to_vec());
-        if captures.values().all(|pre| pre.contains_key(&id)) {
-            return Ok(());
-        }
-        // Our own earlier write in this transaction would already have recorded the key, so
-        // this reads committed state: the pre-image.
-        let value = self.get(table, key)?;
-        for pre in captures.values_mut() {
-            pre.entry(id.clone()).or_insert_with(|| value.clone());
-        }
-        Ok(())
-    }
-}
-
-impl Tables for TxTables<'_> {
-    fn get(&self, table: Table, key: &[u8]) -> TxResult<Option<Vec<u8>>> {
-        Ok(self.trees[table as usize].get(key)?.map(|v| v.to_vec()))
-    }
-    fn put(&self, table: Table, key: &[u8], value: Vec<u8>) -> TxResult<()> {
-        self.before_change(table, key)?;
-        self.trees[table as usize].insert(key, value)?;
-        Ok(())
-    }
-    fn del(&self, table: Table, key: &[u8]) -> TxResult<()> {
-        self.before_change(table, key)?;
-        self.trees[table as usize].remove(key)?;
-        Ok(())
-    }
-}
-
-impl RaftStateMachine<TypeConfig> for StateMachineStore {
-    type SnapshotBuilder = SnapshotBuilder;
+impl<M: Machine> RaftStateMachine<Cfg<M>> for StateMachineStore<M> {
+    type SnapshotBuilder = SnapshotBuilder<M>;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
         let applied: Option<LogId> = self.read_meta(LAST_APPLIED)?;
@@ -536,12 +497,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok((applied, membership.unwrap_or_default()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>, StorageError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<M::Output>, StorageError>
     where
-        I: IntoIterator<Item = Entry> + OptionalSend,
+        I: IntoIterator<Item = Entry<M>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let entries: Vec<Entry> = entries.into_iter().collect();
+        let entries: Vec<Entry<M>> = entries.into_iter().collect();
         let Some(last) = entries.last().map(|e| e.log_id) else {
             return Ok(Vec::new());
         };
@@ -559,7 +520,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         // durable `last_applied`; a leader restored in its old term reads no earlier than the
         // last entry it had (`ReadFloor` in `replica.rs`). Appends, purges and snapshots flush
         // the whole database, so the state is durable before the log is purged past it.
-        self.inner.feed.publish(&touched);
+        self.inner.machine.applied(touched);
         Ok(results)
     }
 
@@ -646,14 +607,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .map_err(|e| write_err(e.into()))?;
 
         *self.inner.gen.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
-        self.inner.feed.publish_all();
-        for t in Table::ALL {
-            self.inner
-                .disk
-                .db()
-                .drop_tree(gen_tree_name(old.number, t).as_bytes())
-                .map_err(|e| write_err(e.into()))?;
-        }
+        self.inner.machine.replaced();
+        old.drop_trees::<M>(self.inner.disk.db())
+            .map_err(|e| write_err(e.into()))?;
         if let Some(p) = previous.filter(|p| *p != name) {
             let _ = std::fs::remove_file(self.inner.snap_dir.join(p));
         }
@@ -661,7 +617,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<M>>, StorageError> {
         let Some(name) = self.inner.current_snapshot_file().map_err(sm_err)? else {
             return Ok(None);
         };
@@ -690,13 +646,13 @@ struct Captured {
 }
 
 /// Builds a snapshot of the state at the point captured by `get_snapshot_builder`.
-pub struct SnapshotBuilder {
-    store: StateMachineStore,
+pub struct SnapshotBuilder<M: Machine> {
+    store: StateMachineStore<M>,
     captured: Result<Captured, StorageError>,
 }
 
 /// A builder dropped unused closes its capture, so applies stop recording for it.
-impl Drop for SnapshotBuilder {
+impl<M: Machine> Drop for SnapshotBuilder<M> {
     fn drop(&mut self) {
         if let Ok(c) = &self.captured {
             self.store.inner.close_capture(c.seq);
@@ -704,8 +660,8 @@ impl Drop for SnapshotBuilder {
     }
 }
 
-impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
-    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+impl<M: Machine> RaftSnapshotBuilder<Cfg<M>> for SnapshotBuilder<M> {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<M>, StorageError> {
         let Captured {
             seq,
             applied,
@@ -781,170 +737,23 @@ fn lower_priority() {
 }
 
 impl StateView {
-    fn tree(&self, t: Table) -> sled::Tree {
-        self.inner.current().table(t).clone()
-    }
-
-    /// A stored job record as the job stands: with the cursor of its guard.
-    fn job(&self, guards: &sled::Tree, bytes: &[u8]) -> Result<Job, StateFault> {
-        let mut job = state::decode_job(bytes)?;
-        let guard = guards
-            .get(job.id.as_bytes())
-            .map_err(StateFault::Storage)?
-            .and_then(|b| state::Guard::decode(&b));
-        if let Some(g) = guard {
-            g.apply_to(&mut job);
+    /// The applied tables as they stand now (one generation, pinned).
+    pub fn tables(&self) -> Tables {
+        Tables {
+            trees: self
+                .gen
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .tables
+                .clone(),
         }
-        Ok(job)
-    }
-
-    pub fn get_job(&self, id: &str) -> Result<Option<Job>, StateFault> {
-        match self.tree(Table::Jobs).get(id.as_bytes()) {
-            Ok(Some(bytes)) => self.job(&self.tree(Table::Guards), &bytes).map(Some),
-            Ok(None) => Ok(None),
-            Err(e) => Err(StateFault::Storage(e)),
-        }
-    }
-
-    /// Up to `limit` jobs with ids strictly after `after`, in id order, and whether more follow.
-    pub fn list_jobs(
-        &self,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<(Vec<Job>, bool), StateFault> {
-        let tree = self.tree(Table::Jobs);
-        let guards = self.tree(Table::Guards);
-        let iter = match after {
-            Some(a) => tree.range::<&[u8], _>((
-                std::ops::Bound::Excluded(a.as_bytes()),
-                std::ops::Bound::Unbounded,
-            )),
-            None => tree.iter(),
-        };
-        let mut jobs = Vec::with_capacity(limit.min(1024));
-        for item in iter {
-            let (_, v) = item.map_err(StateFault::Storage)?;
-            if jobs.len() == limit {
-                return Ok((jobs, true));
-            }
-            jobs.push(self.job(&guards, &v)?);
-        }
-        Ok((jobs, false))
-    }
-
-    /// Changes applied from now on (see `feed.rs`).
-    pub fn subscribe(&self) -> Subscription {
-        self.inner.feed.subscribe()
-    }
-
-    /// Every job, in id order (for rebuilding the dispatcher's index).
-    pub fn all_jobs(&self) -> impl Iterator<Item = Result<Job, StateFault>> {
-        let (view, guards) = (self.clone(), self.tree(Table::Guards));
-        self.tree(Table::Jobs).iter().map(move |item| {
-            let (_, v) = item.map_err(StateFault::Storage)?;
-            view.job(&guards, &v)
-        })
-    }
-
-    pub fn get_run(&self, id: &str) -> Result<Option<Run>, StateFault> {
-        match self.tree(Table::Runs).get(id.as_bytes()) {
-            Ok(Some(bytes)) => state::decode_run(&bytes).map(Some),
-            Ok(None) => Ok(None),
-            Err(e) => Err(StateFault::Storage(e)),
-        }
-    }
-
-    /// A job's runs, newest first, optionally only those with `status`.
-    pub fn job_runs(
-        &self,
-        job_id: &str,
-        status: Option<RunStatus>,
-        limit: usize,
-    ) -> Result<Vec<Run>, StateFault> {
-        let list = match self.tree(Table::JobRuns).get(job_id.as_bytes()) {
-            Ok(Some(bytes)) => state::decode_run_list(&bytes)?,
-            Ok(None) => Vec::new(),
-            Err(e) => return Err(StateFault::Storage(e)),
-        };
-        let mut runs = Vec::new();
-        for (_, id) in list.iter().rev() {
-            if runs.len() == limit {
-                break;
-            }
-            if let Some(run) = self.get_run(id)? {
-                if status.is_none_or(|s| run.status == s) {
-                    runs.push(run);
-                }
-            }
-        }
-        Ok(runs)
-    }
-
-    /// Runs across jobs with `status`, newest due first.
-    pub fn runs_with_status(
-        &self,
-        status: RunStatus,
-        limit: usize,
-    ) -> Result<Vec<Run>, StateFault> {
-        let mut runs = Vec::new();
-        for item in self
-            .tree(Table::ByStatus)
-            .scan_prefix(state::status_prefix(status))
-            .rev()
-        {
-            if runs.len() == limit {
-                break;
-            }
-            let (key, _) = item.map_err(StateFault::Storage)?;
-            let prefix = state::status_prefix(status).len() + 8;
-            let id = String::from_utf8_lossy(&key[prefix.min(key.len())..]).into_owned();
-            if let Some(run) = self.get_run(&id)? {
-                runs.push(run);
-            }
-        }
-        Ok(runs)
-    }
-
-    /// Every run that still needs a delivery attempt (from the status index).
-    pub fn open_runs(&self) -> Result<Vec<Run>, StateFault> {
-        let mut runs = Vec::new();
-        // The open statuses a run is stored with (`InFlight` is only ever shown, not stored).
-        for status in [RunStatus::Pending, RunStatus::Retrying] {
-            runs.extend(self.runs_with_status(status, usize::MAX)?);
-        }
-        Ok(runs)
-    }
-
-    /// Number of jobs stored.
-    pub fn job_count(&self) -> usize {
-        self.tree(Table::Jobs).len()
-    }
-
-    /// API addresses recorded by `SetNodeInfo`, by node id.
-    pub fn node_api_addrs(&self) -> Vec<(NodeId, String)> {
-        self.tree(Table::Nodes)
-            .iter()
-            .filter_map(|item| item.ok())
-            .filter_map(|(k, v)| {
-                let id = u64::from_be_bytes(k.as_ref().try_into().ok()?);
-                Some((id, String::from_utf8_lossy(&v).into_owned()))
-            })
-            .collect()
-    }
-
-    /// The cluster id, once the first leader has recorded it.
-    pub fn cluster_id(&self) -> Option<String> {
-        self.tree(Table::Misc)
-            .get(state::CLUSTER_ID_KEY)
-            .ok()
-            .flatten()
-            .map(|v| String::from_utf8_lossy(&v).into_owned())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::machine::kv::Kv;
 
     #[test]
     fn the_snapshot_builder_thread_runs_at_a_lower_priority_than_the_rest() {
@@ -969,10 +778,13 @@ mod tests {
         use openraft::{CommittedLeaderId, LogId, StoredMembership};
         use std::io::Write;
 
-        let job = state::tests::job_as_schema_2_wrote_it("old");
+        // A table this version dropped is skipped.
         let legacy = postcard::to_stdvec(&LegacyBody {
             format: 1,
-            tables: vec![("jobs".to_owned(), vec![(b"old".to_vec(), job.clone())])],
+            tables: vec![
+                ("kv".to_owned(), vec![(b"old".to_vec(), b"value".to_vec())]),
+                ("old".to_owned(), vec![(b"gone".to_vec(), b"x".to_vec())]),
+            ],
         })
         .unwrap();
         let meta = |index| SnapshotMeta {
@@ -981,7 +793,7 @@ mod tests {
             snapshot_id: format!("s{index}"),
         };
         let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::Store::open(dir.path(), 1).unwrap();
+        let store = crate::store::Store::open(dir.path(), 1, Arc::new(Kv)).unwrap();
         let mut sm = store.state_machine();
         let send = async |bytes: &[u8]| {
             let mut file = tempfile::tempfile().unwrap();
@@ -992,7 +804,8 @@ mod tests {
         sm.install_snapshot(&meta(7), send(&legacy).await)
             .await
             .unwrap();
-        assert_eq!(store.view().get_job("old").unwrap().expect("job").id, "old");
+        let old = || store.view().tables().get(0, b"old").unwrap();
+        assert_eq!(old().as_deref(), Some(&b"value"[..]));
         let (applied, _) = sm.applied_state().await.unwrap();
         assert_eq!(applied.map(|l| l.index), Some(7));
         // It is this node's snapshot now, in format 2.
@@ -1020,7 +833,7 @@ mod tests {
             sm.get_current_snapshot().await.unwrap().unwrap().meta,
             meta(7)
         );
-        assert!(store.view().get_job("old").unwrap().is_some());
+        assert!(old().is_some());
         // Only the current snapshot's file is left in the snapshot dir.
         assert_eq!(
             std::fs::read_dir(dir.path().join("snapshots"))

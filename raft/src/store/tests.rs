@@ -1,17 +1,26 @@
 //! Conformance of the sled store with openraft's storage test suite.
 
+use std::sync::Arc;
+
 use openraft::testing::{StoreBuilder, Suite};
 use tempfile::TempDir;
 
 use super::{LogStore, StateMachineStore, Store};
-use crate::typ::{StorageError, StorageIOError, TypeConfig};
+use crate::machine::kv::{Cmd, Kv};
+use crate::machine::Machine;
+use crate::typ::{Cfg, StorageError, StorageIOError};
+
+/// Opens the store of node 1 in `dir` with the test machine.
+fn open(dir: &std::path::Path) -> Result<Store<Kv>, super::OpenError> {
+    Store::open(dir, 1, Arc::new(Kv))
+}
 
 struct SledBuilder;
 
-impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for SledBuilder {
-    async fn build(&self) -> Result<(TempDir, LogStore, StateMachineStore), StorageError> {
+impl StoreBuilder<Cfg<Kv>, LogStore<Kv>, StateMachineStore<Kv>, TempDir> for SledBuilder {
+    async fn build(&self) -> Result<(TempDir, LogStore<Kv>, StateMachineStore<Kv>), StorageError> {
         let dir = TempDir::new().map_err(|e| StorageIOError::write(&e))?;
-        let store = Store::open(dir.path(), 1).map_err(|e| StorageIOError::write(&e))?;
+        let store = open(dir.path()).map_err(|e| StorageIOError::write(&e))?;
         Ok((dir, store.log_store(), store.state_machine()))
     }
 }
@@ -28,25 +37,19 @@ async fn a_snapshot_is_the_state_when_taken_while_applies_go_on() -> Result<(), 
     use openraft::storage::RaftStateMachine;
     use openraft::{CommittedLeaderId, EntryPayload, LogId, RaftSnapshotBuilder};
 
-    use crate::command::Command;
-    use crate::state::tests::spec;
-    use crate::typ::Entry;
+    type Entry = crate::typ::Entry<Kv>;
 
-    let entry = |index: u64, cmd: Command| Entry {
+    let entry = |index: u64, cmd: Cmd| Entry {
         log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
         payload: EntryPayload::Normal(cmd),
     };
-    let node = |i: u64, addr: &str| Command::SetNodeInfo {
-        node_id: i,
-        api_addr: format!("{addr}{i}"),
-    };
-    let job = |id: &str| Command::CreateJob {
-        id: id.into(),
-        spec: spec("http://127.0.0.1:1/x"),
-        now_ms: 1,
+    let node = |i: u64, addr: &str| Kv::record_node(i, format!("{addr}{i}"));
+    let job = |id: &str| Cmd::Put {
+        key: format!("job/{id}"),
+        value: "spec".into(),
     };
     let dir = TempDir::new().map_err(|e| StorageIOError::write(&e))?;
-    let store = Store::open(dir.path(), 1).map_err(|e| StorageIOError::write(&e))?;
+    let store = open(dir.path()).map_err(|e| StorageIOError::write(&e))?;
     let mut sm = store.state_machine();
     let mut before: Vec<Entry> = (1..=50).map(|i| entry(i, node(i, "a"))).collect();
     before.push(entry(51, job("old")));
@@ -58,9 +61,8 @@ async fn a_snapshot_is_the_state_when_taken_while_applies_go_on() -> Result<(), 
     after.push(entry(62, node(3, "c")));
     after.push(entry(
         63,
-        Command::DeleteJob {
-            id: "old".into(),
-            now_ms: 2,
+        Cmd::Del {
+            key: "job/old".into(),
         },
     ));
     after.push(entry(64, job("new")));
@@ -71,28 +73,26 @@ async fn a_snapshot_is_the_state_when_taken_while_applies_go_on() -> Result<(), 
     assert_eq!(snapshot.meta.last_log_id.map(|l| l.index), Some(51));
 
     // The live state moved on.
-    let live = store.view();
-    assert_eq!(live.node_api_addrs().len(), 51);
-    assert!(live.get_job("old").unwrap().is_none() && live.get_job("new").unwrap().is_some());
+    let live = store.view().tables();
+    let has = |t: &crate::machine::Tables, id: &str| {
+        t.get(0, format!("job/{id}").as_bytes()).unwrap().is_some()
+    };
+    assert_eq!(Kv::node_api_addrs(&live).len(), 51);
+    assert!(!has(&live, "old") && has(&live, "new"));
 
     // The snapshot, installed elsewhere, is the state at index 51 exactly.
     let dir2 = TempDir::new().map_err(|e| StorageIOError::write(&e))?;
-    let other = Store::open(dir2.path(), 2).map_err(|e| StorageIOError::write(&e))?;
+    let other = Store::open(dir2.path(), 2, Arc::new(Kv)).map_err(|e| StorageIOError::write(&e))?;
     other
         .state_machine()
         .install_snapshot(&snapshot.meta, snapshot.snapshot)
         .await?;
-    let view = other.view();
-    let want: Vec<(u64, String)> = (1..=50).map(|i| (i, format!("a{i}"))).collect();
-    assert_eq!(view.node_api_addrs(), want);
-    assert!(
-        view.get_job("old").unwrap().is_some(),
-        "deleted after the capture"
-    );
-    assert!(
-        view.get_job("new").unwrap().is_none(),
-        "created after the capture"
-    );
+    let view = other.view().tables();
+    let mut want: Vec<(u64, String)> = (1..=50).map(|i| (i, format!("a{i}"))).collect();
+    want.sort_by_key(|(i, _)| i.to_string());
+    assert_eq!(Kv::node_api_addrs(&view), want);
+    assert!(has(&view, "old"), "deleted after the capture");
+    assert!(!has(&view, "new"), "created after the capture");
 
     // A second build, with nothing applied since, is the live state.
     let mut again = sm.get_snapshot_builder().await;
@@ -111,7 +111,7 @@ fn data_dirs_are_created_owner_only() {
     use std::os::unix::fs::PermissionsExt;
     let dir = TempDir::new().unwrap();
     let data = dir.path().join("nodes/1");
-    let store = Store::open(&data, 1).unwrap();
+    let store = open(&data).unwrap();
     for d in [dir.path().join("nodes"), data.clone(), data.join("db")] {
         let mode = std::fs::metadata(&d).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700, "{}", d.display());
@@ -149,11 +149,11 @@ fn schema_of(data: &std::path::Path) -> u32 {
 fn an_older_schema_is_upgraded_in_place_and_a_newer_one_refused() {
     let dir = TempDir::new().unwrap();
     let data = dir.path().join("n1");
-    drop(Store::open(&data, 1).unwrap());
+    drop(open(&data).unwrap());
     assert_eq!(schema_of(&data), super::SCHEMA_VERSION);
 
     set_schema(&data, super::SCHEMA_READABLE_FROM);
-    drop(Store::open(&data, 1).expect("an older schema opens"));
+    drop(open(&data).expect("an older schema opens"));
     assert_eq!(
         schema_of(&data),
         super::SCHEMA_VERSION,
@@ -161,9 +161,7 @@ fn an_older_schema_is_upgraded_in_place_and_a_newer_one_refused() {
     );
 
     set_schema(&data, super::SCHEMA_VERSION + 1);
-    let e = Store::open(&data, 1)
-        .err()
-        .expect("a newer schema is refused");
+    let e = open(&data).err().expect("a newer schema is refused");
     let msg = e.to_string();
     assert!(
         msg.contains(&format!("schema version {}", super::SCHEMA_VERSION + 1)),

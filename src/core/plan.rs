@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
+use super::command::{AttemptResult, ClaimItem, ClaimKind, Job, MisfirePolicy, RetrySpec};
 use chrono::DateTime;
-use hookd_raft::command::{AttemptResult, ClaimItem, ClaimKind, Job, MisfirePolicy, RetrySpec};
 
 use crate::schedule::Schedule;
 
@@ -192,7 +192,7 @@ pub fn after_attempt(
 mod tests {
     use std::collections::BTreeMap;
 
-    use hookd_raft::command::{JobSpec, MisfireSpec, ScheduleSpec};
+    use crate::core::command::{JobSpec, MisfireSpec, ScheduleSpec};
 
     use super::*;
 

@@ -1,17 +1,14 @@
 //! The state machine's data model and the deterministic `apply` of one command.
 //!
-//! `apply_command` reads nothing but the command, the entry's log id and the tables it is given:
-//! no clock, no randomness, no I/O besides the tables. The sled store runs it inside one
-//! transaction per batch; tests run it over an in-memory map.
+//! `apply_command` reads nothing but the command, its entry's position and the tables it is
+//! given: no clock, no randomness, no I/O besides the tables. The replicated store runs it
+//! inside one transaction per batch (`crate::replicated`); tests run it over an in-memory map.
 
-use sled::transaction::ConflictableTransactionError;
-
-use crate::command::MASK;
-use crate::command::{
+use super::command::MASK;
+use super::command::{
     AttemptOutcome, AttemptResult, ClaimItem, ClaimKind, Command, CommandResult, Epoch, Job,
     JobSpec, Run, RunStatus, SkippedRange,
 };
-use crate::typ::LogId;
 
 /// The tables of the state machine. Each is one sled tree per snapshot generation, named by
 /// `name` (the discriminants index in-memory arrays only: dense, never persisted).
@@ -47,18 +44,26 @@ impl Table {
         Table::Guards,
     ];
 
+    /// The names of the tables, in the order of their discriminants: persisted (the stored
+    /// trees are named by them), so only ever appended to.
+    pub const NAMES: &'static [&'static str] = &[
+        "jobs",
+        "nodes",
+        "misc",
+        "runs",
+        "job_runs",
+        "by_status",
+        "guards",
+    ];
+
     pub fn name(self) -> &'static str {
-        match self {
-            Table::Jobs => "jobs",
-            Table::Nodes => "nodes",
-            Table::Misc => "misc",
-            Table::Runs => "runs",
-            Table::JobRuns => "job_runs",
-            Table::ByStatus => "by_status",
-            Table::Guards => "guards",
-        }
+        Table::NAMES[self as usize]
     }
 }
+
+/// Tables earlier schemas had and this one dropped: schema 1's open runs, now found in the
+/// status index.
+pub const DROPPED_TABLES: &[&str] = &["open"];
 
 /// The part of a job a claim reads and writes (`Table::Guards`): the job record itself is
 /// rewritten only by the commands that change the job.
@@ -134,13 +139,11 @@ fn due_key(ms: i64) -> [u8; 8] {
 /// Key of the cluster id in `Table::Misc`.
 pub const CLUSTER_ID_KEY: &[u8] = b"cluster_id";
 
-/// Why a transaction over the tables stopped.
+/// A record that cannot be read, or storage that failed under a read.
 #[derive(Debug, thiserror::Error)]
 pub enum StateFault {
     #[error("storage error: {0}")]
-    Storage(sled::Error),
-    #[error("transaction saw fewer trees than tables")]
-    MissingTables,
+    Storage(String),
     #[error("corrupt record in table {table}: {source}")]
     Decode {
         table: &'static str,
@@ -158,14 +161,17 @@ pub enum StateFault {
     NewerFormat { table: &'static str, byte: u8 },
 }
 
-pub type TxResult<T> = Result<T, ConflictableTransactionError<StateFault>>;
-
-/// Key-value access to the state machine's tables inside one atomic batch.
+/// Key-value access to the state machine's tables inside one atomic batch. A record that
+/// cannot be read fails the batch with the table's own error.
 pub trait Tables {
-    fn get(&self, table: Table, key: &[u8]) -> TxResult<Option<Vec<u8>>>;
-    fn put(&self, table: Table, key: &[u8], value: Vec<u8>) -> TxResult<()>;
-    fn del(&self, table: Table, key: &[u8]) -> TxResult<()>;
+    type Error: From<StateFault>;
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, Self::Error>;
+    fn put(&self, table: Table, key: &[u8], value: Vec<u8>) -> Result<(), Self::Error>;
+    fn del(&self, table: Table, key: &[u8]) -> Result<(), Self::Error>;
 }
+
+/// The result of an operation over the tables `T`.
+type TxResult<T, V> = Result<V, <T as Tables>::Error>;
 
 /// First byte of a compact record (postcard after it). A JSON record never starts with it.
 /// Every other byte below `{` and `[` is kept for newer formats, which `decode` refuses.
@@ -208,12 +214,10 @@ fn get_record<T: Tables, V: serde::de::DeserializeOwned>(
     t: &T,
     table: Table,
     key: &str,
-) -> TxResult<Option<V>> {
+) -> TxResult<T, Option<V>> {
     match t.get(table, key.as_bytes())? {
         None => Ok(None),
-        Some(bytes) => decode(table, &bytes)
-            .map(Some)
-            .map_err(ConflictableTransactionError::Abort),
+        Some(bytes) => decode(table, &bytes).map(Some).map_err(T::Error::from),
     }
 }
 
@@ -233,7 +237,7 @@ pub fn decode_run_list(bytes: &[u8]) -> Result<RunList, StateFault> {
 }
 
 /// The job as it stands: its record, with the cursor of its guard.
-fn get_job<T: Tables>(t: &T, id: &str) -> TxResult<Option<Job>> {
+fn get_job<T: Tables>(t: &T, id: &str) -> TxResult<T, Option<Job>> {
     let Some(mut job) = get_record::<_, Job>(t, Table::Jobs, id)? else {
         return Ok(None);
     };
@@ -243,39 +247,39 @@ fn get_job<T: Tables>(t: &T, id: &str) -> TxResult<Option<Job>> {
     Ok(Some(job))
 }
 
-fn get_stored_guard<T: Tables>(t: &T, id: &str) -> TxResult<Option<Guard>> {
+fn get_stored_guard<T: Tables>(t: &T, id: &str) -> TxResult<T, Option<Guard>> {
     Ok(t.get(Table::Guards, id.as_bytes())?
         .and_then(|b| Guard::decode(&b)))
 }
 
 /// A job's guard: its own record, or for a job last written by schema 1, from the job record.
-fn get_guard<T: Tables>(t: &T, id: &str) -> TxResult<Option<Guard>> {
+fn get_guard<T: Tables>(t: &T, id: &str) -> TxResult<T, Option<Guard>> {
     match get_stored_guard(t, id)? {
         Some(g) => Ok(Some(g)),
         None => Ok(get_record::<_, Job>(t, Table::Jobs, id)?.map(|j| Guard::of(&j))),
     }
 }
 
-fn put_guard<T: Tables>(t: &T, id: &str, guard: Guard) -> TxResult<()> {
+fn put_guard<T: Tables>(t: &T, id: &str, guard: Guard) -> TxResult<T, ()> {
     t.put(Table::Guards, id.as_bytes(), guard.encode())
 }
 
-fn get_run<T: Tables>(t: &T, id: &str) -> TxResult<Option<Run>> {
+fn get_run<T: Tables>(t: &T, id: &str) -> TxResult<T, Option<Run>> {
     get_record(t, Table::Runs, id)
 }
 
-fn get_run_list<T: Tables>(t: &T, job_id: &str) -> TxResult<RunList> {
+fn get_run_list<T: Tables>(t: &T, job_id: &str) -> TxResult<T, RunList> {
     Ok(get_record(t, Table::JobRuns, job_id)?.unwrap_or_default())
 }
 
 /// Writes the job record and its guard.
-fn put_job<T: Tables>(t: &T, job: &Job) -> TxResult<()> {
+fn put_job<T: Tables>(t: &T, job: &Job) -> TxResult<T, ()> {
     put_guard(t, &job.id, Guard::of(job))?;
     t.put(Table::Jobs, job.id.as_bytes(), compact(job))
 }
 
 /// Writes a run and keeps its index entries in step with its status. `old` is the stored version.
-fn put_run<T: Tables>(t: &T, run: &Run, old: Option<&Run>) -> TxResult<()> {
+fn put_run<T: Tables>(t: &T, run: &Run, old: Option<&Run>) -> TxResult<T, ()> {
     let indexed = old.is_some_and(|o| o.status == run.status);
     if let Some(old) = old.filter(|_| !indexed) {
         t.del(
@@ -295,7 +299,7 @@ fn put_run<T: Tables>(t: &T, run: &Run, old: Option<&Run>) -> TxResult<()> {
 }
 
 /// Removes a run and its index entries (not its entry in the job's run list).
-fn delete_run<T: Tables>(t: &T, run: &Run) -> TxResult<()> {
+fn delete_run<T: Tables>(t: &T, run: &Run) -> TxResult<T, ()> {
     t.del(Table::Runs, run.id.as_bytes())?;
     t.del(
         Table::ByStatus,
@@ -304,7 +308,7 @@ fn delete_run<T: Tables>(t: &T, run: &Run) -> TxResult<()> {
 }
 
 /// Adds a new run to its job's list, dropping the oldest finished runs beyond `retention`.
-fn insert_run<T: Tables>(t: &T, run: &Run, retention: u32) -> TxResult<()> {
+fn insert_run<T: Tables>(t: &T, run: &Run, retention: u32) -> TxResult<T, ()> {
     let mut list = get_run_list(t, &run.job_id)?;
     let pos = list
         .partition_point(|(due, id)| (*due, id.as_str()) < (run.scheduled_at_ms, run.id.as_str()));
@@ -329,7 +333,7 @@ fn insert_run<T: Tables>(t: &T, run: &Run, retention: u32) -> TxResult<()> {
 
 /// On pause: runs claimed ahead of time that fall due after `pause_ms` and have no attempt yet
 /// are dropped, not recorded — they fall due while the job is paused.
-fn forget_runs_due_after<T: Tables>(t: &T, job_id: &str, pause_ms: i64) -> TxResult<()> {
+fn forget_runs_due_after<T: Tables>(t: &T, job_id: &str, pause_ms: i64) -> TxResult<T, ()> {
     let list = get_run_list(t, job_id)?;
     let mut kept = Vec::with_capacity(list.len());
     for (due, id) in list {
@@ -347,7 +351,7 @@ fn forget_runs_due_after<T: Tables>(t: &T, job_id: &str, pause_ms: i64) -> TxRes
 }
 
 /// Removes every run of a job.
-fn delete_job_runs<T: Tables>(t: &T, job_id: &str) -> TxResult<()> {
+fn delete_job_runs<T: Tables>(t: &T, job_id: &str) -> TxResult<T, ()> {
     for (_, id) in get_run_list(t, job_id)? {
         if let Some(run) = get_run(t, &id)? {
             delete_run(t, &run)?;
@@ -369,17 +373,25 @@ pub struct Touched {
 pub const BATCH_COMMANDS_MAX: usize = (1 << SEQ_SLOT_BITS) - 1;
 const SEQ_SLOT_BITS: u32 = 16;
 
-/// Applies the command of the entry at `log_id`. Deterministic: equal inputs give equal outputs
+/// Where a command was applied: its entry's log index and the epoch of the leader that
+/// proposed the entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    pub index: u64,
+    pub epoch: Epoch,
+}
+
+/// Applies the command of the entry at `at`. Deterministic: equal inputs give equal outputs
 /// and writes. What changed for the dispatcher is added to `touched`.
 pub fn apply_command<T: Tables>(
     t: &T,
-    log_id: &LogId,
+    at: &Position,
     cmd: &Command,
     touched: &mut Touched,
-) -> TxResult<CommandResult> {
+) -> TxResult<T, CommandResult> {
     // Every command gets a number unique in the whole log: its entry's index, and its slot in
     // a batch. Incarnations and manual run ids are built from it.
-    let base = log_id.index << SEQ_SLOT_BITS;
+    let base = at.index << SEQ_SLOT_BITS;
     match cmd {
         Command::Batch { commands } => {
             let mut results = Vec::with_capacity(commands.len());
@@ -387,23 +399,23 @@ pub fn apply_command<T: Tables>(
                 let result = match c {
                     // Batches do not nest; a nested one is rejected, not applied.
                     Command::Batch { .. } => CommandResult::NotFound,
-                    c => apply_one(t, log_id, base.wrapping_add(slot as u64 + 1), c, touched)?,
+                    c => apply_one(t, at, base.wrapping_add(slot as u64 + 1), c, touched)?,
                 };
                 results.push(result);
             }
             Ok(CommandResult::Batch { results })
         }
-        c => apply_one(t, log_id, base, c, touched),
+        c => apply_one(t, at, base, c, touched),
     }
 }
 
 fn apply_one<T: Tables>(
     t: &T,
-    log_id: &LogId,
+    at: &Position,
     seq: u64,
     cmd: &Command,
     touched: &mut Touched,
-) -> TxResult<CommandResult> {
+) -> TxResult<T, CommandResult> {
     match cmd {
         Command::Batch { .. } => Ok(CommandResult::NotFound),
         Command::CreateJob { id, spec, now_ms } => {
@@ -505,7 +517,7 @@ fn apply_one<T: Tables>(
             items,
             retention,
         } => {
-            if *epoch != entry_epoch(log_id) {
+            if *epoch != at.epoch {
                 return Ok(CommandResult::StaleEpoch);
             }
             let mut accepted = Vec::with_capacity(items.len());
@@ -566,17 +578,9 @@ fn apply_one<T: Tables>(
     }
 }
 
-/// The epoch of the leader that proposed the entry at `log_id`.
-pub fn entry_epoch(log_id: &LogId) -> Epoch {
-    Epoch {
-        term: log_id.leader_id.term,
-        node_id: log_id.leader_id.node_id,
-    }
-}
-
 /// Claims one run (or skipped range) if the job is still as the leader saw it. Reads and
 /// writes the job's guard only, never its record.
-fn claim<T: Tables>(t: &T, item: &ClaimItem, now_ms: i64, retention: u32) -> TxResult<bool> {
+fn claim<T: Tables>(t: &T, item: &ClaimItem, now_ms: i64, retention: u32) -> TxResult<T, bool> {
     let Some(mut guard) = get_guard(t, &item.job_id)? else {
         return Ok(false);
     };
@@ -615,7 +619,7 @@ fn claim<T: Tables>(t: &T, item: &ClaimItem, now_ms: i64, retention: u32) -> TxR
 
 /// Appends an attempt to its run. Finished runs stay finished: a late report from a former
 /// leader adds to the history but cannot reopen or fail a run that succeeded.
-fn record_attempt<T: Tables>(t: &T, outcome: &AttemptOutcome) -> TxResult<()> {
+fn record_attempt<T: Tables>(t: &T, outcome: &AttemptOutcome) -> TxResult<T, ()> {
     let Some(old) = get_run(t, &outcome.run_id)? else {
         return Ok(());
     };
@@ -690,15 +694,24 @@ fn touch(job: &mut Job, now_ms: i64) {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use std::cell::RefCell;
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::command::{JobSpec, MisfirePolicy, MisfireSpec, RetrySpec, ScheduleSpec};
+    use crate::core::command::{JobSpec, MisfirePolicy, MisfireSpec, RetrySpec, ScheduleSpec};
+    pub(crate) use crate::core::mem::MemTables;
 
     /// A record as schemas 1 and 2 wrote it.
     fn json<T: serde::Serialize>(value: &T) -> Vec<u8> {
         serde_json::to_vec(value).unwrap()
+    }
+
+    #[test]
+    fn tables_are_named_in_the_order_of_their_discriminants() {
+        for (i, t) in Table::ALL.iter().enumerate() {
+            assert_eq!(*t as usize, i);
+            assert_eq!(t.name(), Table::NAMES[i]);
+        }
+        assert_eq!(Table::ALL.len(), Table::NAMES.len());
     }
 
     /// The record of a job `id` as schemas 1 and 2 wrote it (JSON).
@@ -714,28 +727,6 @@ pub(crate) mod tests {
             },
         );
         json(&get_job(&t, id).unwrap().unwrap())
-    }
-
-    /// (table, key) → value
-    type Rows = BTreeMap<(u8, Vec<u8>), Vec<u8>>;
-
-    #[derive(Default)]
-    struct MemTables(RefCell<Rows>);
-
-    impl Tables for MemTables {
-        fn get(&self, table: Table, key: &[u8]) -> TxResult<Option<Vec<u8>>> {
-            Ok(self.0.borrow().get(&(table as u8, key.to_vec())).cloned())
-        }
-        fn put(&self, table: Table, key: &[u8], value: Vec<u8>) -> TxResult<()> {
-            self.0
-                .borrow_mut()
-                .insert((table as u8, key.to_vec()), value);
-            Ok(())
-        }
-        fn del(&self, table: Table, key: &[u8]) -> TxResult<()> {
-            self.0.borrow_mut().remove(&(table as u8, key.to_vec()));
-            Ok(())
-        }
     }
 
     pub(crate) fn spec(url: &str) -> JobSpec {
@@ -763,12 +754,18 @@ pub(crate) mod tests {
         }
     }
 
-    fn log_id(index: u64) -> LogId {
-        openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), index)
+    pub(crate) fn at(index: u64) -> Position {
+        Position {
+            index,
+            epoch: Epoch {
+                term: 1,
+                node_id: 1,
+            },
+        }
     }
 
     fn apply(t: &MemTables, index: u64, cmd: Command) -> CommandResult {
-        apply_command(t, &log_id(index), &cmd, &mut Touched::default())
+        apply_command(t, &at(index), &cmd, &mut Touched::default())
             .expect("in-memory apply cannot fail")
     }
 
@@ -1098,7 +1095,7 @@ pub(crate) mod tests {
             incarnation: 1 << 16,
             scheduled_at_ms: 1_796_000_000_000,
             status: RunStatus::Retrying,
-            attempts: vec![crate::command::Attempt {
+            attempts: vec![crate::core::command::Attempt {
                 n: 1,
                 started_at_ms: 1_796_000_000_002,
                 duration_ms: 12,
@@ -1271,7 +1268,7 @@ pub(crate) mod tests {
 
     /// Points a generated command at a few shared ids, so commands meet each other's jobs and
     /// runs, and lets some claims carry the epoch of their entry.
-    fn aim(cmd: &mut Command, pick: u8, runs: &[String], log_id: &LogId) {
+    fn aim(cmd: &mut Command, pick: u8, runs: &[String], at: &Position) {
         let job = ["a", "b"][(pick & 1) as usize].to_owned();
         let run = || runs.get(pick as usize % runs.len().max(1)).cloned();
         match cmd {
@@ -1282,7 +1279,7 @@ pub(crate) mod tests {
             | Command::TriggerJob { id, .. } => *id = job,
             Command::ClaimRuns { epoch, items, .. } => {
                 if pick & 2 == 0 {
-                    *epoch = entry_epoch(log_id);
+                    *epoch = at.epoch;
                 }
                 for item in items {
                     item.job_id = job.clone();
@@ -1296,7 +1293,7 @@ pub(crate) mod tests {
             Command::RetryRun { run_id, .. } => *run_id = run().unwrap_or_default(),
             Command::Batch { commands } => {
                 for c in commands {
-                    aim(c, pick, runs, log_id);
+                    aim(c, pick, runs, at);
                 }
             }
             Command::SetNodeInfo { .. } | Command::SetClusterId { .. } => {}
@@ -1324,20 +1321,23 @@ pub(crate) mod tests {
                     1 => 0,
                     _ => rng.random_range(0..1 << 40),
                 };
-                let log_id = openraft::LogId::new(
-                    openraft::CommittedLeaderId::new(rng.random_range(0..3), 1),
+                let at = Position {
                     index,
-                );
+                    epoch: Epoch {
+                        term: rng.random_range(0..3),
+                        node_id: 1,
+                    },
+                };
                 let runs: Vec<String> =
                     a.0.borrow()
                         .keys()
                         .filter(|(t, _)| *t == Table::Runs as u8)
                         .map(|(_, k)| String::from_utf8_lossy(k).into_owned())
                         .collect();
-                aim(&mut cmd, rng.random(), &runs, &log_id);
+                aim(&mut cmd, rng.random(), &runs, &at);
                 let (mut ta, mut tb) = (Touched::default(), Touched::default());
-                let ra = apply_command(&a, &log_id, &cmd, &mut ta);
-                let rb = apply_command(&b, &log_id, &cmd, &mut tb);
+                let ra = apply_command(&a, &at, &cmd, &mut ta);
+                let rb = apply_command(&b, &at, &cmd, &mut tb);
                 assert_eq!(
                     format!("{ra:?}"),
                     format!("{rb:?}"),

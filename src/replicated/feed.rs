@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
-use crate::state::Touched;
+use crate::core::state::Touched;
 
 /// What changed since a subscriber last looked.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

@@ -1,0 +1,337 @@
+//! The boundary between replication and the application: `Machine`, the deterministic state
+//! machine this crate replicates, stores and snapshots without knowing what its commands mean.
+//!
+//! A machine keeps its state in named key-value tables. `apply` reads and writes them through
+//! `Tx` (one sled transaction per applied batch, together with `last_applied`); readers see
+//! them through `Tables` (one generation, pinned). Tables, keys and values are opaque here:
+//! snapshots copy them byte for byte.
+
+use std::fmt::Debug;
+use std::ops::Bound;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::typ::NodeId;
+
+/// The log position of the entry being applied; with the slot in a batch it numbers every
+/// command uniquely, and its leader's term and id identify the proposing leader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    pub index: u64,
+    pub term: u64,
+    pub leader: NodeId,
+}
+
+/// Why an apply transaction stopped: a storage error or conflict (sled retries conflicts
+/// itself), or a fault of the machine (a record it cannot read), which fails the apply and so
+/// stops the Raft core rather than diverge.
+pub struct TxError(pub(crate) sled::transaction::ConflictableTransactionError<String>);
+
+impl TxError {
+    /// A fault of the machine; `apply` fails with `message`.
+    pub fn abort(message: impl std::fmt::Display) -> TxError {
+        TxError(sled::transaction::ConflictableTransactionError::Abort(
+            message.to_string(),
+        ))
+    }
+}
+
+impl Debug for TxError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        Debug::fmt(&self.0, f)
+    }
+}
+
+impl From<sled::transaction::UnabortableTransactionError> for TxError {
+    fn from(e: sled::transaction::UnabortableTransactionError) -> TxError {
+        TxError(e.into())
+    }
+}
+
+/// A failed read of the applied state.
+#[derive(Debug, thiserror::Error)]
+#[error("storage error: {0}")]
+pub struct ReadError(#[from] pub(crate) sled::Error);
+
+/// A replicated, deterministic state machine over named tables.
+///
+/// `apply` must be a function of the command, its position and the tables alone (no clock, no
+/// randomness, no I/O besides the tables): every node applies the same entries to the same
+/// state and must end in the same state.
+pub trait Machine: Send + Sync + 'static {
+    /// The payload of a normal log entry. Persisted in the log (postcard) and sent between nodes
+    /// (JSON): its encodings are formats.
+    type Command: Serialize + DeserializeOwned + Clone + Debug + Send + Sync + 'static;
+    /// What applying a command returns to its proposer.
+    type Output: Serialize + DeserializeOwned + Clone + Debug + Send + Sync + 'static;
+    /// What an applied batch changed, for `applied`.
+    type Touched: Default + Send + 'static;
+
+    /// The tables, in index order. Their names are persisted (tree names, snapshot files): only
+    /// ever append.
+    const TABLES: &'static [&'static str];
+    /// Tables older versions had and this one dropped: skipped in an older snapshot.
+    const DROPPED_TABLES: &'static [&'static str];
+    /// Most commands one `batch` may hold.
+    const BATCH_MAX: usize;
+
+    /// Applies `cmd`, the payload of the entry at `at`.
+    fn apply(
+        &self,
+        tx: &Tx<'_>,
+        at: Position,
+        cmd: &Self::Command,
+        touched: &mut Self::Touched,
+    ) -> Result<Self::Output, TxError>;
+    /// The output of an entry without a command (blank, membership).
+    fn nothing() -> Self::Output;
+
+    /// Group commit's envelope: many proposals in one entry. `unbatch` splits its output into
+    /// one per command (`Err` if it is not the output of a batch of `n`).
+    fn batch(commands: Vec<Self::Command>) -> Self::Command;
+    fn unbatch(output: Self::Output, n: usize) -> Result<Vec<Self::Output>, Self::Output>;
+    /// A rough encoded size of `cmd`, to bound a batch.
+    fn approx_bytes(cmd: &Self::Command) -> usize;
+    /// Whether `cmd` may be refused while the leader's write backlog is over its bound.
+    fn sheddable(cmd: &Self::Command) -> bool;
+
+    /// The command that records a node's API address, and where the applied state has them.
+    fn record_node(node_id: NodeId, api_addr: String) -> Self::Command;
+    fn node_api_addrs(tables: &Tables) -> Vec<(NodeId, String)>;
+    /// The command that records the cluster id (only its first application counts), and the
+    /// recorded one.
+    fn record_cluster_id(cluster_id: String) -> Self::Command;
+    fn cluster_id(tables: &Tables) -> Option<String>;
+
+    /// Called after each applied batch has committed, with what it changed.
+    fn applied(&self, touched: Self::Touched);
+    /// Called after a snapshot replaced the whole state.
+    fn replaced(&self);
+}
+
+/// The tables inside one apply transaction, in `Machine::TABLES` order. Each change first
+/// records the key's pre-image for the snapshots being built (`sm.rs`).
+pub struct Tx<'a> {
+    pub(crate) trees: &'a [sled::transaction::TransactionalTree],
+    pub(crate) captures: &'a std::sync::Mutex<crate::store::PreImageSets>,
+}
+
+impl Tx<'_> {
+    fn tree(&self, table: usize) -> Result<&sled::transaction::TransactionalTree, TxError> {
+        self.trees
+            .get(table)
+            .ok_or_else(|| TxError::abort(format!("no table {table}")))
+    }
+
+    pub fn get(&self, table: usize, key: &[u8]) -> Result<Option<Vec<u8>>, TxError> {
+        Ok(self.tree(table)?.get(key)?.map(|v| v.to_vec()))
+    }
+
+    pub fn put(&self, table: usize, key: &[u8], value: Vec<u8>) -> Result<(), TxError> {
+        self.before_change(table, key)?;
+        self.tree(table)?.insert(key, value)?;
+        Ok(())
+    }
+
+    pub fn del(&self, table: usize, key: &[u8]) -> Result<(), TxError> {
+        self.before_change(table, key)?;
+        self.tree(table)?.remove(key)?;
+        Ok(())
+    }
+
+    /// Records `key`'s current value in every open capture that has none for it yet. This runs
+    /// before the transaction commits, so a build that closes its capture before this call had
+    /// read the key before the change, and one that closes it after gets the pre-image.
+    fn before_change(&self, table: usize, key: &[u8]) -> Result<(), TxError> {
+        let mut captures = self.captures.lock().unwrap_or_else(|p| p.into_inner());
+        if captures.is_empty() {
+            return Ok(());
+        }
+        let id = (table, key.to_vec());
+        if captures.values().all(|pre| pre.contains_key(&id)) {
+            return Ok(());
+        }
+        // Our own earlier write in this transaction would already have recorded the key, so
+        // this reads committed state: the pre-image.
+        let value = self.get(table, key)?;
+        for pre in captures.values_mut() {
+            pre.entry(id.clone()).or_insert_with(|| value.clone());
+        }
+        Ok(())
+    }
+}
+
+/// The applied tables of one generation, for reading. A snapshot installed meanwhile replaces
+/// the generation, not what this reads.
+#[derive(Clone)]
+pub struct Tables {
+    pub(crate) trees: std::sync::Arc<Vec<sled::Tree>>,
+}
+
+/// A key and its value.
+pub type Row = (Vec<u8>, Vec<u8>);
+
+impl Tables {
+    fn tree(&self, table: usize) -> Result<&sled::Tree, ReadError> {
+        self.trees
+            .get(table)
+            .ok_or_else(|| ReadError(sled::Error::Unsupported(format!("no table {table}"))))
+    }
+
+    pub fn get(&self, table: usize, key: &[u8]) -> Result<Option<Vec<u8>>, ReadError> {
+        Ok(self.tree(table)?.get(key)?.map(|v| v.to_vec()))
+    }
+
+    /// The rows of `table` with keys in `(from, to)`, in key order or (`reverse`) against it.
+    pub fn range(
+        &self,
+        table: usize,
+        from: Bound<Vec<u8>>,
+        to: Bound<Vec<u8>>,
+        reverse: bool,
+    ) -> impl Iterator<Item = Result<Row, ReadError>> + Send + 'static {
+        let iter = match self.tree(table) {
+            Ok(tree) => Ok(tree.range::<Vec<u8>, _>((from, to))),
+            Err(e) => Err(e),
+        };
+        let (forward, backward, failed) = match iter {
+            Ok(i) if reverse => (None, Some(i.rev()), None),
+            Ok(i) => (Some(i), None, None),
+            Err(e) => (None, None, Some(Err(e))),
+        };
+        let rows = forward
+            .into_iter()
+            .flatten()
+            .chain(backward.into_iter().flatten())
+            .map(|item| {
+                item.map(|(k, v)| (k.to_vec(), v.to_vec()))
+                    .map_err(ReadError)
+            });
+        failed.into_iter().chain(rows)
+    }
+
+    /// Rows in `table`.
+    pub fn len(&self, table: usize) -> usize {
+        self.tree(table).map_or(0, |t| t.len())
+    }
+
+    pub fn is_empty(&self, table: usize) -> bool {
+        self.len(table) == 0
+    }
+}
+
+/// A minimal machine for this crate's own tests and tools: one table of keys and values.
+pub mod kv {
+    use serde::{Deserialize, Serialize};
+
+    use super::{Machine, Position, Tables, Tx, TxError};
+    use crate::typ::NodeId;
+
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum Cmd {
+        Put { key: String, value: String },
+        Del { key: String },
+        Batch(Vec<Cmd>),
+    }
+
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum Out {
+        Done,
+        /// The index of the entry that applied the command.
+        At(u64),
+        Batch(Vec<Out>),
+    }
+
+    /// Keys starting with this are node records (`record_node`), `"cluster"` the cluster id.
+    const NODE: &str = "node/";
+    const CLUSTER: &str = "cluster";
+
+    #[derive(Default)]
+    pub struct Kv;
+
+    impl Machine for Kv {
+        type Command = Cmd;
+        type Output = Out;
+        type Touched = ();
+        const TABLES: &'static [&'static str] = &["kv"];
+        const DROPPED_TABLES: &'static [&'static str] = &["old"];
+        const BATCH_MAX: usize = 1024;
+
+        fn apply(&self, tx: &Tx<'_>, at: Position, cmd: &Cmd, _: &mut ()) -> Result<Out, TxError> {
+            match cmd {
+                Cmd::Put { key, value } if key == CLUSTER => {
+                    if tx.get(0, key.as_bytes())?.is_none() {
+                        tx.put(0, key.as_bytes(), value.as_bytes().to_vec())?;
+                    }
+                }
+                Cmd::Put { key, value } => tx.put(0, key.as_bytes(), value.as_bytes().to_vec())?,
+                Cmd::Del { key } => tx.del(0, key.as_bytes())?,
+                Cmd::Batch(cmds) => {
+                    let outs = cmds
+                        .iter()
+                        .map(|c| self.apply(tx, at, c, &mut ()))
+                        .collect::<Result<_, _>>()?;
+                    return Ok(Out::Batch(outs));
+                }
+            }
+            Ok(Out::At(at.index))
+        }
+        fn nothing() -> Out {
+            Out::Done
+        }
+        fn batch(commands: Vec<Cmd>) -> Cmd {
+            Cmd::Batch(commands)
+        }
+        fn unbatch(output: Out, n: usize) -> Result<Vec<Out>, Out> {
+            match output {
+                Out::Batch(outs) if outs.len() == n => Ok(outs),
+                other => Err(other),
+            }
+        }
+        fn approx_bytes(cmd: &Cmd) -> usize {
+            match cmd {
+                Cmd::Put { key, value } => 16 + key.len() + value.len(),
+                Cmd::Del { key } => 16 + key.len(),
+                Cmd::Batch(cmds) => cmds.iter().map(Self::approx_bytes).sum(),
+            }
+        }
+        fn sheddable(_: &Cmd) -> bool {
+            false
+        }
+        fn record_node(node_id: NodeId, api_addr: String) -> Cmd {
+            Cmd::Put {
+                key: format!("{NODE}{node_id}"),
+                value: api_addr,
+            }
+        }
+        fn node_api_addrs(tables: &Tables) -> Vec<(NodeId, String)> {
+            tables
+                .range(
+                    0,
+                    std::ops::Bound::Included(NODE.as_bytes().to_vec()),
+                    std::ops::Bound::Unbounded,
+                    false,
+                )
+                .filter_map(Result::ok)
+                .map_while(|(k, v)| {
+                    let k = String::from_utf8(k).ok()?;
+                    let id = k.strip_prefix(NODE)?.parse().ok()?;
+                    Some((id, String::from_utf8_lossy(&v).into_owned()))
+                })
+                .collect()
+        }
+        fn record_cluster_id(cluster_id: String) -> Cmd {
+            Cmd::Put {
+                key: CLUSTER.into(),
+                value: cluster_id,
+            }
+        }
+        fn cluster_id(tables: &Tables) -> Option<String> {
+            let v = tables.get(0, CLUSTER.as_bytes()).ok()??;
+            Some(String::from_utf8_lossy(&v).into_owned())
+        }
+        fn applied(&self, _: ()) {}
+        fn replaced(&self) {}
+    }
+}

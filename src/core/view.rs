@@ -1,0 +1,218 @@
+//! The read side of the state machine: jobs, runs and the nodes' records, decoded from the
+//! tables `state.rs` writes, through any `Read` (the replicated store's applied tables, or an
+//! in-memory map in tests).
+
+use std::ops::Bound;
+
+use super::command::{Job, NodeId, Run, RunStatus};
+use super::state::{
+    decode_job, decode_run, decode_run_list, status_prefix, Guard, StateFault, Table,
+    CLUSTER_ID_KEY,
+};
+
+/// A key and its value.
+pub type Row = (Vec<u8>, Vec<u8>);
+
+/// Read access to the tables. Each call sees the state as it stands; an iterator keeps seeing
+/// the state it started on.
+pub trait Read {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StateFault>;
+    /// The rows of `table` with keys in `(from, to)`, in key order or (`reverse`) against it.
+    fn range(
+        &self,
+        table: Table,
+        from: Bound<Vec<u8>>,
+        to: Bound<Vec<u8>>,
+        reverse: bool,
+    ) -> Box<dyn Iterator<Item = Result<Row, StateFault>> + Send>;
+    /// Rows in `table`.
+    fn len(&self, table: Table) -> usize;
+}
+
+/// The rows of `table` whose keys start with `prefix`.
+fn with_prefix<R: Read>(
+    r: &R,
+    table: Table,
+    prefix: Vec<u8>,
+    reverse: bool,
+) -> Box<dyn Iterator<Item = Result<Row, StateFault>> + Send> {
+    let end = prefix_end(&prefix);
+    r.range(table, Bound::Included(prefix), end, reverse)
+}
+
+/// The first key after every key starting with `prefix` (unbounded if there is none).
+fn prefix_end(prefix: &[u8]) -> Bound<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Bound::Excluded(end);
+        }
+    }
+    Bound::Unbounded
+}
+
+/// Jobs, runs and node records, read from `R`.
+#[derive(Clone)]
+pub struct View<R> {
+    read: R,
+}
+
+impl<R: Read> View<R> {
+    pub fn new(read: R) -> View<R> {
+        View { read }
+    }
+
+    /// A stored job record as the job stands: with the cursor of its guard.
+    fn job(&self, bytes: &[u8]) -> Result<Job, StateFault> {
+        let mut job = decode_job(bytes)?;
+        let guard = self
+            .read
+            .get(Table::Guards, job.id.as_bytes())?
+            .and_then(|b| Guard::decode(&b));
+        if let Some(g) = guard {
+            g.apply_to(&mut job);
+        }
+        Ok(job)
+    }
+
+    pub fn get_job(&self, id: &str) -> Result<Option<Job>, StateFault> {
+        match self.read.get(Table::Jobs, id.as_bytes())? {
+            Some(bytes) => self.job(&bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Up to `limit` jobs with ids strictly after `after`, in id order, and whether more follow.
+    pub fn list_jobs(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<Job>, bool), StateFault> {
+        let from = after.map_or(Bound::Unbounded, |a| Bound::Excluded(a.as_bytes().to_vec()));
+        let mut jobs = Vec::with_capacity(limit.min(1024));
+        for item in self.read.range(Table::Jobs, from, Bound::Unbounded, false) {
+            let (_, v) = item?;
+            if jobs.len() == limit {
+                return Ok((jobs, true));
+            }
+            jobs.push(self.job(&v)?);
+        }
+        Ok((jobs, false))
+    }
+
+    /// Every job, in id order (for building the dispatcher's index).
+    pub fn all_jobs(&self) -> impl Iterator<Item = Result<Job, StateFault>>
+    where
+        R: Clone,
+    {
+        let view = self.clone();
+        self.read
+            .range(Table::Jobs, Bound::Unbounded, Bound::Unbounded, false)
+            .map(move |item| view.job(&item?.1))
+    }
+
+    pub fn get_run(&self, id: &str) -> Result<Option<Run>, StateFault> {
+        match self.read.get(Table::Runs, id.as_bytes())? {
+            Some(bytes) => decode_run(&bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// A job's runs, newest first, optionally only those with `status`.
+    pub fn job_runs(
+        &self,
+        job_id: &str,
+        status: Option<RunStatus>,
+        limit: usize,
+    ) -> Result<Vec<Run>, StateFault> {
+        let list = match self.read.get(Table::JobRuns, job_id.as_bytes())? {
+            Some(bytes) => decode_run_list(&bytes)?,
+            None => Vec::new(),
+        };
+        let mut runs = Vec::new();
+        for (_, id) in list.iter().rev() {
+            if runs.len() == limit {
+                break;
+            }
+            if let Some(run) = self.get_run(id)? {
+                if status.is_none_or(|s| run.status == s) {
+                    runs.push(run);
+                }
+            }
+        }
+        Ok(runs)
+    }
+
+    /// Runs across jobs with `status`, newest due first.
+    pub fn runs_with_status(
+        &self,
+        status: RunStatus,
+        limit: usize,
+    ) -> Result<Vec<Run>, StateFault> {
+        let prefix = status_prefix(status);
+        // The key is the prefix, the due instant (8 bytes), then the run id.
+        let id_at = prefix.len() + 8;
+        let mut runs = Vec::new();
+        for item in with_prefix(&self.read, Table::ByStatus, prefix, true) {
+            if runs.len() == limit {
+                break;
+            }
+            let (key, _) = item?;
+            let id = String::from_utf8_lossy(&key[id_at.min(key.len())..]).into_owned();
+            if let Some(run) = self.get_run(&id)? {
+                runs.push(run);
+            }
+        }
+        Ok(runs)
+    }
+
+    /// Every run that still needs a delivery attempt (from the status index).
+    pub fn open_runs(&self) -> Result<Vec<Run>, StateFault> {
+        let mut runs = Vec::new();
+        // The open statuses a run is stored with (`InFlight` is only ever shown, not stored).
+        for status in [RunStatus::Pending, RunStatus::Retrying] {
+            runs.extend(self.runs_with_status(status, usize::MAX)?);
+        }
+        Ok(runs)
+    }
+
+    /// Number of jobs stored.
+    pub fn job_count(&self) -> usize {
+        self.read.len(Table::Jobs)
+    }
+
+    /// API addresses recorded by `SetNodeInfo`, by node id.
+    pub fn node_api_addrs(&self) -> Vec<(NodeId, String)> {
+        self.read
+            .range(Table::Nodes, Bound::Unbounded, Bound::Unbounded, false)
+            .filter_map(Result::ok)
+            .filter_map(|(k, v)| {
+                let id = u64::from_be_bytes(k.as_slice().try_into().ok()?);
+                Some((id, String::from_utf8_lossy(&v).into_owned()))
+            })
+            .collect()
+    }
+
+    /// The cluster id, once the first leader has recorded it.
+    pub fn cluster_id(&self) -> Option<String> {
+        self.read
+            .get(Table::Misc, CLUSTER_ID_KEY)
+            .ok()
+            .flatten()
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_prefix_ends_before_the_first_key_past_it() {
+        assert_eq!(prefix_end(b"ab"), Bound::Excluded(b"ac".to_vec()));
+        assert_eq!(prefix_end(&[1, 0xFF]), Bound::Excluded(vec![2]));
+        assert_eq!(prefix_end(&[0xFF, 0xFF]), Bound::Unbounded);
+        assert_eq!(prefix_end(b""), Bound::Unbounded);
+    }
+}

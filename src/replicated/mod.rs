@@ -1,0 +1,199 @@
+//! hookd's state machine as the replicated core runs it: `Hookd` implements
+//! `hookd_raft::Machine` with the domain core (`crate::core`), and feeds what each applied
+//! batch changed to the dispatcher (`feed.rs`).
+
+mod feed;
+
+use std::ops::Bound;
+
+use hookd_raft::{Machine, NodeId, Position, ReadError, Tx, TxError};
+
+use crate::core::command::{Command, CommandResult, Epoch};
+use crate::core::state::{self, StateFault, Table, Touched};
+use crate::core::view::{Read, Row, View};
+pub use feed::{Changes, Subscription};
+
+/// A node of the replicated core running hookd's state machine.
+pub type Replica = hookd_raft::Replica<Hookd>;
+/// The applied state, as it stands at each read.
+pub type State = View<hookd_raft::StateView>;
+
+/// hookd's state machine: the domain core's `apply`, and the change feed it publishes to.
+#[derive(Default)]
+pub struct Hookd {
+    feed: feed::Feed,
+}
+
+impl Hookd {
+    /// Changes applied from now on (see `feed.rs`).
+    pub fn subscribe(&self) -> Subscription {
+        self.feed.subscribe()
+    }
+}
+
+/// The tables of one apply transaction, as the domain core sees them.
+struct TxTables<'a, 'b>(&'a Tx<'b>);
+
+impl From<hookd_raft::Epoch> for Epoch {
+    fn from(e: hookd_raft::Epoch) -> Epoch {
+        Epoch {
+            term: e.term,
+            node_id: e.node_id,
+        }
+    }
+}
+
+impl From<StateFault> for TxError {
+    fn from(e: StateFault) -> TxError {
+        TxError::abort(e)
+    }
+}
+
+impl state::Tables for TxTables<'_, '_> {
+    type Error = TxError;
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, TxError> {
+        self.0.get(table as usize, key)
+    }
+    fn put(&self, table: Table, key: &[u8], value: Vec<u8>) -> Result<(), TxError> {
+        self.0.put(table as usize, key, value)
+    }
+    fn del(&self, table: Table, key: &[u8]) -> Result<(), TxError> {
+        self.0.del(table as usize, key)
+    }
+}
+
+fn read_fault(e: ReadError) -> StateFault {
+    StateFault::Storage(e.to_string())
+}
+
+/// One generation of the applied tables, pinned.
+impl Read for hookd_raft::Tables {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StateFault> {
+        hookd_raft::Tables::get(self, table as usize, key).map_err(read_fault)
+    }
+    fn range(
+        &self,
+        table: Table,
+        from: Bound<Vec<u8>>,
+        to: Bound<Vec<u8>>,
+        reverse: bool,
+    ) -> Box<dyn Iterator<Item = Result<Row, StateFault>> + Send> {
+        Box::new(
+            hookd_raft::Tables::range(self, table as usize, from, to, reverse)
+                .map(|r| r.map_err(read_fault)),
+        )
+    }
+    fn len(&self, table: Table) -> usize {
+        hookd_raft::Tables::len(self, table as usize)
+    }
+}
+
+/// The applied tables of whichever generation is current at each call.
+impl Read for hookd_raft::StateView {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StateFault> {
+        Read::get(&self.tables(), table, key)
+    }
+    fn range(
+        &self,
+        table: Table,
+        from: Bound<Vec<u8>>,
+        to: Bound<Vec<u8>>,
+        reverse: bool,
+    ) -> Box<dyn Iterator<Item = Result<Row, StateFault>> + Send> {
+        Read::range(&self.tables(), table, from, to, reverse)
+    }
+    fn len(&self, table: Table) -> usize {
+        Read::len(&self.tables(), table)
+    }
+}
+
+impl Machine for Hookd {
+    type Command = Command;
+    type Output = CommandResult;
+    type Touched = Touched;
+    const TABLES: &'static [&'static str] = Table::NAMES;
+    const DROPPED_TABLES: &'static [&'static str] = state::DROPPED_TABLES;
+    const BATCH_MAX: usize = state::BATCH_COMMANDS_MAX;
+
+    fn apply(
+        &self,
+        tx: &Tx<'_>,
+        at: Position,
+        cmd: &Command,
+        touched: &mut Touched,
+    ) -> Result<CommandResult, TxError> {
+        let at = state::Position {
+            index: at.index,
+            epoch: Epoch {
+                term: at.term,
+                node_id: at.leader,
+            },
+        };
+        state::apply_command(&TxTables(tx), &at, cmd, touched)
+    }
+
+    fn nothing() -> CommandResult {
+        CommandResult::Done
+    }
+
+    fn batch(commands: Vec<Command>) -> Command {
+        Command::Batch { commands }
+    }
+
+    fn unbatch(output: CommandResult, n: usize) -> Result<Vec<CommandResult>, CommandResult> {
+        match output {
+            CommandResult::Batch { results } if results.len() == n => Ok(results),
+            other => Err(other),
+        }
+    }
+
+    fn approx_bytes(cmd: &Command) -> usize {
+        cmd.approx_bytes()
+    }
+
+    fn sheddable(cmd: &Command) -> bool {
+        cmd.sheddable()
+    }
+
+    fn record_node(node_id: NodeId, api_addr: String) -> Command {
+        Command::SetNodeInfo { node_id, api_addr }
+    }
+
+    fn node_api_addrs(tables: &hookd_raft::Tables) -> Vec<(NodeId, String)> {
+        View::new(tables.clone()).node_api_addrs()
+    }
+
+    fn record_cluster_id(cluster_id: String) -> Command {
+        Command::SetClusterId { cluster_id }
+    }
+
+    fn cluster_id(tables: &hookd_raft::Tables) -> Option<String> {
+        View::new(tables.clone()).cluster_id()
+    }
+
+    fn applied(&self, touched: Touched) {
+        self.feed.publish(&touched);
+    }
+
+    fn replaced(&self) {
+        self.feed.publish_all();
+    }
+}
+
+/// What the rest of hookd reads from its replica.
+pub trait ReplicaState {
+    /// The applied state.
+    fn state(&self) -> State;
+    /// Changes applied from now on.
+    fn subscribe(&self) -> Subscription;
+}
+
+impl ReplicaState for Replica {
+    fn state(&self) -> State {
+        View::new(self.view().clone())
+    }
+
+    fn subscribe(&self) -> Subscription {
+        self.machine().subscribe()
+    }
+}
