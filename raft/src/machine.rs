@@ -190,25 +190,20 @@ impl Tables {
         from: Bound<Vec<u8>>,
         to: Bound<Vec<u8>>,
         reverse: bool,
-    ) -> impl Iterator<Item = Result<Row, ReadError>> + Send + 'static {
-        let iter = match self.tree(table) {
-            Ok(tree) => Ok(tree.range::<Vec<u8>, _>((from, to))),
-            Err(e) => Err(e),
+    ) -> Box<dyn Iterator<Item = Result<Row, ReadError>> + Send> {
+        let rows = match self.tree(table) {
+            Ok(tree) => tree.range::<Vec<u8>, _>((from, to)),
+            Err(e) => return Box::new(std::iter::once(Err(e))),
         };
-        let (forward, backward, failed) = match iter {
-            Ok(i) if reverse => (None, Some(i.rev()), None),
-            Ok(i) => (Some(i), None, None),
-            Err(e) => (None, None, Some(Err(e))),
+        let row = |item: sled::Result<(sled::IVec, sled::IVec)>| {
+            item.map(|(k, v)| (k.to_vec(), v.to_vec()))
+                .map_err(ReadError)
         };
-        let rows = forward
-            .into_iter()
-            .flatten()
-            .chain(backward.into_iter().flatten())
-            .map(|item| {
-                item.map(|(k, v)| (k.to_vec(), v.to_vec()))
-                    .map_err(ReadError)
-            });
-        failed.into_iter().chain(rows)
+        if reverse {
+            Box::new(rows.rev().map(row))
+        } else {
+            Box::new(rows.map(row))
+        }
     }
 
     /// Rows in `table`.
