@@ -374,3 +374,48 @@ fn a_json_job_record_reads_with_its_guard_and_claims_leave_it_alone() {
         items[0].due_ms
     );
 }
+
+/// A run claimed ahead of time and queued for sending, then forgotten by a pause (it falls due
+/// while paused): after the resume its job runs again, but the run may not go out. A run of the
+/// same job claimed after the resume may; so may a retry, but not a finished run.
+#[test]
+fn a_run_forgotten_by_a_pause_may_not_be_attempted_after_the_resume() {
+    let mut w = World::new();
+    w.create("a", every(1000));
+    w.now_ms += 1000 - HORIZON_MS;
+    let items = w.plan("a");
+    assert_eq!(w.claim(items), [true]);
+    let queued = w.runs("a").pop().expect("claimed");
+    let may = |w: &World, run: &Run| {
+        let job = w.view().get_job("a").unwrap().expect("job");
+        let stored = w.view().get_run(&run.id).unwrap();
+        plan::may_attempt(&job, stored.as_ref(), run.incarnation)
+    };
+    assert!(may(&w, &queued));
+
+    for paused in [true, false] {
+        w.now_ms += 100;
+        let now_ms = w.now_ms;
+        w.apply(Command::SetPaused {
+            id: "a".into(),
+            paused,
+            now_ms,
+        });
+        assert!(!may(&w, &queued), "paused: {paused}");
+    }
+    assert!(w.view().get_run(&queued.id).unwrap().is_none(), "forgotten");
+
+    w.now_ms += 1000;
+    let items = w.plan("a");
+    assert_eq!(w.claim(items), [true]);
+    let next = w.runs("a").pop().expect("claimed after the resume");
+    assert!(may(&w, &next));
+    w.now_ms = next.scheduled_at_ms;
+    assert!(matches!(
+        w.attempt(&next.id, 503),
+        AttemptResult::RetryAt(_)
+    ));
+    assert!(may(&w, &next), "a retry goes out");
+    assert_eq!(w.attempt(&next.id, 200), AttemptResult::Succeeded);
+    assert!(!may(&w, &next), "a finished run does not");
+}

@@ -665,9 +665,11 @@ impl Dispatcher {
             };
             let (key, probe, p) = (started.key, started.probe, started.item);
             self.queued.remove(&p.run_id);
+            let run = self.view.get_run(&p.run_id).ok().flatten();
             let job = match self.view.get_job(&p.job_id) {
-                Ok(Some(job)) if job.incarnation == p.incarnation && !job.spec.paused => job,
-                // Deleted, re-created or paused: no new attempt (resume re-queues).
+                Ok(Some(job)) if plan::may_attempt(&job, run.as_ref(), p.incarnation) => job,
+                // Deleted, re-created, paused, or its run forgotten by a pause or finished: no
+                // new attempt (resume re-queues the open runs).
                 _ => {
                     self.sched.finish(&key, probe, Outcome::NotSent, None, now);
                     continue;

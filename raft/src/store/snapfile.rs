@@ -53,7 +53,7 @@ impl Header {
     }
 }
 
-/// One replayed change: `table` is an index into `state::Table::ALL`.
+/// One replayed change: `table` is an index into `Machine::TABLES`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
     Put {
