@@ -11,8 +11,9 @@ use hookd_raft::tls::TlsFiles;
 use hookd_raft::Secret;
 use ipnet::IpNet;
 
-use crate::dispatch::egress::parse_ranges;
 use serde::Deserialize;
+
+use crate::dispatch::egress::parse_ranges;
 
 /// hookd: a self-hosted, replicated webhook scheduler.
 #[derive(Debug, Parser)]

@@ -2,9 +2,10 @@
 
 use std::sync::OnceLock;
 
-use crate::core::command::{Attempt, AttemptResult};
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::core::command::{Attempt, AttemptResult};
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::replicated::Replica;
 use anyhow::Context;
 use hookd_raft::tls::{Reloading, TlsFiles};
 use hookd_raft::Secret;
@@ -12,6 +11,8 @@ use hookd_raft::{RaftTiming, ReplicaConfig};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use crate::replicated::Replica;
 
 use crate::api::{self, ApiState};
 use crate::config::Config;

@@ -3,8 +3,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::core::{Command, CommandResult};
-use crate::replicated::ReplicaState;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query};
@@ -13,6 +11,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
+
+use crate::core::{Command, CommandResult};
+use crate::replicated::ReplicaState;
 
 use crate::dispatch::egress::literal_ip;
 

@@ -11,7 +11,6 @@ pub mod targets;
 
 use std::sync::Arc;
 
-use crate::replicated::Replica;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -22,6 +21,8 @@ use axum::routing::{get, post};
 use axum::Router;
 use hookd_raft::Secret;
 use serde::Deserialize;
+
+use crate::replicated::Replica;
 
 pub use error::ApiError;
 

@@ -5,14 +5,14 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::core::command::{
-    Job, JobSpec, MisfirePolicy, MisfireSpec, RetrySpec, ScheduleSpec, UnixMs,
-};
 use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
+use crate::core::command::{
+    Job, JobSpec, MisfirePolicy, MisfireSpec, RetrySpec, ScheduleSpec, UnixMs,
+};
 use crate::limits::*;
 use crate::schedule::{CronSchedule, EVERY_MIN};
 

@@ -1,9 +1,6 @@
 //! Handlers of runs (`/v1/jobs/{id}/runs`, `/v1/runs`, retry, trigger) and of the schedule
 //! preview.
 
-use crate::core::command::{Run, RunStatus, ScheduleSpec};
-use crate::core::{Command, CommandResult};
-use crate::replicated::ReplicaState;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query};
@@ -13,8 +10,13 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::core::command::{Run, RunStatus, ScheduleSpec};
+use crate::core::{Command, CommandResult};
+use crate::replicated::ReplicaState;
+
 use super::model::{format_instant, parse_instant, parse_json, validate_id, ScheduleRequest};
 use super::{json_body, list_limit, now_ms, query, ApiError, Consistency, Shared};
+
 use crate::limits::{PREVIEW_COUNT_DEFAULT, PREVIEW_COUNT_MAX};
 use crate::schedule::Schedule;
 

@@ -10,7 +10,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::core::command::{Attempt, Job};
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use hookd_raft::NodeId;
@@ -18,8 +17,8 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER, USER_AGEN
 use sha2::Sha256;
 
 use super::egress::{self, Resolver, UrlCheck};
+use crate::core::command::{Attempt, Job};
 use crate::core::plan::HttpOutcome;
-
 use crate::limits::{DELIVERY_CONNECT_TIMEOUT, RESPONSE_BODY_BYTES_MAX};
 /// Longest error text kept in a run's history.
 const ERROR_CHARS_MAX: usize = 300;

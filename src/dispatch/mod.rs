@@ -17,11 +17,12 @@ pub mod targets;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::replicated::Replica;
 use hookd_raft::Epoch;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+use crate::replicated::Replica;
 
 pub use delivery::Deliverer;
 use targets::TargetStatus;

@@ -7,10 +7,6 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::core::command::{
-    AttemptOutcome, AttemptResult, ClaimItem, ClaimKind, Command, CommandResult, Job, Run,
-};
-use crate::replicated::{Replica, ReplicaState, State};
 use hookd_raft::planted;
 use hookd_raft::Epoch;
 use tokio::sync::mpsc;
@@ -18,12 +14,17 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::core::command::{
+    AttemptOutcome, AttemptResult, ClaimItem, ClaimKind, Command, CommandResult, Job, Run,
+};
+use crate::core::plan::{self, after_attempt};
+use crate::replicated::{Replica, ReplicaState, State};
+
 use super::delivery::{AttemptRequest, Deliverer};
 use super::doubt::{Doubts, Found};
 use super::pace::Pacer;
 use super::targets::{target_key, Outcome, Scheduler, TargetKey};
 use super::{DispatchConfig, Queries};
-use crate::core::plan::{self, after_attempt};
 use crate::schedule::{Schedule, Shared};
 
 /// Items per claim command; larger rounds are split. With the record bound below this keeps a
