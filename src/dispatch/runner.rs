@@ -375,12 +375,23 @@ impl Dispatcher {
         );
     }
 
-    /// Puts the jobs held back for `key` into the claim index again, at the instant they left
-    /// it, once the target no longer holds. No re-read: a job that changed meanwhile was
+    /// Puts the jobs held back for targets that no longer hold into the claim index again, at
+    /// the instant they left it. Done before every claim round, so that no job of a target is
+    /// claimed while one of the same target due earlier is still held: the target's runs then
+    /// keep their due order (a release only on an attempt's end let a round in between claim
+    /// later runs, sent before the held ones). No re-read: a job that changed meanwhile was
     /// re-indexed by the change feed already (then it has a next due and is left alone).
-    fn release_held(&mut self, key: &TargetKey) {
-        if self.held.contains_key(key) && !self.sched.holds(key, now_ms()) {
-            for (id, due) in self.held.remove(key).unwrap_or_default() {
+    fn release_held(&mut self) {
+        let now = now_ms();
+        let sched = &self.sched;
+        let free: Vec<TargetKey> = self
+            .held
+            .keys()
+            .filter(|key| !sched.holds(key, now))
+            .cloned()
+            .collect();
+        for key in free {
+            for (id, due) in self.held.remove(&key).unwrap_or_default() {
                 if self.claiming.contains(&id) {
                     continue;
                 }
@@ -473,6 +484,7 @@ impl Dispatcher {
 
     /// Claims every run due within the horizon, in bounded batches.
     fn claim_due(&mut self) {
+        self.release_held();
         let now = now_ms();
         let base = self.config.horizon.as_millis() as i64;
         let horizon = self.horizon(now);
@@ -487,7 +499,7 @@ impl Dispatcher {
                 self.by_due.pop_first();
                 let target = self.jobs.get(&id).and_then(|e| e.target.clone());
                 if let Some(key) = target.filter(|k| self.sched.holds(k, now)) {
-                    // Left unclaimed until the target recovers (`release_held`).
+                    // Left unclaimed until the target no longer holds (`release_held`).
                     if let Some(e) = self.jobs.get_mut(&id) {
                         e.next_due = None;
                     }
@@ -627,7 +639,6 @@ impl Dispatcher {
                 let now = now_ms();
                 self.attempting.remove(&p.run_id);
                 self.sched.finish(&key, probe, Outcome::NotSent, None, now);
-                self.release_held(&key);
                 self.enqueue(now + GATE_RECHECK.as_millis() as i64, p);
             }
             Event::Attempted(Sent { p, key, probe }, result, outcome, error) => {
@@ -636,7 +647,6 @@ impl Dispatcher {
                     tracing::warn!(target = %key, "circuit opened after consecutive timeouts or connection errors");
                     crate::metrics::circuit_opened();
                 }
-                self.release_held(&key);
                 crate::metrics::in_flight(self.sched.in_flight());
                 if let AttemptResult::RetryAt(at) = result {
                     let n = p.n + 1;
