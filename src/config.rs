@@ -54,6 +54,10 @@ pub struct ServeArgs {
     /// Run a single-node cluster with a temporary data dir, for trying things out.
     #[arg(long, env = "HOOKD_DEV", num_args = 0..=1, default_missing_value = "true")]
     pub dev: Option<bool>,
+    /// With an empty data dir and no --initial-cluster: wait to be added to a running cluster
+    /// with POST /v1/cluster/members.
+    #[arg(long, env = "HOOKD_JOIN", num_args = 0..=1, default_missing_value = "true")]
+    pub join: Option<bool>,
     /// Require `Authorization: Bearer TOKEN` on every /v1 request; this token may do everything.
     /// Repeat it (or separate with commas) to accept several, e.g. while rotating.
     #[arg(
@@ -146,6 +150,7 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     initial_cluster: Option<String>,
     dev: Option<bool>,
+    join: Option<bool>,
     api_token: Option<Tokens>,
     read_token: Option<Tokens>,
     peer_secret: Option<String>,
@@ -213,6 +218,10 @@ pub struct Config {
     /// Node id → peer address. Empty when the data dir already holds a cluster.
     pub initial_cluster: BTreeMap<u64, String>,
     pub dev: bool,
+    /// A new data dir waits to be added to a running cluster.
+    pub join: bool,
+    /// `--insecure-peer`: unauthenticated peer traffic off loopback is accepted.
+    pub insecure_peer: bool,
     /// Tokens that may do everything; with none of either kind, /v1 is open.
     pub api_tokens: Vec<Secret>,
     /// Tokens that may only read.
@@ -293,6 +302,10 @@ impl ServeArgs {
             None if dev => BTreeMap::from([(node_id, peer_listen.to_string())]),
             None => BTreeMap::new(),
         };
+        let join = self.join.or(file.join).unwrap_or(false);
+        if join && (dev || !initial_cluster.is_empty()) {
+            bail!("--join starts a node that waits to be added to a running cluster; it goes with neither --initial-cluster nor --dev");
+        }
         if !initial_cluster.is_empty() && !initial_cluster.contains_key(&node_id) {
             bail!("--initial-cluster does not name this node ({node_id}); list every initial member, this one included");
         }
@@ -332,7 +345,13 @@ impl ServeArgs {
         };
         let insecure_peer = self.insecure_peer.or(file.insecure_peer).unwrap_or(false);
         if peer_secret.is_none() && peer_tls.is_none() && !insecure_peer {
-            if let Some(addr) = initial_cluster.values().find(|a| !is_loopback(a)) {
+            // A joining node's peers are not known yet; its own address says where they are.
+            let own = join.then(|| peer_listen.to_string());
+            if let Some(addr) = initial_cluster
+                .values()
+                .chain(&own)
+                .find(|a| !is_loopback(a))
+            {
                 bail!(
                     "peer address {addr} is not on loopback, so node-to-node traffic can leave this machine: \
                      authenticate it with --peer-secret (HOOKD_PEER_SECRET) or with mutual TLS \
@@ -384,6 +403,8 @@ impl ServeArgs {
             data_dir,
             initial_cluster,
             dev,
+            join,
+            insecure_peer,
             api_tokens,
             read_tokens,
             peer_secret,
@@ -430,7 +451,7 @@ fn tokens(flag: &str, given: Vec<String>, file: Option<Tokens>) -> anyhow::Resul
 
 /// True when a `HOST:PORT` peer address is certainly on this machine: a loopback IP or
 /// `localhost`. Any other name may resolve elsewhere.
-fn is_loopback(addr: &str) -> bool {
+pub(crate) fn is_loopback(addr: &str) -> bool {
     let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
     let host = host.trim_start_matches('[').trim_end_matches(']');
     host.eq_ignore_ascii_case("localhost")
@@ -643,6 +664,44 @@ mod tests {
             let err = args.into_config().unwrap_err().to_string();
             assert!(err.contains(named), "{err}");
         }
+    }
+
+    #[test]
+    fn join_goes_alone_and_a_joining_node_off_loopback_needs_peer_authentication() {
+        let join = || ServeArgs {
+            node_id: Some(4),
+            data_dir: Some(PathBuf::from("/tmp/x")),
+            join: Some(true),
+            ..Default::default()
+        };
+        let c = join().into_config().unwrap();
+        assert!(c.join && c.initial_cluster.is_empty());
+        for args in [
+            ServeArgs {
+                initial_cluster: Some("4=127.0.0.1:7204".into()),
+                ..join()
+            },
+            ServeArgs {
+                dev: Some(true),
+                ..join()
+            },
+        ] {
+            let err = args.into_config().unwrap_err().to_string();
+            assert!(err.contains("--join"), "{err}");
+        }
+        let remote = || ServeArgs {
+            peer_listen: Some("10.0.0.4:7201".into()),
+            ..join()
+        };
+        let err = remote().into_config().unwrap_err().to_string();
+        assert!(err.contains("--peer-secret"), "{err}");
+        let c = ServeArgs {
+            peer_secret: Some("s3cret-s3cret".into()),
+            ..remote()
+        }
+        .into_config()
+        .unwrap();
+        assert!(c.join);
     }
 
     #[test]

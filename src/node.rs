@@ -130,6 +130,7 @@ pub async fn run(
             .clone()
             .unwrap_or_else(|| api_addr.to_string()),
         initial_members: config.initial_cluster.clone(),
+        join: config.join,
         peer_secret: config.peer_secret.clone(),
         peer_tls: peer_tls.clone(),
         cluster_id: config
@@ -238,7 +239,11 @@ pub async fn run(
         api_tls,
     ));
 
-    shutdown.cancelled().await;
+    let removed = replica.removed();
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = removed.cancelled() => {}
+    }
     members_stop.cancel();
     let stopped = tokio::time::timeout(SHUTDOWN_GRACE, async {
         dispatch_stop.cancel();
@@ -254,15 +259,21 @@ pub async fn run(
     if stopped.is_err() {
         tracing::warn!("shutdown did not finish within {SHUTDOWN_GRACE:?}; exiting anyway");
     }
-    tracing::info!("hookd node stopped");
+    if removed.is_cancelled() {
+        tracing::warn!("hookd node stopped: it was removed from the cluster");
+    } else {
+        tracing::info!("hookd node stopped");
+    }
     Ok(())
 }
 
-/// Bounds of the API server, with its connection cap (`connections_max`).
+/// Bounds of the API server, with its connection cap (`connections_max`). A request may take
+/// as long as adding a member does (a learner gets 60 s to catch up); every other handler has a
+/// deadline of its own of a few seconds.
 fn api_limits(connections_max: usize) -> Limits {
     Limits {
         header_read: Duration::from_secs(5),
-        request: Duration::from_secs(30),
+        request: hookd_raft::members::CHANGE_WITHIN + Duration::from_secs(5),
         connections_max,
     }
 }
@@ -274,7 +285,7 @@ fn api_limits(connections_max: usize) -> Limits {
 fn peer_limits(connections_max: usize) -> Limits {
     Limits {
         header_read: Duration::from_secs(10),
-        request: Duration::from_secs(60),
+        request: hookd_raft::members::CHANGE_WITHIN + Duration::from_secs(5),
         connections_max,
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod lease;
 pub mod machine;
+pub mod members;
 pub mod network;
 pub mod planted;
 pub mod replica;
@@ -17,6 +18,7 @@ pub mod typ;
 
 pub use lease::Epoch;
 pub use machine::{Machine, Position, ReadError, Tables, Tx, TxError};
+pub use members::{AddMember, MemberError, RemoveMember};
 pub use replica::{RaftTiming, Replica, ReplicaConfig, ReplicaError, StartError};
 pub use secret::Secret;
 pub use store::StateView;

@@ -11,18 +11,18 @@ use std::time::Duration;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::storage::RaftLogStorage;
 use openraft::{ServerState, SnapshotPolicy};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::time::{timeout, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::lease::Leadership;
 use crate::machine::Machine;
-use crate::network::{ForwardError, PeerClient, TransportError};
+use crate::network::{ForwardError, PeerClient, Removals, TransportError};
 use crate::secret::Secret;
 use crate::store::{OpenError, StateView, Store};
 use crate::tls::Reloading;
-use crate::typ::{CheckIsLeaderError, LogId, Node, NodeId, Raft, RaftMetrics};
+use crate::typ::{CheckIsLeaderError, LogId, Node, NodeId, Raft, RaftMetrics, VoteRequest};
 
 /// How long `propose` and `read_barrier` try before answering "no leader": below the 5 s the API
 /// promises, with room for the HTTP round trip.
@@ -32,6 +32,8 @@ const RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// How often the background announcer checks that this node's API address and the cluster id
 /// are recorded.
 const ANNOUNCE_INTERVAL: Duration = Duration::from_millis(500);
+/// How long a removed node goes on (answering the request that removed it) before it stops.
+const REMOVED_GRACE: Duration = Duration::from_secs(1);
 
 /// Raft timing. The leader lease equals `election_timeout_max_ms` in openraft 0.9.
 #[derive(Debug, Clone, Copy)]
@@ -59,6 +61,8 @@ pub struct ReplicaConfig {
     pub api_addr: String,
     /// Peer addresses of the initial members; used only when the data dir is new.
     pub initial_members: BTreeMap<NodeId, String>,
+    /// A new data dir waits to be added to a running cluster (`--join`) instead of forming one.
+    pub join: bool,
     pub peer_secret: Option<Secret>,
     /// Peer mutual TLS: this node's certificate, and the CA the other nodes' must chain to.
     pub peer_tls: Option<Arc<Reloading>>,
@@ -87,9 +91,16 @@ pub enum StartError {
     ClusterMismatch { found: String, expected: String },
     #[error(
         "data dir holds no cluster yet and --initial-cluster does not name node {0}; \
-         list every initial member as ID=HOST:PORT, this node included"
+         list every initial member as ID=HOST:PORT, this node included, \
+         or start with --join to be added to a running cluster"
     )]
     NotInInitialCluster(NodeId),
+    #[error(
+        "node {node_id} was removed from its cluster ({reason}); it no longer serves. \
+         To bring this machine back, start it with an empty data dir and --join, then add it \
+         with POST /v1/cluster/members"
+    )]
+    Removed { node_id: NodeId, reason: String },
     #[error("invalid raft configuration: {0}")]
     Config(String),
     #[error("raft failed to start: {0}")]
@@ -126,6 +137,10 @@ pub struct Replica<M: Machine> {
     config: ReplicaConfig,
     tasks: TaskTracker,
     cancel: CancellationToken,
+    /// Set once this node learns it was removed (see `members.rs`): why.
+    removal: Removals,
+    /// Cancelled once the removal is recorded in the data dir: the node should stop.
+    removed: CancellationToken,
     leadership: Leadership,
     proposals: mpsc::Sender<Proposal<M>>,
     read_floor: ReadFloor,
@@ -191,6 +206,12 @@ impl<M: Machine> Replica<M> {
         machine: Arc<M>,
     ) -> Result<Arc<Replica<M>>, StartError> {
         let store = Store::open(&config.data_dir, config.node_id, machine.clone())?;
+        if let Some(reason) = store.removed() {
+            return Err(StartError::Removed {
+                node_id: config.node_id,
+                reason,
+            });
+        }
         let view = store.view();
         if config.cluster_id_required {
             if let Some(found) = M::cluster_id(&view.tables()) {
@@ -223,11 +244,13 @@ impl<M: Machine> Replica<M> {
             let view = view.clone();
             Arc::new(move || M::cluster_id(&view.tables()))
         };
+        let removal: Removals = Arc::new(watch::Sender::new(None));
         let peers = PeerClient::new(
             config.peer_secret.clone(),
             cluster_id,
             leadership.acks(),
             config.peer_tls.clone(),
+            removal.clone(),
         )
         .map_err(|e| StartError::Client(e.to_string()))?;
         let read_floor = {
@@ -270,7 +293,11 @@ impl<M: Machine> Replica<M> {
             .is_initialized()
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
-        if !initialized {
+        if !initialized && config.join {
+            tracing::info!(
+                "new data dir and --join: waiting to be added with POST /v1/cluster/members"
+            );
+        } else if !initialized {
             if !config.initial_members.contains_key(&config.node_id) {
                 return Err(StartError::NotInInitialCluster(config.node_id));
             }
@@ -302,6 +329,8 @@ impl<M: Machine> Replica<M> {
             config,
             tasks: TaskTracker::new(),
             cancel: cancel.clone(),
+            removal,
+            removed: CancellationToken::new(),
         });
         replica
             .tasks
@@ -310,6 +339,10 @@ impl<M: Machine> Replica<M> {
         replica
             .tasks
             .spawn(async move { announcer.announce().await });
+        let watcher = replica.clone();
+        replica
+            .tasks
+            .spawn(async move { watcher.watch_removal().await });
         // Not tracked: it ends by itself when Raft shuts down.
         tokio::spawn(leadership.watch(raft.metrics()));
         Ok(replica)
@@ -366,7 +399,7 @@ impl<M: Machine> Replica<M> {
     pub async fn propose(&self, cmd: M::Command) -> Result<M::Output, ReplicaError> {
         let deadline = Instant::now() + REQUEST_DEADLINE;
         loop {
-            let (leader, addr) = self.await_leader(deadline).await?;
+            let (leader, addr) = self.leader_within(deadline).await?;
             let remaining = deadline.saturating_duration_since(Instant::now());
             let outcome = if leader == self.id {
                 self.propose_local(cmd.clone(), remaining).await
@@ -413,7 +446,7 @@ impl<M: Machine> Replica<M> {
         R: serde::de::DeserializeOwned,
     {
         let deadline = Instant::now() + within;
-        let (leader, addr) = self.await_leader(deadline).await?;
+        let (leader, addr) = self.leader_within(deadline).await?;
         let remaining = deadline.saturating_duration_since(Instant::now());
         self.peers
             .forward(leader, &addr, path, body, remaining)
@@ -579,7 +612,7 @@ impl<M: Machine> Replica<M> {
         }
         let deadline = Instant::now() + within;
         loop {
-            let (leader, addr) = self.await_leader(deadline).await?;
+            let (leader, addr) = self.leader_within(deadline).await?;
             let remaining = deadline.saturating_duration_since(Instant::now());
             let outcome = if leader == self.id {
                 self.leader_read_index(remaining).await
@@ -647,7 +680,10 @@ impl<M: Machine> Replica<M> {
     }
 
     /// The current leader and its peer address, waiting for one until `deadline`.
-    async fn await_leader(&self, deadline: Instant) -> Result<(NodeId, String), ReplicaError> {
+    pub(crate) async fn leader_within(
+        &self,
+        deadline: Instant,
+    ) -> Result<(NodeId, String), ReplicaError> {
         loop {
             let found = {
                 let m = self.raft.metrics();
@@ -727,6 +763,85 @@ impl<M: Machine> Replica<M> {
     /// The peer secret, if node-to-node traffic is authenticated by one.
     pub fn peer_secret(&self) -> Option<&Secret> {
         self.config.peer_secret.as_ref()
+    }
+
+    pub(crate) fn peers(&self) -> &PeerClient {
+        &self.peers
+    }
+
+    /// Cancelled once this node has been removed from the cluster and has recorded that in its
+    /// data dir: it must stop, and it will refuse to start again from this data dir.
+    pub fn removed(&self) -> CancellationToken {
+        self.removed.clone()
+    }
+
+    /// Whether a vote request comes from a node this one knows was removed: the candidate is
+    /// not in this node's applied membership, and that membership is newer than anything in the
+    /// candidate's log (so the candidate missed its own removal, rather than this node lagging
+    /// behind the candidate's addition). Such a candidate is told so instead of answered.
+    pub(crate) fn is_removed_candidate(&self, req: &VoteRequest) -> bool {
+        let Some(candidate) = req.vote.leader_id().voted_for() else {
+            return false;
+        };
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let stored = &m.membership_config;
+        stored.log_id() <= &m.last_applied
+            && stored.log_id() > &req.last_log_id
+            && crate::members::removed_by(
+                &crate::members::Members::of(stored.membership()),
+                candidate,
+            )
+    }
+
+    /// Notes that this node was removed (the leader said so), for `watch_removal`.
+    pub(crate) fn notice_removed(&self, reason: String) {
+        self.removal.send_if_modified(|r| {
+            let first = r.is_none();
+            if first {
+                *r = Some(reason);
+            }
+            first
+        });
+    }
+
+    /// Waits until this node is removed: told by the leader, or seeing an applied membership
+    /// that no longer names it. Then it records that in the data dir, gives the answer to the
+    /// request that removed it a moment to leave, and cancels `removed`.
+    async fn watch_removal(self: Arc<Self>) {
+        let mut told = self.removal.subscribe();
+        let mut metrics = self.raft.metrics();
+        let reason = loop {
+            if let Some(reason) = told.borrow_and_update().clone() {
+                break reason;
+            }
+            let applied_without_me = {
+                let m = metrics.borrow_and_update();
+                let applied = m.membership_config.log_id() <= &m.last_applied;
+                applied
+                    && crate::members::removed_by(
+                        &crate::members::Members::of(m.membership_config.membership()),
+                        self.id,
+                    )
+            };
+            if applied_without_me {
+                break "the applied membership no longer names it".to_string();
+            }
+            tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                r = told.changed() => if r.is_err() { return },
+                r = metrics.changed() => if r.is_err() { return },
+            }
+        };
+        tracing::warn!(%reason, "this node was removed from the cluster; stopping");
+        if let Err(e) = self.store.mark_removed(&reason).await {
+            tracing::error!(error = %e, "cannot record the removal in the data dir");
+        }
+        tokio::select! {
+            _ = self.cancel.cancelled() => {}
+            _ = tokio::time::sleep(REMOVED_GRACE) => {}
+        }
+        self.removed.cancel();
     }
 
     /// Stops background tasks and Raft, then flushes the store.

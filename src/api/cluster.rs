@@ -3,14 +3,19 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use axum::http::StatusCode;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use hookd_raft::typ::ServerState;
-use serde::Serialize;
+use hookd_raft::{AddMember, MemberError, RemoveMember};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::Shared;
+use super::model::parse_json;
+use super::{json_body, query, ApiError, Shared};
 
 #[derive(Debug, Serialize)]
 struct Member {
@@ -32,6 +37,10 @@ struct ClusterView {
 }
 
 pub async fn cluster(state: Shared) -> Json<impl Serialize> {
+    Json(view(&state))
+}
+
+fn view(state: &Shared) -> ClusterView {
     let replica = &state.replica;
     let m = replica.metrics();
     let api: BTreeMap<u64, String> = replica.node_api_addrs().into_iter().collect();
@@ -58,14 +67,131 @@ pub async fn cluster(state: Shared) -> Json<impl Serialize> {
             }
         })
         .collect();
-    Json(ClusterView {
+    ClusterView {
         node_id: replica.id(),
         leader_id: m.current_leader,
         term: m.current_term,
         commit_index: replica.committed_index(),
         cluster_id: replica.cluster_id(),
         members,
-    })
+    }
+}
+
+/// `POST /v1/cluster/members` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddRequest {
+    id: u64,
+    peer_addr: String,
+    api_addr: Option<String>,
+    #[serde(default = "yes")]
+    voter: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Checks a `HOST:PORT` address of the body's `field`.
+fn host_port(field: &str, addr: &str) -> Result<(), ApiError> {
+    let ok = addr.rsplit_once(':').is_some_and(|(host, port)| {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        !host.is_empty()
+            && !host.contains(|c: char| c.is_whitespace() || c == '/' || c == '@')
+            && port.parse::<u16>().is_ok_and(|p| p > 0)
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            field,
+            format!("{addr:?} is not a HOST:PORT address"),
+        ))
+    }
+}
+
+fn member_error(e: MemberError) -> ApiError {
+    let message = e.to_string();
+    match e {
+        MemberError::IdTaken(_) => ApiError::conflict(message),
+        MemberError::AddrTaken { .. } => ApiError::conflict(message).at("peer_addr"),
+        MemberError::InProgress | MemberError::LastVoter(_) => ApiError::conflict(message),
+        MemberError::TooFewVoters { .. } => ApiError::conflict(message).at("force"),
+        MemberError::NotMember(_) => ApiError::not_found(message),
+        MemberError::NotCaughtUp { .. } => ApiError::gateway_timeout("not_caught_up", message),
+        MemberError::NoLeader(_) => ApiError::no_leader(message),
+        MemberError::Failed(_) => ApiError::unavailable(message),
+    }
+}
+
+/// The cluster as this node sees it once it has applied everything the leader committed (the
+/// change just made included), or as it sees it now if that takes too long.
+async fn view_after_change(state: &Shared) -> ClusterView {
+    let _ = state.replica.read_barrier().await;
+    view(state)
+}
+
+/// Adds a node started with `--join`: a learner first, a voter once caught up (SPEC §2, §6).
+pub async fn add_member(
+    state: Shared,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = json_body(&headers, body)?;
+    let req: AddRequest = parse_json(&body)?;
+    if req.id == 0 {
+        return Err(ApiError::invalid("id", "node ids start at 1"));
+    }
+    host_port("peer_addr", &req.peer_addr)?;
+    if let Some(api) = &req.api_addr {
+        host_port("api_addr", api)?;
+    }
+    if !state.peer_authenticated && !crate::config::is_loopback(&req.peer_addr) {
+        return Err(ApiError::invalid(
+            "peer_addr",
+            format!(
+                "peer address {} is not on loopback, and node-to-node traffic is not \
+                 authenticated: restart the nodes with --peer-secret or peer TLS first",
+                req.peer_addr
+            ),
+        ));
+    }
+    state
+        .replica
+        .add_member(AddMember {
+            id: req.id,
+            peer_addr: req.peer_addr,
+            api_addr: req.api_addr,
+            voter: req.voter,
+        })
+        .await
+        .map_err(member_error)?;
+    Ok((StatusCode::CREATED, Json(view_after_change(&state).await)).into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoveQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+/// Removes a node; a leader being removed leads until the change is committed, then steps down.
+pub async fn remove_member(
+    state: Shared,
+    Path(id): Path<String>,
+    q: Result<Query<RemoveQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    let id: u64 = id
+        .parse()
+        .map_err(|_| ApiError::bad_request("id", format!("{id:?} is not a node id")))?;
+    state
+        .replica
+        .remove_member(RemoveMember { id, force: q.force })
+        .await
+        .map_err(member_error)?;
+    Ok((StatusCode::OK, Json(view_after_change(&state).await)).into_response())
 }
 
 /// Alive, and `503` once the replicated core has stopped on a fatal error (a storage failure):

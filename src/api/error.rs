@@ -101,6 +101,11 @@ impl ApiError {
         ApiError::new(StatusCode::TOO_MANY_REQUESTS, "overloaded", message)
     }
 
+    /// `504`: the work was started but did not finish in its bound.
+    pub fn gateway_timeout(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::GATEWAY_TIMEOUT, code, message)
+    }
+
     pub fn unavailable(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
     }

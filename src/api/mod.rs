@@ -40,6 +40,9 @@ pub struct ApiState {
     run_retention: u32,
     /// Refuses jobs aimed at a denied literal address.
     egress: Arc<EgressPolicy>,
+    /// Node-to-node traffic is authenticated (or `--insecure-peer`): members off loopback may
+    /// be added.
+    peer_authenticated: bool,
     /// The last `/readyz` probe: when, and its outcome.
     ready: tokio::sync::Mutex<Option<(std::time::Instant, Result<(), String>)>>,
 }
@@ -58,6 +61,9 @@ impl ApiState {
             read_tokens: config.read_tokens.clone(),
             run_retention: config.run_retention,
             egress,
+            peer_authenticated: config.peer_secret.is_some()
+                || config.peer_tls.is_some()
+                || config.insecure_peer,
             ready: tokio::sync::Mutex::new(None),
         }
     }
@@ -97,6 +103,11 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/runs/{run_id}/retry", post(runs::retry))
         .route("/schedules/preview", post(runs::preview))
         .route("/cluster", get(cluster::cluster))
+        .route("/cluster/members", post(cluster::add_member))
+        .route(
+            "/cluster/members/{id}",
+            axum::routing::delete(cluster::remove_member),
+        )
         .route("/targets", get(targets::list))
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()

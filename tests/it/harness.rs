@@ -21,6 +21,8 @@ pub struct TestNode {
     pub peer: SocketAddr,
     pub data_dir: PathBuf,
     pub log: PathBuf,
+    /// Started with `--join` (added later through the API) instead of `--initial-cluster`.
+    pub joins: bool,
     child: Option<Child>,
     /// Listeners bound for the first start; handed to the child and closed here.
     sockets: Option<(TcpListener, TcpListener)>,
@@ -68,6 +70,7 @@ impl TestCluster {
                     peer: peer.local_addr().expect("addr"),
                     data_dir: dir.path().join(format!("node{id}")),
                     log: dir.path().join(format!("node{id}.log")),
+                    joins: false,
                     child: None,
                     sockets: Some((api, peer)),
                 }
@@ -113,9 +116,13 @@ impl TestCluster {
             .args(["--listen", &node.api.to_string()])
             .args(["--peer-listen", &node.peer.to_string()])
             .arg("--data-dir")
-            .arg(&node.data_dir)
-            .args(["--initial-cluster", &initial])
-            .args(&extra)
+            .arg(&node.data_dir);
+        if node.joins {
+            cmd.arg("--join");
+        } else {
+            cmd.args(["--initial-cluster", &initial]);
+        }
+        cmd.args(&extra)
             .env("LISTEN_FDS", "2")
             .env_remove("LISTEN_PID")
             .env("HOOKD_LOG", "info,openraft=warn,sled=warn")
@@ -134,6 +141,42 @@ impl TestCluster {
         ])
         .expect("fd mappings");
         node.child = Some(cmd.spawn().expect("spawn hookd"));
+    }
+
+    /// Prepares a node with the next id and an empty data dir that starts with `--join`, and
+    /// returns its index (start it with `spawn`).
+    pub fn add_joining_node(&mut self) -> usize {
+        let id = self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
+        let (api, peer) = (bind_loopback(), bind_loopback());
+        let dir = self._dir.path();
+        self.nodes.push(TestNode {
+            id,
+            api: api.local_addr().expect("addr"),
+            peer: peer.local_addr().expect("addr"),
+            data_dir: dir.join(format!("node{id}")),
+            log: dir.join(format!("node{id}.log")),
+            joins: true,
+            child: None,
+            sockets: Some((api, peer)),
+        });
+        self.nodes.len() - 1
+    }
+
+    /// Waits up to `within` for node `i` to exit by itself; its status, or `None` if it still
+    /// runs.
+    pub fn wait_exit(&mut self, i: usize, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let child = self.nodes[i].child.as_mut()?;
+            if let Some(status) = child.try_wait().expect("wait") {
+                self.nodes[i].child = None;
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// SIGKILLs node `i`.

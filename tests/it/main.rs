@@ -5,6 +5,7 @@ mod cluster;
 mod dispatch;
 mod harness;
 mod isolation;
+mod members;
 mod node;
 mod security;
 mod sink;

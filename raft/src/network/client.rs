@@ -44,7 +44,15 @@ pub struct PeerClient {
     cluster_id: ClusterIdSource,
     acks: Acks,
     forwards: Arc<Semaphore>,
+    /// Set when a peer answers a vote request with "you were removed" (`Removals`).
+    removals: Removals,
 }
+
+/// Where a node learns it was removed from the cluster: why, once known.
+pub type Removals = Arc<tokio::sync::watch::Sender<Option<String>>>;
+
+/// The status a node answers a vote request with when the candidate is no longer a member.
+pub(crate) const REMOVED_STATUS: u16 = 410;
 
 fn build_http(tls: Option<&Reloading>) -> Result<reqwest::Client, reqwest::Error> {
     let mut builder = reqwest::Client::builder()
@@ -98,6 +106,7 @@ impl PeerClient {
         cluster_id: ClusterIdSource,
         acks: Acks,
         tls: Option<Arc<Reloading>>,
+        removals: Removals,
     ) -> Result<PeerClient, reqwest::Error> {
         let generation = tls.as_ref().map_or(0, |t| t.generation());
         let http = build_http(tls.as_deref())?;
@@ -108,6 +117,7 @@ impl PeerClient {
             cluster_id,
             acks,
             forwards: Arc::new(Semaphore::new(FORWARDS_IN_FLIGHT_MAX)),
+            removals,
         })
     }
 
@@ -129,7 +139,7 @@ impl PeerClient {
 
     /// POSTs `body` to `path` on the peer `target` at `addr`, as JSON or (`Encoding::Postcard`)
     /// postcard, and decodes the JSON answer.
-    async fn post<B: Serialize, R: DeserializeOwned>(
+    pub(crate) async fn post<B: Serialize, R: DeserializeOwned>(
         &self,
         target: NodeId,
         addr: &str,
@@ -264,7 +274,7 @@ impl PeerConnection {
         R: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let answer: Result<R, RaftError<E>> = self
+        let answer = self
             .client
             .post(
                 self.target,
@@ -274,11 +284,23 @@ impl PeerConnection {
                 encoding,
                 option.hard_ttl(),
             )
-            .await
-            .map_err(|e| match e {
-                TransportError::Unreachable { .. } => RpcError::Unreachable(Unreachable::new(&e)),
-                _ => RpcError::Network(NetworkError::new(&e)),
-            })?;
+            .await;
+        self.answer(answer)
+    }
+
+    /// openraft's form of a peer's answer: a transport failure, a remote Raft error, or the
+    /// response.
+    fn answer<R, E>(
+        &self,
+        answer: Result<Result<R, RaftError<E>>, TransportError>,
+    ) -> Result<R, RpcError<E>>
+    where
+        E: std::error::Error,
+    {
+        let answer = answer.map_err(|e| match e {
+            TransportError::Unreachable { .. } => RpcError::Unreachable(Unreachable::new(&e)),
+            _ => RpcError::Network(NetworkError::new(&e)),
+        })?;
         answer.map_err(|e| {
             RpcError::RemoteError(RemoteError::new_with_node(
                 self.target,
@@ -326,6 +348,32 @@ impl<M: Machine> RaftNetwork<Cfg<M>> for PeerConnection {
         rpc: VoteRequest,
         option: RPCOption,
     ) -> Result<VoteResponse, RpcError> {
-        self.rpc(PATH_VOTE, &rpc, Encoding::Json, &option).await
+        let answer = self
+            .client
+            .post(
+                self.target,
+                &self.node.addr,
+                PATH_VOTE,
+                &rpc,
+                Encoding::Json,
+                option.hard_ttl(),
+            )
+            .await;
+        if let Err(TransportError::Rejected {
+            status: REMOVED_STATUS,
+            body,
+            ..
+        }) = &answer
+        {
+            let why = format!("node {} says: {body}", self.target);
+            self.client.removals.send_if_modified(|r| {
+                let first = r.is_none();
+                if first {
+                    *r = Some(why);
+                }
+                first
+            });
+        }
+        self.answer(answer)
     }
 }

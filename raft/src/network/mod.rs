@@ -10,7 +10,8 @@ mod server;
 
 use serde::{Deserialize, Serialize};
 
-pub use client::{PeerClient, TransportError};
+pub(crate) use client::REMOVED_STATUS;
+pub use client::{PeerClient, Removals, TransportError};
 pub use server::peer_router;
 
 use crate::typ::NodeId;
@@ -23,6 +24,10 @@ pub(crate) const PATH_VOTE: &str = "/raft/vote";
 pub(crate) const PATH_SNAPSHOT: &str = "/raft/snapshot";
 pub(crate) const PATH_FORWARD_WRITE: &str = "/forward/write";
 pub(crate) const PATH_FORWARD_READ_INDEX: &str = "/forward/read-index";
+pub(crate) const PATH_MEMBERS_ADD: &str = "/forward/members/add";
+pub(crate) const PATH_MEMBERS_REMOVE: &str = "/forward/members/remove";
+/// The leader tells a node it has just removed.
+pub(crate) const PATH_REMOVED: &str = "/raft/removed";
 
 /// Largest request the peer router accepts (a snapshot chunk of 1 MiB from a node of the
 /// previous version is a JSON array of numbers, ~3.6 MiB).

@@ -13,9 +13,11 @@ use axum::{Json, Router};
 
 use super::{
     Encoding, ForwardError, CLUSTER_ID_HEADER, PATH_APPEND, PATH_FORWARD_READ_INDEX,
-    PATH_FORWARD_WRITE, PATH_SNAPSHOT, PATH_VOTE, PEER_BODY_BYTES_MAX, TARGET_NODE_HEADER,
+    PATH_FORWARD_WRITE, PATH_MEMBERS_ADD, PATH_MEMBERS_REMOVE, PATH_REMOVED, PATH_SNAPSHOT,
+    PATH_VOTE, PEER_BODY_BYTES_MAX, REMOVED_STATUS, TARGET_NODE_HEADER,
 };
 use crate::machine::Machine;
+use crate::members::{AddMember, MemberError, RemoveMember};
 use crate::replica::Replica;
 use crate::secret::Secret;
 use crate::typ::{
@@ -52,6 +54,9 @@ pub fn peer_router<M: Machine>(replica: Arc<Replica<M>>, extra: Router) -> Route
         .route(PATH_SNAPSHOT, post(snapshot::<M>))
         .route(PATH_FORWARD_WRITE, post(forward_write::<M>))
         .route(PATH_FORWARD_READ_INDEX, post(forward_read_index::<M>))
+        .route(PATH_MEMBERS_ADD, post(members_add::<M>))
+        .route(PATH_MEMBERS_REMOVE, post(members_remove::<M>))
+        .route(PATH_REMOVED, post(removed::<M>))
         .with_state(state.clone())
         .merge(extra)
         .layer(middleware::from_fn_with_state(state, guard::<M>))
@@ -104,11 +109,15 @@ async fn append<M: Machine>(
     Json(s.replica.raft().append_entries(req).await)
 }
 
-async fn vote<M: Machine>(
-    State(s): State<PeerState<M>>,
-    Json(req): Json<VoteRequest>,
-) -> Json<Result<VoteResponse, RaftError>> {
-    Json(s.replica.raft().vote(req).await)
+/// A vote request, unless the candidate was removed from the cluster: then it is told so (it
+/// stops, `Replica::watch_removal`), and its ever higher terms never disturb the members.
+async fn vote<M: Machine>(State(s): State<PeerState<M>>, Json(req): Json<VoteRequest>) -> Response {
+    if s.replica.is_removed_candidate(&req) {
+        let status = StatusCode::from_u16(REMOVED_STATUS).unwrap_or(StatusCode::GONE);
+        return (status, "the candidate was removed from the cluster").into_response();
+    }
+    let answer: Result<VoteResponse, RaftError> = s.replica.raft().vote(req).await;
+    Json(answer).into_response()
 }
 
 /// A snapshot chunk: postcard, or JSON from a node of the previous version (`Encoding`).
@@ -150,4 +159,26 @@ async fn forward_read_index<M: Machine>(
     State(s): State<PeerState<M>>,
 ) -> Json<Result<Option<LogId>, ForwardError>> {
     Json(s.replica.leader_read_index(FORWARDED_DEADLINE).await)
+}
+
+async fn members_add<M: Machine>(
+    State(s): State<PeerState<M>>,
+    Json(add): Json<AddMember>,
+) -> Json<Result<(), MemberError>> {
+    Json(s.replica.add_member_local(add).await)
+}
+
+async fn members_remove<M: Machine>(
+    State(s): State<PeerState<M>>,
+    Json(remove): Json<RemoveMember>,
+) -> Json<Result<(), MemberError>> {
+    Json(s.replica.remove_member_local(remove).await)
+}
+
+/// The leader has removed this node from the cluster (the guard checked the peer secret, that
+/// the request is meant for this node id, and the cluster id).
+async fn removed<M: Machine>(State(s): State<PeerState<M>>) -> Json<()> {
+    s.replica
+        .notice_removed("the leader removed it from the cluster".into());
+    Json(())
 }

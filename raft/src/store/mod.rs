@@ -81,6 +81,9 @@ pub enum OpenError {
 struct MetaRecord {
     schema_version: u32,
     node_id: NodeId,
+    /// Set when this node was removed from its cluster: why. Such a data dir never serves again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    removed: Option<String>,
 }
 
 const META_KEY: &[u8] = b"record";
@@ -90,6 +93,7 @@ fn write_meta(meta: &sled::Tree, disk: &Disk, node_id: NodeId) -> Result<(), sle
     let rec = MetaRecord {
         schema_version: SCHEMA_VERSION,
         node_id,
+        removed: None,
     };
     meta.insert(META_KEY, serde_json::to_vec(&rec).unwrap_or_default())?;
     disk.flush_blocking()
@@ -98,18 +102,24 @@ fn write_meta(meta: &sled::Tree, disk: &Disk, node_id: NodeId) -> Result<(), sle
 /// An opened data dir.
 pub struct Store<M> {
     disk: Disk,
+    meta: sled::Tree,
     log: LogStore<M>,
     sm: StateMachineStore<M>,
     fresh: bool,
+    node_id: NodeId,
+    removed: Option<String>,
 }
 
 impl<M> Clone for Store<M> {
     fn clone(&self) -> Self {
         Store {
             disk: self.disk.clone(),
+            meta: self.meta.clone(),
             log: self.log.clone(),
             sm: self.sm.clone(),
             fresh: self.fresh,
+            node_id: self.node_id,
+            removed: self.removed.clone(),
         }
     }
 }
@@ -146,6 +156,7 @@ impl<M: Machine> Store<M> {
         let disk = Disk::open(sled_config, &dir.join("db")).map_err(sled_err)?;
         let db = disk.db();
         let meta = db.open_tree("meta").map_err(sled_err)?;
+        let mut removed = None;
         let fresh = match meta.get(META_KEY).map_err(sled_err)? {
             Some(bytes) => {
                 let rec: MetaRecord =
@@ -167,6 +178,7 @@ impl<M: Machine> Store<M> {
                         expected: node_id,
                     });
                 }
+                removed = rec.removed;
                 if rec.schema_version < SCHEMA_VERSION {
                     // Every change since is read from the older form; only the tables the
                     // machine dropped go. Then the new version is recorded, so an older hookd
@@ -207,15 +219,36 @@ impl<M: Machine> Store<M> {
             })?;
         Ok(Store {
             disk,
+            meta,
             log,
             sm,
             fresh,
+            node_id,
+            removed,
         })
     }
 
     /// True when this open created the data dir: the node has never been part of a cluster.
     pub fn is_fresh(&self) -> bool {
         self.fresh
+    }
+
+    /// Why this node was removed from its cluster, if it was (`mark_removed`).
+    pub fn removed(&self) -> Option<String> {
+        self.removed.clone()
+    }
+
+    /// Records, flushed, that this node was removed from its cluster: the data dir is refused
+    /// from then on.
+    pub async fn mark_removed(&self, reason: &str) -> Result<(), sled::Error> {
+        let rec = MetaRecord {
+            schema_version: SCHEMA_VERSION,
+            node_id: self.node_id,
+            removed: Some(reason.to_string()),
+        };
+        self.meta
+            .insert(META_KEY, serde_json::to_vec(&rec).unwrap_or_default())?;
+        self.disk.flush().await
     }
 
     pub fn log_store(&self) -> LogStore<M> {

@@ -119,6 +119,18 @@ fn data_dirs_are_created_owner_only() {
     drop(store);
 }
 
+#[tokio::test]
+async fn a_removal_is_recorded_durably_and_read_back_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).unwrap();
+    assert_eq!(store.removed(), None);
+    store.mark_removed("told by the leader").await.unwrap();
+    drop(store);
+    let again = open(dir.path()).unwrap();
+    assert_eq!(again.removed().as_deref(), Some("told by the leader"));
+    assert!(!again.is_fresh());
+}
+
 /// Rewrites the meta record of the data dir `data` with `schema_version`.
 fn set_schema(data: &std::path::Path, schema_version: u32) {
     let db = sled::open(data.join("db")).unwrap();
@@ -126,6 +138,7 @@ fn set_schema(data: &std::path::Path, schema_version: u32) {
     let rec = super::MetaRecord {
         schema_version,
         node_id: 1,
+        removed: None,
     };
     meta.insert(super::META_KEY, serde_json::to_vec(&rec).unwrap())
         .unwrap();

@@ -1,0 +1,319 @@
+//! Membership changes through the API (SPEC §6): replacing a dead node with a `--join` node,
+//! removing a follower and the leader itself, and the refusals.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::cluster::ELECTION_WITHIN;
+use crate::harness::{create, eventually, job, now_ms, rfc3339, TestCluster};
+use crate::sink::Sink;
+
+/// How long an add may take here: a learner of a small state catches up at once.
+const ADD_WITHIN: Duration = Duration::from_secs(30);
+
+fn add_body(c: &TestCluster, i: usize) -> Value {
+    json!({"id": c.nodes[i].id, "peer_addr": c.nodes[i].peer.to_string(),
+           "api_addr": c.nodes[i].api.to_string()})
+}
+
+/// (voters, learners) by node id in a `/v1/cluster` answer.
+fn roles(v: &Value) -> (BTreeSet<u64>, BTreeSet<u64>) {
+    let mut voters = BTreeSet::new();
+    let mut learners = BTreeSet::new();
+    for m in v["members"].as_array().expect("members") {
+        let id = m["id"].as_u64().expect("id");
+        if m["voter"].as_bool() == Some(true) {
+            voters.insert(id);
+        } else {
+            learners.insert(id);
+        }
+    }
+    (voters, learners)
+}
+
+async fn delete(c: &TestCluster, via: usize, path: &str) -> (u16, Value) {
+    c.send(via, Method::DELETE, path, None)
+        .await
+        .expect("answer")
+}
+
+async fn wait_healthy(c: &TestCluster, i: usize) {
+    eventually(Duration::from_secs(10), "the node to listen", || async {
+        c.get(i, "/healthz").await.filter(|(s, _)| *s == 200)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_node_is_replaced_through_the_api_while_a_job_fires_and_the_new_node_carries_quorum()
+{
+    let sink = Sink::start().await;
+    let mut c = TestCluster::start(3);
+    let leader = c.wait_leader(&[0, 1, 2], ELECTION_WITHIN).await;
+    let start = (now_ms() / 1000 + 2) * 1000;
+    create(
+        &c,
+        leader,
+        json!({"id": "tick", "url": sink.url("/t"), "schedule": {"every": "1s", "start_at": rfc3339(start)}}),
+    )
+    .await;
+    sink.wait_for("tick", 2, Duration::from_secs(10)).await;
+
+    // A follower dies for good (its disk is lost).
+    let dead = (0..3).find(|i| *i != leader).expect("a follower");
+    c.kill(dead);
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != dead).collect();
+
+    let new = c.add_joining_node();
+    c.spawn(new);
+    wait_healthy(&c, new).await;
+    let (s, v) = c
+        .get(new, "/v1/cluster?consistency=stale")
+        .await
+        .expect("cluster");
+    assert_eq!(s, 200, "{v}");
+    assert!(
+        v["leader_id"].is_null(),
+        "a joining node has no leader yet: {v}"
+    );
+
+    // Added through a follower, which forwards to the leader.
+    let via = survivors
+        .iter()
+        .copied()
+        .find(|i| *i != leader)
+        .expect("follower");
+    let added = tokio::time::timeout(
+        ADD_WITHIN,
+        c.post(via, "/v1/cluster/members", &add_body(&c, new)),
+    )
+    .await
+    .expect("the add answers in time")
+    .expect("answer");
+    assert_eq!(added.0, 201, "{}\n{}", added.1, c.logs());
+    let (voters, _) = roles(&added.1);
+    assert!(
+        voters.contains(&c.nodes[new].id),
+        "the new node votes: {}",
+        added.1
+    );
+    let listed = added.1["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .find(|m| m["id"] == c.nodes[new].id)
+        .cloned()
+        .expect("listed");
+    assert_eq!(listed["api_addr"], c.nodes[new].api.to_string());
+
+    // Adding it again, or another node at a taken address, is a conflict.
+    let again = c
+        .post(via, "/v1/cluster/members", &add_body(&c, new))
+        .await
+        .expect("answer");
+    assert_eq!(again.0, 409, "{}", again.1);
+    let mut clash = add_body(&c, new);
+    clash["id"] = json!(99);
+    let clash = c
+        .post(via, "/v1/cluster/members", &clash)
+        .await
+        .expect("answer");
+    assert_eq!(clash.0, 409, "{}", clash.1);
+    assert_eq!(clash.1["error"]["field"], "peer_addr");
+
+    // The dead node is removed.
+    let dead_id = c.nodes[dead].id;
+    let (s, v) = delete(&c, leader, &format!("/v1/cluster/members/{dead_id}")).await;
+    assert_eq!(s, 200, "{v}");
+    let (voters, learners) = roles(&v);
+    let want: BTreeSet<u64> = survivors
+        .iter()
+        .map(|i| c.nodes[*i].id)
+        .chain([c.nodes[new].id])
+        .collect();
+    assert_eq!(voters, want, "{v}");
+    assert!(learners.is_empty(), "{v}");
+    let (s, v) = delete(&c, leader, &format!("/v1/cluster/members/{dead_id}")).await;
+    assert_eq!(s, 404, "removing a non-member: {v}");
+
+    // The new node holds every job, and with it, one old node carries quorum: stop the leader.
+    eventually(
+        Duration::from_secs(10),
+        "the job on the new node",
+        || async {
+            c.get(new, "/v1/jobs/tick?consistency=stale")
+                .await
+                .filter(|(s, _)| *s == 200)
+        },
+    )
+    .await;
+    c.kill(leader);
+    let other = survivors
+        .iter()
+        .copied()
+        .find(|i| *i != leader)
+        .expect("other");
+    let leader2 = c.wait_leader(&[other, new], ELECTION_WITHIN).await;
+    let stopped_at = now_ms();
+    let (s, v) = eventually(
+        Duration::from_secs(10),
+        "a write with the new node",
+        || async {
+            c.post(new, "/v1/jobs", &job("after-replace"))
+                .await
+                .filter(|(s, _)| *s == 201)
+        },
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, _) = c.get(other, "/v1/jobs/after-replace").await.expect("read");
+    assert_eq!(s, 200, "leader now node {}", c.nodes[leader2].id);
+
+    // The job went on firing through all of it: every second from its start, none missed.
+    let last_due = eventually(
+        Duration::from_secs(15),
+        "deliveries after the last stop",
+        || async {
+            let due: Vec<i64> = sink.of("tick").iter().map(|r| r.scheduled_ms()).collect();
+            due.iter().copied().filter(|d| *d > stopped_at + 2000).max()
+        },
+    )
+    .await;
+    let due: BTreeSet<i64> = sink.of("tick").iter().map(|r| r.scheduled_ms()).collect();
+    let missing: Vec<String> = (0..)
+        .map(|k| start + k * 1000)
+        .take_while(|d| *d <= last_due)
+        .filter(|d| !due.contains(d))
+        .map(rfc3339)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "runs never delivered: {missing:?}\n{}",
+        c.logs()
+    );
+
+    // The dead node comes back with its old data dir, still believing it is a member: the first
+    // member it asks for a vote tells it it was removed, and it stops without disturbing them.
+    c.spawn(dead);
+    let status = c.wait_exit(dead, Duration::from_secs(15));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the revived removed node stops: {status:?}\n{}",
+        c.log_of(dead)
+    );
+    assert!(
+        c.log_of(dead).contains("was removed from the cluster"),
+        "{}",
+        c.log_of(dead)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_follower_and_a_removed_leader_stop_by_themselves_and_refuse_to_restart() {
+    let mut c = TestCluster::start(3);
+    let leader = c.wait_leader(&[0, 1, 2], ELECTION_WITHIN).await;
+    let fourth = c.add_joining_node();
+    c.spawn(fourth);
+    wait_healthy(&c, fourth).await;
+    let (s, v) = c
+        .post(leader, "/v1/cluster/members", &add_body(&c, fourth))
+        .await
+        .expect("answer");
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(roles(&v).0.len(), 4, "{v}");
+
+    // Bad requests are 4xx with the field named.
+    let bad = [
+        (json!({"id": 0, "peer_addr": "127.0.0.1:1"}), 422, "id"),
+        (json!({"id": 7, "peer_addr": "nowhere"}), 422, "peer_addr"),
+        (json!({"id": 7}), 422, "peer_addr"),
+        (
+            json!({"id": 7, "peer_addr": "127.0.0.1:1", "colour": 1}),
+            422,
+            "colour",
+        ),
+    ];
+    for (body, status, field) in bad {
+        let (s, v) = c
+            .post(leader, "/v1/cluster/members", &body)
+            .await
+            .expect("answer");
+        assert_eq!(
+            (s, v["error"]["field"].as_str()),
+            (status, Some(field)),
+            "{body}: {v}"
+        );
+    }
+    let (s, v) = delete(&c, leader, "/v1/cluster/members/abc").await;
+    assert_eq!(s, 400, "{v}");
+
+    // A live follower is removed: the leader tells it, and it stops.
+    let follower = (0..3).find(|i| *i != leader).expect("follower");
+    let (s, v) = delete(
+        &c,
+        leader,
+        &format!("/v1/cluster/members/{}", c.nodes[follower].id),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let status = c.wait_exit(follower, Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the removed follower stops: {status:?}\n{}",
+        c.log_of(follower)
+    );
+
+    // The leader removes itself, answering first; it steps down and stops, the others elect.
+    let (s, v) = delete(
+        &c,
+        leader,
+        &format!("/v1/cluster/members/{}", c.nodes[leader].id),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}\n{}", c.logs());
+    let (voters, _) = roles(&v);
+    assert!(!voters.contains(&c.nodes[leader].id), "{v}");
+    let status = c.wait_exit(leader, Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the removed leader stops: {status:?}"
+    );
+    let rest: Vec<usize> = (0..4).filter(|i| *i != leader && *i != follower).collect();
+    c.wait_leader(&rest, ELECTION_WITHIN).await;
+    let (s, v) = eventually(
+        Duration::from_secs(10),
+        "a write after the leader left",
+        || async {
+            c.post(rest[0], "/v1/jobs", &job("after-leader-left"))
+                .await
+                .filter(|(s, _)| *s == 201)
+        },
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+
+    // Two voters are left: removing one more needs force.
+    let target = c.nodes[rest[1]].id;
+    let (s, v) = delete(&c, rest[0], &format!("/v1/cluster/members/{target}")).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("conflict")),
+        "{v}"
+    );
+
+    // A removed node's data dir refuses to serve again.
+    c.spawn(leader);
+    let status = c.wait_exit(leader, Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "a removed node refuses to start: {status:?}"
+    );
+    assert!(
+        c.log_of(leader).contains("was removed from its cluster"),
+        "{}",
+        c.log_of(leader)
+    );
+}
