@@ -21,12 +21,33 @@ use crate::dispatch::egress::parse_ranges;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Commands,
+    #[command(flatten)]
+    pub client: crate::cli::ClientArgs,
 }
 
+// Parsed once per process: the size of `Serve` costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Commands {
     /// Run a node.
     Serve(ServeArgs),
+    /// Create, read, list, delete, pause, resume and trigger jobs.
+    #[command(subcommand)]
+    Jobs(crate::cli::JobsCmd),
+    /// List runs; retry a failed one.
+    #[command(subcommand)]
+    Runs(crate::cli::RunsCmd),
+    /// Preview a schedule's next fires.
+    #[command(subcommand)]
+    Schedule(crate::cli::ScheduleCmd),
+    /// Cluster status; add and remove nodes.
+    #[command(subcommand)]
+    Cluster(crate::cli::ClusterCmd),
+    /// Per-target delivery state: in flight, waiting, circuit.
+    Targets(crate::cli::TargetsArgs),
+    /// Back up, inspect and restore the whole state.
+    #[command(subcommand)]
+    Snapshot(crate::cli::SnapshotCmd),
 }
 
 /// Flags of `hookd serve`. Each also reads `HOOKD_<NAME>` from the environment, and the same key

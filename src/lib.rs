@@ -3,6 +3,7 @@
 //! public HTTP API, schedules and leader-only dispatch.
 
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod core;
 pub mod dispatch;

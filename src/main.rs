@@ -4,24 +4,42 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use hookd::config::{Cli, Commands};
+use hookd::cli::{self, ClientCommand};
+use hookd::config::{Cli, Commands, ServeArgs};
 use hookd::node::{self, Listeners};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
-    match run() {
+    let cli = Cli::parse();
+    let client = match cli.command {
+        Commands::Serve(args) => {
+            return match serve(args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("hookd: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Commands::Jobs(c) => ClientCommand::Jobs(c),
+        Commands::Runs(c) => ClientCommand::Runs(c),
+        Commands::Schedule(c) => ClientCommand::Schedule(c),
+        Commands::Cluster(c) => ClientCommand::Cluster(c),
+        Commands::Targets(c) => ClientCommand::Targets(c),
+        Commands::Snapshot(c) => ClientCommand::Snapshot(c),
+    };
+    match cli::run(cli.client, client) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("hookd: {e:#}");
-            ExitCode::FAILURE
+            eprintln!("hookd: {e}");
+            ExitCode::from(e.exit_code())
         }
     }
 }
 
-fn run() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    match cli.command {
-        Commands::Serve(args) => {
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    {
+        {
             let config = args.into_config()?;
             init_tracing(&config.log)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -5,6 +5,7 @@
 // openraft's storage traits return its large `StorageError` by value; our helpers follow suit.
 #![allow(clippy::result_large_err)]
 
+pub mod backup;
 pub mod lease;
 pub mod machine;
 pub mod members;

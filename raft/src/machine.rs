@@ -103,6 +103,11 @@ pub trait Machine: Send + Sync + 'static {
     /// recorded one.
     fn record_cluster_id(cluster_id: String) -> Self::Command;
     fn cluster_id(tables: &Tables) -> Option<String>;
+    /// Restoring a backup into a new cluster: whether the row `key` of table `table` (an index
+    /// into `TABLES`) belongs to the old cluster's identity (its nodes' records, its cluster
+    /// id) and is left out, and the row that records the new cluster id: (table, key, value).
+    fn identity_row(table: usize, key: &[u8]) -> bool;
+    fn cluster_id_row(cluster_id: &str) -> (usize, Vec<u8>, Vec<u8>);
 
     /// Called after each applied batch has committed, with what it changed.
     fn applied(&self, touched: Self::Touched);
@@ -325,6 +330,12 @@ pub mod kv {
         fn cluster_id(tables: &Tables) -> Option<String> {
             let v = tables.get(0, CLUSTER.as_bytes()).ok()??;
             Some(String::from_utf8_lossy(&v).into_owned())
+        }
+        fn identity_row(_: usize, key: &[u8]) -> bool {
+            key == CLUSTER.as_bytes() || key.starts_with(NODE.as_bytes())
+        }
+        fn cluster_id_row(cluster_id: &str) -> (usize, Vec<u8>, Vec<u8>) {
+            (0, CLUSTER.into(), cluster_id.into())
         }
         fn applied(&self, _: ()) {}
         fn replaced(&self) {}

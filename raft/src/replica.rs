@@ -765,6 +765,10 @@ impl<M: Machine> Replica<M> {
         self.config.peer_secret.as_ref()
     }
 
+    pub(crate) fn store(&self) -> &Store<M> {
+        &self.store
+    }
+
     pub(crate) fn peers(&self) -> &PeerClient {
         &self.peers
     }

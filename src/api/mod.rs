@@ -7,6 +7,7 @@ mod error;
 mod jobs;
 pub mod model;
 mod runs;
+pub mod snapshot;
 pub mod targets;
 
 use std::sync::Arc;
@@ -109,6 +110,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
             axum::routing::delete(cluster::remove_member),
         )
         .route("/targets", get(targets::list))
+        .route("/snapshot", get(snapshot::snapshot))
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .nest("/v1", v1)
@@ -147,11 +149,16 @@ async fn require_token(State(s): Shared, req: Request, next: Next) -> Response {
 }
 
 /// What a read token may do: `GET` (and `HEAD`), and previewing a schedule, which changes
-/// nothing. `path` is relative to `/v1`.
+/// nothing; but not a backup, which holds the secret headers' values. `path` is relative to
+/// `/v1`.
 fn is_read(method: &Method, path: &str) -> bool {
+    let path = path.trim_end_matches('/');
+    if path.ends_with("/snapshot") {
+        return false;
+    }
     method == Method::GET
         || method == Method::HEAD
-        || (method == Method::POST && path.trim_end_matches('/').ends_with("/schedules/preview"))
+        || (method == Method::POST && path.ends_with("/schedules/preview"))
 }
 
 /// A list's `limit` parameter: the default when absent, else `1..=LIST_LIMIT_MAX` or a `400`.

@@ -9,7 +9,7 @@ use std::ops::Bound;
 use hookd_raft::{Machine, NodeId, Position, ReadError, Tx, TxError};
 
 use crate::core::command::{Command, CommandResult, Epoch};
-use crate::core::state::{self, StateFault, Table, Touched};
+use crate::core::state::{self, StateFault, Table, Touched, CLUSTER_ID_KEY};
 use crate::core::view::{Read, Row, View};
 pub use feed::{Changes, Subscription};
 
@@ -169,6 +169,18 @@ impl Machine for Hookd {
 
     fn cluster_id(tables: &hookd_raft::Tables) -> Option<String> {
         View::new(tables.clone()).cluster_id()
+    }
+
+    fn identity_row(table: usize, key: &[u8]) -> bool {
+        table == Table::Nodes as usize || (table == Table::Misc as usize && key == CLUSTER_ID_KEY)
+    }
+
+    fn cluster_id_row(cluster_id: &str) -> (usize, Vec<u8>, Vec<u8>) {
+        (
+            Table::Misc as usize,
+            CLUSTER_ID_KEY.to_vec(),
+            cluster_id.as_bytes().to_vec(),
+        )
     }
 
     fn applied(&self, touched: Touched) {

@@ -59,6 +59,9 @@ async fn api_tokens_rotate_and_a_read_token_only_reads() {
         ),
         (Method::POST, "/v1/jobs", Some("read-only"), 403),
         (Method::DELETE, "/v1/jobs/scoped", Some("read-only"), 403),
+        // A backup holds the secret headers' values: not for a read token.
+        (Method::GET, "/v1/snapshot", Some("read-only"), 403),
+        (Method::POST, "/v1/cluster/members", Some("read-only"), 403),
         (Method::POST, "/v1/jobs", Some("write-old"), 201),
         (Method::GET, "/v1/jobs/scoped", Some("write-new"), 200),
         (Method::DELETE, "/v1/jobs/scoped", Some("write-new"), 204),

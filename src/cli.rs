@@ -1,0 +1,967 @@
+//! The command-line client (SPEC §6), in the same binary as the node: `hookd jobs …`, `runs`,
+//! `schedule`, `cluster`, `targets`, `snapshot`. It speaks the public HTTP API to the first node
+//! of `--addr` that answers; `snapshot inspect` and `restore` work on files, offline. Output is a
+//! table on a terminal and JSON otherwise (`-o`). Exit status: 0 ok, 1 API error, 2 usage error.
+
+// Printing answers on stdout, and questions and errors on stderr, is what a command-line
+// client is for.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Subcommand, ValueEnum};
+use reqwest::Method;
+use serde_json::{json, Map, Value};
+
+use crate::config::parse_initial_cluster;
+
+/// Flags every client command takes.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// Node URLs, comma-separated (http://HOST:PORT or HOST:PORT); the first that answers is used.
+    #[arg(
+        long,
+        env = "HOOKD_ADDR",
+        value_delimiter = ',',
+        global = true,
+        default_value = "http://127.0.0.1:7101"
+    )]
+    pub addr: Vec<String>,
+    /// API token (sent as Authorization: Bearer TOKEN).
+    #[arg(long, env = "HOOKD_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
+    /// CA certificate (PEM) to trust for HTTPS nodes.
+    #[arg(long, env = "HOOKD_CA_CERT", global = true, value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
+    /// Output format [default: table on a terminal, json otherwise].
+    #[arg(short = 'o', long = "output", global = true, value_enum)]
+    pub output: Option<Output>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+// Parsed once per process: the size of `Create` costs nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Subcommand)]
+pub enum JobsCmd {
+    /// Create a job from the API's job JSON (-f FILE, or - for stdin) and/or flags.
+    Create(CreateArgs),
+    /// Show one job (exit 1 if it does not exist).
+    Get { id: String },
+    /// List jobs, ordered by id.
+    List {
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Start after this job id.
+        #[arg(long)]
+        after: Option<String>,
+        /// Follow every page.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Delete a job (asks for --yes when not on a terminal).
+    Delete {
+        id: String,
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Stop firing a job.
+    Pause { id: String },
+    /// Fire a paused job again.
+    Resume { id: String },
+    /// Fire a job once now (an extra run).
+    Trigger { id: String },
+}
+
+#[derive(Debug, Default, Args)]
+pub struct CreateArgs {
+    /// The job as JSON (as the API takes it); - reads stdin. Flags below override its fields.
+    #[arg(short = 'f', long = "file", value_name = "FILE|-")]
+    pub file: Option<String>,
+    /// Job id [default: generated].
+    #[arg(long)]
+    pub id: Option<String>,
+    /// The URL to call (http or https).
+    #[arg(long)]
+    pub url: Option<String>,
+    /// HTTP method [default: POST].
+    #[arg(long)]
+    pub method: Option<String>,
+    /// Request body sent to the target.
+    #[arg(long)]
+    pub body: Option<String>,
+    /// A header NAME:VALUE sent to the target (repeatable).
+    #[arg(long = "header", value_name = "NAME:VALUE")]
+    pub headers: Vec<String>,
+    #[command(flatten)]
+    pub schedule: ScheduleArgs,
+    /// Attempt timeout, e.g. 10s.
+    #[arg(long)]
+    pub timeout: Option<String>,
+}
+
+/// A schedule given by flags: exactly one of --cron, --every, --at, --after.
+#[derive(Debug, Default, Clone, Args)]
+pub struct ScheduleArgs {
+    /// Cron expression (5 fields, or 6 with seconds first).
+    #[arg(long)]
+    pub cron: Option<String>,
+    /// IANA time zone of --cron (default UTC).
+    #[arg(long)]
+    pub timezone: Option<String>,
+    /// Fixed interval, e.g. 30s.
+    #[arg(long)]
+    pub every: Option<String>,
+    /// First fire of --every (RFC 3339).
+    #[arg(long)]
+    pub start_at: Option<String>,
+    /// Once, at this instant (RFC 3339).
+    #[arg(long)]
+    pub at: Option<String>,
+    /// Once, this long after the create, e.g. 10m.
+    #[arg(long)]
+    pub after: Option<String>,
+}
+
+impl ScheduleArgs {
+    /// The schedule JSON, if any schedule flag was given.
+    fn to_json(&self) -> Result<Option<Value>, CliError> {
+        let kinds = [&self.cron, &self.every, &self.at, &self.after]
+            .iter()
+            .filter(|k| k.is_some())
+            .count();
+        if kinds > 1 {
+            return Err(CliError::Usage(
+                "give one of --cron, --every, --at, --after".into(),
+            ));
+        }
+        if self.timezone.is_some() && self.cron.is_none() {
+            return Err(CliError::Usage("--timezone goes with --cron".into()));
+        }
+        if self.start_at.is_some() && self.every.is_none() {
+            return Err(CliError::Usage("--start-at goes with --every".into()));
+        }
+        let mut s = Map::new();
+        let mut put = |k: &str, v: &Option<String>| {
+            if let Some(v) = v {
+                s.insert(k.into(), json!(v));
+            }
+        };
+        put("cron", &self.cron);
+        put("timezone", &self.timezone);
+        put("every", &self.every);
+        put("start_at", &self.start_at);
+        put("at", &self.at);
+        put("after", &self.after);
+        Ok((!s.is_empty()).then_some(Value::Object(s)))
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RunsCmd {
+    /// Runs of one job (--job), or across jobs (the dead-letter view with --status failed).
+    List {
+        #[arg(long)]
+        job: Option<String>,
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Deliver a failed run again.
+    Retry { run_id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ScheduleCmd {
+    /// The next fires of a schedule, without creating anything.
+    Preview {
+        #[command(flatten)]
+        schedule: ScheduleArgs,
+        /// Fires strictly after this instant (RFC 3339) [default: now].
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long)]
+        count: Option<usize>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCmd {
+    /// Members, roles and the leader.
+    Status,
+    /// Add a node started with --join: a learner, then a voter once caught up.
+    Add {
+        #[arg(long)]
+        id: u64,
+        #[arg(long, value_name = "HOST:PORT")]
+        peer_addr: String,
+        #[arg(long, value_name = "HOST:PORT")]
+        api_addr: Option<String>,
+        /// Leave it a learner (no vote).
+        #[arg(long)]
+        learner: bool,
+    },
+    /// Remove a node (asks for --yes when not on a terminal).
+    Remove {
+        id: u64,
+        /// Allow leaving fewer than 2 voters.
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct TargetsArgs {
+    #[arg(long)]
+    pub limit: Option<usize>,
+    #[arg(long)]
+    pub after: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCmd {
+    /// Save a consistent backup of the whole state from the cluster into FILE.
+    Save { file: PathBuf },
+    /// Check a backup file and print what it holds.
+    Inspect { file: PathBuf },
+    /// Prepare the data dir of one member of a new cluster from a backup, offline. Restore every
+    /// member from the same file with the same --initial-cluster; they get one new cluster id.
+    Restore {
+        file: PathBuf,
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        #[arg(long)]
+        node_id: u64,
+        #[arg(long, value_name = "ID=HOST:PORT,...")]
+        initial_cluster: String,
+        /// The new cluster's id [default: derived from the file and the members].
+        #[arg(long)]
+        cluster_id: Option<String>,
+    },
+}
+
+/// A client command, parsed.
+#[derive(Debug)]
+pub enum ClientCommand {
+    Jobs(JobsCmd),
+    Runs(RunsCmd),
+    Schedule(ScheduleCmd),
+    Cluster(ClusterCmd),
+    Targets(TargetsArgs),
+    Snapshot(SnapshotCmd),
+}
+
+/// Why a client command failed, and so its exit status.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Exit 2.
+    #[error("{0}")]
+    Usage(String),
+    /// Exit 1: the API answered with an error, no node answered, or a file was bad.
+    #[error("{0}")]
+    Api(String),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Usage(_) => 2,
+            CliError::Api(_) => 1,
+        }
+    }
+}
+
+/// Runs a client command to its end.
+pub fn run(args: ClientArgs, cmd: ClientCommand) -> Result<(), CliError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Api(format!("cannot start a runtime: {e}")))?;
+    runtime.block_on(dispatch(args, cmd))
+}
+
+async fn dispatch(args: ClientArgs, cmd: ClientCommand) -> Result<(), CliError> {
+    let out = Printer {
+        format: args.output.unwrap_or(if std::io::stdout().is_terminal() {
+            Output::Table
+        } else {
+            Output::Json
+        }),
+    };
+    // Offline commands first: they need no node.
+    match &cmd {
+        ClientCommand::Snapshot(SnapshotCmd::Inspect { file }) => {
+            return out.inspection(&inspect(file)?);
+        }
+        ClientCommand::Snapshot(SnapshotCmd::Restore {
+            file,
+            data_dir,
+            node_id,
+            initial_cluster,
+            cluster_id,
+        }) => {
+            let members = parse_initial_cluster(initial_cluster)
+                .map_err(|e| CliError::Usage(e.to_string()))?;
+            let to = hookd_raft::backup::RestoreTo {
+                data_dir: data_dir.clone(),
+                node_id: *node_id,
+                members,
+                cluster_id: cluster_id.clone(),
+            };
+            let restored = hookd_raft::backup::restore(
+                file,
+                &to,
+                Arc::new(crate::replicated::Hookd::default()),
+            )
+            .await
+            .map_err(|e| CliError::Api(e.to_string()))?;
+            return out.value(&json!({
+                "data_dir": data_dir.display().to_string(),
+                "node_id": node_id,
+                "cluster_id": restored.cluster_id,
+                "index": restored.meta.last_log_id.map(|l| l.index),
+                "source_hookd_version": restored.source.hookd_version,
+            }));
+        }
+        _ => {}
+    }
+    let client = Client::new(&args)?;
+    match cmd {
+        ClientCommand::Jobs(cmd) => jobs(&client, &out, cmd).await,
+        ClientCommand::Runs(RunsCmd::List { job, status, limit }) => {
+            let base = match &job {
+                Some(id) => format!("/v1/jobs/{}/runs", seg(id)),
+                None => "/v1/runs".into(),
+            };
+            let q = query(&[("status", status), ("limit", limit.map(|l| l.to_string()))]);
+            let v = client.ok(Method::GET, &format!("{base}{q}"), None).await?;
+            out.table(&v["runs"], RUN_COLUMNS, &v)
+        }
+        ClientCommand::Runs(RunsCmd::Retry { run_id }) => {
+            let path = format!("/v1/runs/{}/retry", seg(&run_id));
+            let v = client.ok(Method::POST, &path, None).await?;
+            out.value(&v)
+        }
+        ClientCommand::Schedule(ScheduleCmd::Preview {
+            schedule,
+            from,
+            count,
+        }) => {
+            let schedule = schedule
+                .to_json()?
+                .ok_or_else(|| CliError::Usage("give --cron, --every, --at or --after".into()))?;
+            let mut body = json!({"schedule": schedule});
+            if let Some(from) = from {
+                body["from"] = json!(from);
+            }
+            if let Some(count) = count {
+                body["count"] = json!(count);
+            }
+            let v = client
+                .ok(Method::POST, "/v1/schedules/preview", Some(body))
+                .await?;
+            out.lines(&v["fires"], &v)
+        }
+        ClientCommand::Cluster(cmd) => cluster(&client, &out, cmd).await,
+        ClientCommand::Targets(TargetsArgs { limit, after }) => {
+            let q = query(&[("limit", limit.map(|l| l.to_string())), ("after", after)]);
+            let v = client
+                .ok(Method::GET, &format!("/v1/targets{q}"), None)
+                .await?;
+            out.table(&v["targets"], TARGET_COLUMNS, &v)
+        }
+        ClientCommand::Snapshot(SnapshotCmd::Save { file }) => {
+            save_snapshot(&client, &file).await?;
+            out.inspection(&inspect(&file)?)
+        }
+        ClientCommand::Snapshot(_) => Ok(()),
+    }
+}
+
+async fn jobs(client: &Client, out: &Printer, cmd: JobsCmd) -> Result<(), CliError> {
+    match cmd {
+        JobsCmd::Create(args) => {
+            let body = job_body(&args)?;
+            let v = client.ok(Method::POST, "/v1/jobs", Some(body)).await?;
+            out.value(&v)
+        }
+        JobsCmd::Get { id } => {
+            let v = client
+                .ok(Method::GET, &format!("/v1/jobs/{}", seg(&id)), None)
+                .await?;
+            out.value(&v)
+        }
+        JobsCmd::List { limit, after, all } => {
+            let mut after = after;
+            let mut jobs = Vec::new();
+            let next = loop {
+                let q = query(&[("limit", Some(limit.to_string())), ("after", after.clone())]);
+                let v = client
+                    .ok(Method::GET, &format!("/v1/jobs{q}"), None)
+                    .await?;
+                jobs.extend(v["jobs"].as_array().cloned().unwrap_or_default());
+                after = v["next"].as_str().map(str::to_owned);
+                if !all || after.is_none() {
+                    break v["next"].clone();
+                }
+            };
+            let page = json!({"jobs": jobs, "next": next});
+            out.table(&page["jobs"], JOB_COLUMNS, &page)
+        }
+        JobsCmd::Delete { id, yes } => {
+            confirm(yes, &format!("Delete job {id}?"))?;
+            client
+                .ok(Method::DELETE, &format!("/v1/jobs/{}", seg(&id)), None)
+                .await?;
+            out.done(&format!("deleted job {id}"))
+        }
+        JobsCmd::Pause { id } => job_action(client, out, &id, "pause").await,
+        JobsCmd::Resume { id } => job_action(client, out, &id, "resume").await,
+        JobsCmd::Trigger { id } => job_action(client, out, &id, "trigger").await,
+    }
+}
+
+/// `POST /v1/jobs/{id}/{action}`, printing the job or run it answers with.
+async fn job_action(
+    client: &Client,
+    out: &Printer,
+    id: &str,
+    action: &str,
+) -> Result<(), CliError> {
+    let path = format!("/v1/jobs/{}/{action}", seg(id));
+    let v = client.ok(Method::POST, &path, None).await?;
+    out.value(&v)
+}
+
+async fn cluster(client: &Client, out: &Printer, cmd: ClusterCmd) -> Result<(), CliError> {
+    let v = match cmd {
+        ClusterCmd::Status => client.ok(Method::GET, "/v1/cluster", None).await?,
+        ClusterCmd::Add {
+            id,
+            peer_addr,
+            api_addr,
+            learner,
+        } => {
+            let mut body = json!({"id": id, "peer_addr": peer_addr, "voter": !learner});
+            if let Some(api) = api_addr {
+                body["api_addr"] = json!(api);
+            }
+            client
+                .ok(Method::POST, "/v1/cluster/members", Some(body))
+                .await?
+        }
+        ClusterCmd::Remove { id, force, yes } => {
+            confirm(yes, &format!("Remove node {id} from the cluster?"))?;
+            let q = if force { "?force=true" } else { "" };
+            client
+                .ok(
+                    Method::DELETE,
+                    &format!("/v1/cluster/members/{id}{q}"),
+                    None,
+                )
+                .await?
+        }
+    };
+    out.cluster(&v)
+}
+
+/// The job JSON of `jobs create`: the file's, with the flags' fields over it.
+fn job_body(args: &CreateArgs) -> Result<Value, CliError> {
+    let mut job = match args.file.as_deref() {
+        None => json!({}),
+        Some(f) => {
+            let text = if f == "-" {
+                let mut s = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut s)
+                    .map_err(|e| CliError::Usage(format!("cannot read stdin: {e}")))?;
+                s
+            } else {
+                std::fs::read_to_string(f)
+                    .map_err(|e| CliError::Usage(format!("cannot read {f}: {e}")))?
+            };
+            serde_json::from_str(&text)
+                .map_err(|e| CliError::Usage(format!("{f} is not JSON: {e}")))?
+        }
+    };
+    let Some(obj) = job.as_object_mut() else {
+        return Err(CliError::Usage("the job JSON must be an object".into()));
+    };
+    for (k, v) in [
+        ("id", &args.id),
+        ("url", &args.url),
+        ("method", &args.method),
+        ("body", &args.body),
+        ("timeout", &args.timeout),
+    ] {
+        if let Some(v) = v {
+            obj.insert(k.into(), json!(v));
+        }
+    }
+    if !args.headers.is_empty() {
+        let headers = obj
+            .entry("headers")
+            .or_insert_with(|| json!({}))
+            .as_object_mut()
+            .ok_or_else(|| CliError::Usage("headers must be an object".into()))?;
+        for h in &args.headers {
+            let (name, value) = h
+                .split_once(':')
+                .ok_or_else(|| CliError::Usage(format!("--header {h:?} is not NAME:VALUE")))?;
+            headers.insert(name.trim().into(), json!(value.trim()));
+        }
+    }
+    if let Some(schedule) = args.schedule.to_json()? {
+        obj.insert("schedule".into(), schedule);
+    }
+    Ok(job)
+}
+
+/// Asks before a destructive command: `--yes`, or a `y` on a terminal.
+fn confirm(yes: bool, question: &str) -> Result<(), CliError> {
+    if yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(CliError::Usage(format!(
+            "{question} Not on a terminal: pass --yes"
+        )));
+    }
+    eprint!("{question} [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    let _ = std::io::stdin().read_line(&mut answer);
+    if matches!(answer.trim(), "y" | "Y" | "yes") {
+        Ok(())
+    } else {
+        Err(CliError::Usage("not confirmed".into()))
+    }
+}
+
+/// A path segment, percent-encoded beyond the unreserved characters.
+fn seg(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b':') {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// A query string of the given parameters (`?a=1&b=2`, or empty).
+fn query(params: &[(&str, Option<String>)]) -> String {
+    let parts: Vec<String> = params
+        .iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", seg(v))))
+        .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", parts.join("&"))
+    }
+}
+
+/// The API client: the nodes of `--addr` in order, moving on only when one cannot be reached.
+struct Client {
+    http: reqwest::Client,
+    bases: Vec<String>,
+    token: Option<String>,
+}
+
+/// How long a client request may take; a member add waits for the learner to catch up.
+const REQUEST_WITHIN: Duration = Duration::from_secs(90);
+
+impl Client {
+    fn new(args: &ClientArgs) -> Result<Client, CliError> {
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(REQUEST_WITHIN)
+            .redirect(reqwest::redirect::Policy::none());
+        let https = args.ca_cert.is_some();
+        if let Some(path) = &args.ca_cert {
+            let pem = std::fs::read(path)
+                .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", path.display())))?;
+            let cert = reqwest::Certificate::from_pem(&pem)
+                .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let http = builder
+            .build()
+            .map_err(|e| CliError::Api(format!("cannot build the HTTP client: {e}")))?;
+        let bases = args
+            .addr
+            .iter()
+            .map(|a| a.trim().trim_end_matches('/'))
+            .filter(|a| !a.is_empty())
+            .map(|a| {
+                if a.contains("://") {
+                    a.to_owned()
+                } else if https {
+                    format!("https://{a}")
+                } else {
+                    format!("http://{a}")
+                }
+            })
+            .collect::<Vec<_>>();
+        if bases.is_empty() {
+            return Err(CliError::Usage("--addr names no node".into()));
+        }
+        Ok(Client {
+            http,
+            bases,
+            token: args.token.clone(),
+        })
+    }
+
+    /// Sends the request to the first node that can be reached.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<reqwest::Response, CliError> {
+        let mut failures = Vec::new();
+        for base in &self.bases {
+            let mut req = self.http.request(method.clone(), format!("{base}{path}"));
+            if let Some(t) = &self.token {
+                req = req.bearer_auth(t);
+            }
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            match req.send().await {
+                Ok(resp) => return Ok(resp),
+                // Not sent: the next node may answer.
+                Err(e) if e.is_connect() => failures.push(format!("{base}: {e}")),
+                Err(e) => return Err(CliError::Api(format!("{base}: {e}"))),
+            }
+        }
+        Err(CliError::Api(format!(
+            "no node answered: {}",
+            failures.join("; ")
+        )))
+    }
+
+    /// The JSON answer of a successful request, or the API's error as a `CliError::Api`.
+    async fn ok(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value, CliError> {
+        let resp = self.send(method, path, body.as_ref()).await?;
+        let status = resp.status();
+        let text = resp
+            .text()
+            .await
+            .map_err(|e| CliError::Api(format!("reading the answer: {e}")))?;
+        let v: Value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        if status.is_success() {
+            return Ok(v);
+        }
+        let e = &v["error"];
+        let mut message = format!(
+            "{} {}: {}",
+            status.as_u16(),
+            e["code"].as_str().unwrap_or("error"),
+            e["message"]
+                .as_str()
+                .map_or_else(|| v.to_string(), str::to_owned)
+        );
+        if let Some(field) = e["field"].as_str() {
+            message.push_str(&format!(" (field {field})"));
+        }
+        Err(CliError::Api(message))
+    }
+}
+
+/// Streams `GET /v1/snapshot` into `file` (through a temporary file, synced, then renamed).
+async fn save_snapshot(client: &Client, file: &Path) -> Result<(), CliError> {
+    let mut resp = client.send(Method::GET, "/v1/snapshot", None).await?;
+    if !resp.status().is_success() {
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        return Err(CliError::Api(format!("{status}: {text}")));
+    }
+    let tmp = file.with_extension("partial");
+    let io = |e: std::io::Error| CliError::Api(format!("{}: {e}", tmp.display()));
+    let mut out = std::fs::File::create(&tmp).map_err(io)?;
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| CliError::Api(format!("receiving the snapshot: {e}")))?
+    {
+        out.write_all(&chunk).map_err(io)?;
+    }
+    out.sync_all().map_err(io)?;
+    drop(out);
+    if let Err(e) = hookd_raft::backup::inspect(&tmp, 0) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(CliError::Api(format!("the received snapshot is bad: {e}")));
+    }
+    std::fs::rename(&tmp, file).map_err(|e| CliError::Api(format!("{}: {e}", file.display())))?;
+    Ok(())
+}
+
+/// `snapshot inspect`: the file checked through, as JSON.
+fn inspect(file: &Path) -> Result<Value, CliError> {
+    let jobs = crate::core::state::Table::Jobs as usize;
+    let i = hookd_raft::backup::inspect(file, jobs)
+        .map_err(|e| CliError::Api(format!("{}: {e}", file.display())))?;
+    let meta = &i.header.meta;
+    let membership = meta.last_membership.membership();
+    let members: BTreeMap<String, Value> = membership
+        .nodes()
+        .map(|(id, n)| {
+            let voter = membership.voter_ids().any(|v| v == *id);
+            (id.to_string(), json!({"peer_addr": n.addr, "voter": voter}))
+        })
+        .collect();
+    Ok(json!({
+        "file": file.display().to_string(),
+        "hookd_version": i.header.hookd_version,
+        "format": i.format,
+        "last_applied": meta.last_log_id.map(|l| json!({"term": l.leader_id.term, "index": l.index})),
+        "members": members,
+        "jobs": i.rows,
+        "bytes": i.bytes,
+        "sha256": i.sha256,
+    }))
+}
+
+const JOB_COLUMNS: &[(&str, &str)] = &[
+    ("ID", "/id"),
+    ("STATE", "/state"),
+    ("SCHEDULE", "/schedule"),
+    ("URL", "/url"),
+];
+const RUN_COLUMNS: &[(&str, &str)] = &[
+    ("RUN", "/id"),
+    ("JOB", "/job_id"),
+    ("STATUS", "/status"),
+    ("SCHEDULED_AT", "/scheduled_at"),
+    ("ATTEMPTS", "/attempts"),
+];
+const TARGET_COLUMNS: &[(&str, &str)] = &[
+    ("TARGET", "/target"),
+    ("IN_FLIGHT", "/in_flight"),
+    ("WAITING", "/waiting"),
+    ("CIRCUIT", "/circuit"),
+    ("LAST_ERROR", "/last_error"),
+];
+const MEMBER_COLUMNS: &[(&str, &str)] = &[
+    ("ID", "/id"),
+    ("ROLE", "/role"),
+    ("VOTER", "/voter"),
+    ("PEER", "/peer_addr"),
+    ("API", "/api_addr"),
+];
+
+/// Prints answers as tables or JSON.
+struct Printer {
+    format: Output,
+}
+
+/// A cell: strings as they are, nothing for null, anything else as compact JSON.
+fn cell(v: &Value) -> String {
+    match v {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Rows under headers, columns padded to their widest cell.
+pub fn render_table(rows: &[Value], columns: &[(&str, &str)]) -> String {
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            columns
+                .iter()
+                .map(|(_, p)| cell(r.pointer(p).unwrap_or(&Value::Null)))
+                .collect()
+        })
+        .collect();
+    let widths: Vec<usize> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, (h, _))| {
+            cells
+                .iter()
+                .map(|r| r[i].chars().count())
+                .chain([h.len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cols: Vec<String>| {
+        let padded: Vec<String> = cols
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        padded.join("  ").trim_end().to_owned()
+    };
+    let mut out = vec![line(columns.iter().map(|(h, _)| h.to_string()).collect())];
+    out.extend(cells.into_iter().map(line));
+    out.join("\n") + "\n"
+}
+
+impl Printer {
+    fn json(&self, v: &Value) -> Result<(), CliError> {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
+        );
+        Ok(())
+    }
+
+    /// One object: `key  value` lines on a terminal.
+    fn value(&self, v: &Value) -> Result<(), CliError> {
+        match (self.format, v.as_object()) {
+            (Output::Table, Some(obj)) => {
+                let width = obj.keys().map(String::len).max().unwrap_or(0);
+                for (k, v) in obj {
+                    println!("{k:<width$}  {}", cell(v));
+                }
+                Ok(())
+            }
+            _ => self.json(v),
+        }
+    }
+
+    /// A list as a table on a terminal; the whole answer as JSON otherwise.
+    fn table(&self, rows: &Value, columns: &[(&str, &str)], whole: &Value) -> Result<(), CliError> {
+        match self.format {
+            Output::Table => {
+                let rows = rows.as_array().cloned().unwrap_or_default();
+                print!("{}", render_table(&rows, columns));
+                if let Some(next) = whole["next"].as_str() {
+                    println!("(more after {next}: --after {next})");
+                }
+                Ok(())
+            }
+            Output::Json => self.json(whole),
+        }
+    }
+
+    fn lines(&self, items: &Value, whole: &Value) -> Result<(), CliError> {
+        match self.format {
+            Output::Table => {
+                for i in items.as_array().into_iter().flatten() {
+                    println!("{}", cell(i));
+                }
+                Ok(())
+            }
+            Output::Json => self.json(whole),
+        }
+    }
+
+    fn cluster(&self, v: &Value) -> Result<(), CliError> {
+        match self.format {
+            Output::Table => {
+                println!(
+                    "cluster {}  leader {}  term {}  commit {}",
+                    cell(&v["cluster_id"]),
+                    cell(&v["leader_id"]),
+                    cell(&v["term"]),
+                    cell(&v["commit_index"])
+                );
+                let rows = v["members"].as_array().cloned().unwrap_or_default();
+                print!("{}", render_table(&rows, MEMBER_COLUMNS));
+                Ok(())
+            }
+            Output::Json => self.json(v),
+        }
+    }
+
+    fn inspection(&self, v: &Value) -> Result<(), CliError> {
+        self.value(v)
+    }
+
+    fn done(&self, message: &str) -> Result<(), CliError> {
+        match self.format {
+            Output::Table => println!("{message}"),
+            Output::Json => println!("{}", json!({"ok": true, "message": message})),
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_flags_override_the_file_and_build_the_schedule() {
+        let args = CreateArgs {
+            id: Some("a".into()),
+            url: Some("http://x/h".into()),
+            headers: vec!["X-Key: v".into()],
+            schedule: ScheduleArgs {
+                cron: Some("*/5 * * * *".into()),
+                timezone: Some("Europe/Berlin".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert_eq!(
+            job_body(&args).unwrap(),
+            json!({"id": "a", "url": "http://x/h", "headers": {"X-Key": "v"},
+                   "schedule": {"cron": "*/5 * * * *", "timezone": "Europe/Berlin"}})
+        );
+        let two = ScheduleArgs {
+            every: Some("1s".into()),
+            at: Some("2026-01-01T00:00:00Z".into()),
+            ..Default::default()
+        };
+        assert!(matches!(two.to_json(), Err(CliError::Usage(_))));
+        let tz_alone = ScheduleArgs {
+            timezone: Some("UTC".into()),
+            ..Default::default()
+        };
+        assert!(matches!(tz_alone.to_json(), Err(CliError::Usage(_))));
+        assert_eq!(ScheduleArgs::default().to_json().unwrap(), None);
+    }
+
+    #[test]
+    fn segments_and_queries_are_encoded() {
+        assert_eq!(seg("job-1.a:b_c"), "job-1.a:b_c");
+        assert_eq!(seg("a/b c?"), "a%2Fb%20c%3F");
+        assert_eq!(query(&[("a", None), ("b", None)]), "");
+        assert_eq!(
+            query(&[
+                ("status", Some("failed".into())),
+                ("x", None),
+                ("limit", Some("5".into()))
+            ]),
+            "?status=failed&limit=5"
+        );
+    }
+
+    #[test]
+    fn tables_pad_columns_to_the_widest_cell() {
+        let rows = vec![
+            json!({"id": "a", "state": "active", "n": 1}),
+            json!({"id": "longer-id", "state": null, "n": {"k": 2}}),
+        ];
+        let t = render_table(&rows, &[("ID", "/id"), ("STATE", "/state"), ("N", "/n")]);
+        assert_eq!(
+            t,
+            "ID         STATE   N\na          active  1\nlonger-id          {\"k\":2}\n"
+        );
+    }
+}

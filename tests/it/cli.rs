@@ -1,0 +1,251 @@
+//! The command-line client against live nodes (SPEC §6): jobs and cluster commands through
+//! several `--addr` values with one down, exit statuses, and a backup saved from a live cluster,
+//! checked, and restored into a new cluster.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::cluster::ELECTION_WITHIN;
+use crate::harness::{create, eventually, TestCluster, HOOKD};
+
+/// Runs `hookd ARGS` with no terminal; (exit status, stdout, stderr).
+async fn hookd(args: &[&str]) -> (i32, String, String) {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new(HOOKD)
+            .args(&args)
+            .env_remove("HOOKD_ADDR")
+            .env_remove("HOOKD_TOKEN")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run hookd");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .expect("join")
+}
+
+fn json(out: &str) -> Value {
+    serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_uses_the_first_node_that_answers_and_exits_by_outcome() {
+    let c = TestCluster::start(3);
+    c.wait_leader(&[0, 1, 2], ELECTION_WITHIN).await;
+    // Nothing listens on port 1: the client moves on to the next address.
+    let addr = format!("127.0.0.1:1,http://{},{}", c.nodes[1].api, c.nodes[2].api);
+    let run = |args: &[&str]| {
+        let mut all = vec!["--addr", addr.as_str()];
+        all.extend_from_slice(args);
+        let all: Vec<String> = all.iter().map(|s| s.to_string()).collect();
+        async move {
+            let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+            hookd(&refs).await
+        }
+    };
+
+    let (code, out, err) = run(&[
+        "jobs",
+        "create",
+        "--id",
+        "cli-1",
+        "--url",
+        "http://127.0.0.1:9/h",
+        "--every",
+        "1h",
+    ])
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["id"], "cli-1");
+    assert_eq!(json(&out)["schedule"]["every"], "1h");
+
+    let (code, out, err) = run(&["jobs", "get", "cli-1"]).await;
+    assert_eq!(
+        (code, json(&out)["id"].as_str()),
+        (0, Some("cli-1")),
+        "{err}"
+    );
+    let (code, _, err) = run(&["jobs", "get", "nope"]).await;
+    assert_eq!(code, 1, "a missing job is an API error");
+    assert!(err.contains("404") && err.contains("not_found"), "{err}");
+
+    let (code, out, _) = run(&["jobs", "list"]).await;
+    assert_eq!(code, 0);
+    let ids: Vec<String> = json(&out)["jobs"]
+        .as_array()
+        .expect("jobs")
+        .iter()
+        .filter_map(|j| j["id"].as_str().map(str::to_owned))
+        .collect();
+    assert!(ids.contains(&"cli-1".to_string()), "{out}");
+
+    let (code, out, _) = run(&["cluster", "status"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(
+        json(&out)["members"].as_array().map(Vec::len),
+        Some(3),
+        "{out}"
+    );
+
+    let (code, out, _) = run(&["-o", "table", "jobs", "list"]).await;
+    assert_eq!(code, 0);
+    assert!(out.starts_with("ID") && out.contains("cli-1"), "{out}");
+
+    // Usage errors exit 2: two schedules, or a delete without --yes off a terminal.
+    let (code, _, err) = run(&["jobs", "create", "--every", "1s", "--after", "1m"]).await;
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = run(&["jobs", "delete", "cli-1"]).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--yes"), "{err}");
+    let (code, _, _) = run(&["jobs", "delete", "cli-1", "--yes"]).await;
+    assert_eq!(code, 0);
+    let (code, _, _) = run(&["jobs", "get", "cli-1"]).await;
+    assert_eq!(code, 1, "deleted");
+
+    // No node answering at all is an error, not a hang.
+    let (code, _, err) = hookd(&["--addr", "127.0.0.1:1", "cluster", "status"]).await;
+    assert_eq!(code, 1, "{err}");
+}
+
+fn flip_byte(src: &Path, dst: &Path) {
+    let mut bytes = std::fs::read(src).expect("read");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    std::fs::write(dst, bytes).expect("write");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_of_a_live_cluster_restores_into_a_new_cluster_and_a_bad_file_is_refused() {
+    let old = TestCluster::start(3);
+    let leader = old.wait_leader(&[0, 1, 2], ELECTION_WITHIN).await;
+    for i in 0..40 {
+        create(
+            &old,
+            leader,
+            serde_json::json!({"id": format!("b{i:02}"), "url": "http://127.0.0.1:9/h",
+                               "schedule": {"every": "1h"},
+                               "headers": {"authorization": "Bearer s3cr3t"},
+                               "secret_headers": ["authorization"]}),
+        )
+        .await;
+    }
+    let old_id = old.get(0, "/v1/cluster").await.expect("cluster").1["cluster_id"].clone();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("backup.snap");
+    let f = file.to_str().expect("utf-8");
+    let follower = (0..3).find(|i| *i != leader).expect("follower");
+    let addr = old.nodes[follower].api.to_string();
+    let (code, out, err) = hookd(&["--addr", &addr, "snapshot", "save", f]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["jobs"], 40, "{out}");
+
+    let (code, out, _) = hookd(&["snapshot", "inspect", f]).await;
+    assert_eq!(code, 0);
+    let info = json(&out);
+    assert_eq!(info["jobs"], 40);
+    assert_eq!(info["format"], 2);
+    assert_eq!(
+        info["members"].as_object().map(|m| m.len()),
+        Some(3),
+        "{out}"
+    );
+    assert!(info["last_applied"]["index"].as_u64() > Some(40), "{out}");
+
+    // A corrupt file and a foreign one are refused, and nothing is written.
+    let corrupt = dir.path().join("corrupt.snap");
+    flip_byte(&file, &corrupt);
+    let foreign = dir.path().join("foreign.snap");
+    std::fs::write(&foreign, b"PK\x03\x04 not a snapshot at all").expect("write");
+    for (bad, says) in [(&corrupt, "corrupt"), (&foreign, "not a hookd snapshot")] {
+        let b = bad.to_str().expect("utf-8");
+        let (code, _, err) = hookd(&["snapshot", "inspect", b]).await;
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains(says), "{err}");
+        let target = dir.path().join("never");
+        let (code, _, err) = hookd(&[
+            "snapshot",
+            "restore",
+            b,
+            "--data-dir",
+            target.to_str().expect("utf-8"),
+            "--node-id",
+            "1",
+            "--initial-cluster",
+            "1=127.0.0.1:1",
+        ])
+        .await;
+        assert_eq!(code, 1, "{err}");
+        assert!(!target.exists(), "a refused restore writes nothing");
+    }
+
+    // Every member of a new cluster is restored from the same file, then started.
+    let mut new = TestCluster::new(3, &[]);
+    let mut restored_ids = Vec::new();
+    for i in 0..3 {
+        let (code, out, err) = hookd(&[
+            "snapshot",
+            "restore",
+            f,
+            "--data-dir",
+            new.nodes[i].data_dir.to_str().expect("utf-8"),
+            "--node-id",
+            &new.nodes[i].id.to_string(),
+            "--initial-cluster",
+            &new.initial_cluster,
+        ])
+        .await;
+        assert_eq!(code, 0, "{err}");
+        restored_ids.push(json(&out)["cluster_id"].clone());
+    }
+    assert_ne!(restored_ids[0], old_id, "a new cluster id");
+    assert!(
+        restored_ids.iter().all(|id| *id == restored_ids[0]),
+        "one id for every member: {restored_ids:?}"
+    );
+    let (code, _, err) = hookd(&[
+        "snapshot",
+        "restore",
+        f,
+        "--data-dir",
+        new.nodes[0].data_dir.to_str().expect("utf-8"),
+        "--node-id",
+        "1",
+        "--initial-cluster",
+        &new.initial_cluster,
+    ])
+    .await;
+    assert_eq!(code, 1, "a data dir in use is refused: {err}");
+    for i in 0..3 {
+        new.spawn(i);
+    }
+    let l = new.wait_leader(&[0, 1, 2], ELECTION_WITHIN).await;
+    let (s, v) = new.get(l, "/v1/jobs?limit=1000").await.expect("list");
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["jobs"].as_array().map(Vec::len), Some(40), "{v}");
+    assert_eq!(
+        v["jobs"][0]["headers"]["authorization"], "***",
+        "still a secret: {v}"
+    );
+    let mut cluster_ids = Vec::new();
+    for i in 0..3 {
+        let v = eventually(Duration::from_secs(10), "a cluster view", || async {
+            new.get(i, "/v1/cluster").await.filter(|(s, _)| *s == 200)
+        })
+        .await
+        .1;
+        cluster_ids.push(v["cluster_id"].clone());
+        assert_eq!(v["members"].as_array().map(Vec::len), Some(3), "{v}");
+    }
+    assert!(
+        cluster_ids.iter().all(|id| *id == restored_ids[0]),
+        "the new cluster runs with the restored id: {cluster_ids:?} vs {restored_ids:?}"
+    );
+    create(&new, l, crate::harness::job("after-restore")).await;
+}
