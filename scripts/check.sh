@@ -14,6 +14,11 @@ step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "cargo test"
+# The packaging test runs systemd-analyze (Debian package systemd).
+if ! command -v systemd-analyze >/dev/null; then
+    timeout 300 apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive timeout 300 apt-get install -y -qq systemd >/dev/null
+fi
 cargo test --workspace --locked
 
 step "chaos smoke run (scripts/jepsen.sh smoke)"

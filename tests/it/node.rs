@@ -296,3 +296,52 @@ async fn opens_with_everything_in_it(name: &str, cluster_id: &str) {
         .expect("resume");
     assert_eq!((s, &v["paused"]), (200, &serde_json::json!(false)), "{v}");
 }
+
+/// The shipped systemd units pass `systemd-analyze verify` without a warning (with `ExecStart`
+/// pointed at the binary under test), and every variable the environment template sets or
+/// suggests is one `hookd serve` reads.
+#[test]
+fn the_systemd_units_verify_and_the_environment_template_names_real_flags() {
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/systemd");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let service = std::fs::read_to_string(shipped.join("hookd.service")).expect("service");
+    assert!(service.contains("ExecStart=/usr/local/bin/hookd serve"));
+    std::fs::write(
+        dir.path().join("hookd.service"),
+        service.replace("/usr/local/bin/hookd", HOOKD),
+    )
+    .expect("write");
+    std::fs::copy(
+        shipped.join("hookd.socket"),
+        dir.path().join("hookd.socket"),
+    )
+    .expect("copy");
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(dir.path().join("hookd.socket"))
+        .arg(dir.path().join("hookd.service"))
+        .output()
+        .expect("systemd-analyze (Debian package systemd) must be installed");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.trim().is_empty(), "{stderr}");
+
+    let help = Command::new(HOOKD)
+        .args(["serve", "--help"])
+        .output()
+        .expect("help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    let env = std::fs::read_to_string(shipped.join("hookd.env")).expect("env template");
+    let names: Vec<&str> = env
+        .lines()
+        .map(|l| l.trim_start_matches('#').trim())
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k))
+        .filter(|k| k.starts_with("HOOKD_"))
+        .collect();
+    assert!(names.len() >= 10, "{names:?}");
+    for name in names {
+        assert!(
+            help.contains(&format!("[env: {name}")),
+            "{name} is no flag of hookd serve"
+        );
+    }
+}
