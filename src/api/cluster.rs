@@ -17,16 +17,18 @@ use serde_json::json;
 use super::model::parse_json;
 use super::{json_body, query, ApiError, Shared};
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct Member {
     id: u64,
     peer_addr: String,
     api_addr: Option<String>,
+    /// `leader`, `follower`, `candidate` or `learner`.
+    #[schema(value_type = String)]
     role: &'static str,
     voter: bool,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct ClusterView {
     node_id: u64,
     leader_id: Option<u64>,
@@ -36,6 +38,9 @@ struct ClusterView {
     members: Vec<Member>,
 }
 
+/// Membership and leadership as this node sees them.
+#[utoipa::path(get, path = "/cluster", tag = "cluster",
+    responses((status = 200, description = "the cluster", body = ClusterView)))]
 pub async fn cluster(state: Shared) -> Json<impl Serialize> {
     Json(view(&state))
 }
@@ -78,7 +83,7 @@ fn view(state: &Shared) -> ClusterView {
 }
 
 /// `POST /v1/cluster/members` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct AddRequest {
     id: u64,
@@ -131,6 +136,9 @@ async fn view_after_change(state: &Shared) -> ClusterView {
     view(state)
 }
 
+#[utoipa::path(post, path = "/cluster/members", tag = "cluster", request_body = AddRequest,
+    responses((status = 201, description = "added", body = ClusterView),
+              (status = 504, description = "it did not catch up within 60 s and stays a learner", body = super::openapi::ErrorBody)))]
 /// Adds a node started with `--join`: a learner first, a voter once caught up (SPEC §2, §6).
 pub async fn add_member(
     state: Shared,
@@ -169,13 +177,17 @@ pub async fn add_member(
     Ok((StatusCode::CREATED, Json(view_after_change(&state).await)).into_response())
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct RemoveQuery {
     #[serde(default)]
     force: bool,
 }
 
+#[utoipa::path(delete, path = "/cluster/members/{id}", tag = "cluster",
+    params(("id" = u64, Path, description = "node id"), RemoveQuery),
+    responses((status = 200, description = "removed", body = ClusterView)))]
 /// Removes a node; a leader being removed leads until the change is committed, then steps down.
 pub async fn remove_member(
     state: Shared,
@@ -194,6 +206,9 @@ pub async fn remove_member(
     Ok((StatusCode::OK, Json(view_after_change(&state).await)).into_response())
 }
 
+#[utoipa::path(get, path = "/healthz", tag = "node",
+    responses((status = 200, description = "alive", body = serde_json::Value),
+              (status = 503, description = "this node's storage has failed", body = serde_json::Value)))]
 /// Alive, and `503` once the replicated core has stopped on a fatal error (a storage failure):
 /// the node can no longer do its part and should be restarted or replaced.
 pub async fn healthz(state: Shared) -> Response {
@@ -216,6 +231,9 @@ const READY_PROBE_DEADLINE: Duration = Duration::from_secs(1);
 /// Ready when a leader holding a quorum confirms a read index and this node has applied it: the
 /// node can serve linearizable reads now. (openraft 0.9 never demotes a leader cut off from its
 /// followers, so the leader's own word is not enough.)
+#[utoipa::path(get, path = "/readyz", tag = "node",
+    responses((status = 200, description = "has a leader and is caught up", body = serde_json::Value),
+              (status = 503, description = "not ready", body = serde_json::Value)))]
 pub async fn readyz(state: Shared) -> Response {
     let replica = &state.replica;
     // Unauthenticated, so a probe costs a Raft round at most once per `READY_CACHE`: callers
@@ -246,6 +264,8 @@ pub async fn readyz(state: Shared) -> Response {
 }
 
 /// Prometheus text exposition of this node's metrics.
+#[utoipa::path(get, path = "/metrics", tag = "node",
+    responses((status = 200, description = "Prometheus text", body = String, content_type = "text/plain")))]
 pub async fn metrics() -> Response {
     let body = crate::metrics::handle()
         .map(|h| h.render())

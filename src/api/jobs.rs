@@ -10,7 +10,6 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
-use serde_json::json;
 
 use crate::core::{Command, CommandResult};
 use crate::replicated::ReplicaState;
@@ -20,17 +19,22 @@ use crate::dispatch::egress::literal_ip;
 use super::model::{parse_json, validate_id, JobRequest, JobView};
 use super::{json_body, list_limit, now_ms, query, ApiError, ApiState, Consistency, Shared};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ReadParams {
     #[serde(default)]
     consistency: Consistency,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
+    /// [default: 100]
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
+    /// List the jobs after this id.
     after: Option<String>,
     #[serde(default)]
     consistency: Consistency,
@@ -86,6 +90,19 @@ fn respond(id: &str, result: CommandResult) -> Result<Response, ApiError> {
     }
 }
 
+/// A page of jobs, ordered by id; `next` is the `after` of the next page.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct JobsPage {
+    jobs: Vec<JobView>,
+    next: Option<String>,
+}
+
+/// Create a job.
+#[utoipa::path(post, path = "/jobs", tag = "jobs", request_body = JobRequest,
+    responses(
+        (status = 201, description = "created", body = JobView),
+        (status = 200, description = "a job with this id and the same definition exists", body = JobView),
+    ))]
 pub async fn create(
     state: Shared,
     headers: HeaderMap,
@@ -106,6 +123,13 @@ pub async fn create(
     respond(&id, result)
 }
 
+/// Create or replace the job `id`.
+#[utoipa::path(put, path = "/jobs/{id}", tag = "jobs", request_body = JobRequest,
+    params(("id" = String, Path, description = "job id", pattern = r"^[A-Za-z0-9._:-]{1,128}$")),
+    responses(
+        (status = 201, description = "created", body = JobView),
+        (status = 200, description = "replaced (or unchanged)", body = JobView),
+    ))]
 pub async fn put(
     state: Shared,
     Path(id): Path<String>,
@@ -133,6 +157,10 @@ pub async fn put(
     respond(&id, result)
 }
 
+/// Read one job.
+#[utoipa::path(get, path = "/jobs/{id}", tag = "jobs",
+    params(("id" = String, Path, description = "job id", pattern = r"^[A-Za-z0-9._:-]{1,128}$"), ReadParams),
+    responses((status = 200, description = "the job", body = JobView)))]
 pub async fn get_one(
     state: Shared,
     Path(id): Path<String>,
@@ -147,6 +175,9 @@ pub async fn get_one(
     }
 }
 
+/// List jobs, ordered by id.
+#[utoipa::path(get, path = "/jobs", tag = "jobs", params(ListParams),
+    responses((status = 200, description = "a page of jobs", body = JobsPage)))]
 pub async fn list(
     state: Shared,
     params: Result<Query<ListParams>, QueryRejection>,
@@ -164,7 +195,7 @@ pub async fn list(
         None
     };
     let jobs: Vec<JobView> = jobs.into_iter().map(JobView::new).collect();
-    Ok(Json(json!({"jobs": jobs, "next": next})).into_response())
+    Ok(Json(JobsPage { jobs, next }).into_response())
 }
 
 async fn simple_command(
@@ -177,6 +208,10 @@ async fn simple_command(
     respond(id, result)
 }
 
+/// Delete a job; pending retries are cancelled.
+#[utoipa::path(delete, path = "/jobs/{id}", tag = "jobs",
+    params(("id" = String, Path, description = "job id", pattern = r"^[A-Za-z0-9._:-]{1,128}$")),
+    responses((status = 204, description = "deleted")))]
 pub async fn delete(state: Shared, Path(id): Path<String>) -> Result<Response, ApiError> {
     let cmd = Command::DeleteJob {
         id: id.clone(),
@@ -185,6 +220,10 @@ pub async fn delete(state: Shared, Path(id): Path<String>) -> Result<Response, A
     simple_command(&state, &id, cmd).await
 }
 
+/// Stop firing a job.
+#[utoipa::path(post, path = "/jobs/{id}/pause", tag = "jobs",
+    params(("id" = String, Path, description = "job id", pattern = r"^[A-Za-z0-9._:-]{1,128}$")),
+    responses((status = 200, description = "the paused job", body = JobView)))]
 pub async fn pause(state: Shared, Path(id): Path<String>) -> Result<Response, ApiError> {
     let cmd = Command::SetPaused {
         id: id.clone(),
@@ -194,6 +233,10 @@ pub async fn pause(state: Shared, Path(id): Path<String>) -> Result<Response, Ap
     simple_command(&state, &id, cmd).await
 }
 
+/// Fire a paused job again, from the first run due after the resume.
+#[utoipa::path(post, path = "/jobs/{id}/resume", tag = "jobs",
+    params(("id" = String, Path, description = "job id", pattern = r"^[A-Za-z0-9._:-]{1,128}$")),
+    responses((status = 200, description = "the resumed job", body = JobView)))]
 pub async fn resume(state: Shared, Path(id): Path<String>) -> Result<Response, ApiError> {
     let cmd = Command::SetPaused {
         id: id.clone(),

@@ -6,6 +6,7 @@ mod cluster;
 mod error;
 mod jobs;
 pub mod model;
+pub mod openapi;
 mod runs;
 pub mod snapshot;
 pub mod targets;
@@ -18,7 +19,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderMap, Method};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+
 use axum::Router;
 use hookd_raft::Secret;
 use serde::Deserialize;
@@ -80,8 +81,8 @@ impl ApiState {
 
 type Shared = State<Arc<ApiState>>;
 
-/// The `consistency` query parameter.
-#[derive(Debug, Default, Clone, Copy, Deserialize)]
+/// The `consistency` query parameter: `linearizable` (default) or `stale` (this node's own state).
+#[derive(Debug, Default, Clone, Copy, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Consistency {
     #[default]
@@ -90,34 +91,35 @@ pub enum Consistency {
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
-    let v1 = Router::new()
-        .route("/jobs", post(jobs::create).get(jobs::list))
-        .route(
-            "/jobs/{id}",
-            get(jobs::get_one).put(jobs::put).delete(jobs::delete),
-        )
-        .route("/jobs/{id}/pause", post(jobs::pause))
-        .route("/jobs/{id}/resume", post(jobs::resume))
-        .route("/jobs/{id}/trigger", post(runs::trigger))
-        .route("/jobs/{id}/runs", get(runs::job_runs))
-        .route("/runs", get(runs::list))
-        .route("/runs/{run_id}/retry", post(runs::retry))
-        .route("/schedules/preview", post(runs::preview))
-        .route("/cluster", get(cluster::cluster))
-        .route("/cluster/members", post(cluster::add_member))
-        .route(
-            "/cluster/members/{id}",
-            axum::routing::delete(cluster::remove_member),
-        )
-        .route("/targets", get(targets::list))
-        .route("/snapshot", get(snapshot::snapshot))
+    use utoipa_axum::{router::OpenApiRouter, routes};
+    let v1 = OpenApiRouter::new()
+        .routes(routes!(jobs::create, jobs::list))
+        .routes(routes!(jobs::get_one, jobs::put, jobs::delete))
+        .routes(routes!(jobs::pause))
+        .routes(routes!(jobs::resume))
+        .routes(routes!(runs::trigger))
+        .routes(routes!(runs::job_runs))
+        .routes(routes!(runs::list))
+        .routes(routes!(runs::retry))
+        .routes(routes!(runs::preview))
+        .routes(routes!(cluster::cluster))
+        .routes(routes!(cluster::add_member))
+        .routes(routes!(cluster::remove_member))
+        .routes(routes!(targets::list))
+        .routes(routes!(snapshot::snapshot))
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
-    Router::new()
-        .nest("/v1", v1)
-        .route("/healthz", get(cluster::healthz))
-        .route("/readyz", get(cluster::readyz))
-        .route("/metrics", get(cluster::metrics))
-        .fallback(|| async { ApiError::not_found("no such route") })
+    let (app, mut api) =
+        OpenApiRouter::with_openapi(<openapi::ApiDoc as utoipa::OpenApi>::openapi())
+            .nest("/v1", v1)
+            .routes(routes!(cluster::healthz))
+            .routes(routes!(cluster::readyz))
+            .routes(routes!(cluster::metrics))
+            .routes(routes!(openapi::openapi_json))
+            .routes(routes!(openapi::docs))
+            .split_for_parts();
+    utoipa::Modify::modify(&openapi::CommonErrors, &mut api);
+    openapi::publish(&api);
+    app.fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
         .with_state(state)

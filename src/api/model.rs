@@ -19,8 +19,21 @@ use crate::schedule::{CronSchedule, EVERY_MIN};
 /// A job as sent to `POST /v1/jobs` or `PUT /v1/jobs/{id}`. Unknown fields are rejected so that
 /// typos are not silently ignored; the server-side fields of a job as returned are accepted and
 /// ignored, so a GET → edit → PUT round trip works.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "id": "invoice-42-reminder",
+    "url": "https://example.com/hooks/remind",
+    "method": "POST",
+    "headers": {"content-type": "application/json", "authorization": "Bearer s3cret"},
+    "secret_headers": ["authorization"],
+    "body": "{\"invoice\": 42}",
+    "schedule": {"cron": "0 9 * * mon-fri", "timezone": "Europe/Berlin"},
+    "retry": {"max_attempts": 5, "initial_backoff": "1s", "max_backoff": "1h", "multiplier": 2.0, "jitter": 0.2},
+    "timeout": "10s",
+    "misfire": {"policy": "fire_once", "grace": "60s", "catchup_window": "24h"},
+    "paused": false
+}))]
 pub struct JobRequest {
     pub id: Option<String>,
     pub url: String,
@@ -33,19 +46,26 @@ pub struct JobRequest {
     pub timeout: Option<String>,
     pub misfire: Option<MisfireRequest>,
     pub paused: Option<bool>,
+    /// Accepted and ignored (as returned by a read), like the other server-side fields below.
     #[serde(rename = "created_at")]
+    #[schema(value_type = Option<serde_json::Value>)]
     _created_at: Option<IgnoredAny>,
     #[serde(rename = "updated_at")]
+    #[schema(value_type = Option<serde_json::Value>)]
     _updated_at: Option<IgnoredAny>,
     #[serde(rename = "next_fire_at")]
+    #[schema(value_type = Option<serde_json::Value>)]
     _next_fire_at: Option<IgnoredAny>,
     #[serde(rename = "state")]
+    #[schema(value_type = Option<serde_json::Value>)]
     _state: Option<IgnoredAny>,
     #[serde(rename = "version")]
+    #[schema(value_type = Option<serde_json::Value>)]
     _version: Option<IgnoredAny>,
 }
 
-#[derive(Debug, Default, Deserialize, Serialize, Clone, PartialEq)]
+/// Exactly one of `at`, `after`, `every` (with `start_at`), `cron` (with `timezone`).
+#[derive(Debug, Default, Deserialize, Serialize, Clone, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleRequest {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -62,7 +82,7 @@ pub struct ScheduleRequest {
     pub timezone: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetryRequest {
     pub max_attempts: Option<u32>,
@@ -72,7 +92,7 @@ pub struct RetryRequest {
     pub jitter: Option<f64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MisfireRequest {
     pub policy: Option<String>,
@@ -568,7 +588,7 @@ pub fn render_schedule(spec: &ScheduleSpec) -> ScheduleRequest {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct RetryView {
     pub max_attempts: u32,
     pub initial_backoff: String,
@@ -577,15 +597,17 @@ pub struct RetryView {
     pub jitter: f64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct MisfireView {
+    /// `fire_once`, `fire_all` or `skip`.
+    #[schema(value_type = String)]
     pub policy: MisfirePolicy,
     pub grace: String,
     pub catchup_window: String,
 }
 
 /// A job as returned by the API.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct JobView {
     pub id: String,
     pub url: String,
@@ -603,6 +625,8 @@ pub struct JobView {
     pub created_at: String,
     pub updated_at: String,
     pub next_fire_at: Option<String>,
+    /// `active`, `paused` or `completed`.
+    #[schema(value_type = String)]
     pub state: &'static str,
     pub version: u64,
 }

@@ -8,7 +8,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use crate::core::command::{Run, RunStatus, ScheduleSpec};
 use crate::core::{Command, CommandResult};
@@ -20,10 +19,15 @@ use super::{json_body, list_limit, now_ms, query, ApiError, Consistency, Shared}
 use crate::limits::{PREVIEW_COUNT_DEFAULT, PREVIEW_COUNT_MAX};
 use crate::schedule::Schedule;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct RunParams {
+    /// [default: 100]
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
+    /// [default across jobs: `failed`]
+    #[param(value_type = Option<String>, pattern = "^(pending|in_flight|retrying|succeeded|failed|skipped)$")]
     status: Option<RunStatus>,
     #[serde(default)]
     consistency: Consistency,
@@ -35,7 +39,7 @@ impl RunParams {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct AttemptView {
     n: u32,
     started_at: String,
@@ -45,7 +49,7 @@ struct AttemptView {
     node_id: u64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct SkippedView {
     count: u64,
     first_scheduled_at: String,
@@ -53,11 +57,12 @@ struct SkippedView {
 }
 
 /// A run as returned by the API.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct RunView {
     id: String,
     job_id: String,
     scheduled_at: String,
+    #[schema(value_type = String)]
     status: &'static str,
     attempts: Vec<AttemptView>,
     next_attempt_at: Option<String>,
@@ -106,12 +111,29 @@ impl RunView {
     }
 }
 
+/// Runs, newest first.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RunsPage {
+    runs: Vec<RunView>,
+}
+
+/// The next fires of a schedule.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Fires {
+    /// RFC 3339 instants, in order.
+    fires: Vec<String>,
+}
+
 fn runs_response(runs: Vec<Run>) -> Response {
     let now = now_ms();
     let runs: Vec<RunView> = runs.into_iter().map(|r| RunView::new(r, now)).collect();
-    Json(json!({ "runs": runs })).into_response()
+    Json(RunsPage { runs }).into_response()
 }
 
+/// Runs of a job, newest first.
+#[utoipa::path(get, path = "/jobs/{id}/runs", tag = "runs",
+    params(("id" = String, Path, description = "job id", pattern = r"^[A-Za-z0-9._:-]{1,128}$"), RunParams),
+    responses((status = 200, description = "runs", body = RunsPage)))]
 pub async fn job_runs(
     state: Shared,
     Path(id): Path<String>,
@@ -128,6 +150,9 @@ pub async fn job_runs(
     Ok(runs_response(view.job_runs(&id, params.status, limit)?))
 }
 
+/// Runs across jobs with a status (default `failed`: the dead-letter view).
+#[utoipa::path(get, path = "/runs", tag = "runs", params(RunParams),
+    responses((status = 200, description = "runs", body = RunsPage)))]
 pub async fn list(
     state: Shared,
     params: Result<Query<RunParams>, QueryRejection>,
@@ -160,6 +185,10 @@ fn run_accepted(result: CommandResult, what: &str) -> Result<Response, ApiError>
     }
 }
 
+/// Deliver a failed run again.
+#[utoipa::path(post, path = "/runs/{run_id}/retry", tag = "runs",
+    params(("run_id" = String, Path, description = "run id")),
+    responses((status = 202, description = "the run, open again", body = RunView)))]
 pub async fn retry(state: Shared, Path(run_id): Path<String>) -> Result<Response, ApiError> {
     if run_id.is_empty() || run_id.len() > 512 {
         return Err(ApiError::not_found("no such run"));
@@ -174,6 +203,10 @@ pub async fn retry(state: Shared, Path(run_id): Path<String>) -> Result<Response
     run_accepted(result, &format!("run {run_id:?}"))
 }
 
+/// Fire a job once now (an extra run).
+#[utoipa::path(post, path = "/jobs/{id}/trigger", tag = "jobs",
+    params(("id" = String, Path, description = "job id", pattern = r"^[A-Za-z0-9._:-]{1,128}$")),
+    responses((status = 202, description = "the new run", body = RunView)))]
 pub async fn trigger(state: Shared, Path(id): Path<String>) -> Result<Response, ApiError> {
     validate_id("id", &id)?;
     let result = state
@@ -187,14 +220,19 @@ pub async fn trigger(state: Shared, Path(id): Path<String>) -> Result<Response, 
     run_accepted(result, &format!("job {id:?}"))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"schedule": {"cron": "30 2 * * *", "timezone": "America/New_York"},
+                          "from": "2025-03-08T00:00:00Z", "count": 3}))]
 pub struct PreviewRequest {
     schedule: ScheduleRequest,
     from: Option<String>,
     count: Option<usize>,
 }
 
+/// The next fires of a schedule strictly after `from`, without creating anything.
+#[utoipa::path(post, path = "/schedules/preview", tag = "schedules", request_body = PreviewRequest,
+    responses((status = 200, description = "the fires", body = Fires)))]
 pub async fn preview(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -229,5 +267,5 @@ pub async fn preview(
         .into_iter()
         .map(|t| format_instant(t.timestamp_millis()))
         .collect();
-    Ok(Json(json!({ "fires": fires })).into_response())
+    Ok(Json(Fires { fires }).into_response())
 }

@@ -10,6 +10,8 @@ use super::{ApiError, Shared};
 /// Header naming the log index the snapshot holds the state at.
 pub const SNAPSHOT_INDEX_HEADER: &str = "hookd-snapshot-index";
 
+#[utoipa::path(get, path = "/snapshot", tag = "cluster",
+    responses((status = 200, description = "the snapshot file", body = Vec<u8>, content_type = "application/octet-stream")))]
 /// The newest snapshot file after a linearizable barrier (built now if older), as it is on disk:
 /// the same versioned, checksummed format the nodes send each other.
 pub async fn snapshot(state: Shared) -> Result<Response, ApiError> {

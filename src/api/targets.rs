@@ -21,20 +21,24 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(3);
 /// The leader's peer-port route for a follower's query.
 const PEER_PATH: &str = "/forward/targets";
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct Params {
+    /// [default: 100]
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
     after: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct TargetView {
     target: String,
     in_flight: usize,
     waiting: usize,
     last_error: Option<String>,
     /// `closed`, `open` or `half_open`.
+    #[schema(value_type = String)]
     circuit: &'static str,
     /// While open: when the next probe may go.
     open_until: Option<String>,
@@ -60,12 +64,15 @@ impl From<TargetStatus> for TargetView {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct Page {
     targets: Vec<TargetView>,
     next: Option<String>,
 }
 
+/// Per target host:port: attempts in flight, runs waiting, last error, circuit.
+#[utoipa::path(get, path = "/targets", tag = "targets", params(Params),
+    responses((status = 200, description = "a page of targets", body = Page)))]
 pub async fn list(
     state: Shared,
     params: Result<Query<Params>, QueryRejection>,

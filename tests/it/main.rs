@@ -8,6 +8,7 @@ mod harness;
 mod isolation;
 mod members;
 mod node;
+mod openapi;
 mod security;
 mod sink;
 mod tls;
