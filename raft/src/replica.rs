@@ -32,6 +32,8 @@ const RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// How often the background announcer checks that this node's API address and the cluster id
 /// are recorded.
 const ANNOUNCE_INTERVAL: Duration = Duration::from_millis(500);
+/// How long a stopping node waits for the writes it has taken to commit.
+const DRAIN_WITHIN: Duration = Duration::from_secs(1);
 /// How long a removed node goes on (answering the request that removed it) before it stops.
 const REMOVED_GRACE: Duration = Duration::from_secs(1);
 
@@ -141,6 +143,9 @@ pub struct Replica<M: Machine> {
     removal: Removals,
     /// Cancelled once the removal is recorded in the data dir: the node should stop.
     removed: CancellationToken,
+    /// Set when shutdown begins: new proposals and read indexes are turned away as by a
+    /// non-leader, so the nodes that forwarded them retry with the next leader.
+    stopping: std::sync::atomic::AtomicBool,
     leadership: Leadership,
     proposals: mpsc::Sender<Proposal<M>>,
     read_floor: ReadFloor,
@@ -331,6 +336,7 @@ impl<M: Machine> Replica<M> {
             cancel: cancel.clone(),
             removal,
             removed: CancellationToken::new(),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         });
         replica
             .tasks
@@ -473,6 +479,9 @@ impl<M: Machine> Replica<M> {
         cmd: M::Command,
         within: Duration,
     ) -> Result<M::Output, ForwardError> {
+        if self.is_stopping() {
+            return Err(Self::stepping_aside());
+        }
         if M::sheddable(&cmd) {
             let backlog = self.write_backlog();
             if backlog > self.config.write_backlog_max {
@@ -643,6 +652,9 @@ impl<M: Machine> Replica<M> {
     /// On the leader: confirms leadership with a quorum and returns the log id every
     /// linearizable read must wait for.
     pub async fn leader_read_index(&self, within: Duration) -> Result<Option<LogId>, ForwardError> {
+        if self.is_stopping() {
+            return Err(Self::stepping_aside());
+        }
         // The term before the confirmation: if it is the startup term, leadership was
         // confirmed in it (or a later term, where the floor is merely redundant).
         let term = self.raft.metrics().borrow().current_term;
@@ -848,8 +860,30 @@ impl<M: Machine> Replica<M> {
         self.removed.cancel();
     }
 
-    /// Stops background tasks and Raft, then flushes the store.
+    fn is_stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// What a stopping node answers a proposal or read index with: "not the leader", which the
+    /// forwarding node retries (with the next leader) within its deadline, where a stopped Raft
+    /// core would have made it answer `503`.
+    fn stepping_aside() -> ForwardError {
+        ForwardError::NotLeader {
+            leader_id: None,
+            leader_addr: None,
+        }
+    }
+
+    /// Stops background tasks and Raft, then flushes the store. New proposals are turned away
+    /// first, and those already taken get up to `DRAIN_WITHIN` to commit, so no write a
+    /// follower forwarded here fails because this node went away under it.
     pub async fn shutdown(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Release);
+        let drained = Instant::now() + DRAIN_WITHIN;
+        while self.write_backlog() > 0 && Instant::now() < drained {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         self.cancel.cancel();
         self.tasks.close();
         self.tasks.wait().await;

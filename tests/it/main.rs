@@ -9,6 +9,7 @@ mod isolation;
 mod members;
 mod node;
 mod openapi;
+mod restart;
 mod security;
 mod sink;
 mod tls;
