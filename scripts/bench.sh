@@ -9,7 +9,9 @@
 # targets, the sustainable rate (the highest of SUSTAINABLE_RATES delivered in full with p99
 # lateness ≤ 100 ms), and overload at 2× that rate (or OVERLOAD_RATE) for 30 s; then scale:
 # SCALE_JOBS jobs (default 1M) created at 64 clients (rate over time, RSS, disk), a restart of
-# every node (time to ready) and SCALE_HERD one-shot jobs (default 100k) due at one instant.
+# every node (time to ready) and SCALE_HERD one-shot jobs (default 100k) due at one instant;
+# then operations beside OPS_JOBS jobs (default 100k): backup save, restore into a new cluster,
+# adding and removing a node, a rolling restart (writes refused, runs missed, lateness).
 # Prints a report; JSON summaries go to target/bench/. Every phase is bounded.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,3 +33,5 @@ target/release/hookd-isolation-bench --hookd target/release/hookd --nginx "$(com
     --overload-rate "${OVERLOAD_RATE:-0}" --out target/bench/isolation.json
 target/release/hookd-scale-bench --hookd target/release/hookd --nginx "$(command -v nginx)" \
     --jobs "${SCALE_JOBS:-1000000}" --herd "${SCALE_HERD:-100000}" --out target/bench/scale.json
+target/release/hookd-scale-bench --hookd target/release/hookd --nginx "$(command -v nginx)" \
+    --jobs "${OPS_JOBS:-100000}" --herd 0 --ops --out target/bench/ops.json

@@ -17,6 +17,8 @@ pub struct LocalNode {
     pub peer: SocketAddr,
     pub data_dir: PathBuf,
     pub log: PathBuf,
+    /// Started with `--join` (added through the API) instead of `--initial-cluster`.
+    pub joins: bool,
     child: Option<Child>,
 }
 
@@ -44,6 +46,7 @@ impl LocalCluster {
                 peer: free_addr()?,
                 data_dir: dir.join(format!("node{id}")),
                 log: dir.join(format!("node{id}.log")),
+                joins: false,
                 child: None,
             });
         }
@@ -79,9 +82,13 @@ impl LocalCluster {
             .args(["--listen", &node.api.to_string()])
             .args(["--peer-listen", &node.peer.to_string()])
             .arg("--data-dir")
-            .arg(&node.data_dir)
-            .args(["--initial-cluster", &self.initial])
-            .args(&self.extra_args)
+            .arg(&node.data_dir);
+        if node.joins {
+            cmd.arg("--join");
+        } else {
+            cmd.args(["--initial-cluster", &self.initial]);
+        }
+        cmd.args(&self.extra_args)
             .env("LISTEN_FDS", "2")
             .env_remove("LISTEN_PID")
             .stdin(Stdio::null())
@@ -99,6 +106,26 @@ impl LocalCluster {
         ])?;
         node.child = Some(cmd.spawn().context("spawn hookd")?);
         Ok(())
+    }
+
+    /// Prepares a node with the next id under `dir` that starts with `--join`; its index.
+    pub fn add_joining(&mut self, dir: &Path) -> anyhow::Result<usize> {
+        let id = self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
+        self.nodes.push(LocalNode {
+            id,
+            api: free_addr()?,
+            peer: free_addr()?,
+            data_dir: dir.join(format!("node{id}")),
+            log: dir.join(format!("node{id}.log")),
+            joins: true,
+            child: None,
+        });
+        Ok(self.nodes.len() - 1)
+    }
+
+    /// The `--initial-cluster` value of the first nodes.
+    pub fn initial_cluster(&self) -> &str {
+        &self.initial
     }
 
     /// Starts every node.

@@ -8,7 +8,14 @@
 //! 3. restart: every node SIGTERMed, then all started again: time until all three are ready,
 //!    and their RSS then;
 //! 4. herd: `--herd` one-shot jobs all due at the same instant T (far enough ahead that their
-//!    creation ends before it): how many reached nginx and how late after T (p50/p99/max).
+//!    creation ends before it): how many reached nginx and how late after T (p50/p99/max);
+//! 5. operations (`--ops`, SPEC §6): a backup saved with `hookd snapshot save` from a follower
+//!    (time, size), a `--join` node added through the API (time until the add answered, i.e.
+//!    caught up and a voter) and removed again, the backup restored into a new three-node
+//!    cluster with `hookd snapshot restore` (time per member, time until all are ready), and a
+//!    rolling restart (each node SIGTERMed, down 2 s, started; followers first) while an
+//!    every-second job fires at nginx and a client writes through every node that is up: writes
+//!    refused, runs missed, the largest lateness.
 //!
 //! Every loop is bounded in count and time; every target is on 127.0.0.1.
 
@@ -64,6 +71,9 @@ struct Args {
     /// Extra flags for every `hookd serve`.
     #[arg(long, allow_hyphen_values = true)]
     hookd_args: Vec<String>,
+    /// Also measure the operations of phase 5.
+    #[arg(long)]
+    ops: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -110,6 +120,255 @@ struct Report {
     /// 10 s after all were ready (the leader has indexed every job by then).
     rss_settled_mib: Vec<f64>,
     herd: Option<Herd>,
+    ops: Option<Ops>,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Ops {
+    snapshot_save_ms: u128,
+    snapshot_bytes: u64,
+    snapshot_jobs: u64,
+    /// `POST /v1/cluster/members` until it answered (the learner caught up and votes), and its
+    /// status.
+    add_node_ms: u128,
+    add_node_status: u16,
+    remove_node_ms: u128,
+    restore_ms: Vec<u128>,
+    /// From starting the restored members until all were ready.
+    restored_ready_ms: Option<u128>,
+    restored_has_jobs: bool,
+    rolling: Rolling,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Rolling {
+    writes: usize,
+    /// Writes to a node that was up that did not get 201.
+    refused: usize,
+    runs: usize,
+    missed: usize,
+    max_lateness_ms: i64,
+}
+
+/// Runs `hookd ARGS`; its stdout as JSON, or the failure.
+async fn hookd_cli(hookd: &Path, args: Vec<String>) -> anyhow::Result<Value> {
+    let hookd = hookd.to_path_buf();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(hookd)
+            .arg("-o")
+            .arg("json")
+            .args(&args)
+            .output()
+    })
+    .await??;
+    if !out.status.success() {
+        anyhow::bail!("hookd failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// Phase 5 (see the module doc).
+async fn ops(c: &mut LocalCluster, nginx: &Nginx, dir: &Path) -> anyhow::Result<Ops> {
+    let hookd = c.hookd.clone();
+    let slow = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()?;
+    let mut o = Ops::default();
+    let l = await_leader(c).await?;
+    let follower = (0..3).find(|i| *i != l).unwrap_or(0);
+
+    // Backup.
+    let file = dir.join("backup.snap");
+    let t = Instant::now();
+    let saved = hookd_cli(
+        &hookd,
+        vec![
+            "--addr".into(),
+            c.nodes[follower].api.to_string(),
+            "snapshot".into(),
+            "save".into(),
+            file.display().to_string(),
+        ],
+    )
+    .await?;
+    o.snapshot_save_ms = t.elapsed().as_millis();
+    o.snapshot_bytes = saved["bytes"].as_u64().unwrap_or(0);
+    o.snapshot_jobs = saved["jobs"].as_u64().unwrap_or(0);
+    println!(
+        "ops: snapshot save {} ms, {} bytes, {} jobs",
+        o.snapshot_save_ms, o.snapshot_bytes, o.snapshot_jobs
+    );
+
+    // A fourth node joins, then leaves.
+    let j = c.add_joining(dir)?;
+    c.spawn(j)?;
+    let body = json!({"id": c.nodes[j].id, "peer_addr": c.nodes[j].peer.to_string(),
+                      "api_addr": c.nodes[j].api.to_string()});
+    let t = Instant::now();
+    let added = slow
+        .post(c.url(l, "/v1/cluster/members"))
+        .json(&body)
+        .send()
+        .await?;
+    o.add_node_ms = t.elapsed().as_millis();
+    o.add_node_status = added.status().as_u16();
+    let t = Instant::now();
+    let removed = slow
+        .delete(c.url(l, &format!("/v1/cluster/members/{}", c.nodes[j].id)))
+        .send()
+        .await?;
+    o.remove_node_ms = t.elapsed().as_millis();
+    println!(
+        "ops: add a node {} ms ({}), remove it {} ms ({})",
+        o.add_node_ms,
+        o.add_node_status,
+        o.remove_node_ms,
+        removed.status()
+    );
+    c.kill(j);
+
+    // Restore into a new cluster.
+    let rdir = dir.join("restored");
+    std::fs::create_dir_all(&rdir)?;
+    let mut r = LocalCluster::new(&hookd, &rdir, 3, &c.extra_args)?;
+    for i in 0..3 {
+        let t = Instant::now();
+        hookd_cli(
+            &hookd,
+            vec![
+                "snapshot".into(),
+                "restore".into(),
+                file.display().to_string(),
+                "--data-dir".into(),
+                r.nodes[i].data_dir.display().to_string(),
+                "--node-id".into(),
+                r.nodes[i].id.to_string(),
+                "--initial-cluster".into(),
+                r.initial_cluster().to_string(),
+            ],
+        )
+        .await?;
+        o.restore_ms.push(t.elapsed().as_millis());
+    }
+    let t = Instant::now();
+    r.spawn_all()?;
+    let mut ready = true;
+    for i in 0..3 {
+        ready &= r
+            .await_ready(&http(), i, Duration::from_secs(120))
+            .await
+            .is_ok();
+    }
+    o.restored_ready_ms = ready.then(|| t.elapsed().as_millis());
+    o.restored_has_jobs = http()
+        .get(r.url(0, "/v1/jobs/j0"))
+        .send()
+        .await
+        .is_ok_and(|resp| resp.status().as_u16() == 200);
+    println!(
+        "ops: restore {:?} ms per member, restored cluster ready after {:?} ms, jobs there: {}",
+        o.restore_ms, o.restored_ready_ms, o.restored_has_jobs
+    );
+    drop(r);
+
+    o.rolling = rolling_restart(c, nginx).await?;
+    Ok(o)
+}
+
+/// The rolling restart of phase 5.
+async fn rolling_restart(c: &mut LocalCluster, nginx: &Nginx) -> anyhow::Result<Rolling> {
+    let l = await_leader(c).await?;
+    let start = (now_ms() / 1000 + 2) * 1000;
+    let tick = json!({"id": "rolling-tick", "url": nginx.url,
+                      "schedule": {"every": "1s", "start_at": rfc3339(start)}});
+    let made = http().post(c.url(l, "/v1/jobs")).json(&tick).send().await?;
+    anyhow::ensure!(
+        made.status().is_success(),
+        "create the ticking job: {}",
+        made.status()
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let up: Arc<Vec<std::sync::atomic::AtomicBool>> = Arc::new(
+        (0..3)
+            .map(|_| std::sync::atomic::AtomicBool::new(true))
+            .collect(),
+    );
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let urls: Vec<String> = (0..3).map(|i| c.url(i, "/v1/jobs")).collect();
+    let writer = tokio::spawn({
+        let (up, stop) = (up.clone(), stop.clone());
+        async move {
+            let (mut writes, mut refused, mut n) = (0usize, 0usize, 0u64);
+            let http = http();
+            while !stop.load(Ordering::Acquire) {
+                for (i, url) in urls.iter().enumerate() {
+                    if !up[i].load(Ordering::Acquire) {
+                        continue;
+                    }
+                    n += 1;
+                    let body = json!({"id": format!("rw{n}"), "url": "http://127.0.0.1:9/h",
+                                      "schedule": {"after": "24h"}});
+                    let status = http
+                        .post(url)
+                        .json(&body)
+                        .send()
+                        .await
+                        .ok()
+                        .map(|r| r.status().as_u16());
+                    writes += 1;
+                    if status != Some(201) {
+                        refused += 1;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (writes, refused)
+        }
+    });
+    let mut order: Vec<usize> = (0..3).filter(|i| *i != l).collect();
+    order.push(l);
+    for i in order {
+        up[i].store(false, Ordering::Release);
+        c.terminate(i, Duration::from_secs(30))?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        c.spawn(i)?;
+        c.await_ready(&http(), i, Duration::from_secs(60)).await?;
+        up[i].store(true, Ordering::Release);
+    }
+    let end = now_ms();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Release);
+    let (writes, refused) = writer.await?;
+    let mut first: HashMap<i64, i64> = HashMap::new();
+    for (recv, job, due) in nginx.requests() {
+        if job == "rolling-tick" {
+            let e = first.entry(due).or_insert(recv);
+            *e = (*e).min(recv);
+        }
+    }
+    let dues: Vec<i64> = (0..)
+        .map(|k| start + k * 1000)
+        .take_while(|d| *d <= end)
+        .collect();
+    let missed = dues.iter().filter(|d| !first.contains_key(d)).count();
+    let max_lateness_ms = dues
+        .iter()
+        .filter_map(|d| first.get(d).map(|r| r - d))
+        .max()
+        .unwrap_or(0);
+    let rolling = Rolling {
+        writes,
+        refused,
+        runs: dues.len(),
+        missed,
+        max_lateness_ms,
+    };
+    println!(
+        "ops: rolling restart: {writes} writes, {refused} refused; {} runs, {missed} missed; max lateness {max_lateness_ms} ms",
+        rolling.runs
+    );
+    Ok(rolling)
 }
 
 /// The leader's `hookd_runs_claimed_late_total` (0 when absent).
@@ -442,6 +701,12 @@ async fn main() -> anyhow::Result<()> {
         None
     };
 
+    let ops = if args.ops {
+        Some(ops(&mut c, &nginx, &dir).await?)
+    } else {
+        None
+    };
+
     let report = Report {
         jobs: args.jobs,
         fill,
@@ -451,6 +716,7 @@ async fn main() -> anyhow::Result<()> {
         rss_after_restart_mib,
         rss_settled_mib,
         herd,
+        ops,
     };
     if let Some(out) = &args.out {
         std::fs::write(out, serde_json::to_vec_pretty(&report)?)?;
