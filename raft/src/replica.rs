@@ -812,13 +812,7 @@ impl<M: Machine> Replica<M> {
 
     /// Notes that this node was removed (the leader said so), for `watch_removal`.
     pub(crate) fn notice_removed(&self, reason: String) {
-        self.removal.send_if_modified(|r| {
-            let first = r.is_none();
-            if first {
-                *r = Some(reason);
-            }
-            first
-        });
+        crate::network::note_removal(&self.removal, reason);
     }
 
     /// Waits until this node is removed: told by the leader, or seeing an applied membership

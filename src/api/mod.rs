@@ -19,7 +19,6 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderMap, Method};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-
 use axum::Router;
 use hookd_raft::Secret;
 use serde::Deserialize;

@@ -51,6 +51,17 @@ pub struct PeerClient {
 /// Where a node learns it was removed from the cluster: why, once known.
 pub type Removals = Arc<tokio::sync::watch::Sender<Option<String>>>;
 
+/// Records that this node was removed, and why, unless that is known already.
+pub(crate) fn note_removal(removals: &Removals, why: String) {
+    removals.send_if_modified(|r| {
+        let first = r.is_none();
+        if first {
+            *r = Some(why);
+        }
+        first
+    });
+}
+
 /// The status a node answers a vote request with when the candidate is no longer a member.
 pub(crate) const REMOVED_STATUS: u16 = 410;
 
@@ -366,13 +377,7 @@ impl<M: Machine> RaftNetwork<Cfg<M>> for PeerConnection {
         }) = &answer
         {
             let why = format!("node {} says: {body}", self.target);
-            self.client.removals.send_if_modified(|r| {
-                let first = r.is_none();
-                if first {
-                    *r = Some(why);
-                }
-                first
-            });
+            note_removal(&self.client.removals, why);
         }
         self.answer(answer)
     }

@@ -10,7 +10,7 @@ mod server;
 
 use serde::{Deserialize, Serialize};
 
-pub(crate) use client::REMOVED_STATUS;
+pub(crate) use client::{note_removal, REMOVED_STATUS};
 pub use client::{PeerClient, Removals, TransportError};
 pub use server::peer_router;
 
