@@ -116,8 +116,7 @@ fn schemathesis() -> PathBuf {
         })
 }
 
-/// Runs a node and schemathesis in a network namespace of their own (only loopback, through an
-/// unprivileged user namespace), so the jobs the fuzzer creates can reach nothing outside it.
+/// Runs a node and schemathesis in a network namespace of their own (only loopback), so the jobs the fuzzer creates can reach nothing outside it.
 /// `POST /v1/cluster/members` is left out: a made-up member makes each call wait 60 s for a
 /// learner that does not exist.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,9 +149,18 @@ exit $code"#,
         hookd = HOOKD,
         st = st.display()
     );
+    // Root (as in CI) makes the namespace directly; anyone else through a user namespace.
+    let root =
+        std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").expect("proc")) == 0;
+    let isolate: &[&str] = if root {
+        &["--net"]
+    } else {
+        &["--user", "--map-root-user", "--net"]
+    };
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new("unshare")
-            .args(["--user", "--map-root-user", "--net", "bash", "-c", &script])
+            .args(isolate)
+            .args(["bash", "-c", &script])
             .output()
             .expect("unshare (util-linux) and bash")
     })

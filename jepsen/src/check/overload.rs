@@ -23,8 +23,9 @@
 //!
 //! The load must have been real: a backlog must have formed — the batch's runs' p99 lateness at
 //! least `BACKLOG_MIN` (against a few ms when hookd keeps up) with at least as many runs due per
-//! second as the median bucket delivered — or the verdict is unknown (the machine kept up;
-//! nothing was shown). Lateness of the batch's runs, the delivery rate and the answers to the
+//! second as the median bucket delivered. A window where the machine kept up shows nothing
+//! about overload (rules 1-4 still apply to it) and is reported as such; the verdict is unknown
+//! only when no window of the run was an overload. Lateness of the batch's runs, the delivery rate and the answers to the
 //! batch's writes are reported.
 
 use std::collections::BTreeMap;
@@ -64,6 +65,7 @@ pub fn check(input: &Input, timelines: &BTreeMap<String, Timeline>) -> Verdict {
         |a: i64, b: i64| recv.partition_point(|t| *t < b) - recv.partition_point(|t| *t < a);
     let mut reports = Vec::new();
     let (mut stalls, mut lost, mut leader_changes, mut unshed) = (0u64, 0u64, 0u64, 0u64);
+    let mut shown = 0u64;
     for w in &windows {
         let Some(load) = &w.load else {
             v.unknown();
@@ -184,11 +186,16 @@ pub fn check(input: &Input, timelines: &BTreeMap<String, Timeline>) -> Verdict {
         if n_buckets < MIN_BUCKETS {
             v.unknown();
             v.example(json!({"full_load_too_short": at, "seconds": n_buckets}));
-        } else if !overloaded {
-            v.unknown();
+        } else if overloaded {
+            shown += 1;
+        } else {
             v.example(json!({"not_overloaded": at, "offered_runs_per_s": offered, "delivered_median_per_s": median}));
         }
     }
+    if !windows.is_empty() && shown == 0 {
+        v.unknown();
+    }
+    v.count("overloads_shown", shown);
     v.count("overload_windows", windows.len() as u64);
     v.count("windows", json!(reports));
     v.count("stalled_windows", stalls);
@@ -354,5 +361,25 @@ mod tests {
     fn a_load_the_cluster_kept_up_with_proves_nothing() {
         let v = verdict(&run(|_| 40));
         assert_eq!(v.valid, Validity::Unknown, "{v:?}");
+        assert_eq!(v.counts["overloads_shown"], 0);
+    }
+
+    #[test]
+    fn a_window_kept_up_with_beside_a_real_overload_leaves_the_verdict_to_the_overload() {
+        let mut i = run(|_| 20);
+        let mut kept_up = i.windows[0].clone();
+        // No run of this batch was late: the cluster kept up with it.
+        kept_up.load.as_mut().unwrap().prefix = "j-none-".into();
+        i.windows.push(kept_up);
+        let v = verdict(&i);
+        assert_eq!(v.valid, Validity::Valid, "{v:?}");
+        assert_eq!(v.counts["overloads_shown"], 1);
+        assert_eq!(v.counts["overload_windows"], 2);
+        // ...and a stall in the overload still fails the run.
+        let mut i = run(|t| if t == OV + 6 * S { 2 } else { 20 });
+        let mut kept_up = i.windows[0].clone();
+        kept_up.load.as_mut().unwrap().prefix = "j-none-".into();
+        i.windows.push(kept_up);
+        assert_eq!(verdict(&i).valid, Validity::Invalid);
     }
 }
