@@ -183,7 +183,8 @@ pub fn derived_cluster_id(file_sha256: &str, members: &BTreeMap<NodeId, String>)
 /// `src`: the state without the old cluster's identity (`Machine::identity_row`), the new
 /// cluster id, and a membership of `to.members`, installed as this node's snapshot at the same
 /// log index with term 0, so the new cluster's first leader (term 1 or later) is newer than
-/// anything in it. The file is read through (checksum) before anything is written.
+/// anything in it. The file is read through (checksum) before anything is written to the data
+/// dir.
 pub async fn restore<M: Machine>(
     src: &Path,
     to: &RestoreTo,
@@ -201,12 +202,77 @@ pub async fn restore<M: Machine>(
     {
         return Err(RestoreError::NotEmpty(dir.display().to_string()));
     }
-    let checked = inspect(src, 0)?;
-    let cluster_id = to
-        .cluster_id
-        .clone()
-        .unwrap_or_else(|| derived_cluster_id(&checked.sha256, &to.members));
-    let index = checked.header.meta.last_log_id.map_or(0, |l| l.index);
+    // Staged outside the data dir, so a bad file leaves nothing behind there.
+    let staged = std::env::temp_dir().join(format!(
+        "hookd-restore-{}-{}.snap",
+        std::process::id(),
+        to.node_id
+    ));
+    let staging = {
+        let (src, staged, to) = (src.to_path_buf(), staged.clone(), to.clone());
+        tokio::task::spawn_blocking(move || stage::<M>(&src, &staged, &to))
+            .await
+            .map_err(|e| RestoreError::Io(e.to_string()))?
+    };
+    let (source, meta, cluster_id) = match staging {
+        Ok(staged) => staged,
+        Err(e) => {
+            let _ = std::fs::remove_file(&staged);
+            return Err(e);
+        }
+    };
+    let installed = install(dir, to.node_id, machine, &staged, &meta).await;
+    let _ = std::fs::remove_file(&staged);
+    installed?;
+    Ok(Restored {
+        cluster_id,
+        source,
+        meta,
+    })
+}
+
+/// Opens the new data dir and installs the staged snapshot file as its state.
+async fn install<M: Machine>(
+    dir: &Path,
+    node_id: NodeId,
+    machine: Arc<M>,
+    staged: &Path,
+    meta: &SnapshotMeta,
+) -> Result<(), RestoreError> {
+    let store = Store::open(dir, node_id, machine)?;
+    let file = tokio::fs::File::open(staged)
+        .await
+        .map_err(|e| RestoreError::Io(e.to_string()))?;
+    store
+        .state_machine()
+        .install_snapshot(meta, Box::new(file))
+        .await
+        .map_err(|e| RestoreError::Io(e.to_string()))?;
+    store
+        .flush()
+        .await
+        .map_err(|e| RestoreError::Io(e.to_string()))
+}
+
+/// In one pass over `src` (its checksum checked at the end): the new cluster's id and snapshot
+/// meta (the backup's index with term 0, a membership of `to.members`), and a copy of its frames
+/// at `staged` under that meta, leaving out the old cluster's identity rows and adding the new
+/// cluster id. Returns the backup's own header, the new meta and the new cluster id.
+fn stage<M: Machine>(
+    src: &Path,
+    staged: &Path,
+    to: &RestoreTo,
+) -> Result<(Header, SnapshotMeta, String), RestoreError> {
+    let file = std::fs::File::open(src).map_err(SnapFileError::Io)?;
+    let (source, mut reader) = Reader::open(BufReader::with_capacity(1 << 16, file))?;
+    let cluster_id = match &to.cluster_id {
+        Some(id) => id.clone(),
+        None => derived_cluster_id(
+            &hex(&trailing_sum(src).map_err(SnapFileError::Io)?),
+            &to.members,
+        ),
+    };
+    let index = source.meta.last_log_id.map_or(0, |l| l.index);
     let at: LogId = LogId::new(CommittedLeaderId::new(0, 0), index);
     let nodes: BTreeMap<NodeId, Node> = to
         .members
@@ -219,51 +285,7 @@ pub async fn restore<M: Machine>(
         last_membership: StoredMembership::new(Some(at), Membership::new(vec![voters], nodes)),
         snapshot_id: format!("restored-{index}"),
     };
-
-    let store = Store::open(dir, to.node_id, machine)?;
-    let staged = dir.join("restore.snap.tmp");
-    {
-        let (src, staged, meta, cluster_id) = (
-            src.to_path_buf(),
-            staged.clone(),
-            meta.clone(),
-            cluster_id.clone(),
-        );
-        tokio::task::spawn_blocking(move || rewrite::<M>(&src, &staged, &meta, &cluster_id))
-            .await
-            .map_err(|e| RestoreError::Io(e.to_string()))??;
-    }
-    let file = tokio::fs::File::open(&staged)
-        .await
-        .map_err(|e| RestoreError::Io(e.to_string()))?;
-    store
-        .state_machine()
-        .install_snapshot(&meta, Box::new(file))
-        .await
-        .map_err(|e| RestoreError::Io(e.to_string()))?;
-    let _ = std::fs::remove_file(&staged);
-    store
-        .flush()
-        .await
-        .map_err(|e| RestoreError::Io(e.to_string()))?;
-    Ok(Restored {
-        cluster_id,
-        source: checked.header,
-        meta,
-    })
-}
-
-/// Copies the frames of `src` into a new file at `dst` with `meta` as its header, leaving out
-/// the old cluster's identity rows and adding the new cluster id.
-fn rewrite<M: Machine>(
-    src: &Path,
-    dst: &Path,
-    meta: &SnapshotMeta,
-    cluster_id: &str,
-) -> Result<(), RestoreError> {
-    let file = std::fs::File::open(src).map_err(SnapFileError::Io)?;
-    let (_, mut reader) = Reader::open(BufReader::with_capacity(1 << 16, file))?;
-    let mut w = Writer::create(dst, &Header::new(meta.clone())).map_err(SnapFileError::Io)?;
+    let mut w = Writer::create(staged, &Header::new(meta.clone())).map_err(SnapFileError::Io)?;
     while let Some(frame) = reader.next_frame()? {
         let written = match &frame {
             Frame::Put { table, key, .. } | Frame::Del { table, key }
@@ -276,9 +298,9 @@ fn rewrite<M: Machine>(
         };
         written.map_err(SnapFileError::Io)?;
     }
-    let (table, key, value) = M::cluster_id_row(cluster_id);
+    let (table, key, value) = M::cluster_id_row(&cluster_id);
     w.put(table as u8, &key, &value)
         .map_err(SnapFileError::Io)?;
     w.finish_synced().map_err(SnapFileError::Io)?;
-    Ok(())
+    Ok((source, meta, cluster_id))
 }
