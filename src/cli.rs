@@ -302,7 +302,7 @@ async fn dispatch(args: ClientArgs, cmd: ClientCommand) -> Result<(), CliError> 
     // Offline commands first: they need no node.
     match &cmd {
         ClientCommand::Snapshot(SnapshotCmd::Inspect { file }) => {
-            return out.inspection(&inspect(file)?);
+            return out.value(&inspect(file)?);
         }
         ClientCommand::Snapshot(SnapshotCmd::Restore {
             file,
@@ -383,7 +383,7 @@ async fn dispatch(args: ClientArgs, cmd: ClientCommand) -> Result<(), CliError> 
         }
         ClientCommand::Snapshot(SnapshotCmd::Save { file }) => {
             save_snapshot(&client, &file).await?;
-            out.inspection(&inspect(&file)?)
+            out.value(&inspect(&file)?)
         }
         ClientCommand::Snapshot(_) => Ok(()),
     }
@@ -886,10 +886,6 @@ impl Printer {
             }
             Output::Json => self.json(v),
         }
-    }
-
-    fn inspection(&self, v: &Value) -> Result<(), CliError> {
-        self.value(v)
     }
 
     fn done(&self, message: &str) -> Result<(), CliError> {

@@ -22,6 +22,21 @@ pub struct LocalNode {
     child: Option<Child>,
 }
 
+impl LocalNode {
+    /// Node `id` under `dir`, on free loopback ports, not started.
+    fn new(id: u64, dir: &Path, joins: bool) -> anyhow::Result<LocalNode> {
+        Ok(LocalNode {
+            id,
+            api: free_addr()?,
+            peer: free_addr()?,
+            data_dir: dir.join(format!("node{id}")),
+            log: dir.join(format!("node{id}.log")),
+            joins,
+            child: None,
+        })
+    }
+}
+
 /// Three (or N) nodes on loopback. Dropping it kills every node.
 pub struct LocalCluster {
     pub hookd: PathBuf,
@@ -38,18 +53,9 @@ impl LocalCluster {
         n: u64,
         extra_args: &[String],
     ) -> anyhow::Result<LocalCluster> {
-        let mut nodes = Vec::new();
-        for id in 1..=n {
-            nodes.push(LocalNode {
-                id,
-                api: free_addr()?,
-                peer: free_addr()?,
-                data_dir: dir.join(format!("node{id}")),
-                log: dir.join(format!("node{id}.log")),
-                joins: false,
-                child: None,
-            });
-        }
+        let nodes = (1..=n)
+            .map(|id| LocalNode::new(id, dir, false))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let initial = nodes
             .iter()
             .map(|n| format!("{}={}", n.id, n.peer))
@@ -111,15 +117,7 @@ impl LocalCluster {
     /// Prepares a node with the next id under `dir` that starts with `--join`; its index.
     pub fn add_joining(&mut self, dir: &Path) -> anyhow::Result<usize> {
         let id = self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
-        self.nodes.push(LocalNode {
-            id,
-            api: free_addr()?,
-            peer: free_addr()?,
-            data_dir: dir.join(format!("node{id}")),
-            log: dir.join(format!("node{id}.log")),
-            joins: true,
-            child: None,
-        });
+        self.nodes.push(LocalNode::new(id, dir, true)?);
         Ok(self.nodes.len() - 1)
     }
 

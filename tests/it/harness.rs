@@ -28,6 +28,23 @@ pub struct TestNode {
     sockets: Option<(TcpListener, TcpListener)>,
 }
 
+impl TestNode {
+    /// Node `id` under `dir`, its listeners bound on loopback port 0, not started.
+    fn new(id: u64, dir: &std::path::Path, joins: bool) -> TestNode {
+        let (api, peer) = (bind_loopback(), bind_loopback());
+        TestNode {
+            id,
+            api: api.local_addr().expect("addr"),
+            peer: peer.local_addr().expect("addr"),
+            data_dir: dir.join(format!("node{id}")),
+            log: dir.join(format!("node{id}.log")),
+            joins,
+            child: None,
+            sockets: Some((api, peer)),
+        }
+    }
+}
+
 /// A cluster of `hookd` processes that are killed when the value is dropped.
 pub struct TestCluster {
     pub nodes: Vec<TestNode>,
@@ -62,19 +79,7 @@ impl TestCluster {
     pub fn new(n: u64, extra_args: &[&str]) -> TestCluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let nodes: Vec<TestNode> = (1..=n)
-            .map(|id| {
-                let (api, peer) = (bind_loopback(), bind_loopback());
-                TestNode {
-                    id,
-                    api: api.local_addr().expect("addr"),
-                    peer: peer.local_addr().expect("addr"),
-                    data_dir: dir.path().join(format!("node{id}")),
-                    log: dir.path().join(format!("node{id}.log")),
-                    joins: false,
-                    child: None,
-                    sockets: Some((api, peer)),
-                }
-            })
+            .map(|id| TestNode::new(id, dir.path(), false))
             .collect();
         let initial_cluster = nodes
             .iter()
@@ -147,18 +152,7 @@ impl TestCluster {
     /// returns its index (start it with `spawn`).
     pub fn add_joining_node(&mut self) -> usize {
         let id = self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
-        let (api, peer) = (bind_loopback(), bind_loopback());
-        let dir = self._dir.path();
-        self.nodes.push(TestNode {
-            id,
-            api: api.local_addr().expect("addr"),
-            peer: peer.local_addr().expect("addr"),
-            data_dir: dir.join(format!("node{id}")),
-            log: dir.join(format!("node{id}.log")),
-            joins: true,
-            child: None,
-            sockets: Some((api, peer)),
-        });
+        self.nodes.push(TestNode::new(id, self._dir.path(), true));
         self.nodes.len() - 1
     }
 
@@ -399,4 +393,50 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
         let rest = l.strip_prefix(series)?;
         rest.starts_with(' ').then(|| rest.trim().parse().ok())?
     })
+}
+
+/// Three nodes and a job `tick` firing every second at `sink` from the second after next, once
+/// its first two runs arrived: the cluster, its leader and the first run's due instant.
+pub async fn ticking_cluster(sink: &crate::sink::Sink) -> (TestCluster, usize, i64) {
+    let c = TestCluster::start(3);
+    let leader = c
+        .wait_leader(&[0, 1, 2], crate::cluster::ELECTION_WITHIN)
+        .await;
+    let start = (now_ms() / 1000 + 2) * 1000;
+    create(
+        &c,
+        leader,
+        serde_json::json!({"id": "tick", "url": sink.url("/t"),
+                           "schedule": {"every": "1s", "start_at": rfc3339(start)}}),
+    )
+    .await;
+    sink.wait_for("tick", 2, Duration::from_secs(10)).await;
+    (c, leader, start)
+}
+
+/// Once a run of `tick` due after `after_ms` arrived (waiting up to `within`): the instants
+/// every second from `start` to the latest run that arrived at which none did, and that latest.
+pub async fn ticks_missed(
+    sink: &crate::sink::Sink,
+    start: i64,
+    after_ms: i64,
+    within: Duration,
+) -> (Vec<String>, i64) {
+    let last = eventually(within, "deliveries of tick after the faults", || async {
+        sink.of("tick")
+            .iter()
+            .map(|r| r.scheduled_ms())
+            .filter(|d| *d > after_ms)
+            .max()
+    })
+    .await;
+    let due: std::collections::BTreeSet<i64> =
+        sink.of("tick").iter().map(|r| r.scheduled_ms()).collect();
+    let missing = (0..)
+        .map(|k| start + k * 1000)
+        .take_while(|d| *d <= last)
+        .filter(|d| !due.contains(d))
+        .map(rfc3339)
+        .collect();
+    (missing, last)
 }

@@ -8,7 +8,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::cluster::ELECTION_WITHIN;
-use crate::harness::{create, eventually, job, now_ms, rfc3339, TestCluster};
+use crate::harness::{eventually, job, now_ms, ticking_cluster, ticks_missed, TestCluster};
 use crate::sink::Sink;
 
 /// How long an add may take here: a learner of a small state catches up at once.
@@ -51,16 +51,7 @@ async fn wait_healthy(c: &TestCluster, i: usize) {
 async fn a_dead_node_is_replaced_through_the_api_while_a_job_fires_and_the_new_node_carries_quorum()
 {
     let sink = Sink::start().await;
-    let mut c = TestCluster::start(3);
-    let leader = c.wait_leader(&[0, 1, 2], ELECTION_WITHIN).await;
-    let start = (now_ms() / 1000 + 2) * 1000;
-    create(
-        &c,
-        leader,
-        json!({"id": "tick", "url": sink.url("/t"), "schedule": {"every": "1s", "start_at": rfc3339(start)}}),
-    )
-    .await;
-    sink.wait_for("tick", 2, Duration::from_secs(10)).await;
+    let (mut c, leader, start) = ticking_cluster(&sink).await;
 
     // A follower dies for good (its disk is lost).
     let dead = (0..3).find(|i| *i != leader).expect("a follower");
@@ -173,22 +164,7 @@ async fn a_dead_node_is_replaced_through_the_api_while_a_job_fires_and_the_new_n
     assert_eq!(s, 200, "leader now node {}", c.nodes[leader2].id);
 
     // The job went on firing through all of it: every second from its start, none missed.
-    let last_due = eventually(
-        Duration::from_secs(15),
-        "deliveries after the last stop",
-        || async {
-            let due: Vec<i64> = sink.of("tick").iter().map(|r| r.scheduled_ms()).collect();
-            due.iter().copied().filter(|d| *d > stopped_at + 2000).max()
-        },
-    )
-    .await;
-    let due: BTreeSet<i64> = sink.of("tick").iter().map(|r| r.scheduled_ms()).collect();
-    let missing: Vec<String> = (0..)
-        .map(|k| start + k * 1000)
-        .take_while(|d| *d <= last_due)
-        .filter(|d| !due.contains(d))
-        .map(rfc3339)
-        .collect();
+    let (missing, _) = ticks_missed(&sink, start, stopped_at + 2000, Duration::from_secs(15)).await;
     assert!(
         missing.is_empty(),
         "runs never delivered: {missing:?}\n{}",

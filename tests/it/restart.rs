@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::cluster::ELECTION_WITHIN;
-use crate::harness::{create, eventually, now_ms, rfc3339, TestCluster};
+use crate::harness::{eventually, now_ms, ticking_cluster, ticks_missed};
 use crate::sink::Sink;
 
 /// One write of the client: the node it went to, and its status (`None`: no answer).
@@ -18,16 +17,7 @@ type Outcome = (usize, Option<u16>);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_misses_no_run_and_refuses_no_write_to_a_node_that_is_up() {
     let sink = Sink::start().await;
-    let mut c = TestCluster::start(3);
-    let leader = c.wait_leader(&[0, 1, 2], ELECTION_WITHIN).await;
-    let start = (now_ms() / 1000 + 2) * 1000;
-    create(
-        &c,
-        leader,
-        json!({"id": "tick", "url": sink.url("/t"), "schedule": {"every": "1s", "start_at": rfc3339(start)}}),
-    )
-    .await;
-    sink.wait_for("tick", 2, Duration::from_secs(10)).await;
+    let (mut c, leader, start) = ticking_cluster(&sink).await;
 
     // The client: creates through each node that is up, in turn.
     let up: Arc<Vec<AtomicBool>> = Arc::new((0..3).map(|_| AtomicBool::new(true)).collect());
@@ -100,25 +90,8 @@ async fn a_rolling_restart_misses_no_run_and_refuses_no_write_to_a_node_that_is_
     );
 
     // Every run from the start until after the restart was delivered.
-    let last = eventually(
-        Duration::from_secs(10),
-        "deliveries after the restart",
-        || async {
-            sink.of("tick")
-                .iter()
-                .map(|r| r.scheduled_ms())
-                .filter(|d| *d > restarted_at)
-                .max()
-        },
-    )
-    .await;
+    let (missing, last) = ticks_missed(&sink, start, restarted_at, Duration::from_secs(10)).await;
     let received = sink.of("tick");
-    let missing: Vec<String> = (0..)
-        .map(|k| start + k * 1000)
-        .take_while(|d| *d <= last)
-        .filter(|d| !received.iter().any(|r| r.scheduled_ms() == *d))
-        .map(rfc3339)
-        .collect();
     assert!(missing.is_empty(), "runs missed: {missing:?}\n{}", c.logs());
     let lateness_ms = (0..)
         .map(|k| start + k * 1000)
