@@ -137,7 +137,7 @@ pub struct ServeArgs {
     /// Log filter (tracing EnvFilter syntax) [default: info,openraft=warn,sled=warn].
     #[arg(long, env = "HOOKD_LOG", value_name = "FILTER")]
     pub log: Option<String>,
-    /// Snapshot the state every N applied log entries (the log keeps N/5 behind it) [default: 5000].
+    /// Snapshot the state once N log entries were applied since the last snapshot and the commands applied since amount to its size (the log keeps N/5 behind it) [default: 5000].
     #[arg(long, env = "HOOKD_SNAPSHOT_LOGS", value_name = "N")]
     pub snapshot_logs: Option<u64>,
     /// Runs kept per job; older finished runs are dropped [default: 100].

@@ -6,6 +6,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod backup;
+pub mod cadence;
 pub mod lease;
 pub mod machine;
 pub mod members;

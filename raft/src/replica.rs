@@ -74,8 +74,9 @@ pub struct ReplicaConfig {
     /// refused.
     pub cluster_id_required: bool,
     pub timing: RaftTiming,
-    /// Build a snapshot every this many applied entries, keep a fifth of that in the log behind
-    /// it for followers that lag a little, and purge in batches of a twentieth.
+    /// Build a snapshot once this many entries were applied since the last one and the commands
+    /// applied since amount to its size (`cadence.rs`), keep a fifth of this many entries in
+    /// the log behind it for followers that lag a little, and purge in batches of a twentieth.
     pub snapshot_logs: u64,
     /// Client writes are refused (`Overloaded`) while the leader's write backlog (proposals
     /// waiting for a batch plus log entries not yet applied) is above this.
@@ -235,7 +236,8 @@ impl<M: Machine> Replica<M> {
             election_timeout_min: t.election_timeout_min_ms,
             election_timeout_max: t.election_timeout_max_ms,
             install_snapshot_timeout: 10_000,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_logs),
+            // Triggered by `snapshot_cadence` instead, which weighs the state's size too.
+            snapshot_policy: SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: config.snapshot_logs / 5,
             purge_batch_size: (config.snapshot_logs / 20).max(1),
             snapshot_max_chunk_size: 1 << 20,
@@ -349,6 +351,10 @@ impl<M: Machine> Replica<M> {
         replica
             .tasks
             .spawn(async move { watcher.watch_removal().await });
+        let cadence = replica.clone();
+        replica
+            .tasks
+            .spawn(async move { cadence.snapshot_cadence().await });
         // Not tracked: it ends by itself when Raft shuts down.
         tokio::spawn(leadership.watch(raft.metrics()));
         Ok(replica)
@@ -818,6 +824,36 @@ impl<M: Machine> Replica<M> {
     /// Waits until this node is removed: told by the leader, or seeing an applied membership
     /// that no longer names it. Then it records that in the data dir, gives the answer to the
     /// request that removed it a moment to leave, and cancels `removed`.
+    /// Asks openraft for a snapshot whenever `cadence::snapshot_due` says one is due, after
+    /// every change of the applied index. A request while a build runs is ignored by openraft.
+    async fn snapshot_cadence(self: Arc<Self>) {
+        let sm = self.store.state_machine();
+        let mut metrics = self.raft.metrics();
+        loop {
+            let entries_since = {
+                let m = metrics.borrow_and_update();
+                let next = |l: Option<LogId>| l.map_or(0, |l| l.index + 1);
+                next(m.last_applied).saturating_sub(next(m.snapshot))
+            };
+            let (bytes_since, snapshot_bytes) = sm.snapshot_progress();
+            let due = crate::cadence::snapshot_due(
+                self.config.snapshot_logs,
+                entries_since,
+                bytes_since,
+                snapshot_bytes,
+            );
+            if due {
+                if let Err(e) = self.raft.trigger().snapshot().await {
+                    tracing::debug!(error = %e, "cannot ask for a snapshot");
+                }
+            }
+            tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                r = metrics.changed() => if r.is_err() { return },
+            }
+        }
+    }
+
     async fn watch_removal(self: Arc<Self>) {
         let mut told = self.removal.subscribe();
         let mut metrics = self.raft.metrics();

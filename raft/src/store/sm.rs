@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use openraft::storage::RaftStateMachine;
@@ -41,6 +41,9 @@ const LAST_MEMBERSHIP: &[u8] = b"last_membership";
 const ACTIVE_GEN: &[u8] = b"active_gen";
 /// In `sm_meta`: the name of the current snapshot's file in the snapshot dir.
 const SNAP_FILE: &[u8] = b"snapshot_file";
+/// In `sm_meta`: bytes of commands applied since the last snapshot's capture (8 bytes BE), with
+/// the state in the same transaction; a hint for `cadence.rs` that survives restarts.
+const APPLIED_BYTES: &[u8] = b"applied_bytes";
 const GEN_PREFIX: &str = "sm_g";
 
 /// Where schemas 1 and 2 kept the current snapshot (a sled tree with its meta and its whole
@@ -140,6 +143,12 @@ struct Inner<M> {
     /// Held from a capture's opening to the end of its build; an install waits for it, so a
     /// generation is never replaced under a build (and a build never copies a stale one).
     building: Arc<tokio::sync::Mutex<()>>,
+    /// Bytes of commands applied since the last snapshot's capture (`Machine::approx_bytes`),
+    /// known unless the data dir was written by a version that did not count them.
+    applied_bytes: AtomicU64,
+    applied_bytes_known: AtomicBool,
+    /// The current snapshot file's length (0: none).
+    snapshot_bytes: AtomicU64,
 }
 
 /// The value each key had when a capture opened, recorded at its first change since: `None`
@@ -207,10 +216,25 @@ impl<M: Machine> StateMachineStore<M> {
                 snapshot_seq: AtomicU64::new(0),
                 captures: Mutex::new(HashMap::new()),
                 building: Arc::new(tokio::sync::Mutex::new(())),
+                applied_bytes: AtomicU64::new(0),
+                applied_bytes_known: AtomicBool::new(false),
+                snapshot_bytes: AtomicU64::new(0),
             }),
         };
         store.inner.adopt_legacy_snapshot().map_err(sm_write_err)?;
         store.inner.remove_stray_snapshot_files();
+        if let Some(b) = store.inner.sm_meta.get(APPLIED_BYTES).map_err(sm_err)? {
+            let b = <[u8; 8]>::try_from(b.as_ref()).map_or(0, u64::from_be_bytes);
+            store.inner.applied_bytes.store(b, Ordering::Relaxed);
+            store
+                .inner
+                .applied_bytes_known
+                .store(true, Ordering::Relaxed);
+        }
+        if let Some(name) = store.inner.current_snapshot_file().map_err(sm_err)? {
+            let len = std::fs::metadata(store.inner.snap_dir.join(name)).map_or(0, |m| m.len());
+            store.inner.snapshot_bytes.store(len, Ordering::Relaxed);
+        }
         Ok(store)
     }
 
@@ -222,6 +246,18 @@ impl<M: Machine> StateMachineStore<M> {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .len()
+    }
+
+    /// Bytes of commands applied since the last snapshot (`None`: not known yet, since the
+    /// store was opened), and the current snapshot's length: what `cadence::snapshot_due`
+    /// weighs.
+    pub fn snapshot_progress(&self) -> (Option<u64>, u64) {
+        let inner = &self.inner;
+        (
+            (inner.applied_bytes_known.load(Ordering::Relaxed))
+                .then(|| inner.applied_bytes.load(Ordering::Relaxed)),
+            inner.snapshot_bytes.load(Ordering::Relaxed),
+        )
     }
 
     pub fn view(&self) -> StateView {
@@ -245,13 +281,13 @@ impl<M: Machine> Inner<M> {
     /// Writes the snapshot file of capture `seq` of `gen`: every table read while applies go
     /// on, then the pre-images of the keys changed meanwhile (closing the capture), which
     /// replayed in order is the state at the capture point. fsynced. Blocking. Returns the
-    /// file's name and length.
+    /// file's name, its length and how many pre-images it overlaid.
     fn write_snapshot(
         &self,
         gen: &Generation,
         seq: u64,
         header: &Header,
-    ) -> Result<(String, u64), StorageError> {
+    ) -> Result<(String, u64, usize), StorageError> {
         let name = snapshot_file_name(header.meta.last_log_id);
         let path = self.snap_dir.join(&name);
         let tables = || -> std::io::Result<FileWriter> {
@@ -268,6 +304,7 @@ impl<M: Machine> Inner<M> {
         // Closed whether or not the read succeeded, so applies stop recording for it.
         let mut pre: Vec<_> = self.close_capture(seq).into_iter().collect();
         pre.sort();
+        let pre_images = pre.len();
         let written = written.and_then(|mut w| {
             for ((t, key), value) in pre {
                 match value {
@@ -278,7 +315,7 @@ impl<M: Machine> Inner<M> {
             w.finish_synced()
         });
         match written {
-            Ok(len) => Ok((name, len)),
+            Ok(len) => Ok((name, len, pre_images)),
             Err(e) => {
                 let _ = std::fs::remove_file(&path);
                 Err(sm_write_err(e))
@@ -433,6 +470,18 @@ impl<M: Machine> Inner<M> {
         entries: &[Entry<M>],
         last: LogId,
     ) -> Result<(Vec<M::Output>, M::Touched), StorageError> {
+        let bytes: u64 = entries
+            .iter()
+            .map(|e| match &e.payload {
+                EntryPayload::Normal(cmd) => M::approx_bytes(cmd) as u64,
+                _ => 0,
+            })
+            .sum();
+        // Applies and captures are serialized: nothing resets the count in between.
+        let applied_bytes = self
+            .applied_bytes
+            .load(Ordering::Relaxed)
+            .saturating_add(bytes);
         let gen = self.current();
         let mut trees: Vec<&sled::Tree> = vec![&self.sm_meta];
         trees.extend(gen.tables.iter());
@@ -468,9 +517,21 @@ impl<M: Machine> Inner<M> {
                     }
                 }
                 meta.insert(LAST_APPLIED, json(&last))?;
+                meta.insert(APPLIED_BYTES, &applied_bytes.to_be_bytes())?;
                 Ok((out, touched))
             })
             .map_err(|e| StorageIOError::apply(last, &tx_error(e)).into())
+            .inspect(|_| self.applied_bytes.store(applied_bytes, Ordering::Relaxed))
+    }
+
+    /// Starts counting the bytes applied since a snapshot point anew (serialized with apply).
+    /// Not flushed: a hint; the next flush makes it durable with whatever follows.
+    fn reset_applied_bytes(&self) {
+        if let Err(e) = self.sm_meta.insert(APPLIED_BYTES, &0u64.to_be_bytes()) {
+            tracing::warn!(error = %e, "cannot record the snapshot point's byte count");
+        }
+        self.applied_bytes.store(0, Ordering::Relaxed);
+        self.applied_bytes_known.store(true, Ordering::Relaxed);
     }
 
     fn close_capture(&self, seq: u64) -> PreImages {
@@ -538,6 +599,8 @@ impl<M: Machine> RaftStateMachine<Cfg<M>> for StateMachineStore<M> {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
             captures.insert(seq, PreImages::new());
+            // Serialized with apply: the count restarts exactly at the captured point.
+            self.inner.reset_applied_bytes();
             Captured {
                 seq,
                 applied,
@@ -607,6 +670,9 @@ impl<M: Machine> RaftStateMachine<Cfg<M>> for StateMachineStore<M> {
             .map_err(|e| write_err(e.into()))?;
 
         *self.inner.gen.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+        self.inner.reset_applied_bytes();
+        let len = std::fs::metadata(self.inner.snap_dir.join(&name)).map_or(0, |m| m.len());
+        self.inner.snapshot_bytes.store(len, Ordering::Relaxed);
         self.inner.machine.replaced();
         old.drop_trees::<M>(self.inner.disk.db())
             .map_err(|e| write_err(e.into()))?;
@@ -695,10 +761,14 @@ impl<M: Machine> RaftSnapshotBuilder<Cfg<M>> for SnapshotBuilder<M> {
                 let _ = tx.send(store.inner.write_snapshot(&gen, seq, &header));
             })
             .map_err(sm_err)?;
-        let (name, bytes) = rx
+        let (name, bytes, pre_images) = rx
             .await
             .map_err(|_| sm_err(std::io::Error::other("snapshot builder thread ended")))??;
         let written_ms = started.elapsed().as_millis() as u64;
+        self.store
+            .inner
+            .snapshot_bytes
+            .store(bytes, Ordering::Relaxed);
         let inner = self.store.inner.clone();
         let current = name.clone();
         tokio::task::spawn_blocking(move || inner.set_current_snapshot(&current))
@@ -711,6 +781,7 @@ impl<M: Machine> RaftSnapshotBuilder<Cfg<M>> for SnapshotBuilder<M> {
         tracing::info!(
             snapshot = %meta.snapshot_id,
             bytes,
+            pre_images,
             written_ms,
             saved_ms = started.elapsed().as_millis() as u64,
             "built snapshot"
