@@ -60,6 +60,9 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// A job's id in the index.
+type JobId = Arc<str>;
+
 /// What the index knows of one job.
 struct Entry {
     version: u64,
@@ -103,9 +106,13 @@ struct Dispatcher {
     config: DispatchConfig,
     epoch: Epoch,
     cancel: CancellationToken,
-    jobs: HashMap<String, Entry>,
-    by_due: BTreeSet<(i64, String)>,
-    claiming: HashSet<String>,
+    /// The index: every job, and the due instant of those with a run to claim. One allocation
+    /// of each id serves both (with 1M jobs the index is the leader's largest structure).
+    jobs: HashMap<JobId, Entry>,
+    by_due: BTreeSet<(i64, JobId)>,
+    /// The target keys the index holds, one allocation per target however many jobs share it.
+    target_keys: HashSet<TargetKey>,
+    claiming: HashSet<JobId>,
     claims_in_flight: usize,
     /// Parsed schedules, shared by jobs with the same cron expression and time zone.
     schedules: Shared,
@@ -118,7 +125,7 @@ struct Dispatcher {
     doubts: Doubts,
     /// Jobs not claimed because their target is held (see `Scheduler::holds`), by target, with
     /// the due instant they were taken out of the index at.
-    held: HashMap<TargetKey, HashMap<String, i64>>,
+    held: HashMap<TargetKey, HashMap<JobId, i64>>,
     /// How many runs may be claimed, adapting to the claims' commit latency.
     pacer: Pacer,
     /// The claim horizon in force (ms), and when it was last sized.
@@ -193,6 +200,7 @@ pub async fn run_epoch(
         jobs: HashMap::new(),
         schedules: Shared::default(),
         by_due: BTreeSet::new(),
+        target_keys: HashSet::new(),
         claiming: HashSet::new(),
         claims_in_flight: 0,
         queued: HashSet::new(),
@@ -224,6 +232,7 @@ pub async fn run_epoch(
             forgot_at = Instant::now();
             d.sched.forget_idle();
             d.schedules.forget_unused();
+            d.target_keys.retain(|k| Arc::strong_count(k) > 1);
         }
         let wake = d.next_wake();
         tokio::select! {
@@ -266,9 +275,9 @@ impl Dispatcher {
         for job in self.view.all_jobs() {
             match job {
                 // A job with a claim in flight is re-read when the claim returns.
-                Ok(job) if self.claiming.contains(&job.id) => {}
+                Ok(job) if self.claiming.contains(job.id.as_str()) => {}
                 Ok(job) => {
-                    let old = cached.remove(&job.id);
+                    let old = cached.remove(job.id.as_str());
                     self.index(job, old)
                 }
                 Err(e) => tracing::error!(error = %e, "skipping an unreadable job"),
@@ -280,7 +289,7 @@ impl Dispatcher {
     /// Re-reads `ids` from the state machine after they changed.
     fn refresh(&mut self, ids: &[String]) {
         for id in ids {
-            if self.claiming.contains(id) {
+            if self.claiming.contains(id.as_str()) {
                 continue; // refreshed when the claim returns
             }
             self.refresh_one(id);
@@ -304,9 +313,9 @@ impl Dispatcher {
 
     /// Removes a job from the index, returning what the index knew of it.
     fn unindex(&mut self, id: &str) -> Option<Entry> {
-        let e = self.jobs.remove(id)?;
+        let (id, e) = self.jobs.remove_entry(id)?;
         if let Some(due) = e.next_due {
-            self.by_due.remove(&(due, id.to_owned()));
+            self.by_due.remove(&(due, id));
         }
         Some(e)
     }
@@ -321,20 +330,33 @@ impl Dispatcher {
                 .resolve(&job.spec.schedule, job.schedule_base_ms),
         };
         let next_due = schedule.as_ref().and_then(|s| plan::next_due(&job, s));
+        let id = JobId::from(job.id.as_str());
         if let Some(due) = next_due {
-            self.by_due.insert((due, job.id.clone()));
+            self.by_due.insert((due, id.clone()));
         }
+        let target = target_key(&job.spec.url).map(|k| self.intern_target(k));
         self.jobs.insert(
-            job.id.clone(),
+            id,
             Entry {
                 version: job.version,
                 incarnation: job.incarnation,
                 paused: job.spec.paused,
                 schedule,
                 next_due,
-                target: target_key(&job.spec.url),
+                target,
             },
         );
+    }
+
+    /// The one shared copy of target key `k`.
+    fn intern_target(&mut self, k: TargetKey) -> TargetKey {
+        match self.target_keys.get(&k) {
+            Some(shared) => shared.clone(),
+            None => {
+                self.target_keys.insert(k.clone());
+                k
+            }
+        }
     }
 
     /// Queues the open runs of one job (or of all jobs) for another attempt.
@@ -547,7 +569,7 @@ impl Dispatcher {
             let jobs_only: Vec<ClaimItem> = batch_jobs
                 .into_iter()
                 .map(|id| ClaimItem {
-                    job_id: id,
+                    job_id: id.to_string(),
                     incarnation: 0,
                     due_ms: 0,
                     kind: ClaimKind::Deliver,
@@ -626,7 +648,7 @@ impl Dispatcher {
                 }
                 crate::metrics::claimed_late(late);
                 for id in done_jobs {
-                    self.claiming.remove(&id);
+                    self.claiming.remove(id.as_str());
                     self.refresh_one(&id);
                     if !outcome_known {
                         // The claim may have been applied although its answer was lost: the
