@@ -821,9 +821,6 @@ impl<M: Machine> Replica<M> {
         crate::network::note_removal(&self.removal, reason);
     }
 
-    /// Waits until this node is removed: told by the leader, or seeing an applied membership
-    /// that no longer names it. Then it records that in the data dir, gives the answer to the
-    /// request that removed it a moment to leave, and cancels `removed`.
     /// Asks openraft for a snapshot whenever `cadence::snapshot_due` says one is due, after
     /// every change of the applied index. A request while a build runs is ignored by openraft.
     async fn snapshot_cadence(self: Arc<Self>) {
@@ -854,6 +851,9 @@ impl<M: Machine> Replica<M> {
         }
     }
 
+    /// Waits until this node is removed: told by the leader, or seeing an applied membership
+    /// that no longer names it. Then it records that in the data dir, gives the answer to the
+    /// request that removed it a moment to leave, and cancels `removed`.
     async fn watch_removal(self: Arc<Self>) {
         let mut told = self.removal.subscribe();
         let mut metrics = self.raft.metrics();
