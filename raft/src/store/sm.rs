@@ -248,9 +248,9 @@ impl<M: Machine> StateMachineStore<M> {
             .len()
     }
 
-    /// Bytes of commands applied since the last snapshot (`None`: not known yet, since the
-    /// store was opened), and the current snapshot's length: what `cadence::snapshot_due`
-    /// weighs.
+    /// Bytes of commands applied since the last snapshot (`None`: not counted, in a data dir of
+    /// an older version, until the next snapshot), and the current snapshot's length: what
+    /// `cadence::snapshot_due` weighs.
     pub fn snapshot_progress(&self) -> (Option<u64>, u64) {
         let inner = &self.inner;
         (
