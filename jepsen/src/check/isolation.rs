@@ -15,8 +15,9 @@
 //! legitimately delay delivery (the nemesis runs one fault at a time, so only a neighbouring
 //! fault's settle can overlap). Black-hole attempts never reach the sink, so they are never
 //! counted as healthy runs. The fault must have bitten: some node must have held at least half
-//! its per-target cap of connections to the black hole, or the verdict is unknown (nothing was
-//! shown); so is a window with fewer than `MIN_RUNS` healthy runs to judge.
+//! its per-target cap of connections to the black hole, and the window must hold `MIN_RUNS`
+//! healthy runs to judge; a window that shows nothing is still held to rules 1–3, and the verdict
+//! is unknown only if no window showed anything.
 //!
 //! The bound. SPEC §5 says p99 ≤ max(10 ms, 2× quiet p99) on a quiet machine measuring only that.
 //! Here two cores also carry three nodes, their FUSE disks, the harness's clients and the rest of
@@ -95,6 +96,7 @@ pub fn check(input: &Input, timelines: &BTreeMap<String, Timeline>) -> Verdict {
     let owed = owed_runs(input, timelines);
     let mut reports = Vec::new();
     let (mut late_windows, mut missed_total, mut over_cap) = (0u64, 0u64, 0u64);
+    let mut shown = 0u64;
     for w in &windows {
         let (a, b) = span(w);
         let healthy = |due: i64| {
@@ -165,14 +167,21 @@ pub fn check(input: &Input, timelines: &BTreeMap<String, Timeline>) -> Verdict {
                 }));
             }
         }
+        // A window that showed nothing is still held to the rules above; only a run where no
+        // window showed anything is unknown. (A window soon after another finds the black
+        // hole's circuit still open: one probe at a time, as it should, but nothing saturated.)
         if peak < cap.div_ceil(2) {
-            v.unknown();
             v.example(json!({"black_hole_not_saturated": rfc3339_us(w.start), "peak_open": peak, "cap": cap, "jobs_created": load.created}));
         } else if late.len() < MIN_RUNS && missed.is_empty() {
-            v.unknown();
             v.example(json!({"too_few_healthy_runs": rfc3339_us(w.start), "n": late.len(), "floor": MIN_RUNS}));
+        } else {
+            shown += 1;
         }
     }
+    if !windows.is_empty() && shown == 0 {
+        v.unknown();
+    }
+    v.count("windows_shown", shown);
     v.count("black_hole_windows", windows.len() as u64);
     v.count("quiet_p99_ms", json!(quiet_p99.map(ms)));
     v.count("bound_ms", ms(bound));
@@ -193,7 +202,7 @@ pub fn check(input: &Input, timelines: &BTreeMap<String, Timeline>) -> Verdict {
         "no black-hole window in this run".into()
     } else {
         format!(
-            "{} black-hole windows: sink p99 {} ms (bound {:.0} ms = max(floor, 2x quiet p99 {})), {missed_total} missed; black hole peak {} open per node (cap {cap})",
+            "{} black-hole windows ({shown} shown): sink p99 {} ms (bound {:.0} ms = max(floor, 2x quiet p99 {})), {missed_total} missed; black hole peak {} open per node (cap {cap})",
             windows.len(),
             worst_p99.map_or("-".into(), |x| format!("{x:.1}")),
             ms(bound),
@@ -326,6 +335,27 @@ mod tests {
     fn a_black_hole_that_never_saturated_proves_nothing() {
         let v = verdict(&run(|_| 3_000, 2));
         assert_eq!(v.valid, Validity::Unknown, "{v:?}");
+    }
+
+    #[test]
+    fn a_window_that_showed_nothing_beside_one_that_did_leaves_the_verdict_to_the_other() {
+        // A second window 20 s later finds the circuit open: one connection, nothing saturated.
+        let mut i = run(|_| 3_000, 8);
+        let second = BH + 20 * S;
+        let mut w = i.windows[0].clone();
+        (w.start, w.end) = (second, second + 10 * S);
+        i.windows.push(w);
+        let mut probe = i.blackhole[0].clone();
+        (probe.opened, probe.closed) = (second, second + 5 * S);
+        i.blackhole.push(probe);
+        let v = verdict(&i);
+        assert_eq!(v.valid, Validity::Valid, "{v:?}");
+        assert_eq!(v.counts["windows_shown"], 1);
+        // It is still held to the rules: a run missed in it is invalid.
+        i.deliveries.retain(|d| d.scheduled_at != second + 3 * S);
+        let v = verdict(&i);
+        assert_eq!(v.valid, Validity::Invalid, "{v:?}");
+        assert_eq!(v.counts["missed"], 1);
     }
 
     #[test]
