@@ -36,6 +36,8 @@ const ANNOUNCE_INTERVAL: Duration = Duration::from_millis(500);
 const DRAIN_WITHIN: Duration = Duration::from_secs(1);
 /// How long a removed node goes on (answering the request that removed it) before it stops.
 const REMOVED_GRACE: Duration = Duration::from_secs(1);
+/// How often the bytes applied since the last snapshot are saved for the next start.
+const APPLIED_BYTES_SAVE_EVERY: Duration = Duration::from_secs(1);
 
 /// Raft timing. The leader lease equals `election_timeout_max_ms` in openraft 0.9.
 #[derive(Debug, Clone, Copy)]
@@ -823,10 +825,18 @@ impl<M: Machine> Replica<M> {
 
     /// Asks openraft for a snapshot whenever `cadence::snapshot_due` says one is due, after
     /// every change of the applied index. A request while a build runs is ignored by openraft.
+    /// Saves the applied byte count for the next start about once a second.
     async fn snapshot_cadence(self: Arc<Self>) {
         let sm = self.store.state_machine();
         let mut metrics = self.raft.metrics();
+        let mut saved_at = Instant::now();
         loop {
+            if saved_at.elapsed() >= APPLIED_BYTES_SAVE_EVERY {
+                saved_at = Instant::now();
+                if let Err(e) = sm.save_applied_bytes() {
+                    tracing::debug!(error = %e, "cannot save the applied byte count");
+                }
+            }
             let entries_since = {
                 let m = metrics.borrow_and_update();
                 let next = |l: Option<LogId>| l.map_or(0, |l| l.index + 1);

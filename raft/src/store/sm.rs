@@ -41,8 +41,9 @@ const LAST_MEMBERSHIP: &[u8] = b"last_membership";
 const ACTIVE_GEN: &[u8] = b"active_gen";
 /// In `sm_meta`: the name of the current snapshot's file in the snapshot dir.
 const SNAP_FILE: &[u8] = b"snapshot_file";
-/// In `sm_meta`: bytes of commands applied since the last snapshot's capture (8 bytes BE), with
-/// the state in the same transaction; a hint for `cadence.rs` that survives restarts.
+/// In `sm_meta`: bytes of commands applied since the last snapshot's capture (8 bytes BE), saved
+/// now and then (`save_applied_bytes`), durable with the next flush; a hint for `cadence.rs` that
+/// survives restarts (a lower count after a crash only delays the next snapshot a little).
 const APPLIED_BYTES: &[u8] = b"applied_bytes";
 const GEN_PREFIX: &str = "sm_g";
 
@@ -258,6 +259,16 @@ impl<M: Machine> StateMachineStore<M> {
                 .then(|| inner.applied_bytes.load(Ordering::Relaxed)),
             inner.snapshot_bytes.load(Ordering::Relaxed),
         )
+    }
+
+    /// Saves the count of bytes applied since the last snapshot, for the next start. Not in each
+    /// apply transaction: that put a second key write on every apply of every node.
+    pub fn save_applied_bytes(&self) -> Result<(), sled::Error> {
+        if self.inner.applied_bytes_known.load(Ordering::Relaxed) {
+            let b = self.inner.applied_bytes.load(Ordering::Relaxed);
+            self.inner.sm_meta.insert(APPLIED_BYTES, &b.to_be_bytes())?;
+        }
+        Ok(())
     }
 
     pub fn view(&self) -> StateView {
@@ -517,7 +528,6 @@ impl<M: Machine> Inner<M> {
                     }
                 }
                 meta.insert(LAST_APPLIED, json(&last))?;
-                meta.insert(APPLIED_BYTES, &applied_bytes.to_be_bytes())?;
                 Ok((out, touched))
             })
             .map_err(|e| StorageIOError::apply(last, &tx_error(e)).into())

@@ -225,9 +225,9 @@ async fn tables_read_ranges_both_ways_within_bounds() -> Result<(), StorageError
 }
 
 /// What the snapshot cadence weighs: the bytes of commands applied since the last capture are
-/// counted with every apply, start again at a capture, and survive closing and reopening the
-/// data dir (a restart must not start a whole-state build at once); the snapshot's size is known
-/// once one was built, and after a reopen.
+/// counted with every apply, start again at a capture, and once saved survive closing and
+/// reopening the data dir (a restart must not start a whole-state build at once); the snapshot's
+/// size is known once one was built, and after a reopen.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn applied_bytes_since_a_snapshot_are_counted_and_survive_a_restart(
 ) -> Result<(), StorageError> {
@@ -270,6 +270,8 @@ async fn applied_bytes_since_a_snapshot_are_counted_and_survive_a_restart(
         sm.apply((16..=17).map(|i| entry(i, 10))).await?;
         let want = bytes_of(11, 15, 1_000) + bytes_of(16, 17, 10);
         assert_eq!(sm.snapshot_progress(), (Some(want), snapshot_bytes));
+        sm.save_applied_bytes()
+            .map_err(|e| StorageIOError::write(&e))?;
         store.flush().await.map_err(|e| StorageIOError::write(&e))?;
     }
     let store = open(dir.path()).map_err(|e| StorageIOError::write(&e))?;
