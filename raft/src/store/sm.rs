@@ -233,8 +233,7 @@ impl<M: Machine> StateMachineStore<M> {
                 .store(true, Ordering::Relaxed);
         }
         if let Some(name) = store.inner.current_snapshot_file().map_err(sm_err)? {
-            let len = std::fs::metadata(store.inner.snap_dir.join(name)).map_or(0, |m| m.len());
-            store.inner.snapshot_bytes.store(len, Ordering::Relaxed);
+            store.inner.note_snapshot_file(&name);
         }
         Ok(store)
     }
@@ -265,8 +264,8 @@ impl<M: Machine> StateMachineStore<M> {
     /// apply transaction: that put a second key write on every apply of every node.
     pub fn save_applied_bytes(&self) -> Result<(), sled::Error> {
         if self.inner.applied_bytes_known.load(Ordering::Relaxed) {
-            let b = self.inner.applied_bytes.load(Ordering::Relaxed);
-            self.inner.sm_meta.insert(APPLIED_BYTES, &b.to_be_bytes())?;
+            self.inner
+                .save_applied_bytes(self.inner.applied_bytes.load(Ordering::Relaxed))?;
         }
         Ok(())
     }
@@ -488,11 +487,6 @@ impl<M: Machine> Inner<M> {
                 _ => 0,
             })
             .sum();
-        // Applies and captures are serialized: nothing resets the count in between.
-        let applied_bytes = self
-            .applied_bytes
-            .load(Ordering::Relaxed)
-            .saturating_add(bytes);
         let gen = self.current();
         let mut trees: Vec<&sled::Tree> = vec![&self.sm_meta];
         trees.extend(gen.tables.iter());
@@ -531,17 +525,32 @@ impl<M: Machine> Inner<M> {
                 Ok((out, touched))
             })
             .map_err(|e| StorageIOError::apply(last, &tx_error(e)).into())
-            .inspect(|_| self.applied_bytes.store(applied_bytes, Ordering::Relaxed))
+            .inspect(|_| {
+                self.applied_bytes.fetch_add(bytes, Ordering::Relaxed);
+            })
+    }
+
+    /// Records `bytes` as the count applied since the snapshot point. Not flushed: a hint; the
+    /// next flush makes it durable with whatever follows.
+    fn save_applied_bytes(&self, bytes: u64) -> Result<(), sled::Error> {
+        self.sm_meta
+            .insert(APPLIED_BYTES, &bytes.to_be_bytes())
+            .map(drop)
     }
 
     /// Starts counting the bytes applied since a snapshot point anew (serialized with apply).
-    /// Not flushed: a hint; the next flush makes it durable with whatever follows.
     fn reset_applied_bytes(&self) {
-        if let Err(e) = self.sm_meta.insert(APPLIED_BYTES, &0u64.to_be_bytes()) {
+        if let Err(e) = self.save_applied_bytes(0) {
             tracing::warn!(error = %e, "cannot record the snapshot point's byte count");
         }
         self.applied_bytes.store(0, Ordering::Relaxed);
         self.applied_bytes_known.store(true, Ordering::Relaxed);
+    }
+
+    /// Takes the length of snapshot file `name` as the current snapshot's size.
+    fn note_snapshot_file(&self, name: &str) {
+        let len = std::fs::metadata(self.snap_dir.join(name)).map_or(0, |m| m.len());
+        self.snapshot_bytes.store(len, Ordering::Relaxed);
     }
 
     fn close_capture(&self, seq: u64) -> PreImages {
@@ -681,8 +690,7 @@ impl<M: Machine> RaftStateMachine<Cfg<M>> for StateMachineStore<M> {
 
         *self.inner.gen.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
         self.inner.reset_applied_bytes();
-        let len = std::fs::metadata(self.inner.snap_dir.join(&name)).map_or(0, |m| m.len());
-        self.inner.snapshot_bytes.store(len, Ordering::Relaxed);
+        self.inner.note_snapshot_file(&name);
         self.inner.machine.replaced();
         old.drop_trees::<M>(self.inner.disk.db())
             .map_err(|e| write_err(e.into()))?;
