@@ -10,6 +10,7 @@
 pub mod delivery;
 mod doubt;
 pub mod egress;
+mod index;
 mod pace;
 mod runner;
 pub mod targets;

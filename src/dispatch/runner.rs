@@ -3,7 +3,7 @@
 //! writes outcomes back through Raft. Every decision comes from `plan` and `targets`; this loop
 //! only executes them, doing bounded work per turn.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,10 +22,11 @@ use crate::replicated::{Replica, ReplicaState, State};
 
 use super::delivery::{AttemptRequest, Deliverer};
 use super::doubt::{Doubts, Found};
+use super::index::{Indexed, JobId, JobIndex};
 use super::pace::Pacer;
 use super::targets::{target_key, Outcome, Scheduler, TargetKey};
 use super::{DispatchConfig, Queries};
-use crate::schedule::{Schedule, Shared};
+use crate::schedule::Shared;
 
 /// Items per claim command; larger rounds are split. With the record bound below this keeps a
 /// log entry near 64 KiB, so an AppendEntries of `RAFT_PAYLOAD_ENTRIES_MAX` entries is sent,
@@ -58,19 +59,6 @@ const FORGET_IDLE_EVERY: Duration = Duration::from_secs(300);
 
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
-}
-
-/// A job's id in the index.
-type JobId = Arc<str>;
-
-/// What the index knows of one job.
-struct Entry {
-    version: u64,
-    incarnation: u64,
-    paused: bool,
-    schedule: Option<Arc<Schedule>>,
-    next_due: Option<i64>,
-    target: Option<TargetKey>,
 }
 
 /// An attempt waiting for its instant.
@@ -106,12 +94,8 @@ struct Dispatcher {
     config: DispatchConfig,
     epoch: Epoch,
     cancel: CancellationToken,
-    /// The index: every job, and the due instant of those with a run to claim. One allocation
-    /// of each id serves both (with 1M jobs the index is the leader's largest structure).
-    jobs: HashMap<JobId, Entry>,
-    by_due: BTreeSet<(i64, JobId)>,
-    /// The target keys the index holds, one allocation per target however many jobs share it.
-    target_keys: HashSet<TargetKey>,
+    /// The index: every job, and the due instant of those with a run to claim.
+    index: JobIndex,
     claiming: HashSet<JobId>,
     claims_in_flight: usize,
     /// Parsed schedules, shared by jobs with the same cron expression and time zone.
@@ -197,10 +181,8 @@ pub async fn run_epoch(
         config,
         epoch,
         cancel: cancel.clone(),
-        jobs: HashMap::new(),
+        index: JobIndex::default(),
         schedules: Shared::default(),
-        by_due: BTreeSet::new(),
-        target_keys: HashSet::new(),
         claiming: HashSet::new(),
         claims_in_flight: 0,
         queued: HashSet::new(),
@@ -232,7 +214,6 @@ pub async fn run_epoch(
             forgot_at = Instant::now();
             d.sched.forget_idle();
             d.schedules.forget_unused();
-            d.target_keys.retain(|k| Arc::strong_count(k) > 1);
         }
         let wake = d.next_wake();
         tokio::select! {
@@ -270,20 +251,19 @@ pub async fn run_epoch(
 impl Dispatcher {
     /// Rebuilds the index of every job from the state machine.
     fn rebuild(&mut self) {
-        let mut cached = std::mem::take(&mut self.jobs);
-        self.by_due.clear();
+        let mut cached = std::mem::take(&mut self.index);
         for job in self.view.all_jobs() {
             match job {
                 // A job with a claim in flight is re-read when the claim returns.
                 Ok(job) if self.claiming.contains(job.id.as_str()) => {}
                 Ok(job) => {
                     let old = cached.remove(job.id.as_str());
-                    self.index(job, old)
+                    self.index_job(job, old)
                 }
                 Err(e) => tracing::error!(error = %e, "skipping an unreadable job"),
             }
         }
-        tracing::debug!(jobs = self.jobs.len(), "dispatch index rebuilt");
+        tracing::debug!(jobs = self.index.len(), "dispatch index rebuilt");
     }
 
     /// Re-reads `ids` from the state machine after they changed.
@@ -297,11 +277,11 @@ impl Dispatcher {
     }
 
     fn refresh_one(&mut self, id: &str) {
-        let old = self.unindex(id);
+        let old = self.index.remove(id);
         match self.view.get_job(id) {
             Ok(Some(job)) => {
                 let resumed = old.as_ref().is_some_and(|e| e.paused) && !job.spec.paused;
-                self.index(job, old);
+                self.index_job(job, old);
                 if resumed {
                     self.requeue_open_runs(Some(id));
                 }
@@ -311,52 +291,28 @@ impl Dispatcher {
         }
     }
 
-    /// Removes a job from the index, returning what the index knew of it.
-    fn unindex(&mut self, id: &str) -> Option<Entry> {
-        let (id, e) = self.jobs.remove_entry(id)?;
-        if let Some(due) = e.next_due {
-            self.by_due.remove(&(due, id));
-        }
-        Some(e)
-    }
-
     /// Indexes a job, reusing the parsed schedule of `old` while the definition is unchanged
     /// (parsing a cron expression is far dearer than the per-claim refresh).
-    fn index(&mut self, job: Job, old: Option<Entry>) {
+    fn index_job(&mut self, job: Job, old: Option<Indexed>) {
         let schedule = match old {
             Some(e) if e.version == job.version && e.incarnation == job.incarnation => e.schedule,
             _ => self
                 .schedules
                 .resolve(&job.spec.schedule, job.schedule_base_ms),
         };
-        let next_due = schedule.as_ref().and_then(|s| plan::next_due(&job, s));
-        let id = JobId::from(job.id.as_str());
-        if let Some(due) = next_due {
-            self.by_due.insert((due, id.clone()));
-        }
-        let target = target_key(&job.spec.url).map(|k| self.intern_target(k));
-        self.jobs.insert(
-            id,
-            Entry {
-                version: job.version,
-                incarnation: job.incarnation,
-                paused: job.spec.paused,
-                schedule,
-                next_due,
-                target,
-            },
-        );
-    }
-
-    /// The one shared copy of target key `k`.
-    fn intern_target(&mut self, k: TargetKey) -> TargetKey {
-        match self.target_keys.get(&k) {
-            Some(shared) => shared.clone(),
-            None => {
-                self.target_keys.insert(k.clone());
-                k
-            }
-        }
+        let next_due = schedule
+            .as_ref()
+            .and_then(|s| s.schedule())
+            .and_then(|s| plan::next_due(&job, &s));
+        let target = target_key(&job.spec.url);
+        let indexed = Indexed {
+            version: job.version,
+            incarnation: job.incarnation,
+            paused: job.spec.paused,
+            schedule,
+        };
+        self.index
+            .insert(JobId::from(job.id.as_str()), indexed, next_due, target);
     }
 
     /// Queues the open runs of one job (or of all jobs) for another attempt.
@@ -417,10 +373,7 @@ impl Dispatcher {
                 if self.claiming.contains(&id) {
                     continue;
                 }
-                if let Some(e) = self.jobs.get_mut(&id).filter(|e| e.next_due.is_none()) {
-                    e.next_due = Some(due);
-                    self.by_due.insert((due, id));
-                }
+                self.index.restore_due(&id, due);
             }
         }
     }
@@ -471,8 +424,8 @@ impl Dispatcher {
         if planted::is(planted::GLOBAL_QUEUE) {
             return Some(TargetKey::from(GLOBAL_QUEUE_KEY));
         }
-        if let Some(e) = self.jobs.get(job_id) {
-            return e.target.clone();
+        if let Some(found) = self.index.get(job_id) {
+            return found.target;
         }
         match self.view.get_job(job_id) {
             Ok(Some(job)) => target_key(&job.spec.url),
@@ -487,10 +440,7 @@ impl Dispatcher {
             self.horizon_at = Instant::now();
             let base = self.config.horizon.as_millis() as i64;
             let widened = plan::claim_horizon(
-                self.by_due
-                    .iter()
-                    .map(|(due, _)| *due)
-                    .take(HORIZON_SCAN_MAX),
+                self.index.dues().take(HORIZON_SCAN_MAX),
                 now,
                 base,
                 HORIZON_MAX.as_millis() as i64,
@@ -514,27 +464,27 @@ impl Dispatcher {
         while self.claims_in_flight < CLAIMS_IN_FLIGHT_MAX && budget > 0 {
             let mut items = Vec::new();
             let mut batch_jobs = Vec::new();
-            while let Some((due, id)) = self.by_due.first().cloned() {
+            while let Some(due) = self.index.first_due_at() {
                 if due > now + horizon || items.len() >= CLAIM_ITEMS_MAX.min(budget) {
                     break;
                 }
-                self.by_due.pop_first();
-                let target = self.jobs.get(&id).and_then(|e| e.target.clone());
+                // Out of the due order until claimed and re-indexed, or released.
+                let Some((due, id)) = self.index.pop_first_due() else {
+                    break;
+                };
+                let found = self.index.get(&id);
+                let target = found.as_ref().and_then(|f| f.target.clone());
                 if let Some(key) = target.filter(|k| self.sched.holds(k, now)) {
                     // Left unclaimed until the target no longer holds (`release_held`).
-                    if let Some(e) = self.jobs.get_mut(&id) {
-                        e.next_due = None;
-                    }
                     self.held.entry(key).or_default().insert(id, due);
                     continue;
                 }
                 // Runs of jobs further behind go first (see `plan::due_prefix`).
-                let frontier = self.by_due.first().map_or(i64::MAX, |(d, _)| *d);
-                let planned = match self.view.get_job(&id) {
-                    Ok(Some(job)) => self
-                        .jobs
-                        .get(&id)
-                        .and_then(|e| e.schedule.clone())
+                let frontier = self.index.first_due_at().unwrap_or(i64::MAX);
+                let schedule = found.and_then(|f| f.schedule);
+                let planned = match (self.view.get_job(&id), schedule) {
+                    (Ok(Some(job)), Some(s)) => s
+                        .schedule()
                         .map(|s| {
                             // Up to its next run when the horizon reaches past the base for a
                             // herd: one run ahead, never a job's whole horizon of runs.
@@ -544,9 +494,6 @@ impl Dispatcher {
                         .unwrap_or_default(),
                     _ => Vec::new(),
                 };
-                if let Some(e) = self.jobs.get_mut(&id) {
-                    e.next_due = None;
-                }
                 self.claiming.insert(id.clone());
                 batch_jobs.push(id);
                 items.extend(planned);
@@ -801,7 +748,7 @@ impl Dispatcher {
             wake_ms = wake_ms.min(at);
         }
         if self.claims_in_flight < CLAIMS_IN_FLIGHT_MAX {
-            if let Some((due, _)) = self.by_due.first() {
+            if let Some(due) = self.index.first_due_at() {
                 wake_ms = wake_ms.min((due - horizon).max(now + self.pacer.wait_ms(1)));
             }
         }

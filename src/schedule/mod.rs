@@ -9,6 +9,7 @@
 mod cron;
 mod every;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -148,6 +149,51 @@ pub fn resolve(spec: &ScheduleSpec, base_ms: i64) -> Option<Schedule> {
     }
 }
 
+/// A resolved schedule as the dispatcher's index keeps one per job: the one-shot and interval
+/// kinds inline in 16 bytes (they depend on the job's base instant, so nothing is shared, and an
+/// `Arc<Schedule>` each cost ~70 bytes of heap: 63 MiB at 1M interval jobs), cron schedules
+/// shared ([`Shared`]).
+#[derive(Debug, Clone)]
+pub enum Compact {
+    Once { at_ms: i64 },
+    Every { anchor_ms: i64, period_ms: u64 },
+    Cron(Arc<Schedule>),
+}
+
+impl Compact {
+    /// The schedule itself (rebuilt from milliseconds, which is how every stored schedule is
+    /// given, so nothing is lost).
+    pub fn schedule(&self) -> Option<Cow<'_, Schedule>> {
+        Some(match self {
+            Self::Once { at_ms } => Cow::Owned(Schedule::Once(
+                DateTime::<Utc>::from_timestamp_millis(*at_ms)?,
+            )),
+            Self::Every {
+                anchor_ms,
+                period_ms,
+            } => Cow::Owned(Schedule::Every {
+                anchor: DateTime::<Utc>::from_timestamp_millis(*anchor_ms)?,
+                period: Duration::from_millis(*period_ms),
+            }),
+            Self::Cron(s) => Cow::Borrowed(s),
+        })
+    }
+
+    /// The compact form of `s` (every stored schedule is in whole milliseconds).
+    fn of(s: Schedule) -> Option<Self> {
+        Some(match s {
+            Schedule::Once(at) => Self::Once {
+                at_ms: at.timestamp_millis(),
+            },
+            Schedule::Every { anchor, period } => Self::Every {
+                anchor_ms: anchor.timestamp_millis(),
+                period_ms: u64::try_from(period.as_millis()).ok()?,
+            },
+            s @ Schedule::Cron(_) => Self::Cron(Arc::new(s)),
+        })
+    }
+}
+
 /// Parsed schedules shared between jobs: jobs with the same cron expression and time zone get
 /// one `Schedule` (it does not depend on the job, and a parsed cron schedule is the largest part
 /// of the dispatcher's entry for a job: 200k jobs of one expression took the leader from 190 to
@@ -159,17 +205,17 @@ pub struct Shared {
 
 impl Shared {
     /// `resolve(spec, base_ms)`, shared with every live job of the same cron schedule.
-    pub fn resolve(&mut self, spec: &ScheduleSpec, base_ms: i64) -> Option<Arc<Schedule>> {
+    pub fn resolve(&mut self, spec: &ScheduleSpec, base_ms: i64) -> Option<Compact> {
         let ScheduleSpec::Cron { expr, timezone } = spec else {
-            return resolve(spec, base_ms).map(Arc::new);
+            return resolve(spec, base_ms).and_then(Compact::of);
         };
         let key = (expr.clone(), timezone.clone());
         if let Some(shared) = self.crons.get(&key).and_then(Weak::upgrade) {
-            return Some(shared);
+            return Some(Compact::Cron(shared));
         }
         let parsed = Arc::new(resolve(spec, base_ms)?);
         self.crons.insert(key, Arc::downgrade(&parsed));
-        Some(parsed)
+        Some(Compact::Cron(parsed))
     }
 
     /// Drops the entries of schedules no job holds any more.
@@ -182,6 +228,13 @@ impl Shared {
 mod tests {
     use super::*;
 
+    fn cron_arc(c: Option<Compact>) -> Arc<Schedule> {
+        match c {
+            Some(Compact::Cron(s)) => s,
+            other => panic!("not a cron schedule: {other:?}"),
+        }
+    }
+
     #[test]
     fn jobs_of_one_cron_schedule_share_it_and_others_do_not() {
         let cron = |expr: &str, tz: &str| ScheduleSpec::Cron {
@@ -189,24 +242,11 @@ mod tests {
             timezone: tz.into(),
         };
         let mut shared = Shared::default();
-        let a = shared
-            .resolve(&cron("0 9 * * 1-5", "Europe/Berlin"), 1)
-            .unwrap();
-        let b = shared
-            .resolve(&cron("0 9 * * 1-5", "Europe/Berlin"), 2)
-            .unwrap();
+        let a = cron_arc(shared.resolve(&cron("0 9 * * 1-5", "Europe/Berlin"), 1));
+        let b = cron_arc(shared.resolve(&cron("0 9 * * 1-5", "Europe/Berlin"), 2));
         assert!(Arc::ptr_eq(&a, &b));
-        let other_tz = shared.resolve(&cron("0 9 * * 1-5", "UTC"), 1).unwrap();
+        let other_tz = cron_arc(shared.resolve(&cron("0 9 * * 1-5", "UTC"), 1));
         assert!(!Arc::ptr_eq(&a, &other_tz));
-        let every = ScheduleSpec::Every {
-            every_ms: 1000,
-            start_at_ms: None,
-        };
-        let (e1, e2) = (
-            shared.resolve(&every, 0).unwrap(),
-            shared.resolve(&every, 0).unwrap(),
-        );
-        assert!(!Arc::ptr_eq(&e1, &e2), "not shared: depends on the job");
         assert!(
             shared.resolve(&cron("0 0 30 2 *", "UTC"), 0).is_none(),
             "never fires"
@@ -217,6 +257,47 @@ mod tests {
         assert_eq!(shared.crons.len(), 1, "only the UTC one is still held");
         let again = shared.resolve(&cron("0 9 * * 1-5", "Europe/Berlin"), 3);
         assert!(again.is_some(), "parsed anew");
+    }
+
+    #[test]
+    fn the_compact_form_fires_exactly_as_the_resolved_schedule() {
+        let base = 1_764_547_200_123; // 2025-12-01T00:00:00.123Z
+        let specs = [
+            ScheduleSpec::At {
+                at_ms: base + 5_000,
+            },
+            ScheduleSpec::At {
+                at_ms: base - 5_000,
+            }, // in the past: due at base
+            ScheduleSpec::After { after_ms: 90_001 },
+            ScheduleSpec::Every {
+                every_ms: 1_000,
+                start_at_ms: None,
+            },
+            ScheduleSpec::Every {
+                every_ms: 86_400_007,
+                start_at_ms: Some(base - 3_600_001),
+            },
+            ScheduleSpec::Cron {
+                expr: "*/5 * * * *".into(),
+                timezone: "Europe/Berlin".into(),
+            },
+        ];
+        let mut shared = Shared::default();
+        let from = DateTime::<Utc>::from_timestamp_millis(base - 10_000).unwrap();
+        for spec in &specs {
+            let full = resolve(spec, base).unwrap();
+            let compact = shared.resolve(spec, base).unwrap();
+            let back = compact.schedule().unwrap();
+            assert_eq!(
+                back.fires_after(from, 50),
+                full.fires_after(from, 50),
+                "{spec:?}"
+            );
+            let shared_kind = matches!(compact, Compact::Cron(_));
+            assert_eq!(shared_kind, matches!(spec, ScheduleSpec::Cron { .. }));
+        }
+        assert!(std::mem::size_of::<Compact>() <= 24);
     }
     use chrono::TimeZone;
 
