@@ -134,7 +134,9 @@ impl<M: Machine> Store<M> {
             source,
         };
         let mut sled_config = sled::Config::new()
-            .cache_capacity(128 << 20)
+            // Claims and reads are point lookups; 64 MiB (it was 128) keeps a node with 1M jobs
+            // under 512 MiB while it builds a snapshot (ARCHITECTURE.md).
+            .cache_capacity(64 << 20)
             .mode(sled::Mode::LowSpace);
         if crate::planted::is(crate::planted::ACK_BEFORE_FLUSH) {
             // Without the explicit flushes, only sled's background flusher would save the
