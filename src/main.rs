@@ -44,23 +44,19 @@ fn main() -> ExitCode {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    {
-        {
-            let config = args.into_config()?;
-            init_tracing(&config.log)?;
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .thread_name("hookd")
-                .build()
-                .context("start the tokio runtime")?;
-            runtime.block_on(async {
-                let listeners = Listeners::bind_or_inherit(&config).await?;
-                let shutdown = CancellationToken::new();
-                tokio::spawn(cancel_on_signal(shutdown.clone()));
-                node::run(config, listeners, shutdown).await
-            })
-        }
-    }
+    let config = args.into_config()?;
+    init_tracing(&config.log)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("hookd")
+        .build()
+        .context("start the tokio runtime")?;
+    runtime.block_on(async {
+        let listeners = Listeners::bind_or_inherit(&config).await?;
+        let shutdown = CancellationToken::new();
+        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        node::run(config, listeners, shutdown).await
+    })
 }
 
 fn init_tracing(filter: &str) -> anyhow::Result<()> {
