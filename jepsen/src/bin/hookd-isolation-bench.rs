@@ -160,6 +160,29 @@ async fn create_jobs(
     Ok(ids)
 }
 
+/// Creates `rate` jobs (every 1 s at `url`, spread over the second) that start once all of them
+/// exist, so a measured window never includes the creates; returns their ids and the first
+/// whole second at which all are in place and due. The jobs are created to start a lead time
+/// ahead (creates at ≥ 2,000/s assumed); if the creates took longer, the returned second is later.
+async fn place_load(
+    c: &LocalCluster,
+    via: usize,
+    prefix: &str,
+    url: &str,
+    rate: usize,
+) -> anyhow::Result<(Vec<String>, i64)> {
+    let start = (now_ms() / 1000 + 2 + rate as i64 / 2000) * 1000;
+    let ids = create_jobs(c, via, prefix, url, rate, "10s", start).await?;
+    let created = now_ms();
+    if created > start {
+        println!(
+            "({prefix}: creates ended {} ms after the load began; measured from then)",
+            created - start
+        );
+    }
+    Ok((ids, start.max((created / 1000 + 1) * 1000)))
+}
+
 /// Deletes jobs through node `via`, 16 at once; returns how many were acknowledged.
 async fn delete_jobs(c: &LocalCluster, via: usize, ids: &[String]) -> usize {
     let http = http();
@@ -346,9 +369,8 @@ async fn main() -> anyhow::Result<()> {
     let mut ladder = Vec::new();
     let mut sustainable = None;
     for (k, &rate) in args.sustainable_rates.iter().enumerate() {
-        let t = (now_ms() / 1000 + 3) * 1000;
         let name = format!("rate{k}");
-        let jobs = create_jobs(&c, l, &name, &nginx.url, rate, "10s", t).await?;
+        let (jobs, t) = place_load(&c, l, &name, &nginx.url, rate).await?;
         let (from, to) = (t + 2000, t + 2000 + secs * 1000);
         sleep_until_ms(to + 2000).await;
         let (s, missed) = lateness(&nginx.requests(), &format!("{name}-"), rate, from, to);
@@ -374,8 +396,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let overload = if overload_rate > 0 {
         let (leader_before, term_before) = cluster_state(&c, l).await;
-        let t3 = (now_ms() / 1000 + 3) * 1000;
-        let load = create_jobs(&c, l, "load", &nginx.url, overload_rate, "10s", t3).await?;
+        let (load, t3) = place_load(&c, l, "load", &nginx.url, overload_rate).await?;
         let end = t3 + args.overload_seconds as i64 * 1000;
         // The leader's view each second: claim rate, runs waiting, lease-gate closures so far.
         let mut leader_metrics = BTreeMap::new();
