@@ -11,8 +11,8 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use super::{
-    Encoding, ForwardError, CLUSTER_ID_HEADER, PATH_APPEND, PATH_FORWARD_READ_INDEX,
-    PATH_FORWARD_WRITE, PATH_SNAPSHOT, PATH_VOTE, TARGET_NODE_HEADER,
+    Encoding, ForwardError, ACCEPTS_HEADER, CLUSTER_ID_HEADER, PATH_APPEND,
+    PATH_FORWARD_READ_INDEX, PATH_FORWARD_WRITE, PATH_SNAPSHOT, PATH_VOTE, TARGET_NODE_HEADER,
 };
 use crate::lease::{Acks, Epoch};
 use crate::machine::Machine;
@@ -159,6 +159,22 @@ impl PeerClient {
         encoding: Encoding,
         timeout: Duration,
     ) -> Result<R, TransportError> {
+        let resp = self
+            .send(target, addr, path, body, encoding, timeout)
+            .await?;
+        json_of(resp, addr).await
+    }
+
+    /// `post` up to a successful answer, left undecoded (its headers may matter).
+    async fn send<B: Serialize>(
+        &self,
+        target: NodeId,
+        addr: &str,
+        path: &str,
+        body: &B,
+        encoding: Encoding,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, TransportError> {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         let encoded = match encoding {
             Encoding::Json => serde_json::to_vec(body).map_err(|e| e.to_string()),
@@ -203,10 +219,7 @@ impl PeerClient {
                 body,
             });
         }
-        resp.json().await.map_err(|source| TransportError::Http {
-            addr: addr.to_owned(),
-            source,
-        })
+        Ok(resp)
     }
 
     /// `post` for a request forwarded to the leader: waits (within `timeout`) for one of the
@@ -261,8 +274,20 @@ impl<M: Machine> RaftNetworkFactory<Cfg<M>> for PeerClient {
             client: self.clone(),
             target,
             node: node.clone(),
+            postcard: false,
         }
     }
+}
+
+/// Decodes a peer's JSON answer.
+async fn json_of<R: DeserializeOwned>(
+    resp: reqwest::Response,
+    addr: &str,
+) -> Result<R, TransportError> {
+    resp.json().await.map_err(|source| TransportError::Http {
+        addr: addr.to_owned(),
+        source,
+    })
 }
 
 /// openraft's handle to one peer; holds no connection of its own (the shared pool does).
@@ -270,6 +295,8 @@ pub struct PeerConnection {
     client: PeerClient,
     target: NodeId,
     node: Node,
+    /// The peer's last answer to an AppendEntries said it takes postcard (`ACCEPTS_HEADER`).
+    postcard: bool,
 }
 
 impl PeerConnection {
@@ -322,6 +349,23 @@ impl PeerConnection {
     }
 }
 
+/// Whether a peer takes AppendEntries in postcard, going by its answer to one sent in
+/// `encoding`: it says so on every answer; a refusal of postcard (a node of the previous
+/// version: 415, or 400) means no; a transport failure tells nothing new.
+fn takes_postcard(encoding: Encoding, answer: &Result<reqwest::Response, TransportError>) -> bool {
+    match answer {
+        Ok(resp) => resp
+            .headers()
+            .get(ACCEPTS_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').any(|t| t.trim() == Encoding::POSTCARD_TYPE)),
+        Err(TransportError::Rejected {
+            status: 400 | 415, ..
+        }) => false,
+        Err(_) => encoding == Encoding::Postcard,
+    }
+}
+
 impl<M: Machine> RaftNetwork<Cfg<M>> for PeerConnection {
     async fn append_entries(
         &mut self,
@@ -330,8 +374,29 @@ impl<M: Machine> RaftNetwork<Cfg<M>> for PeerConnection {
     ) -> Result<AppendEntriesResponse, RpcError> {
         // The lease counts from before the request left, never from when the answer came.
         let sent = Instant::now();
-        let resp: AppendEntriesResponse =
-            self.rpc(PATH_APPEND, &rpc, Encoding::Json, &option).await?;
+        let encoding = if self.postcard {
+            Encoding::Postcard
+        } else {
+            Encoding::Json
+        };
+        let addr = &self.node.addr;
+        let answer = self
+            .client
+            .send(
+                self.target,
+                addr,
+                PATH_APPEND,
+                &rpc,
+                encoding,
+                option.hard_ttl(),
+            )
+            .await;
+        self.postcard = takes_postcard(encoding, &answer);
+        let answer = match answer {
+            Ok(resp) => json_of(resp, addr).await,
+            Err(e) => Err(e),
+        };
+        let resp: AppendEntriesResponse = self.answer(answer)?;
         if !matches!(resp, AppendEntriesResponse::HigherVote(_)) {
             // Success, partial success or a log conflict: the peer accepted this leader.
             let leader = rpc.vote.leader_id();
@@ -380,5 +445,108 @@ impl<M: Machine> RaftNetwork<Cfg<M>> for PeerConnection {
             note_removal(&self.client.removals, why);
         }
         self.answer(answer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::header::CONTENT_TYPE;
+    use axum::http::{HeaderMap, HeaderValue};
+    use openraft::{CommittedLeaderId, EntryPayload, LogId, Vote};
+
+    use super::*;
+    use crate::machine::kv::{Cmd, Kv};
+    use crate::typ::Entry;
+
+    fn answer(accepts: Option<&str>) -> Result<reqwest::Response, TransportError> {
+        let mut resp = axum::http::Response::builder().status(200);
+        if let Some(a) = accepts {
+            resp = resp.header(ACCEPTS_HEADER, a);
+        }
+        Ok(reqwest::Response::from(resp.body("{}").expect("response")))
+    }
+
+    fn refused(status: u16) -> Result<reqwest::Response, TransportError> {
+        Err(TransportError::Rejected {
+            addr: "peer".into(),
+            status,
+            body: String::new(),
+        })
+    }
+
+    #[test]
+    fn a_peer_gets_postcard_appends_only_after_it_said_it_takes_them() {
+        use Encoding::{Json, Postcard};
+        let pc = Some(Encoding::POSTCARD_TYPE);
+        let listed = Some("application/x-other, application/x-hookd-postcard");
+        let busy = || Err(TransportError::Busy);
+        // (encoding sent, the answer) -> postcard next time
+        let cases: [(Encoding, Result<reqwest::Response, TransportError>, bool); 10] = [
+            (Json, answer(pc), true),
+            (Json, answer(listed), true),
+            // a node of the previous version says nothing and takes JSON only
+            (Json, answer(None), false),
+            (Postcard, answer(None), false),
+            (Json, answer(Some("application/json")), false),
+            (Postcard, refused(415), false),
+            (Postcard, refused(400), false),
+            // a failure that is not about the encoding changes nothing
+            (Postcard, refused(503), true),
+            (Postcard, busy(), true),
+            (Json, busy(), false),
+        ];
+        for (i, (sent, got, expect)) in cases.into_iter().enumerate() {
+            assert_eq!(takes_postcard(sent, &got), expect, "case {i}");
+        }
+    }
+
+    #[test]
+    fn an_append_decodes_alike_from_json_and_postcard() {
+        let leader = CommittedLeaderId::new(3, 1);
+        let entry = |index, cmd| Entry::<Kv> {
+            log_id: LogId::new(leader, index),
+            payload: EntryPayload::Normal(cmd),
+        };
+        let req = AppendEntriesRequest::<Kv> {
+            vote: Vote::new_committed(3, 1),
+            prev_log_id: Some(LogId::new(leader, 6)),
+            entries: vec![
+                entry(
+                    7,
+                    Cmd::Put {
+                        key: "k\"é".into(),
+                        value: "v".repeat(300),
+                    },
+                ),
+                entry(8, Cmd::Batch(vec![Cmd::Del { key: "k".into() }])),
+            ],
+            leader_commit: Some(LogId::new(leader, 5)),
+        };
+        let expect = serde_json::to_value(&req).expect("json");
+        for (encoding, body) in [
+            (Encoding::Json, serde_json::to_vec(&req).expect("json")),
+            (
+                Encoding::Postcard,
+                postcard::to_stdvec(&req).expect("postcard"),
+            ),
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static(encoding.content_type()),
+            );
+            assert_eq!(Encoding::of(&headers), encoding);
+            let got: AppendEntriesRequest<Kv> =
+                Encoding::of(&headers).decode(&body).expect("decodes");
+            assert_eq!(
+                serde_json::to_value(&got).expect("json"),
+                expect,
+                "{encoding:?}"
+            );
+        }
+        // Without a content type (or another one) a body is taken as JSON, as before.
+        assert_eq!(Encoding::of(&HeaderMap::new()), Encoding::Json);
+        let garbage: Result<AppendEntriesRequest<Kv>, String> = Encoding::Postcard.decode(b"{}");
+        assert!(garbage.is_err());
     }
 }

@@ -12,9 +12,10 @@ use axum::routing::post;
 use axum::{Json, Router};
 
 use super::{
-    Encoding, ForwardError, CLUSTER_ID_HEADER, PATH_APPEND, PATH_FORWARD_READ_INDEX,
-    PATH_FORWARD_WRITE, PATH_MEMBERS_ADD, PATH_MEMBERS_REMOVE, PATH_REMOVED, PATH_SNAPSHOT,
-    PATH_VOTE, PEER_BODY_BYTES_MAX, REMOVED_STATUS, TARGET_NODE_HEADER,
+    Encoding, ForwardError, ACCEPTS_HEADER, CLUSTER_ID_HEADER, PATH_APPEND,
+    PATH_FORWARD_READ_INDEX, PATH_FORWARD_WRITE, PATH_MEMBERS_ADD, PATH_MEMBERS_REMOVE,
+    PATH_REMOVED, PATH_SNAPSHOT, PATH_VOTE, PEER_BODY_BYTES_MAX, REMOVED_STATUS,
+    TARGET_NODE_HEADER,
 };
 use crate::machine::Machine;
 use crate::members::{AddMember, MemberError, RemoveMember};
@@ -102,11 +103,26 @@ async fn guard<M: Machine>(State(s): State<PeerState<M>>, req: Request, next: Ne
     next.run(req).await
 }
 
+/// An AppendEntries in JSON or postcard (`Encoding`); the answer, JSON, says this node takes
+/// postcard, so the leader sends it that from then on.
 async fn append<M: Machine>(
     State(s): State<PeerState<M>>,
-    Json(req): Json<AppendEntriesRequest<M>>,
-) -> Json<Result<AppendEntriesResponse, RaftError>> {
-    Json(s.replica.raft().append_entries(req).await)
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let req: AppendEntriesRequest<M> = match Encoding::of(&headers).decode(&body) {
+        Ok(req) => req,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("undecodable AppendEntries: {e}"),
+            )
+                .into_response()
+        }
+    };
+    let answer: Result<AppendEntriesResponse, RaftError> =
+        s.replica.raft().append_entries(req).await;
+    ([(ACCEPTS_HEADER, Encoding::POSTCARD_TYPE)], Json(answer)).into_response()
 }
 
 /// A vote request, unless the candidate was removed from the cluster: then it is told so (it
@@ -126,14 +142,7 @@ async fn snapshot<M: Machine>(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let postcard = headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes() == Encoding::POSTCARD_TYPE.as_bytes());
-    let req: Result<InstallSnapshotRequest<M>, String> = if postcard {
-        postcard::from_bytes(&body).map_err(|e| e.to_string())
-    } else {
-        serde_json::from_slice(&body).map_err(|e| e.to_string())
-    };
+    let req: Result<InstallSnapshotRequest<M>, String> = Encoding::of(&headers).decode(&body);
     match req {
         Ok(req) => {
             let answer: Result<InstallSnapshotResponse, RaftError<InstallSnapshotError>> =
