@@ -823,13 +823,16 @@ impl<M: Machine> Replica<M> {
         crate::network::note_removal(&self.removal, reason);
     }
 
-    /// Asks openraft for a snapshot whenever `cadence::snapshot_due` says one is due, after
-    /// every change of the applied index. A request while a build runs is ignored by openraft.
-    /// Saves the applied byte count for the next start about once a second.
+    /// Asks openraft for a snapshot when `cadence::snapshot_due` says one is due, checked after
+    /// every change of Raft's metrics: once, and not again while it is being built
+    /// (`cadence::ask_for_snapshot`). Saves the applied byte count for the next start about
+    /// once a second.
     async fn snapshot_cadence(self: Arc<Self>) {
         let sm = self.store.state_machine();
         let mut metrics = self.raft.metrics();
         let mut saved_at = Instant::now();
+        // When this node last asked, and the snapshot it had then: a new one resets the wait.
+        let mut asked: Option<(Instant, Option<LogId>)> = None;
         loop {
             if saved_at.elapsed() >= APPLIED_BYTES_SAVE_EVERY {
                 saved_at = Instant::now();
@@ -837,10 +840,13 @@ impl<M: Machine> Replica<M> {
                     tracing::debug!(error = %e, "cannot save the applied byte count");
                 }
             }
-            let entries_since = {
+            let (entries_since, snapshot) = {
                 let m = metrics.borrow_and_update();
                 let next = |l: Option<LogId>| l.map_or(0, |l| l.index + 1);
-                next(m.last_applied).saturating_sub(next(m.snapshot))
+                (
+                    next(m.last_applied).saturating_sub(next(m.snapshot)),
+                    m.snapshot,
+                )
             };
             let (bytes_since, snapshot_bytes) = sm.snapshot_progress();
             let due = crate::cadence::snapshot_due(
@@ -849,7 +855,11 @@ impl<M: Machine> Replica<M> {
                 bytes_since,
                 snapshot_bytes,
             );
-            if due {
+            let since_asked = asked
+                .filter(|(_, at_snapshot)| *at_snapshot == snapshot)
+                .map(|(at, _)| at.elapsed());
+            if crate::cadence::ask_for_snapshot(due, sm.open_captures() > 0, since_asked) {
+                asked = Some((Instant::now(), snapshot));
                 if let Err(e) = self.raft.trigger().snapshot().await {
                     tracing::debug!(error = %e, "cannot ask for a snapshot");
                 }

@@ -238,9 +238,8 @@ impl<M: Machine> StateMachineStore<M> {
         Ok(store)
     }
 
-    /// Captures still open (tests: a builder must never leave one behind).
-    #[cfg(test)]
-    pub(super) fn open_captures(&self) -> usize {
+    /// Captures still open: snapshots being built (a builder never leaves one behind).
+    pub(crate) fn open_captures(&self) -> usize {
         self.inner
             .captures
             .lock()
