@@ -65,6 +65,35 @@ async fn a_one_shot_run_arrives_with_every_header_and_a_verifiable_signature() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_at_already_past_at_create_is_due_at_creation_and_delivered() {
+    let sink = Sink::start().await;
+    let c = single(&[]).await;
+    // A week before now: far past any grace, yet due at creation, not misfired (SPEC §2).
+    let at = rfc3339(now_ms() - 7 * 86_400_000);
+    let before = now_ms();
+    let created = create(
+        &c,
+        0,
+        json!({"id": "late", "url": sink.url("/l"), "schedule": {"at": at},
+               "misfire": {"policy": "skip"}}),
+    )
+    .await;
+    let after = now_ms();
+    assert_eq!(created["schedule"]["at"], at.as_str());
+    let next = created["next_fire_at"].as_str().expect("next_fire_at");
+    let next_ms = chrono::DateTime::parse_from_rfc3339(next)
+        .expect("instant")
+        .timestamp_millis();
+    assert!(
+        (before..=after).contains(&next_ms),
+        "due at creation ({before}..={after}), not at {at}: {created}"
+    );
+    // Delivered even with `skip`: it was due at creation, so it is on time.
+    let got = sink.wait_for("late", 1, Duration::from_secs(10)).await;
+    assert_eq!(got[0].scheduled_ms(), next_ms);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_every_second_job_fires_once_per_second() {
     let sink = Sink::start().await;
     let c = single(&[]).await;

@@ -11,8 +11,9 @@ use serde_json::json;
 use crate::harness::{eventually, now_ms, ticking_cluster, ticks_missed};
 use crate::sink::Sink;
 
-/// One write of the client: the node it went to, and its status (`None`: no answer).
-type Outcome = (usize, Option<u16>);
+/// One write of the client: the node it went to, its status (`None`: no answer), and for a
+/// refusal the answer's body and the node that was down then (to tell the cause apart).
+type Outcome = (usize, Option<u16>, String);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_misses_no_run_and_refuses_no_write_to_a_node_that_is_up() {
@@ -37,14 +38,17 @@ async fn a_rolling_restart_misses_no_run_and_refuses_no_write_to_a_node_that_is_
                     n += 1;
                     let body = json!({"id": format!("w{n}"), "url": "http://127.0.0.1:9/h",
                                       "schedule": {"after": "1h"}});
-                    let status = http
-                        .post(url)
-                        .json(&body)
-                        .send()
-                        .await
-                        .ok()
-                        .map(|r| r.status().as_u16());
-                    outcomes.lock().expect("lock").push((i, status));
+                    let sent = now_ms();
+                    let outcome = match http.post(url).json(&body).send().await {
+                        Ok(r) if r.status() == 201 => (i, Some(201), String::new()),
+                        Ok(r) => {
+                            let status = r.status().as_u16();
+                            let text = r.text().await.unwrap_or_default();
+                            (i, Some(status), format!("{text} (sent at {sent})"))
+                        }
+                        Err(e) => (i, None, format!("{e} (sent at {sent})")),
+                    };
+                    outcomes.lock().expect("lock").push(outcome);
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -56,6 +60,7 @@ async fn a_rolling_restart_misses_no_run_and_refuses_no_write_to_a_node_that_is_
     order.push(leader);
     for i in order {
         up[i].store(false, Ordering::Release);
+        eprintln!("rolling restart: stopping node {i} at {}", now_ms());
         let status = c.terminate(i);
         assert!(status.success(), "node {i} stops cleanly: {status:?}");
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -67,6 +72,7 @@ async fn a_rolling_restart_misses_no_run_and_refuses_no_write_to_a_node_that_is_
         )
         .await;
         up[i].store(true, Ordering::Release);
+        eprintln!("rolling restart: node {i} ready at {}", now_ms());
     }
     let restarted_at = now_ms();
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -74,7 +80,10 @@ async fn a_rolling_restart_misses_no_run_and_refuses_no_write_to_a_node_that_is_
     writer.await.expect("writer");
 
     let outcomes = outcomes.lock().expect("lock").clone();
-    let refused: Vec<&Outcome> = outcomes.iter().filter(|(_, s)| *s != Some(201)).collect();
+    let refused: Vec<&Outcome> = outcomes
+        .iter()
+        .filter(|(_, s, _)| *s != Some(201))
+        .collect();
     assert!(
         outcomes.len() > 100,
         "the client kept writing: {}",
