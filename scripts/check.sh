@@ -15,7 +15,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "cargo test"
 # The packaging test runs systemd-analyze (Debian package systemd); the API test runs
-# schemathesis (PyPI) from a venv under target/, in a network namespace (unshare, iproute2).
+# schemathesis and openapi-spec-validator (PyPI) from venvs under target/, in a network namespace (unshare, iproute2).
 missing=()
 command -v systemd-analyze >/dev/null || missing+=(systemd)
 command -v ip >/dev/null || missing+=(iproute2)
@@ -29,7 +29,21 @@ if [ ! -x target/schemathesis/bin/schemathesis ]; then
     python3 -m venv target/schemathesis
     timeout 600 target/schemathesis/bin/pip install -q schemathesis==4.32.5
 fi
-cargo test --workspace --locked
+# openapi-spec-validator (PyPI), an independent check of /openapi.json, in a venv of its own.
+if [ ! -x target/openapi-validator/bin/openapi-spec-validator ]; then
+    rm -rf target/openapi-validator
+    python3 -m venv target/openapi-validator
+    timeout 600 target/openapi-validator/bin/pip install -q openapi-spec-validator==0.9.0
+fi
+# Every test binary runs even when one fails, and the smoke runs after failed tests too, so one
+# gate run reports every failure; the gate still exits non-zero if anything failed.
+failed=()
+cargo test --workspace --locked --no-fail-fast || failed+=("cargo test")
 
 step "chaos smoke run (scripts/jepsen.sh smoke)"
-bash scripts/jepsen.sh smoke
+bash scripts/jepsen.sh smoke || failed+=("chaos smoke")
+
+if [ "${#failed[@]}" -gt 0 ]; then
+    printf '\ncheck.sh: FAILED: %s\n' "${failed[*]}" >&2
+    exit 1
+fi
