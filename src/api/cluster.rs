@@ -39,7 +39,7 @@ struct ClusterView {
 }
 
 /// Membership and leadership as this node sees them.
-#[utoipa::path(get, path = "/cluster", tag = "cluster",
+#[utoipa::path(get, operation_id = "getCluster", path = "/cluster", tag = "cluster",
     responses((status = 200, description = "the cluster", body = ClusterView)))]
 pub async fn cluster(state: Shared) -> Json<impl Serialize> {
     Json(view(&state))
@@ -136,7 +136,7 @@ async fn view_after_change(state: &Shared) -> ClusterView {
     view(state)
 }
 
-#[utoipa::path(post, path = "/cluster/members", tag = "cluster", request_body = AddRequest,
+#[utoipa::path(post, operation_id = "addMember", path = "/cluster/members", tag = "cluster", request_body = AddRequest,
     responses((status = 201, description = "added", body = ClusterView),
               (status = 504, description = "it did not catch up within 60 s and stays a learner", body = super::openapi::ErrorBody)))]
 /// Adds a node started with `--join`: a learner first, a voter once caught up (SPEC §2, §6).
@@ -185,7 +185,7 @@ pub struct RemoveQuery {
     force: bool,
 }
 
-#[utoipa::path(delete, path = "/cluster/members/{id}", tag = "cluster",
+#[utoipa::path(delete, operation_id = "removeMember", path = "/cluster/members/{id}", tag = "cluster",
     params(("id" = u64, Path, description = "node id"), RemoveQuery),
     responses((status = 200, description = "removed", body = ClusterView)))]
 /// Removes a node; a leader being removed leads until the change is committed, then steps down.
@@ -206,7 +206,7 @@ pub async fn remove_member(
     Ok((StatusCode::OK, Json(view_after_change(&state).await)).into_response())
 }
 
-#[utoipa::path(get, path = "/healthz", tag = "node",
+#[utoipa::path(get, operation_id = "getHealth", path = "/healthz", tag = "node",
     responses((status = 200, description = "alive", body = serde_json::Value),
               (status = 503, description = "this node's storage has failed", body = serde_json::Value)))]
 /// Alive, and `503` once the replicated core has stopped on a fatal error (a storage failure):
@@ -231,7 +231,7 @@ const READY_PROBE_DEADLINE: Duration = Duration::from_secs(1);
 /// Ready when a leader holding a quorum confirms a read index and this node has applied it: the
 /// node can serve linearizable reads now. (openraft 0.9 never demotes a leader cut off from its
 /// followers, so the leader's own word is not enough.)
-#[utoipa::path(get, path = "/readyz", tag = "node",
+#[utoipa::path(get, operation_id = "getReadiness", path = "/readyz", tag = "node",
     responses((status = 200, description = "has a leader and is caught up", body = serde_json::Value),
               (status = 503, description = "not ready", body = serde_json::Value)))]
 pub async fn readyz(state: Shared) -> Response {
@@ -264,7 +264,7 @@ pub async fn readyz(state: Shared) -> Response {
 }
 
 /// Prometheus text exposition of this node's metrics.
-#[utoipa::path(get, path = "/metrics", tag = "node",
+#[utoipa::path(get, operation_id = "getMetrics", path = "/metrics", tag = "node",
     responses((status = 200, description = "Prometheus text", body = String, content_type = "text/plain")))]
 pub async fn metrics() -> Response {
     let body = crate::metrics::handle()

@@ -109,7 +109,7 @@ pub fn publish(api: &utoipa::openapi::OpenApi) {
 }
 
 /// This description, as JSON.
-#[utoipa::path(get, path = "/openapi.json", tag = "docs",
+#[utoipa::path(get, operation_id = "getOpenApi", path = "/openapi.json", tag = "docs",
     responses((status = 200, description = "the OpenAPI 3.1 description", body = serde_json::Value)))]
 pub async fn openapi_json() -> axum::response::Response {
     use axum::response::IntoResponse;
@@ -122,7 +122,7 @@ pub async fn openapi_json() -> axum::response::Response {
 }
 
 /// A browsable page of this description (Redoc).
-#[utoipa::path(get, path = "/docs", tag = "docs",
+#[utoipa::path(get, operation_id = "getDocs", path = "/docs", tag = "docs",
     responses((status = 200, description = "an HTML page", body = String, content_type = "text/html")))]
 pub async fn docs() -> axum::response::Html<String> {
     axum::response::Html(DOC.get().map(|d| d.1.clone()).unwrap_or_default())

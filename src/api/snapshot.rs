@@ -10,7 +10,7 @@ use super::{ApiError, Shared};
 /// Header naming the log index the snapshot holds the state at.
 pub const SNAPSHOT_INDEX_HEADER: &str = "hookd-snapshot-index";
 
-#[utoipa::path(get, path = "/snapshot", tag = "cluster",
+#[utoipa::path(get, operation_id = "getSnapshot", path = "/snapshot", tag = "cluster",
     responses((status = 200, description = "the snapshot file", body = Vec<u8>, content_type = "application/octet-stream")))]
 /// The newest snapshot file after a linearizable barrier (built now if older), as it is on disk:
 /// the same versioned, checksummed format the nodes send each other.

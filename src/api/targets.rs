@@ -71,7 +71,7 @@ struct Page {
 }
 
 /// Per target host:port: attempts in flight, runs waiting, last error, circuit.
-#[utoipa::path(get, path = "/targets", tag = "targets", params(Params),
+#[utoipa::path(get, operation_id = "listTargets", path = "/targets", tag = "targets", params(Params),
     responses((status = 200, description = "a page of targets", body = Page)))]
 pub async fn list(
     state: Shared,

@@ -92,6 +92,21 @@ async fn the_openapi_document_describes_every_route_and_its_errors() {
         );
     }
 
+    // Every operation has its own readable id (code generators need them unique).
+    let mut ids = BTreeSet::new();
+    for (path, ops) in paths {
+        for (method, op) in ops.as_object().expect("operations") {
+            let id = op["operationId"].as_str().unwrap_or_default();
+            assert!(
+                id.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+                    && id.chars().all(|c| c.is_ascii_alphanumeric()),
+                "{method} {path}: operationId {id:?} is not a camelCase name"
+            );
+            assert!(ids.insert(id.to_owned()), "operationId {id} is not unique");
+        }
+    }
+    validate_with_openapi_spec_validator(&doc);
+
     let resp = c.http.get(c.url(0, "/docs")).send().await.expect("docs");
     assert_eq!(resp.status(), 200);
     let kind = resp.headers()["content-type"]
@@ -103,6 +118,35 @@ async fn the_openapi_document_describes_every_route_and_its_errors() {
     assert!(
         page.contains("/v1/jobs/{id}/trigger"),
         "the page carries the description"
+    );
+}
+
+/// Runs openapi-spec-validator (PyPI, installed by `scripts/check.sh` in a venv under `target/`
+/// unless `HOOKD_OPENAPI_VALIDATOR` names the executable) on `doc`.
+fn validate_with_openapi_spec_validator(doc: &Value) {
+    let validator = std::env::var_os("HOOKD_OPENAPI_VALIDATOR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("target/openapi-validator/bin/openapi-spec-validator")
+        });
+    assert!(
+        validator.exists(),
+        "{} is missing: scripts/check.sh installs it",
+        validator.display()
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("openapi.json");
+    std::fs::write(&file, doc.to_string()).expect("write the document");
+    let out = std::process::Command::new(&validator)
+        .arg(&file)
+        .output()
+        .expect("run openapi-spec-validator");
+    assert!(
+        out.status.success(),
+        "openapi-spec-validator rejects /openapi.json:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     );
 }
 
