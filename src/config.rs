@@ -391,7 +391,7 @@ impl ServeArgs {
             bail!("--snapshot-logs must be at least 10");
         }
         let run_retention = self.run_retention.or(file.run_retention).unwrap_or(100);
-        if !(1..=100_000).contains(&run_retention) {
+        if !(1..=crate::limits::RUN_RETENTION_MAX).contains(&run_retention) {
             bail!("--run-retention must be between 1 and 100000");
         }
         let deliveries_max = self.deliveries_max.or(file.deliveries_max).unwrap_or(1024);

@@ -12,6 +12,21 @@ pub const URL_BYTES_MAX: usize = 8 << 10;
 pub const HEADERS_COUNT_MAX: usize = 64;
 pub const HEADER_BYTES_MAX: usize = 8 << 10;
 pub const CRON_EXPR_BYTES_MAX: usize = 256;
+/// Instants a user may give: 1970 to the end of 9999, in unix milliseconds.
+pub const INSTANT_MAX_MS: i64 = 253_402_300_799_999;
+/// Run ids (`run_…`) are far shorter; anything longer is not one.
+pub const RUN_ID_BYTES_MAX: usize = 512;
+/// Runs kept per job (`--run-retention`).
+pub const RUN_RETENTION_MAX: u32 = 100_000;
+/// Most runs one claim command carries, and most attempts one record command carries.
+pub const CLAIM_ITEMS_MAX: usize = 512;
+pub const RECORD_ITEMS_MAX: usize = 256;
+/// Longest error text an attempt records.
+pub const ATTEMPT_ERROR_BYTES_MAX: usize = 4 << 10;
+/// Longest node address or cluster id a command may record.
+pub const NODE_TEXT_BYTES_MAX: usize = 1024;
+/// How far a forwarded command's time stamp may lie from the clock of the node that checks it.
+pub const COMMAND_CLOCK_SKEW_MAX: Duration = Duration::from_secs(24 * 3600);
 
 pub const DELIVERY_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
 pub const DELIVERY_TIMEOUT_MAX: Duration = Duration::from_secs(60);

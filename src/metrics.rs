@@ -40,9 +40,14 @@ pub fn attempt(a: &Attempt, scheduled_at_ms: i64, n: u32) {
     };
     counter!("hookd_attempts_total", "outcome" => outcome).increment(1);
     if n == 1 {
-        let late_ms = (a.started_at_ms - scheduled_at_ms).max(0);
+        let late_ms = a.started_at_ms.saturating_sub(scheduled_at_ms).max(0);
         histogram!("hookd_delivery_lateness_seconds").record(late_ms as f64 / 1000.0);
     }
+}
+
+/// Counts a panic caught in one of the node's tasks (`attempt`, …).
+pub fn task_panicked(task: &'static str) {
+    counter!("hookd_task_panics_total", "task" => task).increment(1);
 }
 
 /// Records what an attempt meant for its run.

@@ -95,6 +95,11 @@ pub trait Machine: Send + Sync + 'static {
     fn approx_bytes(cmd: &Self::Command) -> usize;
     /// Whether `cmd` may be refused while the leader's write backlog is over its bound.
     fn sheddable(cmd: &Self::Command) -> bool;
+    /// Checks a command another node forwarded to this one (`/forward/write`) before it is
+    /// proposed, with the same rules the embedding crate applies to its own clients: nothing a
+    /// peer sends may reach the log unchecked. `Err` is the output the forwarding node gets
+    /// back instead; nothing is proposed.
+    fn check_forwarded(cmd: &Self::Command) -> Result<(), Self::Output>;
 
     /// The command that records a node's API address, and where the applied state has them.
     fn record_node(node_id: NodeId, api_addr: String) -> Self::Command;
@@ -298,6 +303,9 @@ pub mod kv {
         }
         fn sheddable(_: &Cmd) -> bool {
             false
+        }
+        fn check_forwarded(_: &Cmd) -> Result<(), Out> {
+            Ok(())
         }
         fn record_node(node_id: NodeId, api_addr: String) -> Cmd {
             Cmd::Put {

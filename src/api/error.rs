@@ -117,6 +117,12 @@ impl ApiError {
     }
 }
 
+impl From<crate::core::validate::Invalid> for ApiError {
+    fn from(e: crate::core::validate::Invalid) -> ApiError {
+        ApiError::invalid(&e.field, e.message)
+    }
+}
+
 impl From<ReplicaError> for ApiError {
     fn from(e: ReplicaError) -> ApiError {
         match e {

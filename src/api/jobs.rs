@@ -98,7 +98,7 @@ pub struct JobsPage {
 }
 
 /// Create a job.
-#[utoipa::path(post, path = "/jobs", tag = "jobs", request_body = JobRequest,
+#[utoipa::path(post, operation_id = "createJob", path = "/jobs", tag = "jobs", request_body = JobRequest,
     responses(
         (status = 201, description = "created", body = JobView),
         (status = 200, description = "a job with this id and the same definition exists", body = JobView),
@@ -113,7 +113,6 @@ pub async fn create(
     check_egress(&state, &spec.url)?;
     let id = id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     let result = state
-        .replica
         .propose(Command::CreateJob {
             id: id.clone(),
             spec,
@@ -124,7 +123,7 @@ pub async fn create(
 }
 
 /// Create or replace the job `id`.
-#[utoipa::path(put, path = "/jobs/{id}", tag = "jobs", request_body = JobRequest,
+#[utoipa::path(put, operation_id = "putJob", path = "/jobs/{id}", tag = "jobs", request_body = JobRequest,
     params(("id" = String, Path, description = "job id", pattern = r"^[A-Za-z0-9._:-]{1,128}$")),
     responses(
         (status = 201, description = "created", body = JobView),
@@ -147,7 +146,6 @@ pub async fn put(
         ));
     }
     let result = state
-        .replica
         .propose(Command::PutJob {
             id: id.clone(),
             spec,
@@ -158,7 +156,7 @@ pub async fn put(
 }
 
 /// Read one job.
-#[utoipa::path(get, path = "/jobs/{id}", tag = "jobs",
+#[utoipa::path(get, operation_id = "getJob", path = "/jobs/{id}", tag = "jobs",
     params(("id" = String, Path, description = "job id", pattern = r"^[A-Za-z0-9._:-]{1,128}$"), ReadParams),
     responses((status = 200, description = "the job", body = JobView)))]
 pub async fn get_one(
@@ -176,7 +174,7 @@ pub async fn get_one(
 }
 
 /// List jobs, ordered by id.
-#[utoipa::path(get, path = "/jobs", tag = "jobs", params(ListParams),
+#[utoipa::path(get, operation_id = "listJobs", path = "/jobs", tag = "jobs", params(ListParams),
     responses((status = 200, description = "a page of jobs", body = JobsPage)))]
 pub async fn list(
     state: Shared,
@@ -203,13 +201,12 @@ async fn simple_command(
     id: &str,
     cmd: Command,
 ) -> Result<Response, ApiError> {
-    validate_id("id", id)?;
-    let result = state.replica.propose(cmd).await?;
+    let result = state.propose(cmd).await?;
     respond(id, result)
 }
 
 /// Delete a job; pending retries are cancelled.
-#[utoipa::path(delete, path = "/jobs/{id}", tag = "jobs",
+#[utoipa::path(delete, operation_id = "deleteJob", path = "/jobs/{id}", tag = "jobs",
     params(("id" = String, Path, description = "job id", pattern = r"^[A-Za-z0-9._:-]{1,128}$")),
     responses((status = 204, description = "deleted")))]
 pub async fn delete(state: Shared, Path(id): Path<String>) -> Result<Response, ApiError> {
@@ -221,7 +218,7 @@ pub async fn delete(state: Shared, Path(id): Path<String>) -> Result<Response, A
 }
 
 /// Stop firing a job.
-#[utoipa::path(post, path = "/jobs/{id}/pause", tag = "jobs",
+#[utoipa::path(post, operation_id = "pauseJob", path = "/jobs/{id}/pause", tag = "jobs",
     params(("id" = String, Path, description = "job id", pattern = r"^[A-Za-z0-9._:-]{1,128}$")),
     responses((status = 200, description = "the paused job", body = JobView)))]
 pub async fn pause(state: Shared, Path(id): Path<String>) -> Result<Response, ApiError> {
@@ -234,7 +231,7 @@ pub async fn pause(state: Shared, Path(id): Path<String>) -> Result<Response, Ap
 }
 
 /// Fire a paused job again, from the first run due after the resume.
-#[utoipa::path(post, path = "/jobs/{id}/resume", tag = "jobs",
+#[utoipa::path(post, operation_id = "resumeJob", path = "/jobs/{id}/resume", tag = "jobs",
     params(("id" = String, Path, description = "job id", pattern = r"^[A-Za-z0-9._:-]{1,128}$")),
     responses((status = 200, description = "the resumed job", body = JobView)))]
 pub async fn resume(state: Shared, Path(id): Path<String>) -> Result<Response, ApiError> {

@@ -7,7 +7,7 @@ mod error;
 mod jobs;
 pub mod model;
 pub mod openapi;
-mod runs;
+pub(crate) mod runs;
 pub mod snapshot;
 pub mod targets;
 
@@ -23,6 +23,7 @@ use axum::Router;
 use hookd_raft::Secret;
 use serde::Deserialize;
 
+use crate::core::{Command, CommandResult};
 use crate::replicated::Replica;
 
 pub use error::ApiError;
@@ -67,6 +68,12 @@ impl ApiState {
                 || config.insecure_peer,
             ready: tokio::sync::Mutex::new(None),
         }
+    }
+
+    /// Checks `cmd` with the one validation a forwarded command also passes, then proposes it.
+    async fn propose(&self, cmd: Command) -> Result<CommandResult, ApiError> {
+        crate::core::validate::command(&cmd, now_ms())?;
+        Ok(self.replica.propose(cmd).await?)
     }
 
     /// Waits for a linearizable view unless the client asked for a stale read.
@@ -124,6 +131,13 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .with_state(state)
 }
 
+/// The token of an `Authorization: Bearer TOKEN` header; the scheme is case-insensitive
+/// (RFC 9110 §11.1).
+fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, token) = value.split_at_checked(7)?;
+    scheme.eq_ignore_ascii_case(b"bearer ").then_some(token)
+}
+
 /// With any `--api-token` or `--read-token`, every /v1 request needs `Authorization: Bearer
 /// TOKEN`: an api token may do everything, a read token only reads (`403` otherwise).
 async fn require_token(State(s): Shared, req: Request, next: Next) -> Response {
@@ -133,7 +147,7 @@ async fn require_token(State(s): Shared, req: Request, next: Next) -> Response {
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+        .and_then(|v| bearer_token(v.as_bytes()));
     let Some(given) = given else {
         return ApiError::unauthorized().into_response();
     };

@@ -13,6 +13,7 @@ use super::error::ApiError;
 use crate::core::command::{
     Job, JobSpec, MisfirePolicy, MisfireSpec, RetrySpec, ScheduleSpec, UnixMs,
 };
+use crate::core::validate::{self, METHODS};
 use crate::limits::*;
 use crate::schedule::{CronSchedule, EVERY_MIN};
 
@@ -198,35 +199,8 @@ pub fn parse_instant(field: &str, value: &str) -> Result<UnixMs, ApiError> {
 
 /// Checks a job id against `[A-Za-z0-9._:-]{1,128}`.
 pub fn validate_id(field: &str, id: &str) -> Result<(), ApiError> {
-    let ok = !id.is_empty()
-        && id.len() <= JOB_ID_CHARS_MAX
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::invalid(
-            field,
-            format!("job ids are 1 to {JOB_ID_CHARS_MAX} characters of A-Z a-z 0-9 . _ : -"),
-        ))
-    }
+    Ok(validate::job_id(field, id)?)
 }
-
-const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
-
-/// Headers hookd sets itself on every delivery (and every `hookd-*` name, reserved for hookd);
-/// a job may not set them.
-const RESERVED_HEADERS: [&str; 8] = [
-    "webhook-id",
-    "webhook-timestamp",
-    "webhook-signature",
-    "user-agent",
-    "host",
-    "content-length",
-    "transfer-encoding",
-    "connection",
-];
 
 impl JobRequest {
     /// Validates every field and builds the replicated definition.
@@ -247,17 +221,6 @@ impl JobRequest {
         };
         let headers = validate_headers(self.headers.unwrap_or_default())?;
         let secret_headers = validate_secret_headers(self.secret_headers, &headers)?;
-        if let Some(body) = &self.body {
-            if body.len() > JOB_BODY_BYTES_MAX {
-                return Err(ApiError::invalid(
-                    "body",
-                    format!(
-                        "body is {} bytes; at most {JOB_BODY_BYTES_MAX} allowed",
-                        body.len()
-                    ),
-                ));
-            }
-        }
         let schedule = validate_schedule(&self.schedule)?;
         let retry = validate_retry(self.retry.unwrap_or_default())?;
         let timeout_ms = bounded_duration(
@@ -268,46 +231,27 @@ impl JobRequest {
             DELIVERY_TIMEOUT_MAX,
         )?;
         let misfire = validate_misfire(self.misfire.unwrap_or_default())?;
-        Ok((
-            self.id,
-            JobSpec {
-                url,
-                method,
-                headers,
-                body: self.body,
-                schedule,
-                retry,
-                timeout_ms,
-                misfire,
-                paused: self.paused.unwrap_or(false),
-                secret_headers,
-            },
-        ))
+        let spec = JobSpec {
+            url,
+            method,
+            headers,
+            body: self.body,
+            schedule,
+            retry,
+            timeout_ms,
+            misfire,
+            paused: self.paused.unwrap_or(false),
+            secret_headers,
+        };
+        // The gate a forwarded command passes too: whatever this parsing let through, it
+        // holds the stored form to the same rules.
+        validate::job_spec(&spec)?;
+        Ok((self.id, spec))
     }
 }
 
 fn validate_url(url: &str) -> Result<String, ApiError> {
-    if url.len() > URL_BYTES_MAX {
-        return Err(ApiError::invalid(
-            "url",
-            format!("url exceeds {URL_BYTES_MAX} bytes"),
-        ));
-    }
-    let parsed = reqwest::Url::parse(url)
-        .map_err(|e| ApiError::invalid("url", format!("{url:?} is not a URL: {e}")))?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(ApiError::invalid(
-            "url",
-            format!(
-                "scheme {:?} is not allowed; use http or https",
-                parsed.scheme()
-            ),
-        ));
-    }
-    if parsed.host_str().is_none_or(str::is_empty) {
-        return Err(ApiError::invalid("url", "url has no host"));
-    }
-    Ok(parsed.to_string())
+    Ok(validate::normal_url(url)?)
 }
 
 fn validate_headers(
@@ -323,26 +267,7 @@ fn validate_headers(
     for (name, value) in headers {
         let field = format!("headers.{name}");
         let lower = name.to_ascii_lowercase();
-        if axum::http::HeaderName::from_bytes(lower.as_bytes()).is_err() {
-            return Err(ApiError::invalid(
-                &field,
-                format!("{name:?} is not a valid header name"),
-            ));
-        }
-        if RESERVED_HEADERS.contains(&lower.as_str()) || lower.starts_with("hookd-") {
-            return Err(ApiError::invalid(
-                &field,
-                format!("header {lower} is set by hookd and cannot be overridden"),
-            ));
-        }
-        if value.len() > HEADER_BYTES_MAX || axum::http::HeaderValue::from_str(&value).is_err() {
-            return Err(ApiError::invalid(
-                &field,
-                format!(
-                    "header value must be visible ASCII text of at most {HEADER_BYTES_MAX} bytes"
-                ),
-            ));
-        }
+        validate::header(&lower, &value).map_err(|e| ApiError::invalid(&field, e.message))?;
         if out.insert(lower.clone(), value).is_some() {
             return Err(ApiError::invalid(
                 &field,
@@ -543,15 +468,7 @@ fn validate_misfire(m: MisfireRequest) -> Result<MisfireSpec, ApiError> {
     })
 }
 
-/// Renders milliseconds as a compact duration (`1h30m`, `500ms`, `0s`).
-pub fn format_duration_ms(ms: u64) -> String {
-    if ms == 0 {
-        return "0s".into();
-    }
-    humantime::format_duration(Duration::from_millis(ms))
-        .to_string()
-        .replace(' ', "")
-}
+pub use crate::core::validate::format_duration_ms;
 
 /// Renders unix milliseconds as RFC 3339 UTC with milliseconds.
 pub fn format_instant(ms: UnixMs) -> String {

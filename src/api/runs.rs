@@ -131,7 +131,7 @@ fn runs_response(runs: Vec<Run>) -> Response {
 }
 
 /// Runs of a job, newest first.
-#[utoipa::path(get, path = "/jobs/{id}/runs", tag = "runs",
+#[utoipa::path(get, operation_id = "listJobRuns", path = "/jobs/{id}/runs", tag = "runs",
     params(("id" = String, Path, description = "job id", pattern = r"^[A-Za-z0-9._:-]{1,128}$"), RunParams),
     responses((status = 200, description = "runs", body = RunsPage)))]
 pub async fn job_runs(
@@ -151,7 +151,7 @@ pub async fn job_runs(
 }
 
 /// Runs across jobs with a status (default `failed`: the dead-letter view).
-#[utoipa::path(get, path = "/runs", tag = "runs", params(RunParams),
+#[utoipa::path(get, operation_id = "listRuns", path = "/runs", tag = "runs", params(RunParams),
     responses((status = 200, description = "runs", body = RunsPage)))]
 pub async fn list(
     state: Shared,
@@ -172,6 +172,7 @@ fn run_accepted(result: CommandResult, what: &str) -> Result<Response, ApiError>
             Ok((StatusCode::ACCEPTED, Json(RunView::new(run, now_ms()))).into_response())
         }
         CommandResult::NotFound => Err(ApiError::not_found(format!("no {what}"))),
+        CommandResult::Rejected { field, message } => Err(ApiError::invalid(&field, message)),
         CommandResult::NotRetryable { run } => Err(ApiError::conflict(format!(
             "run {} is {}; only failed runs can be retried",
             run.id,
@@ -186,7 +187,7 @@ fn run_accepted(result: CommandResult, what: &str) -> Result<Response, ApiError>
 }
 
 /// Deliver a failed run again.
-#[utoipa::path(post, path = "/runs/{run_id}/retry", tag = "runs",
+#[utoipa::path(post, operation_id = "retryRun", path = "/runs/{run_id}/retry", tag = "runs",
     params(("run_id" = String, Path, description = "run id")),
     responses((status = 202, description = "the run, open again", body = RunView)))]
 pub async fn retry(state: Shared, Path(run_id): Path<String>) -> Result<Response, ApiError> {
@@ -194,7 +195,6 @@ pub async fn retry(state: Shared, Path(run_id): Path<String>) -> Result<Response
         return Err(ApiError::not_found("no such run"));
     }
     let result = state
-        .replica
         .propose(Command::RetryRun {
             run_id: run_id.clone(),
             now_ms: now_ms(),
@@ -204,13 +204,12 @@ pub async fn retry(state: Shared, Path(run_id): Path<String>) -> Result<Response
 }
 
 /// Fire a job once now (an extra run).
-#[utoipa::path(post, path = "/jobs/{id}/trigger", tag = "jobs",
+#[utoipa::path(post, operation_id = "triggerJob", path = "/jobs/{id}/trigger", tag = "jobs",
     params(("id" = String, Path, description = "job id", pattern = r"^[A-Za-z0-9._:-]{1,128}$")),
     responses((status = 202, description = "the new run", body = RunView)))]
 pub async fn trigger(state: Shared, Path(id): Path<String>) -> Result<Response, ApiError> {
     validate_id("id", &id)?;
     let result = state
-        .replica
         .propose(Command::TriggerJob {
             id: id.clone(),
             now_ms: now_ms(),
@@ -231,7 +230,7 @@ pub struct PreviewRequest {
 }
 
 /// The next fires of a schedule strictly after `from`, without creating anything.
-#[utoipa::path(post, path = "/schedules/preview", tag = "schedules", request_body = PreviewRequest,
+#[utoipa::path(post, operation_id = "previewSchedule", path = "/schedules/preview", tag = "schedules", request_body = PreviewRequest,
     responses((status = 200, description = "the fires", body = Fires)))]
 pub async fn preview(
     headers: HeaderMap,

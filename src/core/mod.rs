@@ -8,6 +8,7 @@
 pub mod command;
 pub mod plan;
 pub mod state;
+pub mod validate;
 pub mod view;
 
 #[cfg(test)]

@@ -32,7 +32,7 @@ pub fn plan_job(job: &Job, schedule: &Schedule, now_ms: i64, horizon_ms: i64) ->
         return Vec::new();
     }
     let misfire = &job.spec.misfire;
-    let late_before = now_ms.saturating_sub(misfire.grace_ms as i64);
+    let late_before = now_ms.saturating_sub(i64::try_from(misfire.grace_ms).unwrap_or(i64::MAX));
     let mut misfired = Vec::new();
     let mut on_time = Vec::new();
     let mut cursor = job.cursor_ms;
@@ -40,7 +40,7 @@ pub fn plan_job(job: &Job, schedule: &Schedule, now_ms: i64, horizon_ms: i64) ->
         let Some(due) = next_fire(schedule, cursor) else {
             break;
         };
-        if due > now_ms + horizon_ms {
+        if due > now_ms.saturating_add(horizon_ms) {
             break;
         }
         if due < late_before {
@@ -76,7 +76,8 @@ pub fn plan_job(job: &Job, schedule: &Schedule, now_ms: i64, horizon_ms: i64) ->
             }
         }
         MisfirePolicy::FireAll => {
-            let oldest_kept = now_ms.saturating_sub(misfire.catchup_window_ms as i64);
+            let oldest_kept =
+                now_ms.saturating_sub(i64::try_from(misfire.catchup_window_ms).unwrap_or(i64::MAX));
             let split = misfired.partition_point(|due| *due < oldest_kept);
             items.extend(skip(&misfired[..split]));
             items.extend(
@@ -196,7 +197,7 @@ pub fn after_attempt(
     if let Some(ra) = outcome.retry_after {
         delay = delay.max((ra.as_millis() as u64).min(retry.max_backoff_ms));
     }
-    AttemptResult::RetryAt(now_ms.saturating_add(delay as i64))
+    AttemptResult::RetryAt(now_ms.saturating_add(i64::try_from(delay).unwrap_or(i64::MAX)))
 }
 
 #[cfg(test)]

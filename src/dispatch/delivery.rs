@@ -131,10 +131,26 @@ impl Deliverer {
             reqwest::Method::from_bytes(spec.method.as_bytes()).unwrap_or(reqwest::Method::POST);
         let clock = Instant::now();
         // Parsed once: checked against the egress policy, then sent to.
+        // Only an http(s) URL with a host is sent to (the URL is left out of the error: it may
+        // carry credentials); a job stored before this rule, or replicated from a hostile peer,
+        // fails its run for good instead of holding a delivery slot.
         let checked = match reqwest::Url::parse(&spec.url) {
-            Ok(url) => self.resolver.check_url(&url).await.map(|p| (url, p)),
-            Err(e) => Err(UrlCheck::Unresolved(format!("invalid url: {e}"))),
+            Ok(url)
+                if matches!(url.scheme(), "http" | "https")
+                    && url.host_str().is_some_and(|h| !h.is_empty()) =>
+            {
+                self.resolver.check_url(&url).await.map(|p| (url, p))
+            }
+            Ok(url) => Err(UrlCheck::Undeliverable(format!(
+                "invalid url: scheme {:?} without an http(s) host cannot be delivered",
+                url.scheme()
+            ))),
+            Err(e) => Err(UrlCheck::Undeliverable(format!("invalid url: {e}"))),
         };
+        let timeout = Duration::from_millis(spec.timeout_ms).clamp(
+            Duration::from_millis(1),
+            crate::limits::DELIVERY_TIMEOUT_MAX,
+        );
         let sent = match checked {
             // The connect uses exactly the addresses just checked.
             Ok((url, pinned)) => Ok(pinned
@@ -142,7 +158,7 @@ impl Deliverer {
                     self.http
                         .request(method, url)
                         .headers(self.headers(req, timestamp, &body))
-                        .timeout(Duration::from_millis(spec.timeout_ms))
+                        .timeout(timeout)
                         .body(body)
                         .send(),
                 )
@@ -177,8 +193,13 @@ impl Deliverer {
                 denied = true;
                 (None, None, Some(d.to_string()))
             }
+            Err(UrlCheck::Undeliverable(e)) => {
+                denied = true;
+                (None, None, Some(e))
+            }
             Err(UrlCheck::Unresolved(e)) => (None, None, Some(format!("connect error: {e}"))),
         };
+        let error = error.map(|e| e.chars().take(ERROR_CHARS_MAX).collect());
         let attempt = Attempt {
             n: req.n,
             started_at_ms: started_at.timestamp_millis(),

@@ -281,6 +281,8 @@ pub enum UrlCheck {
     Denied(Denied),
     /// The name did not resolve: an ordinary failed attempt, retried.
     Unresolved(String),
+    /// Not an http(s) URL with a host: final, never retried.
+    Undeliverable(String),
 }
 
 impl reqwest::dns::Resolve for Resolver {

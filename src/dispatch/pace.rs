@@ -48,7 +48,7 @@ impl Pacer {
 
     /// Runs that may be claimed at `now_ms`.
     pub fn budget(&mut self, now_ms: i64) -> usize {
-        let elapsed_s = (now_ms - self.at_ms).max(0) as f64 / 1000.0;
+        let elapsed_s = now_ms.saturating_sub(self.at_ms).max(0) as f64 / 1000.0;
         self.at_ms = self.at_ms.max(now_ms);
         self.tokens = (self.tokens + elapsed_s * self.rate_per_s).min(self.cap());
         self.tokens.max(0.0) as usize

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::core::command::{
-    AttemptOutcome, AttemptResult, ClaimItem, ClaimKind, Command, CommandResult, Job, Run,
+    Attempt, AttemptOutcome, AttemptResult, ClaimItem, ClaimKind, Command, CommandResult, Job, Run,
 };
 use crate::core::plan::{self, after_attempt};
 use crate::replicated::{Replica, ReplicaState, State};
@@ -24,18 +24,19 @@ use super::delivery::{AttemptRequest, Deliverer};
 use super::doubt::{Doubts, Found};
 use super::index::{Indexed, JobId, JobIndex};
 use super::pace::Pacer;
-use super::targets::{target_key, Outcome, Scheduler, TargetKey};
+use super::targets::{delivery_target, Outcome, Scheduler, TargetKey};
 use super::{DispatchConfig, Queries};
 use crate::schedule::Shared;
 
-/// Items per claim command; larger rounds are split. With the record bound below this keeps a
-/// log entry near 64 KiB, so an AppendEntries of `RAFT_PAYLOAD_ENTRIES_MAX` entries is sent,
-/// decoded and fsynced well within the 50 ms RPC timeout even under load.
-const CLAIM_ITEMS_MAX: usize = 512;
+// Items per claim command (`CLAIM_ITEMS_MAX`, larger rounds are split) and outcomes per record
+// command (`RECORD_ITEMS_MAX`) keep a log entry near 64 KiB, so an AppendEntries of
+// `RAFT_PAYLOAD_ENTRIES_MAX` entries is sent, decoded and fsynced well within the 50 ms RPC
+// timeout even under load.
+use crate::limits::{CLAIM_ITEMS_MAX, RECORD_ITEMS_MAX};
 /// Claim commands in flight at once.
 const CLAIMS_IN_FLIGHT_MAX: usize = 2;
-/// Outcomes per record command.
-const RECORD_ITEMS_MAX: usize = 256;
+/// Panics of one run's attempts before the run is recorded failed (error `internal`).
+const PANICS_PER_RUN_MAX: u32 = 2;
 /// Tries of one record command before leaving its runs to the next leader.
 const RECORD_TRIES: u32 = 3;
 /// Longest sleep of the loop when nothing is scheduled (it also wakes on every event).
@@ -61,6 +62,15 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// The message a panic carried, for the log.
+fn panic_cause(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
 /// An attempt waiting for its instant.
 #[derive(Debug, Clone)]
 struct Pending {
@@ -78,6 +88,8 @@ enum Event {
     Attempted(Sent, AttemptResult, Outcome, Option<String>),
     /// The gate closed between queue and send.
     NotAttempted(Sent),
+    /// The attempt's task panicked: its slot is free again.
+    Panicked(Sent),
 }
 
 /// An attempt taken off its target's queue.
@@ -105,6 +117,9 @@ struct Dispatcher {
     /// Runs in `sched`, and runs with an attempt in flight: neither may be queued again.
     queued: HashSet<String>,
     attempting: HashSet<String>,
+    /// Runs whose attempt task panicked, and how often: a second panic fails the run
+    /// (`PANICS_PER_RUN_MAX`) instead of letting it block its target.
+    panicked: HashMap<String, u32>,
     /// Runs of claims whose outcome is unknown, until found applied or queued.
     doubts: Doubts,
     /// Jobs not claimed because their target is held (see `Scheduler::holds`), by target, with
@@ -187,6 +202,7 @@ pub async fn run_epoch(
         claims_in_flight: 0,
         queued: HashSet::new(),
         attempting: HashSet::new(),
+        panicked: HashMap::new(),
         doubts: Doubts::default(),
         held: HashMap::new(),
         pacer: Pacer::new(now_ms()),
@@ -304,7 +320,7 @@ impl Dispatcher {
             .as_ref()
             .and_then(|s| s.schedule())
             .and_then(|s| plan::next_due(&job, &s));
-        let target = target_key(&job.spec.url);
+        let target = Some(delivery_target(&job.spec.url));
         let indexed = Indexed {
             version: job.version,
             incarnation: job.incarnation,
@@ -344,7 +360,9 @@ impl Dispatcher {
         self.enqueue(
             at,
             Pending {
-                n: run.attempts.len() as u32 + 1,
+                n: u32::try_from(run.attempts.len())
+                    .unwrap_or(u32::MAX)
+                    .saturating_add(1),
                 run_id: run.id,
                 job_id: run.job_id,
                 incarnation: run.incarnation,
@@ -428,7 +446,7 @@ impl Dispatcher {
             return found.target;
         }
         match self.view.get_job(job_id) {
-            Ok(Some(job)) => target_key(&job.spec.url),
+            Ok(Some(job)) => Some(delivery_target(&job.spec.url)),
             _ => None,
         }
     }
@@ -465,7 +483,7 @@ impl Dispatcher {
             let mut items = Vec::new();
             let mut batch_jobs = Vec::new();
             while let Some(due) = self.index.first_due_at() {
-                if due > now + horizon || items.len() >= CLAIM_ITEMS_MAX.min(budget) {
+                if due > now.saturating_add(horizon) || items.len() >= CLAIM_ITEMS_MAX.min(budget) {
                     break;
                 }
                 // Out of the due order until claimed and re-indexed, or released.
@@ -488,7 +506,7 @@ impl Dispatcher {
                         .map(|s| {
                             // Up to its next run when the horizon reaches past the base for a
                             // herd: one run ahead, never a job's whole horizon of runs.
-                            let ahead = base.max(due - now);
+                            let ahead = base.max(due.saturating_sub(now));
                             plan::due_prefix(plan::plan_job(&job, &s, now, ahead), frontier)
                         })
                         .unwrap_or_default(),
@@ -610,15 +628,44 @@ impl Dispatcher {
                 self.sched.finish(&key, probe, Outcome::NotSent, None, now);
                 self.enqueue(now + GATE_RECHECK.as_millis() as i64, p);
             }
+            Event::Panicked(Sent { p, key, probe }) => {
+                let now = now_ms();
+                self.attempting.remove(&p.run_id);
+                self.sched.finish(&key, probe, Outcome::NotSent, None, now);
+                let panics = self.panicked.entry(p.run_id.clone()).or_insert(0);
+                *panics += 1;
+                if *panics < PANICS_PER_RUN_MAX {
+                    self.enqueue(now, p);
+                    return;
+                }
+                self.panicked.remove(&p.run_id);
+                tracing::error!(run_id = %p.run_id, "the run's attempt panicked again; recording it failed");
+                let record = AttemptOutcome {
+                    run_id: p.run_id,
+                    attempt: Attempt {
+                        n: p.n,
+                        started_at_ms: now,
+                        duration_ms: 0,
+                        status_code: None,
+                        error: Some("internal".into()),
+                        node_id: self.replica.id(),
+                    },
+                    result: AttemptResult::Failed,
+                };
+                if self.record_tx.try_send(record).is_err() {
+                    tracing::warn!("the record queue is full; the next leader retries the run");
+                }
+            }
             Event::Attempted(Sent { p, key, probe }, result, outcome, error) => {
                 self.attempting.remove(&p.run_id);
+                self.panicked.remove(&p.run_id);
                 if self.sched.finish(&key, probe, outcome, error, now_ms()) {
                     tracing::warn!(target = %key, "circuit opened after consecutive timeouts or connection errors");
                     crate::metrics::circuit_opened();
                 }
                 crate::metrics::in_flight(self.sched.in_flight());
                 if let AttemptResult::RetryAt(at) = result {
-                    let n = p.n + 1;
+                    let n = p.n.saturating_add(1);
                     self.enqueue(at, Pending { n, ..p });
                 }
             }
@@ -655,9 +702,7 @@ impl Dispatcher {
                     continue;
                 }
             };
-            if !planted::is(planted::GLOBAL_QUEUE)
-                && target_key(&job.spec.url).as_ref() != Some(&key)
-            {
+            if !planted::is(planted::GLOBAL_QUEUE) && delivery_target(&job.spec.url) != key {
                 // The URL changed since the run was queued: queue it under its new target.
                 self.sched.finish(&key, probe, Outcome::NotSent, None, now);
                 self.enqueue(started.at_ms, p);
@@ -678,6 +723,13 @@ impl Dispatcher {
         let cancel = self.cancel.clone();
         let p = &sent.p;
         let span = tracing::info_span!("attempt", job_id = %p.job_id, run_id = %p.run_id, n = p.n);
+        // What the supervisor below hands back if the task panics (its slot must come back).
+        let slot = Sent {
+            p: p.clone(),
+            key: sent.key.clone(),
+            probe: sent.probe,
+        };
+        let supervisor_tx = self.events_tx.clone();
         let task = async move {
             let p = &sent.p;
             // The gate again, right before the request leaves.
@@ -723,7 +775,15 @@ impl Dispatcher {
                 .send(Event::Attempted(sent, result, outcome, error))
                 .await;
         };
-        tokio::spawn(task.instrument(span));
+        let attempt = tokio::spawn(task.instrument(span));
+        tokio::spawn(async move {
+            let Err(e) = attempt.await else { return };
+            if e.is_panic() {
+                crate::metrics::task_panicked("attempt");
+                tracing::error!(run_id = %slot.p.run_id, cause = %panic_cause(e.into_panic()), "an attempt panicked; its delivery slot is released");
+                let _ = supervisor_tx.send(Event::Panicked(slot)).await;
+            }
+        });
     }
 
     /// The lease gate: this node still leads this epoch with a fresh quorum ack.
@@ -749,10 +809,15 @@ impl Dispatcher {
         }
         if self.claims_in_flight < CLAIMS_IN_FLIGHT_MAX {
             if let Some(due) = self.index.first_due_at() {
-                wake_ms = wake_ms.min((due - horizon).max(now + self.pacer.wait_ms(1)));
+                wake_ms = wake_ms.min(
+                    due.saturating_sub(horizon)
+                        .max(now.saturating_add(self.pacer.wait_ms(1))),
+                );
             }
         }
-        let delay = (wake_ms - now).max(0) as u64;
+        let delay = wake_ms
+            .saturating_sub(now)
+            .clamp(0, IDLE_WAKE.as_millis() as i64) as u64;
         Instant::now() + Duration::from_millis(delay)
     }
 }
@@ -772,6 +837,11 @@ async fn record_loop(replica: Arc<Replica>, mut rx: mpsc::Receiver<AttemptOutcom
         let cmd = Command::RecordAttempts { outcomes };
         for try_n in 1..=RECORD_TRIES {
             match replica.propose(cmd.clone()).await {
+                Ok(CommandResult::Rejected { field, message }) => {
+                    // Never expected: the outcomes come from this node's own attempts.
+                    tracing::error!(%field, %message, "attempt outcomes refused by the leader");
+                    break;
+                }
                 Ok(_) => break,
                 Err(e)
                     if try_n == RECORD_TRIES

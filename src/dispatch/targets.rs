@@ -41,6 +41,16 @@ pub const BEHIND_QUEUE_MAX: usize = 1024;
 pub const BEHIND_MS: i64 = 1_000;
 
 /// The `host:port` a URL delivers to, or None when it has no host.
+/// The queue of every job whose URL names no http(s) host and port (stored before validation
+/// refused such URLs, or replicated from a hostile peer): its runs are attempted, and fail for
+/// good, like any other run, instead of never leaving the open state.
+pub const UNDELIVERABLE_KEY: &str = "(invalid url)";
+
+/// The queue a job's runs wait in: its URL's `host:port`, else `UNDELIVERABLE_KEY`.
+pub fn delivery_target(url: &str) -> TargetKey {
+    target_key(url).unwrap_or_else(|| TargetKey::from(UNDELIVERABLE_KEY))
+}
+
 pub fn target_key(url: &str) -> Option<TargetKey> {
     let u = reqwest::Url::parse(url).ok()?;
     let host = u.host_str()?.to_ascii_lowercase();

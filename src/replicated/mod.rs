@@ -151,6 +151,15 @@ impl Machine for Hookd {
         cmd.approx_bytes()
     }
 
+    fn check_forwarded(cmd: &Command) -> Result<(), CommandResult> {
+        crate::core::validate::command(cmd, chrono::Utc::now().timestamp_millis()).map_err(|e| {
+            CommandResult::Rejected {
+                field: e.field,
+                message: e.message,
+            }
+        })
+    }
+
     fn sheddable(cmd: &Command) -> bool {
         cmd.sheddable()
     }

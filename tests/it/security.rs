@@ -439,3 +439,99 @@ async fn healthz_turns_503_once_storage_fails() {
     .await;
     assert_eq!(body["status"], "failed", "{body}");
 }
+
+/// A command as a node forwards it to the leader's peer port (`/forward/write`), and the
+/// leader's answer: `Ok` with the command's result, or `Err`.
+async fn forward(c: &TestCluster, cmd: &Value) -> Value {
+    let resp = c
+        .http
+        .post(format!("http://{}/forward/write", c.nodes[0].peer))
+        .header("hookd-target-node", c.nodes[0].id.to_string())
+        .json(cmd)
+        .send()
+        .await
+        .expect("forward");
+    assert_eq!(resp.status(), 200, "the peer port answers");
+    resp.json().await.expect("json")
+}
+
+/// SPEC §7: commands arriving over the peer port are validated exactly as the API validates
+/// them, and nothing a peer sends makes a node panic or hold a delivery slot. The first payload
+/// panicked the dispatcher (an overflow in the lateness metric) and left `in_flight: 1` on its
+/// target for good; the others were stored although the API refuses them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_peer_port_refuses_what_the_api_refuses_and_nothing_it_sends_holds_a_slot() {
+    let sink = Sink::start().await;
+    let c = single(&["--host-concurrency", "1"]).await;
+    let now = chrono::Utc::now().timestamp_millis();
+    let spec = |url: &str, timeout_ms: u64| {
+        json!({"url": url, "method": "POST", "headers": {}, "body": null,
+               "schedule": {"every": {"every_ms": 1000, "start_at_ms": null}},
+               "retry": {"max_attempts": 1, "initial_backoff_ms": 1000, "max_backoff_ms": 1000,
+                         "multiplier": 2.0, "jitter": 0.0},
+               "timeout_ms": timeout_ms,
+               "misfire": {"policy": "fire_once", "grace_ms": 60000, "catchup_window_ms": 60000},
+               "paused": false, "secret_headers": []})
+    };
+    let ok_url = sink.url("/ok");
+    // The victim: a job of the same target, which must keep firing.
+    let (s, _) = c
+        .post(
+            0,
+            "/v1/jobs",
+            &json!({"id": "victim", "url": ok_url, "schedule": {"every": "1s"}}),
+        )
+        .await
+        .expect("create");
+    assert_eq!(s, 201);
+    let create =
+        |id: &str, spec: Value| json!({"create_job": {"id": id, "spec": spec, "now_ms": now}});
+    let poisons = [
+        (
+            json!({"trigger_job": {"id": "victim", "now_ms": i64::MIN, "retention": 100}}),
+            "now_ms",
+        ),
+        (create("a/..", spec(&ok_url, 1000)), "id"),
+        (create(&"a".repeat(5000), spec(&ok_url, 1000)), "id"),
+        (create("file", spec("file:///etc/passwd", 1000)), "url"),
+        (create("forever", spec(&ok_url, u64::MAX)), "timeout"),
+    ];
+    for (cmd, field) in &poisons {
+        let answer = forward(&c, cmd).await;
+        assert_eq!(
+            answer["Ok"]["rejected"]["field"], *field,
+            "refused like the API refuses it: {cmd} -> {answer}"
+        );
+    }
+    // The route itself works: a valid command is applied.
+    let answer = forward(&c, &create("through-peer", spec(&ok_url, 1000))).await;
+    assert_eq!(answer["Ok"]["job"]["job"]["id"], "through-peer", "{answer}");
+
+    let (_, list) = c.get(0, "/v1/jobs").await.expect("list");
+    let ids: Vec<&str> = list["jobs"]
+        .as_array()
+        .expect("jobs")
+        .iter()
+        .filter_map(|j| j["id"].as_str())
+        .collect();
+    assert_eq!(
+        ids,
+        ["through-peer", "victim"],
+        "nothing refused was stored"
+    );
+    // The victim keeps firing through its target's single slot, and no slot stays taken.
+    let before = sink.of("victim").len();
+    sink.wait_for("victim", before + 3, Duration::from_secs(10))
+        .await;
+    let (_, targets) = c.get(0, "/v1/targets").await.expect("targets");
+    let log = c.log_of(0);
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(
+        targets["targets"]
+            .as_array()
+            .expect("targets")
+            .iter()
+            .all(|t| t["in_flight"].as_u64() <= Some(1)),
+        "{targets}"
+    );
+}

@@ -161,6 +161,10 @@ async fn forward_write<M: Machine>(
     State(s): State<PeerState<M>>,
     Json(cmd): Json<M::Command>,
 ) -> Json<Result<M::Output, ForwardError>> {
+    if let Err(refused) = M::check_forwarded(&cmd) {
+        tracing::warn!(?refused, "refused a forwarded command");
+        return Json(Ok(refused));
+    }
     Json(s.replica.propose_local(cmd, FORWARDED_DEADLINE).await)
 }
 

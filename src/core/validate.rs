@@ -1,0 +1,806 @@
+//! The one gate every command passes before it is proposed. The API runs it on the command it
+//! built from a request, and a leader runs it on every command another node forwards to its
+//! peer port, so a peer (or anyone holding the peer secret) can put into the log nothing a
+//! client could not. Everything a command carries is bounded here: ids, URLs, headers,
+//! durations, instants, counts, texts. `apply` and everything after it still saturate their
+//! arithmetic, since a log entry can also arrive by replication.
+//!
+//! Pure: the caller passes its clock.
+
+use std::time::Duration;
+
+use super::command::{
+    AttemptOutcome, AttemptResult, ClaimItem, ClaimKind, Command, JobSpec, RetrySpec, ScheduleSpec,
+    UnixMs,
+};
+use crate::limits::*;
+use crate::schedule::{CronSchedule, EVERY_MIN};
+
+/// Why a command is refused: the offending field (a JSON path of the request or command) and a
+/// message for the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct Invalid {
+    pub field: String,
+    pub message: String,
+}
+
+impl Invalid {
+    pub fn new(field: &str, message: impl Into<String>) -> Invalid {
+        Invalid {
+            field: field.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+type Checked = Result<(), Invalid>;
+
+/// The methods a job may use.
+pub const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
+
+/// Headers hookd sets itself on every delivery (and every `hookd-*` name, reserved for hookd);
+/// a job may not set them.
+pub const RESERVED_HEADERS: [&str; 8] = [
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+    "user-agent",
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+];
+
+/// Latest due instant a claim may name: a schedule may run past year 9999 (an `every` started
+/// late in it), but not past what a calendar can show.
+const DUE_MAX_MS: UnixMs = 8_210_298_412_799_999; // chrono's DateTime::<Utc>::MAX_UTC
+
+/// Checks `cmd`, stamped by its proposer, against every bound, with `now_ms` the checking
+/// node's clock.
+pub fn command(cmd: &Command, now_ms: UnixMs) -> Checked {
+    match cmd {
+        Command::CreateJob {
+            id,
+            spec,
+            now_ms: t,
+        }
+        | Command::PutJob {
+            id,
+            spec,
+            now_ms: t,
+        } => {
+            job_id("id", id)?;
+            job_spec(spec)?;
+            stamp(*t, now_ms)
+        }
+        Command::DeleteJob { id, now_ms: t } | Command::SetPaused { id, now_ms: t, .. } => {
+            job_id("id", id)?;
+            stamp(*t, now_ms)
+        }
+        Command::SetNodeInfo { node_id, api_addr } => {
+            if *node_id == 0 {
+                return Err(Invalid::new("node_id", "node ids start at 1"));
+            }
+            text("api_addr", api_addr)
+        }
+        Command::SetClusterId { cluster_id } => text("cluster_id", cluster_id),
+        Command::ClaimRuns {
+            now_ms: t,
+            items,
+            retention,
+            ..
+        } => {
+            stamp(*t, now_ms)?;
+            run_retention(*retention)?;
+            if items.len() > CLAIM_ITEMS_MAX {
+                return Err(Invalid::new(
+                    "items",
+                    format!("at most {CLAIM_ITEMS_MAX} items per claim"),
+                ));
+            }
+            items.iter().try_for_each(claim_item)
+        }
+        Command::RecordAttempts { outcomes } => {
+            if outcomes.len() > RECORD_ITEMS_MAX {
+                return Err(Invalid::new(
+                    "outcomes",
+                    format!("at most {RECORD_ITEMS_MAX} outcomes per record"),
+                ));
+            }
+            outcomes.iter().try_for_each(outcome)
+        }
+        Command::RetryRun {
+            run_id: id,
+            now_ms: t,
+        } => {
+            run_id("run_id", id)?;
+            stamp(*t, now_ms)
+        }
+        Command::TriggerJob {
+            id,
+            now_ms: t,
+            retention,
+        } => {
+            job_id("id", id)?;
+            run_retention(*retention)?;
+            stamp(*t, now_ms)
+        }
+        // Group commit forms batches on the leader, after this check: none arrives whole.
+        Command::Batch { .. } => Err(Invalid::new(
+            "command",
+            "batches are formed by the leader, never sent to it",
+        )),
+    }
+}
+
+/// A job id: `[A-Za-z0-9._:-]{1,128}`.
+pub fn job_id(field: &str, id: &str) -> Checked {
+    let ok = !id.is_empty()
+        && id.len() <= JOB_ID_CHARS_MAX
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Invalid::new(
+            field,
+            format!("job ids are 1 to {JOB_ID_CHARS_MAX} characters of A-Z a-z 0-9 . _ : -"),
+        ))
+    }
+}
+
+/// A job definition as stored: every field in range and in its normal form (lower-case header
+/// names, sorted secret names, a URL as the URL parser writes it).
+pub fn job_spec(spec: &JobSpec) -> Checked {
+    url(&spec.url)?;
+    if !METHODS.contains(&spec.method.as_str()) {
+        return Err(Invalid::new(
+            "method",
+            format!(
+                "{:?} is not one of GET, POST, PUT, PATCH, DELETE",
+                spec.method
+            ),
+        ));
+    }
+    if spec.headers.len() > HEADERS_COUNT_MAX {
+        return Err(Invalid::new(
+            "headers",
+            format!("at most {HEADERS_COUNT_MAX} headers allowed"),
+        ));
+    }
+    for (name, value) in &spec.headers {
+        header(name, value)?;
+    }
+    let sorted = spec.secret_headers.windows(2).all(|w| w[0] < w[1]);
+    if !sorted {
+        return Err(Invalid::new(
+            "secret_headers",
+            "names are listed once each, in order",
+        ));
+    }
+    if let Some(name) = spec
+        .secret_headers
+        .iter()
+        .find(|n| !spec.headers.contains_key(*n))
+    {
+        return Err(Invalid::new(
+            "secret_headers",
+            format!("{name:?} is not one of the job's headers"),
+        ));
+    }
+    if let Some(body) = &spec.body {
+        if body.len() > JOB_BODY_BYTES_MAX {
+            return Err(Invalid::new(
+                "body",
+                format!(
+                    "body is {} bytes; at most {JOB_BODY_BYTES_MAX} allowed",
+                    body.len()
+                ),
+            ));
+        }
+    }
+    schedule(&spec.schedule)?;
+    retry(&spec.retry)?;
+    duration_ms(
+        "timeout",
+        spec.timeout_ms,
+        Duration::from_millis(1),
+        DELIVERY_TIMEOUT_MAX,
+    )?;
+    duration_ms(
+        "misfire.grace",
+        spec.misfire.grace_ms,
+        Duration::ZERO,
+        MISFIRE_GRACE_MAX,
+    )?;
+    duration_ms(
+        "misfire.catchup_window",
+        spec.misfire.catchup_window_ms,
+        Duration::ZERO,
+        MISFIRE_CATCHUP_WINDOW_MAX,
+    )
+}
+
+/// An `http`/`https` URL with a host, at most `URL_BYTES_MAX` long. Returns it as the URL
+/// parser writes it (the form a stored job holds).
+pub fn normal_url(raw: &str) -> Result<String, Invalid> {
+    if raw.len() > URL_BYTES_MAX {
+        return Err(Invalid::new(
+            "url",
+            format!("url exceeds {URL_BYTES_MAX} bytes"),
+        ));
+    }
+    let parsed = url::Url::parse(raw)
+        .map_err(|e| Invalid::new("url", format!("{raw:?} is not a URL: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(Invalid::new(
+            "url",
+            format!(
+                "scheme {:?} is not allowed; use http or https",
+                parsed.scheme()
+            ),
+        ));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(Invalid::new("url", "url has no host"));
+    }
+    Ok(parsed.to_string())
+}
+
+fn url(raw: &str) -> Checked {
+    if normal_url(raw)? != raw {
+        return Err(Invalid::new("url", "url is not in its normal form"));
+    }
+    Ok(())
+}
+
+/// One stored header: a lower-case valid name hookd does not set itself, and a visible-ASCII
+/// value of at most `HEADER_BYTES_MAX` bytes.
+pub fn header(name: &str, value: &str) -> Checked {
+    let field = format!("headers.{name}");
+    if http::HeaderName::from_bytes(name.as_bytes()).is_err() || name != name.to_ascii_lowercase() {
+        return Err(Invalid::new(
+            &field,
+            format!("{name:?} is not a valid header name"),
+        ));
+    }
+    if RESERVED_HEADERS.contains(&name) || name.starts_with("hookd-") {
+        return Err(Invalid::new(
+            &field,
+            format!("header {name} is set by hookd and cannot be overridden"),
+        ));
+    }
+    if value.len() > HEADER_BYTES_MAX || http::HeaderValue::from_str(value).is_err() {
+        return Err(Invalid::new(
+            &field,
+            format!("header value must be visible ASCII text of at most {HEADER_BYTES_MAX} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// A schedule as stored (instants and durations already in milliseconds).
+pub fn schedule(s: &ScheduleSpec) -> Checked {
+    match s {
+        ScheduleSpec::At { at_ms } => instant("schedule.at", *at_ms),
+        ScheduleSpec::After { after_ms } => duration_ms(
+            "schedule.after",
+            *after_ms,
+            Duration::ZERO,
+            SCHEDULE_SPAN_MAX,
+        ),
+        ScheduleSpec::Every {
+            every_ms,
+            start_at_ms,
+        } => {
+            duration_ms("schedule.every", *every_ms, EVERY_MIN, SCHEDULE_SPAN_MAX)?;
+            start_at_ms.map_or(Ok(()), |t| instant("schedule.start_at", t))
+        }
+        ScheduleSpec::Cron { expr, timezone } => {
+            if expr.len() > CRON_EXPR_BYTES_MAX {
+                return Err(Invalid::new(
+                    "schedule.cron",
+                    format!("cron expression exceeds {CRON_EXPR_BYTES_MAX} bytes"),
+                ));
+            }
+            CronSchedule::parse(expr, Some(timezone))
+                .map(|_| ())
+                .map_err(|e| Invalid::new(e.field, e.message))
+        }
+    }
+}
+
+fn retry(r: &RetrySpec) -> Checked {
+    if !(1..=RETRY_ATTEMPTS_MAX).contains(&r.max_attempts) {
+        return Err(Invalid::new(
+            "retry.max_attempts",
+            format!("must be between 1 and {RETRY_ATTEMPTS_MAX}"),
+        ));
+    }
+    duration_ms(
+        "retry.initial_backoff",
+        r.initial_backoff_ms,
+        RETRY_BACKOFF_MIN,
+        RETRY_MAX_BACKOFF_MAX,
+    )?;
+    duration_ms(
+        "retry.max_backoff",
+        r.max_backoff_ms,
+        RETRY_BACKOFF_MIN,
+        RETRY_MAX_BACKOFF_MAX,
+    )?;
+    if r.max_backoff_ms < r.initial_backoff_ms {
+        return Err(Invalid::new(
+            "retry.max_backoff",
+            "max_backoff must not be below initial_backoff",
+        ));
+    }
+    // `contains` is false for NaN.
+    if !(1.0..=RETRY_MULTIPLIER_MAX).contains(&r.multiplier) {
+        return Err(Invalid::new(
+            "retry.multiplier",
+            format!("must be between 1.0 and {RETRY_MULTIPLIER_MAX}"),
+        ));
+    }
+    if !(0.0..=1.0).contains(&r.jitter) {
+        return Err(Invalid::new("retry.jitter", "must be between 0.0 and 1.0"));
+    }
+    Ok(())
+}
+
+/// A duration in milliseconds within `[min, max]`.
+pub fn duration_ms(field: &str, ms: u64, min: Duration, max: Duration) -> Checked {
+    let (lo, hi) = (min.as_millis() as u64, max.as_millis() as u64);
+    if (lo..=hi).contains(&ms) {
+        Ok(())
+    } else {
+        Err(Invalid::new(
+            field,
+            format!(
+                "must be between {} and {}",
+                format_duration_ms(lo),
+                format_duration_ms(hi)
+            ),
+        ))
+    }
+}
+
+/// Renders milliseconds as a compact duration (`1h30m`, `500ms`, `0s`).
+pub fn format_duration_ms(ms: u64) -> String {
+    if ms == 0 {
+        return "0s".into();
+    }
+    humantime::format_duration(Duration::from_millis(ms))
+        .to_string()
+        .replace(' ', "")
+}
+
+/// An instant a user may give: 1970 to 9999.
+pub fn instant(field: &str, ms: UnixMs) -> Checked {
+    if (0..=INSTANT_MAX_MS).contains(&ms) {
+        Ok(())
+    } else {
+        Err(Invalid::new(field, "must lie between 1970 and 9999"))
+    }
+}
+
+/// The proposer's clock, as stamped into a command: a real instant, near the checker's clock.
+fn stamp(t: UnixMs, now_ms: UnixMs) -> Checked {
+    instant("now_ms", t)?;
+    let skew = COMMAND_CLOCK_SKEW_MAX.as_millis() as u64;
+    if t.abs_diff(now_ms) > skew {
+        return Err(Invalid::new(
+            "now_ms",
+            format!(
+                "the command's clock is {} ms from this node's; at most {skew} allowed",
+                t.abs_diff(now_ms)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn run_retention(n: u32) -> Checked {
+    if (1..=RUN_RETENTION_MAX).contains(&n) {
+        Ok(())
+    } else {
+        Err(Invalid::new(
+            "retention",
+            format!("must be between 1 and {RUN_RETENTION_MAX}"),
+        ))
+    }
+}
+
+fn run_id(field: &str, id: &str) -> Checked {
+    if !id.is_empty() && id.len() <= RUN_ID_BYTES_MAX && id.bytes().all(|b| b.is_ascii_graphic()) {
+        Ok(())
+    } else {
+        Err(Invalid::new(
+            field,
+            format!("run ids are 1 to {RUN_ID_BYTES_MAX} visible ASCII characters"),
+        ))
+    }
+}
+
+/// Node addresses and the cluster id: visible ASCII, bounded.
+fn text(field: &str, s: &str) -> Checked {
+    if !s.is_empty() && s.len() <= NODE_TEXT_BYTES_MAX && s.bytes().all(|b| b.is_ascii_graphic()) {
+        Ok(())
+    } else {
+        Err(Invalid::new(
+            field,
+            format!("1 to {NODE_TEXT_BYTES_MAX} visible ASCII characters"),
+        ))
+    }
+}
+
+fn due(field: &str, ms: UnixMs) -> Checked {
+    if (0..=DUE_MAX_MS).contains(&ms) {
+        Ok(())
+    } else {
+        Err(Invalid::new(field, "not an instant a schedule can reach"))
+    }
+}
+
+fn claim_item(item: &ClaimItem) -> Checked {
+    job_id("items.job_id", &item.job_id)?;
+    due("items.due_ms", item.due_ms)?;
+    match item.kind {
+        ClaimKind::Deliver => Ok(()),
+        ClaimKind::Skip { count, first_ms } => {
+            if count == 0 {
+                return Err(Invalid::new("items.kind.count", "skips at least one run"));
+            }
+            due("items.kind.first_ms", first_ms)?;
+            if first_ms > item.due_ms {
+                return Err(Invalid::new(
+                    "items.kind.first_ms",
+                    "the first skipped run comes before the last",
+                ));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn outcome(o: &AttemptOutcome) -> Checked {
+    run_id("outcomes.run_id", &o.run_id)?;
+    let a = &o.attempt;
+    if a.n == 0 {
+        return Err(Invalid::new("outcomes.attempt.n", "attempts count from 1"));
+    }
+    instant("outcomes.attempt.started_at_ms", a.started_at_ms)?;
+    if a.error
+        .as_ref()
+        .is_some_and(|e| e.len() > ATTEMPT_ERROR_BYTES_MAX)
+    {
+        return Err(Invalid::new(
+            "outcomes.attempt.error",
+            format!("at most {ATTEMPT_ERROR_BYTES_MAX} bytes"),
+        ));
+    }
+    match o.result {
+        AttemptResult::RetryAt(at) => due("outcomes.result.retry_at", at),
+        AttemptResult::Succeeded | AttemptResult::Failed => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::core::command::{Attempt, Epoch};
+
+    const NOW: UnixMs = 1_800_000_000_000;
+
+    fn spec() -> JobSpec {
+        let mut spec = crate::core::state::tests::spec("http://example.com/h");
+        spec.schedule = ScheduleSpec::Every {
+            every_ms: 1000,
+            start_at_ms: None,
+        };
+        spec.headers = BTreeMap::from([("authorization".into(), "Bearer x".into())]);
+        spec.secret_headers = vec!["authorization".into()];
+        spec
+    }
+
+    fn create(f: impl FnOnce(&mut String, &mut JobSpec, &mut UnixMs)) -> Command {
+        let (mut id, mut spec, mut now) = ("job-1".to_owned(), spec(), NOW);
+        f(&mut id, &mut spec, &mut now);
+        Command::CreateJob {
+            id,
+            spec,
+            now_ms: now,
+        }
+    }
+
+    fn outcome(f: impl FnOnce(&mut AttemptOutcome)) -> Command {
+        let mut o = AttemptOutcome {
+            run_id: "run_1_2".into(),
+            attempt: Attempt {
+                n: 1,
+                started_at_ms: NOW,
+                duration_ms: 3,
+                status_code: Some(200),
+                error: None,
+                node_id: 1,
+            },
+            result: AttemptResult::Succeeded,
+        };
+        f(&mut o);
+        Command::RecordAttempts { outcomes: vec![o] }
+    }
+
+    fn claim(item: ClaimItem, retention: u32) -> Command {
+        Command::ClaimRuns {
+            epoch: Epoch {
+                term: 1,
+                node_id: 1,
+            },
+            now_ms: NOW,
+            items: vec![item],
+            retention,
+        }
+    }
+
+    fn item(due_ms: UnixMs, kind: ClaimKind) -> ClaimItem {
+        ClaimItem {
+            job_id: "job-1".into(),
+            incarnation: 7,
+            due_ms,
+            kind,
+        }
+    }
+
+    /// Every command a client or a peer could send, with the field it is refused for (None:
+    /// accepted). The first rows are what an outside trial sent to a peer port.
+    #[test]
+    fn every_bound_is_checked_and_names_its_field() {
+        let cases: Vec<(&str, Command, Option<&str>)> = vec![
+            (
+                "trigger stamped i64::MIN",
+                Command::TriggerJob {
+                    id: "poison".into(),
+                    now_ms: i64::MIN,
+                    retention: 100,
+                },
+                Some("now_ms"),
+            ),
+            (
+                "id with /..",
+                create(|id, _, _| *id = "a/..".into()),
+                Some("id"),
+            ),
+            (
+                "5,000-character id",
+                create(|id, _, _| *id = "a".repeat(5000)),
+                Some("id"),
+            ),
+            (
+                "file: url",
+                create(|_, s, _| s.url = "file:///etc/passwd".into()),
+                Some("url"),
+            ),
+            (
+                "timeout u64::MAX",
+                create(|_, s, _| s.timeout_ms = u64::MAX),
+                Some("timeout"),
+            ),
+            ("a valid create", create(|_, _, _| {}), None),
+            (
+                "url not in normal form",
+                create(|_, s, _| s.url = "HTTP://Example.com/h".into()),
+                Some("url"),
+            ),
+            (
+                "upper-case header",
+                create(|_, s, _| {
+                    s.headers = BTreeMap::from([("X-A".into(), "v".into())]);
+                    s.secret_headers.clear();
+                }),
+                Some("headers.X-A"),
+            ),
+            (
+                "reserved header",
+                create(|_, s, _| {
+                    s.headers.insert("hookd-attempt".into(), "1".into());
+                }),
+                Some("headers.hookd-attempt"),
+            ),
+            (
+                "secret not a header",
+                create(|_, s, _| s.secret_headers = vec!["x".into()]),
+                Some("secret_headers"),
+            ),
+            (
+                "NaN multiplier",
+                create(|_, s, _| s.retry.multiplier = f64::NAN),
+                Some("retry.multiplier"),
+            ),
+            (
+                "jitter over 1",
+                create(|_, s, _| s.retry.jitter = 3.0),
+                Some("retry.jitter"),
+            ),
+            (
+                "no attempts",
+                create(|_, s, _| s.retry.max_attempts = 0),
+                Some("retry.max_attempts"),
+            ),
+            (
+                "backoff u64::MAX",
+                create(|_, s, _| s.retry.max_backoff_ms = u64::MAX),
+                Some("retry.max_backoff"),
+            ),
+            (
+                "grace u64::MAX",
+                create(|_, s, _| s.misfire.grace_ms = u64::MAX),
+                Some("misfire.grace"),
+            ),
+            (
+                "huge catch-up window",
+                create(|_, s, _| s.misfire.catchup_window_ms = u64::MAX),
+                Some("misfire.catchup_window"),
+            ),
+            (
+                "every 1 ms",
+                create(|_, s, _| {
+                    s.schedule = ScheduleSpec::Every {
+                        every_ms: 1,
+                        start_at_ms: None,
+                    }
+                }),
+                Some("schedule.every"),
+            ),
+            (
+                "at before 1970",
+                create(|_, s, _| s.schedule = ScheduleSpec::At { at_ms: -1 }),
+                Some("schedule.at"),
+            ),
+            (
+                "bad time zone",
+                create(|_, s, _| {
+                    s.schedule = ScheduleSpec::Cron {
+                        expr: "* * * * *".into(),
+                        timezone: "Mars/Olympus".into(),
+                    }
+                }),
+                Some("schedule.timezone"),
+            ),
+            (
+                "stamp a year off",
+                create(|_, _, t| *t = NOW - 366 * 86_400_000),
+                Some("now_ms"),
+            ),
+            (
+                "stamp a minute off",
+                create(|_, _, t| *t = NOW - 60_000),
+                None,
+            ),
+            (
+                "delete with a bad id",
+                Command::DeleteJob {
+                    id: String::new(),
+                    now_ms: NOW,
+                },
+                Some("id"),
+            ),
+            (
+                "retry of an empty run id",
+                Command::RetryRun {
+                    run_id: String::new(),
+                    now_ms: NOW,
+                },
+                Some("run_id"),
+            ),
+            (
+                "retention 0",
+                Command::TriggerJob {
+                    id: "a".into(),
+                    now_ms: NOW,
+                    retention: 0,
+                },
+                Some("retention"),
+            ),
+            (
+                "claim due at i64::MIN",
+                claim(item(i64::MIN, ClaimKind::Deliver), 100),
+                Some("items.due_ms"),
+            ),
+            (
+                "skip of none",
+                claim(
+                    item(
+                        NOW,
+                        ClaimKind::Skip {
+                            count: 0,
+                            first_ms: NOW,
+                        },
+                    ),
+                    100,
+                ),
+                Some("items.kind.count"),
+            ),
+            (
+                "skip ending before it starts",
+                claim(
+                    item(
+                        NOW,
+                        ClaimKind::Skip {
+                            count: 2,
+                            first_ms: NOW + 1,
+                        },
+                    ),
+                    100,
+                ),
+                Some("items.kind.first_ms"),
+            ),
+            (
+                "a valid claim",
+                claim(
+                    item(
+                        NOW,
+                        ClaimKind::Skip {
+                            count: 2,
+                            first_ms: NOW - 1000,
+                        },
+                    ),
+                    100,
+                ),
+                None,
+            ),
+            (
+                "attempt 0",
+                outcome(|o| o.attempt.n = 0),
+                Some("outcomes.attempt.n"),
+            ),
+            (
+                "attempt started at i64::MIN",
+                outcome(|o| o.attempt.started_at_ms = i64::MIN),
+                Some("outcomes.attempt.started_at_ms"),
+            ),
+            (
+                "retry at i64::MIN",
+                outcome(|o| o.result = AttemptResult::RetryAt(i64::MIN)),
+                Some("outcomes.result.retry_at"),
+            ),
+            (
+                "a huge error",
+                outcome(|o| o.attempt.error = Some("e".repeat(ATTEMPT_ERROR_BYTES_MAX + 1))),
+                Some("outcomes.attempt.error"),
+            ),
+            ("a valid record", outcome(|_| {}), None),
+            (
+                "node 0",
+                Command::SetNodeInfo {
+                    node_id: 0,
+                    api_addr: "127.0.0.1:1".into(),
+                },
+                Some("node_id"),
+            ),
+            (
+                "cluster id with a newline",
+                Command::SetClusterId {
+                    cluster_id: "a\nb".into(),
+                },
+                Some("cluster_id"),
+            ),
+            (
+                "a forwarded batch",
+                Command::Batch { commands: vec![] },
+                Some("command"),
+            ),
+        ];
+        for (what, cmd, field) in cases {
+            let got = command(&cmd, NOW);
+            assert_eq!(
+                got.as_ref().err().map(|e| e.field.as_str()),
+                field,
+                "{what}: {got:?}"
+            );
+        }
+    }
+}
