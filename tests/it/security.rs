@@ -75,6 +75,23 @@ async fn api_tokens_rotate_and_a_read_token_only_reads() {
             _ => {}
         }
     }
+    // The scheme is case-insensitive (RFC 9110); the token is not.
+    for (value, want) in [
+        ("bearer write-new", 200),
+        ("BEARER read-only", 200),
+        ("Bearer WRITE-NEW", 401),
+        ("Basic write-new", 401),
+        ("bearer", 401),
+    ] {
+        let resp = c
+            .http
+            .get(c.url(0, "/v1/jobs"))
+            .header("authorization", value)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(resp.status(), want, "Authorization: {value}");
+    }
     let log = c.log_of(0);
     assert!(
         !log.contains("write-old") && !log.contains("read-only"),
