@@ -10,14 +10,14 @@ use std::time::Duration;
 
 use openraft::ChangeMembers;
 use serde::{Deserialize, Serialize};
-use tokio::time::{timeout, Instant};
+use tokio::time::Instant;
 
 use crate::machine::Machine;
 use crate::network::{
     Encoding, TransportError, PATH_MEMBERS_ADD, PATH_MEMBERS_REMOVE, PATH_REMOVED,
 };
 use crate::replica::{Replica, REQUEST_DEADLINE};
-use crate::typ::{ClientWriteError, Node, NodeId, RaftError};
+use crate::typ::{ClientWriteError, LogId, Node, NodeId, RaftError, RaftMetrics};
 
 /// How long a new learner may take to catch up before the add answers `NotCaughtUp` (SPEC §2:
 /// 60 s; it stays a learner).
@@ -161,6 +161,39 @@ pub fn removed_by(applied: &Members, me: NodeId) -> bool {
     !applied.nodes.is_empty() && !applied.nodes.contains_key(&me)
 }
 
+/// Where a new learner stands, from the leader's metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CatchUp {
+    Waiting,
+    /// Its log holds the leader's up to the target index.
+    Done,
+    /// This node no longer leads (it has no replication state).
+    NotLeader,
+    /// The learner left the membership.
+    Gone,
+}
+
+/// Whether learner `id` holds the leader's log up to `target`: `replication` is the leader's
+/// replication state (`None` off the leader), and in it the learner's matched log id.
+pub fn catch_up(
+    m: &Members,
+    replication: Option<Option<Option<LogId>>>,
+    id: NodeId,
+    target: Option<u64>,
+) -> CatchUp {
+    if !m.nodes.contains_key(&id) {
+        return CatchUp::Gone;
+    }
+    let Some(matched) = replication else {
+        return CatchUp::NotLeader;
+    };
+    if matched.flatten().map(|l| l.index) >= target {
+        CatchUp::Done
+    } else {
+        CatchUp::Waiting
+    }
+}
+
 fn change_error(e: RaftError<ClientWriteError>) -> MemberError {
     match e {
         RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
@@ -236,16 +269,50 @@ impl<M: Machine> Replica<M> {
         let node = Node {
             addr: add.peer_addr.clone(),
         };
-        // Blocking: returns once the learner's log matches the leader's.
-        match timeout(CATCH_UP_WITHIN, self.raft().add_learner(add.id, node, true)).await {
-            Err(_) => {
+        let deadline = Instant::now() + CATCH_UP_WITHIN;
+        // Not openraft's blocking add: it returns once the learner lags by less than
+        // `replication_lag_threshold` entries (5,000), so at once on a young cluster, even for
+        // a learner that is not running.
+        self.raft()
+            .add_learner(add.id, node, false)
+            .await
+            .map_err(change_error)?;
+        // Everything the leader holds once the learner is in its membership.
+        let target = self.metrics().last_log_index;
+        let state = |m: &RaftMetrics| {
+            catch_up(
+                &Members::of(m.membership_config.membership()),
+                m.replication.as_ref().map(|r| r.get(&add.id).copied()),
+                add.id,
+                target,
+            )
+        };
+        let within = deadline.saturating_duration_since(Instant::now());
+        let waited = self
+            .raft()
+            .wait(Some(within))
+            .metrics(|m| state(m) != CatchUp::Waiting, "learner caught up")
+            .await;
+        match waited.as_ref().map(state) {
+            Ok(CatchUp::Done) => {}
+            Ok(CatchUp::NotLeader) => {
+                return Err(MemberError::NoLeader(
+                    "leadership moved while the learner caught up; retry".into(),
+                ))
+            }
+            Ok(CatchUp::Gone) => {
+                return Err(MemberError::Failed(format!(
+                    "node {} was removed while it caught up",
+                    add.id
+                )))
+            }
+            Ok(CatchUp::Waiting) | Err(_) => {
                 return Err(MemberError::NotCaughtUp {
                     id: add.id,
                     secs: CATCH_UP_WITHIN.as_secs(),
                 })
             }
-            Ok(r) => r.map_err(change_error)?,
-        };
+        }
         tracing::info!(id = add.id, addr = %add.peer_addr, "learner added and caught up");
         if add.voter {
             let ids = BTreeSet::from([add.id]);
@@ -393,5 +460,32 @@ mod tests {
         assert!(!removed_by(&members(&[1, 2, 3], &[4]), 4), "a learner");
         assert!(!removed_by(&members(&[1, 2, 4], &[]), 4), "a voter");
         assert!(removed_by(&members(&[1, 2, 3], &[]), 4), "gone");
+    }
+
+    #[test]
+    fn a_learner_has_caught_up_once_its_matched_index_reaches_the_target() {
+        let m = members(&[1, 2, 3], &[4]);
+        let at = |index| Some(LogId::new(openraft::CommittedLeaderId::new(1, 1), index));
+        let cases = [
+            // (replication on the leader: None off it; the learner's matched id), target
+            (None, Some(30), CatchUp::NotLeader),
+            (Some(None), Some(30), CatchUp::Waiting), // not replicated to yet
+            (Some(Some(None)), Some(30), CatchUp::Waiting),
+            (Some(Some(at(29))), Some(30), CatchUp::Waiting),
+            (Some(Some(at(30))), Some(30), CatchUp::Done),
+            (Some(Some(at(31))), Some(30), CatchUp::Done),
+            (Some(None), None, CatchUp::Done), // an empty log
+        ];
+        for (replication, target, want) in cases {
+            assert_eq!(
+                catch_up(&m, replication, 4, target),
+                want,
+                "{replication:?} towards {target:?}"
+            );
+        }
+        assert_eq!(
+            catch_up(&members(&[1, 2, 3], &[]), Some(Some(at(30))), 4, Some(30)),
+            CatchUp::Gone
+        );
     }
 }

@@ -144,6 +144,10 @@ pub struct Replica<M: Machine> {
     cancel: CancellationToken,
     /// Set once this node learns it was removed (see `members.rs`): why.
     removal: Removals,
+    /// This node joined an existing cluster (`--join`): the memberships it replays from before
+    /// its addition do not name it, so it learns its removal only from the leader (a notice, or
+    /// a refused vote), never from an applied membership (`members::removed_by`).
+    joined: bool,
     /// Cancelled once the removal is recorded in the data dir: the node should stop.
     removed: CancellationToken,
     /// Set when shutdown begins: new proposals and read indexes are turned away as by a
@@ -302,10 +306,16 @@ impl<M: Machine> Replica<M> {
             .is_initialized()
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
+        let joined = store.joined() || (!initialized && config.join);
         if !initialized && config.join {
             tracing::info!(
                 "new data dir and --join: waiting to be added with POST /v1/cluster/members"
             );
+            if !store.joined() {
+                store
+                    .mark_joined()
+                    .map_err(|e| StartError::Raft(format!("recording --join: {e}")))?;
+            }
         } else if !initialized {
             if !config.initial_members.contains_key(&config.node_id) {
                 return Err(StartError::NotInInitialCluster(config.node_id));
@@ -340,6 +350,7 @@ impl<M: Machine> Replica<M> {
             cancel: cancel.clone(),
             removal,
             removed: CancellationToken::new(),
+            joined,
             stopping: std::sync::atomic::AtomicBool::new(false),
         });
         replica
@@ -885,6 +896,7 @@ impl<M: Machine> Replica<M> {
                 let m = metrics.borrow_and_update();
                 let applied = m.membership_config.log_id() <= &m.last_applied;
                 applied
+                    && !self.joined
                     && crate::members::removed_by(
                         &crate::members::Members::of(m.membership_config.membership()),
                         self.id,

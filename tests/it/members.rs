@@ -293,3 +293,103 @@ async fn a_removed_follower_and_a_removed_leader_stop_by_themselves_and_refuse_t
         c.log_of(leader)
     );
 }
+
+/// SPEC §6, a defect an outside trial found: on a young cluster (its log still holds the first
+/// membership) a joining node replayed that membership, took it for its removal and stopped,
+/// while the add had answered `201` before the learner caught up. Now the add waits for the
+/// learner, the new node stays, it carries quorum once the dead node is removed, and a node
+/// removed and re-added under its old id with an empty data dir (replaying its own old add
+/// and removal) stays too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_replaced_on_a_young_cluster_waits_to_catch_up_and_stays() {
+    let mut c = TestCluster::start(3);
+    let leader = c.wait_leader(&[0, 1, 2], ELECTION_WITHIN).await;
+    // More entries than one AppendEntries carries: the joiner's first batch holds only the
+    // initial membership.
+    for n in 0..40 {
+        let (s, v) = c
+            .post(leader, "/v1/jobs", &job(&format!("j{n}")))
+            .await
+            .expect("create");
+        assert_eq!(s, 201, "{v}");
+    }
+    let new = c.add_joining_node();
+    // Asked before the new node runs: the add may not answer while the learner is not there.
+    let add = {
+        let (http, url, body) = (
+            c.http.clone(),
+            c.url(leader, "/v1/cluster/members"),
+            add_body(&c, new),
+        );
+        tokio::spawn(async move { http.post(url).json(&body).send().await })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !add.is_finished(),
+        "the add answered before the learner ran"
+    );
+    c.spawn(new);
+    let resp = tokio::time::timeout(ADD_WITHIN, add)
+        .await
+        .expect("the add answers once the learner caught up")
+        .expect("join")
+        .expect("answer");
+    assert_eq!(resp.status(), 201, "{}", c.logs());
+    // Caught up when the add answered: every job is already on the new node.
+    let (s, page) = c
+        .get(new, "/v1/jobs?limit=100&consistency=stale")
+        .await
+        .expect("list");
+    assert_eq!(s, 200);
+    assert_eq!(page["jobs"].as_array().map(Vec::len), Some(40), "{page}");
+    assert!(
+        c.wait_exit(new, Duration::from_secs(3)).is_none(),
+        "the new node stopped: {}",
+        c.log_of(new)
+    );
+
+    // Replace: a follower dies and is removed; the new node then carries quorum with the
+    // leader while the third old node is down too.
+    let dead = (0..3).find(|i| *i != leader).expect("a follower");
+    let other = (0..3)
+        .find(|i| *i != leader && *i != dead)
+        .expect("another");
+    c.kill(dead);
+    let (s, v) = delete(
+        &c,
+        leader,
+        &format!("/v1/cluster/members/{}", c.nodes[dead].id),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    c.kill(other);
+    let (s, v) = c
+        .post(leader, "/v1/jobs", &job("after-replace"))
+        .await
+        .expect("create");
+    assert_eq!(s, 201, "the new node carries quorum: {v}\n{}", c.logs());
+    c.spawn(other);
+
+    // The removed id comes back with an empty data dir and --join, and is added again.
+    std::fs::remove_dir_all(&c.nodes[dead].data_dir).expect("empty the data dir");
+    c.nodes[dead].joins = true;
+    c.spawn(dead);
+    wait_healthy(&c, dead).await;
+    let (s, v) = c
+        .post(leader, "/v1/cluster/members", &add_body(&c, dead))
+        .await
+        .expect("answer");
+    assert_eq!(s, 201, "{v}\n{}", c.logs());
+    assert!(
+        c.wait_exit(dead, Duration::from_secs(3)).is_none(),
+        "the re-added node stopped: {}",
+        c.log_of(dead)
+    );
+    for i in [new, dead] {
+        assert!(
+            !c.log_of(i).contains("was removed"),
+            "node {i}: {}",
+            c.log_of(i)
+        );
+    }
+}

@@ -84,16 +84,27 @@ struct MetaRecord {
     /// Set when this node was removed from its cluster: why. Such a data dir never serves again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     removed: Option<String>,
+    /// Set when this node started with `--join` on an empty data dir (it did not form the
+    /// cluster): memberships it replays that predate its addition do not name it, so only the
+    /// leader's word tells it it was removed. Older versions ignore the field.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    joined: bool,
 }
 
 const META_KEY: &[u8] = b"record";
 
 /// Records this schema version and `node_id` in the meta record, flushed.
-fn write_meta(meta: &sled::Tree, disk: &Disk, node_id: NodeId) -> Result<(), sled::Error> {
+fn write_meta(
+    meta: &sled::Tree,
+    disk: &Disk,
+    node_id: NodeId,
+    joined: bool,
+) -> Result<(), sled::Error> {
     let rec = MetaRecord {
         schema_version: SCHEMA_VERSION,
         node_id,
         removed: None,
+        joined,
     };
     meta.insert(META_KEY, serde_json::to_vec(&rec).unwrap_or_default())?;
     disk.flush_blocking()
@@ -108,6 +119,8 @@ pub struct Store<M> {
     fresh: bool,
     node_id: NodeId,
     removed: Option<String>,
+    /// As recorded at open (`MetaRecord::joined`).
+    joined: bool,
 }
 
 impl<M> Clone for Store<M> {
@@ -120,6 +133,7 @@ impl<M> Clone for Store<M> {
             fresh: self.fresh,
             node_id: self.node_id,
             removed: self.removed.clone(),
+            joined: self.joined,
         }
     }
 }
@@ -159,6 +173,7 @@ impl<M: Machine> Store<M> {
         let db = disk.db();
         let meta = db.open_tree("meta").map_err(sled_err)?;
         let mut removed = None;
+        let mut joined = false;
         let fresh = match meta.get(META_KEY).map_err(sled_err)? {
             Some(bytes) => {
                 let rec: MetaRecord =
@@ -181,6 +196,7 @@ impl<M: Machine> Store<M> {
                     });
                 }
                 removed = rec.removed;
+                joined = rec.joined;
                 if rec.schema_version < SCHEMA_VERSION {
                     // Every change since is read from the older form; only the tables the
                     // machine dropped go. Then the new version is recorded, so an older hookd
@@ -195,7 +211,7 @@ impl<M: Machine> Store<M> {
                             db.drop_tree(&name).map_err(sled_err)?;
                         }
                     }
-                    write_meta(&meta, &disk, node_id).map_err(sled_err)?;
+                    write_meta(&meta, &disk, node_id, joined).map_err(sled_err)?;
                     tracing::info!(
                         from = rec.schema_version,
                         to = SCHEMA_VERSION,
@@ -205,7 +221,7 @@ impl<M: Machine> Store<M> {
                 false
             }
             None => {
-                write_meta(&meta, &disk, node_id).map_err(sled_err)?;
+                write_meta(&meta, &disk, node_id, false).map_err(sled_err)?;
                 true
             }
         };
@@ -227,6 +243,7 @@ impl<M: Machine> Store<M> {
             fresh,
             node_id,
             removed,
+            joined,
         })
     }
 
@@ -240,6 +257,17 @@ impl<M: Machine> Store<M> {
         self.removed.clone()
     }
 
+    /// Whether this data dir was recorded, when it was opened, as one that joined an existing
+    /// cluster (`mark_joined`) rather than forming it.
+    pub fn joined(&self) -> bool {
+        self.joined
+    }
+
+    /// Records, flushed, that this node starts with `--join` on an empty data dir.
+    pub fn mark_joined(&self) -> Result<(), sled::Error> {
+        write_meta(&self.meta, &self.disk, self.node_id, true)
+    }
+
     /// Records, flushed, that this node was removed from its cluster: the data dir is refused
     /// from then on.
     pub async fn mark_removed(&self, reason: &str) -> Result<(), sled::Error> {
@@ -247,6 +275,7 @@ impl<M: Machine> Store<M> {
             schema_version: SCHEMA_VERSION,
             node_id: self.node_id,
             removed: Some(reason.to_string()),
+            joined: self.joined,
         };
         self.meta
             .insert(META_KEY, serde_json::to_vec(&rec).unwrap_or_default())?;

@@ -139,6 +139,7 @@ fn set_schema(data: &std::path::Path, schema_version: u32) {
         schema_version,
         node_id: 1,
         removed: None,
+        joined: false,
     };
     meta.insert(super::META_KEY, serde_json::to_vec(&rec).unwrap())
         .unwrap();
