@@ -4,6 +4,10 @@ use std::time::Duration;
 
 /// Largest request body the public API reads; larger ones get `413`.
 pub const REQUEST_BODY_BYTES_MAX: usize = 1 << 20;
+/// How long a request body may take to arrive (API, and peer port with its larger bodies);
+/// then `408`.
+pub const API_BODY_READ: Duration = Duration::from_secs(10);
+pub const PEER_BODY_READ: Duration = Duration::from_secs(30);
 /// Largest webhook body a job may carry.
 pub const JOB_BODY_BYTES_MAX: usize = 256 << 10;
 /// Job ids: `[A-Za-z0-9._:-]{1,128}`.

@@ -18,7 +18,7 @@ use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::dispatch::egress::{EgressPolicy, Resolver};
 use crate::dispatch::{self, Deliverer, DispatchConfig};
-use crate::limits::{DISPATCH_HORIZON, SHUTDOWN_GRACE};
+use crate::limits::{API_BODY_READ, DISPATCH_HORIZON, PEER_BODY_READ, SHUTDOWN_GRACE};
 use crate::serve::{raise_open_files_limit, serve, Limits};
 
 /// Worker threads of the runtime that runs Raft (core, replication, storage, peer server).
@@ -273,6 +273,8 @@ pub async fn run(
 fn api_limits(connections_max: usize) -> Limits {
     Limits {
         header_read: Duration::from_secs(5),
+        body_read: API_BODY_READ,
+        body_max: crate::limits::REQUEST_BODY_BYTES_MAX,
         request: hookd_raft::members::CHANGE_WITHIN + Duration::from_secs(5),
         connections_max,
     }
@@ -285,6 +287,8 @@ fn api_limits(connections_max: usize) -> Limits {
 fn peer_limits(connections_max: usize) -> Limits {
     Limits {
         header_read: Duration::from_secs(10),
+        body_read: PEER_BODY_READ,
+        body_max: hookd_raft::network::PEER_BODY_BYTES_MAX,
         request: hookd_raft::members::CHANGE_WITHIN + Duration::from_secs(5),
         connections_max,
     }

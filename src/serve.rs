@@ -6,6 +6,10 @@
 //!   requests is closed too;
 //! - a cap on open connections: at the cap the connection idle the longest is closed to make
 //!   room, and a new one is refused only when every connection is busy;
+//! - a body deadline and size: the whole request body is read before the handler runs, and
+//!   must arrive within `body_read` (else `408`) and fit `body_max` (a larger `Content-Length`
+//!   gets `413` before a byte of the body is read). A connection waiting on a slow body counts
+//!   as idle, not busy: at the cap it is closed like any idle one;
 //! - a request timeout: a handler still running after it is answered `503`.
 //!
 //! With TLS the handshake runs in the connection's task, bounded by the header-read timeout,
@@ -32,6 +36,10 @@ use tower::ServiceExt;
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub header_read: Duration,
+    /// How long a request's body may take to arrive, from the end of its head.
+    pub body_read: Duration,
+    /// Largest request body read.
+    pub body_max: usize,
     pub request: Duration,
     pub connections_max: usize,
 }
@@ -197,6 +205,11 @@ async fn serve_connection<I>(
             now_ms.clone(),
         );
         async move {
+            // Until its body is in, the connection waits on its client: not busy.
+            let req = match read_body(req, limits).await {
+                Ok(req) => req,
+                Err(refused) => return Ok::<_, Infallible>(refused),
+            };
             busy.fetch_add(1, Ordering::Relaxed);
             let response = match tokio::time::timeout(limits.request, app.oneshot(req)).await {
                 Ok(Ok(r)) => r,
@@ -205,7 +218,7 @@ async fn serve_connection<I>(
             };
             idle_since.store(now_ms(), Ordering::Relaxed);
             busy.fetch_sub(1, Ordering::Relaxed);
-            Ok::<_, Infallible>(response)
+            Ok(response)
         }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -259,17 +272,71 @@ pub async fn follow_tls_files(tls: Vec<(&'static str, Arc<Reloading>)>, stop: Ca
     }
 }
 
+/// Reads the whole body of `req` within `limits.body_read` and `limits.body_max`; the request
+/// with its body in memory, or the answer that refuses it.
+async fn read_body(
+    req: Request<hyper::body::Incoming>,
+    limits: Limits,
+) -> Result<Request<Body>, Response<Body>> {
+    use http_body_util::BodyExt;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let too_large = || {
+        json_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request bodies are at most {} bytes", limits.body_max),
+        )
+    };
+    if declared.is_some_and(|n| n > limits.body_max as u64) {
+        return Err(too_large());
+    }
+    let (parts, body) = req.into_parts();
+    let limited = http_body_util::Limited::new(body, limits.body_max);
+    match tokio::time::timeout(limits.body_read, limited.collect()).await {
+        Ok(Ok(collected)) => Ok(Request::from_parts(parts, Body::from(collected.to_bytes()))),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Ok(Err(e)) => Err(json_error(
+            StatusCode::BAD_REQUEST,
+            "malformed",
+            format!("the request body could not be read: {e}"),
+        )),
+        Err(_) => Err(json_error(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout",
+            format!(
+                "the request body did not arrive within {:?}",
+                limits.body_read
+            ),
+        )),
+    }
+}
+
+/// An error answer in the API's JSON shape.
+fn json_error(status: StatusCode, code: &str, message: String) -> Response<Body> {
+    let body = serde_json::json!({"error": {"code": code, "message": message}});
+    let mut resp = Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json");
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        resp = resp.header(header::RETRY_AFTER, "1");
+    }
+    if status == StatusCode::REQUEST_TIMEOUT || status == StatusCode::PAYLOAD_TOO_LARGE {
+        // The rest of the body may still be on its way: the connection is not reused.
+        resp = resp.header(header::CONNECTION, "close");
+    }
+    resp.body(Body::from(body.to_string())).unwrap_or_default()
+}
+
 fn timed_out(limit: Duration) -> Response<Body> {
-    let body = serde_json::json!({"error": {
-        "code": "timeout",
-        "message": format!("the request took longer than {limit:?}"),
-    }});
-    Response::builder()
-        .status(StatusCode::SERVICE_UNAVAILABLE)
-        .header(header::CONTENT_TYPE, "application/json")
-        .header(header::RETRY_AFTER, "1")
-        .body(Body::from(body.to_string()))
-        .unwrap_or_default()
+    json_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "timeout",
+        format!("the request took longer than {limit:?}"),
+    )
 }
 
 /// Raises the soft open-file limit to the hard one (SPEC §7) and returns the soft limit now in

@@ -393,6 +393,116 @@ async fn a_half_sent_request_is_cut_within_the_header_timeout() {
     );
 }
 
+/// Writes `head` on a new connection to `addr`, then `trickle` one byte every `every`, and
+/// returns the status of the answer and how long after the head it came (None: closed without
+/// one within 30 s).
+async fn slow_request(
+    addr: std::net::SocketAddr,
+    head: String,
+    trickle: usize,
+    every: Duration,
+) -> (Option<u16>, Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(head.as_bytes()).await.expect("head");
+    let started = Instant::now();
+    let (mut rd, mut wr) = s.into_split();
+    let writer = tokio::spawn(async move {
+        for _ in 0..trickle {
+            if wr.write_all(b"x").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(every).await;
+        }
+        std::future::pending::<()>().await;
+    });
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut chunk = [0u8; 1024];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            match rd.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    writer.abort();
+    let status = String::from_utf8_lossy(&buf)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok());
+    (status, started.elapsed())
+}
+
+/// SPEC §7, defects an outside trial found: a body that never completed held its connection
+/// (answered `503` after 80 s), an oversized `Content-Length` got no early `413`, and
+/// connections busy with slow bodies were never evicted, so 70 of them took a node's peer port.
+#[tokio::test]
+async fn slow_bodies_get_408_oversized_ones_413_at_once_and_neither_holds_the_cap() {
+    // 512 open files for the node: its connection cap is 128.
+    let node = Node::start(&["prlimit", "--nofile=512:512"], &[]);
+    let head = |len: u64| {
+        format!(
+            "POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Content-Length: {len}\r\n\r\n"
+        )
+    };
+    eventually(Duration::from_secs(10), "the node to answer", || async {
+        tokio::net::TcpStream::connect(node.api).await.ok()
+    })
+    .await;
+    // A body that keeps trickling is cut at the body deadline (10 s) with 408.
+    let slow = tokio::spawn(slow_request(
+        node.api,
+        head(1000),
+        100,
+        Duration::from_secs(2),
+    ));
+    // An oversized Content-Length is refused before any of the body is sent.
+    let (status, took) = slow_request(node.api, head(99_999_999_999_999), 0, Duration::ZERO).await;
+    assert_eq!(status, Some(413));
+    assert!(took < Duration::from_secs(2), "413 after {took:?}");
+    let (status, took) = slow.await.expect("join");
+    assert_eq!(status, Some(408), "after {took:?}");
+    assert!(
+        took >= Duration::from_secs(9) && took < Duration::from_secs(15),
+        "408 after {took:?}; the body deadline is 10 s"
+    );
+
+    // Twice the cap in connections stuck in their bodies: a fresh request is still served.
+    let mut stuck = Vec::new();
+    for _ in 0..256 {
+        let mut s = tokio::net::TcpStream::connect(node.api)
+            .await
+            .expect("connect");
+        tokio::io::AsyncWriteExt::write_all(&mut s, format!("{}x", head(1000)).as_bytes())
+            .await
+            .expect("write");
+        stuck.push(s);
+    }
+    let fresh = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    let started = Instant::now();
+    let resp = fresh
+        .post(format!("http://{}/v1/jobs", node.api))
+        .json(&job("past-the-slow-bodies"))
+        .send()
+        .await
+        .expect("a create is answered");
+    assert_eq!(resp.status().as_u16(), 201);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+    drop(stuck);
+}
+
 #[tokio::test]
 async fn many_idle_connections_do_not_stop_a_create() {
     // 512 open files for the node: its connection cap is 128.
