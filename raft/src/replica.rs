@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,7 +34,7 @@ const RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// are recorded.
 const ANNOUNCE_INTERVAL: Duration = Duration::from_millis(500);
 /// How long a stopping node waits for the writes it has taken to commit.
-const DRAIN_WITHIN: Duration = Duration::from_secs(1);
+const DRAIN_WITHIN: Duration = Duration::from_secs(3);
 /// How long a removed node goes on (answering the request that removed it) before it stops.
 const REMOVED_GRACE: Duration = Duration::from_secs(1);
 /// How often the bytes applied since the last snapshot are saved for the next start.
@@ -150,9 +151,10 @@ pub struct Replica<M: Machine> {
     joined: bool,
     /// Cancelled once the removal is recorded in the data dir: the node should stop.
     removed: CancellationToken,
-    /// Set when shutdown begins: new proposals and read indexes are turned away as by a
-    /// non-leader, so the nodes that forwarded them retry with the next leader.
-    stopping: std::sync::atomic::AtomicBool,
+    /// Proposals and read indexes this node has taken as leader and not yet answered; shutdown
+    /// turns new ones away (as a non-leader would, so the nodes that forwarded them retry with
+    /// the next leader) and waits for these.
+    drain: Drain,
     leadership: Leadership,
     proposals: mpsc::Sender<Proposal<M>>,
     read_floor: ReadFloor,
@@ -351,7 +353,7 @@ impl<M: Machine> Replica<M> {
             removal,
             removed: CancellationToken::new(),
             joined,
-            stopping: std::sync::atomic::AtomicBool::new(false),
+            drain: Drain::default(),
         });
         replica
             .tasks
@@ -435,7 +437,7 @@ impl<M: Machine> Replica<M> {
                     .await
                 {
                     Ok(outcome) => outcome,
-                    Err(e @ TransportError::Unreachable { .. }) => {
+                    Err(e) if e.nothing_sent() => {
                         // The request never reached the leader: safe to try again.
                         tracing::debug!(error = %e, "leader unreachable, retrying");
                         self.pause_until(deadline).await?;
@@ -498,9 +500,9 @@ impl<M: Machine> Replica<M> {
         cmd: M::Command,
         within: Duration,
     ) -> Result<M::Output, ForwardError> {
-        if self.is_stopping() {
+        let Some(_taken) = self.drain.take() else {
             return Err(Self::stepping_aside());
-        }
+        };
         if M::sheddable(&cmd) {
             let backlog = self.write_backlog();
             if backlog > self.config.write_backlog_max {
@@ -671,9 +673,9 @@ impl<M: Machine> Replica<M> {
     /// On the leader: confirms leadership with a quorum and returns the log id every
     /// linearizable read must wait for.
     pub async fn leader_read_index(&self, within: Duration) -> Result<Option<LogId>, ForwardError> {
-        if self.is_stopping() {
+        let Some(_taken) = self.drain.take() else {
             return Err(Self::stepping_aside());
-        }
+        };
         // The term before the confirmation: if it is the startup term, leadership was
         // confirmed in it (or a later term, where the floor is merely redundant).
         let term = self.raft.metrics().borrow().current_term;
@@ -922,10 +924,6 @@ impl<M: Machine> Replica<M> {
         self.removed.cancel();
     }
 
-    fn is_stopping(&self) -> bool {
-        self.stopping.load(std::sync::atomic::Ordering::Acquire)
-    }
-
     /// What a stopping node answers a proposal or read index with: "not the leader", which the
     /// forwarding node retries (with the next leader) within its deadline, where a stopped Raft
     /// core would have made it answer `503`.
@@ -940,10 +938,9 @@ impl<M: Machine> Replica<M> {
     /// first, and those already taken get up to `DRAIN_WITHIN` to commit, so no write a
     /// follower forwarded here fails because this node went away under it.
     pub async fn shutdown(&self) {
-        self.stopping
-            .store(true, std::sync::atomic::Ordering::Release);
+        self.drain.stop();
         let drained = Instant::now() + DRAIN_WITHIN;
-        while self.write_backlog() > 0 && Instant::now() < drained {
+        while !(self.drain.idle() && self.write_backlog() == 0) && Instant::now() < drained {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         self.cancel.cancel();
@@ -958,14 +955,66 @@ impl<M: Machine> Replica<M> {
     }
 }
 
+/// Requests a leader has taken (`take`) and not yet answered, and whether it is stopping. A
+/// request either sees the stop and is turned away, or was counted before `stop` returned and
+/// is waited for: both sides use sequentially consistent order, so none slips between.
+#[derive(Debug, Default)]
+struct Drain {
+    stopping: AtomicBool,
+    taken: AtomicUsize,
+}
+
+/// One taken request; dropping it (answered, or abandoned) uncounts it.
+struct Taken<'a>(&'a Drain);
+
+impl Drain {
+    fn take(&self) -> Option<Taken<'_>> {
+        self.taken.fetch_add(1, Ordering::SeqCst);
+        let taken = Taken(self);
+        (!self.stopping.load(Ordering::SeqCst)).then_some(taken)
+    }
+
+    fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    fn idle(&self) -> bool {
+        self.taken.load(Ordering::SeqCst) == 0
+    }
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        self.0.taken.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::ReadFloor;
+    use super::{Drain, ReadFloor};
     use crate::typ::LogId;
     use openraft::CommittedLeaderId;
 
     fn id(term: u64, index: u64) -> Option<LogId> {
         Some(LogId::new(CommittedLeaderId::new(term, 1), index))
+    }
+
+    #[test]
+    fn a_request_taken_before_the_stop_is_waited_for_and_one_after_it_is_turned_away() {
+        let d = Drain::default();
+        let before = d.take().expect("taken while running");
+        d.stop();
+        assert!(
+            !d.idle(),
+            "a request taken before the stop is still counted"
+        );
+        assert!(d.take().is_none(), "turned away once stopping");
+        assert!(
+            !d.idle(),
+            "a refused request leaves no count behind, the first still holds"
+        );
+        drop(before);
+        assert!(d.idle());
     }
 
     #[test]
