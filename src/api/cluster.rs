@@ -154,6 +154,20 @@ pub async fn add_member(
     if let Some(api) = &req.api_addr {
         host_port("api_addr", api)?;
     }
+    // A member's addresses are sent to like a target's: the egress policy applies (a node
+    // proves it holds the peer secret before it is sent anything, but a denied range is not
+    // even asked).
+    for (field, addr) in [
+        ("peer_addr", Some(&req.peer_addr)),
+        ("api_addr", req.api_addr.as_ref()),
+    ] {
+        if let Some(Ok(addr)) = addr.map(|a| a.parse::<std::net::SocketAddr>()) {
+            state
+                .egress
+                .check_member(addr.ip())
+                .map_err(|denied| ApiError::invalid(field, denied.to_string()))?;
+        }
+    }
     if !state.peer_authenticated && !crate::config::is_loopback(&req.peer_addr) {
         return Err(ApiError::invalid(
             "peer_addr",

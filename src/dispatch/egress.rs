@@ -113,6 +113,16 @@ impl EgressPolicy {
         }
     }
 
+    /// May a new member at `ip` be sent to? The ranges only (`--egress-allow` opens them):
+    /// members' own addresses are what is being added, or were members once.
+    pub fn check_member(&self, ip: IpAddr) -> Result<(), Denied> {
+        let ip = canonical(ip);
+        if self.user_verdict(ip) == Some(true) {
+            return Ok(());
+        }
+        self.check_ip(ip)
+    }
+
     /// May `ip` be reached whatever the port? `check_ip`, and not the address of any member.
     pub fn check_ip_any_port(&self, ip: IpAddr) -> Result<(), Denied> {
         let ports: Vec<u16> = {

@@ -662,3 +662,70 @@ async fn the_peer_port_refuses_what_the_api_refuses_and_nothing_it_sends_holds_a
         "{targets}"
     );
 }
+
+/// SPEC §7, a defect an outside trial found: with an api token, adding a member at any
+/// address made the leader send it every log entry (secret header values included) with the
+/// peer secret in an `Authorization` header, 1,000–3,000 requests a second against a listener
+/// answering garbage. Now the secret never travels, nothing but a challenge goes to an address
+/// that has not proven it holds the secret, and a peer answering nonsense is backed off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_cannot_prove_the_peer_secret_gets_no_log_and_no_secret() {
+    const PEER_SECRET: &str = "peer-secret-for-the-test-0123456789";
+    let fake = Sink::start().await;
+    let c = TestCluster::start_with(3, &["--peer-secret", PEER_SECRET]);
+    let leader = c
+        .wait_leader(&[0, 1, 2], crate::cluster::ELECTION_WITHIN)
+        .await;
+    let mut with_secret = job("with-secret");
+    with_secret["headers"] = json!({"authorization": "Bearer job-secret-value-42"});
+    with_secret["secret_headers"] = json!(["authorization"]);
+    let (s, v) = c
+        .post(leader, "/v1/jobs", &with_secret)
+        .await
+        .expect("create");
+    assert_eq!(s, 201, "{v}");
+    // A member's address goes through the egress policy like a target's.
+    let (s, v) = c
+        .post(
+            leader,
+            "/v1/cluster/members",
+            &json!({"id": 12, "peer_addr": "169.254.169.254:7201", "voter": false}),
+        )
+        .await
+        .expect("answer");
+    assert_eq!((s, &v["error"]["field"]), (422, &json!("peer_addr")), "{v}");
+    let fake_addr = fake.addr.to_string();
+    let add = {
+        let (http, url) = (c.http.clone(), c.url(leader, "/v1/cluster/members"));
+        let body = json!({"id": 11, "peer_addr": fake_addr, "voter": false});
+        tokio::spawn(async move { http.post(url).json(&body).send().await })
+    };
+    let watched = Duration::from_secs(6);
+    tokio::time::sleep(watched).await;
+    let seen = fake.all();
+    assert!(
+        !seen.is_empty(),
+        "the leader asked the new member to prove itself"
+    );
+    for r in &seen {
+        assert_eq!(
+            r.path, "/raft/hello",
+            "only a challenge went out: {}",
+            r.path
+        );
+        let text = format!("{:?} {}", r.headers, String::from_utf8_lossy(&r.body));
+        assert!(
+            !text.contains(PEER_SECRET) && !text.contains("job-secret-value-42"),
+            "a secret reached the fake member: {text}"
+        );
+    }
+    // Backed off: a handful of challenges, not thousands.
+    assert!(seen.len() <= 60, "{} requests in {watched:?}", seen.len());
+    add.abort();
+    // The nodes themselves still talk: a write commits.
+    let (s, v) = c
+        .post(leader, "/v1/jobs", &job("after"))
+        .await
+        .expect("create");
+    assert_eq!(s, 201, "{v}");
+}

@@ -1,8 +1,12 @@
 //! The client side of the peer transport: one shared `reqwest::Client` for every peer, with
 //! explicit timeouts, used both by openraft (`RaftNetworkFactory`) and by request forwarding.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 
 use openraft::error::{NetworkError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -11,12 +15,13 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use super::{
-    Encoding, ForwardError, ACCEPTS_HEADER, CLUSTER_ID_HEADER, PATH_APPEND,
-    PATH_FORWARD_READ_INDEX, PATH_FORWARD_WRITE, PATH_SNAPSHOT, PATH_VOTE, TARGET_NODE_HEADER,
+    Encoding, ForwardError, Hello, Proof, ACCEPTS_HEADER, CLUSTER_ID_HEADER, PATH_APPEND,
+    PATH_FORWARD_READ_INDEX, PATH_FORWARD_WRITE, PATH_HELLO, PATH_SNAPSHOT, PATH_VOTE,
+    SIGNATURE_HEADER, TARGET_NODE_HEADER,
 };
 use crate::lease::{Acks, Epoch};
 use crate::machine::Machine;
-use crate::secret::Secret;
+use crate::secret::{Secret, Signed};
 use crate::tls::Reloading;
 use crate::typ::{
     AppendEntriesRequest, AppendEntriesResponse, Cfg, InstallSnapshotError, InstallSnapshotRequest,
@@ -34,6 +39,27 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// full of API clients opens there. More wait for a slot within their deadline.
 pub const FORWARDS_IN_FLIGHT_MAX: usize = 256;
 
+/// How long a peer's proof that it holds the peer secret stands before it is asked again.
+const PROOF_FOR: Duration = Duration::from_secs(600);
+
+/// The pause after a peer answered nonsense (refused, undecodable, or no proof) before it is
+/// sent anything again: doubling from the first to the last.
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// The pause before the next request to a peer that has answered nonsense `failures` times in
+/// a row. Pure.
+pub fn backoff(failures: u32) -> Duration {
+    let shift = failures.saturating_sub(1).min(16);
+    BACKOFF_FIRST.saturating_mul(1u32 << shift).min(BACKOFF_MAX)
+}
+
+/// Peers that answered nonsense, by address: (failures in a row, no request before).
+type Backoffs = Arc<Mutex<HashMap<String, (u32, Instant)>>>;
+
+/// Peers that proved they hold the peer secret, by (node id, address): when.
+type Proven = Arc<Mutex<HashMap<(NodeId, String), Instant>>>;
+
 /// Shared HTTP client for all peers. Cheap to clone.
 #[derive(Clone)]
 pub struct PeerClient {
@@ -46,6 +72,8 @@ pub struct PeerClient {
     forwards: Arc<Semaphore>,
     /// Set when a peer answers a vote request with "you were removed" (`Removals`).
     removals: Removals,
+    proven: Proven,
+    backoffs: Backoffs,
 }
 
 /// Where a node learns it was removed from the cluster: why, once known.
@@ -106,6 +134,24 @@ pub enum TransportError {
     },
     #[error("cannot encode a request to peer {addr}: {detail}")]
     Encode { addr: String, detail: String },
+    /// Nothing was sent: the node at `addr` did not prove it holds the peer secret.
+    #[error("peer {addr} did not prove it holds the peer secret: {detail}")]
+    Unproven { addr: String, detail: String },
+    /// Nothing was sent: `addr` answered nonsense lately, and its pause is not over.
+    #[error("peer {addr} answered nonsense lately; next try in {left:?}")]
+    BackingOff { addr: String, left: Duration },
+}
+
+impl TransportError {
+    /// Whether nothing reached the peer, so the request may be sent again (elsewhere).
+    pub fn nothing_sent(&self) -> bool {
+        matches!(
+            self,
+            TransportError::Unreachable { .. }
+                | TransportError::Unproven { .. }
+                | TransportError::BackingOff { .. }
+        )
+    }
 }
 
 impl PeerClient {
@@ -129,6 +175,8 @@ impl PeerClient {
             acks,
             forwards: Arc::new(Semaphore::new(FORWARDS_IN_FLIGHT_MAX)),
             removals,
+            proven: Arc::default(),
+            backoffs: Arc::default(),
         })
     }
 
@@ -162,11 +210,124 @@ impl PeerClient {
         let resp = self
             .send(target, addr, path, body, encoding, timeout)
             .await?;
-        json_of(resp, addr).await
+        let answer = json_of(resp, addr).await;
+        if answer.is_err() {
+            self.note_nonsense(addr);
+        }
+        answer
     }
 
-    /// `post` up to a successful answer, left undecoded (its headers may matter).
+    /// Records that `addr` answered nonsense: it is paused (`backoff`).
+    fn note_nonsense(&self, addr: &str) {
+        let mut all = self.backoffs.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = all.entry(addr.to_owned()).or_insert((0, Instant::now()));
+        entry.0 = entry.0.saturating_add(1);
+        entry.1 = Instant::now() + backoff(entry.0);
+    }
+
+    /// Err while `addr` is paused after nonsense.
+    fn check_backoff(&self, addr: &str) -> Result<(), TransportError> {
+        let all = self.backoffs.lock().unwrap_or_else(|p| p.into_inner());
+        match all.get(addr) {
+            Some((_, until)) if *until > Instant::now() => Err(TransportError::BackingOff {
+                addr: addr.to_owned(),
+                left: until.saturating_duration_since(Instant::now()),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// With a peer secret and no peer TLS (whose certificates prove as much), makes sure the
+    /// node at `addr` proved lately that it holds the secret, asking it if not: nothing else
+    /// is sent to an address that has not.
+    async fn ensure_proven(
+        &self,
+        target: NodeId,
+        addr: &str,
+        timeout: Duration,
+    ) -> Result<(), TransportError> {
+        let Some(secret) = self.secret.as_ref().filter(|_| self.tls.is_none()) else {
+            return Ok(());
+        };
+        let key = (target, addr.to_owned());
+        let fresh = |proven: &Proven| {
+            proven
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&key)
+                .is_some_and(|at| at.elapsed() < PROOF_FOR)
+        };
+        if fresh(&self.proven) {
+            return Ok(());
+        }
+        let nonce = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
+        let hello = Hello {
+            nonce: nonce.clone(),
+        };
+        let unproven = |detail: String| TransportError::Unproven {
+            addr: addr.to_owned(),
+            detail,
+        };
+        let resp = self
+            .send_signed(target, addr, PATH_HELLO, &hello, Encoding::Json, timeout)
+            .await
+            .map_err(|e| match e {
+                e if e.nothing_sent() => e,
+                e => unproven(e.to_string()),
+            })?;
+        let answer: Proof = json_of(resp, addr)
+            .await
+            .map_err(|e| unproven(e.to_string()))?;
+        if answer.node_id != target || !secret.check_proof(nonce.as_bytes(), target, &answer.proof)
+        {
+            return Err(unproven(format!(
+                "answered as node {} with a proof that does not hold",
+                answer.node_id
+            )));
+        }
+        self.proven
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, Instant::now());
+        Ok(())
+    }
+
+    /// `post` up to a successful answer, left undecoded (its headers may matter): not while
+    /// the peer is paused after nonsense, and only once it proved it holds the peer secret.
     async fn send<B: Serialize>(
+        &self,
+        target: NodeId,
+        addr: &str,
+        path: &str,
+        body: &B,
+        encoding: Encoding,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, TransportError> {
+        self.check_backoff(addr)?;
+        let sent = match self.ensure_proven(target, addr, timeout).await {
+            Ok(()) => {
+                self.send_signed(target, addr, path, body, encoding, timeout)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        match &sent {
+            Err(TransportError::Unproven { .. } | TransportError::Rejected { .. }) => {
+                self.note_nonsense(addr)
+            }
+            Ok(_) => {
+                self.backoffs
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(addr);
+            }
+            Err(_) => {}
+        }
+        sent
+    }
+
+    /// One signed request (`SIGNATURE_HEADER`), up to a successful answer.
+    async fn send_signed<B: Serialize>(
         &self,
         target: NodeId,
         addr: &str,
@@ -184,6 +345,15 @@ impl PeerClient {
             addr: addr.to_owned(),
             detail,
         })?;
+        let signature = self.secret.as_ref().map(|secret| {
+            let signed = Signed {
+                method: "POST",
+                path: path.split('?').next().unwrap_or(path),
+                target,
+                body: &encoded,
+            };
+            secret.sign_request(&signed, unix_now_ms())
+        });
         let mut req = self
             .http()
             .post(format!("{scheme}://{addr}{path}"))
@@ -191,11 +361,11 @@ impl PeerClient {
             .header(TARGET_NODE_HEADER, target.to_string())
             .header(reqwest::header::CONTENT_TYPE, encoding.content_type())
             .body(encoded);
+        if let Some(signature) = signature {
+            req = req.header(SIGNATURE_HEADER, signature);
+        }
         if let Some(id) = (self.cluster_id)() {
             req = req.header(CLUSTER_ID_HEADER, id);
-        }
-        if let Some(secret) = &self.secret {
-            req = req.bearer_auth(secret.expose());
         }
         let resp = req.send().await.map_err(|source| {
             if source.is_connect() {
@@ -279,6 +449,12 @@ impl<M: Machine> RaftNetworkFactory<Cfg<M>> for PeerClient {
     }
 }
 
+fn unix_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// Decodes a peer's JSON answer.
 async fn json_of<R: DeserializeOwned>(
     resp: reqwest::Response,
@@ -336,7 +512,9 @@ impl PeerConnection {
         E: std::error::Error,
     {
         let answer = answer.map_err(|e| match e {
-            TransportError::Unreachable { .. } => RpcError::Unreachable(Unreachable::new(&e)),
+            TransportError::Unreachable { .. }
+            | TransportError::Unproven { .. }
+            | TransportError::BackingOff { .. } => RpcError::Unreachable(Unreachable::new(&e)),
             _ => RpcError::Network(NetworkError::new(&e)),
         })?;
         answer.map_err(|e| {

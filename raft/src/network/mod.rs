@@ -1,9 +1,12 @@
 //! Peer transport over HTTP on `--peer-listen`: Raft RPCs (append, vote, snapshot) and the
 //! internal forwarding of client writes and read-index requests to the leader.
 //!
-//! Every request names its target node (`hookd-target-node`), carries the sender's cluster id
-//! when known (`hookd-cluster-id`), and the peer secret when one is configured. The receiver
-//! rejects a request for another node id, from another cluster, or without the right secret.
+//! Every request names its target node (`hookd-target-node`) and carries the sender's cluster
+//! id when known (`hookd-cluster-id`). With a peer secret, the secret itself never travels:
+//! each request is signed (`hookd-peer-signature`: an HMAC over method, path, target node,
+//! time and body), and before a node sends anything else to an address, the node there proves
+//! it holds the secret by answering a challenge (`/raft/hello`). The receiver rejects a request
+//! for another node id, from another cluster, unsigned, stale or signed with another secret.
 
 mod client;
 mod server;
@@ -22,6 +25,8 @@ pub(crate) const CLUSTER_ID_HEADER: &str = "hookd-cluster-id";
 /// (`Encoding::POSTCARD_TYPE`). A node of the previous version does not send it, so its leader
 /// goes on sending it JSON.
 pub(crate) const ACCEPTS_HEADER: &str = "hookd-accepts";
+/// The signature of a peer request (`Secret::sign_request`).
+pub(crate) const SIGNATURE_HEADER: &str = "hookd-peer-signature";
 
 pub(crate) const PATH_APPEND: &str = "/raft/append";
 pub(crate) const PATH_VOTE: &str = "/raft/vote";
@@ -32,6 +37,21 @@ pub(crate) const PATH_MEMBERS_ADD: &str = "/forward/members/add";
 pub(crate) const PATH_MEMBERS_REMOVE: &str = "/forward/members/remove";
 /// The leader tells a node it has just removed.
 pub(crate) const PATH_REMOVED: &str = "/raft/removed";
+/// A challenge: the answering node proves it holds the peer secret (`Hello`, `Proof`).
+pub(crate) const PATH_HELLO: &str = "/raft/hello";
+
+/// The challenge of `PATH_HELLO`: a fresh random nonce.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Hello {
+    pub nonce: String,
+}
+
+/// The answer to a `Hello`: who answers, and `Secret::prove` of the nonce for that node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Proof {
+    pub node_id: NodeId,
+    pub proof: String,
+}
 
 /// Largest request the peer router accepts (a snapshot chunk of 1 MiB from a node of the
 /// previous version is a JSON array of numbers, ~3.6 MiB).

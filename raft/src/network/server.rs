@@ -12,15 +12,15 @@ use axum::routing::post;
 use axum::{Json, Router};
 
 use super::{
-    Encoding, ForwardError, ACCEPTS_HEADER, CLUSTER_ID_HEADER, PATH_APPEND,
-    PATH_FORWARD_READ_INDEX, PATH_FORWARD_WRITE, PATH_MEMBERS_ADD, PATH_MEMBERS_REMOVE,
-    PATH_REMOVED, PATH_SNAPSHOT, PATH_VOTE, PEER_BODY_BYTES_MAX, REMOVED_STATUS,
+    Encoding, ForwardError, Hello, Proof, ACCEPTS_HEADER, CLUSTER_ID_HEADER, PATH_APPEND,
+    PATH_FORWARD_READ_INDEX, PATH_FORWARD_WRITE, PATH_HELLO, PATH_MEMBERS_ADD, PATH_MEMBERS_REMOVE,
+    PATH_REMOVED, PATH_SNAPSHOT, PATH_VOTE, PEER_BODY_BYTES_MAX, REMOVED_STATUS, SIGNATURE_HEADER,
     TARGET_NODE_HEADER,
 };
 use crate::machine::Machine;
 use crate::members::{AddMember, MemberError, RemoveMember};
 use crate::replica::Replica;
-use crate::secret::Secret;
+use crate::secret::{Secret, Signed};
 use crate::typ::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotError, InstallSnapshotRequest,
     InstallSnapshotResponse, LogId, RaftError, VoteRequest, VoteResponse,
@@ -58,23 +58,24 @@ pub fn peer_router<M: Machine>(replica: Arc<Replica<M>>, extra: Router) -> Route
         .route(PATH_MEMBERS_ADD, post(members_add::<M>))
         .route(PATH_MEMBERS_REMOVE, post(members_remove::<M>))
         .route(PATH_REMOVED, post(removed::<M>))
+        .route(PATH_HELLO, post(hello::<M>))
         .with_state(state.clone())
         .merge(extra)
         .layer(middleware::from_fn_with_state(state, guard::<M>))
         .layer(DefaultBodyLimit::max(PEER_BODY_BYTES_MAX))
 }
 
-/// Rejects requests without the peer secret, meant for another node, or from another cluster.
+/// Rejects requests not signed with the peer secret, meant for another node, or from another
+/// cluster. The body is in memory already (the server reads it before any handler).
 async fn guard<M: Machine>(State(s): State<PeerState<M>>, req: Request, next: Next) -> Response {
+    let req = match &s.secret {
+        Some(secret) => match authenticate(secret, s.replica.id(), req).await {
+            Ok(req) => req,
+            Err(why) => return (StatusCode::UNAUTHORIZED, why).into_response(),
+        },
+        None => req,
+    };
     let headers = req.headers();
-    if let Some(secret) = &s.secret {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
-        if !given.is_some_and(|g| secret.matches(g)) {
-            return (StatusCode::UNAUTHORIZED, "peer secret missing or wrong").into_response();
-        }
-    }
     let me = s.replica.id();
     let target = headers
         .get(TARGET_NODE_HEADER)
@@ -101,6 +102,57 @@ async fn guard<M: Machine>(State(s): State<PeerState<M>>, req: Request, next: Ne
         }
     }
     next.run(req).await
+}
+
+/// Checks a request's signature (`Secret::verify_request`) against this node's clock. A node
+/// of the previous version sent the secret itself as a bearer token: that is still taken, so a
+/// rolling upgrade works, but never sent.
+async fn authenticate(secret: &Secret, me: u64, req: Request) -> Result<Request, String> {
+    let (parts, body) = req.into_parts();
+    let body = axum::body::to_bytes(body, PEER_BODY_BYTES_MAX)
+        .await
+        .map_err(|e| format!("unreadable body: {e}"))?;
+    let headers = &parts.headers;
+    let legacy = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .is_some_and(|given| secret.matches(given));
+    if !legacy {
+        let signature = headers
+            .get(SIGNATURE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let signed = Signed {
+            method: parts.method.as_str(),
+            path: parts.uri.path(),
+            target: me,
+            body: &body,
+        };
+        secret
+            .verify_request(signature, &signed, unix_now_ms())
+            .map_err(|e| format!("peer request refused: {e}"))?;
+    }
+    Ok(Request::from_parts(parts, axum::body::Body::from(body)))
+}
+
+fn unix_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Answers a challenge: this node's proof that it holds the peer secret (without a secret
+/// there is nothing to prove, and the asking node does not ask).
+async fn hello<M: Machine>(State(s): State<PeerState<M>>, Json(hello): Json<Hello>) -> Response {
+    let me = s.replica.id();
+    match &s.secret {
+        Some(secret) if hello.nonce.len() <= 256 => Json(Proof {
+            node_id: me,
+            proof: secret.prove(hello.nonce.as_bytes(), me),
+        })
+        .into_response(),
+        _ => (StatusCode::BAD_REQUEST, "nothing to prove").into_response(),
+    }
 }
 
 /// An AppendEntries in JSON or postcard (`Encoding`); the answer, JSON, says this node takes
