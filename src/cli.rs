@@ -698,7 +698,8 @@ async fn save_snapshot(client: &Client, file: &Path) -> Result<(), CliError> {
     }
     let tmp = file.with_extension("partial");
     let io = |e: std::io::Error| CliError::Api(format!("{}: {e}", tmp.display()));
-    let mut out = std::fs::File::create(&tmp).map_err(io)?;
+    // Owner only: a backup holds the jobs' secret header values.
+    let mut out = hookd_raft::store::snapfile::create_private(&tmp).map_err(io)?;
     while let Some(chunk) = resp
         .chunk()
         .await

@@ -84,6 +84,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "HOOKD_API_TOKEN",
+        hide_env_values = true,
         value_name = "TOKEN",
         value_delimiter = ',',
         action = clap::ArgAction::Append
@@ -94,18 +95,27 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "HOOKD_READ_TOKEN",
+        hide_env_values = true,
         value_name = "TOKEN",
         value_delimiter = ',',
         action = clap::ArgAction::Append
     )]
     pub read_token: Vec<String>,
     /// Shared secret authenticating node-to-node traffic.
-    #[arg(long, env = "HOOKD_PEER_SECRET", value_name = "SECRET")]
+    #[arg(
+        long,
+        env = "HOOKD_PEER_SECRET",
+        hide_env_values = true,
+        value_name = "SECRET"
+    )]
     pub peer_secret: Option<String>,
     /// Start even though peers are not all on loopback and peer traffic is not authenticated
     /// (no --peer-secret, no peer TLS). For test labs only.
     #[arg(long, env = "HOOKD_INSECURE_PEER", num_args = 0..=1, default_missing_value = "true")]
     pub insecure_peer: Option<bool>,
+    /// Serve the API on an address off loopback without any --api-token. For test labs only.
+    #[arg(long, env = "HOOKD_INSECURE_API", num_args = 0..=1, default_missing_value = "true")]
+    pub insecure_api: Option<bool>,
     /// Serve the API over HTTPS with this certificate (PEM, leaf first); re-read when it changes.
     #[arg(long, env = "HOOKD_TLS_CERT", value_name = "FILE")]
     pub tls_cert: Option<PathBuf>,
@@ -125,7 +135,12 @@ pub struct ServeArgs {
     #[arg(long, env = "HOOKD_PEER_TLS_CA", value_name = "FILE")]
     pub peer_tls_ca: Option<PathBuf>,
     /// Default signing key for deliveries (Standard Webhooks, whsec_…).
-    #[arg(long, env = "HOOKD_SIGNING_SECRET", value_name = "whsec_…")]
+    #[arg(
+        long,
+        env = "HOOKD_SIGNING_SECRET",
+        hide_env_values = true,
+        value_name = "whsec_…"
+    )]
     pub signing_secret: Option<String>,
     /// Name of the cluster. A data dir of another cluster is refused. Default: chosen by the
     /// first leader.
@@ -176,6 +191,7 @@ struct FileConfig {
     read_token: Option<Tokens>,
     peer_secret: Option<String>,
     insecure_peer: Option<bool>,
+    insecure_api: Option<bool>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     tls_client_ca: Option<PathBuf>,
@@ -243,6 +259,8 @@ pub struct Config {
     pub join: bool,
     /// `--insecure-peer`: unauthenticated peer traffic off loopback is accepted.
     pub insecure_peer: bool,
+    /// `--insecure-api`: an API off loopback without an api token is accepted.
+    pub insecure_api: bool,
     /// Tokens that may do everything; with none of either kind, /v1 is open.
     pub api_tokens: Vec<Secret>,
     /// Tokens that may only read.
@@ -311,6 +329,7 @@ impl ServeArgs {
             None if dev => DataDir::Temp(
                 tempfile::Builder::new()
                     .prefix("hookd-dev-")
+                    .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
                     .tempdir()
                     .context("create a temporary data dir")?,
             ),
@@ -426,6 +445,7 @@ impl ServeArgs {
             dev,
             join,
             insecure_peer,
+            insecure_api: self.insecure_api.or(file.insecure_api).unwrap_or(false),
             api_tokens,
             read_tokens,
             peer_secret,
@@ -472,6 +492,29 @@ fn tokens(flag: &str, given: Vec<String>, file: Option<Tokens>) -> anyhow::Resul
 
 /// True when a `HOST:PORT` peer address is certainly on this machine: a loopback IP or
 /// `localhost`. Any other name may resolve elsewhere.
+/// Refuses addresses the node would serve unauthenticated off this machine (SPEC §1): the API
+/// with no api token unless `--insecure-api`, and the peer port with neither a peer secret nor
+/// peer TLS unless `--insecure-peer`. A wildcard address (`0.0.0.0`, `[::]`) counts as off
+/// loopback. `api` and `peer` are the addresses actually bound (flags or socket activation).
+pub fn check_exposure(config: &Config, api: SocketAddr, peer: SocketAddr) -> anyhow::Result<()> {
+    if !api.ip().is_loopback() && config.api_tokens.is_empty() && !config.insecure_api {
+        bail!(
+            "the API listens on {api}, off loopback, and no --api-token (HOOKD_API_TOKEN) is set: \
+             anyone who reaches it could change every job. Set --api-token, listen on loopback, \
+             or pass --insecure-api for a test lab"
+        );
+    }
+    let peer_authenticated = config.peer_secret.is_some() || config.peer_tls.is_some();
+    if !peer.ip().is_loopback() && !peer_authenticated && !config.insecure_peer {
+        bail!(
+            "the peer port listens on {peer}, off loopback, and node-to-node traffic is not \
+             authenticated: set --peer-secret (HOOKD_PEER_SECRET) or mutual TLS (--peer-tls-cert, \
+             --peer-tls-key, --peer-tls-ca), or pass --insecure-peer for a test lab"
+        );
+    }
+    Ok(())
+}
+
 pub(crate) fn is_loopback(addr: &str) -> bool {
     let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
     let host = host.trim_start_matches('[').trim_end_matches(']');
@@ -723,6 +766,102 @@ mod tests {
         .into_config()
         .unwrap();
         assert!(c.join);
+    }
+
+    #[test]
+    fn an_address_off_loopback_needs_its_authentication_or_the_insecure_flag() {
+        let base = || ServeArgs {
+            node_id: Some(1),
+            data_dir: Some(PathBuf::from("/tmp/x")),
+            ..Default::default()
+        };
+        let config = |args: ServeArgs| args.into_config().expect("config");
+        let addr = |s: &str| s.parse::<SocketAddr>().expect("addr");
+        let (lo_api, lo_peer) = (addr("127.0.0.1:7101"), addr("127.0.0.1:7201"));
+        let cases: Vec<(&str, ServeArgs, SocketAddr, SocketAddr, Option<&str>)> = vec![
+            ("all on loopback", base(), lo_api, lo_peer, None),
+            (
+                "API on a wildcard",
+                base(),
+                addr("0.0.0.0:7101"),
+                lo_peer,
+                Some("--api-token"),
+            ),
+            (
+                "API on [::]",
+                base(),
+                addr("[::]:7101"),
+                lo_peer,
+                Some("--api-token"),
+            ),
+            (
+                "API off loopback with a token",
+                ServeArgs {
+                    api_token: vec!["t0ken".into()],
+                    ..base()
+                },
+                addr("10.0.0.1:7101"),
+                lo_peer,
+                None,
+            ),
+            (
+                "a read token alone is not enough",
+                ServeArgs {
+                    read_token: vec!["t0ken".into()],
+                    ..base()
+                },
+                addr("10.0.0.1:7101"),
+                lo_peer,
+                Some("--api-token"),
+            ),
+            (
+                "API off loopback, --insecure-api",
+                ServeArgs {
+                    insecure_api: Some(true),
+                    ..base()
+                },
+                addr("10.0.0.1:7101"),
+                lo_peer,
+                None,
+            ),
+            (
+                "peer port on a wildcard",
+                base(),
+                lo_api,
+                addr("0.0.0.0:7201"),
+                Some("--peer-secret"),
+            ),
+            (
+                "peer port off loopback with a secret",
+                ServeArgs {
+                    peer_secret: Some("s3cret-s3cret".into()),
+                    ..base()
+                },
+                lo_api,
+                addr("0.0.0.0:7201"),
+                None,
+            ),
+            (
+                "peer port off loopback, --insecure-peer",
+                ServeArgs {
+                    insecure_peer: Some(true),
+                    ..base()
+                },
+                lo_api,
+                addr("0.0.0.0:7201"),
+                None,
+            ),
+        ];
+        for (what, args, api, peer, refused_naming) in cases {
+            let got = check_exposure(&config(args), api, peer);
+            match refused_naming {
+                None => assert!(got.is_ok(), "{what}: {got:?}"),
+                Some(flag) => {
+                    let err = got.expect_err(what).to_string();
+                    assert!(err.contains(flag), "{what}: {err}");
+                }
+            }
+        }
     }
 
     #[test]

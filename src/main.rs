@@ -64,6 +64,10 @@ fn init_tracing(filter: &str) -> anyhow::Result<()> {
         .with_context(|| format!("invalid log filter {filter:?}"))?;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // A log reader that went away must not stop the node: tracing-subscriber would report
+        // the failed write with `eprintln!`, which panics on a closed stderr (in whichever task
+        // logged, the signal handler's included).
+        .log_internal_errors(false)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -80,9 +84,10 @@ async fn cancel_on_signal(token: CancellationToken) {
         tracing::error!("cannot install signal handlers; stop the node with SIGKILL");
         return;
     };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-    }
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
     token.cancel();
+    tracing::info!("{name}: shutting down");
 }

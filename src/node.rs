@@ -102,6 +102,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let api_addr = listeners.api.local_addr()?;
     let peer_addr = listeners.peer.local_addr()?;
+    crate::config::check_exposure(&config, api_addr, peer_addr)?;
     if let Some(listed) = config.initial_cluster.get(&config.node_id) {
         if *listed != peer_addr.to_string() {
             tracing::warn!(%listed, %peer_addr, "--initial-cluster lists another peer address for this node");

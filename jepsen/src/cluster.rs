@@ -190,6 +190,8 @@ impl Cluster {
             // Peers talk across network namespaces, so hookd requires their traffic to be
             // authenticated (SPEC §1); through the environment, not visible in `ps`.
             .env("HOOKD_PEER_SECRET", PEER_SECRET)
+            // The harness's clients use no token; the namespaces are its own test lab.
+            .env("HOOKD_INSECURE_API", "true")
             .env_remove("LISTEN_FDS")
             .env_remove("HOOKD_PLANT")
             .stdin(Stdio::null())

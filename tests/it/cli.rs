@@ -145,6 +145,11 @@ async fn a_backup_of_a_live_cluster_restores_into_a_new_cluster_and_a_bad_file_i
     let (code, out, err) = hookd(&["--addr", &addr, "snapshot", "save", f]).await;
     assert_eq!(code, 0, "{err}");
     assert_eq!(json(&out)["jobs"], 40, "{out}");
+    // It holds secret header values: owner only (SPEC §7).
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&file).expect("backup").permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "backup mode {mode:o}");
 
     let (code, out, _) = hookd(&["snapshot", "inspect", f]).await;
     assert_eq!(code, 0);

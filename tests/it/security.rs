@@ -238,6 +238,138 @@ async fn the_data_dir_is_owner_only() {
     assert_eq!(mode & 0o777, 0o700);
 }
 
+/// SPEC §7: data dirs are owner only, the temporary one of `--dev` too.
+#[test]
+fn the_dev_data_dir_is_owner_only() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::fs::PermissionsExt;
+    let mut child = Command::new(HOOKD)
+        .args([
+            "serve",
+            "--dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--peer-listen",
+            "127.0.0.1:0",
+        ])
+        .env_remove("HOOKD_DATA_DIR")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("hookd serve --dev");
+    let stderr = child.stderr.take().expect("stderr");
+    let dir = BufReader::new(stderr)
+        .lines()
+        .take(200)
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("data_dir=").map(str::to_owned))
+        });
+    let top = dir.as_deref().and_then(|dir| {
+        std::path::Path::new(dir)
+            .ancestors()
+            .find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("hookd-dev-"))
+            })
+            .map(std::path::Path::to_owned)
+    });
+    let mode = top
+        .as_ref()
+        .and_then(|top| std::fs::metadata(top).ok())
+        .map(|m| m.permissions().mode() & 0o777);
+    // SIGTERM: the node removes its temporary data dir as it stops, and it stops although its
+    // stderr is closed by now (a failed log write used to panic the signal task, so SIGTERM
+    // was never acted on).
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let stopped = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            _ if Instant::now() > deadline => break None,
+            _ => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    if stopped.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert_eq!(mode, Some(0o700), "{top:?} (logged data dir {dir:?})");
+    assert!(
+        stopped.is_some_and(|s| s.success()),
+        "SIGTERM with a closed stderr: {stopped:?}"
+    );
+    assert!(
+        top.is_some_and(|t| !t.exists()),
+        "the temporary data dir is removed"
+    );
+}
+
+/// SPEC §7: `--help` never prints a secret taken from the environment.
+#[test]
+fn help_never_prints_a_secret_from_the_environment() {
+    let secrets = [
+        ("HOOKD_API_TOKEN", "api-token-value-1"),
+        ("HOOKD_READ_TOKEN", "read-token-value-2"),
+        ("HOOKD_PEER_SECRET", "peer-secret-value-3"),
+        (
+            "HOOKD_SIGNING_SECRET",
+            "whsec_c2lnbmluZy1zZWNyZXQtdmFsdWUtNA==",
+        ),
+    ];
+    let out = Command::new(HOOKD)
+        .args(["serve", "--help"])
+        .envs(secrets)
+        .output()
+        .expect("hookd serve --help");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("HOOKD_API_TOKEN"), "{text}");
+    for (var, value) in secrets {
+        assert!(!text.contains(value), "{var}'s value is printed:\n{text}");
+    }
+}
+
+/// SPEC §1: an API off loopback needs an api token (or `--insecure-api`), and a peer port off
+/// loopback needs peer authentication, even when every `--initial-cluster` address is loopback.
+#[test]
+fn a_wildcard_listener_without_authentication_is_refused() {
+    for (args, flag) in [
+        (
+            ["--listen", "0.0.0.0:0", "--peer-listen", "127.0.0.1:0"],
+            "--api-token",
+        ),
+        (
+            ["--listen", "127.0.0.1:0", "--peer-listen", "0.0.0.0:0"],
+            "--peer-secret",
+        ),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = Command::new(HOOKD)
+            .args([
+                "serve",
+                "--node-id",
+                "1",
+                "--initial-cluster",
+                "1=127.0.0.1:7201",
+            ])
+            .args(["--data-dir", &dir.path().join("d").display().to_string()])
+            .args(args)
+            .env_remove("HOOKD_PEER_SECRET")
+            .env_remove("HOOKD_API_TOKEN")
+            .stdin(Stdio::null())
+            .output()
+            .expect("hookd serve");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} started");
+        assert!(err.contains(flag), "{args:?}: {err}");
+    }
+}
+
 #[tokio::test]
 async fn egress_to_metadata_and_the_clusters_own_ports_is_refused() {
     // Loopback is denied but for one address, the sink's (an allow opens the defaults too, so

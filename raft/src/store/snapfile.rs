@@ -161,6 +161,18 @@ impl<W: Write> Writer<W> {
     }
 }
 
+/// Creates (or truncates) `path` readable by its owner only: a snapshot holds secret header
+/// values.
+pub fn create_private(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+}
+
 /// A snapshot file being written to disk.
 pub type FileWriter = Writer<BufWriter<File>>;
 
@@ -168,7 +180,7 @@ impl FileWriter {
     /// Creates (or truncates) the file at `path` and writes the header.
     pub fn create(path: &Path, header: &Header) -> io::Result<FileWriter> {
         Writer::new(
-            BufWriter::with_capacity(1 << 16, File::create(path)?),
+            BufWriter::with_capacity(1 << 16, create_private(path)?),
             header,
         )
     }
