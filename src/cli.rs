@@ -37,6 +37,12 @@ pub struct ClientArgs {
     /// CA certificate (PEM) to trust for HTTPS nodes.
     #[arg(long, env = "HOOKD_CA_CERT", global = true, value_name = "FILE")]
     pub ca_cert: Option<PathBuf>,
+    /// Client certificate (PEM) for nodes that require one (--tls-client-ca); with --client-key.
+    #[arg(long, env = "HOOKD_CLIENT_CERT", global = true, value_name = "FILE")]
+    pub client_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "HOOKD_CLIENT_KEY", global = true, value_name = "FILE")]
+    pub client_key: Option<PathBuf>,
     /// Output format [default: table on a terminal, json otherwise].
     #[arg(short = 'o', long = "output", global = true, value_enum)]
     pub output: Option<Output>,
@@ -591,13 +597,34 @@ impl Client {
             .connect_timeout(Duration::from_secs(3))
             .timeout(REQUEST_WITHIN)
             .redirect(reqwest::redirect::Policy::none());
-        let https = args.ca_cert.is_some();
+        let https = args.ca_cert.is_some() || args.client_cert.is_some();
         if let Some(path) = &args.ca_cert {
             let pem = std::fs::read(path)
                 .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", path.display())))?;
             let cert = reqwest::Certificate::from_pem(&pem)
                 .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
             builder = builder.add_root_certificate(cert);
+        }
+        match (&args.client_cert, &args.client_key) {
+            (Some(cert), Some(key)) => {
+                let read = |p: &PathBuf| {
+                    std::fs::read(p)
+                        .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", p.display())))
+                };
+                let mut pem = read(cert)?;
+                pem.push(b'\n');
+                pem.extend(read(key)?);
+                let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
+                    CliError::Usage(format!("{} and {}: {e}", cert.display(), key.display()))
+                })?;
+                builder = builder.identity(identity);
+            }
+            (None, None) => {}
+            _ => {
+                return Err(CliError::Usage(
+                    "--client-cert and --client-key go together".into(),
+                ))
+            }
         }
         let http = builder
             .build()

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 
-use crate::core::{Command, CommandResult};
+use crate::core::{Command, CommandResult, JobSpec};
 use crate::replicated::ReplicaState;
 
 use crate::dispatch::egress::literal_ip;
@@ -66,6 +66,19 @@ fn check_egress(state: &ApiState, url: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Secrets sent back as `***` (a secret header, the URL's password), resolved against the
+/// stored job `id` (`JobSpec::keep_secrets_from`): kept only for the same origin. Read after a
+/// barrier; `apply` keeps a masked header's value as stored when it runs.
+async fn keep_secrets(state: &ApiState, id: &str, spec: JobSpec) -> Result<JobSpec, ApiError> {
+    if !spec.has_masked() {
+        return Ok(spec);
+    }
+    state.read_barrier(Consistency::Linearizable).await?;
+    let stored = state.replica.state().get_job(id)?;
+    spec.keep_secrets_from(stored.as_ref().map(|j| &j.spec))
+        .map_err(|(field, message)| ApiError::invalid(&field, message))
+}
+
 /// Maps the result of a job-changing command to a response.
 fn respond(id: &str, result: CommandResult) -> Result<Response, ApiError> {
     match result {
@@ -112,6 +125,7 @@ pub async fn create(
     let (id, spec) = parse_json::<JobRequest>(&body)?.into_spec()?;
     check_egress(&state, &spec.url)?;
     let id = id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let spec = keep_secrets(&state, &id, spec).await?;
     let result = state
         .propose(Command::CreateJob {
             id: id.clone(),
@@ -145,6 +159,7 @@ pub async fn put(
             "the id in the body differs from the one in the path",
         ));
     }
+    let spec = keep_secrets(&state, &id, spec).await?;
     let result = state
         .propose(Command::PutJob {
             id: id.clone(),

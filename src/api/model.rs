@@ -564,7 +564,7 @@ impl JobView {
             (false, None) => "completed",
         };
         JobView {
-            url: s.url.clone(),
+            url: s.masked_url(),
             method: s.method.clone(),
             headers: s.masked_headers(),
             secret_headers: s.secret_headers.clone(),

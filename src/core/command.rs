@@ -110,6 +110,76 @@ impl JobSpec {
         Ok(spec)
     }
 
+    /// Whether the client sent any secret as `MASK` (a secret header or the URL's password).
+    pub fn has_masked(&self) -> bool {
+        self.secret_headers
+            .iter()
+            .any(|n| self.headers.get(n).map(String::as_str) == Some(MASK))
+            || url::Url::parse(&self.url).is_ok_and(|u| u.password() == Some(MASK))
+    }
+
+    /// The URL with its password, if any, replaced by `MASK`.
+    pub fn masked_url(&self) -> String {
+        match url::Url::parse(&self.url) {
+            Ok(mut u) if u.password().is_some() => {
+                let _ = u.set_password(Some(MASK));
+                u.to_string()
+            }
+            _ => self.url.clone(),
+        }
+    }
+
+    /// This spec, sent by a client, made ready to store over `stored` (SPEC §7): a URL password
+    /// sent as `MASK` becomes the stored one, and a stored secret (a masked header or the URL's
+    /// password) is kept only while the URL's origin (scheme, host, port) is unchanged, so
+    /// nobody moves a secret to another host without sending it. `Err` names the field.
+    pub fn keep_secrets_from(&self, stored: Option<&JobSpec>) -> Result<JobSpec, (String, String)> {
+        let mut spec = self.clone();
+        let masked_headers: Vec<&String> = self
+            .secret_headers
+            .iter()
+            .filter(|n| self.headers.get(*n).map(String::as_str) == Some(MASK))
+            .collect();
+        let parsed = url::Url::parse(&self.url).ok();
+        let masked_password = parsed.as_ref().is_some_and(|u| u.password() == Some(MASK));
+        if masked_headers.is_empty() && !masked_password {
+            return Ok(spec);
+        }
+        let stored_url = stored.and_then(|s| url::Url::parse(&s.url).ok());
+        let same_origin = match (&parsed, &stored_url) {
+            (Some(a), Some(b)) => a.origin() == b.origin(),
+            _ => false,
+        };
+        let refuse = |field: String, what: &str| {
+            Err((
+                field,
+                format!(
+                    "{what} is sent as {MASK:?}, which keeps the stored value only while the \
+                     URL's scheme, host and port stay the same; send the value"
+                ),
+            ))
+        };
+        if let Some(name) = masked_headers.first() {
+            if stored.is_some() && !same_origin {
+                return refuse(format!("headers.{name}"), &format!("secret header {name}"));
+            }
+        }
+        if masked_password {
+            let kept = stored_url
+                .as_ref()
+                .filter(|_| same_origin)
+                .and_then(|u| u.password().map(str::to_owned));
+            match (kept, parsed) {
+                (Some(password), Some(mut u)) => {
+                    let _ = u.set_password(Some(&password));
+                    spec.url = u.to_string();
+                }
+                _ => return refuse("url".into(), "the URL's password"),
+            }
+        }
+        Ok(spec)
+    }
+
     /// The headers with every secret value replaced by `MASK`.
     pub fn masked_headers(&self) -> BTreeMap<String, String> {
         self.headers
@@ -129,7 +199,7 @@ impl JobSpec {
 impl std::fmt::Debug for JobSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JobSpec")
-            .field("url", &self.url)
+            .field("url", &self.masked_url())
             .field("method", &self.method)
             .field("headers", &self.masked_headers())
             .field("body", &self.body)

@@ -201,6 +201,43 @@ async fn a_cluster_over_tls_forms_forwards_and_catches_up_a_lagging_node_by_snap
         assert_eq!(expiry_gauge(&c, i, "api").await, Some(FIRST), "node {i}");
         assert_eq!(expiry_gauge(&c, i, "peer").await, Some(FIRST), "node {i}");
     }
+    // The CLI reaches an API that requires client certificates with --client-cert/-key.
+    let (cert, key) = pki.client_ca.leaf(FIRST);
+    put(&pki.path("client.crt"), &cert);
+    put(&pki.path("client.key"), &key);
+    put(&pki.path("api-ca.pem"), &pki.api_ca.pem);
+    let p = |n: &str| pki.path(n).display().to_string();
+    let addr = c.nodes[follower].api.to_string();
+    let api_ca = p("api-ca.pem");
+    let base = ["--addr", &addr, "--ca-cert", &api_ca, "-o", "json"];
+    let cli = |extra: Vec<String>| {
+        std::process::Command::new(crate::harness::HOOKD)
+            .args(base)
+            .args(extra)
+            .args(["jobs", "get", "over-tls"])
+            .env_remove("HOOKD_CLIENT_CERT")
+            .env_remove("HOOKD_CLIENT_KEY")
+            .output()
+            .expect("hookd jobs get")
+    };
+    let with = cli(vec![
+        "--client-cert".into(),
+        p("client.crt"),
+        "--client-key".into(),
+        p("client.key"),
+    ]);
+    assert!(
+        with.status.success(),
+        "{}",
+        String::from_utf8_lossy(&with.stderr)
+    );
+    assert!(String::from_utf8_lossy(&with.stdout).contains("over-tls"));
+    let without = cli(vec![]);
+    assert_eq!(
+        without.status.code(),
+        Some(1),
+        "refused without a certificate"
+    );
     catch_up_by_snapshot(&mut c).await;
 }
 
