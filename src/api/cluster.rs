@@ -164,7 +164,7 @@ pub async fn add_member(
         if let Some(Ok(addr)) = addr.map(|a| a.parse::<std::net::SocketAddr>()) {
             state
                 .egress
-                .check_member(addr.ip())
+                .check_ip(addr.ip())
                 .map_err(|denied| ApiError::invalid(field, denied.to_string()))?;
         }
     }

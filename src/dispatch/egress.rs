@@ -4,10 +4,13 @@
 //! - Denied by default: every cluster member's API and peer address (host and port),
 //!   `169.254.0.0/16` (cloud metadata, link-local), `fe80::/10` and `fd00:ec2::254`.
 //! - `--egress-deny` adds ranges, `--egress-allow` opens ranges. Between the two the most
-//!   specific range wins (a tie denies), and either wins over the defaults.
-//! - An IPv4-mapped IPv6 address is judged as the IPv4 address it maps.
-//! - A member bound to loopback or to every interface is reachable through any loopback or
-//!   unspecified address, so those count as its address too.
+//!   specific range wins (a tie denies), and either wins over the defaults; neither ever opens
+//!   a member's address.
+//! - Every textual form of an address counts as that address: an IPv4-mapped (`::ffff:a.b.c.d`),
+//!   IPv4-compatible (`::a.b.c.d`) or NAT64 (`64:ff9b::a.b.c.d`) IPv6 address is judged as the
+//!   IPv4 address it embeds.
+//! - A member on this node's host (loopback, every interface, or one of the host's own
+//!   addresses) is reachable through any of those, so each of them counts as its address too.
 //!
 //! Where it is enforced: a job whose URL names a denied literal address is refused at create;
 //! before every attempt the URL's host is resolved and every address checked with its port; and
@@ -18,7 +21,7 @@
 //! address a member serves on. Lookups are asynchronous (hickory), off the blocking pool that
 //! fsync uses.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, RwLock};
 
 use ipnet::IpNet;
@@ -45,16 +48,46 @@ pub struct EgressPolicy {
     user: Vec<(IpNet, bool)>,
     defaults: Vec<IpNet>,
     members: RwLock<Vec<SocketAddr>>,
+    /// This host's own interface addresses.
+    local: Vec<IpAddr>,
 }
 
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map(IpAddr::V4)
-            .unwrap_or(IpAddr::V6(v6)),
-        v4 => v4,
+/// The address `ip` stands for: an IPv6 form that embeds an IPv4 address (mapped, compatible,
+/// or NAT64's well-known prefix `64:ff9b::/96`) is that IPv4 address. `::` and `::1` stay.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    let IpAddr::V6(v6) = ip else { return ip };
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return IpAddr::V4(v4);
     }
+    let seg = v6.segments();
+    let embedded = || {
+        IpAddr::V4(Ipv4Addr::from(
+            (u32::from(seg[6]) << 16) | u32::from(seg[7]),
+        ))
+    };
+    if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        return embedded();
+    }
+    if seg[..6] == [0; 6] && !v6.is_loopback() && !v6.is_unspecified() {
+        return embedded();
+    }
+    ip
+}
+
+/// This host's interface addresses (none if they cannot be read).
+fn host_addresses() -> Vec<IpAddr> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    addrs
+        .filter_map(|a| a.address)
+        .filter_map(|a| {
+            a.as_sockaddr_in()
+                .map(|v4| IpAddr::V4(v4.ip()))
+                .or_else(|| a.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())))
+        })
+        .map(canonical)
+        .collect()
 }
 
 /// Parses `CIDR,CIDR,…` (a bare address is a single-address range).
@@ -83,7 +116,14 @@ impl EgressPolicy {
             user,
             defaults,
             members: RwLock::new(Vec::new()),
+            local: host_addresses(),
         }
+    }
+
+    /// This policy with `local` as the host's own addresses (for tests).
+    pub fn with_host_addresses(mut self, local: Vec<IpAddr>) -> EgressPolicy {
+        self.local = local.into_iter().map(canonical).collect();
+        self
     }
 
     /// Replaces the member addresses (every member's API and peer address, resolved).
@@ -113,16 +153,6 @@ impl EgressPolicy {
         }
     }
 
-    /// May a new member at `ip` be sent to? The ranges only (`--egress-allow` opens them):
-    /// members' own addresses are what is being added, or were members once.
-    pub fn check_member(&self, ip: IpAddr) -> Result<(), Denied> {
-        let ip = canonical(ip);
-        if self.user_verdict(ip) == Some(true) {
-            return Ok(());
-        }
-        self.check_ip(ip)
-    }
-
     /// May `ip` be reached whatever the port? `check_ip`, and not the address of any member.
     pub fn check_ip_any_port(&self, ip: IpAddr) -> Result<(), Denied> {
         let ports: Vec<u16> = {
@@ -135,26 +165,25 @@ impl EgressPolicy {
             .and_then(|()| self.check_ip(ip))
     }
 
-    /// May `addr` be reached?
+    /// May `addr` be reached? Never a member's address (whatever `--egress-allow` says), then
+    /// the ranges.
     pub fn check(&self, addr: SocketAddr) -> Result<(), Denied> {
         let ip = canonical(addr.ip());
-        if self.user_verdict(ip) == Some(true) {
-            return Ok(());
-        }
-        self.check_ip(ip)?;
-        let local = |ip: IpAddr| ip.is_loopback() || ip.is_unspecified();
+        let on_this_host =
+            |ip: IpAddr| ip.is_loopback() || ip.is_unspecified() || self.local.contains(&ip);
         let members = self.members.read().unwrap_or_else(|p| p.into_inner());
         let member = members.iter().find(|m| {
             let mip = canonical(m.ip());
-            m.port() == addr.port() && (mip == ip || (local(mip) && local(ip)))
+            m.port() == addr.port() && (mip == ip || (on_this_host(mip) && on_this_host(ip)))
         });
-        match member {
-            Some(m) => Err(Denied(format!(
+        if let Some(m) = member {
+            return Err(Denied(format!(
                 "{} is the address of a cluster member ({m})",
                 SocketAddr::new(ip, addr.port())
-            ))),
-            None => Ok(()),
+            )));
         }
+        drop(members);
+        self.check_ip(ip)
     }
 }
 
@@ -354,9 +383,10 @@ mod tests {
     #[test]
     fn defaults_members_and_user_ranges_decide_in_order() {
         let p = EgressPolicy::new(
-            parse_ranges("--egress-allow", "169.254.10.0/24, 10.1.2.3").unwrap(),
+            parse_ranges("--egress-allow", "169.254.10.0/24, 10.1.2.3, 127.0.0.0/8").unwrap(),
             parse_ranges("--egress-deny", "10.0.0.0/8,192.168.0.0/16").unwrap(),
-        );
+        )
+        .with_host_addresses(vec!["172.30.0.9".parse().unwrap()]);
         p.set_members(vec![
             addr("127.0.0.1:7101"),
             addr("127.0.0.1:7201"),
@@ -372,6 +402,7 @@ mod tests {
             ("169.254.10.7:80", true),
             // Members: the exact address, and any loopback or unspecified address for a member
             // on loopback; another port of theirs is fine.
+            // (--egress-allow 127.0.0.0/8 opens no member's address.)
             ("127.0.0.1:7101", false),
             ("127.0.0.2:7201", false),
             ("0.0.0.0:7201", false),
@@ -386,6 +417,15 @@ mod tests {
             // Anything else is allowed.
             ("93.184.216.34:443", true),
             ("[2001:db8::1]:443", true),
+            // Every textual form of an address counts: IPv4-compatible and NAT64 too.
+            ("[::127.0.0.1]:7101", false),
+            ("[::a9fe:a9fe]:80", false),
+            ("[64:ff9b::a9fe:a9fe]:80", false),
+            ("[64:ff9b::7f00:1]:7201", false),
+            ("[::5db8:d822]:443", true),
+            // A member on this host is reached through each of the host's addresses.
+            ("172.30.0.9:7101", false),
+            ("172.30.0.9:7102", true),
         ];
         for (a, want) in cases {
             assert_eq!(
