@@ -98,6 +98,26 @@ pub fn spawn(
     (task, DispatchHandle { queries })
 }
 
+/// The message a panic carried, for the log.
+pub(crate) fn panic_cause(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
+/// The pause before restarting an epoch task that ended by itself for the `n`th time in a row
+/// (`n` ≥ 1): 100 ms, doubling, at most 10 s. Pure.
+pub fn restart_pause(n: u32) -> Duration {
+    Duration::from_millis(100)
+        .saturating_mul(1u32 << n.saturating_sub(1).min(16))
+        .min(Duration::from_secs(10))
+}
+
+/// Runs one epoch task while this node leads, and restarts it (after `restart_pause`) if it
+/// ends by itself, a panic included (SPEC §7 "Supervision"): the node never silently stops
+/// dispatching.
 async fn supervise(
     replica: Arc<Replica>,
     deliverer: Deliverer,
@@ -107,6 +127,7 @@ async fn supervise(
 ) {
     let mut epochs = replica.leadership().epochs();
     let mut current: Option<(Epoch, CancellationToken, JoinHandle<()>)> = None;
+    let mut restarts = 0u32;
     loop {
         let epoch = *epochs.borrow_and_update();
         if current.as_ref().map(|c| c.0) != epoch {
@@ -129,13 +150,63 @@ async fn supervise(
                 current = Some((epoch, token, task));
             }
         }
+        let ended = match current.as_mut() {
+            Some((_, _, task)) => tokio::select! {
+                _ = shutdown.cancelled() => break,
+                changed = epochs.changed() => { if changed.is_err() { break } None }
+                ended = task => Some(ended),
+            },
+            None => tokio::select! {
+                _ = shutdown.cancelled() => break,
+                changed = epochs.changed() => { if changed.is_err() { break } None }
+            },
+        };
+        let Some(ended) = ended else {
+            restarts = 0;
+            continue;
+        };
+        let Some((epoch, _, _)) = current.take() else {
+            continue;
+        };
+        restarts = restarts.saturating_add(1);
+        match ended {
+            Err(e) if e.is_panic() => {
+                crate::metrics::task_panicked("epoch");
+                tracing::error!(term = epoch.term, cause = %panic_cause(e.into_panic()), "the dispatcher panicked; restarting it");
+            }
+            _ => tracing::error!(
+                term = epoch.term,
+                "the dispatcher stopped by itself; restarting it"
+            ),
+        }
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            changed = epochs.changed() => if changed.is_err() { break },
+            _ = tokio::time::sleep(restart_pause(restarts)) => {}
         }
     }
     if let Some((_, token, task)) = current {
         token.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dispatcher_that_keeps_ending_is_restarted_ever_later_up_to_a_bound() {
+        let cases = [
+            (1, 100),
+            (2, 200),
+            (3, 400),
+            (7, 6_400),
+            (8, 10_000),
+            (40, 10_000),
+        ];
+        for (n, ms) in cases {
+            assert_eq!(restart_pause(n), Duration::from_millis(ms), "restart {n}");
+        }
+        assert_eq!(restart_pause(0), Duration::from_millis(100));
     }
 }

@@ -25,7 +25,7 @@ use super::doubt::{Doubts, Found};
 use super::index::{Indexed, JobId, JobIndex};
 use super::pace::Pacer;
 use super::targets::{delivery_target, Outcome, Scheduler, TargetKey};
-use super::{DispatchConfig, Queries};
+use super::{panic_cause, DispatchConfig, Queries};
 use crate::schedule::Shared;
 
 // Items per claim command (`CLAIM_ITEMS_MAX`, larger rounds are split) and outcomes per record
@@ -35,6 +35,10 @@ use crate::schedule::Shared;
 use crate::limits::{CLAIM_ITEMS_MAX, RECORD_ITEMS_MAX};
 /// Claim commands in flight at once.
 const CLAIMS_IN_FLIGHT_MAX: usize = 2;
+/// In debug builds, an attempt of a job with this header panics (the supervision test).
+#[cfg(debug_assertions)]
+pub const TEST_PANIC_HEADER: &str = "x-hookd-test-panic";
+
 /// Panics of one run's attempts before the run is recorded failed (error `internal`).
 const PANICS_PER_RUN_MAX: u32 = 2;
 /// Tries of one record command before leaving its runs to the next leader.
@@ -60,15 +64,6 @@ const FORGET_IDLE_EVERY: Duration = Duration::from_secs(300);
 
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
-}
-
-/// The message a panic carried, for the log.
-fn panic_cause(payload: Box<dyn std::any::Any + Send>) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 /// An attempt waiting for its instant.
@@ -738,6 +733,11 @@ impl Dispatcher {
                 // Not attempted: back to the queue, in case the gate opens again.
                 let _ = events_tx.send(Event::NotAttempted(sent)).await;
                 return;
+            }
+            // Debug builds only: the supervision test's way to make an attempt panic.
+            #[cfg(debug_assertions)]
+            if job.spec.headers.contains_key(TEST_PANIC_HEADER) {
+                panic!("planted: an attempt of a job with {TEST_PANIC_HEADER}");
             }
             let req = AttemptRequest {
                 job: &job,

@@ -17,7 +17,7 @@ use tokio::task::JoinSet;
 use tokio::time::{timeout, Instant};
 
 use crate::harness::{
-    create, eventually, metric, metrics_text, now_ms, rfc3339, runs, single, TestCluster,
+    create, eventually, job, metric, metrics_text, now_ms, rfc3339, runs, single, TestCluster,
 };
 use crate::sink::Sink;
 
@@ -774,4 +774,47 @@ async fn a_response_with_ten_thousand_headers_fails_its_attempt_and_the_node_sta
     let before = sink.of("alive").len();
     sink.wait_for("alive", before + 2, Duration::from_secs(10))
         .await;
+}
+
+/// SPEC §7 "Supervision": a panicking attempt gives its delivery slot back and is counted
+/// (`hookd_task_panics_total{task="attempt"}`); a run whose attempt panics twice is recorded
+/// failed with error `internal` instead of blocking its target, whose other jobs go on (one
+/// slot per target here). Debug builds panic on purpose in an attempt of a job with
+/// `x-hookd-test-panic`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_attempt_releases_its_slot_and_its_run_fails_as_internal() {
+    let sink = Sink::start().await;
+    let c = single(&["--host-concurrency", "1"]).await;
+    let mut bad = job("panics");
+    bad["url"] = json!(sink.url("/p"));
+    bad["headers"] = json!({"x-hookd-test-panic": "1"});
+    bad["schedule"] = json!({"after": "0s"});
+    create(&c, 0, bad).await;
+    create(
+        &c,
+        0,
+        json!({"id": "neighbour", "url": sink.url("/n"), "schedule": {"every": "1s"}}),
+    )
+    .await;
+    let run = eventually(Duration::from_secs(15), "the run failed", || async {
+        let runs = runs(&c, 0, "panics").await;
+        runs.into_iter().find(|r| r["status"] == "failed")
+    })
+    .await;
+    let attempts = run["attempts"].as_array().expect("attempts");
+    assert_eq!(
+        attempts.last().map(|a| &a["error"]),
+        Some(&json!("internal")),
+        "{run}"
+    );
+    assert!(sink.of("panics").is_empty(), "nothing was sent");
+    // The target's one slot is free: its other job keeps firing.
+    let before = sink.of("neighbour").len();
+    sink.wait_for("neighbour", before + 2, Duration::from_secs(10))
+        .await;
+    let text = metrics_text(&c, 0).await.expect("metrics");
+    assert!(
+        metric(&text, "hookd_task_panics_total{task=\"attempt\"}") >= Some(2.0),
+        "{text}"
+    );
 }
