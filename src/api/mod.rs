@@ -125,7 +125,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
             .split_for_parts();
     utoipa::Modify::modify(&openapi::CommonErrors, &mut api);
     openapi::publish(&api);
-    app.fallback(|| async { ApiError::not_found("no such route") })
+    app.route(openapi::REDOC_PATH, axum::routing::get(openapi::redoc_js))
+        .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
         .with_state(state)

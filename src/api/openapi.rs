@@ -97,23 +97,40 @@ impl Modify for CommonErrors {
 }
 
 /// The description, built once with the first router.
-static DOC: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
+static DOC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
-/// Keeps the description the router was built with: its JSON and its browsable page.
+/// Keeps the description the router was built with, as JSON.
 pub fn publish(api: &utoipa::openapi::OpenApi) {
-    DOC.get_or_init(|| {
-        let json = api.to_pretty_json().unwrap_or_default();
-        let page = utoipa_redoc::Redoc::new(api.clone()).to_html();
-        (json, page)
-    });
+    DOC.get_or_init(|| api.to_pretty_json().unwrap_or_default());
 }
+
+/// Where the page loads Redoc from: this node, never another origin.
+pub const REDOC_PATH: &str = "/docs/redoc.standalone.js";
+
+/// Redoc's standalone bundle, vendored by `scripts/vendor-redoc.sh` (version and digest in
+/// `assets/redoc.VERSION`).
+const REDOC_JS: &[u8] = include_bytes!("assets/redoc.standalone.js");
+
+/// The browsable page: Redoc, from this node, rendering `/openapi.json`; no font, script or
+/// style from another origin.
+const DOCS_PAGE: &str = concat!(
+    "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n",
+    "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n",
+    "<title>hookd API</title>\n</head>\n<body>\n",
+    "<redoc spec-url=\"/openapi.json\"></redoc>\n",
+    "<script src=\"/docs/redoc.standalone.js\"></script>\n</body>\n</html>\n"
+);
+
+/// Only this origin (Redoc sets inline styles and runs its search in a worker from a blob).
+const DOCS_CSP: &str = "default-src 'self'; style-src 'self' 'unsafe-inline'; \
+     img-src 'self' data:; worker-src 'self' blob:";
 
 /// This description, as JSON.
 #[utoipa::path(get, operation_id = "getOpenApi", path = "/openapi.json", tag = "docs",
     responses((status = 200, description = "the OpenAPI 3.1 description", body = serde_json::Value)))]
 pub async fn openapi_json() -> axum::response::Response {
     use axum::response::IntoResponse;
-    let json = DOC.get().map(|d| d.0.clone()).unwrap_or_default();
+    let json = DOC.get().cloned().unwrap_or_default();
     (
         [(axum::http::header::CONTENT_TYPE, "application/json")],
         json,
@@ -124,6 +141,29 @@ pub async fn openapi_json() -> axum::response::Response {
 /// A browsable page of this description (Redoc).
 #[utoipa::path(get, operation_id = "getDocs", path = "/docs", tag = "docs",
     responses((status = 200, description = "an HTML page", body = String, content_type = "text/html")))]
-pub async fn docs() -> axum::response::Html<String> {
-    axum::response::Html(DOC.get().map(|d| d.1.clone()).unwrap_or_default())
+pub async fn docs() -> axum::response::Response {
+    use axum::http::header;
+    use axum::response::IntoResponse;
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CONTENT_SECURITY_POLICY, DOCS_CSP),
+        ],
+        DOCS_PAGE,
+    )
+        .into_response()
+}
+
+/// Redoc's bundle for the page (cached: its content changes only with the binary).
+pub async fn redoc_js() -> axum::response::Response {
+    use axum::http::header;
+    use axum::response::IntoResponse;
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=86400"),
+        ],
+        REDOC_JS,
+    )
+        .into_response()
 }

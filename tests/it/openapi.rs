@@ -114,10 +114,30 @@ async fn the_openapi_document_describes_every_route_and_its_errors() {
         .unwrap_or("")
         .to_owned();
     assert!(kind.starts_with("text/html"), "{kind}");
+    let csp = resp.headers()["content-security-policy"]
+        .to_str()
+        .unwrap_or("")
+        .to_owned();
+    assert!(csp.starts_with("default-src 'self'"), "{csp}");
     let page = resp.text().await.expect("page");
+    // Everything the page loads comes from the node itself (SPEC §9: air-gapped clusters).
     assert!(
-        page.contains("/v1/jobs/{id}/trigger"),
-        "the page carries the description"
+        !page.contains("http://") && !page.contains("https://") && !page.contains("//cdn"),
+        "the page names another origin: {page}"
+    );
+    assert!(page.contains("spec-url=\"/openapi.json\""), "{page}");
+    let script = page
+        .split("<script src=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("the page loads a script");
+    let resp = c.http.get(c.url(0, script)).send().await.expect("script");
+    assert_eq!(resp.status(), 200, "{script}");
+    let js = resp.bytes().await.expect("body");
+    assert!(
+        js.len() > 100_000,
+        "Redoc's bundle is served: {} bytes",
+        js.len()
     );
 }
 

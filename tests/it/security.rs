@@ -192,7 +192,75 @@ async fn secret_headers_are_masked_kept_on_put_delivered_intact_and_never_logged
     wrong["secret_headers"] = json!(["x-missing"]);
     let (s, err) = c.post(0, "/v1/jobs", &wrong).await.expect("create");
     assert_eq!((s, &err["error"]["field"]), (422, &json!("secret_headers")));
+    // The stored value is kept only while the URL's origin stays: moving the job to another
+    // host with the mask is refused (else anyone with write access could send the secret to
+    // a host of theirs without knowing it).
+    let mut moved = got.clone();
+    moved["url"] = json!("http://127.0.0.9:9/elsewhere");
+    let (s, err) = c
+        .send(0, Method::PUT, "/v1/jobs/sec", Some(&moved))
+        .await
+        .expect("put");
+    assert_eq!(
+        (s, &err["error"]["field"]),
+        (422, &json!("headers.authorization")),
+        "{err}"
+    );
+    // Another path on the same origin keeps it.
+    let mut same = got.clone();
+    same["url"] = json!(sink.url("/other-path"));
+    let (s, put) = c
+        .send(0, Method::PUT, "/v1/jobs/sec", Some(&same))
+        .await
+        .expect("put");
+    assert_eq!(s, 200, "{put}");
+
+    // A URL's password is shown as the mask, and kept by a round trip on the same origin.
+    let with_password = sink
+        .url("/pw")
+        .replace("http://", "http://alice:pw-5c4b3a@");
+    let body = json!({"id": "pw", "url": with_password, "schedule": {"every": "1h"}});
+    let (s, created) = c.post(0, "/v1/jobs", &body).await.expect("create");
+    assert_eq!(s, 201, "{created}");
+    let shown = created["url"].as_str().expect("url");
+    assert!(
+        shown.contains("alice:***@") && !shown.contains("pw-5c4b3a"),
+        "{shown}"
+    );
+    let (s, echoed) = c
+        .send(0, Method::PUT, "/v1/jobs/pw", Some(&created))
+        .await
+        .expect("put");
+    assert_eq!(
+        (s, &echoed["version"]),
+        (200, &created["version"]),
+        "an unchanged round trip: {echoed}"
+    );
+    let mut elsewhere = created.clone();
+    elsewhere["url"] = json!(shown.replace("127.0.0.1", "127.0.0.9"));
+    let (s, err) = c
+        .send(0, Method::PUT, "/v1/jobs/pw", Some(&elsewhere))
+        .await
+        .expect("put");
+    assert_eq!((s, &err["error"]["field"]), (422, &json!("url")), "{err}");
+    let (s, run) = c
+        .send(0, Method::POST, "/v1/jobs/pw/trigger", None)
+        .await
+        .expect("trigger");
+    assert_eq!(s, 202, "{run}");
+    let received = sink.wait_for("pw", 1, Duration::from_secs(10)).await;
+    assert_eq!(
+        received[0].header("authorization"),
+        format!("Basic {}", base64_of("alice:pw-5c4b3a")),
+        "delivered with the stored password"
+    );
     assert!(!c.log_of(0).contains("tok-9f8e7d"), "secret in the log");
+    assert!(!c.log_of(0).contains("pw-5c4b3a"), "password in the log");
+}
+
+fn base64_of(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
 }
 
 #[tokio::test]
@@ -420,6 +488,30 @@ async fn egress_to_metadata_and_the_clusters_own_ports_is_refused() {
     let (s, v) = c.post(0, "/v1/jobs", &body).await.expect("create");
     assert_eq!(s, 201, "{v}");
     sink.wait_for("allowed", 1, Duration::from_secs(10)).await;
+}
+
+/// SPEC §3, holes an outside trial found: every textual form of an address counts (IPv4-
+/// compatible and NAT64 IPv6 forms were accepted), and `--egress-allow` never reopens a
+/// member's own ports (allowing 127.0.0.0/8 let a job call the node's own API).
+#[tokio::test]
+async fn no_address_form_or_allow_range_reaches_a_member_or_the_metadata_service() {
+    let c = single(&["--egress-allow", "127.0.0.0/8"]).await;
+    let (api, peer) = (c.nodes[0].api, c.nodes[0].peer);
+    for url in [
+        format!("http://{api}/v1/jobs"),
+        format!("http://[::127.0.0.1]:{}/v1/jobs", api.port()),
+        format!("http://[::ffff:127.0.0.1]:{}/", peer.port()),
+        format!("http://[64:ff9b::7f00:1]:{}/", peer.port()),
+        format!("http://127.0.0.5:{}/v1/jobs", api.port()),
+        "http://[::a9fe:a9fe]/".to_owned(),
+        "http://[64:ff9b::a9fe:a9fe]/".to_owned(),
+    ] {
+        let mut body = job("egress");
+        body["url"] = json!(url);
+        let (s, err) = c.post(0, "/v1/jobs", &body).await.expect("create");
+        assert_eq!(s, 422, "{url}: {err}");
+        assert_eq!(err["error"]["field"], "url", "{url}");
+    }
 }
 
 #[tokio::test]
