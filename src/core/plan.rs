@@ -12,6 +12,10 @@ use crate::schedule::Schedule;
 /// (the cursor has moved by then).
 pub const FIRES_PER_ROUND_MAX: usize = 10_000;
 
+/// Misfired runs of an interval job that its policy skips are recorded as one skipped entry,
+/// counted without visiting them, once there are more than this many (fewer go the usual way).
+pub const SKIP_FAST_FORWARD_MIN: u64 = 1_000;
+
 /// The next due instant of a job, or None when paused or exhausted.
 pub fn next_due(job: &Job, schedule: &Schedule) -> Option<i64> {
     if job.spec.paused {
@@ -36,6 +40,25 @@ pub fn plan_job(job: &Job, schedule: &Schedule, now_ms: i64, horizon_ms: i64) ->
     let mut misfired = Vec::new();
     let mut on_time = Vec::new();
     let mut cursor = job.cursor_ms;
+    let item = |due: i64, kind: ClaimKind| ClaimItem {
+        job_id: job.id.clone(),
+        incarnation: job.incarnation,
+        due_ms: due,
+        kind,
+    };
+    let mut items = Vec::new();
+    // A long stretch of misfired interval runs the policy skips (a cluster down for long, a
+    // `start_at` far back) becomes one entry at once, instead of rounds of 10,000.
+    if let Some((count, first, last)) = skipped_in_bulk(job, schedule, now_ms, late_before) {
+        items.push(item(
+            last,
+            ClaimKind::Skip {
+                count,
+                first_ms: first,
+            },
+        ));
+        cursor = last;
+    }
     while misfired.len() + on_time.len() < FIRES_PER_ROUND_MAX {
         let Some(due) = next_fire(schedule, cursor) else {
             break;
@@ -50,12 +73,6 @@ pub fn plan_job(job: &Job, schedule: &Schedule, now_ms: i64, horizon_ms: i64) ->
         }
         cursor = due;
     }
-    let item = |due: i64, kind: ClaimKind| ClaimItem {
-        job_id: job.id.clone(),
-        incarnation: job.incarnation,
-        due_ms: due,
-        kind,
-    };
     let skip = |fires: &[i64]| -> Option<ClaimItem> {
         let (first, last) = (fires.first()?, fires.last()?);
         Some(item(
@@ -66,7 +83,6 @@ pub fn plan_job(job: &Job, schedule: &Schedule, now_ms: i64, horizon_ms: i64) ->
             },
         ))
     };
-    let mut items = Vec::new();
     match misfire.policy {
         MisfirePolicy::Skip => items.extend(skip(&misfired)),
         MisfirePolicy::FireOnce => {
@@ -89,6 +105,35 @@ pub fn plan_job(job: &Job, schedule: &Schedule, now_ms: i64, horizon_ms: i64) ->
     }
     items.extend(on_time.into_iter().map(|d| item(d, ClaimKind::Deliver)));
     items
+}
+
+/// The interval runs after the job's cursor that its misfire policy skips, when there are more
+/// than `SKIP_FAST_FORWARD_MIN`: (count, first, last due instant). Misfired runs are those
+/// before `late_before`; `skip` skips them all, `fire_once` all but the last, `fire_all` those
+/// older than its catch-up window.
+fn skipped_in_bulk(
+    job: &Job,
+    schedule: &Schedule,
+    now_ms: i64,
+    late_before: i64,
+) -> Option<(u64, i64, i64)> {
+    let at = |ms: i64| DateTime::from_timestamp_millis(ms);
+    let after = at(job.cursor_ms)?;
+    let misfire = &job.spec.misfire;
+    let before = match misfire.policy {
+        MisfirePolicy::Skip => late_before,
+        // Up to (not including) the last misfired run, which is delivered.
+        MisfirePolicy::FireOnce => schedule
+            .interval_fires_between(after, at(late_before)?)?
+            .2
+            .timestamp_millis(),
+        MisfirePolicy::FireAll => late_before.min(
+            now_ms.saturating_sub(i64::try_from(misfire.catchup_window_ms).unwrap_or(i64::MAX)),
+        ),
+    };
+    let (count, first, last) = schedule.interval_fires_between(after, at(before)?)?;
+    (count > SKIP_FAST_FORWARD_MIN)
+        .then(|| (count, first.timestamp_millis(), last.timestamp_millis()))
 }
 
 /// The part of one job's planned `items` (in due order) to claim now, when the earliest other
@@ -384,6 +429,54 @@ mod tests {
         assert!(items[1..].iter().all(|i| i.kind == ClaimKind::Deliver));
         assert_eq!(items[1].due_ms, 20 * S);
         assert_eq!(items.len(), 1 + 81);
+    }
+
+    /// A long misfired stretch of an interval job is one skipped entry, counted without
+    /// visiting its runs (an every-1s job started in 1970 used to take a round of 10,000 fires
+    /// per entry: the leader wrote skipped ranges for minutes); below the threshold the result
+    /// is exactly what visiting gives.
+    #[test]
+    fn a_long_misfired_interval_stretch_is_skipped_in_one_entry() {
+        let skip = |count: u64, first_ms: i64| ClaimKind::Skip { count, first_ms };
+        // Now 2,060 s: runs before 2,000 s are misfired (grace 60 s), 2,000..=2,060 on time.
+        let now = 2_060 * S;
+        let cases = [
+            (MisfirePolicy::Skip, skip(1_999, S), 1_999 * S, 61),
+            // All but the last misfired run, which is delivered.
+            (MisfirePolicy::FireOnce, skip(1_998, S), 1_998 * S, 1 + 61),
+            // Older than the 80 s catch-up window: before 1,980 s.
+            (MisfirePolicy::FireAll, skip(1_979, S), 1_979 * S, 20 + 61),
+        ];
+        for (policy, kind, due, delivered) in cases {
+            let mut j = job(every_second(), policy, 0);
+            j.spec.misfire.catchup_window_ms = 80_000;
+            let items = plan(&j, now, 0);
+            assert_eq!(
+                (&items[0].kind, items[0].due_ms),
+                (&kind, due),
+                "{policy:?}"
+            );
+            assert_eq!(items.len(), 1 + delivered, "{policy:?}");
+            assert!(items[1..].iter().all(|i| i.kind == ClaimKind::Deliver));
+            assert!(items.windows(2).all(|w| w[0].due_ms < w[1].due_ms));
+        }
+        // Thirty years of every-second runs: one entry, and the rest of the round as usual.
+        let thirty_years = 30 * 365 * 86_400 * S;
+        for policy in [
+            MisfirePolicy::Skip,
+            MisfirePolicy::FireOnce,
+            MisfirePolicy::FireAll,
+        ] {
+            let j = job(every_second(), policy, 0);
+            let items = plan(&j, thirty_years, 0);
+            let ClaimKind::Skip { count, first_ms } = items[0].kind else {
+                panic!("{policy:?}: {:?}", items[0]);
+            };
+            assert_eq!(first_ms, S, "{policy:?}");
+            assert!(count > 900_000_000, "{policy:?}: {count}");
+            assert_eq!(items[0].due_ms, first_ms + (count as i64 - 1) * S);
+            assert!(items.len() <= FIRES_PER_ROUND_MAX + 1, "{policy:?}");
+        }
     }
 
     #[test]

@@ -46,6 +46,27 @@ pub(super) fn next_after(
     from_nanos(nanos(anchor) + k * period_nanos)
 }
 
+/// The fires `anchor + k·period` strictly after `after` and strictly before `before`: how many,
+/// the first and the last (None when there is none). Arithmetic, however many there are.
+pub(super) fn between(
+    anchor: DateTime<Utc>,
+    period: Duration,
+    after: DateTime<Utc>,
+    before: DateTime<Utc>,
+) -> Option<(u64, DateTime<Utc>, DateTime<Utc>)> {
+    let first = next_after(anchor, period, after)?;
+    if first >= before {
+        return None;
+    }
+    let period_nanos = i128::try_from(period.as_nanos()).ok().filter(|p| *p > 0)?;
+    let (a, f, b) = (nanos(anchor), nanos(first), nanos(before));
+    // The last k with a + k·p < b, and the first one's k.
+    let k_last = (b - a - 1).div_euclid(period_nanos);
+    let k_first = (f - a).div_euclid(period_nanos);
+    let count = u64::try_from(k_last - k_first + 1).ok()?;
+    Some((count, first, from_nanos(a + k_last * period_nanos)?))
+}
+
 fn nanos(instant: DateTime<Utc>) -> i128 {
     i128::from(instant.timestamp()) * NANOS_PER_SEC + i128::from(instant.timestamp_subsec_nanos())
 }

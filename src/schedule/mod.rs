@@ -100,6 +100,20 @@ impl Schedule {
         }
     }
 
+    /// For an interval schedule, its fires strictly between `after` and `before` counted
+    /// without visiting them: (count, first, last), None when there is none. None for the
+    /// other kinds too (a one-shot fires once; cron is visited fire by fire).
+    pub fn interval_fires_between(
+        &self,
+        after: DateTime<Utc>,
+        before: DateTime<Utc>,
+    ) -> Option<(u64, DateTime<Utc>, DateTime<Utc>)> {
+        match self {
+            Self::Every { anchor, period } => every::between(*anchor, *period, after, before),
+            Self::Once(_) | Self::Cron(_) => None,
+        }
+    }
+
     /// Up to `count` (capped at [`FIRES_AFTER_MAX`]) successive fires strictly
     /// after `from`, strictly increasing — for the preview route.
     pub fn fires_after(&self, from: DateTime<Utc>, count: usize) -> Vec<DateTime<Utc>> {
