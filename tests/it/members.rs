@@ -294,19 +294,11 @@ async fn a_removed_follower_and_a_removed_leader_stop_by_themselves_and_refuse_t
     );
 }
 
-/// SPEC §6, a defect an outside trial found: on a young cluster (its log still holds the first
-/// membership) a joining node replayed that membership, took it for its removal and stopped,
-/// while the add had answered `201` before the learner caught up. Now the add waits for the
-/// learner, the new node stays, it carries quorum once the dead node is removed, and a node
-/// removed and re-added under its old id with an empty data dir (replaying its own old add
-/// and removal) stays too.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_replaced_on_a_young_cluster_waits_to_catch_up_and_stays() {
-    let mut c = TestCluster::start(3);
-    let leader = c.wait_leader(&[0, 1, 2], ELECTION_WITHIN).await;
-    // More entries than one AppendEntries carries: the joiner's first batch holds only the
-    // initial membership.
-    for n in 0..40 {
+/// Writes `jobs` jobs, then adds a new `--join` node: the add may not answer while the learner
+/// is not running, answers `201` once it has caught up (every job already on it), and the new
+/// node stays. Its index.
+async fn add_a_node_after(c: &mut TestCluster, leader: usize, jobs: usize) -> usize {
+    for n in 0..jobs {
         let (s, v) = c
             .post(leader, "/v1/jobs", &job(&format!("j{n}")))
             .await
@@ -319,7 +311,7 @@ async fn a_node_replaced_on_a_young_cluster_waits_to_catch_up_and_stays() {
         let (http, url, body) = (
             c.http.clone(),
             c.url(leader, "/v1/cluster/members"),
-            add_body(&c, new),
+            add_body(c, new),
         );
         tokio::spawn(async move { http.post(url).json(&body).send().await })
     };
@@ -337,16 +329,47 @@ async fn a_node_replaced_on_a_young_cluster_waits_to_catch_up_and_stays() {
     assert_eq!(resp.status(), 201, "{}", c.logs());
     // Caught up when the add answered: every job is already on the new node.
     let (s, page) = c
-        .get(new, "/v1/jobs?limit=100&consistency=stale")
+        .get(new, "/v1/jobs?limit=1000&consistency=stale")
         .await
         .expect("list");
     assert_eq!(s, 200);
-    assert_eq!(page["jobs"].as_array().map(Vec::len), Some(40), "{page}");
+    assert_eq!(page["jobs"].as_array().map(Vec::len), Some(jobs), "{page}");
     assert!(
         c.wait_exit(new, Duration::from_secs(3)).is_none(),
         "the new node stopped: {}",
         c.log_of(new)
     );
+    new
+}
+
+/// SPEC §6: on a cluster whose log was purged, a new node catches up through a snapshot (whose
+/// membership predates it) and stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_added_after_the_log_was_purged_catches_up_by_snapshot_and_stays() {
+    let mut c = TestCluster::start_with(3, &["--snapshot-logs", "20"]);
+    let leader = c.wait_leader(&[0, 1, 2], ELECTION_WITHIN).await;
+    let new = add_a_node_after(&mut c, leader, 120).await;
+    assert!(
+        c.log_of(new).contains("installed snapshot"),
+        "caught up through a snapshot:\n{}",
+        c.log_of(new)
+    );
+    assert!(!c.log_of(new).contains("was removed"), "{}", c.log_of(new));
+}
+
+/// SPEC §6, a defect an outside trial found: on a young cluster (its log still holds the first
+/// membership) a joining node replayed that membership, took it for its removal and stopped,
+/// while the add had answered `201` before the learner caught up. Now the add waits for the
+/// learner, the new node stays, it carries quorum once the dead node is removed, and a node
+/// removed and re-added under its old id with an empty data dir (replaying its own old add
+/// and removal) stays too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_replaced_on_a_young_cluster_waits_to_catch_up_and_stays() {
+    let mut c = TestCluster::start(3);
+    let leader = c.wait_leader(&[0, 1, 2], ELECTION_WITHIN).await;
+    // More entries than one AppendEntries carries: the joiner's first batch holds only the
+    // initial membership.
+    let new = add_a_node_after(&mut c, leader, 40).await;
 
     // Replace: a follower dies and is removed; the new node then carries quorum with the
     // leader while the third old node is down too.
