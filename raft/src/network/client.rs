@@ -636,6 +636,22 @@ mod tests {
     use crate::machine::kv::{Cmd, Kv};
     use crate::typ::Entry;
 
+    #[test]
+    fn a_peer_answering_nonsense_is_paused_ever_longer_up_to_a_bound() {
+        let cases = [
+            (1, 100),
+            (2, 200),
+            (3, 400),
+            (6, 3_200),
+            (7, 5_000),
+            (1_000, 5_000),
+        ];
+        for (failures, ms) in cases {
+            assert_eq!(backoff(failures), Duration::from_millis(ms), "{failures}");
+        }
+        assert_eq!(backoff(0), BACKOFF_FIRST);
+    }
+
     fn answer(accepts: Option<&str>) -> Result<reqwest::Response, TransportError> {
         let mut resp = axum::http::Response::builder().status(200);
         if let Some(a) = accepts {
