@@ -11,6 +11,7 @@ pub mod lease;
 pub mod machine;
 pub mod members;
 pub mod network;
+pub mod pause;
 pub mod planted;
 pub mod replica;
 pub mod secret;

@@ -208,7 +208,6 @@ pub async fn retry(state: Shared, Path(run_id): Path<String>) -> Result<Response
     params(("id" = String, Path, description = "job id", pattern = r"^[A-Za-z0-9._:-]{1,128}$")),
     responses((status = 202, description = "the new run", body = RunView)))]
 pub async fn trigger(state: Shared, Path(id): Path<String>) -> Result<Response, ApiError> {
-    validate_id("id", &id)?;
     let result = state
         .propose(Command::TriggerJob {
             id: id.clone(),

@@ -36,7 +36,10 @@ pub fn plan_job(job: &Job, schedule: &Schedule, now_ms: i64, horizon_ms: i64) ->
         return Vec::new();
     }
     let misfire = &job.spec.misfire;
-    let late_before = now_ms.saturating_sub(i64::try_from(misfire.grace_ms).unwrap_or(i64::MAX));
+    let before_now = |ms: u64| now_ms.saturating_sub(i64::try_from(ms).unwrap_or(i64::MAX));
+    let late_before = before_now(misfire.grace_ms);
+    // `fire_all` delivers misfired runs from here on, and skips older ones.
+    let oldest_kept = before_now(misfire.catchup_window_ms);
     let mut misfired = Vec::new();
     let mut on_time = Vec::new();
     let mut cursor = job.cursor_ms;
@@ -49,7 +52,7 @@ pub fn plan_job(job: &Job, schedule: &Schedule, now_ms: i64, horizon_ms: i64) ->
     let mut items = Vec::new();
     // A long stretch of misfired interval runs the policy skips (a cluster down for long, a
     // `start_at` far back) becomes one entry at once, instead of rounds of 10,000.
-    if let Some((count, first, last)) = skipped_in_bulk(job, schedule, now_ms, late_before) {
+    if let Some((count, first, last)) = skipped_in_bulk(job, schedule, late_before, oldest_kept) {
         items.push(item(
             last,
             ClaimKind::Skip {
@@ -92,8 +95,6 @@ pub fn plan_job(job: &Job, schedule: &Schedule, now_ms: i64, horizon_ms: i64) ->
             }
         }
         MisfirePolicy::FireAll => {
-            let oldest_kept =
-                now_ms.saturating_sub(i64::try_from(misfire.catchup_window_ms).unwrap_or(i64::MAX));
             let split = misfired.partition_point(|due| *due < oldest_kept);
             items.extend(skip(&misfired[..split]));
             items.extend(
@@ -110,12 +111,12 @@ pub fn plan_job(job: &Job, schedule: &Schedule, now_ms: i64, horizon_ms: i64) ->
 /// The interval runs after the job's cursor that its misfire policy skips, when there are more
 /// than `SKIP_FAST_FORWARD_MIN`: (count, first, last due instant). Misfired runs are those
 /// before `late_before`; `skip` skips them all, `fire_once` all but the last, `fire_all` those
-/// older than its catch-up window.
+/// before `oldest_kept` (older than its catch-up window).
 fn skipped_in_bulk(
     job: &Job,
     schedule: &Schedule,
-    now_ms: i64,
     late_before: i64,
+    oldest_kept: i64,
 ) -> Option<(u64, i64, i64)> {
     let at = |ms: i64| DateTime::from_timestamp_millis(ms);
     let after = at(job.cursor_ms)?;
@@ -127,9 +128,7 @@ fn skipped_in_bulk(
             .interval_fires_between(after, at(late_before)?)?
             .2
             .timestamp_millis(),
-        MisfirePolicy::FireAll => late_before.min(
-            now_ms.saturating_sub(i64::try_from(misfire.catchup_window_ms).unwrap_or(i64::MAX)),
-        ),
+        MisfirePolicy::FireAll => late_before.min(oldest_kept),
     };
     let (count, first, last) = schedule.interval_fires_between(after, at(before)?)?;
     (count > SKIP_FAST_FORWARD_MIN)

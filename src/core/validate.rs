@@ -234,6 +234,13 @@ pub fn normal_url(raw: &str) -> Result<String, Invalid> {
     }
     let parsed = url::Url::parse(raw)
         .map_err(|e| Invalid::new("url", format!("{raw:?} is not a URL: {e}")))?;
+    deliverable(&parsed)?;
+    Ok(parsed.to_string())
+}
+
+/// A URL hookd may send to: `http` or `https`, with a host. The message never repeats the URL
+/// (it may carry credentials).
+pub fn deliverable(parsed: &url::Url) -> Checked {
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(Invalid::new(
             "url",
@@ -246,7 +253,7 @@ pub fn normal_url(raw: &str) -> Result<String, Invalid> {
     if parsed.host_str().is_none_or(str::is_empty) {
         return Err(Invalid::new("url", "url has no host"));
     }
-    Ok(parsed.to_string())
+    Ok(())
 }
 
 fn url(raw: &str) -> Checked {
@@ -413,27 +420,26 @@ fn run_retention(n: u32) -> Checked {
     }
 }
 
-fn run_id(field: &str, id: &str) -> Checked {
-    if !id.is_empty() && id.len() <= RUN_ID_BYTES_MAX && id.bytes().all(|b| b.is_ascii_graphic()) {
+/// 1 to `max` visible ASCII characters, else `message`.
+fn visible_ascii(field: &str, s: &str, max: usize, message: impl FnOnce() -> String) -> Checked {
+    if !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_graphic()) {
         Ok(())
     } else {
-        Err(Invalid::new(
-            field,
-            format!("run ids are 1 to {RUN_ID_BYTES_MAX} visible ASCII characters"),
-        ))
+        Err(Invalid::new(field, message()))
     }
+}
+
+fn run_id(field: &str, id: &str) -> Checked {
+    visible_ascii(field, id, RUN_ID_BYTES_MAX, || {
+        format!("run ids are 1 to {RUN_ID_BYTES_MAX} visible ASCII characters")
+    })
 }
 
 /// Node addresses and the cluster id: visible ASCII, bounded.
 fn text(field: &str, s: &str) -> Checked {
-    if !s.is_empty() && s.len() <= NODE_TEXT_BYTES_MAX && s.bytes().all(|b| b.is_ascii_graphic()) {
-        Ok(())
-    } else {
-        Err(Invalid::new(
-            field,
-            format!("1 to {NODE_TEXT_BYTES_MAX} visible ASCII characters"),
-        ))
-    }
+    visible_ascii(field, s, NODE_TEXT_BYTES_MAX, || {
+        format!("1 to {NODE_TEXT_BYTES_MAX} visible ASCII characters")
+    })
 }
 
 fn due(field: &str, ms: UnixMs) -> Checked {

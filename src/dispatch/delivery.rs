@@ -135,16 +135,13 @@ impl Deliverer {
         // carry credentials); a job stored before this rule, or replicated from a hostile peer,
         // fails its run for good instead of holding a delivery slot.
         let checked = match reqwest::Url::parse(&spec.url) {
-            Ok(url)
-                if matches!(url.scheme(), "http" | "https")
-                    && url.host_str().is_some_and(|h| !h.is_empty()) =>
-            {
-                self.resolver.check_url(&url).await.map(|p| (url, p))
-            }
-            Ok(url) => Err(UrlCheck::Undeliverable(format!(
-                "invalid url: scheme {:?} without an http(s) host cannot be delivered",
-                url.scheme()
-            ))),
+            Ok(url) => match crate::core::validate::deliverable(&url) {
+                Ok(()) => self.resolver.check_url(&url).await.map(|p| (url, p)),
+                Err(e) => Err(UrlCheck::Undeliverable(format!(
+                    "invalid url: {}",
+                    e.message
+                ))),
+            },
             Err(e) => Err(UrlCheck::Undeliverable(format!("invalid url: {e}"))),
         };
         let timeout = Duration::from_millis(spec.timeout_ms).clamp(

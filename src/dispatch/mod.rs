@@ -110,9 +110,7 @@ pub(crate) fn panic_cause(payload: Box<dyn std::any::Any + Send>) -> String {
 /// The pause before restarting an epoch task that ended by itself for the `n`th time in a row
 /// (`n` ≥ 1): 100 ms, doubling, at most 10 s. Pure.
 pub fn restart_pause(n: u32) -> Duration {
-    Duration::from_millis(100)
-        .saturating_mul(1u32 << n.saturating_sub(1).min(16))
-        .min(Duration::from_secs(10))
+    hookd_raft::pause::doubling(Duration::from_millis(100), Duration::from_secs(10), n)
 }
 
 /// Runs one epoch task while this node leads, and restarts it (after `restart_pause`) if it
@@ -150,16 +148,17 @@ async fn supervise(
                 current = Some((epoch, token, task));
             }
         }
-        let ended = match current.as_mut() {
-            Some((_, _, task)) => tokio::select! {
-                _ = shutdown.cancelled() => break,
-                changed = epochs.changed() => { if changed.is_err() { break } None }
-                ended = task => Some(ended),
-            },
-            None => tokio::select! {
-                _ = shutdown.cancelled() => break,
-                changed = epochs.changed() => { if changed.is_err() { break } None }
-            },
+        // The epoch task ending by itself (a panic included); never, while none runs.
+        let task_ended = async {
+            match current.as_mut() {
+                Some((_, _, task)) => task.await,
+                None => std::future::pending().await,
+            }
+        };
+        let ended = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            changed = epochs.changed() => { if changed.is_err() { break } None }
+            ended = task_ended => Some(ended),
         };
         let Some(ended) = ended else {
             restarts = 0;

@@ -50,8 +50,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// The pause before the next request to a peer that has answered nonsense `failures` times in
 /// a row. Pure.
 pub fn backoff(failures: u32) -> Duration {
-    let shift = failures.saturating_sub(1).min(16);
-    BACKOFF_FIRST.saturating_mul(1u32 << shift).min(BACKOFF_MAX)
+    crate::pause::doubling(BACKOFF_FIRST, BACKOFF_MAX, failures)
 }
 
 /// Peers that answered nonsense, by address: (failures in a row, no request before).
