@@ -8,8 +8,9 @@
 //!   room, and a new one is refused only when every connection is busy;
 //! - a body deadline and size: the whole request body is read before the handler runs, and
 //!   must arrive within `body_read` (else `408`) and fit `body_max` (a larger `Content-Length`
-//!   gets `413` before a byte of the body is read). A connection waiting on a slow body counts
-//!   as idle, not busy: at the cap it is closed like any idle one;
+//!   gets `413` before a byte of the body is read; the rest of a refused body is discarded,
+//!   boundedly, so that the client reads the answer instead of a reset). A connection waiting
+//!   on a slow body counts as idle, not busy: at the cap it is closed like any idle one;
 //! - a request timeout: a handler still running after it is answered `503`.
 //!
 //! With TLS the handshake runs in the connection's task, bounded by the header-read timeout,
@@ -272,6 +273,12 @@ pub async fn follow_tls_files(tls: Vec<(&'static str, Arc<Reloading>)>, stop: Ca
     }
 }
 
+/// How long, and how many bytes, a refused oversized body is still read and discarded after its
+/// `413` has been sent (nginx's "lingering close"). Closing a socket with unread bytes in it
+/// resets the connection, and a client still writing its body then loses the answer.
+const LINGER_FOR: Duration = Duration::from_secs(5);
+const LINGER_BYTES: u64 = 64 << 20;
+
 /// Reads the whole body of `req` within `limits.body_read` and `limits.body_max`; the request
 /// with its body in memory, or the answer that refuses it.
 async fn read_body(
@@ -291,28 +298,65 @@ async fn read_body(
             format!("request bodies are at most {} bytes", limits.body_max),
         )
     };
+    let (parts, mut body) = req.into_parts();
     if declared.is_some_and(|n| n > limits.body_max as u64) {
+        linger(body);
         return Err(too_large());
     }
-    let (parts, body) = req.into_parts();
-    let limited = http_body_util::Limited::new(body, limits.body_max);
-    match tokio::time::timeout(limits.body_read, limited.collect()).await {
-        Ok(Ok(collected)) => Ok(Request::from_parts(parts, Body::from(collected.to_bytes()))),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Ok(Err(e)) => Err(json_error(
-            StatusCode::BAD_REQUEST,
-            "malformed",
-            format!("the request body could not be read: {e}"),
-        )),
-        Err(_) => Err(json_error(
-            StatusCode::REQUEST_TIMEOUT,
-            "timeout",
-            format!(
-                "the request body did not arrive within {:?}",
-                limits.body_read
-            ),
-        )),
+    let deadline = tokio::time::Instant::now() + limits.body_read;
+    let mut read = Vec::with_capacity(declared.unwrap_or(0) as usize);
+    loop {
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(None) => break,
+            Ok(Some(Ok(frame))) => {
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                if read.len() + data.len() > limits.body_max {
+                    linger(body);
+                    return Err(too_large());
+                }
+                read.extend_from_slice(&data);
+            }
+            Ok(Some(Err(e))) => {
+                return Err(json_error(
+                    StatusCode::BAD_REQUEST,
+                    "malformed",
+                    format!("the request body could not be read: {e}"),
+                ))
+            }
+            Err(_) => {
+                return Err(json_error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "timeout",
+                    format!(
+                        "the request body did not arrive within {:?}",
+                        limits.body_read
+                    ),
+                ))
+            }
+        }
     }
+    Ok(Request::from_parts(parts, Body::from(read)))
+}
+
+/// Reads and discards what is left of a refused body, at most `LINGER_BYTES` within
+/// `LINGER_FOR`, while the answer goes out; then drops it, and the connection closes.
+fn linger(mut body: hyper::body::Incoming) {
+    use http_body_util::BodyExt;
+    tokio::spawn(async move {
+        let mut left = LINGER_BYTES;
+        let _ = tokio::time::timeout(LINGER_FOR, async {
+            while let Some(Ok(frame)) = body.frame().await {
+                let n = frame.data_ref().map_or(0, |d| d.len() as u64);
+                left = left.saturating_sub(n);
+                if left == 0 {
+                    return;
+                }
+            }
+        })
+        .await;
+    });
 }
 
 /// An error answer in the API's JSON shape.

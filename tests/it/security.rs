@@ -709,6 +709,60 @@ async fn slow_bodies_get_408_oversized_ones_413_at_once_and_neither_holds_the_ca
     drop(stuck);
 }
 
+/// An oversized body sent whole, as a plain client sends it (no `Expect: 100-continue`), is
+/// answered `413` and the client reads that answer: the node discards the rest of the body
+/// before it closes instead of resetting a connection whose client is still writing. Known
+/// length through reqwest, chunked by hand; 8 rounds each on fresh connections.
+#[tokio::test]
+async fn an_oversized_body_sent_whole_is_answered_413_not_reset() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let c = single(&[]).await;
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("client");
+    let body = vec![b'x'; 4 << 20];
+    for round in 0..8 {
+        let sent = http
+            .post(c.url(0, "/v1/jobs"))
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await;
+        let status = sent.as_ref().map(|r| r.status().as_u16());
+        assert!(
+            matches!(status, Ok(413)),
+            "round {round}, known length: {sent:?}"
+        );
+
+        let mut s = tokio::net::TcpStream::connect(c.nodes[0].api)
+            .await
+            .expect("connect");
+        let head = "POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                    Transfer-Encoding: chunked\r\n\r\n";
+        let mut wrote = s.write_all(head.as_bytes()).await;
+        for _ in 0..64 {
+            if wrote.is_err() {
+                break;
+            }
+            let chunk = format!("10000\r\n{}\r\n", "x".repeat(0x10000));
+            wrote = s.write_all(chunk.as_bytes()).await;
+        }
+        if wrote.is_ok() {
+            wrote = s.write_all(b"0\r\n\r\n").await;
+        }
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 413"),
+            "round {round}, chunked: wrote {wrote:?}, read {read:?}: {answer:?}"
+        );
+    }
+}
+
 /// Creates job `id` through the API at `api` on a connection of its own, expecting `201`
 /// within 2 s.
 async fn create_on_a_new_connection_within_2s(api: std::net::SocketAddr, id: &str) {
