@@ -169,6 +169,27 @@ pub struct Load {
     pub ramp: Vec<(usize, Option<i64>)>,
 }
 
+/// How many overload jobs the ramp adds to the `k0` it has: `ov_first` to begin with, then a
+/// quarter more (at least `ov_step`), never past `ov_jobs`. Geometric, so the ramp crosses
+/// whatever this machine delivers within `RAMP_MAX_S` and overshoots it by at most ~25 %: a
+/// linear step of 500 every 1.5 s stopped at 4,500 jobs on a machine that delivered ~4,530
+/// runs/s, and every overload window of that soak was no overload.
+pub fn ramp_step(k0: usize, lc: &LoadConfig) -> usize {
+    let step = if k0 == 0 {
+        lc.ov_first
+    } else {
+        (k0 / 4).max(lc.ov_step)
+    };
+    step.clamp(1, lc.ov_jobs.saturating_sub(k0).max(1))
+}
+
+/// How long the deletes of `jobs` batch jobs may take under the full load: deletes wait behind
+/// the leader's claim and outcome entries and got through ~200/s in an overload. Jobs left
+/// when it ends outlive the window (the report says so).
+fn delete_deadline_s(jobs: usize) -> u64 {
+    (jobs as u64 / DELETES_PER_S).clamp(DELETE_DEADLINE_S, DELETE_DEADLINE_MAX_S)
+}
+
 /// Sizes of the workload faults.
 #[derive(Debug, Clone)]
 pub struct LoadConfig {
@@ -193,12 +214,17 @@ impl LoadConfig {
     pub fn span(&self, kind: Kind) -> Duration {
         match kind {
             Kind::BlackHole => {
-                self.bh_hold + Duration::from_secs(BATCH_DEADLINE_S + DELETE_DEADLINE_S)
+                self.bh_hold
+                    + Duration::from_secs(BATCH_DEADLINE_S + delete_deadline_s(self.bh_jobs))
             }
             Kind::Overload => {
                 self.ov_hold
                     + Duration::from_secs(
-                        RAMP_MAX_S + 3 + DELETE_DEADLINE_S + LEADER_SETTLED_S + AFTER_LOAD_S,
+                        RAMP_MAX_S
+                            + 3
+                            + delete_deadline_s(self.ov_jobs)
+                            + LEADER_SETTLED_S
+                            + AFTER_LOAD_S,
                     )
             }
             _ => Duration::ZERO,
@@ -210,8 +236,11 @@ impl LoadConfig {
 const BATCH_DEADLINE_S: u64 = 8;
 /// ...and a batch of deletes this long (under the full load of an overload).
 const DELETE_DEADLINE_S: u64 = 20;
+/// ...or longer for a large batch (`delete_deadline_s`), up to a minute.
+const DELETES_PER_S: u64 = 150;
+const DELETE_DEADLINE_MAX_S: u64 = 60;
 /// The overload's ramp adds no step after this long (s)...
-const RAMP_MAX_S: u64 = 12;
+const RAMP_MAX_S: u64 = 20;
 /// ...and a step at most this often (ms)...
 const RAMP_STEP_MS: i64 = 1_500;
 /// ...until the median lateness of the batch's runs in the last second reaches this (µs): far
@@ -687,8 +716,9 @@ impl Nemesis {
                 )
             } else {
                 format!(
-                    "jobs every 1 s at the sink {target}, {} more every {} ms (up to {}) until \
-                     a backlog shows, then held {} s",
+                    "{} jobs every 1 s at the sink {target}, a quarter more (at least {}) every \
+                     {} ms (up to {}) until a backlog shows, then held {} s",
+                    lc.ov_first,
                     lc.ov_step,
                     RAMP_STEP_MS,
                     lc.ov_jobs,
@@ -752,7 +782,7 @@ impl Nemesis {
         load.created = created.len();
         tokio::time::sleep(hold).await;
         load.unloading_at = Some(now_us());
-        let deadline = now_us() + DELETE_DEADLINE_S as i64 * 1_000_000;
+        let deadline = now_us() + delete_deadline_s(created.len()) as i64 * 1_000_000;
         let dels: Vec<(String, serde_json::Value)> = created
             .iter()
             .map(|id| (id.clone(), serde_json::Value::Null))
@@ -831,7 +861,7 @@ impl Nemesis {
         }
     }
 
-    /// Overload jobs at the sink, `ov_first` and then `ov_step` more every `RAMP_STEP_MS`, each
+    /// Overload jobs at the sink, `ov_first` and then `ramp_step` more every `RAMP_STEP_MS`, each
     /// step's runs spread evenly over the second (an offered rate, not one burst a second),
     /// until the batch's runs arriving in the last second are `BACKLOG_SEEN` late at the median
     /// (more runs fall due than the cluster delivers: a backlog grows), `ov_jobs` exist or
@@ -849,8 +879,7 @@ impl Nemesis {
         let until = now_us() + RAMP_MAX_S as i64 * 1_000_000;
         // Bounded by `ov_jobs` (every step adds at least one job) and by `RAMP_MAX_S`.
         while k0 < lc.ov_jobs && now_us() < until {
-            let step = if k0 == 0 { lc.ov_first } else { lc.ov_step };
-            let step = step.clamp(1, lc.ov_jobs - k0);
+            let step = ramp_step(k0, lc);
             // From the next whole second at least 0.5 s ahead (the creates take ~0.2 s).
             let first = ((now_us() + 500_000) / 1_000_000 + 1) * 1_000_000;
             let bodies = (k0..k0 + step)
@@ -1040,6 +1069,33 @@ mod tests {
             new_leader_after_us: None,
             load: None,
         }
+    }
+
+    #[test]
+    fn the_overload_ramp_grows_by_a_quarter_from_its_first_step_to_its_bound() {
+        let lc = crate::run::profile("soak").expect("soak").load;
+        let mut k = 0;
+        let mut sizes = Vec::new();
+        while k < lc.ov_jobs {
+            k += ramp_step(k, &lc);
+            sizes.push(k);
+        }
+        assert_eq!(
+            sizes,
+            [2000, 2500, 3125, 3906, 4882, 6102, 7627, 9533, 11916, 14895, 16000]
+        );
+        // Past the bound a step adds one job at most (the loop stops there anyway).
+        assert_eq!(ramp_step(lc.ov_jobs, &lc), 1);
+        // A small first step still grows by `ov_step` at least.
+        let small = LoadConfig {
+            ov_first: 100,
+            ..lc.clone()
+        };
+        assert_eq!(ramp_step(100, &small), lc.ov_step);
+        // The deletes of the largest batch get more than the fixed deadline.
+        assert_eq!(delete_deadline_s(40), DELETE_DEADLINE_S);
+        assert_eq!(delete_deadline_s(6000), 40);
+        assert_eq!(delete_deadline_s(lc.ov_jobs), DELETE_DEADLINE_MAX_S);
     }
 
     #[test]

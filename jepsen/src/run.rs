@@ -54,11 +54,12 @@ pub struct Profile {
 /// (30 % of attempts held 2 s) ~20 attempts in flight at the sink.
 const CAPS: (usize, usize) = (128, 32);
 
-/// The workload faults of the smoke and the soak. The overload grows until a backlog shows
-/// (`nemesis::Nemesis::ramp_overload`): on this kind of machine (2 cores, three nodes on FUSE
-/// disks) hookd delivers ~3,300 runs/s since held claims keep their order (~2,500 before), so
-/// steps of 500 reach past that within the ramp's 12 s (steps of 250 stopped at 3,250 jobs and
-/// the soak's overload windows were no overload); 6,000 bounds it.
+/// The workload faults of the smoke and the soak. The overload grows by a quarter at a time
+/// until a backlog shows (`nemesis::ramp_step`): on this kind of machine (2 cores, three nodes
+/// on FUSE disks) hookd has delivered from ~3,300 to ~4,500 runs/s, and linear steps stopped
+/// short of that twice; from 2,000, steps of ~3 s each reach ~9,500 jobs within the ramp's
+/// 20 s (a workload run found the backlog at 6,102 jobs, delivered at a median 5,356/s), and
+/// 16,000 bounds it.
 fn load() -> nemesis::LoadConfig {
     nemesis::LoadConfig {
         tag: String::new(),
@@ -67,7 +68,7 @@ fn load() -> nemesis::LoadConfig {
         bh_hold: Duration::from_secs(10),
         ov_first: 2000,
         ov_step: 500,
-        ov_jobs: 6000,
+        ov_jobs: 16_000,
         ov_hold: Duration::from_secs(10),
         clients: 32,
     }
@@ -168,7 +169,8 @@ pub fn profile(name: &str) -> anyhow::Result<Profile> {
         // The two workload faults first, for trying them (then random node faults).
         "workload" => Profile {
             warmup: Duration::from_secs(3),
-            fault_time: Duration::from_secs(75),
+            // Room for the overload's whole span (ramp, hold, deletes of its largest batch).
+            fault_time: Duration::from_secs(180),
             first: Kind::WORKLOAD.to_vec(),
             params: Params {
                 min_ok_ops: 100,
