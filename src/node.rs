@@ -163,7 +163,7 @@ pub async fn run(
         .map(ToString::to_string)
         .chain(config.advertise_api.clone())
         .collect();
-    resolver.refresh_members(member_addrs(&replica, &own)).await;
+    refresh_members(&resolver, &replica, &own).await;
     let members_stop = CancellationToken::new();
     tokio::spawn({
         let (resolver, replica, stop) = (resolver.clone(), replica.clone(), members_stop.clone());
@@ -172,8 +172,10 @@ pub async fn run(
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(MEMBERS_REFRESH) => {}
+                    _ = resolver.policy().refresh_wanted() => {}
                 }
-                resolver.refresh_members(member_addrs(&replica, &own)).await;
+                replica.learn_api_addrs().await;
+                refresh_members(&resolver, &replica, &own).await;
             }
         }
     });
@@ -305,20 +307,14 @@ fn connections_max(open_files: u64) -> usize {
 /// How often the egress policy re-reads the members' addresses (membership can change).
 const MEMBERS_REFRESH: Duration = Duration::from_secs(2);
 
-/// Every address a cluster member serves on, as far as this node knows: the members' peer
-/// addresses, their replicated API addresses, and this node's own.
-fn member_addrs(replica: &Replica, own: &[String]) -> Vec<String> {
-    let m = replica.metrics();
-    let peers = m
-        .membership_config
-        .membership()
-        .nodes()
-        .map(|(_, n)| n.addr.clone())
-        .collect::<Vec<_>>();
-    let apis = replica.node_api_addrs().into_iter().map(|(_, a)| a);
-    peers
-        .into_iter()
-        .chain(apis)
-        .chain(own.iter().cloned())
-        .collect()
+/// Gives the egress policy every address a cluster member serves on, as far as this node
+/// knows (the members' peer and API addresses, and this node's own), and the hosts of the
+/// members whose API address it does not know yet.
+async fn refresh_members(resolver: &Resolver, replica: &Replica, own: &[String]) {
+    let peers = replica.member_peer_addrs().into_iter().map(|(_, a)| a);
+    let apis = replica.member_api_addrs().into_iter().map(|(_, a)| a);
+    let addrs = peers.chain(apis).chain(own.iter().cloned());
+    resolver
+        .refresh_members(addrs, replica.members_api_unknown())
+        .await;
 }

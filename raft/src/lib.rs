@@ -5,6 +5,7 @@
 // openraft's storage traits return its large `StorageError` by value; our helpers follow suit.
 #![allow(clippy::result_large_err)]
 
+pub mod api_addrs;
 pub mod backup;
 pub mod cadence;
 pub mod lease;

@@ -17,6 +17,7 @@ use tokio::time::{timeout, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::api_addrs::{Learned, ASK_WITHIN};
 use crate::lease::Leadership;
 use crate::machine::Machine;
 use crate::network::{ForwardError, PeerClient, Removals, TransportError};
@@ -159,6 +160,8 @@ pub struct Replica<M: Machine> {
     proposals: mpsc::Sender<Proposal<M>>,
     read_floor: ReadFloor,
     machine: Arc<M>,
+    /// Members' API addresses asked of them (`api_addrs`).
+    learned: std::sync::Mutex<Learned>,
 }
 
 /// The term this node led when it started (if its saved vote is a committed vote for itself),
@@ -354,6 +357,7 @@ impl<M: Machine> Replica<M> {
             removed: CancellationToken::new(),
             joined,
             drain: Drain::default(),
+            learned: Default::default(),
         });
         replica
             .tasks
@@ -402,6 +406,75 @@ impl<M: Machine> Replica<M> {
     /// The API addresses the nodes recorded, by node id.
     pub fn node_api_addrs(&self) -> Vec<(NodeId, String)> {
         M::node_api_addrs(&self.view.tables())
+    }
+
+    /// This node's public API address.
+    pub fn api_addr(&self) -> &str {
+        &self.config.api_addr
+    }
+
+    /// The peer address of every member (the initial members' until a membership is known).
+    pub fn member_peer_addrs(&self) -> Vec<(NodeId, String)> {
+        let nodes: Vec<_> = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            m.membership_config
+                .membership()
+                .nodes()
+                .map(|(id, n)| (*id, n.addr.clone()))
+                .collect()
+        };
+        if nodes.is_empty() {
+            let initial = self.config.initial_members.iter();
+            initial.map(|(id, a)| (*id, a.clone())).collect()
+        } else {
+            nodes
+        }
+    }
+
+    fn learned(&self) -> std::sync::MutexGuard<'_, Learned> {
+        self.learned.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every member's API address this node knows (`api_addrs`): recorded, or answered.
+    pub fn member_api_addrs(&self) -> Vec<(NodeId, String)> {
+        let peers = self.member_peer_addrs();
+        self.learned().merge(&peers, self.node_api_addrs())
+    }
+
+    /// The peer addresses of the other members whose API address this node does not know.
+    pub fn members_api_unknown(&self) -> Vec<String> {
+        let peers = self.member_peer_addrs();
+        let known = self.member_api_addrs();
+        self.learned().unknown(self.id, &peers, &known)
+    }
+
+    /// Asks the members whose API address is not recorded here yet for it (`api_addrs`), all
+    /// at once, each within `ASK_WITHIN`.
+    pub async fn learn_api_addrs(&self) {
+        let peers = self.member_peer_addrs();
+        let recorded = self
+            .node_api_addrs()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        let ask = self
+            .learned()
+            .to_ask(self.id, &peers, &recorded, Instant::now());
+        let mut asking = tokio::task::JoinSet::new();
+        for (id, peer) in ask {
+            let client = self.peers.clone();
+            asking.spawn(async move {
+                let answer = client.api_addr_of(id, &peer, ASK_WITHIN).await;
+                (id, peer, answer)
+            });
+        }
+        while let Some(Ok((id, peer, answer))) = asking.join_next().await {
+            if let Err(e) = &answer {
+                tracing::debug!(node = id, %peer, error = %e, "asking a member for its API address failed");
+            }
+            self.learned().note(id, peer, answer.ok(), Instant::now());
+        }
     }
 
     pub fn raft(&self) -> &Raft<M> {

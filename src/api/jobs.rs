@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
@@ -52,14 +53,23 @@ fn job_response(status: StatusCode, job: crate::core::Job) -> Response {
     resp
 }
 
+/// How long a create waits for the members' API addresses to be asked for, when its URL names
+/// the host of a member whose API address this node does not know yet.
+const MEMBERS_ASK_WITHIN: Duration = Duration::from_secs(2);
+
 /// A URL naming a literal address the egress policy denies is refused at once (a name is
-/// checked when it is resolved, at every attempt).
-fn check_egress(state: &ApiState, url: &str) -> Result<(), ApiError> {
+/// checked when it is resolved, at every attempt). On the host of a member whose API address
+/// is not known here yet (a cluster that just started), the members are asked first.
+async fn check_egress(state: &ApiState, url: &str) -> Result<(), ApiError> {
     let Ok(parsed) = reqwest::Url::parse(url) else {
         return Ok(()); // validated before
     };
     if let (Some(ip), Some(port)) = (literal_ip(&parsed), parsed.port_or_known_default()) {
-        if let Err(denied) = state.egress.check(SocketAddr::new(ip, port)) {
+        let addr = SocketAddr::new(ip, port);
+        if state.egress.check(addr).is_ok() && state.egress.unsure_of(ip) {
+            state.egress.refresh_now(MEMBERS_ASK_WITHIN).await;
+        }
+        if let Err(denied) = state.egress.check(addr) {
             return Err(ApiError::invalid("url", denied.to_string()));
         }
     }
@@ -123,7 +133,7 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let body = json_body(&headers, body)?;
     let (id, spec) = parse_json::<JobRequest>(&body)?.into_spec()?;
-    check_egress(&state, &spec.url)?;
+    check_egress(&state, &spec.url).await?;
     let id = id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     let spec = keep_secrets(&state, &id, spec).await?;
     let result = state
@@ -152,7 +162,7 @@ pub async fn put(
     validate_id("id", &id)?;
     let body = json_body(&headers, body)?;
     let (body_id, spec) = parse_json::<JobRequest>(&body)?.into_spec()?;
-    check_egress(&state, &spec.url)?;
+    check_egress(&state, &spec.url).await?;
     if body_id.as_ref().is_some_and(|b| *b != id) {
         return Err(ApiError::invalid(
             "id",

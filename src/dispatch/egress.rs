@@ -48,6 +48,12 @@ pub struct EgressPolicy {
     user: Vec<(IpNet, bool)>,
     defaults: Vec<IpNet>,
     members: RwLock<Vec<SocketAddr>>,
+    /// Hosts of members whose API address is not known here yet (any port of theirs may be it).
+    unsure: RwLock<Vec<IpAddr>>,
+    /// Counts member refreshes; `refresh_now` waits for the next.
+    refreshes: tokio::sync::watch::Sender<u64>,
+    /// Asks the refresher (`refresh_wanted`) for a refresh now.
+    wanted: tokio::sync::Notify,
     /// This host's own interface addresses.
     local: Vec<IpAddr>,
 }
@@ -116,6 +122,9 @@ impl EgressPolicy {
             user,
             defaults,
             members: RwLock::new(Vec::new()),
+            unsure: RwLock::new(Vec::new()),
+            refreshes: tokio::sync::watch::Sender::new(0),
+            wanted: tokio::sync::Notify::new(),
             local: host_addresses(),
         }
     }
@@ -126,9 +135,40 @@ impl EgressPolicy {
         self
     }
 
-    /// Replaces the member addresses (every member's API and peer address, resolved).
-    pub fn set_members(&self, members: Vec<SocketAddr>) {
+    /// Replaces the member addresses (every member's API and peer address, resolved) and the
+    /// hosts of members whose API address is unknown.
+    pub fn set_members(&self, members: Vec<SocketAddr>, unsure: Vec<IpAddr>) {
         *self.members.write().unwrap_or_else(|p| p.into_inner()) = members;
+        *self.unsure.write().unwrap_or_else(|p| p.into_inner()) = unsure;
+        self.refreshes.send_modify(|n| *n += 1);
+    }
+
+    /// Whether `ip` may be the host of a member whose API address is not known yet: then
+    /// `refresh_now` before judging an address on it.
+    pub fn unsure_of(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        let unsure = self.unsure.read().unwrap_or_else(|p| p.into_inner());
+        unsure.iter().any(|h| self.same_host(canonical(*h), ip))
+    }
+
+    /// Asks for the members' addresses to be refreshed now and waits for it, at most `within`.
+    pub async fn refresh_now(&self, within: std::time::Duration) {
+        let mut done = self.refreshes.subscribe();
+        done.mark_unchanged();
+        self.wanted.notify_one();
+        let _ = tokio::time::timeout(within, done.changed()).await;
+    }
+
+    /// Resolves when a refresh is asked for (`refresh_now`).
+    pub async fn refresh_wanted(&self) {
+        self.wanted.notified().await
+    }
+
+    /// Whether a member at `member` serves on `ip`: the same address, or both on this host.
+    fn same_host(&self, member: IpAddr, ip: IpAddr) -> bool {
+        let on_this_host =
+            |ip: IpAddr| ip.is_loopback() || ip.is_unspecified() || self.local.contains(&ip);
+        member == ip || (on_this_host(member) && on_this_host(ip))
     }
 
     /// The user's verdict for `ip`: the most specific matching range, a tie denying.
@@ -169,13 +209,10 @@ impl EgressPolicy {
     /// the ranges.
     pub fn check(&self, addr: SocketAddr) -> Result<(), Denied> {
         let ip = canonical(addr.ip());
-        let on_this_host =
-            |ip: IpAddr| ip.is_loopback() || ip.is_unspecified() || self.local.contains(&ip);
         let members = self.members.read().unwrap_or_else(|p| p.into_inner());
-        let member = members.iter().find(|m| {
-            let mip = canonical(m.ip());
-            m.port() == addr.port() && (mip == ip || (on_this_host(mip) && on_this_host(ip)))
-        });
+        let member = members
+            .iter()
+            .find(|m| m.port() == addr.port() && self.same_host(canonical(m.ip()), ip));
         if let Some(m) = member {
             return Err(Denied(format!(
                 "{} is the address of a cluster member ({m})",
@@ -235,29 +272,46 @@ impl Resolver {
         }
     }
 
-    /// Resolves `HOST:PORT` addresses of cluster members and makes them the policy's members.
-    /// A name that does not resolve now is skipped (and tried again at the next refresh).
-    pub async fn refresh_members(&self, addrs: impl IntoIterator<Item = String>) {
+    /// Resolves `HOST:PORT` addresses of cluster members and makes them the policy's members,
+    /// with the hosts of the `unsure` ones (members' peer addresses whose API address is not
+    /// known yet). A name that does not resolve now is skipped (and tried again at the next
+    /// refresh).
+    pub async fn refresh_members(
+        &self,
+        addrs: impl IntoIterator<Item = String>,
+        unsure: impl IntoIterator<Item = String>,
+    ) {
         let mut members = Vec::new();
         for a in addrs {
-            if let Ok(sa) = a.parse::<SocketAddr>() {
-                members.push(sa);
-                continue;
-            }
-            let Some((host, port)) = a.rsplit_once(':') else {
-                continue;
-            };
-            let Ok(port) = port.parse::<u16>() else {
-                continue;
-            };
-            let host = host.trim_start_matches('[').trim_end_matches(']');
-            if let Ok(ips) = self.lookup(host).await {
-                members.extend(ips.into_iter().map(|ip| SocketAddr::new(ip, port)));
-            }
+            members.extend(self.resolve_addr(&a).await);
         }
         members.sort();
         members.dedup();
-        self.policy.set_members(members);
+        let mut hosts = Vec::new();
+        for a in unsure {
+            hosts.extend(self.resolve_addr(&a).await.iter().map(SocketAddr::ip));
+        }
+        hosts.sort();
+        hosts.dedup();
+        self.policy.set_members(members, hosts);
+    }
+
+    /// Every address of a `HOST:PORT` (none if it does not parse or resolve).
+    async fn resolve_addr(&self, a: &str) -> Vec<SocketAddr> {
+        if let Ok(sa) = a.parse::<SocketAddr>() {
+            return vec![sa];
+        }
+        let Some((host, port)) = a.rsplit_once(':') else {
+            return Vec::new();
+        };
+        let Ok(port) = port.parse::<u16>() else {
+            return Vec::new();
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let ips = self.lookup(host).await.unwrap_or_default();
+        ips.into_iter()
+            .map(|ip| SocketAddr::new(ip, port))
+            .collect()
     }
 
     /// Checks every address `url` leads to, with its port, before an attempt; what passed is
@@ -387,11 +441,14 @@ mod tests {
             parse_ranges("--egress-deny", "10.0.0.0/8,192.168.0.0/16").unwrap(),
         )
         .with_host_addresses(vec!["172.30.0.9".parse().unwrap()]);
-        p.set_members(vec![
-            addr("127.0.0.1:7101"),
-            addr("127.0.0.1:7201"),
-            addr("10.77.0.12:7100"),
-        ]);
+        p.set_members(
+            vec![
+                addr("127.0.0.1:7101"),
+                addr("127.0.0.1:7201"),
+                addr("10.77.0.12:7100"),
+            ],
+            vec![],
+        );
         let cases = [
             // The metadata address and link-local ranges, also IPv4-mapped.
             ("169.254.169.254:80", false),
@@ -445,6 +502,45 @@ mod tests {
         assert!(parse_ranges("--egress-deny", "nope").is_err());
     }
 
+    #[tokio::test]
+    async fn hosts_of_members_with_an_unknown_api_are_unsure_and_a_refresh_can_be_awaited() {
+        let p = Arc::new(
+            EgressPolicy::new(vec![], vec![])
+                .with_host_addresses(vec!["172.30.0.9".parse().unwrap()]),
+        );
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        p.set_members(vec![], vec![ip("127.0.0.1"), ip("10.77.0.13")]);
+        for (a, want) in [
+            ("127.0.0.1", true),
+            ("127.0.0.5", true),
+            ("::1", true),
+            ("0.0.0.0", true),
+            ("172.30.0.9", true),
+            ("::ffff:10.77.0.13", true),
+            ("10.77.0.12", false),
+            ("93.184.216.34", false),
+        ] {
+            assert_eq!(p.unsure_of(ip(a)), want, "{a}");
+        }
+        // `refresh_now` returns once the refresher has set the members again...
+        let refresher = {
+            let p = p.clone();
+            tokio::spawn(async move {
+                p.refresh_wanted().await;
+                p.set_members(vec![], vec![]);
+            })
+        };
+        p.refresh_now(std::time::Duration::from_secs(30)).await;
+        refresher.await.unwrap();
+        assert!(!p.unsure_of(ip("127.0.0.1")));
+        // ...and within its bound when nothing refreshes.
+        let bounded = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            p.refresh_now(std::time::Duration::from_millis(50)),
+        );
+        assert!(bounded.await.is_ok());
+    }
+
     #[test]
     fn a_denial_is_found_through_error_sources() {
         #[derive(Debug)]
@@ -477,7 +573,7 @@ mod tests {
     #[tokio::test]
     async fn the_connect_uses_the_checked_addresses_and_nothing_else() {
         let policy = Arc::new(EgressPolicy::new(vec![], vec![]));
-        policy.set_members(vec![addr("127.0.0.1:7201")]);
+        policy.set_members(vec![addr("127.0.0.1:7201")], vec![]);
         let r = Resolver::new(policy);
         // `localhost` resolves from the hosts file to loopback, where a member serves.
         let url = reqwest::Url::parse("http://LocalHost:8080/hook").unwrap();

@@ -514,6 +514,45 @@ async fn no_address_form_or_allow_range_reaches_a_member_or_the_metadata_service
     }
 }
 
+/// SPEC §3, a hole an outside trial found: right after a cluster started, a job aimed at
+/// another member's API was accepted, since that member had not recorded its API address in
+/// the replicated state yet. Two of five initial members run (no quorum: nothing is ever
+/// recorded), and node 1 still refuses such a job at once (it asks node 3 over the peer port),
+/// while a URL on the same host that is no member's gets past the check to the write, which
+/// finds no leader.
+#[tokio::test]
+async fn a_members_api_is_denied_before_any_address_is_recorded() {
+    let mut c = TestCluster::new(5, &[]);
+    c.spawn(0);
+    c.spawn(2);
+    let api3 = c.nodes[2].api;
+    let elsewhere = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    for (url, member) in [
+        (format!("http://{api3}/v1/jobs"), true),
+        (
+            format!("http://[::127.0.0.1]:{}/v1/jobs", api3.port()),
+            true,
+        ),
+        (
+            format!("http://{}/x", elsewhere.local_addr().expect("addr")),
+            false,
+        ),
+    ] {
+        let mut body = job("early");
+        body["url"] = json!(url);
+        let (s, err) = eventually(Duration::from_secs(20), "node 1 to answer", || {
+            c.post(0, "/v1/jobs", &body)
+        })
+        .await;
+        if member {
+            assert_eq!(s, 422, "{url}: {err}");
+            assert_eq!(err["error"]["field"], "url", "{url}");
+        } else {
+            assert_eq!(s, 503, "{url}: no leader without a quorum: {err}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_name_is_delivered_to_the_addresses_checked_for_it() {
     // The node serves on loopback, so a connect-time lookup that could not see the port would

@@ -15,8 +15,8 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use super::{
-    Encoding, ForwardError, Hello, Proof, ACCEPTS_HEADER, CLUSTER_ID_HEADER, PATH_APPEND,
-    PATH_FORWARD_READ_INDEX, PATH_FORWARD_WRITE, PATH_HELLO, PATH_SNAPSHOT, PATH_VOTE,
+    Encoding, ForwardError, Hello, NodeInfo, Proof, ACCEPTS_HEADER, CLUSTER_ID_HEADER, PATH_APPEND,
+    PATH_FORWARD_READ_INDEX, PATH_FORWARD_WRITE, PATH_HELLO, PATH_NODE, PATH_SNAPSHOT, PATH_VOTE,
     SIGNATURE_HEADER, TARGET_NODE_HEADER,
 };
 use crate::lease::{Acks, Epoch};
@@ -423,6 +423,34 @@ impl PeerClient {
             .await
     }
 
+    /// Asks node `target` at `addr` for its API address (`PATH_NODE`): once it proved it holds
+    /// the peer secret, and without counting a refusal as nonsense (a node of the previous
+    /// version does not know the path, and its Raft traffic must not pause for that).
+    pub async fn api_addr_of(
+        &self,
+        target: NodeId,
+        addr: &str,
+        timeout: Duration,
+    ) -> Result<String, TransportError> {
+        self.check_backoff(addr)?;
+        self.ensure_proven(target, addr, timeout).await?;
+        let resp = self
+            .send_signed(target, addr, PATH_NODE, &(), Encoding::Json, timeout)
+            .await?;
+        let info: NodeInfo = json_of(resp, addr).await?;
+        let wrong = if info.node_id != target {
+            format!("answered as node {}", info.node_id)
+        } else if info.api_addr.len() > API_ADDR_MAX {
+            format!("named an API address of {} bytes", info.api_addr.len())
+        } else {
+            return Ok(info.api_addr);
+        };
+        Err(TransportError::Unproven {
+            addr: addr.to_owned(),
+            detail: format!("asked for node {target}'s API address, {wrong}"),
+        })
+    }
+
     /// Asks the node at `addr` (believed leader) for a linearizable read index.
     pub async fn forward_read_index(
         &self,
@@ -453,6 +481,9 @@ fn unix_now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
+
+/// Longest API address a peer may name for itself (a host name and a port).
+const API_ADDR_MAX: usize = 300;
 
 /// Decodes a peer's JSON answer.
 async fn json_of<R: DeserializeOwned>(

@@ -40,6 +40,17 @@ pub(crate) const PATH_REMOVED: &str = "/raft/removed";
 /// A challenge: the answering node proves it holds the peer secret (`Hello`, `Proof`).
 pub(crate) const PATH_HELLO: &str = "/raft/hello";
 
+/// Who a node is and where its public API listens (`NodeInfo`): asked of a member whose API
+/// address is not in this node's replicated state yet (the egress policy must know it).
+pub(crate) const PATH_NODE: &str = "/raft/node";
+
+/// The answer of `PATH_NODE`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct NodeInfo {
+    pub node_id: NodeId,
+    pub api_addr: String,
+}
+
 /// The challenge of `PATH_HELLO`: a fresh random nonce.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Hello {

@@ -12,10 +12,10 @@ use axum::routing::post;
 use axum::{Json, Router};
 
 use super::{
-    Encoding, ForwardError, Hello, Proof, ACCEPTS_HEADER, CLUSTER_ID_HEADER, PATH_APPEND,
+    Encoding, ForwardError, Hello, NodeInfo, Proof, ACCEPTS_HEADER, CLUSTER_ID_HEADER, PATH_APPEND,
     PATH_FORWARD_READ_INDEX, PATH_FORWARD_WRITE, PATH_HELLO, PATH_MEMBERS_ADD, PATH_MEMBERS_REMOVE,
-    PATH_REMOVED, PATH_SNAPSHOT, PATH_VOTE, PEER_BODY_BYTES_MAX, REMOVED_STATUS, SIGNATURE_HEADER,
-    TARGET_NODE_HEADER,
+    PATH_NODE, PATH_REMOVED, PATH_SNAPSHOT, PATH_VOTE, PEER_BODY_BYTES_MAX, REMOVED_STATUS,
+    SIGNATURE_HEADER, TARGET_NODE_HEADER,
 };
 use crate::machine::Machine;
 use crate::members::{AddMember, MemberError, RemoveMember};
@@ -59,6 +59,7 @@ pub fn peer_router<M: Machine>(replica: Arc<Replica<M>>, extra: Router) -> Route
         .route(PATH_MEMBERS_REMOVE, post(members_remove::<M>))
         .route(PATH_REMOVED, post(removed::<M>))
         .route(PATH_HELLO, post(hello::<M>))
+        .route(PATH_NODE, post(node_info::<M>))
         .with_state(state.clone())
         .merge(extra)
         .layer(middleware::from_fn_with_state(state, guard::<M>))
@@ -153,6 +154,14 @@ async fn hello<M: Machine>(State(s): State<PeerState<M>>, Json(hello): Json<Hell
         .into_response(),
         _ => (StatusCode::BAD_REQUEST, "nothing to prove").into_response(),
     }
+}
+
+/// This node's id and API address.
+async fn node_info<M: Machine>(State(s): State<PeerState<M>>) -> Json<NodeInfo> {
+    Json(NodeInfo {
+        node_id: s.replica.id(),
+        api_addr: s.replica.api_addr().to_owned(),
+    })
 }
 
 /// An AppendEntries in JSON or postcard (`Encoding`); the answer, JSON, says this node takes
