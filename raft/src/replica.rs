@@ -22,6 +22,7 @@ use crate::lease::Leadership;
 use crate::machine::Machine;
 use crate::network::{ForwardError, PeerClient, Removals, TransportError};
 use crate::secret::Secret;
+use crate::status::ClusterStatus;
 use crate::store::{OpenError, StateView, Store};
 use crate::tls::Reloading;
 use crate::typ::{CheckIsLeaderError, LogId, Node, NodeId, Raft, RaftMetrics, VoteRequest};
@@ -477,12 +478,17 @@ impl<M: Machine> Replica<M> {
         }
     }
 
-    pub fn raft(&self) -> &Raft<M> {
+    pub(crate) fn raft(&self) -> &Raft<M> {
         &self.raft
     }
 
-    pub fn metrics(&self) -> RaftMetrics {
+    pub(crate) fn metrics(&self) -> RaftMetrics {
         self.raft.metrics().borrow().clone()
+    }
+
+    /// Membership, leadership and health as this node sees them.
+    pub fn status(&self) -> ClusterStatus {
+        ClusterStatus::of(self.id, &self.raft.metrics().borrow())
     }
 
     /// The commit index as last persisted by this node.

@@ -9,7 +9,6 @@ use axum::extract::{Path, Query};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use hookd_raft::typ::ServerState;
 use hookd_raft::{AddMember, MemberError, RemoveMember};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -47,35 +46,23 @@ pub async fn cluster(state: Shared) -> Json<impl Serialize> {
 
 fn view(state: &Shared) -> ClusterView {
     let replica = &state.replica;
-    let m = replica.metrics();
+    let status = replica.status();
     let api: BTreeMap<u64, String> = replica.node_api_addrs().into_iter().collect();
-    let membership = m.membership_config.membership();
-    let members = membership
-        .nodes()
-        .map(|(id, node)| {
-            let voter = membership.get_joint_config().iter().any(|c| c.contains(id));
-            let role = if Some(*id) == m.current_leader {
-                "leader"
-            } else if *id == replica.id() && m.state == ServerState::Candidate {
-                "candidate"
-            } else if voter {
-                "follower"
-            } else {
-                "learner"
-            };
-            Member {
-                id: *id,
-                peer_addr: node.addr.clone(),
-                api_addr: api.get(id).cloned(),
-                role,
-                voter,
-            }
+    let members = status
+        .members
+        .into_iter()
+        .map(|m| Member {
+            api_addr: api.get(&m.id).cloned(),
+            id: m.id,
+            peer_addr: m.peer_addr,
+            role: m.role.as_str(),
+            voter: m.voter,
         })
         .collect();
     ClusterView {
-        node_id: replica.id(),
-        leader_id: m.current_leader,
-        term: m.current_term,
+        node_id: status.node_id,
+        leader_id: status.leader_id,
+        term: status.term,
         commit_index: replica.committed_index(),
         cluster_id: replica.cluster_id(),
         members,
@@ -226,11 +213,11 @@ pub async fn remove_member(
 /// Alive, and `503` once the replicated core has stopped on a fatal error (a storage failure):
 /// the node can no longer do its part and should be restarted or replaced.
 pub async fn healthz(state: Shared) -> Response {
-    match &state.replica.metrics().running_state {
-        Ok(()) => (StatusCode::OK, Json(json!({"status": "ok"}))).into_response(),
-        Err(fatal) => (
+    match state.replica.status().failed {
+        None => (StatusCode::OK, Json(json!({"status": "ok"}))).into_response(),
+        Some(fatal) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "failed", "reason": fatal.to_string()})),
+            Json(json!({"status": "failed", "reason": fatal})),
         )
             .into_response(),
     }
@@ -266,14 +253,13 @@ pub async fn readyz(state: Shared) -> Response {
             }
         }
     };
-    let m = replica.metrics();
-    let applied = m.last_applied.map_or(0, |l| l.index);
+    let now = replica.status();
     let (status, reason) = match &probe {
         Ok(()) => (StatusCode::OK, "ok".to_string()),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.clone()),
     };
-    let body = json!({"ready": probe.is_ok(), "reason": reason, "leader_id": m.current_leader,
-                      "applied_index": applied, "commit_index": replica.committed_index()});
+    let body = json!({"ready": probe.is_ok(), "reason": reason, "leader_id": now.leader_id,
+                      "applied_index": now.applied_index, "commit_index": replica.committed_index()});
     (status, Json(body)).into_response()
 }
 
