@@ -10,6 +10,7 @@ pub mod dispatch;
 pub mod limits;
 pub mod metrics;
 pub mod node;
+pub mod planted;
 pub mod replicated;
 pub mod schedule;
 pub mod serve;

@@ -7,7 +7,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hookd_raft::planted;
 use hookd_raft::Epoch;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -18,6 +17,7 @@ use crate::core::command::{
     Attempt, AttemptOutcome, AttemptResult, ClaimItem, ClaimKind, Command, CommandResult, Job, Run,
 };
 use crate::core::plan::{self, after_attempt};
+use crate::planted;
 use crate::replicated::{Replica, ReplicaState, State};
 
 use super::delivery::{AttemptRequest, Deliverer};
