@@ -13,11 +13,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use reqwest::Method;
 use serde_json::{json, Map, Value};
 
-use crate::config::parse_initial_cluster;
+use crate::config::{parse_initial_cluster, ServeArgs};
 
 /// Flags every client command takes.
 #[derive(Debug, Clone, Args)]
@@ -257,14 +257,45 @@ pub enum SnapshotCmd {
     },
 }
 
-/// A client command, parsed.
-#[derive(Debug)]
+/// hookd: a self-hosted, replicated webhook scheduler.
+#[derive(Debug, Parser)]
+#[command(name = "hookd", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Commands,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+// Parsed once per process: the size of `Serve` costs nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Subcommand)]
+pub enum Commands {
+    /// Run a node.
+    Serve(ServeArgs),
+    #[command(flatten)]
+    Client(ClientCommand),
+}
+
+/// The commands that talk to a running cluster through its API.
+#[derive(Debug, Subcommand)]
 pub enum ClientCommand {
+    /// Create, read, list, delete, pause, resume and trigger jobs.
+    #[command(subcommand)]
     Jobs(JobsCmd),
+    /// List runs; retry a failed one.
+    #[command(subcommand)]
     Runs(RunsCmd),
+    /// Preview a schedule's next fires.
+    #[command(subcommand)]
     Schedule(ScheduleCmd),
+    /// Cluster status; add and remove nodes.
+    #[command(subcommand)]
     Cluster(ClusterCmd),
+    /// Per-target delivery state: in flight, waiting, circuit.
     Targets(TargetsArgs),
+    /// Back up, inspect and restore the whole state.
+    #[command(subcommand)]
     Snapshot(SnapshotCmd),
 }
 

@@ -6,49 +6,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use clap::{Args, Parser, Subcommand};
+use clap::Args;
 use hookd_raft::tls::TlsFiles;
 use hookd_raft::Secret;
 use ipnet::IpNet;
 
 use serde::Deserialize;
 
-use crate::dispatch::egress::parse_ranges;
-
-/// hookd: a self-hosted, replicated webhook scheduler.
-#[derive(Debug, Parser)]
-#[command(name = "hookd", version, about)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Commands,
-    #[command(flatten)]
-    pub client: crate::cli::ClientArgs,
-}
-
-// Parsed once per process: the size of `Serve` costs nothing.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, Subcommand)]
-pub enum Commands {
-    /// Run a node.
-    Serve(ServeArgs),
-    /// Create, read, list, delete, pause, resume and trigger jobs.
-    #[command(subcommand)]
-    Jobs(crate::cli::JobsCmd),
-    /// List runs; retry a failed one.
-    #[command(subcommand)]
-    Runs(crate::cli::RunsCmd),
-    /// Preview a schedule's next fires.
-    #[command(subcommand)]
-    Schedule(crate::cli::ScheduleCmd),
-    /// Cluster status; add and remove nodes.
-    #[command(subcommand)]
-    Cluster(crate::cli::ClusterCmd),
-    /// Per-target delivery state: in flight, waiting, circuit.
-    Targets(crate::cli::TargetsArgs),
-    /// Back up, inspect and restore the whole state.
-    #[command(subcommand)]
-    Snapshot(crate::cli::SnapshotCmd),
-}
+use crate::egress::parse_ranges;
 
 /// Flags of `hookd serve`. Each also reads `HOOKD_<NAME>` from the environment, and the same key
 /// in snake_case from `--config FILE`.

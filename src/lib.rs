@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod core;
 pub mod dispatch;
+pub mod egress;
 pub mod limits;
 pub mod metrics;
 pub mod node;

@@ -4,8 +4,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use hookd::cli::{self, ClientCommand};
-use hookd::config::{Cli, Commands, ServeArgs};
+use hookd::cli::{self, Cli, Commands};
+use hookd::config::ServeArgs;
 use hookd::node::{self, Listeners};
 use tokio_util::sync::CancellationToken;
 
@@ -27,12 +27,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Commands::Jobs(c) => ClientCommand::Jobs(c),
-        Commands::Runs(c) => ClientCommand::Runs(c),
-        Commands::Schedule(c) => ClientCommand::Schedule(c),
-        Commands::Cluster(c) => ClientCommand::Cluster(c),
-        Commands::Targets(c) => ClientCommand::Targets(c),
-        Commands::Snapshot(c) => ClientCommand::Snapshot(c),
+        Commands::Client(c) => c,
     };
     match cli::run(cli.client, client) {
         Ok(()) => ExitCode::SUCCESS,

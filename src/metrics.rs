@@ -69,8 +69,18 @@ pub fn in_flight(n: usize) {
     metrics::gauge!("hookd_deliveries_in_flight").set(n as f64);
 }
 
-/// Per-target totals of the dispatcher; no label per target, so cardinality stays fixed.
-pub fn targets(t: &crate::dispatch::targets::Totals) {
+/// Totals over the dispatcher's targets (no label per target, so cardinality stays fixed).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TargetTotals {
+    pub targets: usize,
+    pub in_flight: usize,
+    pub waiting: usize,
+    pub open: usize,
+    pub half_open: usize,
+}
+
+/// The dispatcher's target totals.
+pub fn targets(t: &TargetTotals) {
     metrics::gauge!("hookd_targets").set(t.targets as f64);
     metrics::gauge!("hookd_deliveries_in_flight").set(t.in_flight as f64);
     metrics::gauge!("hookd_runs_waiting").set(t.waiting as f64);

@@ -16,8 +16,8 @@ use crate::replicated::Replica;
 
 use crate::api::{self, ApiState};
 use crate::config::Config;
-use crate::dispatch::egress::{EgressPolicy, Resolver};
 use crate::dispatch::{self, Deliverer, DispatchConfig};
+use crate::egress::{EgressPolicy, Resolver};
 use crate::limits::{API_BODY_READ, DISPATCH_HORIZON, PEER_BODY_READ, SHUTDOWN_GRACE};
 use crate::serve::{raise_open_files_limit, serve, Limits};
 

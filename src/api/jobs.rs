@@ -15,7 +15,7 @@ use serde::Deserialize;
 use crate::core::{Command, CommandResult, JobSpec};
 use crate::replicated::ReplicaState;
 
-use crate::dispatch::egress::literal_ip;
+use crate::egress::literal_ip;
 
 use super::model::{parse_json, validate_id, JobRequest, JobView};
 use super::{json_body, list_limit, now_ms, query, ApiError, ApiState, Consistency, Shared};

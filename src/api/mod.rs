@@ -29,8 +29,8 @@ use crate::replicated::Replica;
 pub use error::ApiError;
 
 use crate::config::Config;
-use crate::dispatch::egress::EgressPolicy;
 use crate::dispatch::DispatchHandle;
+use crate::egress::EgressPolicy;
 use crate::limits::{LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX, REQUEST_BODY_BYTES_MAX};
 
 /// Shared state of the API handlers.

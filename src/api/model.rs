@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
+use chrono::DateTime;
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Serialize};
 
@@ -468,15 +468,7 @@ fn validate_misfire(m: MisfireRequest) -> Result<MisfireSpec, ApiError> {
     })
 }
 
-pub use crate::core::validate::format_duration_ms;
-
-/// Renders unix milliseconds as RFC 3339 UTC with milliseconds.
-pub fn format_instant(ms: UnixMs) -> String {
-    Utc.timestamp_millis_opt(ms)
-        .single()
-        .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
-        .unwrap_or_default()
-}
+pub use crate::core::format::{format_duration_ms, format_instant};
 
 /// The schedule in the shape the user sends it.
 pub fn render_schedule(spec: &ScheduleSpec) -> ScheduleRequest {

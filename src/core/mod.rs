@@ -6,6 +6,7 @@
 //! both together over in-memory tables with a fake clock.
 
 pub mod command;
+pub mod format;
 pub mod plan;
 pub mod state;
 pub mod validate;

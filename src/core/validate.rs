@@ -13,6 +13,7 @@ use super::command::{
     AttemptOutcome, AttemptResult, ClaimItem, ClaimKind, Command, JobSpec, RetrySpec, ScheduleSpec,
     UnixMs,
 };
+pub use super::format::format_duration_ms;
 use crate::limits::*;
 use crate::schedule::{CronSchedule, EVERY_MIN};
 
@@ -372,16 +373,6 @@ pub fn duration_ms(field: &str, ms: u64, min: Duration, max: Duration) -> Checke
             ),
         ))
     }
-}
-
-/// Renders milliseconds as a compact duration (`1h30m`, `500ms`, `0s`).
-pub fn format_duration_ms(ms: u64) -> String {
-    if ms == 0 {
-        return "0s".into();
-    }
-    humantime::format_duration(Duration::from_millis(ms))
-        .to_string()
-        .replace(' ', "")
 }
 
 /// An instant a user may give: 1970 to 9999.

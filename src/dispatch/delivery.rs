@@ -16,9 +16,9 @@ use hookd_raft::NodeId;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER, USER_AGENT};
 use sha2::Sha256;
 
-use super::egress::{self, Resolver, UrlCheck};
 use crate::core::command::{Attempt, Job};
 use crate::core::plan::HttpOutcome;
+use crate::egress::{self, Resolver, UrlCheck};
 use crate::limits::{DELIVERY_CONNECT_TIMEOUT, RESPONSE_BODY_BYTES_MAX};
 /// Longest error text kept in a run's history.
 const ERROR_CHARS_MAX: usize = 300;
@@ -111,7 +111,7 @@ impl Deliverer {
         set("hookd-job-id", req.job.id.clone());
         set(
             "hookd-scheduled-at",
-            crate::api::model::format_instant(req.scheduled_at_ms),
+            crate::core::format::format_instant(req.scheduled_at_ms),
         );
         set("hookd-attempt", req.n.to_string());
         h.insert(

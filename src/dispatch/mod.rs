@@ -9,7 +9,6 @@
 
 pub mod delivery;
 mod doubt;
-pub mod egress;
 mod index;
 mod pace;
 mod runner;

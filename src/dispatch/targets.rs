@@ -157,15 +157,7 @@ pub struct TargetStatus {
     pub breaker: Breaker,
 }
 
-/// Totals for `/metrics` (no label per target).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Totals {
-    pub targets: usize,
-    pub in_flight: usize,
-    pub waiting: usize,
-    pub open: usize,
-    pub half_open: usize,
-}
+pub use crate::metrics::TargetTotals as Totals;
 
 /// The per-target queues of one dispatcher.
 pub struct Scheduler<T> {

@@ -8,6 +8,7 @@
 
 mod cron;
 mod every;
+pub mod spec;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -18,7 +19,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 
 pub use self::cron::CronSchedule;
 pub use self::every::EVERY_MIN;
-use crate::core::command::ScheduleSpec;
+pub use self::spec::ScheduleSpec;
 
 /// A schedule input that cannot be accepted, with the JSON path it came from.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
