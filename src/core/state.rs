@@ -7,7 +7,7 @@
 use super::command::MASK;
 use super::command::{
     AttemptOutcome, AttemptResult, ClaimItem, ClaimKind, Command, CommandResult, Epoch, Job,
-    JobSpec, Run, RunStatus, SkippedRange,
+    JobSpec, Run, RunStatus, SkippedRange, UnixMs,
 };
 
 /// The tables of the state machine. Each is one sled tree per snapshot generation, named by
@@ -418,91 +418,13 @@ fn apply_one<T: Tables>(
 ) -> TxResult<T, CommandResult> {
     match cmd {
         Command::Batch { .. } => Ok(CommandResult::NotFound),
-        Command::CreateJob { id, spec, now_ms } => {
-            let existing = get_job(t, id)?;
-            let spec = match spec.unmask(existing.as_ref().map(|j| &j.spec)) {
-                Ok(spec) => spec,
-                Err(name) => return Ok(masked_without_value(&name)),
-            };
-            if let Some(existing) = existing {
-                return Ok(if existing.spec == spec {
-                    unchanged(existing)
-                } else {
-                    CommandResult::Conflict { existing }
-                });
-            }
-            touched.jobs.push(id.clone());
-            let job = new_job(id, spec.clone(), seq, *now_ms);
-            put_job(t, &job)?;
-            Ok(changed(job, true))
-        }
-        Command::PutJob { id, spec, now_ms } => {
-            let existing = get_job(t, id)?;
-            let spec = &match spec.unmask(existing.as_ref().map(|j| &j.spec)) {
-                Ok(spec) => spec,
-                Err(name) => return Ok(masked_without_value(&name)),
-            };
-            touched.jobs.push(id.clone());
-            match existing {
-                None => {
-                    let job = new_job(id, spec.clone(), seq, *now_ms);
-                    put_job(t, &job)?;
-                    Ok(changed(job, true))
-                }
-                Some(existing) if existing.spec == *spec => Ok(unchanged(existing)),
-                Some(mut job) => {
-                    if job.spec.schedule != spec.schedule {
-                        // A new schedule counts from the replace; runs it would have had
-                        // before the replace are not owed.
-                        job.schedule_base_ms = *now_ms;
-                        job.cursor_ms = job.cursor_ms.max(now_ms.saturating_sub(1));
-                    }
-                    if job.spec.paused && !spec.paused {
-                        job.cursor_ms = job.cursor_ms.max(*now_ms);
-                    }
-                    if !job.spec.paused && spec.paused {
-                        forget_runs_due_after(t, id, *now_ms)?;
-                    }
-                    job.spec = spec.clone();
-                    touch(&mut job, *now_ms);
-                    put_job(t, &job)?;
-                    Ok(changed(job, false))
-                }
-            }
-        }
-        Command::DeleteJob { id, now_ms: _ } => match get_job(t, id)? {
-            None => Ok(CommandResult::NotFound),
-            Some(job) => {
-                touched.jobs.push(id.clone());
-                t.del(Table::Jobs, id.as_bytes())?;
-                t.del(Table::Guards, id.as_bytes())?;
-                delete_job_runs(t, id)?;
-                Ok(CommandResult::Deleted { job })
-            }
-        },
-        Command::SetPaused { id, paused, now_ms } => match get_job(t, id)? {
-            None => Ok(CommandResult::NotFound),
-            Some(job) if job.spec.paused == *paused => Ok(unchanged(job)),
-            Some(mut job) => {
-                touched.jobs.push(id.clone());
-                job.spec.paused = *paused;
-                if *paused {
-                    forget_runs_due_after(t, id, *now_ms)?;
-                } else {
-                    // Runs that fell due while paused are neither delivered nor recorded.
-                    job.cursor_ms = job.cursor_ms.max(*now_ms);
-                }
-                touch(&mut job, *now_ms);
-                put_job(t, &job)?;
-                Ok(changed(job, false))
-            }
-        },
+        Command::CreateJob { id, spec, now_ms } => create_job(t, id, spec, seq, *now_ms, touched),
+        Command::PutJob { id, spec, now_ms } => replace_job(t, id, spec, seq, *now_ms, touched),
+        Command::DeleteJob { id, now_ms: _ } => delete_job(t, id, touched),
+        Command::SetPaused { id, paused, now_ms } => set_paused(t, id, *paused, *now_ms, touched),
         Command::SetNodeInfo { node_id, api_addr } => {
-            t.put(
-                Table::Nodes,
-                &node_id.to_be_bytes(),
-                api_addr.as_bytes().to_vec(),
-            )?;
+            let key = node_id.to_be_bytes();
+            t.put(Table::Nodes, &key, api_addr.as_bytes().to_vec())?;
             Ok(CommandResult::Done)
         }
         Command::SetClusterId { cluster_id } => {
@@ -516,66 +438,218 @@ fn apply_one<T: Tables>(
             now_ms,
             items,
             retention,
-        } => {
-            if *epoch != at.epoch {
-                return Ok(CommandResult::StaleEpoch);
-            }
-            let mut accepted = Vec::with_capacity(items.len());
-            for item in items {
-                let ok = claim(t, item, *now_ms, *retention)?;
-                if ok {
-                    touched.jobs.push(item.job_id.clone());
-                }
-                accepted.push(ok);
-            }
-            Ok(CommandResult::Claimed { accepted })
-        }
+        } => claim_runs(t, at, *epoch, *now_ms, items, *retention, touched),
         Command::RecordAttempts { outcomes } => {
             for outcome in outcomes {
                 record_attempt(t, outcome)?;
             }
             Ok(CommandResult::Done)
         }
-        Command::RetryRun { run_id, now_ms } => match get_run(t, run_id)? {
-            None => Ok(CommandResult::NotFound),
-            Some(run) if run.status != RunStatus::Failed => Ok(CommandResult::NotRetryable { run }),
-            Some(old) => {
-                if get_job(t, &old.job_id)?.is_none_or(|j| j.incarnation != old.incarnation) {
-                    return Ok(CommandResult::NotFound);
-                }
-                let mut run = old.clone();
-                run.status = RunStatus::Retrying;
-                run.next_attempt_at_ms = Some(*now_ms);
-                put_run(t, &run, Some(&old))?;
-                touched.runs.push(run.id.clone());
-                Ok(CommandResult::Run { run })
-            }
-        },
+        Command::RetryRun { run_id, now_ms } => retry_run(t, run_id, *now_ms, touched),
         Command::TriggerJob {
             id,
             now_ms,
             retention,
-        } => match get_job(t, id)? {
-            None => Ok(CommandResult::NotFound),
-            Some(job) => {
-                let run = Run {
-                    id: format!("{}_m{:x}", Run::scheduled_id(job.incarnation, *now_ms), seq),
-                    job_id: job.id.clone(),
-                    incarnation: job.incarnation,
-                    scheduled_at_ms: *now_ms,
-                    status: RunStatus::Pending,
-                    attempts: Vec::new(),
-                    next_attempt_at_ms: Some(*now_ms),
-                    manual: true,
-                    skipped: None,
-                    claimed_at_ms: *now_ms,
-                };
-                insert_run(t, &run, *retention)?;
-                touched.runs.push(run.id.clone());
-                Ok(CommandResult::Run { run })
-            }
-        },
+        } => trigger_job(t, id, seq, *now_ms, *retention, touched),
     }
+}
+
+/// The stored job `id` and `spec` with its masked secrets (`"***"`) taken from it; or the
+/// answer when a masked secret has no stored value to keep.
+fn with_stored_secrets<T: Tables>(
+    t: &T,
+    id: &str,
+    spec: &JobSpec,
+) -> TxResult<T, Result<(Option<Job>, JobSpec), CommandResult>> {
+    let existing = get_job(t, id)?;
+    Ok(match spec.unmask(existing.as_ref().map(|j| &j.spec)) {
+        Ok(spec) => Ok((existing, spec)),
+        Err(name) => Err(masked_without_value(&name)),
+    })
+}
+
+/// A create: a new job, or the existing one when it is the same (`409` when not).
+fn create_job<T: Tables>(
+    t: &T,
+    id: &str,
+    spec: &JobSpec,
+    seq: u64,
+    now_ms: UnixMs,
+    touched: &mut Touched,
+) -> TxResult<T, CommandResult> {
+    let (existing, spec) = match with_stored_secrets(t, id, spec)? {
+        Ok(found) => found,
+        Err(answer) => return Ok(answer),
+    };
+    if let Some(existing) = existing {
+        return Ok(if existing.spec == spec {
+            unchanged(existing)
+        } else {
+            CommandResult::Conflict { existing }
+        });
+    }
+    touched.jobs.push(id.to_owned());
+    let job = new_job(id, spec, seq, now_ms);
+    put_job(t, &job)?;
+    Ok(changed(job, true))
+}
+
+/// A replace (or a create when the job does not exist). A new schedule counts from the
+/// replace; pausing forgets the runs not yet due, resuming skips what fell due while paused.
+fn replace_job<T: Tables>(
+    t: &T,
+    id: &str,
+    spec: &JobSpec,
+    seq: u64,
+    now_ms: UnixMs,
+    touched: &mut Touched,
+) -> TxResult<T, CommandResult> {
+    let (existing, spec) = match with_stored_secrets(t, id, spec)? {
+        Ok(found) => found,
+        Err(answer) => return Ok(answer),
+    };
+    touched.jobs.push(id.to_owned());
+    let mut job = match existing {
+        None => {
+            let job = new_job(id, spec, seq, now_ms);
+            put_job(t, &job)?;
+            return Ok(changed(job, true));
+        }
+        Some(existing) if existing.spec == spec => return Ok(unchanged(existing)),
+        Some(job) => job,
+    };
+    if job.spec.schedule != spec.schedule {
+        // Runs the old schedule would have had before the replace are not owed.
+        job.schedule_base_ms = now_ms;
+        job.cursor_ms = job.cursor_ms.max(now_ms.saturating_sub(1));
+    }
+    if job.spec.paused && !spec.paused {
+        job.cursor_ms = job.cursor_ms.max(now_ms);
+    }
+    if !job.spec.paused && spec.paused {
+        forget_runs_due_after(t, id, now_ms)?;
+    }
+    job.spec = spec;
+    touch(&mut job, now_ms);
+    put_job(t, &job)?;
+    Ok(changed(job, false))
+}
+
+/// A delete: the job, its guard and its runs.
+fn delete_job<T: Tables>(t: &T, id: &str, touched: &mut Touched) -> TxResult<T, CommandResult> {
+    let Some(job) = get_job(t, id)? else {
+        return Ok(CommandResult::NotFound);
+    };
+    touched.jobs.push(id.to_owned());
+    t.del(Table::Jobs, id.as_bytes())?;
+    t.del(Table::Guards, id.as_bytes())?;
+    delete_job_runs(t, id)?;
+    Ok(CommandResult::Deleted { job })
+}
+
+/// A pause forgets the runs not yet due; a resume skips the runs that fell due while paused
+/// (neither delivered nor recorded).
+fn set_paused<T: Tables>(
+    t: &T,
+    id: &str,
+    paused: bool,
+    now_ms: UnixMs,
+    touched: &mut Touched,
+) -> TxResult<T, CommandResult> {
+    let mut job = match get_job(t, id)? {
+        None => return Ok(CommandResult::NotFound),
+        Some(job) if job.spec.paused == paused => return Ok(unchanged(job)),
+        Some(job) => job,
+    };
+    touched.jobs.push(id.to_owned());
+    job.spec.paused = paused;
+    if paused {
+        forget_runs_due_after(t, id, now_ms)?;
+    } else {
+        job.cursor_ms = job.cursor_ms.max(now_ms);
+    }
+    touch(&mut job, now_ms);
+    put_job(t, &job)?;
+    Ok(changed(job, false))
+}
+
+/// The leader's claims of epoch `epoch`, each accepted or not (`claim`); none from another
+/// epoch than the one this entry was appended in.
+fn claim_runs<T: Tables>(
+    t: &T,
+    at: &Position,
+    epoch: Epoch,
+    now_ms: UnixMs,
+    items: &[ClaimItem],
+    retention: u32,
+    touched: &mut Touched,
+) -> TxResult<T, CommandResult> {
+    if epoch != at.epoch {
+        return Ok(CommandResult::StaleEpoch);
+    }
+    let mut accepted = Vec::with_capacity(items.len());
+    for item in items {
+        let ok = claim(t, item, now_ms, retention)?;
+        if ok {
+            touched.jobs.push(item.job_id.clone());
+        }
+        accepted.push(ok);
+    }
+    Ok(CommandResult::Claimed { accepted })
+}
+
+/// A failed run of the job's current incarnation goes back to retrying, due now.
+fn retry_run<T: Tables>(
+    t: &T,
+    run_id: &str,
+    now_ms: UnixMs,
+    touched: &mut Touched,
+) -> TxResult<T, CommandResult> {
+    let old = match get_run(t, run_id)? {
+        None => return Ok(CommandResult::NotFound),
+        Some(run) if run.status != RunStatus::Failed => {
+            return Ok(CommandResult::NotRetryable { run })
+        }
+        Some(old) => old,
+    };
+    if get_job(t, &old.job_id)?.is_none_or(|j| j.incarnation != old.incarnation) {
+        return Ok(CommandResult::NotFound);
+    }
+    let mut run = old.clone();
+    run.status = RunStatus::Retrying;
+    run.next_attempt_at_ms = Some(now_ms);
+    put_run(t, &run, Some(&old))?;
+    touched.runs.push(run.id.clone());
+    Ok(CommandResult::Run { run })
+}
+
+/// A manual run of job `id`, due now, outside its schedule.
+fn trigger_job<T: Tables>(
+    t: &T,
+    id: &str,
+    seq: u64,
+    now_ms: UnixMs,
+    retention: u32,
+    touched: &mut Touched,
+) -> TxResult<T, CommandResult> {
+    let Some(job) = get_job(t, id)? else {
+        return Ok(CommandResult::NotFound);
+    };
+    let run = Run {
+        id: format!("{}_m{:x}", Run::scheduled_id(job.incarnation, now_ms), seq),
+        job_id: job.id.clone(),
+        incarnation: job.incarnation,
+        scheduled_at_ms: now_ms,
+        status: RunStatus::Pending,
+        attempts: Vec::new(),
+        next_attempt_at_ms: Some(now_ms),
+        manual: true,
+        skipped: None,
+        claimed_at_ms: now_ms,
+    };
+    insert_run(t, &run, retention)?;
+    touched.runs.push(run.id.clone());
+    Ok(CommandResult::Run { run })
 }
 
 /// Claims one run (or skipped range) if the job is still as the leader saw it. Reads and
