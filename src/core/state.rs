@@ -489,6 +489,17 @@ fn create_job<T: Tables>(
         });
     }
     touched.jobs.push(id.to_owned());
+    insert_job(t, id, spec, seq, now_ms)
+}
+
+/// Stores job `id` as new (its first incarnation, or a new one after a delete).
+fn insert_job<T: Tables>(
+    t: &T,
+    id: &str,
+    spec: JobSpec,
+    seq: u64,
+    now_ms: UnixMs,
+) -> TxResult<T, CommandResult> {
     let job = new_job(id, spec, seq, now_ms);
     put_job(t, &job)?;
     Ok(changed(job, true))
@@ -510,11 +521,7 @@ fn replace_job<T: Tables>(
     };
     touched.jobs.push(id.to_owned());
     let mut job = match existing {
-        None => {
-            let job = new_job(id, spec, seq, now_ms);
-            put_job(t, &job)?;
-            return Ok(changed(job, true));
-        }
+        None => return insert_job(t, id, spec, seq, now_ms),
         Some(existing) if existing.spec == spec => return Ok(unchanged(existing)),
         Some(job) => job,
     };
