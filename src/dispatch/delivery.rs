@@ -23,6 +23,24 @@ use crate::limits::{DELIVERY_CONNECT_TIMEOUT, RESPONSE_BODY_BYTES_MAX};
 /// Longest error text kept in a run's history.
 const ERROR_CHARS_MAX: usize = 300;
 
+/// What sends an attempt to its target: the node's HTTP client (`Deliverer`), or a test's
+/// fake target. The answer says how it went; it never fails otherwise.
+pub trait Deliver: Clone + Send + Sync + 'static {
+    fn attempt(
+        &self,
+        req: &AttemptRequest<'_>,
+    ) -> impl std::future::Future<Output = (Attempt, HttpOutcome)> + Send;
+}
+
+impl Deliver for Deliverer {
+    fn attempt(
+        &self,
+        req: &AttemptRequest<'_>,
+    ) -> impl std::future::Future<Output = (Attempt, HttpOutcome)> + Send {
+        Deliverer::attempt(self, req)
+    }
+}
+
 /// The delivery client of one node.
 #[derive(Clone)]
 pub struct Deliverer {

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::replicated::Replica;
 
-pub use delivery::Deliverer;
+pub use delivery::{Deliver, Deliverer};
 use targets::TargetStatus;
 
 /// One page of `GET /v1/targets`: the targets and the key to continue after.
@@ -85,9 +85,9 @@ pub struct DispatchConfig {
 
 /// Starts the supervisor that runs one dispatcher per leadership epoch of this node. It stops
 /// when `shutdown` is cancelled; deliveries in flight then finish on their own.
-pub fn spawn(
+pub fn spawn<D: Deliver>(
     replica: Arc<Replica>,
-    deliverer: Deliverer,
+    deliverer: D,
     config: DispatchConfig,
     shutdown: CancellationToken,
 ) -> (JoinHandle<()>, DispatchHandle) {
@@ -115,9 +115,9 @@ pub fn restart_pause(n: u32) -> Duration {
 /// Runs one epoch task while this node leads, and restarts it (after `restart_pause`) if it
 /// ends by itself, a panic included (SPEC §7 "Supervision"): the node never silently stops
 /// dispatching.
-async fn supervise(
+async fn supervise<D: Deliver>(
     replica: Arc<Replica>,
-    deliverer: Deliverer,
+    deliverer: D,
     config: DispatchConfig,
     queries: Queries,
     shutdown: CancellationToken,
@@ -189,7 +189,10 @@ async fn supervise(
 }
 
 #[cfg(test)]
-mod tests {
+mod tests;
+
+#[cfg(test)]
+mod restart_tests {
     use super::*;
 
     #[test]

@@ -20,7 +20,7 @@ use crate::core::plan::{self, after_attempt};
 use crate::planted;
 use crate::replicated::{Replica, ReplicaState, State};
 
-use super::delivery::{AttemptRequest, Deliverer};
+use super::delivery::{AttemptRequest, Deliver};
 use super::doubt::{Doubts, Found};
 use super::index::{Indexed, JobId, JobIndex};
 use super::pace::Pacer;
@@ -94,10 +94,10 @@ struct Sent {
     probe: bool,
 }
 
-struct Dispatcher {
+struct Dispatcher<D> {
     replica: Arc<Replica>,
     view: State,
-    deliverer: Deliverer,
+    deliverer: D,
     config: DispatchConfig,
     epoch: Epoch,
     cancel: CancellationToken,
@@ -132,9 +132,9 @@ struct Dispatcher {
 }
 
 /// Runs dispatch for `epoch` until `cancel`.
-pub async fn run_epoch(
+pub async fn run_epoch<D: Deliver>(
     replica: Arc<Replica>,
-    deliverer: Deliverer,
+    deliverer: D,
     config: DispatchConfig,
     epoch: Epoch,
     queries: Queries,
@@ -259,7 +259,7 @@ pub async fn run_epoch(
     let _ = tokio::time::timeout(Duration::from_secs(1), recorder).await;
 }
 
-impl Dispatcher {
+impl<D: Deliver> Dispatcher<D> {
     /// Rebuilds the index of every job from the state machine.
     fn rebuild(&mut self) {
         let mut cached = std::mem::take(&mut self.index);

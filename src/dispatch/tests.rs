@@ -1,0 +1,272 @@
+//! The dispatcher in process: a real single-node replica in a temporary data dir, the
+//! supervisor and its epoch task, and a fake target in place of the HTTP client (`Deliver`),
+//! which records every attempt and answers as the test says. No process, no socket.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hookd_raft::{RaftTiming, ReplicaConfig};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use super::delivery::{AttemptRequest, Deliver};
+use super::{spawn, DispatchConfig};
+use crate::core::command::{Attempt, Command, JobSpec, Run, RunStatus, ScheduleSpec};
+use crate::core::plan::HttpOutcome;
+use crate::core::state::tests::spec;
+use crate::replicated::{Replica, ReplicaState};
+
+/// A fake target: answers each attempt with the status its URL's path asks for (`/200`,
+/// `/500`; 200 by default); a path starting `held` (`/held`, `/held-500`) first waits for a
+/// permit of `gate`.
+#[derive(Clone)]
+struct FakeTarget {
+    /// (job id, run id, attempt number), in the order attempts reached the target.
+    seen: Arc<Mutex<Vec<(String, String, u32)>>>,
+    gate: Arc<Semaphore>,
+}
+
+impl Default for FakeTarget {
+    fn default() -> Self {
+        FakeTarget {
+            seen: Arc::default(),
+            gate: Arc::new(Semaphore::new(0)),
+        }
+    }
+}
+
+impl FakeTarget {
+    fn seen(&self) -> Vec<(String, String, u32)> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Deliver for FakeTarget {
+    async fn attempt(&self, req: &AttemptRequest<'_>) -> (Attempt, HttpOutcome) {
+        let mut path = req
+            .job
+            .spec
+            .url
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        self.seen
+            .lock()
+            .unwrap()
+            .push((req.job.id.clone(), req.run_id.to_owned(), req.n));
+        if let Some(rest) = path.strip_prefix("held") {
+            let _ = self.gate.acquire().await.map(|p| p.forget());
+            path = rest.trim_start_matches('-').to_owned();
+        }
+        let status = path.parse::<u16>().unwrap_or(200);
+        let attempt = Attempt {
+            n: req.n,
+            started_at_ms: now_ms(),
+            duration_ms: 1,
+            status_code: Some(status),
+            error: None,
+            node_id: 1,
+        };
+        let outcome = HttpOutcome {
+            status: Some(status),
+            retry_after: None,
+            denied: false,
+        };
+        (attempt, outcome)
+    }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// A one-node cluster in `dir`, leading.
+async fn leader(dir: &std::path::Path) -> Arc<Replica> {
+    let config = ReplicaConfig {
+        node_id: 1,
+        data_dir: dir.to_path_buf(),
+        api_addr: "127.0.0.1:1".into(),
+        initial_members: BTreeMap::from([(1, "127.0.0.1:2".into())]),
+        join: false,
+        peer_secret: None,
+        peer_tls: None,
+        cluster_id: "dispatch-test".into(),
+        cluster_id_required: false,
+        timing: RaftTiming::default(),
+        snapshot_logs: 10_000,
+        write_backlog_max: 10_000,
+    };
+    let replica = Replica::start(config, Default::default())
+        .await
+        .expect("start");
+    eventually("leadership", || replica.status().leader_id == Some(1)).await;
+    replica
+}
+
+/// Polls `f` every 20 ms until it holds, for at most 20 s.
+async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn config() -> DispatchConfig {
+    DispatchConfig {
+        horizon: Duration::from_millis(500),
+        in_flight_max: 8,
+        host_max: 4,
+        retention: 100,
+    }
+}
+
+/// A job due at once at `url`, retried every 100 ms up to `max_attempts`.
+fn due_now(url: &str, max_attempts: u32) -> JobSpec {
+    let mut s = spec(url);
+    s.schedule = ScheduleSpec::After { after_ms: 0 };
+    s.retry.max_attempts = max_attempts;
+    s.retry.initial_backoff_ms = 100;
+    s.retry.max_backoff_ms = 100;
+    s.retry.jitter = 0.0;
+    s
+}
+
+async fn create(replica: &Replica, id: &str, spec: JobSpec) {
+    let cmd = Command::CreateJob {
+        id: id.into(),
+        spec,
+        now_ms: now_ms(),
+    };
+    replica.propose(cmd).await.expect("create");
+}
+
+fn runs(replica: &Replica, id: &str) -> Vec<Run> {
+    replica.state().job_runs(id, None, 100).expect("runs")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_due_run_is_claimed_sent_once_and_recorded_and_a_failing_one_retried_then_failed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let replica = leader(dir.path()).await;
+    let target = FakeTarget::default();
+    let stop = CancellationToken::new();
+    let (task, _) = spawn(replica.clone(), target.clone(), config(), stop.clone());
+    create(&replica, "ok", due_now("http://t.test/200", 3)).await;
+    create(&replica, "bad", due_now("http://t.test/500", 3)).await;
+
+    eventually("the good run recorded succeeded", || {
+        runs(&replica, "ok")
+            .first()
+            .is_some_and(|r| r.status == RunStatus::Succeeded)
+    })
+    .await;
+    eventually("the bad run recorded failed", || {
+        runs(&replica, "bad")
+            .first()
+            .is_some_and(|r| r.status == RunStatus::Failed)
+    })
+    .await;
+    let ok = &runs(&replica, "ok")[0];
+    assert_eq!(ok.attempts.len(), 1);
+    assert_eq!(ok.attempts[0].status_code, Some(200));
+    let bad = &runs(&replica, "bad")[0];
+    let statuses: Vec<_> = bad.attempts.iter().map(|a| a.status_code).collect();
+    assert_eq!(statuses, [Some(500); 3], "every attempt of its policy");
+    // The target saw exactly what was recorded: one attempt of the good run, attempts 1-3 of
+    // the bad one, each once.
+    let seen = target.seen();
+    let of = |job: &str| -> Vec<u32> {
+        seen.iter()
+            .filter(|(j, _, _)| j == job)
+            .map(|(_, _, n)| *n)
+            .collect()
+    };
+    assert_eq!(of("ok"), [1]);
+    assert_eq!(of("bad"), [1, 2, 3]);
+    assert!(seen.iter().all(|(j, r, _)| r == &runs(&replica, j)[0].id));
+    stop.cancel();
+    task.await.expect("supervisor");
+    replica.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_target_takes_only_its_share_and_a_job_paused_during_its_attempt_is_not_retried() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let replica = leader(dir.path()).await;
+    let target = FakeTarget::default();
+    let stop = CancellationToken::new();
+    let (task, _) = spawn(replica.clone(), target.clone(), config(), stop.clone());
+    let seen_of = |prefix: &str| {
+        let seen = target.seen();
+        seen.iter()
+            .filter(|(j, _, _)| j.starts_with(prefix))
+            .count()
+    };
+    // A job whose attempt the target holds, then fails (it would be retried after 100 ms).
+    create(&replica, "victim", due_now("http://slow.test/held-500", 3)).await;
+    eventually("the victim's attempt in flight", || seen_of("victim") == 1).await;
+    // Five more at the same target: only `host_max` (4) attempts are in flight there at once,
+    // and a job at another target is delivered meanwhile.
+    for i in 0..5 {
+        create(
+            &replica,
+            &format!("held{i}"),
+            due_now("http://slow.test/held", 1),
+        )
+        .await;
+    }
+    eventually("the target's share in flight", || seen_of("held") == 3).await;
+    create(&replica, "other", due_now("http://fast.test/200", 1)).await;
+    eventually("the other target served", || {
+        runs(&replica, "other")
+            .first()
+            .is_some_and(|r| r.status == RunStatus::Succeeded)
+    })
+    .await;
+    assert_eq!(
+        seen_of("held"),
+        3,
+        "the per-target cap of 4, the victim included"
+    );
+
+    // Pause the victim while its attempt is in flight, then let the target answer everything.
+    let cmd = Command::SetPaused {
+        id: "victim".into(),
+        paused: true,
+        now_ms: now_ms(),
+    };
+    replica.propose(cmd).await.expect("pause");
+    target.gate.add_permits(100);
+    eventually("every other held job delivered", || {
+        (0..5).all(|i| {
+            runs(&replica, &format!("held{i}"))
+                .first()
+                .is_some_and(|r| r.status == RunStatus::Succeeded)
+        })
+    })
+    .await;
+    // Its failed attempt is recorded; the retry it asked for is never attempted while paused.
+    eventually("the victim's attempt recorded", || {
+        runs(&replica, "victim")
+            .first()
+            .is_some_and(|r| r.attempts.len() == 1)
+    })
+    .await;
+    let retry_due = runs(&replica, "victim")[0]
+        .next_attempt_at_ms
+        .unwrap_or_else(now_ms);
+    eventually("well past the retry's instant", || {
+        now_ms() > retry_due + 1_000
+    })
+    .await;
+    assert_eq!(seen_of("victim"), 1, "attempted after its pause");
+    stop.cancel();
+    task.await.expect("supervisor");
+    replica.shutdown().await;
+}
