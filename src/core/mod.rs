@@ -8,6 +8,7 @@
 pub mod command;
 pub mod format;
 pub mod plan;
+mod records;
 pub mod state;
 pub mod validate;
 pub mod view;

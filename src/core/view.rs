@@ -5,7 +5,7 @@
 use std::ops::Bound;
 
 use super::command::{Job, NodeId, Run, RunStatus};
-use super::state::{
+use super::records::{
     decode_job, decode_run, decode_run_list, status_prefix, Guard, StateFault, Table,
     CLUSTER_ID_KEY,
 };
