@@ -194,6 +194,7 @@ pub async fn run(
             in_flight_max: config.deliveries_max,
             host_max: config.host_concurrency,
             retention: config.run_retention,
+            clock: dispatch::Clock::system(),
         },
         dispatch_stop.clone(),
     );

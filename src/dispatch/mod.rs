@@ -69,6 +69,30 @@ impl DispatchHandle {
     }
 }
 
+/// Where the dispatcher reads the time (unix milliseconds): the system clock, or a test's.
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> i64 + Send + Sync>);
+
+impl Clock {
+    pub fn system() -> Clock {
+        Clock(Arc::new(|| chrono::Utc::now().timestamp_millis()))
+    }
+
+    pub fn from_fn(f: impl Fn() -> i64 + Send + Sync + 'static) -> Clock {
+        Clock(Arc::new(f))
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Clock({})", self.now_ms())
+    }
+}
+
 /// Tuning of the dispatcher.
 #[derive(Debug, Clone)]
 pub struct DispatchConfig {
@@ -81,6 +105,7 @@ pub struct DispatchConfig {
     pub host_max: usize,
     /// Runs kept per job.
     pub retention: u32,
+    pub clock: Clock,
 }
 
 /// Starts the supervisor that runs one dispatcher per leadership epoch of this node. It stops

@@ -62,10 +62,6 @@ const HORIZON_SCAN_MAX: usize = 1_000_000;
 const TOTALS_EVERY: Duration = Duration::from_secs(1);
 const FORGET_IDLE_EVERY: Duration = Duration::from_secs(300);
 
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
-
 /// An attempt waiting for its instant.
 #[derive(Debug, Clone)]
 struct Pending {
@@ -151,7 +147,7 @@ pub async fn run_epoch<D: Deliver>(
     loop {
         let barrier = Command::ClaimRuns {
             epoch: epoch.into(),
-            now_ms: now_ms(),
+            now_ms: config.clock.now_ms(),
             items: Vec::new(),
             retention: config.retention,
         };
@@ -178,6 +174,7 @@ pub async fn run_epoch<D: Deliver>(
     let (events_tx, mut events) = mpsc::channel(capacity);
     let (record_tx, record_rx) = mpsc::channel(capacity);
     let recorder = tokio::spawn(record_loop(replica.clone(), record_rx));
+    let started_ms = config.clock.now_ms();
     let mut d = Dispatcher {
         sched: if planted::is(planted::GLOBAL_QUEUE) {
             // One queue whose cap is the node's: no per-target isolation at all.
@@ -200,7 +197,7 @@ pub async fn run_epoch<D: Deliver>(
         panicked: HashMap::new(),
         doubts: Doubts::default(),
         held: HashMap::new(),
-        pacer: Pacer::new(now_ms()),
+        pacer: Pacer::new(started_ms),
         horizon_ms: base_horizon_ms,
         horizon_at: Instant::now() - HORIZON_EVERY,
         gate_open: true,
@@ -373,7 +370,7 @@ impl<D: Deliver> Dispatcher<D> {
     /// later runs, sent before the held ones). No re-read: a job that changed meanwhile was
     /// re-indexed by the change feed already (then it has a next due and is left alone).
     fn release_held(&mut self) {
-        let now = now_ms();
+        let now = self.now_ms();
         let sched = &self.sched;
         let free: Vec<TargetKey> = self
             .held
@@ -470,7 +467,7 @@ impl<D: Deliver> Dispatcher<D> {
     /// Claims every run due within the horizon, in bounded batches.
     fn claim_due(&mut self) {
         self.release_held();
-        let now = now_ms();
+        let now = self.now_ms();
         let base = self.config.horizon.as_millis() as i64;
         let horizon = self.horizon(now);
         let mut budget = self.pacer.budget(now);
@@ -575,7 +572,7 @@ impl<D: Deliver> Dispatcher<D> {
                 }
                 let accepted = accepted.unwrap_or_default();
                 let mut done_jobs = HashSet::new();
-                let (committed_ms, mut late) = (now_ms(), 0);
+                let (committed_ms, mut late) = (self.now_ms(), 0);
                 for (i, item) in items.into_iter().enumerate() {
                     let ok = accepted.get(i).copied().unwrap_or(false);
                     if let (true, ClaimKind::Skip { count, .. }) = (ok, &item.kind) {
@@ -618,13 +615,13 @@ impl<D: Deliver> Dispatcher<D> {
                 }
             }
             Event::NotAttempted(Sent { p, key, probe }) => {
-                let now = now_ms();
+                let now = self.now_ms();
                 self.attempting.remove(&p.run_id);
                 self.sched.finish(&key, probe, Outcome::NotSent, None, now);
                 self.enqueue(now + GATE_RECHECK.as_millis() as i64, p);
             }
             Event::Panicked(Sent { p, key, probe }) => {
-                let now = now_ms();
+                let now = self.now_ms();
                 self.attempting.remove(&p.run_id);
                 self.sched.finish(&key, probe, Outcome::NotSent, None, now);
                 let panics = self.panicked.entry(p.run_id.clone()).or_insert(0);
@@ -654,7 +651,10 @@ impl<D: Deliver> Dispatcher<D> {
             Event::Attempted(Sent { p, key, probe }, result, outcome, error) => {
                 self.attempting.remove(&p.run_id);
                 self.panicked.remove(&p.run_id);
-                if self.sched.finish(&key, probe, outcome, error, now_ms()) {
+                if self
+                    .sched
+                    .finish(&key, probe, outcome, error, self.now_ms())
+                {
                     tracing::warn!(target = %key, "circuit opened after consecutive timeouts or connection errors");
                     crate::metrics::circuit_opened();
                 }
@@ -670,7 +670,7 @@ impl<D: Deliver> Dispatcher<D> {
     /// Starts the attempts whose instant has come, as the per-target scheduler picks them,
     /// while the lease gate is open; at most `STARTS_PER_TURN_MAX` per turn.
     fn send_due(&mut self) {
-        let now = now_ms();
+        let now = self.now_ms();
         for _ in 0..STARTS_PER_TURN_MAX {
             if !self.sched.can_start(now) {
                 return; // a finishing attempt or a new run wakes the loop
@@ -711,6 +711,7 @@ impl<D: Deliver> Dispatcher<D> {
     /// Runs one attempt in its own task; its end comes back as an event.
     fn spawn_attempt(&self, job: Job, sent: Sent) {
         let deliverer = self.deliverer.clone();
+        let clock = self.config.clock.clone();
         let leadership = self.replica.leadership().clone();
         let epoch = self.epoch;
         let record_tx = self.record_tx.clone();
@@ -747,7 +748,7 @@ impl<D: Deliver> Dispatcher<D> {
             };
             let (attempt, http) = deliverer.attempt(&req).await;
             crate::metrics::attempt(&attempt, p.scheduled_at_ms, p.n);
-            let result = after_attempt(p.n, &job.spec.retry, &http, now_ms(), rand::random());
+            let result = after_attempt(p.n, &job.spec.retry, &http, clock.now_ms(), rand::random());
             crate::metrics::run_result(&result);
             let (outcome, error) = match (&attempt.status_code, &attempt.error) {
                 // Nothing reached the target: the policy stopped it, which says nothing of it.
@@ -786,6 +787,10 @@ impl<D: Deliver> Dispatcher<D> {
         });
     }
 
+    fn now_ms(&self) -> i64 {
+        self.config.clock.now_ms()
+    }
+
     /// The lease gate: this node still leads this epoch with a fresh quorum ack.
     fn may_act(&self) -> bool {
         planted::is(planted::LEASE_GATE) || self.replica.leadership().may_act(self.epoch)
@@ -794,7 +799,7 @@ impl<D: Deliver> Dispatcher<D> {
     /// When the loop must wake next: at once while attempts may start (the gate re-check when
     /// it is closed), the first waiting target, the first claim, or idle.
     fn next_wake(&mut self) -> Instant {
-        let now = now_ms();
+        let now = self.now_ms();
         let horizon = self.horizon_ms;
         let mut wake_ms = now + IDLE_WAKE.as_millis() as i64;
         if self.sched.can_start(now) {

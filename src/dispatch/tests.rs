@@ -11,7 +11,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::delivery::{AttemptRequest, Deliver};
-use super::{spawn, DispatchConfig};
+use super::{spawn, Clock, DispatchConfig};
 use crate::core::command::{Attempt, Command, JobSpec, Run, RunStatus, ScheduleSpec};
 use crate::core::plan::HttpOutcome;
 use crate::core::state::tests::spec;
@@ -123,6 +123,7 @@ fn config() -> DispatchConfig {
         in_flight_max: 8,
         host_max: 4,
         retention: 100,
+        clock: Clock::system(),
     }
 }
 
@@ -266,6 +267,49 @@ async fn a_held_target_takes_only_its_share_and_a_job_paused_during_its_attempt_
     })
     .await;
     assert_eq!(seen_of("victim"), 1, "attempted after its pause");
+    stop.cancel();
+    task.await.expect("supervisor");
+    replica.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_that_fell_due_while_no_one_dispatched_follow_the_misfire_policy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let replica = leader(dir.path()).await;
+    let target = FakeTarget::default();
+    // The dispatcher's clock runs 10.5 minutes ahead of the clock that stamped the create:
+    // as if no leader had dispatched for that long.
+    let ahead_ms = 630_000;
+    let config = DispatchConfig {
+        clock: Clock::from_fn(move || now_ms() + ahead_ms),
+        ..config()
+    };
+    // Every minute from one minute after its creation; runs more than a minute late are
+    // skipped: nine are (1 to 9 minutes), the tenth (30 s late) is delivered.
+    let mut every = spec("http://t.test/200");
+    every.schedule = ScheduleSpec::Every {
+        every_ms: 60_000,
+        start_at_ms: None,
+    };
+    every.misfire.policy = crate::core::command::MisfirePolicy::Skip;
+    every.misfire.grace_ms = 60_000;
+    create(&replica, "every", every).await;
+    let stop = CancellationToken::new();
+    let (task, _) = spawn(replica.clone(), target.clone(), config, stop.clone());
+    eventually("the on-time run delivered", || {
+        runs(&replica, "every")
+            .iter()
+            .any(|r| r.status == RunStatus::Succeeded)
+    })
+    .await;
+    let all = runs(&replica, "every");
+    let skipped: u64 = all
+        .iter()
+        .filter(|r| r.status == RunStatus::Skipped)
+        .map(|r| r.skipped.as_ref().map_or(1, |s| s.count))
+        .sum();
+    assert_eq!(skipped, 9, "{all:?}");
+    assert_eq!(target.seen().len(), 1, "only the on-time run is sent");
     stop.cancel();
     task.await.expect("supervisor");
     replica.shutdown().await;
