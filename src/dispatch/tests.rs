@@ -197,7 +197,8 @@ async fn a_due_run_is_claimed_sent_once_and_recorded_and_a_failing_one_retried_t
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_held_target_takes_only_its_share_and_a_job_paused_during_its_attempt_is_not_retried() {
+async fn a_held_target_takes_only_its_share_and_jobs_paused_or_deleted_during_an_attempt_are_not_retried(
+) {
     let dir = tempfile::tempdir().expect("tempdir");
     let replica = leader(dir.path()).await;
     let target = FakeTarget::default();
@@ -209,9 +210,15 @@ async fn a_held_target_takes_only_its_share_and_a_job_paused_during_its_attempt_
             .filter(|(j, _, _)| j.starts_with(prefix))
             .count()
     };
-    // A job whose attempt the target holds, then fails (it would be retried after 100 ms).
-    create(&replica, "victim", due_now("http://slow.test/held-500", 3)).await;
-    eventually("the victim's attempt in flight", || seen_of("victim") == 1).await;
+    // Two jobs whose attempts the target holds, then fails (each would be retried after
+    // 100 ms): one is paused and one deleted while their attempts are in flight.
+    for id in ["victim", "doomed"] {
+        create(&replica, id, due_now("http://slow.test/held-500", 3)).await;
+    }
+    eventually("both attempts in flight", || {
+        seen_of("victim") == 1 && seen_of("doomed") == 1
+    })
+    .await;
     // Five more at the same target: only `host_max` (4) attempts are in flight there at once,
     // and a job at another target is delivered meanwhile.
     for i in 0..5 {
@@ -222,7 +229,7 @@ async fn a_held_target_takes_only_its_share_and_a_job_paused_during_its_attempt_
         )
         .await;
     }
-    eventually("the target's share in flight", || seen_of("held") == 3).await;
+    eventually("the target's share in flight", || seen_of("held") == 2).await;
     create(&replica, "other", due_now("http://fast.test/200", 1)).await;
     eventually("the other target served", || {
         runs(&replica, "other")
@@ -230,19 +237,19 @@ async fn a_held_target_takes_only_its_share_and_a_job_paused_during_its_attempt_
             .is_some_and(|r| r.status == RunStatus::Succeeded)
     })
     .await;
-    assert_eq!(
-        seen_of("held"),
-        3,
-        "the per-target cap of 4, the victim included"
-    );
+    assert_eq!(seen_of("held"), 2, "the per-target cap of 4");
 
-    // Pause the victim while its attempt is in flight, then let the target answer everything.
-    let cmd = Command::SetPaused {
+    let pause = Command::SetPaused {
         id: "victim".into(),
         paused: true,
         now_ms: now_ms(),
     };
-    replica.propose(cmd).await.expect("pause");
+    replica.propose(pause).await.expect("pause");
+    let delete = Command::DeleteJob {
+        id: "doomed".into(),
+        now_ms: now_ms(),
+    };
+    replica.propose(delete).await.expect("delete");
     target.gate.add_permits(100);
     eventually("every other held job delivered", || {
         (0..5).all(|i| {
@@ -252,7 +259,8 @@ async fn a_held_target_takes_only_its_share_and_a_job_paused_during_its_attempt_
         })
     })
     .await;
-    // Its failed attempt is recorded; the retry it asked for is never attempted while paused.
+    // The paused job's failed attempt is recorded; the retry it asked for is never attempted
+    // while paused, and nothing of the deleted job is attempted again or comes back.
     eventually("the victim's attempt recorded", || {
         runs(&replica, "victim")
             .first()
@@ -267,6 +275,9 @@ async fn a_held_target_takes_only_its_share_and_a_job_paused_during_its_attempt_
     })
     .await;
     assert_eq!(seen_of("victim"), 1, "attempted after its pause");
+    assert_eq!(seen_of("doomed"), 1, "attempted after its delete");
+    assert!(replica.state().get_job("doomed").expect("read").is_none());
+    assert!(runs(&replica, "doomed").is_empty());
     stop.cancel();
     task.await.expect("supervisor");
     replica.shutdown().await;
