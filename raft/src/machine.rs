@@ -73,6 +73,11 @@ pub trait Machine: Send + Sync + 'static {
     const TABLES: &'static [&'static str];
     /// Tables older versions had and this one dropped: skipped in an older snapshot.
     const DROPPED_TABLES: &'static [&'static str];
+    /// Version of the machine's own persisted formats: its records (in the tables and
+    /// snapshots) and its commands (in the log). A data dir recorded with a newer one is
+    /// refused; one from `FORMAT_READABLE_FROM` on is upgraded in place (`DROPPED_TABLES` go).
+    const FORMAT_VERSION: u32;
+    const FORMAT_READABLE_FROM: u32;
     /// Most commands one `batch` may hold.
     const BATCH_MAX: usize;
 
@@ -261,6 +266,8 @@ pub mod kv {
         type Touched = ();
         const TABLES: &'static [&'static str] = &["kv"];
         const DROPPED_TABLES: &'static [&'static str] = &["old"];
+        const FORMAT_VERSION: u32 = 3;
+        const FORMAT_READABLE_FROM: u32 = 1;
         const BATCH_MAX: usize = 1024;
 
         fn apply(&self, tx: &Tx<'_>, at: Position, cmd: &Cmd, _: &mut ()) -> Result<Out, TxError> {

@@ -3,7 +3,7 @@
 //! postcard in the log and the state machine (positional: no serde attribute postcard cannot
 //! honour, and a changed field needs a new format byte with a decoder kept for the old one), and
 //! JSON between nodes and in the data of schemas 1 and 2 (fields are only ever added there with
-//! `#[serde(default)]`). A breaking change bumps `hookd_raft::store::SCHEMA_VERSION`.
+//! `#[serde(default)]`). A breaking change bumps `Machine::FORMAT_VERSION` (`crate::replicated`).
 //!
 //! Every value that depends on the clock or on randomness (times, generated ids) is stamped into
 //! the command by the node that proposes it, so `apply` stays deterministic.

@@ -113,6 +113,16 @@ impl Machine for Hookd {
     type Touched = Touched;
     const TABLES: &'static [&'static str] = Table::NAMES;
     const DROPPED_TABLES: &'static [&'static str] = state::DROPPED_TABLES;
+    /// The history of hookd's record and command formats (`core::command`, `core::records`):
+    ///
+    /// - 1: the first.
+    /// - 2: a claim moves the job's guard (`Table::Guards`) instead of rewriting the job
+    ///   record; a job without a guard is read from its record, as format 1 wrote it. Open runs
+    ///   are found in the status index; format 1's `open` tables are dropped by the upgrade.
+    /// - 3: job records are postcard behind a format byte instead of JSON. Records in the older
+    ///   form are read as they are and replaced as they are rewritten (a change of the job).
+    const FORMAT_VERSION: u32 = 3;
+    const FORMAT_READABLE_FROM: u32 = 1;
     const BATCH_MAX: usize = state::BATCH_COMMANDS_MAX;
 
     fn apply(

@@ -35,20 +35,42 @@ pub use sm::{StateMachineStore, StateView};
 use crate::machine::Machine;
 use crate::typ::{NodeId, StorageError, StorageIOError};
 
-/// Version of everything this crate persists, the machine's records included (a machine
-/// whose formats change asks for a new version here). A data dir of a newer version is refused; one of
-/// an older version this code still reads (`SCHEMA_READABLE_FROM`) is upgraded in place.
+/// Version of what this crate persists itself: the log's entries, the snapshot files, the meta
+/// record. The machine's own formats (its records, its commands) have their own version,
+/// `Machine::FORMAT_VERSION`. A data dir of a newer version of either is refused; one of an
+/// older version this code still reads is upgraded in place.
 ///
 /// - 1: the first.
-/// - 2: a claim moves the job's guard (`Table::Guards`) instead of rewriting the job record; a
-///   job without a guard is read from its record, as schema 1 wrote it. Open runs are found in
-///   the status index; schema 1's `open` trees are dropped by the upgrade.
-/// - 3: log entries (format 2, `log.rs`) and job records are postcard behind a format byte
-///   instead of JSON; snapshots are format 2. Entries and records in the older forms are read
-///   as they are and replaced as they are rewritten (a purge, a change of the job).
-pub const SCHEMA_VERSION: u32 = 3;
-/// The oldest schema this code reads.
-pub const SCHEMA_READABLE_FROM: u32 = 1;
+/// - 2: nothing of this crate's formats changed (the machine's did; both were one number then).
+/// - 3: log entries are postcard behind a format byte (format 2, `log.rs`) instead of JSON;
+///   snapshots are format 2. Entries in the older form are read as they are and replaced as
+///   they are rewritten (a purge).
+pub const STORE_VERSION: u32 = 3;
+/// The oldest store version this code reads.
+pub const STORE_READABLE_FROM: u32 = 1;
+
+/// The version a data dir records for older binaries, which know only this one number (until
+/// the machine's format got a version of its own, one number covered both): it grows whenever
+/// either version grows, so an older binary refuses a data dir that a newer one changed.
+fn data_dir_version(store: u32, machine: u32) -> u32 {
+    (store + machine).saturating_sub(STORE_VERSION)
+}
+
+/// Whether versions `found` are readable here, given what this code writes (`current`) and
+/// the oldest it reads: the versions found (store, machine), or the one refused and its range.
+fn readable(
+    found: (u32, u32),
+    store: std::ops::RangeInclusive<u32>,
+    machine: std::ops::RangeInclusive<u32>,
+) -> Result<(), (&'static str, u32, std::ops::RangeInclusive<u32>)> {
+    if !store.contains(&found.0) {
+        return Err(("schema", found.0, store));
+    }
+    if !machine.contains(&found.1) {
+        return Err(("record format", found.1, machine));
+    }
+    Ok(())
+}
 
 /// Why a data dir cannot be opened.
 #[derive(Debug, thiserror::Error)]
@@ -65,12 +87,14 @@ pub enum OpenError {
         expected: NodeId,
     },
     #[error(
-        "data dir {path} has schema version {found}; this hookd reads versions \
-         {SCHEMA_READABLE_FROM} to {expected} (a newer hookd wrote it: run that version)"
+        "data dir {path} has {what} version {found}; this hookd reads versions \
+         {oldest} to {expected} (a newer hookd wrote it: run that version)"
     )]
     SchemaMismatch {
         path: String,
+        what: &'static str,
         found: u32,
+        oldest: u32,
         expected: u32,
     },
     #[error("data dir {path} has an unreadable meta record: {detail}")]
@@ -79,7 +103,14 @@ pub enum OpenError {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct MetaRecord {
+    /// `data_dir_version`: what older binaries check.
     schema_version: u32,
+    /// `STORE_VERSION` and `Machine::FORMAT_VERSION` as written; absent in data dirs of
+    /// binaries that had one number for both (it is then each of them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    store_version: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    machine_format: Option<u32>,
     node_id: NodeId,
     /// Set when this node was removed from its cluster: why. Such a data dir never serves again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -93,19 +124,36 @@ struct MetaRecord {
 
 const META_KEY: &[u8] = b"record";
 
-/// Records this schema version and `node_id` in the meta record, flushed.
-fn write_meta(
+impl MetaRecord {
+    /// The record this code writes for machine `M`.
+    fn current<M: Machine>(node_id: NodeId, removed: Option<String>, joined: bool) -> MetaRecord {
+        MetaRecord {
+            schema_version: data_dir_version(STORE_VERSION, M::FORMAT_VERSION),
+            store_version: Some(STORE_VERSION),
+            machine_format: Some(M::FORMAT_VERSION),
+            node_id,
+            removed,
+            joined,
+        }
+    }
+
+    /// (store version, machine format version) of the data dir.
+    fn versions(&self) -> (u32, u32) {
+        (
+            self.store_version.unwrap_or(self.schema_version),
+            self.machine_format.unwrap_or(self.schema_version),
+        )
+    }
+}
+
+/// Records these versions and `node_id` in the meta record, flushed.
+fn write_meta<M: Machine>(
     meta: &sled::Tree,
     disk: &Disk,
     node_id: NodeId,
     joined: bool,
 ) -> Result<(), sled::Error> {
-    let rec = MetaRecord {
-        schema_version: SCHEMA_VERSION,
-        node_id,
-        removed: None,
-        joined,
-    };
+    let rec = MetaRecord::current::<M>(node_id, None, joined);
     meta.insert(META_KEY, serde_json::to_vec(&rec).unwrap_or_default())?;
     disk.flush_blocking()
 }
@@ -181,11 +229,16 @@ impl<M: Machine> Store<M> {
                         path: path.clone(),
                         detail: e.to_string(),
                     })?;
-                if !(SCHEMA_READABLE_FROM..=SCHEMA_VERSION).contains(&rec.schema_version) {
+                let found = rec.versions();
+                let store = STORE_READABLE_FROM..=STORE_VERSION;
+                let machine = M::FORMAT_READABLE_FROM..=M::FORMAT_VERSION;
+                if let Err((what, found, range)) = readable(found, store, machine) {
                     return Err(OpenError::SchemaMismatch {
                         path,
-                        found: rec.schema_version,
-                        expected: SCHEMA_VERSION,
+                        what,
+                        found,
+                        oldest: *range.start(),
+                        expected: *range.end(),
                     });
                 }
                 if rec.node_id != node_id {
@@ -197,7 +250,7 @@ impl<M: Machine> Store<M> {
                 }
                 removed = rec.removed;
                 joined = rec.joined;
-                if rec.schema_version < SCHEMA_VERSION {
+                if found != (STORE_VERSION, M::FORMAT_VERSION) {
                     // Every change since is read from the older form; only the tables the
                     // machine dropped go. Then the new version is recorded, so an older hookd
                     // no longer opens this dir. Both steps may run again after a crash between
@@ -211,17 +264,17 @@ impl<M: Machine> Store<M> {
                             db.drop_tree(&name).map_err(sled_err)?;
                         }
                     }
-                    write_meta(&meta, &disk, node_id, joined).map_err(sled_err)?;
+                    write_meta::<M>(&meta, &disk, node_id, joined).map_err(sled_err)?;
                     tracing::info!(
-                        from = rec.schema_version,
-                        to = SCHEMA_VERSION,
+                        from = ?found,
+                        to = ?(STORE_VERSION, M::FORMAT_VERSION),
                         "data dir schema upgraded"
                     );
                 }
                 false
             }
             None => {
-                write_meta(&meta, &disk, node_id, false).map_err(sled_err)?;
+                write_meta::<M>(&meta, &disk, node_id, false).map_err(sled_err)?;
                 true
             }
         };
@@ -265,18 +318,13 @@ impl<M: Machine> Store<M> {
 
     /// Records, flushed, that this node starts with `--join` on an empty data dir.
     pub fn mark_joined(&self) -> Result<(), sled::Error> {
-        write_meta(&self.meta, &self.disk, self.node_id, true)
+        write_meta::<M>(&self.meta, &self.disk, self.node_id, true)
     }
 
     /// Records, flushed, that this node was removed from its cluster: the data dir is refused
     /// from then on.
     pub async fn mark_removed(&self, reason: &str) -> Result<(), sled::Error> {
-        let rec = MetaRecord {
-            schema_version: SCHEMA_VERSION,
-            node_id: self.node_id,
-            removed: Some(reason.to_string()),
-            joined: self.joined,
-        };
+        let rec = MetaRecord::current::<M>(self.node_id, Some(reason.to_string()), self.joined);
         self.meta
             .insert(META_KEY, serde_json::to_vec(&rec).unwrap_or_default())?;
         self.disk.flush().await

@@ -131,12 +131,15 @@ async fn a_removal_is_recorded_durably_and_read_back_at_open() {
     assert!(!again.is_fresh());
 }
 
-/// Rewrites the meta record of the data dir `data` with `schema_version`.
-fn set_schema(data: &std::path::Path, schema_version: u32) {
+/// Rewrites the meta record of the data dir `data` as a binary with one version number wrote it
+/// (`schema_version` only), or with explicit store and machine format versions.
+fn set_versions(data: &std::path::Path, schema_version: u32, split: Option<(u32, u32)>) {
     let db = sled::open(data.join("db")).unwrap();
     let meta = db.open_tree("meta").unwrap();
     let rec = super::MetaRecord {
         schema_version,
+        store_version: split.map(|s| s.0),
+        machine_format: split.map(|s| s.1),
         node_id: 1,
         removed: None,
         joined: false,
@@ -146,7 +149,7 @@ fn set_schema(data: &std::path::Path, schema_version: u32) {
     db.flush().unwrap();
 }
 
-fn schema_of(data: &std::path::Path) -> u32 {
+fn meta_of(data: &std::path::Path) -> super::MetaRecord {
     let db = sled::open(data.join("db")).unwrap();
     let bytes = db
         .open_tree("meta")
@@ -154,34 +157,65 @@ fn schema_of(data: &std::path::Path) -> u32 {
         .get(super::META_KEY)
         .unwrap()
         .unwrap();
-    serde_json::from_slice::<super::MetaRecord>(&bytes)
-        .unwrap()
-        .schema_version
+    serde_json::from_slice::<super::MetaRecord>(&bytes).unwrap()
 }
 
 #[test]
 fn an_older_schema_is_upgraded_in_place_and_a_newer_one_refused() {
+    let (store_v, machine_v) = (super::STORE_VERSION, Kv::FORMAT_VERSION);
     let dir = TempDir::new().unwrap();
     let data = dir.path().join("n1");
     drop(open(&data).unwrap());
-    assert_eq!(schema_of(&data), super::SCHEMA_VERSION);
+    let written = meta_of(&data);
+    assert_eq!(written.versions(), (store_v, machine_v));
+    assert_eq!(
+        written.schema_version,
+        super::data_dir_version(store_v, machine_v)
+    );
 
-    set_schema(&data, super::SCHEMA_READABLE_FROM);
+    // A data dir of a binary with one number for both: each is that number.
+    set_versions(&data, super::STORE_READABLE_FROM, None);
     drop(open(&data).expect("an older schema opens"));
     assert_eq!(
-        schema_of(&data),
-        super::SCHEMA_VERSION,
+        meta_of(&data).versions(),
+        (store_v, machine_v),
         "and is recorded as upgraded"
     );
 
-    set_schema(&data, super::SCHEMA_VERSION + 1);
-    let e = open(&data).err().expect("a newer schema is refused");
-    let msg = e.to_string();
-    assert!(
-        msg.contains(&format!("schema version {}", super::SCHEMA_VERSION + 1)),
-        "{msg}"
+    let refused = |schema: u32, split: Option<(u32, u32)>, says: String| {
+        set_versions(&data, schema, split);
+        let e = open(&data).err().expect("a newer version is refused");
+        let msg = e.to_string();
+        assert!(msg.contains(&says), "{msg}");
+        assert!(msg.contains("newer hookd"), "{msg}");
+    };
+    refused(store_v + 1, None, format!("schema version {}", store_v + 1));
+    refused(
+        super::data_dir_version(store_v, machine_v + 1),
+        Some((store_v, machine_v + 1)),
+        format!("record format version {}", machine_v + 1),
     );
-    assert!(msg.contains("newer hookd"), "{msg}");
+}
+
+#[test]
+fn the_version_older_binaries_check_grows_with_either_version() {
+    let base = super::data_dir_version(super::STORE_VERSION, 3);
+    assert_eq!(base, 3, "what one number said before the split");
+    assert!(super::data_dir_version(super::STORE_VERSION + 1, 3) > base);
+    assert!(super::data_dir_version(super::STORE_VERSION, 4) > base);
+    assert_eq!(
+        super::readable((3, 2), 1..=3, 1..=3),
+        Ok(()),
+        "both within their ranges"
+    );
+    assert_eq!(
+        super::readable((4, 2), 1..=3, 1..=3),
+        Err(("schema", 4, 1..=3))
+    );
+    assert_eq!(
+        super::readable((3, 0), 1..=3, 1..=3),
+        Err(("record format", 0, 1..=3))
+    );
 }
 
 /// The read side: rows in key order or against it, within bounds, from one pinned generation.
