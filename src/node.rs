@@ -202,7 +202,7 @@ pub async fn run(
     let peer_stop = CancellationToken::new();
     let api_stop = CancellationToken::new();
     let servers = TaskTracker::new();
-    let peer_app = hookd_raft::network::peer_router(
+    let peer_app = hookd_raft::peer_server::peer_router(
         replica.clone(),
         api::targets::peer_routes(dispatch_handle.clone()),
     );
@@ -279,7 +279,7 @@ fn api_limits(connections_max: usize) -> Limits {
         header_read: Duration::from_secs(5),
         body_read: API_BODY_READ,
         body_max: crate::limits::REQUEST_BODY_BYTES_MAX,
-        request: hookd_raft::members::CHANGE_WITHIN + Duration::from_secs(5),
+        request: hookd_raft::membership::CHANGE_WITHIN + Duration::from_secs(5),
         connections_max,
     }
 }
@@ -293,7 +293,7 @@ fn peer_limits(connections_max: usize) -> Limits {
         header_read: Duration::from_secs(10),
         body_read: PEER_BODY_READ,
         body_max: hookd_raft::network::PEER_BODY_BYTES_MAX,
-        request: hookd_raft::members::CHANGE_WITHIN + Duration::from_secs(5),
+        request: hookd_raft::membership::CHANGE_WITHIN + Duration::from_secs(5),
         connections_max,
     }
 }

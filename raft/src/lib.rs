@@ -11,8 +11,10 @@ pub mod cadence;
 pub mod lease;
 pub mod machine;
 pub mod members;
+pub mod membership;
 pub mod network;
 pub mod pause;
+pub mod peer_server;
 pub mod planted;
 pub mod replica;
 pub mod secret;
@@ -23,9 +25,11 @@ pub mod typ;
 
 pub use lease::Epoch;
 pub use machine::{Machine, Position, ReadError, Tables, Tx, TxError};
-pub use members::{AddMember, MemberError, RemoveMember};
+pub use membership::{AddMember, MemberError, RemoveMember};
 pub use replica::{RaftTiming, Replica, ReplicaConfig, ReplicaError, StartError};
 pub use secret::Secret;
 pub use status::{ClusterStatus, MemberStatus, Role};
 pub use store::StateView;
-pub use typ::NodeId;
+
+/// Node ids are the small integers given with `--node-id`.
+pub type NodeId = u64;

@@ -12,7 +12,7 @@ use std::ops::Bound;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::typ::NodeId;
+use crate::NodeId;
 
 /// The log position of the entry being applied; with the slot in a batch it numbers every
 /// command uniquely, and its leader's term and id identify the proposing leader.
@@ -125,11 +125,18 @@ pub trait Machine: Send + Sync + 'static {
     fn replaced(&self);
 }
 
+/// The value each key had when a capture opened, recorded at its first change since: `None`
+/// for a key that did not exist.
+pub(crate) type PreImages = std::collections::HashMap<(usize, Vec<u8>), Option<Vec<u8>>>;
+/// The pre-images of every open capture (a snapshot being built, `store/sm.rs`), by its
+/// sequence number.
+pub(crate) type PreImageSets = std::collections::HashMap<u64, PreImages>;
+
 /// The tables inside one apply transaction, in `Machine::TABLES` order. Each change first
-/// records the key's pre-image for the snapshots being built (`sm.rs`).
+/// records the key's pre-image for the snapshots being built (`store/sm.rs`).
 pub struct Tx<'a> {
     pub(crate) trees: &'a [sled::transaction::TransactionalTree],
-    pub(crate) captures: &'a std::sync::Mutex<crate::store::PreImageSets>,
+    pub(crate) captures: &'a std::sync::Mutex<PreImageSets>,
 }
 
 impl Tx<'_> {
@@ -236,7 +243,7 @@ pub mod kv {
     use serde::{Deserialize, Serialize};
 
     use super::{Machine, Position, Tables, Tx, TxError};
-    use crate::typ::NodeId;
+    use crate::NodeId;
 
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
     pub enum Cmd {

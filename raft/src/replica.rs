@@ -904,8 +904,8 @@ impl<M: Machine> Replica<M> {
         let stored = &m.membership_config;
         stored.log_id() <= &m.last_applied
             && stored.log_id() > &req.last_log_id
-            && crate::members::removed_by(
-                &crate::members::Members::of(stored.membership()),
+            && crate::membership::removed_by(
+                &crate::membership::Members::of(stored.membership()),
                 candidate,
             )
     }
@@ -978,8 +978,8 @@ impl<M: Machine> Replica<M> {
                 let applied = m.membership_config.log_id() <= &m.last_applied;
                 applied
                     && !self.joined
-                    && crate::members::removed_by(
-                        &crate::members::Members::of(m.membership_config.membership()),
+                    && crate::membership::removed_by(
+                        &crate::membership::Members::of(m.membership_config.membership()),
                         self.id,
                     )
             };

@@ -5,8 +5,7 @@ use std::marker::PhantomData;
 
 use crate::machine::Machine;
 
-/// Node ids are the small integers given with `--node-id`.
-pub type NodeId = u64;
+pub use crate::NodeId;
 
 /// The Raft types of machine `M`: its commands as log payload, peer addresses as node info,
 /// snapshots as files.

@@ -9,13 +9,11 @@
 //! for another node id, from another cluster, unsigned, stale or signed with another secret.
 
 mod client;
-mod server;
 
 use serde::{Deserialize, Serialize};
 
 pub(crate) use client::{note_removal, REMOVED_STATUS};
 pub use client::{PeerClient, Removals, TransportError};
-pub use server::peer_router;
 
 use crate::typ::NodeId;
 

@@ -29,7 +29,6 @@ use serde::{Deserialize, Serialize};
 
 use disk::Disk;
 pub use log::LogStore;
-pub(crate) use sm::PreImageSets;
 pub use sm::{StateMachineStore, StateView};
 
 use crate::machine::Machine;

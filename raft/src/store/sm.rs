@@ -30,7 +30,7 @@ use sled::Transactional;
 use super::disk::sync_dir;
 use super::snapfile::{self, FileWriter, Frame, Header, Reader, SnapFileError, Writer};
 use super::Disk;
-use crate::machine::{Machine, Position, Tables, Tx, TxError};
+use crate::machine::{Machine, Position, PreImageSets, PreImages, Tables, Tx, TxError};
 use crate::typ::{
     Cfg, Entry, LogId, Snapshot, SnapshotFile, SnapshotMeta, StorageError, StorageIOError,
     StoredMembership,
@@ -151,12 +151,6 @@ struct Inner<M> {
     /// The current snapshot file's length (0: none).
     snapshot_bytes: AtomicU64,
 }
-
-/// The value each key had when a capture opened, recorded at its first change since: `None`
-/// for a key that did not exist.
-type PreImages = HashMap<(usize, Vec<u8>), Option<Vec<u8>>>;
-/// The pre-images of every open capture, by its sequence number.
-pub(crate) type PreImageSets = HashMap<u64, PreImages>;
 
 /// The state machine store; cheap to clone.
 pub struct StateMachineStore<M> {

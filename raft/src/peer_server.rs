@@ -11,14 +11,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 
-use super::{
+use crate::machine::Machine;
+use crate::membership::{AddMember, MemberError, RemoveMember};
+use crate::network::{
     Encoding, ForwardError, Hello, NodeInfo, Proof, ACCEPTS_HEADER, CLUSTER_ID_HEADER, PATH_APPEND,
     PATH_FORWARD_READ_INDEX, PATH_FORWARD_WRITE, PATH_HELLO, PATH_MEMBERS_ADD, PATH_MEMBERS_REMOVE,
     PATH_NODE, PATH_REMOVED, PATH_SNAPSHOT, PATH_VOTE, PEER_BODY_BYTES_MAX, REMOVED_STATUS,
     SIGNATURE_HEADER, TARGET_NODE_HEADER,
 };
-use crate::machine::Machine;
-use crate::members::{AddMember, MemberError, RemoveMember};
 use crate::replica::Replica;
 use crate::secret::{Secret, Signed};
 use crate::typ::{
