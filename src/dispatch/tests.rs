@@ -11,6 +11,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::delivery::{AttemptRequest, Deliver};
+use super::targets::{Breaker, BREAKER_FAILURES};
 use super::{spawn, Clock, DispatchConfig};
 use crate::core::command::{Attempt, Command, JobSpec, Run, RunStatus, ScheduleSpec};
 use crate::core::plan::HttpOutcome;
@@ -18,8 +19,8 @@ use crate::core::state::tests::spec;
 use crate::replicated::{Replica, ReplicaState};
 
 /// A fake target: answers each attempt with the status its URL's path asks for (`/200`,
-/// `/500`; 200 by default); a path starting `held` (`/held`, `/held-500`) first waits for a
-/// permit of `gate`.
+/// `/500`; 200 by default, no answer for `/down`); a path starting `held` (`/held`,
+/// `/held-500`) first waits for a permit of `gate`.
 #[derive(Clone)]
 struct FakeTarget {
     /// (job id, run id, attempt number), in the order attempts reached the target.
@@ -60,17 +61,20 @@ impl Deliver for FakeTarget {
             let _ = self.gate.acquire().await.map(|p| p.forget());
             path = rest.trim_start_matches('-').to_owned();
         }
-        let status = path.parse::<u16>().unwrap_or(200);
+        // `/down`: no answer at all, as from a target that refuses connections.
+        let status = (path != "down").then(|| path.parse::<u16>().unwrap_or(200));
         let attempt = Attempt {
             n: req.n,
             started_at_ms: now_ms(),
             duration_ms: 1,
-            status_code: Some(status),
-            error: None,
+            status_code: status,
+            error: status
+                .is_none()
+                .then(|| "connect error: refused".to_owned()),
             node_id: 1,
         };
         let outcome = HttpOutcome {
-            status: Some(status),
+            status,
             retry_after: None,
             denied: false,
         };
@@ -321,6 +325,84 @@ async fn runs_that_fell_due_while_no_one_dispatched_follow_the_misfire_policy() 
         .sum();
     assert_eq!(skipped, 9, "{all:?}");
     assert_eq!(target.seen().len(), 1, "only the on-time run is sent");
+    stop.cancel();
+    task.await.expect("supervisor");
+    replica.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_stops_answering_opens_its_circuit_and_others_are_not_held_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let replica = leader(dir.path()).await;
+    let target = FakeTarget::default();
+    let stop = CancellationToken::new();
+    let (task, handle) = spawn(replica.clone(), target.clone(), config(), stop.clone());
+    // More jobs due at once at a dead target than its breaker tolerates failures in a row.
+    let n = BREAKER_FAILURES as usize + 5;
+    for i in 0..n {
+        create(
+            &replica,
+            &format!("dead{i}"),
+            due_now("http://dead.test/down", 1),
+        )
+        .await;
+    }
+    let dead_seen = || {
+        let seen = target.seen();
+        seen.iter()
+            .filter(|(j, _, _)| j.starts_with("dead"))
+            .count()
+    };
+    let dead = || async {
+        let (page, _) = handle.targets(None, 10).await.expect("targets");
+        page.into_iter().find(|t| t.target == "dead.test:80")
+    };
+    // Poll the dispatcher's own view until the circuit is open and the attempts that were in
+    // flight when it opened have ended.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(t) = dead().await {
+            if matches!(t.breaker, Breaker::Open { .. }) && t.in_flight == 0 {
+                break t;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no open circuit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let tolerated = dead_seen();
+    let host_max = config().host_max;
+    assert!(
+        (BREAKER_FAILURES as usize..BREAKER_FAILURES as usize + host_max).contains(&tolerated),
+        "{tolerated} attempts: its tolerance, plus those in flight when it opened"
+    );
+    assert!(status.waiting > 0, "its other runs wait");
+    // While it is open, another target is served at once, and the dead one gets no attempt
+    // until its first pause (1 s) ends.
+    create(&replica, "alive", due_now("http://alive.test/200", 1)).await;
+    eventually("the live target served", || {
+        runs(&replica, "alive")
+            .first()
+            .is_some_and(|r| r.status == RunStatus::Succeeded)
+    })
+    .await;
+    if dead().await.is_some_and(
+        |t| matches!(t.breaker, Breaker::Open { until_ms, .. } if until_ms > now_ms() + 50),
+    ) {
+        assert_eq!(dead_seen(), tolerated, "an attempt started while open");
+    }
+    // Then a probe, alone: it fails, and the circuit opens again for longer.
+    eventually("a probe", || dead_seen() > tolerated).await;
+    assert_eq!(dead_seen(), tolerated + 1, "one probe at a time");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let breaker = dead().await.expect("listed").breaker;
+        if let Breaker::Open { pause_ms, .. } = breaker {
+            assert!(pause_ms >= 2_000, "the pause grows: {breaker:?}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{breaker:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     stop.cancel();
     task.await.expect("supervisor");
     replica.shutdown().await;
