@@ -407,3 +407,43 @@ async fn a_target_that_stops_answering_opens_its_circuit_and_others_are_not_held
     task.await.expect("supervisor");
     replica.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_cap_is_shared_between_targets_that_have_work() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let replica = leader(dir.path()).await;
+    let target = FakeTarget::default();
+    let stop = CancellationToken::new();
+    // Four attempts at once on the node, four per target: one target could take them all.
+    let config = DispatchConfig {
+        in_flight_max: 4,
+        ..config()
+    };
+    let (task, _) = spawn(replica.clone(), target.clone(), config, stop.clone());
+    // Ten held jobs at each of two targets, all due at one instant a moment from now (so every
+    // run is claimed and queued before the first may start), the first target's created first.
+    let at_ms = now_ms() + 1_500;
+    for t in ["a", "b"] {
+        for i in 0..10 {
+            let mut s = due_now(&format!("http://{t}.test/held"), 1);
+            s.schedule = ScheduleSpec::At { at_ms };
+            create(&replica, &format!("{t}{i}"), s).await;
+        }
+    }
+    let of = |prefix: &str| {
+        let seen = target.seen();
+        seen.iter()
+            .filter(|(j, _, _)| j.starts_with(prefix))
+            .count()
+    };
+    eventually("the node's four slots in use", || target.seen().len() == 4).await;
+    assert_eq!((of("a"), of("b")), (2, 2), "{:?}", target.seen());
+    // As slots free up, both targets keep their share.
+    target.gate.add_permits(4);
+    eventually("the next four in use", || target.seen().len() == 8).await;
+    assert_eq!((of("a"), of("b")), (4, 4), "{:?}", target.seen());
+    target.gate.add_permits(100);
+    stop.cancel();
+    task.await.expect("supervisor");
+    replica.shutdown().await;
+}
