@@ -46,7 +46,7 @@ pub async fn run(
     clients: usize,
     deadline_us: i64,
 ) -> Outcome {
-    let nodes: Vec<u64> = api.nodes.iter().map(|(id, _)| *id).collect();
+    let nodes: Vec<u64> = api.order();
     let queue = Arc::new(Mutex::new(jobs));
     let out = Arc::new(Mutex::new(Outcome::default()));
     let mut tasks = Vec::new();

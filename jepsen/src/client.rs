@@ -2,7 +2,9 @@
 //! outcome classification (ok / fail / info) and leader discovery. Only addresses of the run's
 //! node table are ever contacted.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
@@ -54,10 +56,38 @@ pub fn classify_read(r: &Reply) -> Type {
     }
 }
 
+/// The nodes the harness may call, and the members in the clients' order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Table {
+    /// Every node ever registered, by id (a removed one just stops answering).
+    pub addrs: BTreeMap<u64, SocketAddr>,
+    /// The members in a stable order: workload client `c` talks to `order[c]`, and a node that
+    /// replaces another takes its place, so the clients stay spread over the members.
+    pub order: Vec<u64>,
+}
+
+impl Table {
+    /// `new` takes `old`'s place in the order (`new` must be registered). False when `old` has
+    /// no place or `new` has one already.
+    pub fn replace(&mut self, old: u64, new: u64) -> bool {
+        if self.order.contains(&new) || !self.addrs.contains_key(&new) {
+            return false;
+        }
+        match self.order.iter_mut().find(|id| **id == old) {
+            Some(slot) => {
+                *slot = new;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// The nodes' API, shared by every clone: membership changes show to all clients at once.
 #[derive(Clone)]
 pub struct Api {
     http: reqwest::Client,
-    pub nodes: Vec<(u64, SocketAddr)>,
+    table: Arc<RwLock<Table>>,
 }
 
 impl Api {
@@ -68,14 +98,45 @@ impl Api {
             .connect_timeout(Duration::from_secs(2))
             .pool_idle_timeout(Duration::from_secs(2)) // below hookd's 5 s idle cut
             .build()?;
-        Ok(Api { http, nodes })
+        let table = Table {
+            addrs: nodes.iter().copied().collect(),
+            order: nodes.iter().map(|(id, _)| *id).collect(),
+        };
+        Ok(Api {
+            http,
+            table: Arc::new(RwLock::new(table)),
+        })
+    }
+
+    fn table(&self) -> std::sync::RwLockReadGuard<'_, Table> {
+        // A poisoned lock only means a panic elsewhere; the table is still usable.
+        self.table.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The members in the clients' order.
+    pub fn order(&self) -> Vec<u64> {
+        self.table().order.clone()
+    }
+
+    /// The member at position `pos` of the clients' order.
+    pub fn at(&self, pos: usize) -> Option<u64> {
+        self.table().order.get(pos).copied()
+    }
+
+    /// Makes node `id` callable at `addr` (a node that joins).
+    pub fn register(&self, id: u64, addr: SocketAddr) {
+        let mut t = self.table.write().unwrap_or_else(|e| e.into_inner());
+        t.addrs.insert(id, addr);
+    }
+
+    /// `new` takes `old`'s place in the clients' order (see `Table::replace`).
+    pub fn replace(&self, old: u64, new: u64) -> bool {
+        let mut t = self.table.write().unwrap_or_else(|e| e.into_inner());
+        t.replace(old, new)
     }
 
     fn addr(&self, node: u64) -> Option<SocketAddr> {
-        self.nodes
-            .iter()
-            .find(|(id, _)| *id == node)
-            .map(|(_, a)| *a)
+        self.table().addrs.get(&node).copied()
     }
 
     pub async fn call(
@@ -167,6 +228,28 @@ impl Api {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_replacement_takes_its_predecessors_place_in_the_clients_order() {
+        let a = |p: u16| SocketAddr::from(([10, 77, 0, 11], p));
+        let mut t = Table {
+            addrs: [(1, a(1)), (2, a(2)), (3, a(3))].into_iter().collect(),
+            order: vec![1, 2, 3],
+        };
+        // Not registered yet: refused.
+        assert!(!t.replace(2, 4));
+        t.addrs.insert(4, a(4));
+        assert!(t.replace(2, 4));
+        assert_eq!(t.order, [1, 4, 3]);
+        // 2 has no place any more; 4 has one already.
+        assert!(!t.replace(2, 5));
+        t.addrs.insert(5, a(5));
+        assert!(!t.replace(1, 4));
+        assert!(t.replace(4, 5));
+        assert_eq!(t.order, [1, 5, 3]);
+        // The removed ones stay callable (they just stop answering).
+        assert!(t.addrs.contains_key(&2) && t.addrs.contains_key(&4));
+    }
 
     #[test]
     fn outcomes_follow_what_the_server_could_have_done() {

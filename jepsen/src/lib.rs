@@ -11,6 +11,7 @@ pub mod etcd;
 pub mod history;
 pub mod lazyfs;
 pub mod local;
+pub mod membership;
 pub mod nemesis;
 pub mod net;
 pub mod nginx;

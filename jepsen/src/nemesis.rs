@@ -30,6 +30,7 @@ use crate::client::{classify_write, Api, OP_TIMEOUT};
 use crate::cluster::Cluster;
 use crate::history::{now_us, rfc3339_us};
 use crate::history::{Recorder, Type};
+use crate::membership;
 use crate::sink::{Sink, SinkFault};
 
 /// The kinds of fault.
@@ -59,10 +60,14 @@ pub enum Kind {
     /// A batch of interval jobs at the sink, more due runs than the cluster can deliver,
     /// deleted at the end of the window.
     Overload,
+    /// Membership changes (`membership.rs`): a random member replaced by a new node id (started
+    /// with `--join` in the spare slot, added, the old one removed: it must exit 0 by itself),
+    /// then a random follower removed and re-added with the same id and an empty data dir.
+    Membership,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 15] = [
+    pub const ALL: [Kind; 16] = [
         Kind::KillLeader,
         Kind::KillFollower,
         Kind::KillTwo,
@@ -78,6 +83,7 @@ impl Kind {
         Kind::SinkDrop,
         Kind::BlackHole,
         Kind::Overload,
+        Kind::Membership,
     ];
     /// Faults a run must have installed to count (CHAOS.md, coverage).
     pub const REQUIRED: [Kind; 3] = [Kind::KillLeader, Kind::PauseLeader, Kind::PartitionLeader];
@@ -132,6 +138,13 @@ impl Kind {
     /// not delay the sink at all, and an overload is judged by rules of its own.
     pub fn is_workload(self) -> bool {
         matches!(self, Kind::BlackHole | Kind::Overload)
+    }
+
+    /// Faults whose window is as long as what they do takes, not a drawn hold: the nemesis
+    /// reserves `Nemesis::need` for them, logs a queued one that no longer fits as skipped (so
+    /// coverage sees it), and retries a skipped one.
+    pub fn spans_itself(self) -> bool {
+        self.is_workload() || self == Kind::Membership
     }
 }
 
@@ -440,13 +453,13 @@ impl Nemesis {
                     None => break,
                 },
             };
-            let need = if kind.is_workload() {
-                self.cfg.load.span(kind)
-            } else {
-                hold
+            let need = match kind {
+                Kind::Membership => crate::membership::NEED,
+                k if k.is_workload() => self.cfg.load.span(kind),
+                _ => hold,
             };
             if left < (need.as_micros() as i64) + 1_000_000 {
-                if queued && kind.is_workload() && left >= (hold.as_micros() as i64) + 1_000_000 {
+                if queued && kind.spans_itself() && left >= (hold.as_micros() as i64) + 1_000_000 {
                     // Logged, so coverage sees a required workload fault that never ran.
                     queue.pop_front();
                     self.skipped(kind, "not enough time left in the run");
@@ -457,14 +470,16 @@ impl Nemesis {
             if queued {
                 queue.pop_front();
             }
-            let installed = if kind.is_workload() {
+            let installed = if kind == Kind::Membership {
+                self.membership(&mut rng).await
+            } else if kind.is_workload() {
                 self.workload(kind).await
             } else {
                 self.one(kind, hold, &mut rng).await
             };
             if !installed {
                 // A skipped fault (no leader, say) is retried once a second later.
-                if Kind::REQUIRED.contains(&kind) || kind.is_workload() {
+                if Kind::REQUIRED.contains(&kind) || kind.spans_itself() {
                     queue.push_front(kind);
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -521,7 +536,9 @@ impl Nemesis {
             Kind::KillTwo | Kind::Bridge => std::iter::once(l).chain(follower).collect(),
             Kind::RestartAll | Kind::PowerLoss => ids.clone(),
             Kind::Sink5xx | Kind::SinkDelay | Kind::SinkDrop => vec![],
-            Kind::BlackHole | Kind::Overload => return self.skipped(kind, "a workload fault"),
+            Kind::BlackHole | Kind::Overload | Kind::Membership => {
+                return self.skipped(kind, "a fault of its own kind")
+            }
         };
         if kind.strikes_leader() {
             // An isolated leader's lease runs out ~100 ms after its last ack (the checker
@@ -603,7 +620,9 @@ impl Nemesis {
                     .set_fault(SinkFault::DropAfterRead { fraction: 0.3 });
                 Ok("drop the connection after reading, 30% of attempts 1-2".into())
             }
-            Kind::BlackHole | Kind::Overload => anyhow::bail!("a workload fault"),
+            Kind::BlackHole | Kind::Overload | Kind::Membership => {
+                anyhow::bail!("a fault of its own kind")
+            }
         })();
         let start = now_us();
         let leader_field = leader;
@@ -992,6 +1011,355 @@ impl Nemesis {
         } else {
             " (the write burst got no acknowledgement)".into()
         }
+    }
+
+    /// The membership fault (`membership.rs`): a random member replaced by a new node id, then
+    /// a random follower removed and added back. One window; its `stop` event says what
+    /// happened (old and new ids, timings, the members after), with outcome `failed` when a step
+    /// did not go through in time (after undoing what it could). Returns whether it started.
+    async fn membership(&self, rng: &mut StdRng) -> bool {
+        let kind = Kind::Membership;
+        let Some(leader) = self.leader().await else {
+            return self.skipped(kind, "no leader");
+        };
+        let members = self.cluster.ids();
+        let pick = rng.random_range(0..members.len().max(1));
+        let Some(old) = membership::replace_target(&members, pick) else {
+            return self.skipped(kind, "no members");
+        };
+        let Some(slot) = self.cluster.net.free_slot() else {
+            return self.skipped(kind, "no free slot for a new node");
+        };
+        let new = membership::next_id(&self.cluster.all_ids());
+        let pick = rng.random_range(0..64usize);
+        let start = now_us();
+        let deadline = start + membership::WITHIN.as_micros() as i64;
+        self.log(Event {
+            fault: kind,
+            phase: "start".into(),
+            outcome: "installed".into(),
+            targets: vec![old],
+            leader: Some(leader),
+            t: start,
+            detail: format!(
+                "replace {old} ({}, slot {}) by new node {new} (--join, empty data dir, slot \
+                 {slot}); then remove a follower and re-add it",
+                if old == leader {
+                    "the leader"
+                } else {
+                    "a follower"
+                },
+                self.cluster.net.slot_of(old).unwrap_or(0),
+            ),
+            new_leader_after_us: None,
+            load: None,
+        });
+        let mut targets = vec![old];
+        let mut done = Vec::new();
+        let res = match self.replace(old, new, slot, deadline).await {
+            Ok(d) => {
+                done.push(d);
+                // A follower of whoever leads now (a removed leader hands over first).
+                let leader = self
+                    .api
+                    .await_leader(&self.cluster.live(), Duration::from_secs(10))
+                    .await
+                    .map(|(l, _)| l);
+                match membership::readd_target(&self.cluster.ids(), leader, pick) {
+                    Some(z) => {
+                        targets.push(z);
+                        self.readd(z, deadline).await.map(|d| done.push(d))
+                    }
+                    None => Err(format!(
+                        "no leader among the members {:?} within 10 s of the replacement",
+                        self.cluster.ids()
+                    )),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        let heal = self.heal_everything().err();
+        let (outcome, mut detail) = match &res {
+            Ok(()) => ("healed", done.join("; ")),
+            Err(e) => {
+                done.push(format!("FAILED: {e}"));
+                ("failed", done.join("; "))
+            }
+        };
+        if let Some(e) = heal {
+            detail.push_str(&format!("; heal error: {e:#}"));
+        }
+        detail.push_str(&format!("; members now {:?}", self.cluster.ids()));
+        self.log(Event {
+            fault: kind,
+            phase: "stop".into(),
+            outcome: outcome.into(),
+            targets,
+            leader: Some(leader),
+            t: now_us(),
+            detail,
+            new_leader_after_us: None,
+            load: None,
+        });
+        true
+    }
+
+    /// Replaces member `old` by new node `new` in the free `slot`: start it with `--join`, add
+    /// it, give it `old`'s place among the clients, remove `old` (which must exit 0 by itself).
+    async fn replace(
+        &self,
+        old: u64,
+        new: u64,
+        slot: u64,
+        deadline: i64,
+    ) -> Result<String, String> {
+        self.cluster
+            .place_joiner(new, slot)
+            .map_err(|e| format!("place node {new} in slot {slot}: {e:#}"))?;
+        let node = self
+            .cluster
+            .net
+            .node(new)
+            .ok_or_else(|| format!("node {new} in no slot"))?;
+        self.api.register(new, node.api);
+        if let Err(e) = self.cluster.start(new) {
+            self.cluster.retire(new, None);
+            return Err(format!("start node {new}: {e:#}"));
+        }
+        self.await_up(new).await;
+        let took = match self.add_member(new, deadline).await {
+            Ok(took) => took,
+            Err(e) => {
+                // Undo: whatever it became is removed again; the process stops either way.
+                let undo = self.undo_add(new).await;
+                return Err(format!("{e}; undone: {undo}"));
+            }
+        };
+        self.api.replace(old, new);
+        let removed = self.remove_member(old, deadline).await?;
+        Ok(format!(
+            "{old} replaced by {new} (slot {slot}): {new} added in {took:.1} s; {removed}"
+        ))
+    }
+
+    /// Removes follower `id`, waits for it to exit by itself, and adds it back with the same
+    /// id, an empty data dir and `--join`, in the same slot.
+    async fn readd(&self, id: u64, deadline: i64) -> Result<String, String> {
+        let slot = self
+            .cluster
+            .net
+            .slot_of(id)
+            .ok_or_else(|| format!("node {id} in no slot"))?;
+        let removed = self.remove_member(id, deadline).await?;
+        self.cluster
+            .place_joiner(id, slot)
+            .map_err(|e| format!("{removed}; place node {id} again: {e:#}"))?;
+        self.cluster
+            .start(id)
+            .map_err(|e| format!("{removed}; start node {id} again: {e:#}"))?;
+        self.await_up(id).await;
+        let took = self
+            .add_member(id, deadline)
+            .await
+            .map_err(|e| format!("{removed}; {e}"))?;
+        Ok(format!(
+            "{removed}; {id} re-added with an empty data dir (slot {slot}) in {took:.1} s"
+        ))
+    }
+
+    /// Polls node `id`'s `GET /v1/cluster` until it answers (at most `membership::UP_WITHIN`).
+    async fn await_up(&self, id: u64) {
+        let until = tokio::time::Instant::now() + membership::UP_WITHIN;
+        while tokio::time::Instant::now() < until {
+            if self.api.cluster(id).await.is_some() || !self.cluster.is_running(id) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The members and voters as the leader (or another live node not in `avoid`) sees them.
+    async fn member_view(&self, avoid: &[u64]) -> Option<(BTreeSet<u64>, BTreeSet<u64>)> {
+        let live = self.cluster.live();
+        let leader = self.api.leader(&live).await.map(|(l, _)| l);
+        let node = membership::via(&live, leader, avoid)?;
+        membership::members_of(&self.api.cluster(node).await?)
+    }
+
+    /// Adds node `id` (running with `--join`) as a voter through any other member, asking again
+    /// until `deadline` (a repeated add of a learner resumes it). Ok: seconds it took.
+    async fn add_member(&self, id: u64, deadline: i64) -> Result<f64, String> {
+        let node = self
+            .cluster
+            .net
+            .node(id)
+            .ok_or_else(|| format!("node {id} in no slot"))?;
+        let body = json!({
+            "id": id,
+            "peer_addr": node.peer_advertised.to_string(),
+            "api_addr": node.api.to_string(),
+            "voter": true,
+        });
+        let t0 = now_us();
+        let secs = || (now_us() - t0) as f64 / 1e6;
+        let mut last = String::from("none");
+        // Bounded by the deadline, and by a count far above what it allows.
+        for _ in 0..1_000 {
+            if !self.cluster.is_running(id) {
+                let status = self
+                    .cluster
+                    .last_unexpected_exit(id)
+                    .map_or("?".into(), |e| e.status);
+                return Err(format!(
+                    "node {id} exited ({status}) while being added, {:.1} s in (see node{id}.log)",
+                    secs()
+                ));
+            }
+            let left = deadline - now_us();
+            if left <= 0 {
+                break;
+            }
+            let post = reqwest::Method::POST;
+            let asked = self
+                .ask_about(id, post, "/v1/cluster/members", Some(&body), left, 80)
+                .await;
+            let Some((via, reply)) = asked else {
+                last = "no member to ask".into();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            };
+            match membership::answer(&reply, 201) {
+                membership::Answer::Done => return Ok(secs()),
+                membership::Answer::NotMember | membership::Answer::Retry(_)
+                    if self
+                        .member_view(&[id])
+                        .await
+                        .is_some_and(|(_, voters)| voters.contains(&id)) =>
+                {
+                    return Ok(secs());
+                }
+                membership::Answer::NotMember => last = format!("404 (via {via})"),
+                membership::Answer::Retry(why) => last = format!("{why} (via {via})"),
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        Err(format!(
+            "node {id} not a voter {:.1} s after its add began; last answer: {last}",
+            secs()
+        ))
+    }
+
+    /// One membership request about node `id`, sent through another live member (the leader
+    /// when one is known), waiting what is `left` of the deadline (µs) but at most `cap_s`: the
+    /// member asked and its reply, or None when no member can be asked.
+    async fn ask_about(
+        &self,
+        id: u64,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+        left: i64,
+        cap_s: i64,
+    ) -> Option<(u64, crate::client::Reply)> {
+        let live = self.cluster.live();
+        let leader = self.api.leader(&live).await.map(|(l, _)| l);
+        let via = membership::via(&live, leader, &[id])?;
+        let wait = Duration::from_micros(left.clamp(1, cap_s * 1_000_000) as u64);
+        Some((via, self.api.call(via, method, path, body, wait).await))
+    }
+
+    /// Takes a node that could not be added away again: removed if it became a member (it then
+    /// stops by itself), stopped and out of the table either way.
+    async fn undo_add(&self, id: u64) -> String {
+        let member = self
+            .member_view(&[id])
+            .await
+            .map(|(all, _)| all.contains(&id));
+        if member != Some(false) {
+            let deadline = now_us() + 30_000_000;
+            match self.remove_member(id, deadline).await {
+                Ok(d) => return d,
+                Err(e) => {
+                    self.cluster.retire(id, None);
+                    return format!("{e}; stopped");
+                }
+            }
+        }
+        self.cluster.retire(id, None);
+        format!("{id} was no member; stopped")
+    }
+
+    /// Removes member `id` through another member (asking again until `deadline`), waits up to
+    /// `membership::EXIT_WITHIN` for it to exit by itself (exit 0; anything else is a crash,
+    /// and a node still running is SIGKILLed and recorded), then takes it out of the table and
+    /// frees its slot. Err when it could not be removed (it then stays a member).
+    async fn remove_member(&self, id: u64, deadline: i64) -> Result<String, String> {
+        let was_running = self.cluster.is_running(id);
+        self.cluster.expect_exit(id, true);
+        let t0 = now_us();
+        let mut removed_at = None;
+        let mut last = String::from("none");
+        for _ in 0..1_000 {
+            let left = deadline - now_us();
+            if left <= 0 {
+                break;
+            }
+            let path = format!("/v1/cluster/members/{id}");
+            let asked = self
+                .ask_about(id, reqwest::Method::DELETE, &path, None, left, 30)
+                .await;
+            let Some((via, reply)) = asked else {
+                last = "no member to ask".into();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            };
+            match membership::answer(&reply, 200) {
+                membership::Answer::Done | membership::Answer::NotMember => {
+                    removed_at = Some(now_us());
+                    break;
+                }
+                membership::Answer::Retry(why) => {
+                    last = format!("{why} (via {via})");
+                    if self
+                        .member_view(&[id])
+                        .await
+                        .is_some_and(|(all, _)| !all.contains(&id))
+                    {
+                        removed_at = Some(now_us());
+                        break;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let Some(removed_at) = removed_at else {
+            self.cluster.expect_exit(id, false);
+            return Err(format!(
+                "node {id} still a member {:.1} s after its removal began; last answer: {last}",
+                (now_us() - t0) as f64 / 1e6
+            ));
+        };
+        let head = format!("{id} removed in {:.1} s", (removed_at - t0) as f64 / 1e6);
+        if !was_running {
+            self.cluster.retire(id, None);
+            return Ok(format!("{head} (it was not running)"));
+        }
+        let until = removed_at + membership::EXIT_WITHIN.as_micros() as i64;
+        let departure = loop {
+            if let Some(d) = self.cluster.departure(id, t0) {
+                break Some(d);
+            }
+            if now_us() >= until {
+                break None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let judged = membership::judge_exit(departure.as_ref(), removed_at);
+        self.cluster.retire(id, judged.as_ref().err().cloned());
+        Ok(match judged {
+            Ok(exit) => format!("{head}, {exit}"),
+            Err(e) => format!("{head}, but it {e}"),
+        })
     }
 
     /// Removes every fault: network cuts, pauses, dead nodes (restarted), sink faults.

@@ -1,10 +1,17 @@
-//! The hosts and the wires between them. Preferred: three network namespaces `hj-n1..3` joined by
+//! The hosts and the wires between them. Preferred: four network namespaces `hj-n1..4` joined by
 //! veth pairs to a bridge `hj-br0` in the root namespace (10.77.0.1 = bridge, where the sink and
-//! the clients live; nodes 10.77.0.11-13), with partitions as iptables DROP rules inside the
+//! the clients live; slots 10.77.0.11-14), with partitions as iptables DROP rules inside the
 //! nodes' namespaces — where they apply whether or not bridged traffic passes netfilter.
-//! Fallback (not root, or namespaces/iptables fail the probe): nodes on 127.0.0.11-13 with every
+//! Fallback (not root, or namespaces/iptables fail the probe): slots on 127.0.0.11-14 with every
 //! peer link routed through the userspace proxy of `proxy.rs`. The mechanism used is recorded in
 //! the report; a fault is never skipped silently.
+//!
+//! **Slots and ids.** A *slot* is a host: a namespace (or loopback address), its ports and its
+//! disk. A node *id* is hookd's `--node-id`. They start equal (ids 1-3 in slots 1-3, slot 4
+//! spare) and part when the membership fault replaces a node: the new id joins in the free slot
+//! and the old one's slot becomes the spare (`Occupancy`). Everything the rest of the harness
+//! asks of the network is by node id (`node`, `cut`, `node_of_ip`); the slot behind it is looked
+//! up at that moment.
 //!
 //! Every external command runs with a timeout, and the harness only ever targets addresses of
 //! its own node table.
@@ -25,6 +32,10 @@ pub const HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
 const API_PORT: u16 = 7100;
 const PEER_PORT: u16 = 7200;
 const CMD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Hosts for nodes: the initial members' and one spare, where a replacement joins.
+pub const SLOTS: u64 = 4;
+/// Members at the start (ids 1..=INITIAL in slots 1..=INITIAL) and at the end of every run.
+pub const INITIAL: u64 = 3;
 
 pub fn netns_name(id: u64) -> String {
     format!("hj-n{id}")
@@ -53,10 +64,10 @@ impl std::fmt::Display for Mechanism {
     }
 }
 
-/// One node's addresses.
+/// One slot's addresses (a host for one node at a time).
 #[derive(Debug, Clone)]
 pub struct NodeNet {
-    pub id: u64,
+    pub slot: u64,
     pub ip: IpAddr,
     /// Public API, as clients reach it.
     pub api: SocketAddr,
@@ -68,10 +79,70 @@ pub struct NodeNet {
     pub netns: Option<String>,
 }
 
+/// Which node id occupies which slot. Pure bookkeeping, so it is table-tested.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Occupancy {
+    /// slot → node id.
+    by_slot: std::collections::BTreeMap<u64, u64>,
+}
+
+impl Occupancy {
+    /// Ids 1..=n in slots 1..=n.
+    pub fn initial(n: u64) -> Occupancy {
+        Occupancy {
+            by_slot: (1..=n).map(|k| (k, k)).collect(),
+        }
+    }
+
+    pub fn slot_of(&self, id: u64) -> Option<u64> {
+        self.by_slot
+            .iter()
+            .find(|(_, i)| **i == id)
+            .map(|(s, _)| *s)
+    }
+
+    pub fn id_at(&self, slot: u64) -> Option<u64> {
+        self.by_slot.get(&slot).copied()
+    }
+
+    /// Puts `id` in `slot`; refused when the slot is taken or the id already sits elsewhere.
+    pub fn occupy(&mut self, slot: u64, id: u64) -> anyhow::Result<()> {
+        if let Some(other) = self.id_at(slot) {
+            bail!("slot {slot} is node {other}'s");
+        }
+        if let Some(s) = self.slot_of(id) {
+            bail!("node {id} sits in slot {s} already");
+        }
+        self.by_slot.insert(slot, id);
+        Ok(())
+    }
+
+    /// Frees the slot of `id`; returns it.
+    pub fn vacate(&mut self, id: u64) -> Option<u64> {
+        let slot = self.slot_of(id)?;
+        self.by_slot.remove(&slot);
+        Some(slot)
+    }
+
+    /// The lowest slot of 1..=slots nobody occupies.
+    pub fn free(&self, slots: u64) -> Option<u64> {
+        (1..=slots).find(|s| !self.by_slot.contains_key(s))
+    }
+
+    /// The ids placed, ascending.
+    pub fn ids(&self) -> Vec<u64> {
+        let mut ids: Vec<u64> = self.by_slot.values().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+}
+
 /// The topology of one run.
 pub struct Net {
     pub mechanism: Mechanism,
-    pub nodes: Vec<NodeNet>,
+    /// Every slot (`SLOTS`), by slot number.
+    pub slots: Vec<NodeNet>,
+    occupancy: Mutex<Occupancy>,
     /// Where the sink binds; nodes reach it.
     pub host_ip: IpAddr,
     /// Why the fallback was taken, if it was.
@@ -164,7 +235,7 @@ fn setup_netns(n: u64) -> anyhow::Result<Vec<NodeNet>> {
         iptables(&ns, &["-A", "INPUT", "-s", "10.77.0.254", "-j", "DROP"])?;
         iptables(&ns, &["-F", "INPUT"])?;
         nodes.push(NodeNet {
-            id,
+            slot: id,
             ip: IpAddr::V4(ip),
             api: SocketAddr::new(IpAddr::V4(ip), API_PORT),
             peer_listen: SocketAddr::new(IpAddr::V4(ip), PEER_PORT),
@@ -184,7 +255,7 @@ fn setup_netns(n: u64) -> anyhow::Result<Vec<NodeNet>> {
             match std::net::TcpStream::connect_timeout(&node.api, Duration::from_secs(2)) {
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Ok(String::new()),
                 Ok(_) => Ok(String::new()),
-                Err(e) => Err(anyhow::anyhow!("node {} unreachable: {e}", node.id)),
+                Err(e) => Err(anyhow::anyhow!("slot {} unreachable: {e}", node.slot)),
             }
         })?;
     }
@@ -216,7 +287,8 @@ fn free_port(ip: IpAddr) -> anyhow::Result<u16> {
 }
 
 impl Net {
-    /// Builds the topology: namespaces if possible (and wanted), else the loopback proxy.
+    /// Builds the topology of `n` slots (ids 1..=`INITIAL` placed in the first ones):
+    /// namespaces if possible (and wanted), else the loopback proxy.
     pub async fn setup(n: u64, force_proxy: bool) -> anyhow::Result<Net> {
         let reason = if force_proxy {
             "--net proxy was asked for".to_owned()
@@ -227,7 +299,8 @@ impl Net {
                 Ok(nodes) => {
                     return Ok(Net {
                         mechanism: Mechanism::NetnsIptables,
-                        nodes,
+                        slots: nodes,
+                        occupancy: Mutex::new(Occupancy::initial(INITIAL.min(n))),
                         host_ip: IpAddr::V4(HOST_IP),
                         fallback_reason: None,
                         proxies: None,
@@ -245,7 +318,7 @@ impl Net {
         for id in 1..=n {
             let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 10 + id as u8));
             nodes.push(NodeNet {
-                id,
+                slot: id,
                 ip,
                 api: SocketAddr::new(ip, free_port(ip)?),
                 peer_listen: SocketAddr::new(ip, free_port(ip)?),
@@ -255,11 +328,12 @@ impl Net {
         }
         let proxies = Proxies::start(&nodes).await?;
         for node in &mut nodes {
-            node.peer_advertised = proxies.advertised(node.id).context("proxy address")?;
+            node.peer_advertised = proxies.advertised(node.slot).context("proxy address")?;
         }
         Ok(Net {
             mechanism: Mechanism::LoopbackProxy,
-            nodes,
+            slots: nodes,
+            occupancy: Mutex::new(Occupancy::initial(INITIAL.min(n))),
             host_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             fallback_reason: Some(reason),
             proxies: Some(proxies),
@@ -267,31 +341,69 @@ impl Net {
         })
     }
 
-    /// `--initial-cluster` value.
+    /// `--initial-cluster` value: the initial members, ids 1..=`INITIAL` in their slots.
     pub fn initial_cluster(&self) -> String {
-        self.nodes
+        self.slots
             .iter()
-            .map(|n| format!("{}={}", n.id, n.peer_advertised))
+            .filter(|n| n.slot <= INITIAL)
+            .map(|n| format!("{}={}", n.slot, n.peer_advertised))
             .collect::<Vec<_>>()
             .join(",")
     }
 
-    pub fn node(&self, id: u64) -> Option<&NodeNet> {
-        self.nodes.iter().find(|n| n.id == id)
+    fn occupancy(&self) -> std::sync::MutexGuard<'_, Occupancy> {
+        // A poisoned lock only means a panic elsewhere; the table is still usable.
+        self.occupancy.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Which node an address belongs to (the sink uses it to tell who delivered).
+    /// Slot number `slot`.
+    pub fn slot(&self, slot: u64) -> Option<&NodeNet> {
+        self.slots.iter().find(|n| n.slot == slot)
+    }
+
+    /// The addresses of the slot node `id` occupies now.
+    pub fn node(&self, id: u64) -> Option<NodeNet> {
+        let slot = self.occupancy().slot_of(id)?;
+        self.slot(slot).cloned()
+    }
+
+    /// The slot node `id` occupies now.
+    pub fn slot_of(&self, id: u64) -> Option<u64> {
+        self.occupancy().slot_of(id)
+    }
+
+    /// The lowest slot nobody occupies.
+    pub fn free_slot(&self) -> Option<u64> {
+        self.occupancy().free(self.slots.len() as u64)
+    }
+
+    /// Places `id` in `slot` (the slot must be free).
+    pub fn occupy(&self, slot: u64, id: u64) -> anyhow::Result<()> {
+        if self.slot(slot).is_none() {
+            bail!("no slot {slot}");
+        }
+        self.occupancy().occupy(slot, id)
+    }
+
+    /// Frees the slot of `id` (its process must be gone); returns it.
+    pub fn vacate(&self, id: u64) -> Option<u64> {
+        self.occupancy().vacate(id)
+    }
+
+    /// Which node an address belongs to, now (the sink uses it to tell who delivered; a slot
+    /// changes hands only after its last occupant has exited, so its connections are gone).
     pub fn node_of_ip(&self, ip: IpAddr) -> Option<u64> {
         if self.mechanism == Mechanism::LoopbackProxy {
             return None; // every node sends from 127.0.0.1 there
         }
-        self.nodes.iter().find(|n| n.ip == ip).map(|n| n.id)
+        let slot = self.slots.iter().find(|n| n.ip == ip)?.slot;
+        self.occupancy().id_at(slot)
     }
 
-    /// Cuts the link between `a` and `b` in both directions. Only nodes of our table.
+    /// Cuts the link between nodes `a` and `b` in both directions. Only nodes of our table.
     pub fn cut(&self, a: u64, b: u64) -> anyhow::Result<()> {
         let (na, nb) = match (self.node(a), self.node(b)) {
-            (Some(x), Some(y)) if a != b => (x.clone(), y.clone()),
+            (Some(x), Some(y)) if a != b => (x, y),
             _ => bail!("cut {a}-{b}: not two distinct nodes of this run"),
         };
         match self.mechanism {
@@ -305,7 +417,7 @@ impl Net {
             }
             Mechanism::LoopbackProxy => {
                 if let Some(p) = &self.proxies {
-                    p.block(a, b);
+                    p.block(na.slot, nb.slot);
                 }
             }
         }
@@ -320,7 +432,7 @@ impl Net {
         match self.mechanism {
             Mechanism::NetnsIptables => {
                 let mut first_err = None;
-                for n in &self.nodes {
+                for n in &self.slots {
                     if let Some(ns) = &n.netns {
                         for chain in ["INPUT", "OUTPUT"] {
                             if let Err(e) = iptables(ns, &["-F", chain]) {
@@ -345,7 +457,7 @@ impl Net {
         Ok(())
     }
 
-    /// The links cut right now, as the harness believes.
+    /// The links cut right now (node id pairs), as the harness believes.
     pub fn cuts(&self) -> Vec<(u64, u64)> {
         self.cuts
             .lock()
@@ -364,7 +476,44 @@ impl Net {
             eprintln!("peer proxy: {stats}");
         }
         if self.mechanism == Mechanism::NetnsIptables {
-            cleanup_stale(self.nodes.len() as u64);
+            cleanup_stale(self.slots.len() as u64);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn occupancy_maps_ids_to_slots_as_a_replacement_moves_them() {
+        let mut o = Occupancy::initial(3);
+        assert_eq!(o.ids(), [1, 2, 3]);
+        assert_eq!(o.free(SLOTS), Some(4));
+        // Replace 2 by 4: 4 joins in the spare slot, then 2 leaves and frees slot 2.
+        o.occupy(4, 4).unwrap();
+        assert_eq!(o.free(SLOTS), None);
+        assert_eq!(o.vacate(2), Some(2));
+        assert_eq!(
+            (o.slot_of(4), o.id_at(2), o.free(SLOTS)),
+            (Some(4), None, Some(2))
+        );
+        // The next new id takes the freed slot; ids and slots no longer match.
+        o.occupy(2, 5).unwrap();
+        assert_eq!(o.ids(), [1, 3, 4, 5]);
+        assert_eq!(
+            (o.id_at(2), o.slot_of(5), o.slot_of(2)),
+            (Some(5), Some(2), None)
+        );
+        // A taken slot, or an id placed twice, is refused.
+        assert!(o.occupy(2, 6).is_err());
+        assert!(o.occupy(4, 1).is_err());
+        o.vacate(4);
+        assert!(o.occupy(4, 1).is_err(), "1 sits in slot 1");
+        // Remove-then-re-add: the same id back in the same slot.
+        assert_eq!(o.vacate(3), Some(3));
+        assert_eq!(o.free(SLOTS), Some(3));
+        o.occupy(3, 3).unwrap();
+        assert_eq!(o.vacate(99), None);
     }
 }

@@ -1,4 +1,6 @@
 //! The fallback partition mechanism: a userspace TCP proxy in front of each node's Raft port.
+//! It knows *slots* (`net.rs`): one listener per slot, a slot's process registered on every
+//! start (`set_pid`), cuts and counts per slot pair; `Net` maps node ids to slots.
 //!
 //! **Why the proxy must look at processes.** hookd dials a peer at the address recorded for it in
 //! the replicated Raft membership (openraft hands the membership's `Node { addr }` to the
@@ -143,8 +145,8 @@ impl Proxies {
             let listener = TcpListener::bind(SocketAddr::new(node.ip, 0))
                 .await
                 .context("bind proxy")?;
-            addrs.insert(node.id, listener.local_addr()?);
-            let dst = node.id;
+            addrs.insert(node.slot, listener.local_addr()?);
+            let dst = node.slot;
             let target = node.peer_listen;
             let shared = shared.clone();
             tokio::spawn(async move {
@@ -593,7 +595,7 @@ mod tests {
         for id in 1..=3 {
             let l = TcpListener::bind(SocketAddr::new(lo, 0)).await.unwrap();
             nodes.push(NodeNet {
-                id,
+                slot: id,
                 ip: lo,
                 api: SocketAddr::new(lo, 0),
                 peer_listen: l.local_addr().unwrap(),
@@ -680,7 +682,7 @@ mod tests {
         let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
         let target = TcpListener::bind(SocketAddr::new(lo, 0)).await.unwrap();
         let node = NodeNet {
-            id: 1,
+            slot: 1,
             ip: lo,
             api: SocketAddr::new(lo, 0),
             peer_listen: target.local_addr().unwrap(),

@@ -221,6 +221,21 @@ pub fn write_report(
         .filter(|(_, a)| *a == Arrival::AfterOk)
         .map(|(d, _)| d.recv)
         .collect();
+    // What each installed fault's `stop` event says it did (a membership change names its ids
+    // and timings there), by the start's time.
+    let mut stop_detail: HashMap<i64, &str> = HashMap::new();
+    let mut open: Option<i64> = None;
+    for e in &input.nemesis {
+        match (e.phase.as_str(), e.outcome.as_str()) {
+            ("start", "installed") => open = Some(e.t),
+            ("stop", _) => {
+                if let Some(t) = open.take() {
+                    stop_detail.insert(t, e.detail.as_str());
+                }
+            }
+            _ => {}
+        }
+    }
     let mut i = 0;
     for e in input.nemesis.iter().filter(|e| e.phase == "start") {
         i += 1;
@@ -255,7 +270,12 @@ pub fn write_report(
             e.targets,
             e.leader.map(|l| l.to_string()).unwrap_or("-".into()),
             sec(meta, e.t),
-            e.detail.replace('|', "/"),
+            match stop_detail.get(&e.t) {
+                Some(stop) if !stop.is_empty() && *stop != "healed" =>
+                    format!("{} → {stop}", e.detail),
+                _ => e.detail.clone(),
+            }
+            .replace('|', "/"),
         );
     }
 

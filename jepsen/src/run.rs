@@ -81,6 +81,9 @@ pub fn profile(name: &str) -> anyhow::Result<Profile> {
         Kind::PartitionLeader,
         Kind::KillLeader,
         Kind::PauseLeader,
+        // While the cluster is young (its log still holds the first membership, which a node
+        // that joins replays): where a joining node once took that entry for its removal.
+        Kind::Membership,
         Kind::BlackHole,
         Kind::Overload,
         Kind::RestartAll,
@@ -90,6 +93,7 @@ pub fn profile(name: &str) -> anyhow::Result<Profile> {
     let required: Vec<Kind> = Kind::REQUIRED
         .iter()
         .chain(Kind::WORKLOAD.iter())
+        .chain([Kind::Membership].iter())
         .copied()
         .collect();
     let caps_params = Params {
@@ -115,11 +119,13 @@ pub fn profile(name: &str) -> anyhow::Result<Profile> {
             .collect(),
         ..caps_params.clone()
     };
-    // 60 s of node faults plus the black hole (~12 s); the other profiles say how they differ.
+    // 60 s of node faults plus the black hole (~12 s) and the membership change (~6-10 s and
+    // a gap: 15 s more, so the black hole after it still fits when the leader faults before
+    // it hold long); the other profiles say how they differ.
     let smoke = Profile {
         name: name.into(),
         warmup: Duration::from_secs(5),
-        fault_time: Duration::from_secs(72),
+        fault_time: Duration::from_secs(87),
         drain: Duration::from_secs(12),
         clients: 5,
         live_max: 100,
@@ -180,7 +186,22 @@ pub fn profile(name: &str) -> anyhow::Result<Profile> {
             },
             ..smoke
         },
-        other => bail!("unknown profile {other:?} (smoke, soak, quick, workload)"),
+        // Membership changes first, then random draws (`--faults membership`: nothing else),
+        // for trying the membership fault: every replacement moves a new id into the slot the
+        // previous one freed.
+        "membership" => Profile {
+            warmup: Duration::from_secs(3),
+            fault_time: Duration::from_secs(75),
+            first: vec![Kind::Membership],
+            params: Params {
+                min_ok_ops: 100,
+                min_due_runs: 100,
+                required_faults: vec![Kind::Membership],
+                ..caps_params
+            },
+            ..smoke
+        },
+        other => bail!("unknown profile {other:?} (smoke, soak, quick, workload, membership)"),
     })
 }
 
@@ -243,7 +264,8 @@ pub async fn run(opts: Options) -> anyhow::Result<Outcome> {
     let hookd = std::fs::canonicalize(&opts.hookd)
         .with_context(|| format!("hookd binary {}", opts.hookd.display()))?;
 
-    let net = Arc::new(Net::setup(3, opts.force_proxy).await?);
+    // Three members and a spare slot, where a replacement joins (the membership fault).
+    let net = Arc::new(Net::setup(crate::net::SLOTS, opts.force_proxy).await?);
     let _net_guard = NetGuard(net.clone());
     let who_net = net.clone();
     let sink = Sink::start(
@@ -284,7 +306,13 @@ pub async fn run(opts: Options) -> anyhow::Result<Outcome> {
     for id in cluster.ids() {
         cluster.start(id)?;
     }
-    let api = Api::new(net.nodes.iter().map(|n| (n.id, n.api)).collect())?;
+    let api = Api::new(
+        cluster
+            .ids()
+            .into_iter()
+            .filter_map(|id| Some((id, net.node(id)?.api)))
+            .collect(),
+    )?;
     if api
         .await_leader(&cluster.ids(), Duration::from_secs(30))
         .await
@@ -415,13 +443,26 @@ pub async fn run(opts: Options) -> anyhow::Result<Outcome> {
     // Final reads: every node's full linearizable list, recorded in the history.
     let read_at = now_us();
     let mut nodes = BTreeMap::new();
-    for id in cluster.ids() {
+    // The members at the end: ids change with the membership fault.
+    let members = cluster.ids();
+    for &id in &members {
         let jobs = list_all(&api, &rec, 40_000 + id, id, "").await;
-        let leader = api
-            .cluster(id)
-            .await
+        let view = api.cluster(id).await;
+        let leader = view
+            .as_ref()
             .and_then(|v| Some((v["leader_id"].as_u64()?, v["term"].as_u64()?)));
-        nodes.insert(id, NodeView { jobs, leader });
+        let voters = view
+            .as_ref()
+            .and_then(crate::membership::members_of)
+            .map(|(_, voters)| voters.into_iter().collect());
+        nodes.insert(
+            id,
+            NodeView {
+                jobs,
+                leader,
+                voters,
+            },
+        );
     }
     // Local state: poll until every node's stale list agrees (they may lag a little).
     let (mut stale_equal, mut stale_detail) = (None, String::new());
@@ -458,6 +499,8 @@ pub async fn run(opts: Options) -> anyhow::Result<Outcome> {
         },
         healed_at,
         network: net.mechanism.to_string(),
+        members: members.clone(),
+        expected_voters: crate::net::INITIAL as usize,
     };
     // Runs of jobs with an owed run lacking any delivery: skipped or missed?
     rec.flush();
@@ -489,8 +532,10 @@ pub async fn run(opts: Options) -> anyhow::Result<Outcome> {
         panics: Vec::new(),
         unexpected_exits: cluster.unexpected_exits(),
         unclean_stops: unclean,
+        not_stopped_after_removal: cluster.lingered(),
     };
-    for id in cluster.ids() {
+    // Every node the run had, removed ones too.
+    for id in cluster.all_ids() {
         let log = std::fs::read_to_string(cluster.log_path(id)).unwrap_or_default();
         for line in check::cluster::panics_in(&log) {
             crashes.panics.push((id, line));
@@ -625,4 +670,47 @@ fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<Vec
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The smoke changes the membership exactly once, right after the leader faults (while the
+    /// cluster is young), requires it, and still has room for the black hole after it when the
+    /// leader faults before it take their longest; the soak requires it and may draw it again.
+    #[test]
+    fn the_smoke_changes_membership_once_while_young_and_the_soak_draws_it_too() {
+        let smoke = profile("smoke").unwrap();
+        let at: Vec<usize> = (0..smoke.first.len())
+            .filter(|i| smoke.first[*i] == Kind::Membership)
+            .collect();
+        assert_eq!(at, [Kind::REQUIRED.len()], "{:?}", smoke.first);
+        assert!(smoke.first[..at[0]]
+            .iter()
+            .all(|k| Kind::REQUIRED.contains(k)));
+        assert!(smoke.params.required_faults.contains(&Kind::Membership));
+        // Worst case before the black hole: each leader fault waits up to 1 s for its strike,
+        // holds and rests the longest; the membership change takes what it took at most in the
+        // smokes measured (~9 s) and rests the longest.
+        let ms = Duration::from_millis;
+        let leader_faults = (Duration::from_secs(1) + ms(smoke.hold_ms.1) + ms(smoke.gap_ms.1))
+            * Kind::REQUIRED.len() as u32;
+        let before_black_hole = leader_faults + crate::membership::TYPICAL_MAX + ms(smoke.gap_ms.1);
+        assert!(
+            smoke.fault_time
+                >= before_black_hole + smoke.load.span(Kind::BlackHole) + Duration::from_secs(1),
+            "the black hole would not fit: {:?} of {:?}",
+            before_black_hole + smoke.load.span(Kind::BlackHole),
+            smoke.fault_time
+        );
+        // When queued it must fit too (the nemesis reserves `NEED` for it).
+        assert!(smoke.fault_time >= leader_faults + crate::membership::NEED);
+        let soak = profile("soak").unwrap();
+        assert!(soak.first.contains(&Kind::Membership));
+        assert!(soak.params.required_faults.contains(&Kind::Membership));
+        assert!(Kind::ALL.contains(&Kind::Membership) && Kind::Membership.spans_itself());
+        assert_eq!(Kind::Membership.name(), "membership");
+        assert!(!Kind::Membership.is_workload() && !Kind::Membership.hits_leader());
+    }
 }

@@ -110,10 +110,9 @@ async fn reader(
     deadline_us: i64,
 ) {
     let mut rng = StdRng::seed_from_u64(cfg.seed.wrapping_mul(57).wrapping_add(1000 + r as u64));
-    let nodes: Vec<u64> = api.nodes.iter().map(|(id, _)| *id).collect();
-    let Some(&node) = nodes.get(r % nodes.len().max(1)) else {
-        return;
-    };
+    // Reader `r` reads from the member at position `r` (looked up per read: a replacement
+    // takes its predecessor's place).
+    let members = api.order().len().max(1);
     // Process ids of readers sit above every writer's.
     let mut process = 1_000 + r as u64;
     for _ in 0..1_000_000 {
@@ -130,9 +129,9 @@ async fn reader(
         } else {
             ids.choose(&mut rng).cloned()
         };
-        let typ = match target {
-            Some(t) => read(&api, &rec, process, node, &t).await,
-            None => Type::Ok,
+        let typ = match (target, api.at(r % members)) {
+            (Some(t), Some(node)) => read(&api, &rec, process, node, &t).await,
+            _ => Type::Ok,
         };
         if typ == Type::Info {
             process += 100;
@@ -152,15 +151,20 @@ async fn client(
     deadline_us: i64,
 ) {
     let mut rng = StdRng::seed_from_u64(cfg.seed.wrapping_mul(31).wrapping_add(c as u64));
-    let nodes: Vec<u64> = api.nodes.iter().map(|(id, _)| *id).collect();
-    let pinned = (c < nodes.len()).then(|| nodes[c]);
+    // The first clients are pinned to the member at their position (looked up per op: a
+    // replacement takes its predecessor's place); the others pick one at random each time.
+    let pinned = c < api.order().len();
     let mut process = c as u64;
     // Bounded by the deadline and by a count far above what the deadline allows.
     for _ in 0..1_000_000 {
         if now_us() >= deadline_us {
             break;
         }
-        let node = pinned.unwrap_or_else(|| *nodes.choose(&mut rng).unwrap_or(&1));
+        let node = if pinned {
+            api.at(c).unwrap_or(1)
+        } else {
+            *api.order().choose(&mut rng).unwrap_or(&1)
+        };
         let (ids, live, seq) = match pool.lock() {
             Ok(p) => (p.ids.clone(), p.live, p.seq),
             Err(_) => break,

@@ -27,9 +27,10 @@ struct Args {
 enum Cmd {
     /// One run of a profile.
     Run {
-        /// smoke (72 s of node faults plus a black hole), soak (30 min, every fault, the overload
-        /// included), quick (25 s, for trying the harness) or workload (the black hole and the
-        /// overload first).
+        /// smoke (87 s of node faults plus a black hole and a membership change), soak (30 min,
+        /// every fault, the overload included), quick (25 s, for trying the harness), workload
+        /// (the black hole and the overload first) or membership (membership changes first; with
+        /// `--faults membership`, nothing else).
         #[arg(long, default_value = "smoke")]
         profile: String,
         #[arg(long, default_value = "target/release/hookd")]
@@ -104,7 +105,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     match args.cmd {
         Cmd::Cleanup => {
-            hookd_jepsen::net::cleanup_stale(3);
+            hookd_jepsen::net::cleanup_stale(hookd_jepsen::net::SLOTS);
             let mounts = hookd_jepsen::lazyfs::detach_stale();
             println!(
                 "removed stale hookd-jepsen namespaces, veths and bridge (if any); \

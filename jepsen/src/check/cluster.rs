@@ -1,5 +1,6 @@
 //! Checkers 7-9, about the run as a whole. Convergence: after healing there is one leader that
-//! every node names, every node holds the same job set, and a fresh job fires. Coverage: the
+//! every node names, every node holds the same job set, every node names the same voters — the
+//! harness's members, three of them (membership changes heal) — and a fresh job fires. Coverage: the
 //! required faults were really installed, no fault failed to install, and the run carried enough
 //! load — otherwise the run is rejected, not passed. Crashes: no node panicked, exited on its
 //! own, or failed to stop cleanly on SIGTERM.
@@ -41,12 +42,22 @@ pub fn convergence(input: &Input) -> Verdict {
         }
         None => v.unknown(),
     }
+    // Membership: the same voters named everywhere, the harness's members, three of them.
+    let membership =
+        crate::membership::membership_problems(&f.members, &f.nodes, f.expected_voters);
+    let membership_ok = membership.is_empty();
+    for p in membership {
+        v.invalid();
+        v.example(json!({"membership": p}));
+    }
     let fresh_ok = f.fresh_created && f.fresh_delivered_after_us.is_some();
     if !fresh_ok {
         v.invalid();
         v.example(json!({"fresh_job": f.fresh_job, "created": f.fresh_created, "delivered": f.fresh_delivered_after_us.is_some()}));
     }
     v.count("one_leader", one_leader);
+    v.count("members", json!(f.members));
+    v.count("membership_agrees", membership_ok);
     v.count("job_sets_equal", same);
     v.count("local_sets_equal", json!(f.stale_sets_equal));
     v.count(
@@ -54,8 +65,8 @@ pub fn convergence(input: &Input) -> Verdict {
         json!(f.fresh_delivered_after_us.map(|x| x / 1000)),
     );
     v.summary = format!(
-        "one leader: {one_leader}; same jobs everywhere: {same} (local: {:?}); fresh job fired: {fresh_ok}",
-        f.stale_sets_equal
+        "one leader: {one_leader}; same jobs everywhere: {same} (local: {:?}); voters {:?} named alike: {membership_ok}; fresh job fired: {fresh_ok}",
+        f.stale_sets_equal, f.members
     );
     v
 }
@@ -75,6 +86,17 @@ pub fn coverage(input: &Input, timelines: &BTreeMap<String, Timeline>) -> Verdic
             }
             _ => *skipped.entry(e.fault.name()).or_default() += 1,
         }
+    }
+    // A fault that started but could not finish what it does (a membership change that did
+    // not go through) fails the run as one that could not be installed.
+    for e in input
+        .nemesis
+        .iter()
+        .filter(|e| e.phase == "stop" && e.outcome == "failed")
+    {
+        failed += 1;
+        v.invalid();
+        v.example(json!({"fault_failed": e.fault.name(), "detail": e.detail}));
     }
     for k in &input.params.required_faults {
         if !installed.contains_key(&k.name()) {
@@ -138,14 +160,23 @@ pub fn crashes(input: &Input) -> Verdict {
         v.invalid();
         v.example(json!({"unclean_stop": node, "why": why}));
     }
+    for (node, why) in &c.not_stopped_after_removal {
+        v.invalid();
+        v.example(json!({"not_stopped_after_removal": node, "why": why}));
+    }
     v.count("panics", c.panics.len() as u64);
     v.count("unexpected_exits", c.unexpected_exits.len() as u64);
     v.count("unclean_stops", c.unclean_stops.len() as u64);
+    v.count(
+        "not_stopped_after_removal",
+        c.not_stopped_after_removal.len() as u64,
+    );
     v.summary = format!(
-        "{} panics, {} unexpected exits, {} unclean stops",
+        "{} panics, {} unexpected exits, {} unclean stops, {} removed nodes not stopped",
         c.panics.len(),
         c.unexpected_exits.len(),
-        c.unclean_stops.len()
+        c.unclean_stops.len(),
+        c.not_stopped_after_removal.len()
     );
     v
 }
@@ -176,12 +207,15 @@ mod tests {
                 NodeView {
                     jobs: Some([("a".to_string(), false)].into_iter().collect()),
                     leader: Some((2, 5)),
+                    voters: Some(vec![1, 2, 3]),
                 },
             );
         }
         i.final_state.stale_sets_equal = Some(true);
         i.final_state.fresh_created = true;
         i.final_state.fresh_delivered_after_us = Some(2_100_000);
+        i.final_state.members = vec![1, 2, 3];
+        i.final_state.expected_voters = 3;
         i
     }
 
@@ -196,6 +230,18 @@ mod tests {
         assert_eq!(convergence(&i).valid, Validity::Invalid);
         let mut i = healthy();
         i.final_state.fresh_delivered_after_us = None;
+        assert_eq!(convergence(&i).valid, Validity::Invalid);
+        // A node naming other voters (a membership change seen by only some), or a run ending
+        // with two members (a re-add that never happened).
+        let mut i = healthy();
+        i.final_state.nodes.get_mut(&2).unwrap().voters = Some(vec![1, 3, 4]);
+        assert_eq!(convergence(&i).valid, Validity::Invalid);
+        let mut i = healthy();
+        i.final_state.members = vec![1, 3];
+        i.final_state.nodes.remove(&2);
+        for n in i.final_state.nodes.values_mut() {
+            n.voters = Some(vec![1, 3]);
+        }
         assert_eq!(convergence(&i).valid, Validity::Invalid);
     }
 
@@ -231,6 +277,16 @@ mod tests {
         i.nemesis[1].outcome = "installed".into();
         i.params.min_ok_ops = 10;
         assert_eq!(coverage(&i, &timelines(&i.ops)).valid, Validity::Invalid);
+        // A membership fault that started but failed on the way.
+        i.params.min_ok_ops = 0;
+        i.nemesis.push(started(Kind::Membership, "installed"));
+        assert_eq!(coverage(&i, &timelines(&i.ops)).valid, Validity::Valid);
+        let mut stop = started(Kind::Membership, "failed");
+        stop.phase = "stop".into();
+        i.nemesis.push(stop);
+        let v = coverage(&i, &timelines(&i.ops));
+        assert_eq!(v.valid, Validity::Invalid);
+        assert_eq!(v.counts["failed_to_install"], 1);
     }
 
     #[test]
@@ -248,6 +304,11 @@ mod tests {
             t: T0,
             status: "exit status: 1".into(),
         });
+        assert_eq!(crashes(&i).valid, Validity::Invalid);
+        let mut i = healthy();
+        i.crashes
+            .not_stopped_after_removal
+            .push((2, "still running".into()));
         assert_eq!(crashes(&i).valid, Validity::Invalid);
     }
 }

@@ -1,5 +1,6 @@
 //! Checker 1, durability: every job whose create was acknowledged and that no delete may have
-//! removed is present at the end on every node (Jepsen's set checker: lost vs recovered). Jobs
+//! removed is present at the end on every node that is a member then (`owed_nodes`: a node
+//! that joined owes everything, one that was removed nothing) (Jepsen's set checker: lost vs recovered). Jobs
 //! whose create had an unknown outcome may be present ("recovered") or absent. A job present that
 //! nobody ever tried to create is a phantom.
 
@@ -9,6 +10,7 @@ use serde_json::json;
 
 use super::model::Timeline;
 use super::{Input, Verdict};
+use crate::membership::owed_nodes;
 
 pub fn check(input: &Input, timelines: &BTreeMap<String, Timeline>) -> Verdict {
     let mut v = Verdict::new("durability");
@@ -24,8 +26,9 @@ pub fn check(input: &Input, timelines: &BTreeMap<String, Timeline>) -> Verdict {
         v.summary = "no final state was read".into();
         return v;
     }
-    for (node, view) in &input.final_state.nodes {
-        let Some(jobs) = &view.jobs else {
+    // Owed by the members at the end (ids change with the membership fault).
+    for (node, view) in owed_nodes(&input.final_state.members, &input.final_state.nodes) {
+        let Some(jobs) = view.and_then(|view| view.jobs.as_ref()) else {
             v.unknown();
             v.example(json!({"node": node, "problem": "final read failed"}));
             continue;
@@ -77,6 +80,7 @@ mod tests {
                 NodeView {
                     jobs: Some(ids.iter().map(|s| (s.to_string(), false)).collect()),
                     leader: Some((1, 1)),
+                    voters: None,
                 },
             );
         }
@@ -102,6 +106,42 @@ mod tests {
         let v = check(&i, &timelines(&ops));
         assert_eq!(v.valid, Validity::Invalid);
         assert_eq!(v.counts["lost"], 1);
+    }
+
+    /// Node 2 was replaced by node 4: 4 owes every acknowledged job, 2 (not a member, maybe
+    /// still read) nothing; a member never read is unknown, not passed.
+    #[test]
+    fn the_members_at_the_end_owe_every_acknowledged_job() {
+        let ops = vec![create_every("a", T0, T0, 1), create_every("b", T0, T0, 1)];
+        let tl = timelines(&ops);
+        let mut i = with_final(
+            ops.clone(),
+            &[
+                (1, &["a", "b"]),
+                (2, &[]),
+                (3, &["a", "b"]),
+                (4, &["a", "b"]),
+            ],
+        );
+        i.final_state.members = vec![1, 3, 4];
+        let v = check(&i, &tl);
+        assert_eq!(v.valid, Validity::Valid, "{v:?}");
+        assert_eq!(v.counts["acknowledged_checks"], 6);
+        // The new node lacks a job: lost.
+        let mut j = with_final(
+            ops.clone(),
+            &[(1, &["a", "b"]), (3, &["a", "b"]), (4, &["a"])],
+        );
+        j.final_state.members = vec![1, 3, 4];
+        let v = check(&j, &tl);
+        assert_eq!(
+            (v.valid, v.counts["lost"].clone()),
+            (Validity::Invalid, 1.into())
+        );
+        // A member with no final view.
+        j.final_state.members = vec![1, 3, 5];
+        j.final_state.nodes.remove(&4);
+        assert_eq!(check(&j, &tl).valid, Validity::Unknown);
     }
 
     #[test]

@@ -139,6 +139,9 @@ pub struct NodeView {
     pub jobs: Option<BTreeMap<String, bool>>,
     /// `GET /v1/cluster`: (leader_id, term).
     pub leader: Option<(u64, u64)>,
+    /// `GET /v1/cluster`: the voters it names, ascending (None: unread, or an older run).
+    #[serde(default)]
+    pub voters: Option<Vec<u64>>,
 }
 
 /// A run as `GET /v1/jobs/{id}/runs` lists it (only what the checkers need).
@@ -170,6 +173,12 @@ pub struct FinalState {
     /// When the workload stopped and everything was healed.
     pub healed_at: i64,
     pub network: String,
+    /// The members at the end, as the harness keeps them (they change with the membership
+    /// fault; empty in runs stored before it existed), and how many voters a run must end with.
+    #[serde(default)]
+    pub members: Vec<u64>,
+    #[serde(default)]
+    pub expected_voters: usize,
 }
 
 /// Logs and exits, for the crash checker.
@@ -180,6 +189,9 @@ pub struct CrashInfo {
     pub unexpected_exits: Vec<UnexpectedExit>,
     /// Nodes that did not stop cleanly on SIGTERM at the end.
     pub unclean_stops: Vec<(u64, String)>,
+    /// Nodes removed from the cluster that did not stop by themselves in time.
+    #[serde(default)]
+    pub not_stopped_after_removal: Vec<(u64, String)>,
 }
 
 /// Everything a checker may read.
