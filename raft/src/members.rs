@@ -175,7 +175,11 @@ impl<M: Machine> Replica<M> {
             .await
             .map_err(change_error)?;
         tracing::info!(id = remove.id, "node removed from the cluster");
-        if remove.id != self.id() {
+        if remove.id == self.id() {
+            // Its own word as leader: a node that joined with `--join` believes no applied
+            // membership about itself (`watch_removal`), and no leader will tell it.
+            self.notice_removed("it removed itself from the cluster as leader".into());
+        } else {
             let told: Result<(), TransportError> = self
                 .peers()
                 .post(

@@ -416,3 +416,40 @@ async fn a_node_replaced_on_a_young_cluster_waits_to_catch_up_and_stays() {
         );
     }
 }
+
+/// A leader that had itself joined with `--join` stops once it removed itself (the soak found
+/// one that kept running: a joined node believes no applied membership about itself, and no
+/// other leader tells it). One initial node, two joined ones; the initial node is removed, so
+/// a joined node leads, and that leader is then removed (with force: one voter is left).
+#[tokio::test]
+async fn a_leader_that_joined_with_join_stops_once_it_removed_itself() {
+    let mut c = TestCluster::start(1);
+    c.wait_leader(&[0], ELECTION_WITHIN).await;
+    for _ in 0..2 {
+        let i = c.add_joining_node();
+        c.spawn(i);
+        wait_healthy(&c, i).await;
+        let (s, v) = c
+            .post(0, "/v1/cluster/members", &add_body(&c, i))
+            .await
+            .expect("answer");
+        assert_eq!(s, 201, "{v}");
+    }
+    let (s, v) = delete(&c, 0, &format!("/v1/cluster/members/{}", c.nodes[0].id)).await;
+    assert_eq!(s, 200, "{v}");
+    assert!(c
+        .wait_exit(0, Duration::from_secs(10))
+        .is_some_and(|s| s.success()));
+    let leader = c.wait_leader(&[1, 2], ELECTION_WITHIN).await;
+    let path = format!("/v1/cluster/members/{}?force=true", c.nodes[leader].id);
+    let (s, v) = delete(&c, leader, &path).await;
+    assert_eq!(s, 200, "{v}");
+    let status = c.wait_exit(leader, Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the removed leader stops: {status:?}\n{}",
+        c.log_of(leader)
+    );
+    let other = 3 - leader;
+    c.wait_leader(&[other], ELECTION_WITHIN).await;
+}
