@@ -447,3 +447,111 @@ async fn the_node_cap_is_shared_between_targets_that_have_work() {
     task.await.expect("supervisor");
     replica.shutdown().await;
 }
+
+/// Member `id` of a cluster whose peer ports are `peers`, its own served on `listener` until
+/// `stop`.
+async fn member(
+    dir: &std::path::Path,
+    id: u64,
+    peers: &BTreeMap<u64, String>,
+    listener: tokio::net::TcpListener,
+    stop: CancellationToken,
+) -> Arc<Replica> {
+    let config = ReplicaConfig {
+        node_id: id,
+        data_dir: dir.join(format!("n{id}")),
+        api_addr: format!("127.0.0.1:{}", 10 + id),
+        initial_members: peers.clone(),
+        join: false,
+        peer_secret: None,
+        peer_tls: None,
+        cluster_id: "dispatch-test".into(),
+        cluster_id_required: false,
+        timing: RaftTiming::default(),
+        snapshot_logs: 10_000,
+        write_backlog_max: 10_000,
+    };
+    let replica = Replica::start(config, Default::default())
+        .await
+        .expect("start");
+    let app = hookd_raft::peer_server::peer_router(replica.clone(), axum::Router::new());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await;
+    });
+    replica
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_its_quorum_sends_nothing_once_its_lease_ran_out() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut listeners = Vec::new();
+    let mut peers = BTreeMap::new();
+    for id in [1, 2] {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        peers.insert(id, l.local_addr().expect("addr").to_string());
+        listeners.push(l);
+    }
+    let stops = [CancellationToken::new(), CancellationToken::new()];
+    let mut nodes = Vec::new();
+    for (i, l) in listeners.into_iter().enumerate() {
+        nodes.push(member(dir.path(), i as u64 + 1, &peers, l, stops[i].clone()).await);
+    }
+    eventually("an agreed leader", || {
+        let l = nodes[0].status().leader_id;
+        l.is_some() && l == nodes[1].status().leader_id
+    })
+    .await;
+    let leader = if nodes[0].status().leader_id == Some(1) {
+        0
+    } else {
+        1
+    };
+    let follower = 1 - leader;
+    // Runs are claimed 10 s ahead, so the leader holds claimed runs it could still send.
+    let target = FakeTarget::default();
+    let config = DispatchConfig {
+        horizon: Duration::from_secs(10),
+        ..config()
+    };
+    let stop = CancellationToken::new();
+    let (task, _) = spawn(nodes[leader].clone(), target.clone(), config, stop.clone());
+    for i in 0..5 {
+        let mut s = spec("http://t.test/200");
+        s.schedule = ScheduleSpec::Every {
+            every_ms: 1_000,
+            start_at_ms: None,
+        };
+        create(&nodes[leader], &format!("tick{i}"), s).await;
+    }
+    eventually("deliveries flowing", || target.seen().len() >= 5).await;
+    // Cut the follower off: the leader keeps believing it leads (openraft does not step down),
+    // but no quorum acknowledges it any more.
+    stops[follower].cancel();
+    nodes[follower].shutdown().await;
+    let cut = now_ms();
+    let claimed_ahead = nodes[leader]
+        .state()
+        .runs_with_status(RunStatus::Pending, usize::MAX)
+        .expect("runs")
+        .iter()
+        .filter(|r| r.scheduled_at_ms > cut + 1_000)
+        .count();
+    assert!(claimed_ahead > 0, "no claimed run left to withhold");
+    // Its lease (a fraction of the shortest election timeout) is long gone 1 s later.
+    eventually("the lease gone", || now_ms() > cut + 1_000).await;
+    let sent = target.seen().len();
+    eventually("claimed runs falling due", || now_ms() > cut + 4_000).await;
+    assert_eq!(
+        target.seen().len(),
+        sent,
+        "attempts without a quorum's lease"
+    );
+    stop.cancel();
+    task.await.expect("supervisor");
+    stops[leader].cancel();
+    nodes[leader].shutdown().await;
+}
