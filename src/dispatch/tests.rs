@@ -86,13 +86,13 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-/// A one-node cluster in `dir`, leading.
-async fn leader(dir: &std::path::Path) -> Arc<Replica> {
+/// Member `id` of the cluster of `peers`, its data in `dir`, started.
+async fn start(dir: &std::path::Path, id: u64, peers: &BTreeMap<u64, String>) -> Arc<Replica> {
     let config = ReplicaConfig {
-        node_id: 1,
+        node_id: id,
         data_dir: dir.to_path_buf(),
-        api_addr: "127.0.0.1:1".into(),
-        initial_members: BTreeMap::from([(1, "127.0.0.1:2".into())]),
+        api_addr: format!("127.0.0.1:{}", 10 + id),
+        initial_members: peers.clone(),
         join: false,
         peer_secret: None,
         peer_tls: None,
@@ -102,9 +102,14 @@ async fn leader(dir: &std::path::Path) -> Arc<Replica> {
         snapshot_logs: 10_000,
         write_backlog_max: 10_000,
     };
-    let replica = Replica::start(config, Default::default())
+    Replica::start(config, Default::default())
         .await
-        .expect("start");
+        .expect("start")
+}
+
+/// A one-node cluster in `dir`, leading.
+async fn leader(dir: &std::path::Path) -> Arc<Replica> {
+    let replica = start(dir, 1, &BTreeMap::from([(1, "127.0.0.1:2".into())])).await;
     eventually("leadership", || replica.status().leader_id == Some(1)).await;
     replica
 }
@@ -457,23 +462,7 @@ async fn member(
     listener: tokio::net::TcpListener,
     stop: CancellationToken,
 ) -> Arc<Replica> {
-    let config = ReplicaConfig {
-        node_id: id,
-        data_dir: dir.join(format!("n{id}")),
-        api_addr: format!("127.0.0.1:{}", 10 + id),
-        initial_members: peers.clone(),
-        join: false,
-        peer_secret: None,
-        peer_tls: None,
-        cluster_id: "dispatch-test".into(),
-        cluster_id_required: false,
-        timing: RaftTiming::default(),
-        snapshot_logs: 10_000,
-        write_backlog_max: 10_000,
-    };
-    let replica = Replica::start(config, Default::default())
-        .await
-        .expect("start");
+    let replica = start(&dir.join(format!("n{id}")), id, peers).await;
     let app = hookd_raft::peer_server::peer_router(replica.clone(), axum::Router::new());
     tokio::spawn(async move {
         let _ = axum::serve(listener, app)
