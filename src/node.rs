@@ -312,10 +312,8 @@ const MEMBERS_REFRESH: Duration = Duration::from_secs(2);
 /// knows (the members' peer and API addresses, and this node's own), and the hosts of the
 /// members whose API address it does not know yet.
 async fn refresh_members(resolver: &Resolver, replica: &Replica, own: &[String]) {
-    let peers = replica.member_peer_addrs().into_iter().map(|(_, a)| a);
-    let apis = replica.member_api_addrs().into_iter().map(|(_, a)| a);
-    let addrs = peers.chain(apis).chain(own.iter().cloned());
-    resolver
-        .refresh_members(addrs, replica.members_api_unknown())
-        .await;
+    let known = replica.member_addrs();
+    let served = known.peers.into_iter().chain(known.apis).map(|(_, a)| a);
+    let addrs = served.chain(own.iter().cloned());
+    resolver.refresh_members(addrs, known.api_unknown).await;
 }

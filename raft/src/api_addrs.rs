@@ -18,6 +18,17 @@ pub const ASK_AGAIN: Duration = Duration::from_secs(5);
 /// One ask gets this long.
 pub const ASK_WITHIN: Duration = Duration::from_secs(1);
 
+/// Where the members serve, as this node knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberAddrs {
+    /// Every member's peer address.
+    pub peers: Vec<(NodeId, String)>,
+    /// Every member's API address known here: recorded, or answered when asked.
+    pub apis: Vec<(NodeId, String)>,
+    /// The peer addresses of the other members whose API address is not known here.
+    pub api_unknown: Vec<String>,
+}
+
 /// What asking members told this node: by id, the peer address asked, the API address it
 /// answered (None: no answer yet), and when it was last asked.
 #[derive(Debug, Default)]

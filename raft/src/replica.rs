@@ -17,7 +17,7 @@ use tokio::time::{timeout, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::api_addrs::{Learned, ASK_WITHIN};
+use crate::api_addrs::{Learned, MemberAddrs, ASK_WITHIN};
 use crate::lease::Leadership;
 use crate::machine::Machine;
 use crate::network::{ForwardError, PeerClient, Removals, TransportError};
@@ -437,17 +437,19 @@ impl<M: Machine> Replica<M> {
         self.learned.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Every member's API address this node knows (`api_addrs`): recorded, or answered.
-    pub fn member_api_addrs(&self) -> Vec<(NodeId, String)> {
+    /// Where the members serve, as this node knows it (`api_addrs`), from one reading of the
+    /// membership and of the recorded API addresses.
+    pub fn member_addrs(&self) -> MemberAddrs {
         let peers = self.member_peer_addrs();
-        self.learned().merge(&peers, self.node_api_addrs())
-    }
-
-    /// The peer addresses of the other members whose API address this node does not know.
-    pub fn members_api_unknown(&self) -> Vec<String> {
-        let peers = self.member_peer_addrs();
-        let known = self.member_api_addrs();
-        self.learned().unknown(self.id, &peers, &known)
+        let recorded = self.node_api_addrs();
+        let learned = self.learned();
+        let apis = learned.merge(&peers, recorded);
+        let api_unknown = learned.unknown(self.id, &peers, &apis);
+        MemberAddrs {
+            peers,
+            apis,
+            api_unknown,
+        }
     }
 
     /// Asks the members whose API address is not recorded here yet for it (`api_addrs`), all
