@@ -41,6 +41,14 @@ impl FakeTarget {
     fn seen(&self) -> Vec<(String, String, u32)> {
         self.seen.lock().unwrap().clone()
     }
+
+    /// Attempts seen of jobs whose id starts with `prefix`.
+    fn seen_of(&self, prefix: &str) -> usize {
+        let seen = self.seen.lock().unwrap();
+        seen.iter()
+            .filter(|(j, _, _)| j.starts_with(prefix))
+            .count()
+    }
 }
 
 impl Deliver for FakeTarget {
@@ -160,6 +168,13 @@ fn runs(replica: &Replica, id: &str) -> Vec<Run> {
     replica.state().job_runs(id, None, 100).expect("runs")
 }
 
+/// Whether job `id`'s newest run has `status`.
+fn newest_is(replica: &Replica, id: &str, status: RunStatus) -> bool {
+    runs(replica, id)
+        .first()
+        .is_some_and(|r| r.status == status)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_due_run_is_claimed_sent_once_and_recorded_and_a_failing_one_retried_then_failed() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -171,15 +186,11 @@ async fn a_due_run_is_claimed_sent_once_and_recorded_and_a_failing_one_retried_t
     create(&replica, "bad", due_now("http://t.test/500", 3)).await;
 
     eventually("the good run recorded succeeded", || {
-        runs(&replica, "ok")
-            .first()
-            .is_some_and(|r| r.status == RunStatus::Succeeded)
+        newest_is(&replica, "ok", RunStatus::Succeeded)
     })
     .await;
     eventually("the bad run recorded failed", || {
-        runs(&replica, "bad")
-            .first()
-            .is_some_and(|r| r.status == RunStatus::Failed)
+        newest_is(&replica, "bad", RunStatus::Failed)
     })
     .await;
     let ok = &runs(&replica, "ok")[0];
@@ -213,19 +224,13 @@ async fn a_held_target_takes_only_its_share_and_jobs_paused_or_deleted_during_an
     let target = FakeTarget::default();
     let stop = CancellationToken::new();
     let (task, _) = spawn(replica.clone(), target.clone(), config(), stop.clone());
-    let seen_of = |prefix: &str| {
-        let seen = target.seen();
-        seen.iter()
-            .filter(|(j, _, _)| j.starts_with(prefix))
-            .count()
-    };
     // Two jobs whose attempts the target holds, then fails (each would be retried after
     // 100 ms): one is paused and one deleted while their attempts are in flight.
     for id in ["victim", "doomed"] {
         create(&replica, id, due_now("http://slow.test/held-500", 3)).await;
     }
     eventually("both attempts in flight", || {
-        seen_of("victim") == 1 && seen_of("doomed") == 1
+        target.seen_of("victim") == 1 && target.seen_of("doomed") == 1
     })
     .await;
     // Five more at the same target: only `host_max` (4) attempts are in flight there at once,
@@ -238,15 +243,16 @@ async fn a_held_target_takes_only_its_share_and_jobs_paused_or_deleted_during_an
         )
         .await;
     }
-    eventually("the target's share in flight", || seen_of("held") == 2).await;
-    create(&replica, "other", due_now("http://fast.test/200", 1)).await;
-    eventually("the other target served", || {
-        runs(&replica, "other")
-            .first()
-            .is_some_and(|r| r.status == RunStatus::Succeeded)
+    eventually("the target's share in flight", || {
+        target.seen_of("held") == 2
     })
     .await;
-    assert_eq!(seen_of("held"), 2, "the per-target cap of 4");
+    create(&replica, "other", due_now("http://fast.test/200", 1)).await;
+    eventually("the other target served", || {
+        newest_is(&replica, "other", RunStatus::Succeeded)
+    })
+    .await;
+    assert_eq!(target.seen_of("held"), 2, "the per-target cap of 4");
 
     let pause = Command::SetPaused {
         id: "victim".into(),
@@ -261,11 +267,7 @@ async fn a_held_target_takes_only_its_share_and_jobs_paused_or_deleted_during_an
     replica.propose(delete).await.expect("delete");
     target.gate.add_permits(100);
     eventually("every other held job delivered", || {
-        (0..5).all(|i| {
-            runs(&replica, &format!("held{i}"))
-                .first()
-                .is_some_and(|r| r.status == RunStatus::Succeeded)
-        })
+        (0..5).all(|i| newest_is(&replica, &format!("held{i}"), RunStatus::Succeeded))
     })
     .await;
     // The paused job's failed attempt is recorded; the retry it asked for is never attempted
@@ -283,8 +285,8 @@ async fn a_held_target_takes_only_its_share_and_jobs_paused_or_deleted_during_an
         now_ms() > retry_due + 1_000
     })
     .await;
-    assert_eq!(seen_of("victim"), 1, "attempted after its pause");
-    assert_eq!(seen_of("doomed"), 1, "attempted after its delete");
+    assert_eq!(target.seen_of("victim"), 1, "attempted after its pause");
+    assert_eq!(target.seen_of("doomed"), 1, "attempted after its delete");
     assert!(replica.state().get_job("doomed").expect("read").is_none());
     assert!(runs(&replica, "doomed").is_empty());
     stop.cancel();
@@ -352,12 +354,6 @@ async fn a_target_that_stops_answering_opens_its_circuit_and_others_are_not_held
         )
         .await;
     }
-    let dead_seen = || {
-        let seen = target.seen();
-        seen.iter()
-            .filter(|(j, _, _)| j.starts_with("dead"))
-            .count()
-    };
     let dead = || async {
         let (page, _) = handle.targets(None, 10).await.expect("targets");
         page.into_iter().find(|t| t.target == "dead.test:80")
@@ -374,7 +370,7 @@ async fn a_target_that_stops_answering_opens_its_circuit_and_others_are_not_held
         assert!(tokio::time::Instant::now() < deadline, "no open circuit");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let tolerated = dead_seen();
+    let tolerated = target.seen_of("dead");
     let host_max = config().host_max;
     assert!(
         (BREAKER_FAILURES as usize..BREAKER_FAILURES as usize + host_max).contains(&tolerated),
@@ -385,19 +381,21 @@ async fn a_target_that_stops_answering_opens_its_circuit_and_others_are_not_held
     // until its first pause (1 s) ends.
     create(&replica, "alive", due_now("http://alive.test/200", 1)).await;
     eventually("the live target served", || {
-        runs(&replica, "alive")
-            .first()
-            .is_some_and(|r| r.status == RunStatus::Succeeded)
+        newest_is(&replica, "alive", RunStatus::Succeeded)
     })
     .await;
     if dead().await.is_some_and(
         |t| matches!(t.breaker, Breaker::Open { until_ms, .. } if until_ms > now_ms() + 50),
     ) {
-        assert_eq!(dead_seen(), tolerated, "an attempt started while open");
+        assert_eq!(
+            target.seen_of("dead"),
+            tolerated,
+            "an attempt started while open"
+        );
     }
     // Then a probe, alone: it fails, and the circuit opens again for longer.
-    eventually("a probe", || dead_seen() > tolerated).await;
-    assert_eq!(dead_seen(), tolerated + 1, "one probe at a time");
+    eventually("a probe", || target.seen_of("dead") > tolerated).await;
+    assert_eq!(target.seen_of("dead"), tolerated + 1, "one probe at a time");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let breaker = dead().await.expect("listed").breaker;
@@ -435,18 +433,22 @@ async fn the_node_cap_is_shared_between_targets_that_have_work() {
             create(&replica, &format!("{t}{i}"), s).await;
         }
     }
-    let of = |prefix: &str| {
-        let seen = target.seen();
-        seen.iter()
-            .filter(|(j, _, _)| j.starts_with(prefix))
-            .count()
-    };
     eventually("the node's four slots in use", || target.seen().len() == 4).await;
-    assert_eq!((of("a"), of("b")), (2, 2), "{:?}", target.seen());
+    assert_eq!(
+        (target.seen_of("a"), target.seen_of("b")),
+        (2, 2),
+        "{:?}",
+        target.seen()
+    );
     // As slots free up, both targets keep their share.
     target.gate.add_permits(4);
     eventually("the next four in use", || target.seen().len() == 8).await;
-    assert_eq!((of("a"), of("b")), (4, 4), "{:?}", target.seen());
+    assert_eq!(
+        (target.seen_of("a"), target.seen_of("b")),
+        (4, 4),
+        "{:?}",
+        target.seen()
+    );
     target.gate.add_permits(100);
     stop.cancel();
     task.await.expect("supervisor");
