@@ -19,6 +19,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use crate::metrics::TargetTotals;
+
 /// A target: `host:port` of a delivery URL, lower-case host, default port filled in.
 pub type TargetKey = Arc<str>;
 
@@ -156,8 +158,6 @@ pub struct TargetStatus {
     pub last_error: Option<String>,
     pub breaker: Breaker,
 }
-
-pub use crate::metrics::TargetTotals as Totals;
 
 /// The per-target queues of one dispatcher.
 pub struct Scheduler<T> {
@@ -334,12 +334,12 @@ impl<T> Scheduler<T> {
     }
 
     /// Totals over every target. O(targets): for metrics, not per attempt.
-    pub fn totals(&self) -> Totals {
-        let mut totals = Totals {
+    pub fn totals(&self) -> TargetTotals {
+        let mut totals = TargetTotals {
             targets: self.targets.len(),
             in_flight: self.in_flight,
             waiting: self.queued,
-            ..Totals::default()
+            ..TargetTotals::default()
         };
         for t in self.targets.values() {
             match t.breaker {
