@@ -66,10 +66,12 @@ async fn check_egress(state: &ApiState, url: &str) -> Result<(), ApiError> {
     };
     if let (Some(ip), Some(port)) = (literal_ip(&parsed), parsed.port_or_known_default()) {
         let addr = SocketAddr::new(ip, port);
-        if state.egress.check(addr).is_ok() && state.egress.unsure_of(ip) {
+        let mut verdict = state.egress.check(addr);
+        if verdict.is_ok() && state.egress.unsure_of(ip) {
             state.egress.refresh_now(MEMBERS_ASK_WITHIN).await;
+            verdict = state.egress.check(addr);
         }
-        if let Err(denied) = state.egress.check(addr) {
+        if let Err(denied) = verdict {
             return Err(ApiError::invalid("url", denied.to_string()));
         }
     }
