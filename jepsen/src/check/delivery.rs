@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde_json::json;
 
-use super::model::Timeline;
+use super::model::{Sched, Timeline};
 use super::{first_deliveries, percentile, Input, Verdict};
 use crate::history::{rfc3339_us, Type};
 
@@ -150,6 +150,15 @@ pub struct OwedRun<'a> {
     pub fate: Fate,
 }
 
+/// Whether `t` is the instant hookd scheduled a one-shot job's run at because its `at` had
+/// passed when the node stamped the create (SPEC §2: an `at` in the past is due at creation).
+/// The stamp is unknown to the client: somewhere after the `at`, up to the create's
+/// acknowledgement (or the delivery, for a create with no answer). It happens when the `at`
+/// falls inside the create's latency, e.g. a create sent to a node that was SIGSTOPped.
+fn due_at_creation(sched: &Sched, tl: &Timeline, t: i64, recv: i64) -> bool {
+    matches!(*sched, Sched::At(at) if at < t && t <= tl.created_ok.unwrap_or(recv))
+}
+
 /// Every owed run of every job (black-hole jobs owe nothing), with its fate.
 pub fn owed_runs<'a>(
     input: &'a Input,
@@ -246,7 +255,10 @@ pub fn check_delivery(input: &Input, timelines: &BTreeMap<String, Timeline>) -> 
     for d in &input.deliveries {
         match timelines.get(&d.job_id) {
             Some(tl) => {
-                if tl.sched.as_ref().is_some_and(|s| !s.is_due(d.scheduled_at)) {
+                let scheduled = |s: &Sched| {
+                    s.is_due(d.scheduled_at) || due_at_creation(s, tl, d.scheduled_at, d.recv)
+                };
+                if tl.sched.as_ref().is_some_and(|s| !scheduled(s)) {
                     phantom += 1;
                     v.invalid();
                     v.example(json!({"phantom_instant": d.job_id, "scheduled_at": rfc3339_us(d.scheduled_at), "webhook_id": d.webhook_id}));
@@ -516,6 +528,29 @@ mod tests {
         let v = check_delivery(&i, &timelines(&i.ops));
         assert_eq!(v.valid, Validity::Valid, "{v:?}");
         assert_eq!(v.counts["skipped_by_policy"], 1);
+    }
+
+    /// Regression (false phantom in soak-…-s183221 and smoke-…-s847911): a create sent to a
+    /// SIGSTOPped node whose `at` passed before the node read it is due at its creation stamp,
+    /// after the `at` and no later than the acknowledgement. Before the `at`, or after the
+    /// acknowledgement, it is still a phantom.
+    #[test]
+    fn an_at_that_passed_while_its_create_was_under_way_is_due_at_the_creation() {
+        let at = T0 + 2 * S;
+        let mut create = create_at("a", T0, at, Type::Ok);
+        create.complete = at + 500_000;
+        let stamp = at + 90_000;
+        let verdict = |scheduled: i64| {
+            let dels = vec![delivery("a", scheduled, at + 600_000, true, 1)];
+            let i = input(vec![create.clone()], dels, T0 + 30 * S);
+            check_delivery(&i, &timelines(&i.ops))
+        };
+        let v = verdict(stamp);
+        assert_eq!(v.counts["phantom"], 0, "{v:?}");
+        assert_eq!(v.valid, Validity::Valid, "{v:?}");
+        for wrong in [at - 5_000, create.complete + 1_000] {
+            assert_eq!(verdict(wrong).counts["phantom"], 1, "{wrong}");
+        }
     }
 
     #[test]
