@@ -325,10 +325,10 @@ pub fn run(args: ClientArgs, cmd: ClientCommand) -> Result<(), CliError> {
         .enable_all()
         .build()
         .map_err(|e| CliError::Api(format!("cannot start a runtime: {e}")))?;
-    runtime.block_on(dispatch(args, cmd))
+    runtime.block_on(run_client(args, cmd))
 }
 
-async fn dispatch(args: ClientArgs, cmd: ClientCommand) -> Result<(), CliError> {
+async fn run_client(args: ClientArgs, cmd: ClientCommand) -> Result<(), CliError> {
     let out = Printer {
         format: args.output.unwrap_or(if std::io::stdout().is_terminal() {
             Output::Table

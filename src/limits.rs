@@ -1,4 +1,7 @@
-//! Every bound hookd enforces, in one place, named with the unit last.
+//! Every bound on what a client or a peer may send (sizes, counts, ranges), the defaults of the
+//! job fields SPEC names, and the timings SPEC promises, in one place, named with the unit last.
+//! Tuning constants of one subsystem (dispatcher pacing, target queues, peer timeouts, retry
+//! pauses) live beside the code they tune.
 
 use std::time::Duration;
 

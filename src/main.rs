@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 /// jemalloc, not glibc's malloc: glibc kept ~150 MiB a node no longer used after each large
 /// snapshot build (per-thread arenas keep their free pages), and jemalloc gives them back; it
-/// also filled 1M jobs a third faster (ARCHITECTURE.md, "Where a node's memory goes").
+/// also filled 1M jobs a third faster (docs/decisions.md#jemalloc).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

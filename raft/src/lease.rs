@@ -23,7 +23,7 @@ use crate::typ::{NodeId, RaftMetrics};
 
 /// A leadership epoch: the term and node id of a leader.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Epoch {
+pub struct LeaderTerm {
     pub term: u64,
     pub node_id: NodeId,
 }
@@ -31,11 +31,11 @@ pub struct Epoch {
 /// For each peer, the leader it last accepted an AppendEntries from and when that request was
 /// sent. Shared by the peer transport (which records) and `Leadership` (which reads).
 #[derive(Clone, Default)]
-pub struct Acks(Arc<Mutex<BTreeMap<NodeId, (Epoch, Instant)>>>);
+pub struct Acks(Arc<Mutex<BTreeMap<NodeId, (LeaderTerm, Instant)>>>);
 
 impl Acks {
     /// `peer` accepted a request of `leader` sent at `sent`.
-    pub fn record(&self, peer: NodeId, leader: Epoch, sent: Instant) {
+    pub fn record(&self, peer: NodeId, leader: LeaderTerm, sent: Instant) {
         let mut acks = self.0.lock().unwrap_or_else(|p| p.into_inner());
         // Terms only grow, and one term has one leader: order by (term, sent).
         let newer = acks
@@ -47,7 +47,7 @@ impl Acks {
     }
 
     #[cfg(test)]
-    fn snapshot(&self) -> BTreeMap<NodeId, (Epoch, Instant)> {
+    fn snapshot(&self) -> BTreeMap<NodeId, (LeaderTerm, Instant)> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
@@ -58,8 +58,8 @@ impl Acks {
 fn lease_holds(
     configs: &[BTreeSet<NodeId>],
     me: NodeId,
-    epoch: Epoch,
-    acks: &BTreeMap<NodeId, (Epoch, Instant)>,
+    epoch: LeaderTerm,
+    acks: &BTreeMap<NodeId, (LeaderTerm, Instant)>,
     now: Instant,
     max_age: Duration,
 ) -> bool {
@@ -77,7 +77,7 @@ fn lease_holds(
 
 #[derive(Debug, Clone)]
 struct Observed {
-    epoch: Option<Epoch>,
+    epoch: Option<LeaderTerm>,
     /// The voter sets of the membership in effect (two while a change is joint).
     configs: Vec<BTreeSet<NodeId>>,
 }
@@ -89,7 +89,7 @@ pub struct Leadership {
     me: NodeId,
     observed: Arc<Mutex<Observed>>,
     acks: Acks,
-    epoch_tx: Arc<watch::Sender<Option<Epoch>>>,
+    epoch_tx: Arc<watch::Sender<Option<LeaderTerm>>>,
     /// A request sent longer ago than this proves nothing.
     max_ack_age: Duration,
 }
@@ -124,7 +124,7 @@ impl Leadership {
                     && m.current_leader == Some(self.me)
                     && m.vote.is_committed();
                 Observed {
-                    epoch: leading.then_some(Epoch {
+                    epoch: leading.then_some(LeaderTerm {
                         term: m.vote.leader_id().term,
                         node_id: self.me,
                     }),
@@ -146,13 +146,13 @@ impl Leadership {
     }
 
     /// The epoch this node leads, changing on every gain or loss of leadership.
-    pub fn epochs(&self) -> watch::Receiver<Option<Epoch>> {
+    pub fn epochs(&self) -> watch::Receiver<Option<LeaderTerm>> {
         self.epoch_tx.subscribe()
     }
 
     /// True while this node leads `epoch` and a quorum accepted its requests recently enough
     /// that no other leader can exist.
-    pub fn may_act(&self, epoch: Epoch) -> bool {
+    pub fn may_act(&self, epoch: LeaderTerm) -> bool {
         // Called before every attempt: read under the locks, no copies. Lock order: observed,
         // then acks (`watch` and `Acks::record` each take only one).
         let o = self.observed.lock().unwrap_or_else(|p| p.into_inner());
@@ -181,8 +181,8 @@ mod tests {
         ids.iter().copied().collect()
     }
 
-    fn epoch(term: u64, node_id: NodeId) -> Epoch {
-        Epoch { term, node_id }
+    fn epoch(term: u64, node_id: NodeId) -> LeaderTerm {
+        LeaderTerm { term, node_id }
     }
 
     #[test]
@@ -195,7 +195,7 @@ mod tests {
         type Case = (
             &'static str,
             Vec<BTreeSet<NodeId>>,
-            Vec<(NodeId, Epoch, Duration)>,
+            Vec<(NodeId, LeaderTerm, Duration)>,
             Duration,
             bool,
         );

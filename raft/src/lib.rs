@@ -23,8 +23,8 @@ pub mod store;
 pub mod tls;
 pub mod typ;
 
-pub use lease::Epoch;
-pub use machine::{Machine, Position, ReadError, Tables, Tx, TxError};
+pub use lease::LeaderTerm;
+pub use machine::{AppliedTables, LogPosition, Machine, ReadError, Tx, TxError};
 pub use membership::{AddMember, MemberError, RemoveMember};
 pub use replica::{RaftTiming, Replica, ReplicaConfig, ReplicaError, StartError};
 pub use secret::Secret;

@@ -3,7 +3,7 @@
 //!
 //! A machine keeps its state in named key-value tables. `apply` reads and writes them through
 //! `Tx` (one sled transaction per applied batch, together with `last_applied`); readers see
-//! them through `Tables` (one generation, pinned). Tables, keys and values are opaque here:
+//! them through `AppliedTables` (one generation, pinned). Tables, keys and values are opaque here:
 //! snapshots copy them byte for byte.
 
 use std::fmt::Debug;
@@ -17,7 +17,7 @@ use crate::NodeId;
 /// The log position of the entry being applied; with the slot in a batch it numbers every
 /// command uniquely, and its leader's term and id identify the proposing leader.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Position {
+pub struct LogPosition {
     pub index: u64,
     pub term: u64,
     pub leader: NodeId,
@@ -85,7 +85,7 @@ pub trait Machine: Send + Sync + 'static {
     fn apply(
         &self,
         tx: &Tx<'_>,
-        at: Position,
+        at: LogPosition,
         cmd: &Self::Command,
         touched: &mut Self::Touched,
     ) -> Result<Self::Output, TxError>;
@@ -108,11 +108,11 @@ pub trait Machine: Send + Sync + 'static {
 
     /// The command that records a node's API address, and where the applied state has them.
     fn record_node(node_id: NodeId, api_addr: String) -> Self::Command;
-    fn node_api_addrs(tables: &Tables) -> Vec<(NodeId, String)>;
+    fn node_api_addrs(tables: &AppliedTables) -> Vec<(NodeId, String)>;
     /// The command that records the cluster id (only its first application counts), and the
     /// recorded one.
     fn record_cluster_id(cluster_id: String) -> Self::Command;
-    fn cluster_id(tables: &Tables) -> Option<String>;
+    fn cluster_id(tables: &AppliedTables) -> Option<String>;
     /// Restoring a backup into a new cluster: whether the row `key` of table `table` (an index
     /// into `TABLES`) belongs to the old cluster's identity (its nodes' records, its cluster
     /// id) and is left out, and the row that records the new cluster id: (table, key, value).
@@ -187,14 +187,14 @@ impl Tx<'_> {
 /// The applied tables of one generation, for reading. A snapshot installed meanwhile replaces
 /// the generation, not what this reads.
 #[derive(Clone)]
-pub struct Tables {
+pub struct AppliedTables {
     pub(crate) trees: std::sync::Arc<Vec<sled::Tree>>,
 }
 
 /// A key and its value.
 pub type Row = (Vec<u8>, Vec<u8>);
 
-impl Tables {
+impl AppliedTables {
     fn tree(&self, table: usize) -> Result<&sled::Tree, ReadError> {
         self.trees
             .get(table)
@@ -242,7 +242,7 @@ impl Tables {
 pub mod kv {
     use serde::{Deserialize, Serialize};
 
-    use super::{Machine, Position, Tables, Tx, TxError};
+    use super::{AppliedTables, LogPosition, Machine, Tx, TxError};
     use crate::NodeId;
 
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -277,7 +277,13 @@ pub mod kv {
         const FORMAT_READABLE_FROM: u32 = 1;
         const BATCH_MAX: usize = 1024;
 
-        fn apply(&self, tx: &Tx<'_>, at: Position, cmd: &Cmd, _: &mut ()) -> Result<Out, TxError> {
+        fn apply(
+            &self,
+            tx: &Tx<'_>,
+            at: LogPosition,
+            cmd: &Cmd,
+            _: &mut (),
+        ) -> Result<Out, TxError> {
             match cmd {
                 Cmd::Put { key, value } if key == CLUSTER => {
                     if tx.get(0, key.as_bytes())?.is_none() {
@@ -327,7 +333,7 @@ pub mod kv {
                 value: api_addr,
             }
         }
-        fn node_api_addrs(tables: &Tables) -> Vec<(NodeId, String)> {
+        fn node_api_addrs(tables: &AppliedTables) -> Vec<(NodeId, String)> {
             tables
                 .range(
                     0,
@@ -349,7 +355,7 @@ pub mod kv {
                 value: cluster_id,
             }
         }
-        fn cluster_id(tables: &Tables) -> Option<String> {
+        fn cluster_id(tables: &AppliedTables) -> Option<String> {
             let v = tables.get(0, CLUSTER.as_bytes()).ok()??;
             Some(String::from_utf8_lossy(&v).into_owned())
         }

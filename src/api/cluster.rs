@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::model::parse_json;
-use super::{json_body, query, ApiError, Shared};
+use super::{json_body, query, Api, ApiError};
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 struct Member {
@@ -40,11 +40,11 @@ struct ClusterView {
 /// Membership and leadership as this node sees them.
 #[utoipa::path(get, operation_id = "getCluster", path = "/cluster", tag = "cluster",
     responses((status = 200, description = "the cluster", body = ClusterView)))]
-pub async fn cluster(state: Shared) -> Json<impl Serialize> {
+pub async fn cluster(state: Api) -> Json<impl Serialize> {
     Json(view(&state))
 }
 
-fn view(state: &Shared) -> ClusterView {
+fn view(state: &Api) -> ClusterView {
     let replica = &state.replica;
     let status = replica.status();
     let api: BTreeMap<u64, String> = replica.node_api_addrs().into_iter().collect();
@@ -118,7 +118,7 @@ fn member_error(e: MemberError) -> ApiError {
 
 /// The cluster as this node sees it once it has applied everything the leader committed (the
 /// change just made included), or as it sees it now if that takes too long.
-async fn view_after_change(state: &Shared) -> ClusterView {
+async fn view_after_change(state: &Api) -> ClusterView {
     let _ = state.replica.read_barrier().await;
     view(state)
 }
@@ -128,7 +128,7 @@ async fn view_after_change(state: &Shared) -> ClusterView {
               (status = 504, description = "it did not catch up within 60 s and stays a learner", body = super::openapi::ErrorBody)))]
 /// Adds a node started with `--join`: a learner first, a voter once caught up (SPEC §2, §6).
 pub async fn add_member(
-    state: Shared,
+    state: Api,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -191,7 +191,7 @@ pub struct RemoveQuery {
     responses((status = 200, description = "removed", body = ClusterView)))]
 /// Removes a node; a leader being removed leads until the change is committed, then steps down.
 pub async fn remove_member(
-    state: Shared,
+    state: Api,
     Path(id): Path<String>,
     q: Result<Query<RemoveQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -212,7 +212,7 @@ pub async fn remove_member(
               (status = 503, description = "this node's storage has failed", body = serde_json::Value)))]
 /// Alive, and `503` once the replicated core has stopped on a fatal error (a storage failure):
 /// the node can no longer do its part and should be restarted or replaced.
-pub async fn healthz(state: Shared) -> Response {
+pub async fn healthz(state: Api) -> Response {
     match state.replica.status().failed {
         None => (StatusCode::OK, Json(json!({"status": "ok"}))).into_response(),
         Some(fatal) => (
@@ -235,7 +235,7 @@ const READY_PROBE_DEADLINE: Duration = Duration::from_secs(1);
 #[utoipa::path(get, operation_id = "getReadiness", path = "/readyz", tag = "node",
     responses((status = 200, description = "has a leader and is caught up", body = serde_json::Value),
               (status = 503, description = "not ready", body = serde_json::Value)))]
-pub async fn readyz(state: Shared) -> Response {
+pub async fn readyz(state: Api) -> Response {
     let replica = &state.replica;
     // Unauthenticated, so a probe costs a Raft round at most once per `READY_CACHE`: callers
     // meanwhile share the last answer (and wait for a probe in progress).

@@ -18,7 +18,7 @@ use crate::replicated::ReplicaState;
 use crate::egress::literal_ip;
 
 use super::model::{parse_json, validate_id, JobRequest, JobView};
-use super::{json_body, list_limit, now_ms, query, ApiError, ApiState, Consistency, Shared};
+use super::{json_body, list_limit, now_ms, query, Api, ApiError, ApiState, Consistency};
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -129,7 +129,7 @@ pub struct JobsPage {
         (status = 200, description = "a job with this id and the same definition exists", body = JobView),
     ))]
 pub async fn create(
-    state: Shared,
+    state: Api,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -156,7 +156,7 @@ pub async fn create(
         (status = 200, description = "replaced (or unchanged)", body = JobView),
     ))]
 pub async fn put(
-    state: Shared,
+    state: Api,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -187,7 +187,7 @@ pub async fn put(
     params(("id" = String, Path, description = "job id", pattern = r"^[A-Za-z0-9._:-]{1,128}$"), ReadParams),
     responses((status = 200, description = "the job", body = JobView)))]
 pub async fn get_one(
-    state: Shared,
+    state: Api,
     Path(id): Path<String>,
     params: Result<Query<ReadParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -204,7 +204,7 @@ pub async fn get_one(
 #[utoipa::path(get, operation_id = "listJobs", path = "/jobs", tag = "jobs", params(ListParams),
     responses((status = 200, description = "a page of jobs", body = JobsPage)))]
 pub async fn list(
-    state: Shared,
+    state: Api,
     params: Result<Query<ListParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let params = query(params)?;
@@ -236,7 +236,7 @@ async fn simple_command(
 #[utoipa::path(delete, operation_id = "deleteJob", path = "/jobs/{id}", tag = "jobs",
     params(("id" = String, Path, description = "job id", pattern = r"^[A-Za-z0-9._:-]{1,128}$")),
     responses((status = 204, description = "deleted")))]
-pub async fn delete(state: Shared, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn delete(state: Api, Path(id): Path<String>) -> Result<Response, ApiError> {
     let cmd = Command::DeleteJob {
         id: id.clone(),
         now_ms: now_ms(),
@@ -248,7 +248,7 @@ pub async fn delete(state: Shared, Path(id): Path<String>) -> Result<Response, A
 #[utoipa::path(post, operation_id = "pauseJob", path = "/jobs/{id}/pause", tag = "jobs",
     params(("id" = String, Path, description = "job id", pattern = r"^[A-Za-z0-9._:-]{1,128}$")),
     responses((status = 200, description = "the paused job", body = JobView)))]
-pub async fn pause(state: Shared, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn pause(state: Api, Path(id): Path<String>) -> Result<Response, ApiError> {
     let cmd = Command::SetPaused {
         id: id.clone(),
         paused: true,
@@ -261,7 +261,7 @@ pub async fn pause(state: Shared, Path(id): Path<String>) -> Result<Response, Ap
 #[utoipa::path(post, operation_id = "resumeJob", path = "/jobs/{id}/resume", tag = "jobs",
     params(("id" = String, Path, description = "job id", pattern = r"^[A-Za-z0-9._:-]{1,128}$")),
     responses((status = 200, description = "the resumed job", body = JobView)))]
-pub async fn resume(state: Shared, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn resume(state: Api, Path(id): Path<String>) -> Result<Response, ApiError> {
     let cmd = Command::SetPaused {
         id: id.clone(),
         paused: false,

@@ -33,7 +33,7 @@ use crate::dispatch::DispatchHandle;
 use crate::egress::EgressPolicy;
 use crate::limits::{LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX, REQUEST_BODY_BYTES_MAX};
 
-/// Shared state of the API handlers.
+/// The state every API handler is given.
 pub struct ApiState {
     pub replica: Arc<Replica>,
     dispatch: DispatchHandle,
@@ -85,7 +85,7 @@ impl ApiState {
     }
 }
 
-type Shared = State<Arc<ApiState>>;
+type Api = State<Arc<ApiState>>;
 
 /// The `consistency` query parameter: `linearizable` (default) or `stale` (this node's own state).
 #[derive(Debug, Default, Clone, Copy, Deserialize, utoipa::ToSchema)]
@@ -141,7 +141,7 @@ fn bearer_token(value: &[u8]) -> Option<&[u8]> {
 
 /// With any `--api-token` or `--read-token`, every /v1 request needs `Authorization: Bearer
 /// TOKEN`: an api token may do everything, a read token only reads (`403` otherwise).
-async fn require_token(State(s): Shared, req: Request, next: Next) -> Response {
+async fn require_token(State(s): Api, req: Request, next: Next) -> Response {
     if s.api_tokens.is_empty() && s.read_tokens.is_empty() {
         return next.run(req).await;
     }

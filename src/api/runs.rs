@@ -14,7 +14,7 @@ use crate::core::{Command, CommandResult};
 use crate::replicated::ReplicaState;
 
 use super::model::{format_instant, parse_instant, parse_json, validate_id, ScheduleRequest};
-use super::{json_body, list_limit, now_ms, query, ApiError, Consistency, Shared};
+use super::{json_body, list_limit, now_ms, query, Api, ApiError, Consistency};
 
 use crate::limits::{PREVIEW_COUNT_DEFAULT, PREVIEW_COUNT_MAX};
 use crate::schedule::Schedule;
@@ -135,7 +135,7 @@ fn runs_response(runs: Vec<Run>) -> Response {
     params(("id" = String, Path, description = "job id", pattern = r"^[A-Za-z0-9._:-]{1,128}$"), RunParams),
     responses((status = 200, description = "runs", body = RunsPage)))]
 pub async fn job_runs(
-    state: Shared,
+    state: Api,
     Path(id): Path<String>,
     params: Result<Query<RunParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -154,7 +154,7 @@ pub async fn job_runs(
 #[utoipa::path(get, operation_id = "listRuns", path = "/runs", tag = "runs", params(RunParams),
     responses((status = 200, description = "runs", body = RunsPage)))]
 pub async fn list(
-    state: Shared,
+    state: Api,
     params: Result<Query<RunParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let params = query(params)?;
@@ -190,7 +190,7 @@ fn run_accepted(result: CommandResult, what: &str) -> Result<Response, ApiError>
 #[utoipa::path(post, operation_id = "retryRun", path = "/runs/{run_id}/retry", tag = "runs",
     params(("run_id" = String, Path, description = "run id")),
     responses((status = 202, description = "the run, open again", body = RunView)))]
-pub async fn retry(state: Shared, Path(run_id): Path<String>) -> Result<Response, ApiError> {
+pub async fn retry(state: Api, Path(run_id): Path<String>) -> Result<Response, ApiError> {
     if run_id.is_empty() || run_id.len() > 512 {
         return Err(ApiError::not_found("no such run"));
     }
@@ -207,7 +207,7 @@ pub async fn retry(state: Shared, Path(run_id): Path<String>) -> Result<Response
 #[utoipa::path(post, operation_id = "triggerJob", path = "/jobs/{id}/trigger", tag = "jobs",
     params(("id" = String, Path, description = "job id", pattern = r"^[A-Za-z0-9._:-]{1,128}$")),
     responses((status = 202, description = "the new run", body = RunView)))]
-pub async fn trigger(state: Shared, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn trigger(state: Api, Path(id): Path<String>) -> Result<Response, ApiError> {
     let result = state
         .propose(Command::TriggerJob {
             id: id.clone(),

@@ -5,7 +5,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use hookd_raft::backup::BackupError;
 
-use super::{ApiError, Shared};
+use super::{Api, ApiError};
 
 /// Header naming the log index the snapshot holds the state at.
 pub const SNAPSHOT_INDEX_HEADER: &str = "hookd-snapshot-index";
@@ -14,7 +14,7 @@ pub const SNAPSHOT_INDEX_HEADER: &str = "hookd-snapshot-index";
     responses((status = 200, description = "the snapshot file", body = Vec<u8>, content_type = "application/octet-stream")))]
 /// The newest snapshot file after a linearizable barrier (built now if older), as it is on disk:
 /// the same versioned, checksummed format the nodes send each other.
-pub async fn snapshot(state: Shared) -> Result<Response, ApiError> {
+pub async fn snapshot(state: Api) -> Result<Response, ApiError> {
     let (meta, file) = state.replica.backup().await.map_err(|e| match e {
         BackupError::Replica(e) => ApiError::from(e),
         other => ApiError::unavailable(other.to_string()),

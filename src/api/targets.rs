@@ -12,7 +12,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use super::model::format_instant;
-use super::{list_limit, query, ApiError, Shared};
+use super::{list_limit, query, Api, ApiError};
 use crate::dispatch::targets::{Breaker, TargetStatus};
 use crate::dispatch::DispatchHandle;
 
@@ -74,7 +74,7 @@ struct Page {
 #[utoipa::path(get, operation_id = "listTargets", path = "/targets", tag = "targets", params(Params),
     responses((status = 200, description = "a page of targets", body = Page)))]
 pub async fn list(
-    state: Shared,
+    state: Api,
     params: Result<Query<Params>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let params = query(params)?;

@@ -12,7 +12,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// Node ids are the small integers given with `--node-id`.
+/// Node ids are the small integers given with `--node-id`. The hookd crate names only this one;
+/// the replication crate's `NodeId` is the same `u64` (checked where the two meet, in
+/// `replicated`).
 pub type NodeId = u64;
 
 /// Unix time in milliseconds (UTC). The replicated state never stores any other time format.

@@ -10,9 +10,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::core::command::NodeId;
 use base64::Engine;
 use hmac::{Hmac, Mac};
-use hookd_raft::NodeId;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER, USER_AGENT};
 use sha2::Sha256;
 

@@ -17,7 +17,7 @@ pub mod targets;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hookd_raft::Epoch;
+use hookd_raft::LeaderTerm;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -148,7 +148,7 @@ async fn supervise<D: Deliver>(
     shutdown: CancellationToken,
 ) {
     let mut epochs = replica.leadership().epochs();
-    let mut current: Option<(Epoch, CancellationToken, JoinHandle<()>)> = None;
+    let mut current: Option<(LeaderTerm, CancellationToken, JoinHandle<()>)> = None;
     let mut restarts = 0u32;
     loop {
         let epoch = *epochs.borrow_and_update();

@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hookd_raft::Epoch;
+use hookd_raft::LeaderTerm;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -18,7 +18,7 @@ use crate::core::command::{
 };
 use crate::core::plan::{self, after_attempt};
 use crate::planted;
-use crate::replicated::{Replica, ReplicaState, State};
+use crate::replicated::{ReadView, Replica, ReplicaState};
 
 use super::delivery::{AttemptRequest, Deliver};
 use super::doubt::{Doubts, Found};
@@ -26,7 +26,7 @@ use super::index::{Indexed, JobId, JobIndex};
 use super::pace::Pacer;
 use super::targets::{delivery_target, Outcome, Scheduler, TargetKey};
 use super::{panic_cause, DispatchConfig, Queries};
-use crate::schedule::Shared;
+use crate::schedule::CronCache;
 
 // Items per claim command (`CLAIM_ITEMS_MAX`, larger rounds are split) and outcomes per record
 // command (`RECORD_ITEMS_MAX`) keep a log entry near 64 KiB, so an AppendEntries of
@@ -92,17 +92,17 @@ struct Sent {
 
 struct Dispatcher<D> {
     replica: Arc<Replica>,
-    view: State,
+    view: ReadView,
     deliverer: D,
     config: DispatchConfig,
-    epoch: Epoch,
+    epoch: LeaderTerm,
     cancel: CancellationToken,
     /// The index: every job, and the due instant of those with a run to claim.
     index: JobIndex,
     claiming: HashSet<JobId>,
     claims_in_flight: usize,
     /// Parsed schedules, shared by jobs with the same cron expression and time zone.
-    schedules: Shared,
+    schedules: CronCache,
     /// Per-target queues of attempts, with the caps and breakers.
     sched: Scheduler<Pending>,
     /// Runs in `sched`, and runs with an attempt in flight: neither may be queued again.
@@ -132,7 +132,7 @@ pub async fn run_epoch<D: Deliver>(
     replica: Arc<Replica>,
     deliverer: D,
     config: DispatchConfig,
-    epoch: Epoch,
+    epoch: LeaderTerm,
     queries: Queries,
     cancel: CancellationToken,
 ) {
@@ -189,7 +189,7 @@ pub async fn run_epoch<D: Deliver>(
         epoch,
         cancel: cancel.clone(),
         index: JobIndex::default(),
-        schedules: Shared::default(),
+        schedules: CronCache::default(),
         claiming: HashSet::new(),
         claims_in_flight: 0,
         queued: HashSet::new(),

@@ -6,9 +6,9 @@ mod feed;
 
 use std::ops::Bound;
 
-use hookd_raft::{Machine, NodeId, Position, ReadError, Tx, TxError};
+use hookd_raft::{LogPosition, Machine, ReadError, Tx, TxError};
 
-use crate::core::command::{Command, CommandResult, Epoch};
+use crate::core::command::{Command, CommandResult, Epoch, NodeId};
 use crate::core::state::{self, StateFault, Table, Touched, CLUSTER_ID_KEY};
 use crate::core::view::{Read, Row, View};
 pub use feed::{Changes, Subscription};
@@ -16,7 +16,7 @@ pub use feed::{Changes, Subscription};
 /// A node of the replicated core running hookd's state machine.
 pub type Replica = hookd_raft::Replica<Hookd>;
 /// The applied state, as it stands at each read.
-pub type State = View<hookd_raft::StateView>;
+pub type ReadView = View<hookd_raft::StateView>;
 
 /// hookd's state machine: the domain core's `apply`, and the change feed it publishes to.
 #[derive(Default)]
@@ -34,8 +34,8 @@ impl Hookd {
 /// The tables of one apply transaction, as the domain core sees them.
 struct TxTables<'a, 'b>(&'a Tx<'b>);
 
-impl From<hookd_raft::Epoch> for Epoch {
-    fn from(e: hookd_raft::Epoch) -> Epoch {
+impl From<hookd_raft::LeaderTerm> for Epoch {
+    fn from(e: hookd_raft::LeaderTerm) -> Epoch {
         Epoch {
             term: e.term,
             node_id: e.node_id,
@@ -67,9 +67,9 @@ fn read_fault(e: ReadError) -> StateFault {
 }
 
 /// One generation of the applied tables, pinned.
-impl Read for hookd_raft::Tables {
+impl Read for hookd_raft::AppliedTables {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StateFault> {
-        hookd_raft::Tables::get(self, table as usize, key).map_err(read_fault)
+        hookd_raft::AppliedTables::get(self, table as usize, key).map_err(read_fault)
     }
     fn range(
         &self,
@@ -79,12 +79,12 @@ impl Read for hookd_raft::Tables {
         reverse: bool,
     ) -> Box<dyn Iterator<Item = Result<Row, StateFault>> + Send> {
         Box::new(
-            hookd_raft::Tables::range(self, table as usize, from, to, reverse)
+            hookd_raft::AppliedTables::range(self, table as usize, from, to, reverse)
                 .map(|r| r.map_err(read_fault)),
         )
     }
     fn len(&self, table: Table) -> usize {
-        hookd_raft::Tables::len(self, table as usize)
+        hookd_raft::AppliedTables::len(self, table as usize)
     }
 }
 
@@ -107,6 +107,9 @@ impl Read for hookd_raft::StateView {
     }
 }
 
+// The hookd crate's node ids are the replication crate's: the same type, named once per crate.
+const _: fn(NodeId) -> hookd_raft::NodeId = |id| id;
+
 impl Machine for Hookd {
     type Command = Command;
     type Output = CommandResult;
@@ -128,7 +131,7 @@ impl Machine for Hookd {
     fn apply(
         &self,
         tx: &Tx<'_>,
-        at: Position,
+        at: LogPosition,
         cmd: &Command,
         touched: &mut Touched,
     ) -> Result<CommandResult, TxError> {
@@ -178,7 +181,7 @@ impl Machine for Hookd {
         Command::SetNodeInfo { node_id, api_addr }
     }
 
-    fn node_api_addrs(tables: &hookd_raft::Tables) -> Vec<(NodeId, String)> {
+    fn node_api_addrs(tables: &hookd_raft::AppliedTables) -> Vec<(NodeId, String)> {
         View::new(tables.clone()).node_api_addrs()
     }
 
@@ -186,7 +189,7 @@ impl Machine for Hookd {
         Command::SetClusterId { cluster_id }
     }
 
-    fn cluster_id(tables: &hookd_raft::Tables) -> Option<String> {
+    fn cluster_id(tables: &hookd_raft::AppliedTables) -> Option<String> {
         View::new(tables.clone()).cluster_id()
     }
 
@@ -214,13 +217,13 @@ impl Machine for Hookd {
 /// What the rest of hookd reads from its replica.
 pub trait ReplicaState {
     /// The applied state.
-    fn state(&self) -> State;
+    fn state(&self) -> ReadView;
     /// Changes applied from now on.
     fn subscribe(&self) -> Subscription;
 }
 
 impl ReplicaState for Replica {
-    fn state(&self) -> State {
+    fn state(&self) -> ReadView {
         View::new(self.view().clone())
     }
 

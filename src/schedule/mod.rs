@@ -167,7 +167,7 @@ pub fn resolve(spec: &ScheduleSpec, base_ms: i64) -> Option<Schedule> {
 /// A resolved schedule as the dispatcher's index keeps one per job: the one-shot and interval
 /// kinds inline in 16 bytes (they depend on the job's base instant, so nothing is shared, and an
 /// `Arc<Schedule>` each cost ~70 bytes of heap: 63 MiB at 1M interval jobs), cron schedules
-/// shared ([`Shared`]).
+/// shared ([`CronCache`]).
 #[derive(Debug, Clone)]
 pub enum Compact {
     Once { at_ms: i64 },
@@ -214,11 +214,11 @@ impl Compact {
 /// of the dispatcher's entry for a job: 200k jobs of one expression took the leader from 190 to
 /// 460 MiB unshared). The other kinds are small and depend on the job's base instant.
 #[derive(Default)]
-pub struct Shared {
+pub struct CronCache {
     crons: HashMap<(String, String), Weak<Schedule>>,
 }
 
-impl Shared {
+impl CronCache {
     /// `resolve(spec, base_ms)`, shared with every live job of the same cron schedule.
     pub fn resolve(&mut self, spec: &ScheduleSpec, base_ms: i64) -> Option<Compact> {
         let ScheduleSpec::Cron { expr, timezone } = spec else {
@@ -256,7 +256,7 @@ mod tests {
             expr: expr.into(),
             timezone: tz.into(),
         };
-        let mut shared = Shared::default();
+        let mut shared = CronCache::default();
         let a = cron_arc(shared.resolve(&cron("0 9 * * 1-5", "Europe/Berlin"), 1));
         let b = cron_arc(shared.resolve(&cron("0 9 * * 1-5", "Europe/Berlin"), 2));
         assert!(Arc::ptr_eq(&a, &b));
@@ -298,7 +298,7 @@ mod tests {
                 timezone: "Europe/Berlin".into(),
             },
         ];
-        let mut shared = Shared::default();
+        let mut shared = CronCache::default();
         let from = DateTime::<Utc>::from_timestamp_millis(base - 10_000).unwrap();
         for spec in &specs {
             let full = resolve(spec, base).unwrap();

@@ -19,7 +19,7 @@ use super::{
     PATH_FORWARD_READ_INDEX, PATH_FORWARD_WRITE, PATH_HELLO, PATH_NODE, PATH_SNAPSHOT, PATH_VOTE,
     SIGNATURE_HEADER, TARGET_NODE_HEADER,
 };
-use crate::lease::{Acks, Epoch};
+use crate::lease::{Acks, LeaderTerm};
 use crate::machine::Machine;
 use crate::secret::{Secret, Signed};
 use crate::tls::Reloading;
@@ -608,7 +608,7 @@ impl<M: Machine> RaftNetwork<Cfg<M>> for PeerConnection {
         if !matches!(resp, AppendEntriesResponse::HigherVote(_)) {
             // Success, partial success or a log conflict: the peer accepted this leader.
             let leader = rpc.vote.leader_id();
-            let epoch = Epoch {
+            let epoch = LeaderTerm {
                 term: leader.term,
                 node_id: leader.node_id,
             };

@@ -6,7 +6,8 @@
 //! - `raft_meta`: `vote`, `committed`, `last_purged`;
 //! - `raft_log`: index (8 bytes big-endian) → `Entry` (a format byte and postcard, or JSON as
 //!   schemas 1 and 2 wrote it);
-//! - `sm_meta`: `last_applied`, `last_membership`, `active_gen`;
+//! - `sm_meta`: `last_applied`, `last_membership`, `active_gen`, `snapshot_file`,
+//!   `applied_bytes`;
 //! - `sm_g{N}_{table}`: the state machine's tables of generation N (`Machine::TABLES`);
 //! - `snapshot`: where schemas 1 and 2 kept the current snapshot; moved into a file at open.
 //!
@@ -196,7 +197,7 @@ impl<M: Machine> Store<M> {
         };
         let mut sled_config = sled::Config::new()
             // Claims and reads are point lookups; 64 MiB (it was 128) keeps a node with 1M jobs
-            // under 512 MiB while it builds a snapshot (ARCHITECTURE.md).
+            // under 512 MiB while it builds a snapshot (docs/decisions.md#sled-cache).
             .cache_capacity(64 << 20)
             .mode(sled::Mode::LowSpace);
         if crate::planted::is(crate::planted::ACK_BEFORE_FLUSH) {

@@ -30,7 +30,7 @@ use sled::Transactional;
 use super::disk::sync_dir;
 use super::snapfile::{self, FileWriter, Frame, Header, Reader, SnapFileError, Writer};
 use super::Disk;
-use crate::machine::{Machine, Position, PreImageSets, PreImages, Tables, Tx, TxError};
+use crate::machine::{AppliedTables, LogPosition, Machine, PreImageSets, PreImages, Tx, TxError};
 use crate::typ::{
     Cfg, Entry, LogId, Snapshot, SnapshotFile, SnapshotMeta, StorageError, StorageIOError,
     StoredMembership,
@@ -499,7 +499,7 @@ impl<M: Machine> Inner<M> {
                     match &entry.payload {
                         EntryPayload::Blank => out.push(M::nothing()),
                         EntryPayload::Normal(cmd) => {
-                            let at = Position {
+                            let at = LogPosition {
                                 index: entry.log_id.index,
                                 term: entry.log_id.leader_id.term,
                                 leader: entry.log_id.leader_id.node_id,
@@ -820,8 +820,8 @@ fn lower_priority() {
 
 impl StateView {
     /// The applied tables as they stand now (one generation, pinned).
-    pub fn tables(&self) -> Tables {
-        Tables {
+    pub fn tables(&self) -> AppliedTables {
+        AppliedTables {
             trees: self
                 .gen
                 .read()

@@ -74,7 +74,7 @@ async fn a_snapshot_is_the_state_when_taken_while_applies_go_on() -> Result<(), 
 
     // The live state moved on.
     let live = store.view().tables();
-    let has = |t: &crate::machine::Tables, id: &str| {
+    let has = |t: &crate::machine::AppliedTables, id: &str| {
         t.get(0, format!("job/{id}").as_bytes()).unwrap().is_some()
     };
     assert_eq!(Kv::node_api_addrs(&live).len(), 51);
