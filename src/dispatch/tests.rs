@@ -96,6 +96,16 @@ fn now_ms() -> i64 {
 
 /// Member `id` of the cluster of `peers`, its data in `dir`, started.
 async fn start(dir: &std::path::Path, id: u64, peers: &BTreeMap<u64, String>) -> Arc<Replica> {
+    start_bounded(dir, id, peers, 10_000).await
+}
+
+/// `start`, with client writes shed while more than `write_backlog_max` writes wait.
+async fn start_bounded(
+    dir: &std::path::Path,
+    id: u64,
+    peers: &BTreeMap<u64, String>,
+    write_backlog_max: usize,
+) -> Arc<Replica> {
     let config = ReplicaConfig {
         node_id: id,
         data_dir: dir.to_path_buf(),
@@ -108,7 +118,7 @@ async fn start(dir: &std::path::Path, id: u64, peers: &BTreeMap<u64, String>) ->
         cluster_id_required: false,
         timing: RaftTiming::default(),
         snapshot_logs: 10_000,
-        write_backlog_max: 10_000,
+        write_backlog_max,
     };
     Replica::start(config, Default::default())
         .await
@@ -117,7 +127,13 @@ async fn start(dir: &std::path::Path, id: u64, peers: &BTreeMap<u64, String>) ->
 
 /// A one-node cluster in `dir`, leading.
 async fn leader(dir: &std::path::Path) -> Arc<Replica> {
-    let replica = start(dir, 1, &BTreeMap::from([(1, "127.0.0.1:2".into())])).await;
+    leader_bounded(dir, 10_000).await
+}
+
+/// `leader`, shedding client writes over a backlog of `write_backlog_max`.
+async fn leader_bounded(dir: &std::path::Path, write_backlog_max: usize) -> Arc<Replica> {
+    let peers = BTreeMap::from([(1, "127.0.0.1:2".into())]);
+    let replica = start_bounded(dir, 1, &peers, write_backlog_max).await;
     eventually("leadership", || replica.status().leader_id == Some(1)).await;
     replica
 }
@@ -545,4 +561,151 @@ async fn a_leader_cut_off_from_its_quorum_sends_nothing_once_its_lease_ran_out()
     task.await.expect("supervisor");
     stops[leader].cancel();
     nodes[leader].shutdown().await;
+}
+
+/// Creates flooding a leader whose write backlog bound is 0: what each of its loops got.
+#[derive(Default)]
+struct Flood {
+    accepted: Vec<String>,
+    refused: Vec<String>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overloaded_leader_sheds_creates_but_keeps_claiming_recording_pausing_and_deleting() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Any write waiting makes the leader shed client writes that add work.
+    let replica = leader_bounded(dir.path(), 0).await;
+    let target = FakeTarget::default();
+    let stop = CancellationToken::new();
+    let (task, _) = spawn(replica.clone(), target.clone(), config(), stop.clone());
+    let later = |url: &str| {
+        let mut s = spec(url);
+        s.schedule = ScheduleSpec::After {
+            after_ms: 3_600_000,
+        };
+        s
+    };
+    for id in ["pause-me", "delete-me"] {
+        create(&replica, id, later("http://t.test/200")).await;
+    }
+
+    // Eight loops propose creates back to back until told to stop.
+    let flooding = CancellationToken::new();
+    let refused_so_far = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut loops = Vec::new();
+    for l in 0..8 {
+        let (replica, flooding, refused_so_far) =
+            (replica.clone(), flooding.clone(), refused_so_far.clone());
+        let spec = later("http://t.test/200");
+        loops.push(tokio::spawn(async move {
+            let mut flood = Flood::default();
+            for n in 0.. {
+                if flooding.is_cancelled() {
+                    break;
+                }
+                let id = format!("flood-{l}-{n}");
+                let cmd = Command::CreateJob {
+                    id: id.clone(),
+                    spec: spec.clone(),
+                    now_ms: now_ms(),
+                };
+                match replica.propose(cmd).await {
+                    Ok(_) => flood.accepted.push(id),
+                    Err(hookd_raft::ReplicaError::Overloaded(_)) => {
+                        flood.refused.push(id);
+                        refused_so_far.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    Err(e) => panic!("{id}: {e}"),
+                }
+            }
+            flood
+        }));
+    }
+    let refused = || refused_so_far.load(std::sync::atomic::Ordering::Relaxed);
+    eventually("the leader shedding creates", || refused() > 0).await;
+
+    // Runs falling due during the flood: claimed, sent and recorded while creates are shed.
+    // The dispatcher's own writes are never shed, so nothing waits for the flood to end.
+    let due: Vec<String> = (0..6).map(|k| format!("due-{k}")).collect();
+    let mut s = due_now("http://t.test/200", 1);
+    s.schedule = ScheduleSpec::After { after_ms: 300 };
+    let cmds = due.iter().map(|id| Command::CreateJob {
+        id: id.clone(),
+        spec: s.clone(),
+        now_ms: now_ms(),
+    });
+    // Client creates are shed too: these are retried until accepted, as a client would.
+    for cmd in cmds {
+        loop {
+            match replica.propose(cmd.clone()).await {
+                Ok(_) => break,
+                Err(hookd_raft::ReplicaError::Overloaded(_)) => {
+                    tokio::time::sleep(Duration::from_millis(5)).await
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+    let shed_before = refused();
+    // Deletes and pauses shed load: they always pass.
+    let pause = Command::SetPaused {
+        id: "pause-me".into(),
+        paused: true,
+        now_ms: now_ms(),
+    };
+    replica
+        .propose(pause)
+        .await
+        .expect("a pause during overload");
+    let delete = Command::DeleteJob {
+        id: "delete-me".into(),
+        now_ms: now_ms(),
+    };
+    replica
+        .propose(delete)
+        .await
+        .expect("a delete during overload");
+    eventually("every due run delivered and recorded", || {
+        due.iter()
+            .all(|id| newest_is(&replica, id, RunStatus::Succeeded))
+    })
+    .await;
+    let shed_after = refused();
+    flooding.cancel();
+    let mut flood = Flood::default();
+    for l in loops {
+        let f = l.await.expect("flood loop");
+        flood.accepted.extend(f.accepted);
+        flood.refused.extend(f.refused);
+    }
+    assert!(
+        shed_after > shed_before,
+        "the leader was still shedding creates when the last due run was recorded \
+         ({shed_before} refused before, {shed_after} after)"
+    );
+    for id in &due {
+        assert_eq!(target.seen_of(id), 1, "{id}: sent once");
+    }
+    // A shed create left nothing behind; an accepted one stays; nothing was paused or deleted
+    // but what was asked.
+    let state = replica.state();
+    for id in &flood.refused {
+        assert!(
+            state.get_job(id).expect("read").is_none(),
+            "{id} was refused"
+        );
+    }
+    for id in &flood.accepted {
+        let job = state.get_job(id).expect("read");
+        assert!(job.is_some_and(|j| !j.spec.paused), "{id} was accepted");
+    }
+    assert!(state
+        .get_job("pause-me")
+        .expect("read")
+        .is_some_and(|j| j.spec.paused));
+    assert!(state.get_job("delete-me").expect("read").is_none());
+    stop.cancel();
+    task.await.expect("supervisor");
+    replica.shutdown().await;
 }
