@@ -7,9 +7,8 @@
 //! power-loss fault can drop every write the node did not fsync (see `lazyfs.rs`). Logs are per
 //! node id (`nodeN.log`), kept for every node the run had.
 
-use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,13 +16,13 @@ use std::time::{Duration, Instant};
 const PEER_SECRET: &str = "hookd-jepsen-peer-secret";
 
 use anyhow::{bail, Context};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use serde::Serialize;
 
 use crate::history::now_us;
 use crate::lazyfs::{LazyFs, Loss};
 use crate::net::{Net, INITIAL};
+use crate::process::{self, Serve};
 
 /// An exit that no fault asked for.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -219,11 +218,6 @@ impl Cluster {
         if p.child.is_some() {
             return Ok(());
         }
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path(id))
-            .context("open node log")?;
         let mut cmd = match &node.netns {
             Some(ns) => {
                 let mut c = Command::new("ip");
@@ -232,29 +226,25 @@ impl Cluster {
             }
             None => Command::new(&self.hookd),
         };
-        cmd.arg("serve")
-            .args(["--node-id", &id.to_string()])
-            .args(["--listen", &node.api.to_string()])
-            .args(["--peer-listen", &node.peer_listen.to_string()])
-            .arg("--data-dir")
-            .arg(&data_dir);
-        if p.joins {
-            cmd.arg("--join");
-        } else {
-            cmd.args(["--initial-cluster", &self.net.initial_cluster()]);
+        let initial = self.net.initial_cluster();
+        Serve {
+            id,
+            listen: node.api,
+            peer_listen: node.peer_listen,
+            data_dir: &data_dir,
+            initial_cluster: (!p.joins).then_some(initial.as_str()),
         }
-        cmd.args(["--log", &self.log_filter])
-            .args(&self.extra_args)
-            // Peers talk across network namespaces, so hookd requires their traffic to be
-            // authenticated (SPEC §1); through the environment, not visible in `ps`.
-            .env("HOOKD_PEER_SECRET", PEER_SECRET)
-            // The harness's clients use no token; the namespaces are its own test lab.
-            .env("HOOKD_INSECURE_API", "true")
-            .env_remove("LISTEN_FDS")
-            .env_remove("HOOKD_PLANT")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
+        .args(&mut cmd)
+        .args(["--log", &self.log_filter])
+        .args(&self.extra_args)
+        // Peers talk across network namespaces, so hookd requires their traffic to be
+        // authenticated (SPEC §1); through the environment, not visible in `ps`.
+        .env("HOOKD_PEER_SECRET", PEER_SECRET)
+        // The harness's clients use no token; the namespaces are its own test lab.
+        .env("HOOKD_INSECURE_API", "true")
+        .env_remove("LISTEN_FDS")
+        .env_remove("HOOKD_PLANT");
+        process::log_to(&mut cmd, &self.log_path(id))?;
         if let Some(plant) = &self.plant {
             cmd.env("HOOKD_PLANT", plant);
         }
@@ -361,8 +351,7 @@ impl Cluster {
             p.child.take()
         };
         if let Some(mut child) = still {
-            let _ = child.kill();
-            let _ = child.wait();
+            process::kill_and_reap(&mut child);
             if let (Some(why), Ok(mut l)) = (why, self.lingered.lock()) {
                 l.push((id, why));
             }
@@ -379,8 +368,7 @@ impl Cluster {
         let procs = self.lock();
         let p = procs.iter().find(|p| p.id == id).context("no such node")?;
         let child = p.child.as_ref().context("node not running")?;
-        kill(Pid::from_raw(child.id() as i32), sig)?;
-        Ok(())
+        process::signal(child, sig)
     }
 
     /// SIGKILL (after SIGCONT if paused, so the kill is immediate) and reap.
@@ -391,8 +379,7 @@ impl Cluster {
             .find(|p| p.id == id)
             .context("no such node")?;
         let mut child = p.child.take().context("node not running")?;
-        let _ = child.kill();
-        let _ = child.wait();
+        process::kill_and_reap(&mut child);
         p.paused = false;
         Ok(())
     }
@@ -517,7 +504,7 @@ impl Cluster {
         let mut procs = self.lock();
         for p in procs.iter() {
             if let Some(c) = &p.child {
-                let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
+                let _ = process::sigterm(c);
             }
         }
         let deadline = Instant::now() + within;
@@ -525,23 +512,15 @@ impl Cluster {
             let Some(mut child) = p.child.take() else {
                 continue;
             };
-            loop {
-                match child.try_wait() {
-                    Ok(Some(status)) => {
-                        if !status.success() {
-                            bad.push((p.id, format!("exit {status} after SIGTERM")));
-                        }
-                        break;
+            match process::wait_until(&mut child, deadline) {
+                Ok(Some(status)) => {
+                    if !status.success() {
+                        bad.push((p.id, format!("exit {status} after SIGTERM")));
                     }
-                    Ok(None) if Instant::now() < deadline => {
-                        std::thread::sleep(Duration::from_millis(20))
-                    }
-                    _ => {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        bad.push((p.id, format!("no exit within {within:?} of SIGTERM")));
-                        break;
-                    }
+                }
+                _ => {
+                    process::kill_and_reap(&mut child);
+                    bad.push((p.id, format!("no exit within {within:?} of SIGTERM")));
                 }
             }
         }

@@ -17,18 +17,18 @@ pub struct EtcdCluster {
 impl EtcdCluster {
     /// Starts three members with data dirs and logs under `dir`, and waits until one leads.
     pub async fn start(dir: &Path, http: &reqwest::Client) -> anyhow::Result<EtcdCluster> {
-        let mut clients = Vec::new();
-        let mut peers = Vec::new();
-        for _ in 0..3 {
-            clients.push(format!(
-                "http://127.0.0.1:{}",
-                crate::local::free_addr()?.port()
-            ));
-            peers.push(format!(
-                "http://127.0.0.1:{}",
-                crate::local::free_addr()?.port()
-            ));
-        }
+        // etcd binds its addresses itself (it takes no inherited listeners), so the ports are
+        // chosen by binding port 0 and released for it: all six held at once, so they differ,
+        // and released just before the members start. Another process could take one in that
+        // moment; the member then fails to listen and the leader wait below reports it.
+        let held = (0..6)
+            .map(|_| crate::local::loopback_listener())
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let urls = held
+            .iter()
+            .map(|l| Ok(format!("http://{}", l.local_addr()?)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let (clients, peers) = (urls[..3].to_vec(), urls[3..].to_vec());
         let initial = peers
             .iter()
             .enumerate()
@@ -39,6 +39,7 @@ impl EtcdCluster {
             client_urls: clients.clone(),
             children: Vec::new(),
         };
+        drop(held);
         for i in 0..3 {
             let log = std::fs::File::create(dir.join(format!("etcd-m{i}.log")))?;
             let child = Command::new("etcd")

@@ -1,6 +1,7 @@
 //! Black-box tools for hookd: they start `hookd` processes and talk to them over HTTP only (no
 //! dependency on hookd's crates), so they test what users run. The chaos harness
-//! (`hookd-jepsen`) is built from the modules below; `local` and `stats` serve the benchmarks.
+//! (`hookd-jepsen`) is built from the modules below; `local` and `stats` serve the benchmarks,
+//! and `local` hookd's integration tests too. `process` is what `local` and `cluster` share.
 
 pub mod batch;
 pub mod blackhole;
@@ -15,6 +16,7 @@ pub mod membership;
 pub mod nemesis;
 pub mod net;
 pub mod nginx;
+pub mod process;
 pub mod proxy;
 pub mod report;
 pub mod run;

@@ -1,14 +1,23 @@
-//! A cluster of `hookd` processes on 127.0.0.1, each node's sockets bound here and handed over by
-//! socket activation, so every port is free by construction and survives restarts.
+//! The one launcher of `hookd` clusters on 127.0.0.1, for the benchmarks and hookd's own
+//! integration tests (`tests/it/harness.rs` is a thin layer over it). Each node's API and peer
+//! listeners are bound here on port 0 when the node is placed and handed to its first start by
+//! socket activation (fds 3 and 4, `LISTEN_FDS=2`), so no port is released between choosing it
+//! and the node listening on it. A restart binds the same addresses again (retrying while the
+//! old socket closes).
 
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use command_fds::{CommandFdExt, FdMapping};
+
+use crate::process::{self, Serve};
+
+/// How long the benchmarks wait for a cluster to name a leader.
+pub const LEADER_WITHIN: Duration = Duration::from_secs(20);
 
 /// One node process.
 pub struct LocalNode {
@@ -20,19 +29,23 @@ pub struct LocalNode {
     /// Started with `--join` (added through the API) instead of `--initial-cluster`.
     pub joins: bool,
     child: Option<Child>,
+    /// The listeners bound when the node was placed, until its first start takes them.
+    sockets: Option<(TcpListener, TcpListener)>,
 }
 
 impl LocalNode {
-    /// Node `id` under `dir`, on free loopback ports, not started.
+    /// Node `id` under `dir`, its listeners bound on loopback port 0, not started.
     fn new(id: u64, dir: &Path, joins: bool) -> anyhow::Result<LocalNode> {
+        let (api, peer) = (loopback_listener()?, loopback_listener()?);
         Ok(LocalNode {
             id,
-            api: free_addr()?,
-            peer: free_addr()?,
+            api: api.local_addr()?,
+            peer: peer.local_addr()?,
             data_dir: dir.join(format!("node{id}")),
             log: dir.join(format!("node{id}.log")),
             joins,
             child: None,
+            sockets: Some((api, peer)),
         })
     }
 }
@@ -40,8 +53,15 @@ impl LocalNode {
 /// Three (or N) nodes on loopback. Dropping it kills every node.
 pub struct LocalCluster {
     pub hookd: PathBuf,
+    /// Where the nodes' data dirs and logs are (`nodeN`, `nodeN.log`).
+    pub dir: PathBuf,
     pub nodes: Vec<LocalNode>,
+    /// Flags after the launcher's own of every `hookd serve`.
     pub extra_args: Vec<String>,
+    /// Environment variables of every node, besides the inherited ones.
+    pub env: Vec<(String, String)>,
+    /// `http`, or `https` for nodes serving their API over TLS (see `url`).
+    pub scheme: &'static str,
     initial: String,
 }
 
@@ -63,43 +83,39 @@ impl LocalCluster {
             .join(",");
         Ok(LocalCluster {
             hookd: hookd.to_path_buf(),
+            dir: dir.to_path_buf(),
             nodes,
             extra_args: extra_args.to_vec(),
+            env: Vec::new(),
+            scheme: "http",
             initial,
         })
     }
 
-    /// Starts node `i` (0-based), binding its addresses and passing the sockets as fds 3 and 4.
+    /// Starts (or restarts) node `i` (0-based) on its addresses, its listeners as fds 3 and 4.
     pub fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
         let node = &mut self.nodes[i];
         if node.child.is_some() {
             bail!("node {} is already running", node.id);
         }
-        let api = bind_retry(node.api)?;
-        let peer = bind_retry(node.peer)?;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&node.log)
-            .with_context(|| format!("open {}", node.log.display()))?;
+        let (api, peer) = match node.sockets.take() {
+            Some(sockets) => sockets,
+            None => (bind_retry(node.api)?, bind_retry(node.peer)?),
+        };
         let mut cmd = Command::new(&self.hookd);
-        cmd.arg("serve")
-            .args(["--node-id", &node.id.to_string()])
-            .args(["--listen", &node.api.to_string()])
-            .args(["--peer-listen", &node.peer.to_string()])
-            .arg("--data-dir")
-            .arg(&node.data_dir);
-        if node.joins {
-            cmd.arg("--join");
-        } else {
-            cmd.args(["--initial-cluster", &self.initial]);
+        Serve {
+            id: node.id,
+            listen: node.api,
+            peer_listen: node.peer,
+            data_dir: &node.data_dir,
+            initial_cluster: (!node.joins).then_some(self.initial.as_str()),
         }
-        cmd.args(&self.extra_args)
-            .env("LISTEN_FDS", "2")
-            .env_remove("LISTEN_PID")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
+        .args(&mut cmd)
+        .args(&self.extra_args)
+        .envs(self.env.iter().map(|(k, v)| (k, v)))
+        .env("LISTEN_FDS", "2")
+        .env_remove("LISTEN_PID");
+        process::log_to(&mut cmd, &node.log)?;
         cmd.fd_mappings(vec![
             FdMapping {
                 parent_fd: OwnedFd::from(api),
@@ -114,10 +130,11 @@ impl LocalCluster {
         Ok(())
     }
 
-    /// Prepares a node with the next id under `dir` that starts with `--join`; its index.
-    pub fn add_joining(&mut self, dir: &Path) -> anyhow::Result<usize> {
+    /// Prepares a node with the next id that starts with `--join` (and an empty data dir);
+    /// its index. Start it with `spawn`.
+    pub fn add_joining(&mut self) -> anyhow::Result<usize> {
         let id = self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
-        self.nodes.push(LocalNode::new(id, dir, true)?);
+        self.nodes.push(LocalNode::new(id, &self.dir, true)?);
         Ok(self.nodes.len() - 1)
     }
 
@@ -131,7 +148,7 @@ impl LocalCluster {
         (0..self.nodes.len()).try_for_each(|i| self.spawn(i))
     }
 
-    /// The process id of node `i`, while it runs.
+    /// The process id of node `i`, while it runs (for `/proc/<pid>/status`).
     pub fn pid(&self, i: usize) -> Option<u32> {
         self.nodes[i].child.as_ref().map(|c| c.id())
     }
@@ -143,38 +160,85 @@ impl LocalCluster {
     /// SIGKILLs node `i`.
     pub fn kill(&mut self, i: usize) {
         if let Some(mut child) = self.nodes[i].child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            process::kill_and_reap(&mut child);
         }
     }
 
-    /// SIGTERMs node `i` and waits up to `within` for it to exit.
-    pub fn terminate(
-        &mut self,
-        i: usize,
-        within: Duration,
-    ) -> anyhow::Result<std::process::ExitStatus> {
+    /// SIGTERMs node `i` and waits up to `within` for it to exit (then SIGKILLs it and fails).
+    pub fn terminate(&mut self, i: usize, within: Duration) -> anyhow::Result<ExitStatus> {
         let mut child = self.nodes[i].child.take().context("node not running")?;
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = child.try_wait()? {
-                return Ok(status);
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
+        process::sigterm(&child)?;
+        match process::wait_until(&mut child, Instant::now() + within)? {
+            Some(status) => Ok(status),
+            None => {
+                process::kill_and_reap(&mut child);
                 bail!(
                     "node {} did not exit within {within:?} of SIGTERM",
                     self.nodes[i].id
-                );
+                )
             }
-            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
+    /// Waits up to `within` for node `i` to exit by itself: its status, or `None` if it still
+    /// runs (or was not running).
+    pub fn wait_exit(&mut self, i: usize, within: Duration) -> anyhow::Result<Option<ExitStatus>> {
+        let Some(child) = self.nodes[i].child.as_mut() else {
+            return Ok(None);
+        };
+        let status = process::wait_until(child, Instant::now() + within)?;
+        if status.is_some() {
+            self.nodes[i].child = None;
+        }
+        Ok(status)
+    }
+
     pub fn url(&self, i: usize, path: &str) -> String {
-        format!("http://{}{path}", self.nodes[i].api)
+        format!("{}://{}{path}", self.scheme, self.nodes[i].api)
+    }
+
+    /// Node `i`'s log so far (empty if there is none).
+    pub fn log_of(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default()
+    }
+
+    /// Node `i`'s view of the leader id and term (none and 0 when it does not answer).
+    pub async fn cluster_state(&self, http: &reqwest::Client, i: usize) -> (Option<u64>, u64) {
+        let v: serde_json::Value = match http.get(self.url(i, "/v1/cluster")).send().await {
+            Ok(r) => r.json().await.unwrap_or_default(),
+            Err(_) => serde_json::Value::Null,
+        };
+        (v["leader_id"].as_u64(), v["term"].as_u64().unwrap_or(0))
+    }
+
+    /// The index of the leader the first running node that names a running one names.
+    pub async fn leader(&self, http: &reqwest::Client) -> Option<usize> {
+        for i in (0..self.nodes.len()).filter(|i| self.is_running(*i)) {
+            let (Some(id), _) = self.cluster_state(http, i).await else {
+                continue;
+            };
+            let l = self.nodes.iter().position(|n| n.id == id);
+            if let Some(l) = l.filter(|l| self.is_running(*l)) {
+                return Some(l);
+            }
+        }
+        None
+    }
+
+    /// Polls `leader` every 5 ms until it names one, for up to `within`.
+    pub async fn await_leader(
+        &self,
+        http: &reqwest::Client,
+        within: Duration,
+    ) -> anyhow::Result<usize> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(l) = self.leader(http).await {
+                return Ok(l);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        bail!("no leader within {within:?}")
     }
 
     /// Polls node `i`'s `/readyz` (a read index confirmed with the leader) until it answers 200.
@@ -217,11 +281,13 @@ pub fn work_dir(keep: Option<&Path>, temp: &tempfile::TempDir) -> anyhow::Result
     Ok(dir)
 }
 
-/// A loopback address with a port the kernel just handed out.
-pub fn free_addr() -> anyhow::Result<SocketAddr> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+/// A listener on 127.0.0.1 and a port the kernel chose.
+pub fn loopback_listener() -> anyhow::Result<TcpListener> {
+    TcpListener::bind("127.0.0.1:0").context("bind 127.0.0.1:0")
 }
 
+/// Binds an address a node had before, for a restart (std sets SO_REUSEADDR), retrying for 5 s
+/// while the old socket closes.
 fn bind_retry(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -235,12 +301,18 @@ fn bind_retry(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     }
 }
 
-/// The benchmarks' client for hookd's API: no proxy, 10 s per request.
-pub fn http() -> reqwest::Client {
+/// The common settings of a client of hookd's API: no proxy, 10 s per request.
+pub fn http_builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(10))
-        .pool_idle_timeout(Duration::from_secs(2)) // below hookd's 5 s idle cut
+}
+
+/// A client of hookd's API (`http_builder`) that drops connections idle for 2 s, below hookd's
+/// 5 s idle cut, so it never sends on one hookd is closing.
+pub fn http() -> reqwest::Client {
+    http_builder()
+        .pool_idle_timeout(Duration::from_secs(2))
         .build()
         .expect("http client")
 }
@@ -255,29 +327,6 @@ pub fn rfc3339(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .unwrap_or_default()
-}
-
-/// Node `i`'s view of the leader id and term (none and 0 when it does not answer).
-pub async fn cluster_state(c: &LocalCluster, i: usize) -> (Option<u64>, u64) {
-    let v: serde_json::Value = match http().get(c.url(i, "/v1/cluster")).send().await {
-        Ok(r) => r.json().await.unwrap_or_default(),
-        Err(_) => serde_json::Value::Null,
-    };
-    (v["leader_id"].as_u64(), v["term"].as_u64().unwrap_or(0))
-}
-
-/// The index of the leader node 0 names, within 20 s.
-pub async fn await_leader(c: &LocalCluster) -> anyhow::Result<usize> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if let (Some(id), _) = cluster_state(c, 0).await {
-            if let Some(i) = c.nodes.iter().position(|n| n.id == id) {
-                return Ok(i);
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    bail!("no leader within 20 s")
 }
 
 /// Resident memory of process `pid` in KiB (0 once it is gone).

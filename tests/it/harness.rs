@@ -1,64 +1,41 @@
-//! Test harness: real `hookd` processes on loopback, with listeners the test binds on port 0
-//! and hands over by socket activation, so no test picks a fixed port.
+//! Test harness: real `hookd` processes on loopback, started by the benchmarks' launcher
+//! (`hookd_jepsen::local`): listeners bound on port 0 and handed over by socket activation, so no
+//! test picks a fixed port. `TestCluster` adds what tests want: panics instead of errors, a
+//! temporary dir, an HTTP client, JSON requests, leader agreement and the nodes' logs.
 
-use std::net::{SocketAddr, TcpListener};
-use std::os::fd::OwnedFd;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::ops::{Deref, DerefMut};
+use std::path::Path;
 use std::time::Duration;
 
-use command_fds::{CommandFdExt, FdMapping};
+use hookd_jepsen::local::LocalCluster;
+pub use hookd_jepsen::local::{now_ms, rfc3339};
 use serde_json::Value;
 use tempfile::TempDir;
 use tokio::time::Instant;
 
 pub const HOOKD: &str = env!("CARGO_BIN_EXE_hookd");
 
-/// One node of a test cluster.
-pub struct TestNode {
-    pub id: u64,
-    pub api: SocketAddr,
-    pub peer: SocketAddr,
-    pub data_dir: PathBuf,
-    pub log: PathBuf,
-    /// Started with `--join` (added later through the API) instead of `--initial-cluster`.
-    pub joins: bool,
-    child: Option<Child>,
-    /// Listeners bound for the first start; handed to the child and closed here.
-    sockets: Option<(TcpListener, TcpListener)>,
-}
-
-impl TestNode {
-    /// Node `id` under `dir`, its listeners bound on loopback port 0, not started.
-    fn new(id: u64, dir: &std::path::Path, joins: bool) -> TestNode {
-        let (api, peer) = (bind_loopback(), bind_loopback());
-        TestNode {
-            id,
-            api: api.local_addr().expect("addr"),
-            peer: peer.local_addr().expect("addr"),
-            data_dir: dir.join(format!("node{id}")),
-            log: dir.join(format!("node{id}.log")),
-            joins,
-            child: None,
-            sockets: Some((api, peer)),
-        }
-    }
-}
-
-/// A cluster of `hookd` processes that are killed when the value is dropped.
+/// A cluster of `hookd` processes that are killed when the value is dropped. Its nodes, their
+/// addresses, `kill`, `pid`, `url` and `log_of` are those of the `LocalCluster` it derefs to.
 pub struct TestCluster {
-    pub nodes: Vec<TestNode>,
-    pub initial_cluster: String,
-    pub extra_args: Vec<String>,
+    cluster: LocalCluster,
+    /// Trusts the cluster's CA when it serves its API over TLS (then `scheme` is `https`).
     pub http: reqwest::Client,
-    /// `http`, or `https` for a cluster serving its API over TLS (then `http` trusts its CA).
-    pub scheme: &'static str,
-    /// Holds the data dirs and logs; removed on drop.
+    /// Holds the data dirs and logs; removed on drop, after `cluster` killed the nodes.
     _dir: TempDir,
 }
 
-fn bind_loopback() -> TcpListener {
-    TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0")
+impl Deref for TestCluster {
+    type Target = LocalCluster;
+    fn deref(&self) -> &LocalCluster {
+        &self.cluster
+    }
+}
+
+impl DerefMut for TestCluster {
+    fn deref_mut(&mut self) -> &mut LocalCluster {
+        &mut self.cluster
+    }
 }
 
 impl TestCluster {
@@ -78,145 +55,48 @@ impl TestCluster {
     /// Prepares `n` nodes without starting them.
     pub fn new(n: u64, extra_args: &[&str]) -> TestCluster {
         let dir = tempfile::tempdir().expect("tempdir");
-        let nodes: Vec<TestNode> = (1..=n)
-            .map(|id| TestNode::new(id, dir.path(), false))
-            .collect();
-        let initial_cluster = nodes
-            .iter()
-            .map(|n| format!("{}={}", n.id, n.peer))
-            .collect::<Vec<_>>()
-            .join(",");
+        let extra: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+        let mut cluster =
+            LocalCluster::new(Path::new(HOOKD), dir.path(), n, &extra).expect("place nodes");
+        cluster
+            .env
+            .push(("HOOKD_LOG".into(), "info,openraft=warn,sled=warn".into()));
         TestCluster {
-            nodes,
-            initial_cluster,
-            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .no_proxy()
+            cluster,
+            http: hookd_jepsen::local::http_builder()
                 .build()
                 .expect("http client"),
-            scheme: "http",
             _dir: dir,
         }
     }
 
     /// Starts (or restarts) node `i` (0-based) on its addresses.
     pub fn spawn(&mut self, i: usize) {
-        let extra = self.extra_args.clone();
-        let initial = self.initial_cluster.clone();
-        let node = &mut self.nodes[i];
-        assert!(node.child.is_none(), "node {} already running", node.id);
-        let (api, peer) = node
-            .sockets
-            .take()
-            .unwrap_or_else(|| (rebind(node.api), rebind(node.peer)));
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&node.log)
-            .expect("open node log");
-        let mut cmd = Command::new(HOOKD);
-        cmd.arg("serve")
-            .args(["--node-id", &node.id.to_string()])
-            .args(["--listen", &node.api.to_string()])
-            .args(["--peer-listen", &node.peer.to_string()])
-            .arg("--data-dir")
-            .arg(&node.data_dir);
-        if node.joins {
-            cmd.arg("--join");
-        } else {
-            cmd.args(["--initial-cluster", &initial]);
-        }
-        cmd.args(&extra)
-            .env("LISTEN_FDS", "2")
-            .env_remove("LISTEN_PID")
-            .env("HOOKD_LOG", "info,openraft=warn,sled=warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log fd"))
-            .stderr(log);
-        cmd.fd_mappings(vec![
-            FdMapping {
-                parent_fd: OwnedFd::from(api),
-                child_fd: 3,
-            },
-            FdMapping {
-                parent_fd: OwnedFd::from(peer),
-                child_fd: 4,
-            },
-        ])
-        .expect("fd mappings");
-        node.child = Some(cmd.spawn().expect("spawn hookd"));
+        self.cluster.spawn(i).expect("spawn hookd");
     }
 
     /// Prepares a node with the next id and an empty data dir that starts with `--join`, and
     /// returns its index (start it with `spawn`).
     pub fn add_joining_node(&mut self) -> usize {
-        let id = self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
-        self.nodes.push(TestNode::new(id, self._dir.path(), true));
-        self.nodes.len() - 1
+        self.cluster.add_joining().expect("place a node")
     }
 
     /// Waits up to `within` for node `i` to exit by itself; its status, or `None` if it still
     /// runs.
     pub fn wait_exit(&mut self, i: usize, within: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = std::time::Instant::now() + within;
-        loop {
-            let child = self.nodes[i].child.as_mut()?;
-            if let Some(status) = child.try_wait().expect("wait") {
-                self.nodes[i].child = None;
-                return Some(status);
-            }
-            if std::time::Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// SIGKILLs node `i`.
-    pub fn kill(&mut self, i: usize) {
-        if let Some(mut child) = self.nodes[i].child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.cluster.wait_exit(i, within).expect("wait")
     }
 
     /// SIGTERMs node `i` and returns its exit status.
     pub fn terminate(&mut self, i: usize) -> std::process::ExitStatus {
-        let mut child = self.nodes[i].child.take().expect("node running");
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
-        let deadline = std::time::Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = child.try_wait().expect("wait") {
-                return status;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "node did not exit after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// The process id of node `i` while it runs (for reading `/proc/<pid>/status`).
-    pub fn pid(&self, i: usize) -> Option<u32> {
-        self.nodes[i].child.as_ref().map(|c| c.id())
-    }
-
-    pub fn url(&self, i: usize, path: &str) -> String {
-        format!("{}://{}{path}", self.scheme, self.nodes[i].api)
-    }
-
-    pub fn log_of(&self, i: usize) -> String {
-        std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default()
+        self.cluster
+            .terminate(i, Duration::from_secs(15))
+            .expect("node exits after SIGTERM")
     }
 
     /// GET returning (status, JSON body); connection errors are `None`.
     pub async fn get(&self, i: usize, path: &str) -> Option<(u16, Value)> {
-        let resp = self.http.get(self.url(i, path)).send().await.ok()?;
-        let status = resp.status().as_u16();
-        Some((status, resp.json().await.unwrap_or(Value::Null)))
+        self.send(i, reqwest::Method::GET, path, None).await
     }
 
     /// Sends `method` with a JSON body, returning (status, JSON body).
@@ -246,11 +126,7 @@ impl TestCluster {
         loop {
             let mut leaders = Vec::new();
             for &i in among {
-                let leader = self
-                    .get(i, "/v1/cluster")
-                    .await
-                    .and_then(|(_, v)| v["leader_id"].as_u64());
-                leaders.push(leader);
+                leaders.push(self.cluster_state(&self.http, i).await.0);
             }
             if let Some(Some(l)) = leaders.first() {
                 let idx = self.nodes.iter().position(|n| n.id == *l);
@@ -288,29 +164,6 @@ fn tail(s: &str, lines: usize) -> String {
     v[v.len().saturating_sub(lines)..].join("\n")
 }
 
-/// Binds the address a node had before, for a restart (SO_REUSEADDR is set by std).
-fn rebind(addr: SocketAddr) -> TcpListener {
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        match TcpListener::bind(addr) {
-            Ok(l) => return l,
-            Err(e) if std::time::Instant::now() < deadline => {
-                let _ = e;
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Err(e) => panic!("rebind {addr}: {e}"),
-        }
-    }
-}
-
-impl Drop for TestCluster {
-    fn drop(&mut self) {
-        for i in 0..self.nodes.len() {
-            self.kill(i);
-        }
-    }
-}
-
 /// Polls `f` every 50 ms until it returns `Some`, or panics with `what` after `within`.
 pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut f: F) -> T
 where
@@ -344,18 +197,6 @@ pub async fn single(extra: &[&str]) -> TestCluster {
     let c = TestCluster::start_with(1, extra);
     c.wait_leader(&[0], Duration::from_secs(10)).await;
     c
-}
-
-/// Wall-clock unix milliseconds.
-pub fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
-
-/// RFC 3339 with milliseconds, UTC.
-pub fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .expect("instant")
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// Creates a job through node `i`, expecting `201`.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Parser;
 use hookd_jepsen::etcd::EtcdCluster;
-use hookd_jepsen::local::{work_dir, LocalCluster};
+use hookd_jepsen::local::{http_builder, work_dir, LocalCluster, LEADER_WITHIN};
 use hookd_jepsen::stats::{Latencies, Summary};
 use hookd_jepsen::wrk::{self, Totals};
 use serde::Serialize;
@@ -73,45 +73,10 @@ struct Report {
 }
 
 fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
+    http_builder()
         .pool_max_idle_per_host(128)
-        .timeout(Duration::from_secs(10))
         .build()
         .expect("http client")
-}
-
-async fn leader_of(http: &reqwest::Client, c: &LocalCluster, i: usize) -> Option<usize> {
-    let v: Value = http
-        .get(c.url(i, "/v1/cluster"))
-        .send()
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()?;
-    let id = v["leader_id"].as_u64()?;
-    c.nodes.iter().position(|n| n.id == id)
-}
-
-/// Polls until a node reports a leader; returns its index.
-async fn await_leader(
-    http: &reqwest::Client,
-    c: &LocalCluster,
-    within: Duration,
-) -> anyhow::Result<usize> {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        for i in 0..c.nodes.len() {
-            if c.is_running(i) {
-                if let Some(l) = leader_of(http, c, i).await.filter(|l| c.is_running(*l)) {
-                    return Ok(l);
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    bail!("no leader within {within:?}")
 }
 
 fn job(id: &str) -> Value {
@@ -184,7 +149,7 @@ async fn load(
 /// Kills the leader while a client writes through a survivor; returns kill → first 201.
 async fn failover_trial(c: &mut LocalCluster, trial: usize) -> anyhow::Result<Duration> {
     let http = http();
-    let leader = await_leader(&http, c, Duration::from_secs(10)).await?;
+    let leader = c.await_leader(&http, Duration::from_secs(10)).await?;
     let survivor = (0..c.nodes.len())
         .find(|i| *i != leader)
         .context("a survivor")?;
@@ -199,8 +164,7 @@ async fn failover_trial(c: &mut LocalCluster, trial: usize) -> anyhow::Result<Du
     let watch_url = c.url(survivor, "/v1/cluster");
     let old_leader_id = c.nodes[leader].id;
     let watcher = tokio::spawn(async move {
-        let http = reqwest::Client::builder()
-            .no_proxy()
+        let http = http_builder()
             .timeout(Duration::from_millis(500))
             .build()
             .ok()?;
@@ -216,10 +180,7 @@ async fn failover_trial(c: &mut LocalCluster, trial: usize) -> anyhow::Result<Du
         }
         None
     });
-    let short = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_millis(500))
-        .build()?;
+    let short = http_builder().timeout(Duration::from_millis(500)).build()?;
     let mut n = 0;
     let gap = loop {
         n += 1;
@@ -277,7 +238,7 @@ async fn versus_etcd(c: &LocalCluster, dir: &Path, each: Duration) -> anyhow::Re
     let mut out = Vec::new();
     for clients in [1, 64] {
         let hookd_url = c.url(
-            await_leader(&http, c, Duration::from_secs(10)).await?,
+            c.await_leader(&http, Duration::from_secs(10)).await?,
             "/v1/jobs",
         );
         let etcd_leader = etcd.leader(&http).await.context("etcd has no leader")?;
@@ -334,7 +295,7 @@ async fn main() -> anyhow::Result<()> {
         let mut c = LocalCluster::new(&hookd, dir.path(), 3, &[])?;
         let t = Instant::now();
         c.spawn_all()?;
-        await_leader(&http, &c, Duration::from_secs(20)).await?;
+        c.await_leader(&http, LEADER_WITHIN).await?;
         fresh.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     println!("fresh cluster: start → leader elected: {fresh:.0?} ms");
@@ -343,7 +304,7 @@ async fn main() -> anyhow::Result<()> {
     let dir = work_dir(args.keep.as_deref(), &temp)?;
     let mut c = LocalCluster::new(&hookd, &dir, 3, &args.hookd_args)?;
     c.spawn_all()?;
-    let leader = await_leader(&http, &c, Duration::from_secs(20)).await?;
+    let leader = c.await_leader(&http, LEADER_WITHIN).await?;
     let mut loads = Vec::new();
     for (clients, spread, total) in [
         (1, false, args.creates / 4),

@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use axum::http::HeaderMap;
 use clap::Parser;
-use hookd_jepsen::local::{http, now_ms, work_dir, LocalCluster};
+use hookd_jepsen::local::{http, now_ms, rfc3339, work_dir, LocalCluster, LEADER_WITHIN};
 use hookd_jepsen::stats::{Latencies, Summary};
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -85,36 +85,6 @@ async fn start_sink() -> anyhow::Result<(String, Deliveries)> {
     Ok((format!("http://{addr}/hook"), got))
 }
 
-async fn leader(http: &reqwest::Client, c: &LocalCluster) -> Option<usize> {
-    for i in 0..c.nodes.len() {
-        if !c.is_running(i) {
-            continue;
-        }
-        let v: Value = match http.get(c.url(i, "/v1/cluster")).send().await {
-            Ok(r) => r.json().await.ok()?,
-            Err(_) => continue,
-        };
-        if let Some(id) = v["leader_id"].as_u64() {
-            let idx = c.nodes.iter().position(|n| n.id == id)?;
-            if c.is_running(idx) {
-                return Some(idx);
-            }
-        }
-    }
-    None
-}
-
-async fn await_leader(http: &reqwest::Client, c: &LocalCluster) -> anyhow::Result<usize> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if let Some(l) = leader(http, c).await {
-            return Ok(l);
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    bail!("no leader within 20 s")
-}
-
 /// Creates `rate` jobs every 1 s whose runs are spread evenly over each second from `t0`.
 async fn create_jobs(
     c: &LocalCluster,
@@ -145,9 +115,7 @@ async fn create_jobs(
         tasks.push(tokio::spawn(async move {
             for (k, id) in chunk {
                 let start = t0 + (k as f64 * step) as i64;
-                let start = chrono::DateTime::from_timestamp_millis(start)
-                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-                    .unwrap_or_default();
+                let start = rfc3339(start);
                 let body =
                     json!({"id": id, "url": sink, "schedule": {"every": "1s", "start_at": start}});
                 let resp = http.post(&url).json(&body).send().await?;
@@ -222,7 +190,7 @@ async fn main() -> anyhow::Result<()> {
     let mut c = LocalCluster::new(&hookd, &dir, 3, &[])?;
     c.spawn_all()?;
     let http = http();
-    let mut l = await_leader(&http, &c).await?;
+    let mut l = c.await_leader(&http, LEADER_WITHIN).await?;
     let mut rates = Vec::new();
     let mut failover_gaps = Vec::new();
     for &rate in &args.rates {
@@ -245,7 +213,7 @@ async fn main() -> anyhow::Result<()> {
         if rate == args.rates[0] {
             // Failover trials under this load.
             for trial in 0..args.trials {
-                l = await_leader(&http, &c).await?;
+                l = c.await_leader(&http, LEADER_WITHIN).await?;
                 c.kill(l);
                 let killed = now_ms();
                 let deadline = Instant::now() + Duration::from_secs(20);
@@ -275,7 +243,7 @@ async fn main() -> anyhow::Result<()> {
                 tokio::time::sleep(Duration::from_millis(1500)).await;
             }
         }
-        l = await_leader(&http, &c).await?;
+        l = c.await_leader(&http, LEADER_WITHIN).await?;
         delete_jobs(&c, l, &ids).await;
     }
     let mut fo = Latencies::default();

@@ -28,9 +28,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use hookd_jepsen::local::{
-    await_leader, cluster_state, http, now_ms, rfc3339, rss_kib, work_dir, LocalCluster,
-};
+use hookd_jepsen::local::{http, now_ms, rfc3339, rss_kib, work_dir, LocalCluster, LEADER_WITHIN};
 use hookd_jepsen::nginx::Nginx;
 use hookd_jepsen::stats::{Latencies, Summary};
 use serde::Serialize;
@@ -308,7 +306,7 @@ async fn main() -> anyhow::Result<()> {
     let nginx = Nginx::start(&args.nginx, &dir.join("nginx"))?;
     let mut c = LocalCluster::new(&hookd, &dir, 3, &[])?;
     c.spawn_all()?;
-    let l = await_leader(&c).await?;
+    let l = c.await_leader(&http(), LEADER_WITHIN).await?;
     let secs = args.seconds as i64;
 
     // 1. Quiet, then beside the black hole.
@@ -400,7 +398,7 @@ async fn main() -> anyhow::Result<()> {
         (r, _) => r,
     };
     let overload = if overload_rate > 0 {
-        let (leader_before, term_before) = cluster_state(&c, l).await;
+        let (leader_before, term_before) = c.cluster_state(&http(), l).await;
         let (load, t3) = place_load(&c, l, "load", &nginx.url, overload_rate).await?;
         let end = t3 + args.overload_seconds as i64 * 1000;
         // The leader's view each second: claim rate, runs waiting, lease-gate closures so far.
@@ -410,9 +408,9 @@ async fn main() -> anyhow::Result<()> {
             leader_metrics.insert(second, metrics_of(&c, l).await);
             sleep_until_ms((second + 1) * 1000).await;
         }
-        let (leader_after, term_after) = cluster_state(&c, l).await;
+        let (leader_after, term_after) = c.cluster_state(&http(), l).await;
         let deleted_at = now_ms();
-        let l_now = await_leader(&c).await.unwrap_or(l);
+        let l_now = c.await_leader(&http(), LEADER_WITHIN).await.unwrap_or(l);
         let deletes = delete_jobs(&c, l_now, &load).await;
         let deletes_done = now_ms();
         // Recovered when the healthy jobs' runs are on time again (p99 over one second ≤ 100 ms).
