@@ -317,3 +317,55 @@ async fn refresh_members(resolver: &Resolver, replica: &Replica, own: &[String])
     let addrs = served.chain(own.iter().cloned());
     resolver.refresh_members(addrs, known.api_unknown).await;
 }
+
+/// `hookd serve`: the node in a runtime of its own, until SIGTERM or SIGINT. Lives in the library,
+/// not the binary, so the binary crate compiles in a second instead of re-instantiating the
+/// whole node (docs/decisions.md#entry-in-the-library).
+pub fn serve_until_signal(args: crate::config::ServeArgs) -> anyhow::Result<()> {
+    let config = args.into_config()?;
+    init_tracing(&config.log)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("hookd")
+        .build()
+        .context("start the tokio runtime")?;
+    runtime.block_on(async {
+        let listeners = Listeners::bind_or_inherit(&config).await?;
+        let shutdown = CancellationToken::new();
+        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        run(config, listeners, shutdown).await
+    })
+}
+
+fn init_tracing(filter: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .with_context(|| format!("invalid log filter {filter:?}"))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        // A log reader that went away must not stop the node: tracing-subscriber would report
+        // the failed write with `eprintln!`, which panics on a closed stderr (in whichever task
+        // logged, the signal handler's included).
+        .log_internal_errors(false)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    Ok(())
+}
+
+/// Cancels `token` on the first SIGTERM or SIGINT.
+async fn cancel_on_signal(token: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop the node with SIGKILL");
+        return;
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    token.cancel();
+    tracing::info!("{name}: shutting down");
+}
