@@ -563,6 +563,24 @@ async fn a_leader_cut_off_from_its_quorum_sends_nothing_once_its_lease_ran_out()
     nodes[leader].shutdown().await;
 }
 
+/// Creates job `id`, again while the leader sheds it (as a client retries a `429`).
+async fn create_until_accepted(replica: &Replica, id: &str, spec: JobSpec) {
+    loop {
+        let cmd = Command::CreateJob {
+            id: id.into(),
+            spec: spec.clone(),
+            now_ms: now_ms(),
+        };
+        match replica.propose(cmd).await {
+            Ok(_) => return,
+            Err(hookd_raft::ReplicaError::Overloaded(_)) => {
+                tokio::time::sleep(Duration::from_millis(5)).await
+            }
+            Err(e) => panic!("{id}: {e}"),
+        }
+    }
+}
+
 /// Creates flooding a leader whose write backlog bound is 0: what each of its loops got.
 #[derive(Default)]
 struct Flood {
@@ -586,7 +604,7 @@ async fn an_overloaded_leader_sheds_creates_but_keeps_claiming_recording_pausing
         s
     };
     for id in ["pause-me", "delete-me"] {
-        create(&replica, id, later("http://t.test/200")).await;
+        create_until_accepted(&replica, id, later("http://t.test/200")).await;
     }
 
     // Eight loops propose creates back to back until told to stop.
@@ -630,22 +648,9 @@ async fn an_overloaded_leader_sheds_creates_but_keeps_claiming_recording_pausing
     let due: Vec<String> = (0..6).map(|k| format!("due-{k}")).collect();
     let mut s = due_now("http://t.test/200", 1);
     s.schedule = ScheduleSpec::After { after_ms: 300 };
-    let cmds = due.iter().map(|id| Command::CreateJob {
-        id: id.clone(),
-        spec: s.clone(),
-        now_ms: now_ms(),
-    });
     // Client creates are shed too: these are retried until accepted, as a client would.
-    for cmd in cmds {
-        loop {
-            match replica.propose(cmd.clone()).await {
-                Ok(_) => break,
-                Err(hookd_raft::ReplicaError::Overloaded(_)) => {
-                    tokio::time::sleep(Duration::from_millis(5)).await
-                }
-                Err(e) => panic!("{e}"),
-            }
-        }
+    for id in &due {
+        create_until_accepted(&replica, id, s.clone()).await;
     }
     let shed_before = refused();
     // Deletes and pauses shed load: they always pass.
