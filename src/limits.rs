@@ -71,3 +71,15 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
 
 /// Runs due within this horizon are claimed through Raft ahead of their instant.
 pub const DISPATCH_HORIZON: Duration = Duration::from_millis(300);
+
+/// Labels a job may carry, and their sizes (keys in ASCII, values in characters).
+pub const LABELS_COUNT_MAX: usize = 32;
+pub const LABEL_KEY_CHARS_MAX: usize = 63;
+pub const LABEL_VALUE_CHARS_MAX: usize = 256;
+/// A label selector's size, requirements, and values in one `in (…)` set.
+pub const SELECTOR_BYTES_MAX: usize = 4096;
+pub const SELECTOR_REQUIREMENTS_MAX: usize = 32;
+pub const SELECTOR_VALUES_MAX: usize = 64;
+/// Index entries and records one filtered page may read before it answers with what it found
+/// and a cursor to go on from.
+pub const PAGE_SCAN_BUDGET: usize = 4096;

@@ -24,7 +24,7 @@ pub mod tls;
 pub mod typ;
 
 pub use lease::LeaderTerm;
-pub use machine::{AppliedTables, LogPosition, Machine, ReadError, Tx, TxError};
+pub use machine::{AppliedTables, LogPosition, Machine, ReadError, TableWriter, Tx, TxError};
 pub use membership::{AddMember, MemberError, RemoveMember};
 pub use replica::{RaftTiming, Replica, ReplicaConfig, ReplicaError, StartError};
 pub use secret::Secret;

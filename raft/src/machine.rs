@@ -119,6 +119,14 @@ pub trait Machine: Send + Sync + 'static {
     fn identity_row(table: usize, key: &[u8]) -> bool;
     fn cluster_id_row(cluster_id: &str) -> (usize, Vec<u8>, Vec<u8>);
 
+    /// Brings what the machine derives from its own tables (indexes) up to date in a state
+    /// that may lack it: a data dir or a snapshot written by an older version. Called at open
+    /// and for each received snapshot, before either state is read or applied to. Idempotent
+    /// (it may run again after a crash); `Err` stops the node.
+    fn complete(_tables: &TableWriter) -> Result<(), String> {
+        Ok(())
+    }
+
     /// Called after each applied batch has committed, with what it changed.
     fn applied(&self, touched: Self::Touched);
     /// Called after a snapshot replaced the whole state.
@@ -235,6 +243,39 @@ impl AppliedTables {
 
     pub fn is_empty(&self, table: usize) -> bool {
         self.len(table) == 0
+    }
+}
+
+/// Writes to the tables of one generation outside `apply`, for `Machine::complete` only: the
+/// state it completes is not yet read or applied to by anyone.
+pub struct TableWriter {
+    pub(crate) tables: AppliedTables,
+    pub(crate) flush: Box<dyn Fn() -> Result<(), sled::Error> + Send + Sync>,
+}
+
+impl TableWriter {
+    /// The tables as they stand, for reading.
+    pub fn tables(&self) -> &AppliedTables {
+        &self.tables
+    }
+
+    /// Inserts `rows` into `table` atomically (one batch of one tree).
+    pub fn insert(&self, table: usize, rows: Vec<Row>) -> Result<(), ReadError> {
+        let mut batch = sled::Batch::default();
+        for (k, v) in rows {
+            batch.insert(k, v);
+        }
+        Ok(self.tables.tree(table)?.apply_batch(batch)?)
+    }
+
+    /// Removes every row of `table`.
+    pub fn clear(&self, table: usize) -> Result<(), ReadError> {
+        Ok(self.tables.tree(table)?.clear()?)
+    }
+
+    /// Makes everything written so far durable (what a power loss would otherwise lose).
+    pub fn flush(&self) -> Result<(), ReadError> {
+        Ok((self.flush)()?)
     }
 }
 

@@ -96,6 +96,14 @@ impl ApiError {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_leader", message)
     }
 
+    /// This error, naming field `to` where it named `from`.
+    pub fn renamed(mut self, from: &str, to: &str) -> ApiError {
+        if self.field.as_deref() == Some(from) {
+            self.field = Some(to.to_owned());
+        }
+        self
+    }
+
     /// `429`: the leader sheds writes while its backlog is over its bound.
     pub fn overloaded(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::TOO_MANY_REQUESTS, "overloaded", message)

@@ -17,8 +17,9 @@ use crate::replicated::ReplicaState;
 
 use crate::egress::literal_ip;
 
-use super::model::{parse_json, validate_id, JobRequest, JobView};
+use super::model::{job_filter, parse_json, validate_id, JobRequest, JobView};
 use super::{json_body, list_limit, now_ms, query, Api, ApiError, ApiState, Consistency};
+use crate::limits::PAGE_SCAN_BUDGET;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -37,6 +38,14 @@ pub struct ListParams {
     limit: Option<usize>,
     /// List the jobs after this id.
     after: Option<String>,
+    /// Label selector: `team=payments,env!=dev,tier in (gold,silver),canary,!legacy`.
+    selector: Option<String>,
+    /// `active`, `paused` or `completed`.
+    state: Option<String>,
+    /// The `host:port` the job's URL delivers to.
+    target: Option<String>,
+    /// Id prefix.
+    prefix: Option<String>,
     #[serde(default)]
     consistency: Consistency,
 }
@@ -209,15 +218,22 @@ pub async fn list(
 ) -> Result<Response, ApiError> {
     let params = query(params)?;
     let limit = list_limit(params.limit)?;
+    let filter = job_filter(
+        params.selector.as_deref(),
+        params.state.as_deref(),
+        params.target.as_deref(),
+        params.prefix.as_deref(),
+    )?;
     state.read_barrier(params.consistency).await?;
-    let (jobs, more) = state
-        .replica
-        .state()
-        .list_jobs(params.after.as_deref(), limit)?;
-    let next = if more {
-        jobs.last().map(|j| j.id.clone())
+    let view = state.replica.state();
+    let after = params.after.as_deref();
+    let (jobs, next) = if filter.is_empty() {
+        let (jobs, more) = view.list_jobs(after, limit)?;
+        let next = jobs.last().map(|j| j.id.clone()).filter(|_| more);
+        (jobs, next)
     } else {
-        None
+        let page = view.list_jobs_filtered(&filter, after, limit, PAGE_SCAN_BUDGET)?;
+        (page.jobs, page.next)
     };
     let jobs: Vec<JobView> = jobs.into_iter().map(JobView::new).collect();
     Ok(Json(JobsPage { jobs, next }).into_response())

@@ -11,8 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
 use crate::core::command::{
-    Job, JobSpec, MisfirePolicy, MisfireSpec, RetrySpec, ScheduleSpec, UnixMs,
+    Job, JobExt, JobSpec, MisfirePolicy, MisfireSpec, RetrySpec, ScheduleSpec, UnixMs,
 };
+use crate::core::filter::{self, JobFilter, JobState};
 use crate::core::validate::{self, METHODS};
 use crate::limits::*;
 use crate::schedule::{CronSchedule, EVERY_MIN};
@@ -47,6 +48,9 @@ pub struct JobRequest {
     pub timeout: Option<String>,
     pub misfire: Option<MisfireRequest>,
     pub paused: Option<bool>,
+    /// Up to 32 pairs; keys `[a-z0-9]([a-z0-9._/-]{0,61}[a-z0-9])?`, values up to 256
+    /// characters. Selected by `GET /v1/jobs?selector=`.
+    pub labels: Option<BTreeMap<String, String>>,
     /// Accepted and ignored (as returned by a read), like the other server-side fields below.
     #[serde(rename = "created_at")]
     #[schema(value_type = Option<serde_json::Value>)]
@@ -197,6 +201,54 @@ pub fn parse_instant(field: &str, value: &str) -> Result<UnixMs, ApiError> {
     Ok(ms)
 }
 
+/// The filters of `GET /v1/jobs` and the bulk routes, each checked (`422` naming it).
+pub fn job_filter(
+    selector: Option<&str>,
+    state: Option<&str>,
+    target: Option<&str>,
+    prefix: Option<&str>,
+) -> Result<JobFilter, ApiError> {
+    let selector = match selector {
+        None => Vec::new(),
+        Some(text) => filter::parse_selector(text).map_err(|r| {
+            ApiError::invalid("selector", format!("invalid label selector: {}", r.0))
+        })?,
+    };
+    let state = state
+        .map(|s| {
+            JobState::parse(s).ok_or_else(|| {
+                ApiError::invalid("state", format!("{s:?} is not active, paused or completed"))
+            })
+        })
+        .transpose()?;
+    let target = target
+        .map(|t| {
+            let normal = t.to_ascii_lowercase();
+            let ok = normal.len() <= 300
+                && normal
+                    .rsplit_once(':')
+                    .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if ok {
+                Ok(normal)
+            } else {
+                Err(ApiError::invalid(
+                    "target",
+                    format!("{t:?} is not a host:port like example.com:443"),
+                ))
+            }
+        })
+        .transpose()?;
+    if let Some(p) = prefix {
+        validate_id("prefix", p)?;
+    }
+    Ok(JobFilter {
+        selector,
+        state,
+        target,
+        prefix: prefix.map(str::to_owned),
+    })
+}
+
 /// Checks a job id against `[A-Za-z0-9._:-]{1,128}`.
 pub fn validate_id(field: &str, id: &str) -> Result<(), ApiError> {
     Ok(validate::job_id(field, id)?)
@@ -242,6 +294,9 @@ impl JobRequest {
             misfire,
             paused: self.paused.unwrap_or(false),
             secret_headers,
+            ext: JobExt {
+                labels: self.labels.unwrap_or_default(),
+            },
         };
         // The gate a forwarded command passes too: whatever this parsing let through, it
         // holds the stored form to the same rules.
@@ -531,6 +586,9 @@ pub struct JobView {
     pub timeout: String,
     pub misfire: MisfireView,
     pub paused: bool,
+    /// Omitted when empty.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
     pub created_at: String,
     pub updated_at: String,
     pub next_fire_at: Option<String>,
@@ -544,17 +602,8 @@ impl JobView {
     /// Renders `job`.
     pub fn new(job: Job) -> JobView {
         let s = &job.spec;
-        let next = if s.paused {
-            None
-        } else {
-            crate::schedule::resolve(&s.schedule, job.schedule_base_ms)
-                .and_then(|schedule| crate::core::plan::next_due(&job, &schedule))
-        };
-        let state = match (s.paused, next) {
-            (true, _) => "paused",
-            (false, Some(_)) => "active",
-            (false, None) => "completed",
-        };
+        let next = crate::core::plan::job_next_due(&job);
+        let state = JobState::given(s.paused, next).as_str();
         JobView {
             url: s.masked_url(),
             method: s.method.clone(),
@@ -576,6 +625,7 @@ impl JobView {
                 catchup_window: format_duration_ms(s.misfire.catchup_window_ms),
             },
             paused: s.paused,
+            labels: s.ext.labels.clone(),
             created_at: format_instant(job.created_at_ms),
             updated_at: format_instant(job.updated_at_ms),
             next_fire_at: next.map(format_instant),

@@ -13,8 +13,12 @@ use crate::core::command::{Run, RunStatus, ScheduleSpec};
 use crate::core::{Command, CommandResult};
 use crate::replicated::ReplicaState;
 
-use super::model::{format_instant, parse_instant, parse_json, validate_id, ScheduleRequest};
+use super::model::{
+    format_instant, job_filter, parse_instant, parse_json, validate_id, ScheduleRequest,
+};
 use super::{json_body, list_limit, now_ms, query, Api, ApiError, Consistency};
+use crate::core::query::{RunCursor, RunFilter};
+use crate::limits::PAGE_SCAN_BUDGET;
 
 use crate::limits::{PREVIEW_COUNT_DEFAULT, PREVIEW_COUNT_MAX};
 use crate::schedule::Schedule;
@@ -29,6 +33,33 @@ pub struct RunParams {
     /// [default across jobs: `failed`]
     #[param(value_type = Option<String>, pattern = "^(pending|in_flight|retrying|succeeded|failed|skipped)$")]
     status: Option<RunStatus>,
+    #[serde(default)]
+    consistency: Consistency,
+}
+
+/// The filters of `GET /v1/runs`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct RunsParams {
+    /// [default: 100]
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<usize>,
+    /// [default: `failed`, or any status with `job_id`]
+    #[param(value_type = Option<String>, pattern = "^(pending|in_flight|retrying|succeeded|failed|skipped)$")]
+    status: Option<RunStatus>,
+    /// Only this job's runs.
+    job_id: Option<String>,
+    /// Only runs of jobs this label selector matches.
+    job_selector: Option<String>,
+    /// Only runs of jobs whose URL delivers to this `host:port`.
+    target: Option<String>,
+    /// Only runs due at or after this RFC 3339 instant.
+    since: Option<String>,
+    /// Only runs due at or before this RFC 3339 instant.
+    until: Option<String>,
+    /// The `next` of the previous page.
+    after: Option<String>,
     #[serde(default)]
     consistency: Consistency,
 }
@@ -111,10 +142,12 @@ impl RunView {
     }
 }
 
-/// Runs, newest first.
+/// Runs, newest first; `next` is the `after` of the next page of `GET /v1/runs`, null at the
+/// end (always null for one job's runs).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct RunsPage {
     runs: Vec<RunView>,
+    next: Option<String>,
 }
 
 /// The next fires of a schedule.
@@ -124,10 +157,10 @@ pub struct Fires {
     fires: Vec<String>,
 }
 
-fn runs_response(runs: Vec<Run>) -> Response {
+fn runs_response(runs: Vec<Run>, next: Option<String>) -> Response {
     let now = now_ms();
     let runs: Vec<RunView> = runs.into_iter().map(|r| RunView::new(r, now)).collect();
-    Json(RunsPage { runs }).into_response()
+    Json(RunsPage { runs, next }).into_response()
 }
 
 /// Runs of a job, newest first.
@@ -147,23 +180,71 @@ pub async fn job_runs(
     if view.get_job(&id)?.is_none() {
         return Err(ApiError::not_found(format!("no job {id:?}")));
     }
-    Ok(runs_response(view.job_runs(&id, params.status, limit)?))
+    Ok(runs_response(
+        view.job_runs(&id, params.status, limit)?,
+        None,
+    ))
 }
 
-/// Runs across jobs with a status (default `failed`: the dead-letter view).
-#[utoipa::path(get, operation_id = "listRuns", path = "/runs", tag = "runs", params(RunParams),
+/// Runs across jobs, newest due first, filtered (default status `failed`: the dead-letter view).
+/// A page reads a bounded number of runs and jobs: it may hold fewer than `limit` runs with a
+/// `next` to go on from.
+#[utoipa::path(get, operation_id = "listRuns", path = "/runs", tag = "runs", params(RunsParams),
     responses((status = 200, description = "runs", body = RunsPage)))]
 pub async fn list(
     state: Api,
-    params: Result<Query<RunParams>, QueryRejection>,
+    params: Result<Query<RunsParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let params = query(params)?;
-    let limit = params.limit()?;
+    let limit = list_limit(params.limit)?;
+    let filter = run_filter(&params)?;
+    let after = params
+        .after
+        .as_deref()
+        .map(|a| {
+            RunCursor::parse(a).ok_or_else(|| {
+                ApiError::invalid(
+                    "after",
+                    format!("{a:?} is not a `next` this route returned"),
+                )
+            })
+        })
+        .transpose()?;
     state.read_barrier(params.consistency).await?;
-    let status = params.status.unwrap_or(RunStatus::Failed);
-    Ok(runs_response(
-        state.replica.state().runs_with_status(status, limit)?,
-    ))
+    let page = state.replica.state().list_runs_filtered(
+        &filter,
+        after.as_ref(),
+        limit,
+        PAGE_SCAN_BUDGET,
+    )?;
+    Ok(runs_response(page.runs, page.next.map(|c| c.to_string())))
+}
+
+/// The filters of `GET /v1/runs`, each checked (`422` naming it).
+fn run_filter(params: &RunsParams) -> Result<RunFilter, ApiError> {
+    if let Some(id) = &params.job_id {
+        validate_id("job_id", id)?;
+    }
+    let jobs = job_filter(
+        params.job_selector.as_deref(),
+        None,
+        params.target.as_deref(),
+        None,
+    )
+    .map_err(|e| e.renamed("selector", "job_selector"))?;
+    let instant =
+        |field: &str, v: &Option<String>| v.as_deref().map(|v| parse_instant(field, v)).transpose();
+    let status = match (&params.job_id, params.status) {
+        (None, None) => Some(RunStatus::Failed),
+        (_, status) => status,
+    };
+    Ok(RunFilter {
+        status,
+        job_id: params.job_id.clone(),
+        jobs,
+        since_ms: instant("since", &params.since)?,
+        until_ms: instant("until", &params.until)?,
+    })
 }
 
 fn run_accepted(result: CommandResult, what: &str) -> Result<Response, ApiError> {

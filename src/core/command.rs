@@ -69,6 +69,99 @@ pub struct JobSpec {
     /// never logged (`Debug` masks them too).
     #[serde(default)]
     pub secret_headers: Vec<String>,
+    /// Everything format 4 added, kept self-describing inside postcard (see `JobExt`).
+    #[serde(default, with = "ext_encoding")]
+    pub ext: JobExt,
+}
+
+/// The fields of a job's definition added after format 3. In the log and the tables (postcard,
+/// positional) they travel as one JSON document, so a field added here later (always with
+/// `#[serde(default)]`) changes no stored format; between nodes (JSON) they are a plain object.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(arbitrary::Arbitrary))]
+pub struct JobExt {
+    /// Label pairs (`core::labels` has their rules), the keys of the label index.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl JobExt {
+    fn is_empty(&self) -> bool {
+        *self == JobExt::default()
+    }
+}
+
+/// `JobExt` as JSON bytes in postcard (none when empty), as itself in JSON.
+mod ext_encoding {
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::JobExt;
+
+    pub fn serialize<S: Serializer>(ext: &JobExt, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            return ext.serialize(s);
+        }
+        let bytes = if ext.is_empty() {
+            Vec::new()
+        } else {
+            serde_json::to_vec(ext).map_err(serde::ser::Error::custom)?
+        };
+        bytes.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<JobExt, D::Error> {
+        if d.is_human_readable() {
+            return JobExt::deserialize(d);
+        }
+        let bytes = Vec::<u8>::deserialize(d)?;
+        if bytes.is_empty() {
+            return Ok(JobExt::default());
+        }
+        serde_json::from_slice(&bytes).map_err(D::Error::custom)
+    }
+}
+
+/// A job's definition as formats 3 and earlier stored it in postcard (log entries, job records):
+/// read, never written.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(arbitrary::Arbitrary))]
+pub struct JobSpec3 {
+    pub url: String,
+    pub method: String,
+    pub headers: BTreeMap<String, String>,
+    pub body: Option<String>,
+    pub schedule: ScheduleSpec,
+    pub retry: RetrySpec,
+    pub timeout_ms: u64,
+    pub misfire: MisfireSpec,
+    pub paused: bool,
+    pub secret_headers: Vec<String>,
+}
+
+/// Masks secrets as `JobSpec` does.
+impl std::fmt::Debug for JobSpec3 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        JobSpec::from(self.clone()).fmt(f)
+    }
+}
+
+impl From<JobSpec3> for JobSpec {
+    fn from(s: JobSpec3) -> JobSpec {
+        JobSpec {
+            url: s.url,
+            method: s.method,
+            headers: s.headers,
+            body: s.body,
+            schedule: s.schedule,
+            retry: s.retry,
+            timeout_ms: s.timeout_ms,
+            misfire: s.misfire,
+            paused: s.paused,
+            secret_headers: s.secret_headers,
+            ext: JobExt::default(),
+        }
+    }
 }
 
 /// What the API shows instead of a secret header's value; sent back in a write, it means "keep
@@ -193,6 +286,7 @@ impl std::fmt::Debug for JobSpec {
             .field("misfire", &self.misfire)
             .field("paused", &self.paused)
             .field("secret_headers", &self.secret_headers)
+            .field("ext", &self.ext)
             .finish()
     }
 }
@@ -216,6 +310,34 @@ pub struct Job {
     /// Runs due at or before this instant are claimed, skipped or were passed over (paused,
     /// replaced); the next run is the schedule's first fire strictly after it. Only moves forward.
     pub cursor_ms: UnixMs,
+}
+
+/// A job record as format 3 stored it (postcard): read, never written.
+#[derive(Deserialize)]
+pub struct Job3 {
+    pub id: String,
+    pub spec: JobSpec3,
+    pub incarnation: u64,
+    pub created_at_ms: UnixMs,
+    pub updated_at_ms: UnixMs,
+    pub version: u64,
+    pub schedule_base_ms: UnixMs,
+    pub cursor_ms: UnixMs,
+}
+
+impl From<Job3> for Job {
+    fn from(j: Job3) -> Job {
+        Job {
+            id: j.id,
+            spec: j.spec.into(),
+            incarnation: j.incarnation,
+            created_at_ms: j.created_at_ms,
+            updated_at_ms: j.updated_at_ms,
+            version: j.version,
+            schedule_base_ms: j.schedule_base_ms,
+            cursor_ms: j.cursor_ms,
+        }
+    }
 }
 
 /// A leadership epoch: the term and node id of a leader. Claims name the epoch of the leader
@@ -351,17 +473,17 @@ pub struct AttemptOutcome {
 #[cfg_attr(test, derive(arbitrary::Arbitrary))]
 #[serde(rename_all = "snake_case")]
 pub enum Command {
-    /// Create a job; an existing job with an equal spec is returned unchanged, another spec is a
-    /// conflict.
-    CreateJob {
+    /// `CreateJob` as formats 3 and earlier wrote it (postcard is positional: this variant keeps
+    /// its place, and its spec the layout of then); read from the log, never proposed.
+    CreateJob3 {
         id: String,
-        spec: JobSpec,
+        spec: JobSpec3,
         now_ms: UnixMs,
     },
-    /// Create or replace a job.
-    PutJob {
+    /// `PutJob` as formats 3 and earlier wrote it; read from the log, never proposed.
+    PutJob3 {
         id: String,
-        spec: JobSpec,
+        spec: JobSpec3,
         now_ms: UnixMs,
     },
     DeleteJob {
@@ -411,6 +533,19 @@ pub enum Command {
     Batch {
         commands: Vec<Command>,
     },
+    /// Create a job; an existing job with an equal spec is returned unchanged, another spec is a
+    /// conflict.
+    CreateJob {
+        id: String,
+        spec: JobSpec,
+        now_ms: UnixMs,
+    },
+    /// Create or replace a job.
+    PutJob {
+        id: String,
+        spec: JobSpec,
+        now_ms: UnixMs,
+    },
 }
 
 impl Command {
@@ -436,8 +571,8 @@ impl Command {
     /// A short name for logs and metrics.
     pub fn kind(&self) -> &'static str {
         match self {
-            Command::CreateJob { .. } => "create_job",
-            Command::PutJob { .. } => "put_job",
+            Command::CreateJob { .. } | Command::CreateJob3 { .. } => "create_job",
+            Command::PutJob { .. } | Command::PutJob3 { .. } => "put_job",
             Command::DeleteJob { .. } => "delete_job",
             Command::SetPaused { .. } => "set_paused",
             Command::SetNodeInfo { .. } => "set_node_info",
@@ -457,6 +592,8 @@ impl Command {
         match self {
             Command::CreateJob { .. }
             | Command::PutJob { .. }
+            | Command::CreateJob3 { .. }
+            | Command::PutJob3 { .. }
             | Command::RetryRun { .. }
             | Command::TriggerJob { .. } => true,
             Command::SetPaused { paused, .. } => !paused,

@@ -6,8 +6,10 @@
 //! both together over in-memory tables with a fake clock.
 
 pub mod command;
+pub mod filter;
 pub mod format;
 pub mod plan;
+pub mod query;
 mod records;
 pub mod state;
 pub mod validate;

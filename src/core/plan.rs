@@ -17,6 +17,12 @@ pub const FIRES_PER_ROUND_MAX: usize = 10_000;
 pub const SKIP_FAST_FORWARD_MIN: u64 = 1_000;
 
 /// The next due instant of a job, or None when paused or exhausted.
+/// `next_due` with the job's own schedule resolved (None for one that cannot be).
+pub fn job_next_due(job: &Job) -> Option<i64> {
+    crate::schedule::resolve(&job.spec.schedule, job.schedule_base_ms)
+        .and_then(|schedule| next_due(job, &schedule))
+}
+
 pub fn next_due(job: &Job, schedule: &Schedule) -> Option<i64> {
     if job.spec.paused {
         return None;
@@ -301,6 +307,7 @@ mod tests {
                 },
                 paused: false,
                 secret_headers: Vec::new(),
+                ext: Default::default(),
             },
             incarnation: 7,
             created_at_ms: 0,

@@ -2,7 +2,7 @@
 //! reads and writes of single records that `apply` (`state.rs`) and the views (`view.rs`) build
 //! on. Persisted formats: see `command.rs` for the rules of change.
 
-use super::command::{Job, Run, RunStatus};
+use super::command::{Job, Job3, Run, RunStatus};
 
 /// The tables of the state machine. Each is one sled tree per snapshot generation, named by
 /// `name` (the discriminants index in-memory arrays only: dense, never persisted).
@@ -25,10 +25,13 @@ pub enum Table {
     /// rewrites the job record (schema 2; a job without one is a schema-1 record, whose guard is
     /// in its JSON)
     Guards = 6,
+    /// The job index (format 4): label, target and paused entries → empty, each ending in the
+    /// job id (`job_index_keys`), so each kind lists its jobs in id order
+    JobIndex = 7,
 }
 
 impl Table {
-    pub const ALL: [Table; 7] = [
+    pub const ALL: [Table; 8] = [
         Table::Jobs,
         Table::Nodes,
         Table::Misc,
@@ -36,6 +39,7 @@ impl Table {
         Table::JobRuns,
         Table::ByStatus,
         Table::Guards,
+        Table::JobIndex,
     ];
 
     /// The names of the tables, in the order of their discriminants: persisted (the stored
@@ -48,6 +52,7 @@ impl Table {
         "job_runs",
         "by_status",
         "guards",
+        "job_index",
     ];
 
     pub fn name(self) -> &'static str {
@@ -218,9 +223,83 @@ pub(super) fn get_record<T: Tables, V: serde::de::DeserializeOwned>(
     }
 }
 
-/// Decodes a stored job record.
+/// First byte of a job record in format 4 (postcard of `Job` with its `JobExt`); `COMPACT`
+/// job records are format 3's layout (`Job3`).
+const JOB_FORMAT_4: u8 = 0x02;
+
+fn encode_job(job: &Job) -> Vec<u8> {
+    let mut out = vec![JOB_FORMAT_4];
+    // Our own plain data types always serialize.
+    out.extend(postcard::to_allocvec(job).unwrap_or_default());
+    out
+}
+
+/// Decodes a stored job record: format 4, format 3 (`COMPACT`), or JSON (formats 1 and 2).
 pub fn decode_job(bytes: &[u8]) -> Result<Job, StateFault> {
-    decode(Table::Jobs, bytes)
+    let compact_fault = |source| StateFault::DecodeCompact {
+        table: Table::Jobs.name(),
+        source,
+    };
+    match bytes.split_first() {
+        Some((&JOB_FORMAT_4, rest)) => postcard::from_bytes(rest).map_err(compact_fault),
+        Some((&COMPACT, rest)) => postcard::from_bytes::<Job3>(rest)
+            .map(Job::from)
+            .map_err(compact_fault),
+        _ => decode(Table::Jobs, bytes),
+    }
+}
+
+/// Key of the marker saying the job index is complete (in `Table::Misc`); a state without it
+/// (written before format 4) has its index built at open (`Machine::complete`).
+pub const JOB_INDEX_KEY: &[u8] = b"job_index";
+pub const JOB_INDEX_VERSION: &[u8] = b"1";
+
+/// Index key prefixes: a label with one value (or any value), a target, paused jobs.
+pub fn label_prefix(key: &str, value: Option<&str>) -> Vec<u8> {
+    let mut k = vec![b'l'];
+    k.push(u8::try_from(key.len()).unwrap_or(u8::MAX));
+    k.extend_from_slice(key.as_bytes());
+    if let Some(v) = value {
+        k.extend_from_slice(&u16::try_from(v.len()).unwrap_or(u16::MAX).to_be_bytes());
+        k.extend_from_slice(v.as_bytes());
+    }
+    k
+}
+
+pub fn target_prefix(target: &str) -> Vec<u8> {
+    let mut k = vec![b't'];
+    k.extend_from_slice(
+        &u16::try_from(target.len())
+            .unwrap_or(u16::MAX)
+            .to_be_bytes(),
+    );
+    k.extend_from_slice(target.as_bytes());
+    k
+}
+
+pub const PAUSED_PREFIX: &[u8] = b"p";
+
+/// The job index entries of `job`: its labels, its target, and whether it is paused.
+pub fn job_index_keys(job: &Job) -> Vec<Vec<u8>> {
+    let id = job.id.as_bytes();
+    let with_id = |mut k: Vec<u8>| {
+        k.extend_from_slice(id);
+        k
+    };
+    let mut keys: Vec<Vec<u8>> = job
+        .spec
+        .ext
+        .labels
+        .iter()
+        .map(|(k, v)| with_id(label_prefix(k, Some(v))))
+        .collect();
+    if let Some(t) = super::filter::target_of(&job.spec.url) {
+        keys.push(with_id(target_prefix(&t)));
+    }
+    if job.spec.paused {
+        keys.push(with_id(PAUSED_PREFIX.to_vec()));
+    }
+    keys
 }
 
 /// Decodes a stored run record.
@@ -234,8 +313,16 @@ pub fn decode_run_list(bytes: &[u8]) -> Result<RunList, StateFault> {
 }
 
 /// The job as it stands: its record, with the cursor of its guard.
+/// The stored job record, as it is (without its guard's cursor).
+fn get_job_record<T: Tables>(t: &T, id: &str) -> TxResult<T, Option<Job>> {
+    match t.get(Table::Jobs, id.as_bytes())? {
+        None => Ok(None),
+        Some(bytes) => decode_job(&bytes).map(Some).map_err(T::Error::from),
+    }
+}
+
 pub(super) fn get_job<T: Tables>(t: &T, id: &str) -> TxResult<T, Option<Job>> {
-    let Some(mut job) = get_record::<_, Job>(t, Table::Jobs, id)? else {
+    let Some(mut job) = get_job_record(t, id)? else {
         return Ok(None);
     };
     if let Some(guard) = get_stored_guard(t, id)? {
@@ -253,7 +340,7 @@ pub(super) fn get_stored_guard<T: Tables>(t: &T, id: &str) -> TxResult<T, Option
 pub(super) fn get_guard<T: Tables>(t: &T, id: &str) -> TxResult<T, Option<Guard>> {
     match get_stored_guard(t, id)? {
         Some(g) => Ok(Some(g)),
-        None => Ok(get_record::<_, Job>(t, Table::Jobs, id)?.map(|j| Guard::of(&j))),
+        None => Ok(get_job_record(t, id)?.map(|j| Guard::of(&j))),
     }
 }
 
@@ -269,10 +356,27 @@ pub(super) fn get_run_list<T: Tables>(t: &T, job_id: &str) -> TxResult<T, RunLis
     Ok(get_record(t, Table::JobRuns, job_id)?.unwrap_or_default())
 }
 
-/// Writes the job record and its guard.
-pub(super) fn put_job<T: Tables>(t: &T, job: &Job) -> TxResult<T, ()> {
+/// Writes the job record, its guard and its index entries; `old` is the record it replaces.
+pub(super) fn put_job<T: Tables>(t: &T, job: &Job, old: Option<&Job>) -> TxResult<T, ()> {
     put_guard(t, &job.id, Guard::of(job))?;
-    t.put(Table::Jobs, job.id.as_bytes(), compact(job))
+    let new_keys = job_index_keys(job);
+    let old_keys = old.map(job_index_keys).unwrap_or_default();
+    for k in old_keys.iter().filter(|k| !new_keys.contains(k)) {
+        t.del(Table::JobIndex, k)?;
+    }
+    for k in new_keys.into_iter().filter(|k| !old_keys.contains(k)) {
+        t.put(Table::JobIndex, &k, Vec::new())?;
+    }
+    t.put(Table::Jobs, job.id.as_bytes(), encode_job(job))
+}
+
+/// Removes the job record, its guard and its index entries (not its runs).
+pub(super) fn delete_job_record<T: Tables>(t: &T, job: &Job) -> TxResult<T, ()> {
+    for k in job_index_keys(job) {
+        t.del(Table::JobIndex, &k)?;
+    }
+    t.del(Table::Jobs, job.id.as_bytes())?;
+    t.del(Table::Guards, job.id.as_bytes())
 }
 
 /// Writes a run and keeps its index entries in step with its status. `old` is the stored version.

@@ -12,8 +12,9 @@ use super::command::{
 };
 use super::records::*;
 pub use super::records::{
-    decode_job, decode_run, decode_run_list, status_key, status_prefix, Guard, RunList, StateFault,
-    Table, Tables, CLUSTER_ID_KEY, DROPPED_TABLES,
+    decode_job, decode_run, decode_run_list, job_index_keys, status_key, status_prefix, Guard,
+    RunList, StateFault, Table, Tables, CLUSTER_ID_KEY, DROPPED_TABLES, JOB_INDEX_KEY,
+    JOB_INDEX_VERSION,
 };
 
 /// What applied commands changed, for the dispatcher.
@@ -76,6 +77,12 @@ fn apply_one<T: Tables>(
         Command::Batch { .. } => Ok(CommandResult::NotFound),
         Command::CreateJob { id, spec, now_ms } => create_job(t, id, spec, seq, *now_ms, touched),
         Command::PutJob { id, spec, now_ms } => replace_job(t, id, spec, seq, *now_ms, touched),
+        Command::CreateJob3 { id, spec, now_ms } => {
+            create_job(t, id, &spec.clone().into(), seq, *now_ms, touched)
+        }
+        Command::PutJob3 { id, spec, now_ms } => {
+            replace_job(t, id, &spec.clone().into(), seq, *now_ms, touched)
+        }
         Command::DeleteJob { id, now_ms: _ } => delete_job(t, id, touched),
         Command::SetPaused { id, paused, now_ms } => set_paused(t, id, *paused, *now_ms, touched),
         Command::SetNodeInfo { node_id, api_addr } => {
@@ -157,7 +164,7 @@ fn insert_job<T: Tables>(
     now_ms: UnixMs,
 ) -> TxResult<T, CommandResult> {
     let job = new_job(id, spec, seq, now_ms);
-    put_job(t, &job)?;
+    put_job(t, &job, None)?;
     Ok(changed(job, true))
 }
 
@@ -176,11 +183,12 @@ fn replace_job<T: Tables>(
         Err(answer) => return Ok(answer),
     };
     touched.jobs.push(id.to_owned());
-    let mut job = match existing {
+    let old = match existing {
         None => return insert_job(t, id, spec, seq, now_ms),
         Some(existing) if existing.spec == spec => return Ok(unchanged(existing)),
         Some(job) => job,
     };
+    let mut job = old.clone();
     if job.spec.schedule != spec.schedule {
         // Runs the old schedule would have had before the replace are not owed.
         job.schedule_base_ms = now_ms;
@@ -194,7 +202,7 @@ fn replace_job<T: Tables>(
     }
     job.spec = spec;
     touch(&mut job, now_ms);
-    put_job(t, &job)?;
+    put_job(t, &job, Some(&old))?;
     Ok(changed(job, false))
 }
 
@@ -204,8 +212,7 @@ fn delete_job<T: Tables>(t: &T, id: &str, touched: &mut Touched) -> TxResult<T, 
         return Ok(CommandResult::NotFound);
     };
     touched.jobs.push(id.to_owned());
-    t.del(Table::Jobs, id.as_bytes())?;
-    t.del(Table::Guards, id.as_bytes())?;
+    delete_job_record(t, &job)?;
     delete_job_runs(t, id)?;
     Ok(CommandResult::Deleted { job })
 }
@@ -219,11 +226,12 @@ fn set_paused<T: Tables>(
     now_ms: UnixMs,
     touched: &mut Touched,
 ) -> TxResult<T, CommandResult> {
-    let mut job = match get_job(t, id)? {
+    let old = match get_job(t, id)? {
         None => return Ok(CommandResult::NotFound),
         Some(job) if job.spec.paused == paused => return Ok(unchanged(job)),
         Some(job) => job,
     };
+    let mut job = old.clone();
     touched.jobs.push(id.to_owned());
     job.spec.paused = paused;
     if paused {
@@ -232,7 +240,7 @@ fn set_paused<T: Tables>(
         job.cursor_ms = job.cursor_ms.max(now_ms);
     }
     touch(&mut job, now_ms);
-    put_job(t, &job)?;
+    put_job(t, &job, Some(&old))?;
     Ok(changed(job, false))
 }
 

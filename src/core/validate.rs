@@ -132,6 +132,10 @@ pub fn command(cmd: &Command, now_ms: UnixMs) -> Checked {
             "command",
             "batches are formed by the leader, never sent to it",
         )),
+        Command::CreateJob3 { .. } | Command::PutJob3 { .. } => Err(Invalid::new(
+            "command",
+            "format-3 job commands are only read from old logs, never proposed",
+        )),
     }
 }
 
@@ -156,6 +160,7 @@ pub fn job_id(field: &str, id: &str) -> Checked {
 /// names, sorted secret names, a URL as the URL parser writes it).
 pub fn job_spec(spec: &JobSpec) -> Checked {
     url(&spec.url)?;
+    super::filter::labels(&spec.ext.labels).map_err(|r| Invalid::new("labels", r.0))?;
     if !METHODS.contains(&spec.method.as_str()) {
         return Err(Invalid::new(
             "method",

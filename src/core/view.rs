@@ -30,7 +30,7 @@ pub trait Read {
 }
 
 /// The rows of `table` whose keys start with `prefix`.
-fn with_prefix<R: Read>(
+pub(super) fn with_prefix<R: Read>(
     r: &R,
     table: Table,
     prefix: Vec<u8>,
@@ -41,7 +41,7 @@ fn with_prefix<R: Read>(
 }
 
 /// The first key after every key starting with `prefix` (unbounded if there is none).
-fn prefix_end(prefix: &[u8]) -> Bound<Vec<u8>> {
+pub(super) fn prefix_end(prefix: &[u8]) -> Bound<Vec<u8>> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
         if last < u8::MAX {
@@ -55,7 +55,7 @@ fn prefix_end(prefix: &[u8]) -> Bound<Vec<u8>> {
 /// Jobs, runs and node records, read from `R`.
 #[derive(Clone)]
 pub struct View<R> {
-    read: R,
+    pub(super) read: R,
 }
 
 impl<R: Read> View<R> {
@@ -64,7 +64,7 @@ impl<R: Read> View<R> {
     }
 
     /// A stored job record as the job stands: with the cursor of its guard.
-    fn job(&self, bytes: &[u8]) -> Result<Job, StateFault> {
+    pub(super) fn job(&self, bytes: &[u8]) -> Result<Job, StateFault> {
         let mut job = decode_job(bytes)?;
         let guard = self
             .read

@@ -54,10 +54,7 @@ pub fn delivery_target(url: &str) -> TargetKey {
 }
 
 pub fn target_key(url: &str) -> Option<TargetKey> {
-    let u = reqwest::Url::parse(url).ok()?;
-    let host = u.host_str()?.to_ascii_lowercase();
-    let port = u.port_or_known_default()?;
-    Some(Arc::from(format!("{host}:{port}")))
+    crate::core::filter::target_of(url).map(Arc::from)
 }
 
 /// A target's circuit breaker.

@@ -6,10 +6,13 @@ mod feed;
 
 use std::ops::Bound;
 
-use hookd_raft::{LogPosition, Machine, ReadError, Tx, TxError};
+use hookd_raft::{LogPosition, Machine, ReadError, TableWriter, Tx, TxError};
 
 use crate::core::command::{Command, CommandResult, Epoch, NodeId};
-use crate::core::state::{self, StateFault, Table, Touched, CLUSTER_ID_KEY};
+use crate::core::state::{
+    self, job_index_keys, StateFault, Table, Touched, CLUSTER_ID_KEY, JOB_INDEX_KEY,
+    JOB_INDEX_VERSION,
+};
 use crate::core::view::{Read, Row, View};
 pub use feed::{Changes, Subscription};
 
@@ -124,7 +127,11 @@ impl Machine for Hookd {
     ///   are found in the status index; format 1's `open` tables are dropped by the upgrade.
     /// - 3: job records are postcard behind a format byte instead of JSON. Records in the older
     ///   form are read as they are and replaced as they are rewritten (a change of the job).
-    const FORMAT_VERSION: u32 = 3;
+    /// - 4: a job's definition carries `JobExt` (labels, and what comes later, self-describing),
+    ///   so job records get format byte 2 and job commands new variants (the format-3 ones keep
+    ///   their places and are read from old logs); the job index (`Table::JobIndex`) is built
+    ///   by `complete` for a state written without it.
+    const FORMAT_VERSION: u32 = 4;
     const FORMAT_READABLE_FROM: u32 = 1;
     const BATCH_MAX: usize = state::BATCH_COMMANDS_MAX;
 
@@ -203,6 +210,35 @@ impl Machine for Hookd {
             CLUSTER_ID_KEY.to_vec(),
             cluster_id.as_bytes().to_vec(),
         )
+    }
+
+    /// Builds the job index of a state written before it existed (an upgraded data dir, an old
+    /// snapshot or backup): from scratch, then the marker, so a crash between builds it again.
+    fn complete(w: &TableWriter) -> Result<(), String> {
+        let tables = w.tables();
+        let marker = Read::get(tables, Table::Misc, JOB_INDEX_KEY).map_err(|e| e.to_string())?;
+        if marker.as_deref() == Some(JOB_INDEX_VERSION) {
+            return Ok(());
+        }
+        let index = Table::JobIndex as usize;
+        w.clear(index).map_err(|e| e.to_string())?;
+        let (mut rows, mut jobs) = (Vec::new(), 0u64);
+        for job in View::new(tables.clone()).all_jobs() {
+            let job = job.map_err(|e| e.to_string())?;
+            jobs += 1;
+            rows.extend(job_index_keys(&job).into_iter().map(|k| (k, Vec::new())));
+            if rows.len() >= 10_000 {
+                w.insert(index, std::mem::take(&mut rows))
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        w.insert(index, rows).map_err(|e| e.to_string())?;
+        w.flush().map_err(|e| e.to_string())?;
+        let marker = (JOB_INDEX_KEY.to_vec(), JOB_INDEX_VERSION.to_vec());
+        w.insert(Table::Misc as usize, vec![marker])
+            .map_err(|e| e.to_string())?;
+        tracing::info!(jobs, "built the job index");
+        Ok(())
     }
 
     fn applied(&self, touched: Touched) {

@@ -521,3 +521,239 @@ async fn api_token_is_required_on_v1_when_set() {
         .expect("request");
     assert_eq!(resp.status().as_u16(), 200, "health checks need no token");
 }
+
+/// Ids of every page of `GET /v1/jobs?{query}` at `limit`, following `next`.
+async fn all_ids(c: &TestCluster, query: &str, limit: usize) -> Vec<String> {
+    let (mut ids, mut after) = (Vec::new(), String::new());
+    for _ in 0..100 {
+        let path = format!("/v1/jobs?{query}&limit={limit}{after}");
+        let (s, v) = c.get(0, &path).await.expect("list");
+        assert_eq!(s, 200, "{path}: {v}");
+        let page = v["jobs"].as_array().expect("jobs");
+        assert!(page.len() <= limit, "{path}");
+        ids.extend(
+            page.iter()
+                .map(|j| j["id"].as_str().unwrap_or_default().to_owned()),
+        );
+        match v["next"].as_str() {
+            Some(n) => after = format!("&after={n}"),
+            None => return ids,
+        }
+    }
+    panic!("{query}: more than 100 pages");
+}
+
+#[tokio::test]
+async fn labels_are_stored_and_every_filter_lists_exactly_its_jobs_in_pages() {
+    let c = single(&[]).await;
+    // 30 jobs: team a/b/c by i mod 3, env=prod every 5th, paused every 4th, at one of two
+    // targets by i mod 2; ids job-00..job-29.
+    let mut want_all = Vec::new();
+    for i in 0..30 {
+        let id = format!("job-{i:02}");
+        let mut body = job(&id);
+        body["url"] = json!(if i % 2 == 0 {
+            "http://127.0.0.1:9/x"
+        } else {
+            "http://Localhost:8081/y"
+        });
+        let env = if i % 5 == 0 { "prod" } else { "dev" };
+        let team = ["a", "b", "c"][i % 3];
+        body["labels"] = json!({"team": team, "env": env});
+        body["paused"] = json!(i % 4 == 0);
+        let (s, v) = c
+            .send(0, Method::PUT, &format!("/v1/jobs/{id}"), Some(&body))
+            .await
+            .expect("put");
+        assert_eq!(s, 201, "{v}");
+        assert_eq!(v["labels"]["team"], team, "{v}");
+        want_all.push((i, id));
+    }
+    let ids = |f: &dyn Fn(usize) -> bool| -> Vec<String> {
+        want_all
+            .iter()
+            .filter(|(i, _)| f(*i))
+            .map(|(_, id)| id.clone())
+            .collect()
+    };
+    let cases: Vec<(&str, Vec<String>)> = vec![
+        ("selector=team%3Da", ids(&|i| i % 3 == 0)),
+        (
+            "selector=team%20in%20(a,b),env%3Dprod",
+            ids(&|i| i % 3 != 2 && i % 5 == 0),
+        ),
+        ("selector=env!%3Ddev", ids(&|i| i % 5 == 0)),
+        ("selector=!env", vec![]),
+        ("state=paused", ids(&|i| i % 4 == 0)),
+        (
+            "state=active&selector=team%3Db",
+            ids(&|i| i % 4 != 0 && i % 3 == 1),
+        ),
+        ("target=localhost:8081", ids(&|i| i % 2 == 1)),
+        (
+            "target=127.0.0.1:9&state=paused",
+            ids(&|i| i % 2 == 0 && i % 4 == 0),
+        ),
+        ("prefix=job-1", ids(&|i| (10..20).contains(&i))),
+        (
+            "prefix=job-2&selector=team%3Dc",
+            ids(&|i| i >= 20 && i % 3 == 2),
+        ),
+    ];
+    for (query, want) in &cases {
+        for limit in [100, 4, 1] {
+            assert_eq!(
+                &all_ids(&c, query, limit).await,
+                want,
+                "{query} limit {limit}"
+            );
+        }
+    }
+    // A change moves the job between filters; a delete takes it out of all of them.
+    let mut body = job("job-00");
+    body["labels"] = json!({"team": "z"});
+    let (s, v) = c
+        .send(0, Method::PUT, "/v1/jobs/job-00", Some(&body))
+        .await
+        .expect("put");
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(all_ids(&c, "selector=team%3Dz", 10).await, ["job-00"]);
+    assert!(!all_ids(&c, "selector=team%3Da", 10)
+        .await
+        .contains(&"job-00".to_owned()));
+    assert!(!all_ids(&c, "state=paused", 10)
+        .await
+        .contains(&"job-00".to_owned()));
+    let (s, _) = c
+        .post(0, "/v1/jobs/job-00/pause", &json!({}))
+        .await
+        .expect("pause");
+    assert_eq!(s, 200);
+    assert!(all_ids(&c, "state=paused", 10)
+        .await
+        .contains(&"job-00".to_owned()));
+    let (s, _) = c
+        .send(0, Method::DELETE, "/v1/jobs/job-00", None)
+        .await
+        .expect("delete");
+    assert_eq!(s, 204);
+    assert!(all_ids(&c, "selector=team%3Dz", 10).await.is_empty());
+
+    // Bad filters and labels: 422 naming the field.
+    for (query, field) in [
+        ("selector=team%3D%3D%3D", "selector"),
+        ("selector=Team", "selector"),
+        ("selector=a%20in%20b", "selector"),
+        ("state=running", "state"),
+        ("target=nohost", "target"),
+        ("prefix=%20x", "prefix"),
+    ] {
+        let got = c.get(0, &format!("/v1/jobs?{query}")).await;
+        assert_error(got, 422, "invalid_field", Some(field), query);
+    }
+    for labels in [
+        json!({"Team": "a"}),
+        json!({"team": "a\u{1}"}),
+        json!({"t": "v".repeat(257)}),
+        json!((0..33)
+            .map(|i| (format!("k{i}"), json!("")))
+            .collect::<serde_json::Map<_, _>>()),
+    ] {
+        let mut body = job("bad-labels");
+        body["labels"] = labels.clone();
+        let got = c.post(0, "/v1/jobs", &body).await;
+        assert_error(
+            got,
+            422,
+            "invalid_field",
+            Some("labels"),
+            &labels.to_string(),
+        );
+    }
+}
+
+#[tokio::test]
+async fn runs_are_filtered_by_job_labels_target_job_and_time_and_paged_with_next() {
+    let c = single(&[]).await;
+    // Two jobs whose every run fails at once (nothing listens on port 9), three runs each.
+    for (id, team) in [("fail-x", "x"), ("fail-y", "y")] {
+        let mut body = job(id);
+        body["schedule"] = json!({"after": "0s"});
+        body["retry"] = json!({"max_attempts": 1});
+        body["labels"] = json!({"team": team});
+        crate::harness::create(&c, 0, body).await;
+        for _ in 0..2 {
+            let (s, v) = c
+                .post(0, &format!("/v1/jobs/{id}/trigger"), &json!({}))
+                .await
+                .expect("trigger");
+            assert_eq!(s, 202, "{v}");
+        }
+    }
+    let failed = |v: &Value| -> Vec<(String, String)> {
+        v["runs"]
+            .as_array()
+            .expect("runs")
+            .iter()
+            .map(|r| {
+                (
+                    r["job_id"].as_str().unwrap().to_owned(),
+                    r["id"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let all = crate::harness::eventually(Duration::from_secs(20), "six failed runs", || async {
+        let (_, v) = c.get(0, "/v1/runs?status=failed").await?;
+        let runs = failed(&v);
+        (runs.len() == 6).then_some(runs)
+    })
+    .await;
+    let of = |job: &str| -> Vec<(String, String)> {
+        all.iter().filter(|(j, _)| j == job).cloned().collect()
+    };
+    let get = |path: String| {
+        let c = &c;
+        async move {
+            let (s, v) = c.get(0, &path).await.expect("runs");
+            assert_eq!(s, 200, "{path}: {v}");
+            v
+        }
+    };
+    assert_eq!(
+        failed(&get("/v1/runs?job_selector=team%3Dx".into()).await),
+        of("fail-x")
+    );
+    assert_eq!(
+        failed(&get("/v1/runs?job_selector=team%20in%20(y)&target=127.0.0.1:9".into()).await),
+        of("fail-y")
+    );
+    assert_eq!(
+        failed(&get("/v1/runs?job_id=fail-y".into()).await),
+        of("fail-y")
+    );
+    assert!(failed(&get("/v1/runs?target=example.com:443".into()).await).is_empty());
+    let later = rfc3339(now_ms() + 3_600_000);
+    assert!(failed(&get(format!("/v1/runs?since={later}")).await).is_empty());
+    assert_eq!(failed(&get(format!("/v1/runs?until={later}")).await), all);
+    // One run per page: every run once, newest first, then `next` is null.
+    let (mut paged, mut after) = (Vec::new(), String::new());
+    for _ in 0..10 {
+        let v = get(format!("/v1/runs?limit=1{after}")).await;
+        paged.extend(failed(&v));
+        match v["next"].as_str() {
+            Some(n) => after = format!("&after={}", n.replace(':', "%3A")),
+            None => break,
+        }
+    }
+    assert_eq!(paged, all);
+    for (query, field) in [
+        ("after=nonsense", "after"),
+        ("job_selector=Team", "job_selector"),
+        ("since=yesterday", "since"),
+        ("job_id=%20", "job_id"),
+    ] {
+        let got = c.get(0, &format!("/v1/runs?{query}")).await;
+        assert_error(got, 422, "invalid_field", Some(field), query);
+    }
+}

@@ -224,6 +224,23 @@ async fn a_data_dir_written_by_schema_2_opens_with_everything_in_it() {
     opens_with_everything_in_it("schema-2", "fixture-v2").await;
 }
 
+#[tokio::test]
+async fn a_data_dir_written_by_format_3_opens_with_everything_in_it() {
+    opens_with_everything_in_it("schema-3", "fixture-v3").await;
+}
+
+/// The ids `GET {path}` lists.
+async fn listed(c: &TestCluster, path: &str) -> Vec<String> {
+    let (s, v) = c.get(0, path).await.expect("list");
+    assert_eq!(s, 200, "{path}: {v}");
+    v["jobs"]
+        .as_array()
+        .expect("jobs")
+        .iter()
+        .filter_map(|j| j["id"].as_str().map(str::to_owned))
+        .collect()
+}
+
 /// Opens a copy of `tests/fixtures/{name}/node1` (see the README there: what it holds and why
 /// it is never regenerated) and checks everything in it, then that the node goes on.
 async fn opens_with_everything_in_it(name: &str, cluster_id: &str) {
@@ -283,18 +300,31 @@ async fn opens_with_everything_in_it(name: &str, cluster_id: &str) {
     assert_eq!(paused["paused"], true);
     let (s, _) = c.get(0, "/v1/jobs/deleted").await.expect("get");
     assert_eq!(s, 404, "a deleted job stays deleted");
+    // The job index was built at open: the filters served from it see every old job.
+    assert_eq!(
+        listed(&c, "/v1/jobs?state=paused").await,
+        ["every-1s", "paused"]
+    );
+    assert_eq!(
+        listed(&c, "/v1/jobs?target=127.0.0.1:9").await,
+        ["cron-berlin", "every-1s", "once", "paused"]
+    );
 
     // And the node goes on: a new job, and the paused one resumes.
-    let (s, v) = c
-        .post(0, "/v1/jobs", &job("after-upgrade"))
-        .await
-        .expect("create");
+    let mut labelled = job("after-upgrade");
+    labelled["labels"] = serde_json::json!({"team": "ops"});
+    let (s, v) = c.post(0, "/v1/jobs", &labelled).await.expect("create");
     assert_eq!(s, 201, "{v}");
     let (s, v) = c
         .post(0, "/v1/jobs/paused/resume", &serde_json::json!({}))
         .await
         .expect("resume");
     assert_eq!((s, &v["paused"]), (200, &serde_json::json!(false)), "{v}");
+    assert_eq!(listed(&c, "/v1/jobs?state=paused").await, ["every-1s"]);
+    assert_eq!(
+        listed(&c, "/v1/jobs?selector=team=ops").await,
+        ["after-upgrade"]
+    );
 }
 
 /// The shipped systemd units pass `systemd-analyze verify` without a warning (with `ExecStart`

@@ -2,9 +2,16 @@
 //! (Debian's package) as the target:
 //!
 //! 1. fill: `--jobs` jobs (every 1 h, first run hours away) created through the leader by
-//!    `--clients` clients at once; per `--sample-secs`: jobs created, the create rate and every
-//!    node's RSS; non-2xx answers and client timeouts are counted;
+//!    `--clients` clients at once, job `j{k}` labelled `team: t{k % 10}` and `env: prod` or
+//!    `dev` (by `k / 10`, so `team=t3,env=prod` holds for 5 %); per `--sample-secs`: jobs
+//!    created, the create rate and every node's RSS; non-2xx answers and client timeouts are
+//!    counted;
 //! 2. size: each node's data dir on disk and RSS once the fill is done;
+//!    then the listing (`--list-pages`, 0 skips it): one request at a time against the leader
+//!    and then a follower (linearizable reads), pages of 100 of `GET /v1/jobs?selector=team=t3`
+//!    and `selector=team=t3,env=prod`, then, once every `--pause-every`th job is paused, of
+//!    `state=paused`: chains of `--list-chain` pages, each from a random `after` (a job id) on
+//!    through `next`; the latency (p50/p99/max) and the jobs in each page (100 but at the end);
 //! 3. restart: every node SIGTERMed, then all started again: time until all three are ready,
 //!    and their RSS then;
 //! 4. herd: `--herd` one-shot jobs all due at the same instant T (far enough ahead that their
@@ -30,9 +37,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use hookd_jepsen::local::{await_leader, http, now_ms, rfc3339, rss_kib, work_dir, LocalCluster};
+use hookd_jepsen::local::{http, now_ms, rfc3339, rss_kib, work_dir, LocalCluster, LEADER_WITHIN};
 use hookd_jepsen::nginx::Nginx;
 use hookd_jepsen::stats::{Latencies, Summary};
+use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -74,6 +82,19 @@ struct Args {
     /// Also measure the operations of phase 5.
     #[arg(long)]
     ops: bool,
+    /// Filtered pages of jobs read per filter and node after the fill (0 skips the listing).
+    #[arg(long, default_value_t = 200)]
+    list_pages: usize,
+    /// Pages read from each random `after` on, following `next`.
+    #[arg(long, default_value_t = 4)]
+    list_chain: usize,
+    /// A filter's pages on one node stop after this long even if not all were read.
+    #[arg(long, default_value_t = 60)]
+    list_max_secs: u64,
+    /// After the label filters' pages, pause every job whose number is a multiple of this for
+    /// the `state=paused` pages (0: no pauses and no such pages).
+    #[arg(long, default_value_t = 100)]
+    pause_every: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -109,12 +130,51 @@ struct Herd {
     claimed_late: f64,
 }
 
+/// Filtered pages of `GET /v1/jobs` read from one node.
+#[derive(Debug, Serialize)]
+struct ListSeries {
+    /// The filter, e.g. `selector=team=t3`.
+    filter: String,
+    /// `leader` or `follower`.
+    node: &'static str,
+    pages: usize,
+    /// Every page that answered 200.
+    latency: Summary,
+    /// The first page of each chain (from a random `after`), and the pages that followed `next`.
+    random_after: Summary,
+    following: Summary,
+    /// Pages with `LIST_LIMIT` jobs and a `next`.
+    full_pages: usize,
+    /// Pages with fewer jobs and a `next`: short mid-way.
+    short_pages: usize,
+    /// Pages whose `next` is null: the end (any number of jobs).
+    last_pages: usize,
+    /// The jobs in each page that was not full (the first 20).
+    short_sizes: Vec<usize>,
+    /// Answers other than 200 and failed requests, and the first of them.
+    errors: usize,
+    first_error: Option<String>,
+    /// Jobs listed that do not match the filter, or not in id order after `after`.
+    wrong: usize,
+    secs: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Listing {
+    limit: usize,
+    /// Jobs paused before the listing, and how long that took.
+    paused: usize,
+    pause_secs: f64,
+    series: Vec<ListSeries>,
+}
+
 #[derive(Debug, Serialize)]
 struct Report {
     jobs: usize,
     fill: Fill,
     data_dir_mib: Vec<f64>,
     rss_after_fill_mib: Vec<f64>,
+    listing: Option<Listing>,
     restart_ready_ms: Option<u128>,
     rss_after_restart_mib: Vec<f64>,
     /// 10 s after all were ready (the leader has indexed every job by then).
@@ -174,7 +234,7 @@ async fn ops(c: &mut LocalCluster, nginx: &Nginx, dir: &Path) -> anyhow::Result<
         .timeout(Duration::from_secs(120))
         .build()?;
     let mut o = Ops::default();
-    let l = await_leader(c).await?;
+    let l = c.await_leader(&http(), LEADER_WITHIN).await?;
     let follower = (0..3).find(|i| *i != l).unwrap_or(0);
 
     // Backup.
@@ -200,7 +260,7 @@ async fn ops(c: &mut LocalCluster, nginx: &Nginx, dir: &Path) -> anyhow::Result<
     );
 
     // A fourth node joins, then leaves.
-    let j = c.add_joining(dir)?;
+    let j = c.add_joining()?;
     c.spawn(j)?;
     let body = json!({"id": c.nodes[j].id, "peer_addr": c.nodes[j].peer.to_string(),
                       "api_addr": c.nodes[j].api.to_string()});
@@ -277,7 +337,7 @@ async fn ops(c: &mut LocalCluster, nginx: &Nginx, dir: &Path) -> anyhow::Result<
 
 /// The rolling restart of phase 5.
 async fn rolling_restart(c: &mut LocalCluster, nginx: &Nginx) -> anyhow::Result<Rolling> {
-    let l = await_leader(c).await?;
+    let l = c.await_leader(&http(), LEADER_WITHIN).await?;
     let start = (now_ms() / 1000 + 2) * 1000;
     let tick = json!({"id": "rolling-tick", "url": nginx.url,
                       "schedule": {"every": "1s", "start_at": rfc3339(start)}});
@@ -371,6 +431,222 @@ async fn rolling_restart(c: &mut LocalCluster, nginx: &Nginx) -> anyhow::Result<
     Ok(rolling)
 }
 
+/// Jobs per filtered page.
+const LIST_LIMIT: usize = 100;
+
+/// A filter of `GET /v1/jobs` the listing measures: its query parameter, and whether a job as
+/// the API shows it matches.
+struct ListFilter {
+    param: &'static str,
+    value: &'static str,
+    matches: fn(&Value) -> bool,
+}
+
+/// 10 % of the fill, 5 %, and the paused jobs (`--pause-every`).
+const LIST_FILTERS: [ListFilter; 3] = [
+    ListFilter {
+        param: "selector",
+        value: "team=t3",
+        matches: |j| j["labels"]["team"] == "t3",
+    },
+    ListFilter {
+        param: "selector",
+        value: "team=t3,env=prod",
+        matches: |j| j["labels"]["team"] == "t3" && j["labels"]["env"] == "prod",
+    },
+    ListFilter {
+        param: "state",
+        value: "paused",
+        matches: |j| j["paused"] == true,
+    },
+];
+
+/// The listing phase (see the module doc).
+async fn listing(c: &LocalCluster, args: &Args) -> anyhow::Result<Listing> {
+    let l = c.await_leader(&http(), LEADER_WITHIN).await?;
+    let follower = (0..3).find(|i| *i != l).unwrap_or(0);
+    let (mut paused, mut pause_secs) = (0, 0.0);
+    let http = http();
+    let mut series = Vec::new();
+    for (f, filter) in LIST_FILTERS.iter().enumerate() {
+        // The pauses come after the label filters, so that pauses that fail spoil only these.
+        if filter.param == "state" {
+            if args.pause_every == 0 {
+                continue;
+            }
+            let every = args.pause_every;
+            let made = create_all(
+                Creates {
+                    api: c.url(l, ""),
+                    count: args.jobs.div_ceil(every),
+                    clients: args.clients,
+                    deadline: Instant::now() + Duration::from_secs(120),
+                },
+                move |k| (format!("/v1/jobs/j{}/pause", k * every), json!({})),
+                |_| {},
+            )
+            .await;
+            (paused, pause_secs) = (made.created, made.secs);
+            println!(
+                "list: paused {paused} jobs in {pause_secs:.1} s ({} non-2xx, {} timeouts)",
+                made.non_2xx, made.timeouts
+            );
+            if made.non_2xx + made.timeouts > 0 {
+                println!("list: not all pauses succeeded: no state=paused pages");
+                continue;
+            }
+        }
+        for (node, i) in [("leader", l), ("follower", follower)] {
+            // The same random starts on both nodes.
+            let rng = rand::rngs::StdRng::seed_from_u64(f as u64);
+            let s = list_series(&http, (node, &c.url(i, "/v1/jobs")), filter, args, rng).await?;
+            println!(
+                "list: {node:<8} {}={:<16} {} pages in {:.1} s: {}; random after p99 {:.2} ms, \
+                 next p99 {:.2} ms; {} full, {} short mid-way, {} last, short sizes {:?}; \
+                 {} errors (first: {}), {} wrong",
+                filter.param,
+                filter.value,
+                s.pages,
+                s.secs,
+                s.latency,
+                s.random_after.p99_ms,
+                s.following.p99_ms,
+                s.full_pages,
+                s.short_pages,
+                s.last_pages,
+                s.short_sizes,
+                s.errors,
+                s.first_error.as_deref().unwrap_or("none"),
+                s.wrong
+            );
+            series.push(s);
+        }
+    }
+    Ok(Listing {
+        limit: LIST_LIMIT,
+        paused,
+        pause_secs,
+        series,
+    })
+}
+
+/// Up to `--list-pages` pages of `filter` from `node`'s `api` (`…/v1/jobs`), one request at a
+/// time, in chains of `--list-chain` from a random `after` on through `next`, for
+/// `--list-max-secs` at most.
+async fn list_series(
+    http: &reqwest::Client,
+    (node, api): (&'static str, &str),
+    filter: &ListFilter,
+    args: &Args,
+    mut rng: rand::rngs::StdRng,
+) -> anyhow::Result<ListSeries> {
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(args.list_max_secs);
+    let (mut all, mut random_after, mut following) = (
+        Latencies::default(),
+        Latencies::default(),
+        Latencies::default(),
+    );
+    let mut s = ListSeries {
+        filter: format!("{}={}", filter.param, filter.value),
+        node,
+        pages: 0,
+        latency: all.summary(),
+        random_after: all.summary(),
+        following: all.summary(),
+        full_pages: 0,
+        short_pages: 0,
+        last_pages: 0,
+        short_sizes: Vec::new(),
+        errors: 0,
+        first_error: None,
+        wrong: 0,
+        secs: 0.0,
+    };
+    let limit = LIST_LIMIT.to_string();
+    'chains: while s.pages < args.list_pages {
+        let mut after = format!("j{}", rng.random_range(0..args.jobs.max(1)));
+        for step in 0..args.list_chain.max(1) {
+            if s.pages >= args.list_pages || Instant::now() > deadline {
+                break 'chains;
+            }
+            let url = reqwest::Url::parse_with_params(
+                api,
+                [
+                    (filter.param, filter.value),
+                    ("limit", &limit),
+                    ("after", &after),
+                ],
+            )?;
+            s.pages += 1;
+            let t = Instant::now();
+            let answer = match http.get(url).send().await {
+                Ok(r) => {
+                    let status = r.status().as_u16();
+                    r.bytes().await.map(|b| (status, b))
+                }
+                Err(e) => Err(e),
+            };
+            let took = t.elapsed();
+            let page = match &answer {
+                Ok((200, body)) => serde_json::from_slice::<Value>(body).ok(),
+                _ => None,
+            };
+            let Some(page) = page else {
+                s.errors += 1;
+                s.first_error.get_or_insert_with(|| match answer {
+                    Ok((status, body)) => {
+                        let body = String::from_utf8_lossy(&body);
+                        format!("{status} {}", body.chars().take(300).collect::<String>())
+                    }
+                    Err(e) => e.to_string(),
+                });
+                continue 'chains;
+            };
+            all.record(took);
+            if step == 0 {
+                random_after.record(took);
+            } else {
+                following.record(took);
+            }
+            let jobs = page["jobs"].as_array().map_or(&[][..], Vec::as_slice);
+            s.wrong += wrong_jobs(&after, jobs, filter.matches);
+            let next = page["next"].as_str();
+            match next {
+                None => s.last_pages += 1,
+                Some(_) if jobs.len() == LIST_LIMIT => s.full_pages += 1,
+                Some(_) => s.short_pages += 1,
+            }
+            if jobs.len() < LIST_LIMIT && s.short_sizes.len() < 20 {
+                s.short_sizes.push(jobs.len());
+            }
+            match next {
+                Some(n) => after = n.to_owned(),
+                None => continue 'chains,
+            }
+        }
+    }
+    s.secs = started.elapsed().as_secs_f64();
+    s.latency = all.summary();
+    s.random_after = random_after.summary();
+    s.following = following.summary();
+    Ok(s)
+}
+
+/// How many of a page's `jobs` do not match, or are not in id order after `after`.
+fn wrong_jobs(after: &str, jobs: &[Value], matches: fn(&Value) -> bool) -> usize {
+    let mut last = after;
+    let mut wrong = 0;
+    for j in jobs {
+        let id = j["id"].as_str().unwrap_or_default();
+        if id <= last || !matches(j) {
+            wrong += 1;
+        }
+        last = id.max(last);
+    }
+    wrong
+}
+
 /// The leader's `hookd_runs_claimed_late_total` (0 when absent).
 async fn claimed_late(c: &LocalCluster, leader: usize) -> f64 {
     let text = match http().get(c.url(leader, "/metrics")).send().await {
@@ -449,7 +725,8 @@ fn herd_lateness(reqs: &[(i64, String, i64)], prefix: &str, due_ms: i64) -> (usi
     (first.len(), lat.summary(), rate)
 }
 
-/// How many jobs to create, through which API URL, with how many clients, until when.
+/// How many requests to send to which node (its URL without a path), with how many clients,
+/// until when.
 struct Creates {
     api: String,
     count: usize,
@@ -457,8 +734,9 @@ struct Creates {
     deadline: Instant,
 }
 
-/// Creates jobs `body(k)` for k in `0..count`; a 429 is retried after its `Retry-After`.
-/// Calls `tick` with the jobs created so far every 200 ms.
+/// Sends `POST {api}{path}` with `body` for `(path, body) = request(k)`, k in `0..count` (jobs
+/// to create, or pauses); a 429 is retried after its `Retry-After`. Calls `tick` with the
+/// requests that succeeded so far every 200 ms.
 async fn create_all(
     Creates {
         api,
@@ -466,7 +744,7 @@ async fn create_all(
         clients,
         deadline,
     }: Creates,
-    body: impl Fn(usize) -> Value + Send + Sync + 'static,
+    request: impl Fn(usize) -> (String, Value) + Send + Sync + 'static,
     mut tick: impl FnMut(usize),
 ) -> Fill {
     let http = http();
@@ -474,11 +752,11 @@ async fn create_all(
     let created = Arc::new(AtomicUsize::new(0));
     let non_2xx = Arc::new(AtomicUsize::new(0));
     let timeouts = Arc::new(AtomicUsize::new(0));
-    let body = Arc::new(body);
+    let request = Arc::new(request);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..clients {
-        let (http, api, body) = (http.clone(), api.clone(), body.clone());
+        let (http, api, request) = (http.clone(), api.clone(), request.clone());
         let (next, created, non_2xx, timeouts) = (
             next.clone(),
             created.clone(),
@@ -491,12 +769,13 @@ async fn create_all(
                 if k >= count {
                     return;
                 }
-                let job = body(k);
+                let (path, body) = request(k);
+                let url = format!("{api}{path}");
                 for _ in 0..100 {
                     if Instant::now() > deadline {
                         return;
                     }
-                    match http.post(&api).json(&job).send().await {
+                    match http.post(&url).json(&body).send().await {
                         Ok(r) if r.status().is_success() => {
                             created.fetch_add(1, Ordering::Relaxed);
                         }
@@ -551,7 +830,7 @@ async fn main() -> anyhow::Result<()> {
     let nginx = Nginx::start(&args.nginx, &dir.join("nginx"))?;
     let mut c = LocalCluster::new(&hookd, &dir, 3, &args.hookd_args)?;
     c.spawn_all()?;
-    let l = await_leader(&c).await?;
+    let l = c.await_leader(&http(), LEADER_WITHIN).await?;
 
     // 1. fill
     let schedule = match &args.fill_cron {
@@ -567,16 +846,19 @@ async fn main() -> anyhow::Result<()> {
     println!("fill: {} jobs, {} clients", args.jobs, args.clients);
     let mut fill = create_all(
         Creates {
-            api: c.url(l, "/v1/jobs"),
+            api: c.url(l, ""),
             count: args.jobs,
             clients: args.clients,
             deadline: Instant::now() + Duration::from_secs(args.fill_max_secs),
         },
         move |k| {
-            json!({"id": format!("j{k}"), "url": url,
+            let env = if (k / 10) % 2 == 0 { "prod" } else { "dev" };
+            let job = json!({"id": format!("j{k}"), "url": url,
                 "headers": {"content-type": "application/json"},
                 "body": format!("{{\"invoice\":{k}}}"),
-                "schedule": schedule})
+                "labels": {"team": format!("t{}", k % 10), "env": env},
+                "schedule": schedule});
+            ("/v1/jobs".to_owned(), job)
         },
         |created| {
             if last_sample.elapsed() >= every {
@@ -626,6 +908,12 @@ async fn main() -> anyhow::Result<()> {
     let rss_after_fill_mib = rss_mib(&c);
     println!("size: data dirs MiB {data_dir_mib:.0?}, rss MiB {rss_after_fill_mib:.0?}");
 
+    let listing = if args.list_pages > 0 {
+        Some(listing(&c, &args).await?)
+    } else {
+        None
+    };
+
     // 3. restart
     for i in 0..3 {
         c.terminate(i, Duration::from_secs(60))?;
@@ -650,7 +938,7 @@ async fn main() -> anyhow::Result<()> {
 
     // 4. herd
     let herd = if args.herd > 0 {
-        let l = await_leader(&c).await?;
+        let l = c.await_leader(&http(), LEADER_WITHIN).await?;
         let rate = fill.samples.last().map_or(100.0, |s| s.per_s).max(100.0);
         let due = now_ms() + (args.herd as f64 / rate * 1500.0) as i64 + 20_000;
         let at = rfc3339(due);
@@ -659,13 +947,16 @@ async fn main() -> anyhow::Result<()> {
         let late_before = claimed_late(&c, l).await;
         let made = create_all(
             Creates {
-                api: c.url(l, "/v1/jobs"),
+                api: c.url(l, ""),
                 count: args.herd,
                 clients: args.clients,
                 deadline: Instant::now()
                     + Duration::from_millis((due - now_ms()).max(0) as u64 + 60_000),
             },
-            move |k| json!({"id": format!("h{k}"), "url": url, "schedule": {"at": at}}),
+            move |k| {
+                let job = json!({"id": format!("h{k}"), "url": url, "schedule": {"at": at}});
+                ("/v1/jobs".to_owned(), job)
+            },
             |_| {},
         )
         .await;
@@ -712,6 +1003,7 @@ async fn main() -> anyhow::Result<()> {
         fill,
         data_dir_mib,
         rss_after_fill_mib,
+        listing,
         restart_ready_ms,
         rss_after_restart_mib,
         rss_settled_mib,
@@ -732,6 +1024,27 @@ mod tests {
     fn rates_are_per_interval() {
         let r = rates(&[(0.0, 0), (10.0, 5000), (20.0, 8000), (20.0, 8000)]);
         assert_eq!(r, [500.0, 300.0, 0.0]);
+    }
+
+    #[test]
+    fn wrong_jobs_are_those_out_of_filter_or_order() {
+        let job = |id: &str, team: &str| json!({"id": id, "labels": {"team": team}});
+        let matches = LIST_FILTERS[0].matches;
+        let page = [
+            job("j13", "t3"),
+            job("j23", "t3"),
+            job("j24", "t4"),
+            job("j21", "t3"),
+        ];
+        // j24 is another team's, j21 comes after j23.
+        assert_eq!(wrong_jobs("j1", &page, matches), 2);
+        // Not after `after`.
+        assert_eq!(wrong_jobs("j2", &page[..1], matches), 1);
+        assert_eq!(wrong_jobs("j2", &[], matches), 0);
+        assert!((LIST_FILTERS[2].matches)(&json!({"paused": true})));
+        assert!(!(LIST_FILTERS[1].matches)(
+            &json!({"labels": {"team": "t3", "env": "dev"}})
+        ));
     }
 
     #[test]

@@ -30,7 +30,9 @@ use sled::Transactional;
 use super::disk::sync_dir;
 use super::snapfile::{self, FileWriter, Frame, Header, Reader, SnapFileError, Writer};
 use super::Disk;
-use crate::machine::{AppliedTables, LogPosition, Machine, PreImageSets, PreImages, Tx, TxError};
+use crate::machine::{
+    AppliedTables, LogPosition, Machine, PreImageSets, PreImages, TableWriter, Tx, TxError,
+};
 use crate::typ::{
     Cfg, Entry, LogId, Snapshot, SnapshotFile, SnapshotMeta, StorageError, StorageIOError,
     StoredMembership,
@@ -127,6 +129,18 @@ impl Generation {
     }
 }
 
+/// `Machine::complete` over the tables of `gen`, which nobody reads yet.
+fn complete<M: Machine>(disk: &Disk, gen: &Generation) -> std::io::Result<()> {
+    let flushing = disk.clone();
+    let writer = TableWriter {
+        tables: AppliedTables {
+            trees: gen.tables.clone(),
+        },
+        flush: Box::new(move || flushing.flush_blocking()),
+    };
+    M::complete(&writer).map_err(std::io::Error::other)
+}
+
 fn gen_tree_name(number: u64, table: &str) -> String {
     format!("{GEN_PREFIX}{number}_{table}")
 }
@@ -192,6 +206,7 @@ impl<M: Machine> StateMachineStore<M> {
             None => 0u64,
         };
         let gen = Generation::open::<M>(db, active).map_err(sm_err)?;
+        complete::<M>(disk, &gen).map_err(sm_write_err)?;
         // Drop generations left behind by an install that crashed before or after its switch.
         let keep: Vec<String> = M::TABLES.iter().map(|t| gen_tree_name(active, t)).collect();
         for name in db.tree_names() {
@@ -453,7 +468,10 @@ impl<M: Machine> Inner<M> {
                     apply(frame)?;
                 }
             }
-            w.finish_synced().map(drop)
+            w.finish_synced()?;
+            // What the machine derives is completed in the tables, not the file: the file stays
+            // the snapshot as it was sent.
+            complete::<M>(&self.disk, &next)
         };
         match replay() {
             Ok(()) => Ok((next, name)),

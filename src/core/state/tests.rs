@@ -57,6 +57,7 @@ pub(crate) fn spec(url: &str) -> JobSpec {
         },
         paused: false,
         secret_headers: Vec::new(),
+        ext: Default::default(),
     }
 }
 
@@ -340,21 +341,30 @@ fn a_claim_moves_the_guard_and_never_rewrites_the_job_record() {
     assert!(t.get(Table::Jobs, b"a").unwrap().is_none());
 }
 
-/// Schema 3 writes job records compactly; the JSON records of schemas 1 and 2 still read,
-/// and a record in a format this code does not know is refused, not misread.
+/// Format 4 writes job records compactly with their `JobExt`; format 3's compact records and
+/// the JSON records of formats 1 and 2 still read, and a record in a format this code does not
+/// know is refused, not misread.
 #[test]
-fn job_records_are_compact_json_ones_read_and_newer_ones_are_refused() {
+fn job_records_are_compact_older_ones_read_and_newer_ones_are_refused() {
     let t = MemTables::default();
-    create_a(&t, spec("http://x/"));
+    let mut labelled = spec("http://x/");
+    labelled.ext.labels.insert("team".into(), "ops".into());
+    create_a(&t, labelled);
     let stored = t.get(Table::Jobs, b"a").unwrap().unwrap();
-    assert_eq!(stored[0], COMPACT);
+    assert_eq!(stored[0], 0x02);
     let job = decode_job(&stored).unwrap();
+    assert_eq!(job.spec.ext.labels["team"], "ops");
     assert!(stored.len() < json(&job).len() / 2, "{}", stored.len());
     assert_eq!(decode_job(&json(&job)).unwrap(), job);
+    // Format 3: the same record without `ext`, behind `COMPACT`.
+    let mut old = job.clone();
+    old.spec.ext = Default::default();
+    let format_3 = Job3Layout::of(&old);
+    assert_eq!(decode_job(&format_3).unwrap(), old);
     let mut newer = stored.clone();
-    newer[0] = 0x02;
+    newer[0] = 0x03;
     let e = decode_job(&newer).unwrap_err();
-    assert!(matches!(e, StateFault::NewerFormat { byte: 2, .. }), "{e}");
+    assert!(matches!(e, StateFault::NewerFormat { byte: 3, .. }), "{e}");
     assert!(matches!(
         decode_job(&stored[..stored.len() / 2]),
         Err(StateFault::DecodeCompact { .. })
@@ -580,6 +590,8 @@ fn aim(cmd: &mut Command, pick: u8, runs: &[String], at: &Position) {
     match cmd {
         Command::CreateJob { id, .. }
         | Command::PutJob { id, .. }
+        | Command::CreateJob3 { id, .. }
+        | Command::PutJob3 { id, .. }
         | Command::DeleteJob { id, .. }
         | Command::SetPaused { id, .. }
         | Command::TriggerJob { id, .. } => *id = job,
@@ -699,4 +711,38 @@ fn apply_never_panics_and_is_deterministic_on_arbitrary_commands() {
         assert_eq!(*a.0.borrow(), *b.0.borrow(), "round {round}: tables differ");
     }
     assert!(applied > 5000, "only {applied} commands were generated");
+}
+
+/// A job record laid out as format 3 wrote it (`COMPACT`, postcard of the fields without `ext`).
+struct Job3Layout;
+
+impl Job3Layout {
+    fn of(job: &Job) -> Vec<u8> {
+        let s = &job.spec;
+        let spec = crate::core::command::JobSpec3 {
+            url: s.url.clone(),
+            method: s.method.clone(),
+            headers: s.headers.clone(),
+            body: s.body.clone(),
+            schedule: s.schedule.clone(),
+            retry: s.retry.clone(),
+            timeout_ms: s.timeout_ms,
+            misfire: s.misfire.clone(),
+            paused: s.paused,
+            secret_headers: s.secret_headers.clone(),
+        };
+        let fields = (
+            &job.id,
+            spec,
+            job.incarnation,
+            job.created_at_ms,
+            job.updated_at_ms,
+            job.version,
+            job.schedule_base_ms,
+            job.cursor_ms,
+        );
+        let mut out = vec![COMPACT];
+        out.extend(postcard::to_allocvec(&fields).unwrap());
+        out
+    }
 }
