@@ -13,10 +13,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, SecondsFormat, Utc};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use reqwest::Method;
 use serde_json::{json, Map, Value};
 
+use crate::api::model::ScheduleRequest;
 use crate::config::{parse_initial_cluster, ServeArgs};
 
 /// Flags every client command takes.
@@ -72,6 +74,8 @@ pub enum JobsCmd {
         /// Follow every page.
         #[arg(long)]
         all: bool,
+        #[command(flatten)]
+        filter: JobFilterArgs,
     },
     /// Delete a job (asks for --yes when not on a terminal).
     Delete {
@@ -177,13 +181,57 @@ pub enum RunsCmd {
     List {
         #[arg(long)]
         job: Option<String>,
+        /// [default: failed, or any with --job]
         #[arg(long)]
         status: Option<String>,
         #[arg(long)]
         limit: Option<usize>,
+        /// Only runs of jobs this label selector matches.
+        #[arg(long)]
+        job_selector: Option<String>,
+        /// Only runs of jobs delivering to this host:port.
+        #[arg(long)]
+        target: Option<String>,
+        /// Only runs due at or after this RFC 3339 instant.
+        #[arg(long)]
+        since: Option<String>,
+        /// Only runs due at or before this RFC 3339 instant.
+        #[arg(long)]
+        until: Option<String>,
+        /// Continue from the `next` of an earlier page.
+        #[arg(long)]
+        after: Option<String>,
     },
     /// Deliver a failed run again.
     Retry { run_id: String },
+}
+
+/// The job filters of `GET /v1/jobs` (all given must hold).
+#[derive(Debug, clap::Args)]
+pub struct JobFilterArgs {
+    /// Label selector: `team=payments,env!=dev,tier in (gold,silver),canary,!legacy`.
+    #[arg(long)]
+    selector: Option<String>,
+    /// active, paused or completed.
+    #[arg(long)]
+    state: Option<String>,
+    /// The host:port the job's URL delivers to.
+    #[arg(long)]
+    target: Option<String>,
+    /// Job id prefix.
+    #[arg(long)]
+    prefix: Option<String>,
+}
+
+impl JobFilterArgs {
+    fn pairs(&self) -> [(&'static str, Option<String>); 4] {
+        [
+            ("selector", self.selector.clone()),
+            ("state", self.state.clone()),
+            ("target", self.target.clone()),
+            ("prefix", self.prefix.clone()),
+        ]
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -376,12 +424,39 @@ async fn run_client(args: ClientArgs, cmd: ClientCommand) -> Result<(), CliError
     let client = Client::new(&args)?;
     match cmd {
         ClientCommand::Jobs(cmd) => jobs(&client, &out, cmd).await,
-        ClientCommand::Runs(RunsCmd::List { job, status, limit }) => {
-            let base = match &job {
-                Some(id) => format!("/v1/jobs/{}/runs", seg(id)),
-                None => "/v1/runs".into(),
+        ClientCommand::Runs(RunsCmd::List {
+            job,
+            status,
+            limit,
+            job_selector,
+            target,
+            since,
+            until,
+            after,
+        }) => {
+            let limit = limit.map(|l| l.to_string());
+            let filtered = [&job_selector, &target, &since, &until, &after]
+                .iter()
+                .any(|f| f.is_some());
+            let (base, q) = match &job {
+                Some(id) if !filtered => (
+                    format!("/v1/jobs/{}/runs", seg(id)),
+                    query(&[("status", status), ("limit", limit)]),
+                ),
+                _ => (
+                    "/v1/runs".to_owned(),
+                    query(&[
+                        ("status", status),
+                        ("job_id", job),
+                        ("job_selector", job_selector),
+                        ("target", target),
+                        ("since", since),
+                        ("until", until),
+                        ("after", after),
+                        ("limit", limit),
+                    ]),
+                ),
             };
-            let q = query(&[("status", status), ("limit", limit.map(|l| l.to_string()))]);
             let v = client.ok(Method::GET, &format!("{base}{q}"), None).await?;
             out.table(&v["runs"], RUN_COLUMNS, &v)
         }
@@ -408,7 +483,7 @@ async fn run_client(args: ClientArgs, cmd: ClientCommand) -> Result<(), CliError
             let v = client
                 .ok(Method::POST, "/v1/schedules/preview", Some(body))
                 .await?;
-            out.lines(&v["fires"], &v)
+            out.instants(&v["fires"], &v)
         }
         ClientCommand::Cluster(cmd) => cluster(&client, &out, cmd).await,
         ClientCommand::Targets(TargetsArgs { limit, after }) => {
@@ -439,11 +514,18 @@ async fn jobs(client: &Client, out: &Printer, cmd: JobsCmd) -> Result<(), CliErr
                 .await?;
             out.value(&v)
         }
-        JobsCmd::List { limit, after, all } => {
+        JobsCmd::List {
+            limit,
+            after,
+            all,
+            filter,
+        } => {
             let mut after = after;
             let mut jobs = Vec::new();
             let next = loop {
-                let q = query(&[("limit", Some(limit.to_string())), ("after", after.clone())]);
+                let mut params = vec![("limit", Some(limit.to_string())), ("after", after.clone())];
+                params.extend(filter.pairs());
+                let q = query(&params);
                 let v = client
                     .ok(Method::GET, &format!("/v1/jobs{q}"), None)
                     .await?;
@@ -801,32 +883,66 @@ fn inspect(file: &Path) -> Result<Value, CliError> {
     }))
 }
 
-const JOB_COLUMNS: &[(&str, &str)] = &[
-    ("ID", "/id"),
-    ("STATE", "/state"),
-    ("SCHEDULE", "/schedule"),
-    ("URL", "/url"),
+/// The clock reading that a table's relative times count from: read once per table by the
+/// printer, passed to the pure cell writers below.
+type Now = DateTime<Utc>;
+
+/// How wide an error may be in a cell before its middle is cut.
+const ERROR_WIDTH: usize = 60;
+/// How wide a job's labels may be in a cell before their end is cut.
+const LABELS_WIDTH: usize = 40;
+
+/// A table column: its header, how a row's cell is written for people at `now`, and whether it
+/// is left out when it is empty in every row.
+struct Column {
+    header: &'static str,
+    cell: fn(&Value, Now) -> String,
+    optional: bool,
+}
+
+const fn column(header: &'static str, cell: fn(&Value, Now) -> String) -> Column {
+    Column {
+        header,
+        cell,
+        optional: false,
+    }
+}
+
+const JOB_COLUMNS: &[Column] = &[
+    column("ID", |r, _| text(&r["id"])),
+    column("STATE", |r, _| text(&r["state"])),
+    column("SCHEDULE", |r, now| schedule_words(&r["schedule"], now)),
+    column("NEXT", |r, now| instant(&r["next_fire_at"], now)),
+    column("URL", |r, _| text(&r["url"])),
+    Column {
+        optional: true,
+        ..column("LABELS", |r, _| labels(&r["labels"]))
+    },
 ];
-const RUN_COLUMNS: &[(&str, &str)] = &[
-    ("RUN", "/id"),
-    ("JOB", "/job_id"),
-    ("STATUS", "/status"),
-    ("SCHEDULED_AT", "/scheduled_at"),
-    ("ATTEMPTS", "/attempts"),
+const RUN_COLUMNS: &[Column] = &[
+    column("RUN", |r, _| text(&r["id"])),
+    column("JOB", |r, _| text(&r["job_id"])),
+    column("STATUS", |r, _| run_status(r)),
+    column("SCHEDULED", |r, now| instant(&r["scheduled_at"], now)),
+    column("ATTEMPTS", |r, _| attempts(&r["attempts"])),
+    Column {
+        optional: true,
+        ..column("NEXT_ATTEMPT", |r, now| instant(&r["next_attempt_at"], now))
+    },
 ];
-const TARGET_COLUMNS: &[(&str, &str)] = &[
-    ("TARGET", "/target"),
-    ("IN_FLIGHT", "/in_flight"),
-    ("WAITING", "/waiting"),
-    ("CIRCUIT", "/circuit"),
-    ("LAST_ERROR", "/last_error"),
+const TARGET_COLUMNS: &[Column] = &[
+    column("TARGET", |r, _| text(&r["target"])),
+    column("IN_FLIGHT", |r, _| text(&r["in_flight"])),
+    column("WAITING", |r, _| text(&r["waiting"])),
+    column("CIRCUIT", circuit),
+    column("LAST_ERROR", |r, _| error(&r["last_error"])),
 ];
-const MEMBER_COLUMNS: &[(&str, &str)] = &[
-    ("ID", "/id"),
-    ("ROLE", "/role"),
-    ("VOTER", "/voter"),
-    ("PEER", "/peer_addr"),
-    ("API", "/api_addr"),
+const MEMBER_COLUMNS: &[Column] = &[
+    column("ID", |r, _| text(&r["id"])),
+    column("ROLE", |r, _| text(&r["role"])),
+    column("VOTER", |r, _| text(&r["voter"])),
+    column("PEER", |r, _| text(&r["peer_addr"])),
+    column("API", |r, _| text(&r["api_addr"])),
 ];
 
 /// Prints answers as tables or JSON.
@@ -834,8 +950,9 @@ struct Printer {
     format: Output,
 }
 
-/// A cell: strings as they are, nothing for null, anything else as compact JSON.
-fn cell(v: &Value) -> String {
+/// A value as text: strings as they are, nothing for null (or absent), anything else as compact
+/// JSON.
+fn text(v: &Value) -> String {
     match v {
         Value::Null => String::new(),
         Value::String(s) => s.clone(),
@@ -843,30 +960,230 @@ fn cell(v: &Value) -> String {
     }
 }
 
-/// Rows under headers, columns padded to their widest cell.
-pub fn render_table(rows: &[Value], columns: &[(&str, &str)]) -> String {
+/// An RFC 3339 instant in UTC, written exactly: fractions of a second only when there are any.
+fn exact_instant(t: &str) -> Option<(Now, String)> {
+    let t = DateTime::parse_from_rfc3339(t).ok()?.with_timezone(&Utc);
+    Some((t, t.to_rfc3339_opts(SecondsFormat::AutoSi, true)))
+}
+
+/// An RFC 3339 instant as `2026-12-07T09:00:00Z (in 4m)`: exact, then relative to `now`.
+/// Anything else as [`text`].
+fn instant(v: &Value, now: Now) -> String {
+    match v.as_str().and_then(exact_instant) {
+        Some((t, exact)) => format!("{exact} ({})", relative(t, now)),
+        None => text(v),
+    }
+}
+
+/// `in 4m30s`, `2d3h ago`, `now`: the two largest units, rounded down.
+fn relative(t: Now, now: Now) -> String {
+    let ms = (t - now).num_milliseconds();
+    if ms.unsigned_abs() < 1000 {
+        return "now".into();
+    }
+    let span = span(ms.unsigned_abs() / 1000);
+    if ms > 0 {
+        format!("in {span}")
+    } else {
+        format!("{span} ago")
+    }
+}
+
+/// Seconds as the two largest of days, hours, minutes, seconds: `3h`, `4m30s`, `12d5h`.
+fn span(secs: u64) -> String {
+    const UNITS: [(u64, &str); 4] = [(86_400, "d"), (3_600, "h"), (60, "m"), (1, "s")];
+    let first = UNITS.iter().position(|(u, _)| secs >= *u).unwrap_or(3);
+    let (unit, name) = UNITS[first];
+    let mut out = format!("{}{name}", secs / unit);
+    if let Some((next, next_name)) = UNITS.get(first + 1) {
+        let rest = secs % unit / next;
+        if rest > 0 {
+            out += &format!("{rest}{next_name}");
+        }
+    }
+    out
+}
+
+/// A job's schedule in words: `every 5m`, `every 1h from 2026-12-07T09:00:00Z (in 3h)`,
+/// `at 2026-12-07T09:00:00Z (in 3h)`, `after 30s`, `cron 0 9 * * 1-5 (Europe/Berlin)`. A shape
+/// it does not know is shown as its JSON, so nothing is lost.
+fn schedule_words(v: &Value, now: Now) -> String {
+    let Ok(s) = serde_json::from_value::<ScheduleRequest>(v.clone()) else {
+        return text(v);
+    };
+    let when = |t: String| instant(&Value::String(t), now);
+    match s {
+        ScheduleRequest {
+            at: Some(at),
+            after: None,
+            every: None,
+            start_at: None,
+            cron: None,
+            timezone: None,
+        } => format!("at {}", when(at)),
+        ScheduleRequest {
+            at: None,
+            after: Some(after),
+            every: None,
+            start_at: None,
+            cron: None,
+            timezone: None,
+        } => format!("after {after}"),
+        ScheduleRequest {
+            at: None,
+            after: None,
+            every: Some(every),
+            start_at,
+            cron: None,
+            timezone: None,
+        } => match start_at {
+            Some(start) => format!("every {every} from {}", when(start)),
+            None => format!("every {every}"),
+        },
+        ScheduleRequest {
+            at: None,
+            after: None,
+            every: None,
+            start_at: None,
+            cron: Some(cron),
+            timezone,
+        } => match timezone {
+            Some(tz) => format!("cron {cron} ({tz})"),
+            None => format!("cron {cron}"),
+        },
+        _ => text(v),
+    }
+}
+
+/// A run's attempts as a count and the last outcome: `0`, `1 (last 200)`,
+/// `3 (last 503: …)`, `2 (last: timeout: …)`. Anything but a list is shown as [`text`].
+fn attempts(v: &Value) -> String {
+    let Some(list) = v.as_array() else {
+        return text(v);
+    };
+    let Some(last) = list.last() else {
+        return "0".into();
+    };
+    let outcome = match (last["status_code"].as_u64(), last["error"].as_str()) {
+        (Some(code), Some(e)) => format!(" {code}: {}", ellipsize(e, ERROR_WIDTH)),
+        (Some(code), None) => format!(" {code}"),
+        (None, Some(e)) => format!(": {}", ellipsize(e, ERROR_WIDTH)),
+        (None, None) => return list.len().to_string(),
+    };
+    format!("{} (last{outcome})", list.len())
+}
+
+/// A run's status, with how many fires a skipped entry stands for, and whether it was triggered
+/// by hand: `failed`, `skipped 12 from 2026-12-07T09:00:00Z`, `succeeded (manual)`.
+fn run_status(run: &Value) -> String {
+    let mut out = text(&run["status"]);
+    let skipped = &run["skipped"];
+    if let Some(count) = skipped["count"].as_u64().filter(|c| *c > 1) {
+        out += &format!(" {count} from ");
+        let first = &skipped["first_scheduled_at"];
+        out += &first
+            .as_str()
+            .and_then(exact_instant)
+            .map_or_else(|| text(first), |(_, exact)| exact);
+    }
+    if run["manual"] == Value::Bool(true) {
+        out += " (manual)";
+    }
+    out
+}
+
+/// A target's circuit: `closed`, `closed (2 failures)`, `open until 2026-… (in 20s)`,
+/// `half_open`.
+fn circuit(target: &Value, now: Now) -> String {
+    let state = text(&target["circuit"]);
+    let failures = target["consecutive_failures"].as_u64().unwrap_or(0);
+    match &target["open_until"] {
+        Value::Null if failures == 1 => format!("{state} (1 failure)"),
+        Value::Null if failures > 1 => format!("{state} ({failures} failures)"),
+        Value::Null => state,
+        until => format!("{state} until {}", instant(until, now)),
+    }
+}
+
+/// An error message, its middle cut to fit [`ERROR_WIDTH`].
+fn error(v: &Value) -> String {
+    ellipsize(&text(v), ERROR_WIDTH)
+}
+
+/// A job's labels as `k=v,k2=v2` (in key order), cut to [`LABELS_WIDTH`]; nothing when absent
+/// or empty.
+fn labels(v: &Value) -> String {
+    let Some(map) = v.as_object() else {
+        return text(v);
+    };
+    let all: Vec<String> = map
+        .iter()
+        .map(|(k, v)| format!("{k}={}", text(v)))
+        .collect();
+    let all = all.join(",");
+    if all.chars().count() <= LABELS_WIDTH {
+        return all;
+    }
+    let head: String = all.chars().take(LABELS_WIDTH - 1).collect();
+    head + "…"
+}
+
+/// `s` cut to at most `max` characters by putting ` … ` in place of its middle: the start says
+/// what kind of error it is, the end its cause. Cuts at a word's edge when one is near.
+fn ellipsize(s: &str, max: usize) -> String {
+    const SLACK: usize = 8;
+    let chars: Vec<char> = s.chars().collect();
+    if chars.len() <= max {
+        return s.to_owned();
+    }
+    let keep = max.saturating_sub(3);
+    let mut head = &chars[..keep / 3];
+    let mut tail = &chars[chars.len() - (keep - keep / 3)..];
+    if !chars[head.len()].is_whitespace() {
+        if let Some(i) = head
+            .iter()
+            .rposition(|c| c.is_whitespace())
+            .filter(|i| head.len() - i <= SLACK)
+        {
+            head = &head[..i];
+        }
+    }
+    if !chars[chars.len() - tail.len() - 1].is_whitespace() {
+        if let Some(i) = tail
+            .iter()
+            .position(|c| c.is_whitespace())
+            .filter(|i| *i < SLACK)
+        {
+            tail = &tail[i + 1..];
+        }
+    }
+    let head: String = head.iter().collect();
+    let tail: String = tail.iter().collect();
+    format!("{} … {}", head.trim_end(), tail.trim_start())
+}
+
+/// Rows under headers, columns padded to their widest cell; an optional column empty in every
+/// row is left out. Times are written relative to `now`.
+fn render_table(rows: &[Value], columns: &[Column], now: Now) -> String {
     let cells: Vec<Vec<String>> = rows
         .iter()
-        .map(|r| {
-            columns
-                .iter()
-                .map(|(_, p)| cell(r.pointer(p).unwrap_or(&Value::Null)))
-                .collect()
-        })
+        .map(|r| columns.iter().map(|c| (c.cell)(r, now)).collect())
         .collect();
-    let widths: Vec<usize> = columns
+    let shown: Vec<usize> = (0..columns.len())
+        .filter(|i| !columns[*i].optional || cells.iter().any(|r| !r[*i].is_empty()))
+        .collect();
+    let widths: Vec<usize> = shown
         .iter()
-        .enumerate()
-        .map(|(i, (h, _))| {
+        .map(|i| {
             cells
                 .iter()
-                .map(|r| r[i].chars().count())
-                .chain([h.len()])
+                .map(|r| r[*i].chars().count())
+                .chain([columns[*i].header.len()])
                 .max()
                 .unwrap_or(0)
         })
         .collect();
-    let line = |cols: Vec<String>| {
+    let line = |cols: Vec<&str>| {
         let padded: Vec<String> = cols
             .iter()
             .zip(&widths)
@@ -874,8 +1191,12 @@ pub fn render_table(rows: &[Value], columns: &[(&str, &str)]) -> String {
             .collect();
         padded.join("  ").trim_end().to_owned()
     };
-    let mut out = vec![line(columns.iter().map(|(h, _)| h.to_string()).collect())];
-    out.extend(cells.into_iter().map(line));
+    let mut out = vec![line(shown.iter().map(|i| columns[*i].header).collect())];
+    out.extend(
+        cells
+            .iter()
+            .map(|r| line(shown.iter().map(|i| r[*i].as_str()).collect())),
+    );
     out.join("\n") + "\n"
 }
 
@@ -894,7 +1215,7 @@ impl Printer {
             (Output::Table, Some(obj)) => {
                 let width = obj.keys().map(String::len).max().unwrap_or(0);
                 for (k, v) in obj {
-                    println!("{k:<width$}  {}", cell(v));
+                    println!("{k:<width$}  {}", text(v));
                 }
                 Ok(())
             }
@@ -903,11 +1224,11 @@ impl Printer {
     }
 
     /// A list as a table on a terminal; the whole answer as JSON otherwise.
-    fn table(&self, rows: &Value, columns: &[(&str, &str)], whole: &Value) -> Result<(), CliError> {
+    fn table(&self, rows: &Value, columns: &[Column], whole: &Value) -> Result<(), CliError> {
         match self.format {
             Output::Table => {
                 let rows = rows.as_array().cloned().unwrap_or_default();
-                print!("{}", render_table(&rows, columns));
+                print!("{}", render_table(&rows, columns, Utc::now()));
                 if let Some(next) = whole["next"].as_str() {
                     println!("(more after {next}: --after {next})");
                 }
@@ -917,11 +1238,14 @@ impl Printer {
         }
     }
 
-    fn lines(&self, items: &Value, whole: &Value) -> Result<(), CliError> {
+    /// Instants, one a line (exact and relative) on a terminal; the whole answer as JSON
+    /// otherwise.
+    fn instants(&self, items: &Value, whole: &Value) -> Result<(), CliError> {
         match self.format {
             Output::Table => {
+                let now = Utc::now();
                 for i in items.as_array().into_iter().flatten() {
-                    println!("{}", cell(i));
+                    println!("{}", instant(i, now));
                 }
                 Ok(())
             }
@@ -934,13 +1258,13 @@ impl Printer {
             Output::Table => {
                 println!(
                     "cluster {}  leader {}  term {}  commit {}",
-                    cell(&v["cluster_id"]),
-                    cell(&v["leader_id"]),
-                    cell(&v["term"]),
-                    cell(&v["commit_index"])
+                    text(&v["cluster_id"]),
+                    text(&v["leader_id"]),
+                    text(&v["term"]),
+                    text(&v["commit_index"])
                 );
                 let rows = v["members"].as_array().cloned().unwrap_or_default();
-                print!("{}", render_table(&rows, MEMBER_COLUMNS));
+                print!("{}", render_table(&rows, MEMBER_COLUMNS, Utc::now()));
                 Ok(())
             }
             Output::Json => self.json(v),
@@ -1007,16 +1331,225 @@ mod tests {
         );
     }
 
+    /// The fixed instant the table tests count from.
+    fn now() -> Now {
+        DateTime::parse_from_rfc3339("2026-12-07T08:56:00Z")
+            .expect("instant")
+            .with_timezone(&Utc)
+    }
+
     #[test]
-    fn tables_pad_columns_to_the_widest_cell() {
+    fn tables_pad_columns_and_leave_out_optional_ones_empty_everywhere() {
+        const COLUMNS: &[Column] = &[
+            column("ID", |r, _| text(&r["id"])),
+            column("STATE", |r, _| text(&r["state"])),
+            column("N", |r, _| text(&r["n"])),
+            Column {
+                optional: true,
+                ..column("EXTRA", |r, _| text(&r["extra"]))
+            },
+        ];
         let rows = vec![
             json!({"id": "a", "state": "active", "n": 1}),
             json!({"id": "longer-id", "state": null, "n": {"k": 2}}),
         ];
-        let t = render_table(&rows, &[("ID", "/id"), ("STATE", "/state"), ("N", "/n")]);
         assert_eq!(
-            t,
+            render_table(&rows, COLUMNS, now()),
             "ID         STATE   N\na          active  1\nlonger-id          {\"k\":2}\n"
+        );
+        let rows = vec![json!({"id": "a", "extra": "x…y"}), json!({"id": "b"})];
+        assert_eq!(
+            render_table(&rows, COLUMNS, now()),
+            "ID  STATE  N  EXTRA\na             x…y\nb\n"
+        );
+    }
+
+    #[test]
+    fn times_are_exact_then_relative_to_now() {
+        for (t, want) in [
+            ("2026-12-07T09:00:00.000Z", "2026-12-07T09:00:00Z (in 4m)"),
+            ("2026-12-07T08:54:00.000Z", "2026-12-07T08:54:00Z (2m ago)"),
+            ("2026-12-07T08:56:00.400Z", "2026-12-07T08:56:00.400Z (now)"),
+            ("2026-12-07T08:55:59.000Z", "2026-12-07T08:55:59Z (1s ago)"),
+            (
+                "2026-12-07T12:26:45.000Z",
+                "2026-12-07T12:26:45Z (in 3h30m)",
+            ),
+            (
+                "2026-12-07T11:56:59.999Z",
+                "2026-12-07T11:56:59.999Z (in 3h)",
+            ),
+            (
+                "2026-12-19T13:00:00.000Z",
+                "2026-12-19T13:00:00Z (in 12d4h)",
+            ),
+            (
+                "2025-12-07T08:56:00.000Z",
+                "2025-12-07T08:56:00Z (365d ago)",
+            ),
+            ("2026-12-07T10:56:00+02:00", "2026-12-07T08:56:00Z (now)"),
+        ] {
+            assert_eq!(instant(&json!(t), now()), want, "{t}");
+        }
+        assert_eq!(instant(&Value::Null, now()), "");
+        assert_eq!(
+            instant(&json!("soon"), now()),
+            "soon",
+            "not an instant: as is"
+        );
+    }
+
+    #[test]
+    fn schedules_are_written_in_words() {
+        for (schedule, want) in [
+            (json!({"every": "5m"}), "every 5m"),
+            (
+                json!({"every": "1h30m", "start_at": "2026-12-07T12:00:00.000Z"}),
+                "every 1h30m from 2026-12-07T12:00:00Z (in 3h4m)",
+            ),
+            (
+                json!({"at": "2026-12-07T09:00:00.000Z"}),
+                "at 2026-12-07T09:00:00Z (in 4m)",
+            ),
+            (json!({"after": "30s"}), "after 30s"),
+            (
+                json!({"cron": "0 9 * * 1-5", "timezone": "Europe/Berlin"}),
+                "cron 0 9 * * 1-5 (Europe/Berlin)",
+            ),
+            (json!({"cron": "*/5 * * * *"}), "cron */5 * * * *"),
+            // Shapes it does not know keep every field, as JSON.
+            (
+                json!({"every": "5m", "timezone": "UTC"}),
+                r#"{"every":"5m","timezone":"UTC"}"#,
+            ),
+            (json!({"hourly": true}), r#"{"hourly":true}"#),
+            (json!("weird"), "weird"),
+            (Value::Null, ""),
+        ] {
+            assert_eq!(schedule_words(&schedule, now()), want, "{schedule}");
+        }
+    }
+
+    #[test]
+    fn attempts_are_a_count_and_the_last_outcome() {
+        let attempt = |code: Value, error: Value| {
+            json!({"n": 1, "started_at": "2026-12-07T08:55:00.000Z", "duration_ms": 12,
+                   "status_code": code, "error": error, "node_id": 1})
+        };
+        let refused = "connect error: error sending request: client error (Connect): \
+                       tcp connect error: Connection refused (os error 111)";
+        for (list, want) in [
+            (json!([]), "0".to_owned()),
+            (
+                json!([attempt(json!(200), Value::Null)]),
+                "1 (last 200)".into(),
+            ),
+            (
+                json!([
+                    attempt(Value::Null, json!("timeout")),
+                    attempt(json!(500), Value::Null),
+                    attempt(json!(503), json!("status 503"))
+                ]),
+                "3 (last 503: status 503)".into(),
+            ),
+            (
+                json!([attempt(Value::Null, json!(refused))]),
+                "1 (last: connect error: … Connection refused (os error 111))".into(),
+            ),
+            (json!([attempt(Value::Null, Value::Null)]), "1".into()),
+            (Value::Null, String::new()),
+        ] {
+            assert_eq!(attempts(&list), want, "{list}");
+        }
+    }
+
+    #[test]
+    fn long_errors_lose_their_middle_and_labels_their_end() {
+        assert_eq!(ellipsize("short", 10), "short");
+        assert_eq!(ellipsize("abcdefghijklmnopqrstuvwxyz", 10), "ab … vwxyz");
+        assert_eq!(
+            ellipsize("one two three four five six seven eight nine ten", 30),
+            "one two … eight nine ten"
+        );
+        for s in [
+            "x".repeat(200),
+            "é ".repeat(100),
+            "a b c d e f g h i j k l".into(),
+        ] {
+            for max in 10..40 {
+                assert!(ellipsize(&s, max).chars().count() <= max, "{s:?} at {max}");
+            }
+        }
+        assert_eq!(
+            labels(&json!({"team": "billing", "env": "prod"})),
+            "env=prod,team=billing"
+        );
+        assert_eq!(labels(&json!({})), "");
+        assert_eq!(labels(&Value::Null), "", "absent");
+        let many = labels(&json!({"a": "x".repeat(30), "b": "y".repeat(30)}));
+        assert_eq!(many.chars().count(), LABELS_WIDTH);
+        assert!(many.starts_with("a=xxx") && many.ends_with('…'), "{many}");
+    }
+
+    #[test]
+    fn job_run_and_target_tables_read_as_words() {
+        let jobs = vec![
+            json!({"id": "standup", "state": "active", "url": "https://example.com/h",
+                   "schedule": {"cron": "0 9 * * 1-5", "timezone": "Europe/Berlin"},
+                   "next_fire_at": "2026-12-08T08:00:00.000Z", "labels": {"team": "ops"}}),
+            json!({"id": "once", "state": "completed", "url": "http://127.0.0.1:9/h",
+                   "schedule": {"at": "2026-12-07T08:00:00.000Z"}, "next_fire_at": null}),
+        ];
+        assert_eq!(
+            render_table(&jobs, JOB_COLUMNS, now()),
+            "\
+ID       STATE      SCHEDULE                           NEXT                             URL                    LABELS
+standup  active     cron 0 9 * * 1-5 (Europe/Berlin)   2026-12-08T08:00:00Z (in 23h4m)  https://example.com/h  team=ops
+once     completed  at 2026-12-07T08:00:00Z (56m ago)                                   http://127.0.0.1:9/h
+"
+        );
+        let no_labels = render_table(&jobs[1..], JOB_COLUMNS, now());
+        assert!(!no_labels.contains("LABELS"), "{no_labels}");
+
+        let runs = vec![
+            json!({"id": "run_1_a", "job_id": "standup", "status": "retrying", "manual": false,
+                   "scheduled_at": "2026-12-07T08:54:00.000Z",
+                   "next_attempt_at": "2026-12-07T08:56:30.000Z",
+                   "attempts": [{"n": 1, "status_code": 503, "error": null}]}),
+            json!({"id": "run_1_b", "job_id": "standup", "status": "skipped", "manual": false,
+                   "scheduled_at": "2026-12-07T08:00:00.000Z", "next_attempt_at": null,
+                   "attempts": [], "skipped": {"count": 12,
+                   "first_scheduled_at": "2026-12-07T07:00:00.000Z",
+                   "last_scheduled_at": "2026-12-07T08:00:00.000Z"}}),
+            json!({"id": "run_1_c", "job_id": "standup", "status": "succeeded", "manual": true,
+                   "scheduled_at": "2026-12-07T06:56:00.000Z", "next_attempt_at": null,
+                   "attempts": [{"n": 1, "status_code": 200, "error": null}]}),
+        ];
+        assert_eq!(
+            render_table(&runs, RUN_COLUMNS, now()),
+            "\
+RUN      JOB      STATUS                                SCHEDULED                       ATTEMPTS      NEXT_ATTEMPT
+run_1_a  standup  retrying                              2026-12-07T08:54:00Z (2m ago)   1 (last 503)  2026-12-07T08:56:30Z (in 30s)
+run_1_b  standup  skipped 12 from 2026-12-07T07:00:00Z  2026-12-07T08:00:00Z (56m ago)  0
+run_1_c  standup  succeeded (manual)                    2026-12-07T06:56:00Z (2h ago)   1 (last 200)
+"
+        );
+
+        let targets = vec![
+            json!({"target": "example.com:443", "in_flight": 0, "waiting": 3,
+                   "circuit": "open", "open_until": "2026-12-07T08:56:20.000Z",
+                   "consecutive_failures": 0, "last_error": "timeout"}),
+            json!({"target": "127.0.0.1:9", "in_flight": 1, "waiting": 0,
+                   "circuit": "closed", "open_until": null,
+                   "consecutive_failures": 2, "last_error": null}),
+        ];
+        assert_eq!(
+            render_table(&targets, TARGET_COLUMNS, now()),
+            "\
+TARGET           IN_FLIGHT  WAITING  CIRCUIT                                   LAST_ERROR
+example.com:443  0          3        open until 2026-12-07T08:56:20Z (in 20s)  timeout
+127.0.0.1:9      1          0        closed (2 failures)
+"
         );
     }
 }

@@ -97,6 +97,34 @@ async fn the_client_uses_the_first_node_that_answers_and_exits_by_outcome() {
     let (code, out, _) = run(&["-o", "table", "jobs", "list"]).await;
     assert_eq!(code, 0);
     assert!(out.starts_with("ID") && out.contains("cli-1"), "{out}");
+    // Tables are for people: the schedule in words, the next fire exact and relative.
+    assert!(out.contains("every 1h") && out.contains("(in "), "{out}");
+    assert!(!out.contains(r#"{"every""#), "no schedule JSON: {out}");
+
+    // A run sent where nothing listens: the table shows its attempts as a count and the last
+    // outcome, not as a JSON array; the JSON output keeps the array.
+    let (code, _, err) = run(&["jobs", "trigger", "cli-1"]).await;
+    assert_eq!(code, 0, "{err}");
+    let table = eventually(
+        Duration::from_secs(20),
+        "an attempt in the runs table",
+        || async {
+            let (_, out, _) = run(&["-o", "table", "runs", "list", "--job", "cli-1"]).await;
+            out.contains(" (last").then_some(out)
+        },
+    )
+    .await;
+    assert!(
+        table.starts_with("RUN") && table.contains("ATTEMPTS"),
+        "{table}"
+    );
+    assert!(
+        !table.contains("[{") && !table.contains("status_code"),
+        "{table}"
+    );
+    let (code, out, _) = run(&["runs", "list", "--job", "cli-1"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(json(&out)["runs"][0]["attempts"][0]["n"], 1, "{out}");
 
     // Usage errors exit 2: two schedules, or a delete without --yes off a terminal.
     let (code, _, err) = run(&["jobs", "create", "--every", "1s", "--after", "1m"]).await;
@@ -203,7 +231,7 @@ async fn a_backup_of_a_live_cluster_restores_into_a_new_cluster_and_a_bad_file_i
             "--node-id",
             &new.nodes[i].id.to_string(),
             "--initial-cluster",
-            &new.initial_cluster,
+            new.initial_cluster(),
         ])
         .await;
         assert_eq!(code, 0, "{err}");
@@ -223,7 +251,7 @@ async fn a_backup_of_a_live_cluster_restores_into_a_new_cluster_and_a_bad_file_i
         "--node-id",
         "1",
         "--initial-cluster",
-        &new.initial_cluster,
+        new.initial_cluster(),
     ])
     .await;
     assert_eq!(code, 1, "a data dir in use is refused: {err}");
