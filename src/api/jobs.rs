@@ -148,11 +148,7 @@ pub async fn create(
     let id = id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     let spec = keep_secrets(&state, &id, spec).await?;
     let result = state
-        .propose(Command::CreateJob {
-            id: id.clone(),
-            spec,
-            now_ms: now_ms(),
-        })
+        .propose(Command::create_job(id.clone(), spec, now_ms()))
         .await?;
     respond(&id, result)
 }
@@ -182,11 +178,7 @@ pub async fn put(
     }
     let spec = keep_secrets(&state, &id, spec).await?;
     let result = state
-        .propose(Command::PutJob {
-            id: id.clone(),
-            spec,
-            now_ms: now_ms(),
-        })
+        .propose(Command::put_job(id.clone(), spec, now_ms()))
         .await?;
     respond(&id, result)
 }

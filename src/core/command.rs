@@ -86,7 +86,7 @@ pub struct JobExt {
 }
 
 impl JobExt {
-    fn is_empty(&self) -> bool {
+    pub fn is_empty(&self) -> bool {
         *self == JobExt::default()
     }
 }
@@ -143,6 +143,24 @@ pub struct JobSpec3 {
 impl std::fmt::Debug for JobSpec3 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         JobSpec::from(self.clone()).fmt(f)
+    }
+}
+
+/// The spec without what format 4 added (`ext`).
+impl From<JobSpec> for JobSpec3 {
+    fn from(s: JobSpec) -> JobSpec3 {
+        JobSpec3 {
+            url: s.url,
+            method: s.method,
+            headers: s.headers,
+            body: s.body,
+            schedule: s.schedule,
+            retry: s.retry,
+            timeout_ms: s.timeout_ms,
+            misfire: s.misfire,
+            paused: s.paused,
+            secret_headers: s.secret_headers,
+        }
     }
 }
 
@@ -473,14 +491,16 @@ pub struct AttemptOutcome {
 #[cfg_attr(test, derive(arbitrary::Arbitrary))]
 #[serde(rename_all = "snake_case")]
 pub enum Command {
-    /// `CreateJob` as formats 3 and earlier wrote it (postcard is positional: this variant keeps
-    /// its place, and its spec the layout of then); read from the log, never proposed.
+    /// `CreateJob` as format 3 wrote it (postcard is positional: this variant keeps its place,
+    /// and its spec the layout of then). Still proposed for a spec that uses nothing format 4
+    /// added (`Command::create_job`), so nodes of the previous version read it during a rolling
+    /// upgrade.
     CreateJob3 {
         id: String,
         spec: JobSpec3,
         now_ms: UnixMs,
     },
-    /// `PutJob` as formats 3 and earlier wrote it; read from the log, never proposed.
+    /// `PutJob` as format 3 wrote it; proposed as `CreateJob3` is (`Command::put_job`).
     PutJob3 {
         id: String,
         spec: JobSpec3,
@@ -548,18 +568,62 @@ pub enum Command {
     },
 }
 
+/// A rough size in bytes of a job command carrying these fields.
+fn job_command_bytes(
+    url: &str,
+    body: Option<&String>,
+    headers: &BTreeMap<String, String>,
+) -> usize {
+    256 + url.len()
+        + body.map_or(0, String::len)
+        + headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 8)
+            .sum::<usize>()
+}
+
 impl Command {
+    /// A create as the log carries it: in format 3's variant while the spec uses nothing format
+    /// 4 added, so that nodes of the previous version still read it during a rolling upgrade.
+    pub fn create_job(id: String, spec: JobSpec, now_ms: UnixMs) -> Command {
+        if spec.ext.is_empty() {
+            Command::CreateJob3 {
+                id,
+                spec: spec.into(),
+                now_ms,
+            }
+        } else {
+            Command::CreateJob { id, spec, now_ms }
+        }
+    }
+
+    /// A replace, as `create_job` chooses its variant.
+    pub fn put_job(id: String, spec: JobSpec, now_ms: UnixMs) -> Command {
+        if spec.ext.is_empty() {
+            Command::PutJob3 {
+                id,
+                spec: spec.into(),
+                now_ms,
+            }
+        } else {
+            Command::PutJob { id, spec, now_ms }
+        }
+    }
+
     /// A rough size in bytes, to keep batches bounded.
     pub fn approx_bytes(&self) -> usize {
         match self {
             Command::CreateJob { spec, .. } | Command::PutJob { spec, .. } => {
-                256 + spec.url.len()
-                    + spec.body.as_ref().map_or(0, String::len)
+                job_command_bytes(&spec.url, spec.body.as_ref(), &spec.headers)
                     + spec
-                        .headers
+                        .ext
+                        .labels
                         .iter()
                         .map(|(k, v)| k.len() + v.len() + 8)
                         .sum::<usize>()
+            }
+            Command::CreateJob3 { spec, .. } | Command::PutJob3 { spec, .. } => {
+                job_command_bytes(&spec.url, spec.body.as_ref(), &spec.headers)
             }
             Command::ClaimRuns { items, .. } => 64 + items.len() * 96,
             Command::RecordAttempts { outcomes } => 64 + outcomes.len() * 256,
@@ -659,6 +723,38 @@ pub enum CommandResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A job command that uses nothing format 4 added goes in format 3's variant, whose
+    /// postcard a node of the previous version reads (variant 0 or 1 and the old spec layout);
+    /// one with labels needs the new variant.
+    #[test]
+    fn job_commands_stay_readable_by_the_previous_version_unless_they_use_new_fields() {
+        let spec = crate::core::state::tests::spec("http://x/");
+        let plain = Command::create_job("a".into(), spec.clone(), 5);
+        assert!(matches!(plain, Command::CreateJob3 { .. }), "{plain:?}");
+        assert_eq!(
+            postcard::to_stdvec(&plain).unwrap()[0],
+            0,
+            "format 3's CreateJob"
+        );
+        let put = Command::put_job("a".into(), spec.clone(), 5);
+        assert_eq!(
+            postcard::to_stdvec(&put).unwrap()[0],
+            1,
+            "format 3's PutJob"
+        );
+        let mut labelled = spec;
+        labelled.ext.labels.insert("team".into(), "ops".into());
+        let new = Command::create_job("a".into(), labelled.clone(), 5);
+        assert_eq!(
+            new,
+            Command::CreateJob {
+                id: "a".into(),
+                spec: labelled,
+                now_ms: 5
+            }
+        );
+    }
 
     /// Commands are persisted in the log as postcard and sent between nodes as JSON: every
     /// command value survives both. (Compared as bytes: an arbitrary f64 may be NaN.) Found

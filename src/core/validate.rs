@@ -132,10 +132,20 @@ pub fn command(cmd: &Command, now_ms: UnixMs) -> Checked {
             "command",
             "batches are formed by the leader, never sent to it",
         )),
-        Command::CreateJob3 { .. } | Command::PutJob3 { .. } => Err(Invalid::new(
-            "command",
-            "format-3 job commands are only read from old logs, never proposed",
-        )),
+        Command::CreateJob3 {
+            id,
+            spec,
+            now_ms: t,
+        }
+        | Command::PutJob3 {
+            id,
+            spec,
+            now_ms: t,
+        } => {
+            job_id("id", id)?;
+            job_spec(&spec.clone().into())?;
+            stamp(*t, now_ms)
+        }
     }
 }
 
