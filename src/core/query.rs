@@ -210,12 +210,18 @@ impl<R: Read> View<R> {
         let mut jobs: Vec<Job> = Vec::new();
         // Every id up to this one is ruled out or listed.
         let mut passed: Option<String> = after.map(str::to_owned);
-        let out_of_budget = |jobs: Vec<Job>, passed: Option<String>| JobsPage {
-            next: passed.filter(|p| after.is_none_or(|a| p.as_str() > a)),
-            jobs,
+        // Out of budget only once the page has moved on: a selector of many value sets costs
+        // more than a budget per round, and a `next` equal to `after` would never end.
+        let spent = |steps: usize, passed: &Option<String>| {
+            steps >= budget
+                && passed
+                    .as_deref()
+                    .is_some_and(|p| after.is_none_or(|a| p > a))
         };
+        let out_of_budget =
+            |jobs: Vec<Job>, passed: Option<String>| JobsPage { next: passed, jobs };
         loop {
-            if steps >= budget {
+            if spent(steps, &passed) {
                 return Ok(out_of_budget(jobs, passed));
             }
             // The least id every driver has.
@@ -238,7 +244,7 @@ impl<R: Read> View<R> {
                     agreed = 1;
                 }
                 i = (i + 1) % drivers.len();
-                if steps >= budget {
+                if spent(steps, &passed) {
                     return Ok(out_of_budget(jobs, passed));
                 }
             }
@@ -532,6 +538,18 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_budget_smaller_than_one_round_still_moves_the_cursor_on() {
+        let (t, all) = tables();
+        let view = View::new(&t);
+        let filter = JobFilter {
+            selector: parse_selector("team in (a,b,c),env in (prod,dev)").unwrap(),
+            ..JobFilter::default()
+        };
+        let want: Vec<String> = all.iter().map(|j| j.id.clone()).collect();
+        assert_eq!(all_pages(&view, &filter, 10, 1), want);
     }
 
     #[test]
