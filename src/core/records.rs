@@ -312,7 +312,6 @@ pub fn decode_run_list(bytes: &[u8]) -> Result<RunList, StateFault> {
     decode(Table::JobRuns, bytes)
 }
 
-/// The job as it stands: its record, with the cursor of its guard.
 /// The stored job record, as it is (without its guard's cursor).
 fn get_job_record<T: Tables>(t: &T, id: &str) -> TxResult<T, Option<Job>> {
     match t.get(Table::Jobs, id.as_bytes())? {
@@ -321,6 +320,7 @@ fn get_job_record<T: Tables>(t: &T, id: &str) -> TxResult<T, Option<Job>> {
     }
 }
 
+/// The job as it stands: its record, with the cursor of its guard.
 pub(super) fn get_job<T: Tables>(t: &T, id: &str) -> TxResult<T, Option<Job>> {
     let Some(mut job) = get_job_record(t, id)? else {
         return Ok(None);
