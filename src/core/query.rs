@@ -60,6 +60,13 @@ impl Cursor {
         }
     }
 
+    /// Past its last id, for good.
+    fn exhausted(&mut self) -> Option<String> {
+        self.done = true;
+        self.at = None;
+        None
+    }
+
     /// The first id at or after `from` (strictly after when `exclusive`); None when there is
     /// none. Each row read or range opened counts one step.
     fn seek<R: Read>(
@@ -84,10 +91,7 @@ impl Cursor {
             for _ in 0..WALK_MAX {
                 *steps += 1;
                 match rows.next() {
-                    None => {
-                        self.done = true;
-                        return Ok(None);
-                    }
+                    None => return Ok(self.exhausted()),
                     Some(row) => {
                         let id = id_in(&self.key_prefix, &row?.0);
                         if reached(&id) {
@@ -126,17 +130,11 @@ impl Cursor {
             _ => false,
         };
         if past_end {
-            self.done = true;
-            self.at = None;
-            return Ok(None);
+            return Ok(self.exhausted());
         }
         let mut rows = read.range(self.table, lower, upper, false);
         match rows.next() {
-            None => {
-                self.done = true;
-                self.at = None;
-                Ok(None)
-            }
+            None => Ok(self.exhausted()),
             Some(row) => {
                 let id = id_in(&self.key_prefix, &row?.0);
                 self.at = Some((rows, id.clone()));
