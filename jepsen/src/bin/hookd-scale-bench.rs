@@ -53,6 +53,10 @@ struct Args {
     /// Jobs created in the fill phase.
     #[arg(long, default_value_t = 1_000_000)]
     jobs: usize,
+    /// Fill with jobs without labels (to weigh what labels and their index cost); the filtered
+    /// listing is then not measured.
+    #[arg(long)]
+    no_labels: bool,
     /// Fill with cron jobs of this expression (time zone Europe/Berlin) instead of jobs every
     /// 1 h.
     #[arg(long)]
@@ -838,6 +842,7 @@ async fn main() -> anyhow::Result<()> {
         None => json!({"every": "1h", "start_at": rfc3339(now_ms() + 6 * 3600 * 1000)}),
     };
     let url = nginx.url.clone();
+    let no_labels = args.no_labels;
     let started = Instant::now();
     let every = Duration::from_secs(args.sample_secs.max(1));
     let mut points = vec![(0.0, 0usize)];
@@ -853,11 +858,14 @@ async fn main() -> anyhow::Result<()> {
         },
         move |k| {
             let env = if (k / 10) % 2 == 0 { "prod" } else { "dev" };
-            let job = json!({"id": format!("j{k}"), "url": url,
+            let mut job = json!({"id": format!("j{k}"), "url": url,
                 "headers": {"content-type": "application/json"},
                 "body": format!("{{\"invoice\":{k}}}"),
                 "labels": {"team": format!("t{}", k % 10), "env": env},
                 "schedule": schedule});
+            if no_labels {
+                job.as_object_mut().map(|o| o.remove("labels"));
+            }
             ("/v1/jobs".to_owned(), job)
         },
         |created| {
@@ -908,7 +916,7 @@ async fn main() -> anyhow::Result<()> {
     let rss_after_fill_mib = rss_mib(&c);
     println!("size: data dirs MiB {data_dir_mib:.0?}, rss MiB {rss_after_fill_mib:.0?}");
 
-    let listing = if args.list_pages > 0 {
+    let listing = if args.list_pages > 0 && !args.no_labels {
         Some(listing(&c, &args).await?)
     } else {
         None
