@@ -54,7 +54,7 @@ pub fn job_body(rng: &mut StdRng, id: &str, url: &str, now: i64) -> Value {
         let step = [2, 3, 4, 5, 6].choose(rng).copied().unwrap_or(3);
         json!({"cron": format!("*/{step} * * * * *")})
     };
-    json!({
+    let mut body = json!({
         "id": id,
         "url": url,
         "method": "POST",
@@ -64,7 +64,21 @@ pub fn job_body(rng: &mut StdRng, id: &str, url: &str, now: i64) -> Value {
         // succeeds within seconds.
         "timeout": "2s",
         "retry": {"max_attempts": 5, "initial_backoff": "500ms", "max_backoff": "2s"},
-    })
+    });
+    // Half the jobs carry labels, so creates in both log formats (with and without the fields
+    // format 4 added) meet every fault.
+    if kind % 2 == 0 {
+        body["labels"] = json!({"workload": "chaos", "kind": schedule_kind(&body["schedule"])});
+    }
+    body
+}
+
+/// `at`, `every` or `cron`: which kind a schedule is.
+fn schedule_kind(schedule: &Value) -> &'static str {
+    ["at", "every", "cron"]
+        .into_iter()
+        .find(|k| schedule.get(*k).is_some())
+        .unwrap_or("other")
 }
 
 /// Runs the clients until `deadline_us`; returns when all stopped.
