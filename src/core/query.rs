@@ -12,8 +12,8 @@ use std::ops::Bound;
 use super::command::{Job, Run, RunStatus, UnixMs};
 use super::filter::{JobFilter, JobState, Requirement};
 use super::records::{
-    decode_run_list, due_key, label_prefix, status_prefix, target_prefix, StateFault, Table,
-    PAUSED_PREFIX,
+    decode_run_list, label_prefix, status_key, status_key_parts, status_prefix, target_prefix,
+    StateFault, Table, PAUSED_PREFIX,
 };
 use super::view::{prefix_end, Read, Row, View};
 
@@ -338,17 +338,11 @@ impl<R: Read> View<R> {
                 }
                 (None, status) => {
                     let status = status.unwrap_or(RunStatus::Failed);
-                    let prefix = status_prefix(status);
-                    let key = |due: UnixMs, id: &str| {
-                        let mut k = prefix.clone();
-                        k.extend_from_slice(&due_key(due));
-                        k.extend_from_slice(id.as_bytes());
-                        k
-                    };
+                    let key = |due: UnixMs, id: &str| status_key(status, due, id);
                     let lower = Bound::Included(key(since, ""));
                     let mut upper = match until.checked_add(1) {
                         Some(u) => Bound::Excluded(key(u, "")),
-                        None => prefix_end(&prefix),
+                        None => prefix_end(&status_prefix(status)),
                     };
                     if let Some(c) = after {
                         let at = key(c.due_ms, &c.run_id);
@@ -360,17 +354,8 @@ impl<R: Read> View<R> {
                             upper = Bound::Excluded(at);
                         }
                     }
-                    let id_at = prefix.len() + 8;
                     let rows = self.read.range(Table::ByStatus, lower, upper, true);
-                    Box::new(rows.map(move |row| {
-                        let (k, _) = row?;
-                        let due = k
-                            .get(prefix.len()..id_at)
-                            .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                            .map_or(0, |b| (u64::from_be_bytes(b) ^ (1 << 63)) as i64);
-                        let id = String::from_utf8_lossy(k.get(id_at..).unwrap_or_default());
-                        Ok((due, id.into_owned()))
-                    }))
+                    Box::new(rows.map(|row| Ok(status_key_parts(&row?.0))))
                 }
             };
         let mut jobs: HashMap<String, Option<Job>> = HashMap::new();

@@ -124,6 +124,21 @@ pub fn status_key(status: RunStatus, due_ms: i64, run_id: &str) -> Vec<u8> {
     k
 }
 
+/// The due instant and run id a `Table::ByStatus` key names (the inverse of `status_key`; the
+/// status name before them ends at the first 0 byte).
+pub fn status_key_parts(key: &[u8]) -> (i64, String) {
+    let at = key
+        .iter()
+        .position(|b| *b == 0)
+        .map_or(key.len(), |p| p + 1);
+    let due = key
+        .get(at..at + 8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map_or(0, |b| (u64::from_be_bytes(b) ^ (1 << 63)) as i64);
+    let id = String::from_utf8_lossy(key.get(at + 8..).unwrap_or_default()).into_owned();
+    (due, id)
+}
+
 pub fn status_prefix(status: RunStatus) -> Vec<u8> {
     let mut k = status.as_str().as_bytes().to_vec();
     k.push(0);

@@ -6,8 +6,8 @@ use std::ops::Bound;
 
 use super::command::{Job, NodeId, Run, RunStatus};
 use super::records::{
-    decode_job, decode_run, decode_run_list, status_prefix, Guard, StateFault, Table,
-    CLUSTER_ID_KEY,
+    decode_job, decode_run, decode_run_list, status_key_parts, status_prefix, Guard, StateFault,
+    Table, CLUSTER_ID_KEY,
 };
 
 /// A key and its value.
@@ -150,16 +150,12 @@ impl<R: Read> View<R> {
         status: RunStatus,
         limit: usize,
     ) -> Result<Vec<Run>, StateFault> {
-        let prefix = status_prefix(status);
-        // The key is the prefix, the due instant (8 bytes), then the run id.
-        let id_at = prefix.len() + 8;
         let mut runs = Vec::new();
-        for item in with_prefix(&self.read, Table::ByStatus, prefix, true) {
+        for item in with_prefix(&self.read, Table::ByStatus, status_prefix(status), true) {
             if runs.len() == limit {
                 break;
             }
-            let (key, _) = item?;
-            let id = String::from_utf8_lossy(&key[id_at.min(key.len())..]).into_owned();
+            let (_, id) = status_key_parts(&item?.0);
             if let Some(run) = self.get_run(&id)? {
                 runs.push(run);
             }
@@ -207,6 +203,19 @@ impl<R: Read> View<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_status_key_reads_back_as_its_due_instant_and_run_id() {
+        for (due, id) in [
+            (0, "run_1_0"),
+            (-5, "r"),
+            (i64::MAX, ""),
+            (1_700_000_000_000, "a:b"),
+        ] {
+            let key = super::super::records::status_key(RunStatus::Failed, due, id);
+            assert_eq!(status_key_parts(&key), (due, id.to_owned()));
+        }
+    }
 
     #[test]
     fn a_prefix_ends_before_the_first_key_past_it() {
