@@ -13,7 +13,7 @@ use hookd_raft::{AddMember, MemberError, RemoveMember};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::model::parse_json;
+use super::model::{host_port, parse_json};
 use super::{json_body, query, Api, ApiError};
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -82,24 +82,6 @@ struct AddRequest {
 
 fn yes() -> bool {
     true
-}
-
-/// Checks a `HOST:PORT` address of the body's `field`.
-fn host_port(field: &str, addr: &str) -> Result<(), ApiError> {
-    let ok = addr.rsplit_once(':').is_some_and(|(host, port)| {
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        !host.is_empty()
-            && !host.contains(|c: char| c.is_whitespace() || c == '/' || c == '@')
-            && port.parse::<u16>().is_ok_and(|p| p > 0)
-    });
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::invalid(
-            field,
-            format!("{addr:?} is not a HOST:PORT address"),
-        ))
-    }
 }
 
 fn member_error(e: MemberError) -> ApiError {

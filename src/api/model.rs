@@ -201,6 +201,24 @@ pub fn parse_instant(field: &str, value: &str) -> Result<UnixMs, ApiError> {
     Ok(ms)
 }
 
+/// Checks a `HOST:PORT` address named `field` (a member's address, a target filter).
+pub fn host_port(field: &str, addr: &str) -> Result<(), ApiError> {
+    let ok = addr.rsplit_once(':').is_some_and(|(host, port)| {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        !host.is_empty()
+            && !host.contains(|c: char| c.is_whitespace() || c == '/' || c == '@')
+            && port.parse::<u16>().is_ok_and(|p| p > 0)
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            field,
+            format!("{addr:?} is not a HOST:PORT address"),
+        ))
+    }
+}
+
 /// The filters of `GET /v1/jobs` and the bulk routes, each checked (`422` naming it).
 pub fn job_filter(
     selector: Option<&str>,
@@ -223,19 +241,10 @@ pub fn job_filter(
         .transpose()?;
     let target = target
         .map(|t| {
-            let normal = t.to_ascii_lowercase();
-            let ok = normal.len() <= 300
-                && normal
-                    .rsplit_once(':')
-                    .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-            if ok {
-                Ok(normal)
-            } else {
-                Err(ApiError::invalid(
-                    "target",
-                    format!("{t:?} is not a host:port like example.com:443"),
-                ))
+            if t.len() > 300 {
+                return Err(ApiError::invalid("target", "at most 300 bytes"));
             }
+            host_port("target", t).map(|()| t.to_ascii_lowercase())
         })
         .transpose()?;
     if let Some(p) = prefix {
