@@ -89,6 +89,42 @@ pub enum JobsCmd {
     Resume { id: String },
     /// Fire a job once now (an extra run).
     Trigger { id: String },
+    /// Pause, resume, delete or trigger every job the filters match (at least one filter).
+    /// Shows how many match and asks first, unless --yes.
+    Bulk {
+        #[arg(value_enum)]
+        action: BulkVerb,
+        #[command(flatten)]
+        filter: JobFilterArgs,
+        /// These jobs only (repeatable).
+        #[arg(long = "id", value_name = "ID")]
+        ids: Vec<String>,
+        /// Count and show the matching jobs, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// What `hookd jobs bulk` does to each matching job.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum BulkVerb {
+    Pause,
+    Resume,
+    Delete,
+    Trigger,
+}
+
+impl BulkVerb {
+    fn as_str(self) -> &'static str {
+        match self {
+            BulkVerb::Pause => "pause",
+            BulkVerb::Resume => "resume",
+            BulkVerb::Delete => "delete",
+            BulkVerb::Trigger => "trigger",
+        }
+    }
 }
 
 #[derive(Debug, Default, Args)]
@@ -202,8 +238,35 @@ pub enum RunsCmd {
         #[arg(long)]
         after: Option<String>,
     },
-    /// Deliver a failed run again.
-    Retry { run_id: String },
+    /// Deliver a failed run again; or, with --all, every failed run the filters match (asks
+    /// first, unless --yes).
+    Retry {
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        run_id: Option<String>,
+        /// Every failed run matching the filters below (all failed runs without one).
+        #[arg(long)]
+        all: bool,
+        /// Only runs of this job.
+        #[arg(long, requires = "all")]
+        job: Option<String>,
+        /// Only runs of jobs this label selector matches.
+        #[arg(long, requires = "all")]
+        job_selector: Option<String>,
+        /// Only runs of jobs delivering to this host:port.
+        #[arg(long, requires = "all")]
+        target: Option<String>,
+        /// Only runs due at or after this RFC 3339 instant.
+        #[arg(long, requires = "all")]
+        since: Option<String>,
+        /// Only runs due at or before this RFC 3339 instant.
+        #[arg(long, requires = "all")]
+        until: Option<String>,
+        /// Count the matching runs, retry nothing.
+        #[arg(long, requires = "all")]
+        dry_run: bool,
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 /// The job filters of `GET /v1/jobs` (all given must hold).
@@ -460,9 +523,41 @@ async fn run_client(args: ClientArgs, cmd: ClientCommand) -> Result<(), CliError
             let v = client.ok(Method::GET, &format!("{base}{q}"), None).await?;
             out.table(&v["runs"], RUN_COLUMNS, &v)
         }
-        ClientCommand::Runs(RunsCmd::Retry { run_id }) => {
+        ClientCommand::Runs(RunsCmd::Retry {
+            run_id: Some(run_id),
+            ..
+        }) => {
             let path = format!("/v1/runs/{}/retry", seg(&run_id));
             let v = client.ok(Method::POST, &path, None).await?;
+            out.value(&v)
+        }
+        ClientCommand::Runs(RunsCmd::Retry {
+            run_id: None,
+            job,
+            job_selector,
+            target,
+            since,
+            until,
+            dry_run,
+            yes,
+            ..
+        }) => {
+            let mut body = Map::new();
+            for (k, v) in [
+                ("job_id", job),
+                ("job_selector", job_selector),
+                ("target", target),
+                ("since", since),
+                ("until", until),
+            ] {
+                if let Some(v) = v {
+                    body.insert(k.into(), json!(v));
+                }
+            }
+            let v = bulk(&client, "/v1/runs/retry", body, dry_run, yes, |preview| {
+                format!("Retry {} failed runs?", preview["matched"])
+            })
+            .await?;
             out.value(&v)
         }
         ClientCommand::Schedule(ScheduleCmd::Preview {
@@ -548,7 +643,65 @@ async fn jobs(client: &Client, out: &Printer, cmd: JobsCmd) -> Result<(), CliErr
         JobsCmd::Pause { id } => job_action(client, out, &id, "pause").await,
         JobsCmd::Resume { id } => job_action(client, out, &id, "resume").await,
         JobsCmd::Trigger { id } => job_action(client, out, &id, "trigger").await,
+        JobsCmd::Bulk {
+            action,
+            filter,
+            ids,
+            dry_run,
+            yes,
+        } => {
+            let mut body = Map::new();
+            body.insert("action".into(), json!(action.as_str()));
+            for (k, v) in filter.pairs() {
+                if let Some(v) = v {
+                    body.insert(k.into(), json!(v));
+                }
+            }
+            if !ids.is_empty() {
+                body.insert("ids".into(), json!(ids));
+            }
+            let v = bulk(client, "/v1/jobs/bulk", body, dry_run, yes, |preview| {
+                let sample: Vec<String> = preview["sample"]
+                    .as_array()
+                    .map(|a| a.iter().take(3).map(text).collect())
+                    .unwrap_or_default();
+                format!(
+                    "{} {} jobs (first: {})?",
+                    action.as_str(),
+                    preview["matched"],
+                    sample.join(", ")
+                )
+            })
+            .await?;
+            out.value(&v)
+        }
     }
+}
+
+/// A bulk route: a dry run when asked for one; otherwise, unless `yes`, a dry run first whose
+/// answer `question` turns into what is asked before acting.
+async fn bulk(
+    client: &Client,
+    path: &str,
+    mut body: Map<String, Value>,
+    dry_run: bool,
+    yes: bool,
+    question: impl Fn(&Value) -> String,
+) -> Result<Value, CliError> {
+    if dry_run || !yes {
+        body.insert("dry_run".into(), json!(true));
+        let preview = client
+            .ok(Method::POST, path, Some(Value::Object(body.clone())))
+            .await?;
+        if dry_run || preview["matched"] == 0 {
+            return Ok(preview);
+        }
+        confirm(false, &question(&preview))?;
+        body.remove("dry_run");
+    }
+    client
+        .ok(Method::POST, path, Some(Value::Object(body)))
+        .await
 }
 
 /// `POST /v1/jobs/{id}/{action}`, printing the job or run it answers with.

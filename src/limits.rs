@@ -28,6 +28,10 @@ pub const RUN_RETENTION_MAX: u32 = 100_000;
 /// Most runs one claim command carries, and most attempts one record command carries.
 pub const CLAIM_ITEMS_MAX: usize = 512;
 pub const RECORD_ITEMS_MAX: usize = 256;
+/// Most ids one part of a bulk request (one `Bulk` command, one log entry) carries.
+pub const BULK_PART_IDS_MAX: usize = 512;
+/// Most ids a bulk request may list by name (`ids`).
+pub const BULK_IDS_MAX: usize = 10_000;
 /// Longest error text an attempt records.
 pub const ATTEMPT_ERROR_BYTES_MAX: usize = 4 << 10;
 /// Longest node address or cluster id a command may record.

@@ -277,3 +277,14 @@ pub async fn resume(state: Api, Path(id): Path<String>) -> Result<Response, ApiE
     };
     simple_command(&state, &id, cmd).await
 }
+
+/// `POST /v1/jobs/bulk` is the bulk route; a job whose id is `bulk` is still read, replaced
+/// and deleted at that path.
+pub fn job_named_bulk() -> axum::routing::MethodRouter<Arc<ApiState>> {
+    const ID: &str = "bulk";
+    axum::routing::get(|s: Api, p: Result<Query<ReadParams>, QueryRejection>| {
+        get_one(s, Path(ID.into()), p)
+    })
+    .put(|s: Api, h: HeaderMap, b: Result<Bytes, BytesRejection>| put(s, Path(ID.into()), h, b))
+    .delete(|s: Api| delete(s, Path(ID.into())))
+}

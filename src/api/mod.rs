@@ -2,6 +2,7 @@
 //! Raft (forwarded to the leader by the replica); reads are linearizable unless
 //! `consistency=stale`.
 
+mod bulk;
 mod cluster;
 mod error;
 mod jobs;
@@ -100,6 +101,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
     use utoipa_axum::{router::OpenApiRouter, routes};
     let v1 = OpenApiRouter::new()
         .routes(routes!(jobs::create, jobs::list))
+        .routes(routes!(bulk::jobs))
+        .route("/jobs/bulk", jobs::job_named_bulk())
         .routes(routes!(jobs::get_one, jobs::put, jobs::delete))
         .routes(routes!(jobs::pause))
         .routes(routes!(jobs::resume))
@@ -107,6 +110,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .routes(routes!(runs::job_runs))
         .routes(routes!(runs::list))
         .routes(routes!(runs::retry))
+        .routes(routes!(bulk::runs))
         .routes(routes!(runs::preview))
         .routes(routes!(cluster::cluster))
         .routes(routes!(cluster::add_member))

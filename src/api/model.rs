@@ -11,9 +11,10 @@ use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
 use crate::core::command::{
-    Job, JobExt, JobSpec, MisfirePolicy, MisfireSpec, RetrySpec, ScheduleSpec, UnixMs,
+    Job, JobExt, JobSpec, MisfirePolicy, MisfireSpec, RetrySpec, RunStatus, ScheduleSpec, UnixMs,
 };
 use crate::core::filter::{self, JobFilter, JobState};
+use crate::core::query::RunFilter;
 use crate::core::validate::{self, METHODS};
 use crate::limits::*;
 use crate::schedule::{CronSchedule, EVERY_MIN};
@@ -255,6 +256,31 @@ pub fn job_filter(
         state,
         target,
         prefix: prefix.map(str::to_owned),
+    })
+}
+
+/// The run filters of `GET /v1/runs` and `POST /v1/runs/retry`, each checked (`422` naming
+/// it).
+pub fn run_filter(
+    status: Option<RunStatus>,
+    job_id: Option<&str>,
+    job_selector: Option<&str>,
+    target: Option<&str>,
+    since: Option<&str>,
+    until: Option<&str>,
+) -> Result<RunFilter, ApiError> {
+    if let Some(id) = job_id {
+        validate_id("job_id", id)?;
+    }
+    let jobs = job_filter(job_selector, None, target, None)
+        .map_err(|e| e.renamed("selector", "job_selector"))?;
+    let instant = |field: &str, v: Option<&str>| v.map(|v| parse_instant(field, v)).transpose();
+    Ok(RunFilter {
+        status,
+        job_id: job_id.map(str::to_owned),
+        jobs,
+        since_ms: instant("since", since)?,
+        until_ms: instant("until", until)?,
     })
 }
 

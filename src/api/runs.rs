@@ -14,10 +14,10 @@ use crate::core::{Command, CommandResult};
 use crate::replicated::ReplicaState;
 
 use super::model::{
-    format_instant, job_filter, parse_instant, parse_json, validate_id, ScheduleRequest,
+    format_instant, parse_instant, parse_json, run_filter, validate_id, ScheduleRequest,
 };
 use super::{json_body, list_limit, now_ms, query, Api, ApiError, Consistency};
-use crate::core::query::{RunCursor, RunFilter};
+use crate::core::query::RunCursor;
 use crate::limits::PAGE_SCAN_BUDGET;
 
 use crate::limits::{PREVIEW_COUNT_DEFAULT, PREVIEW_COUNT_MAX};
@@ -197,7 +197,18 @@ pub async fn list(
 ) -> Result<Response, ApiError> {
     let params = query(params)?;
     let limit = list_limit(params.limit)?;
-    let filter = run_filter(&params)?;
+    let status = match (&params.job_id, params.status) {
+        (None, None) => Some(RunStatus::Failed),
+        (_, status) => status,
+    };
+    let filter = run_filter(
+        status,
+        params.job_id.as_deref(),
+        params.job_selector.as_deref(),
+        params.target.as_deref(),
+        params.since.as_deref(),
+        params.until.as_deref(),
+    )?;
     let after = params
         .after
         .as_deref()
@@ -218,33 +229,6 @@ pub async fn list(
         PAGE_SCAN_BUDGET,
     )?;
     Ok(runs_response(page.runs, page.next.map(|c| c.to_string())))
-}
-
-/// The filters of `GET /v1/runs`, each checked (`422` naming it).
-fn run_filter(params: &RunsParams) -> Result<RunFilter, ApiError> {
-    if let Some(id) = &params.job_id {
-        validate_id("job_id", id)?;
-    }
-    let jobs = job_filter(
-        params.job_selector.as_deref(),
-        None,
-        params.target.as_deref(),
-        None,
-    )
-    .map_err(|e| e.renamed("selector", "job_selector"))?;
-    let instant =
-        |field: &str, v: &Option<String>| v.as_deref().map(|v| parse_instant(field, v)).transpose();
-    let status = match (&params.job_id, params.status) {
-        (None, None) => Some(RunStatus::Failed),
-        (_, status) => status,
-    };
-    Ok(RunFilter {
-        status,
-        job_id: params.job_id.clone(),
-        jobs,
-        since_ms: instant("since", &params.since)?,
-        until_ms: instant("until", &params.until)?,
-    })
 }
 
 fn run_accepted(result: CommandResult, what: &str) -> Result<Response, ApiError> {

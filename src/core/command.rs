@@ -566,6 +566,56 @@ pub enum Command {
         spec: JobSpec,
         now_ms: UnixMs,
     },
+    /// One action on each of `ids` (job ids, or run ids for `Retry`), in strictly ascending
+    /// order: one bounded part of a bulk request (`POST /v1/jobs/bulk`, `POST /v1/runs/retry`).
+    /// Each id is applied as its single-job command would be.
+    Bulk {
+        action: BulkAction,
+        ids: Vec<String>,
+        now_ms: UnixMs,
+    },
+}
+
+/// What a `Bulk` command does to each of its ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(arbitrary::Arbitrary))]
+#[serde(rename_all = "snake_case")]
+pub enum BulkAction {
+    Pause,
+    Resume,
+    Delete,
+    /// A manual run of each job; `retention` as `TriggerJob`'s.
+    Trigger {
+        retention: u32,
+    },
+    /// Deliver each failed run again; the ids are run ids.
+    Retry,
+}
+
+impl BulkAction {
+    /// The single-id command this action applies to `id`.
+    pub fn command(self, id: &str, now_ms: UnixMs) -> Command {
+        let id = id.to_owned();
+        match self {
+            BulkAction::Pause | BulkAction::Resume => Command::SetPaused {
+                id,
+                paused: self == BulkAction::Pause,
+                now_ms,
+            },
+            BulkAction::Delete => Command::DeleteJob { id, now_ms },
+            BulkAction::Trigger { retention } => Command::TriggerJob {
+                id,
+                now_ms,
+                retention,
+            },
+            BulkAction::Retry => Command::RetryRun { run_id: id, now_ms },
+        }
+    }
+
+    /// Whether the action adds work (`Command::sheddable`).
+    fn sheddable(self) -> bool {
+        !matches!(self, BulkAction::Pause | BulkAction::Delete)
+    }
 }
 
 /// A rough size in bytes of a job command carrying these fields.
@@ -628,6 +678,7 @@ impl Command {
             Command::ClaimRuns { items, .. } => 64 + items.len() * 96,
             Command::RecordAttempts { outcomes } => 64 + outcomes.len() * 256,
             Command::Batch { commands } => commands.iter().map(Command::approx_bytes).sum(),
+            Command::Bulk { ids, .. } => 64 + ids.iter().map(|id| id.len() + 8).sum::<usize>(),
             _ => 128,
         }
     }
@@ -646,6 +697,7 @@ impl Command {
             Command::RetryRun { .. } => "retry_run",
             Command::TriggerJob { .. } => "trigger_job",
             Command::Batch { .. } => "batch",
+            Command::Bulk { .. } => "bulk",
         }
     }
 
@@ -667,6 +719,7 @@ impl Command {
             | Command::ClaimRuns { .. }
             | Command::RecordAttempts { .. } => false,
             Command::Batch { commands } => commands.iter().any(Command::sheddable),
+            Command::Bulk { action, .. } => action.sheddable(),
         }
     }
 }
@@ -717,6 +770,10 @@ pub enum CommandResult {
     /// One result per command of a `Batch`, in order.
     Batch {
         results: Vec<CommandResult>,
+    },
+    /// How many ids of a `Bulk` command it changed (a job paused that was not, a run opened).
+    Bulk {
+        changed: u32,
     },
 }
 

@@ -114,6 +114,31 @@ fn apply_one<T: Tables>(
             now_ms,
             retention,
         } => trigger_job(t, id, seq, *now_ms, *retention, touched),
+        Command::Bulk {
+            action,
+            ids,
+            now_ms,
+        } => {
+            // Each id once (validation asks for ascending ids), so a trigger's run ids, built
+            // from the job's incarnation and this command's `seq`, stay unique.
+            let mut changed = 0u32;
+            for id in ids {
+                let one = action.command(id, *now_ms);
+                if did_change(&apply_one(t, at, seq, &one, touched)?) {
+                    changed = changed.saturating_add(1);
+                }
+            }
+            Ok(CommandResult::Bulk { changed })
+        }
+    }
+}
+
+/// Whether a single-job command's result changed something (what a bulk answer counts).
+fn did_change(result: &CommandResult) -> bool {
+    match result {
+        CommandResult::Job { changed, .. } => *changed,
+        CommandResult::Deleted { .. } | CommandResult::Run { .. } => true,
+        _ => false,
     }
 }
 

@@ -10,8 +10,8 @@
 use std::time::Duration;
 
 use super::command::{
-    AttemptOutcome, AttemptResult, ClaimItem, ClaimKind, Command, JobSpec, RetrySpec, ScheduleSpec,
-    UnixMs,
+    AttemptOutcome, AttemptResult, BulkAction, ClaimItem, ClaimKind, Command, JobSpec, RetrySpec,
+    ScheduleSpec, UnixMs,
 };
 pub use super::format::format_duration_ms;
 use crate::limits::*;
@@ -146,7 +146,39 @@ pub fn command(cmd: &Command, now_ms: UnixMs) -> Checked {
             job_spec(&spec.clone().into())?;
             stamp(*t, now_ms)
         }
+        Command::Bulk {
+            action,
+            ids,
+            now_ms: t,
+        } => {
+            stamp(*t, now_ms)?;
+            if let BulkAction::Trigger { retention } = action {
+                run_retention(*retention)?;
+            }
+            bulk_ids(*action, ids)
+        }
     }
+}
+
+/// A bulk part's ids: 1 to `BULK_PART_IDS_MAX` job ids (run ids to retry), strictly ascending,
+/// so that each is acted on once.
+fn bulk_ids(action: BulkAction, ids: &[String]) -> Checked {
+    if ids.is_empty() || ids.len() > BULK_PART_IDS_MAX {
+        return Err(Invalid::new(
+            "ids",
+            format!("1 to {BULK_PART_IDS_MAX} ids per part"),
+        ));
+    }
+    for id in ids {
+        match action {
+            BulkAction::Retry => run_id("ids", id)?,
+            _ => job_id("ids", id)?,
+        }
+    }
+    if ids.windows(2).any(|w| w[0] >= w[1]) {
+        return Err(Invalid::new("ids", "ids must be strictly ascending"));
+    }
+    Ok(())
 }
 
 /// A job id: `[A-Za-z0-9._:-]{1,128}`.
@@ -546,6 +578,14 @@ mod tests {
         Command::RecordAttempts { outcomes: vec![o] }
     }
 
+    fn bulk(action: BulkAction, ids: &[&str]) -> Command {
+        Command::Bulk {
+            action,
+            ids: ids.iter().map(|s| s.to_string()).collect(),
+            now_ms: NOW,
+        }
+    }
+
     fn claim(item: ClaimItem, retention: u32) -> Command {
         Command::ClaimRuns {
             epoch: Epoch {
@@ -602,6 +642,50 @@ mod tests {
                 Some("timeout"),
             ),
             ("a valid create", create(|_, _, _| {}), None),
+            (
+                "a valid bulk part",
+                bulk(BulkAction::Pause, &["a", "b"]),
+                None,
+            ),
+            (
+                "an empty bulk part",
+                bulk(BulkAction::Pause, &[]),
+                Some("ids"),
+            ),
+            (
+                "a bulk part out of order",
+                bulk(BulkAction::Delete, &["b", "a"]),
+                Some("ids"),
+            ),
+            (
+                "a bulk part naming a job twice",
+                bulk(BulkAction::Trigger { retention: 5 }, &["a", "a"]),
+                Some("ids"),
+            ),
+            (
+                "a bulk trigger keeping no run",
+                bulk(BulkAction::Trigger { retention: 0 }, &["a"]),
+                Some("retention"),
+            ),
+            (
+                "a bulk part with a bad job id",
+                bulk(BulkAction::Resume, &["a/.."]),
+                Some("ids"),
+            ),
+            (
+                "a bulk retry names runs",
+                bulk(BulkAction::Retry, &["run_1_2", "run_1_3"]),
+                None,
+            ),
+            (
+                "a bulk part over its bound",
+                Command::Bulk {
+                    action: BulkAction::Pause,
+                    ids: (0..=BULK_PART_IDS_MAX).map(|i| format!("{i:06}")).collect(),
+                    now_ms: NOW,
+                },
+                Some("ids"),
+            ),
             (
                 "url not in normal form",
                 create(|_, s, _| s.url = "HTTP://Example.com/h".into()),

@@ -5,7 +5,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::harness::{job, now_ms, rfc3339, single, TestCluster};
+use crate::harness::{job, now_ms, rfc3339, single, three_failing_runs_each, TestCluster};
 
 /// Asserts an error response: status, code and (when given) field.
 fn assert_error(
@@ -675,21 +675,7 @@ async fn labels_are_stored_and_every_filter_lists_exactly_its_jobs_in_pages() {
 #[tokio::test]
 async fn runs_are_filtered_by_job_labels_target_job_and_time_and_paged_with_next() {
     let c = single(&[]).await;
-    // Two jobs whose every run fails at once (nothing listens on port 9), three runs each.
-    for (id, team) in [("fail-x", "x"), ("fail-y", "y")] {
-        let mut body = job(id);
-        body["schedule"] = json!({"after": "0s"});
-        body["retry"] = json!({"max_attempts": 1});
-        body["labels"] = json!({"team": team});
-        crate::harness::create(&c, 0, body).await;
-        for _ in 0..2 {
-            let (s, v) = c
-                .post(0, &format!("/v1/jobs/{id}/trigger"), &json!({}))
-                .await
-                .expect("trigger");
-            assert_eq!(s, 202, "{v}");
-        }
-    }
+    three_failing_runs_each(&c, &[("fail-x", "x"), ("fail-y", "y")]).await;
     let failed = |v: &Value| -> Vec<(String, String)> {
         v["runs"]
             .as_array()

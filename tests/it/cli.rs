@@ -126,6 +126,38 @@ async fn the_client_uses_the_first_node_that_answers_and_exits_by_outcome() {
     assert_eq!(code, 0);
     assert_eq!(json(&out)["runs"][0]["attempts"][0]["n"], 1, "{out}");
 
+    // Bulk: a dry run counts; without --yes off a terminal it asks (usage error) and changes
+    // nothing; with --yes it acts.
+    let (code, out, err) = run(&["jobs", "bulk", "pause", "--prefix", "cli-", "--dry-run"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        (
+            json(&out)["matched"].as_u64(),
+            json(&out)["changed"].as_u64()
+        ),
+        (Some(1), Some(0)),
+        "{out}"
+    );
+    let (code, _, err) = run(&["jobs", "bulk", "pause", "--prefix", "cli-"]).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("pause 1 jobs (first: cli-1)") && err.contains("--yes"),
+        "{err}"
+    );
+    let (code, out, err) = run(&["jobs", "bulk", "pause", "--prefix", "cli-", "--yes"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["changed"], 1, "{out}");
+    let (_, out, _) = run(&["jobs", "get", "cli-1"]).await;
+    assert_eq!(json(&out)["state"], "paused", "{out}");
+    let (code, _, err) = run(&["jobs", "bulk", "resume"]).await;
+    assert_eq!(code, 1, "no filter: the API's 422");
+    assert!(err.contains("422"), "{err}");
+    let (code, out, err) = run(&["runs", "retry", "--all", "--job", "cli-1", "--dry-run"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["retried"], 0, "{out}");
+    let (code, _, err) = run(&["runs", "retry"]).await;
+    assert_eq!(code, 2, "a run id or --all: {err}");
+
     // Usage errors exit 2: two schedules, or a delete without --yes off a terminal.
     let (code, _, err) = run(&["jobs", "create", "--every", "1s", "--after", "1m"]).await;
     assert_eq!(code, 2, "{err}");

@@ -206,6 +206,25 @@ pub async fn create(c: &TestCluster, i: usize, body: Value) -> Value {
     v
 }
 
+/// Jobs `(id, team)` labelled `team`, each with three runs (one due at once, two triggers)
+/// that fail at their one attempt: nothing listens on port 9.
+pub async fn three_failing_runs_each(c: &TestCluster, jobs: &[(&str, &str)]) {
+    for (id, team) in jobs {
+        let mut body = job(id);
+        body["schedule"] = serde_json::json!({"after": "0s"});
+        body["retry"] = serde_json::json!({"max_attempts": 1});
+        body["labels"] = serde_json::json!({"team": team});
+        create(c, 0, body).await;
+        for _ in 0..2 {
+            let (s, v) = c
+                .post(0, &format!("/v1/jobs/{id}/trigger"), &serde_json::json!({}))
+                .await
+                .expect("trigger");
+            assert_eq!(s, 202, "{v}");
+        }
+    }
+}
+
 /// Every run of `job` through node `i`, newest first.
 pub async fn runs(c: &TestCluster, i: usize, job: &str) -> Vec<Value> {
     let (s, v) = c

@@ -28,6 +28,8 @@ const SPEC_ROUTES: &[(&str, &str)] = &[
     ("delete", "/v1/cluster/members/{id}"),
     ("get", "/v1/targets"),
     ("get", "/v1/snapshot"),
+    ("post", "/v1/jobs/bulk"),
+    ("post", "/v1/runs/retry"),
     ("get", "/openapi.json"),
     ("get", "/docs"),
     ("get", "/healthz"),

@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::core::command::{JobSpec, MisfirePolicy, MisfireSpec, RetrySpec, ScheduleSpec};
+use crate::core::command::{
+    BulkAction, JobSpec, MisfirePolicy, MisfireSpec, RetrySpec, ScheduleSpec,
+};
 pub(crate) use crate::core::mem::MemTables;
 
 /// A record as schemas 1 and 2 wrote it.
@@ -206,6 +208,64 @@ fn put_replaces_and_bumps_version_delete_then_create_gets_new_incarnation() {
         panic!("create expected");
     };
     assert_eq!((job.incarnation, job.version), (5 << 16, 1));
+}
+
+/// A bulk part applies its action to each id as the single command would, and counts what
+/// changed: unknown ids and jobs already in the asked state are not counted; the runs a bulk
+/// trigger opens get distinct ids.
+#[test]
+fn a_bulk_part_acts_on_each_id_and_counts_the_changes() {
+    let t = MemTables::default();
+    for (i, id) in ["a", "b", "c"].into_iter().enumerate() {
+        let create = Command::CreateJob {
+            id: id.into(),
+            spec: spec("http://x/"),
+            now_ms: 1,
+        };
+        apply(&t, 1 + i as u64, create);
+    }
+    let bulk = |action, ids: &[&str]| Command::Bulk {
+        action,
+        ids: ids.iter().map(|s| s.to_string()).collect(),
+        now_ms: 5,
+    };
+    let changed = |r: CommandResult| match r {
+        CommandResult::Bulk { changed } => changed,
+        other => panic!("unexpected {other:?}"),
+    };
+    assert_eq!(
+        changed(apply(&t, 10, bulk(BulkAction::Pause, &["a", "b", "zz"]))),
+        2
+    );
+    assert_eq!(
+        changed(apply(&t, 11, bulk(BulkAction::Pause, &["a", "b"]))),
+        0
+    );
+    let paused = |id: &str| get_job(&t, id).unwrap().unwrap().spec.paused;
+    assert!(paused("a") && paused("b") && !paused("c"));
+    assert_eq!(
+        changed(apply(&t, 12, bulk(BulkAction::Resume, &["b", "c"]))),
+        1
+    );
+    assert!(paused("a") && !paused("b"));
+
+    let mut touched = Touched::default();
+    let trigger = bulk(BulkAction::Trigger { retention: 10 }, &["a", "b", "c"]);
+    let result = apply_command(&t, &at(13), &trigger, &mut touched).unwrap();
+    assert_eq!(changed(result), 3);
+    assert_eq!(touched.runs.len(), 3);
+    let distinct: std::collections::BTreeSet<_> = touched.runs.iter().collect();
+    assert_eq!(distinct.len(), 3, "{:?}", touched.runs);
+
+    // Retry opens failed runs only: these are pending.
+    let runs: Vec<&str> = touched.runs.iter().map(String::as_str).collect();
+    assert_eq!(changed(apply(&t, 14, bulk(BulkAction::Retry, &runs))), 0);
+
+    assert_eq!(
+        changed(apply(&t, 15, bulk(BulkAction::Delete, &["a", "c", "d"]))),
+        2
+    );
+    assert!(get_job(&t, "a").unwrap().is_none() && get_job(&t, "b").unwrap().is_some());
 }
 
 #[test]
@@ -613,6 +673,12 @@ fn aim(cmd: &mut Command, pick: u8, runs: &[String], at: &Position) {
             for c in commands {
                 aim(c, pick, runs, at);
             }
+        }
+        Command::Bulk { action, ids, .. } => {
+            *ids = match action {
+                BulkAction::Retry => run().into_iter().collect(),
+                _ => vec!["a".into(), "b".into()],
+            };
         }
         Command::SetNodeInfo { .. } | Command::SetClusterId { .. } => {}
     }
