@@ -89,6 +89,24 @@ pub enum JobsCmd {
     Resume { id: String },
     /// Fire a job once now (an extra run).
     Trigger { id: String },
+    /// Change some fields of a job (a JSON merge patch): `--set labels.team=payments`,
+    /// `--set retry.max_attempts:=3` (`:=` takes JSON), `--unset headers.x-old`, or -f FILE.
+    Edit {
+        id: String,
+        /// PATH=TEXT sets a string, PATH:=JSON any JSON value; PATH is a field, with dots
+        /// into objects (labels.team, schedule.every). Repeatable.
+        #[arg(long = "set", value_name = "PATH=VALUE")]
+        set: Vec<String>,
+        /// Removes the field at PATH. Repeatable.
+        #[arg(long = "unset", value_name = "PATH")]
+        unset: Vec<String>,
+        /// A merge patch as JSON (- reads stdin); --set and --unset apply over it.
+        #[arg(short = 'f', long = "file", value_name = "FILE|-")]
+        file: Option<String>,
+        /// Only if the job still has this version (its ETag).
+        #[arg(long, value_name = "VERSION")]
+        if_match: Option<u64>,
+    },
     /// Pause, resume, delete or trigger every job the filters match (at least one filter).
     /// Shows how many match and asks first, unless --yes.
     Bulk {
@@ -643,6 +661,25 @@ async fn jobs(client: &Client, out: &Printer, cmd: JobsCmd) -> Result<(), CliErr
         JobsCmd::Pause { id } => job_action(client, out, &id, "pause").await,
         JobsCmd::Resume { id } => job_action(client, out, &id, "resume").await,
         JobsCmd::Trigger { id } => job_action(client, out, &id, "trigger").await,
+        JobsCmd::Edit {
+            id,
+            set,
+            unset,
+            file,
+            if_match,
+        } => {
+            let base = file.as_deref().map(read_json).transpose()?;
+            let patch = edit_patch(base, &set, &unset).map_err(CliError::Usage)?;
+            let v = client
+                .ok_if(
+                    Method::PATCH,
+                    &format!("/v1/jobs/{}", seg(&id)),
+                    Some(patch),
+                    if_match.map(|v| format!("\"{v}\"")),
+                )
+                .await?;
+            out.value(&v)
+        }
         JobsCmd::Bulk {
             action,
             filter,
@@ -748,24 +785,75 @@ async fn cluster(client: &Client, out: &Printer, cmd: ClusterCmd) -> Result<(), 
     out.cluster(&v)
 }
 
+/// The JSON in file `f` (`-`: stdin).
+fn read_json(f: &str) -> Result<Value, CliError> {
+    let text = if f == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(|e| CliError::Usage(format!("cannot read stdin: {e}")))?;
+        s
+    } else {
+        std::fs::read_to_string(f).map_err(|e| CliError::Usage(format!("cannot read {f}: {e}")))?
+    };
+    serde_json::from_str(&text).map_err(|e| CliError::Usage(format!("{f} is not JSON: {e}")))
+}
+
+/// The merge patch of `jobs edit`: `base` (an object; `{}` when none) with each `--set`
+/// (`PATH=TEXT` a string, `PATH:=JSON` any value) and `--unset` (`PATH`, null) applied in
+/// order; a dotted PATH reaches into objects.
+fn edit_patch(base: Option<Value>, set: &[String], unset: &[String]) -> Result<Value, String> {
+    let mut patch = base.unwrap_or_else(|| json!({}));
+    if !patch.is_object() {
+        return Err("the merge patch must be a JSON object".into());
+    }
+    let mut put = |path: &str, value: Value| -> Result<(), String> {
+        let keys: Vec<&str> = path.split('.').collect();
+        if keys.iter().any(|k| k.is_empty()) {
+            return Err(format!("{path:?} is not a field path (a.b.c)"));
+        }
+        let mut at = &mut patch;
+        for k in &keys[..keys.len() - 1] {
+            let obj = at
+                .as_object_mut()
+                .ok_or(format!("{path:?} goes into a non-object"))?;
+            at = obj.entry(k.to_string()).or_insert_with(|| json!({}));
+            if !at.is_object() {
+                return Err(format!("{path:?} goes into a non-object"));
+            }
+        }
+        let obj = at
+            .as_object_mut()
+            .ok_or(format!("{path:?} goes into a non-object"))?;
+        obj.insert(keys[keys.len() - 1].to_string(), value);
+        Ok(())
+    };
+    for s in set {
+        let (path, value) = match (s.split_once(":="), s.split_once('=')) {
+            (Some((p, json)), Some((q, _))) if p.len() <= q.len() => {
+                let v = serde_json::from_str(json)
+                    .map_err(|e| format!("--set {s}: the value after := is not JSON: {e}"))?;
+                (p, v)
+            }
+            (_, Some((p, text))) => (p, json!(text)),
+            _ => return Err(format!("--set {s}: give PATH=TEXT or PATH:=JSON")),
+        };
+        put(path, value)?;
+    }
+    for path in unset {
+        put(path, Value::Null)?;
+    }
+    if patch.as_object().is_some_and(|o| o.is_empty()) {
+        return Err("nothing to change: give --set, --unset or -f".into());
+    }
+    Ok(patch)
+}
+
 /// The job JSON of `jobs create`: the file's, with the flags' fields over it.
 fn job_body(args: &CreateArgs) -> Result<Value, CliError> {
     let mut job = match args.file.as_deref() {
         None => json!({}),
-        Some(f) => {
-            let text = if f == "-" {
-                let mut s = String::new();
-                std::io::stdin()
-                    .read_to_string(&mut s)
-                    .map_err(|e| CliError::Usage(format!("cannot read stdin: {e}")))?;
-                s
-            } else {
-                std::fs::read_to_string(f)
-                    .map_err(|e| CliError::Usage(format!("cannot read {f}: {e}")))?
-            };
-            serde_json::from_str(&text)
-                .map_err(|e| CliError::Usage(format!("{f} is not JSON: {e}")))?
-        }
+        Some(f) => read_json(f)?,
     };
     let Some(obj) = job.as_object_mut() else {
         return Err(CliError::Usage("the job JSON must be an object".into()));
@@ -926,12 +1014,16 @@ impl Client {
         method: Method,
         path: &str,
         body: Option<&Value>,
+        if_match: Option<&str>,
     ) -> Result<reqwest::Response, CliError> {
         let mut failures = Vec::new();
         for base in &self.bases {
             let mut req = self.http.request(method.clone(), format!("{base}{path}"));
             if let Some(t) = &self.token {
                 req = req.bearer_auth(t);
+            }
+            if let Some(m) = if_match {
+                req = req.header(reqwest::header::IF_MATCH, m);
             }
             if let Some(b) = body {
                 req = req.json(b);
@@ -951,7 +1043,20 @@ impl Client {
 
     /// The JSON answer of a successful request, or the API's error as a `CliError::Api`.
     async fn ok(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value, CliError> {
-        let resp = self.send(method, path, body.as_ref()).await?;
+        self.ok_if(method, path, body, None).await
+    }
+
+    /// `ok` with an `If-Match` header.
+    async fn ok_if(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        if_match: Option<String>,
+    ) -> Result<Value, CliError> {
+        let resp = self
+            .send(method, path, body.as_ref(), if_match.as_deref())
+            .await?;
         let status = resp.status();
         let text = resp
             .text()
@@ -983,7 +1088,7 @@ impl Client {
 
 /// Streams `GET /v1/snapshot` into `file` (through a temporary file, synced, then renamed).
 async fn save_snapshot(client: &Client, file: &Path) -> Result<(), CliError> {
-    let mut resp = client.send(Method::GET, "/v1/snapshot", None).await?;
+    let mut resp = client.send(Method::GET, "/v1/snapshot", None, None).await?;
     if !resp.status().is_success() {
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap_or_default();
@@ -1436,6 +1541,50 @@ impl Printer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn edit_flags_build_a_merge_patch() {
+        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        for (base, set, unset, want) in [
+            (
+                None,
+                vec![
+                    "labels.team=payments",
+                    "retry.max_attempts:=3",
+                    "paused:=true",
+                ],
+                vec!["headers.x-old"],
+                Ok(
+                    json!({"labels": {"team": "payments"}, "retry": {"max_attempts": 3},
+                          "paused": true, "headers": {"x-old": null}}),
+                ),
+            ),
+            (
+                None,
+                vec!["body={\"a\": 1}", "url=http://x/?q=a:=b"],
+                vec![],
+                Ok(json!({"body": "{\"a\": 1}", "url": "http://x/?q=a:=b"})),
+            ),
+            (
+                Some(json!({"schedule": {"every": "5m"}})),
+                vec!["schedule.start_at=2030-01-01T00:00:00Z"],
+                vec!["schedule.cron"],
+                Ok(
+                    json!({"schedule": {"every": "5m", "start_at": "2030-01-01T00:00:00Z",
+                                       "cron": null}}),
+                ),
+            ),
+            (None, vec!["paused:=yes"], vec![], Err(())),
+            (None, vec!["novalue"], vec![], Err(())),
+            (None, vec!["a..b=1"], vec![], Err(())),
+            (None, vec!["body=x", "body.y=1"], vec![], Err(())),
+            (None, vec![], vec![], Err(())),
+            (Some(json!([1])), vec!["a=1"], vec![], Err(())),
+        ] {
+            let got = edit_patch(base, &strings(&set), &strings(&unset)).map_err(|_| ());
+            assert_eq!(got, want, "{set:?} {unset:?}");
+        }
+    }
 
     #[test]
     fn create_flags_override_the_file_and_build_the_schedule() {

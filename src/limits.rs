@@ -30,6 +30,8 @@ pub const CLAIM_ITEMS_MAX: usize = 512;
 pub const RECORD_ITEMS_MAX: usize = 256;
 /// Most ids one part of a bulk request (one `Bulk` command, one log entry) carries.
 pub const BULK_PART_IDS_MAX: usize = 512;
+/// Most versions an `If-Match` header may list.
+pub const IF_MATCH_VERSIONS_MAX: usize = 16;
 /// Most ids a bulk request may list by name (`ids`).
 pub const BULK_IDS_MAX: usize = 10_000;
 /// Longest error text an attempt records.

@@ -13,6 +13,9 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub field: Option<String>,
+    /// A `412`'s job version as it stands (null when the job does not exist), also sent as the
+    /// `ETag`.
+    pub current_version: Option<Option<u64>>,
 }
 
 /// Seconds a client should wait before retrying a `503` or `429`.
@@ -25,6 +28,7 @@ impl ApiError {
             code,
             message: message.into(),
             field: None,
+            current_version: None,
         }
     }
 
@@ -114,6 +118,23 @@ impl ApiError {
         ApiError::new(StatusCode::GATEWAY_TIMEOUT, code, message)
     }
 
+    /// `412`: an `If-Match` that the job's version (`current`, none when there is no job)
+    /// does not satisfy.
+    pub fn precondition_failed(id: &str, current: Option<u64>) -> ApiError {
+        let message = match current {
+            Some(v) => format!("job {id:?} is at version {v}, which If-Match does not name"),
+            None => format!("no job {id:?}, and If-Match needs one"),
+        };
+        let mut e = ApiError::new(
+            StatusCode::PRECONDITION_FAILED,
+            "precondition_failed",
+            message,
+        )
+        .at("If-Match");
+        e.current_version = Some(current);
+        e
+    }
+
     pub fn unavailable(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
     }
@@ -152,10 +173,16 @@ impl From<crate::core::state::StateFault> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Json(json!({
-            "error": {"code": self.code, "message": self.message, "field": self.field}
-        }));
-        let mut resp = (self.status, body).into_response();
+        let mut error = json!({"code": self.code, "message": self.message, "field": self.field});
+        if let Some(current) = self.current_version {
+            error["current_version"] = json!(current);
+        }
+        let mut resp = (self.status, Json(json!({ "error": error }))).into_response();
+        if let Some(Some(v)) = self.current_version {
+            if let Ok(etag) = HeaderValue::from_str(&format!("\"{v}\"")) {
+                resp.headers_mut().insert(header::ETAG, etag);
+            }
+        }
         if matches!(
             self.status,
             StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS

@@ -17,7 +17,9 @@ use crate::replicated::ReplicaState;
 
 use crate::egress::literal_ip;
 
-use super::model::{job_filter, parse_json, validate_id, JobRequest, JobView};
+use super::model::{
+    job_filter, merge_patch, parse_if_match, parse_json, validate_id, JobRequest, JobView,
+};
 use super::{json_body, list_limit, now_ms, query, Api, ApiError, ApiState, Consistency};
 use crate::limits::PAGE_SCAN_BUDGET;
 
@@ -50,16 +52,36 @@ pub struct ListParams {
     consistency: Consistency,
 }
 
+/// A job answer: the job, its version as `ETag`, and `Location` when it was created.
 fn job_response(status: StatusCode, job: crate::core::Job) -> Response {
     let location = format!("/v1/jobs/{}", job.id);
+    let etag = format!("\"{}\"", job.version);
     let view = JobView::new(job);
     let mut resp = (status, Json(view)).into_response();
+    if let Ok(v) = etag.parse() {
+        resp.headers_mut().insert(header::ETAG, v);
+    }
     if status == StatusCode::CREATED {
         if let Ok(v) = location.parse() {
             resp.headers_mut().insert(header::LOCATION, v);
         }
     }
     resp
+}
+
+/// `cmd` (a change of job `id`), made conditional on the request's `If-Match`, if it has one.
+fn conditional(headers: &HeaderMap, id: &str, cmd: Command) -> Result<Command, ApiError> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(cmd);
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| ApiError::bad_request("If-Match", "not visible ASCII"))?;
+    Ok(Command::IfVersion {
+        id: id.to_owned(),
+        versions: parse_if_match(value)?,
+        command: Box::new(cmd),
+    })
 }
 
 /// How long a create waits for the members' API addresses to be asked for, when its URL names
@@ -117,6 +139,9 @@ fn respond(id: &str, result: CommandResult) -> Result<Response, ApiError> {
         CommandResult::Conflict { .. } => Err(ApiError::conflict(format!(
             "job {id:?} exists with another definition; PUT /v1/jobs/{id} replaces it"
         ))),
+        CommandResult::PreconditionFailed { current } => {
+            Err(ApiError::precondition_failed(id, current))
+        }
         other => {
             tracing::error!(?other, "unexpected result of a job command");
             Err(ApiError::unavailable("unexpected result of a job command"))
@@ -155,8 +180,9 @@ pub async fn create(
 
 /// Create or replace the job `id`.
 #[utoipa::path(put, operation_id = "putJob", path = "/jobs/{id}", tag = "jobs", request_body = JobRequest,
-    params(("id" = String, Path, description = "job id", pattern = r"^[A-Za-z0-9._:-]{1,128}$")),
-    responses(
+    params(("id" = String, Path, description = "job id", pattern = r"^[A-Za-z0-9._:-]{1,128}$"),
+        ("If-Match" = Option<String>, Header, description = "`*` or the job versions (`\"3\"`, as `ETag` gives them) the change may apply to")),
+    responses((status = 412, description = "If-Match names another version, or there is no job", body = super::openapi::ErrorBody),
         (status = 201, description = "created", body = JobView),
         (status = 200, description = "replaced (or unchanged)", body = JobView),
     ))]
@@ -177,10 +203,89 @@ pub async fn put(
         ));
     }
     let spec = keep_secrets(&state, &id, spec).await?;
-    let result = state
-        .propose(Command::put_job(id.clone(), spec, now_ms()))
-        .await?;
-    respond(&id, result)
+    let cmd = conditional(&headers, &id, Command::put_job(id.clone(), spec, now_ms()))?;
+    respond(&id, state.propose(cmd).await?)
+}
+
+/// Times a `PATCH` without `If-Match` is tried again when the job changed between its read and
+/// its write.
+const PATCH_TRIES: usize = 3;
+
+/// Change some fields of a job: a JSON merge patch (RFC 7396) of the job as sent.
+#[utoipa::path(patch, operation_id = "patchJob", path = "/jobs/{id}", tag = "jobs",
+    request_body(content = serde_json::Value, content_type = "application/merge-patch+json",
+        description = "a JSON merge patch of the job as sent: fields given replace, null removes"),
+    params(("id" = String, Path, description = "job id", pattern = r"^[A-Za-z0-9._:-]{1,128}$"),
+        ("If-Match" = Option<String>, Header, description = "`*` or the job versions (`\"3\"`, as `ETag` gives them) the change may apply to")),
+    responses((status = 412, description = "If-Match names another version, or there is no job", body = super::openapi::ErrorBody),
+        (status = 200, description = "the changed job", body = JobView)))]
+pub async fn patch(
+    state: Api,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    validate_id("id", &id)?;
+    let body = json_body(&headers, body)?;
+    let patch: serde_json::Value = parse_json(&body)?;
+    if !patch.is_object() {
+        return Err(ApiError::invalid(
+            "body",
+            "a merge patch of a job is a JSON object",
+        ));
+    }
+    let asked = headers
+        .get(header::IF_MATCH)
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| ApiError::bad_request("If-Match", "not visible ASCII"))
+                .and_then(parse_if_match)
+        })
+        .transpose()?;
+    for _ in 0..PATCH_TRIES {
+        state.read_barrier(Consistency::Linearizable).await?;
+        let Some(job) = state.replica.state().get_job(&id)? else {
+            return Err(match asked {
+                Some(_) => ApiError::precondition_failed(&id, None),
+                None => ApiError::not_found(format!("no job {id:?}")),
+            });
+        };
+        let version = job.version;
+        if asked
+            .as_ref()
+            .is_some_and(|a| !a.is_empty() && !a.contains(&version))
+        {
+            return Err(ApiError::precondition_failed(&id, Some(version)));
+        }
+        let as_sent = serde_json::to_value(JobView::new(job))
+            .map_err(|e| ApiError::unavailable(format!("cannot render job {id:?}: {e}")))?;
+        let patched = merge_patch(as_sent, &patch);
+        let patched = serde_json::to_vec(&patched)
+            .map_err(|e| ApiError::unavailable(format!("cannot render job {id:?}: {e}")))?;
+        let (body_id, spec) = parse_json::<JobRequest>(&patched)?.into_spec()?;
+        if body_id.as_deref() != Some(id.as_str()) {
+            return Err(ApiError::invalid("id", "a patch cannot change a job's id"));
+        }
+        check_egress(&state, &spec.url).await?;
+        let spec = keep_secrets(&state, &id, spec).await?;
+        // Written only over the version the patch was applied to.
+        let cmd = Command::IfVersion {
+            id: id.clone(),
+            versions: vec![version],
+            command: Box::new(Command::put_job(id.clone(), spec, now_ms())),
+        };
+        match state.propose(cmd).await? {
+            CommandResult::PreconditionFailed { current } if asked.is_some() => {
+                return Err(ApiError::precondition_failed(&id, current))
+            }
+            // Changed meanwhile: apply the patch to what it is now.
+            CommandResult::PreconditionFailed { .. } => continue,
+            result => return respond(&id, result),
+        }
+    }
+    Err(ApiError::conflict(format!(
+        "job {id:?} kept changing while this patch was applied; try again"
+    )))
 }
 
 /// Read one job.
@@ -240,51 +345,74 @@ async fn simple_command(
     respond(id, result)
 }
 
+async fn set_paused(
+    state: &Arc<ApiState>,
+    id: String,
+    headers: &HeaderMap,
+    paused: bool,
+) -> Result<Response, ApiError> {
+    let cmd = Command::SetPaused {
+        id: id.clone(),
+        paused,
+        now_ms: now_ms(),
+    };
+    simple_command(state, &id, conditional(headers, &id, cmd)?).await
+}
+
 /// Delete a job; pending retries are cancelled.
 #[utoipa::path(delete, operation_id = "deleteJob", path = "/jobs/{id}", tag = "jobs",
-    params(("id" = String, Path, description = "job id", pattern = r"^[A-Za-z0-9._:-]{1,128}$")),
-    responses((status = 204, description = "deleted")))]
-pub async fn delete(state: Api, Path(id): Path<String>) -> Result<Response, ApiError> {
+    params(("id" = String, Path, description = "job id", pattern = r"^[A-Za-z0-9._:-]{1,128}$"),
+        ("If-Match" = Option<String>, Header, description = "`*` or the job versions (`\"3\"`, as `ETag` gives them) the change may apply to")),
+    responses((status = 412, description = "If-Match names another version, or there is no job", body = super::openapi::ErrorBody),
+        (status = 204, description = "deleted")))]
+pub async fn delete(
+    state: Api,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let cmd = Command::DeleteJob {
         id: id.clone(),
         now_ms: now_ms(),
     };
-    simple_command(&state, &id, cmd).await
+    simple_command(&state, &id, conditional(&headers, &id, cmd)?).await
 }
 
 /// Stop firing a job.
 #[utoipa::path(post, operation_id = "pauseJob", path = "/jobs/{id}/pause", tag = "jobs",
-    params(("id" = String, Path, description = "job id", pattern = r"^[A-Za-z0-9._:-]{1,128}$")),
-    responses((status = 200, description = "the paused job", body = JobView)))]
-pub async fn pause(state: Api, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let cmd = Command::SetPaused {
-        id: id.clone(),
-        paused: true,
-        now_ms: now_ms(),
-    };
-    simple_command(&state, &id, cmd).await
+    params(("id" = String, Path, description = "job id", pattern = r"^[A-Za-z0-9._:-]{1,128}$"),
+        ("If-Match" = Option<String>, Header, description = "`*` or the job versions (`\"3\"`, as `ETag` gives them) the change may apply to")),
+    responses((status = 412, description = "If-Match names another version, or there is no job", body = super::openapi::ErrorBody),
+        (status = 200, description = "the paused job", body = JobView)))]
+pub async fn pause(
+    state: Api,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    set_paused(&state, id, &headers, true).await
 }
 
 /// Fire a paused job again, from the first run due after the resume.
 #[utoipa::path(post, operation_id = "resumeJob", path = "/jobs/{id}/resume", tag = "jobs",
-    params(("id" = String, Path, description = "job id", pattern = r"^[A-Za-z0-9._:-]{1,128}$")),
-    responses((status = 200, description = "the resumed job", body = JobView)))]
-pub async fn resume(state: Api, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let cmd = Command::SetPaused {
-        id: id.clone(),
-        paused: false,
-        now_ms: now_ms(),
-    };
-    simple_command(&state, &id, cmd).await
+    params(("id" = String, Path, description = "job id", pattern = r"^[A-Za-z0-9._:-]{1,128}$"),
+        ("If-Match" = Option<String>, Header, description = "`*` or the job versions (`\"3\"`, as `ETag` gives them) the change may apply to")),
+    responses((status = 412, description = "If-Match names another version, or there is no job", body = super::openapi::ErrorBody),
+        (status = 200, description = "the resumed job", body = JobView)))]
+pub async fn resume(
+    state: Api,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    set_paused(&state, id, &headers, false).await
 }
 
-/// `POST /v1/jobs/bulk` is the bulk route; a job whose id is `bulk` is still read, replaced
-/// and deleted at that path.
+/// `POST /v1/jobs/bulk` is the bulk route; a job whose id is `bulk` is still read, replaced,
+/// patched and deleted at that path.
 pub fn job_named_bulk() -> axum::routing::MethodRouter<Arc<ApiState>> {
     const ID: &str = "bulk";
     axum::routing::get(|s: Api, p: Result<Query<ReadParams>, QueryRejection>| {
         get_one(s, Path(ID.into()), p)
     })
     .put(|s: Api, h: HeaderMap, b: Result<Bytes, BytesRejection>| put(s, Path(ID.into()), h, b))
-    .delete(|s: Api| delete(s, Path(ID.into())))
+    .patch(|s: Api, h: HeaderMap, b: Result<Bytes, BytesRejection>| patch(s, Path(ID.into()), h, b))
+    .delete(|s: Api, h: HeaderMap| delete(s, Path(ID.into()), h))
 }

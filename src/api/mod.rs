@@ -103,7 +103,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .routes(routes!(jobs::create, jobs::list))
         .routes(routes!(bulk::jobs))
         .route("/jobs/bulk", jobs::job_named_bulk())
-        .routes(routes!(jobs::get_one, jobs::put, jobs::delete))
+        .routes(routes!(jobs::get_one, jobs::put, jobs::patch, jobs::delete))
         .routes(routes!(jobs::pause))
         .routes(routes!(jobs::resume))
         .routes(routes!(runs::trigger))

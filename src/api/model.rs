@@ -670,3 +670,130 @@ impl JobView {
         }
     }
 }
+
+/// The versions an `If-Match` header value allows: empty for `*` (any version: the job must
+/// exist), else those of its entity tags, `"N"` (a weak `W/"N"` counts as `"N"`: a version
+/// names one state exactly). A tag that is not a version is a `400`.
+pub fn parse_if_match(value: &str) -> Result<Vec<u64>, ApiError> {
+    let bad = || {
+        ApiError::bad_request(
+            "If-Match",
+            format!("{value:?} is not * or a list of job versions (\"N\", as ETag gives them)"),
+        )
+    };
+    if value.trim() == "*" {
+        return Ok(Vec::new());
+    }
+    let mut versions = Vec::new();
+    for tag in value.split(',') {
+        let tag = tag.trim();
+        let tag = tag.strip_prefix("W/").unwrap_or(tag);
+        let quoted = tag
+            .strip_prefix('"')
+            .and_then(|t| t.strip_suffix('"'))
+            .ok_or_else(bad)?;
+        if quoted.is_empty() || !quoted.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        versions.push(quoted.parse().map_err(|_| bad())?);
+    }
+    if versions.len() > IF_MATCH_VERSIONS_MAX {
+        return Err(ApiError::bad_request(
+            "If-Match",
+            format!("at most {IF_MATCH_VERSIONS_MAX} versions"),
+        ));
+    }
+    Ok(versions)
+}
+
+/// The schedule kinds; a job's schedule has exactly one.
+const SCHEDULE_KINDS: [&str; 4] = ["at", "after", "every", "cron"];
+
+/// `job` (a job as returned) with the JSON merge patch `patch` (RFC 7396) applied, with one
+/// addition: a patch whose `schedule` names another kind than the job's replaces the schedule
+/// whole (`{"schedule": {"every": "5m"}}` on a cron job), where the plain merge would leave two
+/// kinds and be refused.
+pub fn merge_patch(mut job: serde_json::Value, patch: &serde_json::Value) -> serde_json::Value {
+    let kind_of = |s: &serde_json::Value| {
+        SCHEDULE_KINDS
+            .into_iter()
+            .find(|k| s.get(*k).is_some_and(|v| !v.is_null()))
+    };
+    let new_kind = patch.get("schedule").and_then(kind_of);
+    let replaces = new_kind.is_some() && new_kind != job.get("schedule").and_then(kind_of);
+    json_patch::merge(&mut job, patch);
+    if replaces {
+        if let Some(serde_json::Value::Object(s)) = patch.get("schedule") {
+            let given = s
+                .iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), v.clone()));
+            job["schedule"] = serde_json::Value::Object(given.collect());
+        }
+    }
+    job
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn if_match_takes_star_or_quoted_versions_and_refuses_anything_else() {
+        for (value, want) in [
+            ("*", Some(vec![])),
+            (" * ", Some(vec![])),
+            ("\"3\"", Some(vec![3])),
+            ("\"3\", W/\"5\"", Some(vec![3, 5])),
+            ("3", None),
+            ("\"\"", None),
+            ("\"x\"", None),
+            ("\"-1\"", None),
+            ("\"99999999999999999999999\"", None),
+            ("\"1\",", None),
+            ("", None),
+        ] {
+            let got = parse_if_match(value).ok();
+            assert_eq!(got, want, "{value:?}");
+        }
+        let many = vec!["\"1\""; IF_MATCH_VERSIONS_MAX + 1].join(",");
+        assert!(parse_if_match(&many).is_err());
+    }
+
+    #[test]
+    fn a_merge_patch_merges_removes_with_null_and_replaces_a_schedule_of_another_kind() {
+        let job = json!({
+            "id": "a", "url": "http://x/", "headers": {"a": "1", "b": "2"},
+            "schedule": {"cron": "0 * * * *", "timezone": "Europe/Paris"},
+            "labels": {"team": "x"}, "version": 4,
+        });
+        for (patch, want) in [
+            (
+                json!({"headers": {"a": null, "c": "3"}, "labels": {"env": "prod"}}),
+                json!({"id": "a", "url": "http://x/", "headers": {"b": "2", "c": "3"},
+                       "schedule": {"cron": "0 * * * *", "timezone": "Europe/Paris"},
+                       "labels": {"team": "x", "env": "prod"}, "version": 4}),
+            ),
+            (
+                json!({"schedule": {"timezone": "UTC"}}),
+                json!({"id": "a", "url": "http://x/", "headers": {"a": "1", "b": "2"},
+                       "schedule": {"cron": "0 * * * *", "timezone": "UTC"},
+                       "labels": {"team": "x"}, "version": 4}),
+            ),
+            (
+                json!({"schedule": {"every": "5m", "cron": null}, "labels": null}),
+                json!({"id": "a", "url": "http://x/", "headers": {"a": "1", "b": "2"},
+                       "schedule": {"every": "5m"}, "version": 4}),
+            ),
+            (
+                json!({"schedule": {"every": "5m"}}),
+                json!({"id": "a", "url": "http://x/", "headers": {"a": "1", "b": "2"},
+                       "schedule": {"every": "5m"}, "labels": {"team": "x"}, "version": 4}),
+            ),
+            (json!({}), job.clone()),
+        ] {
+            assert_eq!(merge_patch(job.clone(), &patch), want, "{patch}");
+        }
+    }
+}

@@ -19,6 +19,9 @@ pub struct ErrorDetail {
     message: String,
     /// The offending input, as a JSON path such as `schedule.cron`.
     field: Option<String>,
+    /// With `412`: the job's version as it stands (null when there is no job).
+    #[schema(required = false)]
+    current_version: Option<u64>,
 }
 
 #[derive(OpenApi)]

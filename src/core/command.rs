@@ -574,6 +574,13 @@ pub enum Command {
         ids: Vec<String>,
         now_ms: UnixMs,
     },
+    /// `command` (a replace, delete, pause or resume of job `id`) applied only while the job
+    /// exists and has one of `versions` (any version when empty: `If-Match: *`).
+    IfVersion {
+        id: String,
+        versions: Vec<u64>,
+        command: Box<Command>,
+    },
 }
 
 /// What a `Bulk` command does to each of its ids.
@@ -679,6 +686,7 @@ impl Command {
             Command::RecordAttempts { outcomes } => 64 + outcomes.len() * 256,
             Command::Batch { commands } => commands.iter().map(Command::approx_bytes).sum(),
             Command::Bulk { ids, .. } => 64 + ids.iter().map(|id| id.len() + 8).sum::<usize>(),
+            Command::IfVersion { command, .. } => 64 + command.approx_bytes(),
             _ => 128,
         }
     }
@@ -698,6 +706,7 @@ impl Command {
             Command::TriggerJob { .. } => "trigger_job",
             Command::Batch { .. } => "batch",
             Command::Bulk { .. } => "bulk",
+            Command::IfVersion { command, .. } => command.kind(),
         }
     }
 
@@ -720,6 +729,7 @@ impl Command {
             | Command::RecordAttempts { .. } => false,
             Command::Batch { commands } => commands.iter().any(Command::sheddable),
             Command::Bulk { action, .. } => action.sheddable(),
+            Command::IfVersion { command, .. } => command.sheddable(),
         }
     }
 }
@@ -774,6 +784,10 @@ pub enum CommandResult {
     /// How many ids of a `Bulk` command it changed (a job paused that was not, a run opened).
     Bulk {
         changed: u32,
+    },
+    /// An `IfVersion` whose job does not exist (`current` none) or has another version.
+    PreconditionFailed {
+        current: Option<u64>,
     },
 }
 

@@ -447,15 +447,18 @@ pub(super) fn insert_run<T: Tables>(t: &T, run: &Run, retention: u32) -> TxResul
     t.put(Table::JobRuns, run.job_id.as_bytes(), compact(&kept))
 }
 
-/// On pause: runs claimed ahead of time that fall due after `pause_ms` and have no attempt yet
-/// are dropped, not recorded — they fall due while the job is paused.
+/// On pause (or a schedule change): runs claimed ahead of time that fall due after `pause_ms`
+/// and have no attempt yet are dropped, not recorded — they fall due while the job is paused
+/// (or belong to the schedule replaced). Returns the latest due instant after `pause_ms` of a
+/// run kept.
 pub(super) fn forget_runs_due_after<T: Tables>(
     t: &T,
     job_id: &str,
     pause_ms: i64,
-) -> TxResult<T, ()> {
+) -> TxResult<T, Option<i64>> {
     let list = get_run_list(t, job_id)?;
     let mut kept = Vec::with_capacity(list.len());
+    let mut latest_kept = None;
     for (due, id) in list {
         if due > pause_ms {
             if let Some(run) = get_run(t, &id)? {
@@ -464,10 +467,12 @@ pub(super) fn forget_runs_due_after<T: Tables>(
                     continue;
                 }
             }
+            latest_kept = latest_kept.max(Some(due));
         }
         kept.push((due, id));
     }
-    t.put(Table::JobRuns, job_id.as_bytes(), compact(&kept))
+    t.put(Table::JobRuns, job_id.as_bytes(), compact(&kept))?;
+    Ok(latest_kept)
 }
 
 /// Removes every run of a job.

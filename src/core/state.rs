@@ -130,6 +130,19 @@ fn apply_one<T: Tables>(
             }
             Ok(CommandResult::Bulk { changed })
         }
+        Command::IfVersion {
+            id,
+            versions,
+            command,
+        } => {
+            let current = get_job(t, id)?.map(|j| j.version);
+            match current {
+                Some(v) if versions.is_empty() || versions.contains(&v) => {
+                    apply_one(t, at, seq, command, touched)
+                }
+                current => Ok(CommandResult::PreconditionFailed { current }),
+            }
+        }
     }
 }
 
@@ -215,15 +228,18 @@ fn replace_job<T: Tables>(
     };
     let mut job = old.clone();
     if job.spec.schedule != spec.schedule {
-        // Runs the old schedule would have had before the replace are not owed.
+        // The new schedule counts from the replace. Runs the old one would have had before it
+        // are not owed, and the ones claimed ahead of their instant are dropped, so the new
+        // schedule's first run is its first fire after the replace (docs/api.md#safe-edits).
+        // Runs already open (a retry, a due run not sent yet, a trigger) go on.
         job.schedule_base_ms = now_ms;
-        job.cursor_ms = job.cursor_ms.max(now_ms.saturating_sub(1));
+        let kept = forget_runs_due_after(t, id, now_ms)?;
+        job.cursor_ms = now_ms.saturating_sub(1).max(kept.unwrap_or(i64::MIN));
+    } else if !job.spec.paused && spec.paused {
+        forget_runs_due_after(t, id, now_ms)?;
     }
     if job.spec.paused && !spec.paused {
         job.cursor_ms = job.cursor_ms.max(now_ms);
-    }
-    if !job.spec.paused && spec.paused {
-        forget_runs_due_after(t, id, now_ms)?;
     }
     job.spec = spec;
     touch(&mut job, now_ms);

@@ -157,6 +157,33 @@ pub fn command(cmd: &Command, now_ms: UnixMs) -> Checked {
             }
             bulk_ids(*action, ids)
         }
+        Command::IfVersion {
+            id,
+            versions,
+            command: inner,
+        } => {
+            job_id("id", id)?;
+            if versions.len() > IF_MATCH_VERSIONS_MAX {
+                return Err(Invalid::new(
+                    "If-Match",
+                    format!("at most {IF_MATCH_VERSIONS_MAX} versions"),
+                ));
+            }
+            let same_job = match &**inner {
+                Command::PutJob { id: i, .. }
+                | Command::PutJob3 { id: i, .. }
+                | Command::DeleteJob { id: i, .. }
+                | Command::SetPaused { id: i, .. } => i == id,
+                _ => false,
+            };
+            if !same_job {
+                return Err(Invalid::new(
+                    "command",
+                    "a condition holds a replace, delete, pause or resume of its own job",
+                ));
+            }
+            command(inner, now_ms)
+        }
     }
 }
 

@@ -126,6 +126,38 @@ async fn the_client_uses_the_first_node_that_answers_and_exits_by_outcome() {
     assert_eq!(code, 0);
     assert_eq!(json(&out)["runs"][0]["attempts"][0]["n"], 1, "{out}");
 
+    // Edit: --set and --unset as a merge patch; --if-match a stale version is refused.
+    let (code, out, err) = run(&[
+        "jobs",
+        "edit",
+        "cli-1",
+        "--set",
+        "labels.team=ops",
+        "--set",
+        "retry.max_attempts:=2",
+    ])
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let edited = json(&out);
+    assert_eq!(
+        (&edited["labels"]["team"], &edited["retry"]["max_attempts"]),
+        (&serde_json::json!("ops"), &serde_json::json!(2)),
+        "{out}"
+    );
+    let stale = (edited["version"].as_u64().expect("version") - 1).to_string();
+    let (code, _, err) = run(&[
+        "jobs",
+        "edit",
+        "cli-1",
+        "--unset",
+        "labels.team",
+        "--if-match",
+        &stale,
+    ])
+    .await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("412 precondition_failed"), "{err}");
+
     // Bulk: a dry run counts; without --yes off a terminal it asks (usage error) and changes
     // nothing; with --yes it acts.
     let (code, out, err) = run(&["jobs", "bulk", "pause", "--prefix", "cli-", "--dry-run"]).await;

@@ -5,6 +5,7 @@ mod bulk;
 mod cli;
 mod cluster;
 mod dispatch;
+mod edits;
 mod harness;
 mod isolation;
 mod members;

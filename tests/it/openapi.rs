@@ -29,6 +29,7 @@ const SPEC_ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/targets"),
     ("get", "/v1/snapshot"),
     ("post", "/v1/jobs/bulk"),
+    ("patch", "/v1/jobs/{id}"),
     ("post", "/v1/runs/retry"),
     ("get", "/openapi.json"),
     ("get", "/docs"),

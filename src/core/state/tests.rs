@@ -268,6 +268,51 @@ fn a_bulk_part_acts_on_each_id_and_counts_the_changes() {
     assert!(get_job(&t, "a").unwrap().is_none() && get_job(&t, "b").unwrap().is_some());
 }
 
+/// A conditional command applies only over a version it names (any with none named), and
+/// reports the version found otherwise; without the job it fails and creates nothing.
+#[test]
+fn a_conditional_command_applies_only_over_a_version_it_names() {
+    let t = MemTables::default();
+    let pause = |paused| {
+        Box::new(Command::SetPaused {
+            id: "a".into(),
+            paused,
+            now_ms: 2,
+        })
+    };
+    let guarded = |versions: &[u64], command| Command::IfVersion {
+        id: "a".into(),
+        versions: versions.to_vec(),
+        command,
+    };
+    let put = Box::new(Command::PutJob {
+        id: "a".into(),
+        spec: spec("http://x/"),
+        now_ms: 1,
+    });
+    assert_eq!(
+        apply(&t, 1, guarded(&[], put.clone())),
+        CommandResult::PreconditionFailed { current: None }
+    );
+    assert!(
+        get_job(&t, "a").unwrap().is_none(),
+        "If-Match creates nothing"
+    );
+    apply(&t, 2, *put);
+    assert_eq!(
+        apply(&t, 3, guarded(&[2, 3], pause(true))),
+        CommandResult::PreconditionFailed { current: Some(1) }
+    );
+    assert!(matches!(
+        apply(&t, 4, guarded(&[1, 7], pause(true))),
+        CommandResult::Job { changed: true, ref job, .. } if job.version == 2
+    ));
+    assert!(matches!(
+        apply(&t, 5, guarded(&[], pause(false))),
+        CommandResult::Job { changed: true, ref job, .. } if job.version == 3
+    ));
+}
+
 #[test]
 fn pause_changes_once_and_unknown_ids_are_not_found() {
     let t = MemTables::default();
@@ -537,6 +582,60 @@ fn guards_round_trip_and_reject_other_lengths() {
 
 /// Regression (chaos smoke): a run claimed ahead of time that fell due after an
 /// acknowledged pause was delivered after the resume.
+/// A replace that changes the schedule drops the old schedule's runs claimed ahead of their
+/// instant and moves the cursor back to the replace, so the new schedule's first run is its
+/// first fire after it; one that keeps the schedule keeps both (docs/api.md#safe-edits).
+#[test]
+fn a_new_schedule_drops_runs_claimed_ahead_and_counts_from_the_replace() {
+    let t = MemTables::default();
+    let mut every = spec("http://x/");
+    every.schedule = ScheduleSpec::Every {
+        every_ms: 1000,
+        start_at_ms: Some(1000),
+    };
+    create_a(&t, every.clone());
+    for (index, due) in [(2, 1000), (3, 2000), (4, 30_000)] {
+        assert_eq!(
+            claim(&t, index, due),
+            CommandResult::Claimed {
+                accepted: vec![true]
+            }
+        );
+    }
+    let put = |index, spec: &JobSpec| {
+        let cmd = Command::PutJob {
+            id: "a".into(),
+            spec: spec.clone(),
+            now_ms: 1500,
+        };
+        apply(&t, index, cmd)
+    };
+    let dues = || -> Vec<i64> {
+        let bytes = t.get(Table::JobRuns, b"a").ok().flatten().expect("list");
+        decode_run_list(&bytes)
+            .expect("list")
+            .iter()
+            .map(|(d, _)| *d)
+            .collect()
+    };
+    let mut same_schedule = every.clone();
+    same_schedule.body = Some("new".into());
+    put(5, &same_schedule);
+    assert_eq!((dues(), cursor(&t)), (vec![1000, 2000, 30_000], 30_000));
+
+    let mut other = same_schedule;
+    other.schedule = ScheduleSpec::Every {
+        every_ms: 3000,
+        start_at_ms: None,
+    };
+    put(6, &other);
+    assert_eq!(dues(), [1000], "the run due before the replace stays open");
+    assert_eq!(cursor(&t), 1499);
+    let job = get_job(&t, "a").unwrap().unwrap();
+    assert_eq!(job.schedule_base_ms, 1500);
+    assert_eq!(crate::core::plan::job_next_due(&job), Some(4500));
+}
+
 #[test]
 fn pausing_drops_runs_claimed_ahead_that_fall_due_after_the_pause() {
     let t = MemTables::default();
@@ -679,6 +778,10 @@ fn aim(cmd: &mut Command, pick: u8, runs: &[String], at: &Position) {
                 BulkAction::Retry => run().into_iter().collect(),
                 _ => vec!["a".into(), "b".into()],
             };
+        }
+        Command::IfVersion { id, command, .. } => {
+            *id = job;
+            aim(command, pick, runs, at);
         }
         Command::SetNodeInfo { .. } | Command::SetClusterId { .. } => {}
     }
