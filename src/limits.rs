@@ -30,6 +30,14 @@ pub const CLAIM_ITEMS_MAX: usize = 512;
 pub const RECORD_ITEMS_MAX: usize = 256;
 /// Most ids one part of a bulk request (one `Bulk` command, one log entry) carries.
 pub const BULK_PART_IDS_MAX: usize = 512;
+/// How long an `Idempotency-Key` is remembered, and how many are at most (beyond that the
+/// oldest are forgotten early).
+pub const IDEMPOTENCY_TTL_MS: i64 = 24 * 3600 * 1000;
+pub const IDEMPOTENCY_KEYS_MAX: u64 = 1_000_000;
+/// `Idempotency-Key`: 1 to this many visible ASCII characters.
+pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 255;
+/// Largest answer remembered whole for a key (a bulk request's).
+pub const IDEMPOTENT_ANSWER_BYTES_MAX: usize = 16 << 10;
 /// Most versions an `If-Match` header may list.
 pub const IF_MATCH_VERSIONS_MAX: usize = 16;
 /// Most ids a bulk request may list by name (`ids`).

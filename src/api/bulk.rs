@@ -24,6 +24,7 @@ use crate::core::{Command, CommandResult};
 use crate::limits::{BULK_IDS_MAX, BULK_PART_IDS_MAX, PAGE_SCAN_BUDGET};
 use crate::replicated::{ReadView, ReplicaState};
 
+use super::idempotency::{self, Key};
 use super::model::{job_filter, parse_json, run_filter, validate_id};
 use super::{json_body, now_ms, Api, ApiError, ApiState, Consistency};
 
@@ -109,6 +110,7 @@ pub struct RunsRetryAnswer {
 
 /// Act on every job a filter matches.
 #[utoipa::path(post, operation_id = "bulkJobs", path = "/jobs/bulk", tag = "jobs", request_body = JobsBulkRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters: a repeat of this request with the key within 24 h gets the first answer")),
     responses((status = 200, description = "what was matched and changed", body = JobsBulkAnswer)))]
 pub async fn jobs(
     state: Api,
@@ -117,6 +119,7 @@ pub async fn jobs(
 ) -> Result<Response, ApiError> {
     let body = json_body(&headers, body)?;
     let req: JobsBulkRequest = parse_json(&body)?;
+    let key = Key::of(&headers, "POST", "/v1/jobs/bulk", &body)?;
     let filter = job_filter(
         req.selector.as_deref(),
         req.state.as_deref(),
@@ -138,6 +141,12 @@ pub async fn jobs(
             retention: state.run_retention,
         },
     };
+    if let Some(earlier) = match &key {
+        Some(k) => idempotency::earlier(&state, k).await?,
+        None => None,
+    } {
+        return Ok(earlier);
+    }
     let deadline = Instant::now() + BULK_WITHIN;
     state.read_barrier(Consistency::Linearizable).await?;
     let mut answer = JobsBulkAnswer {
@@ -155,11 +164,12 @@ pub async fn jobs(
                 .map_err(|e| partly_done(e, answer.changed))?;
         }
     }
-    Ok(Json(answer).into_response())
+    answered(&state, key.as_ref(), answer).await
 }
 
 /// Deliver every failed run a filter matches again.
 #[utoipa::path(post, operation_id = "retryRuns", path = "/runs/retry", tag = "runs", request_body = RunsRetryRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters: a repeat of this request with the key within 24 h gets the first answer")),
     responses((status = 200, description = "what was matched and retried", body = RunsRetryAnswer)))]
 pub async fn runs(
     state: Api,
@@ -168,6 +178,7 @@ pub async fn runs(
 ) -> Result<Response, ApiError> {
     let body = json_body(&headers, body)?;
     let req: RunsRetryRequest = parse_json(&body)?;
+    let key = Key::of(&headers, "POST", "/v1/runs/retry", &body)?;
     let filter = run_filter(
         Some(RunStatus::Failed),
         req.job_id.as_deref(),
@@ -176,6 +187,12 @@ pub async fn runs(
         req.since.as_deref(),
         req.until.as_deref(),
     )?;
+    if let Some(earlier) = match &key {
+        Some(k) => idempotency::earlier(&state, k).await?,
+        None => None,
+    } {
+        return Ok(earlier);
+    }
     let deadline = Instant::now() + BULK_WITHIN;
     state.read_barrier(Consistency::Linearizable).await?;
     let mut answer = RunsRetryAnswer {
@@ -204,7 +221,22 @@ pub async fn runs(
             None => break,
         }
     }
-    Ok(Json(answer).into_response())
+    answered(&state, key.as_ref(), answer).await
+}
+
+/// The answer of a bulk request; under an idempotency key, remembered first (a repeat that
+/// finished before it gets the first answer instead).
+async fn answered(
+    state: &ApiState,
+    key: Option<&Key>,
+    answer: impl Serialize,
+) -> Result<Response, ApiError> {
+    let answer = serde_json::to_value(answer)
+        .map_err(|e| ApiError::unavailable(format!("cannot render the answer: {e}")))?;
+    match key {
+        Some(k) => idempotency::remember(state, k, answer).await,
+        None => Ok(Json(answer).into_response()),
+    }
 }
 
 /// The `ids` of a bulk request: each a job id, at most `BULK_IDS_MAX`; sorted, each once.

@@ -17,6 +17,7 @@ use crate::replicated::ReplicaState;
 
 use crate::egress::literal_ip;
 
+use super::idempotency::{self, Key, Keyed};
 use super::model::{
     job_filter, merge_patch, parse_if_match, parse_json, validate_id, JobRequest, JobView,
 };
@@ -53,7 +54,7 @@ pub struct ListParams {
 }
 
 /// A job answer: the job, its version as `ETag`, and `Location` when it was created.
-fn job_response(status: StatusCode, job: crate::core::Job) -> Response {
+pub(super) fn job_response(status: StatusCode, job: crate::core::Job) -> Response {
     let location = format!("/v1/jobs/{}", job.id);
     let etag = format!("\"{}\"", job.version);
     let view = JobView::new(job);
@@ -158,6 +159,7 @@ pub struct JobsPage {
 
 /// Create a job.
 #[utoipa::path(post, operation_id = "createJob", path = "/jobs", tag = "jobs", request_body = JobRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters: a repeat of this request with the key within 24 h gets the first answer")),
     responses(
         (status = 201, description = "created", body = JobView),
         (status = 200, description = "a job with this id and the same definition exists", body = JobView),
@@ -170,12 +172,14 @@ pub async fn create(
     let body = json_body(&headers, body)?;
     let (id, spec) = parse_json::<JobRequest>(&body)?.into_spec()?;
     check_egress(&state, &spec.url).await?;
+    let key = Key::of(&headers, "POST", "/v1/jobs", &body)?;
     let id = id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     let spec = keep_secrets(&state, &id, spec).await?;
-    let result = state
-        .propose(Command::create_job(id.clone(), spec, now_ms()))
-        .await?;
-    respond(&id, result)
+    let cmd = Command::create_job(id.clone(), spec, now_ms());
+    match idempotency::propose(&state, key.as_ref(), cmd).await? {
+        Keyed::Answer(answer) => Ok(answer),
+        Keyed::Result(result) => respond(&id, *result),
+    }
 }
 
 /// Create or replace the job `id`.

@@ -5,6 +5,7 @@
 mod bulk;
 mod cluster;
 mod error;
+mod idempotency;
 mod jobs;
 pub mod model;
 pub mod openapi;

@@ -13,6 +13,7 @@ use crate::core::command::{Run, RunStatus, ScheduleSpec};
 use crate::core::{Command, CommandResult};
 use crate::replicated::ReplicaState;
 
+use super::idempotency::{self, Key, Keyed};
 use super::model::{
     format_instant, parse_instant, parse_json, run_filter, validate_id, ScheduleRequest,
 };
@@ -253,34 +254,46 @@ fn run_accepted(result: CommandResult, what: &str) -> Result<Response, ApiError>
 
 /// Deliver a failed run again.
 #[utoipa::path(post, operation_id = "retryRun", path = "/runs/{run_id}/retry", tag = "runs",
-    params(("run_id" = String, Path, description = "run id")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters: a repeat of this request with the key within 24 h gets the first answer"), ("run_id" = String, Path, description = "run id")),
     responses((status = 202, description = "the run, open again", body = RunView)))]
-pub async fn retry(state: Api, Path(run_id): Path<String>) -> Result<Response, ApiError> {
+pub async fn retry(
+    state: Api,
+    Path(run_id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     if run_id.is_empty() || run_id.len() > 512 {
         return Err(ApiError::not_found("no such run"));
     }
-    let result = state
-        .propose(Command::RetryRun {
-            run_id: run_id.clone(),
-            now_ms: now_ms(),
-        })
-        .await?;
-    run_accepted(result, &format!("run {run_id:?}"))
+    let key = Key::of(&headers, "POST", &format!("/v1/runs/{run_id}/retry"), b"")?;
+    let cmd = Command::RetryRun {
+        run_id: run_id.clone(),
+        now_ms: now_ms(),
+    };
+    match idempotency::propose(&state, key.as_ref(), cmd).await? {
+        Keyed::Answer(answer) => Ok(answer),
+        Keyed::Result(result) => run_accepted(*result, &format!("run {run_id:?}")),
+    }
 }
 
 /// Fire a job once now (an extra run).
 #[utoipa::path(post, operation_id = "triggerJob", path = "/jobs/{id}/trigger", tag = "jobs",
-    params(("id" = String, Path, description = "job id", pattern = r"^[A-Za-z0-9._:-]{1,128}$")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters: a repeat of this request with the key within 24 h gets the first answer"), ("id" = String, Path, description = "job id", pattern = r"^[A-Za-z0-9._:-]{1,128}$")),
     responses((status = 202, description = "the new run", body = RunView)))]
-pub async fn trigger(state: Api, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let result = state
-        .propose(Command::TriggerJob {
-            id: id.clone(),
-            now_ms: now_ms(),
-            retention: state.run_retention,
-        })
-        .await?;
-    run_accepted(result, &format!("job {id:?}"))
+pub async fn trigger(
+    state: Api,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let key = Key::of(&headers, "POST", &format!("/v1/jobs/{id}/trigger"), b"")?;
+    let cmd = Command::TriggerJob {
+        id: id.clone(),
+        now_ms: now_ms(),
+        retention: state.run_retention,
+    };
+    match idempotency::propose(&state, key.as_ref(), cmd).await? {
+        Keyed::Answer(answer) => Ok(answer),
+        Keyed::Result(result) => run_accepted(*result, &format!("job {id:?}")),
+    }
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

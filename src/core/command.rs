@@ -581,6 +581,24 @@ pub enum Command {
         versions: Vec<u64>,
         command: Box<Command>,
     },
+    /// `command` (a create, trigger or retry) under an `Idempotency-Key`: applied and
+    /// remembered the first time; a repeat of the same request (`fingerprint`) within 24 h
+    /// gets what the first got, another request with the key is refused.
+    Idempotent {
+        key: String,
+        fingerprint: [u8; 32],
+        now_ms: UnixMs,
+        command: Box<Command>,
+    },
+    /// Remembers the whole answer (`status`, JSON `body`) a request with `key` got, for a
+    /// request that took many commands (a bulk request); the first answer stays.
+    Remember {
+        key: String,
+        fingerprint: [u8; 32],
+        now_ms: UnixMs,
+        status: u16,
+        body: String,
+    },
 }
 
 /// What a `Bulk` command does to each of its ids.
@@ -686,7 +704,10 @@ impl Command {
             Command::RecordAttempts { outcomes } => 64 + outcomes.len() * 256,
             Command::Batch { commands } => commands.iter().map(Command::approx_bytes).sum(),
             Command::Bulk { ids, .. } => 64 + ids.iter().map(|id| id.len() + 8).sum::<usize>(),
-            Command::IfVersion { command, .. } => 64 + command.approx_bytes(),
+            Command::IfVersion { command, .. } | Command::Idempotent { command, .. } => {
+                128 + command.approx_bytes()
+            }
+            Command::Remember { body, .. } => 384 + body.len(),
             _ => 128,
         }
     }
@@ -706,7 +727,10 @@ impl Command {
             Command::TriggerJob { .. } => "trigger_job",
             Command::Batch { .. } => "batch",
             Command::Bulk { .. } => "bulk",
-            Command::IfVersion { command, .. } => command.kind(),
+            Command::IfVersion { command, .. } | Command::Idempotent { command, .. } => {
+                command.kind()
+            }
+            Command::Remember { .. } => "remember",
         }
     }
 
@@ -729,7 +753,10 @@ impl Command {
             | Command::RecordAttempts { .. } => false,
             Command::Batch { commands } => commands.iter().any(Command::sheddable),
             Command::Bulk { action, .. } => action.sheddable(),
-            Command::IfVersion { command, .. } => command.sheddable(),
+            Command::IfVersion { command, .. } | Command::Idempotent { command, .. } => {
+                command.sheddable()
+            }
+            Command::Remember { .. } => false,
         }
     }
 }
@@ -789,6 +816,12 @@ pub enum CommandResult {
     PreconditionFailed {
         current: Option<u64>,
     },
+    /// A repeat of a request under an idempotency key: what the first one got.
+    Recalled {
+        recall: super::idempotency::Recall,
+    },
+    /// An idempotency key used for another request within its 24 hours.
+    KeyReused,
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 pub mod command;
 pub mod filter;
 pub mod format;
+pub mod idempotency;
 pub mod plan;
 pub mod query;
 mod records;

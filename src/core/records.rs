@@ -28,10 +28,13 @@ pub enum Table {
     /// The job index (format 4): label, target and paused entries → empty, each ending in the
     /// job id (`job_index_keys`), so each kind lists its jobs in id order
     JobIndex = 7,
+    /// Idempotency keys: `k` + key → what its request got, `q` + number → key, in the order
+    /// they were remembered, `h`/`n` → queue front and next number (`core::idempotency`)
+    Idempotency = 8,
 }
 
 impl Table {
-    pub const ALL: [Table; 8] = [
+    pub const ALL: [Table; 9] = [
         Table::Jobs,
         Table::Nodes,
         Table::Misc,
@@ -40,6 +43,7 @@ impl Table {
         Table::ByStatus,
         Table::Guards,
         Table::JobIndex,
+        Table::Idempotency,
     ];
 
     /// The names of the tables, in the order of their discriminants: persisted (the stored
@@ -53,6 +57,7 @@ impl Table {
         "by_status",
         "guards",
         "job_index",
+        "idempotency",
     ];
 
     pub fn name(self) -> &'static str {

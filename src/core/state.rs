@@ -10,6 +10,7 @@ use super::command::{
     AttemptOutcome, AttemptResult, ClaimItem, ClaimKind, Command, CommandResult, Epoch, Job,
     JobSpec, Run, RunStatus, SkippedRange, UnixMs,
 };
+use super::idempotency::{self, Lookup, Recall};
 use super::records::*;
 pub use super::records::{
     decode_job, decode_run, decode_run_list, job_index_keys, status_key, status_prefix, Guard,
@@ -142,6 +143,50 @@ fn apply_one<T: Tables>(
                 }
                 current => Ok(CommandResult::PreconditionFailed { current }),
             }
+        }
+        Command::Idempotent {
+            key,
+            fingerprint,
+            now_ms,
+            command,
+        } => under_key(t, key, fingerprint, *now_ms, || {
+            let result = apply_one(t, at, seq, command, touched)?;
+            let recall = Recall::of(&result);
+            Ok((result, recall))
+        }),
+        Command::Remember {
+            key,
+            fingerprint,
+            now_ms,
+            status,
+            body,
+        } => under_key(t, key, fingerprint, *now_ms, || {
+            let recall = Recall::Answer {
+                status: *status,
+                body: body.clone(),
+            };
+            Ok((CommandResult::Done, recall))
+        }),
+    }
+}
+
+/// A command under idempotency key `key`: `act` runs only when the key is fresh, and what it
+/// got is remembered; a repeat gets that, another request with the key is refused.
+fn under_key<T: Tables>(
+    t: &T,
+    key: &str,
+    fingerprint: &idempotency::Fingerprint,
+    now_ms: UnixMs,
+    act: impl FnOnce() -> TxResult<T, (CommandResult, Recall)>,
+) -> TxResult<T, CommandResult> {
+    idempotency::forget_due(t, now_ms)?;
+    match idempotency::lookup(t, key, fingerprint, now_ms)? {
+        Lookup::Repeat(recall) => Ok(CommandResult::Recalled { recall }),
+        Lookup::Reused => Ok(CommandResult::KeyReused),
+        Lookup::Fresh => {
+            let (result, recall) = act()?;
+            idempotency::remember(t, key, *fingerprint, now_ms, recall)?;
+            Ok(result)
         }
     }
 }

@@ -184,7 +184,56 @@ pub fn command(cmd: &Command, now_ms: UnixMs) -> Checked {
             }
             command(inner, now_ms)
         }
+        Command::Idempotent {
+            key,
+            now_ms: t,
+            command: inner,
+            ..
+        } => {
+            idempotency_key(key)?;
+            stamp(*t, now_ms)?;
+            if !matches!(
+                **inner,
+                Command::CreateJob { .. }
+                    | Command::CreateJob3 { .. }
+                    | Command::TriggerJob { .. }
+                    | Command::RetryRun { .. }
+            ) {
+                return Err(Invalid::new(
+                    "command",
+                    "an idempotency key holds a create, trigger or retry",
+                ));
+            }
+            command(inner, now_ms)
+        }
+        Command::Remember {
+            key,
+            now_ms: t,
+            status,
+            body,
+            ..
+        } => {
+            idempotency_key(key)?;
+            stamp(*t, now_ms)?;
+            if !(100..=599).contains(status) {
+                return Err(Invalid::new("status", "an HTTP status"));
+            }
+            if body.len() > IDEMPOTENT_ANSWER_BYTES_MAX {
+                return Err(Invalid::new(
+                    "body",
+                    format!("at most {IDEMPOTENT_ANSWER_BYTES_MAX} bytes"),
+                ));
+            }
+            Ok(())
+        }
     }
+}
+
+/// An `Idempotency-Key`: 1 to 255 visible ASCII characters.
+pub fn idempotency_key(key: &str) -> Checked {
+    visible_ascii("Idempotency-Key", key, IDEMPOTENCY_KEY_BYTES_MAX, || {
+        format!("1 to {IDEMPOTENCY_KEY_BYTES_MAX} visible ASCII characters")
+    })
 }
 
 /// A bulk part's ids: 1 to `BULK_PART_IDS_MAX` job ids (run ids to retry), strictly ascending,

@@ -63,6 +63,19 @@ impl<R: Read> View<R> {
         View { read }
     }
 
+    /// What idempotency key `key` holds for a request with `fingerprint` at `now_ms`.
+    pub fn idempotency(
+        &self,
+        key: &str,
+        fingerprint: &super::idempotency::Fingerprint,
+        now_ms: i64,
+    ) -> Result<super::idempotency::Lookup, StateFault> {
+        let stored = self
+            .read
+            .get(Table::Idempotency, &super::idempotency::record_key(key))?;
+        super::idempotency::judge(stored.as_deref(), fingerprint, now_ms)
+    }
+
     /// A stored job record as the job stands: with the cursor of its guard.
     pub(super) fn job(&self, bytes: &[u8]) -> Result<Job, StateFault> {
         let mut job = decode_job(bytes)?;

@@ -130,8 +130,9 @@ impl Machine for Hookd {
     /// - 4: a job's definition carries `JobExt` (labels, and what comes later, self-describing),
     ///   so job records get format byte 2 and job commands new variants (the format-3 ones keep
     ///   their places and are read from old logs); the job index (`Table::JobIndex`) is built
-    ///   by `complete` for a state written without it. New commands (`Bulk`) are appended to
-    ///   the enum, so every earlier command keeps its postcard tag.
+    ///   by `complete` for a state written without it. New commands (`Bulk`, `IfVersion`,
+    ///   `Idempotent`, `Remember`) are appended to the enum, so every earlier command keeps
+    ///   its postcard tag; `Table::Idempotency` starts empty.
     const FORMAT_VERSION: u32 = 4;
     const FORMAT_READABLE_FROM: u32 = 1;
     const BATCH_MAX: usize = state::BATCH_COMMANDS_MAX;

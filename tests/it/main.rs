@@ -7,6 +7,7 @@ mod cluster;
 mod dispatch;
 mod edits;
 mod harness;
+mod idempotency;
 mod isolation;
 mod members;
 mod node;

@@ -313,6 +313,44 @@ fn a_conditional_command_applies_only_over_a_version_it_names() {
     ));
 }
 
+/// A command under an idempotency key acts once: a repeat of the same request gets what the
+/// first got (the same run), another request with the key is refused, and after 24 hours the
+/// key is free again.
+#[test]
+fn a_keyed_command_acts_once_and_recalls_what_it_got() {
+    use crate::core::idempotency::Recall;
+    let t = MemTables::default();
+    create_a(&t, spec("http://x/"));
+    let keyed = |fingerprint: u8, now_ms| Command::Idempotent {
+        key: "k".into(),
+        fingerprint: [fingerprint; 32],
+        now_ms,
+        command: Box::new(Command::TriggerJob {
+            id: "a".into(),
+            now_ms,
+            retention: 10,
+        }),
+    };
+    let CommandResult::Run { run } = apply(&t, 2, keyed(1, 1000)) else {
+        panic!("the first trigger makes a run");
+    };
+    assert_eq!(
+        apply(&t, 3, keyed(1, 2000)),
+        CommandResult::Recalled {
+            recall: Recall::Run { id: run.id.clone() }
+        }
+    );
+    assert_eq!(apply(&t, 4, keyed(2, 2000)), CommandResult::KeyReused);
+    let runs = || decode_run_list(&t.get(Table::JobRuns, b"a").unwrap().unwrap()).unwrap();
+    assert_eq!(runs().len(), 1, "repeats make no run");
+    let day = crate::limits::IDEMPOTENCY_TTL_MS;
+    assert!(matches!(
+        apply(&t, 5, keyed(2, 1000 + day)),
+        CommandResult::Run { .. }
+    ));
+    assert_eq!(runs().len(), 2);
+}
+
 #[test]
 fn pause_changes_once_and_unknown_ids_are_not_found() {
     let t = MemTables::default();
@@ -783,6 +821,11 @@ fn aim(cmd: &mut Command, pick: u8, runs: &[String], at: &Position) {
             *id = job;
             aim(command, pick, runs, at);
         }
+        Command::Idempotent { key, command, .. } => {
+            *key = ["k1", "k2"][(pick >> 1 & 1) as usize].into();
+            aim(command, pick, runs, at);
+        }
+        Command::Remember { key, .. } => *key = ["k1", "k2"][(pick >> 1 & 1) as usize].into(),
         Command::SetNodeInfo { .. } | Command::SetClusterId { .. } => {}
     }
 }
