@@ -7,6 +7,16 @@
 //!    created, the create rate and every node's RSS; non-2xx answers and client timeouts are
 //!    counted;
 //! 2. size: each node's data dir on disk and RSS once the fill is done;
+//!    then the bulk pause (`--bulk-pause`; the filled jobs then fire every 60 s, spread over
+//!    the minute, i.e. jobs/60 deliveries per second): once every job had time to fire, a dry
+//!    run counts the jobs `BULK_SELECTOR` matches (all the filled ones, no other), then
+//!    `--bulk-writers` clients create and replace other jobs through the nodes in turn, and
+//!    after `BULK_BASELINE_MS` one `POST /v1/jobs/bulk` pause with that selector goes to a
+//!    follower: its duration, matched and changed; the writes refused (any non-2xx, 429 and
+//!    5xx apart, and failed requests) and their latency before, during and after it; the
+//!    leader's RSS; from nginx's log, the deliveries of matched jobs in the second before the
+//!    answer and those that arrived later than `BULK_GRACE_MS` after it, within
+//!    `BULK_WATCH_MS` (each one a failure of "no attempt starts after the 200");
 //!    then the listing (`--list-pages`, 0 skips it): one request at a time against the leader
 //!    and then a follower (linearizable reads), pages of 100 of `GET /v1/jobs?selector=team=t3`
 //!    and `selector=team=t3,env=prod`, then, once every `--pause-every`th job is paused, of
@@ -86,6 +96,15 @@ struct Args {
     /// Also measure the operations of phase 5.
     #[arg(long)]
     ops: bool,
+    /// The bulk pause (phase 2b): the filled jobs fire every 60 s (spread over the minute)
+    /// instead of every 1 h; once they fire, one `POST /v1/jobs/bulk` to a follower pauses them
+    /// all while `--bulk-writers` clients write other jobs.
+    #[arg(long)]
+    bulk_pause: bool,
+    /// Clients writing other jobs during the bulk pause (one request at a time each, through
+    /// the nodes in turn).
+    #[arg(long, default_value_t = 4)]
+    bulk_writers: usize,
     /// Filtered pages of jobs read per filter and node after the fill (0 skips the listing).
     #[arg(long, default_value_t = 200)]
     list_pages: usize,
@@ -183,6 +202,7 @@ struct Report {
     rss_after_restart_mib: Vec<f64>,
     /// 10 s after all were ready (the leader has indexed every job by then).
     rss_settled_mib: Vec<f64>,
+    bulk_pause: Option<BulkPause>,
     herd: Option<Herd>,
     ops: Option<Ops>,
 }
@@ -229,6 +249,402 @@ async fn hookd_cli(hookd: &Path, args: Vec<String>) -> anyhow::Result<Value> {
         anyhow::bail!("hookd failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// The bulk pause's selector: `env` is `prod` or `dev` on every filled job; the writers' jobs
+/// have `env: writer`.
+const BULK_SELECTOR: &str = "env in (prod,dev)";
+/// The filled jobs' period with `--bulk-pause`.
+const BULK_EVERY_MS: i64 = 60_000;
+/// A prime: job k's place in the minute is k·BULK_SPREAD mod jobs (every place once when
+/// jobs is not a multiple of it).
+const BULK_SPREAD: i64 = 7_919;
+/// The writers' time alone before the bulk request.
+const BULK_BASELINE_MS: u64 = 5_000;
+/// After the answer, how late an attempt already in flight may still arrive at nginx.
+const BULK_GRACE_MS: i64 = 200;
+/// How long after the answer nginx's log is watched (the writers go on meanwhile).
+const BULK_WATCH_MS: i64 = 5_000;
+
+/// The writers' requests that started in one window.
+#[derive(Debug, Serialize)]
+struct Writes {
+    count: usize,
+    /// Answers other than 2xx, failed requests (timeouts, resets) included.
+    refused: usize,
+    status_429: usize,
+    status_5xx: usize,
+    /// No answer: a timeout or a connection error.
+    failed: usize,
+    /// The first refusals: `node status body`.
+    first_refusals: Vec<String>,
+    latency: Summary,
+}
+
+/// What phase 2b measured (see the module doc).
+#[derive(Debug, Serialize)]
+struct BulkPause {
+    selector: &'static str,
+    /// Filled jobs delivered at least once before the request.
+    jobs_fired: usize,
+    /// Deliveries per second of the filled jobs over the 10 s before the request, and how late
+    /// after their due instant they arrived.
+    deliveries_per_s_before: f64,
+    lateness_before: Summary,
+    dry_run_matched: u64,
+    dry_run_ms: u128,
+    /// Which node took the request (0-based) and which led.
+    node: usize,
+    leader: usize,
+    status: u16,
+    matched: u64,
+    changed: u64,
+    /// From sending the request until its answer was read, and both instants (Unix ms).
+    request_ms: u128,
+    sent_ms: i64,
+    answered_ms: i64,
+    /// Deliveries of the filled jobs per second, from 5 s before the request to
+    /// `BULK_WATCH_MS` after the answer (second 0 starts at `sent_ms`).
+    timeline: Vec<(i64, usize)>,
+    /// How long before the answer the last delivery of a matched job arrived (ms).
+    last_delivery_before_answer_ms: Option<i64>,
+    /// Replication errors in the leader's log (`error replication to target`) during the
+    /// request, and in as long a time before it.
+    leader_replication_errors_during: usize,
+    leader_replication_errors_before: usize,
+    /// Deliveries of matched jobs that arrived in the second before the answer, and during
+    /// the request.
+    delivered_last_second: usize,
+    delivered_during: usize,
+    /// Deliveries of matched jobs up to `BULK_GRACE_MS` after the answer (attempts in flight)
+    /// and later, within `BULK_WATCH_MS`: the latter must be none.
+    delivered_in_grace: usize,
+    delivered_late: usize,
+    /// The first late ones: `job arrived +ms after the answer, due +ms after it`.
+    first_late: Vec<String>,
+    writes_before: Writes,
+    writes_during: Writes,
+    writes_after: Writes,
+    /// The leader's RSS just before the request, at most during it (sampled every 100 ms), and
+    /// after the watch.
+    leader_rss_before_mib: f64,
+    leader_rss_max_mib: f64,
+    leader_rss_after_mib: f64,
+}
+
+/// One writer's request: when it started (Unix ms), how long it took, the node, the status (0
+/// when it failed) and, when refused, the start of the body.
+type Write = (i64, Duration, usize, u16, String);
+
+fn writes_in(all: &[Write], from: i64, to: i64) -> Writes {
+    let mut lat = Latencies::default();
+    let mut w = Writes {
+        count: 0,
+        refused: 0,
+        status_429: 0,
+        status_5xx: 0,
+        failed: 0,
+        first_refusals: Vec::new(),
+        latency: lat.summary(),
+    };
+    for (_, took, node, status, body) in all.iter().filter(|w| (from..to).contains(&w.0)) {
+        w.count += 1;
+        lat.record(*took);
+        if (200..300).contains(status) {
+            continue;
+        }
+        w.refused += 1;
+        match *status {
+            0 => w.failed += 1,
+            429 => w.status_429 += 1,
+            500..=599 => w.status_5xx += 1,
+            _ => {}
+        }
+        if w.first_refusals.len() < 5 {
+            w.first_refusals
+                .push(format!("node {node}: {status} {body}"));
+        }
+    }
+    w.latency = lat.summary();
+    w
+}
+
+/// The number of a filled job (`j{k}`, k below `jobs`).
+fn filled(job: &str, jobs: usize) -> bool {
+    job.strip_prefix('j')
+        .and_then(|k| k.parse::<usize>().ok())
+        .is_some_and(|k| k < jobs)
+}
+
+/// Phase 2b (see the module doc).
+async fn bulk_pause(
+    c: &LocalCluster,
+    nginx: &Nginx,
+    args: &Args,
+    fill: &Fill,
+) -> anyhow::Result<BulkPause> {
+    let l = c.await_leader(&http(), LEADER_WITHIN).await?;
+    let f = (0..3).find(|i| *i != l).unwrap_or(0);
+    let slow = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(120))
+        .build()?;
+    // Every job fires within a period of its create: wait a period after the fill's end.
+    println!(
+        "bulk: {} jobs filled; waiting {} s for every one to fire",
+        fill.created,
+        BULK_EVERY_MS / 1000 + 5
+    );
+    tokio::time::sleep(Duration::from_millis(BULK_EVERY_MS as u64 + 5_000)).await;
+
+    // The dry run: how many the selector matches.
+    let t = Instant::now();
+    let dry = slow
+        .post(c.url(f, "/v1/jobs/bulk"))
+        .json(&json!({"action": "pause", "selector": BULK_SELECTOR, "dry_run": true}))
+        .send()
+        .await?;
+    let dry_status = dry.status();
+    let dry: Value = dry.json().await.unwrap_or_default();
+    let dry_run_ms = t.elapsed().as_millis();
+    let dry_run_matched = dry["matched"].as_u64().unwrap_or(0);
+    println!("bulk: dry run {dry_status} in {dry_run_ms} ms: {dry_run_matched} matched");
+    anyhow::ensure!(dry_status.is_success(), "the dry run failed: {dry}");
+
+    // The writers.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let urls: Arc<Vec<String>> = Arc::new((0..3).map(|i| c.url(i, "/v1/jobs")).collect());
+    let writers: Vec<_> = (0..args.bulk_writers)
+        .map(|w| {
+            let (stop, urls) = (stop.clone(), urls.clone());
+            tokio::spawn(async move {
+                let http = http();
+                let mut done: Vec<Write> = Vec::new();
+                let mut n = 0u64;
+                // Bounded: the phase stops the writers; the count bounds them if it does not.
+                while !stop.load(Ordering::Acquire) && n < 1_000_000 {
+                    let node = (w + n as usize) % urls.len();
+                    // Even: create a job; odd: replace the one just created.
+                    let id = format!("bw{w}-{}", n & !1);
+                    let body = json!({"url": "http://127.0.0.1:9/h", "schedule": {"after": "24h"},
+                                      "labels": {"env": "writer"}, "body": format!("{n}")});
+                    let req = if n % 2 == 0 {
+                        let mut body = body;
+                        body["id"] = json!(id);
+                        http.post(&urls[node]).json(&body)
+                    } else {
+                        http.put(format!("{}/{id}", urls[node])).json(&body)
+                    };
+                    let start = now_ms();
+                    let t = Instant::now();
+                    let (status, text) = match req.send().await {
+                        Ok(r) => {
+                            let status = r.status().as_u16();
+                            let text = if r.status().is_success() {
+                                String::new()
+                            } else {
+                                r.text()
+                                    .await
+                                    .unwrap_or_default()
+                                    .chars()
+                                    .take(200)
+                                    .collect()
+                            };
+                            (status, text)
+                        }
+                        Err(e) => (0, e.to_string()),
+                    };
+                    done.push((start, t.elapsed(), node, status, text));
+                    n += 1;
+                }
+                done
+            })
+        })
+        .collect();
+    let writers_from = now_ms();
+    tokio::time::sleep(Duration::from_millis(BULK_BASELINE_MS)).await;
+
+    // The leader's RSS while the request runs.
+    let leader_pid = c.pid(l).unwrap_or(0);
+    let leader_rss_before_mib = rss_kib(leader_pid) as f64 / 1024.0;
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = tokio::spawn({
+        let sampling = sampling.clone();
+        async move {
+            let mut max = 0u64;
+            while sampling.load(Ordering::Acquire) {
+                max = max.max(rss_kib(leader_pid));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            max.max(rss_kib(leader_pid)) as f64 / 1024.0
+        }
+    });
+
+    // The request, to a follower.
+    let sent = now_ms();
+    let t = Instant::now();
+    let answer = slow
+        .post(c.url(f, "/v1/jobs/bulk"))
+        .json(&json!({"action": "pause", "selector": BULK_SELECTOR}))
+        .send()
+        .await;
+    let (status, body) = match answer {
+        Ok(r) => {
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or_default())
+        }
+        Err(e) => (0, json!({"error": e.to_string()})),
+    };
+    let answered = now_ms();
+    let request_ms = t.elapsed().as_millis();
+    sampling.store(false, Ordering::Release);
+    let leader_rss_max_mib = sampler.await?;
+    let (matched, changed) = (
+        body["matched"].as_u64().unwrap_or(0),
+        body["changed"].as_u64().unwrap_or(0),
+    );
+    println!(
+        "bulk: pause through node {f} (leader {l}): {status} in {request_ms} ms, \
+         {matched} matched, {changed} changed{}",
+        if status == 200 {
+            String::new()
+        } else {
+            format!(": {body}")
+        }
+    );
+
+    // The watch: the writers go on; then nginx's log (flushed every 100 ms).
+    let watch_end = answered + BULK_WATCH_MS;
+    tokio::time::sleep(Duration::from_millis(
+        (watch_end - now_ms()).max(0) as u64 + 500,
+    ))
+    .await;
+    stop.store(true, Ordering::Release);
+    let mut writes = Vec::new();
+    for w in writers {
+        writes.extend(w.await?);
+    }
+    let writers_to = now_ms();
+    let leader_rss_after_mib = rss_kib(leader_pid) as f64 / 1024.0;
+
+    let jobs = args.jobs;
+    let reqs: Vec<(i64, String, i64)> = nginx
+        .requests()
+        .into_iter()
+        .filter(|(_, job, _)| filled(job, jobs))
+        .collect();
+    let jobs_fired = reqs
+        .iter()
+        .filter(|(recv, _, _)| *recv < sent)
+        .map(|(_, job, _)| job.as_str())
+        .collect::<std::collections::HashSet<_>>()
+        .len();
+    let mut lateness = Latencies::default();
+    let mut before = 0usize;
+    for (recv, _, due) in reqs.iter().filter(|r| (sent - 10_000..sent).contains(&r.0)) {
+        before += 1;
+        lateness.record(Duration::from_millis((recv - due).max(0) as u64));
+    }
+    let count = |from: i64, to: i64| reqs.iter().filter(|r| (from..to).contains(&r.0)).count();
+    let timeline = (-5..=((answered - sent + BULK_WATCH_MS) / 1_000))
+        .map(|i| (i, count(sent + i * 1_000, sent + (i + 1) * 1_000)))
+        .collect();
+    let last_delivery_before_answer_ms = reqs
+        .iter()
+        .filter(|r| r.0 <= answered)
+        .map(|r| answered - r.0)
+        .min();
+    let log = c.log_of(l);
+    let replication_errors = |from: i64, to: i64| {
+        log.lines()
+            .filter(|line| line.contains("error replication to target"))
+            .filter_map(|line| chrono::DateTime::parse_from_rfc3339(line.split(' ').next()?).ok())
+            .filter(|t| (from..to).contains(&t.timestamp_millis()))
+            .count()
+    };
+    let mut late: Vec<&(i64, String, i64)> = reqs
+        .iter()
+        .filter(|r| r.0 > answered + BULK_GRACE_MS && r.0 <= watch_end)
+        .collect();
+    late.sort();
+    let report = BulkPause {
+        selector: BULK_SELECTOR,
+        jobs_fired,
+        deliveries_per_s_before: before as f64 / 10.0,
+        lateness_before: lateness.summary(),
+        dry_run_matched,
+        dry_run_ms,
+        node: f,
+        leader: l,
+        status,
+        matched,
+        changed,
+        request_ms,
+        sent_ms: sent,
+        answered_ms: answered,
+        timeline,
+        last_delivery_before_answer_ms,
+        leader_replication_errors_during: replication_errors(sent, answered + 1),
+        leader_replication_errors_before: replication_errors(2 * sent - answered - 1, sent),
+        delivered_last_second: count(answered - 1_000, answered + 1),
+        delivered_during: count(sent, answered + 1),
+        delivered_in_grace: count(answered + 1, answered + BULK_GRACE_MS + 1),
+        delivered_late: late.len(),
+        first_late: late
+            .iter()
+            .take(10)
+            .map(|(recv, job, due)| {
+                format!(
+                    "{job} arrived +{} ms, due {:+} ms",
+                    recv - answered,
+                    due - answered
+                )
+            })
+            .collect(),
+        writes_before: writes_in(&writes, writers_from, sent),
+        writes_during: writes_in(&writes, sent, answered + 1),
+        writes_after: writes_in(&writes, answered + 1, writers_to + 1),
+        leader_rss_before_mib,
+        leader_rss_max_mib,
+        leader_rss_after_mib,
+    };
+    println!(
+        "bulk: before it {} of {jobs} jobs had fired, {:.0} deliveries/s (lateness {}); \
+         deliveries of matched jobs: {} in the last second before the answer, {} during the \
+         request, {} within {BULK_GRACE_MS} ms after it, {} later (within {BULK_WATCH_MS} ms) {:?}",
+        report.jobs_fired,
+        report.deliveries_per_s_before,
+        report.lateness_before,
+        report.delivered_last_second,
+        report.delivered_during,
+        report.delivered_in_grace,
+        report.delivered_late,
+        report.first_late
+    );
+    for (name, w) in [
+        ("before", &report.writes_before),
+        ("during", &report.writes_during),
+        ("after", &report.writes_after),
+    ] {
+        println!(
+            "bulk: writes {name:<6} {} ({} refused: {} 429, {} 5xx, {} failed) {} {:?}",
+            w.count, w.refused, w.status_429, w.status_5xx, w.failed, w.latency, w.first_refusals
+        );
+    }
+    println!(
+        "bulk: deliveries per second from the request on: {:?}; the last one {:?} ms before \
+         the answer; replication errors in the leader's log: {} during the request, {} in as \
+         long before",
+        report.timeline,
+        report.last_delivery_before_answer_ms,
+        report.leader_replication_errors_during,
+        report.leader_replication_errors_before
+    );
+    println!(
+        "bulk: leader RSS MiB {leader_rss_before_mib:.0} before, {leader_rss_max_mib:.0} at most \
+         during, {leader_rss_after_mib:.0} after"
+    );
+    Ok(report)
 }
 
 /// Phase 5 (see the module doc).
@@ -837,10 +1253,20 @@ async fn main() -> anyhow::Result<()> {
     let l = c.await_leader(&http(), LEADER_WITHIN).await?;
 
     // 1. fill
+    anyhow::ensure!(
+        !args.bulk_pause || (!args.no_labels && args.fill_cron.is_none()),
+        "--bulk-pause selects the filled jobs by label and makes them fire every 60 s: \
+         not with --no-labels or --fill-cron"
+    );
     let schedule = match &args.fill_cron {
         Some(expr) => json!({"cron": expr, "timezone": "Europe/Berlin"}),
         None => json!({"every": "1h", "start_at": rfc3339(now_ms() + 6 * 3600 * 1000)}),
     };
+    // --bulk-pause: job k every 60 s from `rhythm + (k·BULK_SPREAD mod jobs)/jobs` of a minute
+    // (a start in the past only sets the rhythm), so the jobs fire at jobs/60 per second once
+    // created, in an order unrelated to their ids' (the order the bulk request pauses them in).
+    let rhythm = args.bulk_pause.then(|| now_ms() - 60_000);
+    let jobs = args.jobs.max(1) as i64;
     let url = nginx.url.clone();
     let no_labels = args.no_labels;
     let started = Instant::now();
@@ -863,6 +1289,11 @@ async fn main() -> anyhow::Result<()> {
                 "body": format!("{{\"invoice\":{k}}}"),
                 "labels": {"team": format!("t{}", k % 10), "env": env},
                 "schedule": schedule});
+            if let Some(rhythm) = rhythm {
+                let slot = (k as i64).wrapping_mul(BULK_SPREAD) % jobs;
+                let start = rhythm + slot * BULK_EVERY_MS / jobs;
+                job["schedule"] = json!({"every": "60s", "start_at": rfc3339(start)});
+            }
             if no_labels {
                 job.as_object_mut().map(|o| o.remove("labels"));
             }
@@ -915,6 +1346,12 @@ async fn main() -> anyhow::Result<()> {
         .collect();
     let rss_after_fill_mib = rss_mib(&c);
     println!("size: data dirs MiB {data_dir_mib:.0?}, rss MiB {rss_after_fill_mib:.0?}");
+
+    let bulk_pause = if args.bulk_pause {
+        Some(bulk_pause(&c, &nginx, &args, &fill).await?)
+    } else {
+        None
+    };
 
     let listing = if args.list_pages > 0 && !args.no_labels {
         Some(listing(&c, &args).await?)
@@ -1015,6 +1452,7 @@ async fn main() -> anyhow::Result<()> {
         restart_ready_ms,
         rss_after_restart_mib,
         rss_settled_mib,
+        bulk_pause,
         herd,
         ops,
     };
@@ -1053,6 +1491,31 @@ mod tests {
         assert!(!(LIST_FILTERS[1].matches)(
             &json!({"labels": {"team": "t3", "env": "dev"}})
         ));
+    }
+
+    #[test]
+    fn bulk_writes_are_counted_in_their_window_and_refusals_by_kind() {
+        let ms = Duration::from_millis;
+        let w = |start, status| (start, ms(2), 1, status, String::new());
+        let all = vec![
+            w(5, 201),
+            w(10, 200),
+            w(11, 429),
+            w(12, 503),
+            w(13, 0),
+            w(20, 409),
+        ];
+        let during = writes_in(&all, 10, 20);
+        assert_eq!(during.count, 4);
+        assert_eq!(during.refused, 3);
+        assert_eq!(
+            (during.status_429, during.status_5xx, during.failed),
+            (1, 1, 1)
+        );
+        assert_eq!(writes_in(&all, 0, 10).refused, 0);
+        assert_eq!(writes_in(&all, 20, 21).refused, 1);
+        assert!(filled("j0", 10) && filled("j9", 10));
+        assert!(!filled("j10", 10) && !filled("bw1-2", 10) && !filled("jx", 10));
     }
 
     #[test]
