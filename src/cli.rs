@@ -1270,47 +1270,30 @@ fn schedule_words(v: &Value, now: Now) -> String {
         return text(v);
     };
     let when = |t: String| instant(&Value::String(t), now);
-    match s {
-        ScheduleRequest {
-            at: Some(at),
-            after: None,
-            every: None,
-            start_at: None,
-            cron: None,
-            timezone: None,
-        } => format!("at {}", when(at)),
-        ScheduleRequest {
-            at: None,
-            after: Some(after),
-            every: None,
-            start_at: None,
-            cron: None,
-            timezone: None,
-        } => format!("after {after}"),
-        ScheduleRequest {
-            at: None,
-            after: None,
-            every: Some(every),
-            start_at,
-            cron: None,
-            timezone: None,
-        } => match start_at {
-            Some(start) => format!("every {every} from {}", when(start)),
-            None => format!("every {every}"),
-        },
-        ScheduleRequest {
-            at: None,
-            after: None,
-            every: None,
-            start_at: None,
-            cron: Some(cron),
-            timezone,
-        } => match timezone {
+    if s.timezone.is_some() && s.cron.is_none() {
+        return text(v);
+    }
+    let kind = match (&s.at, &s.after, &s.every, &s.cron) {
+        (Some(at), None, None, None) if s.start_at.is_none() => format!("at {}", when(at.clone())),
+        (None, Some(after), None, None) if s.start_at.is_none() => format!("after {after}"),
+        (None, None, Some(every), None) => format!("every {every}"),
+        (None, None, None, Some(cron)) => match &s.timezone {
             Some(tz) => format!("cron {cron} ({tz})"),
             None => format!("cron {cron}"),
         },
-        _ => text(v),
+        _ => return text(v),
+    };
+    let mut words = vec![kind];
+    if let Some(start) = s.start_at {
+        words.push(format!("from {}", when(start)));
     }
+    if let Some(end) = s.end_at {
+        words.push(format!("until {}", when(end)));
+    }
+    if let Some(n) = s.max_runs {
+        words.push(format!("{n} runs at most"));
+    }
+    words.join(" ")
 }
 
 /// A run's attempts as a count and the last outcome: `0`, `1 (last 200)`,
@@ -1719,6 +1702,12 @@ mod tests {
                 "cron 0 9 * * 1-5 (Europe/Berlin)",
             ),
             (json!({"cron": "*/5 * * * *"}), "cron */5 * * * *"),
+            (
+                json!({"cron": "0 9 * * *", "timezone": "UTC", "start_at": "2026-12-07T12:00:00.000Z",
+                       "end_at": "2026-12-08T12:00:00.000Z", "max_runs": 3}),
+                "cron 0 9 * * * (UTC) from 2026-12-07T12:00:00Z (in 3h4m) \
+                 until 2026-12-08T12:00:00Z (in 1d3h) 3 runs at most",
+            ),
             // Shapes it does not know keep every field, as JSON.
             (
                 json!({"every": "5m", "timezone": "UTC"}),

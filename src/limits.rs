@@ -38,6 +38,10 @@ pub const IDEMPOTENCY_KEYS_MAX: u64 = 1_000_000;
 pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 255;
 /// Largest answer remembered whole for a key (a bulk request's).
 pub const IDEMPOTENT_ANSWER_BYTES_MAX: usize = 16 << 10;
+/// A job's `jitter` is at most this (and at most its schedule's period).
+pub const JITTER_MAX: Duration = Duration::from_secs(3600);
+/// A schedule's `max_runs` is at most this.
+pub const MAX_RUNS_MAX: u32 = 100_000;
 /// Most versions an `If-Match` header may list.
 pub const IF_MATCH_VERSIONS_MAX: usize = 16;
 /// Most ids a bulk request may list by name (`ids`).

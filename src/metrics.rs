@@ -32,7 +32,7 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
 }
 
 /// Records one delivery attempt; first attempts also record their lateness.
-pub fn attempt(a: &Attempt, scheduled_at_ms: i64, n: u32) {
+pub fn attempt(a: &Attempt, due_ms: i64, n: u32) {
     let outcome = match a.status_code {
         Some(s) if (200..300).contains(&s) => "success",
         Some(_) => "http_error",
@@ -40,7 +40,7 @@ pub fn attempt(a: &Attempt, scheduled_at_ms: i64, n: u32) {
     };
     counter!("hookd_attempts_total", "outcome" => outcome).increment(1);
     if n == 1 {
-        let late_ms = a.started_at_ms.saturating_sub(scheduled_at_ms).max(0);
+        let late_ms = a.started_at_ms.saturating_sub(due_ms).max(0);
         histogram!("hookd_delivery_lateness_seconds").record(late_ms as f64 / 1000.0);
     }
 }

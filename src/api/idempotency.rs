@@ -12,7 +12,6 @@ use crate::core::idempotency::{Fingerprint, Lookup, Recall};
 use crate::core::{Command, CommandResult};
 use crate::replicated::ReplicaState;
 
-use super::runs::RunView;
 use super::{now_ms, ApiError, ApiState, Consistency};
 
 /// The response header that marks an answer given again for a repeated request.
@@ -164,7 +163,7 @@ async fn replay(state: &ApiState, recall: Recall) -> Result<Response, ApiError> 
                     "run {id:?}, made by the first request with this Idempotency-Key, is gone"
                 )));
             };
-            (StatusCode::ACCEPTED, Json(RunView::new(run, now_ms()))).into_response()
+            super::runs::accepted_run(state, run)?
         }
         Recall::NotRetryable { id, status } => {
             return Err(ApiError::conflict(format!(

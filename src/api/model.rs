@@ -52,6 +52,9 @@ pub struct JobRequest {
     /// Up to 32 pairs; keys `[a-z0-9]([a-z0-9._/-]{0,61}[a-z0-9])?`, values up to 256
     /// characters. Selected by `GET /v1/jobs?selector=`.
     pub labels: Option<BTreeMap<String, String>>,
+    /// Each run is due up to this long after its scheduled instant (a fixed offset per run,
+    /// the same on every node); at most 1h and the schedule's period.
+    pub jitter: Option<String>,
     /// Accepted and ignored (as returned by a read), like the other server-side fields below.
     #[serde(rename = "created_at")]
     #[schema(value_type = Option<serde_json::Value>)]
@@ -86,6 +89,14 @@ pub struct ScheduleRequest {
     pub cron: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timezone: Option<String>,
+    /// With `every` or `cron`: no run after this instant.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end_at: Option<String>,
+    /// With `every` or `cron`: the schedule's first N fires (from `start_at`, or the create),
+    /// then the job is `completed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 100000)]
+    pub max_runs: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
@@ -309,6 +320,11 @@ impl JobRequest {
         let headers = validate_headers(self.headers.unwrap_or_default())?;
         let secret_headers = validate_secret_headers(self.secret_headers, &headers)?;
         let schedule = validate_schedule(&self.schedule)?;
+        let bounds = schedule_bounds(&self.schedule)?;
+        let jitter_ms = match &self.jitter {
+            None => None,
+            Some(j) => Some(validate_jitter(j, &schedule)?),
+        };
         let retry = validate_retry(self.retry.unwrap_or_default())?;
         let timeout_ms = bounded_duration(
             "timeout",
@@ -331,6 +347,10 @@ impl JobRequest {
             secret_headers,
             ext: JobExt {
                 labels: self.labels.unwrap_or_default(),
+                start_at_ms: bounds.start_at_ms,
+                end_at_ms: bounds.end_at_ms,
+                max_runs: bounds.max_runs,
+                jitter_ms,
             },
         };
         // The gate a forwarded command passes too: whatever this parsing let through, it
@@ -394,6 +414,57 @@ fn validate_secret_headers(
     Ok(out)
 }
 
+/// A schedule's bounds beyond its kind: a cron schedule's `start_at`, `end_at`, `max_runs`.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Bounds {
+    pub start_at_ms: Option<UnixMs>,
+    pub end_at_ms: Option<UnixMs>,
+    pub max_runs: Option<u32>,
+}
+
+/// The bounds of `s` (its kind checked by `validate_schedule`; `validate::job_spec` checks
+/// which kinds take them and how they relate).
+pub fn schedule_bounds(s: &ScheduleRequest) -> Result<Bounds, ApiError> {
+    let instant =
+        |field: &str, v: &Option<String>| v.as_deref().map(|v| parse_instant(field, v)).transpose();
+    Ok(Bounds {
+        start_at_ms: match s.cron {
+            Some(_) => instant("schedule.start_at", &s.start_at)?,
+            None => None,
+        },
+        end_at_ms: instant("schedule.end_at", &s.end_at)?,
+        max_runs: s.max_runs,
+    })
+}
+
+/// A job's `jitter`: a duration of at most 1h and at most the schedule's period (an
+/// interval's `every`; a cron schedule's shortest gap between its next fires).
+fn validate_jitter(text: &str, schedule: &ScheduleSpec) -> Result<u64, ApiError> {
+    let jitter = parse_duration("jitter", text)?;
+    if jitter > JITTER_MAX {
+        return Err(ApiError::invalid("jitter", "jitter is at most 1h"));
+    }
+    let jitter_ms = jitter.as_millis() as u64;
+    let period_ms = match schedule {
+        ScheduleSpec::Every { every_ms, .. } => Some(*every_ms),
+        ScheduleSpec::Cron { .. } => crate::schedule::resolve(schedule, 0).and_then(|s| {
+            let fires = s.fires_after(chrono::Utc::now(), 32);
+            fires
+                .windows(2)
+                .map(|w| (w[1] - w[0]).num_milliseconds().max(0) as u64)
+                .min()
+        }),
+        ScheduleSpec::At { .. } | ScheduleSpec::After { .. } => None,
+    };
+    if period_ms.is_some_and(|p| jitter_ms > p) {
+        return Err(ApiError::invalid(
+            "jitter",
+            "jitter is at most the schedule's period",
+        ));
+    }
+    Ok(jitter_ms)
+}
+
 pub fn validate_schedule(s: &ScheduleRequest) -> Result<ScheduleSpec, ApiError> {
     let kinds = [
         s.at.is_some(),
@@ -407,10 +478,10 @@ pub fn validate_schedule(s: &ScheduleRequest) -> Result<ScheduleSpec, ApiError> 
             "schedule must have exactly one of at, after, every, cron",
         ));
     }
-    if s.start_at.is_some() && s.every.is_none() {
+    if s.start_at.is_some() && s.every.is_none() && s.cron.is_none() {
         return Err(ApiError::invalid(
             "schedule.start_at",
-            "start_at goes only with every",
+            "start_at goes only with every and cron",
         ));
     }
     if s.timezone.is_some() && s.cron.is_none() {
@@ -561,7 +632,17 @@ fn validate_misfire(m: MisfireRequest) -> Result<MisfireSpec, ApiError> {
 pub use crate::core::format::{format_duration_ms, format_instant};
 
 /// The schedule in the shape the user sends it.
-pub fn render_schedule(spec: &ScheduleSpec) -> ScheduleRequest {
+pub fn render_schedule(spec: &ScheduleSpec, ext: &JobExt) -> ScheduleRequest {
+    let mut s = render_kind(spec);
+    if ext.start_at_ms.is_some() {
+        s.start_at = ext.start_at_ms.map(format_instant);
+    }
+    s.end_at = ext.end_at_ms.map(format_instant);
+    s.max_runs = ext.max_runs;
+    s
+}
+
+fn render_kind(spec: &ScheduleSpec) -> ScheduleRequest {
     match spec {
         ScheduleSpec::At { at_ms } => ScheduleRequest {
             at: Some(format_instant(*at_ms)),
@@ -624,6 +705,9 @@ pub struct JobView {
     /// Omitted when empty.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// Omitted when none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jitter: Option<String>,
     pub created_at: String,
     pub updated_at: String,
     pub next_fire_at: Option<String>,
@@ -645,7 +729,8 @@ impl JobView {
             headers: s.masked_headers(),
             secret_headers: s.secret_headers.clone(),
             body: s.body.clone(),
-            schedule: render_schedule(&s.schedule),
+            schedule: render_schedule(&s.schedule, &s.ext),
+            jitter: s.ext.jitter_ms.map(format_duration_ms),
             retry: RetryView {
                 max_attempts: s.retry.max_attempts,
                 initial_backoff: format_duration_ms(s.retry.initial_backoff_ms),

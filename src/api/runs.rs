@@ -17,7 +17,7 @@ use super::idempotency::{self, Key, Keyed};
 use super::model::{
     format_instant, parse_instant, parse_json, run_filter, validate_id, ScheduleRequest,
 };
-use super::{json_body, list_limit, now_ms, query, Api, ApiError, Consistency};
+use super::{json_body, list_limit, now_ms, query, Api, ApiError, ApiState, Consistency};
 use crate::core::query::RunCursor;
 use crate::limits::PAGE_SCAN_BUDGET;
 
@@ -93,7 +93,10 @@ struct SkippedView {
 pub struct RunView {
     id: String,
     job_id: String,
+    /// The instant the schedule named (for a manual run, when it was made).
     scheduled_at: String,
+    /// When it was due: `scheduled_at` plus the job's jitter offset for it.
+    due_at: String,
     #[schema(value_type = String)]
     status: &'static str,
     attempts: Vec<AttemptView>,
@@ -106,7 +109,7 @@ pub struct RunView {
 impl RunView {
     /// Renders `run`. An open run whose attempt time has passed is shown `in_flight`: the leader
     /// is attempting it (attempt starts are not written through Raft, only outcomes).
-    pub fn new(run: Run, now_ms: i64) -> RunView {
+    pub fn new(run: Run, now_ms: i64, due_offset_ms: i64) -> RunView {
         let status = match run.status {
             RunStatus::Pending | RunStatus::Retrying
                 if run.next_attempt_at_ms.is_some_and(|t| t <= now_ms) =>
@@ -119,6 +122,7 @@ impl RunView {
             id: run.id,
             job_id: run.job_id,
             scheduled_at: format_instant(run.scheduled_at_ms),
+            due_at: format_instant(run.scheduled_at_ms.saturating_add(due_offset_ms)),
             status: status.as_str(),
             attempts: run
                 .attempts
@@ -158,10 +162,44 @@ pub struct Fires {
     fires: Vec<String>,
 }
 
-fn runs_response(runs: Vec<Run>, next: Option<String>) -> Response {
+/// `202` with `run`, as it is shown everywhere.
+pub fn accepted_run(state: &ApiState, run: Run) -> Result<Response, ApiError> {
+    let job = state.replica.state().get_job(&run.job_id)?;
+    let offset = due_offset(job.as_ref(), &run);
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(RunView::new(run, now_ms(), offset)),
+    )
+        .into_response())
+}
+
+/// How long after its scheduled instant `run` was due: its job's jitter offset for it (none
+/// for a manual run, or one whose job is gone).
+pub fn due_offset(job: Option<&crate::core::Job>, run: &Run) -> i64 {
+    match job {
+        Some(job) if !run.manual && job.incarnation == run.incarnation => {
+            crate::core::plan::jitter_offset(job, run.scheduled_at_ms)
+        }
+        _ => 0,
+    }
+}
+
+fn runs_response(
+    view: &crate::replicated::ReadView,
+    runs: Vec<Run>,
+    next: Option<String>,
+) -> Result<Response, ApiError> {
     let now = now_ms();
-    let runs: Vec<RunView> = runs.into_iter().map(|r| RunView::new(r, now)).collect();
-    Json(RunsPage { runs, next }).into_response()
+    let mut jobs = std::collections::HashMap::new();
+    let mut views = Vec::with_capacity(runs.len());
+    for run in runs {
+        if !jobs.contains_key(&run.job_id) {
+            jobs.insert(run.job_id.clone(), view.get_job(&run.job_id)?);
+        }
+        let offset = due_offset(jobs[&run.job_id].as_ref(), &run);
+        views.push(RunView::new(run, now, offset));
+    }
+    Ok(Json(RunsPage { runs: views, next }).into_response())
 }
 
 /// Runs of a job, newest first.
@@ -181,10 +219,7 @@ pub async fn job_runs(
     if view.get_job(&id)?.is_none() {
         return Err(ApiError::not_found(format!("no job {id:?}")));
     }
-    Ok(runs_response(
-        view.job_runs(&id, params.status, limit)?,
-        None,
-    ))
+    runs_response(&view, view.job_runs(&id, params.status, limit)?, None)
 }
 
 /// Runs across jobs, newest due first, filtered (default status `failed`: the dead-letter view).
@@ -229,14 +264,13 @@ pub async fn list(
         limit,
         PAGE_SCAN_BUDGET,
     )?;
-    Ok(runs_response(page.runs, page.next.map(|c| c.to_string())))
+    let view = state.replica.state();
+    runs_response(&view, page.runs, page.next.map(|c| c.to_string()))
 }
 
-fn run_accepted(result: CommandResult, what: &str) -> Result<Response, ApiError> {
+fn run_accepted(state: &ApiState, result: CommandResult, what: &str) -> Result<Response, ApiError> {
     match result {
-        CommandResult::Run { run } => {
-            Ok((StatusCode::ACCEPTED, Json(RunView::new(run, now_ms()))).into_response())
-        }
+        CommandResult::Run { run } => Ok(accepted_run(state, run)?),
         CommandResult::NotFound => Err(ApiError::not_found(format!("no {what}"))),
         CommandResult::Rejected { field, message } => Err(ApiError::invalid(&field, message)),
         CommandResult::NotRetryable { run } => Err(ApiError::conflict(format!(
@@ -271,7 +305,7 @@ pub async fn retry(
     };
     match idempotency::propose(&state, key.as_ref(), cmd).await? {
         Keyed::Answer(answer) => Ok(answer),
-        Keyed::Result(result) => run_accepted(*result, &format!("run {run_id:?}")),
+        Keyed::Result(result) => run_accepted(&state, *result, &format!("run {run_id:?}")),
     }
 }
 
@@ -292,7 +326,7 @@ pub async fn trigger(
     };
     match idempotency::propose(&state, key.as_ref(), cmd).await? {
         Keyed::Answer(answer) => Ok(answer),
-        Keyed::Result(result) => run_accepted(*result, &format!("job {id:?}")),
+        Keyed::Result(result) => run_accepted(&state, *result, &format!("job {id:?}")),
     }
 }
 
@@ -338,10 +372,23 @@ pub async fn preview(
         _ => crate::schedule::resolve(&spec, from),
     }
     .ok_or_else(|| ApiError::invalid("schedule", "schedule cannot be evaluated"))?;
+    // Within the bounds (`start_at` of cron, `end_at`, `max_runs` counted from `from`), as the
+    // planner keeps a job within them.
+    let bounds = super::model::schedule_bounds(&req.schedule)?;
+    let ext = crate::core::command::JobExt {
+        start_at_ms: bounds.start_at_ms,
+        end_at_ms: bounds.end_at_ms,
+        max_runs: bounds.max_runs,
+        ..Default::default()
+    };
+    crate::core::validate::bounds_and_jitter(&spec, &ext)?;
+    let span = crate::core::plan::Span::of(&ext, from, &schedule);
     let fires: Vec<String> = schedule
-        .fires_after(instant(from)?, count)
+        .fires_after(instant(from.max(span.floor_ms))?, count)
         .into_iter()
-        .map(|t| format_instant(t.timestamp_millis()))
+        .map(|t| t.timestamp_millis())
+        .take_while(|t| *t <= span.end_ms)
+        .map(format_instant)
         .collect();
     Ok(Json(Fires { fires }).into_response())
 }

@@ -83,6 +83,19 @@ pub struct JobExt {
     /// Label pairs (`core::labels` has their rules), the keys of the label index.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// A cron schedule's `start_at`: no fire before it (an interval's is its anchor, in
+    /// `ScheduleSpec::Every`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_at_ms: Option<UnixMs>,
+    /// No fire after this instant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_at_ms: Option<UnixMs>,
+    /// The schedule's first this many fires, then no more (`plan::span`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_runs: Option<u32>,
+    /// Each run is due up to this long after its nominal instant (`plan::jitter_offset`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jitter_ms: Option<u64>,
 }
 
 impl JobExt {
@@ -457,6 +470,19 @@ pub enum ClaimKind {
     Deliver,
     /// Record `count` misfired runs from `first_ms` to `due_ms` as skipped.
     Skip { count: u64, first_ms: UnixMs },
+    /// Deliver the run of nominal instant `due_ms` at `at_ms`, its jittered due instant.
+    DeliverAt { at_ms: UnixMs },
+}
+
+impl ClaimKind {
+    /// When the first attempt of the run claimed with `due_ms` is due; none for a skip.
+    pub fn attempt_at(&self, due_ms: UnixMs) -> Option<UnixMs> {
+        match self {
+            ClaimKind::Deliver => Some(due_ms),
+            ClaimKind::DeliverAt { at_ms } => Some(*at_ms),
+            ClaimKind::Skip { .. } => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use super::command::{AttemptResult, ClaimItem, ClaimKind, Job, MisfirePolicy, RetrySpec, Run};
+use super::command::{
+    AttemptResult, ClaimItem, ClaimKind, Job, JobExt, MisfirePolicy, RetrySpec, Run,
+};
 use chrono::DateTime;
 
 use crate::schedule::Schedule;
@@ -27,7 +29,104 @@ pub fn next_due(job: &Job, schedule: &Schedule) -> Option<i64> {
     if job.spec.paused {
         return None;
     }
-    next_fire(schedule, job.cursor_ms)
+    let span = Span::of(&job.spec.ext, job.schedule_base_ms, schedule);
+    next_fire(schedule, job.cursor_ms.max(span.floor_ms)).filter(|due| *due <= span.end_ms)
+}
+
+/// Where a job's fires lie within its bounds: strictly after `floor_ms` (a cron schedule's
+/// `start_at`) and at or before `end_ms` (`end_at`, or the last of its first `max_runs`
+/// fires).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    pub floor_ms: i64,
+    pub end_ms: i64,
+}
+
+impl Span {
+    /// The span of a schedule with bounds `ext` and base instant `base_ms`. `max_runs` counts
+    /// the schedule's fires from its start (`start_at`, else the base: the create or the last
+    /// change of the schedule), fires while paused included.
+    pub fn of(ext: &JobExt, base_ms: i64, schedule: &Schedule) -> Span {
+        let floor_ms = ext.start_at_ms.map_or(i64::MIN, |s| s.saturating_sub(1));
+        let mut end_ms = ext.end_at_ms.unwrap_or(i64::MAX);
+        if let Some(n) = ext.max_runs {
+            let counted_from = match schedule {
+                // An interval counts from its anchor, its first fire.
+                Schedule::Every { .. } | Schedule::Once(_) => floor_ms,
+                Schedule::Cron(_) => floor_ms.max(base_ms),
+            };
+            if let Some(last) = nth_fire(schedule, counted_from, n) {
+                end_ms = end_ms.min(last);
+            }
+        }
+        Span { floor_ms, end_ms }
+    }
+}
+
+/// Cron schedules' `nth_fire`, remembered: it visits `n` fires (up to `MAX_RUNS_MAX`), and the
+/// planner asks for the same one at every round of the job.
+static NTH_FIRES: std::sync::LazyLock<std::sync::Mutex<NthFires>> =
+    std::sync::LazyLock::new(Default::default);
+/// (expression, time zone, after, n) → the `n`th fire.
+type NthFires = std::collections::HashMap<(String, String, i64, u32), Option<i64>>;
+const NTH_FIRES_KEPT: usize = 4096;
+
+/// The `n`th fire of `schedule` strictly after `after_ms` (n from 1 to `MAX_RUNS_MAX`, which
+/// a replicated value is held to here too); None when it has fewer.
+pub fn nth_fire(schedule: &Schedule, after_ms: i64, n: u32) -> Option<i64> {
+    let n = n.clamp(1, crate::limits::MAX_RUNS_MAX);
+    match schedule {
+        Schedule::Every { anchor, period } => {
+            let anchor_ms = anchor.timestamp_millis();
+            let first = if after_ms < anchor_ms {
+                anchor_ms
+            } else {
+                next_fire(schedule, after_ms)?
+            };
+            let period = i64::try_from(period.as_millis()).ok()?;
+            first.checked_add(period.checked_mul(i64::from(n - 1))?)
+        }
+        Schedule::Once(_) => (n == 1).then(|| next_fire(schedule, after_ms))?,
+        Schedule::Cron(cron) => {
+            let key = (
+                cron.expr().to_owned(),
+                cron.timezone().name().to_owned(),
+                after_ms,
+                n,
+            );
+            let mut memo = NTH_FIRES.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(found) = memo.get(&key) {
+                return *found;
+            }
+            let mut at = Some(after_ms);
+            for _ in 0..n {
+                at = at.and_then(|t| next_fire(schedule, t));
+            }
+            if memo.len() >= NTH_FIRES_KEPT {
+                memo.clear();
+            }
+            memo.insert(key, at);
+            at
+        }
+    }
+}
+
+/// How long after its nominal instant `due_ms` a run of `job` is due: a fixed offset in
+/// `[0, jitter)` from a hash of the job id, its incarnation and the instant, so every leader
+/// computes the same one and a failover never moves a run.
+pub fn jitter_offset(job: &Job, due_ms: i64) -> i64 {
+    let Some(jitter) = job.spec.ext.jitter_ms.filter(|j| *j > 0) else {
+        return 0;
+    };
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(job.id.as_bytes());
+    h.update(job.incarnation.to_be_bytes());
+    h.update(due_ms.to_be_bytes());
+    let digest = h.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    (u64::from_be_bytes(first) % jitter) as i64
 }
 
 fn next_fire(schedule: &Schedule, after_ms: i64) -> Option<i64> {
@@ -56,9 +155,14 @@ pub fn plan_job(job: &Job, schedule: &Schedule, now_ms: i64, horizon_ms: i64) ->
         kind,
     };
     let mut items = Vec::new();
+    let span = Span::of(&job.spec.ext, job.schedule_base_ms, schedule);
+    cursor = cursor.max(span.floor_ms);
     // A long stretch of misfired interval runs the policy skips (a cluster down for long, a
     // `start_at` far back) becomes one entry at once, instead of rounds of 10,000.
-    if let Some((count, first, last)) = skipped_in_bulk(job, schedule, late_before, oldest_kept) {
+    let bulk_before = late_before.min(span.end_ms.saturating_add(1));
+    if let Some((count, first, last)) =
+        skipped_in_bulk(job, schedule, cursor, bulk_before, oldest_kept)
+    {
         items.push(item(
             last,
             ClaimKind::Skip {
@@ -72,10 +176,10 @@ pub fn plan_job(job: &Job, schedule: &Schedule, now_ms: i64, horizon_ms: i64) ->
         let Some(due) = next_fire(schedule, cursor) else {
             break;
         };
-        if due > now_ms.saturating_add(horizon_ms) {
+        if due > now_ms.saturating_add(horizon_ms) || due > span.end_ms {
             break;
         }
-        if due < late_before {
+        if due.saturating_add(jitter_offset(job, due)) < late_before {
             misfired.push(due);
         } else {
             on_time.push(due);
@@ -111,6 +215,15 @@ pub fn plan_job(job: &Job, schedule: &Schedule, now_ms: i64, horizon_ms: i64) ->
         }
     }
     items.extend(on_time.into_iter().map(|d| item(d, ClaimKind::Deliver)));
+    // A jittered run is due its offset after its instant.
+    for i in &mut items {
+        let offset = jitter_offset(job, i.due_ms);
+        if i.kind == ClaimKind::Deliver && offset > 0 {
+            i.kind = ClaimKind::DeliverAt {
+                at_ms: i.due_ms.saturating_add(offset),
+            };
+        }
+    }
     items
 }
 
@@ -121,11 +234,12 @@ pub fn plan_job(job: &Job, schedule: &Schedule, now_ms: i64, horizon_ms: i64) ->
 fn skipped_in_bulk(
     job: &Job,
     schedule: &Schedule,
+    cursor_ms: i64,
     late_before: i64,
     oldest_kept: i64,
 ) -> Option<(u64, i64, i64)> {
     let at = |ms: i64| DateTime::from_timestamp_millis(ms);
-    let after = at(job.cursor_ms)?;
+    let after = at(cursor_ms)?;
     let misfire = &job.spec.misfire;
     let before = match misfire.policy {
         MisfirePolicy::Skip => late_before,
@@ -333,6 +447,82 @@ mod tests {
             every_ms: 1000,
             start_at_ms: Some(0),
         }
+    }
+
+    /// `start_at` (cron), `end_at` and `max_runs` bound what is planned and what comes next;
+    /// a job past its last fire has none (it is completed).
+    #[test]
+    fn bounds_keep_the_fires_within_start_end_and_max_runs() {
+        let dues = |j: &Job, now: i64| -> Vec<i64> {
+            plan(j, now, 0).iter().map(|i| i.due_ms).collect::<Vec<_>>()
+        };
+        let mut j = job(every_second(), MisfirePolicy::FireAll, -1);
+        j.spec.ext.max_runs = Some(3);
+        assert_eq!(dues(&j, 10 * S), [0, S, 2 * S]);
+        j.cursor_ms = 2 * S;
+        assert_eq!(job_next_due(&j), None, "three runs, then completed");
+        j.cursor_ms = -1;
+        j.spec.ext.max_runs = None;
+        j.spec.ext.end_at_ms = Some(4 * S + 500);
+        assert_eq!(dues(&j, 10 * S), [0, S, 2 * S, 3 * S, 4 * S]);
+        // A cron schedule starts at its start_at and counts max_runs from there (every minute).
+        let mut c = job(
+            ScheduleSpec::Cron {
+                expr: "* * * * *".into(),
+                timezone: "UTC".into(),
+            },
+            MisfirePolicy::FireAll,
+            0,
+        );
+        c.spec.ext.start_at_ms = Some(600 * S);
+        c.spec.ext.max_runs = Some(2);
+        assert_eq!(job_next_due(&c), Some(600 * S));
+        assert_eq!(dues(&c, 3600 * S), [600 * S, 660 * S]);
+        c.cursor_ms = 660 * S;
+        assert_eq!(job_next_due(&c), None);
+        let s = resolve(&c.spec.schedule, 0).unwrap();
+        assert_eq!(
+            nth_fire(&s, 0, 3),
+            Some(180 * S),
+            "remembered or not, the same"
+        );
+        assert_eq!(nth_fire(&s, 0, 3), Some(180 * S));
+    }
+
+    /// A jittered run is claimed for its nominal instant and due its offset later: in
+    /// `[0, jitter)`, the same every time it is computed, different between instants and jobs.
+    #[test]
+    fn jitter_is_a_fixed_offset_per_run_below_the_jitter() {
+        let mut j = job(every_second(), MisfirePolicy::FireAll, -1);
+        j.spec.ext.jitter_ms = Some(800);
+        let items = plan(&j, 50 * S, 0);
+        assert_eq!(items.len(), 51);
+        let mut offsets = std::collections::BTreeSet::new();
+        for i in &items {
+            let ClaimKind::DeliverAt { at_ms } = i.kind else {
+                assert_eq!(jitter_offset(&j, i.due_ms), 0, "{i:?}");
+                continue;
+            };
+            let offset = at_ms - i.due_ms;
+            assert!((1..800).contains(&offset), "{i:?}");
+            assert_eq!(offset, jitter_offset(&j, i.due_ms));
+            offsets.insert(offset);
+        }
+        assert!(offsets.len() > 40, "spread: {offsets:?}");
+        let mut other = j.clone();
+        other.incarnation += 1;
+        assert_ne!(
+            (0..10)
+                .map(|k| jitter_offset(&j, k * S))
+                .collect::<Vec<_>>(),
+            (0..10)
+                .map(|k| jitter_offset(&other, k * S))
+                .collect::<Vec<_>>()
+        );
+        j.spec.ext.jitter_ms = None;
+        assert!(plan(&j, 5 * S, 0)
+            .iter()
+            .all(|i| i.kind == ClaimKind::Deliver));
     }
 
     fn plan(j: &Job, now: i64, horizon: i64) -> Vec<ClaimItem> {

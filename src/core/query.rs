@@ -423,6 +423,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect::<BTreeMap<_, _>>(),
+            ..JobExt::default()
         };
         Job {
             id: id.into(),

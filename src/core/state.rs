@@ -421,7 +421,9 @@ fn claim<T: Tables>(t: &T, item: &ClaimItem, now_ms: i64, retention: u32) -> TxR
     guard.cursor_ms = item.due_ms;
     put_guard(t, &item.job_id, guard)?;
     let (status, skipped, next) = match &item.kind {
-        ClaimKind::Deliver => (RunStatus::Pending, None, Some(item.due_ms)),
+        ClaimKind::Deliver | ClaimKind::DeliverAt { .. } => {
+            (RunStatus::Pending, None, item.kind.attempt_at(item.due_ms))
+        }
         ClaimKind::Skip { count, first_ms } => (
             RunStatus::Skipped,
             Some(SkippedRange {

@@ -10,8 +10,8 @@
 use std::time::Duration;
 
 use super::command::{
-    AttemptOutcome, AttemptResult, BulkAction, ClaimItem, ClaimKind, Command, JobSpec, RetrySpec,
-    ScheduleSpec, UnixMs,
+    AttemptOutcome, AttemptResult, BulkAction, ClaimItem, ClaimKind, Command, JobExt, JobSpec,
+    RetrySpec, ScheduleSpec, UnixMs,
 };
 pub use super::format::format_duration_ms;
 use crate::limits::*;
@@ -257,6 +257,63 @@ fn bulk_ids(action: BulkAction, ids: &[String]) -> Checked {
     Ok(())
 }
 
+/// `start_at` (cron), `end_at` and `max_runs` go with a repeating schedule; `end_at` is not
+/// before the start; `jitter` is at most `JITTER_MAX` (the API also keeps it within the
+/// schedule's period).
+pub fn bounds_and_jitter(schedule: &ScheduleSpec, ext: &JobExt) -> Checked {
+    let start = match schedule {
+        ScheduleSpec::Cron { .. } => ext.start_at_ms,
+        ScheduleSpec::Every { start_at_ms, .. } => {
+            if ext.start_at_ms.is_some() {
+                return Err(Invalid::new(
+                    "schedule.start_at",
+                    "an interval's start_at is its anchor",
+                ));
+            }
+            *start_at_ms
+        }
+        ScheduleSpec::At { .. } | ScheduleSpec::After { .. } => {
+            let fields = [
+                ("schedule.start_at", ext.start_at_ms.is_some()),
+                ("schedule.end_at", ext.end_at_ms.is_some()),
+                ("schedule.max_runs", ext.max_runs.is_some()),
+            ];
+            if let Some((field, _)) = fields.iter().find(|(_, given)| *given) {
+                return Err(Invalid::new(
+                    field,
+                    "goes only with a repeating schedule (every, cron)",
+                ));
+            }
+            None
+        }
+    };
+    if let Some(t) = ext.start_at_ms {
+        instant("schedule.start_at", t)?;
+    }
+    if let Some(end) = ext.end_at_ms {
+        instant("schedule.end_at", end)?;
+        if start.is_some_and(|s| end < s) {
+            return Err(Invalid::new("schedule.end_at", "end_at is before start_at"));
+        }
+    }
+    if ext
+        .max_runs
+        .is_some_and(|n| !(1..=MAX_RUNS_MAX).contains(&n))
+    {
+        return Err(Invalid::new(
+            "schedule.max_runs",
+            format!("max_runs is 1 to {MAX_RUNS_MAX}"),
+        ));
+    }
+    if ext
+        .jitter_ms
+        .is_some_and(|j| j > JITTER_MAX.as_millis() as u64)
+    {
+        return Err(Invalid::new("jitter", "jitter is at most 1h"));
+    }
+    Ok(())
+}
+
 /// A job id: `[A-Za-z0-9._:-]{1,128}`.
 pub fn job_id(field: &str, id: &str) -> Checked {
     let ok = !id.is_empty()
@@ -279,6 +336,7 @@ pub fn job_id(field: &str, id: &str) -> Checked {
 pub fn job_spec(spec: &JobSpec) -> Checked {
     url(&spec.url)?;
     super::filter::labels(&spec.ext.labels).map_err(|r| Invalid::new("labels", r.0))?;
+    bounds_and_jitter(&spec.schedule, &spec.ext)?;
     if !METHODS.contains(&spec.method.as_str()) {
         return Err(Invalid::new(
             "method",
@@ -569,6 +627,17 @@ fn claim_item(item: &ClaimItem) -> Checked {
     due("items.due_ms", item.due_ms)?;
     match item.kind {
         ClaimKind::Deliver => Ok(()),
+        ClaimKind::DeliverAt { at_ms } => {
+            let most = item.due_ms.saturating_add(JITTER_MAX.as_millis() as i64);
+            if (item.due_ms..=most).contains(&at_ms) {
+                Ok(())
+            } else {
+                Err(Invalid::new(
+                    "items.kind.at_ms",
+                    "a run is due at most the longest jitter after its instant",
+                ))
+            }
+        }
         ClaimKind::Skip { count, first_ms } => {
             if count == 0 {
                 return Err(Invalid::new("items.kind.count", "skips at least one run"));

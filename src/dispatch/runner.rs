@@ -69,6 +69,9 @@ struct Pending {
     job_id: String,
     incarnation: u64,
     scheduled_at_ms: i64,
+    /// When its first attempt was due: `scheduled_at_ms` plus a jittered job's offset (what
+    /// lateness counts from).
+    due_ms: i64,
     n: u32,
 }
 
@@ -359,6 +362,7 @@ impl<D: Deliver> Dispatcher<D> {
                 job_id: run.job_id,
                 incarnation: run.incarnation,
                 scheduled_at_ms: run.scheduled_at_ms,
+                due_ms: at,
             },
         );
     }
@@ -580,23 +584,25 @@ impl<D: Deliver> Dispatcher<D> {
                     }
                     let run_id =
                         crate::core::command::Run::scheduled_id(item.incarnation, item.due_ms);
+                    let attempt_at = item.kind.attempt_at(item.due_ms);
                     // Items with incarnation 0 only carry a job through the round.
-                    let real = item.kind == ClaimKind::Deliver && item.incarnation != 0;
+                    let real = attempt_at.is_some() && item.incarnation != 0;
                     if real && !outcome_known {
                         // It may still be applied after we gave up on it.
                         self.doubts.add(&item.job_id, run_id.clone());
                     }
-                    if ok && item.kind == ClaimKind::Deliver {
-                        if item.due_ms < committed_ms {
+                    if let (true, Some(at)) = (ok, attempt_at) {
+                        if at < committed_ms {
                             late += 1;
                         }
                         self.enqueue(
-                            item.due_ms,
+                            at,
                             Pending {
                                 run_id,
                                 job_id: item.job_id.clone(),
                                 incarnation: item.incarnation,
                                 scheduled_at_ms: item.due_ms,
+                                due_ms: at,
                                 n: 1,
                             },
                         );
@@ -747,7 +753,7 @@ impl<D: Deliver> Dispatcher<D> {
                 n: p.n,
             };
             let (attempt, http) = deliverer.attempt(&req).await;
-            crate::metrics::attempt(&attempt, p.scheduled_at_ms, p.n);
+            crate::metrics::attempt(&attempt, p.due_ms, p.n);
             let result = after_attempt(p.n, &job.spec.retry, &http, clock.now_ms(), rand::random());
             crate::metrics::run_result(&result);
             let (outcome, error) = match (&attempt.status_code, &attempt.error) {

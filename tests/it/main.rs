@@ -1,6 +1,7 @@
 //! hookd's integration tests: whole nodes and clusters as real processes on loopback.
 
 mod api;
+mod bounds;
 mod bulk;
 mod cli;
 mod cluster;

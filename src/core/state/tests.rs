@@ -866,7 +866,7 @@ fn downstream_never_panics(tables: &MemTables, rng: &mut impl rand::Rng) {
                 crate::metrics::attempt(a, run.scheduled_at_ms, a.n);
             }
             for now in nows {
-                let view = crate::api::runs::RunView::new(run.clone(), now);
+                let view = crate::api::runs::RunView::new(run.clone(), now, now % 1000);
                 serde_json::to_string(&view).expect("renders");
             }
         }
