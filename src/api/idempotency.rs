@@ -163,7 +163,7 @@ async fn replay(state: &ApiState, recall: Recall) -> Result<Response, ApiError> 
                     "run {id:?}, made by the first request with this Idempotency-Key, is gone"
                 )));
             };
-            super::runs::accepted_run(state, run)?
+            super::runs::accepted_run(run)
         }
         Recall::NotRetryable { id, status } => {
             return Err(ApiError::conflict(format!(

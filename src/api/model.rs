@@ -14,6 +14,7 @@ use crate::core::command::{
     Job, JobExt, JobSpec, MisfirePolicy, MisfireSpec, RetrySpec, RunStatus, ScheduleSpec, UnixMs,
 };
 use crate::core::filter::{self, JobFilter, JobState};
+use crate::core::overlap::Overlap;
 use crate::core::query::RunFilter;
 use crate::core::validate::{self, METHODS};
 use crate::limits::*;
@@ -55,6 +56,9 @@ pub struct JobRequest {
     /// Each run is due up to this long after its scheduled instant (a fixed offset per run,
     /// the same on every node); at most 1h and the schedule's period.
     pub jitter: Option<String>,
+    /// What a run falling due does while an earlier one is open: `allow` (default), `skip`,
+    /// `buffer_one`, `cancel_previous`.
+    pub overlap: Option<String>,
     /// Accepted and ignored (as returned by a read), like the other server-side fields below.
     #[serde(rename = "created_at")]
     #[schema(value_type = Option<serde_json::Value>)]
@@ -351,6 +355,16 @@ impl JobRequest {
                 end_at_ms: bounds.end_at_ms,
                 max_runs: bounds.max_runs,
                 jitter_ms,
+                overlap: match self.overlap.as_deref() {
+                    None => None,
+                    Some(o) => Some(Overlap::parse(o).ok_or_else(|| {
+                        ApiError::invalid(
+                            "overlap",
+                            format!("{o:?} is not allow, skip, buffer_one or cancel_previous"),
+                        )
+                    })?),
+                }
+                .filter(|o| *o != Overlap::Allow),
             },
         };
         // The gate a forwarded command passes too: whatever this parsing let through, it
@@ -708,6 +722,9 @@ pub struct JobView {
     /// Omitted when none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jitter: Option<String>,
+    /// `allow`, `skip`, `buffer_one` or `cancel_previous`.
+    #[schema(value_type = String)]
+    pub overlap: &'static str,
     pub created_at: String,
     pub updated_at: String,
     pub next_fire_at: Option<String>,
@@ -731,6 +748,7 @@ impl JobView {
             body: s.body.clone(),
             schedule: render_schedule(&s.schedule, &s.ext),
             jitter: s.ext.jitter_ms.map(format_duration_ms),
+            overlap: s.ext.overlap.unwrap_or_default().as_str(),
             retry: RetryView {
                 max_attempts: s.retry.max_attempts,
                 initial_backoff: format_duration_ms(s.retry.initial_backoff_ms),

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
-use crate::core::command::{Run, RunStatus, ScheduleSpec};
+use crate::core::command::{Run, RunStatus, ScheduleSpec, SkipReason};
 use crate::core::{Command, CommandResult};
 use crate::replicated::ReplicaState;
 
@@ -17,7 +17,7 @@ use super::idempotency::{self, Key, Keyed};
 use super::model::{
     format_instant, parse_instant, parse_json, run_filter, validate_id, ScheduleRequest,
 };
-use super::{json_body, list_limit, now_ms, query, Api, ApiError, ApiState, Consistency};
+use super::{json_body, list_limit, now_ms, query, Api, ApiError, Consistency};
 use crate::core::query::RunCursor;
 use crate::limits::PAGE_SCAN_BUDGET;
 
@@ -97,6 +97,12 @@ pub struct RunView {
     scheduled_at: String,
     /// When it was due: `scheduled_at` plus the job's jitter offset for it.
     due_at: String,
+    /// For a skipped run: `misfire` or `overlap`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    skip_reason: Option<&'static str>,
+    /// Why the run ended without a last attempt of its own: `superseded`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
     #[schema(value_type = String)]
     status: &'static str,
     attempts: Vec<AttemptView>,
@@ -109,7 +115,7 @@ pub struct RunView {
 impl RunView {
     /// Renders `run`. An open run whose attempt time has passed is shown `in_flight`: the leader
     /// is attempting it (attempt starts are not written through Raft, only outcomes).
-    pub fn new(run: Run, now_ms: i64, due_offset_ms: i64) -> RunView {
+    pub fn new(run: Run, now_ms: i64) -> RunView {
         let status = match run.status {
             RunStatus::Pending | RunStatus::Retrying
                 if run.next_attempt_at_ms.is_some_and(|t| t <= now_ms) =>
@@ -122,7 +128,12 @@ impl RunView {
             id: run.id,
             job_id: run.job_id,
             scheduled_at: format_instant(run.scheduled_at_ms),
-            due_at: format_instant(run.scheduled_at_ms.saturating_add(due_offset_ms)),
+            due_at: format_instant(run.ext.due_ms.unwrap_or(run.scheduled_at_ms)),
+            skip_reason: (run.status == RunStatus::Skipped).then_some(match run.ext.skip_reason {
+                Some(SkipReason::Overlap) => "overlap",
+                Some(SkipReason::Misfire) | None => "misfire",
+            }),
+            error: run.ext.ended_by.clone(),
             status: status.as_str(),
             attempts: run
                 .attempts
@@ -162,44 +173,10 @@ pub struct Fires {
     fires: Vec<String>,
 }
 
-/// `202` with `run`, as it is shown everywhere.
-pub fn accepted_run(state: &ApiState, run: Run) -> Result<Response, ApiError> {
-    let job = state.replica.state().get_job(&run.job_id)?;
-    let offset = due_offset(job.as_ref(), &run);
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(RunView::new(run, now_ms(), offset)),
-    )
-        .into_response())
-}
-
-/// How long after its scheduled instant `run` was due: its job's jitter offset for it (none
-/// for a manual run, or one whose job is gone).
-pub fn due_offset(job: Option<&crate::core::Job>, run: &Run) -> i64 {
-    match job {
-        Some(job) if !run.manual && job.incarnation == run.incarnation => {
-            crate::core::plan::jitter_offset(job, run.scheduled_at_ms)
-        }
-        _ => 0,
-    }
-}
-
-fn runs_response(
-    view: &crate::replicated::ReadView,
-    runs: Vec<Run>,
-    next: Option<String>,
-) -> Result<Response, ApiError> {
+fn runs_response(runs: Vec<Run>, next: Option<String>) -> Response {
     let now = now_ms();
-    let mut jobs = std::collections::HashMap::new();
-    let mut views = Vec::with_capacity(runs.len());
-    for run in runs {
-        if !jobs.contains_key(&run.job_id) {
-            jobs.insert(run.job_id.clone(), view.get_job(&run.job_id)?);
-        }
-        let offset = due_offset(jobs[&run.job_id].as_ref(), &run);
-        views.push(RunView::new(run, now, offset));
-    }
-    Ok(Json(RunsPage { runs: views, next }).into_response())
+    let runs: Vec<RunView> = runs.into_iter().map(|r| RunView::new(r, now)).collect();
+    Json(RunsPage { runs, next }).into_response()
 }
 
 /// Runs of a job, newest first.
@@ -219,7 +196,10 @@ pub async fn job_runs(
     if view.get_job(&id)?.is_none() {
         return Err(ApiError::not_found(format!("no job {id:?}")));
     }
-    runs_response(&view, view.job_runs(&id, params.status, limit)?, None)
+    Ok(runs_response(
+        view.job_runs(&id, params.status, limit)?,
+        None,
+    ))
 }
 
 /// Runs across jobs, newest due first, filtered (default status `failed`: the dead-letter view).
@@ -264,13 +244,17 @@ pub async fn list(
         limit,
         PAGE_SCAN_BUDGET,
     )?;
-    let view = state.replica.state();
-    runs_response(&view, page.runs, page.next.map(|c| c.to_string()))
+    Ok(runs_response(page.runs, page.next.map(|c| c.to_string())))
 }
 
-fn run_accepted(state: &ApiState, result: CommandResult, what: &str) -> Result<Response, ApiError> {
+/// `202` with `run`.
+pub fn accepted_run(run: Run) -> Response {
+    (StatusCode::ACCEPTED, Json(RunView::new(run, now_ms()))).into_response()
+}
+
+fn run_accepted(result: CommandResult, what: &str) -> Result<Response, ApiError> {
     match result {
-        CommandResult::Run { run } => Ok(accepted_run(state, run)?),
+        CommandResult::Run { run } => Ok(accepted_run(run)),
         CommandResult::NotFound => Err(ApiError::not_found(format!("no {what}"))),
         CommandResult::Rejected { field, message } => Err(ApiError::invalid(&field, message)),
         CommandResult::NotRetryable { run } => Err(ApiError::conflict(format!(
@@ -305,7 +289,7 @@ pub async fn retry(
     };
     match idempotency::propose(&state, key.as_ref(), cmd).await? {
         Keyed::Answer(answer) => Ok(answer),
-        Keyed::Result(result) => run_accepted(&state, *result, &format!("run {run_id:?}")),
+        Keyed::Result(result) => run_accepted(*result, &format!("run {run_id:?}")),
     }
 }
 
@@ -326,7 +310,7 @@ pub async fn trigger(
     };
     match idempotency::propose(&state, key.as_ref(), cmd).await? {
         Keyed::Answer(answer) => Ok(answer),
-        Keyed::Result(result) => run_accepted(&state, *result, &format!("job {id:?}")),
+        Keyed::Result(result) => run_accepted(*result, &format!("job {id:?}")),
     }
 }
 

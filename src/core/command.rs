@@ -96,6 +96,9 @@ pub struct JobExt {
     /// Each run is due up to this long after its nominal instant (`plan::jitter_offset`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jitter_ms: Option<u64>,
+    /// What a run falling due does while another is open (none: `allow`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlap: Option<super::overlap::Overlap>,
 }
 
 impl JobExt {
@@ -104,18 +107,21 @@ impl JobExt {
     }
 }
 
-/// `JobExt` as JSON bytes in postcard (none when empty), as itself in JSON.
+/// An extension struct (`JobExt`, `RunExt`) as JSON bytes in postcard (none when it is the
+/// default), as itself in JSON: fields added to it later change no postcard layout.
 mod ext_encoding {
-    use serde::de::Error as _;
+    use serde::de::{DeserializeOwned, Error as _};
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-    use super::JobExt;
-
-    pub fn serialize<S: Serializer>(ext: &JobExt, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<T, S>(ext: &T, s: S) -> Result<S::Ok, S::Error>
+    where
+        T: Serialize + Default + PartialEq,
+        S: Serializer,
+    {
         if s.is_human_readable() {
             return ext.serialize(s);
         }
-        let bytes = if ext.is_empty() {
+        let bytes = if *ext == T::default() {
             Vec::new()
         } else {
             serde_json::to_vec(ext).map_err(serde::ser::Error::custom)?
@@ -123,13 +129,17 @@ mod ext_encoding {
         bytes.serialize(s)
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<JobExt, D::Error> {
+    pub fn deserialize<'de, T, D>(d: D) -> Result<T, D::Error>
+    where
+        T: DeserializeOwned + Default,
+        D: Deserializer<'de>,
+    {
         if d.is_human_readable() {
-            return JobExt::deserialize(d);
+            return T::deserialize(d);
         }
         let bytes = Vec::<u8>::deserialize(d)?;
         if bytes.is_empty() {
-            return Ok(JobExt::default());
+            return Ok(T::default());
         }
         serde_json::from_slice(&bytes).map_err(D::Error::custom)
     }
@@ -452,6 +462,70 @@ pub struct Run {
     pub manual: bool,
     pub skipped: Option<SkippedRange>,
     pub claimed_at_ms: UnixMs,
+    /// Fields added since format 3 (JSON inside postcard).
+    #[serde(default, with = "ext_encoding")]
+    pub ext: RunExt,
+}
+
+/// A run's fields added after format 3; each `#[serde(default)]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunExt {
+    /// When its first attempt was due, if not at `scheduled_at_ms` (a jittered run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due_ms: Option<UnixMs>,
+    /// Why it was skipped, when not a misfire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skip_reason: Option<SkipReason>,
+    /// Cleared to start by its job's overlap policy (`Command::StartRun`): open from then on.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub started: bool,
+    /// Held back by `buffer_one` until the open run before it ends.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub waiting: bool,
+    /// Why it failed without a last attempt of its own (`superseded`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_by: Option<String>,
+}
+
+/// Why a run was recorded skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SkipReason {
+    Misfire,
+    Overlap,
+}
+
+/// A run record as format 3 stored it (postcard): read, never written.
+#[derive(Deserialize)]
+pub struct Run3 {
+    pub id: String,
+    pub job_id: String,
+    pub incarnation: u64,
+    pub scheduled_at_ms: UnixMs,
+    pub status: RunStatus,
+    pub attempts: Vec<Attempt>,
+    pub next_attempt_at_ms: Option<UnixMs>,
+    pub manual: bool,
+    pub skipped: Option<SkippedRange>,
+    pub claimed_at_ms: UnixMs,
+}
+
+impl From<Run3> for Run {
+    fn from(r: Run3) -> Run {
+        Run {
+            id: r.id,
+            job_id: r.job_id,
+            incarnation: r.incarnation,
+            scheduled_at_ms: r.scheduled_at_ms,
+            status: r.status,
+            attempts: r.attempts,
+            next_attempt_at_ms: r.next_attempt_at_ms,
+            manual: r.manual,
+            skipped: r.skipped,
+            claimed_at_ms: r.claimed_at_ms,
+            ext: RunExt::default(),
+        }
+    }
 }
 
 impl Run {
@@ -625,6 +699,11 @@ pub enum Command {
         status: u16,
         body: String,
     },
+    /// Asks, before the first attempt of a run of a job with an overlap policy, whether it may
+    /// start; `apply` decides by the policy and the job's open runs (`core::overlap`).
+    StartRun {
+        run_id: String,
+    },
 }
 
 /// What a `Bulk` command does to each of its ids.
@@ -757,6 +836,7 @@ impl Command {
                 command.kind()
             }
             Command::Remember { .. } => "remember",
+            Command::StartRun { .. } => "start_run",
         }
     }
 
@@ -782,7 +862,7 @@ impl Command {
             Command::IfVersion { command, .. } | Command::Idempotent { command, .. } => {
                 command.sheddable()
             }
-            Command::Remember { .. } => false,
+            Command::Remember { .. } | Command::StartRun { .. } => false,
         }
     }
 }
@@ -848,6 +928,10 @@ pub enum CommandResult {
     },
     /// An idempotency key used for another request within its 24 hours.
     KeyReused,
+    /// Whether a `StartRun`'s run may be attempted now.
+    Start {
+        go: bool,
+    },
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ pub mod command;
 pub mod filter;
 pub mod format;
 pub mod idempotency;
+pub mod overlap;
 pub mod plan;
 pub mod query;
 mod records;

@@ -314,7 +314,7 @@ pub fn claim_horizon(
 pub fn may_attempt(job: &Job, run: Option<&Run>, incarnation: u64) -> bool {
     job.incarnation == incarnation
         && !job.spec.paused
-        && run.is_some_and(|r| r.incarnation == incarnation && r.status.is_open())
+        && run.is_some_and(|r| r.incarnation == incarnation && r.status.is_open() && !r.ext.waiting)
 }
 
 /// How an HTTP attempt went, as far as the retry policy cares.

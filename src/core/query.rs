@@ -575,6 +575,7 @@ mod tests {
                     manual: false,
                     skipped: None,
                     claimed_at_ms: due,
+                    ext: Default::default(),
                 };
                 crate::core::records::insert_run(&t, &run, 1000).unwrap();
                 runs.push(run);

@@ -2,7 +2,7 @@
 //! reads and writes of single records that `apply` (`state.rs`) and the views (`view.rs`) build
 //! on. Persisted formats: see `command.rs` for the rules of change.
 
-use super::command::{Job, Job3, Run, RunStatus};
+use super::command::{Job, Job3, Run, Run3, RunStatus};
 
 /// The tables of the state machine. Each is one sled tree per snapshot generation, named by
 /// `name` (the discriminants index in-memory arrays only: dense, never persisted).
@@ -243,30 +243,45 @@ pub(super) fn get_record<T: Tables, V: serde::de::DeserializeOwned>(
     }
 }
 
-/// First byte of a job record in format 4 (postcard of `Job` with its `JobExt`); `COMPACT`
-/// job records are format 3's layout (`Job3`).
-const JOB_FORMAT_4: u8 = 0x02;
+/// First byte of a job or run record in format 4 (postcard of `Job` with its `JobExt`, of `Run`
+/// with its `RunExt`); `COMPACT` records are format 3's layout (`Job3`, `Run3`).
+const FORMAT_4: u8 = 0x02;
 
-fn encode_job(job: &Job) -> Vec<u8> {
-    let mut out = vec![JOB_FORMAT_4];
+/// A job or run record in format 4.
+fn encode_4<V: serde::Serialize>(value: &V) -> Vec<u8> {
+    let mut out = vec![FORMAT_4];
     // Our own plain data types always serialize.
-    out.extend(postcard::to_allocvec(job).unwrap_or_default());
+    out.extend(postcard::to_allocvec(value).unwrap_or_default());
     out
 }
 
-/// Decodes a stored job record: format 4, format 3 (`COMPACT`), or JSON (formats 1 and 2).
-pub fn decode_job(bytes: &[u8]) -> Result<Job, StateFault> {
+/// Decodes a job or run record of `table`: format 4, format 3 (`COMPACT`, read as `Old`), or
+/// JSON (what schemas 1 and 2 wrote).
+fn decode_4<V, Old>(table: Table, bytes: &[u8]) -> Result<V, StateFault>
+where
+    V: serde::de::DeserializeOwned,
+    Old: serde::de::DeserializeOwned + Into<V>,
+{
     let compact_fault = |source| StateFault::DecodeCompact {
-        table: Table::Jobs.name(),
+        table: table.name(),
         source,
     };
     match bytes.split_first() {
-        Some((&JOB_FORMAT_4, rest)) => postcard::from_bytes(rest).map_err(compact_fault),
-        Some((&COMPACT, rest)) => postcard::from_bytes::<Job3>(rest)
-            .map(Job::from)
+        Some((&FORMAT_4, rest)) => postcard::from_bytes(rest).map_err(compact_fault),
+        Some((&COMPACT, rest)) => postcard::from_bytes::<Old>(rest)
+            .map(Old::into)
             .map_err(compact_fault),
-        _ => decode(Table::Jobs, bytes),
+        _ => decode(table, bytes),
     }
+}
+
+fn encode_job(job: &Job) -> Vec<u8> {
+    encode_4(job)
+}
+
+/// Decodes a stored job record: format 4, format 3, or JSON (formats 1 and 2).
+pub fn decode_job(bytes: &[u8]) -> Result<Job, StateFault> {
+    decode_4::<Job, Job3>(Table::Jobs, bytes)
 }
 
 /// Key of the marker saying the job index is complete (in `Table::Misc`); a state without it
@@ -322,9 +337,9 @@ pub fn job_index_keys(job: &Job) -> Vec<Vec<u8>> {
     keys
 }
 
-/// Decodes a stored run record.
+/// Decodes a stored run: format 4, format 3 (without `RunExt`), or JSON (schema 1).
 pub fn decode_run(bytes: &[u8]) -> Result<Run, StateFault> {
-    decode(Table::Runs, bytes)
+    decode_4::<Run, Run3>(Table::Runs, bytes)
 }
 
 /// Decodes a job's run list.
@@ -369,7 +384,10 @@ pub(super) fn put_guard<T: Tables>(t: &T, id: &str, guard: Guard) -> TxResult<T,
 }
 
 pub(super) fn get_run<T: Tables>(t: &T, id: &str) -> TxResult<T, Option<Run>> {
-    get_record(t, Table::Runs, id)
+    match t.get(Table::Runs, id.as_bytes())? {
+        None => Ok(None),
+        Some(bytes) => decode_run(&bytes).map(Some).map_err(T::Error::from),
+    }
 }
 
 pub(super) fn get_run_list<T: Tables>(t: &T, job_id: &str) -> TxResult<T, RunList> {
@@ -415,8 +433,7 @@ pub(super) fn put_run<T: Tables>(t: &T, run: &Run, old: Option<&Run>) -> TxResul
             Vec::new(),
         )?;
     }
-    let bytes = compact(run);
-    t.put(Table::Runs, run.id.as_bytes(), bytes)
+    t.put(Table::Runs, run.id.as_bytes(), encode_4(run))
 }
 
 /// Removes a run and its index entries (not its entry in the job's run list).

@@ -8,9 +8,10 @@
 use super::command::MASK;
 use super::command::{
     AttemptOutcome, AttemptResult, ClaimItem, ClaimKind, Command, CommandResult, Epoch, Job,
-    JobSpec, Run, RunStatus, SkippedRange, UnixMs,
+    JobSpec, Run, RunExt, RunStatus, SkipReason, SkippedRange, UnixMs,
 };
 use super::idempotency::{self, Lookup, Recall};
+use super::overlap::{self, Decision};
 use super::records::*;
 pub use super::records::{
     decode_job, decode_run, decode_run_list, job_index_keys, status_key, status_prefix, Guard,
@@ -105,10 +106,11 @@ fn apply_one<T: Tables>(
         } => claim_runs(t, at, *epoch, *now_ms, items, *retention, touched),
         Command::RecordAttempts { outcomes } => {
             for outcome in outcomes {
-                record_attempt(t, outcome)?;
+                record_attempt(t, outcome, touched)?;
             }
             Ok(CommandResult::Done)
         }
+        Command::StartRun { run_id } => start_run(t, run_id),
         Command::RetryRun { run_id, now_ms } => retry_run(t, run_id, *now_ms, touched),
         Command::TriggerJob {
             id,
@@ -403,6 +405,7 @@ fn trigger_job<T: Tables>(
         manual: true,
         skipped: None,
         claimed_at_ms: now_ms,
+        ext: RunExt::default(),
     };
     insert_run(t, &run, retention)?;
     touched.runs.push(run.id.clone());
@@ -420,9 +423,12 @@ fn claim<T: Tables>(t: &T, item: &ClaimItem, now_ms: i64, retention: u32) -> TxR
     }
     guard.cursor_ms = item.due_ms;
     put_guard(t, &item.job_id, guard)?;
+    let mut ext = RunExt::default();
     let (status, skipped, next) = match &item.kind {
-        ClaimKind::Deliver | ClaimKind::DeliverAt { .. } => {
-            (RunStatus::Pending, None, item.kind.attempt_at(item.due_ms))
+        ClaimKind::Deliver => (RunStatus::Pending, None, Some(item.due_ms)),
+        ClaimKind::DeliverAt { at_ms } => {
+            ext.due_ms = Some(*at_ms);
+            (RunStatus::Pending, None, Some(*at_ms))
         }
         ClaimKind::Skip { count, first_ms } => (
             RunStatus::Skipped,
@@ -445,6 +451,7 @@ fn claim<T: Tables>(t: &T, item: &ClaimItem, now_ms: i64, retention: u32) -> TxR
         manual: false,
         skipped,
         claimed_at_ms: now_ms,
+        ext,
     };
     insert_run(t, &run, retention)?;
     Ok(true)
@@ -452,12 +459,24 @@ fn claim<T: Tables>(t: &T, item: &ClaimItem, now_ms: i64, retention: u32) -> TxR
 
 /// Appends an attempt to its run. Finished runs stay finished: a late report from a former
 /// leader adds to the history but cannot reopen or fail a run that succeeded.
-fn record_attempt<T: Tables>(t: &T, outcome: &AttemptOutcome) -> TxResult<T, ()> {
+fn record_attempt<T: Tables>(
+    t: &T,
+    outcome: &AttemptOutcome,
+    touched: &mut Touched,
+) -> TxResult<T, ()> {
     let Some(old) = get_run(t, &outcome.run_id)? else {
         return Ok(());
     };
     let mut run = old.clone();
     run.attempts.push(outcome.attempt.clone());
+    // A run ending lets the one `buffer_one` held back start, when its attempt ended.
+    if run.status.is_open() && !matches!(outcome.result, AttemptResult::RetryAt(_)) {
+        let a = &outcome.attempt;
+        let ended_at = a
+            .started_at_ms
+            .saturating_add(i64::try_from(a.duration_ms).unwrap_or(i64::MAX));
+        release_waiting(t, &run, ended_at, touched)?;
+    }
     if run.status.is_open() {
         match outcome.result {
             AttemptResult::Succeeded => {
@@ -477,6 +496,98 @@ fn record_attempt<T: Tables>(t: &T, outcome: &AttemptOutcome) -> TxResult<T, ()>
         run.status = RunStatus::Succeeded;
     }
     put_run(t, &run, Some(&old))
+}
+
+/// The other runs of `run`'s job that are open (started or attempted, not ended), and those
+/// held back by `buffer_one`.
+fn overlapping<T: Tables>(t: &T, run: &Run) -> TxResult<T, (Vec<Run>, Vec<Run>)> {
+    let (mut open, mut waiting) = (Vec::new(), Vec::new());
+    for (_, id) in get_run_list(t, &run.job_id)? {
+        if id == run.id {
+            continue;
+        }
+        let Some(other) = get_run(t, &id)? else {
+            continue;
+        };
+        if !other.status.is_open() || other.incarnation != run.incarnation {
+            continue;
+        }
+        if other.ext.waiting {
+            waiting.push(other);
+        } else if other.ext.started || !other.attempts.is_empty() {
+            open.push(other);
+        }
+    }
+    Ok((open, waiting))
+}
+
+/// Whether run `run_id` may start now: by its job's overlap policy and the job's other open
+/// runs (`overlap::decide`). A run already started (a new leader asking again) may.
+fn start_run<T: Tables>(t: &T, run_id: &str) -> TxResult<T, CommandResult> {
+    let no = Ok(CommandResult::Start { go: false });
+    let Some(old) = get_run(t, run_id)? else {
+        return no;
+    };
+    if !old.status.is_open() || old.ext.waiting {
+        return no;
+    }
+    if old.ext.started || !old.attempts.is_empty() {
+        return Ok(CommandResult::Start { go: true });
+    }
+    let Some(job) = get_job(t, &old.job_id)?.filter(|j| j.incarnation == old.incarnation) else {
+        return no;
+    };
+    let policy = job.spec.ext.overlap.unwrap_or_default();
+    let (open, waiting) = overlapping(t, &old)?;
+    let mut run = old.clone();
+    let go = match overlap::decide(policy, open.len(), waiting.len()) {
+        Decision::Start => true,
+        Decision::Skip => {
+            run.status = RunStatus::Skipped;
+            run.next_attempt_at_ms = None;
+            run.ext.skip_reason = Some(SkipReason::Overlap);
+            false
+        }
+        Decision::Wait => {
+            run.ext.waiting = true;
+            false
+        }
+        Decision::Supersede => {
+            for other in open {
+                let mut ended = other.clone();
+                ended.status = RunStatus::Failed;
+                ended.next_attempt_at_ms = None;
+                ended.ext.ended_by = Some("superseded".into());
+                put_run(t, &ended, Some(&other))?;
+            }
+            true
+        }
+    };
+    // A run cleared to start is being attempted by the leader that asked: not `touched`.
+    run.ext.started = go;
+    put_run(t, &run, Some(&old))?;
+    Ok(CommandResult::Start { go })
+}
+
+/// When `ended` (a run that is ending) leaves its job without another open run, the run that
+/// `buffer_one` held back starts, at `at_ms`.
+fn release_waiting<T: Tables>(
+    t: &T,
+    ended: &Run,
+    at_ms: i64,
+    touched: &mut Touched,
+) -> TxResult<T, ()> {
+    let (open, waiting) = overlapping(t, ended)?;
+    let Some(held) = waiting.into_iter().next().filter(|_| open.is_empty()) else {
+        return Ok(());
+    };
+    let mut run = held.clone();
+    run.ext.waiting = false;
+    run.ext.started = true;
+    run.next_attempt_at_ms = Some(at_ms.max(run.scheduled_at_ms));
+    put_run(t, &run, Some(&held))?;
+    touched.runs.push(run.id.clone());
+    Ok(())
 }
 
 fn changed(job: Job, created: bool) -> CommandResult {

@@ -226,6 +226,7 @@ pub fn command(cmd: &Command, now_ms: UnixMs) -> Checked {
             }
             Ok(())
         }
+        Command::StartRun { run_id: id } => run_id("run_id", id),
     }
 }
 

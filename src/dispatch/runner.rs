@@ -709,13 +709,19 @@ impl<D: Deliver> Dispatcher<D> {
                 self.enqueue(started.at_ms, p);
                 continue;
             }
+            // A job with an overlap policy: its run asks to start first (`Command::StartRun`).
+            let ask_to_start = job.spec.ext.overlap.is_some()
+                && run
+                    .as_ref()
+                    .is_some_and(|r| !r.ext.started && r.attempts.is_empty());
             self.attempting.insert(p.run_id.clone());
-            self.spawn_attempt(job, Sent { p, key, probe });
+            self.spawn_attempt(job, Sent { p, key, probe }, ask_to_start);
         }
     }
 
     /// Runs one attempt in its own task; its end comes back as an event.
-    fn spawn_attempt(&self, job: Job, sent: Sent) {
+    fn spawn_attempt(&self, job: Job, sent: Sent, ask_to_start: bool) {
+        let replica = self.replica.clone();
         let deliverer = self.deliverer.clone();
         let clock = self.config.clock.clone();
         let leadership = self.replica.leadership().clone();
@@ -740,6 +746,20 @@ impl<D: Deliver> Dispatcher<D> {
                 // Not attempted: back to the queue, in case the gate opens again.
                 let _ = events_tx.send(Event::NotAttempted(sent)).await;
                 return;
+            }
+            if ask_to_start {
+                let asked = Command::StartRun {
+                    run_id: p.run_id.clone(),
+                };
+                if !matches!(
+                    replica.propose(asked).await,
+                    Ok(CommandResult::Start { go: true })
+                ) {
+                    // Skipped or held back (the queue drops it: `plan::may_attempt`), or not
+                    // answered (asked again).
+                    let _ = events_tx.send(Event::NotAttempted(sent)).await;
+                    return;
+                }
             }
             // Debug builds only: the supervision test's way to make an attempt panic.
             #[cfg(debug_assertions)]

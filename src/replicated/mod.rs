@@ -131,8 +131,10 @@ impl Machine for Hookd {
     ///   so job records get format byte 2 and job commands new variants (the format-3 ones keep
     ///   their places and are read from old logs); the job index (`Table::JobIndex`) is built
     ///   by `complete` for a state written without it. New commands (`Bulk`, `IfVersion`,
-    ///   `Idempotent`, `Remember`) are appended to the enum, so every earlier command keeps
-    ///   its postcard tag; `Table::Idempotency` starts empty.
+    ///   `Idempotent`, `Remember`, `StartRun`) and claim kinds (`DeliverAt`) are appended to
+    ///   their enums, so every earlier one keeps its postcard tag; `Table::Idempotency` starts
+    ///   empty. Run records get format byte 2 and `RunExt` (JSON inside, like `JobExt`);
+    ///   byte-1 runs are read as format 3 wrote them.
     const FORMAT_VERSION: u32 = 4;
     const FORMAT_READABLE_FROM: u32 = 1;
     const BATCH_MAX: usize = state::BATCH_COMMANDS_MAX;

@@ -13,6 +13,7 @@ mod isolation;
 mod members;
 mod node;
 mod openapi;
+mod overlap;
 mod restart;
 mod security;
 mod sink;

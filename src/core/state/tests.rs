@@ -351,6 +351,102 @@ fn a_keyed_command_acts_once_and_recalls_what_it_got() {
     assert_eq!(runs().len(), 2);
 }
 
+/// The overlap policy in `apply`: a run asking to start while another of its job is open is
+/// skipped (`skip`), held back and released when the open one ends (`buffer_one`, further ones
+/// skipped), or ends the open one (`cancel_previous`); a run already started may go again.
+#[test]
+fn a_run_falling_due_while_another_is_open_follows_the_overlap_policy() {
+    use crate::core::command::{Attempt, SkipReason};
+    use crate::core::overlap::Overlap;
+    let start = |t: &MemTables, index, run: &str| match apply(
+        t,
+        index,
+        Command::StartRun { run_id: run.into() },
+    ) {
+        CommandResult::Start { go } => go,
+        other => panic!("{other:?}"),
+    };
+    let run = |t: &MemTables, id: &str| get_run(t, id).unwrap().unwrap();
+    let fail = |t: &MemTables, index, run: &str, result| {
+        let outcome = AttemptOutcome {
+            run_id: run.into(),
+            attempt: Attempt {
+                n: 1,
+                started_at_ms: 5_000,
+                duration_ms: 10,
+                status_code: Some(503),
+                error: None,
+                node_id: 1,
+            },
+            result,
+        };
+        apply(
+            t,
+            index,
+            Command::RecordAttempts {
+                outcomes: vec![outcome],
+            },
+        );
+    };
+    for policy in [Overlap::Skip, Overlap::BufferOne, Overlap::CancelPrevious] {
+        let t = MemTables::default();
+        let mut s = spec("http://x/");
+        s.ext.overlap = Some(policy);
+        create_a(&t, s);
+        for (i, due) in [1000, 2000, 3000].into_iter().enumerate() {
+            claim(&t, 2 + i as u64, due);
+        }
+        let [r1, r2, r3] = [1000, 2000, 3000].map(|d| Run::scheduled_id(1 << 16, d));
+        assert!(start(&t, 10, &r1), "{policy:?}: nothing open");
+        fail(&t, 11, &r1, AttemptResult::RetryAt(9_000));
+        assert!(start(&t, 12, &r1), "{policy:?}: started already");
+        match policy {
+            Overlap::Skip => {
+                assert!(!start(&t, 13, &r2));
+                assert_eq!(run(&t, &r2).status, RunStatus::Skipped);
+                assert_eq!(run(&t, &r2).ext.skip_reason, Some(SkipReason::Overlap));
+            }
+            Overlap::BufferOne => {
+                assert!(!start(&t, 13, &r2));
+                assert!(run(&t, &r2).ext.waiting);
+                assert!(!start(&t, 14, &r3));
+                assert_eq!(
+                    run(&t, &r3).status,
+                    RunStatus::Skipped,
+                    "one waits, no more"
+                );
+                let mut touched = Touched::default();
+                let ended = AttemptOutcome {
+                    run_id: r1.clone(),
+                    attempt: Attempt {
+                        n: 2,
+                        started_at_ms: 9_000,
+                        duration_ms: 40,
+                        status_code: Some(503),
+                        error: None,
+                        node_id: 1,
+                    },
+                    result: AttemptResult::Failed,
+                };
+                let cmd = Command::RecordAttempts {
+                    outcomes: vec![ended],
+                };
+                apply_command(&t, &at(15), &cmd, &mut touched).unwrap();
+                let released = run(&t, &r2);
+                assert!(!released.ext.waiting && released.ext.started);
+                assert_eq!(released.next_attempt_at_ms, Some(9_040));
+                assert_eq!(touched.runs, std::slice::from_ref(&r2));
+            }
+            _ => {
+                assert!(start(&t, 13, &r2));
+                let ended = run(&t, &r1);
+                assert_eq!(ended.status, RunStatus::Failed);
+                assert_eq!(ended.ext.ended_by.as_deref(), Some("superseded"));
+            }
+        }
+    }
+}
+
 #[test]
 fn pause_changes_once_and_unknown_ids_are_not_found() {
     let t = MemTables::default();
@@ -566,10 +662,13 @@ fn runs_are_stored_compact_and_schema_1_json_runs_still_read() {
         manual: false,
         skipped: None,
         claimed_at_ms: 1_795_999_999_000,
+        ext: Default::default(),
     };
-    let small = compact(&run);
+    // Format 3's layout: this one without `ext` (an empty `ext` is its last byte, a 0 length).
+    let mut small = compact(&run);
+    assert_eq!(small.pop(), Some(0));
     let old = json(&run);
-    assert_eq!(decode_run(&small).unwrap(), run);
+    assert_eq!(decode_run(&small).unwrap(), run, "format 3");
     assert_eq!(decode_run(&old).unwrap(), run, "schema 1 wrote JSON");
     assert!(
         small.len() * 2 < old.len(),
@@ -594,8 +693,15 @@ fn runs_are_stored_compact_and_schema_1_json_runs_still_read() {
         .get(Table::Runs, Run::scheduled_id(1 << 16, 1000).as_bytes())
         .unwrap()
         .unwrap();
-    assert_eq!(stored[0], COMPACT);
+    assert_eq!(stored[0], 0x02, "format 4");
+    assert_eq!(decode_run(&stored).unwrap().ext, Default::default());
     assert_eq!(t.get(Table::JobRuns, b"a").unwrap().unwrap()[0], COMPACT);
+    // A run's ext round-trips.
+    let mut with_ext = decode_run(&stored).unwrap();
+    with_ext.ext.skip_reason = Some(crate::core::command::SkipReason::Overlap);
+    with_ext.ext.due_ms = Some(1234);
+    put_run(&t, &with_ext, None).unwrap();
+    assert_eq!(get_run(&t, &with_ext.id).unwrap().unwrap(), with_ext);
 }
 
 #[test]
@@ -826,6 +932,7 @@ fn aim(cmd: &mut Command, pick: u8, runs: &[String], at: &Position) {
             aim(command, pick, runs, at);
         }
         Command::Remember { key, .. } => *key = ["k1", "k2"][(pick >> 1 & 1) as usize].into(),
+        Command::StartRun { run_id } => *run_id = run().unwrap_or_default(),
         Command::SetNodeInfo { .. } | Command::SetClusterId { .. } => {}
     }
 }
@@ -866,7 +973,7 @@ fn downstream_never_panics(tables: &MemTables, rng: &mut impl rand::Rng) {
                 crate::metrics::attempt(a, run.scheduled_at_ms, a.n);
             }
             for now in nows {
-                let view = crate::api::runs::RunView::new(run.clone(), now, now % 1000);
+                let view = crate::api::runs::RunView::new(run.clone(), now);
                 serde_json::to_string(&view).expect("renders");
             }
         }
