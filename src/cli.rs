@@ -357,11 +357,34 @@ pub enum ClusterCmd {
 }
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct TargetsArgs {
     #[arg(long)]
     pub limit: Option<usize>,
     #[arg(long)]
     pub after: Option<String>,
+    #[command(subcommand)]
+    pub policy: Option<TargetsCmd>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TargetsCmd {
+    /// Set a target's limits, replacing the node defaults (at least one of them).
+    SetPolicy {
+        /// The target: host:port.
+        target: String,
+        /// Attempts in flight at most.
+        #[arg(long)]
+        max_concurrency: Option<u32>,
+        /// Attempts started per second at most.
+        #[arg(long)]
+        rate_per_s: Option<f64>,
+        /// How many may start at once (with --rate-per-s).
+        #[arg(long)]
+        burst: Option<u32>,
+    },
+    /// Remove a target's limits.
+    DeletePolicy { target: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -421,7 +444,7 @@ pub enum ClientCommand {
     /// Cluster status; add and remove nodes.
     #[command(subcommand)]
     Cluster(ClusterCmd),
-    /// Per-target delivery state: in flight, waiting, circuit.
+    /// Per-target delivery state: in flight, waiting, circuit; set or remove a target's limits.
     Targets(TargetsArgs),
     /// Back up, inspect and restore the whole state.
     #[command(subcommand)]
@@ -599,7 +622,45 @@ async fn run_client(args: ClientArgs, cmd: ClientCommand) -> Result<(), CliError
             out.instants(&v["fires"], &v)
         }
         ClientCommand::Cluster(cmd) => cluster(&client, &out, cmd).await,
-        ClientCommand::Targets(TargetsArgs { limit, after }) => {
+        ClientCommand::Targets(TargetsArgs {
+            policy:
+                Some(TargetsCmd::SetPolicy {
+                    target,
+                    max_concurrency,
+                    rate_per_s,
+                    burst,
+                }),
+            ..
+        }) => {
+            let mut body = Map::new();
+            for (k, v) in [
+                ("max_concurrency", max_concurrency.map(|n| json!(n))),
+                ("rate_per_s", rate_per_s.map(|r| json!(r))),
+                ("burst", burst.map(|b| json!(b))),
+            ] {
+                if let Some(v) = v {
+                    body.insert(k.into(), v);
+                }
+            }
+            let path = format!("/v1/targets/{}/policy", seg(&target));
+            let v = client
+                .ok(Method::PUT, &path, Some(Value::Object(body)))
+                .await?;
+            out.value(&v)
+        }
+        ClientCommand::Targets(TargetsArgs {
+            policy: Some(TargetsCmd::DeletePolicy { target }),
+            ..
+        }) => {
+            let path = format!("/v1/targets/{}/policy", seg(&target));
+            client.ok(Method::DELETE, &path, None).await?;
+            out.done(&format!("removed the policy of {target}"))
+        }
+        ClientCommand::Targets(TargetsArgs {
+            limit,
+            after,
+            policy: None,
+        }) => {
             let q = query(&[("limit", limit.map(|l| l.to_string())), ("after", after)]);
             let v = client
                 .ok(Method::GET, &format!("/v1/targets{q}"), None)

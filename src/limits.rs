@@ -38,6 +38,12 @@ pub const IDEMPOTENCY_KEYS_MAX: u64 = 1_000_000;
 pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 255;
 /// Largest answer remembered whole for a key (a bulk request's).
 pub const IDEMPOTENT_ANSWER_BYTES_MAX: usize = 16 << 10;
+/// Bounds of a target policy, and of a target's `host:port`.
+pub const TARGET_CONCURRENCY_MAX: u32 = 10_000;
+/// In thousandths of an attempt a second.
+pub const TARGET_RATE_MAX_MILLI: u64 = 1_000_000_000;
+pub const TARGET_BURST_MAX: u32 = 1_000_000;
+pub const TARGET_BYTES_MAX: usize = 300;
 /// A job's `jitter` is at most this (and at most its schedule's period).
 pub const JITTER_MAX: Duration = Duration::from_secs(3600);
 /// A schedule's `max_runs` is at most this.

@@ -117,6 +117,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .routes(routes!(cluster::add_member))
         .routes(routes!(cluster::remove_member))
         .routes(routes!(targets::list))
+        .routes(routes!(targets::put_policy, targets::delete_policy))
         .routes(routes!(snapshot::snapshot))
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     let (app, mut api) =

@@ -4,15 +4,19 @@
 
 use std::time::Duration;
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::Query;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
-use super::model::format_instant;
-use super::{list_limit, query, Api, ApiError};
+use super::model::{format_instant, host_port, parse_json};
+use super::{json_body, list_limit, query, Api, ApiError};
+use crate::core::command::TargetPolicy;
+use crate::core::Command;
 use crate::dispatch::targets::{Breaker, TargetStatus};
 use crate::dispatch::DispatchHandle;
 
@@ -43,6 +47,8 @@ struct TargetView {
     /// While open: when the next probe may go.
     open_until: Option<String>,
     consecutive_failures: u32,
+    /// Its limits (`PUT /v1/targets/{host:port}/policy`), if any.
+    policy: Option<PolicyBody>,
 }
 
 impl From<TargetStatus> for TargetView {
@@ -60,6 +66,7 @@ impl From<TargetStatus> for TargetView {
             circuit: t.breaker.name(),
             open_until,
             consecutive_failures,
+            policy: t.policy.map(PolicyBody::from),
         }
     }
 }
@@ -120,4 +127,105 @@ pub fn peer_routes(dispatch: DispatchHandle) -> Router {
         PEER_PATH,
         post(|Json(q): Json<PeerQuery>| async move { Json(page(&dispatch, q).await) }),
     )
+}
+
+/// A target's limits, as sent and shown: any of the three, at least one.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"max_concurrency": 4, "rate_per_s": 50, "burst": 10}))]
+pub struct PolicyBody {
+    /// Attempts in flight at most (replaces `--host-concurrency`), 1 to 10,000.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_concurrency: Option<u32>,
+    /// Attempts started per second at most (a token bucket), 0.001 to 1,000,000.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rate_per_s: Option<f64>,
+    /// Attempts the bucket holds: how many may start at once (default 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    burst: Option<u32>,
+}
+
+impl From<TargetPolicy> for PolicyBody {
+    fn from(p: TargetPolicy) -> PolicyBody {
+        PolicyBody {
+            max_concurrency: p.max_concurrency,
+            rate_per_s: p.rate_milli_per_s.map(|r| r as f64 / 1000.0),
+            burst: p.burst,
+        }
+    }
+}
+
+/// A target's policy as answered.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct PolicyAnswer {
+    target: String,
+    policy: PolicyBody,
+}
+
+/// The `host:port` of a policy route, checked and normalised as delivery normalises it.
+fn target_path(target: &str) -> Result<String, ApiError> {
+    if target.len() > crate::limits::TARGET_BYTES_MAX {
+        return Err(ApiError::invalid("target", "at most 300 bytes"));
+    }
+    host_port("target", target)?;
+    Ok(target.to_ascii_lowercase())
+}
+
+/// Set a target's limits, replacing the node defaults (the dispatching leader applies them
+/// within a second).
+#[utoipa::path(put, operation_id = "putTargetPolicy", path = "/targets/{target}/policy", tag = "targets",
+    request_body = PolicyBody,
+    params(("target" = String, Path, description = "host:port")),
+    responses((status = 200, description = "the target's policy", body = PolicyAnswer)))]
+pub async fn put_policy(
+    state: Api,
+    Path(target): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let target = target_path(&target)?;
+    let body = json_body(&headers, body)?;
+    let asked: PolicyBody = parse_json(&body)?;
+    let rate_milli_per_s = match asked.rate_per_s {
+        None => None,
+        Some(r) if r.is_finite() && (0.001..=1e6).contains(&r) => Some((r * 1000.0).round() as u64),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "rate_per_s",
+                "0.001 to 1,000,000 attempts a second",
+            ))
+        }
+    };
+    let policy = TargetPolicy {
+        max_concurrency: asked.max_concurrency,
+        rate_milli_per_s,
+        burst: asked.burst,
+    };
+    crate::core::validate::target_policy(&policy)?;
+    state
+        .propose(Command::SetTargetPolicy {
+            target: target.clone(),
+            policy: Some(policy),
+        })
+        .await?;
+    Ok(Json(PolicyAnswer {
+        target,
+        policy: policy.into(),
+    })
+    .into_response())
+}
+
+/// Remove a target's limits: the node defaults apply again.
+#[utoipa::path(delete, operation_id = "deleteTargetPolicy", path = "/targets/{target}/policy", tag = "targets",
+    params(("target" = String, Path, description = "host:port")),
+    responses((status = 204, description = "removed (or there was none)")))]
+pub async fn delete_policy(state: Api, Path(target): Path<String>) -> Result<Response, ApiError> {
+    let target = target_path(&target)?;
+    state
+        .propose(Command::SetTargetPolicy {
+            target,
+            policy: None,
+        })
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }

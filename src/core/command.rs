@@ -704,6 +704,24 @@ pub enum Command {
     StartRun {
         run_id: String,
     },
+    /// Sets (or with none, removes) the limits of target `target` (`host:port`).
+    SetTargetPolicy {
+        target: String,
+        policy: Option<TargetPolicy>,
+    },
+}
+
+/// A target's limits (`PUT /v1/targets/{host:port}/policy`), replacing the node's defaults:
+/// `max_concurrency` attempts in flight, and at most `rate_per_s` attempts started a second,
+/// `burst` at once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(arbitrary::Arbitrary))]
+pub struct TargetPolicy {
+    // Positional in postcard (log entries): no field may be skipped.
+    pub max_concurrency: Option<u32>,
+    /// `rate_per_s` in thousandths: an integer, so every node computes the same limit.
+    pub rate_milli_per_s: Option<u64>,
+    pub burst: Option<u32>,
 }
 
 /// What a `Bulk` command does to each of its ids.
@@ -837,6 +855,7 @@ impl Command {
             }
             Command::Remember { .. } => "remember",
             Command::StartRun { .. } => "start_run",
+            Command::SetTargetPolicy { .. } => "set_target_policy",
         }
     }
 
@@ -862,7 +881,9 @@ impl Command {
             Command::IfVersion { command, .. } | Command::Idempotent { command, .. } => {
                 command.sheddable()
             }
-            Command::Remember { .. } | Command::StartRun { .. } => false,
+            Command::Remember { .. }
+            | Command::StartRun { .. }
+            | Command::SetTargetPolicy { .. } => false,
         }
     }
 }

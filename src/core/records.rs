@@ -31,10 +31,12 @@ pub enum Table {
     /// Idempotency keys: `k` + key → what its request got, `q` + number → key, in the order
     /// they were remembered, `h`/`n` → queue front and next number (`core::idempotency`)
     Idempotency = 8,
+    /// target `host:port` → its `TargetPolicy` (JSON)
+    TargetPolicies = 9,
 }
 
 impl Table {
-    pub const ALL: [Table; 9] = [
+    pub const ALL: [Table; 10] = [
         Table::Jobs,
         Table::Nodes,
         Table::Misc,
@@ -44,6 +46,7 @@ impl Table {
         Table::Guards,
         Table::JobIndex,
         Table::Idempotency,
+        Table::TargetPolicies,
     ];
 
     /// The names of the tables, in the order of their discriminants: persisted (the stored
@@ -58,6 +61,7 @@ impl Table {
         "guards",
         "job_index",
         "idempotency",
+        "target_policies",
     ];
 
     pub fn name(self) -> &'static str {

@@ -26,6 +26,8 @@ pub struct Touched {
     pub jobs: Vec<String>,
     /// Runs opened outside a claim (trigger, retry), which need an attempt.
     pub runs: Vec<String>,
+    /// A target's policy changed.
+    pub policies: bool,
 }
 
 /// Commands one batch entry may carry; `seq` numbers them inside the entry.
@@ -111,6 +113,17 @@ fn apply_one<T: Tables>(
             Ok(CommandResult::Done)
         }
         Command::StartRun { run_id } => start_run(t, run_id),
+        Command::SetTargetPolicy { target, policy } => {
+            match policy {
+                Some(p) => {
+                    let bytes = serde_json::to_vec(p).unwrap_or_default();
+                    t.put(Table::TargetPolicies, target.as_bytes(), bytes)?;
+                }
+                None => t.del(Table::TargetPolicies, target.as_bytes())?,
+            }
+            touched.policies = true;
+            Ok(CommandResult::Done)
+        }
         Command::RetryRun { run_id, now_ms } => retry_run(t, run_id, *now_ms, touched),
         Command::TriggerJob {
             id,

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use super::command::{
     AttemptOutcome, AttemptResult, BulkAction, ClaimItem, ClaimKind, Command, JobExt, JobSpec,
-    RetrySpec, ScheduleSpec, UnixMs,
+    RetrySpec, ScheduleSpec, TargetPolicy, UnixMs,
 };
 pub use super::format::format_duration_ms;
 use crate::limits::*;
@@ -227,6 +227,12 @@ pub fn command(cmd: &Command, now_ms: UnixMs) -> Checked {
             Ok(())
         }
         Command::StartRun { run_id: id } => run_id("run_id", id),
+        Command::SetTargetPolicy { target, policy } => {
+            visible_ascii("target", target, TARGET_BYTES_MAX, || {
+                format!("a target is host:port, at most {TARGET_BYTES_MAX} bytes")
+            })?;
+            policy.as_ref().map_or(Ok(()), target_policy)
+        }
     }
 }
 
@@ -311,6 +317,44 @@ pub fn bounds_and_jitter(schedule: &ScheduleSpec, ext: &JobExt) -> Checked {
         .is_some_and(|j| j > JITTER_MAX.as_millis() as u64)
     {
         return Err(Invalid::new("jitter", "jitter is at most 1h"));
+    }
+    Ok(())
+}
+
+/// A target's limits: at least one, each in its range.
+pub fn target_policy(p: &TargetPolicy) -> Checked {
+    if *p == TargetPolicy::default() {
+        return Err(Invalid::new(
+            "policy",
+            "give max_concurrency, rate_per_s or burst",
+        ));
+    }
+    if p.max_concurrency
+        .is_some_and(|n| !(1..=TARGET_CONCURRENCY_MAX).contains(&n))
+    {
+        return Err(Invalid::new(
+            "max_concurrency",
+            format!("1 to {TARGET_CONCURRENCY_MAX}"),
+        ));
+    }
+    if p.rate_milli_per_s
+        .is_some_and(|r| !(1..=TARGET_RATE_MAX_MILLI).contains(&r))
+    {
+        return Err(Invalid::new(
+            "rate_per_s",
+            format!(
+                "0.001 to {} attempts a second",
+                TARGET_RATE_MAX_MILLI / 1000
+            ),
+        ));
+    }
+    if p.burst
+        .is_some_and(|b| !(1..=TARGET_BURST_MAX).contains(&b))
+    {
+        return Err(Invalid::new("burst", format!("1 to {TARGET_BURST_MAX}")));
+    }
+    if p.burst.is_some() && p.rate_milli_per_s.is_none() {
+        return Err(Invalid::new("burst", "burst goes with rate_per_s"));
     }
     Ok(())
 }

@@ -4,7 +4,7 @@
 
 use std::ops::Bound;
 
-use super::command::{Job, NodeId, Run, RunStatus};
+use super::command::{Job, NodeId, Run, RunStatus, TargetPolicy};
 use super::records::{
     decode_job, decode_run, decode_run_list, status_key_parts, status_prefix, Guard, StateFault,
     Table, CLUSTER_ID_KEY,
@@ -61,6 +61,18 @@ pub struct View<R> {
 impl<R: Read> View<R> {
     pub fn new(read: R) -> View<R> {
         View { read }
+    }
+
+    /// Every target's policy, in target order (a record that does not decode is left out).
+    pub fn target_policies(&self) -> Result<Vec<(String, TargetPolicy)>, StateFault> {
+        let mut out = Vec::new();
+        for row in with_prefix(&self.read, Table::TargetPolicies, Vec::new(), false) {
+            let (k, v) = row?;
+            if let Ok(policy) = serde_json::from_slice(&v) {
+                out.push((String::from_utf8_lossy(&k).into_owned(), policy));
+            }
+        }
+        Ok(out)
     }
 
     /// What idempotency key `key` holds for a request with `fingerprint` at `now_ms`.

@@ -208,6 +208,7 @@ pub async fn run_epoch<D: Deliver>(
         record_tx,
     };
     d.rebuild();
+    d.load_policies();
     if !planted::is(planted::IGNORE_OPEN_CLAIMS) {
         d.requeue_open_runs(None);
     }
@@ -249,6 +250,9 @@ pub async fn run_epoch<D: Deliver>(
                     }
                 }
                 d.queue_runs(&changed.runs);
+                if changed.policies || changed.all {
+                    d.load_policies();
+                }
             }
             Some(event) = events.recv() => d.handle(event),
         }
@@ -407,6 +411,20 @@ impl<D: Deliver> Dispatcher<D> {
         for run in open {
             tracing::info!(run_id = %run.id, "a claim given up on was applied after all; queuing its run");
             self.enqueue_run(run);
+        }
+    }
+
+    /// The targets' policies as the state holds them (`PUT /v1/targets/{host:port}/policy`),
+    /// read at the start and whenever one changes.
+    fn load_policies(&mut self) {
+        match self.view.target_policies() {
+            Ok(policies) => self.sched.set_policies(
+                policies
+                    .into_iter()
+                    .map(|(k, p)| (TargetKey::from(k.as_str()), p))
+                    .collect(),
+            ),
+            Err(e) => tracing::error!(error = %e, "cannot read the targets' policies"),
         }
     }
 

@@ -19,6 +19,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+pub use crate::core::command::TargetPolicy as Policy;
 use crate::metrics::TargetTotals;
 
 /// A target: `host:port` of a delivery URL, lower-case host, default port filled in.
@@ -134,6 +135,18 @@ struct Target<T> {
     breaker: Breaker,
     last_error: Option<String>,
     place: Place,
+    /// The rate limit's state (GCRA): the theoretical arrival time of the next attempt, in ms.
+    tat_ms: f64,
+}
+
+/// A target's rate limit as GCRA (a token bucket): milliseconds between attempts at
+/// `rate_per_s`, and the tolerance `burst` gives. An attempt at `t` may start once
+/// `t >= tat - tolerance`, and moves `tat` to `max(tat, t) + interval`.
+fn gcra(p: &Policy) -> Option<(f64, f64)> {
+    let milli = p.rate_milli_per_s.filter(|r| *r > 0)?;
+    let interval = 1_000_000.0 / milli as f64;
+    let burst = f64::from(p.burst.unwrap_or(1).max(1));
+    Some((interval, (burst - 1.0) * interval))
 }
 
 /// An attempt taken off a target's queue; hand `key` and `probe` back to `finish`.
@@ -147,19 +160,21 @@ pub struct Started<T> {
 }
 
 /// What `GET /v1/targets` shows of one target.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TargetStatus {
     pub target: String,
     pub in_flight: usize,
     pub waiting: usize,
     pub last_error: Option<String>,
     pub breaker: Breaker,
+    pub policy: Option<Policy>,
 }
 
 /// The per-target queues of one dispatcher.
 pub struct Scheduler<T> {
     host_max: usize,
     node_max: usize,
+    policies: BTreeMap<TargetKey, Policy>,
     targets: BTreeMap<TargetKey, Target<T>>,
     waiting: BTreeSet<(i64, TargetKey)>,
     ready: BTreeSet<(usize, i64, TargetKey)>,
@@ -172,6 +187,7 @@ impl<T> Scheduler<T> {
         Scheduler {
             host_max: host_max.max(1),
             node_max: node_max.max(1),
+            policies: BTreeMap::new(),
             targets: BTreeMap::new(),
             waiting: BTreeSet::new(),
             ready: BTreeSet::new(),
@@ -188,11 +204,29 @@ impl<T> Scheduler<T> {
             breaker: Breaker::Closed { failures: 0 },
             last_error: None,
             place: Place::Idle,
+            tat_ms: f64::MIN,
         });
         if t.queue.insert((at_ms, id), item).is_none() {
             self.queued += 1;
         }
         self.place(&key);
+    }
+
+    /// Replaces every target's policy (those not in `policies` have none).
+    pub fn set_policies(&mut self, policies: BTreeMap<TargetKey, Policy>) {
+        if policies == self.policies {
+            return;
+        }
+        let changed: Vec<TargetKey> = self
+            .policies
+            .keys()
+            .chain(policies.keys())
+            .cloned()
+            .collect();
+        self.policies = policies;
+        for key in changed {
+            self.place(&key);
+        }
     }
 
     /// True when `next(now_ms)` would start an attempt.
@@ -218,6 +252,9 @@ impl<T> Scheduler<T> {
             }
             _ => false,
         };
+        if let Some((interval, _)) = self.policies.get(&key).and_then(gcra) {
+            t.tat_ms = t.tat_ms.max(now_ms as f64) + interval;
+        }
         t.in_flight += 1;
         self.in_flight += 1;
         self.place(&key);
@@ -252,7 +289,9 @@ impl<T> Scheduler<T> {
         if outcome != Outcome::NotSent {
             t.last_error = error;
         }
-        let idle = t.queue.is_empty() && t.in_flight == 0;
+        // A target whose rate limit still counts recent attempts is kept, or its next burst
+        // would start from a full bucket.
+        let idle = t.queue.is_empty() && t.in_flight == 0 && t.tat_ms <= now_ms as f64;
         if idle && t.breaker == (Breaker::Closed { failures: 0 }) && t.last_error.is_none() {
             // Nothing to show and nothing to remember: keep memory bounded by active targets.
             if let Some(t) = self.targets.remove(key) {
@@ -319,6 +358,7 @@ impl<T> Scheduler<T> {
                 waiting: t.queue.len(),
                 last_error: t.last_error.clone(),
                 breaker: t.breaker,
+                policy: self.policies.get(k).copied(),
             })
             .collect();
         let next = if out.len() > limit {
@@ -386,12 +426,23 @@ impl<T> Scheduler<T> {
             return;
         };
         let old = std::mem::replace(&mut t.place, Place::Idle);
+        let policy = self.policies.get(key);
+        let cap = policy
+            .and_then(|p| p.max_concurrency)
+            .map_or(self.host_max, |n| n as usize)
+            .max(1);
+        // The rate limit: not before the next token.
+        let token_at = policy.and_then(gcra).map_or(i64::MIN, |(_, tolerance)| {
+            (t.tat_ms - tolerance).ceil() as i64
+        });
         let not_before = match (t.queue.first_key_value(), t.breaker) {
             (None, _) => None,
-            _ if t.in_flight >= self.host_max => None,
+            _ if t.in_flight >= cap => None,
             (Some(_), Breaker::HalfOpen { .. }) => None,
-            (Some(((head, _), _)), Breaker::Open { until_ms, .. }) => Some((*head).max(until_ms)),
-            (Some(((head, _), _)), Breaker::Closed { .. }) => Some(*head),
+            (Some(((head, _), _)), Breaker::Open { until_ms, .. }) => {
+                Some((*head).max(until_ms).max(token_at))
+            }
+            (Some(((head, _), _)), Breaker::Closed { .. }) => Some((*head).max(token_at)),
         };
         if let Some(at) = not_before {
             t.place = Place::Waiting(at);
@@ -416,6 +467,59 @@ mod tests {
         for i in 0..n {
             s.push(key(target), at, format!("{target}-{i:04}"), ());
         }
+    }
+
+    /// Starts (and at once ends) every attempt the scheduler allows at each millisecond of
+    /// `from..to`: the attempts started per target.
+    fn run_for(s: &mut Scheduler<()>, from: i64, to: i64) -> BTreeMap<String, usize> {
+        let mut started = BTreeMap::new();
+        for now in from..to {
+            while let Some(st) = s.next(now) {
+                *started.entry(st.id[..1].to_owned()).or_insert(0) += 1;
+                s.finish(&st.key, st.probe, Outcome::Answered, None, now);
+            }
+        }
+        started
+    }
+
+    /// A target's policy: `rate_per_s` with `burst` starts that many a second after a first
+    /// burst, and `max_concurrency` caps its attempts in flight; other targets are untouched,
+    /// and removing the policy lifts the limit.
+    #[test]
+    fn a_policy_limits_its_target_s_rate_and_concurrency_only() {
+        let mut s = Scheduler::new(8, 64);
+        fill(&mut s, "a", 0, 2000);
+        fill(&mut s, "b", 0, 300);
+        let limited = Policy {
+            max_concurrency: None,
+            rate_milli_per_s: Some(50_000),
+            burst: Some(5),
+        };
+        s.set_policies(BTreeMap::from([(key("a"), limited)]));
+        let first = run_for(&mut s, 0, 1000);
+        assert_eq!(first["b"], 300, "the other target is not limited");
+        // A burst of 5, then one every 20 ms: at 0, 20, ..., 980 (50) plus 4 from the burst.
+        assert_eq!(first["a"], 54, "{first:?}");
+        let second = run_for(&mut s, 1000, 2000);
+        assert_eq!(second["a"], 50, "{second:?}");
+        s.set_policies(BTreeMap::new());
+        let free = run_for(&mut s, 2000, 2001);
+        assert!(free["a"] > 100, "{free:?}");
+
+        // max_concurrency replaces host_max for its target.
+        let mut s = Scheduler::new(8, 64);
+        fill(&mut s, "c", 0, 10);
+        fill(&mut s, "d", 0, 10);
+        let two = Policy {
+            max_concurrency: Some(2),
+            ..Policy::default()
+        };
+        s.set_policies(BTreeMap::from([(key("c"), two)]));
+        let mut in_flight = BTreeMap::new();
+        while let Some(st) = s.next(0) {
+            *in_flight.entry(st.key.to_string()).or_insert(0) += 1;
+        }
+        assert_eq!((in_flight["c"], in_flight["d"]), (2, 8));
     }
 
     /// Starts everything that may start at `now`; returns the targets in start order.

@@ -18,13 +18,15 @@ pub struct Changes {
     pub jobs: BTreeSet<String>,
     /// Runs opened outside a claim (trigger, retry), in the order they were opened.
     pub runs: Vec<String>,
+    /// A target's policy changed.
+    pub policies: bool,
     /// The whole state was replaced (a snapshot was installed): rebuild everything.
     pub all: bool,
 }
 
 impl Changes {
     fn is_empty(&self) -> bool {
-        self.jobs.is_empty() && self.runs.is_empty() && !self.all
+        self.jobs.is_empty() && self.runs.is_empty() && !self.policies && !self.all
     }
 }
 
@@ -47,13 +49,14 @@ impl Feed {
 
     /// Records what an applied batch touched for every subscriber and wakes them.
     pub fn publish(&self, touched: &Touched) {
-        if touched.jobs.is_empty() && touched.runs.is_empty() {
+        if touched.jobs.is_empty() && touched.runs.is_empty() && !touched.policies {
             return;
         }
         self.with(|s| {
             for (changes, notify) in s.pending.values_mut() {
                 changes.jobs.extend(touched.jobs.iter().cloned());
                 changes.runs.extend(touched.runs.iter().cloned());
+                changes.policies |= touched.policies;
                 notify.notify_one();
             }
         });
@@ -132,6 +135,7 @@ mod tests {
         Touched {
             jobs: jobs.iter().map(|s| s.to_string()).collect(),
             runs: runs.iter().map(|s| s.to_string()).collect(),
+            policies: false,
         }
     }
 
@@ -155,6 +159,14 @@ mod tests {
         assert_eq!(got.runs, ["r1", "r2"]);
         assert!(!got.all);
         assert_eq!(sub.take(), Changes::default(), "taken once");
+
+        // A policy change alone wakes it too.
+        feed.publish(&Touched {
+            policies: true,
+            ..Touched::default()
+        });
+        let got = sub.take();
+        assert!(got.policies && got.jobs.is_empty());
 
         // A change published while nobody waits wakes the next wait; a replaced state too.
         feed.publish_all();

@@ -190,6 +190,22 @@ async fn the_client_uses_the_first_node_that_answers_and_exits_by_outcome() {
     let (code, _, err) = run(&["runs", "retry"]).await;
     assert_eq!(code, 2, "a run id or --all: {err}");
 
+    // A target's policy, set and removed.
+    let (code, out, err) = run(&[
+        "targets",
+        "set-policy",
+        "example.com:443",
+        "--rate-per-s",
+        "2.5",
+        "--burst",
+        "3",
+    ])
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["policy"]["rate_per_s"], 2.5, "{out}");
+    let (code, _, err) = run(&["targets", "delete-policy", "example.com:443"]).await;
+    assert_eq!(code, 0, "{err}");
+
     // Usage errors exit 2: two schedules, or a delete without --yes off a terminal.
     let (code, _, err) = run(&["jobs", "create", "--every", "1s", "--after", "1m"]).await;
     assert_eq!(code, 2, "{err}");

@@ -14,6 +14,7 @@ mod members;
 mod node;
 mod openapi;
 mod overlap;
+mod policy;
 mod restart;
 mod security;
 mod sink;

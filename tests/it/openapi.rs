@@ -30,6 +30,8 @@ const SPEC_ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/snapshot"),
     ("post", "/v1/jobs/bulk"),
     ("patch", "/v1/jobs/{id}"),
+    ("put", "/v1/targets/{target}/policy"),
+    ("delete", "/v1/targets/{target}/policy"),
     ("post", "/v1/runs/retry"),
     ("get", "/openapi.json"),
     ("get", "/docs"),

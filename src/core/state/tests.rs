@@ -933,6 +933,7 @@ fn aim(cmd: &mut Command, pick: u8, runs: &[String], at: &Position) {
         }
         Command::Remember { key, .. } => *key = ["k1", "k2"][(pick >> 1 & 1) as usize].into(),
         Command::StartRun { run_id } => *run_id = run().unwrap_or_default(),
+        Command::SetTargetPolicy { .. } => {}
         Command::SetNodeInfo { .. } | Command::SetClusterId { .. } => {}
     }
 }
