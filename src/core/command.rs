@@ -482,6 +482,9 @@ pub struct RunExt {
     /// Held back by `buffer_one` until the open run before it ends.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub waiting: bool,
+    /// An open run another waits for (`buffer_one`): its end releases that one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub blocking: bool,
     /// Why it failed without a last attempt of its own (`superseded`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended_by: Option<String>,

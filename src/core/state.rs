@@ -482,8 +482,9 @@ fn record_attempt<T: Tables>(
     };
     let mut run = old.clone();
     run.attempts.push(outcome.attempt.clone());
-    // A run ending lets the one `buffer_one` held back start, when its attempt ended.
-    if run.status.is_open() && !matches!(outcome.result, AttemptResult::RetryAt(_)) {
+    // A run ending lets the one `buffer_one` held back for it start, when its attempt ended.
+    let ends = !matches!(outcome.result, AttemptResult::RetryAt(_));
+    if run.ext.blocking && run.status.is_open() && ends {
         let a = &outcome.attempt;
         let ended_at = a
             .started_at_ms
@@ -563,6 +564,11 @@ fn start_run<T: Tables>(t: &T, run_id: &str) -> TxResult<T, CommandResult> {
         }
         Decision::Wait => {
             run.ext.waiting = true;
+            for other in open {
+                let mut blocking = other.clone();
+                blocking.ext.blocking = true;
+                put_run(t, &blocking, Some(&other))?;
+            }
             false
         }
         Decision::Supersede => {
