@@ -70,18 +70,27 @@ pub(super) fn job_response(status: StatusCode, job: crate::core::Job) -> Respons
     resp
 }
 
+/// The versions the request's `If-Match` allows (empty: any), if it has one.
+fn if_match(headers: &HeaderMap) -> Result<Option<Vec<u64>>, ApiError> {
+    headers
+        .get(header::IF_MATCH)
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| ApiError::bad_request("If-Match", "not visible ASCII"))
+                .and_then(parse_if_match)
+        })
+        .transpose()
+}
+
 /// `cmd` (a change of job `id`), made conditional on the request's `If-Match`, if it has one.
 fn conditional(headers: &HeaderMap, id: &str, cmd: Command) -> Result<Command, ApiError> {
-    let Some(value) = headers.get(header::IF_MATCH) else {
-        return Ok(cmd);
-    };
-    let value = value
-        .to_str()
-        .map_err(|_| ApiError::bad_request("If-Match", "not visible ASCII"))?;
-    Ok(Command::IfVersion {
-        id: id.to_owned(),
-        versions: parse_if_match(value)?,
-        command: Box::new(cmd),
+    Ok(match if_match(headers)? {
+        None => cmd,
+        Some(versions) => Command::IfVersion {
+            id: id.to_owned(),
+            versions,
+            command: Box::new(cmd),
+        },
     })
 }
 
@@ -238,14 +247,7 @@ pub async fn patch(
             "a merge patch of a job is a JSON object",
         ));
     }
-    let asked = headers
-        .get(header::IF_MATCH)
-        .map(|v| {
-            v.to_str()
-                .map_err(|_| ApiError::bad_request("If-Match", "not visible ASCII"))
-                .and_then(parse_if_match)
-        })
-        .transpose()?;
+    let asked = if_match(&headers)?;
     for _ in 0..PATCH_TRIES {
         state.read_barrier(Consistency::Linearizable).await?;
         let Some(job) = state.replica.state().get_job(&id)? else {
