@@ -666,6 +666,7 @@ async fn targets_on_a_follower_are_the_leaders_and_the_limit_is_validated() {
         "circuit",
         "open_until",
         "consecutive_failures",
+        "policy",
     ]
     .into();
     let mut names = Vec::new();
