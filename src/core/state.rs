@@ -548,7 +548,10 @@ fn start_run<T: Tables>(t: &T, run_id: &str) -> TxResult<T, CommandResult> {
     if old.ext.started || !old.attempts.is_empty() {
         return Ok(CommandResult::Start { go: true });
     }
-    let Some(job) = get_job(t, &old.job_id)?.filter(|j| j.incarnation == old.incarnation) else {
+    // A paused job starts nothing (the run stays open for the resume): the pause may have
+    // been applied after the leader looked.
+    let job = get_job(t, &old.job_id)?;
+    let Some(job) = job.filter(|j| j.incarnation == old.incarnation && !j.spec.paused) else {
         return no;
     };
     let policy = job.spec.ext.overlap.unwrap_or_default();

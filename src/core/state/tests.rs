@@ -397,6 +397,22 @@ fn a_run_falling_due_while_another_is_open_follows_the_overlap_policy() {
             claim(&t, 2 + i as u64, due);
         }
         let [r1, r2, r3] = [1000, 2000, 3000].map(|d| Run::scheduled_id(1 << 16, d));
+        // (After the three instants: a pause forgets runs due after it.)
+        let pause = |paused| Command::SetPaused {
+            id: "a".into(),
+            paused,
+            now_ms: 3_500,
+        };
+        apply(&t, 8, pause(true));
+        assert!(
+            !start(&t, 9, &r1),
+            "{policy:?}: a paused job starts nothing"
+        );
+        assert!(
+            run(&t, &r1).status.is_open(),
+            "it stays open for the resume"
+        );
+        apply(&t, 9, pause(false));
         assert!(start(&t, 10, &r1), "{policy:?}: nothing open");
         fail(&t, 11, &r1, AttemptResult::RetryAt(9_000));
         assert!(start(&t, 12, &r1), "{policy:?}: started already");
