@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::blackhole::BlackHole;
-use crate::check::{self, CrashInfo, FinalState, Input, NodeView, Params, RunRecord, Verdict};
+use crate::check::{
+    self, AttemptRecord, CrashInfo, FinalState, Input, NodeView, Params, RunRecord, Verdict,
+};
 use crate::client::{classify_write, Api, Reply, OP_TIMEOUT};
 use crate::cluster::Cluster;
 use crate::history::{self, now_us, parse_rfc3339_us, rfc3339_us, Recorder};
@@ -44,6 +46,8 @@ pub struct Profile {
     pub caps: Option<(usize, usize)>,
     /// Sizes of the workload faults; the run sets `tag`.
     pub load: nemesis::LoadConfig,
+    /// A new overlap job (`workload::overlap_job_body`) this often, each `OVERLAP_FIRES` long.
+    pub overlap_every: Option<Duration>,
     pub params: Params,
 }
 
@@ -53,6 +57,13 @@ pub struct Profile {
 /// workload stays far below: ~25 runs/s of ~1 ms each, and even under the sink-delay fault
 /// (30 % of attempts held 2 s) ~20 attempts in flight at the sink.
 const CAPS: (usize, usize) = (128, 32);
+
+/// Fires of each overlap job: 40 s of runs every 1 s, well below hookd's default run retention
+/// (100 per job), so every run of the job is still listed at the end. With a new one every 20 s
+/// two run at once: ~2 runs/s (a third of them delivered, ~2 attempts each) beside the
+/// workload's ~25.
+const OVERLAP_FIRES: u32 = 40;
+const OVERLAP_EVERY: Duration = Duration::from_secs(20);
 
 /// The workload faults of the smoke and the soak. The overload grows by a quarter at a time
 /// until a backlog shows (`nemesis::ramp_step`): on this kind of machine (2 cores, three nodes
@@ -136,6 +147,7 @@ pub fn profile(name: &str) -> anyhow::Result<Profile> {
         draw_workload: false,
         caps: Some(CAPS),
         load: load(),
+        overlap_every: Some(OVERLAP_EVERY),
         params: smoke_params,
     };
     Ok(match name {
@@ -361,6 +373,8 @@ pub async fn run(opts: Options) -> anyhow::Result<Outcome> {
             think_ms: p.think_ms,
             seed: opts.seed,
             tag: tag.clone(),
+            overlap_every: p.overlap_every,
+            overlap_fires: OVERLAP_FIRES,
         },
         api.clone(),
         sink.clone(),
@@ -517,10 +531,18 @@ pub async fn run(opts: Options) -> anyhow::Result<Outcome> {
     };
     let timelines = check::model::timelines(&input.ops);
     let reader = leader.map(|(l, _)| l).unwrap_or(1);
-    for job in check::delivery::jobs_missing_runs(&input, &timelines)
+    // Every run of the overlap jobs, with their attempts (the overlap checker).
+    for job in check::overlap::skip_jobs(&input.ops) {
+        if let Some(runs) = fetch_runs(&api, reader, &job).await {
+            final_state.runs.insert(job, runs);
+        }
+    }
+    let missing: Vec<String> = check::delivery::jobs_missing_runs(&input, &timelines)
         .into_iter()
+        .filter(|j| !final_state.runs.contains_key(j))
         .take(200)
-    {
+        .collect();
+    for job in missing {
         if let Some(runs) = fetch_runs(&api, reader, &job).await {
             final_state.runs.insert(job, runs);
         }
@@ -605,30 +627,55 @@ async fn list_all(
     None
 }
 
+/// Every run of `job` (with its attempts), as `node` lists them; asked up to 3 times.
 async fn fetch_runs(api: &Api, node: u64, job: &str) -> Option<Vec<RunRecord>> {
-    let reply = api
-        .call(
-            node,
-            Method::GET,
-            &format!("/v1/jobs/{job}/runs?limit=1000"),
-            None,
-            OP_TIMEOUT,
-        )
-        .await;
-    let Reply::Status(200, v) = reply else {
-        return None;
-    };
+    let mut reply = None;
+    for _ in 0..3 {
+        match api
+            .call(
+                node,
+                Method::GET,
+                &format!("/v1/jobs/{job}/runs?limit=1000"),
+                None,
+                OP_TIMEOUT,
+            )
+            .await
+        {
+            Reply::Status(200, v) => {
+                reply = Some(v);
+                break;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(300)).await,
+        }
+    }
+    let v = reply?;
     let runs = v["runs"].as_array()?;
+    let t = |x: &Value| x.as_str().and_then(parse_rfc3339_us);
     Some(
         runs.iter()
             .filter_map(|r| {
-                let t = |x: &Value| x.as_str().and_then(parse_rfc3339_us);
                 Some(RunRecord {
                     id: r["id"].as_str()?.to_owned(),
                     scheduled_at: t(&r["scheduled_at"])?,
                     status: r["status"].as_str()?.to_owned(),
                     skipped_from: t(&r["skipped"]["first_scheduled_at"]),
                     skipped_to: t(&r["skipped"]["last_scheduled_at"]),
+                    skip_reason: r["skip_reason"].as_str().map(str::to_owned),
+                    attempts: r["attempts"]
+                        .as_array()
+                        .map(Vec::as_slice)
+                        .unwrap_or(&[])
+                        .iter()
+                        .filter_map(|a| {
+                            Some(AttemptRecord {
+                                n: a["n"].as_u64()? as u32,
+                                started_at: t(&a["started_at"])?,
+                                duration_ms: a["duration_ms"].as_i64()?,
+                                status_code: a["status_code"].as_u64().map(|c| c as u16),
+                                node_id: a["node_id"].as_u64(),
+                            })
+                        })
+                        .collect(),
                 })
             })
             .collect(),

@@ -6,6 +6,12 @@
 //! Faults (set by the nemesis): answer 5xx, delay the answer past the job's timeout, or drop the
 //! connection after reading — each for a fraction of requests, and only for attempts 1 and 2, so
 //! that every run still succeeds by its third attempt and a miss is hookd's, not the sink's.
+//!
+//! Jobs made to overlap (`Sink::overlap_url`, the `overlap` checker's jobs) are answered by a rule
+//! of their own, fixed per run by its webhook id (`overlap_answer`): at once, 503 to attempt 1,
+//! 503 to attempts 1 and 2, or 200 after `OVERLAP_SLOW_MS` — so a run stays open for a moment
+//! to ~3 s and later runs of the job fall due meanwhile. Attempts 3 and later are answered 200
+//! at once, so these runs too succeed by their third attempt.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -24,6 +30,11 @@ use crate::history::{now_us, parse_rfc3339_us};
 
 /// Requests the sink fails on purpose only up to this attempt.
 pub const FAULTY_ATTEMPTS_MAX: u32 = 2;
+/// The query a job's URL carries to be answered by the overlap rule (`overlap_answer`).
+pub const OVERLAP_QUERY: &str = "answer=overlap";
+/// How long the overlap rule holds a slow answer: past the next due instant of a job every 1 s,
+/// within the 2 s job timeout.
+pub const OVERLAP_SLOW_MS: u64 = 1200;
 const HEADERS_BYTES_MAX: usize = 64 * 1024;
 const BODY_BYTES_MAX: usize = 1 << 20;
 const IDLE: Duration = Duration::from_secs(30);
@@ -123,6 +134,11 @@ impl Sink {
         format!("http://{}/hook/{job_id}", self.addr)
     }
 
+    /// The URL of a job whose runs the sink holds open for a while (`overlap_answer`).
+    pub fn overlap_url(&self, job_id: &str) -> String {
+        format!("{}?{OVERLAP_QUERY}", self.url(job_id))
+    }
+
     pub fn set_fault(&self, fault: SinkFault) {
         if let Ok(mut s) = self.state.lock() {
             s.fault = fault;
@@ -206,6 +222,7 @@ async fn serve(conn: TcpStream, node: Option<u64>, state: Arc<Mutex<State>>) {
             response: String::new(),
             ok: true,
         };
+        let overlap = header(&head, PATH).is_some_and(|p| p.contains(OVERLAP_QUERY));
         let action = {
             let Ok(mut s) = state.lock() else { return };
             let faulty = attempt <= FAULTY_ATTEMPTS_MAX;
@@ -220,6 +237,15 @@ async fn serve(conn: TcpStream, node: Option<u64>, state: Arc<Mutex<State>>) {
                 SinkFault::DropAfterRead { fraction } if faulty && s.rng.random_bool(fraction) => {
                     (Action::Drop, "drop".to_owned(), false)
                 }
+                _ if overlap => match overlap_answer(&d.webhook_id, attempt) {
+                    OverlapAnswer::Ok => (Action::Answer(200), "200".to_owned(), true),
+                    OverlapAnswer::Unavailable => (Action::Answer(503), "503".to_owned(), false),
+                    OverlapAnswer::Slow => (
+                        Action::Delay(OVERLAP_SLOW_MS),
+                        format!("slow:{OVERLAP_SLOW_MS}:200"),
+                        true,
+                    ),
+                },
                 _ => (Action::Answer(200), "200".to_owned(), true),
             };
             let d = Delivery { response, ok, ..d };
@@ -251,7 +277,36 @@ async fn serve(conn: TcpStream, node: Option<u64>, state: Arc<Mutex<State>>) {
     }
 }
 
-/// Reads a request line and headers (lowercased names); None at EOF or on garbage.
+/// What the overlap rule answers an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverlapAnswer {
+    Ok,
+    Unavailable,
+    /// 200 after `OVERLAP_SLOW_MS`.
+    Slow,
+}
+
+/// The overlap rule: by a hash of the run's webhook id, one run in four is answered at once, one
+/// gets a 503 to attempt 1, one 503s to attempts 1 and 2, one a 200 after `OVERLAP_SLOW_MS` on
+/// attempt 1. Fixed per run, so a run re-sent by a new leader is answered as before, and every
+/// run succeeds by attempt 3.
+pub fn overlap_answer(webhook_id: &str, attempt: u32) -> OverlapAnswer {
+    // FNV-1a: stable across builds and platforms.
+    let h = webhook_id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    match (h % 4, attempt) {
+        (1, 1) | (2, 1 | 2) => OverlapAnswer::Unavailable,
+        (3, 1) => OverlapAnswer::Slow,
+        _ => OverlapAnswer::Ok,
+    }
+}
+
+/// The pseudo-header under which `read_head` keeps the request target.
+const PATH: &str = ":path";
+
+/// Reads a request line and headers (lowercased names; the request target as `:path`); None at
+/// EOF or on garbage.
 async fn read_head(reader: &mut BufReader<TcpStream>) -> Option<Vec<(String, String)>> {
     let mut headers = Vec::new();
     let mut total = 0usize;
@@ -273,7 +328,11 @@ async fn read_head(reader: &mut BufReader<TcpStream>) -> Option<Vec<(String, Str
                 first = true; // tolerate a stray CRLF between requests
                 continue;
             }
-            continue; // the request line: method and path are not needed
+            // The request line: only the target is kept.
+            if let Some(target) = line.split_whitespace().nth(1) {
+                headers.push((PATH.to_owned(), target.to_owned()));
+            }
+            continue;
         }
         if line.is_empty() {
             return Some(headers);
@@ -295,13 +354,17 @@ mod tests {
     use super::*;
 
     async fn post(url: &str, attempt: u32) -> Result<u16, String> {
+        post_as(url, "run_1_1000", attempt, 500).await
+    }
+
+    async fn post_as(url: &str, id: &str, attempt: u32, timeout_ms: u64) -> Result<u16, String> {
         let http = reqwest::Client::builder()
             .no_proxy()
-            .timeout(Duration::from_millis(500))
+            .timeout(Duration::from_millis(timeout_ms))
             .build()
             .unwrap();
         http.post(url)
-            .header("webhook-id", "run_1_1000")
+            .header("webhook-id", id)
             .header("hookd-job-id", "j1")
             .header("hookd-scheduled-at", "2025-01-01T00:00:01.000Z")
             .header("hookd-attempt", attempt.to_string())
@@ -345,5 +408,66 @@ mod tests {
                 ("delay:200", false)
             ]
         );
+    }
+
+    /// The overlap rule is fixed per run, comes in its four kinds, leaves attempts 3 and later
+    /// alone, and applies only to URLs that ask for it.
+    #[tokio::test]
+    async fn the_overlap_rule_holds_runs_open_by_their_id() {
+        let ids: Vec<String> = (0..400).map(|i| format!("run_ovl_{i}")).collect();
+        let kind = |id: &str| {
+            (
+                overlap_answer(id, 1),
+                overlap_answer(id, 2),
+                overlap_answer(id, 3),
+            )
+        };
+        use OverlapAnswer::*;
+        let kinds = [
+            (Ok, Ok, Ok),
+            (Unavailable, Ok, Ok),
+            (Unavailable, Unavailable, Ok),
+            (Slow, Ok, Ok),
+        ];
+        for k in kinds {
+            let n = ids.iter().filter(|id| kind(id) == k).count();
+            assert!((50..=150).contains(&n), "{k:?}: {n} of 400");
+        }
+        assert!(ids.iter().all(|id| kinds.contains(&kind(id))));
+        assert!(ids
+            .iter()
+            .all(|id| (3..8).all(|n| overlap_answer(id, n) == Ok)));
+
+        let sink = Sink::start("127.0.0.1".parse().unwrap(), None, 1, Arc::new(|_| None))
+            .await
+            .unwrap();
+        let pick = |k| ids.iter().find(|id| kind(id) == k).unwrap().clone();
+        let (twice, slow) = (pick(kinds[2]), pick(kinds[3]));
+        let url = sink.overlap_url("j1");
+        assert!(url.ends_with("/hook/j1?answer=overlap"), "{url}");
+        assert_eq!(post_as(&url, &twice, 1, 500).await, Result::Ok(503));
+        assert_eq!(post_as(&url, &twice, 2, 500).await, Result::Ok(503));
+        assert_eq!(post_as(&url, &twice, 3, 500).await, Result::Ok(200));
+        let t = std::time::Instant::now();
+        assert_eq!(post_as(&url, &slow, 1, 3000).await, Result::Ok(200));
+        assert!(t.elapsed() >= Duration::from_millis(OVERLAP_SLOW_MS));
+        // The plain URL: answered at once whatever the run.
+        assert_eq!(
+            post_as(&sink.url("j1"), &twice, 1, 500).await,
+            Result::Ok(200)
+        );
+        let resp: Vec<(String, bool)> = sink
+            .of("j1")
+            .into_iter()
+            .map(|d| (d.response, d.ok))
+            .collect();
+        let want = [
+            ("503", false),
+            ("503", false),
+            ("200", true),
+            ("slow:1200:200", true),
+            ("200", true),
+        ];
+        assert_eq!(resp, want.map(|(r, ok)| (r.to_owned(), ok)).to_vec());
     }
 }

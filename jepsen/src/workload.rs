@@ -3,6 +3,11 @@
 //! 1–5 s, cron jobs with a seconds step), reads, lists, pauses, resumes and deletes until a
 //! deadline. Job ids are client-generated and never reused, so a retried create is harmless and
 //! every delivery is attributable. After an `info` a client continues under a new process id.
+//!
+//! Beside them, one more client creates the *overlap jobs* (`overlap_job_body`): every
+//! `overlap_every` a job firing every 1 s with `overlap: skip`, `overlap_fires` fires long, whose
+//! runs the sink holds open for up to ~3 s (`sink::overlap_answer`), so later runs fall due while
+//! one is open. They are never paused or deleted; the `overlap` checker reads all their runs.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -31,7 +36,18 @@ pub struct Config {
     pub seed: u64,
     /// Prefix of job ids (unique per run).
     pub tag: String,
+    /// A new overlap job this often (None: none).
+    pub overlap_every: Option<Duration>,
+    /// Fires of each overlap job (1 s apart; kept below hookd's default run retention of 100, so
+    /// every run of the job is still listed at the end).
+    pub overlap_fires: u32,
 }
+
+/// The infix of overlap jobs' ids: `{tag}-ovl-{n}`.
+pub const OVERLAP_INFIX: &str = "-ovl-";
+
+/// Process ids of the overlap jobs' creates (above every other client's).
+const OVERLAP_PROCESS: u64 = 1_000_000;
 
 #[derive(Default)]
 struct Pool {
@@ -73,6 +89,75 @@ pub fn job_body(rng: &mut StdRng, id: &str, url: &str, now: i64) -> Value {
     body
 }
 
+/// An overlap job's request body: every 1 s from the second after next, `fires` fires (its
+/// `end_at` half a second after the last), `overlap: skip`, answered by the sink's overlap rule;
+/// 5 attempts as the workload's jobs, but backoff 1-2 s, so a run the sink fails twice stays
+/// open ~3 s.
+pub fn overlap_job_body(id: &str, url: &str, now: i64, fires: u32) -> Value {
+    let start = (now / 1_000_000 + 2) * 1_000_000;
+    let end = start + (i64::from(fires.max(1)) - 1) * 1_000_000 + 500_000;
+    json!({
+        "id": id,
+        "url": url,
+        "method": "POST",
+        "body": "{}",
+        "schedule": {"every": "1s", "start_at": rfc3339_us(start), "end_at": rfc3339_us(end)},
+        "overlap": "skip",
+        "timeout": "2s",
+        "retry": {"max_attempts": 5, "initial_backoff": "1s", "max_backoff": "2s"},
+        "labels": {"workload": "chaos", "kind": "overlap"},
+    })
+}
+
+/// Creates an overlap job every `every` until `deadline_us` (each create retried, with the same
+/// body, until acknowledged or refused for good, at most 10 times).
+async fn overlap_client(
+    cfg: Config,
+    every: Duration,
+    api: Api,
+    sink: Sink,
+    rec: Recorder,
+    deadline_us: i64,
+) {
+    let mut process = OVERLAP_PROCESS;
+    for n in 0..10_000u64 {
+        if now_us() >= deadline_us - 5_000_000 {
+            break;
+        }
+        let next = tokio::time::Instant::now() + every;
+        let id = format!("{}{OVERLAP_INFIX}{n}", cfg.tag);
+        let body = overlap_job_body(&id, &sink.overlap_url(&id), now_us(), cfg.overlap_fires);
+        for attempt in 0..10u64 {
+            let order = api.order();
+            let node = order
+                .get((n + attempt) as usize % order.len().max(1))
+                .copied()
+                .unwrap_or(1);
+            let path = "/v1/jobs".to_owned();
+            let typ = write(
+                &api,
+                &rec,
+                process,
+                node,
+                "create",
+                &id,
+                Method::POST,
+                path,
+                Some(body.clone()),
+            )
+            .await;
+            if typ == Type::Info {
+                process += 1;
+            }
+            if typ == Type::Ok || now_us() >= deadline_us {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        tokio::time::sleep_until(next).await;
+    }
+}
+
 /// `at`, `every` or `cron`: which kind a schedule is.
 fn schedule_kind(schedule: &Value) -> &'static str {
     ["at", "every", "cron"]
@@ -101,6 +186,12 @@ pub async fn run(
         );
         tasks.push(tokio::spawn(async move {
             client(c, cfg, api, sink, rec, pool, deadline_us).await
+        }));
+    }
+    if let Some(every) = cfg.overlap_every {
+        let (cfg, api, sink, rec) = (cfg.clone(), api.clone(), sink.clone(), rec.clone());
+        tasks.push(tokio::spawn(async move {
+            overlap_client(cfg, every, api, sink, rec, deadline_us).await
         }));
     }
     for r in 0..cfg.readers {

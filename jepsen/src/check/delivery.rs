@@ -523,6 +523,7 @@ mod tests {
                 status: "skipped".into(),
                 skipped_from: Some(T0 + 6 * S),
                 skipped_to: Some(T0 + 8 * S),
+                ..RunRecord::default()
             }],
         );
         let v = check_delivery(&i, &timelines(&i.ops));

@@ -11,6 +11,7 @@ pub mod durability;
 pub mod isolation;
 pub mod linear;
 pub mod model;
+pub mod overlap;
 pub mod overload;
 
 use std::collections::{BTreeMap, HashMap};
@@ -145,7 +146,7 @@ pub struct NodeView {
 }
 
 /// A run as `GET /v1/jobs/{id}/runs` lists it (only what the checkers need).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RunRecord {
     pub id: String,
     pub scheduled_at: i64,
@@ -153,6 +154,23 @@ pub struct RunRecord {
     /// For `skipped` entries covering a range.
     pub skipped_from: Option<i64>,
     pub skipped_to: Option<i64>,
+    /// For `skipped` entries: `misfire` or `overlap` (absent in runs stored before it existed).
+    #[serde(default)]
+    pub skip_reason: Option<String>,
+    /// Its recorded attempts (empty in runs stored before they were kept).
+    #[serde(default)]
+    pub attempts: Vec<AttemptRecord>,
+}
+
+/// One recorded attempt of a run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    pub n: u32,
+    /// `started_at`, µs (hookd records it in ms).
+    pub started_at: i64,
+    pub duration_ms: i64,
+    pub status_code: Option<u16>,
+    pub node_id: Option<u64>,
 }
 
 /// What the harness saw after healing.
@@ -164,7 +182,8 @@ pub struct FinalState {
     /// Stale (local) job sets per node once they had caught up, for convergence.
     pub stale_sets_equal: Option<bool>,
     pub stale_sets_detail: String,
-    /// Runs of jobs with a due run lacking a delivery (to tell skipped from missed).
+    /// Runs of jobs with a due run lacking a delivery (to tell skipped from missed), and every
+    /// run of the overlap jobs (`overlap::skip_jobs`), with their attempts.
     pub runs: BTreeMap<String, Vec<RunRecord>>,
     /// The fresh job created after healing: id, acknowledged?, µs from create to delivery.
     pub fresh_job: Option<String>,
@@ -235,7 +254,7 @@ impl Input {
     }
 }
 
-/// Runs all eleven checkers, in report order.
+/// Runs all twelve checkers, in report order.
 pub fn run_all(input: &Input) -> Vec<Verdict> {
     let timelines = model::timelines(&input.ops);
     vec![
@@ -247,6 +266,7 @@ pub fn run_all(input: &Input) -> Vec<Verdict> {
         linear::check(input),
         isolation::check(input, &timelines),
         overload::check(input, &timelines),
+        overlap::check(input, &timelines),
         cluster::convergence(input),
         cluster::coverage(input, &timelines),
         cluster::crashes(input),

@@ -19,6 +19,8 @@ pub enum Sched {
     Every {
         start: i64,
         period: i64,
+        /// `end_at`: no fire after it.
+        end: Option<i64>,
     },
     /// `*/N * * * * *`: every whole second divisible by N (N divides 60).
     CronSecStep(i64),
@@ -39,7 +41,11 @@ impl Sched {
         if let Some(every) = v["every"].as_str() {
             let period = parse_secs(every)?;
             let start = parse_rfc3339_us(v["start_at"].as_str()?)?;
-            return (period > 0).then_some(Sched::Every { start, period });
+            let end = match v["end_at"].as_str() {
+                Some(e) => Some(parse_rfc3339_us(e)?),
+                None => None,
+            };
+            return (period > 0).then_some(Sched::Every { start, period, end });
         }
         if let Some(cron) = v["cron"].as_str() {
             let mut fields = cron.split_whitespace();
@@ -64,7 +70,8 @@ impl Sched {
                     out.push(t);
                 }
             }
-            Sched::Every { start, period } => {
+            Sched::Every { start, period, end } => {
+                let hi = hi.min(end.unwrap_or(i64::MAX));
                 let k0 = if lo <= start {
                     0
                 } else {
@@ -93,7 +100,9 @@ impl Sched {
         let ms = |x: i64| x.div_euclid(1000);
         match *self {
             Sched::At(a) => ms(a) == ms(t),
-            Sched::Every { start, period } => t >= start && (t - start) % period < 1000,
+            Sched::Every { start, period, end } => {
+                t >= start && (t - start) % period < 1000 && end.is_none_or(|e| ms(t) <= ms(e))
+            }
             Sched::CronSecStep(step) => t.rem_euclid(step * S) < 1000,
         }
     }
@@ -265,7 +274,8 @@ mod tests {
             every,
             Sched::Every {
                 start,
-                period: 2 * S
+                period: 2 * S,
+                end: None
             }
         );
         assert_eq!(
@@ -274,6 +284,14 @@ mod tests {
         );
         assert_eq!(every.dues(start + 1, start + 3 * S), vec![start + 2 * S]);
         assert!(every.is_due(start + 4 * S) && !every.is_due(start + 3 * S));
+        // `end_at` bounds it (the overlap jobs end half a period after their last fire).
+        let bounded = Sched::from_json(&json!({"every": "2s", "start_at": "2023-11-14T22:14:00.000Z", "end_at": "2023-11-14T22:14:05.000Z"}))
+            .unwrap();
+        assert_eq!(
+            bounded.dues(start - S, start + 60 * S),
+            vec![start, start + 2 * S, start + 4 * S]
+        );
+        assert!(bounded.is_due(start + 4 * S) && !bounded.is_due(start + 6 * S));
         let cron = Sched::from_json(&json!({"cron": "*/3 * * * * *"})).unwrap();
         assert_eq!(
             cron.dues(start + 1, start + 6 * S),
