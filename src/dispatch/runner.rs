@@ -506,21 +506,27 @@ impl<D: Deliver> Dispatcher<D> {
                 };
                 let found = self.index.get(&id);
                 let target = found.as_ref().and_then(|f| f.target.clone());
-                if let Some(key) = target.filter(|k| self.sched.holds(k, now)) {
+                if let Some(key) = target.clone().filter(|k| self.sched.holds(k, now)) {
                     // Left unclaimed until the target no longer holds (`release_held`).
                     self.held.entry(key).or_default().insert(id, due);
                     continue;
                 }
                 // Runs of jobs further behind go first (see `plan::due_prefix`).
                 let frontier = self.index.first_due_at().unwrap_or(i64::MAX);
+                let limited = target.as_ref().is_some_and(|k| self.sched.rate_limited(k));
                 let schedule = found.and_then(|f| f.schedule);
                 let planned = match (self.view.get_job(&id), schedule) {
-                    (Ok(Some(job)), Some(s)) => s
+                    (Ok(Some(mut job)), Some(s)) => s
                         .schedule()
                         .map(|s| {
                             // Up to its next run when the horizon reaches past the base for a
                             // herd: one run ahead, never a job's whole horizon of runs.
                             let ahead = base.max(due.saturating_sub(now));
+                            if limited {
+                                // Runs its target's rate limit holds back go later, never
+                                // misfired: the delay is the policy's, not an outage.
+                                job.spec.misfire.grace_ms = u64::MAX;
+                            }
                             plan::due_prefix(plan::plan_job(&job, &s, now, ahead), frontier)
                         })
                         .unwrap_or_default(),

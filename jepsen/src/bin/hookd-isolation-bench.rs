@@ -14,13 +14,20 @@
 //!    measured: deliveries per second (min, median, and both as a share of the sustainable rate), the
 //!    leader's term before and after, and the time until lateness is normal again once the load
 //!    is deleted.
+//! 5. rate limit (`--rate-limit`): a second nginx (its own port, so its own target) under a
+//!    policy of `--limit-per-s` with `--limit-burst`, with `--limited-rate` due runs/s aimed at
+//!    it beside the healthy jobs, for `--rate-limit-seconds` after a 3-s warm-up: its deliveries
+//!    per second (min, median, max, share within ±10 % of the limit), the healthy target's
+//!    lateness, its backlog (`GET /v1/targets`), and whether any of its runs was lost (skipped,
+//!    failed, delivered twice, or missing among those due before the latest delivered).
+//!    `--rate-limit-only` skips phases 1b and 2 (the healthy jobs and the quiet baseline stay).
 //!
 //! Every loop is bounded in count and time; every target is on 127.0.0.1.
 
 // A command-line report: printing to stdout is its job.
 #![allow(clippy::print_stdout)]
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -59,6 +66,23 @@ struct Args {
     overload_rate: usize,
     #[arg(long, default_value_t = 30)]
     overload_seconds: u64,
+    /// Run the rate-limit phase (5).
+    #[arg(long)]
+    rate_limit: bool,
+    /// Only the quiet baseline and the rate-limit phase: skip the black hole and endless body.
+    #[arg(long, requires = "rate_limit")]
+    rate_limit_only: bool,
+    /// Due runs per second aimed at the rate-limited target.
+    #[arg(long, default_value_t = 500)]
+    limited_rate: usize,
+    /// The limited target's policy: `rate_per_s` and `burst`.
+    #[arg(long, default_value_t = 50.0)]
+    limit_per_s: f64,
+    #[arg(long, default_value_t = 1)]
+    limit_burst: u32,
+    /// Seconds measured in the rate-limit phase (after a 3-s warm-up).
+    #[arg(long, default_value_t = 20)]
+    rate_limit_seconds: u64,
     #[arg(long)]
     out: Option<PathBuf>,
     /// Keep the cluster's data dirs, logs and nginx's log here.
@@ -257,15 +281,16 @@ struct Report {
     healthy_rate: usize,
     hole_rate: usize,
     quiet: Summary,
-    beside_hole: Summary,
-    beside_hole_missed: usize,
-    hole_connections_max: usize,
+    beside_hole: Option<Summary>,
+    beside_hole_missed: Option<usize>,
+    hole_connections_max: Option<usize>,
     hole_target: Value,
-    endless_rss_growth_mib: f64,
+    endless_rss_growth_mib: Option<f64>,
     /// Each rate tried: p99 lateness (ms) and runs missed.
     ladder: Vec<(usize, f64, usize)>,
     sustainable_per_s: Option<usize>,
     overload: Option<Overload>,
+    rate_limit: Option<RateLimit>,
 }
 
 #[derive(Debug, Serialize)]
@@ -289,6 +314,308 @@ struct Overload {
     leader_after: Option<u64>,
     deletes_acknowledged: usize,
     recovered_after_ms: Option<i64>,
+}
+
+#[derive(Debug, Serialize)]
+struct RateLimit {
+    target: String,
+    /// The policy as `PUT /v1/targets/{target}/policy` answered it.
+    policy: Value,
+    offered_per_s: usize,
+    /// Deliveries at the limited target per second of the window (nginx's `$msec`).
+    delivered_per_s: BTreeMap<i64, usize>,
+    min_per_s: usize,
+    median_per_s: usize,
+    max_per_s: usize,
+    mean_per_s: f64,
+    /// Seconds within ±10 % of the limit, over all seconds of the window.
+    within_10pct_share: f64,
+    /// The healthy target's lateness (first deliveries due in the window), and runs missing.
+    other: Summary,
+    other_missed: usize,
+    /// Per second: the limited target's runs waiting and attempts in flight, and the healthy
+    /// target's runs waiting (`GET /v1/targets` on the leader; -1: not listed).
+    targets_per_s: BTreeMap<i64, [i64; 3]>,
+    /// At the end of the window: runs of the limited jobs due so far, delivered (distinct),
+    /// waiting in its queue, in flight, and the rest (not claimed yet: held back).
+    due: usize,
+    delivered: usize,
+    waiting: i64,
+    in_flight: i64,
+    unclaimed: i64,
+    /// Lateness of the last run delivered at the limited target in the window (ms).
+    last_lateness_ms: i64,
+    /// Lost: delivered more than once, missing among those due before the latest delivered
+    /// (less 1 s), and recorded skipped or failed (`GET /v1/runs?target=`: entries, runs).
+    duplicates: usize,
+    gaps: usize,
+    skipped: RunsWith,
+    failed: RunsWith,
+    deletes_acknowledged: usize,
+    policy_deleted: bool,
+}
+
+/// The target `host:port` of an nginx URL (`http://127.0.0.1:PORT/hook`).
+fn host_port(url: &str) -> String {
+    url.trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// `GET /v1/targets` on node `i`: waiting and in flight by target.
+async fn targets_of(c: &LocalCluster, i: usize) -> HashMap<String, (i64, i64)> {
+    let page: Value = match http().get(c.url(i, "/v1/targets?limit=1000")).send().await {
+        Ok(r) => r.json().await.unwrap_or(Value::Null),
+        Err(_) => Value::Null,
+    };
+    page["targets"]
+        .as_array()
+        .map(|ts| {
+            ts.iter()
+                .filter_map(|t| {
+                    Some((
+                        t["target"].as_str()?.to_owned(),
+                        (t["waiting"].as_i64()?, t["in_flight"].as_i64()?),
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The runs of one status `GET /v1/runs` lists for a target.
+#[derive(Debug, Default, Serialize)]
+struct RunsWith {
+    /// Entries, and the runs they stand for (a skipped entry counts `skipped.count`).
+    entries: usize,
+    runs: u64,
+    /// The earliest and latest `scheduled_at` among them (ms), and how many jobs they are of.
+    first_ms: Option<i64>,
+    last_ms: Option<i64>,
+    jobs: usize,
+}
+
+/// The runs of `status` for `target` (at most 50 pages of 1,000).
+async fn runs_with_status(c: &LocalCluster, i: usize, target: &str, status: &str) -> RunsWith {
+    let ms = |v: &Value| {
+        chrono::DateTime::parse_from_rfc3339(v.as_str()?)
+            .ok()
+            .map(|t| t.timestamp_millis())
+    };
+    let (mut out, mut after, mut jobs) = (RunsWith::default(), String::new(), HashSet::new());
+    for _ in 0..50 {
+        let url = c.url(
+            i,
+            &format!("/v1/runs?status={status}&target={target}&limit=1000{after}"),
+        );
+        let page: Value = match http().get(url).send().await {
+            Ok(r) => r.json().await.unwrap_or(Value::Null),
+            Err(_) => Value::Null,
+        };
+        for r in page["runs"].as_array().into_iter().flatten() {
+            out.entries += 1;
+            out.runs += r["skipped"]["count"].as_u64().unwrap_or(1);
+            let first = ms(&r["skipped"]["first_scheduled_at"]).or(ms(&r["scheduled_at"]));
+            let last = ms(&r["skipped"]["last_scheduled_at"]).or(ms(&r["scheduled_at"]));
+            out.first_ms = match (out.first_ms, first) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            out.last_ms = out.last_ms.max(last);
+            jobs.insert(r["job_id"].as_str().unwrap_or_default().to_owned());
+        }
+        match page["next"].as_str() {
+            Some(next) => after = format!("&after={next}"),
+            None => break,
+        }
+    }
+    out.jobs = jobs.len();
+    out
+}
+
+/// `RunsWith` for a line: runs (entries, jobs, scheduled from … to … s after `start`).
+fn runs_with(r: &RunsWith, start: i64) -> String {
+    let s = |ms: Option<i64>| ms.map_or(f64::NAN, |ms| (ms - start) as f64 / 1000.0);
+    if r.entries == 0 {
+        return "0".to_owned();
+    }
+    format!(
+        "{} ({} entries, {} jobs, scheduled {:.1}–{:.1} s after the first due)",
+        r.runs,
+        r.entries,
+        r.jobs,
+        s(r.first_ms),
+        s(r.last_ms)
+    )
+}
+
+/// Phase 5: a second nginx under a rate policy with `limited_rate` due runs/s, beside the
+/// healthy jobs at the first nginx.
+async fn rate_limit_phase(
+    c: &LocalCluster,
+    l: usize,
+    args: &Args,
+    healthy: &Nginx,
+    dir: &std::path::Path,
+) -> anyhow::Result<RateLimit> {
+    let limited = Nginx::start(&args.nginx, &dir.join("nginx-limited"))?;
+    let target = host_port(&limited.url);
+    let other = host_port(&healthy.url);
+    let policy_url = c.url(l, &format!("/v1/targets/{target}/policy"));
+    let resp = http()
+        .put(&policy_url)
+        .json(&json!({"rate_per_s": args.limit_per_s, "burst": args.limit_burst}))
+        .send()
+        .await?;
+    if !resp.status().is_success() {
+        bail!("PUT policy: {} {}", resp.status(), resp.text().await?);
+    }
+    let policy: Value = resp.json().await?;
+    let rate = args.limited_rate;
+    // Due from a whole second far enough ahead that every job exists by then.
+    let start = (now_ms() / 1000 + 2 + rate as i64 / 2000) * 1000;
+    let jobs = create_jobs(c, l, "lim", &limited.url, rate, "10s", start).await?;
+    let created = now_ms();
+    if created > start {
+        println!(
+            "(lim: creates ended {} ms after the load began)",
+            created - start
+        );
+    }
+    let (from, to) = (
+        start.max(created) + 3000,
+        start.max(created) + 3000 + args.rate_limit_seconds as i64 * 1000,
+    );
+    let (from, to) = ((from / 1000 + 1) * 1000, (to / 1000 + 1) * 1000);
+    let mut targets_per_s = BTreeMap::new();
+    while now_ms() < to {
+        let second = now_ms() / 1000;
+        let ts = targets_of(c, l).await;
+        let (w, f) = ts.get(&target).copied().unwrap_or((-1, -1));
+        let ow = ts.get(&other).map_or(-1, |t| t.0);
+        targets_per_s.insert(second, [w, f, ow]);
+        sleep_until_ms((second + 1) * 1000).await;
+    }
+    // The backlog at the end of the window, then nginx's logs once flushed (100 ms).
+    let at_end = targets_of(c, l).await;
+    let (waiting, in_flight) = at_end.get(&target).copied().unwrap_or((0, 0));
+    sleep_until_ms(to + 1500).await;
+    let skipped = runs_with_status(c, l, &target, "skipped").await;
+    let failed = runs_with_status(c, l, &target, "failed").await;
+
+    let reqs: Vec<(i64, String, i64)> = limited
+        .requests()
+        .into_iter()
+        .filter(|(recv, job, _)| *recv < to && job.starts_with("lim-"))
+        .collect();
+    let mut per_s: BTreeMap<i64, usize> = (from / 1000..to / 1000).map(|s| (s, 0)).collect();
+    let mut seen: HashMap<(&str, i64), usize> = HashMap::new();
+    let mut last = (i64::MIN, 0);
+    for (recv, job, due) in &reqs {
+        if let Some(n) = per_s.get_mut(&(recv / 1000)) {
+            *n += 1;
+        }
+        *seen.entry((job.as_str(), *due)).or_insert(0) += 1;
+        if *recv > last.0 {
+            last = (*recv, recv - due);
+        }
+    }
+    let duplicates = seen.values().map(|n| n - 1).sum();
+    // Job k's runs are due at start + k·step + n·1000 (`create_jobs`).
+    let step = 1000.0 / rate.max(1) as f64;
+    let first_due = |k: usize| start + (k as f64 * step) as i64;
+    let due_by = |t: i64| -> usize {
+        (0..rate)
+            .map(|k| match t - first_due(k) {
+                d if d >= 0 => (d / 1000) as usize + 1,
+                _ => 0,
+            })
+            .sum()
+    };
+    let latest_due = seen.keys().map(|(_, d)| *d).max().unwrap_or(start);
+    let before = latest_due - 1000;
+    let delivered_before = seen.keys().filter(|(_, d)| *d <= before).count();
+    let gaps = due_by(before).saturating_sub(delivered_before);
+    let due = due_by(to);
+    let delivered = seen.len();
+    let unclaimed = due as i64 - delivered as i64 - waiting - in_flight;
+
+    let other_lat = lateness(&healthy.requests(), "ok-", args.healthy_rate, from, to);
+    let in_order: Vec<usize> = per_s.values().copied().collect();
+    let mut counts = in_order.clone();
+    counts.sort_unstable();
+    let limit = args.limit_per_s;
+    let within = in_order
+        .iter()
+        .filter(|n| (**n as f64 - limit).abs() <= 0.1 * limit)
+        .count();
+    let r = RateLimit {
+        target: target.clone(),
+        policy,
+        offered_per_s: rate,
+        min_per_s: counts.first().copied().unwrap_or(0),
+        median_per_s: counts.get(counts.len() / 2).copied().unwrap_or(0),
+        max_per_s: counts.last().copied().unwrap_or(0),
+        mean_per_s: in_order.iter().sum::<usize>() as f64 / in_order.len().max(1) as f64,
+        within_10pct_share: within as f64 / in_order.len().max(1) as f64,
+        delivered_per_s: per_s,
+        other: other_lat.0,
+        other_missed: other_lat.1,
+        targets_per_s,
+        due,
+        delivered,
+        waiting,
+        in_flight,
+        unclaimed,
+        last_lateness_ms: last.1,
+        duplicates,
+        gaps,
+        skipped,
+        failed,
+        deletes_acknowledged: delete_jobs(c, l, &jobs).await,
+        policy_deleted: matches!(http().delete(&policy_url).send().await,
+            Ok(r) if r.status().is_success()),
+    };
+    println!(
+        "rate limit {target} {} (burst {}), {rate} due runs/s offered, {} s from {}: delivered/s min {} median {} max {} mean {:.1}, {:.0} % of seconds within ±10 %; per second {:?}",
+        limit,
+        args.limit_burst,
+        args.rate_limit_seconds,
+        rfc3339(from),
+        r.min_per_s,
+        r.median_per_s,
+        r.max_per_s,
+        r.mean_per_s,
+        100.0 * r.within_10pct_share,
+        r.delivered_per_s.values().collect::<Vec<_>>(),
+    );
+    println!(
+        "  other target {other} ({} runs/s) beside it: lateness {}, missed {}",
+        args.healthy_rate, r.other, r.other_missed
+    );
+    println!(
+        "  limited target at the end: {} due, {} delivered (last {} ms late), {} waiting, {} in flight, {} not claimed yet; lost: {} duplicates, {} gaps, {} skipped, {} failed; {} of {} deletes acknowledged, policy deleted {}",
+        r.due,
+        r.delivered,
+        r.last_lateness_ms,
+        r.waiting,
+        r.in_flight,
+        r.unclaimed,
+        r.duplicates,
+        r.gaps,
+        runs_with(&r.skipped, start),
+        runs_with(&r.failed, start),
+        r.deletes_acknowledged,
+        jobs.len(),
+        r.policy_deleted
+    );
+    println!(
+        "  per second [limited waiting, limited in flight, other waiting]: {:?}",
+        r.targets_per_s.values().collect::<Vec<_>>()
+    );
+    Ok(r)
 }
 
 /// Waits until `deadline_ms` (wall clock), bounded.
@@ -320,50 +647,60 @@ async fn main() -> anyhow::Result<()> {
         args.healthy_rate
     );
 
-    let (hole_url, hole_open) = black_hole().await?;
-    let t1 = (now_ms() / 1000 + 2) * 1000;
-    let hole = create_jobs(&c, l, "hole", &hole_url, args.hole_rate, "10s", t1).await?;
-    let (h_from, h_to) = (t1 + 3000, t1 + 3000 + secs * 1000);
-    let mut hole_max = 0;
-    while now_ms() < h_to + 1500 {
-        hole_max = hole_max.max(hole_open.load(Ordering::Relaxed));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let (beside, missed) = lateness(&nginx.requests(), "ok-", args.healthy_rate, h_from, h_to);
-    let targets: Value = http()
-        .get(c.url(l, "/v1/targets"))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let hole_target = targets["targets"]
-        .as_array()
-        .and_then(|ts| {
-            ts.iter()
-                .find(|t| hole_url.contains(t["target"].as_str().unwrap_or("-")))
-                .cloned()
-        })
-        .unwrap_or(Value::Null);
-    println!(
-        "healthy beside a black hole ({} runs/s): lateness {beside}, missed {missed}; hole held at most {hole_max} connections; hole target {hole_target}",
-        args.hole_rate
-    );
-    delete_jobs(&c, l, &hole).await;
+    let (beside, missed, hole_max, hole_target) = if args.rate_limit_only {
+        (None, None, None, Value::Null)
+    } else {
+        let (hole_url, hole_open) = black_hole().await?;
+        let t1 = (now_ms() / 1000 + 2) * 1000;
+        let hole = create_jobs(&c, l, "hole", &hole_url, args.hole_rate, "10s", t1).await?;
+        let (h_from, h_to) = (t1 + 3000, t1 + 3000 + secs * 1000);
+        let mut hole_max = 0;
+        while now_ms() < h_to + 1500 {
+            hole_max = hole_max.max(hole_open.load(Ordering::Relaxed));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let (beside, missed) = lateness(&nginx.requests(), "ok-", args.healthy_rate, h_from, h_to);
+        let targets: Value = http()
+            .get(c.url(l, "/v1/targets"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let hole_target = targets["targets"]
+            .as_array()
+            .and_then(|ts| {
+                ts.iter()
+                    .find(|t| hole_url.contains(t["target"].as_str().unwrap_or("-")))
+                    .cloned()
+            })
+            .unwrap_or(Value::Null);
+        println!(
+            "healthy beside a black hole ({} runs/s): lateness {beside}, missed {missed}; hole held at most {hole_max} connections; hole target {hole_target}",
+            args.hole_rate
+        );
+        delete_jobs(&c, l, &hole).await;
+        (Some(beside), Some(missed), Some(hole_max), hole_target)
+    };
 
-    // 2. Endless body: the leader's RSS while 5 jobs a second read a body that never ends.
-    let endless_url = endless_body().await?;
-    let pid = c.pid(l).context("leader pid")?;
-    let before = rss_kib(pid);
-    let t2 = (now_ms() / 1000 + 1) * 1000;
-    let endless = create_jobs(&c, l, "endless", &endless_url, 5, "6s", t2).await?;
-    let mut peak = before;
-    while now_ms() < t2 + 12_000 {
-        peak = peak.max(rss_kib(pid));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let growth = (peak.saturating_sub(before)) as f64 / 1024.0;
-    println!("endless body (5 jobs/s, 6 s timeout, 12 s): leader RSS {before} kB → peak {peak} kB, growth {growth:.1} MiB");
-    delete_jobs(&c, l, &endless).await;
+    let growth = if args.rate_limit_only {
+        None
+    } else {
+        // 2. Endless body: the leader's RSS while 5 jobs a second read a body that never ends.
+        let endless_url = endless_body().await?;
+        let pid = c.pid(l).context("leader pid")?;
+        let before = rss_kib(pid);
+        let t2 = (now_ms() / 1000 + 1) * 1000;
+        let endless = create_jobs(&c, l, "endless", &endless_url, 5, "6s", t2).await?;
+        let mut peak = before;
+        while now_ms() < t2 + 12_000 {
+            peak = peak.max(rss_kib(pid));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let growth = (peak.saturating_sub(before)) as f64 / 1024.0;
+        println!("endless body (5 jobs/s, 6 s timeout, 12 s): leader RSS {before} kB → peak {peak} kB, growth {growth:.1} MiB");
+        delete_jobs(&c, l, &endless).await;
+        Some(growth)
+    };
 
     // 3. The sustainable rate: the highest rate tried with every run delivered and p99 ≤ 100 ms.
     let mut ladder = Vec::new();
@@ -488,6 +825,12 @@ async fn main() -> anyhow::Result<()> {
     } else {
         None
     };
+    // 5. A rate-limited target beside the healthy one.
+    let rate_limit = if args.rate_limit {
+        Some(rate_limit_phase(&c, l, &args, &nginx, &dir).await?)
+    } else {
+        None
+    };
     delete_jobs(&c, l, &healthy).await;
     let report = Report {
         healthy_rate: args.healthy_rate,
@@ -501,6 +844,7 @@ async fn main() -> anyhow::Result<()> {
         ladder,
         sustainable_per_s: sustainable,
         overload,
+        rate_limit,
     };
     if let Some(out) = &args.out {
         std::fs::write(out, serde_json::to_vec_pretty(&report)?)?;
