@@ -28,8 +28,11 @@ pub const RUN_RETENTION_MAX: u32 = 100_000;
 /// Most runs one claim command carries, and most attempts one record command carries.
 pub const CLAIM_ITEMS_MAX: usize = 512;
 pub const RECORD_ITEMS_MAX: usize = 256;
-/// Most ids one part of a bulk request (one `Bulk` command, one log entry) carries.
-pub const BULK_PART_IDS_MAX: usize = 512;
+/// Most ids one part of a bulk request (one `Bulk` command, one log entry) carries. 512 made
+/// followers slow to apply each part on 2 cores (AppendEntries timeouts, other writes' p99
+/// 162 ms during a 100k pause); 128 kept it at 44 ms for 6 % more time
+/// (docs/performance.md#bulk-pause).
+pub const BULK_PART_IDS_MAX: usize = 128;
 /// How long an `Idempotency-Key` is remembered, and how many are at most (beyond that the
 /// oldest are forgotten early).
 pub const IDEMPOTENCY_TTL_MS: i64 = 24 * 3600 * 1000;
