@@ -141,10 +141,7 @@ pub async fn jobs(
             retention: state.run_retention,
         },
     };
-    if let Some(earlier) = match &key {
-        Some(k) => idempotency::earlier(&state, k).await?,
-        None => None,
-    } {
+    if let Some(earlier) = idempotency::earlier(&state, key.as_ref()).await? {
         return Ok(earlier);
     }
     let deadline = Instant::now() + BULK_WITHIN;
@@ -187,10 +184,7 @@ pub async fn runs(
         req.since.as_deref(),
         req.until.as_deref(),
     )?;
-    if let Some(earlier) = match &key {
-        Some(k) => idempotency::earlier(&state, k).await?,
-        None => None,
-    } {
+    if let Some(earlier) = idempotency::earlier(&state, key.as_ref()).await? {
         return Ok(earlier);
     }
     let deadline = Instant::now() + BULK_WITHIN;

@@ -94,9 +94,12 @@ pub async fn propose(state: &ApiState, key: Option<&Key>, cmd: Command) -> Resul
     }
 }
 
-/// For a request made of many commands (a bulk request): its earlier answer under `key`, read
-/// after a barrier, if the same request came before.
-pub async fn earlier(state: &ApiState, key: &Key) -> Result<Option<Response>, ApiError> {
+/// For a request made of many commands (a bulk request): its earlier answer under `key` (if it
+/// has one), read after a barrier, if the same request came before.
+pub async fn earlier(state: &ApiState, key: Option<&Key>) -> Result<Option<Response>, ApiError> {
+    let Some(key) = key else {
+        return Ok(None);
+    };
     state.read_barrier(Consistency::Linearizable).await?;
     let lookup = state
         .replica
