@@ -1255,6 +1255,10 @@ const TARGET_COLUMNS: &[Column] = &[
     column("WAITING", |r, _| text(&r["waiting"])),
     column("CIRCUIT", circuit),
     column("LAST_ERROR", |r, _| error(&r["last_error"])),
+    Column {
+        optional: true,
+        ..column("POLICY", |r, _| policy(r))
+    },
 ];
 const MEMBER_COLUMNS: &[Column] = &[
     column("ID", |r, _| text(&r["id"])),
@@ -1388,10 +1392,30 @@ fn run_status(run: &Value) -> String {
             .and_then(exact_instant)
             .map_or_else(|| text(first), |(_, exact)| exact);
     }
+    if run["skip_reason"] == "overlap" {
+        out += " (overlap)";
+    }
+    if let Some(why) = run["error"].as_str() {
+        out += &format!(" ({why})");
+    }
     if run["manual"] == Value::Bool(true) {
         out += " (manual)";
     }
     out
+}
+
+/// A target's policy: `50/s burst 10, 4 in flight`; empty without one.
+fn policy(target: &Value) -> String {
+    let p = &target["policy"];
+    let mut parts = Vec::new();
+    if let Some(rate) = p["rate_per_s"].as_f64() {
+        let burst = p["burst"].as_u64().unwrap_or(1);
+        parts.push(format!("{rate}/s burst {burst}"));
+    }
+    if let Some(n) = p["max_concurrency"].as_u64() {
+        parts.push(format!("{n} in flight"));
+    }
+    parts.join(", ")
 }
 
 /// A target's circuit: `closed`, `closed (2 failures)`, `open until 2026-… (in 20s)`,
@@ -1876,14 +1900,22 @@ once     completed  at 2026-12-07T08:00:00Z (56m ago)                           
             json!({"id": "run_1_c", "job_id": "standup", "status": "succeeded", "manual": true,
                    "scheduled_at": "2026-12-07T06:56:00.000Z", "next_attempt_at": null,
                    "attempts": [{"n": 1, "status_code": 200, "error": null}]}),
+            json!({"id": "run_1_d", "job_id": "standup", "status": "skipped", "manual": false,
+                   "scheduled_at": "2026-12-07T06:55:00.000Z", "skip_reason": "overlap",
+                   "attempts": []}),
+            json!({"id": "run_1_e", "job_id": "standup", "status": "failed", "manual": false,
+                   "scheduled_at": "2026-12-07T06:54:00.000Z", "error": "superseded",
+                   "attempts": [{"n": 1, "status_code": 503, "error": null}]}),
         ];
         assert_eq!(
             render_table(&runs, RUN_COLUMNS, now()),
             "\
-RUN      JOB      STATUS                                SCHEDULED                       ATTEMPTS      NEXT_ATTEMPT
-run_1_a  standup  retrying                              2026-12-07T08:54:00Z (2m ago)   1 (last 503)  2026-12-07T08:56:30Z (in 30s)
-run_1_b  standup  skipped 12 from 2026-12-07T07:00:00Z  2026-12-07T08:00:00Z (56m ago)  0
-run_1_c  standup  succeeded (manual)                    2026-12-07T06:56:00Z (2h ago)   1 (last 200)
+RUN      JOB      STATUS                                SCHEDULED                        ATTEMPTS      NEXT_ATTEMPT
+run_1_a  standup  retrying                              2026-12-07T08:54:00Z (2m ago)    1 (last 503)  2026-12-07T08:56:30Z (in 30s)
+run_1_b  standup  skipped 12 from 2026-12-07T07:00:00Z  2026-12-07T08:00:00Z (56m ago)   0
+run_1_c  standup  succeeded (manual)                    2026-12-07T06:56:00Z (2h ago)    1 (last 200)
+run_1_d  standup  skipped (overlap)                     2026-12-07T06:55:00Z (2h1m ago)  0
+run_1_e  standup  failed (superseded)                   2026-12-07T06:54:00Z (2h2m ago)  1 (last 503)
 "
         );
 
@@ -1893,14 +1925,15 @@ run_1_c  standup  succeeded (manual)                    2026-12-07T06:56:00Z (2h
                    "consecutive_failures": 0, "last_error": "timeout"}),
             json!({"target": "127.0.0.1:9", "in_flight": 1, "waiting": 0,
                    "circuit": "closed", "open_until": null,
-                   "consecutive_failures": 2, "last_error": null}),
+                   "consecutive_failures": 2, "last_error": null,
+                   "policy": {"rate_per_s": 2.5, "burst": 3, "max_concurrency": 4}}),
         ];
         assert_eq!(
             render_table(&targets, TARGET_COLUMNS, now()),
             "\
-TARGET           IN_FLIGHT  WAITING  CIRCUIT                                   LAST_ERROR
+TARGET           IN_FLIGHT  WAITING  CIRCUIT                                   LAST_ERROR  POLICY
 example.com:443  0          3        open until 2026-12-07T08:56:20Z (in 20s)  timeout
-127.0.0.1:9      1          0        closed (2 failures)
+127.0.0.1:9      1          0        closed (2 failures)                                   2.5/s burst 3, 4 in flight
 "
         );
     }
