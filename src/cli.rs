@@ -213,18 +213,14 @@ impl ScheduleArgs {
         if self.start_at.is_some() && self.every.is_none() {
             return Err(CliError::Usage("--start-at goes with --every".into()));
         }
-        let mut s = Map::new();
-        let mut put = |k: &str, v: &Option<String>| {
-            if let Some(v) = v {
-                s.insert(k.into(), json!(v));
-            }
-        };
-        put("cron", &self.cron);
-        put("timezone", &self.timezone);
-        put("every", &self.every);
-        put("start_at", &self.start_at);
-        put("at", &self.at);
-        put("after", &self.after);
+        let s = given([
+            ("cron", self.cron.as_ref()),
+            ("timezone", self.timezone.as_ref()),
+            ("every", self.every.as_ref()),
+            ("start_at", self.start_at.as_ref()),
+            ("at", self.at.as_ref()),
+            ("after", self.after.as_ref()),
+        ]);
         Ok((!s.is_empty()).then_some(Value::Object(s)))
     }
 }
@@ -583,18 +579,13 @@ async fn run_client(args: ClientArgs, cmd: ClientCommand) -> Result<(), CliError
             yes,
             ..
         }) => {
-            let mut body = Map::new();
-            for (k, v) in [
+            let body = given([
                 ("job_id", job),
                 ("job_selector", job_selector),
                 ("target", target),
                 ("since", since),
                 ("until", until),
-            ] {
-                if let Some(v) = v {
-                    body.insert(k.into(), json!(v));
-                }
-            }
+            ]);
             let v = bulk(&client, "/v1/runs/retry", body, dry_run, yes, |preview| {
                 format!("Retry {} failed runs?", preview["matched"])
             })
@@ -632,16 +623,11 @@ async fn run_client(args: ClientArgs, cmd: ClientCommand) -> Result<(), CliError
                 }),
             ..
         }) => {
-            let mut body = Map::new();
-            for (k, v) in [
+            let body = given([
                 ("max_concurrency", max_concurrency.map(|n| json!(n))),
                 ("rate_per_s", rate_per_s.map(|r| json!(r))),
                 ("burst", burst.map(|b| json!(b))),
-            ] {
-                if let Some(v) = v {
-                    body.insert(k.into(), v);
-                }
-            }
+            ]);
             let path = format!("/v1/targets/{}/policy", seg(&target));
             let v = client
                 .ok(Method::PUT, &path, Some(Value::Object(body)))
@@ -748,13 +734,8 @@ async fn jobs(client: &Client, out: &Printer, cmd: JobsCmd) -> Result<(), CliErr
             dry_run,
             yes,
         } => {
-            let mut body = Map::new();
+            let mut body = given(filter.pairs());
             body.insert("action".into(), json!(action.as_str()));
-            for (k, v) in filter.pairs() {
-                if let Some(v) = v {
-                    body.insert(k.into(), json!(v));
-                }
-            }
             if !ids.is_empty() {
                 body.insert("ids".into(), json!(ids));
             }
@@ -846,6 +827,16 @@ async fn cluster(client: &Client, out: &Printer, cmd: ClusterCmd) -> Result<(), 
     out.cluster(&v)
 }
 
+/// A JSON object of the fields given a value (`None`s left out).
+fn given<V: serde::Serialize>(
+    fields: impl IntoIterator<Item = (&'static str, Option<V>)>,
+) -> Map<String, Value> {
+    fields
+        .into_iter()
+        .filter_map(|(k, v)| Some((k.to_owned(), json!(v?))))
+        .collect()
+}
+
 /// The JSON in file `f` (`-`: stdin).
 fn read_json(f: &str) -> Result<Value, CliError> {
     let text = if f == "-" {
@@ -919,17 +910,13 @@ fn job_body(args: &CreateArgs) -> Result<Value, CliError> {
     let Some(obj) = job.as_object_mut() else {
         return Err(CliError::Usage("the job JSON must be an object".into()));
     };
-    for (k, v) in [
-        ("id", &args.id),
-        ("url", &args.url),
-        ("method", &args.method),
-        ("body", &args.body),
-        ("timeout", &args.timeout),
-    ] {
-        if let Some(v) = v {
-            obj.insert(k.into(), json!(v));
-        }
-    }
+    obj.extend(given([
+        ("id", args.id.as_ref()),
+        ("url", args.url.as_ref()),
+        ("method", args.method.as_ref()),
+        ("body", args.body.as_ref()),
+        ("timeout", args.timeout.as_ref()),
+    ]));
     if !args.headers.is_empty() {
         let headers = obj
             .entry("headers")
