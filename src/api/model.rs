@@ -255,14 +255,7 @@ pub fn job_filter(
             })
         })
         .transpose()?;
-    let target = target
-        .map(|t| {
-            if t.len() > 300 {
-                return Err(ApiError::invalid("target", "at most 300 bytes"));
-            }
-            host_port("target", t).map(|()| t.to_ascii_lowercase())
-        })
-        .transpose()?;
+    let target = target.map(target_key).transpose()?;
     if let Some(p) = prefix {
         validate_id("prefix", p)?;
     }
@@ -297,6 +290,19 @@ pub fn run_filter(
         since_ms: instant("since", since)?,
         until_ms: instant("until", until)?,
     })
+}
+
+/// A target `host:port` as a filter or a policy route names it: checked (`422`, field
+/// `target`) and normalised as delivery normalises it (host in lower case).
+pub fn target_key(t: &str) -> Result<String, ApiError> {
+    if t.len() > TARGET_BYTES_MAX {
+        return Err(ApiError::invalid(
+            "target",
+            format!("at most {TARGET_BYTES_MAX} bytes"),
+        ));
+    }
+    host_port("target", t)?;
+    Ok(t.to_ascii_lowercase())
 }
 
 /// Checks a job id against `[A-Za-z0-9._:-]{1,128}`.

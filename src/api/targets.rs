@@ -13,7 +13,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
-use super::model::{format_instant, host_port, parse_json};
+use super::model::{format_instant, parse_json, target_key};
 use super::{json_body, list_limit, query, Api, ApiError};
 use crate::core::command::TargetPolicy;
 use crate::core::Command;
@@ -162,15 +162,6 @@ struct PolicyAnswer {
     policy: PolicyBody,
 }
 
-/// The `host:port` of a policy route, checked and normalised as delivery normalises it.
-fn target_path(target: &str) -> Result<String, ApiError> {
-    if target.len() > crate::limits::TARGET_BYTES_MAX {
-        return Err(ApiError::invalid("target", "at most 300 bytes"));
-    }
-    host_port("target", target)?;
-    Ok(target.to_ascii_lowercase())
-}
-
 /// Set a target's limits, replacing the node defaults (the dispatching leader applies them
 /// within a second).
 #[utoipa::path(put, operation_id = "putTargetPolicy", path = "/targets/{target}/policy", tag = "targets",
@@ -183,7 +174,7 @@ pub async fn put_policy(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let target = target_path(&target)?;
+    let target = target_key(&target)?;
     let body = json_body(&headers, body)?;
     let asked: PolicyBody = parse_json(&body)?;
     let rate_milli_per_s = match asked.rate_per_s {
@@ -220,7 +211,7 @@ pub async fn put_policy(
     params(("target" = String, Path, description = "host:port")),
     responses((status = 204, description = "removed (or there was none)")))]
 pub async fn delete_policy(state: Api, Path(target): Path<String>) -> Result<Response, ApiError> {
-    let target = target_path(&target)?;
+    let target = target_key(&target)?;
     state
         .propose(Command::SetTargetPolicy {
             target,
