@@ -168,13 +168,7 @@ async fn replay(state: &ApiState, recall: Recall) -> Result<Response, ApiError> 
             };
             super::runs::accepted_run(run)
         }
-        Recall::NotRetryable { id, status } => {
-            return Err(ApiError::conflict(format!(
-                "run {id} is {}; only failed runs can be retried",
-                status.as_str()
-            ))
-            .at("run_id"))
-        }
+        Recall::NotRetryable { id, status } => return Err(super::runs::not_retryable(&id, status)),
         Recall::NotFound => return Err(ApiError::not_found("no such job or run")),
         Recall::Conflict => {
             return Err(ApiError::conflict(

@@ -131,7 +131,7 @@ impl RunView {
             due_at: format_instant(run.ext.due_ms.unwrap_or(run.scheduled_at_ms)),
             skip_reason: (run.status == RunStatus::Skipped).then_some(match run.ext.skip_reason {
                 Some(SkipReason::Overlap) => "overlap",
-                Some(SkipReason::Misfire) | None => "misfire",
+                None => "misfire",
             }),
             error: run.ext.ended_by.clone(),
             status: status.as_str(),
@@ -247,6 +247,15 @@ pub async fn list(
     Ok(runs_response(page.runs, page.next.map(|c| c.to_string())))
 }
 
+/// `409`: run `id` is `status`, not failed.
+pub fn not_retryable(id: &str, status: RunStatus) -> ApiError {
+    ApiError::conflict(format!(
+        "run {id} is {}; only failed runs can be retried",
+        status.as_str()
+    ))
+    .at("run_id")
+}
+
 /// `202` with `run`.
 pub fn accepted_run(run: Run) -> Response {
     (StatusCode::ACCEPTED, Json(RunView::new(run, now_ms()))).into_response()
@@ -257,12 +266,7 @@ fn run_accepted(result: CommandResult, what: &str) -> Result<Response, ApiError>
         CommandResult::Run { run } => Ok(accepted_run(run)),
         CommandResult::NotFound => Err(ApiError::not_found(format!("no {what}"))),
         CommandResult::Rejected { field, message } => Err(ApiError::invalid(&field, message)),
-        CommandResult::NotRetryable { run } => Err(ApiError::conflict(format!(
-            "run {} is {}; only failed runs can be retried",
-            run.id,
-            run.status.as_str()
-        ))
-        .at("run_id")),
+        CommandResult::NotRetryable { run } => Err(not_retryable(&run.id, run.status)),
         other => {
             tracing::error!(?other, "unexpected result of a run command");
             Err(ApiError::unavailable("unexpected result of a run command"))

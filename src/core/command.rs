@@ -490,11 +490,10 @@ pub struct RunExt {
     pub ended_by: Option<String>,
 }
 
-/// Why a run was recorded skipped.
+/// Why a run was recorded skipped, when not a misfire (a misfired run has none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SkipReason {
-    Misfire,
     Overlap,
 }
 

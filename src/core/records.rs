@@ -279,10 +279,6 @@ where
     }
 }
 
-fn encode_job(job: &Job) -> Vec<u8> {
-    encode_4(job)
-}
-
 /// Decodes a stored job record: format 4, format 3, or JSON (formats 1 and 2).
 pub fn decode_job(bytes: &[u8]) -> Result<Job, StateFault> {
     decode_4::<Job, Job3>(Table::Jobs, bytes)
@@ -409,7 +405,7 @@ pub(super) fn put_job<T: Tables>(t: &T, job: &Job, old: Option<&Job>) -> TxResul
     for k in new_keys.into_iter().filter(|k| !old_keys.contains(k)) {
         t.put(Table::JobIndex, &k, Vec::new())?;
     }
-    t.put(Table::Jobs, job.id.as_bytes(), encode_job(job))
+    t.put(Table::Jobs, job.id.as_bytes(), encode_4(job))
 }
 
 /// Removes the job record, its guard and its index entries (not its runs).
