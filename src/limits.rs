@@ -47,6 +47,10 @@ pub const TARGET_CONCURRENCY_MAX: u32 = 10_000;
 pub const TARGET_RATE_MAX_MILLI: u64 = 1_000_000_000;
 pub const TARGET_BURST_MAX: u32 = 1_000_000;
 pub const TARGET_BYTES_MAX: usize = 300;
+/// Notifications (`/v1/notifications`) a cluster keeps at most.
+pub const NOTIFICATIONS_MAX: usize = 100;
+/// Open circuits cluster events remember, so as to tell their closing.
+pub const CLUSTER_EVENT_TARGETS_MAX: usize = 10_000;
 /// A job's `jitter` is at most this (and at most its schedule's period).
 pub const JITTER_MAX: Duration = Duration::from_secs(3600);
 /// A schedule's `max_runs` is at most this.

@@ -115,6 +115,16 @@ impl Leadership {
         self.acks.clone()
     }
 
+    /// For each peer, when the latest request of `epoch` it accepted was sent (a peer that
+    /// accepted none is absent).
+    pub fn heard_from(&self, epoch: LeaderTerm) -> BTreeMap<NodeId, Instant> {
+        let acks = self.acks.0.lock().unwrap_or_else(|p| p.into_inner());
+        acks.iter()
+            .filter(|(_, (e, _))| *e == epoch)
+            .map(|(id, (_, sent))| (*id, *sent))
+            .collect()
+    }
+
     /// Follows openraft's metrics until they end (Raft shut down).
     pub async fn watch(self, mut rx: watch::Receiver<RaftMetrics>) {
         loop {

@@ -29,7 +29,7 @@ use crate::limits::PAGE_SCAN_BUDGET;
 #[into_params(parameter_in = Query)]
 pub struct ReadParams {
     #[serde(default)]
-    consistency: Consistency,
+    pub(super) consistency: Consistency,
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -98,10 +98,22 @@ fn conditional(headers: &HeaderMap, id: &str, cmd: Command) -> Result<Command, A
 /// the host of a member whose API address this node does not know yet.
 const MEMBERS_ASK_WITHIN: Duration = Duration::from_secs(2);
 
+/// `check_egress` for a job's URL and its callbacks'.
+async fn check_spec_egress(state: &ApiState, spec: &JobSpec) -> Result<(), ApiError> {
+    check_egress(state, "url", &spec.url).await?;
+    for (prefix, callback) in spec.callbacks() {
+        if let Some(cb) = callback {
+            check_egress(state, &format!("{prefix}url"), &cb.url).await?;
+        }
+    }
+    Ok(())
+}
+
 /// A URL naming a literal address the egress policy denies is refused at once (a name is
-/// checked when it is resolved, at every attempt). On the host of a member whose API address
-/// is not known here yet (a cluster that just started), the members are asked first.
-async fn check_egress(state: &ApiState, url: &str) -> Result<(), ApiError> {
+/// checked when it is resolved, at every attempt), as field `field`. On the host of a member
+/// whose API address is not known here yet (a cluster that just started), the members are
+/// asked first.
+pub async fn check_egress(state: &ApiState, field: &str, url: &str) -> Result<(), ApiError> {
     let Ok(parsed) = reqwest::Url::parse(url) else {
         return Ok(()); // validated before
     };
@@ -113,7 +125,7 @@ async fn check_egress(state: &ApiState, url: &str) -> Result<(), ApiError> {
             verdict = state.egress.check(addr);
         }
         if let Err(denied) = verdict {
-            return Err(ApiError::invalid("url", denied.to_string()));
+            return Err(ApiError::invalid(field, denied.to_string()));
         }
     }
     Ok(())
@@ -180,7 +192,7 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let body = json_body(&headers, body)?;
     let (id, spec) = parse_json::<JobRequest>(&body)?.into_spec()?;
-    check_egress(&state, &spec.url).await?;
+    check_spec_egress(&state, &spec).await?;
     let key = Key::of(&headers, "POST", "/v1/jobs", &body)?;
     let id = id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     let spec = keep_secrets(&state, &id, spec).await?;
@@ -208,7 +220,7 @@ pub async fn put(
     validate_id("id", &id)?;
     let body = json_body(&headers, body)?;
     let (body_id, spec) = parse_json::<JobRequest>(&body)?.into_spec()?;
-    check_egress(&state, &spec.url).await?;
+    check_spec_egress(&state, &spec).await?;
     if body_id.as_ref().is_some_and(|b| *b != id) {
         return Err(ApiError::invalid(
             "id",
@@ -272,7 +284,7 @@ pub async fn patch(
         if body_id.as_deref() != Some(id.as_str()) {
             return Err(ApiError::invalid("id", "a patch cannot change a job's id"));
         }
-        check_egress(&state, &spec.url).await?;
+        check_spec_egress(&state, &spec).await?;
         let spec = keep_secrets(&state, &id, spec).await?;
         // Written only over the version the patch was applied to.
         let cmd = Command::IfVersion {

@@ -8,6 +8,7 @@ mod error;
 mod idempotency;
 mod jobs;
 pub mod model;
+mod notifications;
 pub mod openapi;
 pub(crate) mod runs;
 pub mod snapshot;
@@ -118,6 +119,12 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .routes(routes!(cluster::remove_member))
         .routes(routes!(targets::list))
         .routes(routes!(targets::put_policy, targets::delete_policy))
+        .routes(routes!(notifications::list))
+        .routes(routes!(
+            notifications::put,
+            notifications::get_one,
+            notifications::delete
+        ))
         .routes(routes!(snapshot::snapshot))
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     let (app, mut api) =

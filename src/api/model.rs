@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
 use crate::core::command::{
-    Job, JobExt, JobSpec, MisfirePolicy, MisfireSpec, RetrySpec, RunStatus, ScheduleSpec, UnixMs,
+    Endpoint, Job, JobExt, JobSpec, MisfirePolicy, MisfireSpec, RetrySpec, RunStatus, ScheduleSpec,
+    UnixMs,
 };
 use crate::core::filter::{self, JobFilter, JobState};
 use crate::core::overlap::Overlap;
@@ -59,6 +60,10 @@ pub struct JobRequest {
     /// What a run falling due does while an earlier one is open: `allow` (default), `skip`,
     /// `buffer_one`, `cancel_previous`.
     pub overlap: Option<String>,
+    /// Once a run succeeded, its `run.succeeded` event is delivered here.
+    pub on_success: Option<EndpointRequest>,
+    /// Once a run failed for good, its `run.failed` event is delivered here.
+    pub on_failure: Option<EndpointRequest>,
     /// Accepted and ignored (as returned by a read), like the other server-side fields below.
     #[serde(rename = "created_at")]
     #[schema(value_type = Option<serde_json::Value>)]
@@ -75,6 +80,56 @@ pub struct JobRequest {
     #[serde(rename = "version")]
     #[schema(value_type = Option<serde_json::Value>)]
     _version: Option<IgnoredAny>,
+}
+
+/// Where events go: a URL (`http` or `https`), headers sent with each delivery, and which of
+/// them are secret (shown as `***`).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointRequest {
+    pub url: String,
+    pub headers: Option<BTreeMap<String, String>>,
+    pub secret_headers: Option<Vec<String>>,
+}
+
+impl EndpointRequest {
+    /// Validates it as the stored form; errors name fields under `prefix` (`on_success.`, …).
+    pub fn into_endpoint(self, prefix: &str) -> Result<Endpoint, ApiError> {
+        let under = |mut e: ApiError| {
+            e.field = e.field.map(|f| format!("{prefix}{f}"));
+            e
+        };
+        let url = validate_url(&self.url).map_err(under)?;
+        let headers = validate_headers(self.headers.unwrap_or_default()).map_err(under)?;
+        let secret_headers =
+            validate_secret_headers(self.secret_headers, &headers).map_err(under)?;
+        Ok(Endpoint {
+            url,
+            headers,
+            secret_headers,
+        })
+    }
+}
+
+/// An endpoint as returned: secrets masked.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct EndpointView {
+    pub url: String,
+    pub headers: BTreeMap<String, String>,
+    /// Omitted when empty.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub secret_headers: Vec<String>,
+}
+
+impl EndpointView {
+    pub fn new(e: &Endpoint) -> EndpointView {
+        let masked = e.masked();
+        EndpointView {
+            url: masked.url,
+            headers: masked.headers,
+            secret_headers: masked.secret_headers,
+        }
+    }
 }
 
 /// Exactly one of `at`, `after`, `every` (with `start_at`), `cron` (with `timezone`).
@@ -371,6 +426,14 @@ impl JobRequest {
                     })?),
                 }
                 .filter(|o| *o != Overlap::Allow),
+                on_success: self
+                    .on_success
+                    .map(|e| e.into_endpoint("on_success."))
+                    .transpose()?,
+                on_failure: self
+                    .on_failure
+                    .map(|e| e.into_endpoint("on_failure."))
+                    .transpose()?,
             },
         };
         // The gate a forwarded command passes too: whatever this parsing let through, it
@@ -731,6 +794,12 @@ pub struct JobView {
     /// `allow`, `skip`, `buffer_one` or `cancel_previous`.
     #[schema(value_type = String)]
     pub overlap: &'static str,
+    /// Omitted when none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_success: Option<EndpointView>,
+    /// Omitted when none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_failure: Option<EndpointView>,
     pub created_at: String,
     pub updated_at: String,
     pub next_fire_at: Option<String>,
@@ -755,6 +824,8 @@ impl JobView {
             schedule: render_schedule(&s.schedule, &s.ext),
             jitter: s.ext.jitter_ms.map(format_duration_ms),
             overlap: s.ext.overlap.unwrap_or_default().as_str(),
+            on_success: s.ext.on_success.as_ref().map(EndpointView::new),
+            on_failure: s.ext.on_failure.as_ref().map(EndpointView::new),
             retry: RetryView {
                 max_attempts: s.retry.max_attempts,
                 initial_backoff: format_duration_ms(s.retry.initial_backoff_ms),

@@ -35,7 +35,7 @@ pub struct ErrorDetail {
     components(schemas(ErrorBody, ErrorDetail, super::Consistency)),
     tags(
         (name = "jobs"), (name = "runs"), (name = "schedules"), (name = "cluster"),
-        (name = "targets"), (name = "node"), (name = "docs"),
+        (name = "targets"), (name = "notifications"), (name = "node"), (name = "docs"),
     )
 )]
 pub struct ApiDoc;

@@ -99,6 +99,12 @@ pub struct JobExt {
     /// What a run falling due does while another is open (none: `allow`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overlap: Option<super::overlap::Overlap>,
+    /// Where a `run.succeeded` event of this job goes (`core::events`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_success: Option<Endpoint>,
+    /// Where a `run.failed` event of this job goes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_failure: Option<Endpoint>,
 }
 
 impl JobExt {
@@ -209,23 +215,38 @@ impl From<JobSpec3> for JobSpec {
 /// the stored value".
 pub const MASK: &str = "***";
 
-impl JobSpec {
-    /// This spec with every secret header sent as `MASK` replaced by the value `stored` has for
-    /// it. Err names a masked header with no stored value to keep.
-    pub fn unmask(&self, stored: Option<&JobSpec>) -> Result<JobSpec, String> {
-        let mut spec = self.clone();
+/// Where a request goes: a URL and headers, some of whose values are secret (`secret_headers`,
+/// sent as given, shown as `MASK`, never logged). A job's own (`JobSpec::endpoint`), and an
+/// event's destination: a job's `on_success`/`on_failure`, a notification (`core::events`).
+/// Stored inside JSON only (`JobExt`, notification and event records), never positionally.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(test, derive(arbitrary::Arbitrary))]
+pub struct Endpoint {
+    // Positional in postcard (`events::NotificationSpec` in a command): no field skipped.
+    pub url: String,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub secret_headers: Vec<String>,
+}
+
+impl Endpoint {
+    /// This endpoint with every secret header sent as `MASK` replaced by the value `stored`
+    /// has for it. Err names a masked header with no stored value to keep.
+    pub fn unmask(&self, stored: Option<&Endpoint>) -> Result<Endpoint, String> {
+        let mut out = self.clone();
         for name in &self.secret_headers {
-            if spec.headers.get(name).map(String::as_str) != Some(MASK) {
+            if out.headers.get(name).map(String::as_str) != Some(MASK) {
                 continue;
             }
             match stored.and_then(|s| s.headers.get(name)) {
                 Some(v) if v != MASK => {
-                    spec.headers.insert(name.clone(), v.clone());
+                    out.headers.insert(name.clone(), v.clone());
                 }
                 _ => return Err(name.clone()),
             }
         }
-        Ok(spec)
+        Ok(out)
     }
 
     /// Whether the client sent any secret as `MASK` (a secret header or the URL's password).
@@ -247,12 +268,41 @@ impl JobSpec {
         }
     }
 
-    /// This spec, sent by a client, made ready to store over `stored` (SPEC §7): a URL password
-    /// sent as `MASK` becomes the stored one, and a stored secret (a masked header or the URL's
-    /// password) is kept only while the URL's origin (scheme, host, port) is unchanged, so
-    /// nobody moves a secret to another host without sending it. `Err` names the field.
-    pub fn keep_secrets_from(&self, stored: Option<&JobSpec>) -> Result<JobSpec, (String, String)> {
-        let mut spec = self.clone();
+    /// The headers with every secret value replaced by `MASK`.
+    pub fn masked_headers(&self) -> BTreeMap<String, String> {
+        self.headers
+            .iter()
+            .map(|(k, v)| {
+                let v = if self.secret_headers.contains(k) {
+                    MASK.to_owned()
+                } else {
+                    v.clone()
+                };
+                (k.clone(), v)
+            })
+            .collect()
+    }
+
+    /// This endpoint with its secrets masked: what the API shows.
+    pub fn masked(&self) -> Endpoint {
+        Endpoint {
+            url: self.masked_url(),
+            headers: self.masked_headers(),
+            secret_headers: self.secret_headers.clone(),
+        }
+    }
+
+    /// This endpoint, sent by a client, made ready to store over `stored` (SPEC §7): a URL
+    /// password sent as `MASK` becomes the stored one, and a stored secret (a masked header or
+    /// the URL's password) is kept only while the URL's origin (scheme, host, port) is
+    /// unchanged, so nobody moves a secret to another host without sending it. `Err` names the
+    /// field, under `prefix` (`""` for a job's own, `"on_success."`, …).
+    pub fn keep_secrets_from(
+        &self,
+        stored: Option<&Endpoint>,
+        prefix: &str,
+    ) -> Result<Endpoint, (String, String)> {
+        let mut out = self.clone();
         let masked_headers: Vec<&String> = self
             .secret_headers
             .iter()
@@ -261,7 +311,7 @@ impl JobSpec {
         let parsed = url::Url::parse(&self.url).ok();
         let masked_password = parsed.as_ref().is_some_and(|u| u.password() == Some(MASK));
         if masked_headers.is_empty() && !masked_password {
-            return Ok(spec);
+            return Ok(out);
         }
         let stored_url = stored.and_then(|s| url::Url::parse(&s.url).ok());
         let same_origin = match (&parsed, &stored_url) {
@@ -270,7 +320,7 @@ impl JobSpec {
         };
         let refuse = |field: String, what: &str| {
             Err((
-                field,
+                format!("{prefix}{field}"),
                 format!(
                     "{what} is sent as {MASK:?}, which keeps the stored value only while the \
                      URL's scheme, host and port stay the same; send the value"
@@ -290,9 +340,108 @@ impl JobSpec {
             match (kept, parsed) {
                 (Some(password), Some(mut u)) => {
                     let _ = u.set_password(Some(&password));
-                    spec.url = u.to_string();
+                    out.url = u.to_string();
                 }
                 _ => return refuse("url".into(), "the URL's password"),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Masks secrets, as the API does.
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("url", &self.masked_url())
+            .field("headers", &self.masked_headers())
+            .field("secret_headers", &self.secret_headers)
+            .finish()
+    }
+}
+
+impl JobSpec {
+    /// Where the job's requests go.
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint {
+            url: self.url.clone(),
+            headers: self.headers.clone(),
+            secret_headers: self.secret_headers.clone(),
+        }
+    }
+
+    fn set_endpoint(&mut self, e: Endpoint) {
+        self.url = e.url;
+        self.headers = e.headers;
+        self.secret_headers = e.secret_headers;
+    }
+
+    /// The job's callbacks, each with its field prefix in the API.
+    pub fn callbacks(&self) -> [(&'static str, Option<&Endpoint>); 2] {
+        [
+            ("on_success.", self.ext.on_success.as_ref()),
+            ("on_failure.", self.ext.on_failure.as_ref()),
+        ]
+    }
+
+    fn callbacks_mut(&mut self) -> [(&'static str, Option<&mut Endpoint>); 2] {
+        [
+            ("on_success.", self.ext.on_success.as_mut()),
+            ("on_failure.", self.ext.on_failure.as_mut()),
+        ]
+    }
+
+    /// This spec with every secret header sent as `MASK` (its own and its callbacks') replaced
+    /// by the value `stored` has for it. Err names the field of a masked header with no stored
+    /// value to keep.
+    pub fn unmask(&self, stored: Option<&JobSpec>) -> Result<JobSpec, String> {
+        let mut spec = self.clone();
+        let own = self
+            .endpoint()
+            .unmask(stored.map(JobSpec::endpoint).as_ref())
+            .map_err(|name| format!("headers.{name}"))?;
+        spec.set_endpoint(own);
+        let stored_callbacks = stored.map(JobSpec::callbacks);
+        for (i, (prefix, callback)) in spec.callbacks_mut().into_iter().enumerate() {
+            if let Some(cb) = callback {
+                let kept = stored_callbacks.and_then(|s| s[i].1);
+                *cb = cb
+                    .unmask(kept)
+                    .map_err(|name| format!("{prefix}headers.{name}"))?;
+            }
+        }
+        Ok(spec)
+    }
+
+    /// Whether the client sent any secret as `MASK` (a secret header or a URL's password, its
+    /// own or a callback's).
+    pub fn has_masked(&self) -> bool {
+        self.endpoint().has_masked()
+            || self
+                .callbacks()
+                .into_iter()
+                .any(|(_, cb)| cb.is_some_and(Endpoint::has_masked))
+    }
+
+    /// The URL with its password, if any, replaced by `MASK`.
+    pub fn masked_url(&self) -> String {
+        self.endpoint().masked_url()
+    }
+
+    /// This spec, sent by a client, made ready to store over `stored` (`Endpoint::
+    /// keep_secrets_from`, for its own endpoint and each callback's). `Err` names the field.
+    pub fn keep_secrets_from(&self, stored: Option<&JobSpec>) -> Result<JobSpec, (String, String)> {
+        let mut spec = self.clone();
+        let own = self
+            .endpoint()
+            .keep_secrets_from(stored.map(JobSpec::endpoint).as_ref(), "")?;
+        spec.set_endpoint(own);
+        let stored_callbacks = stored.map(JobSpec::callbacks);
+        for (i, (prefix, callback)) in spec.callbacks_mut().into_iter().enumerate() {
+            if let Some(cb) = callback {
+                // A callback added by this write has nothing stored to keep.
+                let kept = stored_callbacks.and_then(|s| s[i].1);
+                *cb = cb.keep_secrets_from(kept, prefix)?;
             }
         }
         Ok(spec)
@@ -300,17 +449,7 @@ impl JobSpec {
 
     /// The headers with every secret value replaced by `MASK`.
     pub fn masked_headers(&self) -> BTreeMap<String, String> {
-        self.headers
-            .iter()
-            .map(|(k, v)| {
-                let v = if self.secret_headers.contains(k) {
-                    MASK.to_owned()
-                } else {
-                    v.clone()
-                };
-                (k.clone(), v)
-            })
-            .collect()
+        self.endpoint().masked_headers()
     }
 }
 
@@ -711,6 +850,17 @@ pub enum Command {
         target: String,
         policy: Option<TargetPolicy>,
     },
+    /// Creates or replaces (or with none, deletes) notification `id` (`core::events`).
+    SetNotification {
+        id: String,
+        spec: Option<super::events::NotificationSpec>,
+        now_ms: UnixMs,
+    },
+    /// A cluster event the leader saw at `at_ms` (`core::events`).
+    Announce {
+        announcement: super::events::Announcement,
+        at_ms: UnixMs,
+    },
 }
 
 /// A target's limits (`PUT /v1/targets/{host:port}/policy`), replacing the node's defaults:
@@ -833,6 +983,14 @@ impl Command {
                 128 + command.approx_bytes()
             }
             Command::Remember { body, .. } => 384 + body.len(),
+            Command::SetNotification { spec: Some(n), .. } => {
+                256 + n.to.url.len()
+                    + n.to
+                        .headers
+                        .iter()
+                        .map(|(k, v)| k.len() + v.len())
+                        .sum::<usize>()
+            }
             _ => 128,
         }
     }
@@ -858,6 +1016,8 @@ impl Command {
             Command::Remember { .. } => "remember",
             Command::StartRun { .. } => "start_run",
             Command::SetTargetPolicy { .. } => "set_target_policy",
+            Command::SetNotification { .. } => "set_notification",
+            Command::Announce { .. } => "announce",
         }
     }
 
@@ -885,7 +1045,9 @@ impl Command {
             }
             Command::Remember { .. }
             | Command::StartRun { .. }
-            | Command::SetTargetPolicy { .. } => false,
+            | Command::SetTargetPolicy { .. }
+            | Command::SetNotification { .. }
+            | Command::Announce { .. } => false,
         }
     }
 }
@@ -954,6 +1116,12 @@ pub enum CommandResult {
     /// Whether a `StartRun`'s run may be attempted now.
     Start {
         go: bool,
+    },
+    /// A notification after a `SetNotification` (the deleted one after a delete); `created`
+    /// when it is new.
+    Notification {
+        notification: super::events::Notification,
+        created: bool,
     },
 }
 

@@ -6,6 +6,7 @@
 //! both together over in-memory tables with a fake clock.
 
 pub mod command;
+pub mod events;
 pub mod filter;
 pub mod format;
 pub mod idempotency;
@@ -13,6 +14,7 @@ pub mod overlap;
 pub mod plan;
 pub mod query;
 mod records;
+pub mod render;
 pub mod state;
 pub mod validate;
 pub mod view;

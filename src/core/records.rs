@@ -33,10 +33,14 @@ pub enum Table {
     Idempotency = 8,
     /// target `host:port` → its `TargetPolicy` (JSON)
     TargetPolicies = 9,
+    /// notification id → `events::Notification` (JSON)
+    Notifications = 10,
+    /// `{event id}.{n}` → `events::Delivery` (JSON): events not yet delivered or failed
+    Events = 11,
 }
 
 impl Table {
-    pub const ALL: [Table; 10] = [
+    pub const ALL: [Table; 12] = [
         Table::Jobs,
         Table::Nodes,
         Table::Misc,
@@ -47,6 +51,8 @@ impl Table {
         Table::JobIndex,
         Table::Idempotency,
         Table::TargetPolicies,
+        Table::Notifications,
+        Table::Events,
     ];
 
     /// The names of the tables, in the order of their discriminants: persisted (the stored
@@ -62,6 +68,8 @@ impl Table {
         "job_index",
         "idempotency",
         "target_policies",
+        "notifications",
+        "events",
     ];
 
     pub fn name(self) -> &'static str {

@@ -10,6 +10,7 @@ use super::command::{
     AttemptOutcome, AttemptResult, ClaimItem, ClaimKind, Command, CommandResult, Epoch, Job,
     JobSpec, Run, RunExt, RunStatus, SkipReason, SkippedRange, UnixMs,
 };
+use super::events;
 use super::idempotency::{self, Lookup, Recall};
 use super::overlap::{self, Decision};
 use super::records::*;
@@ -24,7 +25,8 @@ pub use super::records::{
 pub struct Touched {
     /// Jobs whose definition, cursor or existence changed.
     pub jobs: Vec<String>,
-    /// Runs opened outside a claim (trigger, retry), which need an attempt.
+    /// Runs opened outside a claim (trigger, retry), and events' deliveries (`core::events`):
+    /// each needs an attempt.
     pub runs: Vec<String>,
     /// A target's policy changed.
     pub policies: bool,
@@ -108,11 +110,11 @@ fn apply_one<T: Tables>(
         } => claim_runs(t, at, *epoch, *now_ms, items, *retention, touched),
         Command::RecordAttempts { outcomes } => {
             for outcome in outcomes {
-                record_attempt(t, outcome, touched)?;
+                record_attempt(t, at, outcome, touched)?;
             }
             Ok(CommandResult::Done)
         }
-        Command::StartRun { run_id } => start_run(t, run_id),
+        Command::StartRun { run_id } => start_run(t, at, run_id, touched),
         Command::SetTargetPolicy { target, policy } => {
             match policy {
                 Some(p) => {
@@ -124,6 +126,13 @@ fn apply_one<T: Tables>(
             touched.policies = true;
             Ok(CommandResult::Done)
         }
+        Command::SetNotification { id, spec, now_ms } => {
+            events::set_notification(t, id, spec.as_ref(), *now_ms)
+        }
+        Command::Announce {
+            announcement,
+            at_ms,
+        } => events::announce(t, at, seq, announcement, *at_ms, touched),
         Command::RetryRun { run_id, now_ms } => retry_run(t, run_id, *now_ms, touched),
         Command::TriggerJob {
             id,
@@ -225,7 +234,7 @@ fn with_stored_secrets<T: Tables>(
     let existing = get_job(t, id)?;
     Ok(match spec.unmask(existing.as_ref().map(|j| &j.spec)) {
         Ok(spec) => Ok((existing, spec)),
-        Err(name) => Err(masked_without_value(&name)),
+        Err(field) => Err(masked_without_value(&field)),
     })
 }
 
@@ -361,7 +370,7 @@ fn claim_runs<T: Tables>(
     }
     let mut accepted = Vec::with_capacity(items.len());
     for item in items {
-        let ok = claim(t, item, now_ms, retention)?;
+        let ok = claim(t, at, item, now_ms, retention, touched)?;
         if ok {
             touched.jobs.push(item.job_id.clone());
         }
@@ -426,8 +435,15 @@ fn trigger_job<T: Tables>(
 }
 
 /// Claims one run (or skipped range) if the job is still as the leader saw it. Reads and
-/// writes the job's guard only, never its record.
-fn claim<T: Tables>(t: &T, item: &ClaimItem, now_ms: i64, retention: u32) -> TxResult<T, bool> {
+/// writes the job's guard only, never its record (but for a skip's event).
+fn claim<T: Tables>(
+    t: &T,
+    at: &Position,
+    item: &ClaimItem,
+    now_ms: i64,
+    retention: u32,
+    touched: &mut Touched,
+) -> TxResult<T, bool> {
     let Some(mut guard) = get_guard(t, &item.job_id)? else {
         return Ok(false);
     };
@@ -467,6 +483,7 @@ fn claim<T: Tables>(t: &T, item: &ClaimItem, now_ms: i64, retention: u32) -> TxR
         ext,
     };
     insert_run(t, &run, retention)?;
+    events::run_ended(t, at, &run, now_ms, touched)?;
     Ok(true)
 }
 
@@ -474,21 +491,25 @@ fn claim<T: Tables>(t: &T, item: &ClaimItem, now_ms: i64, retention: u32) -> TxR
 /// leader adds to the history but cannot reopen or fail a run that succeeded.
 fn record_attempt<T: Tables>(
     t: &T,
+    at: &Position,
     outcome: &AttemptOutcome,
     touched: &mut Touched,
 ) -> TxResult<T, ()> {
+    if events::is_delivery(&outcome.run_id) {
+        return events::record_attempt(t, outcome);
+    }
     let Some(old) = get_run(t, &outcome.run_id)? else {
         return Ok(());
     };
     let mut run = old.clone();
     run.attempts.push(outcome.attempt.clone());
+    let a = &outcome.attempt;
+    let ended_at = a
+        .started_at_ms
+        .saturating_add(i64::try_from(a.duration_ms).unwrap_or(i64::MAX));
     // A run ending lets the one `buffer_one` held back for it start, when its attempt ended.
     let ends = !matches!(outcome.result, AttemptResult::RetryAt(_));
     if run.ext.blocking && run.status.is_open() && ends {
-        let a = &outcome.attempt;
-        let ended_at = a
-            .started_at_ms
-            .saturating_add(i64::try_from(a.duration_ms).unwrap_or(i64::MAX));
         release_waiting(t, &run, ended_at, touched)?;
     }
     if run.status.is_open() {
@@ -509,7 +530,12 @@ fn record_attempt<T: Tables>(
     } else if outcome.result == AttemptResult::Succeeded && run.status == RunStatus::Failed {
         run.status = RunStatus::Succeeded;
     }
-    put_run(t, &run, Some(&old))
+    put_run(t, &run, Some(&old))?;
+    // An outcome that ends the run, or turns its failure into a success, is an event.
+    if run.status != old.status && !run.status.is_open() {
+        events::run_ended(t, at, &run, ended_at, touched)?;
+    }
+    Ok(())
 }
 
 /// The other runs of `run`'s job that are open (started or attempted, not ended), and those
@@ -537,7 +563,12 @@ fn overlapping<T: Tables>(t: &T, run: &Run) -> TxResult<T, (Vec<Run>, Vec<Run>)>
 
 /// Whether run `run_id` may start now: by its job's overlap policy and the job's other open
 /// runs (`overlap::decide`). A run already started (a new leader asking again) may.
-fn start_run<T: Tables>(t: &T, run_id: &str) -> TxResult<T, CommandResult> {
+fn start_run<T: Tables>(
+    t: &T,
+    at: &Position,
+    run_id: &str,
+    touched: &mut Touched,
+) -> TxResult<T, CommandResult> {
     let no = Ok(CommandResult::Start { go: false });
     let Some(old) = get_run(t, run_id)? else {
         return no;
@@ -557,6 +588,8 @@ fn start_run<T: Tables>(t: &T, run_id: &str) -> TxResult<T, CommandResult> {
     let policy = job.spec.ext.overlap.unwrap_or_default();
     let (open, waiting) = overlapping(t, &old)?;
     let mut run = old.clone();
+    // What the decision ends, it ends at this run's due instant.
+    let due_ms = old.ext.due_ms.unwrap_or(old.scheduled_at_ms);
     let go = match overlap::decide(policy, open.len(), waiting.len()) {
         Decision::Start => true,
         Decision::Skip => {
@@ -581,6 +614,7 @@ fn start_run<T: Tables>(t: &T, run_id: &str) -> TxResult<T, CommandResult> {
                 ended.next_attempt_at_ms = None;
                 ended.ext.ended_by = Some("superseded".into());
                 put_run(t, &ended, Some(&other))?;
+                events::run_ended(t, at, &ended, due_ms, touched)?;
             }
             true
         }
@@ -588,6 +622,7 @@ fn start_run<T: Tables>(t: &T, run_id: &str) -> TxResult<T, CommandResult> {
     // A run cleared to start is being attempted by the leader that asked: not `touched`.
     run.ext.started = go;
     put_run(t, &run, Some(&old))?;
+    events::run_ended(t, at, &run, due_ms, touched)?;
     Ok(CommandResult::Start { go })
 }
 
@@ -628,9 +663,11 @@ fn unchanged(job: Job) -> CommandResult {
     }
 }
 
-fn masked_without_value(name: &str) -> CommandResult {
+/// `field` is the masked header's path (`headers.NAME`, `on_failure.headers.NAME`, …).
+pub(super) fn masked_without_value(field: &str) -> CommandResult {
+    let name = field.split_once("headers.").map_or(field, |(_, name)| name);
     CommandResult::Rejected {
-        field: format!("headers.{name}"),
+        field: field.to_owned(),
         message: format!(
             "secret header {name} is sent as {MASK:?} but no stored value exists to keep; send the value"
         ),

@@ -10,9 +10,10 @@
 use std::time::Duration;
 
 use super::command::{
-    AttemptOutcome, AttemptResult, BulkAction, ClaimItem, ClaimKind, Command, JobExt, JobSpec,
-    RetrySpec, ScheduleSpec, TargetPolicy, UnixMs,
+    AttemptOutcome, AttemptResult, BulkAction, ClaimItem, ClaimKind, Command, Endpoint, JobExt,
+    JobSpec, RetrySpec, ScheduleSpec, TargetPolicy, UnixMs,
 };
+use super::events::{Announcement, NotificationSpec};
 pub use super::format::format_duration_ms;
 use crate::limits::*;
 use crate::schedule::{CronSchedule, EVERY_MIN};
@@ -228,12 +229,39 @@ pub fn command(cmd: &Command, now_ms: UnixMs) -> Checked {
         }
         Command::StartRun { run_id: id } => run_id("run_id", id),
         Command::SetTargetPolicy { target, policy } => {
-            visible_ascii("target", target, TARGET_BYTES_MAX, || {
-                format!("a target is host:port, at most {TARGET_BYTES_MAX} bytes")
-            })?;
+            target_key("target", target)?;
             policy.as_ref().map_or(Ok(()), target_policy)
         }
+        Command::SetNotification {
+            id,
+            spec,
+            now_ms: t,
+        } => {
+            job_id("id", id)?;
+            stamp(*t, now_ms)?;
+            spec.as_ref().map_or(Ok(()), notification)
+        }
+        Command::Announce {
+            announcement,
+            at_ms,
+        } => {
+            stamp(*at_ms, now_ms)?;
+            match announcement {
+                Announcement::CircuitOpened { target } | Announcement::CircuitClosed { target } => {
+                    target_key("announcement.target", target)
+                }
+                Announcement::NodeUnreachable { .. }
+                | Announcement::NodeRecovered { .. }
+                | Announcement::LeaderChanged { .. } => Ok(()),
+            }
+        }
     }
+}
+
+fn target_key(field: &str, target: &str) -> Checked {
+    visible_ascii(field, target, TARGET_BYTES_MAX, || {
+        format!("a target is host:port, at most {TARGET_BYTES_MAX} bytes")
+    })
 }
 
 /// An `Idempotency-Key`: 1 to 255 visible ASCII characters.
@@ -379,7 +407,10 @@ pub fn job_id(field: &str, id: &str) -> Checked {
 /// A job definition as stored: every field in range and in its normal form (lower-case header
 /// names, sorted secret names, a URL as the URL parser writes it).
 pub fn job_spec(spec: &JobSpec) -> Checked {
-    url(&spec.url)?;
+    endpoint("", &spec.endpoint())?;
+    for (prefix, callback) in spec.callbacks() {
+        callback.map_or(Ok(()), |cb| endpoint(prefix, cb))?;
+    }
     super::filter::labels(&spec.ext.labels).map_err(|r| Invalid::new("labels", r.0))?;
     bounds_and_jitter(&spec.schedule, &spec.ext)?;
     if !METHODS.contains(&spec.method.as_str()) {
@@ -389,32 +420,6 @@ pub fn job_spec(spec: &JobSpec) -> Checked {
                 "{:?} is not one of GET, POST, PUT, PATCH, DELETE",
                 spec.method
             ),
-        ));
-    }
-    if spec.headers.len() > HEADERS_COUNT_MAX {
-        return Err(Invalid::new(
-            "headers",
-            format!("at most {HEADERS_COUNT_MAX} headers allowed"),
-        ));
-    }
-    for (name, value) in &spec.headers {
-        header(name, value)?;
-    }
-    let sorted = spec.secret_headers.windows(2).all(|w| w[0] < w[1]);
-    if !sorted {
-        return Err(Invalid::new(
-            "secret_headers",
-            "names are listed once each, in order",
-        ));
-    }
-    if let Some(name) = spec
-        .secret_headers
-        .iter()
-        .find(|n| !spec.headers.contains_key(*n))
-    {
-        return Err(Invalid::new(
-            "secret_headers",
-            format!("{name:?} is not one of the job's headers"),
         ));
     }
     if let Some(body) = &spec.body {
@@ -448,6 +453,60 @@ pub fn job_spec(spec: &JobSpec) -> Checked {
         Duration::ZERO,
         MISFIRE_CATCHUP_WINDOW_MAX,
     )
+}
+
+/// Where requests go, as stored: a URL in its normal form, at most `HEADERS_COUNT_MAX` valid
+/// headers, and its secret headers among them, each named once, in order. Fields are named
+/// under `prefix` (`""`, `"on_success."`, …).
+pub fn endpoint(prefix: &str, e: &Endpoint) -> Checked {
+    let under = |mut i: Invalid| {
+        i.field = format!("{prefix}{}", i.field);
+        i
+    };
+    url(&e.url).map_err(under)?;
+    if e.headers.len() > HEADERS_COUNT_MAX {
+        return Err(under(Invalid::new(
+            "headers",
+            format!("at most {HEADERS_COUNT_MAX} headers allowed"),
+        )));
+    }
+    for (name, value) in &e.headers {
+        header(name, value).map_err(under)?;
+    }
+    let sorted = e.secret_headers.windows(2).all(|w| w[0] < w[1]);
+    if !sorted {
+        return Err(under(Invalid::new(
+            "secret_headers",
+            "names are listed once each, in order",
+        )));
+    }
+    if let Some(name) = e
+        .secret_headers
+        .iter()
+        .find(|n| !e.headers.contains_key(*n))
+    {
+        return Err(under(Invalid::new(
+            "secret_headers",
+            format!("{name:?} is not one of the headers"),
+        )));
+    }
+    Ok(())
+}
+
+/// A notification as stored: its endpoint, at least one kind of event, each once and in order,
+/// and a selector that parses.
+pub fn notification(n: &NotificationSpec) -> Checked {
+    endpoint("", &n.to)?;
+    if n.events.is_empty() || !n.events.windows(2).all(|w| w[0] < w[1]) {
+        return Err(Invalid::new(
+            "events",
+            "at least one event type, each listed once, in order",
+        ));
+    }
+    if let Some(selector) = &n.selector {
+        super::filter::parse_selector(selector).map_err(|r| Invalid::new("selector", r.0))?;
+    }
+    Ok(())
 }
 
 /// An `http`/`https` URL with a host, at most `URL_BYTES_MAX` long. Returns it as the URL

@@ -5,9 +5,10 @@
 use std::ops::Bound;
 
 use super::command::{Job, NodeId, Run, RunStatus, TargetPolicy};
+use super::events::{ClusterMemory, Delivery, Notification, CLUSTER_EVENTS_KEY};
 use super::records::{
-    decode_job, decode_run, decode_run_list, status_key_parts, status_prefix, Guard, StateFault,
-    Table, CLUSTER_ID_KEY,
+    decode, decode_job, decode_run, decode_run_list, status_key_parts, status_prefix, Guard,
+    StateFault, Table, CLUSTER_ID_KEY,
 };
 
 /// A key and its value.
@@ -124,6 +125,69 @@ impl<R: Read> View<R> {
             jobs.push(self.job(&v)?);
         }
         Ok((jobs, false))
+    }
+
+    /// Notifications in id order after `after`, at most `limit`; and whether more follow.
+    pub fn list_notifications(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<Notification>, bool), StateFault> {
+        let from = after.map_or(Bound::Unbounded, |a| Bound::Excluded(a.as_bytes().to_vec()));
+        let mut out = Vec::new();
+        for item in self
+            .read
+            .range(Table::Notifications, from, Bound::Unbounded, false)
+        {
+            let (_, v) = item?;
+            if out.len() == limit {
+                return Ok((out, true));
+            }
+            out.push(decode(Table::Notifications, &v)?);
+        }
+        Ok((out, false))
+    }
+
+    pub fn get_notification(&self, id: &str) -> Result<Option<Notification>, StateFault> {
+        self.record(Table::Notifications, id)
+    }
+
+    /// An event's delivery not yet delivered or failed for good (`core::events`).
+    pub fn get_delivery(&self, key: &str) -> Result<Option<Delivery>, StateFault> {
+        self.record(Table::Events, key)
+    }
+
+    /// What cluster events have told so far.
+    pub fn cluster_memory(&self) -> Result<ClusterMemory, StateFault> {
+        let record = self.read.get(Table::Misc, CLUSTER_EVENTS_KEY)?;
+        Ok(ClusterMemory::from_record(record.as_deref()))
+    }
+
+    /// Every event delivery still to make, with its key.
+    pub fn open_deliveries(&self) -> Result<Vec<(String, Delivery)>, StateFault> {
+        let mut out = Vec::new();
+        for item in self
+            .read
+            .range(Table::Events, Bound::Unbounded, Bound::Unbounded, false)
+        {
+            let (k, v) = item?;
+            out.push((
+                String::from_utf8_lossy(&k).into_owned(),
+                decode(Table::Events, &v)?,
+            ));
+        }
+        Ok(out)
+    }
+
+    fn record<V: serde::de::DeserializeOwned>(
+        &self,
+        table: Table,
+        key: &str,
+    ) -> Result<Option<V>, StateFault> {
+        match self.read.get(table, key.as_bytes())? {
+            Some(bytes) => decode(table, &bytes).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// Every job, in id order (for building the dispatcher's index).

@@ -17,6 +17,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER, USER_AGEN
 use sha2::Sha256;
 
 use crate::core::command::{Attempt, Job};
+use crate::core::events::EventType;
 use crate::core::plan::HttpOutcome;
 use crate::egress::{self, Resolver, UrlCheck};
 use crate::limits::{DELIVERY_CONNECT_TIMEOUT, RESPONSE_BODY_BYTES_MAX};
@@ -68,9 +69,12 @@ pub fn signature(key: &[u8], id: &str, timestamp: i64, body: &str) -> String {
 /// What one attempt is about.
 pub struct AttemptRequest<'a> {
     pub job: &'a Job,
+    /// The `webhook-id`: the run's id, or an event's.
     pub run_id: &'a str,
     pub scheduled_at_ms: i64,
     pub n: u32,
+    /// For an event's delivery (`core::events`), its type.
+    pub event: Option<EventType>,
 }
 
 impl Deliverer {
@@ -126,11 +130,16 @@ impl Deliverer {
                 signature(key, req.run_id, timestamp, body),
             );
         }
-        set("hookd-job-id", req.job.id.clone());
-        set(
-            "hookd-scheduled-at",
-            crate::core::format::format_instant(req.scheduled_at_ms),
-        );
+        if !req.job.id.is_empty() {
+            set("hookd-job-id", req.job.id.clone());
+        }
+        match req.event {
+            Some(kind) => set("hookd-event-type", kind.as_str().to_owned()),
+            None => set(
+                "hookd-scheduled-at",
+                crate::core::format::format_instant(req.scheduled_at_ms),
+            ),
+        }
         set("hookd-attempt", req.n.to_string());
         h.insert(
             USER_AGENT,

@@ -7,6 +7,7 @@
 //! - `runner.rs`: the epoch task that executes them;
 //! - `delivery.rs`: one bounded HTTP attempt with the SPEC §3 headers and signature.
 
+mod announce;
 pub mod delivery;
 mod doubt;
 mod index;

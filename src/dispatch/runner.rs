@@ -16,10 +16,12 @@ use tracing::Instrument;
 use crate::core::command::{
     Attempt, AttemptOutcome, AttemptResult, ClaimItem, ClaimKind, Command, CommandResult, Job, Run,
 };
+use crate::core::events::{self, Announcement, ClusterMemory, Delivery, EventType};
 use crate::core::plan::{self, after_attempt};
 use crate::planted;
 use crate::replicated::{ReadView, Replica, ReplicaState};
 
+use super::announce;
 use super::delivery::{AttemptRequest, Deliver};
 use super::doubt::{Doubts, Found};
 use super::index::{Indexed, JobId, JobIndex};
@@ -73,6 +75,9 @@ struct Pending {
     /// lateness counts from).
     due_ms: i64,
     n: u32,
+    /// Set for an event's delivery (`core::events`; `run_id` is its key): it goes to its own
+    /// URL's target, not a job's.
+    target: Option<TargetKey>,
 }
 
 enum Event {
@@ -128,6 +133,10 @@ struct Dispatcher<D> {
     gate_open: bool,
     events_tx: mpsc::Sender<Event>,
     record_tx: mpsc::Sender<AttemptOutcome>,
+    /// What cluster events have told, as last read (`announce`), and since when this node
+    /// leads (what a member never heard from is silent since).
+    told: ClusterMemory,
+    leading_since: std::time::Instant,
 }
 
 /// Runs dispatch for `epoch` until `cancel`.
@@ -206,12 +215,19 @@ pub async fn run_epoch<D: Deliver>(
         gate_open: true,
         events_tx,
         record_tx,
+        told: ClusterMemory::default(),
+        leading_since: std::time::Instant::now(),
     };
     d.rebuild();
     d.load_policies();
     if !planted::is(planted::IGNORE_OPEN_CLAIMS) {
         d.requeue_open_runs(None);
     }
+    d.requeue_deliveries();
+    d.announce(Announcement::LeaderChanged {
+        term: epoch.term,
+        node_id: epoch.node_id,
+    });
     let mut totals_at = Instant::now();
     let mut forgot_at = Instant::now();
     loop {
@@ -221,6 +237,7 @@ pub async fn run_epoch<D: Deliver>(
             totals_at = Instant::now();
             crate::metrics::targets(&d.sched.totals());
             crate::metrics::claim_rate(d.pacer.rate_per_s());
+            d.announce_nodes();
         }
         if forgot_at.elapsed() >= FORGET_IDLE_EVERY {
             forgot_at = Instant::now();
@@ -348,6 +365,71 @@ impl<D: Deliver> Dispatcher<D> {
         }
     }
 
+    /// Queues every event delivery still to make (`core::events`).
+    fn requeue_deliveries(&mut self) {
+        match self.view.open_deliveries() {
+            Ok(found) => {
+                for (key, d) in found {
+                    self.enqueue_delivery(key, &d);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot read the events to deliver"),
+        }
+    }
+
+    /// Queues the next attempt of event delivery `key`.
+    fn enqueue_delivery(&mut self, key: String, d: &Delivery) {
+        self.enqueue(
+            d.next_attempt_at_ms,
+            Pending {
+                run_id: key,
+                job_id: d.job_id.clone().unwrap_or_default(),
+                incarnation: 0,
+                scheduled_at_ms: d.created_at_ms,
+                due_ms: d.next_attempt_at_ms,
+                n: d.attempts.saturating_add(1),
+                target: Some(delivery_target(&d.to.url)),
+            },
+        );
+    }
+
+    /// Proposes cluster event `a` (`core::events`), without waiting: `apply` tells it only if
+    /// it is news, so one lost here is announced again by the next check or leader.
+    fn announce(&self, a: Announcement) {
+        let replica = self.replica.clone();
+        let cmd = Command::Announce {
+            announcement: a,
+            at_ms: self.now_ms(),
+        };
+        tokio::spawn(async move {
+            if let Err(e) = replica.propose(cmd).await {
+                tracing::info!(error = %e, "announcing a cluster event failed");
+            }
+        });
+    }
+
+    /// Reads what cluster events told, and announces the members lost or back
+    /// (`announce::node_events`).
+    fn announce_nodes(&mut self) {
+        match self.view.cluster_memory() {
+            Ok(told) => self.told = told,
+            Err(e) => tracing::error!(error = %e, "cannot read what cluster events told"),
+        }
+        let members = self.replica.status().members.iter().map(|m| m.id).collect();
+        let heard = self.replica.leadership().heard_from(self.epoch);
+        let due = announce::node_events(
+            std::time::Instant::now(),
+            self.leading_since,
+            self.replica.id(),
+            &members,
+            &heard,
+            &self.told.unreachable,
+        );
+        for a in due {
+            self.announce(a);
+        }
+    }
+
     /// Queues the next attempt of an open run, at its attempt time. The attempt number follows
     /// the recorded ones (an attempt a former leader made but did not record is repeated under
     /// the same number).
@@ -367,6 +449,7 @@ impl<D: Deliver> Dispatcher<D> {
                 incarnation: run.incarnation,
                 scheduled_at_ms: run.scheduled_at_ms,
                 due_ms: at,
+                target: None,
             },
         );
     }
@@ -428,9 +511,19 @@ impl<D: Deliver> Dispatcher<D> {
         }
     }
 
-    /// Queues runs opened outside a claim (trigger, retry).
+    /// Queues runs opened outside a claim (trigger, retry), and new event deliveries.
     fn queue_runs(&mut self, ids: &[String]) {
         for id in ids {
+            if events::is_delivery(id) {
+                match self.view.get_delivery(id) {
+                    Ok(Some(d)) => self.enqueue_delivery(id.clone(), &d),
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::error!(key = %id, error = %e, "cannot read an event delivery")
+                    }
+                }
+                continue;
+            }
             match self.view.get_run(id) {
                 Ok(Some(run)) => self.enqueue_run(run),
                 Ok(None) => {}
@@ -440,12 +533,18 @@ impl<D: Deliver> Dispatcher<D> {
     }
 
     fn enqueue(&mut self, at: i64, p: Pending) {
-        self.doubts.queued(&p.job_id, &p.run_id);
+        if p.target.is_none() {
+            self.doubts.queued(&p.job_id, &p.run_id);
+        }
         if self.attempting.contains(&p.run_id) || self.queued.contains(&p.run_id) {
             return;
         }
-        let Some(key) = self.target_of(&p.job_id) else {
-            return; // the job is gone: no attempt
+        let key = match &p.target {
+            Some(key) => key.clone(),
+            None => match self.target_of(&p.job_id) {
+                Some(key) => key,
+                None => return, // the job is gone: no attempt
+            },
         };
         self.queued.insert(p.run_id.clone());
         self.sched.push(key, at, p.run_id.clone(), p);
@@ -628,6 +727,7 @@ impl<D: Deliver> Dispatcher<D> {
                                 scheduled_at_ms: item.due_ms,
                                 due_ms: at,
                                 n: 1,
+                                target: None,
                             },
                         );
                     }
@@ -687,6 +787,19 @@ impl<D: Deliver> Dispatcher<D> {
                 {
                     tracing::warn!(target = %key, "circuit opened after consecutive timeouts or connection errors");
                     crate::metrics::circuit_opened();
+                    if self.told.open_circuits.insert(key.to_string()) {
+                        self.announce(Announcement::CircuitOpened {
+                            target: key.to_string(),
+                        });
+                    }
+                } else if outcome == Outcome::Answered
+                    && self.told.open_circuits.remove(key.as_ref())
+                {
+                    // The target answered: its circuit is closed (for a new leader, which
+                    // starts with every circuit closed, at its first answer).
+                    self.announce(Announcement::CircuitClosed {
+                        target: key.to_string(),
+                    });
                 }
                 crate::metrics::in_flight(self.sched.in_flight());
                 if let AttemptResult::RetryAt(at) = result {
@@ -717,6 +830,20 @@ impl<D: Deliver> Dispatcher<D> {
             };
             let (key, probe, p) = (started.key, started.probe, started.item);
             self.queued.remove(&p.run_id);
+            if p.target.is_some() {
+                // An event's delivery: sent as it was written, unless already done.
+                match self.view.get_delivery(&p.run_id) {
+                    Ok(Some(d)) => {
+                        self.attempting.insert(p.run_id.clone());
+                        let event = Some((d.event_id.clone(), d.kind));
+                        self.spawn_attempt(d.request(), Sent { p, key, probe }, false, event);
+                    }
+                    _ => {
+                        self.sched.finish(&key, probe, Outcome::NotSent, None, now);
+                    }
+                }
+                continue;
+            }
             let run = self.view.get_run(&p.run_id).ok().flatten();
             let job = match self.view.get_job(&p.job_id) {
                 Ok(Some(job)) if plan::may_attempt(&job, run.as_ref(), p.incarnation) => job,
@@ -739,12 +866,19 @@ impl<D: Deliver> Dispatcher<D> {
                     .as_ref()
                     .is_some_and(|r| !r.ext.started && r.attempts.is_empty());
             self.attempting.insert(p.run_id.clone());
-            self.spawn_attempt(job, Sent { p, key, probe }, ask_to_start);
+            self.spawn_attempt(job, Sent { p, key, probe }, ask_to_start, None);
         }
     }
 
-    /// Runs one attempt in its own task; its end comes back as an event.
-    fn spawn_attempt(&self, job: Job, sent: Sent, ask_to_start: bool) {
+    /// Runs one attempt in its own task; its end comes back as an event. `event` is an event
+    /// delivery's id and type.
+    fn spawn_attempt(
+        &self,
+        job: Job,
+        sent: Sent,
+        ask_to_start: bool,
+        event: Option<(String, EventType)>,
+    ) {
         let replica = self.replica.clone();
         let deliverer = self.deliverer.clone();
         let clock = self.config.clock.clone();
@@ -792,9 +926,10 @@ impl<D: Deliver> Dispatcher<D> {
             }
             let req = AttemptRequest {
                 job: &job,
-                run_id: &p.run_id,
+                run_id: event.as_ref().map_or(&p.run_id, |(id, _)| id),
                 scheduled_at_ms: p.scheduled_at_ms,
                 n: p.n,
+                event: event.as_ref().map(|(_, kind)| *kind),
             };
             let (attempt, http) = deliverer.attempt(&req).await;
             crate::metrics::attempt(&attempt, p.due_ms, p.n);

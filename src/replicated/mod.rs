@@ -134,7 +134,9 @@ impl Machine for Hookd {
     ///   `Idempotent`, `Remember`, `StartRun`) and claim kinds (`DeliverAt`) are appended to
     ///   their enums, so every earlier one keeps its postcard tag; `Table::Idempotency` starts
     ///   empty. Run records get format byte 2 and `RunExt` (JSON inside, like `JobExt`);
-    ///   byte-1 runs are read as format 3 wrote them.
+    ///   byte-1 runs are read as format 3 wrote them. Events (`core::events`): commands
+    ///   `SetNotification` and `Announce`, tables `Table::Notifications` and `Table::Events`
+    ///   (both start empty), a job's callbacks inside `JobExt`.
     const FORMAT_VERSION: u32 = 4;
     const FORMAT_READABLE_FROM: u32 = 1;
     const BATCH_MAX: usize = state::BATCH_COMMANDS_MAX;

@@ -382,6 +382,19 @@ async fn a_refusing_target_opens_its_circuit_which_closes_once_the_target_answer
     let port = refused_port();
     let key = format!("127.0.0.1:{port}");
     let c = single(&[]).await;
+    // Circuit events go to a notification (SPEC §3a).
+    let events = Sink::start().await;
+    let (s, _) = c
+        .send(
+            0,
+            reqwest::Method::PUT,
+            "/v1/notifications/circuits",
+            Some(&json!({"url": events.url("/circuits"),
+                         "events": ["target.circuit_opened", "target.circuit_closed"]})),
+        )
+        .await
+        .expect("put notification");
+    assert_eq!(s, 201);
     let jobs: Vec<String> = (0..25).map(|k| format!("refused-{k}")).collect();
     for id in &jobs {
         create(
@@ -413,6 +426,27 @@ async fn a_refusing_target_opens_its_circuit_which_closes_once_the_target_answer
         },
     )
     .await;
+    let told = |kind: &'static str| {
+        let events = events.clone();
+        let key = key.clone();
+        async move {
+            let got = events.all();
+            let found: Vec<serde_json::Value> = got
+                .iter()
+                .filter(|r| r.header("hookd-event-type") == kind)
+                .filter_map(|r| serde_json::from_slice(&r.body).ok())
+                .filter(|b: &serde_json::Value| b["target"] == key.as_str())
+                .collect();
+            (!found.is_empty()).then_some(found)
+        }
+    };
+    let opened = eventually(
+        Duration::from_secs(10),
+        "target.circuit_opened told",
+        || told("target.circuit_opened"),
+    )
+    .await;
+    assert_eq!(opened[0]["type"], "target.circuit_opened", "{opened:?}");
     let before = std::time::Instant::now();
 
     // The target comes back on the same port: a probe closes the circuit, deliveries resume.
@@ -427,6 +461,18 @@ async fn a_refusing_target_opens_its_circuit_which_closes_once_the_target_answer
         "circuit closed {:?} after the target came back",
         before.elapsed()
     );
+    eventually(
+        Duration::from_secs(10),
+        "target.circuit_closed told",
+        || told("target.circuit_closed"),
+    )
+    .await;
+    let ids: BTreeSet<String> = events
+        .all()
+        .iter()
+        .map(|r| r.webhook_id().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 2, "one event per change: {ids:?}");
     eventually(
         Duration::from_secs(10),
         "every job delivered again",

@@ -7,6 +7,7 @@ mod cli;
 mod cluster;
 mod dispatch;
 mod edits;
+mod events;
 mod harness;
 mod idempotency;
 mod isolation;

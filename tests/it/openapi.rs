@@ -33,6 +33,10 @@ const SPEC_ROUTES: &[(&str, &str)] = &[
     ("put", "/v1/targets/{target}/policy"),
     ("delete", "/v1/targets/{target}/policy"),
     ("post", "/v1/runs/retry"),
+    ("get", "/v1/notifications"),
+    ("put", "/v1/notifications/{id}"),
+    ("get", "/v1/notifications/{id}"),
+    ("delete", "/v1/notifications/{id}"),
     ("get", "/openapi.json"),
     ("get", "/docs"),
     ("get", "/healthz"),
@@ -248,7 +252,7 @@ exit $code"#,
         .find_map(|l| l.trim().strip_prefix("Tested: "))
         .and_then(|n| n.trim().parse::<usize>().ok());
     assert!(
-        tested >= Some(19),
+        tested >= Some(29),
         "operations tested: {tested:?}\n{stdout}"
     );
     assert!(stdout.contains(" passed"), "{stdout}");

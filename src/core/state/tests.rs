@@ -949,8 +949,11 @@ fn aim(cmd: &mut Command, pick: u8, runs: &[String], at: &Position) {
         }
         Command::Remember { key, .. } => *key = ["k1", "k2"][(pick >> 1 & 1) as usize].into(),
         Command::StartRun { run_id } => *run_id = run().unwrap_or_default(),
-        Command::SetTargetPolicy { .. } => {}
-        Command::SetNodeInfo { .. } | Command::SetClusterId { .. } => {}
+        Command::SetTargetPolicy { .. }
+        | Command::SetNotification { .. }
+        | Command::Announce { .. }
+        | Command::SetNodeInfo { .. }
+        | Command::SetClusterId { .. } => {}
     }
 }
 
@@ -1081,4 +1084,144 @@ impl Job3Layout {
         out.extend(postcard::to_allocvec(&fields).unwrap());
         out
     }
+}
+
+/// Events (`core::events`): a run's final outcome writes, in its own apply, one delivery per
+/// destination (the job's callback for it, the notifications whose types and selector match),
+/// an outcome that leaves the run open writes none, a delivery's own outcome removes it and
+/// writes no event, and each cluster change is told once however often it is announced.
+#[test]
+fn a_final_outcome_writes_one_event_per_destination_and_a_delivery_causes_none() {
+    use crate::core::command::{Attempt, Endpoint};
+    use crate::core::events::{Announcement, EventType, NotificationSpec};
+    let to = |url: &str| Endpoint {
+        url: url.into(),
+        ..Default::default()
+    };
+    let t = MemTables::default();
+    let mut s = spec("http://x/");
+    s.ext.labels.insert("team".into(), "pay".into());
+    s.ext.on_failure = Some(to("http://callback/"));
+    create_a(&t, s);
+    let notify = |index, id: &str, events: Vec<EventType>, selector: Option<&str>| {
+        let cmd = Command::SetNotification {
+            id: id.into(),
+            spec: Some(NotificationSpec {
+                to: to(&format!("http://{id}/")),
+                events,
+                selector: selector.map(str::to_owned),
+            }),
+            now_ms: 1,
+        };
+        assert!(matches!(
+            apply(&t, index, cmd),
+            CommandResult::Notification { created: true, .. }
+        ));
+    };
+    notify(2, "n1", vec![EventType::RunFailed], Some("team=pay"));
+    notify(3, "n2", vec![EventType::RunFailed], Some("team=other"));
+    notify(4, "n3", vec![EventType::RunSucceeded], None);
+    notify(
+        5,
+        "n4",
+        vec![EventType::LeaderChanged, EventType::NodeUnreachable],
+        Some("x"),
+    );
+    claim(&t, 6, 1000);
+    let run_id = Run::scheduled_id(1 << 16, 1000);
+    let record = |index, id: &str, n, result| {
+        let outcome = AttemptOutcome {
+            run_id: id.into(),
+            attempt: Attempt {
+                n,
+                started_at_ms: 1000,
+                duration_ms: 5,
+                status_code: Some(503),
+                error: None,
+                node_id: 1,
+            },
+            result,
+        };
+        let mut touched = Touched::default();
+        let cmd = Command::RecordAttempts {
+            outcomes: vec![outcome],
+        };
+        apply_command(&t, &at(index), &cmd, &mut touched).unwrap();
+        touched.runs
+    };
+    assert!(record(7, &run_id, 1, AttemptResult::RetryAt(2000)).is_empty());
+    let written = record(8, &run_id, 2, AttemptResult::Failed);
+    let event_id = format!("evt_{run_id}_2");
+    assert_eq!(
+        written,
+        [format!("{event_id}.0"), format!("{event_id}.1")],
+        "the callback, then n1 (n2's selector and n3's type do not match)"
+    );
+    let delivery = |key: &str| -> Option<crate::core::events::Delivery> {
+        get_record(&t, Table::Events, key).unwrap()
+    };
+    let first = delivery(&written[0]).expect("written with the outcome");
+    assert_eq!(first.to.url, "http://callback/");
+    assert_eq!(delivery(&written[1]).unwrap().to.url, "http://n1/");
+    let body: serde_json::Value = serde_json::from_str(&first.body).unwrap();
+    assert_eq!(body["id"], event_id.as_str());
+    assert_eq!(body["type"], "run.failed");
+    assert_eq!(body["job"]["labels"]["team"], "pay");
+    assert_eq!(body["run"]["id"], run_id.as_str());
+    assert_eq!(body["run"]["status"], "failed");
+    assert_eq!(body["run"]["attempts"].as_array().unwrap().len(), 2);
+    // A delivery's outcomes: a retry keeps it, an end removes it; neither is an event.
+    assert!(record(9, &written[0], 1, AttemptResult::RetryAt(3000)).is_empty());
+    assert_eq!(delivery(&written[0]).unwrap().attempts, 1);
+    assert!(record(10, &written[0], 2, AttemptResult::Succeeded).is_empty());
+    assert!(record(11, &written[1], 1, AttemptResult::Failed).is_empty());
+    assert!(delivery(&written[0]).is_none() && delivery(&written[1]).is_none());
+    assert!(
+        record(12, &written[0], 2, AttemptResult::Failed).is_empty(),
+        "a repeated report of a finished delivery changes nothing"
+    );
+    // Cluster events: only n4 takes them; each change once (selector ignored).
+    let announce = |index, a: Announcement| {
+        let mut touched = Touched::default();
+        let cmd = Command::Announce {
+            announcement: a,
+            at_ms: 5000,
+        };
+        apply_command(&t, &at(index), &cmd, &mut touched).unwrap();
+        touched.runs.len()
+    };
+    let leader = |term| Announcement::LeaderChanged { term, node_id: 1 };
+    assert_eq!(announce(13, leader(2)), 1);
+    assert_eq!(announce(14, leader(2)), 0, "the same leader again");
+    assert_eq!(announce(15, leader(1)), 0, "an older term");
+    let lost = Announcement::NodeUnreachable { node_id: 2 };
+    assert_eq!(announce(16, lost.clone()), 1);
+    assert_eq!(announce(17, lost), 0);
+    let back = Announcement::NodeRecovered { node_id: 2 };
+    assert_eq!(
+        announce(18, back.clone()),
+        0,
+        "n4 does not take node.recovered"
+    );
+    assert_eq!(announce(19, back), 0);
+    assert_eq!(
+        announce(
+            20,
+            Announcement::CircuitClosed {
+                target: "x:80".into()
+            }
+        ),
+        0
+    );
+    // Deleting a notification: the next event no longer goes there.
+    let delete = Command::SetNotification {
+        id: "n1".into(),
+        spec: None,
+        now_ms: 2,
+    };
+    assert!(matches!(
+        apply(&t, 21, delete.clone()),
+        CommandResult::Notification { .. }
+    ));
+    assert_eq!(apply(&t, 22, delete), CommandResult::NotFound);
 }
