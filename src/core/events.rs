@@ -40,7 +40,7 @@ use crate::limits::{
 /// tells a delivery's outcome from a run's (run ids start with `run_`).
 pub const EVENT_PREFIX: &str = "evt_";
 /// `Misc` key of the notifications' index.
-const NOTIFY_INDEX_KEY: &[u8] = b"notify_index";
+pub const NOTIFY_INDEX_KEY: &[u8] = b"notify_index";
 /// `Misc` key of `ClusterMemory`.
 pub const CLUSTER_EVENTS_KEY: &[u8] = b"cluster_events";
 
@@ -348,10 +348,21 @@ fn subscribers<T: Tables>(
 }
 
 fn notify_index<T: Tables>(t: &T) -> TxResult<T, Vec<Indexed>> {
-    Ok(match t.get(Table::Misc, NOTIFY_INDEX_KEY)? {
-        Some(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
-        None => Vec::new(),
-    })
+    Ok(index_of(t.get(Table::Misc, NOTIFY_INDEX_KEY)?.as_deref()))
+}
+
+fn index_of(record: Option<&[u8]>) -> Vec<Indexed> {
+    record
+        .and_then(|b| serde_json::from_slice(b).ok())
+        .unwrap_or_default()
+}
+
+/// The event types some notification takes, from the record under `NOTIFY_INDEX_KEY`.
+pub fn subscribed(record: Option<&[u8]>) -> BTreeSet<EventType> {
+    index_of(record)
+        .into_iter()
+        .flat_map(|n| n.events)
+        .collect()
 }
 
 /// Writes one delivery of event `event_id` per destination, due at once.

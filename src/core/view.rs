@@ -2,10 +2,13 @@
 //! tables `state.rs` writes, through any `Read` (the replicated store's applied tables, or an
 //! in-memory map in tests).
 
+use std::collections::BTreeSet;
 use std::ops::Bound;
 
 use super::command::{Job, NodeId, Run, RunStatus, TargetPolicy};
-use super::events::{ClusterMemory, Delivery, Notification, CLUSTER_EVENTS_KEY};
+use super::events::{
+    self, ClusterMemory, Delivery, EventType, Notification, CLUSTER_EVENTS_KEY, NOTIFY_INDEX_KEY,
+};
 use super::records::{
     decode, decode_job, decode_run, decode_run_list, status_key_parts, status_prefix, Guard,
     StateFault, Table, CLUSTER_ID_KEY,
@@ -161,6 +164,12 @@ impl<R: Read> View<R> {
     pub fn cluster_memory(&self) -> Result<ClusterMemory, StateFault> {
         let record = self.read.get(Table::Misc, CLUSTER_EVENTS_KEY)?;
         Ok(ClusterMemory::from_record(record.as_deref()))
+    }
+
+    /// The event types some notification takes.
+    pub fn subscribed_events(&self) -> Result<BTreeSet<EventType>, StateFault> {
+        let record = self.read.get(Table::Misc, NOTIFY_INDEX_KEY)?;
+        Ok(events::subscribed(record.as_deref()))
     }
 
     /// Every event delivery still to make, with its key.

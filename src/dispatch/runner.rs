@@ -224,6 +224,7 @@ pub async fn run_epoch<D: Deliver>(
         d.requeue_open_runs(None);
     }
     d.requeue_deliveries();
+    d.read_told();
     d.announce(Announcement::LeaderChanged {
         term: epoch.term,
         node_id: epoch.node_id,
@@ -393,9 +394,18 @@ impl<D: Deliver> Dispatcher<D> {
         );
     }
 
-    /// Proposes cluster event `a` (`core::events`), without waiting: `apply` tells it only if
-    /// it is news, so one lost here is announced again by the next check or leader.
+    /// Proposes cluster event `a` (`core::events`) if a notification takes its type, without
+    /// waiting: `apply` tells it only if it is news, so one lost here is announced again by
+    /// the next check or leader. (Nothing is written for types no one takes.)
     fn announce(&self, a: Announcement) {
+        match self.view.subscribed_events() {
+            Ok(types) if types.contains(&a.kind()) => {}
+            Ok(_) => return,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read which events notifications take");
+                return;
+            }
+        }
         let replica = self.replica.clone();
         let cmd = Command::Announce {
             announcement: a,
@@ -408,13 +418,17 @@ impl<D: Deliver> Dispatcher<D> {
         });
     }
 
-    /// Reads what cluster events told, and announces the members lost or back
-    /// (`announce::node_events`).
-    fn announce_nodes(&mut self) {
+    /// Reads what cluster events told.
+    fn read_told(&mut self) {
         match self.view.cluster_memory() {
             Ok(told) => self.told = told,
             Err(e) => tracing::error!(error = %e, "cannot read what cluster events told"),
         }
+    }
+
+    /// Announces the members lost or back (`announce::node_events`).
+    fn announce_nodes(&mut self) {
+        self.read_told();
         let members = self.replica.status().members.iter().map(|m| m.id).collect();
         let heard = self.replica.leadership().heard_from(self.epoch);
         let due = announce::node_events(
