@@ -1,7 +1,8 @@
 //! The command-line client (SPEC §6), in the same binary as the node: `hookd jobs …`, `runs`,
-//! `schedule`, `cluster`, `targets`, `snapshot`. It speaks the public HTTP API to the first node
-//! of `--addr` that answers; `snapshot inspect` and `restore` work on files, offline. Output is a
-//! table on a terminal and JSON otherwise (`-o`). Exit status: 0 ok, 1 API error, 2 usage error.
+//! `schedule`, `cluster`, `targets`, `notifications`, `snapshot`. It speaks the public HTTP API
+//! to the first node of `--addr` that answers; `snapshot inspect` and `restore` work on files,
+//! offline. Output is a table on a terminal and JSON otherwise (`-o`). Exit status: 0 ok, 1 API
+//! error, 2 usage error.
 
 // Printing answers on stdout, and questions and errors on stderr, is what a command-line
 // client is for.
@@ -162,7 +163,7 @@ pub struct CreateArgs {
     /// Request body sent to the target.
     #[arg(long)]
     pub body: Option<String>,
-    /// A header NAME:VALUE sent to the target (repeatable).
+    /// A header NAME:VALUE (or NAME=VALUE) sent to the target (repeatable).
     #[arg(long = "header", value_name = "NAME:VALUE")]
     pub headers: Vec<String>,
     #[command(flatten)]
@@ -170,6 +171,12 @@ pub struct CreateArgs {
     /// Attempt timeout, e.g. 10s.
     #[arg(long)]
     pub timeout: Option<String>,
+    /// A URL told of each run that succeeds (the job's on_success).
+    #[arg(long, value_name = "URL")]
+    pub on_success: Option<String>,
+    /// A URL told of each run that fails (the job's on_failure).
+    #[arg(long, value_name = "URL")]
+    pub on_failure: Option<String>,
 }
 
 /// A schedule given by flags: exactly one of --cron, --every, --at, --after.
@@ -384,6 +391,57 @@ pub enum TargetsCmd {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum NotificationsCmd {
+    /// List notifications, ordered by id.
+    List {
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Start after this notification id.
+        #[arg(long)]
+        after: Option<String>,
+    },
+    /// Show one notification (exit 1 if it does not exist).
+    Get { id: String },
+    /// Create or replace a notification, from flags or from the API's notification JSON
+    /// (-f FILE, or - for stdin).
+    Put(NotificationArgs),
+    /// Delete a notification.
+    Delete { id: String },
+}
+
+/// A notification given by flags, or by a file instead.
+#[derive(Debug, Default, Args)]
+pub struct NotificationArgs {
+    /// The notification's id.
+    pub id: String,
+    /// The notification as JSON (as the API takes it); - reads stdin. Not with the flags below.
+    #[arg(
+        short = 'f',
+        long = "file",
+        value_name = "FILE|-",
+        conflicts_with_all = ["url", "headers", "secret_headers", "events", "selector"]
+    )]
+    pub file: Option<String>,
+    /// The URL the events are sent to (http or https).
+    #[arg(long, required_unless_present = "file")]
+    pub url: Option<String>,
+    /// A header NAME=VALUE (or NAME:VALUE) sent with each event (repeatable).
+    #[arg(long = "header", value_name = "NAME=VALUE")]
+    pub headers: Vec<String>,
+    /// A header whose value is secret: sent, but shown as *** (repeatable).
+    #[arg(long = "secret-header", value_name = "NAME")]
+    pub secret_headers: Vec<String>,
+    /// An event type to send (repeatable): run.succeeded, run.failed, run.skipped,
+    /// target.circuit_opened, target.circuit_closed, node.unreachable, node.recovered,
+    /// leader.changed.
+    #[arg(long = "event", value_name = "TYPE", required_unless_present = "file")]
+    pub events: Vec<String>,
+    /// A label selector narrowing which events are sent (the syntax of `jobs list --selector`).
+    #[arg(long)]
+    pub selector: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
 pub enum SnapshotCmd {
     /// Save a consistent backup of the whole state from the cluster into FILE.
     Save { file: PathBuf },
@@ -442,6 +500,10 @@ pub enum ClientCommand {
     Cluster(ClusterCmd),
     /// Per-target delivery state: in flight, waiting, circuit; set or remove a target's limits.
     Targets(TargetsArgs),
+    /// Create, read, list and delete notifications: URLs told of runs, circuits, nodes and
+    /// leader changes.
+    #[command(subcommand)]
+    Notifications(NotificationsCmd),
     /// Back up, inspect and restore the whole state.
     #[command(subcommand)]
     Snapshot(SnapshotCmd),
@@ -653,6 +715,7 @@ async fn run_client(args: ClientArgs, cmd: ClientCommand) -> Result<(), CliError
                 .await?;
             out.table(&v["targets"], TARGET_COLUMNS, &v)
         }
+        ClientCommand::Notifications(cmd) => notifications(&client, &out, cmd).await,
         ClientCommand::Snapshot(SnapshotCmd::Save { file }) => {
             save_snapshot(&client, &file).await?;
             out.value(&inspect(&file)?)
@@ -666,13 +729,13 @@ async fn jobs(client: &Client, out: &Printer, cmd: JobsCmd) -> Result<(), CliErr
         JobsCmd::Create(args) => {
             let body = job_body(&args)?;
             let v = client.ok(Method::POST, "/v1/jobs", Some(body)).await?;
-            out.value(&v)
+            out.record(&v, JOB_FIELDS)
         }
         JobsCmd::Get { id } => {
             let v = client
                 .ok(Method::GET, &format!("/v1/jobs/{}", seg(&id)), None)
                 .await?;
-            out.value(&v)
+            out.record(&v, JOB_FIELDS)
         }
         JobsCmd::List {
             limit,
@@ -725,7 +788,7 @@ async fn jobs(client: &Client, out: &Printer, cmd: JobsCmd) -> Result<(), CliErr
                     if_match.map(|v| format!("\"{v}\"")),
                 )
                 .await?;
-            out.value(&v)
+            out.record(&v, JOB_FIELDS)
         }
         JobsCmd::Bulk {
             action,
@@ -793,6 +856,38 @@ async fn job_action(
     let path = format!("/v1/jobs/{}/{action}", seg(id));
     let v = client.ok(Method::POST, &path, None).await?;
     out.value(&v)
+}
+
+async fn notifications(
+    client: &Client,
+    out: &Printer,
+    cmd: NotificationsCmd,
+) -> Result<(), CliError> {
+    match cmd {
+        NotificationsCmd::List { limit, after } => {
+            let q = query(&[("limit", limit.map(|l| l.to_string())), ("after", after)]);
+            let v = client
+                .ok(Method::GET, &format!("/v1/notifications{q}"), None)
+                .await?;
+            out.table(&v["notifications"], NOTIFICATION_COLUMNS, &v)
+        }
+        NotificationsCmd::Get { id } => {
+            let path = format!("/v1/notifications/{}", seg(&id));
+            let v = client.ok(Method::GET, &path, None).await?;
+            out.record(&v, NOTIFICATION_FIELDS)
+        }
+        NotificationsCmd::Put(args) => {
+            let body = notification_body(&args)?;
+            let path = format!("/v1/notifications/{}", seg(&args.id));
+            let v = client.ok(Method::PUT, &path, Some(body)).await?;
+            out.record(&v, NOTIFICATION_FIELDS)
+        }
+        NotificationsCmd::Delete { id } => {
+            let path = format!("/v1/notifications/{}", seg(&id));
+            client.ok(Method::DELETE, &path, None).await?;
+            out.done(&format!("deleted notification {id}"))
+        }
+    }
 }
 
 async fn cluster(client: &Client, out: &Printer, cmd: ClusterCmd) -> Result<(), CliError> {
@@ -901,6 +996,15 @@ fn edit_patch(base: Option<Value>, set: &[String], unset: &[String]) -> Result<V
     Ok(patch)
 }
 
+/// A `--header` flag, `NAME:VALUE` or `NAME=VALUE` (a header name has neither character), as a
+/// name and a JSON string, both trimmed.
+fn header(h: &str) -> Result<(String, Value), CliError> {
+    let (name, value) = h.split_once([':', '=']).ok_or_else(|| {
+        CliError::Usage(format!("--header {h:?} is not NAME:VALUE or NAME=VALUE"))
+    })?;
+    Ok((name.trim().into(), json!(value.trim())))
+}
+
 /// The job JSON of `jobs create`: the file's, with the flags' fields over it.
 fn job_body(args: &CreateArgs) -> Result<Value, CliError> {
     let mut job = match args.file.as_deref() {
@@ -917,6 +1021,11 @@ fn job_body(args: &CreateArgs) -> Result<Value, CliError> {
         ("body", args.body.as_ref()),
         ("timeout", args.timeout.as_ref()),
     ]));
+    let endpoint = |url: &Option<String>| url.as_ref().map(|u| json!({"url": u}));
+    obj.extend(given([
+        ("on_success", endpoint(&args.on_success)),
+        ("on_failure", endpoint(&args.on_failure)),
+    ]));
     if !args.headers.is_empty() {
         let headers = obj
             .entry("headers")
@@ -924,16 +1033,40 @@ fn job_body(args: &CreateArgs) -> Result<Value, CliError> {
             .as_object_mut()
             .ok_or_else(|| CliError::Usage("headers must be an object".into()))?;
         for h in &args.headers {
-            let (name, value) = h
-                .split_once(':')
-                .ok_or_else(|| CliError::Usage(format!("--header {h:?} is not NAME:VALUE")))?;
-            headers.insert(name.trim().into(), json!(value.trim()));
+            let (name, value) = header(h)?;
+            headers.insert(name, value);
         }
     }
     if let Some(schedule) = args.schedule.to_json()? {
         obj.insert("schedule".into(), schedule);
     }
     Ok(job)
+}
+
+/// The body of `notifications put`: the file's JSON as it is, or the flags' fields.
+fn notification_body(args: &NotificationArgs) -> Result<Value, CliError> {
+    if let Some(f) = &args.file {
+        return read_json(f);
+    }
+    let headers = args
+        .headers
+        .iter()
+        .map(String::as_str)
+        .map(header)
+        .collect::<Result<Map<_, _>, _>>()?;
+    Ok(Value::Object(given([
+        ("url", args.url.as_ref().map(|u| json!(u))),
+        (
+            "headers",
+            (!headers.is_empty()).then_some(Value::Object(headers)),
+        ),
+        (
+            "secret_headers",
+            (!args.secret_headers.is_empty()).then(|| json!(args.secret_headers)),
+        ),
+        ("events", Some(json!(args.events))),
+        ("selector", args.selector.as_ref().map(|s| json!(s))),
+    ])))
 }
 
 /// Asks before a destructive command: `--yes`, or a `y` on a terminal.
@@ -1247,6 +1380,15 @@ const TARGET_COLUMNS: &[Column] = &[
         ..column("POLICY", |r, _| policy(r))
     },
 ];
+const NOTIFICATION_COLUMNS: &[Column] = &[
+    column("ID", |r, _| text(&r["id"])),
+    column("EVENTS", |r, _| joined(&r["events"])),
+    column("SELECTOR", |r, _| match text(&r["selector"]) {
+        s if s.is_empty() => "-".into(),
+        s => s,
+    }),
+    column("URL", |r, _| text(&r["url"])),
+];
 const MEMBER_COLUMNS: &[Column] = &[
     column("ID", |r, _| text(&r["id"])),
     column("ROLE", |r, _| text(&r["role"])),
@@ -1254,6 +1396,13 @@ const MEMBER_COLUMNS: &[Column] = &[
     column("PEER", |r, _| text(&r["peer_addr"])),
     column("API", |r, _| text(&r["api_addr"])),
 ];
+
+/// A field of one object shown as `key  value` lines, written for people by its own function
+/// rather than as [`text`].
+type Field = (&'static str, fn(&Value) -> String);
+
+const JOB_FIELDS: &[Field] = &[("on_success", hook), ("on_failure", hook)];
+const NOTIFICATION_FIELDS: &[Field] = &[("events", joined), ("secret_headers", joined)];
 
 /// Prints answers as tables or JSON.
 struct Printer {
@@ -1391,6 +1540,30 @@ fn run_status(run: &Value) -> String {
     out
 }
 
+/// A list of strings joined by commas: `run.failed,run.skipped`. Anything but a list is shown as
+/// [`text`].
+fn joined(v: &Value) -> String {
+    match v.as_array() {
+        Some(list) => list.iter().map(text).collect::<Vec<_>>().join(","),
+        None => text(v),
+    }
+}
+
+/// A job's `on_success` or `on_failure`: its URL, and the names of the headers sent to it:
+/// `https://example.com/failed (headers: authorization)`. Without a URL it is shown as [`text`].
+fn hook(v: &Value) -> String {
+    let Some(url) = v["url"].as_str() else {
+        return text(v);
+    };
+    match v["headers"].as_object().filter(|h| !h.is_empty()) {
+        Some(headers) => {
+            let names: Vec<&str> = headers.keys().map(String::as_str).collect();
+            format!("{url} (headers: {})", names.join(", "))
+        }
+        None => url.to_owned(),
+    }
+}
+
 /// A target's policy: `50/s burst 10, 4 in flight`; empty without one.
 fn policy(target: &Value) -> String {
     let p = &target["policy"];
@@ -1475,6 +1648,21 @@ fn ellipsize(s: &str, max: usize) -> String {
     format!("{} … {}", head.trim_end(), tail.trim_start())
 }
 
+/// An object as `key  value` lines, keys padded to the longest; the fields named in `fields`
+/// written by their function, the others as [`text`].
+fn render_record(obj: &Map<String, Value>, fields: &[Field]) -> String {
+    let width = obj.keys().map(String::len).max().unwrap_or(0);
+    obj.iter()
+        .map(|(k, v)| {
+            let cell = fields
+                .iter()
+                .find(|(name, _)| name == k)
+                .map_or(text as fn(&Value) -> String, |(_, cell)| *cell);
+            format!("{k:<width$}  {}\n", cell(v))
+        })
+        .collect()
+}
+
 /// Rows under headers, columns padded to their widest cell; an optional column empty in every
 /// row is left out. Times are written relative to `now`.
 fn render_table(rows: &[Value], columns: &[Column], now: Now) -> String {
@@ -1524,12 +1712,15 @@ impl Printer {
 
     /// One object: `key  value` lines on a terminal.
     fn value(&self, v: &Value) -> Result<(), CliError> {
+        self.record(v, &[])
+    }
+
+    /// One object: `key  value` lines on a terminal, the fields named in `fields` written by
+    /// their function ([`render_record`]).
+    fn record(&self, v: &Value, fields: &[Field]) -> Result<(), CliError> {
         match (self.format, v.as_object()) {
             (Output::Table, Some(obj)) => {
-                let width = obj.keys().map(String::len).max().unwrap_or(0);
-                for (k, v) in obj {
-                    println!("{k:<width$}  {}", text(v));
-                }
+                print!("{}", render_record(obj, fields));
                 Ok(())
             }
             _ => self.json(v),
@@ -1671,6 +1862,131 @@ mod tests {
         };
         assert!(matches!(tz_alone.to_json(), Err(CliError::Usage(_))));
         assert_eq!(ScheduleArgs::default().to_json().unwrap(), None);
+    }
+
+    #[test]
+    fn create_flags_set_the_job_hooks_over_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("job.json");
+        std::fs::write(
+            &file,
+            r#"{"id": "a", "on_success": {"url": "http://old/ok", "headers": {"x": "1"}},
+                "on_failure": {"url": "http://kept/failed"}}"#,
+        )
+        .expect("write");
+        let args = CreateArgs {
+            file: Some(file.to_str().expect("utf-8").into()),
+            on_success: Some("http://x/ok".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            job_body(&args).unwrap(),
+            json!({"id": "a", "on_success": {"url": "http://x/ok"},
+                   "on_failure": {"url": "http://kept/failed"}})
+        );
+        let args = CreateArgs {
+            on_failure: Some("http://x/failed".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            job_body(&args).unwrap(),
+            json!({"on_failure": {"url": "http://x/failed"}})
+        );
+    }
+
+    #[test]
+    fn headers_are_name_colon_or_equals_value() {
+        for (flag, want) in [
+            ("X-Key: v", ("X-Key", "v")),
+            ("authorization=Bearer a:b", ("authorization", "Bearer a:b")),
+            ("x-sig: a=b", ("x-sig", "a=b")),
+            ("x-empty:", ("x-empty", "")),
+        ] {
+            let (name, value) = header(flag).expect(flag);
+            assert_eq!((name.as_str(), value), (want.0, json!(want.1)), "{flag}");
+        }
+        assert!(matches!(header("novalue"), Err(CliError::Usage(_))));
+    }
+
+    #[test]
+    fn notification_flags_build_the_body_and_a_file_is_sent_as_it_is() {
+        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let args = NotificationArgs {
+            id: "n1".into(),
+            url: Some("https://example.com/events".into()),
+            headers: strings(&["authorization=Bearer s3cr3t", "x-team: ops"]),
+            secret_headers: strings(&["authorization"]),
+            events: strings(&["run.failed", "target.circuit_opened"]),
+            selector: Some("team=ops".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            notification_body(&args).unwrap(),
+            json!({"url": "https://example.com/events",
+                   "headers": {"authorization": "Bearer s3cr3t", "x-team": "ops"},
+                   "secret_headers": ["authorization"],
+                   "events": ["run.failed", "target.circuit_opened"],
+                   "selector": "team=ops"})
+        );
+        let bare = NotificationArgs {
+            url: Some("http://x/e".into()),
+            events: strings(&["leader.changed"]),
+            ..Default::default()
+        };
+        assert_eq!(
+            notification_body(&bare).unwrap(),
+            json!({"url": "http://x/e", "events": ["leader.changed"]}),
+            "no empty headers, secret_headers or selector"
+        );
+        let bad = NotificationArgs {
+            headers: strings(&["nothing"]),
+            ..bare
+        };
+        assert!(matches!(notification_body(&bad), Err(CliError::Usage(_))));
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("n.json");
+        let raw = json!({"url": "http://x/e", "events": ["run.skipped"], "extra": [1]});
+        std::fs::write(&file, raw.to_string()).expect("write");
+        let from_file = NotificationArgs {
+            file: Some(file.to_str().expect("utf-8").into()),
+            ..Default::default()
+        };
+        assert_eq!(notification_body(&from_file).unwrap(), raw);
+    }
+
+    #[test]
+    fn notification_put_takes_flags_or_a_file_not_both() {
+        use clap::error::ErrorKind;
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(["hookd", "notifications", "put"].iter().chain(args))
+                .map(|_| ())
+                .map_err(|e| e.kind())
+        };
+        assert_eq!(
+            parse(&["n1", "--url", "http://x/e", "--event", "run.failed"]),
+            Ok(())
+        );
+        assert_eq!(parse(&["n1", "-f", "n.json"]), Ok(()));
+        assert_eq!(parse(&["n1", "-f", "-"]), Ok(()));
+        assert_eq!(
+            parse(&["n1", "-f", "n.json", "--url", "http://x/e"]),
+            Err(ErrorKind::ArgumentConflict)
+        );
+        assert_eq!(
+            parse(&["n1", "-f", "n.json", "--event", "run.failed"]),
+            Err(ErrorKind::ArgumentConflict)
+        );
+        assert_eq!(
+            parse(&["n1", "--url", "http://x/e"]),
+            Err(ErrorKind::MissingRequiredArgument),
+            "at least one --event"
+        );
+        assert_eq!(
+            parse(&["n1", "--event", "run.failed"]),
+            Err(ErrorKind::MissingRequiredArgument),
+            "a --url"
+        );
     }
 
     #[test]
@@ -1921,6 +2237,61 @@ run_1_e  standup  failed (superseded)                   2026-12-07T06:54:00Z (2h
 TARGET           IN_FLIGHT  WAITING  CIRCUIT                                   LAST_ERROR  POLICY
 example.com:443  0          3        open until 2026-12-07T08:56:20Z (in 20s)  timeout
 127.0.0.1:9      1          0        closed (2 failures)                                   2.5/s burst 3, 4 in flight
+"
+        );
+    }
+
+    #[test]
+    fn jobs_show_their_hooks_and_notifications_their_events_as_words() {
+        let job = json!({"id": "standup", "url": "https://example.com/h",
+                         "on_success": {"url": "https://example.com/ok"},
+                         "on_failure": {"url": "https://example.com/failed",
+                                        "headers": {"authorization": "***", "x-team": "ops"},
+                                        "secret_headers": ["authorization"]}});
+        assert_eq!(
+            render_record(job.as_object().expect("object"), JOB_FIELDS),
+            "\
+id          standup
+on_failure  https://example.com/failed (headers: authorization, x-team)
+on_success  https://example.com/ok
+url         https://example.com/h
+"
+        );
+        assert_eq!(hook(&json!({"headers": {}})), r#"{"headers":{}}"#, "no URL");
+        assert_eq!(hook(&Value::Null), "");
+
+        let notification = json!({"id": "n1", "url": "https://example.com/events",
+                                  "headers": {"authorization": "***"},
+                                  "secret_headers": ["authorization"],
+                                  "events": ["run.failed", "run.skipped"], "version": 2});
+        assert_eq!(
+            render_record(
+                notification.as_object().expect("object"),
+                NOTIFICATION_FIELDS
+            ),
+            "\
+events          run.failed,run.skipped
+headers         {\"authorization\":\"***\"}
+id              n1
+secret_headers  authorization
+url             https://example.com/events
+version         2
+"
+        );
+        assert_eq!(joined(&json!([])), "");
+        assert_eq!(joined(&json!("run.failed")), "run.failed", "not a list");
+
+        let notifications = vec![
+            notification,
+            json!({"id": "all-nodes", "url": "http://127.0.0.1:9/e",
+                   "events": ["node.unreachable", "node.recovered"], "selector": "team=ops"}),
+        ];
+        assert_eq!(
+            render_table(&notifications, NOTIFICATION_COLUMNS, now()),
+            "\
+ID         EVENTS                           SELECTOR  URL
+n1         run.failed,run.skipped           -         https://example.com/events
+all-nodes  node.unreachable,node.recovered  team=ops  http://127.0.0.1:9/e
 "
         );
     }

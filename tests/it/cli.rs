@@ -1,6 +1,6 @@
 //! The command-line client against live nodes (SPEC §6): jobs and cluster commands through
-//! several `--addr` values with one down, exit statuses, and a backup saved from a live cluster,
-//! checked, and restored into a new cluster.
+//! several `--addr` values with one down, exit statuses, notifications and a job's hooks, and a
+//! backup saved from a live cluster, checked, and restored into a new cluster.
 
 use std::path::Path;
 use std::time::Duration;
@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::cluster::ELECTION_WITHIN;
-use crate::harness::{create, eventually, TestCluster, HOOKD};
+use crate::harness::{create, eventually, single, TestCluster, HOOKD};
 
 /// Runs `hookd ARGS` with no terminal; (exit status, stdout, stderr).
 async fn hookd(args: &[&str]) -> (i32, String, String) {
@@ -29,6 +29,13 @@ async fn hookd(args: &[&str]) -> (i32, String, String) {
     })
     .await
     .expect("join")
+}
+
+/// `hookd --addr ADDR ARGS`.
+async fn hookd_at(addr: &str, args: &[&str]) -> (i32, String, String) {
+    let mut all = vec!["--addr", addr];
+    all.extend_from_slice(args);
+    hookd(&all).await
 }
 
 fn json(out: &str) -> Value {
@@ -220,6 +227,228 @@ async fn the_client_uses_the_first_node_that_answers_and_exits_by_outcome() {
     // No node answering at all is an error, not a hang.
     let (code, _, err) = hookd(&["--addr", "127.0.0.1:1", "cluster", "status"]).await;
     assert_eq!(code, 1, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_are_put_listed_and_deleted_and_jobs_carry_their_hooks() {
+    let c = single(&[]).await;
+    let addr = c.nodes[0].api.to_string();
+    let put = [
+        "notifications",
+        "put",
+        "ops",
+        "--url",
+        "http://127.0.0.1:9/events",
+        "--header",
+        "authorization=Bearer s3cr3t",
+        "--secret-header",
+        "authorization",
+        "--header",
+        "x-team: ops",
+        "--event",
+        "run.failed",
+        "--selector",
+        "team=ops",
+    ];
+
+    // Created, then replaced under the same id: one notification, a newer version.
+    let (code, out, err) = hookd_at(&addr, &put).await;
+    assert_eq!(code, 0, "{err}");
+    let created = json(&out);
+    assert_eq!(
+        (&created["id"], &created["events"]),
+        (
+            &serde_json::json!("ops"),
+            &serde_json::json!(["run.failed"])
+        ),
+        "{out}"
+    );
+    assert_eq!(created["headers"]["authorization"], "***", "{out}");
+    assert!(!out.contains("s3cr3t"), "{out}");
+    let mut again = put.to_vec();
+    again.extend(["--event", "target.circuit_opened"]);
+    let (code, out, err) = hookd_at(&addr, &again).await;
+    assert_eq!(code, 0, "{err}");
+    let replaced = json(&out);
+    assert_eq!(
+        replaced["events"],
+        serde_json::json!(["run.failed", "target.circuit_opened"]),
+        "{out}"
+    );
+    assert_eq!(replaced["created_at"], created["created_at"], "{out}");
+    assert!(
+        replaced["version"].as_u64() > created["version"].as_u64(),
+        "{out}"
+    );
+
+    // Read back: the secret stays a secret; the JSON output is the API's answer.
+    let (code, out, err) = hookd_at(&addr, &["notifications", "get", "ops"]).await;
+    assert_eq!(code, 0, "{err}");
+    let got = json(&out);
+    assert_eq!(
+        (
+            &got["headers"]["authorization"],
+            &got["headers"]["x-team"],
+            &got["secret_headers"],
+            &got["selector"],
+        ),
+        (
+            &serde_json::json!("***"),
+            &serde_json::json!("ops"),
+            &serde_json::json!(["authorization"]),
+            &serde_json::json!("team=ops"),
+        ),
+        "{out}"
+    );
+    let (code, out, _) = hookd_at(&addr, &["-o", "table", "notifications", "get", "ops"]).await;
+    assert_eq!(code, 0);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("events") && l.ends_with("run.failed,target.circuit_opened")),
+        "{out}"
+    );
+
+    // From a file, sent as it is; flags with the file are a usage error, as is no --event.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("nodes.json");
+    std::fs::write(
+        &file,
+        r#"{"url": "http://127.0.0.1:9/nodes", "events": ["node.unreachable", "node.recovered"]}"#,
+    )
+    .expect("write");
+    let f = file.to_str().expect("utf-8");
+    let (code, out, err) = hookd_at(&addr, &["notifications", "put", "nodes", "-f", f]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["url"], "http://127.0.0.1:9/nodes", "{out}");
+    let (code, _, err) = hookd_at(
+        &addr,
+        &[
+            "notifications",
+            "put",
+            "nodes",
+            "-f",
+            f,
+            "--url",
+            "http://127.0.0.1:9/x",
+        ],
+    )
+    .await;
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = hookd_at(
+        &addr,
+        &["notifications", "put", "x", "--url", "http://127.0.0.1:9/x"],
+    )
+    .await;
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = hookd_at(
+        &addr,
+        &[
+            "notifications",
+            "put",
+            "x",
+            "--url",
+            "http://127.0.0.1:9/x",
+            "--event",
+            "run.exploded",
+        ],
+    )
+    .await;
+    assert_eq!(code, 1, "the server refuses an unknown event type: {err}");
+
+    // Listed: JSON for scripts, a table for people.
+    let (code, out, err) = hookd_at(&addr, &["notifications", "list"]).await;
+    assert_eq!(code, 0, "{err}");
+    let listed = json(&out);
+    let ids: Vec<&str> = listed["notifications"]
+        .as_array()
+        .expect("notifications")
+        .iter()
+        .filter_map(|n| n["id"].as_str())
+        .collect();
+    assert_eq!(ids, ["nodes", "ops"], "{out}");
+    let (code, out, err) = hookd_at(&addr, &["notifications", "list", "--limit", "1"]).await;
+    assert_eq!(code, 0, "{err}");
+    let first = json(&out);
+    assert_eq!(first["notifications"][0]["id"], "nodes", "{out}");
+    let next = first["next"].as_str().expect("a next page");
+    let (code, out, err) = hookd_at(&addr, &["notifications", "list", "--after", next]).await;
+    assert_eq!(code, 0, "{err}");
+    let rest = json(&out);
+    assert_eq!(
+        (
+            rest["notifications"].as_array().map(Vec::len),
+            &rest["notifications"][0]["id"]
+        ),
+        (Some(1), &serde_json::json!("ops")),
+        "{out}"
+    );
+    let (code, out, _) = hookd_at(&addr, &["-o", "table", "notifications", "list"]).await;
+    assert_eq!(code, 0);
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            vec!["ID", "EVENTS", "SELECTOR", "URL"],
+            vec![
+                "nodes",
+                "node.unreachable,node.recovered",
+                "-",
+                "http://127.0.0.1:9/nodes"
+            ],
+            vec![
+                "ops",
+                "run.failed,target.circuit_opened",
+                "team=ops",
+                "http://127.0.0.1:9/events"
+            ],
+        ],
+        "{out}"
+    );
+
+    // Deleted: gone, and a missing one is the API's 404.
+    let (code, _, err) = hookd_at(&addr, &["notifications", "delete", "ops"]).await;
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = hookd_at(&addr, &["notifications", "get", "ops"]).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("404") && err.contains("not_found"), "{err}");
+
+    // A job's hooks from flags, shown as the API returns them and, in a table, as their URLs.
+    let (code, _, err) = hookd_at(
+        &addr,
+        &[
+            "jobs",
+            "create",
+            "--id",
+            "hooked",
+            "--url",
+            "http://127.0.0.1:9/h",
+            "--every",
+            "1h",
+            "--on-failure",
+            "http://127.0.0.1:9/failed",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = hookd_at(&addr, &["jobs", "get", "hooked", "--output", "json"]).await;
+    assert_eq!(code, 0, "{err}");
+    let job = json(&out);
+    assert_eq!(
+        job["on_failure"]["url"], "http://127.0.0.1:9/failed",
+        "{out}"
+    );
+    assert!(job["on_success"].is_null(), "{out}");
+    let (code, out, _) = hookd_at(&addr, &["jobs", "get", "hooked", "--output", "table"]).await;
+    assert_eq!(code, 0);
+    assert!(
+        out.lines().any(|l| l
+            .split_whitespace()
+            .eq(["on_failure", "http://127.0.0.1:9/failed"])),
+        "{out}"
+    );
 }
 
 fn flip_byte(src: &Path, dst: &Path) {
