@@ -1,6 +1,7 @@
 //! The run's outputs for people and machines: `results.json` (every verdict with counts and
 //! examples), `REPORT.md` (header, verdicts, fault table, workload table, anomalies) and
-//! `lateness.svg` (first-delivery lateness over time, fault windows shaded).
+//! `lateness.svg` (first-delivery lateness over time, and each callback event's delay after its
+//! run ended, fault windows shaded).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -9,7 +10,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::check::{first_deliveries, Input, Validity, Verdict};
+use crate::check::{events, first_deliveries, Input, Validity, Verdict};
 use crate::history::{rfc3339_us, Type};
 use crate::sink::Delivery;
 use crate::svg::{scatter, Band, Series};
@@ -122,10 +123,15 @@ pub fn lateness_svg(meta: &Meta, input: &Input) -> String {
             label: w.fault.name(),
         })
         .collect();
+    let callbacks: Vec<(f64, f64)> = events::event_delays(input)
+        .into_iter()
+        .map(|(recv, delay)| (sec(meta, recv), (delay as f64 / 1000.0).max(0.1)))
+        .collect();
     let x_max = input
         .deliveries
         .iter()
         .map(|d| sec(meta, d.recv))
+        .chain(input.events.iter().map(|e| sec(meta, e.recv)))
         .fold(1.0, f64::max);
     scatter(
         &format!("{}: lateness of deliveries (log scale)", meta.run),
@@ -147,6 +153,11 @@ pub fn lateness_svg(meta: &Meta, input: &Input) -> String {
                 name: "spurious duplicate (after a 2xx)".into(),
                 color: "#d62728".into(),
                 points: dups,
+            },
+            Series {
+                name: "event, after its run ended".into(),
+                color: "#2ca02c".into(),
+                points: callbacks,
             },
         ],
     )
@@ -304,6 +315,17 @@ pub fn write_report(
             .deliveries
             .iter()
             .map(|d| d.webhook_id.as_str())
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+    );
+    let _ = writeln!(
+        s,
+        "{} event deliveries (callbacks) received for {} events.\n",
+        input.events.len(),
+        input
+            .events
+            .iter()
+            .map(|e| e.webhook_id.as_str())
             .collect::<std::collections::BTreeSet<_>>()
             .len()
     );

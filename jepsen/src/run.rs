@@ -23,7 +23,7 @@ use crate::history::{self, now_us, parse_rfc3339_us, rfc3339_us, Recorder};
 use crate::nemesis::{self, Kind, Nemesis};
 use crate::net::Net;
 use crate::report::{self, Meta};
-use crate::sink::{Delivery, Sink};
+use crate::sink::{Delivery, EventDelivery, Sink};
 use crate::workload;
 
 /// A profile: how long, how hard.
@@ -283,6 +283,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Outcome> {
     let sink = Sink::start(
         net.host_ip,
         Some(&dir.join("deliveries.jsonl")),
+        Some(&dir.join("events.jsonl")),
         opts.seed,
         Arc::new(move |ip| who_net.node_of_ip(ip)),
     )
@@ -515,6 +516,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Outcome> {
         network: net.mechanism.to_string(),
         members: members.clone(),
         expected_voters: crate::net::INITIAL as usize,
+        events_dropped: 0,
     };
     // Runs of jobs with an owed run lacking any delivery: skipped or missed?
     rec.flush();
@@ -522,6 +524,8 @@ pub async fn run(opts: Options) -> anyhow::Result<Outcome> {
     let mut input = Input {
         ops: rec.ops(),
         deliveries: sink.deliveries(),
+        // Taken once the nodes stopped (below): events of runs that ended late still count.
+        events: Vec::new(),
         nemesis: nemesis.events(),
         windows: Vec::new(),
         final_state: final_state.clone(),
@@ -531,8 +535,11 @@ pub async fn run(opts: Options) -> anyhow::Result<Outcome> {
     };
     let timelines = check::model::timelines(&input.ops);
     let reader = leader.map(|(l, _)| l).unwrap_or(1);
-    // Every run of the overlap jobs, with their attempts (the overlap checker).
-    for job in check::overlap::skip_jobs(&input.ops) {
+    // Every run of the overlap jobs and of the jobs with callbacks, with their attempts (the
+    // overlap and events checkers).
+    let mut whole: std::collections::BTreeSet<String> = check::overlap::skip_jobs(&input.ops);
+    whole.extend(check::events::callback_jobs(&input.ops).into_keys());
+    for job in whole {
         if let Some(runs) = fetch_runs(&api, reader, &job).await {
             final_state.runs.insert(job, runs);
         }
@@ -578,6 +585,10 @@ pub async fn run(opts: Options) -> anyhow::Result<Outcome> {
         hookd: hookd.display().to_string(),
         node_starts: cluster.starts(),
     };
+    // Every event a node sent before it stopped has been recorded.
+    sink.flush();
+    input.events = sink.events();
+    final_state.events_dropped = sink.events_dropped();
     input.final_state = final_state.clone();
     input.crashes = crashes.clone();
     // Every node is down now, so every connection to the black hole has ended and is recorded.
@@ -688,11 +699,13 @@ pub fn recheck(dir: &Path) -> anyhow::Result<Vec<Verdict>> {
     let ops = history::load(&dir.join("history.jsonl"))?;
     let deliveries: Vec<Delivery> = read_jsonl(&dir.join("deliveries.jsonl"))?;
     let events: Vec<nemesis::Event> = read_jsonl(&dir.join("nemesis.jsonl"))?;
-    // Older runs have no black hole.
+    // Older runs have no black hole, nor events.
     let blackhole = read_jsonl(&dir.join("blackhole.jsonl")).unwrap_or_default();
+    let callbacks: Vec<EventDelivery> = read_jsonl(&dir.join("events.jsonl")).unwrap_or_default();
     let input = Input {
         ops,
         deliveries,
+        events: callbacks,
         windows: nemesis::windows(&events, stored.final_state.healed_at),
         nemesis: events,
         final_state: stored.final_state,

@@ -8,6 +8,9 @@
 //! `overlap_every` a job firing every 1 s with `overlap: skip`, `overlap_fires` fires long, whose
 //! runs the sink holds open for up to ~3 s (`sink::overlap_answer`), so later runs fall due while
 //! one is open. They are never paused or deleted; the `overlap` checker reads all their runs.
+//! They carry callbacks too (`on_success`, `on_failure`: `Sink::event_url`, under `/events/`,
+//! which the sink records apart from run deliveries); the `events` checker matches the events
+//! delivered against those runs.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,7 +23,7 @@ use serde_json::{json, Value};
 
 use crate::client::{classify_read, classify_write, Api, Reply, OP_TIMEOUT};
 use crate::history::{now_us, rfc3339_us, Recorder, Type};
-use crate::sink::Sink;
+use crate::sink::{Sink, ON_FAILURE, ON_SUCCESS};
 
 /// Knobs of the workload.
 #[derive(Debug, Clone)]
@@ -92,8 +95,15 @@ pub fn job_body(rng: &mut StdRng, id: &str, url: &str, now: i64) -> Value {
 /// An overlap job's request body: every 1 s from the second after next, `fires` fires (its
 /// `end_at` half a second after the last), `overlap: skip`, answered by the sink's overlap rule;
 /// 5 attempts as the workload's jobs, but backoff 1-2 s, so a run the sink fails twice stays
-/// open ~3 s.
-pub fn overlap_job_body(id: &str, url: &str, now: i64, fires: u32) -> Value {
+/// open ~3 s. Each finished run calls back: `on_success` / `on_failure` (the sink's event URLs).
+pub fn overlap_job_body(
+    id: &str,
+    url: &str,
+    on_success: &str,
+    on_failure: &str,
+    now: i64,
+    fires: u32,
+) -> Value {
     let start = (now / 1_000_000 + 2) * 1_000_000;
     let end = start + (i64::from(fires.max(1)) - 1) * 1_000_000 + 500_000;
     json!({
@@ -106,6 +116,8 @@ pub fn overlap_job_body(id: &str, url: &str, now: i64, fires: u32) -> Value {
         "timeout": "2s",
         "retry": {"max_attempts": 5, "initial_backoff": "1s", "max_backoff": "2s"},
         "labels": {"workload": "chaos", "kind": "overlap"},
+        "on_success": {"url": on_success},
+        "on_failure": {"url": on_failure},
     })
 }
 
@@ -126,7 +138,14 @@ async fn overlap_client(
         }
         let next = tokio::time::Instant::now() + every;
         let id = format!("{}{OVERLAP_INFIX}{n}", cfg.tag);
-        let body = overlap_job_body(&id, &sink.overlap_url(&id), now_us(), cfg.overlap_fires);
+        let body = overlap_job_body(
+            &id,
+            &sink.overlap_url(&id),
+            &sink.event_url(&id, ON_SUCCESS),
+            &sink.event_url(&id, ON_FAILURE),
+            now_us(),
+            cfg.overlap_fires,
+        );
         for attempt in 0..10u64 {
             let order = api.order();
             let node = order

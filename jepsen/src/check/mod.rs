@@ -1,13 +1,15 @@
-//! The checkers: each reads the recorded run (client history, sink deliveries, nemesis log,
-//! final state) and returns a Jepsen-style verdict — valid | invalid | unknown, with counts and
-//! at most 16 examples. They are pure functions over data, so `hookd-jepsen check DIR` can re-run
-//! them on a stored run and the unit tests can feed them small synthetic histories.
+//! The checkers: each reads the recorded run (client history, sink deliveries and event
+//! deliveries, nemesis log, final state) and returns a Jepsen-style verdict — valid | invalid |
+//! unknown, with counts and at most 16 examples. They are pure functions over data, so
+//! `hookd-jepsen check DIR` can re-run them on a stored run and the unit tests can feed them
+//! small synthetic histories.
 
 pub mod after_delete;
 pub mod cluster;
 pub mod delivery;
 pub mod duplicates;
 pub mod durability;
+pub mod events;
 pub mod isolation;
 pub mod linear;
 pub mod model;
@@ -22,7 +24,7 @@ use serde_json::Value;
 use crate::cluster::UnexpectedExit;
 use crate::history::Op;
 use crate::nemesis::{Event, Kind, Window};
-use crate::sink::Delivery;
+use crate::sink::{Delivery, EventDelivery};
 
 pub const EXAMPLES_MAX: usize = 16;
 
@@ -183,7 +185,8 @@ pub struct FinalState {
     pub stale_sets_equal: Option<bool>,
     pub stale_sets_detail: String,
     /// Runs of jobs with a due run lacking a delivery (to tell skipped from missed), and every
-    /// run of the overlap jobs (`overlap::skip_jobs`), with their attempts.
+    /// run of the overlap jobs (`overlap::skip_jobs`) and of the jobs with callbacks
+    /// (`events::callback_jobs`), with their attempts.
     pub runs: BTreeMap<String, Vec<RunRecord>>,
     /// The fresh job created after healing: id, acknowledged?, µs from create to delivery.
     pub fresh_job: Option<String>,
@@ -198,6 +201,9 @@ pub struct FinalState {
     pub members: Vec<u64>,
     #[serde(default)]
     pub expected_voters: usize,
+    /// Event deliveries the sink received beyond what it keeps (`sink::EVENTS_MAX`).
+    #[serde(default)]
+    pub events_dropped: u64,
 }
 
 /// Logs and exits, for the crash checker.
@@ -217,7 +223,10 @@ pub struct CrashInfo {
 #[derive(Debug, Clone, Default)]
 pub struct Input {
     pub ops: Vec<Op>,
+    /// Run deliveries at the sink (`deliveries.jsonl`); never event deliveries.
     pub deliveries: Vec<Delivery>,
+    /// Event deliveries (callbacks) at the sink (`events.jsonl`), taken once the nodes stopped.
+    pub events: Vec<EventDelivery>,
     pub nemesis: Vec<Event>,
     pub windows: Vec<Window>,
     pub final_state: FinalState,
@@ -254,7 +263,7 @@ impl Input {
     }
 }
 
-/// Runs all twelve checkers, in report order.
+/// Runs all thirteen checkers, in report order.
 pub fn run_all(input: &Input) -> Vec<Verdict> {
     let timelines = model::timelines(&input.ops);
     vec![
@@ -267,6 +276,7 @@ pub fn run_all(input: &Input) -> Vec<Verdict> {
         isolation::check(input, &timelines),
         overload::check(input, &timelines),
         overlap::check(input, &timelines),
+        events::check(input),
         cluster::convergence(input),
         cluster::coverage(input, &timelines),
         cluster::crashes(input),
@@ -385,5 +395,24 @@ pub(crate) mod testkit {
             },
             ..Input::default()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Thirteen checkers, each once, the events checker among them (the report, `N passed,
+    /// N failed` and the README count them).
+    #[test]
+    fn run_all_runs_thirteen_checkers() {
+        let names: Vec<String> = run_all(&Input::default())
+            .into_iter()
+            .map(|v| v.name)
+            .collect();
+        assert_eq!(names.len(), 13, "{names:?}");
+        let unique: std::collections::BTreeSet<&String> = names.iter().collect();
+        assert_eq!(unique.len(), 13, "{names:?}");
+        assert_eq!(names[9], "events", "{names:?}");
     }
 }

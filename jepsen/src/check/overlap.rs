@@ -72,7 +72,7 @@ impl Span<'_> {
 }
 
 /// The statuses of a run that has not ended.
-const OPEN: [&str; 3] = ["pending", "in_flight", "retrying"];
+pub const OPEN: [&str; 3] = ["pending", "in_flight", "retrying"];
 
 /// Every attempted run's span: recorded attempts and arrivals at the sink, by run id.
 fn spans<'a>(runs: &'a [RunRecord], deliveries: &[&'a Delivery]) -> Vec<Span<'a>> {
