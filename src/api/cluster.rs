@@ -35,16 +35,19 @@ struct ClusterView {
     commit_index: u64,
     cluster_id: Option<String>,
     members: Vec<Member>,
+    /// What the caller's token allows: `all`, or `read` (a read token).
+    #[schema(value_type = String)]
+    access: &'static str,
 }
 
 /// Membership and leadership as this node sees them.
 #[utoipa::path(get, operation_id = "getCluster", path = "/cluster", tag = "cluster",
     responses((status = 200, description = "the cluster", body = ClusterView)))]
-pub async fn cluster(state: Api) -> Json<impl Serialize> {
-    Json(view(&state))
+pub async fn cluster(state: Api, access: axum::http::Extensions) -> Json<impl Serialize> {
+    Json(view(&state, super::Access::of(&access)))
 }
 
-fn view(state: &Api) -> ClusterView {
+fn view(state: &Api, access: super::Access) -> ClusterView {
     let replica = &state.replica;
     let status = replica.status();
     let api: BTreeMap<u64, String> = replica.node_api_addrs().into_iter().collect();
@@ -66,6 +69,7 @@ fn view(state: &Api) -> ClusterView {
         commit_index: replica.committed_index(),
         cluster_id: replica.cluster_id(),
         members,
+        access: access.as_str(),
     }
 }
 
@@ -102,7 +106,8 @@ fn member_error(e: MemberError) -> ApiError {
 /// change just made included), or as it sees it now if that takes too long.
 async fn view_after_change(state: &Api) -> ClusterView {
     let _ = state.replica.read_barrier().await;
-    view(state)
+    // Only a token that may do everything changes the membership.
+    view(state, super::Access::All)
 }
 
 #[utoipa::path(post, operation_id = "addMember", path = "/cluster/members", tag = "cluster", request_body = AddRequest,

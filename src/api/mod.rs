@@ -13,6 +13,7 @@ pub mod openapi;
 pub(crate) mod runs;
 pub mod snapshot;
 pub mod targets;
+mod ui;
 
 use std::sync::Arc;
 
@@ -53,6 +54,11 @@ pub struct ApiState {
 }
 
 impl ApiState {
+    /// Whether `/v1` requests need a token (`--api-token` or `--read-token` given).
+    pub fn needs_token(&self) -> bool {
+        !(self.api_tokens.is_empty() && self.read_tokens.is_empty())
+    }
+
     pub fn new(
         replica: Arc<Replica>,
         dispatch: DispatchHandle,
@@ -135,10 +141,13 @@ pub fn router(state: Arc<ApiState>) -> Router {
             .routes(routes!(cluster::metrics))
             .routes(routes!(openapi::openapi_json))
             .routes(routes!(openapi::docs))
+            .routes(routes!(ui::page))
             .split_for_parts();
     utoipa::Modify::modify(&openapi::CommonErrors, &mut api);
     openapi::publish(&api);
     app.route(openapi::REDOC_PATH, axum::routing::get(openapi::redoc_js))
+        .route("/ui/", axum::routing::get(ui::page))
+        .route("/ui/{name}", axum::routing::get(ui::asset))
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
@@ -155,7 +164,7 @@ fn bearer_token(value: &[u8]) -> Option<&[u8]> {
 /// With any `--api-token` or `--read-token`, every /v1 request needs `Authorization: Bearer
 /// TOKEN`: an api token may do everything, a read token only reads (`403` otherwise).
 async fn require_token(State(s): Api, req: Request, next: Next) -> Response {
-    if s.api_tokens.is_empty() && s.read_tokens.is_empty() {
+    if !s.needs_token() {
         return next.run(req).await;
     }
     let given = req
@@ -174,7 +183,31 @@ async fn require_token(State(s): Api, req: Request, next: Next) -> Response {
     if !is_read(req.method(), req.uri().path()) {
         return ApiError::forbidden("a read token may only read").into_response();
     }
+    let mut req = req;
+    req.extensions_mut().insert(Access::Read);
     next.run(req).await
+}
+
+/// What the request's credentials allow: everything (an api token, or none needed), or only
+/// reads (a read token; `require_token` marks such requests). `GET /v1/cluster` says which,
+/// so the console shows no action a read token could not take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    All,
+    Read,
+}
+
+impl Access {
+    pub fn of(req: &axum::http::Extensions) -> Access {
+        req.get::<Access>().copied().unwrap_or(Access::All)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Access::All => "all",
+            Access::Read => "read",
+        }
+    }
 }
 
 /// What a read token may do: `GET` (and `HEAD`), and previewing a schedule, which changes
