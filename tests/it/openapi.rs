@@ -39,6 +39,7 @@ const SPEC_ROUTES: &[(&str, &str)] = &[
     ("delete", "/v1/notifications/{id}"),
     ("get", "/openapi.json"),
     ("get", "/docs"),
+    ("get", "/ui"),
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/metrics"),
@@ -252,7 +253,7 @@ exit $code"#,
         .find_map(|l| l.trim().strip_prefix("Tested: "))
         .and_then(|n| n.trim().parse::<usize>().ok());
     assert!(
-        tested >= Some(29),
+        tested >= Some(30),
         "operations tested: {tested:?}\n{stdout}"
     );
     assert!(stdout.contains(" passed"), "{stdout}");
