@@ -31,6 +31,9 @@ pub struct MemberStatus {
     pub peer_addr: String,
     pub voter: bool,
     pub role: Role,
+    /// On the leader: the last log index this member is known to hold (none before its first
+    /// answer); the leader's own last index for itself. None on other nodes.
+    pub matched: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +43,8 @@ pub struct ClusterStatus {
     pub term: u64,
     /// The last log index this node applied.
     pub applied_index: u64,
+    /// The last index in this node's log.
+    pub last_log_index: u64,
     /// Members in id order.
     pub members: Vec<MemberStatus>,
     /// Why the replicated core stopped, once a fatal error (a storage failure) stopped it.
@@ -55,6 +60,12 @@ impl ClusterStatus {
             .flat_map(|c| c.iter().copied())
             .collect();
         let candidate = m.state == ServerState::Candidate;
+        let last_log_index = m.last_log_index.unwrap_or(0);
+        let matched = |id: &NodeId| match &m.replication {
+            Some(_) if *id == me => Some(last_log_index),
+            Some(r) => r.get(id).copied().flatten().map(|l| l.index),
+            None => None,
+        };
         let members = membership
             .nodes()
             .map(|(id, node)| {
@@ -64,6 +75,7 @@ impl ClusterStatus {
                     peer_addr: node.addr.clone(),
                     voter,
                     role: role(*id, me, m.current_leader, candidate, voter),
+                    matched: matched(id),
                 }
             })
             .collect();
@@ -72,6 +84,7 @@ impl ClusterStatus {
             leader_id: m.current_leader,
             term: m.current_term,
             applied_index: m.last_applied.map_or(0, |l| l.index),
+            last_log_index,
             members,
             failed: m.running_state.as_ref().err().map(ToString::to_string),
         }

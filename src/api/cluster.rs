@@ -25,6 +25,29 @@ struct Member {
     #[schema(value_type = String)]
     role: &'static str,
     voter: bool,
+    /// As the leader sees it (null on other nodes): `ok`, `lagging` (answering, but more than
+    /// 1,000 log entries behind) or `unreachable` (no answer for 2 s).
+    #[schema(value_type = Option<String>)]
+    health: Option<&'static str>,
+    /// As the leader sees it (null on other nodes): log entries the member is behind the
+    /// leader's last one.
+    lag: Option<u64>,
+}
+
+/// A member answering but further behind than this is `lagging`.
+const LAG_MAX: u64 = 1_000;
+/// A member silent this long is `unreachable`.
+const SILENT_MAX: Duration = Duration::from_secs(2);
+
+/// A member's health, as the leader sees it: how long since it last acknowledged (none: never
+/// in this term) and how far behind it is.
+fn health(silent_for: Option<Duration>, lag: Option<u64>) -> &'static str {
+    match (silent_for, lag) {
+        (None, _) => "unreachable",
+        (Some(s), _) if s >= SILENT_MAX => "unreachable",
+        (_, Some(l)) if l > LAG_MAX => "lagging",
+        _ => "ok",
+    }
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -51,15 +74,32 @@ fn view(state: &Api, access: super::Access) -> ClusterView {
     let replica = &state.replica;
     let status = replica.status();
     let api: BTreeMap<u64, String> = replica.node_api_addrs().into_iter().collect();
+    // Only the leader knows how the others are doing.
+    let epoch = *replica.leadership().epochs().borrow();
+    let heard = epoch.map(|e| replica.leadership().heard_from(e));
+    let now = Instant::now();
     let members = status
         .members
         .into_iter()
-        .map(|m| Member {
-            api_addr: api.get(&m.id).cloned(),
-            id: m.id,
-            peer_addr: m.peer_addr,
-            role: m.role.as_str(),
-            voter: m.voter,
+        .map(|m| {
+            let lag = m.matched.map(|i| status.last_log_index.saturating_sub(i));
+            let silent_for = if m.id == status.node_id {
+                Some(Duration::ZERO)
+            } else {
+                heard
+                    .as_ref()
+                    .and_then(|h| h.get(&m.id))
+                    .map(|t| now.saturating_duration_since(*t))
+            };
+            Member {
+                api_addr: api.get(&m.id).cloned(),
+                id: m.id,
+                peer_addr: m.peer_addr,
+                role: m.role.as_str(),
+                voter: m.voter,
+                health: heard.as_ref().map(|_| health(silent_for, lag)),
+                lag: heard.as_ref().and(lag),
+            }
         })
         .collect();
     ClusterView {
@@ -265,4 +305,26 @@ pub async fn metrics() -> Response {
         body,
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_member_is_unreachable_when_silent_lagging_when_far_behind_else_ok() {
+        let s = Duration::from_millis;
+        let cases = [
+            ((Some(s(40)), Some(0)), "ok"),
+            ((Some(s(40)), Some(LAG_MAX)), "ok"),
+            ((Some(s(40)), Some(LAG_MAX + 1)), "lagging"),
+            ((Some(s(40)), None), "ok"),
+            ((Some(SILENT_MAX), Some(0)), "unreachable"),
+            ((None, Some(0)), "unreachable"),
+            ((Some(SILENT_MAX * 10), Some(LAG_MAX * 10)), "unreachable"),
+        ];
+        for ((silent, lag), want) in cases {
+            assert_eq!(health(silent, lag), want, "{silent:?} {lag:?}");
+        }
+    }
 }
