@@ -1463,38 +1463,16 @@ fn span(secs: u64) -> String {
     out
 }
 
-/// A job's schedule in words: `every 5m`, `every 1h from 2026-12-07T09:00:00Z (in 3h)`,
-/// `at 2026-12-07T09:00:00Z (in 3h)`, `after 30s`, `cron 0 9 * * 1-5 (Europe/Berlin)`. A shape
-/// it does not know is shown as its JSON, so nothing is lost.
+/// A job's schedule in words, as the API's preview says it (`api::model::describe_schedule`):
+/// `every 5m`, `every 1h from 2026-12-07T09:00:00Z (in 3h)`, `at 2026-12-07T09:00:00Z (in
+/// 3h)`, `after 30s`, `At 09:00, Monday through Friday (Europe/Berlin)`. A shape it does not
+/// know is shown as its JSON, so nothing is lost.
 fn schedule_words(v: &Value, now: Now) -> String {
     let Ok(s) = serde_json::from_value::<ScheduleRequest>(v.clone()) else {
         return text(v);
     };
-    let when = |t: String| instant(&Value::String(t), now);
-    if s.timezone.is_some() && s.cron.is_none() {
-        return text(v);
-    }
-    let kind = match (&s.at, &s.after, &s.every, &s.cron) {
-        (Some(at), None, None, None) if s.start_at.is_none() => format!("at {}", when(at.clone())),
-        (None, Some(after), None, None) if s.start_at.is_none() => format!("after {after}"),
-        (None, None, Some(every), None) => format!("every {every}"),
-        (None, None, None, Some(cron)) => match &s.timezone {
-            Some(tz) => format!("cron {cron} ({tz})"),
-            None => format!("cron {cron}"),
-        },
-        _ => return text(v),
-    };
-    let mut words = vec![kind];
-    if let Some(start) = s.start_at {
-        words.push(format!("from {}", when(start)));
-    }
-    if let Some(end) = s.end_at {
-        words.push(format!("until {}", when(end)));
-    }
-    if let Some(n) = s.max_runs {
-        words.push(format!("{n} runs at most"));
-    }
-    words.join(" ")
+    let when = |t: &str| instant(&Value::String(t.to_owned()), now);
+    crate::api::model::describe_schedule(&s, when).unwrap_or_else(|| text(v))
 }
 
 /// A run's attempts as a count and the last outcome: `0`, `1 (last 200)`,
@@ -2087,14 +2065,23 @@ mod tests {
             (json!({"after": "30s"}), "after 30s"),
             (
                 json!({"cron": "0 9 * * 1-5", "timezone": "Europe/Berlin"}),
-                "cron 0 9 * * 1-5 (Europe/Berlin)",
+                "At 09:00, Monday through Friday (Europe/Berlin)",
             ),
-            (json!({"cron": "*/5 * * * *"}), "cron */5 * * * *"),
+            (json!({"cron": "*/5 * * * *"}), "Every 5 minutes (UTC)"),
             (
                 json!({"cron": "0 9 * * *", "timezone": "UTC", "start_at": "2026-12-07T12:00:00.000Z",
                        "end_at": "2026-12-08T12:00:00.000Z", "max_runs": 3}),
-                "cron 0 9 * * * (UTC) from 2026-12-07T12:00:00Z (in 3h4m) \
-                 until 2026-12-08T12:00:00Z (in 1d3h) 3 runs at most",
+                "At 09:00 (UTC) from 2026-12-07T12:00:00Z (in 3h4m) \
+                 until 2026-12-08T12:00:00Z (in 1d3h), first 3 runs",
+            ),
+            // An expression without words keeps its text.
+            (
+                json!({"cron": "0 0 */2 * 1", "timezone": "UTC"}),
+                "cron 0 0 */2 * 1 (UTC)",
+            ),
+            (
+                json!({"every": "1m", "max_runs": 1}),
+                "every 1m, first run only",
             ),
             // Shapes it does not know keep every field, as JSON.
             (
@@ -2182,9 +2169,9 @@ mod tests {
         assert_eq!(
             render_table(&jobs, JOB_COLUMNS, now()),
             "\
-ID       STATE      SCHEDULE                           NEXT                             URL                    LABELS
-standup  active     cron 0 9 * * 1-5 (Europe/Berlin)   2026-12-08T08:00:00Z (in 23h4m)  https://example.com/h  team=ops
-once     completed  at 2026-12-07T08:00:00Z (56m ago)                                   http://127.0.0.1:9/h
+ID       STATE      SCHEDULE                                         NEXT                             URL                    LABELS
+standup  active     At 09:00, Monday through Friday (Europe/Berlin)  2026-12-08T08:00:00Z (in 23h4m)  https://example.com/h  team=ops
+once     completed  at 2026-12-07T08:00:00Z (56m ago)                                                 http://127.0.0.1:9/h
 "
         );
         let no_labels = render_table(&jobs[1..], JOB_COLUMNS, now());

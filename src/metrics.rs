@@ -39,10 +39,16 @@ pub fn attempt(a: &Attempt, due_ms: i64, n: u32) {
         None => "transport_error",
     };
     counter!("hookd_attempts_total", "outcome" => outcome).increment(1);
-    if n == 1 {
-        let late_ms = a.started_at_ms.saturating_sub(due_ms).max(0);
+    if let Some(late_ms) = lateness_ms(a, due_ms, n) {
         histogram!("hookd_delivery_lateness_seconds").record(late_ms as f64 / 1000.0);
     }
+}
+
+/// How late attempt `n` of a run started, if it is the first (due at `due_ms`); later attempts
+/// start when their backoff says, so only the first tells how late the dispatcher is. One
+/// definition for `/metrics` and `GET /v1/stats`.
+pub fn lateness_ms(a: &Attempt, due_ms: i64, n: u32) -> Option<u64> {
+    (n == 1).then(|| a.started_at_ms.saturating_sub(due_ms).max(0) as u64)
 }
 
 /// Counts a panic caught in one of the node's tasks (`attempt`, …).

@@ -7,11 +7,13 @@ mod cluster;
 mod error;
 mod idempotency;
 mod jobs;
+pub mod leader;
 pub mod model;
 mod notifications;
 pub mod openapi;
 pub(crate) mod runs;
 pub mod snapshot;
+mod stats;
 pub mod targets;
 mod ui;
 
@@ -125,6 +127,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .routes(routes!(cluster::remove_member))
         .routes(routes!(targets::list))
         .routes(routes!(targets::put_policy, targets::delete_policy))
+        .routes(routes!(stats::stats))
         .routes(routes!(notifications::list))
         .routes(routes!(
             notifications::put,

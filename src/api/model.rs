@@ -751,6 +751,52 @@ fn render_kind(spec: &ScheduleSpec) -> ScheduleRequest {
     }
 }
 
+/// A schedule in words, for people: `at 2026-12-07T09:00:00Z`, `after 5m`, `every 30s from …`,
+/// `At 09:00, Monday through Friday (Europe/Berlin)` (`schedule::describe_cron`), with its
+/// bounds after it: `from …` (cron), `until …`, `first 10 runs`. `instant` writes each
+/// instant as the caller wants it. None for a shape that is no schedule (no kind, two kinds, a
+/// time zone or `start_at` where they mean nothing), which the caller shows otherwise. The
+/// preview's `description` and `hookd jobs list` say the same.
+pub fn describe_schedule(s: &ScheduleRequest, instant: impl Fn(&str) -> String) -> Option<String> {
+    if s.timezone.is_some() && s.cron.is_none() {
+        return None;
+    }
+    let kind = match (&s.at, &s.after, &s.every, &s.cron) {
+        (Some(at), None, None, None) if s.start_at.is_none() => format!("at {}", instant(at)),
+        (None, Some(after), None, None) if s.start_at.is_none() => format!("after {after}"),
+        (None, None, Some(every), None) => format!("every {every}"),
+        (None, None, None, Some(cron)) => {
+            crate::schedule::describe_cron(cron, s.timezone.as_deref())
+        }
+        _ => return None,
+    };
+    let mut words = kind;
+    if let Some(start) = &s.start_at {
+        words += &format!(" from {}", instant(start));
+    }
+    if let Some(end) = &s.end_at {
+        words += &format!(" until {}", instant(end));
+    }
+    match s.max_runs {
+        Some(1) => words += ", first run only",
+        Some(n) => words += &format!(", first {n} runs"),
+        None => {}
+    }
+    Some(words)
+}
+
+/// An RFC 3339 instant without a fraction of a second when it has none
+/// (`2026-12-07T09:00:00Z`), in UTC; anything else as it is.
+pub fn plain_instant(t: &str) -> String {
+    DateTime::parse_from_rfc3339(t.trim()).map_or_else(
+        |_| t.to_owned(),
+        |t| {
+            t.with_timezone(&chrono::Utc)
+                .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+        },
+    )
+}
+
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct RetryView {
     pub max_attempts: u32,
@@ -918,6 +964,53 @@ pub fn merge_patch(mut job: serde_json::Value, patch: &serde_json::Value) -> ser
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_schedule_reads_as_words_with_its_bounds() {
+        let cases = [
+            (
+                json!({"at": "2026-12-07T09:00:00.000Z"}),
+                Some("at 2026-12-07T09:00:00Z"),
+            ),
+            (
+                json!({"at": "2026-12-07T10:00:00.250+01:00"}),
+                Some("at 2026-12-07T09:00:00.250Z"),
+            ),
+            (json!({"after": "5m"}), Some("after 5m")),
+            (json!({"every": "30s"}), Some("every 30s")),
+            (
+                json!({"every": "30s", "start_at": "2026-12-07T09:00:00Z",
+                       "end_at": "2026-12-08T09:00:00Z"}),
+                Some("every 30s from 2026-12-07T09:00:00Z until 2026-12-08T09:00:00Z"),
+            ),
+            (
+                json!({"cron": "0 9 * * 1-5", "timezone": "Europe/Berlin", "max_runs": 10}),
+                Some("At 09:00, Monday through Friday (Europe/Berlin), first 10 runs"),
+            ),
+            (
+                json!({"cron": "0 0 9 * * *", "start_at": "2026-12-07T00:00:00Z", "max_runs": 1}),
+                Some("At 09:00 (UTC) from 2026-12-07T00:00:00Z, first run only"),
+            ),
+            (json!({"cron": "nonsense"}), Some("cron nonsense (UTC)")),
+            // Not one schedule: the caller shows it otherwise.
+            (json!({}), None),
+            (json!({"every": "5m", "cron": "* * * * *"}), None),
+            (json!({"every": "5m", "timezone": "UTC"}), None),
+            (
+                json!({"at": "2026-12-07T09:00:00Z", "start_at": "2026-12-07T09:00:00Z"}),
+                None,
+            ),
+        ];
+        for (schedule, want) in cases {
+            let s: ScheduleRequest = serde_json::from_value(schedule.clone()).expect("shape");
+            assert_eq!(
+                describe_schedule(&s, plain_instant).as_deref(),
+                want,
+                "{schedule}"
+            );
+        }
+        assert_eq!(plain_instant("soon"), "soon");
+    }
 
     #[test]
     fn if_match_takes_star_or_quoted_versions_and_refuses_anything_else() {

@@ -36,6 +36,7 @@ pub struct ErrorDetail {
     tags(
         (name = "jobs"), (name = "runs"), (name = "schedules"), (name = "cluster"),
         (name = "targets"), (name = "notifications"), (name = "node"), (name = "docs"),
+        (name = "stats"),
     )
 )]
 pub struct ApiDoc;

@@ -82,9 +82,15 @@ pub struct RunsPage {
 
 /// The next fires of a schedule.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"fires": ["2026-12-07T08:00:00.000Z", "2026-12-08T08:00:00.000Z"],
+                          "description": "At 09:00, Monday through Friday (Europe/Berlin), first 10 runs"}))]
 pub struct Fires {
     /// RFC 3339 instants, in order.
     fires: Vec<String>,
+    /// The schedule in plain words, bounds included: `at 2026-12-07T09:00:00Z`, `after 5m`,
+    /// `every 30s from …`, `At 09:00, Monday through Friday (Europe/Berlin)`, `… until …`,
+    /// `…, first 10 runs`; a cron expression without words reads `cron EXPR (TZ)`.
+    description: String,
 }
 
 fn runs_response(runs: Vec<Run>, next: Option<String>) -> Response {
@@ -292,5 +298,10 @@ pub async fn preview(
         .take_while(|t| *t <= span.end_ms)
         .map(format_instant)
         .collect();
-    Ok(Json(Fires { fires }).into_response())
+    // Said from the schedule as it was understood (durations and instants as the API writes
+    // them, the time zone named), not as it was typed.
+    let understood = super::model::render_schedule(&spec, &ext);
+    let description = super::model::describe_schedule(&understood, super::model::plain_instant)
+        .unwrap_or_else(|| serde_json::to_string(&req.schedule).unwrap_or_default());
+    Ok(Json(Fires { fires, description }).into_response())
 }

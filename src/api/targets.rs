@@ -1,16 +1,13 @@
 //! `GET /v1/targets`: per target host:port, the leader's attempts in flight, runs waiting, last
 //! error and circuit state (SPEC §2, §3). That state lives in the leader's dispatcher, so a
-//! follower asks the leader for it over the peer port (its TLS and secret, never the API's).
-
-use std::time::Duration;
+//! follower asks the leader for it (`leader.rs`).
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use super::model::{format_instant, parse_json, target_key};
@@ -20,10 +17,8 @@ use crate::core::Command;
 use crate::dispatch::targets::{Breaker, TargetStatus};
 use crate::dispatch::DispatchHandle;
 
-/// How long a follower waits for the leader's answer.
-const FORWARD_TIMEOUT: Duration = Duration::from_secs(3);
 /// The leader's peer-port route for a follower's query.
-const PEER_PATH: &str = "/forward/targets";
+pub(super) const PEER_PATH: &str = "/forward/targets";
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -89,44 +84,21 @@ pub async fn list(
         after: params.after,
         limit: list_limit(params.limit)?,
     };
-    let leading = state.replica.leadership().epochs().borrow().is_some();
-    let page = if leading {
-        page(&state.dispatch, query).await
-    } else {
-        state
-            .replica
-            .ask_leader::<_, Option<serde_json::Value>>(PEER_PATH, &query, FORWARD_TIMEOUT)
-            .await?
-    };
-    match page {
-        Some(page) => Ok(Json(page).into_response()),
-        None => Err(ApiError::no_leader(
-            "the leader's dispatcher did not answer (leadership may be changing); ask again",
-        )),
-    }
+    super::leader::ask(&state, PEER_PATH, query, page).await
 }
 
 /// What a follower asks the leader's peer port for.
 #[derive(Debug, Serialize, Deserialize)]
-struct PeerQuery {
+pub(super) struct PeerQuery {
     after: Option<String>,
     limit: usize,
 }
 
 /// This node's dispatcher's page as JSON; None when it does not dispatch.
-async fn page(dispatch: &DispatchHandle, q: PeerQuery) -> Option<serde_json::Value> {
+pub(super) async fn page(dispatch: DispatchHandle, q: PeerQuery) -> Option<serde_json::Value> {
     let (targets, next) = dispatch.targets(q.after, q.limit).await?;
     let targets = targets.into_iter().map(TargetView::from).collect();
     serde_json::to_value(Page { targets, next }).ok()
-}
-
-/// The peer-port route that answers a follower's `GET /v1/targets` on the leader (behind the
-/// peer port's authentication, so a follower needs no API credentials for it).
-pub fn peer_routes(dispatch: DispatchHandle) -> Router {
-    Router::new().route(
-        PEER_PATH,
-        post(|Json(q): Json<PeerQuery>| async move { Json(page(&dispatch, q).await) }),
-    )
 }
 
 /// A target's limits, as sent and shown: any of the three, at least one.

@@ -1052,6 +1052,44 @@ impl Command {
     }
 }
 
+impl Command {
+    /// How many client write commands this is: one for each command the API proposes for a
+    /// client's request (a bulk part counts once, a `Batch` its members), none for the
+    /// dispatcher's claims, records, start requests and announcements or a node's own
+    /// bookkeeping. What `GET /v1/stats` plots as writes.
+    pub fn client_writes(&self) -> u64 {
+        match self {
+            Command::CreateJob3 { .. }
+            | Command::PutJob3 { .. }
+            | Command::CreateJob { .. }
+            | Command::PutJob { .. }
+            | Command::DeleteJob { .. }
+            | Command::SetPaused { .. }
+            | Command::RetryRun { .. }
+            | Command::TriggerJob { .. }
+            | Command::Bulk { .. }
+            | Command::IfVersion { .. }
+            | Command::Idempotent { .. }
+            | Command::Remember { .. }
+            | Command::SetTargetPolicy { .. }
+            | Command::SetNotification { .. } => 1,
+            Command::Batch { commands } => commands
+                .iter()
+                .map(|c| match c {
+                    Command::Batch { .. } => 0, // batches do not nest: not applied
+                    c => c.client_writes(),
+                })
+                .sum(),
+            Command::SetNodeInfo { .. }
+            | Command::SetClusterId { .. }
+            | Command::ClaimRuns { .. }
+            | Command::RecordAttempts { .. }
+            | Command::StartRun { .. }
+            | Command::Announce { .. } => 0,
+        }
+    }
+}
+
 /// What applying one log entry produced. Rejections are values, never errors: `apply` itself
 /// cannot fail on a well-formed command.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -1159,6 +1197,85 @@ mod tests {
                 now_ms: 5
             }
         );
+    }
+
+    #[test]
+    fn writes_are_the_commands_clients_send_counted_once_inside_a_batch() {
+        let spec = crate::core::state::tests::spec("http://x/");
+        let create = Command::create_job("a".into(), spec, 5);
+        let delete = Command::DeleteJob {
+            id: "a".into(),
+            now_ms: 5,
+        };
+        let claim = Command::ClaimRuns {
+            epoch: Epoch {
+                term: 1,
+                node_id: 1,
+            },
+            now_ms: 5,
+            items: Vec::new(),
+            retention: 10,
+        };
+        let record = Command::RecordAttempts {
+            outcomes: Vec::new(),
+        };
+        let cases = [
+            (create.clone(), 1),
+            (delete.clone(), 1),
+            (
+                Command::Bulk {
+                    action: BulkAction::Pause,
+                    ids: vec!["a".into(), "b".into()],
+                    now_ms: 5,
+                },
+                1,
+            ),
+            (
+                Command::IfVersion {
+                    id: "a".into(),
+                    versions: vec![1],
+                    command: Box::new(delete.clone()),
+                },
+                1,
+            ),
+            (
+                Command::SetTargetPolicy {
+                    target: "x:80".into(),
+                    policy: None,
+                },
+                1,
+            ),
+            (claim.clone(), 0),
+            (record.clone(), 0),
+            (Command::StartRun { run_id: "r".into() }, 0),
+            (
+                Command::SetNodeInfo {
+                    node_id: 1,
+                    api_addr: "a:1".into(),
+                },
+                0,
+            ),
+            (
+                Command::Batch {
+                    commands: vec![create, claim, delete, record],
+                },
+                2,
+            ),
+            (
+                Command::Batch {
+                    commands: vec![Command::Batch {
+                        commands: vec![Command::DeleteJob {
+                            id: "a".into(),
+                            now_ms: 5,
+                        }],
+                    }],
+                },
+                0,
+            ),
+        ];
+        for (cmd, want) in cases {
+            assert_eq!(cmd.client_writes(), want, "{cmd:?}");
+        }
     }
 
     /// Commands are persisted in the log as postcard and sent between nodes as JSON: every

@@ -30,6 +30,12 @@ pub struct Touched {
     pub runs: Vec<String>,
     /// A target's policy changed.
     pub policies: bool,
+    /// Client write commands applied (`Command::client_writes`), and runs recorded skipped (a
+    /// misfire range counts its count): figures for `GET /v1/stats`, which the leader counts
+    /// here, once each entry is applied, so a write forwarded by a follower is counted as
+    /// surely as one sent to the leader, and nothing proposed but not applied is.
+    pub writes: u64,
+    pub skipped: u64,
 }
 
 /// Commands one batch entry may carry; `seq` numbers them inside the entry.
@@ -55,6 +61,7 @@ pub fn apply_command<T: Tables>(
     // Every command gets a number unique in the whole log: its entry's index, and its slot in
     // a batch. Incarnations and manual run ids are built from it.
     let base = at.index << SEQ_SLOT_BITS;
+    touched.writes = touched.writes.saturating_add(cmd.client_writes());
     match cmd {
         Command::Batch { commands } => {
             let mut results = Vec::with_capacity(commands.len());
@@ -483,6 +490,9 @@ fn claim<T: Tables>(
         ext,
     };
     insert_run(t, &run, retention)?;
+    if let Some(range) = &run.skipped {
+        touched.skipped = touched.skipped.saturating_add(range.count);
+    }
     events::run_ended(t, at, &run, now_ms, touched)?;
     Ok(true)
 }
@@ -596,6 +606,7 @@ fn start_run<T: Tables>(
             run.status = RunStatus::Skipped;
             run.next_attempt_at_ms = None;
             run.ext.skip_reason = Some(SkipReason::Overlap);
+            touched.skipped = touched.skipped.saturating_add(1);
             false
         }
         Decision::Wait => {

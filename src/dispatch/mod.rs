@@ -5,7 +5,8 @@
 //! - `crate::core::plan`: pure decisions (what to claim, misfire policy, retry policy);
 //! - `targets.rs`: pure per-target queues, caps, fair sharing and circuit breakers;
 //! - `runner.rs`: the epoch task that executes them;
-//! - `delivery.rs`: one bounded HTTP attempt with the SPEC §3 headers and signature.
+//! - `delivery.rs`: one bounded HTTP attempt with the SPEC §3 headers and signature;
+//! - `stats.rs`: the figures per second behind `GET /v1/stats`.
 
 mod announce;
 pub mod delivery;
@@ -13,9 +14,10 @@ mod doubt;
 mod index;
 mod pace;
 mod runner;
+pub mod stats;
 pub mod targets;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hookd_raft::LeaderTerm;
@@ -44,10 +46,15 @@ type Queries = Arc<tokio::sync::Mutex<mpsc::Receiver<TargetsQuery>>>;
 /// How long a targets query may wait for the dispatcher's loop.
 const QUERY_WITHIN: Duration = Duration::from_secs(2);
 
+/// The figures of the leadership this node's dispatcher serves, if any: set when an epoch
+/// task starts, kept while it is restarted in the same epoch, cleared when leadership ends.
+type StatsSlot = Arc<Mutex<Option<(LeaderTerm, stats::Recorder)>>>;
+
 /// The API's handle on this node's dispatcher.
 #[derive(Clone)]
 pub struct DispatchHandle {
     queries: mpsc::Sender<TargetsQuery>,
+    stats: StatsSlot,
 }
 
 impl DispatchHandle {
@@ -68,6 +75,19 @@ impl DispatchHandle {
         .ok()
         .flatten()
     }
+
+    /// The last `seconds` complete seconds of this leadership's figures (`stats.rs`), or None
+    /// when this node does not dispatch. Read under a lock the dispatcher holds only for a few
+    /// writes, so it needs no turn of its loop.
+    pub fn stats(&self, seconds: u32) -> Option<stats::Window> {
+        let recorder = lock(&self.stats).as_ref().map(|(_, r)| r.clone());
+        recorder.map(|r| r.window(seconds))
+    }
+}
+
+/// A lock whose holder panicked still guards a valid value: the figures are written whole.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Where the dispatcher reads the time (unix milliseconds): the system clock, or a test's.
@@ -119,8 +139,30 @@ pub fn spawn<D: Deliver>(
 ) -> (JoinHandle<()>, DispatchHandle) {
     let (queries, rx) = mpsc::channel(16);
     let rx = Arc::new(tokio::sync::Mutex::new(rx));
-    let task = tokio::spawn(supervise(replica, deliverer, config, rx, shutdown));
-    (task, DispatchHandle { queries })
+    let stats = StatsSlot::default();
+    let task = tokio::spawn(supervise(
+        replica,
+        deliverer,
+        config,
+        rx,
+        stats.clone(),
+        shutdown,
+    ));
+    (task, DispatchHandle { queries, stats })
+}
+
+/// The recorder of `epoch`'s figures, published in `slot`: the one already there if it is of the
+/// same epoch (a restarted epoch task goes on counting), else a new, empty one.
+fn epoch_stats(slot: &StatsSlot, epoch: LeaderTerm, clock: &Clock) -> stats::Recorder {
+    let mut slot = lock(slot);
+    match slot.as_ref() {
+        Some((e, recorder)) if *e == epoch => recorder.clone(),
+        _ => {
+            let recorder = stats::Recorder::new(clock.clone());
+            *slot = Some((epoch, recorder.clone()));
+            recorder
+        }
+    }
 }
 
 /// The message a panic carried, for the log.
@@ -146,6 +188,7 @@ async fn supervise<D: Deliver>(
     deliverer: D,
     config: DispatchConfig,
     queries: Queries,
+    stats: StatsSlot,
     shutdown: CancellationToken,
 ) {
     let mut epochs = replica.leadership().epochs();
@@ -159,6 +202,9 @@ async fn supervise<D: Deliver>(
                 token.cancel();
                 let _ = task.await;
             }
+            if epoch.is_none() {
+                *lock(&stats) = None; // no longer leading: its figures go with it
+            }
             if let Some(epoch) = epoch {
                 tracing::info!(term = epoch.term, "leadership gained: starting dispatch");
                 let token = shutdown.child_token();
@@ -168,6 +214,7 @@ async fn supervise<D: Deliver>(
                     config.clone(),
                     epoch,
                     queries.clone(),
+                    epoch_stats(&stats, epoch, &config.clock),
                     token.clone(),
                 ));
                 current = Some((epoch, token, task));
@@ -208,6 +255,7 @@ async fn supervise<D: Deliver>(
             _ = tokio::time::sleep(restart_pause(restarts)) => {}
         }
     }
+    *lock(&stats) = None;
     if let Some((_, token, task)) = current {
         token.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(2), task).await;

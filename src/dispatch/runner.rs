@@ -26,6 +26,7 @@ use super::delivery::{AttemptRequest, Deliver};
 use super::doubt::{Doubts, Found};
 use super::index::{Indexed, JobId, JobIndex};
 use super::pace::Pacer;
+use super::stats::{self, Count, Recorder};
 use super::targets::{delivery_target, Outcome, Scheduler, TargetKey};
 use super::{panic_cause, DispatchConfig, Queries};
 use crate::schedule::CronCache;
@@ -137,6 +138,8 @@ struct Dispatcher<D> {
     /// leads (what a member never heard from is silent since).
     told: ClusterMemory,
     leading_since: std::time::Instant,
+    /// This leadership's figures per second (`GET /v1/stats`).
+    stats: Recorder,
 }
 
 /// Runs dispatch for `epoch` until `cancel`.
@@ -146,6 +149,7 @@ pub async fn run_epoch<D: Deliver>(
     config: DispatchConfig,
     epoch: LeaderTerm,
     queries: Queries,
+    stats: Recorder,
     cancel: CancellationToken,
 ) {
     // Only one epoch task runs at a time; it answers `GET /v1/targets` for its node.
@@ -217,6 +221,7 @@ pub async fn run_epoch<D: Deliver>(
         record_tx,
         told: ClusterMemory::default(),
         leading_since: std::time::Instant::now(),
+        stats,
     };
     d.rebuild();
     d.load_policies();
@@ -253,6 +258,9 @@ pub async fn run_epoch<D: Deliver>(
             }
             _ = tokio::time::sleep_until(wake) => {}
             changed = changes.changed() => {
+                let now = d.now_ms();
+                d.stats.count(Count::Writes, now, changed.writes);
+                d.stats.count(Count::Skipped, now, changed.skipped);
                 if changed.all {
                     d.rebuild();
                     for id in d.doubts.jobs() {
@@ -539,7 +547,12 @@ impl<D: Deliver> Dispatcher<D> {
                 continue;
             }
             match self.view.get_run(id) {
-                Ok(Some(run)) => self.enqueue_run(run),
+                Ok(Some(run)) => {
+                    if let Some(due) = stats::opened_due_ms(&run) {
+                        self.stats.count(Count::Due, due, 1);
+                    }
+                    self.enqueue_run(run)
+                }
                 Ok(None) => {}
                 Err(e) => tracing::error!(run_id = %id, error = %e, "cannot read an opened run"),
             }
@@ -732,6 +745,11 @@ impl<D: Deliver> Dispatcher<D> {
                         if at < committed_ms {
                             late += 1;
                         }
+                        // (A claim whose answer was lost is not counted: its runs are found
+                        // open again and queued, but not as newly due.)
+                        if real {
+                            self.stats.count(Count::Due, at, 1);
+                        }
                         self.enqueue(
                             at,
                             Pending {
@@ -776,6 +794,9 @@ impl<D: Deliver> Dispatcher<D> {
                 }
                 self.panicked.remove(&p.run_id);
                 tracing::error!(run_id = %p.run_id, "the run's attempt panicked again; recording it failed");
+                if p.target.is_none() {
+                    self.stats.count(Count::Failed, now, 1);
+                }
                 let record = AttemptOutcome {
                     run_id: p.run_id,
                     attempt: Attempt {
@@ -901,6 +922,8 @@ impl<D: Deliver> Dispatcher<D> {
         let record_tx = self.record_tx.clone();
         let events_tx = self.events_tx.clone();
         let cancel = self.cancel.clone();
+        // Runs are counted; events' deliveries are not runs.
+        let stats = event.is_none().then(|| self.stats.clone());
         let p = &sent.p;
         let span = tracing::info_span!("attempt", job_id = %p.job_id, run_id = %p.run_id, n = p.n);
         // What the supervisor below hands back if the task panics (its slot must come back).
@@ -949,6 +972,9 @@ impl<D: Deliver> Dispatcher<D> {
             crate::metrics::attempt(&attempt, p.due_ms, p.n);
             let result = after_attempt(p.n, &job.spec.retry, &http, clock.now_ms(), rand::random());
             crate::metrics::run_result(&result);
+            if let Some(stats) = &stats {
+                stats.attempt(&attempt, p.due_ms, p.n, &result);
+            }
             let (outcome, error) = match (&attempt.status_code, &attempt.error) {
                 // Nothing reached the target: the policy stopped it, which says nothing of it.
                 (None, e) if http.denied => (Outcome::NotSent, e.clone()),

@@ -22,11 +22,19 @@ pub struct Changes {
     pub policies: bool,
     /// The whole state was replaced (a snapshot was installed): rebuild everything.
     pub all: bool,
+    /// Client writes applied, and runs recorded skipped, since last taken (summed).
+    pub writes: u64,
+    pub skipped: u64,
 }
 
 impl Changes {
     fn is_empty(&self) -> bool {
-        self.jobs.is_empty() && self.runs.is_empty() && !self.policies && !self.all
+        self.jobs.is_empty()
+            && self.runs.is_empty()
+            && !self.policies
+            && !self.all
+            && self.writes == 0
+            && self.skipped == 0
     }
 }
 
@@ -49,7 +57,12 @@ impl Feed {
 
     /// Records what an applied batch touched for every subscriber and wakes them.
     pub fn publish(&self, touched: &Touched) {
-        if touched.jobs.is_empty() && touched.runs.is_empty() && !touched.policies {
+        if touched.jobs.is_empty()
+            && touched.runs.is_empty()
+            && !touched.policies
+            && touched.writes == 0
+            && touched.skipped == 0
+        {
             return;
         }
         self.with(|s| {
@@ -57,6 +70,8 @@ impl Feed {
                 changes.jobs.extend(touched.jobs.iter().cloned());
                 changes.runs.extend(touched.runs.iter().cloned());
                 changes.policies |= touched.policies;
+                changes.writes = changes.writes.saturating_add(touched.writes);
+                changes.skipped = changes.skipped.saturating_add(touched.skipped);
                 notify.notify_one();
             }
         });
@@ -135,7 +150,7 @@ mod tests {
         Touched {
             jobs: jobs.iter().map(|s| s.to_string()).collect(),
             runs: runs.iter().map(|s| s.to_string()).collect(),
-            policies: false,
+            ..Touched::default()
         }
     }
 
@@ -167,6 +182,18 @@ mod tests {
         });
         let got = sub.take();
         assert!(got.policies && got.jobs.is_empty());
+
+        // Counts alone wake it, and add up while it is busy.
+        for (writes, skipped) in [(2, 0), (0, 12), (1, 1)] {
+            feed.publish(&Touched {
+                writes,
+                skipped,
+                ..Touched::default()
+            });
+        }
+        let got = sub.take();
+        assert_eq!((got.writes, got.skipped), (3, 13));
+        assert!(got.jobs.is_empty() && !got.policies);
 
         // A change published while nobody waits wakes the next wait; a replaced state too.
         feed.publish_all();

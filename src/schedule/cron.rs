@@ -670,5 +670,8 @@ fn expand_shorthand(expr: &str) -> Result<String, String> {
     Ok(expanded.to_owned())
 }
 
+mod describe;
+pub use describe::describe;
+
 #[cfg(test)]
 mod tests;

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 
-pub use self::cron::CronSchedule;
+pub use self::cron::{describe as describe_cron, CronSchedule};
 pub use self::every::EVERY_MIN;
 pub use self::spec::ScheduleSpec;
 

@@ -333,6 +333,8 @@ async fn preview_lists_next_fires_with_dst_rules() {
         v["fires"],
         json!(["2025-03-09T07:00:00.000Z", "2025-03-10T06:30:00.000Z"])
     );
+    // And the schedule in words, for the console's job view.
+    assert_eq!(v["description"], "At 02:30 (America/New_York)", "{v}");
     let bad = json!({"schedule": {"cron": "0 0 30 2 *"}});
     let (s, v) = c
         .post(0, "/v1/schedules/preview", &bad)

@@ -19,4 +19,5 @@ mod policy;
 mod restart;
 mod security;
 mod sink;
+mod stats;
 mod tls;

@@ -37,6 +37,7 @@ const SPEC_ROUTES: &[(&str, &str)] = &[
     ("put", "/v1/notifications/{id}"),
     ("get", "/v1/notifications/{id}"),
     ("delete", "/v1/notifications/{id}"),
+    ("get", "/v1/stats"),
     ("get", "/openapi.json"),
     ("get", "/docs"),
     ("get", "/ui"),
@@ -253,7 +254,7 @@ exit $code"#,
         .find_map(|l| l.trim().strip_prefix("Tested: "))
         .and_then(|n| n.trim().parse::<usize>().ok());
     assert!(
-        tested >= Some(30),
+        tested >= Some(31),
         "operations tested: {tested:?}\n{stdout}"
     );
     assert!(stdout.contains(" passed"), "{stdout}");

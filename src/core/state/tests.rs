@@ -1225,3 +1225,77 @@ fn a_final_outcome_writes_one_event_per_destination_and_a_delivery_causes_none()
     ));
     assert_eq!(apply(&t, 22, delete), CommandResult::NotFound);
 }
+
+/// `GET /v1/stats` counts what `apply` reports: client writes (one per command, in a batch too,
+/// the dispatcher's not), runs recorded skipped (a misfire range as its count, an overlap skip
+/// as one).
+#[test]
+fn apply_counts_client_writes_and_runs_recorded_skipped() {
+    use crate::core::overlap::Overlap;
+    let t = MemTables::default();
+    let count = |index, cmd: Command| {
+        let mut touched = Touched::default();
+        apply_command(&t, &at(index), &cmd, &mut touched).expect("applied");
+        (touched.writes, touched.skipped)
+    };
+    let mut s = spec("http://x/");
+    s.ext.overlap = Some(Overlap::Skip);
+    let create = Command::CreateJob {
+        id: "a".into(),
+        spec: s,
+        now_ms: 0,
+    };
+    assert_eq!(count(1, create), (1, 0));
+    let incarnation = get_job(&t, "a").ok().flatten().expect("job").incarnation;
+    let item = |due_ms, kind| ClaimItem {
+        job_id: "a".into(),
+        incarnation,
+        due_ms,
+        kind,
+    };
+    let claim = Command::ClaimRuns {
+        epoch: Epoch {
+            term: 1,
+            node_id: 1,
+        },
+        now_ms: 5_000,
+        items: vec![
+            item(
+                1_000,
+                ClaimKind::Skip {
+                    count: 12,
+                    first_ms: 1,
+                },
+            ),
+            item(2_000, ClaimKind::Deliver),
+            item(3_000, ClaimKind::Deliver),
+        ],
+        retention: 100,
+    };
+    assert_eq!(count(2, claim), (0, 12));
+    let [r2, r3] = [2_000, 3_000].map(|d| Run::scheduled_id(incarnation, d));
+    assert_eq!(count(3, Command::StartRun { run_id: r2 }), (0, 0));
+    assert_eq!(
+        count(4, Command::StartRun { run_id: r3 }),
+        (0, 1),
+        "skipped: r2 is open"
+    );
+    let batch = Command::Batch {
+        commands: vec![
+            Command::SetPaused {
+                id: "a".into(),
+                paused: true,
+                now_ms: 6_000,
+            },
+            Command::RecordAttempts {
+                outcomes: Vec::new(),
+            },
+            Command::TriggerJob {
+                id: "a".into(),
+                now_ms: 6_000,
+                retention: 100,
+            },
+        ],
+    };
+    assert_eq!(count(5, batch), (2, 0));
+}
