@@ -204,7 +204,7 @@ pub async fn run(
     let servers = TaskTracker::new();
     let peer_app = hookd_raft::peer_server::peer_router(
         replica.clone(),
-        api::leader::peer_routes(dispatch_handle.clone()),
+        api::leader::peer_routes(dispatch_handle.clone(), replica.clone()),
     );
     // The peer server (AppendEntries, votes) runs on the raft runtime too.
     let peer_listener = listeners.peer.into_std()?;

@@ -10,6 +10,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use hookd_raft::{AddMember, MemberError, RemoveMember};
+
+use crate::replicated::Replica;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -28,7 +30,7 @@ struct Member {
     /// As the leader sees it (null on other nodes): `ok`, `lagging` (answering, but more than
     /// 1,000 log entries behind) or `unreachable` (no answer for 2 s).
     #[schema(value_type = Option<String>)]
-    health: Option<&'static str>,
+    health: Option<Health>,
     /// As the leader sees it (null on other nodes): log entries the member is behind the
     /// leader's last one.
     lag: Option<u64>,
@@ -41,12 +43,12 @@ const SILENT_MAX: Duration = Duration::from_secs(2);
 
 /// A member's health, as the leader sees it: how long since it last acknowledged (none: never
 /// in this term) and how far behind it is.
-fn health(silent_for: Option<Duration>, lag: Option<u64>) -> &'static str {
+fn health(silent_for: Option<Duration>, lag: Option<u64>) -> Health {
     match (silent_for, lag) {
-        (None, _) => "unreachable",
-        (Some(s), _) if s >= SILENT_MAX => "unreachable",
-        (_, Some(l)) if l > LAG_MAX => "lagging",
-        _ => "ok",
+        (None, _) => Health::Unreachable,
+        (Some(s), _) if s >= SILENT_MAX => Health::Unreachable,
+        (_, Some(l)) if l > LAG_MAX => Health::Lagging,
+        _ => Health::Ok,
     }
 }
 
@@ -67,39 +69,92 @@ struct ClusterView {
 #[utoipa::path(get, operation_id = "getCluster", path = "/cluster", tag = "cluster",
     responses((status = 200, description = "the cluster", body = ClusterView)))]
 pub async fn cluster(state: Api, access: axum::http::Extensions) -> Json<impl Serialize> {
-    Json(view(&state, super::Access::of(&access)))
+    let mut v = view(&state, super::Access::of(&access));
+    if v.members.iter().all(|m| m.health.is_none()) {
+        // Only the leader knows how the members are doing: ask it, briefly.
+        let asked = state
+            .replica
+            .ask_leader::<_, Option<BTreeMap<u64, MemberHealth>>>(
+                HEALTH_PEER_PATH,
+                &(),
+                HEALTH_ASK_WITHIN,
+            )
+            .await;
+        if let Ok(Some(health)) = asked {
+            for m in &mut v.members {
+                if let Some(h) = health.get(&m.id) {
+                    (m.health, m.lag) = (Some(h.health), h.lag);
+                }
+            }
+        }
+    }
+    Json(v)
+}
+
+/// The leader's peer-port route for a follower's `GET /v1/cluster`: each member's health.
+pub const HEALTH_PEER_PATH: &str = "/forward/members";
+/// How long a follower waits for the leader's view of the members before answering without it.
+const HEALTH_ASK_WITHIN: Duration = Duration::from_secs(1);
+
+/// One member's health and lag, as the leader sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemberHealth {
+    health: Health,
+    lag: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Health {
+    Ok,
+    Lagging,
+    Unreachable,
+}
+
+/// Each member's health and lag when this node leads (none otherwise): how long since it last
+/// acknowledged this term's requests, and how far its log is behind.
+pub fn members_health(replica: &Replica) -> Option<BTreeMap<u64, MemberHealth>> {
+    let epoch = (*replica.leadership().epochs().borrow())?;
+    let heard = replica.leadership().heard_from(epoch);
+    let status = replica.status();
+    let now = Instant::now();
+    let health_of = |m: &hookd_raft::MemberStatus| {
+        let lag = m.matched.map(|i| status.last_log_index.saturating_sub(i));
+        let silent_for = if m.id == status.node_id {
+            Some(Duration::ZERO)
+        } else {
+            heard.get(&m.id).map(|t| now.saturating_duration_since(*t))
+        };
+        MemberHealth {
+            health: health(silent_for, lag),
+            lag,
+        }
+    };
+    Some(
+        status
+            .members
+            .iter()
+            .map(|m| (m.id, health_of(m)))
+            .collect(),
+    )
 }
 
 fn view(state: &Api, access: super::Access) -> ClusterView {
     let replica = &state.replica;
     let status = replica.status();
     let api: BTreeMap<u64, String> = replica.node_api_addrs().into_iter().collect();
-    // Only the leader knows how the others are doing.
-    let epoch = *replica.leadership().epochs().borrow();
-    let heard = epoch.map(|e| replica.leadership().heard_from(e));
-    let now = Instant::now();
+    let health = members_health(replica).unwrap_or_default();
     let members = status
         .members
         .into_iter()
-        .map(|m| {
-            let lag = m.matched.map(|i| status.last_log_index.saturating_sub(i));
-            let silent_for = if m.id == status.node_id {
-                Some(Duration::ZERO)
-            } else {
-                heard
-                    .as_ref()
-                    .and_then(|h| h.get(&m.id))
-                    .map(|t| now.saturating_duration_since(*t))
-            };
-            Member {
-                api_addr: api.get(&m.id).cloned(),
-                id: m.id,
-                peer_addr: m.peer_addr,
-                role: m.role.as_str(),
-                voter: m.voter,
-                health: heard.as_ref().map(|_| health(silent_for, lag)),
-                lag: heard.as_ref().and(lag),
-            }
+        .map(|m| Member {
+            api_addr: api.get(&m.id).cloned(),
+            health: health.get(&m.id).map(|h| h.health),
+            lag: health.get(&m.id).and_then(|h| h.lag),
+            id: m.id,
+            peer_addr: m.peer_addr,
+            role: m.role.as_str(),
+            voter: m.voter,
         })
         .collect();
     ClusterView {
@@ -315,13 +370,16 @@ mod tests {
     fn a_member_is_unreachable_when_silent_lagging_when_far_behind_else_ok() {
         let s = Duration::from_millis;
         let cases = [
-            ((Some(s(40)), Some(0)), "ok"),
-            ((Some(s(40)), Some(LAG_MAX)), "ok"),
-            ((Some(s(40)), Some(LAG_MAX + 1)), "lagging"),
-            ((Some(s(40)), None), "ok"),
-            ((Some(SILENT_MAX), Some(0)), "unreachable"),
-            ((None, Some(0)), "unreachable"),
-            ((Some(SILENT_MAX * 10), Some(LAG_MAX * 10)), "unreachable"),
+            ((Some(s(40)), Some(0)), Health::Ok),
+            ((Some(s(40)), Some(LAG_MAX)), Health::Ok),
+            ((Some(s(40)), Some(LAG_MAX + 1)), Health::Lagging),
+            ((Some(s(40)), None), Health::Ok),
+            ((Some(SILENT_MAX), Some(0)), Health::Unreachable),
+            ((None, Some(0)), Health::Unreachable),
+            (
+                (Some(SILENT_MAX * 10), Some(LAG_MAX * 10)),
+                Health::Unreachable,
+            ),
         ];
         for ((silent, lag), want) in cases {
             assert_eq!(health(silent, lag), want, "{silent:?} {lag:?}");

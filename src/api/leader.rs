@@ -3,6 +3,7 @@
 //! port (its TLS and secret, never the API's), at a route of its own per kind of answer.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::response::{IntoResponse, Response};
@@ -14,6 +15,7 @@ use serde_json::Value;
 
 use super::{ApiError, ApiState};
 use crate::dispatch::DispatchHandle;
+use crate::replicated::Replica;
 
 /// How long a follower waits for the leader's answer.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(3);
@@ -69,10 +71,19 @@ where
     )
 }
 
-/// The peer-port routes answering followers' questions to the leader's dispatcher.
-pub fn peer_routes(dispatch: DispatchHandle) -> Router {
+/// The peer-port routes answering followers' questions to the leader: its dispatcher's
+/// (`GET /v1/targets`, `GET /v1/stats`), and its view of the members' health (`GET
+/// /v1/cluster`).
+pub fn peer_routes(dispatch: DispatchHandle, replica: Arc<Replica>) -> Router {
+    let router = Router::new().route(
+        super::cluster::HEALTH_PEER_PATH,
+        post(move |Json(()): Json<()>| {
+            let replica = replica.clone();
+            async move { Json(super::cluster::members_health(&replica)) }
+        }),
+    );
     let router = route(
-        Router::new(),
+        router,
         super::targets::PEER_PATH,
         &dispatch,
         super::targets::page,

@@ -58,6 +58,21 @@ async fn three_nodes_form_a_cluster_and_a_job_created_on_a_follower_is_read_ever
         1,
         "exactly one leader: {cluster}"
     );
+    // The members' health and lag, as the leader sees them, on the follower too (it asks).
+    eventually(
+        Duration::from_secs(5),
+        "every member ok, lag known",
+        || async {
+            let (_, got) = c.get(follower, "/v1/cluster").await?;
+            got["members"]
+                .as_array()?
+                .iter()
+                .all(|m| m["health"] == "ok" && m["lag"].as_u64().is_some_and(|l| l < 100))
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(cluster["access"], "all", "no token: everything");
 }
 
 /// Creates `n` jobs named `{prefix}-{k}` through node `via`, returning the acknowledged ids.
