@@ -27,12 +27,11 @@ struct Member {
     #[schema(value_type = String)]
     role: &'static str,
     voter: bool,
-    /// As the leader sees it (null on other nodes): `ok`, `lagging` (answering, but more than
-    /// 1,000 log entries behind) or `unreachable` (no answer for 2 s).
+    /// As the leader sees it (a follower asks it; null if no leader answers): `ok`, `lagging`
+    /// (answering, but more than 1,000 log entries behind) or `unreachable` (no answer for 2 s).
     #[schema(value_type = Option<String>)]
     health: Option<Health>,
-    /// As the leader sees it (null on other nodes): log entries the member is behind the
-    /// leader's last one.
+    /// As the leader sees it: log entries the member is behind the leader's last one.
     lag: Option<u64>,
 }
 
