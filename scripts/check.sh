@@ -15,14 +15,17 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "cargo test"
 # The packaging test runs systemd-analyze (Debian package systemd); the API test runs
-# schemathesis and openapi-spec-validator (PyPI) from venvs under target/, in a network namespace (unshare, iproute2).
+# schemathesis and openapi-spec-validator (PyPI) from venvs under target/, in a network namespace (unshare, iproute2);
+# the console test (tests/it/ui.rs) drives headless Chromium through chromedriver (Debian packages
+# chromium and chromium-driver) and leaves its screenshots in target/ui-screenshots/.
 missing=()
 command -v systemd-analyze >/dev/null || missing+=(systemd)
+{ command -v chromium && command -v chromedriver; } >/dev/null || missing+=(chromium chromium-driver)
 command -v ip >/dev/null || missing+=(iproute2)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ "${#missing[@]}" -gt 0 ]; then
     timeout 300 apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive timeout 300 apt-get install -y -qq "${missing[@]}" >/dev/null
+    DEBIAN_FRONTEND=noninteractive timeout 900 apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 if [ ! -x target/schemathesis/bin/schemathesis ]; then
     rm -rf target/schemathesis

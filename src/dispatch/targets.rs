@@ -358,21 +358,36 @@ impl<T> Scheduler<T> {
 
     /// One page of targets in key order, after `after`, and the key to continue from.
     pub fn page(&self, after: Option<&str>, limit: usize) -> (Vec<TargetStatus>, Option<String>) {
-        let range = match after {
-            Some(a) => self
-                .targets
-                .range::<str, _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
-            None => self.targets.range::<str, _>(..),
-        };
-        let mut out: Vec<TargetStatus> = range
-            .take(limit.saturating_add(1))
-            .map(|(k, t)| TargetStatus {
-                target: k.to_string(),
-                in_flight: t.in_flight,
-                waiting: t.queue.len(),
-                last_error: t.last_error.clone(),
-                breaker: t.breaker,
-                policy: self.policies.get(k).copied(),
+        use std::ops::Bound;
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let take = limit.saturating_add(1);
+        // Targets with state, and those with a policy (idle ones too, so a policy can always
+        // be seen and removed), merged in key order.
+        let keys: std::collections::BTreeSet<&TargetKey> = self
+            .targets
+            .range::<str, _>((from, Bound::Unbounded))
+            .map(|(k, _)| k)
+            .take(take)
+            .chain(
+                self.policies
+                    .range::<str, _>((from, Bound::Unbounded))
+                    .map(|(k, _)| k)
+                    .take(take),
+            )
+            .collect();
+        let mut out: Vec<TargetStatus> = keys
+            .into_iter()
+            .take(take)
+            .map(|k| {
+                let t = self.targets.get(k);
+                TargetStatus {
+                    target: k.to_string(),
+                    in_flight: t.map_or(0, |t| t.in_flight),
+                    waiting: t.map_or(0, |t| t.queue.len()),
+                    last_error: t.and_then(|t| t.last_error.clone()),
+                    breaker: t.map_or(Breaker::Closed { failures: 0 }, |t| t.breaker),
+                    policy: self.policies.get(k).copied(),
+                }
             })
             .collect();
         let next = if out.len() > limit {
@@ -874,5 +889,20 @@ mod tests {
         assert_eq!(page[0].target, "b:1");
         s.forget_idle();
         assert_eq!(s.totals().targets, 0);
+        // A target with a policy is listed even while idle, in key order among the others,
+        // and pages go on across both kinds.
+        fill(&mut s, "c:1", 0, 1);
+        let policy = Policy {
+            max_concurrency: Some(2),
+            ..Policy::default()
+        };
+        s.set_policies(BTreeMap::from([(key("a:1"), policy), (key("e:1"), policy)]));
+        let (page, next) = s.page(None, 2);
+        let names = |p: &[TargetStatus]| p.iter().map(|t| t.target.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&page), ["a:1", "c:1"]);
+        assert_eq!((page[0].waiting, page[0].policy), (0, Some(policy)));
+        assert_eq!((page[1].waiting, page[1].policy), (1, None));
+        let (rest, next) = s.page(next.as_deref(), 2);
+        assert_eq!((names(&rest), next), (vec!["e:1".to_owned()], None));
     }
 }

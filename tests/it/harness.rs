@@ -70,6 +70,20 @@ impl TestCluster {
         }
     }
 
+    /// Sends `Authorization: Bearer <token>` with every request of `http` from now on (and so
+    /// of `get`, `send`, `post`, `wait_leader`), for nodes run with `--api-token`.
+    pub fn authorize(&mut self, token: &str) {
+        let mut headers = reqwest::header::HeaderMap::new();
+        let value = format!("Bearer {token}")
+            .parse()
+            .expect("a token is a header value");
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+        self.http = hookd_jepsen::local::http_builder()
+            .default_headers(headers)
+            .build()
+            .expect("http client");
+    }
+
     /// Starts (or restarts) node `i` (0-based) on its addresses.
     pub fn spawn(&mut self, i: usize) {
         self.cluster.spawn(i).expect("spawn hookd");

@@ -21,3 +21,4 @@ mod security;
 mod sink;
 mod stats;
 mod tls;
+mod ui;

@@ -35,6 +35,9 @@ function route() {
   }
 }
 
+/** The view shown last, so that focus moves to the content only when the view changes. */
+let shownName = null;
+
 async function show() {
   const [name, render, params] = route();
   for (const a of document.querySelectorAll('nav a')) {
@@ -43,11 +46,15 @@ async function show() {
   }
   current = null;
   const root = fill(view, h('p.muted', 'Loading…'));
+  const moved = shownName !== null && shownName !== name;
+  shownName = name;
   try {
     current = (await render(root, params)) || null;
   } catch (e) {
     failed(root, e);
   }
+  // A keyboard user who followed a header link goes on in the new view, not in the header.
+  if (moved && !view.contains(document.activeElement)) view.focus();
 }
 
 /** Shows why a view could not be drawn. */
@@ -89,7 +96,9 @@ async function tick() {
     if (current?.refresh) await current.refresh();
     else if (current !== null || !banner.hidden) await get('/v1/cluster'); // notices a node back
   } catch (e) {
-    if (!(e instanceof Unreachable)) console.warn('refresh:', errorText(e));
+    // A token no longer accepted (rotated, removed): ask for one instead of showing stale figures.
+    if (e instanceof ApiError && e.status === 401) failed(view, e);
+    else if (!(e instanceof Unreachable)) console.warn('refresh:', errorText(e));
   } finally {
     refreshing = false;
   }
@@ -189,7 +198,8 @@ function showError(form, err) {
     if (name && (name === f || name.startsWith(`${f}.`))) at = p;
   }
   const slot = at ? at.querySelector('.error') : form.querySelector('.form-error');
-  slot.textContent = errorText(err);
+  // Next to its own field the message needs no field name; a sub-field (`headers.x-key`) keeps it.
+  slot.textContent = at && name === at.dataset.field ? err.message : errorText(err);
   slot.hidden = false;
   (at?.querySelector('input,select,textarea') || slot).focus?.();
 }
@@ -254,13 +264,16 @@ async function overview(root) {
   fill(root, h('h1', 'Overview'),
     section('Members', members), section('Last 15 minutes', plots),
     section('Open circuits', circuits), section('Recent failures', failures));
+  // A node without /v1/stats (an older version) answers 404: said once, not asked again.
+  let noStats = null;
   const refresh = async () => {
     const [c, stats, t, f] = await Promise.all([
       whoAmI(),
-      get('/v1/stats?window=15m').catch((e) => e),
+      noStats || get('/v1/stats?window=15m').catch((e) => e),
       get('/v1/targets?limit=1000'),
       get('/v1/runs?status=failed&limit=10'),
     ]);
+    if (stats instanceof ApiError && stats.status === 404) noStats = stats;
     fill(members, memberTable(c));
     fill(plots, statsPlots(stats));
     fill(circuits, table(t.targets.filter((x) => x.circuit !== 'closed'), [
@@ -341,7 +354,7 @@ async function jobs(root, params) {
   fill(root, h('h1', 'Jobs'), filterForm, bulk, list);
   if (session.canWrite) fill(bulk, bulkActions(filters, filtered));
   const refresh = async () => {
-    const page = await get(`/v1/jobs${query({ ...filters, after: params.after, limit: 50 })}`);
+    const page = await get(`/v1/jobs${query({ ...filters, after: params.after, limit: 100 })}`);
     fill(list,
       table(page.jobs, [
         ['id', (j) => jobLink(j.id)],
@@ -528,9 +541,14 @@ async function job(root, id) {
         h('time', { datetime: t, title: t }, local(t, j.schedule.timezone)), ' (', when(t), ')'))));
   };
   const refresh = async () => {
+    const before = shown;
     const [j, r] = await Promise.all([load(), get(`/v1/jobs/${seg(id)}/runs?limit=20`)]);
     draw(j);
     fill(runsBox, runList(r.runs));
+    // Fired, paused, resumed or edited: the next fires moved too.
+    if (j.version !== before?.version || j.next_fire_at !== before?.next_fire_at) {
+      await drawFires(j).catch((e) => fill(fires, h('p.error', errorText(e))));
+    }
   };
   const first = await load();
   draw(first);
@@ -644,7 +662,7 @@ async function runs(root, params) {
     }, 'Retry all matching…'), slot));
   }
   const refresh = async () => {
-    const page = await get(`/v1/runs${query({ ...filters, after: params.after, limit: 50 })}`);
+    const page = await get(`/v1/runs${query({ ...filters, after: params.after, limit: 100 })}`);
     fill(list, runTable(page.runs, true),
       h('p.pager',
         params.after ? h('a', { href: `#/runs${query(filters)}` }, 'First page') : null,
