@@ -23,5 +23,6 @@ pub mod run;
 pub mod sink;
 pub mod stats;
 pub mod svg;
+pub mod webdriver;
 pub mod workload;
 pub mod wrk;

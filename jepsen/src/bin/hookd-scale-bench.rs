@@ -118,6 +118,11 @@ struct Args {
     /// the `state=paused` pages (0: no pauses and no such pages).
     #[arg(long, default_value_t = 100)]
     pause_every: usize,
+    /// The console (phase 2d): this many cold loads in headless Chromium (Debian's `chromium`
+    /// and `chromium-driver`) of the overview and of the jobs view filtered by `team=t3`, from
+    /// the leader and from a follower (0 skips it).
+    #[arg(long, default_value_t = 0)]
+    ui_loads: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -205,6 +210,20 @@ struct Report {
     bulk_pause: Option<BulkPause>,
     herd: Option<Herd>,
     ops: Option<Ops>,
+    console: Option<Vec<ConsoleLoads>>,
+}
+
+/// Cold loads of one console view from one node: until every request of its first drawing
+/// had ended, from the start of the navigation (the browser's own timings), and for the jobs
+/// view the server time of its `GET /v1/jobs` (request sent to first byte back).
+#[derive(Debug, Serialize)]
+struct ConsoleLoads {
+    view: &'static str,
+    node: &'static str,
+    loads: usize,
+    requests: u64,
+    load: Summary,
+    jobs_request: Option<Summary>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -882,6 +901,80 @@ const LIST_FILTERS: [ListFilter; 3] = [
 ];
 
 /// The listing phase (see the module doc).
+/// The console's views, each with what says it is drawn (a script returning true then).
+const CONSOLE_VIEWS: [(&str, &str, &str); 2] = [
+    (
+        "overview",
+        "#/",
+        "return document.querySelectorAll('main svg.plot').length === 3 \
+         && document.querySelectorAll('main section:first-of-type tbody tr').length === 3",
+    ),
+    (
+        "jobs team=t3",
+        "#/jobs?selector=team%3Dt3",
+        "return document.querySelectorAll('main tbody tr').length === 100",
+    ),
+];
+
+/// What the page's timings say once it is drawn: the end of its last request (navigation,
+/// files, API calls) from the start of the navigation, how many requests, and each `GET
+/// /v1/jobs`'s time from request to first byte.
+const CONSOLE_TIMINGS: &str = "const n = performance.getEntriesByType('navigation')[0]; \
+    const r = performance.getEntriesByType('resource'); \
+    return {end: Math.max(n.responseEnd, ...r.map((e) => e.responseEnd)), \
+            requests: 1 + r.length, \
+            jobs: r.filter((e) => e.name.includes('/v1/jobs?')) \
+                   .map((e) => e.responseStart - e.requestStart)};";
+
+/// Phase 2d: `loads` cold loads of each console view from the leader and a follower, each in
+/// a new browser (fresh profile, empty cache).
+async fn console_loads(
+    c: &LocalCluster,
+    dir: &Path,
+    loads: usize,
+) -> anyhow::Result<Vec<ConsoleLoads>> {
+    let driver = hookd_jepsen::webdriver::Driver::start(&dir.join("chromedriver.log"))?;
+    let l = c.await_leader(&http(), LEADER_WITHIN).await?;
+    let follower = (0..3).find(|i| *i != l).unwrap_or(0);
+    let ms = |v: &Value| Duration::from_micros((v.as_f64().unwrap_or(0.0) * 1000.0) as u64);
+    let mut out = Vec::new();
+    for (node, i) in [("leader", l), ("follower", follower)] {
+        for (view, fragment, drawn) in CONSOLE_VIEWS {
+            let (mut load, mut jobs, mut requests) = (Latencies::default(), None, 0);
+            for _ in 0..loads {
+                let s = driver.session(1280, 1000).await?;
+                s.navigate(&c.url(i, &format!("/ui{fragment}"))).await?;
+                s.wait_for(drawn, Duration::from_secs(30)).await?;
+                let t = s.execute(CONSOLE_TIMINGS).await?;
+                s.quit().await?;
+                load.record(ms(&t["end"]));
+                requests = t["requests"].as_u64().unwrap_or(0);
+                for j in t["jobs"].as_array().into_iter().flatten() {
+                    jobs.get_or_insert_with(Latencies::default).record(ms(j));
+                }
+            }
+            let one = ConsoleLoads {
+                view,
+                node,
+                loads,
+                requests,
+                load: load.summary(),
+                jobs_request: jobs.map(|j| j.summary()),
+            };
+            println!(
+                "console: {view} from the {node}: {requests} requests, all done {}{}",
+                one.load,
+                one.jobs_request
+                    .as_ref()
+                    .map(|j| format!("; GET /v1/jobs {j}"))
+                    .unwrap_or_default()
+            );
+            out.push(one);
+        }
+    }
+    Ok(out)
+}
+
 async fn listing(c: &LocalCluster, args: &Args) -> anyhow::Result<Listing> {
     let l = c.await_leader(&http(), LEADER_WITHIN).await?;
     let follower = (0..3).find(|i| *i != l).unwrap_or(0);
@@ -1359,6 +1452,12 @@ async fn main() -> anyhow::Result<()> {
         None
     };
 
+    let console = if args.ui_loads > 0 {
+        Some(console_loads(&c, &dir, args.ui_loads).await?)
+    } else {
+        None
+    };
+
     // 3. restart
     for i in 0..3 {
         c.terminate(i, Duration::from_secs(60))?;
@@ -1455,6 +1554,7 @@ async fn main() -> anyhow::Result<()> {
         bulk_pause,
         herd,
         ops,
+        console,
     };
     if let Some(out) = &args.out {
         std::fs::write(out, serde_json::to_vec_pretty(&report)?)?;
