@@ -89,20 +89,33 @@ async fn guard<M: Machine>(State(s): State<PeerState<M>>, req: Request, next: Ne
         )
             .into_response();
     }
-    if let (Some(theirs), Some(ours)) = (
-        headers.get(CLUSTER_ID_HEADER).and_then(|v| v.to_str().ok()),
-        s.replica.cluster_id(),
-    ) {
-        if theirs != ours {
-            tracing::error!(theirs, ours, "rejected a peer of another cluster");
-            return (
-                StatusCode::CONFLICT,
-                format!("this node belongs to cluster {ours}, the sender to {theirs}"),
-            )
-                .into_response();
-        }
+    let theirs = headers.get(CLUSTER_ID_HEADER).and_then(|v| v.to_str().ok());
+    if let Some(refused) = cluster_mismatch(req.uri().path(), theirs, s.replica.cluster_id()) {
+        tracing::error!(%refused, "rejected a peer of another cluster");
+        return (StatusCode::CONFLICT, refused).into_response();
     }
     next.run(req).await
+}
+
+/// Why a request to `path` from a node of cluster `theirs` is refused by a node of `ours`
+/// (none: it may pass). Another cluster's id is refused everywhere. So is Raft's own traffic
+/// (votes, entries, snapshots) from a sender without an id once this node has one: that is a
+/// brand-new cluster's node before its first entries applied, and its term and log, taken as
+/// ours, would break openraft's invariants (a new cluster's leader of term 1 reaching a node
+/// that leads term 1 of its own made openraft panic). Every member of this cluster knows the id
+/// before it can send such traffic: an initial member applied it, a new member caught up.
+fn cluster_mismatch(path: &str, theirs: Option<&str>, ours: Option<String>) -> Option<String> {
+    let ours = ours?;
+    match theirs {
+        Some(theirs) if theirs != ours => Some(format!(
+            "this node belongs to cluster {ours}, the sender to {theirs}"
+        )),
+        None if [PATH_APPEND, PATH_VOTE, PATH_SNAPSHOT].contains(&path) => Some(format!(
+            "this node belongs to cluster {ours}; the sender names no cluster yet (a new \
+             cluster's node?): check the peer addresses"
+        )),
+        _ => None,
+    }
 }
 
 /// Checks a request's signature (`Secret::verify_request`) against this node's clock. A node
@@ -255,4 +268,35 @@ async fn removed<M: Machine>(State(s): State<PeerState<M>>) -> Json<()> {
     s.replica
         .notice_removed("the leader removed it from the cluster".into());
     Json(())
+}
+
+#[cfg(test)]
+mod cluster_tests {
+    use super::*;
+
+    #[test]
+    fn another_cluster_is_refused_and_so_is_raft_traffic_naming_none_once_ours_is_known() {
+        let ours = || Some("a".to_owned());
+        let cases = [
+            (PATH_APPEND, Some("a"), ours(), false),
+            (PATH_APPEND, Some("b"), ours(), true),
+            (PATH_FORWARD_WRITE, Some("b"), ours(), true),
+            (PATH_APPEND, None, ours(), true),
+            (PATH_VOTE, None, ours(), true),
+            (PATH_SNAPSHOT, None, ours(), true),
+            // A new member asking its way in, a follower forwarding: not Raft's own traffic.
+            (PATH_NODE, None, ours(), false),
+            (PATH_FORWARD_WRITE, None, ours(), false),
+            // This node's cluster has no id yet (a new cluster): nothing to compare.
+            (PATH_APPEND, None, None, false),
+            (PATH_VOTE, Some("b"), None, false),
+        ];
+        for (path, theirs, ours, refused) in cases {
+            assert_eq!(
+                cluster_mismatch(path, theirs, ours.clone()).is_some(),
+                refused,
+                "{path} {theirs:?} {ours:?}"
+            );
+        }
+    }
 }

@@ -400,6 +400,21 @@ async fn peer_traffic_needs_the_secret_and_the_right_target_node() {
         .send()
         .await;
     assert_eq!(other_cluster.expect("answer").status().as_u16(), 409);
+    // Raft's own traffic naming no cluster (a brand-new cluster's node) is refused too, once
+    // this cluster has its id: openraft would take its term and log as this cluster's.
+    for path in ["/raft/append", "/raft/vote", "/raft/snapshot"] {
+        let nameless = c
+            .http
+            .post(format!("http://{}{path}", c.nodes[leader].peer))
+            .bearer_auth("peer-s3cret")
+            .header("hookd-target-node", &target)
+            .json(&serde_json::json!({}))
+            .send()
+            .await;
+        assert_eq!(nameless.expect("answer").status().as_u16(), 409, "{path}");
+    }
+    let (s, _) = c.get(leader, "/v1/jobs/secret-ok").await.expect("get");
+    assert_eq!(s, 200, "the leader still serves");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
