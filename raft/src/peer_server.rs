@@ -89,33 +89,50 @@ async fn guard<M: Machine>(State(s): State<PeerState<M>>, req: Request, next: Ne
         )
             .into_response();
     }
-    let theirs = headers.get(CLUSTER_ID_HEADER).and_then(|v| v.to_str().ok());
-    if let Some(refused) = cluster_mismatch(req.uri().path(), theirs, s.replica.cluster_id()) {
-        tracing::error!(%refused, "rejected a peer of another cluster");
-        return (StatusCode::CONFLICT, refused).into_response();
+    if let (Some(theirs), Some(ours)) = (
+        headers.get(CLUSTER_ID_HEADER).and_then(|v| v.to_str().ok()),
+        s.replica.cluster_id(),
+    ) {
+        if theirs != ours {
+            tracing::error!(theirs, ours, "rejected a peer of another cluster");
+            return (
+                StatusCode::CONFLICT,
+                format!("this node belongs to cluster {ours}, the sender to {theirs}"),
+            )
+                .into_response();
+        }
     }
     next.run(req).await
 }
 
-/// Why a request to `path` from a node of cluster `theirs` is refused by a node of `ours`
-/// (none: it may pass). Another cluster's id is refused everywhere. So is Raft's own traffic
-/// (votes, entries, snapshots) from a sender without an id once this node has one: that is a
-/// brand-new cluster's node before its first entries applied, and its term and log, taken as
-/// ours, would break openraft's invariants (a new cluster's leader of term 1 reaching a node
-/// that leads term 1 of its own made openraft panic). Every member of this cluster knows the id
-/// before it can send such traffic: an initial member applied it, a new member caught up.
-fn cluster_mismatch(path: &str, theirs: Option<&str>, ours: Option<String>) -> Option<String> {
-    let ours = ours?;
-    match theirs {
-        Some(theirs) if theirs != ours => Some(format!(
-            "this node belongs to cluster {ours}, the sender to {theirs}"
-        )),
-        None if [PATH_APPEND, PATH_VOTE, PATH_SNAPSHOT].contains(&path) => Some(format!(
-            "this node belongs to cluster {ours}; the sender names no cluster yet (a new \
-             cluster's node?): check the peer addresses"
+/// Why Raft traffic (votes, entries, snapshots) of `sender` is refused before openraft sees
+/// it, when it names no cluster id (none: it may pass): this node's cluster has an id, and
+/// `sender` is no member of it. That is a brand-new cluster's node whose first entries are not
+/// applied yet, aimed at this node by a mistake of addresses; its term and log, taken as this
+/// cluster's, would break openraft's invariants (a new cluster's leader of term 1 reaching a
+/// node that led term 1 of its own made openraft panic). A member that has not applied the id
+/// yet (a young cluster restarted) still passes, or its cluster could not elect a leader.
+fn stranger(ours: Option<String>, named: bool, member: bool) -> Option<String> {
+    match ours {
+        Some(ours) if !named && !member => Some(format!(
+            "this node belongs to cluster {ours}, which the sender names not and is no member \
+             of: check the peer addresses"
         )),
         _ => None,
     }
+}
+
+/// `stranger` for a request whose sender is `sender`, answered as a `409`.
+fn refuse_stranger<M: Machine>(
+    s: &PeerState<M>,
+    headers: &HeaderMap,
+    sender: Option<u64>,
+) -> Option<Response> {
+    let named = headers.contains_key(CLUSTER_ID_HEADER);
+    let member = sender.is_some_and(|id| s.replica.is_member(id));
+    let refused = stranger(s.replica.cluster_id(), named, member)?;
+    tracing::error!(%refused, ?sender, "rejected Raft traffic from outside the cluster");
+    Some((StatusCode::CONFLICT, refused).into_response())
 }
 
 /// Checks a request's signature (`Secret::verify_request`) against this node's clock. A node
@@ -194,6 +211,9 @@ async fn append<M: Machine>(
                 .into_response()
         }
     };
+    if let Some(refused) = refuse_stranger(&s, &headers, req.vote.leader_id().voted_for()) {
+        return refused;
+    }
     let answer: Result<AppendEntriesResponse, RaftError> =
         s.replica.raft().append_entries(req).await;
     ([(ACCEPTS_HEADER, Encoding::POSTCARD_TYPE)], Json(answer)).into_response()
@@ -201,7 +221,14 @@ async fn append<M: Machine>(
 
 /// A vote request, unless the candidate was removed from the cluster: then it is told so (it
 /// stops, `Replica::watch_removal`), and its ever higher terms never disturb the members.
-async fn vote<M: Machine>(State(s): State<PeerState<M>>, Json(req): Json<VoteRequest>) -> Response {
+async fn vote<M: Machine>(
+    State(s): State<PeerState<M>>,
+    headers: HeaderMap,
+    Json(req): Json<VoteRequest>,
+) -> Response {
+    if let Some(refused) = refuse_stranger(&s, &headers, req.vote.leader_id().voted_for()) {
+        return refused;
+    }
     if s.replica.is_removed_candidate(&req) {
         let status = StatusCode::from_u16(REMOVED_STATUS).unwrap_or(StatusCode::GONE);
         return (status, "the candidate was removed from the cluster").into_response();
@@ -219,6 +246,9 @@ async fn snapshot<M: Machine>(
     let req: Result<InstallSnapshotRequest<M>, String> = Encoding::of(&headers).decode(&body);
     match req {
         Ok(req) => {
+            if let Some(refused) = refuse_stranger(&s, &headers, req.vote.leader_id().voted_for()) {
+                return refused;
+            }
             let answer: Result<InstallSnapshotResponse, RaftError<InstallSnapshotError>> =
                 s.replica.raft().install_snapshot(req).await;
             Json(answer).into_response()
@@ -275,27 +305,23 @@ mod cluster_tests {
     use super::*;
 
     #[test]
-    fn another_cluster_is_refused_and_so_is_raft_traffic_naming_none_once_ours_is_known() {
+    fn nameless_raft_traffic_is_refused_only_from_outside_a_cluster_with_an_id() {
         let ours = || Some("a".to_owned());
+        // (this cluster's id, the sender names one, the sender is a member) → refused
         let cases = [
-            (PATH_APPEND, Some("a"), ours(), false),
-            (PATH_APPEND, Some("b"), ours(), true),
-            (PATH_FORWARD_WRITE, Some("b"), ours(), true),
-            (PATH_APPEND, None, ours(), true),
-            (PATH_VOTE, None, ours(), true),
-            (PATH_SNAPSHOT, None, ours(), true),
-            // A new member asking its way in, a follower forwarding: not Raft's own traffic.
-            (PATH_NODE, None, ours(), false),
-            (PATH_FORWARD_WRITE, None, ours(), false),
-            // This node's cluster has no id yet (a new cluster): nothing to compare.
-            (PATH_APPEND, None, None, false),
-            (PATH_VOTE, Some("b"), None, false),
+            ((ours(), false, false), true),
+            // A member that has not applied the id yet (a young cluster restarted).
+            ((ours(), false, true), false),
+            // Named: the guard compares the ids.
+            ((ours(), true, false), false),
+            // This node's cluster has no id yet (a new cluster): nothing to tell.
+            ((None, false, false), false),
         ];
-        for (path, theirs, ours, refused) in cases {
+        for ((ours, named, member), refused) in cases {
             assert_eq!(
-                cluster_mismatch(path, theirs, ours.clone()).is_some(),
+                stranger(ours.clone(), named, member).is_some(),
                 refused,
-                "{path} {theirs:?} {ours:?}"
+                "{ours:?} {named} {member}"
             );
         }
     }

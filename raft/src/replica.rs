@@ -897,6 +897,18 @@ impl<M: Machine> Replica<M> {
     /// not in this node's applied membership, and that membership is newer than anything in the
     /// candidate's log (so the candidate missed its own removal, rather than this node lagging
     /// behind the candidate's addition). Such a candidate is told so instead of answered.
+    /// Whether node `id` is in this node's membership (any configuration, voter or learner).
+    pub(crate) fn is_member(&self, id: NodeId) -> bool {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let found = m
+            .membership_config
+            .membership()
+            .nodes()
+            .any(|(n, _)| *n == id);
+        found
+    }
+
     pub(crate) fn is_removed_candidate(&self, req: &VoteRequest) -> bool {
         let Some(candidate) = req.vote.leader_id().voted_for() else {
             return false;

@@ -400,18 +400,25 @@ async fn peer_traffic_needs_the_secret_and_the_right_target_node() {
         .send()
         .await;
     assert_eq!(other_cluster.expect("answer").status().as_u16(), 409);
-    // Raft's own traffic naming no cluster (a brand-new cluster's node) is refused too, once
-    // this cluster has its id: openraft would take its term and log as this cluster's.
-    for path in ["/raft/append", "/raft/vote", "/raft/snapshot"] {
-        let nameless = c
+    // Raft traffic naming no cluster from a node that is no member (a brand-new cluster's
+    // node aimed here by a mistake of addresses) is refused, once this cluster has its id:
+    // openraft would take its term and log as this cluster's. A member naming none (one that
+    // has not applied the id yet) is heard as ever.
+    let vote = |node_id: u64| {
+        serde_json::json!({"vote": {"leader_id": {"term": 1, "node_id": node_id}, "committed": false},
+                           "last_log_id": null})
+    };
+    for (candidate, want) in [(9, 409), (others(leader)[0] as u64 + 1, 200)] {
+        let answer = c
             .http
-            .post(format!("http://{}{path}", c.nodes[leader].peer))
+            .post(format!("http://{}/raft/vote", c.nodes[leader].peer))
             .bearer_auth("peer-s3cret")
             .header("hookd-target-node", &target)
-            .json(&serde_json::json!({}))
+            .json(&vote(candidate))
             .send()
-            .await;
-        assert_eq!(nameless.expect("answer").status().as_u16(), 409, "{path}");
+            .await
+            .expect("answer");
+        assert_eq!(answer.status().as_u16(), want, "candidate {candidate}");
     }
     let (s, _) = c.get(leader, "/v1/jobs/secret-ok").await.expect("get");
     assert_eq!(s, 200, "the leader still serves");
