@@ -69,8 +69,10 @@ struct ClusterView {
     responses((status = 200, description = "the cluster", body = ClusterView)))]
 pub async fn cluster(state: Api, access: axum::http::Extensions) -> Json<impl Serialize> {
     let mut v = view(&state, super::Access::of(&access));
-    if v.members.iter().all(|m| m.health.is_none()) {
-        // Only the leader knows how the members are doing: ask it, briefly.
+    let leader_elsewhere = v.leader_id.is_some_and(|l| l != v.node_id);
+    if leader_elsewhere && v.members.iter().all(|m| m.health.is_none()) {
+        // Only the leader knows how the members are doing: ask it, briefly (a leader that
+        // just went away must not slow down this answer, which monitors poll).
         let asked = state
             .replica
             .ask_leader::<_, Option<BTreeMap<u64, MemberHealth>>>(
@@ -93,7 +95,7 @@ pub async fn cluster(state: Api, access: axum::http::Extensions) -> Json<impl Se
 /// The leader's peer-port route for a follower's `GET /v1/cluster`: each member's health.
 pub const HEALTH_PEER_PATH: &str = "/forward/members";
 /// How long a follower waits for the leader's view of the members before answering without it.
-const HEALTH_ASK_WITHIN: Duration = Duration::from_secs(1);
+const HEALTH_ASK_WITHIN: Duration = Duration::from_millis(200);
 
 /// One member's health and lag, as the leader sees it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
