@@ -24,7 +24,7 @@ pub struct Driver {
 
 impl Driver {
     /// Starts `chromedriver` (from PATH), logging to `log`.
-    pub fn start(log: &Path) -> anyhow::Result<Driver> {
+    pub async fn start(log: &Path) -> anyhow::Result<Driver> {
         let file = std::fs::File::create(log).context("chromedriver's log")?;
         let child = Command::new("chromedriver")
             .args(["--port=0", "--allowed-ips=127.0.0.1"])
@@ -59,8 +59,13 @@ impl Driver {
             if Instant::now() > deadline {
                 bail!("chromedriver did not tell its port within {WITHIN:?}: {text}");
             }
-            std::thread::sleep(Duration::from_millis(20));
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Where chromedriver listens: `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> &str {
+        &self.url
     }
 
     /// A new headless browser `width` × `height`, with a fresh profile (cold cache) and nothing

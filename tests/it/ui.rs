@@ -11,9 +11,7 @@
 //! Needs Debian's `chromium` and `chromium-driver` (`scripts/check.sh` installs them).
 
 use std::io::Write;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use fantoccini::actions::{InputSource, KeyAction, KeyActions};
@@ -699,11 +697,13 @@ fn on_path(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// chromedriver on a loopback port it picked itself (`--port=0`, read back from its output),
-/// in a process group of its own that the Chromium it starts joins: dropping the value (on a
-/// panic too) kills them all.
+/// chromedriver on a loopback port it picked itself, in a process group of its own that the
+/// Chromium it starts joins (`hookd_jepsen::webdriver::Driver`: dropping it, on a panic too,
+/// kills them all), and the profile the browser uses.
 struct Driver {
-    child: Child,
+    /// Held for its `Drop`.
+    _process: hookd_jepsen::webdriver::Driver,
+    /// chromedriver's address, ending in `/`.
     url: String,
     chromium: PathBuf,
     /// Chromium's profile, removed after the processes are gone.
@@ -712,53 +712,19 @@ struct Driver {
 
 impl Driver {
     async fn start(log: &Path) -> Driver {
-        let (Some(chromedriver), Some(chromium)) = (on_path("chromedriver"), on_path("chromium"))
-        else {
+        let (Some(_), Some(chromium)) = (on_path("chromedriver"), on_path("chromium")) else {
             panic!("chromium or chromedriver is not on PATH: {INSTALL}");
         };
-        let file = std::fs::File::create(log).expect("chromedriver's log");
-        let child = Command::new(chromedriver)
-            .args(["--port=0", "--allowed-ips=127.0.0.1"])
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().expect("log file"))
-            .stderr(file)
-            .process_group(0)
-            .spawn()
-            .unwrap_or_else(|e| panic!("start chromedriver: {e}; {INSTALL}"));
-        let mut driver = Driver {
-            child,
-            url: String::new(),
+        let inner = tokio::time::timeout(WITHIN, hookd_jepsen::webdriver::Driver::start(log))
+            .await
+            .unwrap_or_else(|_| panic!("chromedriver did not start within {WITHIN:?}"))
+            .unwrap_or_else(|e| panic!("{e:#}; {INSTALL}"));
+        Driver {
+            url: format!("{}/", inner.url()),
+            _process: inner,
             chromium,
             profile: tempfile::tempdir().expect("profile dir"),
-        };
-        let deadline = Instant::now() + WITHIN;
-        loop {
-            let text = std::fs::read_to_string(log).unwrap_or_default();
-            let port = text.lines().find_map(|l| {
-                l.split_once("started successfully on port ")
-                    .map(|(_, p)| p.trim_end_matches('.').to_owned())
-            });
-            if let Some(port) = port {
-                driver.url = format!("http://127.0.0.1:{port}/");
-                return driver;
-            }
-            if let Ok(Some(status)) = driver.child.try_wait() {
-                panic!("chromedriver exited ({status}): {text}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "chromedriver did not tell its port within {WITHIN:?}: {text}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-    }
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let group = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
-        let _ = self.child.wait();
     }
 }
 

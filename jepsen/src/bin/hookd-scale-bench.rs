@@ -933,7 +933,7 @@ async fn console_loads(
     dir: &Path,
     loads: usize,
 ) -> anyhow::Result<Vec<ConsoleLoads>> {
-    let driver = hookd_jepsen::webdriver::Driver::start(&dir.join("chromedriver.log"))?;
+    let driver = hookd_jepsen::webdriver::Driver::start(&dir.join("chromedriver.log")).await?;
     let l = c.await_leader(&http(), LEADER_WITHIN).await?;
     let follower = (0..3).find(|i| *i != l).unwrap_or(0);
     let ms = |v: &Value| Duration::from_micros((v.as_f64().unwrap_or(0.0) * 1000.0) as u64);
