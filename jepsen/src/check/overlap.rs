@@ -74,8 +74,31 @@ impl Span<'_> {
 /// The statuses of a run that has not ended.
 pub const OPEN: [&str; 3] = ["pending", "in_flight", "retrying"];
 
-/// Every attempted run's span: recorded attempts and arrivals at the sink, by run id.
+/// When the sink answered an arrival: at once, or after the time it held the answer
+/// (`slow:MS:CODE`, `delay:MS`).
+fn answered_at(d: &Delivery) -> i64 {
+    let held_ms = ["slow:", "delay:"]
+        .iter()
+        .find_map(|p| d.response.strip_prefix(p))
+        .and_then(|rest| rest.split(':').next())
+        .and_then(|ms| ms.parse::<i64>().ok())
+        .unwrap_or(0);
+    d.recv + held_ms * 1000
+}
+
+/// Every attempted run's span: recorded attempts and arrivals at the sink, by run id. A
+/// recorded attempt the sink saw ends no later than the sink answered it: the node that made
+/// it may note its end much later, if it was paused in between (the pause-leader fault), while
+/// a new leader ended the run and started the next.
 fn spans<'a>(runs: &'a [RunRecord], deliveries: &[&'a Delivery]) -> Vec<Span<'a>> {
+    // The latest answer to each (run, attempt number) the sink saw.
+    let mut answered: HashMap<(&str, u32), i64> = HashMap::new();
+    for d in deliveries {
+        let at = answered
+            .entry((d.webhook_id.as_str(), d.attempt))
+            .or_insert(i64::MIN);
+        *at = (*at).max(answered_at(d));
+    }
     let mut by_run: BTreeMap<&str, Span<'a>> = BTreeMap::new();
     let mut add = |run: &'a str, scheduled_at: i64, start: i64, end: i64, node: Option<u64>| {
         let s = by_run.entry(run).or_insert(Span {
@@ -91,7 +114,10 @@ fn spans<'a>(runs: &'a [RunRecord], deliveries: &[&'a Delivery]) -> Vec<Span<'a>
     };
     for r in runs {
         for a in &r.attempts {
-            let end = a.started_at + a.duration_ms.max(0) * 1000;
+            let recorded_end = a.started_at + a.duration_ms.max(0) * 1000;
+            let end = answered
+                .get(&(r.id.as_str(), a.n))
+                .map_or(recorded_end, |t| recorded_end.min(*t).max(a.started_at));
             add(&r.id, r.scheduled_at, a.started_at, end, a.node_id);
         }
     }
@@ -482,6 +508,30 @@ mod tests {
         r.attempts = vec![attempt(1, due + 5 * MS, 3, 200, 1)];
         ds.push(arrival(due, 1, due + 6 * MS, "200", 1));
         let v = checked(&input_with(runs, ds));
+        assert_eq!(v.valid, Validity::Invalid, "{v:?}");
+        assert_eq!(v.counts["two_runs_open"], 1);
+    }
+
+    /// A leader paused with an attempt in flight notes its end only once it runs again, long
+    /// after the sink answered and a new leader ended the run and started the next: judged by
+    /// the sink's answer, no overlap. Without that arrival, the recorded end counts.
+    #[test]
+    fn an_attempt_ends_when_the_sink_answered_it_not_when_a_paused_node_noted_it() {
+        let (mut runs, ds) = clean();
+        // The run of T0+2s: its third attempt (sent T0+5s, answered T0+5.002s) noted 2 s long.
+        let r = runs
+            .iter_mut()
+            .find(|r| r.scheduled_at == T0 + 2 * S)
+            .unwrap();
+        r.attempts[2].duration_ms = 2000;
+        r.attempts[2].node_id = Some(3);
+        let v = checked(&input_with(runs.clone(), ds.clone()));
+        assert_eq!(v.valid, Validity::Valid, "{v:?}");
+        let unseen: Vec<Delivery> = ds
+            .into_iter()
+            .filter(|d| !(d.webhook_id == format!("run_o_{}", T0 + 2 * S) && d.attempt == 3))
+            .collect();
+        let v = checked(&input_with(runs, unseen));
         assert_eq!(v.valid, Validity::Invalid, "{v:?}");
         assert_eq!(v.counts["two_runs_open"], 1);
     }
