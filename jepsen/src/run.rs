@@ -517,6 +517,7 @@ pub async fn run(opts: Options) -> anyhow::Result<Outcome> {
         members: members.clone(),
         expected_voters: crate::net::INITIAL as usize,
         events_dropped: 0,
+        deliveries_until: Some(now_us()),
     };
     // Runs of jobs with an owed run lacking any delivery: skipped or missed?
     rec.flush();
@@ -697,7 +698,10 @@ async fn fetch_runs(api: &Api, node: u64, job: &str) -> Option<Vec<RunRecord>> {
 pub fn recheck(dir: &Path) -> anyhow::Result<Vec<Verdict>> {
     let stored: Stored = serde_json::from_str(&std::fs::read_to_string(dir.join("final.json"))?)?;
     let ops = history::load(&dir.join("history.jsonl"))?;
-    let deliveries: Vec<Delivery> = read_jsonl(&dir.join("deliveries.jsonl"))?;
+    let mut deliveries: Vec<Delivery> = read_jsonl(&dir.join("deliveries.jsonl"))?;
+    if let Some(until) = stored.final_state.deliveries_until {
+        deliveries.retain(|d| d.recv <= until);
+    }
     let events: Vec<nemesis::Event> = read_jsonl(&dir.join("nemesis.jsonl"))?;
     // Older runs have no black hole, nor events.
     let blackhole = read_jsonl(&dir.join("blackhole.jsonl")).unwrap_or_default();

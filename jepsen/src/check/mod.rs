@@ -204,6 +204,11 @@ pub struct FinalState {
     /// Event deliveries the sink received beyond what it keeps (`sink::EVENTS_MAX`).
     #[serde(default)]
     pub events_dropped: u64,
+    /// When the checkers' run deliveries were taken from the sink (µs): a re-check reads the
+    /// sink's log only up to here, as the run's own check did (the nodes ran on until stopped).
+    /// None for runs stored before it was kept.
+    #[serde(default)]
+    pub deliveries_until: Option<i64>,
 }
 
 /// Logs and exits, for the crash checker.
