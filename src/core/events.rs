@@ -26,7 +26,7 @@ use super::command::{
 };
 use super::filter;
 use super::format::format_instant;
-use super::records::{get_job, get_record, Table, Tables, TxResult};
+use super::records::{get_job, get_record, put_json, Table, Tables, TxResult};
 use super::render::RunView;
 use super::state::{Position, Touched};
 use crate::limits::{
@@ -394,11 +394,7 @@ fn emit<T: Tables>(
             next_attempt_at_ms: at_ms,
             attempts: 0,
         };
-        t.put(
-            Table::Events,
-            key.as_bytes(),
-            serde_json::to_vec(&delivery).unwrap_or_default(),
-        )?;
+        put_json(t, Table::Events, key.as_bytes(), &delivery)?;
         touched.runs.push(key);
     }
     Ok(())
@@ -463,11 +459,7 @@ pub fn announce<T: Tables>(
     if !memory.note(a) {
         return Ok(CommandResult::Done);
     }
-    t.put(
-        Table::Misc,
-        CLUSTER_EVENTS_KEY,
-        serde_json::to_vec(&memory).unwrap_or_default(),
-    )?;
+    put_json(t, Table::Misc, CLUSTER_EVENTS_KEY, &memory)?;
     let kind = a.kind();
     let to = subscribers(t, kind, None)?;
     let id = cluster_event_id(seq);
@@ -516,11 +508,7 @@ pub fn record_attempt<T: Tables>(t: &T, outcome: &AttemptOutcome) -> TxResult<T,
         AttemptResult::RetryAt(at) => {
             d.attempts = d.attempts.max(outcome.attempt.n);
             d.next_attempt_at_ms = at;
-            t.put(
-                Table::Events,
-                key,
-                serde_json::to_vec(&d).unwrap_or_default(),
-            )
+            put_json(t, Table::Events, key, &d)
         }
     }
 }
@@ -579,11 +567,7 @@ pub fn set_notification<T: Tables>(
             version: 1,
         },
     };
-    t.put(
-        Table::Notifications,
-        id.as_bytes(),
-        serde_json::to_vec(&notification).unwrap_or_default(),
-    )?;
+    put_json(t, Table::Notifications, id.as_bytes(), &notification)?;
     index.retain(|n| n.id != id);
     index.push(Indexed {
         id: id.to_owned(),
@@ -599,11 +583,7 @@ pub fn set_notification<T: Tables>(
 }
 
 fn put_index<T: Tables>(t: &T, index: &[Indexed]) -> TxResult<T, ()> {
-    t.put(
-        Table::Misc,
-        NOTIFY_INDEX_KEY,
-        serde_json::to_vec(index).unwrap_or_default(),
-    )
+    put_json(t, Table::Misc, NOTIFY_INDEX_KEY, index)
 }
 
 /// Whether an attempt's outcome names an event's delivery rather than a run.

@@ -243,6 +243,18 @@ pub(super) fn decode<V: serde::de::DeserializeOwned>(
     }
 }
 
+/// Writes `value` under `key` in `table` as JSON (the form `get_record` reads back, for the
+/// tables whose records are JSON).
+pub(super) fn put_json<T: Tables, V: serde::Serialize + ?Sized>(
+    t: &T,
+    table: Table,
+    key: &[u8],
+    value: &V,
+) -> TxResult<T, ()> {
+    // Our own plain data always serializes.
+    t.put(table, key, serde_json::to_vec(value).unwrap_or_default())
+}
+
 /// Reads and decodes the record under `key` in `table`.
 pub(super) fn get_record<T: Tables, V: serde::de::DeserializeOwned>(
     t: &T,

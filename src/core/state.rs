@@ -124,10 +124,7 @@ fn apply_one<T: Tables>(
         Command::StartRun { run_id } => start_run(t, at, run_id, touched),
         Command::SetTargetPolicy { target, policy } => {
             match policy {
-                Some(p) => {
-                    let bytes = serde_json::to_vec(p).unwrap_or_default();
-                    t.put(Table::TargetPolicies, target.as_bytes(), bytes)?;
-                }
+                Some(p) => put_json(t, Table::TargetPolicies, target.as_bytes(), p)?,
                 None => t.del(Table::TargetPolicies, target.as_bytes())?,
             }
             touched.policies = true;
