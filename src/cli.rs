@@ -357,6 +357,13 @@ pub enum ClusterCmd {
         #[arg(long)]
         yes: bool,
     },
+    /// End a rolling upgrade once every member runs this release: the nodes write its formats
+    /// from then on, and none can go back to the previous release (asks for --yes when not on a
+    /// terminal).
+    FinalizeUpgrade {
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -918,6 +925,15 @@ async fn cluster(client: &Client, out: &Printer, cmd: ClusterCmd) -> Result<(), 
                 )
                 .await?
         }
+        ClusterCmd::FinalizeUpgrade { yes } => {
+            confirm(
+                yes,
+                "Finalize the upgrade? No node can go back to the previous release after it.",
+            )?;
+            client
+                .ok(Method::POST, "/v1/cluster/upgrade/finalize", None)
+                .await?
+        }
     };
     out.cluster(&v)
 }
@@ -1395,6 +1411,7 @@ const MEMBER_COLUMNS: &[Column] = &[
     column("VOTER", |r, _| text(&r["voter"])),
     column("PEER", |r, _| text(&r["peer_addr"])),
     column("API", |r, _| text(&r["api_addr"])),
+    column("VERSION", |r, _| text(&r["version"])),
 ];
 
 /// A field of one object shown as `key  value` lines, written for people by its own function
@@ -1739,11 +1756,12 @@ impl Printer {
         match self.format {
             Output::Table => {
                 println!(
-                    "cluster {}  leader {}  term {}  commit {}",
+                    "cluster {}  leader {}  term {}  commit {}  format {}",
                     text(&v["cluster_id"]),
                     text(&v["leader_id"]),
                     text(&v["term"]),
-                    text(&v["commit_index"])
+                    text(&v["commit_index"]),
+                    text(&v["format_version"])
                 );
                 let rows = v["members"].as_array().cloned().unwrap_or_default();
                 print!("{}", render_table(&rows, MEMBER_COLUMNS, Utc::now()));

@@ -78,6 +78,11 @@ pub trait Machine: Send + Sync + 'static {
     /// refused; one from `FORMAT_READABLE_FROM` on is upgraded in place (`DROPPED_TABLES` go).
     const FORMAT_VERSION: u32;
     const FORMAT_READABLE_FROM: u32;
+    /// The newest format the previous release writes and reads. Until the cluster's format is
+    /// raised (`cluster_format`, by `record_cluster_format`: the operator's finalize, or the
+    /// creation of a new cluster) this code writes nothing newer, so any node can go back to
+    /// the previous release with its data dir.
+    const FORMAT_PREVIOUS_RELEASE: u32;
     /// Most commands one `batch` may hold.
     const BATCH_MAX: usize;
 
@@ -113,6 +118,13 @@ pub trait Machine: Send + Sync + 'static {
     /// recorded one.
     fn record_cluster_id(cluster_id: String) -> Self::Command;
     fn cluster_id(tables: &AppliedTables) -> Option<String>;
+    /// The command that raises the cluster's format to `format` (never lowers it), the
+    /// recorded format (none: never recorded, a cluster made by a release before there was
+    /// one, whose format is `FORMAT_PREVIOUS_RELEASE`), and the format a command records, if
+    /// it is (or holds) such a command.
+    fn record_cluster_format(format: u32) -> Self::Command;
+    fn cluster_format(tables: &AppliedTables) -> Option<u32>;
+    fn format_set_by(cmd: &Self::Command) -> Option<u32>;
     /// Restoring a backup into a new cluster: whether the row `key` of table `table` (an index
     /// into `TABLES`) belongs to the old cluster's identity (its nodes' records, its cluster
     /// id) and is left out, and the row that records the new cluster id: (table, key, value).
@@ -301,9 +313,11 @@ pub mod kv {
         Batch(Vec<Out>),
     }
 
-    /// Keys starting with this are node records (`record_node`), `"cluster"` the cluster id.
+    /// Keys starting with this are node records (`record_node`), `"cluster"` the cluster id,
+    /// `"format"` the cluster's format.
     const NODE: &str = "node/";
     const CLUSTER: &str = "cluster";
+    const FORMAT: &str = "format";
 
     #[derive(Default)]
     pub struct Kv;
@@ -314,8 +328,9 @@ pub mod kv {
         type Touched = ();
         const TABLES: &'static [&'static str] = &["kv"];
         const DROPPED_TABLES: &'static [&'static str] = &["old"];
-        const FORMAT_VERSION: u32 = 3;
+        const FORMAT_VERSION: u32 = 4;
         const FORMAT_READABLE_FROM: u32 = 1;
+        const FORMAT_PREVIOUS_RELEASE: u32 = 3;
         const BATCH_MAX: usize = 1024;
 
         fn apply(
@@ -328,6 +343,12 @@ pub mod kv {
             match cmd {
                 Cmd::Put { key, value } if key == CLUSTER => {
                     if tx.get(0, key.as_bytes())?.is_none() {
+                        tx.put(0, key.as_bytes(), value.as_bytes().to_vec())?;
+                    }
+                }
+                Cmd::Put { key, value } if key == FORMAT => {
+                    let now = tx.get(0, key.as_bytes())?.and_then(|v| format_of(&v));
+                    if value.parse::<u32>().ok() > now {
                         tx.put(0, key.as_bytes(), value.as_bytes().to_vec())?;
                     }
                 }
@@ -400,6 +421,22 @@ pub mod kv {
             let v = tables.get(0, CLUSTER.as_bytes()).ok()??;
             Some(String::from_utf8_lossy(&v).into_owned())
         }
+        fn record_cluster_format(format: u32) -> Cmd {
+            Cmd::Put {
+                key: FORMAT.into(),
+                value: format.to_string(),
+            }
+        }
+        fn cluster_format(tables: &AppliedTables) -> Option<u32> {
+            format_of(&tables.get(0, FORMAT.as_bytes()).ok()??)
+        }
+        fn format_set_by(cmd: &Cmd) -> Option<u32> {
+            match cmd {
+                Cmd::Put { key, value } if key == FORMAT => value.parse().ok(),
+                Cmd::Batch(cmds) => cmds.iter().filter_map(Self::format_set_by).max(),
+                _ => None,
+            }
+        }
         fn identity_row(_: usize, key: &[u8]) -> bool {
             key == CLUSTER.as_bytes() || key.starts_with(NODE.as_bytes())
         }
@@ -408,5 +445,9 @@ pub mod kv {
         }
         fn applied(&self, _: ()) {}
         fn replaced(&self) {}
+    }
+
+    fn format_of(value: &[u8]) -> Option<u32> {
+        std::str::from_utf8(value).ok()?.parse().ok()
     }
 }

@@ -19,6 +19,7 @@ use crate::network::{
     PATH_NODE, PATH_REMOVED, PATH_SNAPSHOT, PATH_VOTE, PEER_BODY_BYTES_MAX, REMOVED_STATUS,
     SIGNATURE_HEADER, TARGET_NODE_HEADER,
 };
+use crate::release::{FORMAT_HEADER, VERSION_HEADER};
 use crate::replica::Replica;
 use crate::secret::{Secret, Signed};
 use crate::typ::{
@@ -216,7 +217,12 @@ async fn append<M: Machine>(
     }
     let answer: Result<AppendEntriesResponse, RaftError> =
         s.replica.raft().append_entries(req).await;
-    ([(ACCEPTS_HEADER, Encoding::POSTCARD_TYPE)], Json(answer)).into_response()
+    let release = [
+        (ACCEPTS_HEADER, Encoding::POSTCARD_TYPE.to_owned()),
+        (VERSION_HEADER, env!("CARGO_PKG_VERSION").to_owned()),
+        (FORMAT_HEADER, M::FORMAT_VERSION.to_string()),
+    ];
+    (release, Json(answer)).into_response()
 }
 
 /// A vote request, unless the candidate was removed from the cluster: then it is told so (it

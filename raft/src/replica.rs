@@ -562,6 +562,19 @@ impl<M: Machine> Replica<M> {
             .map_err(|e| ReplicaError::NoLeader(e.to_string()))
     }
 
+    /// Each member's release as this node last heard it (this node's own, and, while it
+    /// leads, every member's that answered it: `release.rs`).
+    pub fn member_releases(&self) -> std::collections::BTreeMap<NodeId, crate::Release> {
+        let mut all = self.peers.releases.all();
+        all.insert(self.id, crate::Release::this(M::FORMAT_VERSION));
+        all
+    }
+
+    /// The cluster's format: what this node writes (`Machine::cluster_format`).
+    pub fn cluster_format(&self) -> u32 {
+        M::cluster_format(&self.view.tables()).unwrap_or(M::FORMAT_PREVIOUS_RELEASE)
+    }
+
     /// This node's write backlog: proposals waiting for a batch slot plus log entries appended
     /// but not yet applied.
     pub fn write_backlog(&self) -> usize {
@@ -854,7 +867,12 @@ impl<M: Machine> Replica<M> {
                 m.state == ServerState::Leader && m.current_leader == Some(self.id)
             };
             if leading && self.cluster_id().is_none() {
-                let cmd = M::record_cluster_id(self.config.cluster_id.clone());
+                // A new cluster: made by this release, so it starts in this release's format
+                // (one entry with its id, so it never has the one without the other).
+                let cmd = M::batch(vec![
+                    M::record_cluster_id(self.config.cluster_id.clone()),
+                    M::record_cluster_format(M::FORMAT_VERSION),
+                ]);
                 if let Some(Err(e)) = self.unless_cancelled(self.propose(cmd)).await {
                     tracing::debug!(error = %e, "recording the cluster id failed; will retry");
                 }

@@ -9,9 +9,11 @@ use axum::extract::{Path, Query};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use hookd_raft::{AddMember, MemberError, RemoveMember};
+use hookd_raft::{AddMember, Machine, MemberError, Release, RemoveMember};
 
-use crate::replicated::Replica;
+use crate::core::command::Command;
+use crate::core::state::FORMAT_NEWEST;
+use crate::replicated::{Hookd, Replica};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -33,6 +35,9 @@ struct Member {
     health: Option<Health>,
     /// As the leader sees it: log entries the member is behind the leader's last one.
     lag: Option<u64>,
+    /// The hookd release the member runs, as the leader last heard it (null: not heard, or a
+    /// release before 0.2, which does not say).
+    version: Option<String>,
 }
 
 /// A member answering but further behind than this is `lagging`.
@@ -58,6 +63,9 @@ struct ClusterView {
     term: u64,
     commit_index: u64,
     cluster_id: Option<String>,
+    /// The format of the records and commands the nodes write: the previous release's until
+    /// the upgrade is finalized (`POST /v1/cluster/upgrade/finalize`).
+    format_version: u32,
     members: Vec<Member>,
     /// What the caller's token allows: `all`, or `read` (a read token).
     #[schema(value_type = String)]
@@ -85,6 +93,7 @@ pub async fn cluster(state: Api, access: axum::http::Extensions) -> Json<impl Se
             for m in &mut v.members {
                 if let Some(h) = health.get(&m.id) {
                     (m.health, m.lag) = (Some(h.health), h.lag);
+                    m.version = h.version().or(m.version.take());
                 }
             }
         }
@@ -97,11 +106,20 @@ pub const HEALTH_PEER_PATH: &str = "/forward/members";
 /// How long a follower waits for the leader's view of the members before answering without it.
 const HEALTH_ASK_WITHIN: Duration = Duration::from_millis(200);
 
-/// One member's health and lag, as the leader sees it.
+/// One member's health, lag and release, as the leader sees it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MemberHealth {
     health: Health,
     lag: Option<u64>,
+    /// Absent in the answer of a leader of release 0.1.
+    #[serde(default)]
+    release: Option<Release>,
+}
+
+impl MemberHealth {
+    fn version(&self) -> Option<String> {
+        self.release.as_ref()?.version.clone()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,6 +135,7 @@ enum Health {
 pub fn members_health(replica: &Replica) -> Option<BTreeMap<u64, MemberHealth>> {
     let epoch = (*replica.leadership().epochs().borrow())?;
     let heard = replica.leadership().heard_from(epoch);
+    let releases = replica.member_releases();
     let status = replica.status();
     let now = Instant::now();
     let health_of = |m: &hookd_raft::MemberStatus| {
@@ -129,6 +148,7 @@ pub fn members_health(replica: &Replica) -> Option<BTreeMap<u64, MemberHealth>> 
         MemberHealth {
             health: health(silent_for, lag),
             lag,
+            release: releases.get(&m.id).cloned(),
         }
     };
     Some(
@@ -145,6 +165,7 @@ fn view(state: &Api, access: super::Access) -> ClusterView {
     let status = replica.status();
     let api: BTreeMap<u64, String> = replica.node_api_addrs().into_iter().collect();
     let health = members_health(replica).unwrap_or_default();
+    let this = Release::this(Hookd::FORMAT_VERSION).version;
     let members = status
         .members
         .into_iter()
@@ -152,6 +173,10 @@ fn view(state: &Api, access: super::Access) -> ClusterView {
             api_addr: api.get(&m.id).cloned(),
             health: health.get(&m.id).map(|h| h.health),
             lag: health.get(&m.id).and_then(|h| h.lag),
+            version: match health.get(&m.id) {
+                Some(h) => h.version(),
+                None => this.clone().filter(|_| m.id == status.node_id),
+            },
             id: m.id,
             peer_addr: m.peer_addr,
             role: m.role.as_str(),
@@ -164,6 +189,7 @@ fn view(state: &Api, access: super::Access) -> ClusterView {
         term: status.term,
         commit_index: replica.committed_index(),
         cluster_id: replica.cluster_id(),
+        format_version: replica.cluster_format(),
         members,
         access: access.as_str(),
     }
@@ -259,6 +285,76 @@ pub async fn add_member(
         .await
         .map_err(member_error)?;
     Ok((StatusCode::CREATED, Json(view_after_change(&state).await)).into_response())
+}
+
+/// How long finalizing waits for the leader's view of the members' releases.
+const RELEASES_ASK_WITHIN: Duration = Duration::from_secs(2);
+
+/// Why the cluster cannot move to format `format` yet: for each member (`members`, the ids of
+/// the membership) that was not heard from lately or runs a release that does not read it,
+/// one sentence. None: every member reads it.
+fn finalize_blockers(
+    members: &[u64],
+    health: &BTreeMap<u64, MemberHealth>,
+    format: u32,
+) -> Vec<String> {
+    members
+        .iter()
+        .filter_map(|id| {
+            let Some(h) = health.get(id) else {
+                return Some(format!("member {id}: the leader has no word of it"));
+            };
+            if h.health == Health::Unreachable {
+                return Some(format!(
+                    "member {id} is unreachable: its release is not known"
+                ));
+            }
+            let release = h.release.clone().unwrap_or_default();
+            (!release.reads(format)).then(|| match (release.version, release.format) {
+                (Some(v), Some(f)) => {
+                    format!("member {id} runs hookd {v}, which reads formats up to {f}")
+                }
+                _ => format!("member {id} runs a hookd release before 0.2"),
+            })
+        })
+        .collect()
+}
+
+#[utoipa::path(post, operation_id = "finalizeUpgrade", path = "/cluster/upgrade/finalize", tag = "cluster",
+    responses((status = 200, description = "the cluster writes this release's format from now on (or did already)", body = ClusterView),
+              (status = 409, description = "a member runs an older release or cannot be reached", body = super::openapi::ErrorBody)))]
+/// Ends a rolling upgrade (SPEC §6): once every member runs this release, the cluster's format
+/// is raised to this release's, and no node can go back to the previous release from then on.
+pub async fn finalize_upgrade(state: Api) -> Result<Response, ApiError> {
+    let replica = &state.replica;
+    if replica.cluster_format() < FORMAT_NEWEST {
+        let health = match members_health(replica) {
+            Some(health) => health,
+            None => replica
+                .ask_leader::<_, Option<BTreeMap<u64, MemberHealth>>>(
+                    HEALTH_PEER_PATH,
+                    &(),
+                    RELEASES_ASK_WITHIN,
+                )
+                .await
+                .map_err(|e| ApiError::no_leader(e.to_string()))?
+                .ok_or_else(|| ApiError::no_leader("the leader changed; try again"))?,
+        };
+        let members: Vec<u64> = replica.status().members.iter().map(|m| m.id).collect();
+        let blockers = finalize_blockers(&members, &health, FORMAT_NEWEST);
+        if !blockers.is_empty() {
+            return Err(ApiError::conflict(format!(
+                "cannot finalize the upgrade while a member may run an older release: {}",
+                blockers.join("; ")
+            )));
+        }
+        state
+            .propose(Command::SetFormat {
+                format: FORMAT_NEWEST,
+            })
+            .await?;
+    }
+    Ok(Json(view_after_change(&state).await).into_response())
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
@@ -366,6 +462,78 @@ pub async fn metrics() -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_upgrade_is_finalized_only_when_every_member_was_heard_running_a_release_that_reads_it() {
+        let member = |health, version: Option<&str>, format| MemberHealth {
+            health,
+            lag: Some(0),
+            release: Some(Release {
+                version: version.map(str::to_owned),
+                format,
+            }),
+        };
+        let new = || member(Health::Ok, Some("0.2.0"), Some(5));
+        type Case = (Vec<(u64, MemberHealth)>, Vec<&'static str>);
+        let cases: Vec<Case> = vec![
+            (vec![(1, new()), (2, new()), (3, new())], vec![]),
+            (
+                vec![(1, new()), (2, member(Health::Ok, None, None)), (3, new())],
+                vec!["member 2 runs a hookd release before 0.2"],
+            ),
+            (
+                vec![
+                    (1, new()),
+                    (2, new()),
+                    (3, member(Health::Ok, Some("0.2.0"), Some(4))),
+                ],
+                vec!["member 3 runs hookd 0.2.0, which reads formats up to 4"],
+            ),
+            (
+                vec![
+                    (1, new()),
+                    (2, member(Health::Unreachable, Some("0.2.0"), Some(5))),
+                ],
+                vec![
+                    "member 2 is unreachable: its release is not known",
+                    "member 3: the leader has no word of it",
+                ],
+            ),
+            // A lagging member that runs the release is no reason to wait.
+            (
+                vec![
+                    (1, new()),
+                    (2, member(Health::Lagging, Some("0.3.0"), Some(6))),
+                    (3, new()),
+                ],
+                vec![],
+            ),
+            // A leader of release 0.1 says nothing of releases.
+            (
+                vec![
+                    (
+                        1,
+                        MemberHealth {
+                            health: Health::Ok,
+                            lag: None,
+                            release: None,
+                        },
+                    ),
+                    (2, new()),
+                    (3, new()),
+                ],
+                vec!["member 1 runs a hookd release before 0.2"],
+            ),
+        ];
+        for (health, want) in cases {
+            let health: BTreeMap<u64, MemberHealth> = health.into_iter().collect();
+            assert_eq!(
+                finalize_blockers(&[1, 2, 3], &health, 5),
+                want,
+                "{health:?}"
+            );
+        }
+    }
 
     #[test]
     fn a_member_is_unreachable_when_silent_lagging_when_far_behind_else_ok() {

@@ -125,6 +125,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .routes(routes!(cluster::cluster))
         .routes(routes!(cluster::add_member))
         .routes(routes!(cluster::remove_member))
+        .routes(routes!(cluster::finalize_upgrade))
         .routes(routes!(targets::list))
         .routes(routes!(targets::put_policy, targets::delete_policy))
         .routes(routes!(stats::stats))

@@ -861,6 +861,12 @@ pub enum Command {
         announcement: super::events::Announcement,
         at_ms: UnixMs,
     },
+    /// Raises the cluster's format to `format` (never lowers it): from then on nodes write
+    /// it (format 5; `records::FORMAT_NEWEST`). Proposed when a cluster is made, and by
+    /// `POST /v1/cluster/upgrade/finalize` once every member runs a release that reads it.
+    SetFormat {
+        format: u32,
+    },
 }
 
 /// A target's limits (`PUT /v1/targets/{host:port}/policy`), replacing the node's defaults:
@@ -1018,6 +1024,7 @@ impl Command {
             Command::SetTargetPolicy { .. } => "set_target_policy",
             Command::SetNotification { .. } => "set_notification",
             Command::Announce { .. } => "announce",
+            Command::SetFormat { .. } => "set_format",
         }
     }
 
@@ -1047,7 +1054,8 @@ impl Command {
             | Command::StartRun { .. }
             | Command::SetTargetPolicy { .. }
             | Command::SetNotification { .. }
-            | Command::Announce { .. } => false,
+            | Command::Announce { .. }
+            | Command::SetFormat { .. } => false,
         }
     }
 }
@@ -1085,7 +1093,8 @@ impl Command {
             | Command::ClaimRuns { .. }
             | Command::RecordAttempts { .. }
             | Command::StartRun { .. }
-            | Command::Announce { .. } => 0,
+            | Command::Announce { .. }
+            | Command::SetFormat { .. } => 0,
         }
     }
 }

@@ -169,6 +169,20 @@ pub(super) fn due_key(ms: i64) -> [u8; 8] {
 
 /// Key of the cluster id in `Table::Misc`.
 pub const CLUSTER_ID_KEY: &[u8] = b"cluster_id";
+/// Key of the cluster's format in `Table::Misc` (`u32` big-endian; absent: the cluster was
+/// made by a release without it and is in `FORMAT_PREVIOUS_RELEASE`).
+pub const CLUSTER_FORMAT_KEY: &[u8] = b"cluster_format";
+
+/// The newest record and command format this code writes (its history: `FORMAT_VERSION` of
+/// `replicated::Hookd`), and the newest the previous release (v0.1.0) writes and reads: this
+/// code writes nothing newer until the cluster's format is raised (`Command::SetFormat`).
+pub const FORMAT_NEWEST: u32 = 5;
+pub const FORMAT_PREVIOUS_RELEASE: u32 = 4;
+
+/// The cluster format a `CLUSTER_FORMAT_KEY` record holds.
+pub fn cluster_format_of(bytes: &[u8]) -> Option<u32> {
+    <[u8; 4]>::try_from(bytes).ok().map(u32::from_be_bytes)
+}
 
 /// A record that cannot be read, or storage that failed under a read.
 #[derive(Debug, thiserror::Error)]

@@ -16,8 +16,8 @@ use super::overlap::{self, Decision};
 use super::records::*;
 pub use super::records::{
     decode_job, decode_run, decode_run_list, job_index_keys, status_key, status_prefix, Guard,
-    RunList, StateFault, Table, Tables, CLUSTER_ID_KEY, DROPPED_TABLES, JOB_INDEX_KEY,
-    JOB_INDEX_VERSION,
+    RunList, StateFault, Table, Tables, CLUSTER_ID_KEY, DROPPED_TABLES, FORMAT_NEWEST,
+    FORMAT_PREVIOUS_RELEASE, JOB_INDEX_KEY, JOB_INDEX_VERSION,
 };
 
 /// What applied commands changed, for the dispatcher.
@@ -106,6 +106,17 @@ fn apply_one<T: Tables>(
         Command::SetClusterId { cluster_id } => {
             if t.get(Table::Misc, CLUSTER_ID_KEY)?.is_none() {
                 t.put(Table::Misc, CLUSTER_ID_KEY, cluster_id.as_bytes().to_vec())?;
+            }
+            Ok(CommandResult::Done)
+        }
+        Command::SetFormat { format } => {
+            let now = t.get(Table::Misc, CLUSTER_FORMAT_KEY)?;
+            if Some(*format) > now.as_deref().and_then(cluster_format_of) {
+                t.put(
+                    Table::Misc,
+                    CLUSTER_FORMAT_KEY,
+                    format.to_be_bytes().to_vec(),
+                )?;
             }
             Ok(CommandResult::Done)
         }

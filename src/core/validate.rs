@@ -15,6 +15,7 @@ use super::command::{
 };
 use super::events::{Announcement, NotificationSpec};
 pub use super::format::format_duration_ms;
+use super::records::{FORMAT_NEWEST, FORMAT_PREVIOUS_RELEASE};
 use crate::limits::*;
 use crate::schedule::{CronSchedule, EVERY_MIN};
 
@@ -87,6 +88,16 @@ pub fn command(cmd: &Command, now_ms: UnixMs) -> Checked {
             text("api_addr", api_addr)
         }
         Command::SetClusterId { cluster_id } => text("cluster_id", cluster_id),
+        Command::SetFormat { format } => {
+            if (FORMAT_PREVIOUS_RELEASE..=FORMAT_NEWEST).contains(format) {
+                Ok(())
+            } else {
+                Err(Invalid::new(
+                    "format",
+                    format!("formats {FORMAT_PREVIOUS_RELEASE} to {FORMAT_NEWEST} are known"),
+                ))
+            }
+        }
         Command::ClaimRuns {
             now_ms: t,
             items,

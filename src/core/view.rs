@@ -10,8 +10,8 @@ use super::events::{
     self, ClusterMemory, Delivery, EventType, Notification, CLUSTER_EVENTS_KEY, NOTIFY_INDEX_KEY,
 };
 use super::records::{
-    decode, decode_job, decode_run, decode_run_list, status_key_parts, status_prefix, Guard,
-    StateFault, Table, CLUSTER_ID_KEY,
+    cluster_format_of, decode, decode_job, decode_run, decode_run_list, status_key_parts,
+    status_prefix, Guard, StateFault, Table, CLUSTER_FORMAT_KEY, CLUSTER_ID_KEY,
 };
 
 /// A key and its value.
@@ -289,6 +289,12 @@ impl<R: Read> View<R> {
     }
 
     /// The cluster id, once the first leader has recorded it.
+    /// The cluster's format, if recorded (`Command::SetFormat`).
+    pub fn cluster_format(&self) -> Option<u32> {
+        let record = self.read.get(Table::Misc, CLUSTER_FORMAT_KEY).ok()??;
+        cluster_format_of(&record)
+    }
+
     pub fn cluster_id(&self) -> Option<String> {
         self.read
             .get(Table::Misc, CLUSTER_ID_KEY)

@@ -10,8 +10,8 @@ use hookd_raft::{LogPosition, Machine, ReadError, TableWriter, Tx, TxError};
 
 use crate::core::command::{Command, CommandResult, Epoch, NodeId};
 use crate::core::state::{
-    self, job_index_keys, StateFault, Table, Touched, CLUSTER_ID_KEY, JOB_INDEX_KEY,
-    JOB_INDEX_VERSION,
+    self, job_index_keys, StateFault, Table, Touched, CLUSTER_ID_KEY, FORMAT_NEWEST,
+    FORMAT_PREVIOUS_RELEASE, JOB_INDEX_KEY, JOB_INDEX_VERSION,
 };
 use crate::core::view::{Read, Row, View};
 pub use feed::{Changes, Subscription};
@@ -136,9 +136,14 @@ impl Machine for Hookd {
     ///   empty. Run records get format byte 2 and `RunExt` (JSON inside, like `JobExt`);
     ///   byte-1 runs are read as format 3 wrote them. Events (`core::events`): commands
     ///   `SetNotification` and `Announce`, tables `Table::Notifications` and `Table::Events`
-    ///   (both start empty), a job's callbacks inside `JobExt`.
-    const FORMAT_VERSION: u32 = 4;
+    ///   (both start empty), a job's callbacks inside `JobExt`. The last format of release
+    ///   v0.1.0.
+    /// - 5: the cluster's format is recorded (`Command::SetFormat`, in `Table::Misc`), and
+    ///   nothing newer than format 4 is written until it says 5: a cluster made by v0.1.0
+    ///   stays readable by v0.1.0 until the operator finalizes its upgrade.
+    const FORMAT_VERSION: u32 = FORMAT_NEWEST;
     const FORMAT_READABLE_FROM: u32 = 1;
+    const FORMAT_PREVIOUS_RELEASE: u32 = FORMAT_PREVIOUS_RELEASE;
     const BATCH_MAX: usize = state::BATCH_COMMANDS_MAX;
 
     fn apply(
@@ -204,6 +209,22 @@ impl Machine for Hookd {
 
     fn cluster_id(tables: &hookd_raft::AppliedTables) -> Option<String> {
         View::new(tables.clone()).cluster_id()
+    }
+
+    fn record_cluster_format(format: u32) -> Command {
+        Command::SetFormat { format }
+    }
+
+    fn cluster_format(tables: &hookd_raft::AppliedTables) -> Option<u32> {
+        View::new(tables.clone()).cluster_format()
+    }
+
+    fn format_set_by(cmd: &Command) -> Option<u32> {
+        match cmd {
+            Command::SetFormat { format } => Some(*format),
+            Command::Batch { commands } => commands.iter().filter_map(Self::format_set_by).max(),
+            _ => None,
+        }
     }
 
     fn identity_row(table: usize, key: &[u8]) -> bool {

@@ -73,6 +73,22 @@ async fn three_nodes_form_a_cluster_and_a_job_created_on_a_follower_is_read_ever
     )
     .await;
     assert_eq!(cluster["access"], "all", "no token: everything");
+
+    // A cluster this release made is in its format from the start; every member says which
+    // release it runs, and finalizing has nothing to do.
+    let version = env!("CARGO_PKG_VERSION");
+    eventually(Duration::from_secs(5), "every member's version", || async {
+        let (_, got) = c.get(follower, "/v1/cluster").await?;
+        let all = got["members"].as_array()?.iter().all(|m| m["version"] == version);
+        (all && got["format_version"] == 5).then_some(())
+    })
+    .await;
+    let (status, body) = c
+        .post(follower, "/v1/cluster/upgrade/finalize", &serde_json::json!({}))
+        .await
+        .expect("finalize");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["format_version"], 5);
 }
 
 /// Creates `n` jobs named `{prefix}-{k}` through node `via`, returning the acknowledged ids.

@@ -21,6 +21,7 @@ use super::{
 };
 use crate::lease::{Acks, LeaderTerm};
 use crate::machine::Machine;
+use crate::release::{Release, Releases};
 use crate::secret::{Secret, Signed};
 use crate::tls::Reloading;
 use crate::typ::{
@@ -73,6 +74,8 @@ pub struct PeerClient {
     removals: Removals,
     proven: Proven,
     backoffs: Backoffs,
+    /// What each peer said of its release on its last answer to an AppendEntries.
+    pub(crate) releases: Releases,
 }
 
 /// Where a node learns it was removed from the cluster: why, once known.
@@ -176,6 +179,7 @@ impl PeerClient {
             removals,
             proven: Arc::default(),
             backoffs: Arc::default(),
+            releases: Releases::default(),
         })
     }
 
@@ -600,11 +604,18 @@ impl<M: Machine> RaftNetwork<Cfg<M>> for PeerConnection {
             )
             .await;
         self.postcard = takes_postcard(encoding, &answer);
+        let release = answer
+            .as_ref()
+            .ok()
+            .map(|r| Release::of_answer(r.headers()));
         let answer = match answer {
             Ok(resp) => json_of(resp, addr).await,
             Err(e) => Err(e),
         };
         let resp: AppendEntriesResponse = self.answer(answer)?;
+        if let Some(release) = release {
+            self.client.releases.record(self.target, release);
+        }
         if !matches!(resp, AppendEntriesResponse::HigherVote(_)) {
             // Success, partial success or a log conflict: the peer accepted this leader.
             let leader = rpc.vote.leader_id();

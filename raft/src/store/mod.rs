@@ -125,15 +125,15 @@ struct MetaRecord {
 const META_KEY: &[u8] = b"record";
 
 impl MetaRecord {
-    /// The record this code writes for machine `M`.
-    fn current<M: Machine>(node_id: NodeId, removed: Option<String>, joined: bool) -> MetaRecord {
+    /// The record this code writes with the machine's records in `format`.
+    fn current(node_id: NodeId, format: u32) -> MetaRecord {
         MetaRecord {
-            schema_version: data_dir_version(STORE_VERSION, M::FORMAT_VERSION),
+            schema_version: data_dir_version(STORE_VERSION, format),
             store_version: Some(STORE_VERSION),
-            machine_format: Some(M::FORMAT_VERSION),
+            machine_format: Some(format),
             node_id,
-            removed,
-            joined,
+            removed: None,
+            joined: false,
         }
     }
 
@@ -146,22 +146,81 @@ impl MetaRecord {
     }
 }
 
-/// Records these versions and `node_id` in the meta record, flushed.
-fn write_meta<M: Machine>(
-    meta: &sled::Tree,
-    disk: &Disk,
-    node_id: NodeId,
-    joined: bool,
-) -> Result<(), sled::Error> {
-    let rec = MetaRecord::current::<M>(node_id, None, joined);
-    meta.insert(META_KEY, serde_json::to_vec(&rec).unwrap_or_default())?;
-    disk.flush_blocking()
+/// The data dir's meta record, as written last: shared by the store and its state machine,
+/// which raises the recorded format once the cluster's is raised (`Machine::cluster_format`),
+/// so a binary that cannot read the new format refuses the data dir by its meta record.
+#[derive(Clone)]
+pub(crate) struct Meta {
+    tree: sled::Tree,
+    disk: Disk,
+    record: Arc<std::sync::Mutex<MetaRecord>>,
+}
+
+impl Meta {
+    /// Writes `record`, flushed (blocking), and keeps it as the current one.
+    fn write(tree: sled::Tree, disk: Disk, record: MetaRecord) -> Result<Meta, sled::Error> {
+        let meta = Meta {
+            tree,
+            disk,
+            record: Arc::new(std::sync::Mutex::new(record.clone())),
+        };
+        meta.put(&record)?;
+        meta.disk.flush_blocking()?;
+        Ok(meta)
+    }
+
+    fn put(&self, record: &MetaRecord) -> Result<(), sled::Error> {
+        let bytes = serde_json::to_vec(record).unwrap_or_default();
+        self.tree.insert(META_KEY, bytes).map(drop)
+    }
+
+    fn record(&self) -> MetaRecord {
+        self.record
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Changes the record with `change` and writes it (the caller flushes); a no-op when
+    /// `change` leaves it as it is.
+    fn update(&self, change: impl FnOnce(&mut MetaRecord)) -> Result<bool, sled::Error> {
+        let mut current = self.record.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = current.clone();
+        change(&mut next);
+        if next == *current {
+            return Ok(false);
+        }
+        self.put(&next)?;
+        *current = next;
+        Ok(true)
+    }
+
+    /// Records the machine's records as being in `format` from now on, flushed, unless the
+    /// record says a newer one already. Blocking.
+    pub(crate) fn raise_format(&self, format: u32) -> Result<(), sled::Error> {
+        let raised = self.update(|r| {
+            let (store, found) = r.versions();
+            if format > found {
+                r.machine_format = Some(format);
+                r.store_version = Some(store);
+                r.schema_version = data_dir_version(store, format);
+            }
+        })?;
+        if raised {
+            self.disk.flush_blocking()?;
+            tracing::info!(
+                format,
+                "the data dir's record format raised with the cluster's"
+            );
+        }
+        Ok(())
+    }
 }
 
 /// An opened data dir.
 pub struct Store<M> {
     disk: Disk,
-    meta: sled::Tree,
+    meta: Meta,
     log: LogStore<M>,
     sm: StateMachineStore<M>,
     fresh: bool,
@@ -219,10 +278,8 @@ impl<M: Machine> Store<M> {
         }
         let disk = Disk::open(sled_config, &dir.join("db")).map_err(sled_err)?;
         let db = disk.db();
-        let meta = db.open_tree("meta").map_err(sled_err)?;
-        let mut removed = None;
-        let mut joined = false;
-        let fresh = match meta.get(META_KEY).map_err(sled_err)? {
+        let tree = db.open_tree("meta").map_err(sled_err)?;
+        let (meta, fresh) = match tree.get(META_KEY).map_err(sled_err)? {
             Some(bytes) => {
                 let rec: MetaRecord =
                     serde_json::from_slice(&bytes).map_err(|e| OpenError::Corrupt {
@@ -248,9 +305,11 @@ impl<M: Machine> Store<M> {
                         expected: node_id,
                     });
                 }
-                removed = rec.removed;
-                joined = rec.joined;
-                if found != (STORE_VERSION, M::FORMAT_VERSION) {
+                // Records stay in the form the previous release writes until the cluster's
+                // format is raised (`Machine::FORMAT_PREVIOUS_RELEASE`), so that release can
+                // still open this dir; an older form is upgraded as far as that release would.
+                let to = (STORE_VERSION, found.1.max(M::FORMAT_PREVIOUS_RELEASE));
+                if found != to {
                     // Every change since is read from the older form; only the tables the
                     // machine dropped go. Then the new version is recorded, so an older hookd
                     // no longer opens this dir. Both steps may run again after a crash between
@@ -264,30 +323,50 @@ impl<M: Machine> Store<M> {
                             db.drop_tree(&name).map_err(sled_err)?;
                         }
                     }
-                    write_meta::<M>(&meta, &disk, node_id, joined).map_err(sled_err)?;
-                    tracing::info!(
-                        from = ?found,
-                        to = ?(STORE_VERSION, M::FORMAT_VERSION),
-                        "data dir schema upgraded"
-                    );
+                    let mut next = MetaRecord::current(node_id, to.1);
+                    (next.removed, next.joined) = (rec.removed, rec.joined);
+                    let meta = Meta::write(tree, disk.clone(), next).map_err(sled_err)?;
+                    tracing::info!(from = ?found, ?to, "data dir schema upgraded");
+                    (meta, false)
+                } else {
+                    let record = Arc::new(std::sync::Mutex::new(rec));
+                    (
+                        Meta {
+                            tree,
+                            disk: disk.clone(),
+                            record,
+                        },
+                        false,
+                    )
                 }
-                false
             }
             None => {
-                write_meta::<M>(&meta, &disk, node_id, false).map_err(sled_err)?;
-                true
+                let rec = MetaRecord::current(node_id, M::FORMAT_PREVIOUS_RELEASE);
+                (
+                    Meta::write(tree, disk.clone(), rec).map_err(sled_err)?,
+                    true,
+                )
             }
         };
+        let MetaRecord {
+            removed, joined, ..
+        } = meta.record();
         // What a killed process left written but unsynced becomes durable before this node acts
         // on it (a restored leader reads no earlier than its last entry: `ReadFloor` in
         // `replica.rs`).
         disk.flush_blocking().map_err(sled_err)?;
         let log = LogStore::open(&disk).map_err(sled_err)?;
-        let sm =
-            StateMachineStore::open(&disk, snap_dir, machine).map_err(|e| OpenError::Corrupt {
+        let sm = StateMachineStore::open(&disk, snap_dir, machine, meta.clone()).map_err(|e| {
+            OpenError::Corrupt {
                 path: path.clone(),
                 detail: e.to_string(),
-            })?;
+            }
+        })?;
+        // The cluster's format may have been raised by an entry applied (or a snapshot
+        // installed) just before a crash that came before the record followed it.
+        if let Some(format) = M::cluster_format(&sm.view().tables()) {
+            meta.raise_format(format).map_err(sled_err)?;
+        }
         Ok(Store {
             disk,
             meta,
@@ -298,6 +377,12 @@ impl<M: Machine> Store<M> {
             removed,
             joined,
         })
+    }
+
+    /// The (store, machine format) versions the meta record holds now.
+    #[cfg(test)]
+    fn recorded_versions(&self) -> (u32, u32) {
+        self.meta.record().versions()
     }
 
     /// True when this open created the data dir: the node has never been part of a cluster.
@@ -318,15 +403,14 @@ impl<M: Machine> Store<M> {
 
     /// Records, flushed, that this node starts with `--join` on an empty data dir.
     pub fn mark_joined(&self) -> Result<(), sled::Error> {
-        write_meta::<M>(&self.meta, &self.disk, self.node_id, true)
+        self.meta.update(|r| r.joined = true)?;
+        self.disk.flush_blocking()
     }
 
     /// Records, flushed, that this node was removed from its cluster: the data dir is refused
     /// from then on.
     pub async fn mark_removed(&self, reason: &str) -> Result<(), sled::Error> {
-        let rec = MetaRecord::current::<M>(self.node_id, Some(reason.to_string()), self.joined);
-        self.meta
-            .insert(META_KEY, serde_json::to_vec(&rec).unwrap_or_default())?;
+        self.meta.update(|r| r.removed = Some(reason.to_string()))?;
         self.disk.flush().await
     }
 

@@ -29,7 +29,7 @@ use sled::Transactional;
 
 use super::disk::sync_dir;
 use super::snapfile::{self, FileWriter, Frame, Header, Reader, SnapFileError, Writer};
-use super::Disk;
+use super::{Disk, Meta};
 use crate::machine::{
     AppliedTables, LogPosition, Machine, PreImageSets, PreImages, TableWriter, Tx, TxError,
 };
@@ -148,6 +148,8 @@ fn gen_tree_name(number: u64, table: &str) -> String {
 struct Inner<M> {
     machine: Arc<M>,
     disk: Disk,
+    /// The data dir's meta record, whose format follows the cluster's (`Meta::raise_format`).
+    meta: Meta,
     sm_meta: sled::Tree,
     /// Holds the current snapshot's file (and, briefly, one being written or received).
     snap_dir: PathBuf,
@@ -198,6 +200,7 @@ impl<M: Machine> StateMachineStore<M> {
         disk: &Disk,
         snap_dir: PathBuf,
         machine: Arc<M>,
+        meta: Meta,
     ) -> Result<StateMachineStore<M>, StorageError> {
         let db = disk.db();
         let sm_meta = db.open_tree("sm_meta").map_err(sm_err)?;
@@ -220,6 +223,7 @@ impl<M: Machine> StateMachineStore<M> {
             inner: Arc::new(Inner {
                 machine,
                 disk: disk.clone(),
+                meta,
                 sm_meta,
                 snap_dir,
                 gen: Arc::new(RwLock::new(Arc::new(gen))),
@@ -541,6 +545,26 @@ impl<M: Machine> Inner<M> {
             })
     }
 
+    /// Raises the data dir's recorded format once `entries` (just applied, up to `last`)
+    /// raised the cluster's, before anything later is applied: from then on a binary that
+    /// cannot read the new format refuses this data dir instead of misreading it.
+    fn follow_cluster_format(&self, entries: &[Entry<M>], last: LogId) -> Result<(), StorageError> {
+        let raised = entries.iter().any(|e| match &e.payload {
+            EntryPayload::Normal(cmd) => M::format_set_by(cmd).is_some(),
+            _ => false,
+        });
+        if !raised {
+            return Ok(());
+        }
+        match M::cluster_format(&self.tables()) {
+            Some(format) => self
+                .meta
+                .raise_format(format)
+                .map_err(|e| StorageIOError::apply(last, &std::io::Error::other(e)).into()),
+            None => Ok(()),
+        }
+    }
+
     /// Records `bytes` as the count applied since the snapshot point. Not flushed: a hint; the
     /// next flush makes it durable with whatever follows.
     fn save_applied_bytes(&self, bytes: u64) -> Result<(), sled::Error> {
@@ -567,6 +591,13 @@ impl<M: Machine> Inner<M> {
     fn close_capture(&self, seq: u64) -> PreImages {
         let mut captures = self.captures.lock().unwrap_or_else(|p| p.into_inner());
         captures.remove(&seq).unwrap_or_default()
+    }
+
+    /// The applied tables as they stand now (one generation, pinned).
+    fn tables(&self) -> AppliedTables {
+        AppliedTables {
+            trees: self.current().tables.clone(),
+        }
     }
 
     fn current(&self) -> Arc<Generation> {
@@ -600,10 +631,13 @@ impl<M: Machine> RaftStateMachine<Cfg<M>> for StateMachineStore<M> {
         // In a blocking thread: a batch's transaction can take tens of milliseconds, and on a
         // worker of Raft's runtime it held up the heartbeats and AppendEntries queued behind it.
         let inner = self.inner.clone();
-        let (results, touched) =
-            tokio::task::spawn_blocking(move || inner.apply_batch(&entries, last))
-                .await
-                .map_err(|e| StorageIOError::apply(last, &std::io::Error::other(e)))??;
+        let (results, touched) = tokio::task::spawn_blocking(move || {
+            let applied = inner.apply_batch(&entries, last)?;
+            inner.follow_cluster_format(&entries, last)?;
+            Ok::<_, StorageError>(applied)
+        })
+        .await
+        .map_err(|e| StorageIOError::apply(last, &std::io::Error::other(e)))??;
         // Not flushed: the entries are durable in this node's log already (`append` flushes
         // before it returns, and openraft's core awaits it before it handles the replies that
         // commit them), the state goes into sled in one transaction with `last_applied`, and
@@ -703,6 +737,12 @@ impl<M: Machine> RaftStateMachine<Cfg<M>> for StateMachineStore<M> {
         self.inner.reset_applied_bytes();
         self.inner.note_snapshot_file(&name);
         self.inner.machine.replaced();
+        if let Some(format) = M::cluster_format(&self.inner.tables()) {
+            self.inner
+                .meta
+                .raise_format(format)
+                .map_err(|e| write_err(e.into()))?;
+        }
         old.drop_trees::<M>(self.inner.disk.db())
             .map_err(|e| write_err(e.into()))?;
         if let Some(p) = previous.filter(|p| *p != name) {

@@ -161,16 +161,25 @@ fn meta_of(data: &std::path::Path) -> super::MetaRecord {
 }
 
 #[test]
-fn an_older_schema_is_upgraded_in_place_and_a_newer_one_refused() {
+fn an_older_schema_is_upgraded_in_place_as_far_as_the_previous_release_and_a_newer_one_refused() {
     let (store_v, machine_v) = (super::STORE_VERSION, Kv::FORMAT_VERSION);
+    let previous = Kv::FORMAT_PREVIOUS_RELEASE;
+    assert!(
+        previous < machine_v,
+        "the test machine has a format to finalize"
+    );
     let dir = TempDir::new().unwrap();
     let data = dir.path().join("n1");
     drop(open(&data).unwrap());
     let written = meta_of(&data);
-    assert_eq!(written.versions(), (store_v, machine_v));
+    assert_eq!(
+        written.versions(),
+        (store_v, previous),
+        "a new data dir is in the format the previous release reads until the cluster's is raised"
+    );
     assert_eq!(
         written.schema_version,
-        super::data_dir_version(store_v, machine_v)
+        super::data_dir_version(store_v, previous)
     );
 
     // A data dir of a binary with one number for both: each is that number.
@@ -178,9 +187,17 @@ fn an_older_schema_is_upgraded_in_place_and_a_newer_one_refused() {
     drop(open(&data).expect("an older schema opens"));
     assert_eq!(
         meta_of(&data).versions(),
-        (store_v, machine_v),
-        "and is recorded as upgraded"
+        (store_v, previous),
+        "and is recorded as upgraded, as far as the previous release would"
     );
+    // One the newest format wrote (the cluster's was raised) stays as it is.
+    set_versions(
+        &data,
+        super::data_dir_version(store_v, machine_v),
+        Some((store_v, machine_v)),
+    );
+    drop(open(&data).expect("the newest format opens"));
+    assert_eq!(meta_of(&data).versions(), (store_v, machine_v));
 
     let refused = |schema: u32, split: Option<(u32, u32)>, says: String| {
         set_versions(&data, schema, split);
@@ -195,6 +212,74 @@ fn an_older_schema_is_upgraded_in_place_and_a_newer_one_refused() {
         Some((store_v, machine_v + 1)),
         format!("record format version {}", machine_v + 1),
     );
+}
+
+/// The data dir's recorded format follows the cluster's: it stays the previous release's while
+/// entries of that format are applied, is raised (durably, before anything later) by the entry
+/// that raises the cluster's, by a snapshot of a raised state, and at open when a crash came
+/// between, and is never lowered.
+#[tokio::test]
+async fn the_recorded_format_follows_the_clusters() -> Result<(), StorageError> {
+    use openraft::storage::RaftStateMachine;
+    use openraft::{CommittedLeaderId, EntryPayload, LogId, RaftSnapshotBuilder};
+
+    let entry = |index: u64, cmd: Cmd| crate::typ::Entry::<Kv> {
+        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+        payload: EntryPayload::Normal(cmd),
+    };
+    let put = |k: &str| Cmd::Put {
+        key: k.into(),
+        value: "v".into(),
+    };
+    let (previous, newest) = (Kv::FORMAT_PREVIOUS_RELEASE, Kv::FORMAT_VERSION);
+    let io = |e: std::io::Error| StorageError::from(StorageIOError::write(&e));
+    let dir = TempDir::new().map_err(io)?;
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let format_of = |data: &std::path::Path| meta_of(data).versions().1;
+
+    let store = open(&a).map_err(|e| io(std::io::Error::other(e)))?;
+    let mut sm = store.state_machine();
+    sm.apply([entry(1, put("x")), entry(2, put("y"))]).await?;
+    assert_eq!(Kv::cluster_format(&store.view().tables()), None);
+    drop((sm, store));
+    assert_eq!(format_of(&a), previous, "nothing raised it");
+
+    let store = open(&a).map_err(|e| io(std::io::Error::other(e)))?;
+    let mut sm = store.state_machine();
+    let raise = Kv::batch(vec![put("z"), Kv::record_cluster_format(newest)]);
+    assert_eq!(Kv::format_set_by(&raise), Some(newest));
+    sm.apply([entry(3, raise)]).await?;
+    assert_eq!(
+        store.recorded_versions().1,
+        newest,
+        "raised with the entry that raised the cluster's"
+    );
+    sm.apply([entry(4, Kv::record_cluster_format(previous))])
+        .await?;
+    assert_eq!(Kv::cluster_format(&store.view().tables()), Some(newest));
+    let snapshot = sm.get_snapshot_builder().await.build_snapshot().await?;
+    drop((sm, store));
+    assert_eq!(format_of(&a), newest, "durably, and never lowered");
+
+    // A snapshot of a raised state raises the data dir it is installed in.
+    let other = Store::open(&b, 2, Arc::new(Kv)).map_err(|e| io(std::io::Error::other(e)))?;
+    assert_eq!(other.recorded_versions().1, previous);
+    other
+        .state_machine()
+        .install_snapshot(&snapshot.meta, snapshot.snapshot)
+        .await?;
+    drop(other);
+    assert_eq!(format_of(&b), newest);
+
+    // A crash after the raising entry applied but before the record followed: the open does.
+    set_versions(
+        &a,
+        super::data_dir_version(super::STORE_VERSION, previous),
+        Some((super::STORE_VERSION, previous)),
+    );
+    drop(open(&a).map_err(|e| io(std::io::Error::other(e)))?);
+    assert_eq!(format_of(&a), newest);
+    Ok(())
 }
 
 #[test]

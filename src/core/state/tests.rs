@@ -882,6 +882,32 @@ fn cluster_id_is_set_once() {
     );
 }
 
+#[test]
+fn the_cluster_format_is_raised_never_lowered_and_validated_before_it_is_proposed() {
+    let t = MemTables::default();
+    let view = || crate::core::view::View::new(&t).cluster_format();
+    assert_eq!(
+        view(),
+        None,
+        "a cluster made before the record: the previous release's"
+    );
+    let set = |format| Command::SetFormat { format };
+    apply(&t, 1, set(FORMAT_NEWEST));
+    assert_eq!(view(), Some(FORMAT_NEWEST));
+    apply(&t, 2, set(FORMAT_PREVIOUS_RELEASE));
+    assert_eq!(view(), Some(FORMAT_NEWEST), "never lowered");
+    for (format, ok) in [
+        (FORMAT_PREVIOUS_RELEASE, true),
+        (FORMAT_NEWEST, true),
+        (FORMAT_PREVIOUS_RELEASE - 1, false),
+        (FORMAT_NEWEST + 1, false),
+        (u32::MAX, false),
+    ] {
+        let checked = crate::core::validate::command(&set(format), 0);
+        assert_eq!(checked.is_ok(), ok, "{format}");
+    }
+}
+
 /// Bytes for `arbitrary` that favour the values arithmetic breaks on: whole 8-byte words of
 /// zeros, ones, `i64::MIN` and `i64::MAX` (little-endian), small numbers, or random bytes.
 pub(crate) fn edgy_bytes(rng: &mut impl rand::Rng, n: usize) -> Vec<u8> {
@@ -953,7 +979,8 @@ fn aim(cmd: &mut Command, pick: u8, runs: &[String], at: &Position) {
         | Command::SetNotification { .. }
         | Command::Announce { .. }
         | Command::SetNodeInfo { .. }
-        | Command::SetClusterId { .. } => {}
+        | Command::SetClusterId { .. }
+        | Command::SetFormat { .. } => {}
     }
 }
 
