@@ -43,6 +43,11 @@ fi
 failed=()
 cargo test --workspace --locked --no-fail-fast || failed+=("cargo test")
 
+step "upgrade test (scripts/upgrade-test.sh)"
+# Builds the previous release from its tag (about 5 min the first time, then kept in
+# target/previous-release) and upgrades, rolls back and upgrades a cluster of it (about 30 s).
+bash scripts/upgrade-test.sh || failed+=("upgrade test")
+
 step "chaos smoke run (scripts/jepsen.sh smoke)"
 bash scripts/jepsen.sh smoke || failed+=("chaos smoke")
 

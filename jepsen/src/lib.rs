@@ -19,6 +19,7 @@ pub mod nginx;
 pub mod process;
 pub mod proxy;
 pub mod report;
+pub mod rolling;
 pub mod run;
 pub mod sink;
 pub mod stats;

@@ -49,6 +49,7 @@ use anyhow::Context;
 use clap::Parser;
 use hookd_jepsen::local::{http, now_ms, rfc3339, rss_kib, work_dir, LocalCluster, LEADER_WITHIN};
 use hookd_jepsen::nginx::Nginx;
+use hookd_jepsen::rolling;
 use hookd_jepsen::stats::{Latencies, Summary};
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -788,84 +789,29 @@ async fn rolling_restart(c: &mut LocalCluster, nginx: &Nginx) -> anyhow::Result<
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
 
-    let up: Arc<Vec<std::sync::atomic::AtomicBool>> = Arc::new(
-        (0..3)
-            .map(|_| std::sync::atomic::AtomicBool::new(true))
-            .collect(),
-    );
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let urls: Vec<String> = (0..3).map(|i| c.url(i, "/v1/jobs")).collect();
-    let writer = tokio::spawn({
-        let (up, stop) = (up.clone(), stop.clone());
-        async move {
-            let (mut writes, mut refused, mut n) = (0usize, 0usize, 0u64);
-            let http = http();
-            while !stop.load(Ordering::Acquire) {
-                for (i, url) in urls.iter().enumerate() {
-                    if !up[i].load(Ordering::Acquire) {
-                        continue;
-                    }
-                    n += 1;
-                    let body = json!({"id": format!("rw{n}"), "url": "http://127.0.0.1:9/h",
-                                      "schedule": {"after": "24h"}});
-                    let status = http
-                        .post(url)
-                        .json(&body)
-                        .send()
-                        .await
-                        .ok()
-                        .map(|r| r.status().as_u16());
-                    writes += 1;
-                    if status != Some(201) {
-                        refused += 1;
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            (writes, refused)
-        }
-    });
-    let mut order: Vec<usize> = (0..3).filter(|i| *i != l).collect();
-    order.push(l);
-    for i in order {
-        up[i].store(false, Ordering::Release);
-        c.terminate(i, Duration::from_secs(30))?;
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        c.spawn(i)?;
-        c.await_ready(&http(), i, Duration::from_secs(60)).await?;
-        up[i].store(true, Ordering::Release);
-    }
+    let writer = rolling::Writer::start(c, "rw");
+    rolling::roll(c, &writer, None, Duration::from_secs(2)).await?;
     let end = now_ms();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    stop.store(true, Ordering::Release);
-    let (writes, refused) = writer.await?;
-    let mut first: HashMap<i64, i64> = HashMap::new();
-    for (recv, job, due) in nginx.requests() {
-        if job == "rolling-tick" {
-            let e = first.entry(due).or_insert(recv);
-            *e = (*e).min(recv);
-        }
-    }
-    let dues: Vec<i64> = (0..)
-        .map(|k| start + k * 1000)
-        .take_while(|d| *d <= end)
-        .collect();
-    let missed = dues.iter().filter(|d| !first.contains_key(d)).count();
-    let max_lateness_ms = dues
-        .iter()
-        .filter_map(|d| first.get(d).map(|r| r - d))
-        .max()
-        .unwrap_or(0);
+    let writes = writer.stop().await?;
+    let first = rolling::first_by_due(
+        nginx
+            .requests()
+            .into_iter()
+            .filter(|(_, job, _)| job == "rolling-tick")
+            .map(|(recv, _, due)| (recv, due)),
+    );
+    let ticks = rolling::ticks(&first, start, 1000, end);
     let rolling = Rolling {
-        writes,
-        refused,
-        runs: dues.len(),
-        missed,
-        max_lateness_ms,
+        writes: writes.writes,
+        refused: writes.refused,
+        runs: ticks.runs,
+        missed: ticks.missed,
+        max_lateness_ms: ticks.max_lateness_ms,
     };
     println!(
-        "ops: rolling restart: {writes} writes, {refused} refused; {} runs, {missed} missed; max lateness {max_lateness_ms} ms",
-        rolling.runs
+        "ops: rolling restart: {} writes, {} refused; {} runs, {} missed; max lateness {} ms",
+        rolling.writes, rolling.refused, rolling.runs, rolling.missed, rolling.max_lateness_ms
     );
     Ok(rolling)
 }

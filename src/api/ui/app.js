@@ -293,6 +293,7 @@ function memberTable(c) {
   return [
     h('p', 'Leader: ', c.leader_id ? h('strong', `node ${c.leader_id}`) : h('strong.bad', 'none'),
       ` · term ${c.term} · commit index ${c.commit_index}`,
+      c.format_version ? ` · format ${c.format_version}` : '',
       c.cluster_id ? ` · cluster ${c.cluster_id}` : ''),
     table(c.members, [
       ['node', (m) => (m.id === c.node_id ? `${m.id} (this one)` : String(m.id))],
@@ -300,6 +301,7 @@ function memberTable(c) {
       ['health', (m) => (m.health ? badge(m.health) : '—')],
       ['lag', (m) => (m.lag === undefined || m.lag === null ? '—' : `${m.lag} entries`)],
       ['voter', (m) => (m.voter ? 'yes' : 'no')],
+      ['version', (m) => m.version || '—'],
       ['API', (m) => m.api_addr || '—'],
       ['peer', (m) => m.peer_addr],
     ]),
