@@ -26,6 +26,7 @@ const SPEC_ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/cluster"),
     ("post", "/v1/cluster/members"),
     ("delete", "/v1/cluster/members/{id}"),
+    ("post", "/v1/cluster/upgrade/finalize"),
     ("get", "/v1/targets"),
     ("get", "/v1/snapshot"),
     ("post", "/v1/jobs/bulk"),
