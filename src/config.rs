@@ -139,6 +139,10 @@ pub struct ServeArgs {
     /// (queued or not yet applied) [default: 4096].
     #[arg(long, env = "HOOKD_WRITE_BACKLOG_MAX", value_name = "N")]
     pub write_backlog_max: Option<usize>,
+    /// Raft groups the jobs are spread over, 1 to 64; read only when the cluster is created
+    /// (a data dir keeps its count) [default: 6].
+    #[arg(long, env = "HOOKD_SHARDS", value_name = "S")]
+    pub shards: Option<u32>,
 }
 
 /// The config file: the same keys as the flags, in snake_case.
@@ -174,6 +178,7 @@ struct FileConfig {
     write_backlog_max: Option<usize>,
     egress_deny: Option<String>,
     egress_allow: Option<String>,
+    shards: Option<u32>,
 }
 
 /// Tokens in the config file: a comma-separated string, as in the environment, or a list.
@@ -246,6 +251,8 @@ pub struct Config {
     pub write_backlog_max: usize,
     pub egress_deny: Vec<IpNet>,
     pub egress_allow: Vec<IpNet>,
+    /// Shards of a cluster this node creates (`shards.rs`); a data dir keeps its own count.
+    pub shards: u32,
 }
 
 /// openraft and sled log routine events at info; keep them to warnings by default.
@@ -393,6 +400,16 @@ impl ServeArgs {
             .write_backlog_max
             .or(file.write_backlog_max)
             .unwrap_or(4096);
+        let shards = self
+            .shards
+            .or(file.shards)
+            .unwrap_or(crate::shards::SHARDS_DEFAULT);
+        if !(1..=crate::shards::SHARDS_MAX).contains(&shards) {
+            bail!(
+                "--shards must be between 1 and {}",
+                crate::shards::SHARDS_MAX
+            );
+        }
         let egress_deny = parse_ranges(
             "--egress-deny",
             &self.egress_deny.or(file.egress_deny).unwrap_or_default(),
@@ -427,6 +444,7 @@ impl ServeArgs {
             write_backlog_max,
             egress_deny,
             egress_allow,
+            shards,
         })
     }
 }

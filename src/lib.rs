@@ -15,3 +15,4 @@ pub mod planted;
 pub mod replicated;
 pub mod schedule;
 pub mod serve;
+pub mod shards;

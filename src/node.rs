@@ -142,15 +142,38 @@ pub async fn run(
         timing: RaftTiming::default(),
         snapshot_logs: config.snapshot_logs,
         write_backlog_max: config.write_backlog_max,
+        group: 0,
+        cluster_id_of: None,
+        lead_rank: None,
     };
-    // Started on the raft runtime, so every task openraft and the replica spawn lives there.
-    let replica = raft_rt
-        .handle()
-        .spawn(Replica::start(replica_config, Default::default()))
-        .await
-        .context("raft runtime")?
-        .context("start the replicated core")?;
-    tracing::info!(node_id = config.node_id, %api_addr, %peer_addr, data_dir = %config.data_dir.path().display(), "hookd node started");
+    let count = crate::shards::shard_count(config.data_dir.path(), config.shards)?;
+    let mut shards: Vec<Arc<Replica>> = Vec::with_capacity(count as usize);
+    for k in 0..count {
+        // Every shard other than the first records the first one's cluster id.
+        let cluster_id_of = shards
+            .first()
+            .cloned()
+            .map(|first| hookd_raft::ClusterIdOf(Arc::new(move || first.cluster_id())));
+        let shard_config = ReplicaConfig {
+            data_dir: crate::shards::data_dir_of(config.data_dir.path(), k),
+            group: k,
+            cluster_id_of,
+            // With several shards, each prefers another member as its leader.
+            lead_rank: (count > 1).then_some(k),
+            ..replica_config.clone()
+        };
+        // Started on the raft runtime, so every task openraft and the replica spawn lives there.
+        let replica = raft_rt
+            .handle()
+            .spawn(Replica::start(shard_config, Default::default()))
+            .await
+            .context("raft runtime")?
+            .with_context(|| format!("start the replicated core of shard {k}"))?;
+        shards.push(replica);
+    }
+    let shards = Arc::new(shards);
+    let replica = shards[0].clone();
+    tracing::info!(node_id = config.node_id, %api_addr, %peer_addr, shards = count, data_dir = %config.data_dir.path().display(), "hookd node started");
 
     crate::metrics::handle();
     let resolver = Resolver::new(Arc::new(EgressPolicy::new(
@@ -186,25 +209,41 @@ pub async fn run(
     )
     .context("build the delivery client")?;
     let dispatch_stop = CancellationToken::new();
-    let (dispatcher, dispatch_handle) = dispatch::spawn(
-        replica.clone(),
-        deliverer,
-        DispatchConfig {
-            horizon: DISPATCH_HORIZON,
-            in_flight_max: config.deliveries_max,
-            host_max: config.host_concurrency,
-            retention: config.run_retention,
-            clock: dispatch::Clock::system(),
-        },
-        dispatch_stop.clone(),
-    );
+    let (dispatchers, dispatch_handles): (Vec<_>, Vec<_>) = shards
+        .iter()
+        .enumerate()
+        .map(|(k, replica)| {
+            dispatch::spawn(
+                replica.clone(),
+                deliverer.clone(),
+                DispatchConfig {
+                    horizon: DISPATCH_HORIZON,
+                    in_flight_max: config.deliveries_max,
+                    host_max: config.host_concurrency,
+                    retention: config.run_retention,
+                    clock: dispatch::Clock::system(),
+                    shards: count,
+                    cluster_events: k == 0,
+                },
+                dispatch_stop.clone(),
+            )
+        })
+        .unzip();
 
     let peer_stop = CancellationToken::new();
     let api_stop = CancellationToken::new();
     let servers = TaskTracker::new();
-    let peer_app = hookd_raft::peer_server::peer_router(
-        replica.clone(),
-        api::leader::peer_routes(dispatch_handle.clone(), replica.clone()),
+    let peer_app = hookd_raft::peer_server::groups_router(
+        shards
+            .iter()
+            .zip(&dispatch_handles)
+            .map(|(replica, handle)| {
+                hookd_raft::peer_server::peer_router(
+                    replica.clone(),
+                    api::leader::peer_routes(handle.clone(), replica.clone()),
+                )
+            })
+            .collect(),
     );
     // The peer server (AppendEntries, votes) runs on the raft runtime too.
     let peer_listener = listeners.peer.into_std()?;
@@ -228,12 +267,21 @@ pub async fn run(
     servers.spawn(async move {
         let _ = peer_server.await;
     });
-    let api_app = api::router(Arc::new(ApiState::new(
-        replica.clone(),
-        dispatch_handle,
-        resolver.policy().clone(),
-        &config,
-    )));
+    let api_app = api::front::router(
+        shards
+            .iter()
+            .zip(dispatch_handles)
+            .map(|(replica, handle)| {
+                api::router(Arc::new(ApiState::new(
+                    replica.clone(),
+                    handle,
+                    resolver.policy().clone(),
+                    &config,
+                    shards.clone(),
+                )))
+            })
+            .collect(),
+    );
     let api_server = tokio::spawn(serve(
         "api",
         listeners.api,
@@ -251,10 +299,12 @@ pub async fn run(
     members_stop.cancel();
     let stopped = tokio::time::timeout(SHUTDOWN_GRACE, async {
         dispatch_stop.cancel();
-        let _ = dispatcher.await;
+        for dispatcher in dispatchers {
+            let _ = dispatcher.await;
+        }
         api_stop.cancel();
         let _ = api_server.await;
-        replica.shutdown().await;
+        futures::future::join_all(shards.iter().map(|r| r.shutdown())).await;
         peer_stop.cancel();
         servers.close();
         servers.wait().await;

@@ -92,6 +92,8 @@ pub struct Leadership {
     epoch_tx: Arc<watch::Sender<Option<LeaderTerm>>>,
     /// A request sent longer ago than this proves nothing.
     max_ack_age: Duration,
+    /// Set while this node hands its leadership over (`Replica::hand_over`): it acts no more.
+    aside: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Leadership {
@@ -107,7 +109,13 @@ impl Leadership {
             acks: Acks::default(),
             epoch_tx: Arc::new(watch::channel(None).0),
             max_ack_age,
+            aside: Arc::default(),
         }
+    }
+
+    /// While `aside`, `may_act` is false whatever the acks say.
+    pub(crate) fn set_aside(&self, aside: bool) {
+        self.aside.store(aside, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Where the peer transport records accepted AppendEntries.
@@ -163,6 +171,9 @@ impl Leadership {
     /// True while this node leads `epoch` and a quorum accepted its requests recently enough
     /// that no other leader can exist.
     pub fn may_act(&self, epoch: LeaderTerm) -> bool {
+        if self.aside.load(std::sync::atomic::Ordering::SeqCst) {
+            return false;
+        }
         // Called before every attempt: read under the locks, no copies. Lock order: observed,
         // then acks (`watch` and `Acks::record` each take only one).
         let o = self.observed.lock().unwrap_or_else(|p| p.into_inner());

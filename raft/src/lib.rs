@@ -28,7 +28,7 @@ pub use lease::LeaderTerm;
 pub use machine::{AppliedTables, LogPosition, Machine, ReadError, TableWriter, Tx, TxError};
 pub use membership::{AddMember, MemberError, RemoveMember};
 pub use release::Release;
-pub use replica::{RaftTiming, Replica, ReplicaConfig, ReplicaError, StartError};
+pub use replica::{ClusterIdOf, RaftTiming, Replica, ReplicaConfig, ReplicaError, StartError};
 pub use secret::Secret;
 pub use status::{ClusterStatus, MemberStatus, Role};
 pub use store::StateView;

@@ -61,10 +61,22 @@ pub fn peer_router<M: Machine>(replica: Arc<Replica<M>>, extra: Router) -> Route
         .route(PATH_REMOVED, post(removed::<M>))
         .route(PATH_HELLO, post(hello::<M>))
         .route(PATH_NODE, post(node_info::<M>))
+        .route(crate::network::PATH_CAMPAIGN, post(campaign::<M>))
         .with_state(state.clone())
         .merge(extra)
         .layer(middleware::from_fn_with_state(state, guard::<M>))
         .layer(DefaultBodyLimit::max(PEER_BODY_BYTES_MAX))
+}
+
+/// One peer router for the Raft groups of a node, each built by `peer_router`: group 0's at the
+/// root, group `k`'s under its prefix (`network::group_path`).
+pub fn groups_router(groups: Vec<Router>) -> Router {
+    let mut groups = groups.into_iter();
+    let mut all = groups.next().unwrap_or_default();
+    for (k, group) in (1u32..).zip(groups) {
+        all = all.nest(&crate::network::group_prefix(k), group);
+    }
+    all
 }
 
 /// Rejects requests not signed with the peer secret, meant for another node, or from another
@@ -154,9 +166,15 @@ async fn authenticate(secret: &Secret, me: u64, req: Request) -> Result<Request,
             .get(SIGNATURE_HEADER)
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default();
+        // A group's router is nested under its prefix (`groups_router`): the path signed is
+        // the whole one.
+        let path = parts
+            .extensions
+            .get::<axum::extract::OriginalUri>()
+            .map_or(parts.uri.path(), |o| o.0.path());
         let signed = Signed {
             method: parts.method.as_str(),
-            path: parts.uri.path(),
+            path,
             target: me,
             body: &body,
         };
@@ -185,6 +203,14 @@ async fn hello<M: Machine>(State(s): State<PeerState<M>>, Json(hello): Json<Hell
         .into_response(),
         _ => (StatusCode::BAD_REQUEST, "nothing to prove").into_response(),
     }
+}
+
+/// Campaigns for the leadership of this group at once (its leader asked, going quiet).
+async fn campaign<M: Machine>(State(s): State<PeerState<M>>) -> Json<()> {
+    if let Err(e) = s.replica.raft().trigger().elect().await {
+        tracing::info!(error = %e, "asked to campaign, could not");
+    }
+    Json(())
 }
 
 /// This node's id and API address.

@@ -86,6 +86,75 @@ pub struct ReplicaConfig {
     /// Client writes are refused (`Overloaded`) while the leader's write backlog (proposals
     /// waiting for a batch plus log entries not yet applied) is above this.
     pub write_backlog_max: usize,
+    /// The Raft group this replica is (0, or a shard `k` ≥ 1 whose peer requests go under
+    /// `/g/{k}`: `network::group_path`).
+    pub group: u32,
+    /// Where a group other than the first takes the cluster id it records when it is new: the
+    /// first group's (none: `cluster_id`).
+    pub cluster_id_of: Option<ClusterIdOf>,
+    /// When set, the group prefers to be led by the voter of this rank (in id order, modulo the
+    /// voters' count): its election timeouts are the earlier half of the range, the others'
+    /// the later half, so it wins the elections it takes part in (`election_timeouts`). The
+    /// shards of a node rank 0, 1, 2, … so their leaders spread over the members.
+    pub lead_rank: Option<u32>,
+}
+
+/// The election timeouts (min, max, ms) of node `me` in a group whose voters are `voters`,
+/// from `t`: with `lead_rank`, the preferred voter's are the earlier half of `t`'s range and
+/// the others' the later half; the upper bound (the leader lease) is never above `t`'s and the
+/// lower never below it, so the dispatcher's lease (`max_ack_age`, from `t`) holds for both.
+fn election_timeouts(
+    t: &RaftTiming,
+    lead_rank: Option<u32>,
+    voters: &[NodeId],
+    me: NodeId,
+) -> (u64, u64) {
+    let whole = (t.election_timeout_min_ms, t.election_timeout_max_ms);
+    let Some(preferred) = preferred_leader(lead_rank, voters) else {
+        return whole;
+    };
+    let mid = whole.0 + (whole.1 - whole.0) / 2;
+    if mid <= whole.0 || mid >= whole.1 {
+        return whole;
+    }
+    if preferred == me {
+        (whole.0, mid)
+    } else {
+        (mid, whole.1)
+    }
+}
+
+/// The voter of rank `lead_rank` (in id order, modulo their count), if any.
+fn preferred_leader(lead_rank: Option<u32>, voters: &[NodeId]) -> Option<NodeId> {
+    let rank = lead_rank?;
+    let mut sorted = voters.to_vec();
+    sorted.sort_unstable();
+    sorted.get(rank as usize % sorted.len().max(1)).copied()
+}
+
+/// How often a leader checks whether its group's preferred leader should take over, and how
+/// long it leads before it does (so a leadership settles, and a returning node catches up).
+const BALANCE_EVERY: Duration = Duration::from_secs(1);
+const BALANCE_SETTLED: Duration = Duration::from_secs(3);
+/// A successor answered within this and holds all but this many entries of the log.
+const SUCCESSOR_HEARD_WITHIN: Duration = Duration::from_millis(500);
+const SUCCESSOR_LAG_MAX: u64 = 64;
+/// The longest a hand-over keeps this node aside.
+const HAND_OVER_WITHIN: Duration = Duration::from_secs(3);
+
+/// How long a new group's other initial members wait for its preferred leader to form it
+/// (openraft's `initialize` starts an election at once on the node that calls it) before they
+/// form it themselves.
+const INITIALIZE_DEFERRED: Duration = Duration::from_secs(2);
+
+/// The cluster id as another group of this node has it (`ReplicaConfig::cluster_id_of`).
+#[derive(Clone)]
+pub struct ClusterIdOf(pub Arc<dyn Fn() -> Option<String> + Send + Sync>);
+
+impl std::fmt::Debug for ClusterIdOf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClusterIdOf")
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -242,11 +311,22 @@ impl<M: Machine> Replica<M> {
             }
         }
         let t = config.timing;
+        let voters: Vec<NodeId> = if store.is_fresh() {
+            config.initial_members.keys().copied().collect()
+        } else {
+            let mut sm = store.state_machine();
+            let (_, membership) = openraft::storage::RaftStateMachine::applied_state(&mut sm)
+                .await
+                .map_err(|e| StartError::Raft(e.to_string()))?;
+            membership.membership().voter_ids().collect()
+        };
+        let (election_min, election_max) =
+            election_timeouts(&t, config.lead_rank, &voters, config.node_id);
         let raft_config = openraft::Config {
             cluster_name: "hookd".into(),
             heartbeat_interval: t.heartbeat_ms,
-            election_timeout_min: t.election_timeout_min_ms,
-            election_timeout_max: t.election_timeout_max_ms,
+            election_timeout_min: election_min,
+            election_timeout_max: election_max,
             install_snapshot_timeout: 10_000,
             // Triggered by `snapshot_cadence` instead, which weighs the state's size too.
             snapshot_policy: SnapshotPolicy::Never,
@@ -270,6 +350,7 @@ impl<M: Machine> Replica<M> {
             leadership.acks(),
             config.peer_tls.clone(),
             removal.clone(),
+            config.group,
         )
         .map_err(|e| StartError::Client(e.to_string()))?;
         let read_floor = {
@@ -334,9 +415,25 @@ impl<M: Machine> Replica<M> {
             tracing::info!(?members, "new data dir: forming the initial cluster");
             // Every initial member proposes the same membership, so the order in which nodes
             // start does not matter (openraft accepts identical initialization on all nodes).
-            raft.initialize(members)
-                .await
-                .map_err(|e| StartError::Raft(e.to_string()))?;
+            // A group with a preferred leader is formed by it, which so leads it from the
+            // start; the others form it themselves only if it has not reached them meanwhile.
+            let defer =
+                preferred_leader(config.lead_rank, &voters).is_some_and(|p| p != config.node_id);
+            if defer {
+                let raft = raft.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(INITIALIZE_DEFERRED).await;
+                    if !raft.is_initialized().await.unwrap_or(true) {
+                        if let Err(e) = raft.initialize(members).await {
+                            tracing::debug!(error = %e, "forming the group");
+                        }
+                    }
+                });
+            } else {
+                raft.initialize(members)
+                    .await
+                    .map_err(|e| StartError::Raft(e.to_string()))?;
+            }
         }
 
         let (proposals, proposals_rx) = mpsc::channel(PROPOSALS_QUEUED_MAX);
@@ -375,6 +472,10 @@ impl<M: Machine> Replica<M> {
         replica
             .tasks
             .spawn(async move { cadence.snapshot_cadence().await });
+        if replica.config.lead_rank.is_some() {
+            let balancer = replica.clone();
+            replica.tasks.spawn(async move { balancer.balance().await });
+        }
         // Not tracked: it ends by itself when Raft shuts down.
         tokio::spawn(leadership.watch(raft.metrics()));
         Ok(replica)
@@ -848,6 +949,113 @@ impl<M: Machine> Replica<M> {
         Ok(())
     }
 
+    /// While this node leads a group with a preferred leader (`ReplicaConfig::lead_rank`) that
+    /// is not this node, and that voter is back and caught up, hands the leadership to it: so
+    /// leaders spread over the members again after a node returns.
+    async fn balance(self: Arc<Self>) {
+        let mut leading_since: Option<(u64, Instant)> = None;
+        loop {
+            tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                _ = tokio::time::sleep(BALANCE_EVERY) => {}
+            }
+            let status = self.status();
+            if status.leader_id != Some(self.id) {
+                leading_since = None;
+                continue;
+            }
+            let since = match leading_since {
+                Some((term, at)) if term == status.term => at,
+                _ => {
+                    leading_since = Some((status.term, Instant::now()));
+                    continue;
+                }
+            };
+            let voters: Vec<NodeId> = status
+                .members
+                .iter()
+                .filter(|m| m.voter)
+                .map(|m| m.id)
+                .collect();
+            let preferred = preferred_leader(self.config.lead_rank, &voters);
+            if since.elapsed() < BALANCE_SETTLED || preferred == Some(self.id) {
+                continue;
+            }
+            if let Some(to) = self.successor(preferred) {
+                tracing::info!(
+                    group = self.config.group,
+                    to,
+                    "handing the leadership to the group's preferred leader"
+                );
+                self.hand_over(to).await;
+                leading_since = None;
+            }
+        }
+    }
+
+    /// A voter this node, leading, may hand its leadership to: `only` if given, else any; one
+    /// that acknowledged this term's requests lately and holds nearly all of the log.
+    fn successor(&self, only: Option<NodeId>) -> Option<NodeId> {
+        let epoch = (*self.leadership.epochs().borrow())?;
+        if epoch.node_id != self.id {
+            return None;
+        }
+        let heard = self.leadership.heard_from(epoch);
+        let status = self.status();
+        status
+            .members
+            .iter()
+            .filter(|m| m.voter && m.id != self.id && only.is_none_or(|o| o == m.id))
+            .filter(|m| {
+                heard
+                    .get(&m.id)
+                    .is_some_and(|t| t.elapsed() < SUCCESSOR_HEARD_WITHIN)
+            })
+            .filter(|m| {
+                m.matched
+                    .is_some_and(|i| i + SUCCESSOR_LAG_MAX >= status.last_log_index)
+            })
+            .map(|m| m.id)
+            .next()
+    }
+
+    /// Hands this group's leadership to voter `to`: this node stops taking writes and reads
+    /// and acting on its lease, and goes quiet (no heartbeats), so the voters' leases run out;
+    /// then `to` is asked to campaign, which it wins holding the whole log. Whatever happens,
+    /// this node is back to normal after `HAND_OVER_WITHIN` (leading still if `to` did not
+    /// take over). openraft 0.9 has no leadership transfer of its own.
+    async fn hand_over(&self, to: NodeId) {
+        let Some(addr) = self
+            .member_peer_addrs()
+            .into_iter()
+            .find_map(|(id, a)| (id == to).then_some(a))
+        else {
+            return;
+        };
+        self.drain.aside.store(true, Ordering::SeqCst);
+        self.leadership.set_aside(true);
+        self.raft.runtime_config().heartbeat(false);
+        let started = Instant::now();
+        // Requests already taken finish (their entries replicate), then the leases run out.
+        while !self.drain.idle() && started.elapsed() < HAND_OVER_WITHIN / 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let lease = Duration::from_millis(self.config.timing.election_timeout_max_ms);
+        tokio::time::sleep(lease + Duration::from_millis(self.config.timing.heartbeat_ms)).await;
+        if let Err(e) = self.peers.campaign(to, &addr, Duration::from_secs(1)).await {
+            tracing::info!(error = %e, to, "could not ask for a campaign");
+        }
+        while started.elapsed() < HAND_OVER_WITHIN {
+            if self.status().leader_id.is_some_and(|l| l != self.id) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.raft.runtime_config().heartbeat(true);
+        self.leadership.set_aside(false);
+        self.drain.aside.store(false, Ordering::SeqCst);
+    }
+
     /// Keeps this node's API address and the cluster id recorded in the replicated state.
     async fn announce(self: Arc<Self>) {
         loop {
@@ -866,11 +1074,16 @@ impl<M: Machine> Replica<M> {
                 let m = m.borrow();
                 m.state == ServerState::Leader && m.current_leader == Some(self.id)
             };
-            if leading && self.cluster_id().is_none() {
+            let new_id = match &self.config.cluster_id_of {
+                _ if !leading || self.cluster_id().is_some() => None,
+                Some(of) => (of.0)(),
+                None => Some(self.config.cluster_id.clone()),
+            };
+            if let Some(id) = new_id {
                 // A new cluster: made by this release, so it starts in this release's format
                 // (one entry with its id, so it never has the one without the other).
                 let cmd = M::batch(vec![
-                    M::record_cluster_id(self.config.cluster_id.clone()),
+                    M::record_cluster_id(id),
                     M::record_cluster_format(M::FORMAT_VERSION),
                 ]);
                 if let Some(Err(e)) = self.unless_cancelled(self.propose(cmd)).await {
@@ -1049,6 +1262,11 @@ impl<M: Machine> Replica<M> {
     /// first, and those already taken get up to `DRAIN_WITHIN` to commit, so no write a
     /// follower forwarded here fails because this node went away under it.
     pub async fn shutdown(&self) {
+        // A planned stop hands this group's leadership to a caught-up voter first, so it
+        // moves at once instead of after an election timeout.
+        if let Some(to) = self.successor(None) {
+            self.hand_over(to).await;
+        }
         self.drain.stop();
         let drained = Instant::now() + DRAIN_WITHIN;
         while !(self.drain.idle() && self.write_backlog() == 0) && Instant::now() < drained {
@@ -1072,6 +1290,8 @@ impl<M: Machine> Replica<M> {
 #[derive(Debug, Default)]
 struct Drain {
     stopping: AtomicBool,
+    /// Set while leadership is handed over: like `stopping`, for a while.
+    aside: AtomicBool,
     taken: AtomicUsize,
 }
 
@@ -1082,7 +1302,8 @@ impl Drain {
     fn take(&self) -> Option<Taken<'_>> {
         self.taken.fetch_add(1, Ordering::SeqCst);
         let taken = Taken(self);
-        (!self.stopping.load(Ordering::SeqCst)).then_some(taken)
+        let refused = self.stopping.load(Ordering::SeqCst) || self.aside.load(Ordering::SeqCst);
+        (!refused).then_some(taken)
     }
 
     fn stop(&self) {
@@ -1102,12 +1323,44 @@ impl Drop for Taken<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Drain, ReadFloor};
+    use super::{election_timeouts, Drain, RaftTiming, ReadFloor};
     use crate::typ::LogId;
     use openraft::CommittedLeaderId;
 
     fn id(term: u64, index: u64) -> Option<LogId> {
         Some(LogId::new(CommittedLeaderId::new(term, 1), index))
+    }
+
+    #[test]
+    fn a_groups_preferred_voter_campaigns_first_and_no_lease_grows() {
+        let t = RaftTiming::default();
+        let voters = [3, 1, 2];
+        let (early, late) = ((200, 300), (300, 400));
+        for (rank, me, want) in [
+            (None, 1, (200, 400)),
+            (Some(0), 1, early),
+            (Some(0), 2, late),
+            (Some(1), 2, early),
+            (Some(2), 3, early),
+            (Some(3), 1, early),
+            (Some(4), 1, late),
+        ] {
+            assert_eq!(
+                election_timeouts(&t, rank, &voters, me),
+                want,
+                "{rank:?} {me}"
+            );
+        }
+        assert_eq!(
+            election_timeouts(&t, Some(0), &[], 1),
+            (200, 400),
+            "no voters known"
+        );
+        for me in 1..=3 {
+            let (min, max) = election_timeouts(&t, Some(1), &voters, me);
+            assert!(min >= t.election_timeout_min_ms && max <= t.election_timeout_max_ms);
+            assert!(min < max);
+        }
     }
 
     #[test]

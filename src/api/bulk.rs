@@ -33,7 +33,7 @@ const BULK_WITHIN: Duration = Duration::from_secs(60);
 /// Pause before proposing a part again after a leader change or while the leader sheds load.
 const PART_RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// Ids a bulk answer shows.
-const SAMPLE_MAX: usize = 100;
+pub(super) const SAMPLE_MAX: usize = 100;
 
 /// What `POST /v1/jobs/bulk` does to each matching job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]

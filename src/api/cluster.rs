@@ -67,9 +67,20 @@ struct ClusterView {
     /// the upgrade is finalized (`POST /v1/cluster/upgrade/finalize`).
     format_version: u32,
     members: Vec<Member>,
+    /// Every shard (SPEC §8) as this node sees it: its own leader, term and commit index.
+    shards: Vec<ShardView>,
     /// What the caller's token allows: `all`, or `read` (a read token).
     #[schema(value_type = String)]
     access: &'static str,
+}
+
+/// One shard's Raft group as this node sees it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct ShardView {
+    id: u32,
+    leader_id: Option<u64>,
+    term: u64,
+    commit_index: u64,
 }
 
 /// Membership and leadership as this node sees them.
@@ -191,6 +202,18 @@ fn view(state: &Api, access: super::Access) -> ClusterView {
         cluster_id: replica.cluster_id(),
         format_version: replica.cluster_format(),
         members,
+        shards: (0u32..)
+            .zip(state.shards.iter())
+            .map(|(id, r)| {
+                let s = r.status();
+                ShardView {
+                    id,
+                    leader_id: s.leader_id,
+                    term: s.term,
+                    commit_index: r.committed_index(),
+                }
+            })
+            .collect(),
         access: access.as_str(),
     }
 }

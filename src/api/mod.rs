@@ -5,6 +5,7 @@
 mod bulk;
 mod cluster;
 mod error;
+pub mod front;
 mod idempotency;
 mod jobs;
 pub mod leader;
@@ -53,6 +54,8 @@ pub struct ApiState {
     peer_authenticated: bool,
     /// The last `/readyz` probe: when, and its outcome.
     ready: tokio::sync::Mutex<Option<(std::time::Instant, Result<(), String>)>>,
+    /// Every shard of this node (`replica` is one of them), for `GET /v1/cluster`.
+    shards: Arc<Vec<Arc<Replica>>>,
 }
 
 impl ApiState {
@@ -66,6 +69,7 @@ impl ApiState {
         dispatch: DispatchHandle,
         egress: Arc<EgressPolicy>,
         config: &Config,
+        shards: Arc<Vec<Arc<Replica>>>,
     ) -> ApiState {
         ApiState {
             replica,
@@ -78,6 +82,7 @@ impl ApiState {
                 || config.peer_tls.is_some()
                 || config.insecure_peer,
             ready: tokio::sync::Mutex::new(None),
+            shards,
         }
     }
 

@@ -127,6 +127,12 @@ pub struct DispatchConfig {
     /// Runs kept per job.
     pub retention: u32,
     pub clock: Clock,
+    /// The cluster's shard count: per-target limits are cluster-wide, so this shard's
+    /// dispatcher enforces its part of each (`targets::share`).
+    pub shards: u32,
+    /// Whether this dispatcher announces cluster events (`core::events`): shard 0's alone, so
+    /// each is told once.
+    pub cluster_events: bool,
 }
 
 /// Starts the supervisor that runs one dispatcher per leadership epoch of this node. It stops

@@ -196,7 +196,7 @@ pub async fn run_epoch<D: Deliver>(
             // One queue whose cap is the node's: no per-target isolation at all.
             Scheduler::new(config.in_flight_max, config.in_flight_max)
         } else {
-            Scheduler::new(config.host_max, config.in_flight_max)
+            Scheduler::new(config.host_max, config.in_flight_max).with_shards(config.shards)
         },
         replica,
         view,
@@ -406,6 +406,9 @@ impl<D: Deliver> Dispatcher<D> {
     /// waiting: `apply` tells it only if it is news, so one lost here is announced again by
     /// the next check or leader. (Nothing is written for types no one takes.)
     fn announce(&self, a: Announcement) {
+        if !self.config.cluster_events {
+            return;
+        }
         match self.view.subscribed_events() {
             Ok(types) if types.contains(&a.kind()) => {}
             Ok(_) => return,

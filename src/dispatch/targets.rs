@@ -139,6 +139,24 @@ struct Target<T> {
     tat_ms: f64,
 }
 
+/// The part of a cluster-wide limit `n` one of `shards` shards' dispatchers enforces: a
+/// node leading `k` shards enforces `k` parts (rounded up, never 0).
+pub fn share(n: usize, shards: u32) -> usize {
+    n.div_ceil(shards.max(1) as usize).max(1)
+}
+
+/// A target's policy as one of `shards` shards' dispatchers enforces it: its share of the
+/// concurrency cap, the rate and the burst (`share`; a rate keeps at least a thousandth of an
+/// attempt a second).
+pub fn policy_share(p: Policy, shards: u32) -> Policy {
+    let s = u64::from(shards.max(1));
+    Policy {
+        max_concurrency: p.max_concurrency.map(|n| share(n as usize, shards) as u32),
+        rate_milli_per_s: p.rate_milli_per_s.map(|r| r.div_ceil(s).max(1)),
+        burst: p.burst.map(|b| share(b as usize, shards) as u32),
+    }
+}
+
 /// A target's rate limit as GCRA (a token bucket): milliseconds between attempts at
 /// `rate_per_s`, and the tolerance `burst` gives. An attempt at `t` may start once
 /// `t >= tat - tolerance`, and moves `tat` to `max(tat, t) + interval`.
@@ -174,7 +192,11 @@ pub struct TargetStatus {
 pub struct Scheduler<T> {
     host_max: usize,
     node_max: usize,
+    /// As the state holds them: cluster-wide; this dispatcher enforces its share (`enforced`).
     policies: BTreeMap<TargetKey, Policy>,
+    /// The cluster's shard count: `host_max` and the policies are cluster-wide limits, of
+    /// which this dispatcher, one shard's, enforces its part (`share`).
+    shards: u32,
     targets: BTreeMap<TargetKey, Target<T>>,
     waiting: BTreeSet<(i64, TargetKey)>,
     ready: BTreeSet<(usize, i64, TargetKey)>,
@@ -183,11 +205,24 @@ pub struct Scheduler<T> {
 }
 
 impl<T> Scheduler<T> {
+    /// The scheduler of one of `shards` shards' dispatchers.
+    pub fn with_shards(mut self, shards: u32) -> Scheduler<T> {
+        self.shards = shards.max(1);
+        self
+    }
+
+    /// The limits of target `key` this dispatcher enforces: its share of the policy's.
+    fn enforced(&self, key: &str) -> Option<Policy> {
+        let p = self.policies.get(key)?;
+        Some(policy_share(*p, self.shards))
+    }
+
     pub fn new(host_max: usize, node_max: usize) -> Scheduler<T> {
         Scheduler {
             host_max: host_max.max(1),
             node_max: node_max.max(1),
             policies: BTreeMap::new(),
+            shards: 1,
             targets: BTreeMap::new(),
             waiting: BTreeSet::new(),
             ready: BTreeSet::new(),
@@ -231,7 +266,7 @@ impl<T> Scheduler<T> {
 
     /// Whether `key` has a rate limit.
     pub fn rate_limited(&self, key: &str) -> bool {
-        self.policies.get(key).and_then(gcra).is_some()
+        self.enforced(key).as_ref().and_then(gcra).is_some()
     }
 
     /// True when `next(now_ms)` would start an attempt.
@@ -246,6 +281,7 @@ impl<T> Scheduler<T> {
             return None;
         }
         let (_, _, key) = self.ready.pop_first()?;
+        let rate = self.enforced(&key).as_ref().and_then(gcra);
         let t = self.targets.get_mut(&key)?;
         t.place = Place::Idle;
         let ((at_ms, id), item) = t.queue.pop_first()?;
@@ -257,7 +293,7 @@ impl<T> Scheduler<T> {
             }
             _ => false,
         };
-        if let Some((interval, _)) = self.policies.get(&key).and_then(gcra) {
+        if let Some((interval, _)) = rate {
             // An attempt that starts a little late (the loop wakes in whole milliseconds) keeps
             // the limit's rhythm instead of losing the delay: less than one interval late, the
             // next token counts from the theoretical instant.
@@ -451,14 +487,16 @@ impl<T> Scheduler<T> {
 
     /// Puts a target where it belongs after any change to its queue, count or breaker.
     fn place(&mut self, key: &TargetKey) {
+        let policy = self.enforced(key);
+        let policy = policy.as_ref();
+        let host_max = share(self.host_max, self.shards);
         let Some(t) = self.targets.get_mut(key) else {
             return;
         };
         let old = std::mem::replace(&mut t.place, Place::Idle);
-        let policy = self.policies.get(key);
         let cap = policy
             .and_then(|p| p.max_concurrency)
-            .map_or(self.host_max, |n| n as usize)
+            .map_or(host_max, |n| n as usize)
             .max(1);
         // The rate limit: not before the next token.
         let token_at = policy.and_then(gcra).map_or(i64::MIN, |(_, tolerance)| {
@@ -486,6 +524,25 @@ impl<T> Scheduler<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_shard_enforces_its_part_of_a_cluster_wide_limit_rounded_up() {
+        assert_eq!(share(64, 1), 64);
+        assert_eq!(share(64, 6), 11);
+        assert_eq!(share(1, 6), 1, "never 0");
+        let p = Policy {
+            max_concurrency: Some(10),
+            rate_milli_per_s: Some(5_000),
+            burst: Some(3),
+        };
+        assert_eq!(policy_share(p, 1), p);
+        let sixth = policy_share(p, 6);
+        assert_eq!(sixth.max_concurrency, Some(2));
+        assert_eq!(sixth.rate_milli_per_s, Some(834));
+        assert_eq!(sixth.burst, Some(1));
+        let none = policy_share(Policy::default(), 6);
+        assert_eq!(none, Policy::default());
+    }
 
     fn key(s: &str) -> TargetKey {
         Arc::from(s)

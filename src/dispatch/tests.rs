@@ -119,6 +119,9 @@ async fn start_bounded(
         timing: RaftTiming::default(),
         snapshot_logs: 10_000,
         write_backlog_max,
+        group: 0,
+        cluster_id_of: None,
+        lead_rank: None,
     };
     Replica::start(config, Default::default())
         .await
@@ -157,6 +160,8 @@ fn config() -> DispatchConfig {
         host_max: 4,
         retention: 100,
         clock: Clock::system(),
+        shards: 1,
+        cluster_events: true,
     }
 }
 

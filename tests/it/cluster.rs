@@ -79,12 +79,19 @@ async fn three_nodes_form_a_cluster_and_a_job_created_on_a_follower_is_read_ever
     let version = env!("CARGO_PKG_VERSION");
     eventually(Duration::from_secs(5), "every member's version", || async {
         let (_, got) = c.get(follower, "/v1/cluster").await?;
-        let all = got["members"].as_array()?.iter().all(|m| m["version"] == version);
+        let all = got["members"]
+            .as_array()?
+            .iter()
+            .all(|m| m["version"] == version);
         (all && got["format_version"] == 5).then_some(())
     })
     .await;
     let (status, body) = c
-        .post(follower, "/v1/cluster/upgrade/finalize", &serde_json::json!({}))
+        .post(
+            follower,
+            "/v1/cluster/upgrade/finalize",
+            &serde_json::json!({}),
+        )
         .await
         .expect("finalize");
     assert_eq!(status, 200, "{body}");

@@ -18,6 +18,7 @@ mod overlap;
 mod policy;
 mod restart;
 mod security;
+mod shards;
 mod sink;
 mod stats;
 mod tls;

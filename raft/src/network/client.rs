@@ -76,6 +76,8 @@ pub struct PeerClient {
     backoffs: Backoffs,
     /// What each peer said of its release on its last answer to an AppendEntries.
     pub(crate) releases: Releases,
+    /// The Raft group this client carries (`group_path`).
+    group: u32,
 }
 
 /// Where a node learns it was removed from the cluster: why, once known.
@@ -166,6 +168,7 @@ impl PeerClient {
         acks: Acks,
         tls: Option<Arc<Reloading>>,
         removals: Removals,
+        group: u32,
     ) -> Result<PeerClient, reqwest::Error> {
         let generation = tls.as_ref().map_or(0, |t| t.generation());
         let http = build_http(tls.as_deref())?;
@@ -180,6 +183,7 @@ impl PeerClient {
             proven: Arc::default(),
             backoffs: Arc::default(),
             releases: Releases::default(),
+            group,
         })
     }
 
@@ -340,6 +344,7 @@ impl PeerClient {
         timeout: Duration,
     ) -> Result<reqwest::Response, TransportError> {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let path = &*super::group_path(self.group, path);
         let encoded = match encoding {
             Encoding::Json => serde_json::to_vec(body).map_err(|e| e.to_string()),
             Encoding::Postcard => postcard::to_stdvec(body).map_err(|e| e.to_string()),
@@ -453,6 +458,24 @@ impl PeerClient {
             addr: addr.to_owned(),
             detail: format!("asked for node {target}'s API address, {wrong}"),
         })
+    }
+
+    /// Asks node `target` at `addr` to campaign for the leadership of this client's group.
+    pub async fn campaign(
+        &self,
+        target: NodeId,
+        addr: &str,
+        timeout: Duration,
+    ) -> Result<(), TransportError> {
+        self.post(
+            target,
+            addr,
+            super::PATH_CAMPAIGN,
+            &(),
+            Encoding::Json,
+            timeout,
+        )
+        .await
     }
 
     /// Asks the node at `addr` (believed leader) for a linearizable read index.

@@ -35,12 +35,30 @@ pub(crate) const PATH_MEMBERS_ADD: &str = "/forward/members/add";
 pub(crate) const PATH_MEMBERS_REMOVE: &str = "/forward/members/remove";
 /// The leader tells a node it has just removed.
 pub(crate) const PATH_REMOVED: &str = "/raft/removed";
+/// The leader of a group asks a caught-up voter to campaign for it: the leader has gone
+/// quiet, so the voters' leases run out and the campaign can win (`Replica::hand_over`).
+pub(crate) const PATH_CAMPAIGN: &str = "/raft/campaign";
 /// A challenge: the answering node proves it holds the peer secret (`Hello`, `Proof`).
 pub(crate) const PATH_HELLO: &str = "/raft/hello";
 
 /// Who a node is and where its public API listens (`NodeInfo`): asked of a member whose API
 /// address is not in this node's replicated state yet (the egress policy must know it).
 pub(crate) const PATH_NODE: &str = "/raft/node";
+
+/// Where the requests of Raft group `group` go on the peer port: group 0's at the paths above,
+/// as a node with one group always sent them; group `k`'s under `/g/{k}`. The whole path is
+/// signed, so a request cannot be moved to another group on the way.
+pub fn group_path(group: u32, path: &str) -> std::borrow::Cow<'_, str> {
+    match group {
+        0 => std::borrow::Cow::Borrowed(path),
+        k => std::borrow::Cow::Owned(format!("{}{path}", group_prefix(k))),
+    }
+}
+
+/// The prefix of group `k`'s peer paths (`k` ≥ 1).
+pub fn group_prefix(k: u32) -> String {
+    format!("/g/{k}")
+}
 
 /// The answer of `PATH_NODE`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
