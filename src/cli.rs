@@ -573,13 +573,7 @@ async fn run_client(args: ClientArgs, cmd: ClientCommand) -> Result<(), CliError
                 members,
                 cluster_id: cluster_id.clone(),
             };
-            let restored = hookd_raft::backup::restore(
-                file,
-                &to,
-                Arc::new(crate::replicated::Hookd::default()),
-            )
-            .await
-            .map_err(|e| CliError::Api(e.to_string()))?;
+            let restored = restore(file, to).await?;
             return out.value(&json!({
                 "data_dir": data_dir.display().to_string(),
                 "node_id": node_id,
@@ -1283,6 +1277,46 @@ impl Client {
     }
 }
 
+/// `snapshot restore`: the data dir of a member of a new cluster from a backup: of one
+/// snapshot file, or of an archive of several shards' (each shard restored into its place,
+/// all with one cluster id: the one given, or one derived from the archive and the members).
+async fn restore(
+    file: &Path,
+    mut to: hookd_raft::backup::RestoreTo,
+) -> Result<hookd_raft::backup::Restored, CliError> {
+    let failed = |e: &dyn std::fmt::Display| CliError::Api(e.to_string());
+    let machine = || Arc::new(crate::replicated::Hookd::default());
+    if !hookd_raft::archive::is_archive(file).map_err(|e| failed(&e))? {
+        return hookd_raft::backup::restore(file, &to, machine())
+            .await
+            .map_err(|e| failed(&e));
+    }
+    let parts = tempfile::tempdir().map_err(|e| failed(&e))?;
+    let files = hookd_raft::archive::split(file, parts.path())
+        .map_err(|e| failed(&format!("{}: {e}", file.display())))?;
+    if to.cluster_id.is_none() {
+        let sum = hookd_raft::archive::checksum(file).map_err(|e| failed(&e))?;
+        to.cluster_id = Some(hookd_raft::backup::derived_cluster_id(&sum, &to.members));
+    }
+    let base = to.data_dir.clone();
+    let mut first = None;
+    for (k, part) in (0u32..).zip(&files) {
+        let shard = hookd_raft::backup::RestoreTo {
+            data_dir: crate::shards::data_dir_of(&base, k),
+            ..to.clone()
+        };
+        let restored = hookd_raft::backup::restore(part, &shard, machine())
+            .await
+            .map_err(|e| failed(&e))?;
+        if k == 0 {
+            // Before the other shards: a data dir with a database and no count is one shard's.
+            crate::shards::record_count(&base, files.len() as u32).map_err(|e| failed(&e))?;
+        }
+        first.get_or_insert(restored);
+    }
+    first.ok_or_else(|| failed(&"the archive holds no shard"))
+}
+
 /// Streams `GET /v1/snapshot` into `file` (through a temporary file, synced, then renamed).
 async fn save_snapshot(client: &Client, file: &Path) -> Result<(), CliError> {
     let mut resp = client.send(Method::GET, "/v1/snapshot", None, None).await?;
@@ -1304,16 +1338,45 @@ async fn save_snapshot(client: &Client, file: &Path) -> Result<(), CliError> {
     }
     out.sync_all().map_err(io)?;
     drop(out);
-    if let Err(e) = hookd_raft::backup::inspect(&tmp, 0) {
+    if let Err(e) = inspect(&tmp) {
         let _ = std::fs::remove_file(&tmp);
-        return Err(CliError::Api(format!("the received snapshot is bad: {e}")));
+        return Err(CliError::Api(format!(
+            "the received snapshot is bad: {e:?}"
+        )));
     }
     std::fs::rename(&tmp, file).map_err(|e| CliError::Api(format!("{}: {e}", file.display())))?;
     Ok(())
 }
 
-/// `snapshot inspect`: the file checked through, as JSON.
+/// `snapshot inspect`: the file checked through, as JSON. A backup of several shards (an
+/// archive of their snapshot files) is shard 0's description with every shard's jobs counted,
+/// its own size and checksum, and each shard's index and jobs.
 fn inspect(file: &Path) -> Result<Value, CliError> {
+    let failed = |e: &dyn std::fmt::Display| CliError::Api(format!("{}: {e}", file.display()));
+    if !hookd_raft::archive::is_archive(file).map_err(|e| failed(&e))? {
+        return inspect_snapshot(file);
+    }
+    let parts = tempfile::tempdir().map_err(|e| failed(&e))?;
+    let files = hookd_raft::archive::split(file, parts.path()).map_err(|e| failed(&e))?;
+    let shards = files
+        .iter()
+        .map(|f| inspect_snapshot(f))
+        .collect::<Result<Vec<Value>, CliError>>()?;
+    let mut all = shards.first().cloned().unwrap_or_default();
+    let jobs: u64 = shards.iter().filter_map(|s| s["jobs"].as_u64()).sum();
+    all["file"] = json!(file.display().to_string());
+    all["jobs"] = json!(jobs);
+    all["bytes"] = json!(std::fs::metadata(file).map_err(|e| failed(&e))?.len());
+    all["sha256"] = json!(hookd_raft::archive::checksum(file).map_err(|e| failed(&e))?);
+    all["shards"] = shards
+        .iter()
+        .map(|s| json!({"last_applied": s["last_applied"], "jobs": s["jobs"]}))
+        .collect();
+    Ok(all)
+}
+
+/// `inspect` of one snapshot file.
+fn inspect_snapshot(file: &Path) -> Result<Value, CliError> {
     let jobs = crate::core::state::Table::Jobs as usize;
     let i = hookd_raft::backup::inspect(file, jobs)
         .map_err(|e| CliError::Api(format!("{}: {e}", file.display())))?;

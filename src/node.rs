@@ -281,6 +281,7 @@ pub async fn run(
                 )))
             })
             .collect(),
+        shards.clone(),
     );
     let api_server = tokio::spawn(serve(
         "api",

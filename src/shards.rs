@@ -65,6 +65,11 @@ pub fn shard_count(dir: &Path, wanted: u32) -> anyhow::Result<u32> {
     }
 }
 
+/// Records `count` as the shard count of the data dir `dir` (a restored one), durably.
+pub fn record_count(dir: &Path, count: u32) -> anyhow::Result<()> {
+    record(dir, &dir.join(COUNT_FILE), count)
+}
+
 /// Writes `count` into `file` durably: a synced temporary file renamed over it, the directory
 /// synced.
 fn record(dir: &Path, file: &Path, count: u32) -> anyhow::Result<()> {

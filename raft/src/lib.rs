@@ -6,6 +6,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod api_addrs;
+pub mod archive;
 pub mod backup;
 pub mod cadence;
 pub mod lease;

@@ -31,20 +31,23 @@ use tower::ServiceExt;
 
 use super::ApiError;
 use crate::limits::REQUEST_BODY_BYTES_MAX;
+use crate::replicated::Replica;
 use crate::shards::shard_of;
 
 struct Front {
     shards: Vec<Router>,
+    replicas: Arc<Vec<Arc<Replica>>>,
 }
 
-/// The API of a node whose shards' routers are `shards` (shard `k` at index `k`).
-pub fn router(mut shards: Vec<Router>) -> Router {
+/// The API of a node whose shards' routers are `shards` (shard `k` at index `k`) over the
+/// shards' `replicas`.
+pub fn router(mut shards: Vec<Router>, replicas: Arc<Vec<Arc<Replica>>>) -> Router {
     if shards.len() <= 1 {
         return shards.pop().unwrap_or_default();
     }
     Router::new()
         .fallback(route)
-        .with_state(Arc::new(Front { shards }))
+        .with_state(Arc::new(Front { shards, replicas }))
 }
 
 /// Where a request goes, by its method and path.
@@ -66,8 +69,8 @@ enum Route {
     AllOk,
     /// Every shard leader's series added up.
     Stats,
-    /// Not yet done for several shards: refused with `409` and why.
-    NotYet(&'static str),
+    /// A backup of every shard in one file (`hookd_raft::archive`).
+    Backup,
 }
 
 /// How a merged list is ordered, and what names an item's place in it.
@@ -113,10 +116,7 @@ fn route_of(method: &Method, path: &str, count: u32) -> Route {
         (&Method::GET, ["v1", "stats"]) => Route::Stats,
         (&Method::POST, ["v1", "cluster", "members"])
         | (&Method::DELETE, ["v1", "cluster", "members", _]) => Route::Everywhere,
-        (&Method::GET, ["v1", "snapshot"]) => Route::NotYet(
-            "a backup of a cluster with several shards is not supported yet: back up a cluster \
-             made with --shards 1",
-        ),
+        (&Method::GET, ["v1", "snapshot"]) => Route::Backup,
         (&Method::GET, ["readyz"] | ["healthz"]) => Route::AllOk,
         _ => Route::Shard(0),
     }
@@ -128,7 +128,16 @@ async fn route(State(f): State<Arc<Front>>, req: Request) -> Response {
     let route = route_of(&parts.method, parts.uri.path(), count);
     match route {
         Route::Shard(k) => return f.send(k, Request::from_parts(parts, body)).await,
-        Route::NotYet(why) => return ApiError::conflict(why).into_response(),
+        Route::Backup => {
+            // Shard 0's router decides who may take a backup, as it would for its own.
+            let mut probe = Request::from_parts(parts, body);
+            probe.extensions_mut().insert(super::snapshot::AuthProbe);
+            let allowed = f.send(0, probe).await;
+            if !allowed.status().is_success() {
+                return allowed;
+            }
+            return f.backup().await.unwrap_or_else(IntoResponse::into_response);
+        }
         _ => {}
     }
     // Every other route may send the request more than once: its body is read first.
@@ -148,7 +157,7 @@ async fn route(State(f): State<Arc<Front>>, req: Request) -> Response {
         r
     };
     match route {
-        Route::Shard(_) | Route::NotYet(_) => unreachable_shard(),
+        Route::Shard(_) | Route::Backup => unreachable_shard(),
         Route::Create => {
             let (shard, body) = with_job_id(body, count);
             let mut req = copy(body.clone());
@@ -215,6 +224,39 @@ impl Front {
             Some(r) => r.clone().oneshot(req).await.into_response(),
             None => unreachable_shard(),
         }
+    }
+
+    /// A backup of every shard: after a barrier on each, each shard's backup (its own barrier
+    /// and a snapshot covering it), archived into one owner-only temporary file that is
+    /// streamed and gone once sent.
+    async fn backup(&self) -> Result<Response, ApiError> {
+        for r in self.replicas.iter() {
+            r.read_barrier().await?;
+        }
+        let mut files = Vec::with_capacity(self.replicas.len());
+        let mut index = 0;
+        for (k, r) in self.replicas.iter().enumerate() {
+            let (meta, file) = r.backup().await.map_err(super::snapshot::backup_error)?;
+            if k == 0 {
+                index = meta.last_log_id.map_or(0, |l| l.index);
+            }
+            files.push(file.into_std().await);
+        }
+        let tmp = tempfile::NamedTempFile::new()
+            .map_err(|e| ApiError::unavailable(format!("no room for the backup: {e}")))?;
+        let path = tmp.path().to_path_buf();
+        tokio::task::spawn_blocking(move || hookd_raft::archive::write(files, &path))
+            .await
+            .map_err(|e| ApiError::unavailable(e.to_string()))?
+            .map_err(|e| ApiError::unavailable(format!("cannot write the backup: {e}")))?;
+        let file = tmp
+            .reopen()
+            .map_err(|e| ApiError::unavailable(format!("cannot read the backup: {e}")))?;
+        drop(tmp);
+        Ok(super::snapshot::file_response(
+            tokio::fs::File::from_std(file),
+            index,
+        ))
     }
 
     /// Sends `make(k)` to every shard at once; the answers in shard order.
@@ -532,6 +574,7 @@ mod tests {
             ("POST", "/v1/cluster/upgrade/finalize", Route::Everywhere),
             ("GET", "/v1/cluster", Route::Shard(0)),
             ("POST", "/v1/cluster/members", Route::Everywhere),
+            ("GET", "/v1/snapshot", Route::Backup),
             ("DELETE", "/v1/cluster/members/4", Route::Everywhere),
             ("GET", "/v1/stats", Route::Stats),
             ("GET", "/readyz", Route::AllOk),

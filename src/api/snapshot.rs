@@ -14,12 +14,28 @@ pub const SNAPSHOT_INDEX_HEADER: &str = "hookd-snapshot-index";
     responses((status = 200, description = "the snapshot file", body = Vec<u8>, content_type = "application/octet-stream")))]
 /// The newest snapshot file after a linearizable barrier (built now if older), as it is on disk:
 /// the same versioned, checksummed format the nodes send each other.
-pub async fn snapshot(state: Api) -> Result<Response, ApiError> {
-    let (meta, file) = state.replica.backup().await.map_err(|e| match e {
+pub async fn snapshot(state: Api, ext: axum::http::Extensions) -> Result<Response, ApiError> {
+    if ext.get::<AuthProbe>().is_some() {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    let (meta, file) = state.replica.backup().await.map_err(backup_error)?;
+    Ok(file_response(file, meta.last_log_id.map_or(0, |l| l.index)))
+}
+
+/// Marks a request the API front sends to shard 0 to learn whether the caller may take a
+/// backup: it passes the token check as a backup would, and is answered at once.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct AuthProbe;
+
+pub(super) fn backup_error(e: BackupError) -> ApiError {
+    match e {
         BackupError::Replica(e) => ApiError::from(e),
         other => ApiError::unavailable(other.to_string()),
-    })?;
-    let index = meta.last_log_id.map_or(0, |l| l.index);
+    }
+}
+
+/// A backup file as the answer, streamed; `index` is the log index it holds (shard 0's).
+pub(super) fn file_response(file: tokio::fs::File, index: u64) -> Response {
     let name = format!("attachment; filename=\"hookd-{index}.snap\"");
     let mut resp = (
         StatusCode::OK,
@@ -35,5 +51,5 @@ pub async fn snapshot(state: Api) -> Result<Response, ApiError> {
         h.insert(header::CONTENT_DISPOSITION, v);
     }
     h.insert(SNAPSHOT_INDEX_HEADER, HeaderValue::from(index));
-    Ok(resp)
+    resp
 }

@@ -460,7 +460,17 @@ fn flip_byte(src: &Path, dst: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_of_a_live_cluster_restores_into_a_new_cluster_and_a_bad_file_is_refused() {
-    let old = TestCluster::start(3);
+    backup_and_restore(1).await;
+}
+
+/// The same with three shards: one file holds every shard, and each is restored into its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_of_every_shard_restores_into_a_new_cluster_of_as_many_shards() {
+    backup_and_restore(3).await;
+}
+
+async fn backup_and_restore(shards: u32) {
+    let old = TestCluster::start_with(3, &["--shards", &shards.to_string()]);
     let leader = old.wait_leader(&[0, 1, 2], ELECTION_WITHIN).await;
     for i in 0..40 {
         create(
@@ -493,12 +503,22 @@ async fn a_backup_of_a_live_cluster_restores_into_a_new_cluster_and_a_bad_file_i
     let info = json(&out);
     assert_eq!(info["jobs"], 40);
     assert_eq!(info["format"], 2);
+    if shards > 1 {
+        let per = info["shards"].as_array().expect("shards");
+        assert_eq!(per.len(), shards as usize, "{out}");
+        assert!(per.iter().all(|s| s["jobs"].as_u64() > Some(0)), "{out}");
+    }
     assert_eq!(
         info["members"].as_object().map(|m| m.len()),
         Some(3),
         "{out}"
     );
-    assert!(info["last_applied"]["index"].as_u64() > Some(40), "{out}");
+    // Shard 0 holds its part of the jobs (all of them with one shard).
+    let at_least = 40 / u64::from(shards);
+    assert!(
+        info["last_applied"]["index"].as_u64() > Some(at_least),
+        "{out}"
+    );
 
     // A corrupt file and a foreign one are refused, and nothing is written.
     let corrupt = dir.path().join("corrupt.snap");
@@ -584,6 +604,11 @@ async fn a_backup_of_a_live_cluster_restores_into_a_new_cluster_and_a_bad_file_i
         .1;
         cluster_ids.push(v["cluster_id"].clone());
         assert_eq!(v["members"].as_array().map(Vec::len), Some(3), "{v}");
+        assert_eq!(
+            v["shards"].as_array().map(Vec::len),
+            Some(shards as usize),
+            "the restored count: {v}"
+        );
     }
     assert!(
         cluster_ids.iter().all(|id| *id == restored_ids[0]),

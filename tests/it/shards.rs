@@ -228,3 +228,46 @@ async fn leaders_spread_move_off_a_lost_node_come_back_to_it_and_leave_before_a_
         "shards {left:?} still led by the stopped node: {led:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_of_several_shards_needs_an_api_token_like_one_of_one_shard() {
+    let c = TestCluster::start_with(
+        1,
+        &[
+            "--shards",
+            "2",
+            "--api-token",
+            "all-secret-1",
+            "--read-token",
+            "read-secret-1",
+        ],
+    );
+    let url = c.url(0, "/v1/snapshot");
+    let http = reqwest::Client::new();
+    let status = |token: Option<&'static str>| {
+        let mut req = http.get(&url);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        async move { req.send().await.map(|r| r.status().as_u16()).ok() }
+    };
+    eventually(Duration::from_secs(10), "a backup", || async {
+        (status(Some("all-secret-1")).await == Some(200)).then_some(())
+    })
+    .await;
+    assert_eq!(status(None).await, Some(401));
+    assert_eq!(status(Some("read-secret-1")).await, Some(403));
+    let body = http
+        .get(&url)
+        .bearer_auth("all-secret-1")
+        .send()
+        .await
+        .expect("backup");
+    assert_eq!(body.status(), 200);
+    let bytes = body.bytes().await.expect("body");
+    assert_eq!(
+        &bytes[..8],
+        hookd_raft::archive::MAGIC,
+        "one file of every shard"
+    );
+}
