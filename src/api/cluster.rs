@@ -406,7 +406,13 @@ pub async fn remove_member(
         .remove_member(RemoveMember { id, force: q.force })
         .await
         .map_err(member_error)?;
-    Ok((StatusCode::OK, Json(view_after_change(&state).await)).into_response())
+    // A node that removed itself is sent nothing more to apply: its view is as it stands.
+    let view = if id == state.replica.id() {
+        view(&state, super::Access::All)
+    } else {
+        view_after_change(&state).await
+    };
+    Ok((StatusCode::OK, Json(view)).into_response())
 }
 
 #[utoipa::path(get, operation_id = "getHealth", path = "/healthz", tag = "node",

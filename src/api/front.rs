@@ -63,8 +63,10 @@ enum Route {
     Bulk,
     /// A run of unknown shard: the first shard that does not answer `404`.
     FirstFound,
-    /// A cluster-wide write: to every shard, shard 0's answer unless another one failed.
-    Everywhere,
+    /// A cluster-wide write: to every shard, shard 0's answer unless another one failed. Shard
+    /// 0 first, so what it refuses goes nowhere else; or (`shard0_last`: a node's removal, which
+    /// stops a node once shard 0 has applied it) last.
+    Everywhere { shard0_last: bool },
     /// Every shard answers; `200` only when every one does (`/readyz`, `/healthz`).
     AllOk,
     /// Every shard leader's series added up.
@@ -110,12 +112,20 @@ fn route_of(method: &Method, path: &str, count: u32) -> Route {
         (&Method::POST, ["v1", "runs", "retry"]) => Route::Bulk,
         (_, ["v1", "runs", _, "retry"]) => Route::FirstFound,
         (&Method::GET, ["v1", "targets"]) => Route::List(Order::Targets),
-        (&Method::PUT | &Method::DELETE, ["v1", "targets", _, "policy"]) => Route::Everywhere,
-        (&Method::PUT | &Method::DELETE, ["v1", "notifications", _]) => Route::Everywhere,
-        (&Method::POST, ["v1", "cluster", "upgrade", "finalize"]) => Route::Everywhere,
+        (&Method::PUT | &Method::DELETE, ["v1", "targets", _, "policy"]) => {
+            Route::Everywhere { shard0_last: false }
+        }
+        (&Method::PUT | &Method::DELETE, ["v1", "notifications", _]) => {
+            Route::Everywhere { shard0_last: false }
+        }
+        (&Method::POST, ["v1", "cluster", "upgrade", "finalize"]) => {
+            Route::Everywhere { shard0_last: false }
+        }
         (&Method::GET, ["v1", "stats"]) => Route::Stats,
-        (&Method::POST, ["v1", "cluster", "members"])
-        | (&Method::DELETE, ["v1", "cluster", "members", _]) => Route::Everywhere,
+        (&Method::POST, ["v1", "cluster", "members"]) => Route::Everywhere { shard0_last: false },
+        (&Method::DELETE, ["v1", "cluster", "members", _]) => {
+            Route::Everywhere { shard0_last: true }
+        }
         (&Method::GET, ["v1", "snapshot"]) => Route::Backup,
         (&Method::GET, ["readyz"] | ["healthz"]) => Route::AllOk,
         _ => Route::Shard(0),
@@ -159,7 +169,8 @@ async fn route(State(f): State<Arc<Front>>, req: Request) -> Response {
     match route {
         Route::Shard(_) | Route::Backup => unreachable_shard(),
         Route::Create => {
-            let (shard, body) = with_job_id(body, count);
+            let key = parts.headers.get("idempotency-key").map(|v| v.as_bytes());
+            let (shard, body) = with_job_id(body, count, key);
             let mut req = copy(body.clone());
             if let Ok(len) = HeaderValue::from_str(&body.len().to_string()) {
                 req.headers_mut().insert(header::CONTENT_LENGTH, len);
@@ -190,19 +201,29 @@ async fn route(State(f): State<Arc<Front>>, req: Request) -> Response {
             }
             last.unwrap_or_else(unreachable_shard)
         }
-        Route::Everywhere => {
-            // Shard 0 first: a request it refuses (bad input, no token) goes nowhere else.
-            let first = f.send(0, copy(body.clone())).await;
-            if !first.status().is_success() {
-                return first;
-            }
-            for k in 1..count {
+        Route::Everywhere { shard0_last } => {
+            let order: Vec<u32> = if shard0_last {
+                (0..count).rev().collect()
+            } else {
+                (0..count).collect()
+            };
+            let mut first = None;
+            for k in order {
+                // Each shard once it has a leader (one may be electing after a node was lost:
+                // a membership change is sent to the leader it knows).
+                if let Some(r) = f.replicas.get(k as usize) {
+                    let _ = r.read_barrier().await;
+                }
                 let answer = f.send(k, copy(body.clone())).await;
+                // What the first refuses (bad input, no token) goes nowhere else.
                 if !answer.status().is_success() {
                     return answer;
                 }
+                if k == 0 {
+                    first = Some(answer);
+                }
             }
-            first
+            first.unwrap_or_else(unreachable_shard)
         }
         Route::AllOk => {
             let answers = f.each(|_| copy(body.clone())).await;
@@ -272,8 +293,9 @@ fn unreachable_shard() -> Response {
 
 /// The create's body with an id (one made here if it had none, as a lone shard would), and
 /// the shard of that id. A body that is no JSON object goes to shard 0 as it is, which refuses
-/// it as a lone node would.
-fn with_job_id(body: Bytes, count: u32) -> (u32, Bytes) {
+/// it as a lone node would. Under an `Idempotency-Key`, the id made is the key's own (a UUID
+/// of its SHA-256), so a repeat reaches the shard that remembers the first request.
+fn with_job_id(body: Bytes, count: u32, key: Option<&[u8]>) -> (u32, Bytes) {
     let Ok(Value::Object(mut job)) = serde_json::from_slice::<Value>(&body) else {
         return (0, body);
     };
@@ -281,7 +303,20 @@ fn with_job_id(body: Bytes, count: u32) -> (u32, Bytes) {
         Some(Value::String(id)) => id.clone(),
         Some(_) => return (0, body),
         None => {
-            let id = uuid::Uuid::now_v7().to_string();
+            let id = match key {
+                Some(key) => {
+                    use sha2::Digest;
+                    let sum = sha2::Sha256::new()
+                        .chain_update(b"hookd job id of an idempotency key\0")
+                        .chain_update(key)
+                        .finalize();
+                    let mut bytes = [0u8; 16];
+                    bytes.copy_from_slice(&sum[..16]);
+                    uuid::Builder::from_custom_bytes(bytes).into_uuid()
+                }
+                None => uuid::Uuid::now_v7(),
+            }
+            .to_string();
             job.insert("id".into(), Value::String(id.clone()));
             id
         }
@@ -320,6 +355,11 @@ async fn merged(
     if let Some(f) = failed {
         return f;
     }
+    // Replays of a keyed request on every shard are one replay (`api::idempotency`).
+    let replayed = !bodies.is_empty()
+        && bodies
+            .iter()
+            .all(|b| b.headers().contains_key(super::idempotency::REPLAYED));
     // The answers are in memory already (the shards' routers built them).
     let mut pages = Vec::with_capacity(bodies.len());
     for b in bodies {
@@ -330,6 +370,14 @@ async fn merged(
         return ApiError::unavailable("a shard answered no JSON".to_string()).into_response();
     };
     match combine(pages) {
+        Ok(v) if replayed => (
+            [(
+                super::idempotency::REPLAYED,
+                HeaderValue::from_static("true"),
+            )],
+            axum::Json(v),
+        )
+            .into_response(),
         Ok(v) => axum::Json(v).into_response(),
         Err(e) => ApiError::unavailable(e).into_response(),
     }
@@ -567,15 +615,39 @@ mod tests {
             ("POST", "/v1/runs/retry", Route::Bulk),
             ("POST", "/v1/runs/run_1_2/retry", Route::FirstFound),
             ("GET", "/v1/targets", Route::List(Order::Targets)),
-            ("PUT", "/v1/targets/a.test:443/policy", Route::Everywhere),
-            ("PUT", "/v1/notifications/n1", Route::Everywhere),
-            ("DELETE", "/v1/notifications/n1", Route::Everywhere),
+            (
+                "PUT",
+                "/v1/targets/a.test:443/policy",
+                Route::Everywhere { shard0_last: false },
+            ),
+            (
+                "PUT",
+                "/v1/notifications/n1",
+                Route::Everywhere { shard0_last: false },
+            ),
+            (
+                "DELETE",
+                "/v1/notifications/n1",
+                Route::Everywhere { shard0_last: false },
+            ),
             ("GET", "/v1/notifications/n1", Route::Shard(0)),
-            ("POST", "/v1/cluster/upgrade/finalize", Route::Everywhere),
+            (
+                "POST",
+                "/v1/cluster/upgrade/finalize",
+                Route::Everywhere { shard0_last: false },
+            ),
             ("GET", "/v1/cluster", Route::Shard(0)),
-            ("POST", "/v1/cluster/members", Route::Everywhere),
+            (
+                "POST",
+                "/v1/cluster/members",
+                Route::Everywhere { shard0_last: false },
+            ),
             ("GET", "/v1/snapshot", Route::Backup),
-            ("DELETE", "/v1/cluster/members/4", Route::Everywhere),
+            (
+                "DELETE",
+                "/v1/cluster/members/4",
+                Route::Everywhere { shard0_last: true },
+            ),
             ("GET", "/v1/stats", Route::Stats),
             ("GET", "/readyz", Route::AllOk),
             ("GET", "/ui/app.js", Route::Shard(0)),
@@ -588,14 +660,24 @@ mod tests {
 
     #[test]
     fn a_create_without_an_id_gets_one_and_goes_to_its_shard() {
-        let (k, body) = with_job_id(Bytes::from_static(br#"{"url": "http://a.test/"}"#), 6);
-        let v: Value = serde_json::from_slice(&body).unwrap();
-        let id = v["id"].as_str().expect("an id");
-        assert_eq!(k, shard_of(id, 6));
-        let (k, body) = with_job_id(Bytes::from_static(br#"{"id": "x-1"}"#), 6);
+        let anon = || Bytes::from_static(br#"{"url": "http://a.test/"}"#);
+        let id_of = |body: &Bytes| {
+            let v: Value = serde_json::from_slice(body).unwrap();
+            v["id"].as_str().expect("an id").to_owned()
+        };
+        let (k, body) = with_job_id(anon(), 6, None);
+        assert_eq!(k, shard_of(&id_of(&body), 6));
+        let (_, again) = with_job_id(anon(), 6, None);
+        assert_ne!(id_of(&body), id_of(&again), "a new id each time");
+        // Under a key, the same id for every repeat, and another for another key.
+        let keyed = |key: &[u8]| id_of(&with_job_id(anon(), 6, Some(key)).1);
+        assert_eq!(keyed(b"k-1"), keyed(b"k-1"));
+        assert_ne!(keyed(b"k-1"), keyed(b"k-2"));
+        assert!(uuid::Uuid::parse_str(&keyed(b"k-1")).is_ok());
+        let (k, body) = with_job_id(Bytes::from_static(br#"{"id": "x-1"}"#), 6, Some(b"k"));
         assert_eq!(k, shard_of("x-1", 6));
         assert_eq!(serde_json::from_slice::<Value>(&body).unwrap()["id"], "x-1");
-        let (k, body) = with_job_id(Bytes::from_static(b"not json"), 6);
+        let (k, body) = with_job_id(Bytes::from_static(b"not json"), 6, None);
         assert_eq!(
             (k, &body[..]),
             (0, &b"not json"[..]),

@@ -15,7 +15,7 @@ use crate::replicated::ReplicaState;
 use super::{now_ms, ApiError, ApiState, Consistency};
 
 /// The response header that marks an answer given again for a repeated request.
-const REPLAYED: &str = "idempotent-replayed";
+pub(super) const REPLAYED: &str = "idempotent-replayed";
 
 /// A request's idempotency key and the fingerprint of what it asks.
 #[derive(Debug, Clone)]

@@ -860,9 +860,16 @@ async fn healthz_turns_503_once_storage_fails() {
     let c = single(&[]).await;
     let (s, _) = c.get(0, "/healthz").await.expect("healthz");
     assert_eq!(s, 200);
-    // Debug builds only: makes every flush of this node fail.
-    std::fs::write(c.nodes[0].data_dir.join("db/hookd-test-storage-fault"), b"")
-        .expect("fault file");
+    // Debug builds only: makes every flush of this node fail, in every shard's database.
+    let data = &c.nodes[0].data_dir;
+    let shards = std::fs::read_dir(data.join("shards"))
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .map(|e| e.path());
+    for dir in std::iter::once(data.clone()).chain(shards) {
+        std::fs::write(dir.join("db/hookd-test-storage-fault"), b"").expect("fault file");
+    }
     let _ = c.post(0, "/v1/jobs", &job("doomed")).await;
     let body = eventually(Duration::from_secs(10), "healthz 503", || async {
         let (s, v) = c.get(0, "/healthz").await?;
