@@ -3,7 +3,7 @@
 # cluster of the release hookd binary in network namespaces (falls back to loopback + a
 # userspace proxy when not root or namespaces fail, and says so in the report).
 #
-#   scripts/jepsen.sh smoke   [hookd-jepsen run flags...]   87 s of faults (one membership change), <= 3 min wall
+#   scripts/jepsen.sh smoke   [hookd-jepsen run flags...]   95 s of faults (one membership change), <= 3 min wall
 #   scripts/jepsen.sh soak    [flags...]                    30 min of faults
 #   scripts/jepsen.sh planted [flags...]                    smoke once per planted bug; each must fail
 #   scripts/jepsen.sh check DIR                             re-run the checkers on a stored run

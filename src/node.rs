@@ -165,7 +165,10 @@ pub async fn run(
         // Started on the raft runtime, so every task openraft and the replica spawn lives there.
         let replica = raft_rt
             .handle()
-            .spawn(Replica::start(shard_config, Default::default()))
+            .spawn(Replica::start(
+                shard_config,
+                Arc::new(crate::replicated::Hookd::of_shard(k)),
+            ))
             .await
             .context("raft runtime")?
             .with_context(|| format!("start the replicated core of shard {k}"))?;

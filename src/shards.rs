@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 
 /// Shards of a cluster made without `--shards`.
-pub const SHARDS_DEFAULT: u32 = 1;
+pub const SHARDS_DEFAULT: u32 = 6;
 pub const SHARDS_MAX: u32 = 64;
 
 /// The file in a data dir that records its cluster's shard count (decimal, one line).

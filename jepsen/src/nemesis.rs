@@ -38,6 +38,8 @@ use crate::sink::{Sink, SinkFault};
 #[serde(rename_all = "kebab-case")]
 pub enum Kind {
     KillLeader,
+    /// The node that leads the most shards (with one shard, the leader), SIGKILLed.
+    KillBusiest,
     KillFollower,
     /// Quorum loss: the leader and one follower.
     KillTwo,
@@ -67,8 +69,9 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 16] = [
+    pub const ALL: [Kind; 17] = [
         Kind::KillLeader,
+        Kind::KillBusiest,
         Kind::KillFollower,
         Kind::KillTwo,
         Kind::PauseLeader,
@@ -86,7 +89,12 @@ impl Kind {
         Kind::Membership,
     ];
     /// Faults a run must have installed to count (CHAOS.md, coverage).
-    pub const REQUIRED: [Kind; 3] = [Kind::KillLeader, Kind::PauseLeader, Kind::PartitionLeader];
+    pub const REQUIRED: [Kind; 4] = [
+        Kind::KillLeader,
+        Kind::PauseLeader,
+        Kind::PartitionLeader,
+        Kind::KillBusiest,
+    ];
     /// The workload faults.
     pub const WORKLOAD: [Kind; 2] = [Kind::BlackHole, Kind::Overload];
 
@@ -102,6 +110,7 @@ impl Kind {
         matches!(
             self,
             Kind::KillLeader
+                | Kind::KillBusiest
                 | Kind::KillTwo
                 | Kind::PauseLeader
                 | Kind::PartitionLeader
@@ -499,6 +508,23 @@ impl Nemesis {
             .map(|(l, _)| l)
     }
 
+    /// The member that leads the most shards, as the first of `ids` that answers sees them.
+    async fn busiest(&self, ids: &[u64]) -> Option<u64> {
+        for &id in ids {
+            let Some(v) = self.api.cluster(id).await else {
+                continue;
+            };
+            let mut led: BTreeMap<u64, usize> = BTreeMap::new();
+            for s in v["shards"].as_array().into_iter().flatten() {
+                if let Some(l) = s["leader_id"].as_u64() {
+                    *led.entry(l).or_default() += 1;
+                }
+            }
+            return led.into_iter().max_by_key(|(_, n)| *n).map(|(l, _)| l);
+        }
+        None
+    }
+
     /// Logs `kind` as skipped; returns false (not installed).
     fn skipped(&self, kind: Kind, why: &str) -> bool {
         self.log(Event {
@@ -530,6 +556,7 @@ impl Nemesis {
         let follower = followers.choose(rng).copied();
         let targets: Vec<u64> = match kind {
             Kind::KillLeader | Kind::PauseLeader | Kind::PartitionLeader => vec![l],
+            Kind::KillBusiest => vec![self.busiest(&ids).await.unwrap_or(l)],
             Kind::KillFollower | Kind::PauseFollower | Kind::PartitionFollower => {
                 follower.into_iter().collect()
             }
@@ -558,7 +585,11 @@ impl Nemesis {
             String::new()
         };
         let res: anyhow::Result<String> = (|| match kind {
-            Kind::KillLeader | Kind::KillFollower | Kind::KillTwo | Kind::RestartAll => {
+            Kind::KillLeader
+            | Kind::KillBusiest
+            | Kind::KillFollower
+            | Kind::KillTwo
+            | Kind::RestartAll => {
                 for t in &targets {
                     self.cluster.kill(*t)?;
                 }

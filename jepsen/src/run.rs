@@ -92,6 +92,7 @@ pub fn profile(name: &str) -> anyhow::Result<Profile> {
         Kind::PartitionLeader,
         Kind::KillLeader,
         Kind::PauseLeader,
+        Kind::KillBusiest,
         // While the cluster is young (its log still holds the first membership, which a node
         // that joins replays): where a joining node once took that entry for its removal.
         Kind::Membership,
@@ -136,7 +137,7 @@ pub fn profile(name: &str) -> anyhow::Result<Profile> {
     let smoke = Profile {
         name: name.into(),
         warmup: Duration::from_secs(5),
-        fault_time: Duration::from_secs(87),
+        fault_time: Duration::from_secs(95),
         drain: Duration::from_secs(12),
         clients: 5,
         live_max: 100,
@@ -175,7 +176,12 @@ pub fn profile(name: &str) -> anyhow::Result<Profile> {
             live_max: 40,
             hold_ms: (2500, 4000),
             gap_ms: (1000, 2000),
-            first: vec![Kind::PartitionLeader, Kind::KillLeader, Kind::PauseLeader],
+            first: vec![
+                Kind::PartitionLeader,
+                Kind::KillLeader,
+                Kind::PauseLeader,
+                Kind::KillBusiest,
+            ],
             params: Params {
                 min_ok_ops: 100,
                 min_due_runs: 100,
@@ -229,6 +235,8 @@ pub struct Options {
     pub log_filter: String,
     /// Fault kinds to draw from after the `first` ones (default: all).
     pub faults: Vec<Kind>,
+    /// The cluster's `--shards`.
+    pub shards: u32,
 }
 
 /// What `final.json` holds, so `hookd-jepsen check DIR` can re-run the checkers.
@@ -306,7 +314,10 @@ pub async fn run(opts: Options) -> anyhow::Result<Outcome> {
                 host.to_string(),
             ]
         })
-        .unwrap_or_default();
+        .unwrap_or_default()
+        .into_iter()
+        .chain(["--shards".to_owned(), opts.shards.to_string()])
+        .collect();
     let cluster = Arc::new(Cluster::new(
         &hookd,
         &dir,
@@ -531,7 +542,10 @@ pub async fn run(opts: Options) -> anyhow::Result<Outcome> {
         windows: Vec::new(),
         final_state: final_state.clone(),
         crashes: CrashInfo::default(),
-        params: p.params.clone(),
+        params: Params {
+            shards: opts.shards,
+            ..p.params.clone()
+        },
         blackhole: Vec::new(),
     };
     let timelines = check::model::timelines(&input.ops);

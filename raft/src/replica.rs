@@ -139,8 +139,10 @@ const BALANCE_SETTLED: Duration = Duration::from_secs(3);
 /// A successor answered within this and holds all but this many entries of the log.
 const SUCCESSOR_HEARD_WITHIN: Duration = Duration::from_millis(500);
 const SUCCESSOR_LAG_MAX: u64 = 64;
-/// The longest a hand-over keeps this node aside.
-const HAND_OVER_WITHIN: Duration = Duration::from_secs(3);
+/// The longest a hand-over keeps this node aside, and how long of it the node still takes the
+/// outcomes of its attempts in flight.
+const HAND_OVER_WITHIN: Duration = Duration::from_secs(4);
+const HAND_OVER_SETTLE: Duration = Duration::from_secs(1);
 
 /// How long a new group's other initial members wait for its preferred leader to form it
 /// (openraft's `initialize` starts an election at once on the node that calls it) before they
@@ -1032,10 +1034,20 @@ impl<M: Machine> Replica<M> {
         else {
             return;
         };
-        self.drain.aside.store(true, Ordering::SeqCst);
+        // First this node stops acting (no new claim or attempt), while it still takes the
+        // outcomes of the attempts in flight: recorded, they are not sent again by the next
+        // leader. Then it takes nothing more and goes quiet.
         self.leadership.set_aside(true);
-        self.raft.runtime_config().heartbeat(false);
         let started = Instant::now();
+        let settled = started + HAND_OVER_SETTLE;
+        while self.write_backlog() > 0 || Instant::now() < started + HAND_OVER_SETTLE / 4 {
+            if Instant::now() >= settled {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.drain.aside.store(true, Ordering::SeqCst);
+        self.raft.runtime_config().heartbeat(false);
         // Requests already taken finish (their entries replicate), then the leases run out.
         while !self.drain.idle() && started.elapsed() < HAND_OVER_WITHIN / 2 {
             tokio::time::sleep(Duration::from_millis(10)).await;

@@ -48,7 +48,14 @@ const SEQ_SLOT_BITS: u32 = 16;
 pub struct Position {
     pub index: u64,
     pub epoch: Epoch,
+    /// The shard whose log this is (`shards.rs`): numbers made from the position (`seq`) carry
+    /// it, so ids built from them (incarnations, run ids, webhook-ids) are unique across
+    /// shards. Shard 0's numbers are as a lone group's always were.
+    pub shard: u32,
 }
+
+/// Bits of a `seq` a shard other than the first keeps for its own number.
+const SHARD_BITS: u32 = 6;
 
 /// Applies the command of the entry at `at`. Deterministic: equal inputs give equal outputs
 /// and writes. What changed for the dispatcher is added to `touched`.
@@ -60,7 +67,13 @@ pub fn apply_command<T: Tables>(
 ) -> TxResult<T, CommandResult> {
     // Every command gets a number unique in the whole log: its entry's index, and its slot in
     // a batch. Incarnations and manual run ids are built from it.
-    let base = at.index << SEQ_SLOT_BITS;
+    let seq = |slot: u64| {
+        let n = (at.index << SEQ_SLOT_BITS).wrapping_add(slot);
+        match at.shard {
+            0 => n,
+            k => (n << SHARD_BITS) | u64::from(k),
+        }
+    };
     touched.writes = touched.writes.saturating_add(cmd.client_writes());
     match cmd {
         Command::Batch { commands } => {
@@ -69,13 +82,13 @@ pub fn apply_command<T: Tables>(
                 let result = match c {
                     // Batches do not nest; a nested one is rejected, not applied.
                     Command::Batch { .. } => CommandResult::NotFound,
-                    c => apply_one(t, at, base.wrapping_add(slot as u64 + 1), c, touched)?,
+                    c => apply_one(t, at, seq(slot as u64 + 1), c, touched)?,
                 };
                 results.push(result);
             }
             Ok(CommandResult::Batch { results })
         }
-        c => apply_one(t, at, base, c, touched),
+        c => apply_one(t, at, seq(0), c, touched),
     }
 }
 

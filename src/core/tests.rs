@@ -46,6 +46,7 @@ impl World {
         let at = Position {
             index: self.index,
             epoch,
+            shard: 0,
         };
         self.index += 1;
         apply_command(&self.tables, &at, &cmd, &mut Touched::default()).expect("in memory")

@@ -140,9 +140,10 @@ struct Target<T> {
 }
 
 /// The part of a cluster-wide limit `n` one of `shards` shards' dispatchers enforces: a
-/// node leading `k` shards enforces `k` parts (rounded up, never 0).
+/// node leading `k` shards enforces `k` parts. Rounded down, so the parts never add up to more
+/// than `n`, but never 0 (a limit below the shard count allows one per shard).
 pub fn share(n: usize, shards: u32) -> usize {
-    n.div_ceil(shards.max(1) as usize).max(1)
+    (n / shards.max(1) as usize).max(1)
 }
 
 /// A target's policy as one of `shards` shards' dispatchers enforces it: its share of the
@@ -152,7 +153,7 @@ pub fn policy_share(p: Policy, shards: u32) -> Policy {
     let s = u64::from(shards.max(1));
     Policy {
         max_concurrency: p.max_concurrency.map(|n| share(n as usize, shards) as u32),
-        rate_milli_per_s: p.rate_milli_per_s.map(|r| r.div_ceil(s).max(1)),
+        rate_milli_per_s: p.rate_milli_per_s.map(|r| (r / s).max(1)),
         burst: p.burst.map(|b| share(b as usize, shards) as u32),
     }
 }
@@ -528,7 +529,7 @@ mod tests {
     #[test]
     fn each_shard_enforces_its_part_of_a_cluster_wide_limit_rounded_up() {
         assert_eq!(share(64, 1), 64);
-        assert_eq!(share(64, 6), 11);
+        assert_eq!(share(64, 6), 10, "six parts never add up to more than 64");
         assert_eq!(share(1, 6), 1, "never 0");
         let p = Policy {
             max_concurrency: Some(10),
@@ -537,8 +538,8 @@ mod tests {
         };
         assert_eq!(policy_share(p, 1), p);
         let sixth = policy_share(p, 6);
-        assert_eq!(sixth.max_concurrency, Some(2));
-        assert_eq!(sixth.rate_milli_per_s, Some(834));
+        assert_eq!(sixth.max_concurrency, Some(1));
+        assert_eq!(sixth.rate_milli_per_s, Some(833));
         assert_eq!(sixth.burst, Some(1));
         let none = policy_share(Policy::default(), 6);
         assert_eq!(none, Policy::default());

@@ -25,9 +25,19 @@ pub type ReadView = View<hookd_raft::StateView>;
 #[derive(Default)]
 pub struct Hookd {
     feed: feed::Feed,
+    /// The shard this machine is the state of (0 for a lone group).
+    shard: u32,
 }
 
 impl Hookd {
+    /// The state machine of shard `shard`.
+    pub fn of_shard(shard: u32) -> Hookd {
+        Hookd {
+            shard,
+            ..Hookd::default()
+        }
+    }
+
     /// Changes applied from now on (see `feed.rs`).
     pub fn subscribe(&self) -> Subscription {
         self.feed.subscribe()
@@ -159,6 +169,7 @@ impl Machine for Hookd {
                 term: at.term,
                 node_id: at.leader,
             },
+            shard: self.shard,
         };
         state::apply_command(&TxTables(tx), &at, cmd, touched)
     }

@@ -215,7 +215,7 @@ async fn many_headers() -> SocketAddr {
 async fn a_black_holed_target_holds_only_its_own_slots_and_others_keep_their_cadence() {
     let sink = Sink::start().await;
     let hole = BlackHole::start().await;
-    // One shard: with several, each shard's leader enforces its share of the cap, rounded up
+    // One shard: with several, each shard's leader enforces its share of the cap, rounded down
     // (`shards.rs`), and this test counts the one cap's attempts.
     let c = single(&[
         "--host-concurrency",

@@ -27,7 +27,7 @@ struct Args {
 enum Cmd {
     /// One run of a profile.
     Run {
-        /// smoke (87 s of node faults plus a black hole and a membership change), soak (30 min,
+        /// smoke (95 s of node faults plus a black hole and a membership change), soak (30 min,
         /// every fault, the overload included), quick (25 s, for trying the harness), workload
         /// (the black hole and the overload first) or membership (membership changes first; with
         /// `--faults membership`, nothing else).
@@ -54,6 +54,9 @@ enum Cmd {
         /// hookd's --log filter.
         #[arg(long, default_value = "info,openraft=warn")]
         log: String,
+        /// The cluster's --shards: Raft groups, each with its own leader dispatching its jobs.
+        #[arg(long, default_value_t = 6)]
+        shards: u32,
     },
     /// Re-runs the checkers on a stored run folder.
     Check { dir: PathBuf },
@@ -133,6 +136,7 @@ async fn main() -> anyhow::Result<()> {
             net,
             faults,
             log,
+            shards,
         } => {
             let seed =
                 seed.unwrap_or_else(|| chrono::Utc::now().timestamp_micros() as u64 % 1_000_000);
@@ -150,9 +154,10 @@ async fn main() -> anyhow::Result<()> {
                 },
                 log_filter: log,
                 faults: parse_faults(&faults)?,
+                shards,
             };
             println!(
-                "hookd-jepsen: profile {profile}, seed {seed}, plant {}",
+                "hookd-jepsen: profile {profile}, seed {seed}, plant {}, shards {shards}",
                 opts.plant.as_deref().unwrap_or("none")
             );
             let outcome = tokio::select! {

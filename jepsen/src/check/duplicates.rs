@@ -28,6 +28,41 @@ const LEASE_MAX: i64 = 250_000;
 /// A deposed node needs at least an election timeout to lead again.
 const REELECT_MIN: i64 = 200_000;
 
+/// How often, in `seq` (one shard's deliveries by receipt time), a node delivered again within
+/// `span` of its last delivery after another node's turn came in between: two dispatchers at
+/// once. Each is an example in `v`, which turns invalid.
+fn interleavings(seq: &[&Delivery], span: i64, v: &mut Verdict) -> u64 {
+    let mut split = 0u64;
+    let mut last_by_node: HashMap<u64, i64> = HashMap::new();
+    let mut prev: Option<&Delivery> = None;
+    for d in seq {
+        let (Some(from), Some(p)) = (d.from, prev) else {
+            prev = Some(d);
+            if let Some(f) = d.from {
+                last_by_node.insert(f, d.recv);
+            }
+            continue;
+        };
+        if p.from != Some(from) {
+            // Switching back to `from`: did it deliver shortly before the other node's turn?
+            if let Some(&mine) = last_by_node.get(&from) {
+                if d.recv - mine <= span && p.recv > mine {
+                    split += 1;
+                    v.invalid();
+                    v.example(json!({
+                        "two_dispatchers": [from, p.from],
+                        "a_at": rfc3339_us(mine), "b_at": rfc3339_us(p.recv), "a_again_at": rfc3339_us(d.recv),
+                        "a_again_run": d.webhook_id, "b_run": p.webhook_id,
+                    }));
+                }
+            }
+        }
+        last_by_node.insert(from, d.recv);
+        prev = Some(d);
+    }
+    split
+}
+
 pub fn check(input: &Input) -> Verdict {
     let mut v = Verdict::new("duplicates");
     let mut by_id: HashMap<&str, Vec<&Delivery>> = HashMap::new();
@@ -58,41 +93,18 @@ pub fn check(input: &Input) -> Verdict {
             }
         }
     }
-    // Two dispatchers at once: A, B, A within the span.
-    let mut seq: Vec<&Delivery> = input
-        .deliveries
-        .iter()
-        .filter(|d| d.from.is_some())
-        .collect();
-    seq.sort_by_key(|d| d.recv);
+    // Two dispatchers of one shard at once: A, B, A within the span (the shards' leaders send
+    // side by side; each shard has one dispatcher at a time).
+    let mut by_shard: BTreeMap<u32, Vec<&Delivery>> = BTreeMap::new();
+    for d in input.deliveries.iter().filter(|d| d.from.is_some()) {
+        let shard = super::shard_of(&d.job_id, input.params.shards);
+        by_shard.entry(shard).or_default().push(d);
+    }
     let span = input.params.split_brain_span;
     let mut split = 0u64;
-    let mut last_by_node: HashMap<u64, i64> = HashMap::new();
-    let mut prev: Option<&Delivery> = None;
-    for d in &seq {
-        let (Some(from), Some(p)) = (d.from, prev) else {
-            prev = Some(d);
-            if let Some(f) = d.from {
-                last_by_node.insert(f, d.recv);
-            }
-            continue;
-        };
-        if p.from != Some(from) {
-            // Switching back to `from`: did it deliver shortly before the other node's turn?
-            if let Some(&mine) = last_by_node.get(&from) {
-                if d.recv - mine <= span && p.recv > mine {
-                    split += 1;
-                    v.invalid();
-                    v.example(json!({
-                        "two_dispatchers": [from, p.from],
-                        "a_at": rfc3339_us(mine), "b_at": rfc3339_us(p.recv), "a_again_at": rfc3339_us(d.recv),
-                        "a_again_run": d.webhook_id, "b_run": p.webhook_id,
-                    }));
-                }
-            }
-        }
-        last_by_node.insert(from, d.recv);
-        prev = Some(d);
+    for seq in by_shard.values_mut() {
+        seq.sort_by_key(|d| d.recv);
+        split += interleavings(seq, span, &mut v);
     }
     // A deposed leader sending: the node hit by a pause or an isolation delivers a run that fell
     // due after it had lost its lease (paused: after the stop; isolated: a lease after the cut),
@@ -230,5 +242,25 @@ mod tests {
         ds[2].recv = T0 + 720_000;
         let i = input(vec![], ds, T0 + 60 * S);
         assert_eq!(check(&i).valid, Validity::Valid);
+    }
+
+    #[test]
+    fn the_leaders_of_two_shards_sending_side_by_side_are_not_two_dispatchers() {
+        // Jobs of two different shards (of three), sent by their own leaders, interleaved.
+        let (a, b) = ("s00", "s01");
+        let shard = |id| crate::check::shard_of(id, 3);
+        assert_ne!(shard(a), shard(b));
+        let ds = vec![
+            delivery(a, T0, T0 + 1000, true, 1),
+            delivery(b, T0, T0 + 20_000, true, 2),
+            delivery(a, T0 + 10, T0 + 40_000, true, 1),
+        ];
+        let mut i = input(vec![], ds.clone(), T0 + 60 * S);
+        i.params.shards = 3;
+        let v = check(&i);
+        assert_eq!(v.counts["two_dispatchers_at_once"], 0, "{v:?}");
+        // The same deliveries of one shard's jobs are two dispatchers.
+        i.params.shards = 1;
+        assert_eq!(check(&i).counts["two_dispatchers_at_once"], 1);
     }
 }

@@ -170,7 +170,10 @@ pub fn check(input: &Input, timelines: &BTreeMap<String, Timeline>) -> Verdict {
         // A window that showed nothing is still held to the rules above; only a run where no
         // window showed anything is unknown. (A window soon after another finds the black
         // hole's circuit still open: one probe at a time, as it should, but nothing saturated.)
-        if peak < cap.div_ceil(2) {
+        // With several shards, a node holds its shards' parts of the cap (`--shards`): one
+        // part half full has bitten.
+        let part = (cap / input.params.shards.max(1) as usize).max(1);
+        if peak < part.div_ceil(2) {
             v.example(json!({"black_hole_not_saturated": rfc3339_us(w.start), "peak_open": peak, "cap": cap, "jobs_created": load.created}));
         } else if late.len() < MIN_RUNS && missed.is_empty() {
             v.example(json!({"too_few_healthy_runs": rfc3339_us(w.start), "n": late.len(), "floor": MIN_RUNS}));

@@ -96,8 +96,12 @@ pub struct Params {
     /// An attempt that reaches the sink this long after a delete/pause was acknowledged started
     /// after it (the attempt's own travel time is below this).
     pub after_ack_tol: i64,
-    /// Two different nodes delivering alternately within this span are two dispatchers at once.
+    /// Two different nodes delivering alternately within this span are two dispatchers at once
+    /// (of one shard: each shard has its own dispatcher).
     pub split_brain_span: i64,
+    /// The cluster's shard count (runs of an older harness: one).
+    #[serde(default = "one_shard")]
+    pub shards: u32,
     pub required_faults: Vec<Kind>,
     pub min_ok_ops: usize,
     pub min_due_runs: usize,
@@ -131,8 +135,22 @@ impl Default for Params {
             deliveries_max: 0,
             isolation_p99_floor: isolation::P99_FLOOR,
             overload_bucket_min: overload::BUCKET_MIN,
+            shards: 1,
         }
     }
+}
+
+fn one_shard() -> u32 {
+    1
+}
+
+/// The shard of job `id` among `count`, as hookd places it: FNV-1a (64-bit) of the id's bytes,
+/// modulo the count (docs/operations.md, "Shards").
+pub fn shard_of(id: &str, count: u32) -> u32 {
+    use std::hash::Hasher;
+    let mut h = fnv::FnvHasher::default();
+    h.write(id.as_bytes());
+    (h.finish() % u64::from(count.max(1))) as u32
 }
 
 /// One node's view at the end.

@@ -70,6 +70,7 @@ pub(crate) fn at(index: u64) -> Position {
             term: 1,
             node_id: 1,
         },
+        shard: 0,
     }
 }
 
@@ -860,6 +861,31 @@ fn pausing_drops_runs_claimed_ahead_that_fall_due_after_the_pause() {
 }
 
 #[test]
+fn numbers_made_from_the_log_position_are_unique_across_shards_and_shard_0s_are_as_before() {
+    // The same entry index in three shards' logs: three incarnations, so three run ids for
+    // runs due at one instant (webhook-ids a receiver deduplicates by).
+    let incarnation = |shard: u32| {
+        let t = MemTables::default();
+        let at = Position { shard, ..at(7) };
+        let created = apply_command(
+            &t,
+            &at,
+            &Command::create_job("j".into(), spec("http://a.test/"), 0),
+            &mut Touched::default(),
+        )
+        .expect("in memory");
+        match created {
+            CommandResult::Job { job, .. } => job.incarnation,
+            other => panic!("{other:?}"),
+        }
+    };
+    let (a, b, c) = (incarnation(0), incarnation(1), incarnation(2));
+    assert_eq!(a, 7 << 16, "shard 0 as a lone group");
+    assert!(a != b && b != c && a != c, "{a} {b} {c}");
+    assert_ne!(Run::scheduled_id(b, 1_000), Run::scheduled_id(c, 1_000));
+}
+
+#[test]
 fn cluster_id_is_set_once() {
     let t = MemTables::default();
     apply(
@@ -1054,6 +1080,7 @@ fn apply_never_panics_and_is_deterministic_on_arbitrary_commands() {
                     term: rng.random_range(0..3),
                     node_id: 1,
                 },
+                shard: rng.random_range(0..3),
             };
             let runs: Vec<String> =
                 a.0.borrow()
