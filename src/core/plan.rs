@@ -306,6 +306,23 @@ pub fn claim_horizon(
     (horizon.ceil() as i64).clamp(base_ms, max_ms.max(base_ms))
 }
 
+/// Whether the first attempt of run `run_id` of job `job_id` (a job with an overlap policy)
+/// waits, given the runs with an attempt in flight from this dispatcher and their jobs, and
+/// which runs the state has `ended`: while another run of the job is in flight from here but
+/// ended in the state (its outcome came from an earlier epoch's attempt while this epoch sent it
+/// again), it is open at its target and the overlap decision (`Command::StartRun`) would not
+/// see it. One the state has open is seen there (and decides as the policy says).
+pub fn hold_start(
+    attempting: &std::collections::HashMap<String, String>,
+    job_id: &str,
+    run_id: &str,
+    ended: impl Fn(&str) -> bool,
+) -> bool {
+    attempting
+        .iter()
+        .any(|(run, job)| job == job_id && run != run_id && ended(run))
+}
+
 /// Whether a queued attempt of a run of incarnation `incarnation` may go out now, given its job
 /// and the run as the applied state holds them: the job is still that incarnation and not
 /// paused, and the run still exists and is open. A run queued before a pause that forgot it
@@ -371,6 +388,33 @@ mod tests {
     use crate::core::command::{JobSpec, MisfireSpec, ScheduleSpec};
 
     use super::*;
+
+    #[test]
+    fn a_run_waits_to_start_while_another_run_of_its_job_is_in_flight_from_here() {
+        let in_flight: std::collections::HashMap<String, String> = [
+            ("run_a_1".to_owned(), "a".to_owned()),
+            ("run_b_1".to_owned(), "b".to_owned()),
+        ]
+        .into();
+        let ended = |_: &str| true;
+        assert!(
+            hold_start(&in_flight, "a", "run_a_2", ended),
+            "another run of a is out, ended in the state"
+        );
+        assert!(
+            !hold_start(&in_flight, "a", "run_a_2", |_| false),
+            "open in the state: the policy decides there"
+        );
+        assert!(
+            !hold_start(&in_flight, "a", "run_a_1", ended),
+            "its own attempt"
+        );
+        assert!(
+            !hold_start(&in_flight, "c", "run_c_1", ended),
+            "nothing of c is out"
+        );
+        assert!(!hold_start(&Default::default(), "a", "run_a_2", ended));
+    }
 
     #[test]
     fn the_horizon_widens_ahead_of_a_herd_only() {

@@ -48,6 +48,8 @@ const PANICS_PER_RUN_MAX: u32 = 2;
 const RECORD_TRIES: u32 = 3;
 /// Longest sleep of the loop when nothing is scheduled (it also wakes on every event).
 const IDLE_WAKE: Duration = Duration::from_millis(500);
+/// How long a run whose start is held (`plan::hold_start`) waits before it asks again.
+const START_HELD_MS: i64 = 20;
 /// How long the epoch's barrier write may take before it is tried again.
 const BARRIER_WITHIN: Duration = Duration::from_secs(2);
 /// Pause before re-checking the lease gate when it is closed.
@@ -116,7 +118,8 @@ struct Dispatcher<D> {
     sched: Scheduler<Pending>,
     /// Runs in `sched`, and runs with an attempt in flight: neither may be queued again.
     queued: HashSet<String>,
-    attempting: HashSet<String>,
+    /// Runs with an attempt in flight (this epoch's tasks), and their jobs.
+    attempting: HashMap<String, String>,
     /// Runs whose attempt task panicked, and how often: a second panic fails the run
     /// (`PANICS_PER_RUN_MAX`) instead of letting it block its target.
     panicked: HashMap<String, u32>,
@@ -209,7 +212,7 @@ pub async fn run_epoch<D: Deliver>(
         claiming: HashSet::new(),
         claims_in_flight: 0,
         queued: HashSet::new(),
-        attempting: HashSet::new(),
+        attempting: HashMap::new(),
         panicked: HashMap::new(),
         doubts: Doubts::default(),
         held: HashMap::new(),
@@ -566,7 +569,7 @@ impl<D: Deliver> Dispatcher<D> {
         if p.target.is_none() {
             self.doubts.queued(&p.job_id, &p.run_id);
         }
-        if self.attempting.contains(&p.run_id) || self.queued.contains(&p.run_id) {
+        if self.attempting.contains_key(&p.run_id) || self.queued.contains(&p.run_id) {
             return;
         }
         let key = match &p.target {
@@ -872,7 +875,7 @@ impl<D: Deliver> Dispatcher<D> {
                 // An event's delivery: sent as it was written, unless already done.
                 match self.view.get_delivery(&p.run_id) {
                     Ok(Some(d)) => {
-                        self.attempting.insert(p.run_id.clone());
+                        self.attempting.insert(p.run_id.clone(), p.job_id.clone());
                         let event = Some((d.event_id.clone(), d.kind));
                         self.spawn_attempt(d.request(), Sent { p, key, probe }, false, event);
                     }
@@ -903,7 +906,19 @@ impl<D: Deliver> Dispatcher<D> {
                 && run
                     .as_ref()
                     .is_some_and(|r| !r.ext.started && r.attempts.is_empty());
-            self.attempting.insert(p.run_id.clone());
+            // ...but not while an attempt of another of its runs is in flight from here: that
+            // run may already be recorded as ended (its outcome came from a previous epoch's
+            // attempt while this epoch sent it again), yet the target still has it open.
+            let ended = |id: &str| {
+                let run = self.view.get_run(id).ok().flatten();
+                run.is_none_or(|r| !r.status.is_open())
+            };
+            if ask_to_start && plan::hold_start(&self.attempting, &p.job_id, &p.run_id, ended) {
+                self.sched.finish(&key, probe, Outcome::NotSent, None, now);
+                self.enqueue(now + START_HELD_MS, p);
+                continue;
+            }
+            self.attempting.insert(p.run_id.clone(), p.job_id.clone());
             self.spawn_attempt(job, Sent { p, key, probe }, ask_to_start, None);
         }
     }
