@@ -166,6 +166,19 @@ async fn shard_leaders(c: &TestCluster, i: usize) -> Option<BTreeMap<u32, u64>> 
     (led.len() == v["shards"].as_array()?.len()).then_some(led)
 }
 
+/// The shards' leaders as node `i` sees them, once `ok` says they are as awaited (30 s at most).
+async fn led_so(
+    c: &TestCluster,
+    i: usize,
+    what: &str,
+    ok: impl Fn(&BTreeMap<u32, u64>) -> bool,
+) -> BTreeMap<u32, u64> {
+    eventually(Duration::from_secs(30), what, || async {
+        shard_leaders(c, i).await.filter(|l| ok(l))
+    })
+    .await
+}
+
 /// How many shards each node leads.
 fn per_node(led: &BTreeMap<u32, u64>) -> BTreeMap<u64, usize> {
     let mut per = BTreeMap::new();
@@ -178,43 +191,21 @@ fn per_node(led: &BTreeMap<u32, u64>) -> BTreeMap<u64, usize> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leaders_spread_move_off_a_lost_node_come_back_to_it_and_leave_before_a_planned_stop() {
     let mut c = TestCluster::start_with(3, &["--shards", "6"]);
-    let even = |led: &BTreeMap<u32, u64>| per_node(led).values().all(|n| *n == 2) && led.len() == 6;
-    eventually(
-        Duration::from_secs(30),
-        "two shards led by each node",
-        || async {
-            shard_leaders(&c, 0)
-                .await
-                .filter(|l| even(l) && per_node(l).len() == 3)
-        },
-    )
-    .await;
+    let even = |led: &BTreeMap<u32, u64>| {
+        per_node(led).values().all(|n| *n == 2) && per_node(led).len() == 3 && led.len() == 6
+    };
+    led_so(&c, 0, "two shards led by each node", even).await;
 
     // Node 2 is lost: its shards get other leaders.
     c.kill(1);
-    eventually(
-        Duration::from_secs(10),
-        "every shard led by nodes 1 and 3",
-        || async {
-            shard_leaders(&c, 0)
-                .await
-                .filter(|l| l.values().all(|n| *n != 2))
-        },
-    )
+    led_so(&c, 0, "every shard led by nodes 1 and 3", |l| {
+        l.values().all(|n| *n != 2)
+    })
     .await;
 
     // It comes back: once caught up, it leads its two again.
     c.spawn(1);
-    eventually(
-        Duration::from_secs(30),
-        "two shards led by each node again",
-        || async {
-            shard_leaders(&c, 2)
-                .await
-                .filter(|l| even(l) && per_node(l).len() == 3)
-        },
-    )
-    .await;
+    led_so(&c, 2, "two shards led by each node again", even).await;
 
     // A planned stop hands node 1's shards over before it exits.
     c.terminate(0);

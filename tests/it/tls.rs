@@ -193,9 +193,15 @@ async fn a_cluster_over_tls_forms_forwards_and_catches_up_a_lagging_node_by_snap
         .await
         .expect("create");
     assert_eq!(s, 201, "{body}");
-    // So does a follower's question for the leader's dispatcher state.
-    let (s, body) = c.get(follower, "/v1/targets").await.expect("targets");
-    assert_eq!(s, 200, "{body}");
+    // So does a follower's question for the leaders' dispatcher state (once every shard has
+    // settled on its leader: right after the start some are still being handed over).
+    let body = eventually(Duration::from_secs(10), "the targets", || async {
+        c.get(follower, "/v1/targets")
+            .await
+            .filter(|(s, _)| *s == 200)
+            .map(|(_, b)| b)
+    })
+    .await;
     assert!(body["targets"].is_array(), "{body}");
     for i in 0..3 {
         assert_eq!(expiry_gauge(&c, i, "api").await, Some(FIRST), "node {i}");
