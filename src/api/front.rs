@@ -153,7 +153,13 @@ async fn route(State(f): State<Arc<Front>>, req: Request) -> Response {
     // Every other route may send the request more than once: its body is read first.
     let body = match axum::body::to_bytes(body, REQUEST_BODY_BYTES_MAX).await {
         Ok(b) => b,
-        Err(_) => return ApiError::payload_too_large(REQUEST_BODY_BYTES_MAX).into_response(),
+        Err(e) if is_too_large(&e) => {
+            return ApiError::payload_too_large(REQUEST_BODY_BYTES_MAX).into_response()
+        }
+        Err(e) => {
+            return ApiError::malformed(format!("the request body could not be read: {e}"))
+                .into_response()
+        }
     };
     let copy = |body: Bytes| {
         let mut r = Request::builder()
@@ -285,6 +291,18 @@ impl Front {
         let all = (0..self.shards.len() as u32).map(|k| self.send(k, make(k)));
         futures::future::join_all(all).await
     }
+}
+
+/// Whether reading a body failed on its length limit.
+fn is_too_large(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 fn unreachable_shard() -> Response {

@@ -295,6 +295,7 @@ function memberTable(c) {
       ` · term ${c.term} · commit index ${c.commit_index}`,
       c.format_version ? ` · format ${c.format_version}` : '',
       c.cluster_id ? ` · cluster ${c.cluster_id}` : ''),
+    shardLine(c.shards),
     table(c.members, [
       ['node', (m) => (m.id === c.node_id ? `${m.id} (this one)` : String(m.id))],
       ['role', (m) => badge(m.role)],
@@ -306,6 +307,13 @@ function memberTable(c) {
       ['peer', (m) => m.peer_addr],
     ]),
   ];
+}
+
+// Which node leads each shard (SPEC §8): one line, nothing for a cluster of one shard.
+function shardLine(shards) {
+  if (!Array.isArray(shards) || shards.length < 2) return null;
+  const led = shards.map((s) => `${s.id} → ${s.leader_id ? `node ${s.leader_id}` : 'none'}`);
+  return h('p.shards', `Shards (leader): ${led.join(' · ')}`);
 }
 
 function statsPlots(stats) {
