@@ -92,14 +92,7 @@ pub async fn cluster(state: Api, access: axum::http::Extensions) -> Json<impl Se
     if leader_elsewhere && v.members.iter().all(|m| m.health.is_none()) {
         // Only the leader knows how the members are doing: ask it, briefly (a leader that
         // just went away must not slow down this answer, which monitors poll).
-        let asked = state
-            .replica
-            .ask_leader::<_, Option<BTreeMap<u64, MemberHealth>>>(
-                HEALTH_PEER_PATH,
-                &(),
-                HEALTH_ASK_WITHIN,
-            )
-            .await;
+        let asked = leader_members_health(&state.replica, HEALTH_ASK_WITHIN).await;
         if let Ok(Some(health)) = asked {
             for m in &mut v.members {
                 if let Some(h) = health.get(&m.id) {
@@ -169,6 +162,18 @@ pub fn members_health(replica: &Replica) -> Option<BTreeMap<u64, MemberHealth>> 
             .map(|m| (m.id, health_of(m)))
             .collect(),
     )
+}
+
+/// The members' health as the leader sees it: this node's own view if it leads, else the
+/// leader's, asked over the peer port within `within` (none: the asked node no longer leads).
+async fn leader_members_health(
+    replica: &Replica,
+    within: Duration,
+) -> Result<Option<BTreeMap<u64, MemberHealth>>, hookd_raft::ReplicaError> {
+    if let Some(health) = members_health(replica) {
+        return Ok(Some(health));
+    }
+    replica.ask_leader(HEALTH_PEER_PATH, &(), within).await
 }
 
 fn view(state: &Api, access: super::Access) -> ClusterView {
@@ -351,18 +356,10 @@ fn finalize_blockers(
 pub async fn finalize_upgrade(state: Api) -> Result<Response, ApiError> {
     let replica = &state.replica;
     if replica.cluster_format() < FORMAT_NEWEST {
-        let health = match members_health(replica) {
-            Some(health) => health,
-            None => replica
-                .ask_leader::<_, Option<BTreeMap<u64, MemberHealth>>>(
-                    HEALTH_PEER_PATH,
-                    &(),
-                    RELEASES_ASK_WITHIN,
-                )
-                .await
-                .map_err(|e| ApiError::no_leader(e.to_string()))?
-                .ok_or_else(|| ApiError::no_leader("the leader changed; try again"))?,
-        };
+        let health = leader_members_health(replica, RELEASES_ASK_WITHIN)
+            .await
+            .map_err(|e| ApiError::no_leader(e.to_string()))?
+            .ok_or_else(|| ApiError::no_leader("the leader changed; try again"))?;
         let members: Vec<u64> = replica.status().members.iter().map(|m| m.id).collect();
         let blockers = finalize_blockers(&members, &health, FORMAT_NEWEST);
         if !blockers.is_empty() {

@@ -30,6 +30,7 @@ use serde_json::{json, Map, Value};
 use tower::ServiceExt;
 
 use super::ApiError;
+use crate::core::query::RunCursor;
 use crate::limits::REQUEST_BODY_BYTES_MAX;
 use crate::replicated::Replica;
 use crate::shards::shard_of;
@@ -420,17 +421,20 @@ fn key(order: Order, item: &Value) -> (i64, String) {
 fn cursor_key(order: Order, next: &str) -> (i64, String) {
     match order {
         Order::Jobs | Order::Targets => (0, next.to_owned()),
-        Order::Runs => match next.split_once(':') {
-            Some((due, id)) => (due.parse().unwrap_or(0), id.to_owned()),
-            None => (0, next.to_owned()),
-        },
+        Order::Runs => {
+            RunCursor::parse(next).map_or((0, next.to_owned()), |c| (c.due_ms, c.run_id))
+        }
     }
 }
 
 fn cursor_text(order: Order, key: &(i64, String)) -> String {
     match order {
         Order::Jobs | Order::Targets => key.1.clone(),
-        Order::Runs => format!("{}:{}", key.0, key.1),
+        Order::Runs => RunCursor {
+            due_ms: key.0,
+            run_id: key.1.clone(),
+        }
+        .to_string(),
     }
 }
 

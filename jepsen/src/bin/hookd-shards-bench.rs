@@ -131,7 +131,6 @@ async fn measure(args: &Args, shards: u32) -> anyhow::Result<Spread> {
         (start - now_ms()).max(0) as u64 + args.seconds * 1000,
     ))
     .await;
-    let end = now_ms();
 
     // Who sent the runs due in the window: the node of each run's first attempt.
     let mut sent: BTreeMap<u64, usize> = BTreeMap::new();
@@ -190,7 +189,6 @@ async fn measure(args: &Args, shards: u32) -> anyhow::Result<Spread> {
             due += 1000;
         }
     }
-    let _ = end;
     Ok(Spread {
         shards,
         led: per,

@@ -157,13 +157,18 @@ pub(crate) struct Meta {
 }
 
 impl Meta {
-    /// Writes `record`, flushed (blocking), and keeps it as the current one.
-    fn write(tree: sled::Tree, disk: Disk, record: MetaRecord) -> Result<Meta, sled::Error> {
-        let meta = Meta {
+    /// The record as `tree` holds it.
+    fn new(tree: sled::Tree, disk: Disk, record: MetaRecord) -> Meta {
+        Meta {
             tree,
             disk,
-            record: Arc::new(std::sync::Mutex::new(record.clone())),
-        };
+            record: Arc::new(std::sync::Mutex::new(record)),
+        }
+    }
+
+    /// Writes `record`, flushed (blocking), and keeps it as the current one.
+    fn write(tree: sled::Tree, disk: Disk, record: MetaRecord) -> Result<Meta, sled::Error> {
+        let meta = Meta::new(tree, disk, record.clone());
         meta.put(&record)?;
         meta.disk.flush_blocking()?;
         Ok(meta)
@@ -329,15 +334,7 @@ impl<M: Machine> Store<M> {
                     tracing::info!(from = ?found, ?to, "data dir schema upgraded");
                     (meta, false)
                 } else {
-                    let record = Arc::new(std::sync::Mutex::new(rec));
-                    (
-                        Meta {
-                            tree,
-                            disk: disk.clone(),
-                            record,
-                        },
-                        false,
-                    )
+                    (Meta::new(tree, disk.clone(), rec), false)
                 }
             }
             None => {
