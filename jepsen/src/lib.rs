@@ -5,6 +5,7 @@
 
 pub mod batch;
 pub mod blackhole;
+pub mod cgroup;
 pub mod check;
 pub mod client;
 pub mod cluster;

@@ -22,6 +22,10 @@
 //!    failed, delivered twice, or missing among those due before the latest delivered).
 //!    `--rate-limit-only` skips phases 1b and 2 (the healthy jobs and the quiet baseline stay).
 //!
+//! `--shards` is the cluster's shard count. `--cpu-quota F` holds each node's process to F of a
+//! core (a cgroup of its own; needs root); with `--ceiling-only` (phases 1a and 3 alone) the
+//! sustainable rate is the dispatch ceiling of SPEC §5.
+//!
 //! Every loop is bounded in count and time; every target is on 127.0.0.1.
 
 // A command-line report: printing to stdout is its job.
@@ -35,6 +39,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use hookd_jepsen::cgroup::CpuQuota;
 use hookd_jepsen::local::{http, now_ms, rfc3339, rss_kib, work_dir, LocalCluster, LEADER_WITHIN};
 use hookd_jepsen::nginx::Nginx;
 use hookd_jepsen::stats::{Latencies, Summary};
@@ -83,6 +88,15 @@ struct Args {
     /// Seconds measured in the rate-limit phase (after a 3-s warm-up).
     #[arg(long, default_value_t = 20)]
     rate_limit_seconds: u64,
+    /// The cluster's shard count (`hookd serve --shards`).
+    #[arg(long, default_value_t = 6)]
+    shards: u32,
+    /// Hold each node's process to this share of one core (a cgroup CPU quota; needs root).
+    #[arg(long)]
+    cpu_quota: Option<f64>,
+    /// Only the quiet baseline and the sustainable rate (phases 1a and 3).
+    #[arg(long, conflicts_with = "rate_limit")]
+    ceiling_only: bool,
     #[arg(long)]
     out: Option<PathBuf>,
     /// Keep the cluster's data dirs, logs and nginx's log here.
@@ -278,6 +292,10 @@ fn lateness(
 
 #[derive(Debug, Serialize)]
 struct Report {
+    shards: u32,
+    cpu_quota: Option<f64>,
+    /// Per node: how long the kernel held it back under its quota, ms (with `--cpu-quota`).
+    throttled_ms: Vec<u64>,
     healthy_rate: usize,
     hole_rate: usize,
     quiet: Summary,
@@ -631,10 +649,25 @@ async fn main() -> anyhow::Result<()> {
     let temp = tempfile::tempdir()?;
     let dir = work_dir(args.keep.as_deref(), &temp)?;
     let nginx = Nginx::start(&args.nginx, &dir.join("nginx"))?;
-    let mut c = LocalCluster::new(&hookd, &dir, 3, &[])?;
+    // Before the cluster: a group is removed after its node has gone.
+    let mut quotas = Vec::new();
+    let mut c = LocalCluster::new(
+        &hookd,
+        &dir,
+        3,
+        &["--shards".into(), args.shards.to_string()],
+    )?;
     c.spawn_all()?;
+    if let Some(cores) = args.cpu_quota {
+        for i in 0..c.nodes.len() {
+            let q = CpuQuota::new(&format!("hookd-bench-{}-{i}", std::process::id()), cores)?;
+            q.add(c.pid(i).context("node pid")?)?;
+            quotas.push(q);
+        }
+    }
     let l = c.await_leader(&http(), LEADER_WITHIN).await?;
     let secs = args.seconds as i64;
+    let skip_faults = args.rate_limit_only || args.ceiling_only;
 
     // 1. Quiet, then beside the black hole.
     let t0 = (now_ms() / 1000 + 3) * 1000;
@@ -647,7 +680,7 @@ async fn main() -> anyhow::Result<()> {
         args.healthy_rate
     );
 
-    let (beside, missed, hole_max, hole_target) = if args.rate_limit_only {
+    let (beside, missed, hole_max, hole_target) = if skip_faults {
         (None, None, None, Value::Null)
     } else {
         let (hole_url, hole_open) = black_hole().await?;
@@ -682,7 +715,7 @@ async fn main() -> anyhow::Result<()> {
         (Some(beside), Some(missed), Some(hole_max), hole_target)
     };
 
-    let growth = if args.rate_limit_only {
+    let growth = if skip_faults {
         None
     } else {
         // 2. Endless body: the leader's RSS while 5 jobs a second read a body that never ends.
@@ -734,7 +767,7 @@ async fn main() -> anyhow::Result<()> {
         (0, Some(s)) => 2 * s - args.healthy_rate,
         (r, _) => r,
     };
-    let overload = if overload_rate > 0 {
+    let overload = if overload_rate > 0 && !args.ceiling_only {
         let (leader_before, term_before) = c.cluster_state(&http(), l).await;
         let (load, t3) = place_load(&c, l, "load", &nginx.url, overload_rate).await?;
         let end = t3 + args.overload_seconds as i64 * 1000;
@@ -832,7 +865,14 @@ async fn main() -> anyhow::Result<()> {
         None
     };
     delete_jobs(&c, l, &healthy).await;
+    let throttled_ms: Vec<u64> = quotas.iter().map(CpuQuota::throttled_ms).collect();
+    if !quotas.is_empty() {
+        println!("time each node was held back by its quota: {throttled_ms:?} ms");
+    }
     let report = Report {
+        shards: args.shards,
+        cpu_quota: args.cpu_quota,
+        throttled_ms,
         healthy_rate: args.healthy_rate,
         hole_rate: args.hole_rate,
         quiet,
