@@ -145,6 +145,7 @@ pub async fn run(
         group: 0,
         cluster_id_of: None,
         lead_rank: None,
+        groups: 1,
     };
     let count = crate::shards::shard_count(config.data_dir.path(), config.shards)?;
     let mut shards: Vec<Arc<Replica>> = Vec::with_capacity(count as usize);
@@ -160,6 +161,7 @@ pub async fn run(
             cluster_id_of,
             // With several shards, each prefers another member as its leader.
             lead_rank: (count > 1).then_some(k),
+            groups: count,
             ..replica_config.clone()
         };
         // Started on the raft runtime, so every task openraft and the replica spawn lives there.

@@ -20,6 +20,9 @@ use crate::replica::{Replica, REQUEST_DEADLINE};
 use crate::typ::{ClientWriteError, Node, NodeId, RaftError, RaftMetrics};
 use serde::Serialize;
 
+/// How long the leader waits to hear how many groups a node being added runs.
+const GROUPS_ASK_WITHIN: Duration = Duration::from_secs(2);
+
 /// How long the leader tries to tell a removed node, which may well be down.
 const TELL_REMOVED_WITHIN: Duration = Duration::from_secs(2);
 
@@ -90,6 +93,7 @@ impl<M: Machine> Replica<M> {
     pub(crate) async fn add_member_local(&self, add: AddMember) -> Result<(), MemberError> {
         let members = Members::of(self.metrics().membership_config.membership());
         check_add(&members, &add)?;
+        self.check_groups_of(&add).await?;
         if let Some(api) = &add.api_addr {
             self.propose(M::record_node(add.id, api.clone()))
                 .await
@@ -152,6 +156,29 @@ impl<M: Machine> Replica<M> {
             tracing::info!(id = add.id, "learner promoted to voter");
         }
         Ok(())
+    }
+
+    /// Refuses a node that runs another number of Raft groups than this one (a shard count of
+    /// its own: its data would be placed by another hash). A node that cannot be asked yet (not
+    /// started, or of a release that does not say) is added as before; it catches up or not.
+    async fn check_groups_of(&self, add: &AddMember) -> Result<(), MemberError> {
+        let ours = self.groups();
+        let asked = self
+            .peers()
+            .node_info(add.id, &add.peer_addr, GROUPS_ASK_WITHIN)
+            .await;
+        match asked.map(|info| info.groups) {
+            Ok(Some(theirs)) if theirs != ours => Err(MemberError::ShardCount {
+                id: add.id,
+                theirs,
+                ours,
+            }),
+            Ok(_) => Ok(()),
+            Err(e) => {
+                tracing::info!(id = add.id, error = %e, "could not ask the new node how many groups it runs; adding it anyway");
+                Ok(())
+            }
+        }
     }
 
     /// The leader's part of a removal: one membership change without the node (a leader

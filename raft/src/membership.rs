@@ -56,6 +56,11 @@ pub enum MemberError {
          check that it runs with --join and is reachable, then add it again"
     )]
     NotCaughtUp { id: NodeId, secs: u64 },
+    #[error(
+        "node {id} runs {theirs} shard group(s) and this cluster has {ours}: start it again \
+         with --shards {ours} and an empty data dir, then add it"
+    )]
+    ShardCount { id: NodeId, theirs: u32, ours: u32 },
     #[error("no leader reachable: {0}")]
     NoLeader(String),
     #[error("the membership change did not complete: {0}")]

@@ -218,6 +218,7 @@ async fn node_info<M: Machine>(State(s): State<PeerState<M>>) -> Json<NodeInfo> 
     Json(NodeInfo {
         node_id: s.replica.id(),
         api_addr: s.replica.api_addr().to_owned(),
+        groups: Some(s.replica.groups()),
     })
 }
 

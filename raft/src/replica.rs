@@ -97,6 +97,9 @@ pub struct ReplicaConfig {
     /// the later half, so it wins the elections it takes part in (`election_timeouts`). The
     /// shards of a node rank 0, 1, 2, … so their leaders spread over the members.
     pub lead_rank: Option<u32>,
+    /// How many Raft groups this node runs (its shard count). A node being added that runs
+    /// another count is refused: its groups could not match the cluster's.
+    pub groups: u32,
 }
 
 /// The election timeouts (min, max, ms) of node `me` in a group whose voters are `voters`,
@@ -515,6 +518,11 @@ impl<M: Machine> Replica<M> {
     /// This node's public API address.
     pub fn api_addr(&self) -> &str {
         &self.config.api_addr
+    }
+
+    /// How many Raft groups this node runs (`ReplicaConfig::groups`).
+    pub fn groups(&self) -> u32 {
+        self.config.groups
     }
 
     /// The peer address of every member (the initial members' until a membership is known).

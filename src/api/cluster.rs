@@ -242,6 +242,7 @@ fn member_error(e: MemberError) -> ApiError {
     let message = e.to_string();
     match e {
         MemberError::IdTaken(_) => ApiError::conflict(message),
+        MemberError::ShardCount { .. } => ApiError::conflict(message).at("peer_addr"),
         MemberError::AddrTaken { .. } => ApiError::conflict(message).at("peer_addr"),
         MemberError::InProgress | MemberError::LastVoter(_) => ApiError::conflict(message),
         MemberError::TooFewVoters { .. } => ApiError::conflict(message).at("force"),

@@ -122,6 +122,7 @@ async fn start_bounded(
         group: 0,
         cluster_id_of: None,
         lead_rank: None,
+        groups: 1,
     };
     Replica::start(config, Default::default())
         .await

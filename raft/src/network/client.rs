@@ -441,6 +441,16 @@ impl PeerClient {
         addr: &str,
         timeout: Duration,
     ) -> Result<String, TransportError> {
+        Ok(self.node_info(target, addr, timeout).await?.api_addr)
+    }
+
+    /// Asks node `target` at `addr` what it is (`PATH_NODE`), as `api_addr_of`.
+    pub(crate) async fn node_info(
+        &self,
+        target: NodeId,
+        addr: &str,
+        timeout: Duration,
+    ) -> Result<NodeInfo, TransportError> {
         self.check_backoff(addr)?;
         self.ensure_proven(target, addr, timeout).await?;
         let resp = self
@@ -452,7 +462,7 @@ impl PeerClient {
         } else if info.api_addr.len() > API_ADDR_MAX {
             format!("named an API address of {} bytes", info.api_addr.len())
         } else {
-            return Ok(info.api_addr);
+            return Ok(info);
         };
         Err(TransportError::Unproven {
             addr: addr.to_owned(),

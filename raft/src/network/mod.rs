@@ -65,6 +65,9 @@ pub fn group_prefix(k: u32) -> String {
 pub(crate) struct NodeInfo {
     pub node_id: NodeId,
     pub api_addr: String,
+    /// How many Raft groups the node runs; none from a release before shards (one).
+    #[serde(default)]
+    pub groups: Option<u32>,
 }
 
 /// The challenge of `PATH_HELLO`: a fresh random nonce.
