@@ -2,9 +2,10 @@
 //! machine this crate replicates, stores and snapshots without knowing what its commands mean.
 //!
 //! A machine keeps its state in named key-value tables. `apply` reads and writes them through
-//! `Tx` (one sled transaction per applied batch, together with `last_applied`); readers see
-//! them through `AppliedTables` (one generation, pinned). Tables, keys and values are opaque here:
-//! snapshots copy them byte for byte.
+//! `Tx`: reads go to the tables as committed, overlaid by the batch's own writes, which are kept
+//! in memory and committed at the end of the batch in one write-only sled transaction together
+//! with `last_applied`. Readers see the tables through `AppliedTables` (one generation, pinned).
+//! Tables, keys and values are opaque here: snapshots copy them byte for byte.
 
 use std::fmt::Debug;
 use std::ops::Bound;
@@ -23,29 +24,21 @@ pub struct LogPosition {
     pub leader: NodeId,
 }
 
-/// Why an apply transaction stopped: a storage error or conflict (sled retries conflicts
-/// itself), or a fault of the machine (a record it cannot read), which fails the apply and so
-/// stops the Raft core rather than diverge.
-pub struct TxError(pub(crate) sled::transaction::ConflictableTransactionError<String>);
+/// Why applying a batch stopped: a storage error, or a fault of the machine (a record it cannot
+/// read), which fails the apply and so stops the Raft core rather than diverge. Nothing of the
+/// batch is committed either way.
+#[derive(Debug, thiserror::Error)]
+pub enum TxError {
+    #[error("storage error: {0}")]
+    Storage(#[from] sled::Error),
+    #[error("{0}")]
+    Machine(String),
+}
 
 impl TxError {
     /// A fault of the machine; `apply` fails with `message`.
     pub fn abort(message: impl std::fmt::Display) -> TxError {
-        TxError(sled::transaction::ConflictableTransactionError::Abort(
-            message.to_string(),
-        ))
-    }
-}
-
-impl Debug for TxError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        Debug::fmt(&self.0, f)
-    }
-}
-
-impl From<sled::transaction::UnabortableTransactionError> for TxError {
-    fn from(e: sled::transaction::UnabortableTransactionError) -> TxError {
-        TxError(e.into())
+        TxError::Machine(message.to_string())
     }
 }
 
@@ -152,38 +145,70 @@ pub(crate) type PreImages = std::collections::HashMap<(usize, Vec<u8>), Option<V
 /// sequence number.
 pub(crate) type PreImageSets = std::collections::HashMap<u64, PreImages>;
 
-/// The tables inside one apply transaction, in `Machine::TABLES` order. Each change first
-/// records the key's pre-image for the snapshots being built (`store/sm.rs`).
+/// A batch's writes not yet committed, one map per table: key → the new value, `None` for a
+/// removal.
+pub(crate) type Writes = Vec<std::collections::BTreeMap<Vec<u8>, Option<sled::IVec>>>;
+
+/// The tables while one batch applies, in `Machine::TABLES` order: the committed state overlaid
+/// by the batch's own writes so far. Only the batch's apply writes to these trees (a snapshot
+/// install or a data dir's completion never runs beside it), so a read of a key the batch has
+/// not written sees exactly what a transaction would. Each change first records the key's
+/// pre-image for the snapshots being built (`store/sm.rs`).
 pub struct Tx<'a> {
-    pub(crate) trees: &'a [sled::transaction::TransactionalTree],
+    pub(crate) trees: &'a [sled::Tree],
+    pub(crate) writes: std::cell::RefCell<Writes>,
     pub(crate) captures: &'a std::sync::Mutex<PreImageSets>,
 }
 
-impl Tx<'_> {
-    fn tree(&self, table: usize) -> Result<&sled::transaction::TransactionalTree, TxError> {
+impl<'a> Tx<'a> {
+    pub(crate) fn new(
+        trees: &'a [sled::Tree],
+        captures: &'a std::sync::Mutex<PreImageSets>,
+    ) -> Self {
+        Tx {
+            trees,
+            writes: std::cell::RefCell::new(vec![Default::default(); trees.len()]),
+            captures,
+        }
+    }
+
+    fn tree(&self, table: usize) -> Result<&sled::Tree, TxError> {
         self.trees
             .get(table)
             .ok_or_else(|| TxError::abort(format!("no table {table}")))
     }
 
     pub fn get(&self, table: usize, key: &[u8]) -> Result<Option<Vec<u8>>, TxError> {
-        Ok(self.tree(table)?.get(key)?.map(|v| v.to_vec()))
+        if let Some(written) = self.writes.borrow().get(table).and_then(|w| w.get(key)) {
+            return Ok(written.as_ref().map(|v| v.to_vec()));
+        }
+        self.committed(table, key)
     }
 
     pub fn put(&self, table: usize, key: &[u8], value: Vec<u8>) -> Result<(), TxError> {
-        self.before_change(table, key)?;
-        self.tree(table)?.insert(key, value)?;
-        Ok(())
+        self.change(table, key, Some(value.into()))
     }
 
     pub fn del(&self, table: usize, key: &[u8]) -> Result<(), TxError> {
+        self.change(table, key, None)
+    }
+
+    fn committed(&self, table: usize, key: &[u8]) -> Result<Option<Vec<u8>>, TxError> {
+        Ok(self.tree(table)?.get(key)?.map(|v| v.to_vec()))
+    }
+
+    fn change(&self, table: usize, key: &[u8], value: Option<sled::IVec>) -> Result<(), TxError> {
         self.before_change(table, key)?;
-        self.tree(table)?.remove(key)?;
+        let mut writes = self.writes.borrow_mut();
+        let table = writes
+            .get_mut(table)
+            .ok_or_else(|| TxError::abort(format!("no table {table}")))?;
+        table.insert(key.to_vec(), value);
         Ok(())
     }
 
-    /// Records `key`'s current value in every open capture that has none for it yet. This runs
-    /// before the transaction commits, so a build that closes its capture before this call had
+    /// Records `key`'s committed value in every open capture that has none for it yet. This
+    /// runs before the batch commits, so a build that closes its capture before this call had
     /// read the key before the change, and one that closes it after gets the pre-image.
     fn before_change(&self, table: usize, key: &[u8]) -> Result<(), TxError> {
         let mut captures = self.captures.lock().unwrap_or_else(|p| p.into_inner());
@@ -194,13 +219,16 @@ impl Tx<'_> {
         if captures.values().all(|pre| pre.contains_key(&id)) {
             return Ok(());
         }
-        // Our own earlier write in this transaction would already have recorded the key, so
-        // this reads committed state: the pre-image.
-        let value = self.get(table, key)?;
+        let value = self.committed(table, key)?;
         for pre in captures.values_mut() {
             pre.entry(id.clone()).or_insert_with(|| value.clone());
         }
         Ok(())
+    }
+
+    /// The batch's writes, to commit.
+    pub(crate) fn into_writes(self) -> Writes {
+        self.writes.into_inner()
     }
 }
 

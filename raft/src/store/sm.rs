@@ -31,7 +31,7 @@ use super::disk::sync_dir;
 use super::snapfile::{self, FileWriter, Frame, Header, Reader, SnapFileError, Writer};
 use super::{Disk, Meta};
 use crate::machine::{
-    AppliedTables, LogPosition, Machine, PreImageSets, PreImages, TableWriter, Tx, TxError,
+    AppliedTables, LogPosition, Machine, PreImageSets, PreImages, TableWriter, Tx,
 };
 use crate::typ::{
     Cfg, Entry, LogId, Snapshot, SnapshotFile, SnapshotMeta, StorageError, StorageIOError,
@@ -502,47 +502,65 @@ impl<M: Machine> Inner<M> {
                 _ => 0,
             })
             .sum();
+        let failed = |e: &dyn std::fmt::Display| -> StorageError {
+            StorageIOError::apply(last, &std::io::Error::other(e.to_string())).into()
+        };
         let gen = self.current();
+        // The machine reads and writes through the overlay; nothing reaches sled until the
+        // whole batch has applied.
+        let tx = Tx::new(&gen.tables, &self.captures);
+        let mut out = Vec::with_capacity(entries.len());
+        let mut touched = M::Touched::default();
+        let mut membership = None;
+        for entry in entries {
+            match &entry.payload {
+                EntryPayload::Blank => out.push(M::nothing()),
+                EntryPayload::Normal(cmd) => {
+                    let at = LogPosition {
+                        index: entry.log_id.index,
+                        term: entry.log_id.leader_id.term,
+                        leader: entry.log_id.leader_id.node_id,
+                    };
+                    let applied = self.machine.apply(&tx, at, cmd, &mut touched);
+                    out.push(applied.map_err(|e| failed(&e))?);
+                }
+                EntryPayload::Membership(m) => {
+                    membership = Some(StoredMembership::new(Some(entry.log_id), m.clone()));
+                    out.push(M::nothing());
+                }
+            }
+        }
+        let writes = tx.into_writes();
+        let meta = [
+            membership.map(|m| (LAST_MEMBERSHIP, json(&m))),
+            Some((LAST_APPLIED, json(&last))),
+        ];
+        // One write-only transaction over the tables and `sm_meta`: every change of the batch
+        // and `last_applied` become visible, and durable, together or not at all.
         let mut trees: Vec<&sled::Tree> = vec![&self.sm_meta];
         trees.extend(gen.tables.iter());
         trees
             .as_slice()
             .transaction(|txs| {
-                let (meta, trees) = txs
+                let (meta_tx, table_txs) = txs
                     .split_first()
-                    .ok_or_else(|| TxError::abort("transaction saw fewer trees than tables").0)?;
-                let tx = Tx {
-                    trees,
-                    captures: &self.captures,
-                };
-                let mut out = Vec::with_capacity(entries.len());
-                let mut touched = M::Touched::default();
-                for entry in entries {
-                    match &entry.payload {
-                        EntryPayload::Blank => out.push(M::nothing()),
-                        EntryPayload::Normal(cmd) => {
-                            let at = LogPosition {
-                                index: entry.log_id.index,
-                                term: entry.log_id.leader_id.term,
-                                leader: entry.log_id.leader_id.node_id,
-                            };
-                            let applied = self.machine.apply(&tx, at, cmd, &mut touched);
-                            out.push(applied.map_err(|e| e.0)?);
-                        }
-                        EntryPayload::Membership(m) => {
-                            let stored = StoredMembership::new(Some(entry.log_id), m.clone());
-                            meta.insert(LAST_MEMBERSHIP, json(&stored))?;
-                            out.push(M::nothing());
-                        }
+                    .ok_or_else(|| ConflictableTransactionError::Abort("no trees"))?;
+                for (tree, changes) in table_txs.iter().zip(&writes) {
+                    for (key, value) in changes {
+                        match value {
+                            Some(value) => tree.insert(key.as_slice(), value.clone())?,
+                            None => tree.remove(key.as_slice())?,
+                        };
                     }
                 }
-                meta.insert(LAST_APPLIED, json(&last))?;
-                Ok((out, touched))
+                for (key, value) in meta.iter().flatten() {
+                    meta_tx.insert(*key, value.as_slice())?;
+                }
+                Ok(())
             })
-            .map_err(|e| StorageIOError::apply(last, &tx_error(e)).into())
-            .inspect(|_| {
-                self.applied_bytes.fetch_add(bytes, Ordering::Relaxed);
-            })
+            .map_err(|e| failed(&tx_error(e)))?;
+        self.applied_bytes.fetch_add(bytes, Ordering::Relaxed);
+        Ok((out, touched))
     }
 
     /// Raises the data dir's recorded format once `entries` (just applied, up to `last`)
