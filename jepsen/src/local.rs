@@ -338,3 +338,42 @@ pub fn rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
 }
+
+/// CPU time process `pid` used so far (user + system, all threads), in ms (0 once it is gone).
+pub fn cpu_ms(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    cpu_ms_of_stat(&stat, USER_HZ)
+}
+
+/// The clock ticks `/proc` counts CPU time in: 100 per second on every Linux (its ABI's USER_HZ).
+const USER_HZ: u64 = 100;
+
+/// `utime + stime` of a `/proc/<pid>/stat` line in ms: fields 14 and 15, counted after the
+/// command name's closing parenthesis (the name itself may hold spaces).
+fn cpu_ms_of_stat(stat: &str, ticks_per_s: u64) -> u64 {
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // `rest` starts at field 3 (state): utime is field 14, stime 15.
+    (ticks(11) + ticks(12)) * 1000 / ticks_per_s.max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cpu_ms_of_stat;
+
+    #[test]
+    fn cpu_time_is_user_plus_system_after_the_command_name() {
+        let stat = "4242 (hookd (serve) x) S 1 4242 4242 0 -1 4194304 100 0 0 0 250 50 0 0 20 0 9";
+        assert_eq!(cpu_ms_of_stat(stat, 100), 3_000);
+        assert_eq!(cpu_ms_of_stat(stat, 1000), 300);
+        assert_eq!(cpu_ms_of_stat("garbage", 100), 0);
+    }
+}

@@ -40,7 +40,9 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Parser;
 use hookd_jepsen::cgroup::CpuQuota;
-use hookd_jepsen::local::{http, now_ms, rfc3339, rss_kib, work_dir, LocalCluster, LEADER_WITHIN};
+use hookd_jepsen::local::{
+    cpu_ms, http, now_ms, rfc3339, rss_kib, work_dir, LocalCluster, LEADER_WITHIN,
+};
 use hookd_jepsen::nginx::Nginx;
 use hookd_jepsen::stats::{Latencies, Summary};
 use serde::Serialize;
@@ -304,11 +306,21 @@ struct Report {
     hole_connections_max: Option<usize>,
     hole_target: Value,
     endless_rss_growth_mib: Option<f64>,
-    /// Each rate tried: p99 lateness (ms) and runs missed.
-    ladder: Vec<(usize, f64, usize)>,
+    ladder: Vec<Rung>,
     sustainable_per_s: Option<usize>,
     overload: Option<Overload>,
     rate_limit: Option<RateLimit>,
+}
+
+/// One rate of the sustainable-rate ladder.
+#[derive(Debug, Serialize)]
+struct Rung {
+    runs_per_s: usize,
+    p99_ms: f64,
+    missed: usize,
+    /// CPU time each node used per 1,000 runs due in the window (user + system, ms): what a
+    /// run costs the node leading its shard and the nodes applying it.
+    cpu_ms_per_1000_runs: Vec<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -637,6 +649,13 @@ async fn rate_limit_phase(
 }
 
 /// Waits until `deadline_ms` (wall clock), bounded.
+/// CPU time each node has used so far, ms.
+fn cpu_of(c: &LocalCluster) -> Vec<u64> {
+    (0..c.nodes.len())
+        .map(|i| c.pid(i).map_or(0, cpu_ms))
+        .collect()
+}
+
 async fn sleep_until_ms(deadline_ms: i64) {
     let d = (deadline_ms - now_ms()).clamp(0, 600_000) as u64;
     tokio::time::sleep(Duration::from_millis(d)).await;
@@ -745,14 +764,29 @@ async fn main() -> anyhow::Result<()> {
         // with every run) passes a short window and is not sustainable.
         let rung_secs = args.overload_seconds as i64;
         let (from, to) = (t + 2000, t + rung_secs * 1000);
+        sleep_until_ms(from).await;
+        let cpu_from = cpu_of(&c);
+        sleep_until_ms(to).await;
+        let cpu_to = cpu_of(&c);
         sleep_until_ms(to + 2000).await;
         let (s, missed) = lateness(&nginx.requests(), &format!("{name}-"), rate, from, to);
+        let runs = ((rate + args.healthy_rate) as f64 * (to - from) as f64 / 1000.0).max(1.0);
+        let cpu: Vec<f64> = cpu_from
+            .iter()
+            .zip(&cpu_to)
+            .map(|(a, b)| (b.saturating_sub(*a) as f64 * 1000.0 / runs).round())
+            .collect();
         println!(
-            "sustainable? {rate} runs/s (+{} healthy): lateness {s}, missed {missed}",
+            "sustainable? {rate} runs/s (+{} healthy): lateness {s}, missed {missed}; CPU ms per 1,000 runs by node {cpu:?}",
             args.healthy_rate
         );
         let _ = delete_jobs(&c, l, &jobs).await;
-        ladder.push((rate, s.p99_ms, missed));
+        ladder.push(Rung {
+            runs_per_s: rate,
+            p99_ms: s.p99_ms,
+            missed,
+            cpu_ms_per_1000_runs: cpu,
+        });
         if s.p99_ms > 100.0 || missed > 0 {
             break;
         }
