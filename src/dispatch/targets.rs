@@ -195,8 +195,9 @@ pub struct Scheduler<T> {
     node_max: usize,
     /// As the state holds them: cluster-wide; this dispatcher enforces its share (`enforced`).
     policies: BTreeMap<TargetKey, Policy>,
-    /// The cluster's shard count: `host_max` and the policies are cluster-wide limits, of
-    /// which this dispatcher, one shard's, enforces its part (`share`).
+    /// The cluster's shard count: `host_max` and the policies are cluster-wide limits, and
+    /// `node_max` a node-wide one, of which this dispatcher, one shard's, enforces its part
+    /// (`share`), so the shards a node leads never have more than `node_max` in flight.
     shards: u32,
     targets: BTreeMap<TargetKey, Target<T>>,
     waiting: BTreeSet<(i64, TargetKey)>,
@@ -273,7 +274,7 @@ impl<T> Scheduler<T> {
     /// True when `next(now_ms)` would start an attempt.
     pub fn can_start(&mut self, now_ms: i64) -> bool {
         self.promote(now_ms);
-        self.in_flight < self.node_max && !self.ready.is_empty()
+        self.in_flight < share(self.node_max, self.shards) && !self.ready.is_empty()
     }
 
     /// Takes the next attempt to start at `now_ms`, if any target may start one.
@@ -547,6 +548,23 @@ mod tests {
 
     fn key(s: &str) -> TargetKey {
         Arc::from(s)
+    }
+
+    /// The node-wide cap is shared like the per-target one: one of six shards' dispatchers
+    /// starts at most a sixth of it, however many targets have work.
+    #[test]
+    fn a_shard_s_dispatcher_keeps_its_part_of_the_node_wide_cap() {
+        for (shards, cap) in [(1, 60), (6, 10)] {
+            let mut s = Scheduler::new(64, 60).with_shards(shards);
+            for t in ["a", "b", "c", "d", "e", "f", "g", "h"] {
+                fill(&mut s, t, 0, 20);
+            }
+            let mut started = 0;
+            while s.next(0).is_some() {
+                started += 1;
+            }
+            assert_eq!(started, cap, "{shards} shard(s)");
+        }
     }
 
     /// Queues `n` items for `target`, all due at `at`.
