@@ -1,6 +1,7 @@
 //! Prometheus metrics: the recorder is installed once per process; `/metrics` renders it.
 
-use std::sync::OnceLock;
+use std::collections::BTreeMap;
+use std::sync::{Mutex, OnceLock};
 
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -70,11 +71,6 @@ pub fn skipped(count: u64) {
     counter!("hookd_runs_skipped_total").increment(count);
 }
 
-/// Deliveries in flight on this node.
-pub fn in_flight(n: usize) {
-    metrics::gauge!("hookd_deliveries_in_flight").set(n as f64);
-}
-
 /// Totals over the dispatcher's targets (no label per target, so cardinality stays fixed).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TargetTotals {
@@ -85,18 +81,62 @@ pub struct TargetTotals {
     pub half_open: usize,
 }
 
-/// The dispatcher's target totals.
-pub fn targets(t: &TargetTotals) {
-    metrics::gauge!("hookd_targets").set(t.targets as f64);
-    metrics::gauge!("hookd_deliveries_in_flight").set(t.in_flight as f64);
-    metrics::gauge!("hookd_runs_waiting").set(t.waiting as f64);
-    metrics::gauge!("hookd_target_circuits", "state" => "open").set(t.open as f64);
-    metrics::gauge!("hookd_target_circuits", "state" => "half_open").set(t.half_open as f64);
+/// What one shard's dispatcher last reported for the node's gauges.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct ShardGauges {
+    totals: TargetTotals,
+    claim_rate: f64,
 }
 
-/// Runs per second the dispatcher may claim now (adapts to the claims' commit latency).
-pub fn claim_rate(per_s: f64) {
-    metrics::gauge!("hookd_dispatch_claim_rate").set(per_s);
+/// The latest figures of each shard's dispatcher on this node: the gauges are their sums, so
+/// no shard's report overwrites another's.
+static SHARD_GAUGES: Mutex<BTreeMap<u32, ShardGauges>> = Mutex::new(BTreeMap::new());
+
+/// The node's figures: the sum of its shards'. A target several shards send to counts once
+/// per shard in `targets`.
+fn node_gauges<'a>(shards: impl Iterator<Item = &'a ShardGauges>) -> ShardGauges {
+    shards.fold(ShardGauges::default(), |sum, g| ShardGauges {
+        totals: TargetTotals {
+            targets: sum.totals.targets + g.totals.targets,
+            in_flight: sum.totals.in_flight + g.totals.in_flight,
+            waiting: sum.totals.waiting + g.totals.waiting,
+            open: sum.totals.open + g.totals.open,
+            half_open: sum.totals.half_open + g.totals.half_open,
+        },
+        claim_rate: sum.claim_rate + g.claim_rate,
+    })
+}
+
+/// Updates shard `shard`'s figures and sets the node's gauges.
+fn report(shard: u32, update: impl FnOnce(&mut ShardGauges)) {
+    let node = {
+        let mut all = SHARD_GAUGES.lock().unwrap_or_else(|p| p.into_inner());
+        update(all.entry(shard).or_default());
+        node_gauges(all.values())
+    };
+    let t = node.totals;
+    gauge!("hookd_targets").set(t.targets as f64);
+    gauge!("hookd_deliveries_in_flight").set(t.in_flight as f64);
+    gauge!("hookd_runs_waiting").set(t.waiting as f64);
+    gauge!("hookd_target_circuits", "state" => "open").set(t.open as f64);
+    gauge!("hookd_target_circuits", "state" => "half_open").set(t.half_open as f64);
+    gauge!("hookd_dispatch_claim_rate").set(node.claim_rate);
+}
+
+/// Deliveries in flight from shard `shard`'s dispatcher.
+pub fn in_flight(shard: u32, n: usize) {
+    report(shard, |g| g.totals.in_flight = n);
+}
+
+/// Shard `shard`'s dispatcher's target totals.
+pub fn targets(shard: u32, t: &TargetTotals) {
+    report(shard, |g| g.totals = *t);
+}
+
+/// Runs per second shard `shard`'s dispatcher may claim now (adapts to the claims' commit
+/// latency).
+pub fn claim_rate(shard: u32, per_s: f64) {
+    report(shard, |g| g.claim_rate = per_s);
 }
 
 /// Runs whose claim committed only after they were due (their Raft round was late).
@@ -118,4 +158,37 @@ pub fn circuit_opened() {
 /// The notAfter (Unix seconds) of the certificate a listener serves (`api` or `peer`).
 pub fn tls_expiry(listener: &'static str, not_after: i64) {
     gauge!("hookd_tls_cert_expiry_timestamp_seconds", "listener" => listener).set(not_after as f64);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_node_s_gauges_add_up_its_shards_figures() {
+        let shard = |in_flight, waiting, open, claim_rate| ShardGauges {
+            totals: TargetTotals {
+                targets: 2,
+                in_flight,
+                waiting,
+                open,
+                half_open: 0,
+            },
+            claim_rate,
+        };
+        let shards = [shard(3, 10, 1, 100.0), shard(5, 0, 0, 50.5)];
+        let node = node_gauges(shards.iter());
+        assert_eq!(
+            node.totals,
+            TargetTotals {
+                targets: 4,
+                in_flight: 8,
+                waiting: 10,
+                open: 1,
+                half_open: 0
+            }
+        );
+        assert_eq!(node.claim_rate, 150.5);
+        assert_eq!(node_gauges([].iter()), ShardGauges::default());
+    }
 }

@@ -228,7 +228,7 @@ pub async fn run(
                     retention: config.run_retention,
                     clock: dispatch::Clock::system(),
                     shards: count,
-                    cluster_events: k == 0,
+                    shard: k as u32,
                 },
                 dispatch_stop.clone(),
             )

@@ -130,9 +130,9 @@ pub struct DispatchConfig {
     /// The cluster's shard count: per-target limits are cluster-wide, so this shard's
     /// dispatcher enforces its part of each (`targets::share`).
     pub shards: u32,
-    /// Whether this dispatcher announces cluster events (`core::events`): shard 0's alone, so
-    /// each is told once.
-    pub cluster_events: bool,
+    /// This dispatcher's shard. Shard 0's alone announces cluster events (`core::events`), so
+    /// each is told once; the node's gauges add up every shard's figures (`metrics`).
+    pub shard: u32,
 }
 
 /// Starts the supervisor that runs one dispatcher per leadership epoch of this node. It stops

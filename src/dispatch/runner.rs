@@ -244,8 +244,8 @@ pub async fn run_epoch<D: Deliver>(
         d.send_due();
         if totals_at.elapsed() >= TOTALS_EVERY {
             totals_at = Instant::now();
-            crate::metrics::targets(&d.sched.totals());
-            crate::metrics::claim_rate(d.pacer.rate_per_s());
+            crate::metrics::targets(d.config.shard, &d.sched.totals());
+            crate::metrics::claim_rate(d.config.shard, d.pacer.rate_per_s());
             d.announce_nodes();
         }
         if forgot_at.elapsed() >= FORGET_IDLE_EVERY {
@@ -286,7 +286,8 @@ pub async fn run_epoch<D: Deliver>(
             Some(event) = events.recv() => d.handle(event),
         }
     }
-    crate::metrics::targets(&Default::default());
+    crate::metrics::targets(d.config.shard, &Default::default());
+    crate::metrics::claim_rate(d.config.shard, 0.0);
     drop(d);
     // Outcomes already queued are still worth recording if we remain leader; bounded wait.
     let _ = tokio::time::timeout(Duration::from_secs(1), recorder).await;
@@ -409,7 +410,7 @@ impl<D: Deliver> Dispatcher<D> {
     /// waiting: `apply` tells it only if it is news, so one lost here is announced again by
     /// the next check or leader. (Nothing is written for types no one takes.)
     fn announce(&self, a: Announcement) {
-        if !self.config.cluster_events {
+        if self.config.shard != 0 {
             return;
         }
         match self.view.subscribed_events() {
@@ -842,7 +843,7 @@ impl<D: Deliver> Dispatcher<D> {
                         target: key.to_string(),
                     });
                 }
-                crate::metrics::in_flight(self.sched.in_flight());
+                crate::metrics::in_flight(self.config.shard, self.sched.in_flight());
                 if let AttemptResult::RetryAt(at) = result {
                     let n = p.n.saturating_add(1);
                     self.enqueue(at, Pending { n, ..p });

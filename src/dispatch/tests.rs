@@ -162,7 +162,7 @@ fn config() -> DispatchConfig {
         retention: 100,
         clock: Clock::system(),
         shards: 1,
-        cluster_events: true,
+        shard: 0,
     }
 }
 
