@@ -1477,6 +1477,34 @@ const MEMBER_COLUMNS: &[Column] = &[
     column("VERSION", |r, _| text(&r["version"])),
 ];
 
+const SHARD_COLUMNS: &[Column] = &[
+    column("SHARD", |r, _| text(&r["id"])),
+    column("LEADER", |r, _| text(&r["leader_id"])),
+    column("TERM", |r, _| text(&r["term"])),
+    column("COMMIT", |r, _| text(&r["commit_index"])),
+];
+
+/// `cluster status` for people: the cluster line, its members, and with several shards, each
+/// shard's leader, term and commit index.
+fn render_cluster(v: &Value, now: Now) -> String {
+    let mut out = format!(
+        "cluster {}  leader {}  term {}  commit {}  format {}\n",
+        text(&v["cluster_id"]),
+        text(&v["leader_id"]),
+        text(&v["term"]),
+        text(&v["commit_index"]),
+        text(&v["format_version"])
+    );
+    let rows = |key: &str| v[key].as_array().cloned().unwrap_or_default();
+    out.push_str(&render_table(&rows("members"), MEMBER_COLUMNS, now));
+    let shards = rows("shards");
+    if shards.len() > 1 {
+        out.push('\n');
+        out.push_str(&render_table(&shards, SHARD_COLUMNS, now));
+    }
+    out
+}
+
 /// A field of one object shown as `key  value` lines, written for people by its own function
 /// rather than as [`text`].
 type Field = (&'static str, fn(&Value) -> String);
@@ -1818,16 +1846,7 @@ impl Printer {
     fn cluster(&self, v: &Value) -> Result<(), CliError> {
         match self.format {
             Output::Table => {
-                println!(
-                    "cluster {}  leader {}  term {}  commit {}  format {}",
-                    text(&v["cluster_id"]),
-                    text(&v["leader_id"]),
-                    text(&v["term"]),
-                    text(&v["commit_index"]),
-                    text(&v["format_version"])
-                );
-                let rows = v["members"].as_array().cloned().unwrap_or_default();
-                print!("{}", render_table(&rows, MEMBER_COLUMNS, Utc::now()));
+                print!("{}", render_cluster(v, Utc::now()));
                 Ok(())
             }
             Output::Json => self.json(v),
@@ -1846,6 +1865,37 @@ impl Printer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_status_lists_the_shards_when_there_are_several() {
+        let member = json!({"id": 1, "role": "leader", "voter": true, "peer_addr": "p:1",
+                            "api_addr": "a:1", "version": "0.2.0"});
+        let shard = |id: u32, leader: u64| {
+            json!({"id": id, "leader_id": leader, "term": 3,
+                                                  "commit_index": 40 + id})
+        };
+        let cluster = |shards: Vec<Value>| {
+            json!({"cluster_id": "c", "leader_id": 1, "term": 3,
+            "commit_index": 40, "format_version": 5, "members": [member.clone()],
+            "shards": shards})
+        };
+        let now = Utc::now();
+        let two = render_cluster(&cluster(vec![shard(0, 1), shard(1, 2)]), now);
+        let lines: Vec<&str> = two.lines().collect();
+        assert_eq!(lines[0], "cluster c  leader 1  term 3  commit 40  format 5");
+        assert!(
+            lines[1].starts_with("ID  ROLE") && lines[2].starts_with("1   leader"),
+            "{two}"
+        );
+        assert_eq!(lines[4], "SHARD  LEADER  TERM  COMMIT", "{two}");
+        assert_eq!(lines[5], "0      1       3     40", "{two}");
+        assert_eq!(lines[6], "1      2       3     41", "{two}");
+        let one = render_cluster(&cluster(vec![shard(0, 1)]), now);
+        assert!(
+            !one.contains("SHARD"),
+            "one shard is the cluster line: {one}"
+        );
+    }
 
     #[test]
     fn edit_flags_build_a_merge_patch() {

@@ -454,18 +454,22 @@ async fn a_leader_that_joined_with_join_stops_once_it_removed_itself() {
     c.wait_leader(&[other], ELECTION_WITHIN).await;
 }
 
+/// Starts joining node `i` with `--shards shards` and asks node 0 to add it: the answer.
+async fn start_and_add_with_shards(c: &mut TestCluster, i: usize, shards: u32) -> (u16, Value) {
+    c.extra_args = vec!["--shards".into(), shards.to_string()];
+    c.spawn(i);
+    wait_healthy(c, i).await;
+    c.post(0, "/v1/cluster/members", &add_body(c, i))
+        .await
+        .expect("answer")
+}
+
 #[tokio::test]
 async fn a_node_started_with_another_shard_count_is_refused_before_anything_changes() {
     let mut c = TestCluster::start_with(1, &["--shards", "2"]);
     c.wait_leader(&[0], ELECTION_WITHIN).await;
     let i = c.add_joining_node();
-    c.extra_args = vec!["--shards".into(), "3".into()];
-    c.spawn(i);
-    wait_healthy(&c, i).await;
-    let (s, v) = c
-        .post(0, "/v1/cluster/members", &add_body(&c, i))
-        .await
-        .expect("answer");
+    let (s, v) = start_and_add_with_shards(&mut c, i, 3).await;
     assert_eq!(s, 409, "{v}");
     assert!(v.to_string().contains("--shards 2"), "{v}");
     let (_, cluster) = c.get(0, "/v1/cluster").await.expect("answer");
@@ -477,12 +481,6 @@ async fn a_node_started_with_another_shard_count_is_refused_before_anything_chan
     // Started again as the refusal says, it is added.
     c.kill(i);
     std::fs::remove_dir_all(&c.nodes[i].data_dir).expect("empty the data dir");
-    c.extra_args = vec!["--shards".into(), "2".into()];
-    c.spawn(i);
-    wait_healthy(&c, i).await;
-    let (s, v) = c
-        .post(0, "/v1/cluster/members", &add_body(&c, i))
-        .await
-        .expect("answer");
+    let (s, v) = start_and_add_with_shards(&mut c, i, 2).await;
     assert_eq!(s, 201, "{v}");
 }
