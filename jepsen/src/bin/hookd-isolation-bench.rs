@@ -648,7 +648,6 @@ async fn rate_limit_phase(
     Ok(r)
 }
 
-/// Waits until `deadline_ms` (wall clock), bounded.
 /// CPU time each node has used so far, ms.
 fn cpu_of(c: &LocalCluster) -> Vec<u64> {
     (0..c.nodes.len())
@@ -656,6 +655,7 @@ fn cpu_of(c: &LocalCluster) -> Vec<u64> {
         .collect()
 }
 
+/// Waits until `deadline_ms` (wall clock), bounded.
 async fn sleep_until_ms(deadline_ms: i64) {
     let d = (deadline_ms - now_ms()).clamp(0, 600_000) as u64;
     tokio::time::sleep(Duration::from_millis(d)).await;
