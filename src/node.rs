@@ -123,6 +123,7 @@ pub async fn run(
     )?;
     let conn_cap = connections_max(raise_open_files_limit());
     let raft_rt = RaftRuntime::new()?;
+    let count = crate::shards::shard_count(config.data_dir.path(), config.shards)?;
     let replica_config = ReplicaConfig {
         node_id: config.node_id,
         data_dir: config.data_dir.path().to_path_buf(),
@@ -145,9 +146,8 @@ pub async fn run(
         group: 0,
         cluster_id_of: None,
         lead_rank: None,
-        groups: 1,
+        groups: count,
     };
-    let count = crate::shards::shard_count(config.data_dir.path(), config.shards)?;
     let mut shards: Vec<Arc<Replica>> = Vec::with_capacity(count as usize);
     for k in 0..count {
         // Every shard other than the first records the first one's cluster id.
@@ -161,7 +161,6 @@ pub async fn run(
             cluster_id_of,
             // With several shards, each prefers another member as its leader.
             lead_rank: (count > 1).then_some(k),
-            groups: count,
             ..replica_config.clone()
         };
         // Started on the raft runtime, so every task openraft and the replica spawn lives there.
