@@ -9,6 +9,8 @@ pub mod api_addrs;
 pub mod archive;
 pub mod backup;
 pub mod cadence;
+mod forward;
+mod gather;
 pub mod lease;
 pub mod machine;
 pub mod members;

@@ -15,9 +15,9 @@ use crate::machine::Machine;
 use crate::membership::{AddMember, MemberError, RemoveMember};
 use crate::network::{
     Encoding, ForwardError, Hello, NodeInfo, Proof, ACCEPTS_HEADER, CLUSTER_ID_HEADER, PATH_APPEND,
-    PATH_FORWARD_READ_INDEX, PATH_FORWARD_WRITE, PATH_HELLO, PATH_MEMBERS_ADD, PATH_MEMBERS_REMOVE,
-    PATH_NODE, PATH_REMOVED, PATH_SNAPSHOT, PATH_VOTE, PEER_BODY_BYTES_MAX, REMOVED_STATUS,
-    SIGNATURE_HEADER, TARGET_NODE_HEADER,
+    PATH_FORWARD_READ_INDEX, PATH_FORWARD_WRITE, PATH_FORWARD_WRITES, PATH_HELLO, PATH_MEMBERS_ADD,
+    PATH_MEMBERS_REMOVE, PATH_NODE, PATH_REMOVED, PATH_SNAPSHOT, PATH_VOTE, PEER_BODY_BYTES_MAX,
+    REMOVED_STATUS, SIGNATURE_HEADER, TARGET_NODE_HEADER,
 };
 use crate::release::{FORMAT_HEADER, VERSION_HEADER};
 use crate::replica::Replica;
@@ -55,6 +55,7 @@ pub fn peer_router<M: Machine>(replica: Arc<Replica<M>>, extra: Router) -> Route
         .route(PATH_VOTE, post(vote::<M>))
         .route(PATH_SNAPSHOT, post(snapshot::<M>))
         .route(PATH_FORWARD_WRITE, post(forward_write::<M>))
+        .route(PATH_FORWARD_WRITES, post(forward_writes::<M>))
         .route(PATH_FORWARD_READ_INDEX, post(forward_read_index::<M>))
         .route(PATH_MEMBERS_ADD, post(members_add::<M>))
         .route(PATH_MEMBERS_REMOVE, post(members_remove::<M>))
@@ -298,11 +299,35 @@ async fn forward_write<M: Machine>(
     State(s): State<PeerState<M>>,
     Json(cmd): Json<M::Command>,
 ) -> Json<Result<M::Output, ForwardError>> {
+    count_forwarded(1);
     if let Err(refused) = M::check_forwarded(&cmd) {
         tracing::warn!(?refused, "refused a forwarded command");
         return Json(Ok(refused));
     }
     Json(s.replica.propose_local(cmd, FORWARDED_DEADLINE).await)
+}
+
+/// Counts a request of forwarded writes and the writes it carried (their ratio is the batching).
+fn count_forwarded(writes: usize) {
+    metrics::counter!("hookd_forwarded_write_requests_total").increment(1);
+    metrics::counter!("hookd_forwarded_writes_total").increment(writes as u64);
+}
+
+/// Several forwarded writes in one request (`forward.rs`): one answer per write, in order.
+async fn forward_writes<M: Machine>(
+    State(s): State<PeerState<M>>,
+    Json(cmds): Json<Vec<M::Command>>,
+) -> Response {
+    if cmds.len() > crate::forward::BATCH_MAX {
+        let why = format!(
+            "{} writes in one request; at most {}",
+            cmds.len(),
+            crate::forward::BATCH_MAX
+        );
+        return (StatusCode::PAYLOAD_TOO_LARGE, why).into_response();
+    }
+    count_forwarded(cmds.len());
+    Json(s.replica.propose_forwarded(cmds, FORWARDED_DEADLINE).await).into_response()
 }
 
 async fn forward_read_index<M: Machine>(

@@ -12,15 +12,17 @@ use std::time::Duration;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::storage::RaftLogStorage;
 use openraft::{ServerState, SnapshotPolicy};
-use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{timeout, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api_addrs::{Learned, MemberAddrs, ASK_WITHIN};
+use crate::forward::{Failed, Forwarder};
+use crate::gather::Gather;
 use crate::lease::Leadership;
 use crate::machine::Machine;
-use crate::network::{ForwardError, PeerClient, Removals, TransportError};
+use crate::network::{ForwardError, PeerClient, Removals};
 use crate::secret::Secret;
 use crate::status::ClusterStatus;
 use crate::store::{OpenError, StateView, Store};
@@ -233,6 +235,8 @@ pub struct Replica<M: Machine> {
     drain: Drain,
     leadership: Leadership,
     proposals: mpsc::Sender<Proposal<M>>,
+    /// Writes forwarded to the leader, gathered into batches (`forward.rs`).
+    forwarder: Forwarder<M>,
     read_floor: ReadFloor,
     machine: Arc<M>,
     /// Members' API addresses asked of them (`api_addrs`).
@@ -270,8 +274,17 @@ struct Proposal<M: Machine> {
 
 /// Proposals waiting for a batch; senders wait (with their own deadline) when it is full.
 const PROPOSALS_QUEUED_MAX: usize = 8192;
-/// Batch entries in flight at once.
+/// Batch entries in flight at once on a node, all its groups together.
 const WRITES_IN_FLIGHT_MAX: usize = 4;
+
+/// Batch entries (and requests of forwarded writes, `forward.rs`) one of a node's `groups`
+/// groups keeps in flight at once: the node's `WRITES_IN_FLIGHT_MAX` split between them, at
+/// least one each. Fewer rounds in flight make each carry more writes; with six shards at
+/// four each, the groups' many small rounds cost a quarter of the creates and added lateness
+/// (docs/performance.md, "Creates"). Pure.
+pub(crate) fn in_flight_per_group(groups: u32) -> usize {
+    (WRITES_IN_FLIGHT_MAX / groups.max(1) as usize).max(1)
+}
 /// Commands per batch entry, and its rough size bound (a single larger command still forms an
 /// entry of its own).
 const BATCH_PROPOSALS_MAX: usize = 1024;
@@ -443,8 +456,11 @@ impl<M: Machine> Replica<M> {
 
         let (proposals, proposals_rx) = mpsc::channel(PROPOSALS_QUEUED_MAX);
         let cancel = CancellationToken::new();
+        let in_flight = in_flight_per_group(config.groups);
+        let (forwarder, forwarding) = Forwarder::new(peers.clone(), in_flight, cancel.clone());
         let replica = Arc::new(Replica {
             proposals,
+            forwarder,
             leadership: leadership.clone(),
             read_floor,
             machine,
@@ -462,9 +478,13 @@ impl<M: Machine> Replica<M> {
             drain: Drain::default(),
             learned: Default::default(),
         });
-        replica
-            .tasks
-            .spawn(Self::propose_loop(raft.clone(), proposals_rx, cancel));
+        replica.tasks.spawn(Self::propose_loop(
+            raft.clone(),
+            proposals_rx,
+            in_flight,
+            cancel,
+        ));
+        replica.tasks.spawn(forwarding);
         let announcer = replica.clone();
         replica
             .tasks
@@ -623,23 +643,28 @@ impl<M: Machine> Replica<M> {
             let outcome = if leader == self.id {
                 self.propose_local(cmd.clone(), remaining).await
             } else {
-                match self
-                    .peers
-                    .forward_write::<M>(leader, &addr, &cmd, remaining)
-                    .await
-                {
+                let dest = (leader, addr);
+                let forwarded = if self.forwarder.batches_to(&dest) {
+                    self.forwarder.write(dest, cmd.clone(), deadline).await
+                } else {
+                    self.peers
+                        .forward_write::<M>(leader, &dest.1, &cmd, remaining)
+                        .await
+                        .map_err(|e| Failed::of(&e))
+                };
+                match forwarded {
                     Ok(outcome) => outcome,
-                    Err(e) if e.nothing_sent() => {
+                    // The leader proposed nothing and takes writes one by one.
+                    Err(Failed::Singly) => continue,
+                    Err(Failed::NothingSent(e)) => {
                         // The request never reached the leader: safe to try again.
                         tracing::debug!(error = %e, "leader unreachable, retrying");
                         self.pause_until(deadline).await?;
                         continue;
                     }
                     // Nothing was sent; the client may try again later.
-                    Err(e @ TransportError::Busy) => {
-                        return Err(ReplicaError::Overloaded(e.to_string()))
-                    }
-                    Err(e) => return Err(ReplicaError::Unconfirmed(e.to_string())),
+                    Err(Failed::Busy(e)) => return Err(ReplicaError::Overloaded(e)),
+                    Err(Failed::Unconfirmed(e)) => return Err(ReplicaError::Unconfirmed(e)),
                 }
             };
             match outcome {
@@ -705,34 +730,92 @@ impl<M: Machine> Replica<M> {
         cmd: M::Command,
         within: Duration,
     ) -> Result<M::Output, ForwardError> {
+        let mut answers = self.propose_local_all(vec![cmd], within).await;
+        answers
+            .pop()
+            .unwrap_or_else(|| Err(ForwardError::Fatal("no answer to a write".into())))
+    }
+
+    /// `propose_local` for several commands at once: all are queued for the proposer (so they
+    /// share batches) before any answer is awaited. One answer per command, in order.
+    async fn propose_local_all(
+        &self,
+        cmds: Vec<M::Command>,
+        within: Duration,
+    ) -> Vec<Result<M::Output, ForwardError>> {
         let Some(_taken) = self.drain.take() else {
-            return Err(Self::stepping_aside());
+            return cmds.iter().map(|_| Err(Self::stepping_aside())).collect();
         };
-        if M::sheddable(&cmd) {
-            let backlog = self.write_backlog();
-            if backlog > self.config.write_backlog_max {
-                return Err(ForwardError::Overloaded(format!(
-                    "{backlog} writes are waiting on the leader (bound {}); retry later",
-                    self.config.write_backlog_max
-                )));
+        let deadline = Instant::now() + within;
+        let late = || ForwardError::Unconfirmed(format!("no commit within {within:?}"));
+        let stopped = || ForwardError::Fatal("the proposer has stopped".into());
+        let mut waiting = Vec::with_capacity(cmds.len());
+        for cmd in cmds {
+            if M::sheddable(&cmd) {
+                let backlog = self.write_backlog();
+                if backlog > self.config.write_backlog_max {
+                    waiting.push(Err(ForwardError::Overloaded(format!(
+                        "{backlog} writes are waiting on the leader (bound {}); retry later",
+                        self.config.write_backlog_max
+                    ))));
+                    continue;
+                }
+            }
+            let (reply, answer) = oneshot::channel();
+            let queued =
+                tokio::time::timeout_at(deadline, self.proposals.send(Proposal { cmd, reply }));
+            waiting.push(match queued.await {
+                Err(_) => Err(late()),
+                Ok(Err(_)) => Err(stopped()),
+                Ok(Ok(())) => Ok(answer),
+            });
+        }
+        let mut answers = Vec::with_capacity(waiting.len());
+        for w in waiting {
+            answers.push(match w {
+                Ok(answer) => match tokio::time::timeout_at(deadline, answer).await {
+                    Err(_) => Err(late()),
+                    Ok(Err(_)) => Err(stopped()),
+                    Ok(Ok(result)) => result,
+                },
+                Err(e) => Err(e),
+            });
+        }
+        answers
+    }
+
+    /// Writes another node forwarded in one request (`forward.rs`): each checked
+    /// (`Machine::check_forwarded`; a refused one gets its refusal and is not proposed), the
+    /// others proposed together. One answer per command, in order.
+    pub(crate) async fn propose_forwarded(
+        &self,
+        cmds: Vec<M::Command>,
+        within: Duration,
+    ) -> Vec<Result<M::Output, ForwardError>> {
+        let mut refused = Vec::with_capacity(cmds.len());
+        let mut passed = Vec::with_capacity(cmds.len());
+        for cmd in cmds {
+            match M::check_forwarded(&cmd) {
+                Ok(()) => {
+                    refused.push(None);
+                    passed.push(cmd);
+                }
+                Err(output) => {
+                    tracing::warn!(?output, "refused a forwarded command");
+                    refused.push(Some(output));
+                }
             }
         }
-        let (reply, answer) = oneshot::channel();
-        let queued = async {
-            self.proposals
-                .send(Proposal { cmd, reply })
-                .await
-                .map_err(|_| ForwardError::Fatal("the proposer has stopped".into()))?;
-            answer
-                .await
-                .map_err(|_| ForwardError::Fatal("the proposer has stopped".into()))?
-        };
-        match timeout(within, queued).await {
-            Err(_) => Err(ForwardError::Unconfirmed(format!(
-                "no commit within {within:?}"
-            ))),
-            Ok(result) => result,
-        }
+        let mut proposed = self.propose_local_all(passed, within).await.into_iter();
+        refused
+            .into_iter()
+            .map(|r| match r {
+                Some(output) => Ok(output),
+                None => proposed
+                    .next()
+                    .unwrap_or_else(|| Err(ForwardError::Fatal("no answer to a write".into()))),
+            })
+            .collect()
     }
 
     /// Leader side of the API: one command, possibly a batch, through `client_write`.
@@ -759,40 +842,19 @@ impl<M: Machine> Replica<M> {
         }
     }
 
-    /// Group commit: takes proposals as they come, and while up to `WRITES_IN_FLIGHT_MAX` writes
-    /// are in flight, gathers the next ones into one `Batch` entry — one log append, one fsync
-    /// round and one apply transaction for many client writes.
+    /// Group commit: takes proposals as they come, and while `in_flight` batches (see
+    /// `in_flight_per_group`) are in flight, gathers the next ones into one `Batch` entry — one
+    /// log append, one fsync round and one apply transaction for many client writes.
     async fn propose_loop(
         raft: Raft<M>,
-        mut rx: mpsc::Receiver<Proposal<M>>,
+        rx: mpsc::Receiver<Proposal<M>>,
+        in_flight: usize,
         cancel: CancellationToken,
     ) {
-        let permits = Arc::new(Semaphore::new(WRITES_IN_FLIGHT_MAX));
-        let mut carry: Option<Proposal<M>> = None;
-        loop {
-            let first = match carry.take() {
-                Some(p) => p,
-                None => tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    p = rx.recv() => match p { Some(p) => p, None => return },
-                },
-            };
-            let permit = tokio::select! {
-                _ = cancel.cancelled() => return,
-                p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            };
-            let mut bytes = M::approx_bytes(&first.cmd);
-            let mut batch = vec![first];
-            while batch.len() < M::BATCH_MAX.min(BATCH_PROPOSALS_MAX) {
-                let Ok(p) = rx.try_recv() else { break };
-                let b = M::approx_bytes(&p.cmd);
-                if bytes + b > BATCH_BYTES_MAX {
-                    carry = Some(p);
-                    break;
-                }
-                bytes += b;
-                batch.push(p);
-            }
+        let max = M::BATCH_MAX.min(BATCH_PROPOSALS_MAX);
+        let mut gather = Gather::new(rx, in_flight, max, BATCH_BYTES_MAX);
+        let size = |p: &Proposal<M>| M::approx_bytes(&p.cmd);
+        while let Some((batch, permit)) = gather.next(&cancel, size, |_, _| true).await {
             let raft = raft.clone();
             tokio::spawn(async move {
                 let _permit = permit;
@@ -1343,9 +1405,17 @@ impl Drop for Taken<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::{election_timeouts, Drain, RaftTiming, ReadFloor};
+    use super::{election_timeouts, in_flight_per_group, Drain, RaftTiming, ReadFloor};
     use crate::typ::LogId;
     use openraft::CommittedLeaderId;
+
+    #[test]
+    fn a_node_s_rounds_in_flight_are_split_between_its_groups() {
+        // (groups, rounds each group keeps in flight)
+        for (groups, each) in [(0, 4), (1, 4), (2, 2), (3, 1), (4, 1), (6, 1), (64, 1)] {
+            assert_eq!(in_flight_per_group(groups), each, "{groups} groups");
+        }
+    }
 
     fn id(term: u64, index: u64) -> Option<LogId> {
         Some(LogId::new(CommittedLeaderId::new(term, 1), index))

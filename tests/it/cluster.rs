@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::Value;
 
-use crate::harness::{eventually, job, TestCluster};
+use crate::harness::{eventually, job, metric, metrics_text, TestCluster};
 
 pub const ELECTION_WITHIN: Duration = Duration::from_secs(10);
 
@@ -458,6 +458,7 @@ async fn more_concurrent_writes_through_a_follower_than_it_forwards_at_once_all_
     const N: usize = 600;
     let ids = create_jobs(&c, leader, "burst", N).await;
     assert_eq!(ids.len(), N);
+    let before = forwarded(&c).await;
     let paths: Vec<String> = ids.iter().map(|id| format!("/v1/jobs/{id}")).collect();
     let answers = futures::future::join_all(
         paths
@@ -475,4 +476,24 @@ async fn more_concurrent_writes_through_a_follower_than_it_forwards_at_once_all_
         "{}",
         c.logs()
     );
+    // The follower sent the writes waiting for the same leader together.
+    let after = forwarded(&c).await;
+    let (writes, requests) = (after.0 - before.0, after.1 - before.1);
+    assert!(writes >= (N / 6) as f64, "forwarded {writes} of {N}");
+    assert!(
+        requests * 2.0 <= writes,
+        "{writes} forwarded writes took {requests} requests"
+    );
+}
+
+/// Writes forwarded to the nodes of `c` and the peer requests that carried them, summed over
+/// the nodes.
+async fn forwarded(c: &TestCluster) -> (f64, f64) {
+    let mut sum = (0.0, 0.0);
+    for i in 0..c.nodes.len() {
+        let text = metrics_text(c, i).await.expect("metrics");
+        sum.0 += metric(&text, "hookd_forwarded_writes_total").unwrap_or(0.0);
+        sum.1 += metric(&text, "hookd_forwarded_write_requests_total").unwrap_or(0.0);
+    }
+    sum
 }

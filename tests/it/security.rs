@@ -882,16 +882,29 @@ async fn healthz_turns_503_once_storage_fails() {
 /// A command as a node forwards it to the leader's peer port (`/forward/write`), and the
 /// leader's answer: `Ok` with the command's result, or `Err`.
 async fn forward(c: &TestCluster, cmd: &Value) -> Value {
+    forward_path(c, "/forward/write", cmd).await
+}
+
+/// `body` posted to the leader's peer port at `path`, and its JSON answer (`200` expected).
+async fn forward_path(c: &TestCluster, path: &str, body: &Value) -> Value {
+    let (status, answer) = forward_status(c, path, body).await;
+    assert_eq!(status, 200, "the peer port answers: {answer}");
+    answer
+}
+
+/// `body` posted to the leader's peer port at `path`: the status and the JSON answer (`null`
+/// when it is not JSON).
+async fn forward_status(c: &TestCluster, path: &str, body: &Value) -> (u16, Value) {
     let resp = c
         .http
-        .post(format!("http://{}/forward/write", c.nodes[0].peer))
+        .post(format!("http://{}{path}", c.nodes[0].peer))
         .header("hookd-target-node", c.nodes[0].id.to_string())
-        .json(cmd)
+        .json(body)
         .send()
         .await
         .expect("forward");
-    assert_eq!(resp.status(), 200, "the peer port answers");
-    resp.json().await.expect("json")
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
 }
 
 /// SPEC §7: commands arriving over the peer port are validated exactly as the API validates
@@ -945,6 +958,25 @@ async fn the_peer_port_refuses_what_the_api_refuses_and_nothing_it_sends_holds_a
     // The route itself works: a valid command is applied.
     let answer = forward(&c, &create("through-peer", spec(&ok_url, 1000))).await;
     assert_eq!(answer["Ok"]["job"]["job"]["id"], "through-peer", "{answer}");
+    // The same in one batch of forwarded writes: each refused as on its own, in order, and the
+    // valid one beside them applied.
+    let mut batch: Vec<Value> = poisons.iter().map(|(cmd, _)| cmd.clone()).collect();
+    batch.insert(2, create("through-batch", spec(&ok_url, 1000)));
+    let answers = forward_path(&c, "/forward/writes", &json!(batch)).await;
+    let answers = answers.as_array().expect("one answer per write");
+    assert_eq!(answers.len(), batch.len(), "{answers:?}");
+    assert_eq!(answers[2]["Ok"]["job"]["job"]["id"], "through-batch");
+    let refused: Vec<&Value> = answers[..2].iter().chain(&answers[3..]).collect();
+    for ((cmd, field), answer) in poisons.iter().zip(refused) {
+        assert_eq!(
+            answer["Ok"]["rejected"]["field"], *field,
+            "refused in a batch like the API refuses it: {cmd} -> {answer}"
+        );
+    }
+    // More writes in one request than a node sends at once: refused whole.
+    let too_many = vec![create("too-many", spec(&ok_url, 1000)); 257];
+    let (s, _) = forward_status(&c, "/forward/writes", &json!(too_many)).await;
+    assert_eq!(s, 413);
 
     let (_, list) = c.get(0, "/v1/jobs").await.expect("list");
     let ids: Vec<&str> = list["jobs"]
@@ -955,7 +987,7 @@ async fn the_peer_port_refuses_what_the_api_refuses_and_nothing_it_sends_holds_a
         .collect();
     assert_eq!(
         ids,
-        ["through-peer", "victim"],
+        ["through-batch", "through-peer", "victim"],
         "nothing refused was stored"
     );
     // The victim keeps firing through its target's single slot, and no slot stays taken.

@@ -16,8 +16,8 @@ use tokio::sync::Semaphore;
 
 use super::{
     Encoding, ForwardError, Hello, NodeInfo, Proof, ACCEPTS_HEADER, CLUSTER_ID_HEADER, PATH_APPEND,
-    PATH_FORWARD_READ_INDEX, PATH_FORWARD_WRITE, PATH_HELLO, PATH_NODE, PATH_SNAPSHOT, PATH_VOTE,
-    SIGNATURE_HEADER, TARGET_NODE_HEADER,
+    PATH_FORWARD_READ_INDEX, PATH_FORWARD_WRITE, PATH_FORWARD_WRITES, PATH_HELLO, PATH_NODE,
+    PATH_SNAPSHOT, PATH_VOTE, SIGNATURE_HEADER, TARGET_NODE_HEADER,
 };
 use crate::lease::{Acks, LeaderTerm};
 use crate::machine::Machine;
@@ -141,6 +141,9 @@ pub enum TransportError {
     /// Nothing was sent: the node at `addr` did not prove it holds the peer secret.
     #[error("peer {addr} did not prove it holds the peer secret: {detail}")]
     Unproven { addr: String, detail: String },
+    /// The peer answered, but not with what was asked for.
+    #[error("peer {addr} answered nonsense: {detail}")]
+    Garbled { addr: String, detail: String },
     /// Nothing was sent: `addr` answered nonsense lately, and its pause is not over.
     #[error("peer {addr} answered nonsense lately; next try in {left:?}")]
     BackingOff { addr: String, left: Duration },
@@ -215,7 +218,7 @@ impl PeerClient {
         timeout: Duration,
     ) -> Result<R, TransportError> {
         let resp = self
-            .send(target, addr, path, body, encoding, timeout)
+            .send(target, addr, path, body, encoding, timeout, false)
             .await?;
         let answer = json_of(resp, addr).await;
         if answer.is_err() {
@@ -301,6 +304,9 @@ impl PeerClient {
 
     /// `post` up to a successful answer, left undecoded (its headers may matter): not while
     /// the peer is paused after nonsense, and only once it proved it holds the peer secret.
+    /// With `new_path`, a `404` is not counted as nonsense: the path is one a node of the
+    /// previous release does not know, and its Raft traffic must not pause for that.
+    #[allow(clippy::too_many_arguments)]
     async fn send<B: Serialize>(
         &self,
         target: NodeId,
@@ -309,6 +315,7 @@ impl PeerClient {
         body: &B,
         encoding: Encoding,
         timeout: Duration,
+        new_path: bool,
     ) -> Result<reqwest::Response, TransportError> {
         self.check_backoff(addr)?;
         let sent = match self.ensure_proven(target, addr, timeout).await {
@@ -319,6 +326,7 @@ impl PeerClient {
             Err(e) => Err(e),
         };
         match &sent {
+            Err(TransportError::Rejected { status: 404, .. }) if new_path => {}
             Err(TransportError::Unproven { .. } | TransportError::Rejected { .. }) => {
                 self.note_nonsense(addr)
             }
@@ -411,13 +419,55 @@ impl PeerClient {
         timeout: Duration,
     ) -> Result<R, TransportError> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let _slot = tokio::time::timeout_at(deadline, self.forwards.acquire())
-            .await
-            .map_err(|_| TransportError::Busy)?
-            .map_err(|_| TransportError::Busy)?;
+        let _slot = self.forward_slot(deadline).await?;
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         self.post(target, addr, path, body, Encoding::Json, left)
             .await
+    }
+
+    /// One of the `FORWARDS_IN_FLIGHT_MAX` slots, waited for until `deadline`.
+    async fn forward_slot(
+        &self,
+        deadline: tokio::time::Instant,
+    ) -> Result<tokio::sync::SemaphorePermit<'_>, TransportError> {
+        tokio::time::timeout_at(deadline, self.forwards.acquire())
+            .await
+            .map_err(|_| TransportError::Busy)?
+            .map_err(|_| TransportError::Busy)
+    }
+
+    /// Asks the node at `addr` (believed leader) to propose each of `cmds` in one request
+    /// (`PATH_FORWARD_WRITES`) holding one forwarding slot: one answer per command, in order.
+    /// `Ok(None)`: the node does not know the path (a release before it); nothing was proposed.
+    pub(crate) async fn forward_writes<M: Machine>(
+        &self,
+        target: NodeId,
+        addr: &str,
+        cmds: &[M::Command],
+        timeout: Duration,
+    ) -> Result<Option<Vec<Result<M::Output, ForwardError>>>, TransportError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let _slot = self.forward_slot(deadline).await?;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let path = PATH_FORWARD_WRITES;
+        let resp = match self
+            .send(target, addr, path, &cmds, Encoding::Json, left, true)
+            .await
+        {
+            Err(TransportError::Rejected { status: 404, .. }) => return Ok(None),
+            sent => sent?,
+        };
+        let answers: Result<Vec<Result<M::Output, ForwardError>>, _> = json_of(resp, addr).await;
+        let wrong = match answers {
+            Ok(answers) if answers.len() == cmds.len() => return Ok(Some(answers)),
+            Ok(answers) => TransportError::Garbled {
+                addr: addr.to_owned(),
+                detail: format!("{} answers to {} writes", answers.len(), cmds.len()),
+            },
+            Err(e) => e,
+        };
+        self.note_nonsense(addr);
+        Err(wrong)
     }
 
     /// Asks the node at `addr` (believed leader) to propose `cmd`.
@@ -634,6 +684,7 @@ impl<M: Machine> RaftNetwork<Cfg<M>> for PeerConnection {
                 &rpc,
                 encoding,
                 option.hard_ttl(),
+                false,
             )
             .await;
         self.postcard = takes_postcard(encoding, &answer);
