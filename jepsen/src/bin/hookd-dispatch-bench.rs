@@ -38,6 +38,9 @@ struct Args {
     /// Keep the cluster's data dirs and logs here instead of a temporary dir.
     #[arg(long)]
     keep: Option<PathBuf>,
+    /// Extra flags for every `hookd serve` (e.g. `--shards 1`).
+    #[arg(long, allow_hyphen_values = true)]
+    hookd_args: Vec<String>,
 }
 
 /// One delivery as the sink saw it.
@@ -187,7 +190,7 @@ async fn main() -> anyhow::Result<()> {
     let (sink, got) = start_sink().await?;
     let temp = tempfile::tempdir()?;
     let dir = work_dir(args.keep.as_deref(), &temp)?;
-    let mut c = LocalCluster::new(&hookd, &dir, 3, &[])?;
+    let mut c = LocalCluster::new(&hookd, &dir, 3, &args.hookd_args)?;
     c.spawn_all()?;
     let http = http();
     let mut l = c.await_leader(&http, LEADER_WITHIN).await?;
