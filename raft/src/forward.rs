@@ -22,9 +22,10 @@ use crate::machine::Machine;
 use crate::network::{ForwardError, PeerClient, TransportError};
 use crate::typ::NodeId;
 
-/// Writes in one request, and their rough size bound (a single larger write still goes alone).
+/// Writes in one request, and their rough size bound (a single larger write still goes alone):
+/// small enough that encoding one is quick, since it happens on the Raft runtime.
 pub(crate) const BATCH_MAX: usize = 256;
-const BATCH_BYTES_MAX: usize = 4 << 20;
+const BATCH_BYTES_MAX: usize = 1 << 20;
 /// Writes waiting for a request; senders wait (within their deadline) when it is full.
 const QUEUED_MAX: usize = 4096;
 /// How long a leader that does not know `PATH_FORWARD_WRITES` is sent writes one by one before

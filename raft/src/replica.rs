@@ -280,8 +280,8 @@ const WRITES_IN_FLIGHT_MAX: usize = 4;
 /// Batch entries (and requests of forwarded writes, `forward.rs`) one of a node's `groups`
 /// groups keeps in flight at once: the node's `WRITES_IN_FLIGHT_MAX` split between them, at
 /// least one each. Fewer rounds in flight make each carry more writes; with six shards at
-/// four each, the groups' many small rounds cost a quarter of the creates and added lateness
-/// (docs/performance.md, "Creates"). Pure.
+/// four each, the groups' many small rounds made creates about a fifth slower and dispatch
+/// later (docs/decisions.md, "Rounds in flight split between a node's groups"). Pure.
 pub(crate) fn in_flight_per_group(groups: u32) -> usize {
     (WRITES_IN_FLIGHT_MAX / groups.max(1) as usize).max(1)
 }
