@@ -30,6 +30,12 @@ impl Overlap {
         }
     }
 
+    /// Whether its runs never overlap at the target: `skip` and `buffer_one` (`allow` lets
+    /// them, and `cancel_previous` ends the open run in the state without calling it back).
+    pub fn one_at_a_time(self) -> bool {
+        matches!(self, Overlap::Skip | Overlap::BufferOne)
+    }
+
     pub fn parse(text: &str) -> Option<Overlap> {
         [
             Overlap::Allow,
@@ -67,6 +73,19 @@ pub fn decide(policy: Overlap, open: usize, waiting: usize) -> Decision {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_skip_and_buffer_one_keep_runs_from_overlapping_at_the_target() {
+        use Overlap::*;
+        for (o, one) in [
+            (Allow, false),
+            (Skip, true),
+            (BufferOne, true),
+            (CancelPrevious, false),
+        ] {
+            assert_eq!(o.one_at_a_time(), one, "{o:?}");
+        }
+    }
 
     #[test]
     fn each_policy_decides_by_the_open_and_waiting_runs() {

@@ -311,16 +311,22 @@ pub fn claim_horizon(
 /// which runs the state has `ended`: while another run of the job is in flight from here but
 /// ended in the state (its outcome came from an earlier epoch's attempt while this epoch sent it
 /// again), it is open at its target and the overlap decision (`Command::StartRun`) would not
-/// see it. One the state has open is seen there (and decides as the policy says).
+/// see it. Before that decision (`started` false), one the state has open is seen there (and
+/// decides as the policy says). Once the run is `started` (the decision said go), any other
+/// run of the job in flight from here holds it: the state may have ended that run between the
+/// check before the decision and the decision (found by the chaos smoke: a new leader sent a
+/// run again, the old leader's outcome for it then applied, and the next run started 11 ms
+/// later while the target still had the first open).
 pub fn hold_start(
     attempting: &std::collections::HashMap<String, String>,
     job_id: &str,
     run_id: &str,
+    started: bool,
     ended: impl Fn(&str) -> bool,
 ) -> bool {
     attempting
         .iter()
-        .any(|(run, job)| job == job_id && run != run_id && ended(run))
+        .any(|(run, job)| job == job_id && run != run_id && (started || ended(run)))
 }
 
 /// Whether a queued attempt of a run of incarnation `incarnation` may go out now, given its job
@@ -397,23 +403,35 @@ mod tests {
         ]
         .into();
         let ended = |_: &str| true;
+        for started in [false, true] {
+            assert!(
+                hold_start(&in_flight, "a", "run_a_2", started, ended),
+                "another run of a is out, ended in the state"
+            );
+            assert!(
+                !hold_start(&in_flight, "a", "run_a_1", started, ended),
+                "its own attempt"
+            );
+            assert!(
+                !hold_start(&in_flight, "c", "run_c_1", started, ended),
+                "nothing of c is out"
+            );
+            assert!(!hold_start(
+                &Default::default(),
+                "a",
+                "run_a_2",
+                started,
+                ended
+            ));
+        }
         assert!(
-            hold_start(&in_flight, "a", "run_a_2", ended),
-            "another run of a is out, ended in the state"
+            !hold_start(&in_flight, "a", "run_a_2", false, |_| false),
+            "open in the state, before the decision: the policy decides there"
         );
         assert!(
-            !hold_start(&in_flight, "a", "run_a_2", |_| false),
-            "open in the state: the policy decides there"
+            hold_start(&in_flight, "a", "run_a_2", true, |_| false),
+            "after it said go, any other run out from here holds it"
         );
-        assert!(
-            !hold_start(&in_flight, "a", "run_a_1", ended),
-            "its own attempt"
-        );
-        assert!(
-            !hold_start(&in_flight, "c", "run_c_1", ended),
-            "nothing of c is out"
-        );
-        assert!(!hold_start(&Default::default(), "a", "run_a_2", ended));
     }
 
     #[test]

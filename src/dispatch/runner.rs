@@ -17,6 +17,7 @@ use crate::core::command::{
     Attempt, AttemptOutcome, AttemptResult, ClaimItem, ClaimKind, Command, CommandResult, Job, Run,
 };
 use crate::core::events::{self, Announcement, ClusterMemory, Delivery, EventType};
+use crate::core::overlap::Overlap;
 use crate::core::plan::{self, after_attempt};
 use crate::planted;
 use crate::replicated::{ReadView, Replica, ReplicaState};
@@ -119,7 +120,7 @@ struct Dispatcher<D> {
     /// Runs in `sched`, and runs with an attempt in flight: neither may be queued again.
     queued: HashSet<String>,
     /// Runs with an attempt in flight (this epoch's tasks), and their jobs.
-    attempting: HashMap<String, String>,
+    attempting: InFlight,
     /// Runs whose attempt task panicked, and how often: a second panic fails the run
     /// (`PANICS_PER_RUN_MAX`) instead of letting it block its target.
     panicked: HashMap<String, u32>,
@@ -212,7 +213,7 @@ pub async fn run_epoch<D: Deliver>(
         claiming: HashSet::new(),
         claims_in_flight: 0,
         queued: HashSet::new(),
-        attempting: HashMap::new(),
+        attempting: InFlight::default(),
         panicked: HashMap::new(),
         doubts: Doubts::default(),
         held: HashMap::new(),
@@ -570,7 +571,7 @@ impl<D: Deliver> Dispatcher<D> {
         if p.target.is_none() {
             self.doubts.queued(&p.job_id, &p.run_id);
         }
-        if self.attempting.contains_key(&p.run_id) || self.queued.contains(&p.run_id) {
+        if self.attempting.contains(&p.run_id) || self.queued.contains(&p.run_id) {
             return;
         }
         let key = match &p.target {
@@ -903,18 +904,24 @@ impl<D: Deliver> Dispatcher<D> {
                 continue;
             }
             // A job with an overlap policy: its run asks to start first (`Command::StartRun`).
-            let ask_to_start = job.spec.ext.overlap.is_some()
-                && run
-                    .as_ref()
-                    .is_some_and(|r| !r.ext.started && r.attempts.is_empty());
+            let overlap = job.spec.ext.overlap;
+            let first = run.as_ref().is_some_and(|r| r.attempts.is_empty());
+            let started = run.as_ref().is_some_and(|r| r.ext.started);
+            let ask_to_start = overlap.is_some() && first && !started;
             // ...but not while an attempt of another of its runs is in flight from here: that
             // run may already be recorded as ended (its outcome came from a previous epoch's
-            // attempt while this epoch sent it again), yet the target still has it open.
+            // attempt while this epoch sent it again), yet the target still has it open. Once
+            // started, a run of a job whose runs never overlap waits for any such attempt.
             let ended = |id: &str| {
                 let run = self.view.get_run(id).ok().flatten();
                 run.is_none_or(|r| !r.status.is_open())
             };
-            if ask_to_start && plan::hold_start(&self.attempting, &p.job_id, &p.run_id, ended) {
+            let one_at_a_time = overlap.is_some_and(Overlap::one_at_a_time);
+            let held = (ask_to_start || (first && started && one_at_a_time))
+                && self
+                    .attempting
+                    .holds_start(&p.job_id, &p.run_id, started, ended);
+            if held {
                 self.sched.finish(&key, probe, Outcome::NotSent, None, now);
                 self.enqueue(now + START_HELD_MS, p);
                 continue;
@@ -952,6 +959,7 @@ impl<D: Deliver> Dispatcher<D> {
             probe: sent.probe,
         };
         let supervisor_tx = self.events_tx.clone();
+        let attempting = self.attempting.clone();
         let task = async move {
             let p = &sent.p;
             // The gate again, right before the request leaves.
@@ -971,6 +979,14 @@ impl<D: Deliver> Dispatcher<D> {
                 ) {
                     // Skipped or held back (the queue drops it: `plan::may_attempt`), or not
                     // answered (asked again).
+                    let _ = events_tx.send(Event::NotAttempted(sent)).await;
+                    return;
+                }
+                // Started; but another run of the job may have ended in the state meanwhile
+                // while this epoch still has it out (`plan::hold_start`): then a run of a job
+                // whose runs never overlap waits, queued again.
+                let one_at_a_time = job.spec.ext.overlap.is_some_and(Overlap::one_at_a_time);
+                if one_at_a_time && attempting.holds_start(&p.job_id, &p.run_id, true, |_| true) {
                     let _ = events_tx.send(Event::NotAttempted(sent)).await;
                     return;
                 }
@@ -1068,6 +1084,40 @@ impl<D: Deliver> Dispatcher<D> {
             .saturating_sub(now)
             .clamp(0, IDLE_WAKE.as_millis() as i64) as u64;
         Instant::now() + Duration::from_millis(delay)
+    }
+}
+
+/// Runs with an attempt in flight from a dispatcher (its epoch's tasks), and their jobs: shared
+/// with the attempt tasks, which look again once their run's start is decided.
+#[derive(Clone, Default)]
+struct InFlight(Arc<std::sync::Mutex<HashMap<String, String>>>);
+
+impl InFlight {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn insert(&self, run: String, job: String) {
+        self.lock().insert(run, job);
+    }
+
+    fn remove(&self, run: &str) {
+        self.lock().remove(run);
+    }
+
+    fn contains(&self, run: &str) -> bool {
+        self.lock().contains_key(run)
+    }
+
+    /// `plan::hold_start` over the runs in flight now.
+    fn holds_start(
+        &self,
+        job: &str,
+        run: &str,
+        started: bool,
+        ended: impl Fn(&str) -> bool,
+    ) -> bool {
+        plan::hold_start(&self.lock(), job, run, started, ended)
     }
 }
 
