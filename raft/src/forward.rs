@@ -5,13 +5,14 @@
 //!
 //! One task per group takes the writes as they come and, while its requests in flight are at
 //! their bound (`replica::in_flight_per_group`, as for the leader's batches), gathers the next
-//! ones (for the same leader) into one. A leader of the
-//! previous release answers `404` to the path: nothing was proposed, and that leader is sent
-//! each write on its own (`PATH_FORWARD_WRITE`) for `SINGLY_FOR`.
+//! ones (for the same leader) into one. A leader is sent batches only once it said it takes
+//! them, on its answer to a single forwarded write (`PATH_FORWARD_WRITE`, `BATCHES_HEADER`);
+//! until then, and for a leader of the previous release, which never says so, each write goes
+//! on its own. A leader that answers a batch with `404` (rolled back to that release at the
+//! same address) proposed nothing and goes back to single writes.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 use tokio::time::Instant;
@@ -28,9 +29,6 @@ pub(crate) const BATCH_MAX: usize = 256;
 const BATCH_BYTES_MAX: usize = 1 << 20;
 /// Writes waiting for a request; senders wait (within their deadline) when it is full.
 const QUEUED_MAX: usize = 4096;
-/// How long a leader that does not know `PATH_FORWARD_WRITES` is sent writes one by one before
-/// it is tried again (it may have been upgraded).
-const SINGLY_FOR: Duration = Duration::from_secs(60);
 
 /// A leader: its node id and peer address.
 pub(crate) type Dest = (NodeId, String);
@@ -81,13 +79,13 @@ struct Item<M: Machine> {
     reply: oneshot::Sender<Outcome<M>>,
 }
 
-/// Leaders that do not take batches, until when.
-type Singly = Arc<Mutex<HashMap<Dest, Instant>>>;
+/// Leaders that said they take batches.
+type Batching = Arc<Mutex<HashSet<Dest>>>;
 
 /// The forwarding side of one group: `write` hands a write to the task that batches them.
 pub(crate) struct Forwarder<M: Machine> {
     tx: mpsc::Sender<Item<M>>,
-    singly: Singly,
+    batching: Batching,
 }
 
 impl<M: Machine> Forwarder<M> {
@@ -99,21 +97,23 @@ impl<M: Machine> Forwarder<M> {
         cancel: CancellationToken,
     ) -> (Forwarder<M>, impl std::future::Future<Output = ()> + Send) {
         let (tx, rx) = mpsc::channel(QUEUED_MAX);
-        let singly = Singly::default();
-        let task = run::<M>(rx, peers, singly.clone(), in_flight, cancel);
-        (Forwarder { tx, singly }, task)
+        let batching = Batching::default();
+        let task = run::<M>(rx, peers, batching.clone(), in_flight, cancel);
+        (Forwarder { tx, batching }, task)
     }
 
-    /// Whether writes for `dest` go through `write` (else one by one: `Failed::Singly`).
+    /// Whether writes for `dest` go through `write` (else one by one).
     pub(crate) fn batches_to(&self, dest: &Dest) -> bool {
-        let mut singly = self.singly.lock().unwrap_or_else(|p| p.into_inner());
-        match singly.get(dest) {
-            Some(until) if *until > Instant::now() => false,
-            Some(_) => {
-                singly.remove(dest);
-                true
-            }
-            None => true,
+        lock(&self.batching).contains(dest)
+    }
+
+    /// Records what `dest` said of batches on its answer to a single forwarded write.
+    pub(crate) fn note(&self, dest: &Dest, takes_batches: bool) {
+        let mut batching = lock(&self.batching);
+        if !takes_batches {
+            batching.remove(dest);
+        } else if !batching.contains(dest) {
+            batching.insert(dest.clone());
         }
     }
 
@@ -146,7 +146,7 @@ impl<M: Machine> Forwarder<M> {
 async fn run<M: Machine>(
     rx: mpsc::Receiver<Item<M>>,
     peers: PeerClient,
-    singly: Singly,
+    batching: Batching,
     in_flight: usize,
     cancel: CancellationToken,
 ) {
@@ -154,14 +154,14 @@ async fn run<M: Machine>(
     let size = |i: &Item<M>| M::approx_bytes(&i.cmd);
     let same_leader = |a: &Item<M>, b: &Item<M>| a.dest == b.dest;
     while let Some((batch, permit)) = gather.next(&cancel, size, same_leader).await {
-        tokio::spawn(send::<M>(peers.clone(), singly.clone(), batch, permit));
+        tokio::spawn(send::<M>(peers.clone(), batching.clone(), batch, permit));
     }
 }
 
 /// Sends one batch and answers each of its writes.
 async fn send<M: Machine>(
     peers: PeerClient,
-    singly: Singly,
+    batching: Batching,
     batch: Vec<Item<M>>,
     _permit: OwnedSemaphorePermit,
 ) {
@@ -181,18 +181,21 @@ async fn send<M: Machine>(
         .await;
     if matches!(sent, Ok(None)) {
         tracing::info!(leader = dest.0, addr = %dest.1, "the leader takes forwarded writes one by one (an earlier release)");
-        singly
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(dest, Instant::now() + SINGLY_FOR);
+        lock(&batching).remove(&dest);
     }
     for (reply, outcome) in replies.into_iter().zip(outcomes(sent, cmds.len())) {
         let _ = reply.send(outcome);
     }
 }
 
+fn lock(batching: &Batching) -> std::sync::MutexGuard<'_, HashSet<Dest>> {
+    batching.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::machine::kv::{Cmd, Kv};
 
@@ -229,14 +232,27 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_leader_that_does_not_know_batches_is_sent_writes_singly_and_not_paused() {
+    async fn batches_go_only_to_a_leader_that_said_it_takes_them_and_a_404_is_not_nonsense() {
         let old = answering(404).await;
         let peers = client();
         let cancel = CancellationToken::new();
         let (forwarder, task) = Forwarder::<Kv>::new(peers.clone(), 1, cancel.clone());
         tokio::spawn(task);
         let dest: Dest = (2, old.clone());
-        assert!(forwarder.batches_to(&dest));
+        assert!(
+            !forwarder.batches_to(&dest),
+            "a leader not heard from gets single writes"
+        );
+        forwarder.note(&dest, false);
+        assert!(
+            !forwarder.batches_to(&dest),
+            "one of the previous release, too"
+        );
+        forwarder.note(&dest, true);
+        forwarder.note(&(3, old.clone()), true);
+        assert!(forwarder.batches_to(&dest), "once it said it takes them");
+        // Rolled back at the same address: it answers 404, proposed nothing, and gets single
+        // writes from then on.
         let deadline = Instant::now() + Duration::from_secs(5);
         let outcome = forwarder.write(dest.clone(), put(), deadline).await;
         assert_eq!(outcome.err(), Some(Failed::Singly));

@@ -14,10 +14,11 @@ use axum::{Json, Router};
 use crate::machine::Machine;
 use crate::membership::{AddMember, MemberError, RemoveMember};
 use crate::network::{
-    Encoding, ForwardError, Hello, NodeInfo, Proof, ACCEPTS_HEADER, CLUSTER_ID_HEADER, PATH_APPEND,
-    PATH_FORWARD_READ_INDEX, PATH_FORWARD_WRITE, PATH_FORWARD_WRITES, PATH_HELLO, PATH_MEMBERS_ADD,
-    PATH_MEMBERS_REMOVE, PATH_NODE, PATH_REMOVED, PATH_SNAPSHOT, PATH_VOTE, PEER_BODY_BYTES_MAX,
-    REMOVED_STATUS, SIGNATURE_HEADER, TARGET_NODE_HEADER,
+    Encoding, ForwardError, Hello, NodeInfo, Proof, ACCEPTS_HEADER, BATCHES_HEADER,
+    CLUSTER_ID_HEADER, PATH_APPEND, PATH_FORWARD_READ_INDEX, PATH_FORWARD_WRITE,
+    PATH_FORWARD_WRITES, PATH_HELLO, PATH_MEMBERS_ADD, PATH_MEMBERS_REMOVE, PATH_NODE,
+    PATH_REMOVED, PATH_SNAPSHOT, PATH_VOTE, PEER_BODY_BYTES_MAX, REMOVED_STATUS, SIGNATURE_HEADER,
+    TARGET_NODE_HEADER,
 };
 use crate::release::{FORMAT_HEADER, VERSION_HEADER};
 use crate::replica::Replica;
@@ -298,13 +299,17 @@ async fn snapshot<M: Machine>(
 async fn forward_write<M: Machine>(
     State(s): State<PeerState<M>>,
     Json(cmd): Json<M::Command>,
-) -> Json<Result<M::Output, ForwardError>> {
+) -> Response {
     count_forwarded(1);
+    let takes_batches = [(BATCHES_HEADER, "1")];
     if let Err(refused) = M::check_forwarded(&cmd) {
         tracing::warn!(?refused, "refused a forwarded command");
-        return Json(Ok(refused));
+        let answer: Result<M::Output, ForwardError> = Ok(refused);
+        return (takes_batches, Json(answer)).into_response();
     }
-    Json(s.replica.propose_local(cmd, FORWARDED_DEADLINE).await)
+    let answer: Result<M::Output, ForwardError> =
+        s.replica.propose_local(cmd, FORWARDED_DEADLINE).await;
+    (takes_batches, Json(answer)).into_response()
 }
 
 /// Counts a request of forwarded writes and the writes it carried (their ratio is the batching).

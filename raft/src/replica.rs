@@ -647,14 +647,20 @@ impl<M: Machine> Replica<M> {
                 let forwarded = if self.forwarder.batches_to(&dest) {
                     self.forwarder.write(dest, cmd.clone(), deadline).await
                 } else {
-                    self.peers
-                        .forward_write::<M>(leader, &dest.1, &cmd, remaining)
-                        .await
-                        .map_err(|e| Failed::of(&e))
+                    let sent = self
+                        .peers
+                        .forward_write::<M>(leader, &dest.1, &cmd, remaining);
+                    match sent.await {
+                        Ok((outcome, takes_batches)) => {
+                            self.forwarder.note(&dest, takes_batches);
+                            Ok(outcome)
+                        }
+                        Err(e) => Err(Failed::of(&e)),
+                    }
                 };
                 match forwarded {
                     Ok(outcome) => outcome,
-                    // The leader proposed nothing and takes writes one by one.
+                    // The leader proposed nothing and takes writes one by one (from now on).
                     Err(Failed::Singly) => continue,
                     Err(Failed::NothingSent(e)) => {
                         // The request never reached the leader: safe to try again.

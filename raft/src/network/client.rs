@@ -15,9 +15,10 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 
 use super::{
-    Encoding, ForwardError, Hello, NodeInfo, Proof, ACCEPTS_HEADER, CLUSTER_ID_HEADER, PATH_APPEND,
-    PATH_FORWARD_READ_INDEX, PATH_FORWARD_WRITE, PATH_FORWARD_WRITES, PATH_HELLO, PATH_NODE,
-    PATH_SNAPSHOT, PATH_VOTE, SIGNATURE_HEADER, TARGET_NODE_HEADER,
+    Encoding, ForwardError, Hello, NodeInfo, Proof, ACCEPTS_HEADER, BATCHES_HEADER,
+    CLUSTER_ID_HEADER, PATH_APPEND, PATH_FORWARD_READ_INDEX, PATH_FORWARD_WRITE,
+    PATH_FORWARD_WRITES, PATH_HELLO, PATH_NODE, PATH_SNAPSHOT, PATH_VOTE, SIGNATURE_HEADER,
+    TARGET_NODE_HEADER,
 };
 use crate::lease::{Acks, LeaderTerm};
 use crate::machine::Machine;
@@ -217,14 +218,29 @@ impl PeerClient {
         encoding: Encoding,
         timeout: Duration,
     ) -> Result<R, TransportError> {
+        let answer = self.post_answer(target, addr, path, body, encoding, timeout);
+        answer.await.map(|(r, _)| r)
+    }
+
+    /// `post`, with the answer's headers.
+    async fn post_answer<B: Serialize, R: DeserializeOwned>(
+        &self,
+        target: NodeId,
+        addr: &str,
+        path: &str,
+        body: &B,
+        encoding: Encoding,
+        timeout: Duration,
+    ) -> Result<(R, reqwest::header::HeaderMap), TransportError> {
         let resp = self
             .send(target, addr, path, body, encoding, timeout, false)
             .await?;
+        let headers = resp.headers().clone();
         let answer = json_of(resp, addr).await;
         if answer.is_err() {
             self.note_nonsense(addr);
         }
-        answer
+        Ok((answer?, headers))
     }
 
     /// Records that `addr` answered nonsense: it is paused (`backoff`).
@@ -418,10 +434,23 @@ impl PeerClient {
         body: &B,
         timeout: Duration,
     ) -> Result<R, TransportError> {
+        let answer = self.forward_answer(target, addr, path, body, timeout);
+        answer.await.map(|(r, _)| r)
+    }
+
+    /// `forward`, with the answer's headers.
+    async fn forward_answer<B: Serialize, R: DeserializeOwned>(
+        &self,
+        target: NodeId,
+        addr: &str,
+        path: &str,
+        body: &B,
+        timeout: Duration,
+    ) -> Result<(R, reqwest::header::HeaderMap), TransportError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let _slot = self.forward_slot(deadline).await?;
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        self.post(target, addr, path, body, Encoding::Json, left)
+        self.post_answer(target, addr, path, body, Encoding::Json, left)
             .await
     }
 
@@ -470,16 +499,18 @@ impl PeerClient {
         Err(wrong)
     }
 
-    /// Asks the node at `addr` (believed leader) to propose `cmd`.
+    /// Asks the node at `addr` (believed leader) to propose `cmd`: its answer, and whether it
+    /// said it takes forwarded writes in batches (`BATCHES_HEADER`).
     pub async fn forward_write<M: Machine>(
         &self,
         target: NodeId,
         addr: &str,
         cmd: &M::Command,
         timeout: Duration,
-    ) -> Result<Result<M::Output, ForwardError>, TransportError> {
-        self.forward(target, addr, PATH_FORWARD_WRITE, cmd, timeout)
-            .await
+    ) -> Result<(Result<M::Output, ForwardError>, bool), TransportError> {
+        let answer = self.forward_answer(target, addr, PATH_FORWARD_WRITE, cmd, timeout);
+        let (answer, headers) = answer.await?;
+        Ok((answer, headers.contains_key(BATCHES_HEADER)))
     }
 
     /// Asks node `target` at `addr` for its API address (`PATH_NODE`): once it proved it holds

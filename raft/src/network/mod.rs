@@ -23,6 +23,11 @@ pub(crate) const CLUSTER_ID_HEADER: &str = "hookd-cluster-id";
 /// (`Encoding::POSTCARD_TYPE`). A node of the previous version does not send it, so its leader
 /// goes on sending it JSON.
 pub(crate) const ACCEPTS_HEADER: &str = "hookd-accepts";
+/// On an answer to a forwarded write: this node takes forwarded writes in batches
+/// (`PATH_FORWARD_WRITES`). A leader of the previous release does not send it, so it is never
+/// sent a batch (it would answer `404`, and while it stops, a batch in flight would be lost
+/// with its connection where a single write is refused before it is sent).
+pub(crate) const BATCHES_HEADER: &str = "hookd-takes-batches";
 /// The signature of a peer request (`Secret::sign_request`).
 pub(crate) const SIGNATURE_HEADER: &str = "hookd-peer-signature";
 
