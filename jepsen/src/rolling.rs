@@ -24,12 +24,17 @@ const READY_WITHIN: Duration = Duration::from_secs(60);
 /// How long a node may take to stop after SIGTERM (it promises 10 s).
 const STOP_WITHIN: Duration = Duration::from_secs(30);
 
+/// Refused writes described in `Writes::refusals`.
+const REFUSALS_KEPT: usize = 8;
+
 /// What the writes got.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct Writes {
     pub writes: usize,
     /// Writes to a node that was up that did not get 201.
     pub refused: usize,
+    /// The first `REFUSALS_KEPT` of them: when, which node, and what it answered.
+    pub refusals: Vec<String>,
     /// The ids of the jobs whose create got 201.
     #[serde(skip)]
     pub acknowledged: Vec<String>,
@@ -60,18 +65,22 @@ impl Writer {
                     let id = format!("{prefix}{n}");
                     let body = json!({"id": id, "url": "http://127.0.0.1:9/h",
                                       "schedule": {"after": "24h"}});
-                    let status = http
-                        .post(url)
-                        .json(&body)
-                        .send()
-                        .await
-                        .ok()
-                        .map(|r| r.status().as_u16());
+                    let sent_ms = crate::local::now_ms();
+                    let answer = match http.post(url).json(&body).send().await {
+                        Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+                        Err(e) => (0, e.to_string()),
+                    };
                     got.writes += 1;
-                    if status == Some(201) {
+                    if answer.0 == 201 {
                         got.acknowledged.push(id);
                     } else {
                         got.refused += 1;
+                        if got.refusals.len() < REFUSALS_KEPT {
+                            let (status, text) = answer;
+                            let at = crate::local::rfc3339(sent_ms);
+                            got.refusals
+                                .push(format!("{at} node index {i}: {status} {text}"));
+                        }
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;

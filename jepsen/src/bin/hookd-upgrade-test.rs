@@ -212,8 +212,9 @@ async fn run(c: &mut LocalCluster, sink: &Sink, args: &Args) -> anyhow::Result<S
     );
     ensure!(
         writes.refused == 0 && lost.is_empty() && ticks.missed == 0 && ticks.runs > 0,
-        "{summary}; lost {:?}",
-        lost.iter().take(10).collect::<Vec<_>>()
+        "{summary}; lost {:?}; refusals {:?}",
+        lost.iter().take(10).collect::<Vec<_>>(),
+        writes.refusals
     );
     Ok(summary)
 }
