@@ -329,6 +329,30 @@ pub fn hold_start(
         .any(|(run, job)| job == job_id && run != run_id && (started || ended(run)))
 }
 
+/// When a dispatcher whose epoch began at `epoch_start_ms` may first send open run `run` of
+/// `job`: when it falls due (or its retry does), except that a run of a job whose runs never
+/// overlap (`Overlap::one_at_a_time`) that a previous epoch may still have out (started or
+/// attempted, due by the epoch's start) waits until that attempt must have ended, a timeout
+/// after the epoch began. If its outcome applies meanwhile, the run is not sent again at all,
+/// and no next run starts while the target still has it open (found by the six-shard chaos
+/// smoke: leadership handed over twice within one slow attempt, the second new leader started
+/// the next run while the first one's re-send of the previous run was still open). Pure.
+pub fn first_send_at(job: &Job, run: &Run, epoch_start_ms: i64) -> i64 {
+    let at = run.next_attempt_at_ms.unwrap_or(run.scheduled_at_ms);
+    let one_at_a_time = job
+        .spec
+        .ext
+        .overlap
+        .is_some_and(super::overlap::Overlap::one_at_a_time);
+    let maybe_out = run.ext.started || !run.attempts.is_empty();
+    if one_at_a_time && maybe_out && at <= epoch_start_ms {
+        let timeout = i64::try_from(job.spec.timeout_ms).unwrap_or(i64::MAX);
+        at.max(epoch_start_ms.saturating_add(timeout))
+    } else {
+        at
+    }
+}
+
 /// Whether a queued attempt of a run of incarnation `incarnation` may go out now, given its job
 /// and the run as the applied state holds them: the job is still that incarnation and not
 /// paused, and the run still exists and is open. A run queued before a pause that forgot it

@@ -420,3 +420,52 @@ fn a_run_forgotten_by_a_pause_may_not_be_attempted_after_the_resume() {
     assert_eq!(w.attempt(&next.id, 200), AttemptResult::Succeeded);
     assert!(!may(&w, &next), "a finished run does not");
 }
+
+#[test]
+fn a_new_epoch_sends_again_a_run_a_previous_one_may_have_out_only_once_that_attempt_must_have_ended(
+) {
+    use super::overlap::Overlap;
+    let mut w = World::new();
+    w.create("a", every(1000));
+    w.now_ms += 1000 - HORIZON_MS;
+    let items = w.plan("a");
+    assert_eq!(w.claim(items), [true]);
+    let run = w.runs("a").pop().expect("claimed");
+    let mut job = w.view().get_job("a").unwrap().expect("job");
+    let due = run.scheduled_at_ms;
+    let timeout = job.spec.timeout_ms as i64;
+    let epoch = due + 500;
+    let started = |mut r: Run| {
+        r.ext.started = true;
+        r
+    };
+    // (policy, the run as stored, epoch start) -> first send
+    let cases = [
+        (
+            Some(Overlap::Skip),
+            started(run.clone()),
+            epoch,
+            epoch + timeout,
+        ),
+        (
+            Some(Overlap::BufferOne),
+            started(run.clone()),
+            epoch,
+            epoch + timeout,
+        ),
+        (Some(Overlap::Skip), run.clone(), epoch, due),
+        (Some(Overlap::Skip), started(run.clone()), due - 100, due),
+        (Some(Overlap::Allow), started(run.clone()), epoch, due),
+        (
+            Some(Overlap::CancelPrevious),
+            started(run.clone()),
+            epoch,
+            due,
+        ),
+        (None, started(run.clone()), epoch, due),
+    ];
+    for (i, (policy, r, epoch_start, want)) in cases.into_iter().enumerate() {
+        job.spec.ext.overlap = policy;
+        assert_eq!(plan::first_send_at(&job, &r, epoch_start), want, "case {i}");
+    }
+}

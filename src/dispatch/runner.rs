@@ -375,7 +375,12 @@ impl<D: Deliver> Dispatcher<D> {
             }
         };
         for run in runs {
-            self.enqueue_run(run);
+            let at = match (job_id, self.view.get_job(&run.job_id)) {
+                // At the epoch's start: a run a previous epoch may still have out.
+                (None, Ok(Some(job))) => plan::first_send_at(&job, &run, self.now_ms()),
+                _ => run.next_attempt_at_ms.unwrap_or(run.scheduled_at_ms),
+            };
+            self.enqueue_run_at(run, at);
         }
     }
 
@@ -464,10 +469,15 @@ impl<D: Deliver> Dispatcher<D> {
     /// the recorded ones (an attempt a former leader made but did not record is repeated under
     /// the same number).
     fn enqueue_run(&mut self, run: Run) {
+        let at = run.next_attempt_at_ms.unwrap_or(run.scheduled_at_ms);
+        self.enqueue_run_at(run, at);
+    }
+
+    /// `enqueue_run`, at `at`.
+    fn enqueue_run_at(&mut self, run: Run, at: i64) {
         if !run.status.is_open() {
             return;
         }
-        let at = run.next_attempt_at_ms.unwrap_or(run.scheduled_at_ms);
         self.enqueue(
             at,
             Pending {
