@@ -301,15 +301,11 @@ async fn forward_write<M: Machine>(
     Json(cmd): Json<M::Command>,
 ) -> Response {
     count_forwarded(1);
-    let takes_batches = [(BATCHES_HEADER, "1")];
-    if let Err(refused) = M::check_forwarded(&cmd) {
-        tracing::warn!(?refused, "refused a forwarded command");
-        let answer: Result<M::Output, ForwardError> = Ok(refused);
-        return (takes_batches, Json(answer)).into_response();
-    }
-    let answer: Result<M::Output, ForwardError> =
-        s.replica.propose_local(cmd, FORWARDED_DEADLINE).await;
-    (takes_batches, Json(answer)).into_response()
+    let answer = s
+        .replica
+        .propose_forwarded_one(cmd, FORWARDED_DEADLINE)
+        .await;
+    ([(BATCHES_HEADER, "1")], Json(answer)).into_response()
 }
 
 /// Counts a request of forwarded writes and the writes it carried (their ratio is the batching).

@@ -296,6 +296,13 @@ const BATCH_BYTES_MAX: usize = 64 << 10;
 /// batches time out forever, and the followers, hearing nothing, elected new leaders.)
 const RAFT_PAYLOAD_ENTRIES_MAX: u64 = 16;
 
+/// The answer to the one command of a `propose_local_all` or `propose_forwarded`.
+fn only_answer<O>(mut answers: Vec<Result<O, ForwardError>>) -> Result<O, ForwardError> {
+    answers
+        .pop()
+        .unwrap_or_else(|| Err(ForwardError::Fatal("no answer to a write".into())))
+}
+
 /// How long after sending an AppendEntries that a quorum accepted the dispatcher may still act:
 /// a heartbeat interval before the shortest election timeout, the earliest a follower that
 /// accepted it could start an election.
@@ -736,10 +743,7 @@ impl<M: Machine> Replica<M> {
         cmd: M::Command,
         within: Duration,
     ) -> Result<M::Output, ForwardError> {
-        let mut answers = self.propose_local_all(vec![cmd], within).await;
-        answers
-            .pop()
-            .unwrap_or_else(|| Err(ForwardError::Fatal("no answer to a write".into())))
+        only_answer(self.propose_local_all(vec![cmd], within).await)
     }
 
     /// `propose_local` for several commands at once: all are queued for the proposer (so they
@@ -822,6 +826,15 @@ impl<M: Machine> Replica<M> {
                     .unwrap_or_else(|| Err(ForwardError::Fatal("no answer to a write".into()))),
             })
             .collect()
+    }
+
+    /// `propose_forwarded` for the one write of a single forwarded request.
+    pub(crate) async fn propose_forwarded_one(
+        &self,
+        cmd: M::Command,
+        within: Duration,
+    ) -> Result<M::Output, ForwardError> {
+        only_answer(self.propose_forwarded(vec![cmd], within).await)
     }
 
     /// Leader side of the API: one command, possibly a batch, through `client_write`.

@@ -375,12 +375,14 @@ impl<D: Deliver> Dispatcher<D> {
             }
         };
         for run in runs {
-            let at = match (job_id, self.view.get_job(&run.job_id)) {
+            match (job_id, self.view.get_job(&run.job_id)) {
                 // At the epoch's start: a run a previous epoch may still have out.
-                (None, Ok(Some(job))) => plan::first_send_at(&job, &run, self.now_ms()),
-                _ => run.next_attempt_at_ms.unwrap_or(run.scheduled_at_ms),
-            };
-            self.enqueue_run_at(run, at);
+                (None, Ok(Some(job))) => {
+                    let at = plan::first_send_at(&job, &run, self.now_ms());
+                    self.enqueue_run_at(run, at);
+                }
+                _ => self.enqueue_run(run),
+            }
         }
     }
 

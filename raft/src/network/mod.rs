@@ -35,8 +35,8 @@ pub(crate) const PATH_APPEND: &str = "/raft/append";
 pub(crate) const PATH_VOTE: &str = "/raft/vote";
 pub(crate) const PATH_SNAPSHOT: &str = "/raft/snapshot";
 pub(crate) const PATH_FORWARD_WRITE: &str = "/forward/write";
-/// Several forwarded writes in one request (`forward.rs`); a leader of the previous release
-/// answers `404`, and is then sent each write on its own (`PATH_FORWARD_WRITE`).
+/// Several forwarded writes in one request (`forward.rs`), sent only to a leader that said it
+/// takes them (`BATCHES_HEADER`); one of the previous release answers `404`.
 pub(crate) const PATH_FORWARD_WRITES: &str = "/forward/writes";
 pub(crate) const PATH_FORWARD_READ_INDEX: &str = "/forward/read-index";
 pub(crate) const PATH_MEMBERS_ADD: &str = "/forward/members/add";
