@@ -98,6 +98,10 @@ pub trait Machine: Send + Sync + 'static {
     fn approx_bytes(cmd: &Self::Command) -> usize;
     /// Whether `cmd` may be refused while the leader's write backlog is over its bound.
     fn sheddable(cmd: &Self::Command) -> bool;
+    /// Whether `cmd` may be proposed again when the fate of its first proposal is unknown (a
+    /// leader took it, then went away or did not commit it in time): applied twice it leaves
+    /// the state as applied once, and the second apply answers as the first did.
+    fn repeatable(cmd: &Self::Command) -> bool;
     /// Checks a command another node forwarded to this one (`/forward/write`) before it is
     /// proposed, with the same rules the embedding crate applies to its own clients: nothing a
     /// peer sends may reach the log unchecked. `Err` is the output the forwarding node gets
@@ -412,6 +416,10 @@ pub mod kv {
             }
         }
         fn sheddable(_: &Cmd) -> bool {
+            false
+        }
+        fn repeatable(_: &Cmd) -> bool {
+            // A put answers with its log index, which a repeat would not match.
             false
         }
         fn check_forwarded(_: &Cmd) -> Result<(), Out> {

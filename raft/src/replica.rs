@@ -194,7 +194,7 @@ pub enum StartError {
 }
 
 /// Why a write or a linearizable read could not be served.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ReplicaError {
     /// No leader could be reached before the deadline; nothing was written.
     #[error("no leader reachable: {0}")]
@@ -209,6 +209,55 @@ pub enum ReplicaError {
     /// The leader's write backlog is over its bound; nothing was written.
     #[error("{0}")]
     Overloaded(String),
+}
+
+/// Why one attempt of `Replica::propose` got no result: the request failed on its way
+/// (`Failed`), or the leader answered with an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Miss {
+    Failed(Failed),
+    Refused(ForwardError),
+}
+
+/// What `Replica::propose` does after a `Miss`.
+#[derive(Debug, PartialEq, Eq)]
+enum Then {
+    /// Try again at once: nothing was proposed.
+    Again,
+    /// Try again after a pause while the deadline allows; when it does not, answer the error
+    /// given, or that no leader answered in time.
+    Pause(Option<ReplicaError>),
+    /// Answer the client.
+    Answer(ReplicaError),
+}
+
+impl Miss {
+    /// Decides, given whether the command may be proposed again when its fate is unknown
+    /// (`Machine::repeatable`). Pure. A write the leader may or may not have taken is tried
+    /// again only when repeatable: then the doubt (a leader stopping with the write in flight,
+    /// say) resolves into the write's own answer instead of reaching the client as a `503`.
+    fn then(self, repeatable: bool) -> Then {
+        match self {
+            // The leader proposed nothing and takes writes one by one (from now on).
+            Miss::Failed(Failed::Singly) => Then::Again,
+            // Nothing reached a leader: safe to try again once leadership has moved.
+            Miss::Failed(Failed::NothingSent(_))
+            | Miss::Refused(ForwardError::NotLeader { .. }) => Then::Pause(None),
+            // Nothing was proposed; the client may try again later.
+            Miss::Failed(Failed::Busy(e)) | Miss::Refused(ForwardError::Overloaded(e)) => {
+                Then::Answer(ReplicaError::Overloaded(e))
+            }
+            Miss::Failed(Failed::Unconfirmed(e)) | Miss::Refused(ForwardError::Unconfirmed(e)) => {
+                let doubt = ReplicaError::Unconfirmed(e);
+                if repeatable {
+                    Then::Pause(Some(doubt))
+                } else {
+                    Then::Answer(doubt)
+                }
+            }
+            Miss::Refused(ForwardError::Fatal(e)) => Then::Answer(ReplicaError::Fatal(e)),
+        }
+    }
 }
 
 /// One node of the replicated core, replicating machine `M`.
@@ -648,7 +697,9 @@ impl<M: Machine> Replica<M> {
             let (leader, addr) = self.leader_within(deadline).await?;
             let remaining = deadline.saturating_duration_since(Instant::now());
             let outcome = if leader == self.id {
-                self.propose_local(cmd.clone(), remaining).await
+                self.propose_local(cmd.clone(), remaining)
+                    .await
+                    .map_err(Miss::Refused)
             } else {
                 let dest = (leader, addr);
                 let forwarded = if self.forwarder.batches_to(&dest) {
@@ -666,26 +717,26 @@ impl<M: Machine> Replica<M> {
                     }
                 };
                 match forwarded {
-                    Ok(outcome) => outcome,
-                    // The leader proposed nothing and takes writes one by one (from now on).
-                    Err(Failed::Singly) => continue,
-                    Err(Failed::NothingSent(e)) => {
-                        // The request never reached the leader: safe to try again.
-                        tracing::debug!(error = %e, "leader unreachable, retrying");
-                        self.pause_until(deadline).await?;
-                        continue;
-                    }
-                    // Nothing was sent; the client may try again later.
-                    Err(Failed::Busy(e)) => return Err(ReplicaError::Overloaded(e)),
-                    Err(Failed::Unconfirmed(e)) => return Err(ReplicaError::Unconfirmed(e)),
+                    Ok(outcome) => outcome.map_err(Miss::Refused),
+                    Err(failed) => Err(Miss::Failed(failed)),
                 }
             };
-            match outcome {
+            let miss = match outcome {
                 Ok(result) => return Ok(result),
-                Err(ForwardError::NotLeader { .. }) => self.pause_until(deadline).await?,
-                Err(ForwardError::Unconfirmed(m)) => return Err(ReplicaError::Unconfirmed(m)),
-                Err(ForwardError::Fatal(m)) => return Err(ReplicaError::Fatal(m)),
-                Err(ForwardError::Overloaded(m)) => return Err(ReplicaError::Overloaded(m)),
+                Err(miss) => miss,
+            };
+            tracing::debug!(?miss, "a write got no result from the leader");
+            match miss.then(M::repeatable(&cmd)) {
+                Then::Again => {}
+                Then::Pause(or) => {
+                    if let Some(doubt) = &or {
+                        tracing::info!(%doubt, "proposing a repeatable write of unknown fate again");
+                    }
+                    if let Err(late) = self.pause_until(deadline).await {
+                        return Err(or.unwrap_or(late));
+                    }
+                }
+                Then::Answer(e) => return Err(e),
             }
         }
     }
@@ -1424,9 +1475,54 @@ impl Drop for Taken<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::{election_timeouts, in_flight_per_group, Drain, RaftTiming, ReadFloor};
+    use super::{
+        election_timeouts, in_flight_per_group, Drain, Failed, ForwardError, Miss, RaftTiming,
+        ReadFloor, ReplicaError, Then,
+    };
     use crate::typ::LogId;
     use openraft::CommittedLeaderId;
+
+    /// A write whose fate is unknown is tried again only when it may be (`Machine::repeatable`);
+    /// a write nothing reached is tried again always; a refusal goes to the client.
+    #[test]
+    fn a_write_is_tried_again_when_nothing_was_taken_or_it_may_be_repeated() {
+        let e = || "e".to_owned();
+        let unconfirmed = || ReplicaError::Unconfirmed(e());
+        let not_leader = ForwardError::NotLeader {
+            leader_id: None,
+            leader_addr: None,
+        };
+        for repeatable in [false, true] {
+            let doubt = || {
+                if repeatable {
+                    Then::Pause(Some(unconfirmed()))
+                } else {
+                    Then::Answer(unconfirmed())
+                }
+            };
+            for (miss, then) in [
+                (Miss::Failed(Failed::Singly), Then::Again),
+                (Miss::Failed(Failed::NothingSent(e())), Then::Pause(None)),
+                (Miss::Refused(not_leader.clone()), Then::Pause(None)),
+                (
+                    Miss::Failed(Failed::Busy(e())),
+                    Then::Answer(ReplicaError::Overloaded(e())),
+                ),
+                (
+                    Miss::Refused(ForwardError::Overloaded(e())),
+                    Then::Answer(ReplicaError::Overloaded(e())),
+                ),
+                (Miss::Failed(Failed::Unconfirmed(e())), doubt()),
+                (Miss::Refused(ForwardError::Unconfirmed(e())), doubt()),
+                (
+                    Miss::Refused(ForwardError::Fatal(e())),
+                    Then::Answer(ReplicaError::Fatal(e())),
+                ),
+            ] {
+                assert_eq!(miss.clone().then(repeatable), then, "{miss:?} {repeatable}");
+            }
+        }
+    }
 
     #[test]
     fn a_node_s_rounds_in_flight_are_split_between_its_groups() {

@@ -1028,6 +1028,23 @@ impl Command {
         }
     }
 
+    /// Whether this command may be proposed again when the fate of its first proposal is
+    /// unknown (the leader took it, then went away or timed out): applied twice, it leaves the
+    /// state as applied once and answers as the first apply did. A create or replace finds
+    /// its own job (`state::is_own_create`); a request under an `Idempotency-Key` gets what
+    /// the first got. Not a conditional or a delete: their repeat answers otherwise.
+    pub fn repeatable(&self) -> bool {
+        matches!(
+            self,
+            Command::CreateJob { .. }
+                | Command::PutJob { .. }
+                | Command::CreateJob3 { .. }
+                | Command::PutJob3 { .. }
+                | Command::Idempotent { .. }
+                | Command::Remember { .. }
+        )
+    }
+
     /// Whether a leader over its write backlog refuses this command (`429`) rather than queue
     /// it: client writes that add work. Deletes and pauses shed load and always go through, as
     /// do the dispatcher's claims and records and the nodes' own bookkeeping.

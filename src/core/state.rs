@@ -281,7 +281,7 @@ fn create_job<T: Tables>(
     };
     if let Some(existing) = existing {
         return Ok(if existing.spec == spec {
-            unchanged(existing)
+            same_job(existing, now_ms)
         } else {
             CommandResult::Conflict { existing }
         });
@@ -320,7 +320,7 @@ fn replace_job<T: Tables>(
     touched.jobs.push(id.to_owned());
     let old = match existing {
         None => return insert_job(t, id, spec, seq, now_ms),
-        Some(existing) if existing.spec == spec => return Ok(unchanged(existing)),
+        Some(existing) if existing.spec == spec => return Ok(same_job(existing, now_ms)),
         Some(job) => job,
     };
     let mut job = old.clone();
@@ -684,6 +684,20 @@ fn changed(job: Job, created: bool) -> CommandResult {
         job,
         created,
         changed: true,
+    }
+}
+
+/// A create or replace at `now_ms` that found `job` with the same spec. When `job` is what a
+/// create at `now_ms` made, untouched since, this is that very command applied again (a write
+/// whose fate was unknown, proposed again: `Command::repeatable`), and it answers as the first
+/// apply did: created. Another client creating the same job in the same millisecond is told
+/// the same, which is as true for it.
+fn same_job(job: Job, now_ms: UnixMs) -> CommandResult {
+    let created = job.version == 1 && job.created_at_ms == now_ms;
+    CommandResult::Job {
+        job,
+        created,
+        changed: false,
     }
 }
 

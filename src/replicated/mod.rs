@@ -206,6 +206,10 @@ impl Machine for Hookd {
         cmd.sheddable()
     }
 
+    fn repeatable(cmd: &Command) -> bool {
+        cmd.repeatable()
+    }
+
     fn record_node(node_id: NodeId, api_addr: String) -> Command {
         Command::SetNodeInfo { node_id, api_addr }
     }

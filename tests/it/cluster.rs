@@ -1,6 +1,8 @@
 //! Three-node clusters: formation, replication, failover, crash recovery, minority behaviour.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
@@ -135,8 +137,66 @@ async fn job_ids(c: &TestCluster, i: usize, stale: bool) -> Option<BTreeSet<Stri
     }
 }
 
+/// Writers creating jobs through one node, each one create at a time, until stopped (or 2,000
+/// creates each): every create's id and answer (`0` when no answer came).
+struct CreatesInFlight {
+    stop: Arc<AtomicBool>,
+    answered: Arc<AtomicUsize>,
+    writers: Vec<tokio::task::JoinHandle<Vec<(String, u16)>>>,
+}
+
+impl CreatesInFlight {
+    const WRITERS: usize = 8;
+
+    fn start(c: &TestCluster, via: usize) -> CreatesInFlight {
+        let (stop, answered) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicUsize::new(0)),
+        );
+        let url = c.url(via, "/v1/jobs");
+        let writers = (0..Self::WRITERS)
+            .map(|w| {
+                let (http, url) = (c.http.clone(), url.clone());
+                let (stop, answered) = (stop.clone(), answered.clone());
+                tokio::spawn(async move {
+                    let mut got = Vec::new();
+                    for k in 0..2000 {
+                        if stop.load(Ordering::Acquire) {
+                            break;
+                        }
+                        let id = format!("inflight-{w}-{k}");
+                        let sent = http.post(&url).json(&job(&id)).send().await;
+                        got.push((id, sent.map_or(0, |r| r.status().as_u16())));
+                        answered.fetch_add(1, Ordering::AcqRel);
+                    }
+                    got
+                })
+            })
+            .collect();
+        CreatesInFlight {
+            stop,
+            answered,
+            writers,
+        }
+    }
+
+    fn answered(&self) -> usize {
+        self.answered.load(Ordering::Acquire)
+    }
+
+    async fn stop(self) -> Vec<(String, u16)> {
+        self.stop.store(true, Ordering::Release);
+        let mut all = Vec::new();
+        for w in self.writers {
+            all.extend(w.await.expect("a writer panicked"));
+        }
+        all
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn leader_sigkill_elects_a_new_leader_loses_nothing_and_the_node_catches_up() {
+async fn leader_sigkill_elects_a_new_leader_loses_nothing_refuses_no_create_and_the_node_catches_up(
+) {
     let mut c = TestCluster::start(3);
     let leader = c.wait_leader(&[0, 1, 2], ELECTION_WITHIN).await;
     let before = create_jobs(&c, others(leader)[0], "before", 20).await;
@@ -146,11 +206,32 @@ async fn leader_sigkill_elects_a_new_leader_loses_nothing_and_the_node_catches_u
         "all creates succeed with a healthy cluster"
     );
 
+    // Creates keep going through a follower while the leader dies.
+    let inflight = CreatesInFlight::start(&c, others(leader)[0]);
+    eventually(Duration::from_secs(10), "creates under way", || async {
+        (inflight.answered() >= 40).then_some(())
+    })
+    .await;
     c.kill(leader);
     let killed_at = Instant::now();
     let survivors = others(leader);
     let new_leader = c.wait_leader(&survivors, ELECTION_WITHIN).await;
     assert_ne!(new_leader, leader);
+    // A create whose forward was in flight to the dying leader is proposed again to the next
+    // (`Command::repeatable`): each gets its own answer, 201, none a 503.
+    let answered = inflight.answered();
+    eventually(
+        Duration::from_secs(10),
+        "creates after the election",
+        || async { (inflight.answered() >= answered + 40).then_some(()) },
+    )
+    .await;
+    let inflight = inflight.stop().await;
+    let refused: Vec<_> = inflight.iter().filter(|(_, s)| *s != 201).collect();
+    assert!(
+        refused.is_empty(),
+        "creates refused around a leader's death: {refused:?}"
+    );
 
     // Writes continue on the survivors.
     let (status, body) = eventually(
@@ -173,7 +254,11 @@ async fn leader_sigkill_elects_a_new_leader_loses_nothing_and_the_node_catches_u
 
     for &i in &survivors {
         let ids = job_ids(&c, i, false).await.expect("list on a survivor");
-        for id in before.iter().chain(&during) {
+        for id in before
+            .iter()
+            .chain(&during)
+            .chain(inflight.iter().map(|(id, _)| id))
+        {
             assert!(ids.contains(id), "node {i} lost acknowledged job {id}");
         }
         assert!(ids.contains("after-kill"));
@@ -184,6 +269,7 @@ async fn leader_sigkill_elects_a_new_leader_loses_nothing_and_the_node_catches_u
     let expected: BTreeSet<String> = before
         .iter()
         .chain(&during)
+        .chain(inflight.iter().map(|(id, _)| id))
         .cloned()
         .chain(["after-kill".to_string()])
         .collect();

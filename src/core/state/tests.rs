@@ -111,6 +111,53 @@ fn create_is_idempotent_for_equal_specs_and_conflicts_otherwise() {
     }
 }
 
+/// A create or replace proposed again because its first proposal's fate was unknown
+/// (`Command::repeatable`) answers as the first apply did: created, once the job is what that
+/// very command made. Touched since, or made by another command, it is an ordinary retry.
+#[test]
+fn a_repeated_create_or_put_answers_as_its_first_apply_did() {
+    let job_cmd = |put: bool, url: &str, now_ms| {
+        let (id, spec) = ("a".to_owned(), spec(url));
+        if put {
+            Command::PutJob { id, spec, now_ms }
+        } else {
+            Command::CreateJob { id, spec, now_ms }
+        }
+    };
+    let created = |r: CommandResult| match r {
+        CommandResult::Job { created, .. } => created,
+        other => panic!("unexpected {other:?}"),
+    };
+    for first_put in [false, true] {
+        for again_put in [false, true] {
+            let t = MemTables::default();
+            let first = job_cmd(first_put, "http://x/", 10);
+            assert!(first.repeatable() && job_cmd(again_put, "u", 1).repeatable());
+            assert!(created(apply(&t, 1, first.clone())));
+            assert!(
+                created(apply(&t, 2, first.clone())),
+                "the same command again"
+            );
+            let later = job_cmd(again_put, "http://x/", 11);
+            assert!(!created(apply(&t, 3, later)), "another command: a retry");
+            // Touched since: no longer what the first apply made.
+            let pause = |paused| Command::SetPaused {
+                id: "a".into(),
+                paused,
+                now_ms: 12,
+            };
+            apply(&t, 4, pause(true));
+            apply(&t, 5, pause(false));
+            assert!(!created(apply(&t, 6, first)));
+        }
+    }
+    let delete = Command::DeleteJob {
+        id: "a".into(),
+        now_ms: 1,
+    };
+    assert!(!delete.repeatable(), "a second delete answers 404");
+}
+
 #[test]
 fn secret_headers_sent_masked_keep_the_stored_value_and_never_show_in_debug() {
     let t = MemTables::default();
