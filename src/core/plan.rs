@@ -306,6 +306,15 @@ pub fn claim_horizon(
     (horizon.ceil() as i64).clamp(base_ms, max_ms.max(base_ms))
 }
 
+/// The latest due instant a claim takes now, or none while the first unclaimed run (due at
+/// `first_due_ms`) is not yet within `horizon_ms`: a claim waits for a run to come within the
+/// horizon, then takes along every run due up to `gather_ms` further. So claims go out in
+/// batches about `gather_ms` apart, not one per run entering the horizon.
+pub fn claim_until(first_due_ms: i64, now_ms: i64, horizon_ms: i64, gather_ms: i64) -> Option<i64> {
+    let reach = now_ms.saturating_add(horizon_ms);
+    (first_due_ms <= reach).then(|| reach.saturating_add(gather_ms))
+}
+
 /// Whether the first attempt of run `run_id` of job `job_id` (a job with an overlap policy)
 /// waits, given the runs with an attempt in flight from this dispatcher and their jobs, and
 /// which runs the state has `ended`: while another run of the job is in flight from here but
@@ -418,6 +427,25 @@ mod tests {
     use crate::core::command::{JobSpec, MisfireSpec, ScheduleSpec};
 
     use super::*;
+
+    #[test]
+    fn a_claim_waits_for_a_run_within_the_horizon_then_takes_those_just_beyond_it() {
+        // (first due, now, horizon, gather) → latest due claimed
+        for (first, now, horizon, gather, until) in [
+            (1_300, 1_000, 300, 100, Some(1_400)),
+            (1_301, 1_000, 300, 100, None),
+            (500, 1_000, 300, 100, Some(1_400)),
+            (1_300, 1_000, 300, 0, Some(1_300)),
+            (i64::MAX, i64::MAX - 1, 300, 100, Some(i64::MAX)),
+            (i64::MIN, 0, 0, 0, Some(0)),
+        ] {
+            assert_eq!(
+                claim_until(first, now, horizon, gather),
+                until,
+                "{first} {now} {horizon} {gather}"
+            );
+        }
+    }
 
     #[test]
     fn a_run_waits_to_start_while_another_run_of_its_job_is_in_flight_from_here() {

@@ -47,6 +47,10 @@ pub const TEST_PANIC_HEADER: &str = "x-hookd-test-panic";
 const PANICS_PER_RUN_MAX: u32 = 2;
 /// Tries of one record command before leaving its runs to the next leader.
 const RECORD_TRIES: u32 = 3;
+/// How long outcomes are gathered into one record after the first: a record is a Raft round
+/// (an entry, its flushes and applies on every node), and an outcome waiting this long delays
+/// nothing but the run's status.
+const RECORD_GATHER: Duration = Duration::from_millis(20);
 /// Longest sleep of the loop when nothing is scheduled (it also wakes on every event).
 const IDLE_WAKE: Duration = Duration::from_millis(500);
 /// How long a run whose start is held (`plan::hold_start`) waits before it asks again.
@@ -62,6 +66,9 @@ const STARTS_PER_TURN_MAX: usize = 256;
 /// How often the claim horizon is sized again (`plan::claim_horizon`), the furthest it may
 /// reach, and how many due instants of the index one sizing looks at.
 const HORIZON_EVERY: Duration = Duration::from_millis(500);
+/// A claim takes along the runs due up to this much past the horizon (`plan::claim_until`): each
+/// claim is a Raft round (an entry, its flushes and applies on every node).
+const CLAIM_GATHER_MS: i64 = 100;
 const HORIZON_MAX: Duration = Duration::from_secs(60);
 const HORIZON_SCAN_MAX: usize = 1_000_000;
 /// How often the per-target totals go to `/metrics`, and idle targets are forgotten.
@@ -640,10 +647,16 @@ impl<D: Deliver> Dispatcher<D> {
         let horizon = self.horizon(now);
         let mut budget = self.pacer.budget(now);
         while self.claims_in_flight < CLAIMS_IN_FLIGHT_MAX && budget > 0 {
+            let first = self.index.first_due_at();
+            let Some(until) =
+                first.and_then(|d| plan::claim_until(d, now, horizon, CLAIM_GATHER_MS))
+            else {
+                return;
+            };
             let mut items = Vec::new();
             let mut batch_jobs = Vec::new();
             while let Some(due) = self.index.first_due_at() {
-                if due > now.saturating_add(horizon) || items.len() >= CLAIM_ITEMS_MAX.min(budget) {
+                if due > until || items.len() >= CLAIM_ITEMS_MAX.min(budget) {
                     break;
                 }
                 // Out of the due order until claimed and re-indexed, or released.
@@ -1133,14 +1146,17 @@ impl InFlight {
     }
 }
 
-/// Writes outcomes through Raft in batches, in the order they happened.
+/// Writes outcomes through Raft in batches, in the order they happened: each batch takes what
+/// arrives within `RECORD_GATHER` of its first.
 async fn record_loop(replica: Arc<Replica>, mut rx: mpsc::Receiver<AttemptOutcome>) {
     while let Some(first) = rx.recv().await {
+        let until = tokio::time::Instant::now() + RECORD_GATHER;
         let mut outcomes = vec![first];
         while outcomes.len() < RECORD_ITEMS_MAX {
-            match rx.try_recv() {
-                Ok(o) => outcomes.push(o),
-                Err(_) => break,
+            match tokio::time::timeout_at(until, rx.recv()).await {
+                Ok(Some(o)) => outcomes.push(o),
+                // Time is up, or the dispatcher is gone: record what there is.
+                Ok(None) | Err(_) => break,
             }
         }
         // A lost record leaves its runs open until the next epoch re-delivers them, so try a few
