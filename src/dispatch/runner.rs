@@ -50,7 +50,7 @@ const RECORD_TRIES: u32 = 3;
 /// How long outcomes are gathered into one record after the first: a record is a Raft round
 /// (an entry, its flushes and applies on every node), and an outcome waiting this long delays
 /// nothing but the run's status.
-const RECORD_GATHER: Duration = Duration::from_millis(20);
+const RECORD_GATHER: Duration = Duration::from_millis(100);
 /// Longest sleep of the loop when nothing is scheduled (it also wakes on every event).
 const IDLE_WAKE: Duration = Duration::from_millis(500);
 /// How long a run whose start is held (`plan::hold_start`) waits before it asks again.
@@ -144,7 +144,7 @@ struct Dispatcher<D> {
     /// Whether the lease gate was open when attempts were last ready (closures are counted).
     gate_open: bool,
     events_tx: mpsc::Sender<Event>,
-    record_tx: mpsc::Sender<AttemptOutcome>,
+    record_tx: mpsc::Sender<ToRecord>,
     /// What cluster events have told, as last read (`announce`), and since when this node
     /// leads (what a member never heard from is silent since).
     told: ClusterMemory,
@@ -842,6 +842,10 @@ impl<D: Deliver> Dispatcher<D> {
                     },
                     result: AttemptResult::Failed,
                 };
+                let record = ToRecord {
+                    outcome: record,
+                    at_once: true,
+                };
                 if self.record_tx.try_send(record).is_err() {
                     tracing::warn!("the record queue is full; the next leader retries the run");
                 }
@@ -1056,7 +1060,13 @@ impl<D: Deliver> Dispatcher<D> {
                 attempt,
                 result: result.clone(),
             };
-            let _ = record_tx.send(outcome_record).await;
+            let _ = record_tx
+                .send(ToRecord {
+                    outcome: outcome_record,
+                    // Its job's next run asks the state whether this one is still open.
+                    at_once: job.spec.ext.overlap.is_some(),
+                })
+                .await;
             let _ = events_tx
                 .send(Event::Attempted(sent, result, outcome, error))
                 .await;
@@ -1146,15 +1156,27 @@ impl InFlight {
     }
 }
 
+/// An attempt's outcome for `record_loop`; `at_once` when the job's next run may wait for it (a
+/// job with an overlap policy: its runs ask the state what is open, `Command::StartRun`).
+struct ToRecord {
+    outcome: AttemptOutcome,
+    at_once: bool,
+}
+
 /// Writes outcomes through Raft in batches, in the order they happened: each batch takes what
-/// arrives within `RECORD_GATHER` of its first.
-async fn record_loop(replica: Arc<Replica>, mut rx: mpsc::Receiver<AttemptOutcome>) {
+/// arrives within `RECORD_GATHER` of its first, and goes at once with an outcome that is
+/// `at_once`.
+async fn record_loop(replica: Arc<Replica>, mut rx: mpsc::Receiver<ToRecord>) {
     while let Some(first) = rx.recv().await {
         let until = tokio::time::Instant::now() + RECORD_GATHER;
-        let mut outcomes = vec![first];
-        while outcomes.len() < RECORD_ITEMS_MAX {
+        let mut at_once = first.at_once;
+        let mut outcomes = vec![first.outcome];
+        while outcomes.len() < RECORD_ITEMS_MAX && !at_once {
             match tokio::time::timeout_at(until, rx.recv()).await {
-                Ok(Some(o)) => outcomes.push(o),
+                Ok(Some(o)) => {
+                    at_once = o.at_once;
+                    outcomes.push(o.outcome);
+                }
                 // Time is up, or the dispatcher is gone: record what there is.
                 Ok(None) | Err(_) => break,
             }
