@@ -48,8 +48,9 @@ const PANICS_PER_RUN_MAX: u32 = 2;
 /// Tries of one record command before leaving its runs to the next leader.
 const RECORD_TRIES: u32 = 3;
 /// How long outcomes are gathered into one record after the first: a record is a Raft round
-/// (an entry, its flushes and applies on every node), and an outcome waiting this long delays
-/// nothing but the run's status.
+/// (an entry, its flushes and applies on every node). Waiting this long delays only what
+/// follows from the record: the run's status, callbacks and notifications (a job whose next
+/// run waits on it is recorded at once: `ToRecord::at_once`).
 const RECORD_GATHER: Duration = Duration::from_millis(100);
 /// Longest sleep of the loop when nothing is scheduled (it also wakes on every event).
 const IDLE_WAKE: Duration = Duration::from_millis(500);
