@@ -71,7 +71,11 @@ impl Writer {
                         Err(e) => (0, e.to_string()),
                     };
                     got.writes += 1;
-                    if answer.0 == 201 {
+                    // `200`: the job exists as sent (SPEC §2, a safe retry). A leader of the
+                    // previous release answers so when a node of this release sends it again
+                    // a create whose first leader went away; a leader of this release still
+                    // answers `201` (`state::same_job`).
+                    if answer.0 == 201 || answer.0 == 200 {
                         got.acknowledged.push(id);
                     } else {
                         got.refused += 1;

@@ -1031,7 +1031,7 @@ impl Command {
     /// Whether this command may be proposed again when the fate of its first proposal is
     /// unknown (the leader took it, then went away or timed out): applied twice, it leaves the
     /// state as applied once and answers as the first apply did. A create or replace finds
-    /// its own job (`state::is_own_create`); a request under an `Idempotency-Key` gets what
+    /// its own job (`state::same_job`); a request under an `Idempotency-Key` gets what
     /// the first got. Not a conditional or a delete: their repeat answers otherwise.
     pub fn repeatable(&self) -> bool {
         matches!(

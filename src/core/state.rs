@@ -691,7 +691,7 @@ fn changed(job: Job, created: bool) -> CommandResult {
 /// create at `now_ms` made, untouched since, this is that very command applied again (a write
 /// whose fate was unknown, proposed again: `Command::repeatable`), and it answers as the first
 /// apply did: created. Another client creating the same job in the same millisecond is told
-/// the same, which is as true for it.
+/// `created` too; the job is as it asked either way.
 fn same_job(job: Job, now_ms: UnixMs) -> CommandResult {
     let created = job.version == 1 && job.created_at_ms == now_ms;
     CommandResult::Job {
