@@ -674,6 +674,11 @@ impl Run {
     pub fn scheduled_id(incarnation: u64, due_ms: UnixMs) -> String {
         format!("run_{incarnation:x}_{due_ms:x}")
     }
+
+    /// When its next attempt falls due: its retry's instant, or its own.
+    pub fn next_due_ms(&self) -> UnixMs {
+        self.next_attempt_at_ms.unwrap_or(self.scheduled_at_ms)
+    }
 }
 
 /// What a claim asks for one job.

@@ -347,7 +347,7 @@ pub fn hold_start(
 /// smoke: leadership handed over twice within one slow attempt, the second new leader started
 /// the next run while the first one's re-send of the previous run was still open). Pure.
 pub fn first_send_at(job: &Job, run: &Run, epoch_start_ms: i64) -> i64 {
-    let at = run.next_attempt_at_ms.unwrap_or(run.scheduled_at_ms);
+    let at = run.next_due_ms();
     let one_at_a_time = job
         .spec
         .ext

@@ -479,7 +479,7 @@ impl<D: Deliver> Dispatcher<D> {
     /// the recorded ones (an attempt a former leader made but did not record is repeated under
     /// the same number).
     fn enqueue_run(&mut self, run: Run) {
-        let at = run.next_attempt_at_ms.unwrap_or(run.scheduled_at_ms);
+        let at = run.next_due_ms();
         self.enqueue_run_at(run, at);
     }
 

@@ -231,7 +231,7 @@ fn second(ms: i64) -> i64 {
 /// `buffer_one` is started; both were counted when they first fell due.
 pub fn opened_due_ms(run: &Run) -> Option<i64> {
     (run.manual && run.attempts.is_empty() && !run.ext.started && run.status.is_open())
-        .then(|| run.next_attempt_at_ms.unwrap_or(run.scheduled_at_ms))
+        .then(|| run.next_due_ms())
 }
 
 /// The figures of one leadership, shared by the dispatcher's loop, its attempt tasks and the
