@@ -241,6 +241,29 @@ impl<'a> Tx<'a> {
 #[derive(Clone)]
 pub struct AppliedTables {
     pub(crate) trees: std::sync::Arc<Vec<sled::Tree>>,
+    pub(crate) order: Order,
+}
+
+/// Orders reads of a state machine's applied tables with the changes `store/sm.rs` makes to
+/// them: a change holds it exclusively while it writes its keys, and every read (of one key, or
+/// of one row of a range) shares it, so a read sees each applied batch whole or not at all.
+/// One per state machine: no other shard, nor the log, waits on it. Holds `true` once the
+/// store is closed: no change is made after that.
+pub(crate) type Order = std::sync::Arc<std::sync::RwLock<bool>>;
+
+/// A range's rows, each read under the state machine's `Order`.
+struct Ordered<I> {
+    order: Order,
+    rows: I,
+}
+
+impl<I: Iterator> Iterator for Ordered<I> {
+    type Item = I::Item;
+
+    fn next(&mut self) -> Option<I::Item> {
+        let _order = self.order.read().unwrap_or_else(|p| p.into_inner());
+        self.rows.next()
+    }
 }
 
 /// A key and its value.
@@ -254,7 +277,9 @@ impl AppliedTables {
     }
 
     pub fn get(&self, table: usize, key: &[u8]) -> Result<Option<Vec<u8>>, ReadError> {
-        Ok(self.tree(table)?.get(key)?.map(|v| v.to_vec()))
+        let tree = self.tree(table)?;
+        let _order = self.order.read().unwrap_or_else(|p| p.into_inner());
+        Ok(tree.get(key)?.map(|v| v.to_vec()))
     }
 
     /// The rows of `table` with keys in `(from, to)`, in key order or (`reverse`) against it.
@@ -273,10 +298,12 @@ impl AppliedTables {
             item.map(|(k, v)| (k.to_vec(), v.to_vec()))
                 .map_err(ReadError)
         };
+        let order = self.order.clone();
         if reverse {
-            Box::new(rows.rev().map(row))
+            let rows = rows.rev();
+            Box::new(Ordered { order, rows }.map(row))
         } else {
-            Box::new(rows.map(row))
+            Box::new(Ordered { order, rows }.map(row))
         }
     }
 
@@ -303,13 +330,14 @@ impl TableWriter {
         &self.tables
     }
 
-    /// Inserts `rows` into `table` atomically (one batch of one tree).
+    /// Inserts `rows` into `table`, in order (not atomically: `complete` marks what it
+    /// finished only once it has flushed it).
     pub fn insert(&self, table: usize, rows: Vec<Row>) -> Result<(), ReadError> {
-        let mut batch = sled::Batch::default();
+        let tree = self.tables.tree(table)?;
         for (k, v) in rows {
-            batch.insert(k, v);
+            tree.insert(k, v)?;
         }
-        Ok(self.tables.tree(table)?.apply_batch(batch)?)
+        Ok(())
     }
 
     /// Removes every row of `table`.

@@ -1430,7 +1430,7 @@ impl<M: Machine> Replica<M> {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft did not shut down cleanly");
         }
-        if let Err(e) = self.store.flush().await {
+        if let Err(e) = self.store.close().await {
             tracing::warn!(error = %e, "final flush failed");
         }
     }

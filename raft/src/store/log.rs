@@ -136,13 +136,14 @@ impl<M: Machine> LogStore<M> {
         self.disk.flush().await
     }
 
-    /// Removes every entry whose index lies in `range` in one atomic batch.
-    fn remove_range(&self, range: impl RangeBounds<[u8; 8]>) -> Result<(), sled::Error> {
-        let mut batch = sled::Batch::default();
-        for key in self.log.range(range).keys() {
-            batch.remove(key?);
+    /// Removes every entry from `from` on, the last first: sled recovers a prefix of its
+    /// writes, so a crash part way leaves the log whole up to where the removal got (no
+    /// `sled::Batch`, whose process-wide lock is kept off: `sm.rs`, `Change`).
+    fn remove_from(&self, from: u64) -> Result<(), sled::Error> {
+        for key in self.log.range(index_key(from)..).keys().rev() {
+            self.log.remove(key?)?;
         }
-        self.log.apply_batch(batch)
+        Ok(())
     }
 }
 
@@ -280,7 +281,7 @@ impl<M: Machine> RaftLogStorage<Cfg<M>> for LogStore<M> {
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         tracing::debug!(%log_id, "truncate log from here on");
-        self.remove_range(index_key(log_id.index)..)
+        self.remove_from(log_id.index)
             .map_err(|e| StorageIOError::write_logs(&e))?;
         self.flush()
             .await

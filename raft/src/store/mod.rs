@@ -120,7 +120,17 @@ struct MetaRecord {
     /// leader's word tells it it was removed. Older versions ignore the field.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     joined: bool,
+    /// Written while a change to several keys is half made (`Meta::hold`): the (store,
+    /// machine format) versions the record really stands for. Both version fields then say
+    /// `HELD`, which no release reads, so a release that predates this field (and cannot
+    /// finish the change) refuses the data dir; this one finishes the change at open and
+    /// writes the record as it was (`Meta::settle`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    held: Option<(u32, u32)>,
 }
+
+/// The versions a held meta record shows to releases that predate `MetaRecord::held`.
+const HELD: u32 = u32::MAX;
 
 const META_KEY: &[u8] = b"record";
 
@@ -134,15 +144,41 @@ impl MetaRecord {
             node_id,
             removed: None,
             joined: false,
+            held: None,
         }
     }
 
     /// (store version, machine format version) of the data dir.
     fn versions(&self) -> (u32, u32) {
-        (
+        self.held.unwrap_or((
             self.store_version.unwrap_or(self.schema_version),
             self.machine_format.unwrap_or(self.schema_version),
-        )
+        ))
+    }
+
+    /// The record as written while a change is half made (`Meta::hold`).
+    fn held(&self) -> MetaRecord {
+        MetaRecord {
+            schema_version: HELD,
+            store_version: Some(HELD),
+            machine_format: Some(HELD),
+            held: Some(self.versions()),
+            ..self.clone()
+        }
+    }
+
+    /// The record as it stands, held or not.
+    fn settled(&self) -> MetaRecord {
+        match self.held {
+            None => self.clone(),
+            Some((store, machine)) => MetaRecord {
+                schema_version: data_dir_version(store, machine),
+                store_version: Some(store),
+                machine_format: Some(machine),
+                held: None,
+                ..self.clone()
+            },
+        }
     }
 }
 
@@ -153,16 +189,25 @@ impl MetaRecord {
 pub(crate) struct Meta {
     tree: sled::Tree,
     disk: Disk,
-    record: Arc<std::sync::Mutex<MetaRecord>>,
+    state: Arc<std::sync::Mutex<MetaState>>,
+}
+
+/// The record as it stands, and whether it was last written held.
+struct MetaState {
+    record: MetaRecord,
+    held: bool,
 }
 
 impl Meta {
-    /// The record as `tree` holds it.
+    /// The record as `tree` holds it (held or not: `settle` writes it as it stands).
     fn new(tree: sled::Tree, disk: Disk, record: MetaRecord) -> Meta {
         Meta {
             tree,
             disk,
-            record: Arc::new(std::sync::Mutex::new(record)),
+            state: Arc::new(std::sync::Mutex::new(MetaState {
+                held: record.held.is_some(),
+                record: record.settled(),
+            })),
         }
     }
 
@@ -179,25 +224,58 @@ impl Meta {
         self.tree.insert(META_KEY, bytes).map(drop)
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, MetaState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn record(&self) -> MetaRecord {
-        self.record
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.lock().record.clone()
+    }
+
+    /// The machine format the data dir is recorded in.
+    pub(crate) fn machine_format(&self) -> u32 {
+        self.lock().record.versions().1
     }
 
     /// Changes the record with `change` and writes it (the caller flushes); a no-op when
-    /// `change` leaves it as it is.
+    /// `change` leaves it as it is. A held record stays held.
     fn update(&self, change: impl FnOnce(&mut MetaRecord)) -> Result<bool, sled::Error> {
-        let mut current = self.record.lock().unwrap_or_else(|p| p.into_inner());
-        let mut next = current.clone();
+        let mut state = self.lock();
+        let mut next = state.record.clone();
         change(&mut next);
-        if next == *current {
+        if next == state.record {
             return Ok(false);
         }
-        self.put(&next)?;
-        *current = next;
+        self.put(&if state.held {
+            next.held()
+        } else {
+            next.clone()
+        })?;
+        state.record = next;
         Ok(true)
+    }
+
+    /// Writes the record held (`on`) or as it stands, unless it already is so; not flushed:
+    /// sled recovers a prefix of its writes, so a hold written before a change's first key
+    /// and released after its last covers it after any crash.
+    pub(crate) fn hold(&self, on: bool) -> Result<(), sled::Error> {
+        let mut state = self.lock();
+        if state.held != on {
+            let record = &state.record;
+            self.put(&if on { record.held() } else { record.clone() })?;
+            state.held = on;
+        }
+        Ok(())
+    }
+
+    /// Writes a record found held at open as it stands, flushed, once the change it covered
+    /// is finished. Blocking.
+    pub(super) fn settle(&self) -> Result<(), sled::Error> {
+        if self.lock().held {
+            self.hold(false)?;
+            self.disk.flush_blocking()?;
+        }
+        Ok(())
     }
 
     /// Records the machine's records as being in `format` from now on, flushed, unless the
@@ -427,6 +505,16 @@ impl<M: Machine> Store<M> {
     /// Flushes everything to disk (used on shutdown).
     pub async fn flush(&self) -> Result<(), sled::Error> {
         self.disk.flush().await
+    }
+
+    /// Lets the change being applied finish, applies nothing more, and flushes: the last step
+    /// of a stop, once Raft has shut down.
+    pub async fn close(&self) -> Result<(), sled::Error> {
+        let sm = self.sm.clone();
+        tokio::task::spawn_blocking(move || sm.close())
+            .await
+            .map_err(|e| sled::Error::Io(std::io::Error::other(e)))?;
+        self.flush().await
     }
 }
 

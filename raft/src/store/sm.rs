@@ -2,9 +2,9 @@
 //! the API uses.
 //!
 //! The tables of the state machine live in trees of one *generation* (`sm_g{N}_{table}`).
-//! `apply` writes a whole batch of entries in one transaction together with `last_applied` and
+//! `apply` writes a whole batch of entries as one `Change` together with `last_applied` and
 //! leaves the flush to the next append, purge or snapshot (see `apply`). Installing a snapshot
-//! writes generation N+1 from scratch, flushes it, switches `active_gen` in one transaction, and
+//! writes generation N+1 from scratch, flushes it, switches `active_gen` in one `Change`, and
 //! only then drops generation N; a crash at any point leaves either the old or the new state,
 //! never a mix, and leftovers are dropped at the next open.
 //!
@@ -24,14 +24,12 @@ use std::sync::{Arc, Mutex, RwLock};
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
-use sled::transaction::{ConflictableTransactionError, TransactionError};
-use sled::Transactional;
 
 use super::disk::sync_dir;
 use super::snapfile::{self, FileWriter, Frame, Header, Reader, SnapFileError, Writer};
 use super::{Disk, Meta};
 use crate::machine::{
-    AppliedTables, LogPosition, Machine, PreImageSets, PreImages, TableWriter, Tx,
+    AppliedTables, LogPosition, Machine, Order, PreImageSets, PreImages, TableWriter, Tx,
 };
 use crate::typ::{
     Cfg, Entry, LogId, Snapshot, SnapshotFile, SnapshotMeta, StorageError, StorageIOError,
@@ -48,6 +46,8 @@ const SNAP_FILE: &[u8] = b"snapshot_file";
 /// survives restarts (a lower count after a crash only delays the next snapshot a little).
 const APPLIED_BYTES: &[u8] = b"applied_bytes";
 const GEN_PREFIX: &str = "sm_g";
+/// In `sm_meta`, only while a change is being made: the whole change (`Change`).
+const PENDING: &[u8] = b"pending_change";
 
 /// Where schemas 1 and 2 kept the current snapshot (a sled tree with its meta and its whole
 /// body); moved into a file at open.
@@ -107,10 +107,16 @@ fn snapshot_file_name(applied: Option<LogId>) -> String {
 pub(super) struct Generation {
     number: u64,
     tables: Arc<Vec<sled::Tree>>,
+    /// The state machine's, shared by all its generations.
+    order: Order,
 }
 
 impl Generation {
-    fn open<M: Machine>(db: &sled::Db, number: u64) -> Result<Generation, sled::Error> {
+    fn open<M: Machine>(
+        db: &sled::Db,
+        number: u64,
+        order: Order,
+    ) -> Result<Generation, sled::Error> {
         let tables = M::TABLES
             .iter()
             .map(|t| db.open_tree(gen_tree_name(number, t)))
@@ -118,7 +124,16 @@ impl Generation {
         Ok(Generation {
             number,
             tables: Arc::new(tables),
+            order,
         })
+    }
+
+    /// The tables, for reading.
+    fn applied(&self) -> AppliedTables {
+        AppliedTables {
+            trees: self.tables.clone(),
+            order: self.order.clone(),
+        }
     }
 
     fn drop_trees<M: Machine>(&self, db: &sled::Db) -> Result<(), sled::Error> {
@@ -133,12 +148,81 @@ impl Generation {
 fn complete<M: Machine>(disk: &Disk, gen: &Generation) -> std::io::Result<()> {
     let flushing = disk.clone();
     let writer = TableWriter {
-        tables: AppliedTables {
-            trees: gen.tables.clone(),
-        },
+        tables: gen.applied(),
         flush: Box::new(move || flushing.flush_blocking()),
     };
     M::complete(&writer).map_err(std::io::Error::other)
+}
+
+/// A change to several trees of a data dir, made so that after a crash, once `open` has
+/// finished what it found half made, all of it is there or none (`Inner::make_change`).
+///
+/// Not a sled transaction: in sled 0.34 the first transaction (or `Tree::apply_batch`) of a
+/// process makes every later sled operation of the process, on any tree of any database, take
+/// one process-wide lock, which each commit takes exclusively; a node's shards and its readers
+/// then queue on each other (docs/decisions.md, "Apply without sled's transactions").
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct Change<K, V> {
+    /// The generation whose tables `tables` changes.
+    gen: u64,
+    /// Per table, in `Machine::TABLES` order: keys and their new values (`None`: removed).
+    tables: Vec<Vec<(K, Option<V>)>>,
+    /// Keys of `sm_meta` and their new values.
+    meta: Vec<(K, V)>,
+}
+
+impl<K: AsRef<[u8]>, V: AsRef<[u8]>> Change<K, V> {
+    /// Writes every key of the change, one by one, in order.
+    fn write_keys(&self, tables: &[sled::Tree], sm_meta: &sled::Tree) -> Result<(), sled::Error> {
+        for (tree, rows) in tables.iter().zip(&self.tables) {
+            for (key, value) in rows {
+                match value {
+                    Some(value) => tree.insert(key.as_ref(), value.as_ref())?,
+                    None => tree.remove(key.as_ref())?,
+                };
+            }
+        }
+        for (key, value) in &self.meta {
+            sm_meta.insert(key.as_ref(), value.as_ref())?;
+        }
+        Ok(())
+    }
+}
+
+/// Finishes the change a crash left half made in `sm_meta`'s database, if any: writes all of
+/// its keys again (each write sets a key to what the change set it to, so writing one twice
+/// is harmless), then removes its record, flushed. Blocking. Returns whether there was one.
+fn finish_change<M: Machine>(disk: &Disk, sm_meta: &sled::Tree) -> std::io::Result<bool> {
+    let Some(bytes) = sm_meta.get(PENDING)? else {
+        return Ok(false);
+    };
+    let change: Change<Vec<u8>, Vec<u8>> = postcard::from_bytes(&bytes)
+        .map_err(|e| std::io::Error::other(format!("the unfinished change is unreadable: {e}")))?;
+    if change.tables.len() > M::TABLES.len() {
+        return Err(std::io::Error::other(format!(
+            "the unfinished change writes {} tables; this machine has {}",
+            change.tables.len(),
+            M::TABLES.len()
+        )));
+    }
+    let gen = if change.tables.iter().any(|rows| !rows.is_empty()) {
+        Some(Generation::open::<M>(
+            disk.db(),
+            change.gen,
+            Order::default(),
+        )?)
+    } else {
+        None
+    };
+    let tables = gen.as_ref().map_or(&[][..], |g| g.tables.as_slice());
+    change.write_keys(tables, sm_meta)?;
+    sm_meta.remove(PENDING)?;
+    disk.flush_blocking()?;
+    tracing::info!(
+        generation = change.gen,
+        "finished a change to the state that the last run left half made"
+    );
+    Ok(true)
 }
 
 fn gen_tree_name(number: u64, table: &str) -> String {
@@ -166,6 +250,9 @@ struct Inner<M> {
     applied_bytes_known: AtomicBool,
     /// The current snapshot file's length (0: none).
     snapshot_bytes: AtomicU64,
+    /// Held exclusively while a change is made (`make_change`); true once the store is
+    /// closed, after which none is (a stop never leaves one half made).
+    order: Order,
 }
 
 /// The state machine store; cheap to clone.
@@ -204,11 +291,15 @@ impl<M: Machine> StateMachineStore<M> {
     ) -> Result<StateMachineStore<M>, StorageError> {
         let db = disk.db();
         let sm_meta = db.open_tree("sm_meta").map_err(sm_err)?;
+        finish_change::<M>(disk, &sm_meta).map_err(sm_write_err)?;
+        // Only now may a release that cannot finish such a change open the data dir again.
+        meta.settle().map_err(sm_write_err)?;
         let active = match sm_meta.get(ACTIVE_GEN).map_err(sm_err)? {
             Some(bytes) => serde_json::from_slice(&bytes).map_err(sm_err)?,
             None => 0u64,
         };
-        let gen = Generation::open::<M>(db, active).map_err(sm_err)?;
+        let order = Order::default();
+        let gen = Generation::open::<M>(db, active, order.clone()).map_err(sm_err)?;
         complete::<M>(disk, &gen).map_err(sm_write_err)?;
         // Drop generations left behind by an install that crashed before or after its switch.
         let keep: Vec<String> = M::TABLES.iter().map(|t| gen_tree_name(active, t)).collect();
@@ -233,6 +324,7 @@ impl<M: Machine> StateMachineStore<M> {
                 applied_bytes: AtomicU64::new(0),
                 applied_bytes_known: AtomicBool::new(false),
                 snapshot_bytes: AtomicU64::new(0),
+                order,
             }),
         };
         store.inner.adopt_legacy_snapshot().map_err(sm_write_err)?;
@@ -273,13 +365,19 @@ impl<M: Machine> StateMachineStore<M> {
     }
 
     /// Saves the count of bytes applied since the last snapshot, for the next start. Not in each
-    /// apply transaction: that put a second key write on every apply of every node.
+    /// apply's change: that put a second key write on every apply of every node.
     pub fn save_applied_bytes(&self) -> Result<(), sled::Error> {
         if self.inner.applied_bytes_known.load(Ordering::Relaxed) {
             self.inner
                 .save_applied_bytes(self.inner.applied_bytes.load(Ordering::Relaxed))?;
         }
         Ok(())
+    }
+
+    /// Waits for a change being made to finish and makes no more (a stop then never leaves
+    /// one half made, which the previous release could not finish). Blocking.
+    pub(super) fn close(&self) {
+        *self.inner.order.write().unwrap_or_else(|p| p.into_inner()) = true;
     }
 
     pub fn view(&self) -> StateView {
@@ -426,7 +524,9 @@ impl<M: Machine> Inner<M> {
     ) -> Result<(Generation, String), std::io::Error> {
         file.seek(SeekFrom::Start(0))?;
         let mut input = BufReader::with_capacity(1 << 16, file);
-        let next = Generation::open::<M>(self.disk.db(), self.current().number + 1)?;
+        let current = self.current();
+        let next =
+            Generation::open::<M>(self.disk.db(), current.number + 1, current.order.clone())?;
         let name = snapshot_file_name(meta.last_log_id);
         let path = self.snap_dir.join(&name);
         let mut replay = || -> std::io::Result<()> {
@@ -487,7 +587,7 @@ impl<M: Machine> Inner<M> {
         }
     }
 
-    /// Applies `entries`, the last of which is `last`, in one transaction that also records
+    /// Applies `entries`, the last of which is `last`, in one change that also records
     /// `last` as applied; returns a result per entry and what changed.
     #[allow(clippy::type_complexity)]
     fn apply_batch(
@@ -535,32 +635,59 @@ impl<M: Machine> Inner<M> {
             membership.map(|m| (LAST_MEMBERSHIP, json(&m))),
             Some((LAST_APPLIED, json(&last))),
         ];
-        // One write-only transaction over the tables and `sm_meta`: every change of the batch
-        // and `last_applied` become visible, and durable, together or not at all.
-        let mut trees: Vec<&sled::Tree> = vec![&self.sm_meta];
-        trees.extend(gen.tables.iter());
-        trees
-            .as_slice()
-            .transaction(|txs| {
-                let (meta_tx, table_txs) = txs
-                    .split_first()
-                    .ok_or_else(|| ConflictableTransactionError::Abort("no trees"))?;
-                for (tree, changes) in table_txs.iter().zip(&writes) {
-                    for (key, value) in changes {
-                        match value {
-                            Some(value) => tree.insert(key.as_slice(), value.clone())?,
-                            None => tree.remove(key.as_slice())?,
-                        };
-                    }
-                }
-                for (key, value) in meta.iter().flatten() {
-                    meta_tx.insert(*key, value.as_slice())?;
-                }
-                Ok(())
-            })
-            .map_err(|e| failed(&tx_error(e)))?;
+        // One change over the tables and `sm_meta`: every write of the batch and
+        // `last_applied` are there together after a crash, or none of them.
+        let change = Change {
+            gen: gen.number,
+            tables: writes
+                .iter()
+                .map(|rows| {
+                    rows.iter()
+                        .map(|(k, v)| (k.as_slice(), v.as_deref()))
+                        .collect()
+                })
+                .collect(),
+            meta: meta
+                .iter()
+                .flatten()
+                .map(|(k, v)| (*k, v.as_slice()))
+                .collect(),
+        };
+        self.make_change(&change, &gen.tables)
+            .map_err(|e| failed(&e))?;
         self.applied_bytes.fetch_add(bytes, Ordering::Relaxed);
         Ok((out, touched))
+    }
+
+    /// Makes `change` to `tables` (its generation's) and `sm_meta`. Blocking. The whole
+    /// change is written first as one record, then each of its keys, then the record is
+    /// removed; sled recovers a prefix of its writes, so after a crash either none of it is
+    /// there, or the record is and `open` finishes it (`finish_change`), or all of it is.
+    /// While a release that predates this could open the data dir (its format is not raised
+    /// yet), the meta record is held around the change: that release cannot finish one, and
+    /// refuses a data dir where one may be half made. Not flushed: see `apply`.
+    fn make_change(
+        &self,
+        change: &Change<&[u8], &[u8]>,
+        tables: &[sled::Tree],
+    ) -> std::io::Result<()> {
+        let record = postcard::to_allocvec(change).map_err(std::io::Error::other)?;
+        let hold = self.meta.machine_format() <= M::FORMAT_PREVIOUS_RELEASE;
+        // Readers of these tables wait until every key is written (`Order`).
+        let closed = self.order.write().unwrap_or_else(|p| p.into_inner());
+        if *closed {
+            return Err(std::io::Error::other("the state machine is closed"));
+        }
+        if hold {
+            self.meta.hold(true)?;
+        }
+        self.sm_meta.insert(PENDING, record)?;
+        change.write_keys(tables, &self.sm_meta)?;
+        self.sm_meta.remove(PENDING)?;
+        if hold {
+            self.meta.hold(false)?;
+        }
+        Ok(())
     }
 
     /// Raises the data dir's recorded format once `entries` (just applied, up to `last`)
@@ -613,19 +740,13 @@ impl<M: Machine> Inner<M> {
 
     /// The applied tables as they stand now (one generation, pinned).
     fn tables(&self) -> AppliedTables {
-        AppliedTables {
-            trees: self.current().tables.clone(),
-        }
+        self.current().applied()
     }
 
     fn current(&self) -> Arc<Generation> {
         // A poisoned lock only means a panic elsewhere; the pointer itself is always valid.
         self.gen.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
-}
-
-fn tx_error<E: std::fmt::Debug>(e: TransactionError<E>) -> std::io::Error {
-    std::io::Error::other(format!("{e:?}"))
 }
 
 impl<M: Machine> RaftStateMachine<Cfg<M>> for StateMachineStore<M> {
@@ -646,7 +767,7 @@ impl<M: Machine> RaftStateMachine<Cfg<M>> for StateMachineStore<M> {
         let Some(last) = entries.last().map(|e| e.log_id) else {
             return Ok(Vec::new());
         };
-        // In a blocking thread: a batch's transaction can take tens of milliseconds, and on a
+        // In a blocking thread: a batch's writes can take tens of milliseconds, and on a
         // worker of Raft's runtime it held up the heartbeats and AppendEntries queued behind it.
         let inner = self.inner.clone();
         let (results, touched) = tokio::task::spawn_blocking(move || {
@@ -658,7 +779,7 @@ impl<M: Machine> RaftStateMachine<Cfg<M>> for StateMachineStore<M> {
         .map_err(|e| StorageIOError::apply(last, &std::io::Error::other(e)))??;
         // Not flushed: the entries are durable in this node's log already (`append` flushes
         // before it returns, and openraft's core awaits it before it handles the replies that
-        // commit them), the state goes into sled in one transaction with `last_applied`, and
+        // commit them), the state goes into sled in one change with `last_applied`, and
         // sled recovers a prefix of its writes. After a crash openraft re-applies from the
         // durable `last_applied`; a leader restored in its old term reads no earlier than the
         // last entry it had (`ReadFloor` in `replica.rs`). Appends, purges and snapshots flush
@@ -730,21 +851,22 @@ impl<M: Machine> RaftStateMachine<Cfg<M>> for StateMachineStore<M> {
         sync_dir(&self.inner.snap_dir).map_err(write_err)?;
 
         // The switch: the new generation, the applied point and the new snapshot file, in one
-        // transaction, so after a crash the state and the current snapshot always agree.
+        // change, so after a crash the state and the current snapshot always agree.
         let previous = self.inner.current_snapshot_file().map_err(sm_err)?;
         let applied = json(&meta.last_log_id);
         let membership = json(&meta.last_membership);
         let gen_number = json(&next.number);
-        self.inner
-            .sm_meta
-            .transaction(|sm_meta| {
-                sm_meta.insert(ACTIVE_GEN, gen_number.as_slice())?;
-                sm_meta.insert(LAST_APPLIED, applied.as_slice())?;
-                sm_meta.insert(LAST_MEMBERSHIP, membership.as_slice())?;
-                sm_meta.insert(SNAP_FILE, name.as_bytes())?;
-                Ok::<_, ConflictableTransactionError<()>>(())
-            })
-            .map_err(|e| write_err(tx_error(e)))?;
+        let change = Change {
+            gen: next.number,
+            tables: Vec::new(),
+            meta: vec![
+                (ACTIVE_GEN, gen_number.as_slice()),
+                (LAST_APPLIED, applied.as_slice()),
+                (LAST_MEMBERSHIP, membership.as_slice()),
+                (SNAP_FILE, name.as_bytes()),
+            ],
+        };
+        self.inner.make_change(&change, &[]).map_err(write_err)?;
         self.inner
             .disk
             .flush()
@@ -897,21 +1019,200 @@ fn lower_priority() {
 impl StateView {
     /// The applied tables as they stand now (one generation, pinned).
     pub fn tables(&self) -> AppliedTables {
-        AppliedTables {
-            trees: self
-                .gen
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .tables
-                .clone(),
-        }
+        self.gen.read().unwrap_or_else(|p| p.into_inner()).applied()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::machine::kv::Kv;
+    use crate::machine::kv::{Cmd, Kv};
+
+    fn entry(index: u64, cmd: Cmd) -> Entry<Kv> {
+        use openraft::{CommittedLeaderId, LogId};
+        Entry::<Kv> {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(cmd),
+        }
+    }
+
+    fn put(key: &str, value: &str) -> Cmd {
+        Cmd::Put {
+            key: key.into(),
+            value: value.into(),
+        }
+    }
+
+    /// A crash after a change's record and its first key, before the rest (what sled may
+    /// recover, a prefix of the writes): a release that cannot finish the change refuses the
+    /// data dir by its meta record, and this one finishes it at open, then writes the record
+    /// as it was.
+    #[tokio::test]
+    async fn a_change_a_crash_cut_short_is_finished_at_open_and_refused_by_the_previous_release() {
+        use openraft::storage::RaftStateMachine;
+        let dir = tempfile::tempdir().unwrap();
+        let open = || crate::store::Store::open(dir.path(), 1, Arc::new(Kv)).unwrap();
+        {
+            let store = open();
+            let entries = vec![entry(1, put("a", "1")), entry(2, put("c", "3"))];
+            store.state_machine().apply(entries).await.unwrap();
+            store.close().await.unwrap();
+        }
+        let meta_json = |db: &sled::Db| -> serde_json::Value {
+            let bytes = db
+                .open_tree("meta")
+                .unwrap()
+                .get(b"record")
+                .unwrap()
+                .unwrap();
+            serde_json::from_slice(&bytes).unwrap()
+        };
+        let applied = json(&entry(3, put("-", "-")).log_id);
+        let change = Change {
+            gen: 0,
+            tables: vec![vec![
+                (&b"b"[..], Some(&b"2"[..])),
+                (&b"a"[..], None),
+                (&b"c"[..], Some(&b"4"[..])),
+            ]],
+            meta: vec![(LAST_APPLIED, applied.as_slice())],
+        };
+        let before;
+        {
+            // The crash, as sled recovers it: the held record, the change's record, its first key.
+            let db = sled::open(dir.path().join("db")).unwrap();
+            before = meta_json(&db);
+            let record: super::super::MetaRecord = serde_json::from_value(before.clone()).unwrap();
+            let held = serde_json::to_vec(&record.held()).unwrap();
+            db.open_tree("meta")
+                .unwrap()
+                .insert(b"record", held)
+                .unwrap();
+            let sm_meta = db.open_tree("sm_meta").unwrap();
+            sm_meta
+                .insert(PENDING, postcard::to_allocvec(&change).unwrap())
+                .unwrap();
+            db.open_tree(gen_tree_name(0, "kv"))
+                .unwrap()
+                .insert(b"b", b"2")
+                .unwrap();
+            db.flush().unwrap();
+
+            // What a release that predates `held` reads (it ignores the field): versions it
+            // refuses.
+            let mut old = meta_json(&db);
+            old.as_object_mut().unwrap().remove("held");
+            let old: super::super::MetaRecord = serde_json::from_value(old).unwrap();
+            let refused = super::super::readable(
+                old.versions(),
+                1..=super::super::STORE_VERSION,
+                1..=Kv::FORMAT_PREVIOUS_RELEASE,
+            );
+            assert_eq!(refused.map_err(|e| e.0), Err("schema"));
+        }
+        let store = open();
+        let t = store.view().tables();
+        assert_eq!(t.get(0, b"a").unwrap(), None);
+        assert_eq!(t.get(0, b"b").unwrap().as_deref(), Some(&b"2"[..]));
+        assert_eq!(t.get(0, b"c").unwrap().as_deref(), Some(&b"4"[..]));
+        let (last, _) = store.state_machine().applied_state().await.unwrap();
+        assert_eq!(last.map(|l| l.index), Some(3));
+        drop((t, store));
+        let db = sled::open(dir.path().join("db")).unwrap();
+        assert_eq!(db.open_tree("sm_meta").unwrap().get(PENDING).unwrap(), None);
+        assert_eq!(
+            meta_json(&db),
+            before,
+            "the meta record is written as it was"
+        );
+    }
+
+    /// A read sees each applied batch whole: a reader that finds a batch's first key written
+    /// finds its last written too (the keys are written in order, `a` before `b`).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_see_each_applied_batch_whole() {
+        use openraft::storage::RaftStateMachine;
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path(), 1, Arc::new(Kv)).unwrap();
+        let mut sm = store.state_machine();
+        let view = store.view();
+        let done = Arc::new(AtomicBool::new(false));
+        let reader = std::thread::spawn({
+            let done = done.clone();
+            move || {
+                let number = |v: Option<Vec<u8>>| -> u64 {
+                    v.map_or(0, |v| String::from_utf8(v).unwrap().parse().unwrap())
+                };
+                let (mut reads, mut torn) = (0u64, 0u64);
+                while !done.load(Ordering::Relaxed) {
+                    let t = view.tables();
+                    let a = number(t.get(0, b"a").unwrap());
+                    let b = number(t.get(0, b"b").unwrap());
+                    torn += u64::from(b < a);
+                    reads += 1;
+                }
+                (reads, torn)
+            }
+        });
+        for i in 1..=2_000u64 {
+            let v = i.to_string();
+            sm.apply(vec![
+                entry(2 * i - 1, put("a", &v)),
+                entry(2 * i, put("b", &v)),
+            ])
+            .await
+            .unwrap();
+        }
+        done.store(true, Ordering::Relaxed);
+        let (reads, torn) = reader.join().unwrap();
+        assert!(reads > 100, "the reader read {reads} times");
+        assert_eq!(torn, 0, "{torn} of {reads} reads saw a batch half written");
+    }
+
+    /// Applying writes the meta record held around each change only while the previous
+    /// release could open the data dir, and always leaves it as it stands; a closed store
+    /// makes no change.
+    #[tokio::test]
+    async fn a_change_holds_the_meta_record_only_while_the_previous_release_could_open_the_dir() {
+        use openraft::storage::RaftStateMachine;
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path(), 1, Arc::new(Kv)).unwrap();
+        let mut sm = store.state_machine();
+        let mut watch = store.sm.inner.meta.tree.watch_prefix(b"record");
+        let mut records = Vec::new();
+        let mut take = |records: &mut Vec<super::super::MetaRecord>| {
+            while let Ok(sled::Event::Insert { value, .. }) =
+                watch.next_timeout(std::time::Duration::from_millis(100))
+            {
+                records.push(serde_json::from_slice(&value).unwrap());
+            }
+        };
+        sm.apply(vec![entry(1, put("a", "1"))]).await.unwrap();
+        take(&mut records);
+        let held: Vec<bool> = records.iter().map(|r| r.held.is_some()).collect();
+        assert_eq!(
+            held,
+            [true, false],
+            "held around the change, then as it stands"
+        );
+
+        records.clear();
+        sm.apply(vec![entry(2, Kv::record_cluster_format(4))])
+            .await
+            .unwrap();
+        take(&mut records);
+        records.clear();
+        sm.apply(vec![entry(3, put("b", "2"))]).await.unwrap();
+        take(&mut records);
+        assert!(
+            records.is_empty(),
+            "not held once the format is raised: {records:?}"
+        );
+
+        store.close().await.unwrap();
+        assert!(sm.apply(vec![entry(4, put("c", "3"))]).await.is_err());
+        assert_eq!(store.view().tables().get(0, b"c").unwrap(), None);
+    }
 
     #[test]
     fn the_snapshot_builder_thread_runs_at_a_lower_priority_than_the_rest() {

@@ -143,6 +143,7 @@ fn set_versions(data: &std::path::Path, schema_version: u32, split: Option<(u32,
         node_id: 1,
         removed: None,
         joined: false,
+        held: None,
     };
     meta.insert(super::META_KEY, serde_json::to_vec(&rec).unwrap())
         .unwrap();
