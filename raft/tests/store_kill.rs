@@ -121,3 +121,75 @@ async fn acknowledged_writes_survive_sigkill() {
         "the writer made progress"
     );
 }
+
+/// A batch is all or nothing without sled's transactions (`Change` in `store/sm.rs`): the
+/// writer applies batches of 64 keys back to back and is SIGKILLed at random moments, while
+/// sled's flusher has written out whatever it had, often part of a batch. After each kill
+/// every key holds the batch of `last_applied`, and the data dir holds no unfinished change.
+#[tokio::test(flavor = "current_thread")]
+async fn a_batch_cut_short_by_sigkill_is_whole_after_reopen() {
+    const KEYS: u64 = 64;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let seed: u64 = rand::random();
+    eprintln!("seed {seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let (mut finished, mut last) = (0, 0);
+    for round in 0..8 {
+        let mut child = Process::new(env!("CARGO_BIN_EXE_store-writer"))
+            .arg(dir.path())
+            .arg("changes")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn store-writer");
+        let stdout = child.stdout.take().expect("piped stdout");
+        // Past sled's first background flush (every 500 ms), which writes out a batch part way.
+        let until = std::time::Instant::now()
+            + std::time::Duration::from_millis(rng.random_range(600..1_500));
+        let mut lines = BufReader::new(stdout).lines();
+        let mut printed = 0;
+        while std::time::Instant::now() < until {
+            match lines.next() {
+                Some(Ok(_)) => printed += 1,
+                _ => break,
+            }
+        }
+        child.kill().expect("SIGKILL the writer");
+        let _ = child.wait();
+        assert!(printed > 0, "round {round}: the writer made no progress");
+
+        // What the kill left, before anything finishes it.
+        {
+            let db = sled::open(dir.path().join("db")).expect("open sled");
+            let sm_meta = db.open_tree("sm_meta").expect("sm_meta");
+            finished += usize::from(sm_meta.get(b"pending_change").expect("read").is_some());
+        }
+        let store = Store::open(dir.path(), 1, Arc::new(Kv)).expect("reopen after SIGKILL");
+        let (applied, _) = store
+            .state_machine()
+            .applied_state()
+            .await
+            .expect("applied state");
+        let applied = applied.map_or(0, |l| l.index);
+        assert_eq!(
+            applied % KEYS,
+            0,
+            "round {round}: applied {applied} is inside a batch"
+        );
+        let batch = applied / KEYS;
+        assert!(batch >= last, "round {round}: batch {batch} before {last}");
+        let t = store.view().tables();
+        for k in 0..KEYS {
+            let value = t.get(0, format!("k{k:02}").as_bytes()).expect("read");
+            let value = value.map(|v| String::from_utf8(v).expect("utf-8"));
+            assert_eq!(
+                value,
+                (batch > 0).then(|| batch.to_string()),
+                "round {round}: k{k:02} after batch {batch} was applied"
+            );
+        }
+        last = batch;
+        drop((t, store));
+    }
+    eprintln!("{finished} of 8 kills left a change half made");
+    assert!(last > 0, "the writer made progress");
+}

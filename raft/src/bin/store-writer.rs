@@ -2,6 +2,9 @@
 //! every write the store acknowledged as durable, until it is killed. Not part of hookd.
 //!
 //! Usage: `store-writer DATA_DIR` — resumes from whatever the data dir holds.
+//! `store-writer DATA_DIR changes` — only applies, never flushing: batch `n` puts `n` under
+//! each of the keys `k00` to `k{CHANGE_KEYS - 1}`, so a state whose keys differ holds part of
+//! a batch. Prints `change n` after each.
 
 use std::io::Write;
 
@@ -18,6 +21,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .nth(1)
         .ok_or("usage: store-writer DATA_DIR")?;
     let store = Store::open(std::path::Path::new(&dir), 1, Arc::new(Kv))?;
+    if std::env::args().nth(2).as_deref() == Some("changes") {
+        return changes(store).await;
+    }
     let mut log = store.log_store();
     let mut sm = store.state_machine();
     let mut next = log
@@ -47,6 +53,34 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         sm.apply(pending).await?;
         applied = next;
         writeln!(out, "apply {next}")?;
+        out.flush()?;
+        next += 1;
+    }
+}
+
+/// Keys each batch of the `changes` mode writes.
+const CHANGE_KEYS: u64 = 64;
+
+/// The `changes` mode: batches of `CHANGE_KEYS` puts, applied one after another, never flushed
+/// here (sled's own flusher writes them out every half second, wherever a batch stands).
+async fn changes(store: Store<Kv>) -> Result<(), Box<dyn std::error::Error>> {
+    let mut sm = store.state_machine();
+    let (applied, _) = sm.applied_state().await?;
+    let mut next = applied.map_or(0, |l| l.index) / CHANGE_KEYS + 1;
+    let mut out = std::io::stdout().lock();
+    loop {
+        let entries = (0..CHANGE_KEYS).map(|k| Entry {
+            log_id: LogId::new(
+                CommittedLeaderId::new(1, 1),
+                (next - 1) * CHANGE_KEYS + k + 1,
+            ),
+            payload: EntryPayload::Normal(Cmd::Put {
+                key: format!("k{k:02}"),
+                value: next.to_string(),
+            }),
+        });
+        sm.apply(entries.collect::<Vec<_>>()).await?;
+        writeln!(out, "change {next}")?;
         out.flush()?;
         next += 1;
     }
