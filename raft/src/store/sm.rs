@@ -161,7 +161,7 @@ fn complete<M: Machine>(disk: &Disk, gen: &Generation) -> std::io::Result<()> {
 /// process makes every later sled operation of the process, on any tree of any database, take
 /// one process-wide lock, which each commit takes exclusively; a node's shards and its readers
 /// then queue on each other (docs/decisions.md, "Apply without sled's transactions").
-#[derive(Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Serialize, Deserialize)]
 struct Change<K, V> {
     /// The generation whose tables `tables` changes.
     gen: u64,
