@@ -339,6 +339,11 @@ async fn a_node_without_a_majority_answers_503_no_leader_within_5s() {
         .await
         .expect("create");
     assert_eq!(status, 201);
+    // The job's shard may be led by another node, which answers once it has applied the create;
+    // a linearizable read here waits until this node has applied it too, so the stale read at
+    // the end has it in local state.
+    let (status, body) = c.get(leader, "/v1/jobs/seen").await.expect("read");
+    assert_eq!(status, 200, "{body}");
     // Keep the old leader alone: it still believes it leads for a while, which is the hard case.
     for i in others(leader) {
         c.kill(i);
