@@ -145,7 +145,7 @@ struct Dispatcher<D> {
     /// Whether the lease gate was open when attempts were last ready (closures are counted).
     gate_open: bool,
     events_tx: mpsc::Sender<Event>,
-    record_tx: mpsc::Sender<ToRecord>,
+    record_tx: RecordQueue,
     /// What cluster events have told, as last read (`announce`), and since when this node
     /// leads (what a member never heard from is silent since).
     told: ClusterMemory,
@@ -201,7 +201,12 @@ pub async fn run_epoch<D: Deliver>(
     let base_horizon_ms = config.horizon.as_millis() as i64;
     let (events_tx, mut events) = mpsc::channel(capacity);
     let (record_tx, record_rx) = mpsc::channel(capacity);
-    let recorder = tokio::spawn(record_loop(replica.clone(), record_rx));
+    let recording = Recording::default();
+    let recorder = tokio::spawn(record_loop(replica.clone(), record_rx, recording.clone()));
+    let record_tx = RecordQueue {
+        tx: record_tx,
+        recording,
+    };
     let started_ms = config.clock.now_ms();
     let mut d = Dispatcher {
         sched: if planted::is(planted::GLOBAL_QUEUE) {
@@ -591,7 +596,10 @@ impl<D: Deliver> Dispatcher<D> {
         if p.target.is_none() {
             self.doubts.queued(&p.job_id, &p.run_id);
         }
-        if self.attempting.contains(&p.run_id) || self.queued.contains(&p.run_id) {
+        if self.attempting.contains(&p.run_id)
+            || self.queued.contains(&p.run_id)
+            || self.record_tx.recording.contains(&p.run_id)
+        {
             return;
         }
         let key = match &p.target {
@@ -847,7 +855,7 @@ impl<D: Deliver> Dispatcher<D> {
                     outcome: record,
                     at_once: true,
                 };
-                if self.record_tx.try_send(record).is_err() {
+                if !self.record_tx.try_send(record) {
                     tracing::warn!("the record queue is full; the next leader retries the run");
                 }
             }
@@ -1061,7 +1069,7 @@ impl<D: Deliver> Dispatcher<D> {
                 attempt,
                 result: result.clone(),
             };
-            let _ = record_tx
+            record_tx
                 .send(ToRecord {
                     outcome: outcome_record,
                     // Its job's next run asks the state whether this one is still open.
@@ -1164,10 +1172,64 @@ struct ToRecord {
     at_once: bool,
 }
 
+/// Runs whose attempt ended for good while their outcome waits to be recorded (up to
+/// `RECORD_GATHER`, then a Raft round): the state still shows them open, so nothing may queue
+/// them again (a resume, a claim of unknown outcome) until `record_loop` is done with them.
+#[derive(Clone, Default)]
+struct Recording(Arc<std::sync::Mutex<HashSet<String>>>);
+
+impl Recording {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn contains(&self, run_id: &str) -> bool {
+        self.lock().contains(run_id)
+    }
+}
+
+/// The way to `record_loop`: an outcome that ends its run is marked `Recording` before it goes.
+#[derive(Clone)]
+struct RecordQueue {
+    tx: mpsc::Sender<ToRecord>,
+    recording: Recording,
+}
+
+impl RecordQueue {
+    fn mark(&self, r: &ToRecord) {
+        if !matches!(r.outcome.result, AttemptResult::RetryAt(_)) {
+            self.recording.lock().insert(r.outcome.run_id.clone());
+        }
+    }
+
+    async fn send(&self, r: ToRecord) {
+        self.mark(&r);
+        let id = r.outcome.run_id.clone();
+        if self.tx.send(r).await.is_err() {
+            self.recording.lock().remove(&id);
+        }
+    }
+
+    /// False when the queue is full (or gone): nothing was queued.
+    fn try_send(&self, r: ToRecord) -> bool {
+        self.mark(&r);
+        let id = r.outcome.run_id.clone();
+        let sent = self.tx.try_send(r).is_ok();
+        if !sent {
+            self.recording.lock().remove(&id);
+        }
+        sent
+    }
+}
+
 /// Writes outcomes through Raft in batches, in the order they happened: each batch takes what
 /// arrives within `RECORD_GATHER` of its first, and goes at once with an outcome that is
-/// `at_once`.
-async fn record_loop(replica: Arc<Replica>, mut rx: mpsc::Receiver<ToRecord>) {
+/// `at_once`. A batch's runs leave `recording` once it is applied or given up on.
+async fn record_loop(
+    replica: Arc<Replica>,
+    mut rx: mpsc::Receiver<ToRecord>,
+    recording: Recording,
+) {
     while let Some(first) = rx.recv().await {
         let until = tokio::time::Instant::now() + RECORD_GATHER;
         let mut at_once = first.at_once;
@@ -1184,6 +1246,7 @@ async fn record_loop(replica: Arc<Replica>, mut rx: mpsc::Receiver<ToRecord>) {
         }
         // A lost record leaves its runs open until the next epoch re-delivers them, so try a few
         // times; a retried record that had in fact been applied only repeats attempt entries.
+        let ids: Vec<String> = outcomes.iter().map(|o| o.run_id.clone()).collect();
         let cmd = Command::RecordAttempts { outcomes };
         for try_n in 1..=RECORD_TRIES {
             match replica.propose(cmd.clone()).await {
@@ -1206,6 +1269,10 @@ async fn record_loop(replica: Arc<Replica>, mut rx: mpsc::Receiver<ToRecord>) {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
+        }
+        let mut recording = recording.lock();
+        for id in &ids {
+            recording.remove(id);
         }
     }
 }

@@ -720,3 +720,41 @@ async fn an_overloaded_leader_sheds_creates_but_keeps_claiming_recording_pausing
     task.await.expect("supervisor");
     replica.shutdown().await;
 }
+
+/// A run whose attempt ended is not sent again while its outcome waits to be recorded (up to
+/// `RECORD_GATHER`): a resume in that window queues the job's open runs, and the state still
+/// shows this one open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_while_an_outcome_waits_to_be_recorded_does_not_send_the_run_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let replica = leader(dir.path()).await;
+    let target = FakeTarget::default();
+    let stop = CancellationToken::new();
+    let (task, _) = spawn(replica.clone(), target.clone(), config(), stop.clone());
+    create(&replica, "once", due_now("http://t.test/200", 1)).await;
+    eventually("the run was sent", || target.seen_of("once") == 1).await;
+    for paused in [true, false] {
+        let cmd = Command::SetPaused {
+            id: "once".into(),
+            paused,
+            now_ms: now_ms(),
+        };
+        replica.propose(cmd).await.expect("pause or resume");
+        // Let the dispatcher see the pause before the resume (its feed coalesces changes).
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eventually("the run recorded succeeded", || {
+        newest_is(&replica, "once", RunStatus::Succeeded)
+    })
+    .await;
+    // Anything queued by the resume would have gone by now: attempts start at once.
+    let quiet_until = tokio::time::Instant::now() + Duration::from_millis(300);
+    while tokio::time::Instant::now() < quiet_until {
+        assert_eq!(target.seen_of("once"), 1, "sent again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(runs(&replica, "once")[0].attempts.len(), 1);
+    stop.cancel();
+    task.await.expect("supervisor");
+    replica.shutdown().await;
+}
