@@ -10,9 +10,22 @@ use crate::machine::kv::{Cmd, Kv};
 use crate::machine::Machine;
 use crate::typ::{Cfg, StorageError, StorageIOError};
 
-/// Opens the store of node 1 in `dir` with the test machine.
+/// Opens the store of node 1 in `dir` with the test machine. A database this process just
+/// dropped may hold its file lock a moment longer (a job of sled's thread pool still writing
+/// it out), so a lock refused is tried again for up to 5 s.
 fn open(dir: &std::path::Path) -> Result<Store<Kv>, super::OpenError> {
-    Store::open(dir, 1, Arc::new(Kv))
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match Store::open(dir, 1, Arc::new(Kv)) {
+            Err(e)
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            opened => return opened,
+        }
+    }
 }
 
 struct SledBuilder;
