@@ -1186,6 +1186,20 @@ impl Recording {
     fn contains(&self, run_id: &str) -> bool {
         self.lock().contains(run_id)
     }
+
+    /// Marks the run of `r` when its outcome ends it.
+    fn mark(&self, r: &ToRecord) {
+        if !matches!(r.outcome.result, AttemptResult::RetryAt(_)) {
+            self.lock().insert(r.outcome.run_id.clone());
+        }
+    }
+
+    fn unmark<'a>(&self, run_ids: impl IntoIterator<Item = &'a str>) {
+        let mut recording = self.lock();
+        for id in run_ids {
+            recording.remove(id);
+        }
+    }
 }
 
 /// The way to `record_loop`: an outcome that ends its run is marked `Recording` before it goes.
@@ -1196,27 +1210,21 @@ struct RecordQueue {
 }
 
 impl RecordQueue {
-    fn mark(&self, r: &ToRecord) {
-        if !matches!(r.outcome.result, AttemptResult::RetryAt(_)) {
-            self.recording.lock().insert(r.outcome.run_id.clone());
-        }
-    }
-
     async fn send(&self, r: ToRecord) {
-        self.mark(&r);
+        self.recording.mark(&r);
         let id = r.outcome.run_id.clone();
         if self.tx.send(r).await.is_err() {
-            self.recording.lock().remove(&id);
+            self.recording.unmark([id.as_str()]);
         }
     }
 
     /// False when the queue is full (or gone): nothing was queued.
     fn try_send(&self, r: ToRecord) -> bool {
-        self.mark(&r);
+        self.recording.mark(&r);
         let id = r.outcome.run_id.clone();
         let sent = self.tx.try_send(r).is_ok();
         if !sent {
-            self.recording.lock().remove(&id);
+            self.recording.unmark([id.as_str()]);
         }
         sent
     }
@@ -1270,9 +1278,6 @@ async fn record_loop(
                 }
             }
         }
-        let mut recording = recording.lock();
-        for id in &ids {
-            recording.remove(id);
-        }
+        recording.unmark(ids.iter().map(String::as_str));
     }
 }
