@@ -1051,7 +1051,8 @@ mod tests {
     async fn a_change_a_crash_cut_short_is_finished_at_open_and_refused_by_the_previous_release() {
         use openraft::storage::RaftStateMachine;
         let dir = tempfile::tempdir().unwrap();
-        let open = || crate::store::Store::open(dir.path(), 1, Arc::new(Kv)).unwrap();
+        // Reopens after a drop: the tests' `open` waits out sled's file lock.
+        let open = || crate::store::tests::open(dir.path()).unwrap();
         {
             let store = open();
             let entries = vec![entry(1, put("a", "1")), entry(2, put("c", "3"))];

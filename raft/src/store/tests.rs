@@ -13,7 +13,7 @@ use crate::typ::{Cfg, StorageError, StorageIOError};
 /// Opens the store of node 1 in `dir` with the test machine. A database this process just
 /// dropped may hold its file lock a moment longer (a job of sled's thread pool still writing
 /// it out), so a lock refused is tried again for up to 5 s.
-fn open(dir: &std::path::Path) -> Result<Store<Kv>, super::OpenError> {
+pub(super) fn open(dir: &std::path::Path) -> Result<Store<Kv>, super::OpenError> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
         match Store::open(dir, 1, Arc::new(Kv)) {
