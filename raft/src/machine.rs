@@ -241,15 +241,89 @@ impl<'a> Tx<'a> {
 #[derive(Clone)]
 pub struct AppliedTables {
     pub(crate) trees: std::sync::Arc<Vec<sled::Tree>>,
+    /// The generation's number (`Shown::gen`).
+    pub(crate) gen: u64,
     pub(crate) order: Order,
 }
 
 /// Orders reads of a state machine's applied tables with the changes `store/sm.rs` makes to
-/// them: a change holds it exclusively while it writes its keys, and every read (of one key, or
-/// of one row of a range) shares it, so a read sees each applied batch whole or not at all.
-/// One per state machine: no other shard, nor the log, waits on it. Holds `true` once the
-/// store is closed: no change is made after that.
-pub(crate) type Order = std::sync::Arc<std::sync::RwLock<bool>>;
+/// them, so that a reader that has seen any key of a change sees all of it after:
+///
+/// - A change is shown before its first key is written and until its last one is
+///   (`Order::change`). A read of one key (`AppliedTables::get`) takes the key's new value
+///   from the change shown, so it never waits for a change being written. It sees the state
+///   before the change only until the change is shown, and the key in sled once it is no
+///   longer shown, when every key of the change is written.
+/// - The rows of a range are each read under `lock`, which a change holds exclusively while
+///   it writes its keys.
+///
+/// One per state machine: no other shard, nor the log, waits on it.
+#[derive(Clone, Default)]
+pub(crate) struct Order(std::sync::Arc<OrderState>);
+
+#[derive(Default)]
+struct OrderState {
+    /// Held exclusively while a change writes its keys; `true` once the store is closed: no
+    /// change is made after that.
+    lock: std::sync::RwLock<bool>,
+    /// The change being written, if it is shown.
+    shown: std::sync::RwLock<Option<std::sync::Arc<Shown>>>,
+}
+
+/// A change being written, as reads see it: the writes of an applied batch to the tables of
+/// generation `gen`.
+pub(crate) struct Shown {
+    pub(crate) gen: u64,
+    pub(crate) writes: Writes,
+}
+
+impl Order {
+    /// Makes a change with `write`, showing `shown` (what it writes to the tables) to reads
+    /// while it does. Waits for the reads of ranges' rows in progress; refused once closed.
+    pub(crate) fn change<T>(
+        &self,
+        shown: Option<std::sync::Arc<Shown>>,
+        write: impl FnOnce() -> std::io::Result<T>,
+    ) -> std::io::Result<T> {
+        let closed = self.0.lock.write().unwrap_or_else(|p| p.into_inner());
+        if *closed {
+            return Err(std::io::Error::other("the state machine is closed"));
+        }
+        let showing = shown.is_some();
+        if showing {
+            *self.0.shown.write().unwrap_or_else(|p| p.into_inner()) = shown;
+        }
+        let written = write();
+        // Also after a failed write: the store fails with it, and what sled holds is then all
+        // that is left to read.
+        if showing {
+            *self.0.shown.write().unwrap_or_else(|p| p.into_inner()) = None;
+        }
+        drop(closed);
+        written
+    }
+
+    /// Waits for a change being made to finish; no change is made after.
+    pub(crate) fn close(&self) {
+        *self.0.lock.write().unwrap_or_else(|p| p.into_inner()) = true;
+    }
+
+    /// The value the change shown gives `key` of `table` in generation `gen`, if it writes it:
+    /// `Some(None)` for a removal.
+    fn shown(&self, gen: u64, table: usize, key: &[u8]) -> Option<Option<Vec<u8>>> {
+        let shown = self
+            .0
+            .shown
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()?;
+        if shown.gen != gen {
+            return None;
+        }
+        let value = shown.writes.get(table)?.get(key)?;
+        Some(value.as_ref().map(|v| v.to_vec()))
+    }
+}
 
 /// A range's rows, each read under the state machine's `Order`.
 struct Ordered<I> {
@@ -261,7 +335,7 @@ impl<I: Iterator> Iterator for Ordered<I> {
     type Item = I::Item;
 
     fn next(&mut self) -> Option<I::Item> {
-        let _order = self.order.read().unwrap_or_else(|p| p.into_inner());
+        let _order = self.order.0.lock.read().unwrap_or_else(|p| p.into_inner());
         self.rows.next()
     }
 }
@@ -278,7 +352,9 @@ impl AppliedTables {
 
     pub fn get(&self, table: usize, key: &[u8]) -> Result<Option<Vec<u8>>, ReadError> {
         let tree = self.tree(table)?;
-        let _order = self.order.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(value) = self.order.shown(self.gen, table, key) {
+            return Ok(value);
+        }
         Ok(tree.get(key)?.map(|v| v.to_vec()))
     }
 
@@ -513,5 +589,70 @@ pub mod kv {
 
     fn format_of(value: &[u8]) -> Option<u32> {
         std::str::from_utf8(value).ok()?.parse().ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::{AppliedTables, Order, Shown};
+
+    fn value(v: Result<Option<Vec<u8>>, super::ReadError>) -> Option<String> {
+        v.unwrap().map(|v| String::from_utf8(v).unwrap())
+    }
+
+    /// A read of one key never waits for a change being written: it takes the key's new value
+    /// from the change shown (a removal included), and the committed one for a key the change
+    /// does not write or for another generation's tables; once the change is done, sled's.
+    #[test]
+    fn a_read_of_one_key_takes_the_change_being_written_without_waiting_for_it() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let tree = db.open_tree("t").unwrap();
+        for k in ["a", "b", "c"] {
+            tree.insert(k, "1").unwrap();
+        }
+        let order = Order::default();
+        let tables = |gen| AppliedTables {
+            trees: Arc::new(vec![tree.clone()]),
+            gen,
+            order: order.clone(),
+        };
+        let writes = BTreeMap::from([(b"a".to_vec(), Some("2".into())), (b"b".to_vec(), None)]);
+        let shown = Arc::new(Shown {
+            gen: 7,
+            writes: vec![writes],
+        });
+        let (current, older) = (tables(7), tables(6));
+        order
+            .change(Some(shown), || {
+                let (tx, rx) = std::sync::mpsc::channel();
+                let (t, o) = (current.clone(), older.clone());
+                std::thread::spawn(move || {
+                    let read = |t: &AppliedTables, k: &[u8]| value(t.get(0, k));
+                    let _ = tx.send([
+                        read(&t, b"a"),
+                        read(&t, b"b"),
+                        read(&t, b"c"),
+                        read(&o, b"a"),
+                    ]);
+                });
+                let seen = rx
+                    .recv_timeout(Duration::from_secs(10))
+                    .expect("a read waited for the change being written");
+                let one = Some("1".to_owned());
+                assert_eq!(seen, [Some("2".to_owned()), None, one.clone(), one]);
+                Ok(())
+            })
+            .unwrap();
+        // This change wrote nothing to sled: once it is done, reads see what sled holds.
+        assert_eq!(value(current.get(0, b"a")), Some("1".to_owned()));
+        order.close();
+        assert!(
+            order.change(None, || Ok(())).is_err(),
+            "a closed order made a change"
+        );
     }
 }

@@ -29,7 +29,7 @@ use super::disk::sync_dir;
 use super::snapfile::{self, FileWriter, Frame, Header, Reader, SnapFileError, Writer};
 use super::{Disk, Meta};
 use crate::machine::{
-    AppliedTables, LogPosition, Machine, Order, PreImageSets, PreImages, TableWriter, Tx,
+    AppliedTables, LogPosition, Machine, Order, PreImageSets, PreImages, Shown, TableWriter, Tx,
 };
 use crate::typ::{
     Cfg, Entry, LogId, Snapshot, SnapshotFile, SnapshotMeta, StorageError, StorageIOError,
@@ -132,6 +132,7 @@ impl Generation {
     fn applied(&self) -> AppliedTables {
         AppliedTables {
             trees: self.tables.clone(),
+            gen: self.number,
             order: self.order.clone(),
         }
     }
@@ -250,8 +251,8 @@ struct Inner<M> {
     applied_bytes_known: AtomicBool,
     /// The current snapshot file's length (0: none).
     snapshot_bytes: AtomicU64,
-    /// Held exclusively while a change is made (`make_change`); true once the store is
-    /// closed, after which none is (a stop never leaves one half made).
+    /// Orders reads with the change being made (`make_change`); closed at a stop, after which
+    /// no change is made (a stop never leaves one half made).
     order: Order,
 }
 
@@ -377,7 +378,7 @@ impl<M: Machine> StateMachineStore<M> {
     /// Waits for a change being made to finish and makes no more (a stop then never leaves
     /// one half made, which the previous release could not finish). Blocking.
     pub(super) fn close(&self) {
-        *self.inner.order.write().unwrap_or_else(|p| p.into_inner()) = true;
+        self.inner.order.close();
     }
 
     pub fn view(&self) -> StateView {
@@ -630,7 +631,11 @@ impl<M: Machine> Inner<M> {
                 }
             }
         }
-        let writes = tx.into_writes();
+        // Shown to reads while its keys are written (`Order`).
+        let shown = Arc::new(Shown {
+            gen: gen.number,
+            writes: tx.into_writes(),
+        });
         let meta = [
             membership.map(|m| (LAST_MEMBERSHIP, json(&m))),
             Some((LAST_APPLIED, json(&last))),
@@ -639,7 +644,8 @@ impl<M: Machine> Inner<M> {
         // `last_applied` are there together after a crash, or none of them.
         let change = Change {
             gen: gen.number,
-            tables: writes
+            tables: shown
+                .writes
                 .iter()
                 .map(|rows| {
                     rows.iter()
@@ -653,7 +659,7 @@ impl<M: Machine> Inner<M> {
                 .map(|(k, v)| (*k, v.as_slice()))
                 .collect(),
         };
-        self.make_change(&change, &gen.tables)
+        self.make_change(&change, &gen.tables, Some(shown.clone()))
             .map_err(|e| failed(&e))?;
         self.applied_bytes.fetch_add(bytes, Ordering::Relaxed);
         Ok((out, touched))
@@ -665,29 +671,28 @@ impl<M: Machine> Inner<M> {
     /// there, or the record is and `open` finishes it (`finish_change`), or all of it is.
     /// While a release that predates this could open the data dir (its format is not raised
     /// yet), the meta record is held around the change: that release cannot finish one, and
-    /// refuses a data dir where one may be half made. Not flushed: see `apply`.
+    /// refuses a data dir where one may be half made. Not flushed: see `apply`. Reads see
+    /// `shown` (the change's writes to `tables`) meanwhile (`Order`).
     fn make_change(
         &self,
         change: &Change<&[u8], &[u8]>,
         tables: &[sled::Tree],
+        shown: Option<Arc<Shown>>,
     ) -> std::io::Result<()> {
         let record = postcard::to_allocvec(change).map_err(std::io::Error::other)?;
         let hold = self.meta.machine_format() <= M::FORMAT_PREVIOUS_RELEASE;
-        // Readers of these tables wait until every key is written (`Order`).
-        let closed = self.order.write().unwrap_or_else(|p| p.into_inner());
-        if *closed {
-            return Err(std::io::Error::other("the state machine is closed"));
-        }
-        if hold {
-            self.meta.hold(true)?;
-        }
-        self.sm_meta.insert(PENDING, record)?;
-        change.write_keys(tables, &self.sm_meta)?;
-        self.sm_meta.remove(PENDING)?;
-        if hold {
-            self.meta.hold(false)?;
-        }
-        Ok(())
+        self.order.change(shown, || {
+            if hold {
+                self.meta.hold(true)?;
+            }
+            self.sm_meta.insert(PENDING, record)?;
+            change.write_keys(tables, &self.sm_meta)?;
+            self.sm_meta.remove(PENDING)?;
+            if hold {
+                self.meta.hold(false)?;
+            }
+            Ok(())
+        })
     }
 
     /// Raises the data dir's recorded format once `entries` (just applied, up to `last`)
@@ -866,7 +871,9 @@ impl<M: Machine> RaftStateMachine<Cfg<M>> for StateMachineStore<M> {
                 (SNAP_FILE, name.as_bytes()),
             ],
         };
-        self.inner.make_change(&change, &[]).map_err(write_err)?;
+        self.inner
+            .make_change(&change, &[], None)
+            .map_err(write_err)?;
         self.inner
             .disk
             .flush()
