@@ -133,6 +133,12 @@ impl Leadership {
             .collect()
     }
 
+    /// Whether this node is handing its leadership over (`set_aside`): what it still has to
+    /// record should go now, before it goes quiet.
+    pub fn is_aside(&self) -> bool {
+        self.aside.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Follows openraft's metrics until they end (Raft shut down).
     pub async fn watch(self, mut rx: watch::Receiver<RaftMetrics>) {
         loop {
@@ -171,7 +177,7 @@ impl Leadership {
     /// True while this node leads `epoch` and a quorum accepted its requests recently enough
     /// that no other leader can exist.
     pub fn may_act(&self, epoch: LeaderTerm) -> bool {
-        if self.aside.load(std::sync::atomic::Ordering::SeqCst) {
+        if self.is_aside() {
             return false;
         }
         // Called before every attempt: read under the locks, no copies. Lock order: observed,

@@ -306,6 +306,16 @@ pub fn claim_horizon(
     (horizon.ceil() as i64).clamp(base_ms, max_ms.max(base_ms))
 }
 
+/// How long a shard's dispatcher gathers what goes into one Raft round: claims take along the
+/// runs due this much past the horizon (`claim_until`), and outcomes wait this long for others
+/// to be recorded with. Every node applies every shard's rounds, each at a cost of its own
+/// (the entry's flushes, messages and apply on every node), so with more shards each gathers
+/// longer: 100 ms per two shards, from 100 to 300 ms. With six shards the rounds of the whole
+/// cluster stay about twice those of one shard (docs/performance.md, "Rounds per shard").
+pub fn gather_ms(shards: u32) -> i64 {
+    100 * i64::from(shards.div_ceil(2).clamp(1, 3))
+}
+
 /// The latest due instant a claim takes now, or none while the first unclaimed run (due at
 /// `first_due_ms`) is not yet within `horizon_ms`: a claim waits for a run to come within the
 /// horizon, then takes along every run due up to `gather_ms` further. So claims go out in
@@ -427,6 +437,22 @@ mod tests {
     use crate::core::command::{JobSpec, MisfireSpec, ScheduleSpec};
 
     use super::*;
+
+    #[test]
+    fn shards_gather_longer_the_more_there_are_up_to_300_ms() {
+        for (shards, ms) in [
+            (0, 100),
+            (1, 100),
+            (2, 100),
+            (3, 200),
+            (4, 200),
+            (5, 300),
+            (6, 300),
+            (64, 300),
+        ] {
+            assert_eq!(gather_ms(shards), ms, "{shards} shards");
+        }
+    }
 
     #[test]
     fn a_claim_waits_for_a_run_within_the_horizon_then_takes_those_just_beyond_it() {

@@ -47,11 +47,8 @@ pub const TEST_PANIC_HEADER: &str = "x-hookd-test-panic";
 const PANICS_PER_RUN_MAX: u32 = 2;
 /// Tries of one record command before leaving its runs to the next leader.
 const RECORD_TRIES: u32 = 3;
-/// How long outcomes are gathered into one record after the first: a record is a Raft round
-/// (an entry, its flushes and applies on every node). Waiting this long delays only what
-/// follows from the record: the run's status, callbacks and notifications (a job whose next
-/// run waits on it is recorded at once: `ToRecord::at_once`).
-const RECORD_GATHER: Duration = Duration::from_millis(100);
+/// How often outcomes being gathered look whether the leader is handing over.
+const ASIDE_CHECK: Duration = Duration::from_millis(10);
 /// Longest sleep of the loop when nothing is scheduled (it also wakes on every event).
 const IDLE_WAKE: Duration = Duration::from_millis(500);
 /// How long a run whose start is held (`plan::hold_start`) waits before it asks again.
@@ -67,9 +64,6 @@ const STARTS_PER_TURN_MAX: usize = 256;
 /// How often the claim horizon is sized again (`plan::claim_horizon`), the furthest it may
 /// reach, and how many due instants of the index one sizing looks at.
 const HORIZON_EVERY: Duration = Duration::from_millis(500);
-/// A claim takes along the runs due up to this much past the horizon (`plan::claim_until`): each
-/// claim is a Raft round (an entry, its flushes and applies on every node).
-const CLAIM_GATHER_MS: i64 = 100;
 const HORIZON_MAX: Duration = Duration::from_secs(60);
 const HORIZON_SCAN_MAX: usize = 1_000_000;
 /// How often the per-target totals go to `/metrics`, and idle targets are forgotten.
@@ -142,6 +136,8 @@ struct Dispatcher<D> {
     /// The claim horizon in force (ms), and when it was last sized.
     horizon_ms: i64,
     horizon_at: Instant,
+    /// How far past the horizon a claim reaches (`plan::gather_ms`).
+    gather_ms: i64,
     /// Whether the lease gate was open when attempts were last ready (closures are counted).
     gate_open: bool,
     events_tx: mpsc::Sender<Event>,
@@ -202,7 +198,13 @@ pub async fn run_epoch<D: Deliver>(
     let (events_tx, mut events) = mpsc::channel(capacity);
     let (record_tx, record_rx) = mpsc::channel(capacity);
     let recording = Recording::default();
-    let recorder = tokio::spawn(record_loop(replica.clone(), record_rx, recording.clone()));
+    let gather_ms = plan::gather_ms(config.shards);
+    let recorder = tokio::spawn(record_loop(
+        replica.clone(),
+        record_rx,
+        recording.clone(),
+        Duration::from_millis(gather_ms as u64),
+    ));
     let record_tx = RecordQueue {
         tx: record_tx,
         recording,
@@ -232,6 +234,7 @@ pub async fn run_epoch<D: Deliver>(
         held: HashMap::new(),
         pacer: Pacer::new(started_ms),
         horizon_ms: base_horizon_ms,
+        gather_ms,
         horizon_at: Instant::now() - HORIZON_EVERY,
         gate_open: true,
         events_tx,
@@ -658,7 +661,7 @@ impl<D: Deliver> Dispatcher<D> {
         while self.claims_in_flight < CLAIMS_IN_FLIGHT_MAX && budget > 0 {
             let first = self.index.first_due_at();
             let Some(until) =
-                first.and_then(|d| plan::claim_until(d, now, horizon, CLAIM_GATHER_MS))
+                first.and_then(|d| plan::claim_until(d, now, horizon, self.gather_ms))
             else {
                 return;
             };
@@ -1173,7 +1176,7 @@ struct ToRecord {
 }
 
 /// Runs whose attempt ended for good while their outcome waits to be recorded (up to
-/// `RECORD_GATHER`, then a Raft round): the state still shows them open, so nothing may queue
+/// `plan::gather_ms`, then a Raft round): the state still shows them open, so nothing may queue
 /// them again (a resume, a claim of unknown outcome) until `record_loop` is done with them.
 #[derive(Clone, Default)]
 struct Recording(Arc<std::sync::Mutex<HashSet<String>>>);
@@ -1231,23 +1234,31 @@ impl RecordQueue {
 }
 
 /// Writes outcomes through Raft in batches, in the order they happened: each batch takes what
-/// arrives within `RECORD_GATHER` of its first, and goes at once with an outcome that is
-/// `at_once`. A batch's runs leave `recording` once it is applied or given up on.
+/// arrives within `gather` of its first (`plan::gather_ms`), and goes at once with an outcome
+/// that is `at_once`. Waiting delays only what follows from the record: the run's status,
+/// callbacks and notifications (a job whose next run waits on it is recorded at once). A
+/// batch's runs leave `recording` once it is applied or given up on.
 async fn record_loop(
     replica: Arc<Replica>,
     mut rx: mpsc::Receiver<ToRecord>,
     recording: Recording,
+    gather: Duration,
 ) {
+    let leadership = replica.leadership().clone();
     while let Some(first) = rx.recv().await {
-        let until = tokio::time::Instant::now() + RECORD_GATHER;
+        let until = tokio::time::Instant::now() + gather;
         let mut at_once = first.at_once;
         let mut outcomes = vec![first.outcome];
-        while outcomes.len() < RECORD_ITEMS_MAX && !at_once {
-            match tokio::time::timeout_at(until, rx.recv()).await {
+        // A leader handing over waits for its records only briefly (`Replica::hand_over`):
+        // what it gathers then goes at once, or the next leader would send those runs again.
+        while outcomes.len() < RECORD_ITEMS_MAX && !at_once && !leadership.is_aside() {
+            let wait = until.min(tokio::time::Instant::now() + ASIDE_CHECK);
+            match tokio::time::timeout_at(wait, rx.recv()).await {
                 Ok(Some(o)) => {
                     at_once = o.at_once;
                     outcomes.push(o.outcome);
                 }
+                Err(_) if tokio::time::Instant::now() < until => {}
                 // Time is up, or the dispatcher is gone: record what there is.
                 Ok(None) | Err(_) => break,
             }
