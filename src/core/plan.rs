@@ -306,12 +306,11 @@ pub fn claim_horizon(
     (horizon.ceil() as i64).clamp(base_ms, max_ms.max(base_ms))
 }
 
-/// How long a shard's dispatcher gathers what goes into one Raft round: claims take along the
-/// runs due this much past the horizon (`claim_until`), and outcomes wait this long for others
-/// to be recorded with. Every node applies every shard's rounds, each at a cost of its own
-/// (the entry's flushes, messages and apply on every node), so with more shards each gathers
-/// longer: 100 ms per two shards, from 100 to 300 ms. With six shards the rounds of the whole
-/// cluster stay about twice those of one shard (docs/performance.md, "Rounds per shard").
+/// How far past the horizon a shard's claims reach (`claim_until`), so how far apart its claim
+/// rounds go. Every node applies every shard's rounds, each at a cost of its own (the entry's
+/// flushes, messages and apply on every node), so with more shards each gathers longer: 100 ms
+/// per two shards, from 100 to 300 ms (docs/performance.md, "Rounds per shard"). Claiming
+/// earlier costs no duplicate: a run claimed and not sent is sent by the next leader once.
 pub fn gather_ms(shards: u32) -> i64 {
     100 * i64::from(shards.div_ceil(2).clamp(1, 3))
 }
@@ -439,7 +438,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn shards_gather_longer_the_more_there_are_up_to_300_ms() {
+    fn shards_gather_claims_longer_the_more_there_are_up_to_300_ms() {
         for (shards, ms) in [
             (0, 100),
             (1, 100),

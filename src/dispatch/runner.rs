@@ -47,6 +47,13 @@ pub const TEST_PANIC_HEADER: &str = "x-hookd-test-panic";
 const PANICS_PER_RUN_MAX: u32 = 2;
 /// Tries of one record command before leaving its runs to the next leader.
 const RECORD_TRIES: u32 = 3;
+/// How long outcomes are gathered into one record after the first: a record is a Raft round
+/// (an entry, its flushes and applies on every node). Waiting this long delays only what
+/// follows from the record: the run's status, callbacks and notifications (a job whose next
+/// run waits on it is recorded at once: `ToRecord::at_once`). It also bounds what a leader
+/// that dies leaves unrecorded, whose runs the next leader sends again, so unlike claims
+/// (`plan::gather_ms`) it does not grow with the shards.
+const RECORD_GATHER: Duration = Duration::from_millis(100);
 /// How often outcomes being gathered look whether the leader is handing over.
 const ASIDE_CHECK: Duration = Duration::from_millis(10);
 /// Longest sleep of the loop when nothing is scheduled (it also wakes on every event).
@@ -198,13 +205,8 @@ pub async fn run_epoch<D: Deliver>(
     let (events_tx, mut events) = mpsc::channel(capacity);
     let (record_tx, record_rx) = mpsc::channel(capacity);
     let recording = Recording::default();
+    let recorder = tokio::spawn(record_loop(replica.clone(), record_rx, recording.clone()));
     let gather_ms = plan::gather_ms(config.shards);
-    let recorder = tokio::spawn(record_loop(
-        replica.clone(),
-        record_rx,
-        recording.clone(),
-        Duration::from_millis(gather_ms as u64),
-    ));
     let record_tx = RecordQueue {
         tx: record_tx,
         recording,
@@ -1176,7 +1178,7 @@ struct ToRecord {
 }
 
 /// Runs whose attempt ended for good while their outcome waits to be recorded (up to
-/// `plan::gather_ms`, then a Raft round): the state still shows them open, so nothing may queue
+/// `RECORD_GATHER`, then a Raft round): the state still shows them open, so nothing may queue
 /// them again (a resume, a claim of unknown outcome) until `record_loop` is done with them.
 #[derive(Clone, Default)]
 struct Recording(Arc<std::sync::Mutex<HashSet<String>>>);
@@ -1234,19 +1236,16 @@ impl RecordQueue {
 }
 
 /// Writes outcomes through Raft in batches, in the order they happened: each batch takes what
-/// arrives within `gather` of its first (`plan::gather_ms`), and goes at once with an outcome
-/// that is `at_once`. Waiting delays only what follows from the record: the run's status,
-/// callbacks and notifications (a job whose next run waits on it is recorded at once). A
-/// batch's runs leave `recording` once it is applied or given up on.
+/// arrives within `RECORD_GATHER` of its first, and goes at once with an outcome that is
+/// `at_once`. A batch's runs leave `recording` once it is applied or given up on.
 async fn record_loop(
     replica: Arc<Replica>,
     mut rx: mpsc::Receiver<ToRecord>,
     recording: Recording,
-    gather: Duration,
 ) {
     let leadership = replica.leadership().clone();
     while let Some(first) = rx.recv().await {
-        let until = tokio::time::Instant::now() + gather;
+        let until = tokio::time::Instant::now() + RECORD_GATHER;
         let mut at_once = first.at_once;
         let mut outcomes = vec![first.outcome];
         // A leader handing over waits for its records only briefly (`Replica::hand_over`):

@@ -722,7 +722,7 @@ async fn an_overloaded_leader_sheds_creates_but_keeps_claiming_recording_pausing
 }
 
 /// A run whose attempt ended is not sent again while its outcome waits to be recorded (up to
-/// `plan::gather_ms`): a resume in that window queues the job's open runs, and the state still
+/// `RECORD_GATHER`): a resume in that window queues the job's open runs, and the state still
 /// shows this one open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resume_while_an_outcome_waits_to_be_recorded_does_not_send_the_run_again() {
