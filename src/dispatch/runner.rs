@@ -54,8 +54,6 @@ const RECORD_TRIES: u32 = 3;
 /// that dies leaves unrecorded, whose runs the next leader sends again, so unlike claims
 /// (`plan::gather_ms`) it does not grow with the shards.
 const RECORD_GATHER: Duration = Duration::from_millis(100);
-/// How often outcomes being gathered look whether the leader is handing over.
-const ASIDE_CHECK: Duration = Duration::from_millis(10);
 /// Longest sleep of the loop when nothing is scheduled (it also wakes on every event).
 const IDLE_WAKE: Duration = Duration::from_millis(500);
 /// How long a run whose start is held (`plan::hold_start`) waits before it asks again.
@@ -1248,16 +1246,15 @@ async fn record_loop(
         let until = tokio::time::Instant::now() + RECORD_GATHER;
         let mut at_once = first.at_once;
         let mut outcomes = vec![first.outcome];
-        // A leader handing over waits for its records only briefly (`Replica::hand_over`):
-        // what it gathers then goes at once, or the next leader would send those runs again.
+        // A leader handing over waits for its records only briefly (`Replica::hand_over`: 250 ms
+        // to 1 s, while a gather takes 100 ms): an outcome that arrives then goes at once, or
+        // the next leader would send its run again.
         while outcomes.len() < RECORD_ITEMS_MAX && !at_once && !leadership.is_aside() {
-            let wait = until.min(tokio::time::Instant::now() + ASIDE_CHECK);
-            match tokio::time::timeout_at(wait, rx.recv()).await {
+            match tokio::time::timeout_at(until, rx.recv()).await {
                 Ok(Some(o)) => {
                     at_once = o.at_once;
                     outcomes.push(o.outcome);
                 }
-                Err(_) if tokio::time::Instant::now() < until => {}
                 // Time is up, or the dispatcher is gone: record what there is.
                 Ok(None) | Err(_) => break,
             }
