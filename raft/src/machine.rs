@@ -289,16 +289,12 @@ impl Order {
         if *closed {
             return Err(std::io::Error::other("the state machine is closed"));
         }
-        let showing = shown.is_some();
-        if showing {
-            *self.0.shown.write().unwrap_or_else(|p| p.into_inner()) = shown;
-        }
+        let show = |shown| *self.0.shown.write().unwrap_or_else(|p| p.into_inner()) = shown;
+        show(shown);
         let written = write();
         // Also after a failed write: the store fails with it, and what sled holds is then all
         // that is left to read.
-        if showing {
-            *self.0.shown.write().unwrap_or_else(|p| p.into_inner()) = None;
-        }
+        show(None);
         drop(closed);
         written
     }
